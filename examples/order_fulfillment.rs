@@ -1,0 +1,228 @@
+//! Order fulfilment: check stock, take payment, issue the invoice, ship.
+//!
+//! ```sh
+//! cargo run --release --example order_fulfillment            # 3 orders, ~1 s per step
+//! cargo run --release --example order_fulfillment -- --orders 50 --step-delay-ms 20
+//! ```
+//! Kill it (Ctrl-C or `kill -9`) half-way and run it again with the same `--db`: the
+//! orders resume where they stopped, and finished steps are not run again.
+//!
+//! With `--counts FILE` every activity execution appends `instance step activity` to
+//! FILE; the crash test uses it to count executions per step.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cairn::{
+    activity, workflow, ActivityCtx, ActivityError, Ctx, RetryPolicy, Runtime, WorkflowError,
+};
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+#[derive(Parser, Debug)]
+#[command(about = "Cairn example: durable order fulfilment")]
+struct Args {
+    /// The redb database file.
+    #[arg(long, default_value = "orders.redb")]
+    db: PathBuf,
+    /// Number of orders to fulfil (ids order-1 .. order-N).
+    #[arg(long, default_value_t = 3)]
+    orders: u32,
+    /// Simulated work per activity, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    step_delay_ms: u64,
+    /// Append one line per activity execution to this file.
+    #[arg(long)]
+    counts: Option<PathBuf>,
+    /// Print nothing but the final results.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// A customer order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Order {
+    id: String,
+    sku: String,
+    qty: u32,
+    unit_price_cents: u64,
+}
+
+/// Stock held for an order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reservation {
+    reservation_id: String,
+    warehouse: String,
+}
+
+/// What the customer gets in the end.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    order: String,
+    reservation: String,
+    payment: String,
+    invoice: String,
+    tracking: String,
+    total_cents: u64,
+}
+
+struct Settings {
+    delay: Duration,
+    counts: Option<PathBuf>,
+    quiet: bool,
+}
+
+static SETTINGS: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
+
+/// Simulates the activity's work and records that it ran.
+async fn work(ctx: &ActivityCtx, what: &str) -> Result<(), ActivityError> {
+    let settings = SETTINGS
+        .get()
+        .ok_or_else(|| ActivityError::terminal("config", "settings not initialised"))?;
+    if let Some(path) = &settings.counts {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        file.write_all(format!("{} {} {}\n", ctx.instance_id, ctx.step, ctx.activity).as_bytes())?;
+    }
+    if !settings.quiet {
+        println!(
+            "[{}] step {} {what} (attempt {})",
+            ctx.instance_id, ctx.step, ctx.attempt
+        );
+    }
+    tokio::time::sleep(settings.delay).await;
+    Ok(())
+}
+
+#[activity]
+async fn check_stock(ctx: ActivityCtx, order: Order) -> Result<Reservation, ActivityError> {
+    work(&ctx, &format!("reserving {} x {}", order.qty, order.sku)).await?;
+    Ok(Reservation {
+        reservation_id: format!("RSV-{}", order.id),
+        warehouse: if order.qty > 5 {
+            "north".into()
+        } else {
+            "south".into()
+        },
+    })
+}
+
+#[activity]
+async fn charge_payment(
+    ctx: ActivityCtx,
+    order: Order,
+    amount_cents: u64,
+) -> Result<String, ActivityError> {
+    work(
+        &ctx,
+        &format!("charging {amount_cents} cents for {}", order.id),
+    )
+    .await?;
+    // The idempotency key lets a payment provider drop a repeated charge after a crash.
+    Ok(format!("PAY-{}", ctx.idempotency_key()))
+}
+
+#[activity]
+async fn create_invoice(
+    ctx: ActivityCtx,
+    order: Order,
+    payment: String,
+) -> Result<String, ActivityError> {
+    work(&ctx, &format!("invoicing {payment}")).await?;
+    Ok(format!("INV-{}", order.id))
+}
+
+#[activity]
+async fn ship(
+    ctx: ActivityCtx,
+    order: Order,
+    reservation: Reservation,
+) -> Result<String, ActivityError> {
+    work(&ctx, &format!("shipping from {}", reservation.warehouse)).await?;
+    Ok(format!("TRK-{}-{}", reservation.warehouse, order.id))
+}
+
+#[workflow]
+async fn fulfil_order(ctx: Ctx, order: Order) -> Result<Receipt, WorkflowError> {
+    let reservation = ctx.activity(check_stock, order.clone()).await?;
+    let total_cents = order.unit_price_cents * u64::from(order.qty);
+    let payment = ctx
+        .activity(charge_payment, (order.clone(), total_cents))
+        .retry(
+            RetryPolicy::default()
+                .max_attempts(3)
+                .non_retryable(["card_declined"]),
+        )
+        .await?;
+    let invoice = ctx
+        .activity(create_invoice, (order.clone(), payment.clone()))
+        .await?;
+    let tracking = ctx
+        .activity(ship, (order.clone(), reservation.clone()))
+        .await?;
+    Ok(Receipt {
+        order: order.id,
+        reservation: reservation.reservation_id,
+        payment,
+        invoice,
+        tracking,
+        total_cents,
+    })
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), cairn::Error> {
+    let _ = SETTINGS.set(Settings {
+        delay: Duration::from_millis(args.step_delay_ms),
+        counts: args.counts.clone(),
+        quiet: args.quiet,
+    });
+    let rt = Runtime::builder()
+        .workflow(fulfil_order)
+        .open(&args.db)
+        .await?;
+    let mut handles = Vec::new();
+    for n in 1..=args.orders {
+        let order = Order {
+            id: format!("order-{n}"),
+            sku: format!("SKU-{}", n % 7),
+            qty: 1 + n % 9,
+            unit_price_cents: 250 + u64::from(n) * 10,
+        };
+        let handle = rt.start(fulfil_order, &order.id.clone(), order).await?;
+        if !args.quiet && !handle.created() {
+            println!("[{}] already started, resuming", handle.id());
+        }
+        handles.push(handle);
+    }
+    for handle in handles {
+        match handle.result().await? {
+            Ok(receipt) => println!(
+                "done {}: {} / {} / {} / {} / {} cents",
+                receipt.order,
+                receipt.reservation,
+                receipt.payment,
+                receipt.invoice,
+                receipt.tracking,
+                receipt.total_cents
+            ),
+            Err(err) => println!("failed {}: {err}", handle.id()),
+        }
+    }
+    rt.shutdown().await;
+    Ok(())
+}

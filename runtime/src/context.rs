@@ -1,0 +1,337 @@
+//! The untyped workflow context: the engine's side of every durable call. The `cairn`
+//! crate wraps it in the typed `Ctx` users see.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures::FutureExt;
+
+use crate::activity::{ActivityContext, ActivityError, ActivityFailure, ActivityOptions};
+use crate::codec::{Codec, Payload};
+use crate::engine::Shared;
+use crate::error::{Error, StepDescriptor};
+use crate::event::{EventKind, StepNo};
+use crate::replay::{requested, Decision, History, RecordedOutcome, StepKind, StepRequest};
+use crate::sync::{lock, Mutex};
+
+/// Why the driver must stop polling the workflow.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// An error that parks the instance (non-determinism, undecodable payload, storage).
+    Fatal(Error),
+    /// Replay-only mode reached a step history does not hold.
+    EndOfHistory(StepNo),
+}
+
+struct CtxState {
+    next_step: StepNo,
+    stop: Option<Stop>,
+}
+
+struct Inner {
+    key: u128,
+    /// `None` in replay-only mode (auditing): nothing runs live, nothing is appended.
+    shared: Option<Arc<Shared>>,
+    codec: Arc<dyn Codec>,
+    history: History,
+    state: Mutex<CtxState>,
+}
+
+/// The engine's handle for one run of one instance. Cheap to clone.
+#[derive(Clone)]
+pub struct WorkflowContext {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for WorkflowContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkflowContext")
+            .field("instance", &self.inner.history.instance)
+            .field("workflow_type", &self.inner.history.workflow_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkflowContext {
+    pub(crate) fn new(
+        key: u128,
+        shared: Option<Arc<Shared>>,
+        codec: Arc<dyn Codec>,
+        history: History,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                key,
+                shared,
+                codec,
+                history,
+                state: Mutex::new(CtxState {
+                    next_step: 1,
+                    stop: None,
+                }),
+            }),
+        }
+    }
+
+    /// User id of the instance.
+    pub fn instance_id(&self) -> &str {
+        &self.inner.history.instance
+    }
+
+    /// Workflow type of the instance.
+    pub fn workflow_type(&self) -> &str {
+        &self.inner.history.workflow_type
+    }
+
+    /// The runtime's payload codec.
+    pub fn codec(&self) -> &dyn Codec {
+        self.inner.codec.as_ref()
+    }
+
+    /// Assigns the next step number. Call it when the workflow *calls* a durable
+    /// operation (not when its future is first polled) so concurrent calls are numbered
+    /// in program order.
+    pub fn next_step(&self) -> StepNo {
+        let mut state = lock(&self.inner.state);
+        let step = state.next_step;
+        state.next_step += 1;
+        step
+    }
+
+    /// Whether the next step is still covered by recorded history.
+    pub fn is_replaying(&self) -> bool {
+        lock(&self.inner.state).next_step <= self.inner.history.last_step()
+    }
+
+    pub(crate) fn last_requested_step(&self) -> StepNo {
+        lock(&self.inner.state).next_step - 1
+    }
+
+    pub(crate) fn take_stop(&self) -> Option<Stop> {
+        lock(&self.inner.state).stop.take()
+    }
+
+    pub(crate) fn history(&self) -> &History {
+        &self.inner.history
+    }
+
+    /// Stops the instance with `err` (it is parked and nothing more is appended) and
+    /// never resolves: the engine drops the workflow future at its next poll check.
+    pub async fn abort<T>(&self, err: Error) -> T {
+        self.set_stop(Stop::Fatal(err));
+        std::future::pending().await
+    }
+
+    fn set_stop(&self, stop: Stop) {
+        let mut state = lock(&self.inner.state);
+        // The first reason wins: it is the one at the earliest step.
+        if state.stop.is_none() {
+            state.stop = Some(stop);
+        }
+    }
+
+    async fn append(&self, kind: EventKind) -> Result<(), Error> {
+        match &self.inner.shared {
+            Some(shared) => shared
+                .writer
+                .append(self.inner.key, kind)
+                .await
+                .map(|appended| {
+                    tracing::trace!(lsn = appended.lsn, "step recorded");
+                }),
+            None => Ok(()),
+        }
+    }
+
+    /// Decides a step against history; parks the instance on divergence.
+    async fn decide(&self, step: StepNo, request: StepRequest<'_>) -> Decision<'_> {
+        match self.inner.history.check(step, request) {
+            Ok(Decision::Run { failed_attempts }) => {
+                if self.inner.shared.is_none() {
+                    if self.inner.history.result.is_some() {
+                        let recorded = StepDescriptor {
+                            kind: "end of history",
+                            name: "(the recorded run ended here)".into(),
+                            input: None,
+                        };
+                        let err = self
+                            .inner
+                            .history
+                            .divergence(step, recorded, requested(request));
+                        return self.abort(err.into()).await;
+                    }
+                    self.set_stop(Stop::EndOfHistory(step));
+                    return std::future::pending().await;
+                }
+                Decision::Run { failed_attempts }
+            }
+            Ok(replay) => replay,
+            Err(divergence) => self.abort(divergence.into()).await,
+        }
+    }
+
+    /// Runs (or replays) activity step `step`.
+    ///
+    /// `attempt` is called once per attempt with the recorded input and must start a
+    /// fresh execution of the activity. The step is acknowledged only after its outcome is durable; failed
+    /// attempts are recorded too, and retries follow `options.retry`.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the attempt in flight; it runs again when the
+    /// instance is next replayed (activities are at-least-once).
+    pub async fn activity<F, Fut>(
+        &self,
+        step: StepNo,
+        name: &str,
+        input: Payload,
+        options: &ActivityOptions,
+        mut attempt: F,
+    ) -> Result<Payload, ActivityFailure>
+    where
+        F: FnMut(ActivityContext, &Payload) -> Fut,
+        Fut: Future<Output = Result<Payload, ActivityError>>,
+    {
+        let request = StepRequest {
+            kind: StepKind::Activity,
+            name,
+            input: Some(&input),
+        };
+        let failed_attempts = match self.decide(step, request).await {
+            Decision::Replay(RecordedOutcome::ActivityCompleted { output, .. }) => {
+                return Ok(output.clone())
+            }
+            Decision::Replay(RecordedOutcome::ActivityFailed { error, attempt }) => {
+                return Err(ActivityFailure::from_record(name, step, *attempt, error))
+            }
+            Decision::Replay(RecordedOutcome::Value(_)) => {
+                let err = Error::Corrupt {
+                    location: format!("history of instance `{}`", self.instance_id()),
+                    message: format!("step {step} is an activity but holds a value"),
+                };
+                return self.abort(err).await;
+            }
+            Decision::Run { failed_attempts } => failed_attempts,
+        };
+        let mut number = failed_attempts + 1;
+        loop {
+            let ctx = ActivityContext {
+                instance_id: self.instance_id().to_owned(),
+                workflow_type: self.workflow_type().to_owned(),
+                activity: name.to_owned(),
+                step,
+                attempt: number,
+            };
+            let run = AssertUnwindSafe(attempt(ctx, &input)).catch_unwind();
+            let result = match tokio::time::timeout(options.start_to_close, run).await {
+                Err(_) => Err(ActivityError::retryable(format!(
+                    "attempt exceeded its start-to-close timeout of {:?}",
+                    options.start_to_close
+                ))
+                .with_kind("timeout")),
+                Ok(Err(panic)) => {
+                    Err(ActivityError::retryable(panic_message(&panic)).with_kind("panic"))
+                }
+                Ok(Ok(result)) => result,
+            };
+            match result {
+                Ok(output) => {
+                    let kind = EventKind::ActivityCompleted {
+                        step,
+                        activity: name.to_owned(),
+                        input,
+                        attempt: number,
+                        output: output.clone(),
+                    };
+                    if let Err(err) = self.append(kind).await {
+                        return self.abort(err).await;
+                    }
+                    return Ok(output);
+                }
+                Err(error) if options.retry.should_retry(&error, number) => {
+                    let delay = options.retry.backoff(number);
+                    let kind = EventKind::ActivityAttemptFailed {
+                        step,
+                        activity: name.to_owned(),
+                        attempt: number,
+                        error: error.record(),
+                        retry_in_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    };
+                    if let Err(err) = self.append(kind).await {
+                        return self.abort(err).await;
+                    }
+                    tokio::time::sleep(delay).await;
+                    number += 1;
+                }
+                Err(error) => {
+                    let record = error.record();
+                    let failure = ActivityFailure::from_record(name, step, number, &record);
+                    let kind = EventKind::ActivityFailed {
+                        step,
+                        activity: name.to_owned(),
+                        input,
+                        attempt: number,
+                        error: record,
+                    };
+                    if let Err(err) = self.append(kind).await {
+                        return self.abort(err).await;
+                    }
+                    return Err(failure);
+                }
+            }
+        }
+    }
+
+    /// Records (or replays) a value produced outside the workflow's determinism: the
+    /// clock, randomness, a uuid, or a user side effect. `produce` runs only when the step
+    /// is not recorded yet, and the value is returned only once it is durable.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it resolves may leave the value unrecorded; it is then
+    /// produced again on replay.
+    pub async fn recorded_value<F>(&self, step: StepNo, label: &str, produce: F) -> Payload
+    where
+        F: FnOnce() -> Result<Payload, Error>,
+    {
+        let request = StepRequest {
+            kind: StepKind::SideEffect,
+            name: label,
+            input: None,
+        };
+        match self.decide(step, request).await {
+            Decision::Replay(RecordedOutcome::Value(value)) => value.clone(),
+            Decision::Replay(_) => {
+                let err = Error::Corrupt {
+                    location: format!("history of instance `{}`", self.instance_id()),
+                    message: format!("step {step} is a side effect but holds an activity outcome"),
+                };
+                self.abort(err).await
+            }
+            Decision::Run { .. } => {
+                let value = match produce() {
+                    Ok(value) => value,
+                    Err(err) => return self.abort(err).await,
+                };
+                let kind = EventKind::SideEffect {
+                    step,
+                    label: label.to_owned(),
+                    value: value.clone(),
+                };
+                if let Err(err) = self.append(kind).await {
+                    return self.abort(err).await;
+                }
+                value
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        format!("activity panicked: {text}")
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        format!("activity panicked: {text}")
+    } else {
+        "activity panicked".to_owned()
+    }
+}

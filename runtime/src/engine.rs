@@ -1,0 +1,704 @@
+//! The engine: registry of workflow types, instance drivers, recovery and the host API.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use crate::codec::{Codec, JsonCodec, Payload};
+use crate::context::{Stop, WorkflowContext};
+use crate::error::{Error, Result, StepDescriptor};
+use crate::event::{EventKind, EventRecord};
+use crate::replay::{History, RecordedResult};
+use crate::store::{InstanceRow, InstanceStatus, RedbStore, Store, StoredEvent};
+use crate::sync::{lock, Mutex};
+use crate::writer::{Writer, WriterStats};
+
+/// Longest user id accepted, in bytes.
+pub const INSTANCE_ID_BYTES_MAX: usize = 256;
+
+/// How a workflow function ended, as seen by the engine.
+#[derive(Debug)]
+pub enum WorkflowResult {
+    /// It returned `Ok`; the encoded output.
+    Completed(Payload),
+    /// It returned `Err`; the encoded error.
+    Failed(Payload),
+    /// It cannot go on (its input does not decode, its output does not encode).
+    Fatal(Error),
+}
+
+/// Creates the future of one run of a workflow type from its context and input.
+pub type WorkflowFactory =
+    Arc<dyn Fn(WorkflowContext, Payload) -> BoxFuture<'static, WorkflowResult> + Send + Sync>;
+
+/// A finished instance's result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The workflow returned `Ok`; its encoded output.
+    Completed(Payload),
+    /// The workflow returned `Err`; its encoded error.
+    Failed(Payload),
+}
+
+/// What [`Engine::replay`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplayVerdict {
+    /// The code reproduced the recorded run up to its result, which matches.
+    Matches(Outcome),
+    /// The history is unfinished; the code agrees with it up to `next_step`, the first
+    /// step the history does not hold.
+    Unfinished {
+        /// The first step that would run live.
+        next_step: u32,
+    },
+}
+
+/// Status of an instance as the host sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Running or waiting.
+    Running,
+    /// Returned `Ok`.
+    Completed,
+    /// Returned `Err`.
+    Failed,
+    /// Cannot run on this build; the reason says why and what to do.
+    Parked {
+        /// The error that parked it.
+        reason: String,
+        /// Its stable code.
+        code: &'static str,
+    },
+}
+
+/// One instance in a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceInfo {
+    /// User id.
+    pub id: String,
+    /// Workflow type.
+    pub workflow_type: String,
+    /// Status.
+    pub status: Status,
+    /// Start commit time, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Latest commit time.
+    pub updated_at_ms: u64,
+    /// Number of events in its history.
+    pub events: u64,
+}
+
+/// Filter of [`Engine::list`]. Empty fields match everything.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    /// Only this workflow type.
+    pub workflow_type: Option<String>,
+    /// Only instances whose status is one of these (compared by variant).
+    pub statuses: Vec<StatusKind>,
+    /// At most this many (oldest first).
+    pub limit: Option<usize>,
+}
+
+/// Status without its details, for filters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusKind {
+    /// [`Status::Running`].
+    Running,
+    /// [`Status::Completed`].
+    Completed,
+    /// [`Status::Failed`].
+    Failed,
+    /// [`Status::Parked`].
+    Parked,
+}
+
+impl Status {
+    /// The variant.
+    pub fn kind(&self) -> StatusKind {
+        match self {
+            Status::Running => StatusKind::Running,
+            Status::Completed => StatusKind::Completed,
+            Status::Failed => StatusKind::Failed,
+            Status::Parked { .. } => StatusKind::Parked,
+        }
+    }
+}
+
+/// Answer of [`Engine::start`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartOutcome {
+    /// `false` when an instance with this id already existed (nothing was started).
+    pub created: bool,
+}
+
+type OutcomeSlot = Option<Result<Outcome>>;
+
+struct Active {
+    outcome: watch::Receiver<OutcomeSlot>,
+    abort: AbortHandle,
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) writer: Writer,
+    codec: Arc<dyn Codec>,
+    workflows: HashMap<String, WorkflowFactory>,
+    active: Mutex<HashMap<u128, Active>>,
+    parked: Mutex<HashMap<u128, Error>>,
+    closed: AtomicBool,
+}
+
+/// Configures and opens an [`Engine`].
+pub struct EngineBuilder {
+    workflows: HashMap<String, WorkflowFactory>,
+    codec: Arc<dyn Codec>,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        Self {
+            workflows: HashMap::new(),
+            codec: Arc::new(JsonCodec),
+        }
+    }
+}
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<_> = self.workflows.keys().collect();
+        names.sort();
+        f.debug_struct("EngineBuilder")
+            .field("workflows", &names)
+            .field("codec", &self.codec.name())
+            .finish()
+    }
+}
+
+impl EngineBuilder {
+    /// Registers a workflow type under `name`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `name` is already registered.
+    pub fn register(&mut self, name: &str, factory: WorkflowFactory) -> Result<&mut Self> {
+        if self.workflows.insert(name.to_owned(), factory).is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "workflow type `{name}` is registered twice"
+            )));
+        }
+        Ok(self)
+    }
+
+    /// Uses `codec` for payloads instead of JSON.
+    pub fn codec(&mut self, codec: Arc<dyn Codec>) -> &mut Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Opens (or creates) the redb file at `path` and resumes every unfinished instance.
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// See [`RedbStore::open`].
+    pub async fn open(self, path: impl AsRef<Path>) -> Result<Engine> {
+        let path = path.as_ref().to_path_buf();
+        let store = tokio::task::spawn_blocking(move || RedbStore::open(path))
+            .await
+            .map_err(|err| Error::Storage(format!("opening task failed: {err}")))??;
+        self.open_store(Arc::new(store))
+    }
+
+    /// Opens the engine on any [`Store`] and resumes every unfinished instance.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] or [`Error::Corrupt`] when the instance index cannot be read.
+    pub fn open_store(self, store: Arc<dyn Store>) -> Result<Engine> {
+        let writer = Writer::spawn(store.clone())?;
+        let shared = Arc::new(Shared {
+            store,
+            writer,
+            codec: self.codec,
+            workflows: self.workflows,
+            active: Mutex::new(HashMap::new()),
+            parked: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+        });
+        let engine = Engine { shared };
+        engine.recover()?;
+        Ok(engine)
+    }
+}
+
+/// The running engine. Cheap to clone; all clones share one database and writer.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("active", &lock(&self.shared.active).len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// A builder with the JSON codec and no workflow types.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// The payload codec.
+    pub fn codec(&self) -> &dyn Codec {
+        self.shared.codec.as_ref()
+    }
+
+    /// Counters of the group-commit writer.
+    pub fn writer_stats(&self) -> &Arc<WriterStats> {
+        self.shared.writer.stats()
+    }
+
+    fn recover(&self) -> Result<()> {
+        let mut rows = Vec::new();
+        self.shared.store.scan_instances(&mut |row| {
+            if row.status == InstanceStatus::Running {
+                rows.push(row);
+            }
+            true
+        })?;
+        tracing::info!(instances = rows.len(), "resuming unfinished instances");
+        for row in rows {
+            if !self.shared.workflows.contains_key(&row.workflow_type) {
+                let err = Error::UnknownWorkflowType {
+                    workflow_type: row.workflow_type.clone(),
+                    instance: Some(row.id.clone()),
+                };
+                tracing::error!(instance = %row.id, %err, "instance parked");
+                lock(&self.shared.parked).insert(row.key, err);
+                continue;
+            }
+            self.spawn(row.key, Resume::Load(row));
+        }
+        Ok(())
+    }
+
+    /// Starts instance `id` of `workflow_type` with `input`; if `id` exists, returns it
+    /// without starting anything (`created == false`).
+    ///
+    /// # Errors
+    /// [`Error::UnknownWorkflowType`], [`Error::WorkflowTypeMismatch`] when `id` runs
+    /// another type, [`Error::InvalidArgument`] for an empty or over-long id, storage errors.
+    ///
+    /// # Durability
+    /// When it returns, the start event is on disk: the instance runs after any crash.
+    ///
+    /// # Cancel safety
+    /// If dropped, the start may or may not have been committed; call again with the same
+    /// id to find out (starting is idempotent).
+    pub async fn start(
+        &self,
+        workflow_type: &str,
+        id: &str,
+        input: Payload,
+    ) -> Result<StartOutcome> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        if id.is_empty() || id.len() > INSTANCE_ID_BYTES_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "instance id must be 1 to {INSTANCE_ID_BYTES_MAX} bytes, got {}",
+                id.len()
+            )));
+        }
+        if !self.shared.workflows.contains_key(workflow_type) {
+            return Err(Error::UnknownWorkflowType {
+                workflow_type: workflow_type.to_owned(),
+                instance: Some(id.to_owned()),
+            });
+        }
+        let started = self
+            .shared
+            .writer
+            .start(id.to_owned(), workflow_type.to_owned(), input.clone())
+            .await?;
+        if !started.created {
+            if started.row.workflow_type != workflow_type {
+                return Err(Error::WorkflowTypeMismatch {
+                    id: id.to_owned(),
+                    existing: started.row.workflow_type,
+                    requested: workflow_type.to_owned(),
+                });
+            }
+            return Ok(StartOutcome { created: false });
+        }
+        let history = History::fresh(id.to_owned(), workflow_type.to_owned(), input);
+        self.spawn(started.key, Resume::Fresh(history));
+        Ok(StartOutcome { created: true })
+    }
+
+    fn spawn(&self, key: u128, resume: Resume) {
+        let (tx, rx) = watch::channel(None);
+        let shared = self.shared.clone();
+        // The entry must exist before anyone can ask for the result, so the task waits
+        // for it to be inserted by holding the map's lock across the spawn.
+        let mut active = lock(&self.shared.active);
+        let task = tokio::spawn(run_instance(shared, key, resume, tx));
+        active.insert(
+            key,
+            Active {
+                outcome: rx,
+                abort: task.abort_handle(),
+            },
+        );
+    }
+
+    fn key_of(&self, id: &str) -> Result<u128> {
+        self.shared
+            .store
+            .key_of(id)?
+            .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))
+    }
+
+    /// Waits for instance `id` to finish and returns its outcome.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`], [`Error::Parked`] if it cannot run on this build,
+    /// [`Error::ShutDown`] if the runtime stops first, [`Error::Corrupt`] if its result
+    /// cannot be read.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping it only stops waiting.
+    pub async fn wait(&self, id: &str) -> Result<Outcome> {
+        let key = self.key_of(id)?;
+        let receiver = lock(&self.shared.active)
+            .get(&key)
+            .map(|a| a.outcome.clone());
+        if let Some(mut receiver) = receiver {
+            let slot = receiver
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| Error::ShutDown)?;
+            if let Some(result) = slot.as_ref() {
+                return result.clone();
+            }
+        }
+        if let Some(err) = lock(&self.shared.parked).get(&key) {
+            return Err(Error::Parked {
+                instance: id.to_owned(),
+                reason: err.to_string(),
+            });
+        }
+        let row = self
+            .shared
+            .store
+            .instance(key)?
+            .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))?;
+        if !row.status.is_finished() {
+            return Err(Error::ShutDown);
+        }
+        self.recorded_outcome(&row)
+    }
+
+    fn recorded_outcome(&self, row: &InstanceRow) -> Result<Outcome> {
+        let corrupt = |message: String| Error::Corrupt {
+            location: format!("result of instance `{}` at LSN {}", row.id, row.head_lsn),
+            message,
+        };
+        let envelope = self
+            .shared
+            .store
+            .envelope(row.head_lsn)?
+            .ok_or_else(|| corrupt("the last event is missing".into()))?;
+        if crate::event::hash_envelope(&envelope) != row.head_hash {
+            return Err(corrupt(
+                "the last event's hash differs from the instance row".into(),
+            ));
+        }
+        let record = EventRecord::decode(&envelope).map_err(|err| corrupt(err.to_string()))?;
+        match record.kind {
+            EventKind::WorkflowCompleted { output } => Ok(Outcome::Completed(output)),
+            EventKind::WorkflowFailed { error } => Ok(Outcome::Failed(error)),
+            other => Err(corrupt(format!(
+                "the instance is finished but its last event is {}",
+                other.name()
+            ))),
+        }
+    }
+
+    fn info(&self, row: InstanceRow) -> InstanceInfo {
+        let status = match row.status {
+            InstanceStatus::Completed => Status::Completed,
+            InstanceStatus::Failed => Status::Failed,
+            InstanceStatus::Running => match lock(&self.shared.parked).get(&row.key) {
+                Some(err) => Status::Parked {
+                    reason: err.to_string(),
+                    code: err.code(),
+                },
+                None => Status::Running,
+            },
+        };
+        InstanceInfo {
+            id: row.id,
+            workflow_type: row.workflow_type,
+            status,
+            created_at_ms: row.created_at_ms,
+            updated_at_ms: row.updated_at_ms,
+            events: row.next_seq,
+        }
+    }
+
+    /// The current status of instance `id`.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`] or storage errors.
+    pub fn status(&self, id: &str) -> Result<InstanceInfo> {
+        let key = self.key_of(id)?;
+        let row = self
+            .shared
+            .store
+            .instance(key)?
+            .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))?;
+        Ok(self.info(row))
+    }
+
+    /// Instances matching `filter`, oldest first.
+    ///
+    /// # Errors
+    /// Storage errors or a corrupt index row.
+    pub fn list(&self, filter: &ListFilter) -> Result<Vec<InstanceInfo>> {
+        let mut out = Vec::new();
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        self.shared.store.scan_instances(&mut |row| {
+            if filter
+                .workflow_type
+                .as_ref()
+                .is_some_and(|t| *t != row.workflow_type)
+            {
+                return true;
+            }
+            let info = self.info(row);
+            if filter.statuses.is_empty() || filter.statuses.contains(&info.status.kind()) {
+                out.push(info);
+            }
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    /// The verified history of instance `id`, oldest event first.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`], [`Error::Corrupt`] if the hash chain does not verify.
+    pub fn history(&self, id: &str) -> Result<Vec<StoredEvent>> {
+        let key = self.key_of(id)?;
+        let row = self
+            .shared
+            .store
+            .instance(key)?
+            .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))?;
+        self.shared.store.history(&row)
+    }
+
+    /// Replays a recorded history against the registered code without running anything
+    /// live or writing anything: the auditor's check that the code explains the record.
+    ///
+    /// # Errors
+    /// [`Error::NonDeterminism`] at the first step where code and record part (including
+    /// a different result), [`Error::UnknownWorkflowType`], [`Error::Corrupt`] for a
+    /// malformed history, [`Error::PayloadDecode`] for an undecodable payload.
+    pub async fn replay(&self, records: &[EventRecord]) -> Result<ReplayVerdict> {
+        let history = History::from_records(records)?;
+        let factory = self
+            .shared
+            .workflows
+            .get(&history.workflow_type)
+            .ok_or_else(|| Error::UnknownWorkflowType {
+                workflow_type: history.workflow_type.clone(),
+                instance: Some(history.instance.clone()),
+            })?
+            .clone();
+        let key = records.first().map(|r| r.instance).unwrap_or(0);
+        let ctx = WorkflowContext::new(key, None, self.shared.codec.clone(), history);
+        let input = ctx.history().input.clone();
+        match drive(&ctx, factory(ctx.clone(), input)).await {
+            Err(Stop::Fatal(err)) => Err(err),
+            Err(Stop::EndOfHistory(next_step)) => Ok(ReplayVerdict::Unfinished { next_step }),
+            Ok(WorkflowResult::Fatal(err)) => Err(err),
+            Ok(result) => {
+                let outcome = finished_outcome(&ctx, result)?;
+                let recorded = match &ctx.history().result {
+                    Some(RecordedResult::Completed(p)) => Outcome::Completed(p.clone()),
+                    Some(RecordedResult::Failed(p)) => Outcome::Failed(p.clone()),
+                    None => {
+                        let err = ctx.history().divergence(
+                            ctx.last_requested_step() + 1,
+                            StepDescriptor {
+                                kind: "end of history",
+                                name: "(no result recorded)".into(),
+                                input: None,
+                            },
+                            result_descriptor(&outcome),
+                        );
+                        return Err(err.into());
+                    }
+                };
+                if recorded != outcome {
+                    let err = ctx.history().divergence(
+                        ctx.last_requested_step() + 1,
+                        result_descriptor(&recorded),
+                        result_descriptor(&outcome),
+                    );
+                    return Err(err.into());
+                }
+                Ok(ReplayVerdict::Matches(outcome))
+            }
+        }
+    }
+
+    /// Stops the runtime: refuses new starts, stops every instance driver (each resumes
+    /// from its history when the file is opened again), lets the writer commit what is
+    /// queued, and closes the file.
+    ///
+    /// # Durability
+    /// Every step acknowledged before the call is on disk; requests queued at the call
+    /// are committed before it returns.
+    pub async fn shutdown(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        let drivers: Vec<AbortHandle> = lock(&self.shared.active)
+            .drain()
+            .map(|(_, a)| a.abort)
+            .collect();
+        for driver in drivers {
+            driver.abort();
+        }
+        let shared = self.shared.clone();
+        if tokio::task::spawn_blocking(move || shared.writer.close())
+            .await
+            .is_err()
+        {
+            tracing::error!("closing the writer failed");
+        }
+    }
+}
+
+fn result_descriptor(outcome: &Outcome) -> StepDescriptor {
+    let (name, payload) = match outcome {
+        Outcome::Completed(p) => ("Ok", p),
+        Outcome::Failed(p) => ("Err", p),
+    };
+    StepDescriptor {
+        kind: "workflow result",
+        name: name.into(),
+        input: Some(payload.preview(200)),
+    }
+}
+
+enum Resume {
+    Fresh(History),
+    Load(InstanceRow),
+}
+
+/// Polls the workflow until it returns or a step stops it.
+async fn drive(
+    ctx: &WorkflowContext,
+    mut future: BoxFuture<'static, WorkflowResult>,
+) -> std::result::Result<WorkflowResult, Stop> {
+    std::future::poll_fn(|cx| {
+        let polled = Pin::new(&mut future).poll(cx);
+        // A step that stops the instance does so inside this poll, so checking right
+        // after it catches every stop before the workflow can act on anything else.
+        if let Some(stop) = ctx.take_stop() {
+            return Poll::Ready(Err(stop));
+        }
+        polled.map(Ok)
+    })
+    .await
+}
+
+fn finished_outcome(ctx: &WorkflowContext, result: WorkflowResult) -> Result<Outcome> {
+    ctx.history().check_finished(ctx.last_requested_step())?;
+    match result {
+        WorkflowResult::Completed(p) => Ok(Outcome::Completed(p)),
+        WorkflowResult::Failed(p) => Ok(Outcome::Failed(p)),
+        WorkflowResult::Fatal(err) => Err(err),
+    }
+}
+
+async fn run_instance(
+    shared: Arc<Shared>,
+    key: u128,
+    resume: Resume,
+    tx: watch::Sender<OutcomeSlot>,
+) {
+    let result = run_instance_inner(&shared, key, resume).await;
+    if let Err(err) = &result {
+        tracing::error!(%err, "instance parked");
+        lock(&shared.parked).insert(key, err.clone());
+    }
+    let result = result.map_err(|err| match err {
+        err @ (Error::Storage(_) | Error::ShutDown) => err,
+        other => Error::Parked {
+            instance: other_instance(&shared, key),
+            reason: other.to_string(),
+        },
+    });
+    tx.send_replace(Some(result));
+    lock(&shared.active).remove(&key);
+}
+
+fn other_instance(shared: &Shared, key: u128) -> String {
+    match shared.store.instance(key) {
+        Ok(Some(row)) => row.id,
+        _ => format!("{key:032x}"),
+    }
+}
+
+async fn run_instance_inner(shared: &Arc<Shared>, key: u128, resume: Resume) -> Result<Outcome> {
+    let history = match resume {
+        Resume::Fresh(history) => history,
+        Resume::Load(row) => {
+            let events = shared.store.history(&row)?;
+            History::from_records(events.iter().map(|e| &e.record))?
+        }
+    };
+    let factory = shared
+        .workflows
+        .get(&history.workflow_type)
+        .ok_or_else(|| Error::UnknownWorkflowType {
+            workflow_type: history.workflow_type.clone(),
+            instance: Some(history.instance.clone()),
+        })?
+        .clone();
+    if history.result.is_some() {
+        return Err(Error::Corrupt {
+            location: format!("instance `{}`", history.instance),
+            message: "its row says running but its history holds a result".into(),
+        });
+    }
+    let ctx = WorkflowContext::new(key, Some(shared.clone()), shared.codec.clone(), history);
+    let input = ctx.history().input.clone();
+    let result = match drive(&ctx, factory(ctx.clone(), input)).await {
+        Ok(result) => result,
+        Err(Stop::Fatal(err)) => return Err(err),
+        Err(Stop::EndOfHistory(_)) => return Err(Error::ShutDown),
+    };
+    let outcome = finished_outcome(&ctx, result)?;
+    let kind = match &outcome {
+        Outcome::Completed(output) => EventKind::WorkflowCompleted {
+            output: output.clone(),
+        },
+        Outcome::Failed(error) => EventKind::WorkflowFailed {
+            error: error.clone(),
+        },
+    };
+    shared.writer.append(key, kind).await?;
+    Ok(outcome)
+}

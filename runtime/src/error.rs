@@ -1,0 +1,249 @@
+//! Errors of the runtime. Each variant that reaches a user carries a stable code
+//! (`CAIRN-Exxxx`), explained with cause and remedy in `docs/ERRORS.md`.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::event::StepNo;
+
+/// One durable call as the workflow code asked for it or as history recorded it; the two
+/// halves of a [`NonDeterminism`] diff.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepDescriptor {
+    /// `"activity"`, `"side_effect"`, or `"workflow result"` when the code finished
+    /// where history has more steps.
+    pub kind: &'static str,
+    /// Activity or side-effect name.
+    pub name: String,
+    /// The encoded input, when the step has one (activities).
+    pub input: Option<String>,
+}
+
+impl fmt::Display for StepDescriptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} `{}`", self.kind, self.name)?;
+        if let Some(input) = &self.input {
+            write!(f, " with input {input}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Workflow code asked for a different step than its history recorded at the same
+/// position. Code `CAIRN-E0001`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NonDeterminism {
+    /// User id of the instance.
+    pub instance: String,
+    /// Workflow type.
+    pub workflow_type: String,
+    /// The step number where code and history part.
+    pub step: StepNo,
+    /// What history holds at `step`.
+    pub recorded: StepDescriptor,
+    /// What the code asked for at `step`.
+    pub requested: StepDescriptor,
+}
+
+impl NonDeterminism {
+    /// The fields that differ, one line each.
+    pub fn diff(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.recorded.kind != self.requested.kind {
+            lines.push(format!(
+                "kind: recorded {}, requested {}",
+                self.recorded.kind, self.requested.kind
+            ));
+        }
+        if self.recorded.name != self.requested.name {
+            lines.push(format!(
+                "name: recorded `{}`, requested `{}`",
+                self.recorded.name, self.requested.name
+            ));
+        }
+        if self.recorded.input != self.requested.input {
+            lines.push(format!(
+                "input: recorded {}, requested {}",
+                self.recorded.input.as_deref().unwrap_or("(none)"),
+                self.requested.input.as_deref().unwrap_or("(none)")
+            ));
+        }
+        lines
+    }
+}
+
+impl fmt::Display for NonDeterminism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "[CAIRN-E0001] non-deterministic workflow code: instance `{}` ({}) at step {}: history recorded {}, code requested {}",
+            self.instance, self.workflow_type, self.step, self.recorded, self.requested
+        )?;
+        for line in self.diff() {
+            write!(f, "; {line}")?;
+        }
+        write!(f, ". Restore the previous code path for old instances (ctx.patched) or let them finish on the old build")
+    }
+}
+
+impl std::error::Error for NonDeterminism {}
+
+/// Everything that can go wrong in the runtime.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// See [`NonDeterminism`].
+    #[error("{0}")]
+    NonDeterminism(Box<NonDeterminism>),
+
+    /// A recorded or supplied payload does not decode into the type the code expects.
+    #[error("[CAIRN-E0002] payload of instance `{instance}` at {position} does not decode as `{type_name}`: {message}. A type changed incompatibly since the history was written; add #[serde(default)] or keep the old shape")]
+    PayloadDecode {
+        /// User id of the instance.
+        instance: String,
+        /// Where: `"input"`, `"step 3"`, `"result"`.
+        position: String,
+        /// The Rust type asked for.
+        type_name: &'static str,
+        /// The codec's message.
+        message: String,
+    },
+
+    /// A value could not be encoded.
+    #[error("[CAIRN-E0010] cannot encode {position} of instance `{instance}`: {message}")]
+    PayloadEncode {
+        /// User id of the instance.
+        instance: String,
+        /// Where.
+        position: String,
+        /// The codec's message.
+        message: String,
+    },
+
+    /// An event would exceed [`crate::event::EVENT_BYTES_MAX`].
+    #[error("[CAIRN-E0011] {position} of instance `{instance}` is {bytes} bytes, over the {max} byte event limit; store large data outside and pass a reference")]
+    PayloadTooLarge {
+        /// User id of the instance.
+        instance: String,
+        /// Where.
+        position: String,
+        /// Encoded size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// The workflow type is not registered with this runtime.
+    #[error("[CAIRN-E0003] unknown workflow type `{workflow_type}`{}: register it with the runtime builder before opening", instance.as_ref().map(|id| format!(" (instance `{id}`)")).unwrap_or_default())]
+    UnknownWorkflowType {
+        /// The type name.
+        workflow_type: String,
+        /// The instance that needs it, if any.
+        instance: Option<String>,
+    },
+
+    /// An id was started again with another workflow type.
+    #[error("[CAIRN-E0012] instance `{id}` already exists as a `{existing}` workflow, not `{requested}`; use another id")]
+    WorkflowTypeMismatch {
+        /// The id.
+        id: String,
+        /// Its recorded type.
+        existing: String,
+        /// The type asked for.
+        requested: String,
+    },
+
+    /// No instance has this id.
+    #[error("[CAIRN-E0007] no instance with id `{0}`")]
+    InstanceNotFound(String),
+
+    /// The instance was parked: it cannot run on this build until the reason is fixed.
+    #[error("[CAIRN-E0008] instance `{instance}` is parked: {reason}")]
+    Parked {
+        /// User id of the instance.
+        instance: String,
+        /// Why (the error that parked it).
+        reason: String,
+    },
+
+    /// The database file could not be opened.
+    #[error("[CAIRN-E0005] cannot open `{path}` as a Cairn database: {message}. {remedy}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What redb or Cairn reported.
+        message: String,
+        /// What to do.
+        remedy: &'static str,
+    },
+
+    /// Stored bytes are damaged: an event or index row does not decode, or a hash chain
+    /// does not verify.
+    #[error("[CAIRN-E0004] corrupt data in {location}: {message}. Stop the host, keep a copy of the file, and restore it from a backup or export the intact instances with the audit CLI")]
+    Corrupt {
+        /// Where (table, key, instance).
+        location: String,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// Reading or writing the database failed. Nothing unacknowledged is assumed written.
+    #[error("[CAIRN-E0006] storage failure: {0}. The writer has stopped; close the runtime and open it again once the cause (disk full, I/O error) is fixed")]
+    Storage(String),
+
+    /// The file was written by a newer Cairn format.
+    #[error("[CAIRN-E0009] `{path}` uses Cairn storage format {found}; this build reads format {supported}. Upgrade Cairn to open it")]
+    UnsupportedFormat {
+        /// The file.
+        path: PathBuf,
+        /// Found version.
+        found: u32,
+        /// Supported version.
+        supported: u32,
+    },
+
+    /// The runtime is shutting down or was shut down.
+    #[error("[CAIRN-E0013] the runtime is shut down; no new work is accepted")]
+    ShutDown,
+
+    /// An input given to the API is invalid.
+    #[error("[CAIRN-E0014] invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl Error {
+    /// The stable code of this error (`"CAIRN-E0001"`, ...).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::NonDeterminism(_) => "CAIRN-E0001",
+            Error::PayloadDecode { .. } => "CAIRN-E0002",
+            Error::UnknownWorkflowType { .. } => "CAIRN-E0003",
+            Error::Corrupt { .. } => "CAIRN-E0004",
+            Error::Open { .. } => "CAIRN-E0005",
+            Error::Storage(_) => "CAIRN-E0006",
+            Error::InstanceNotFound(_) => "CAIRN-E0007",
+            Error::Parked { .. } => "CAIRN-E0008",
+            Error::UnsupportedFormat { .. } => "CAIRN-E0009",
+            Error::PayloadEncode { .. } => "CAIRN-E0010",
+            Error::PayloadTooLarge { .. } => "CAIRN-E0011",
+            Error::WorkflowTypeMismatch { .. } => "CAIRN-E0012",
+            Error::ShutDown => "CAIRN-E0013",
+            Error::InvalidArgument(_) => "CAIRN-E0014",
+        }
+    }
+}
+
+impl From<NonDeterminism> for Error {
+    fn from(value: NonDeterminism) -> Self {
+        Error::NonDeterminism(Box::new(value))
+    }
+}
+
+impl From<Box<NonDeterminism>> for Error {
+    fn from(value: Box<NonDeterminism>) -> Self {
+        Error::NonDeterminism(value)
+    }
+}
+
+/// Result alias of the runtime.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

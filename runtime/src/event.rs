@@ -1,0 +1,334 @@
+//! The event model and its on-disk envelope (specified byte by byte in
+//! `docs/EVENT_FORMAT.md`).
+//!
+//! An envelope is one format-version byte followed by the postcard encoding of an
+//! [`EventRecord`]. The SHA-256 of the whole envelope is the event's hash; the next event
+//! of the same instance carries it as `prev_hash`, which makes each history a hash chain.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::codec::Payload;
+
+/// The envelope format this build writes. Readers accept exactly the versions they know.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Largest envelope Cairn writes or accepts, in bytes. A step whose payloads exceed it is
+/// refused before anything is appended (see [`crate::Error::PayloadTooLarge`]).
+pub const EVENT_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// SHA-256 of an envelope.
+pub type EventHash = [u8; 32];
+
+/// The hash a first event points back to.
+pub const GENESIS_HASH: EventHash = [0; 32];
+
+/// Index of a durable call within one run of a workflow: the n-th call on `Ctx` gets step n
+/// (starting at 1), assigned when the call is made, so it is the same on every replay.
+pub type StepNo = u32;
+
+/// One entry of the log, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Internal key of the instance (a UUIDv7 as a big-endian `u128`).
+    pub instance: u128,
+    /// Position in the instance's history: 0, 1, 2, ... without gaps.
+    pub seq: u64,
+    /// LSN of the instance's previous event (`None` for `seq == 0`).
+    pub prev_lsn: Option<u64>,
+    /// Hash of the instance's previous event ([`GENESIS_HASH`] for `seq == 0`).
+    pub prev_hash: EventHash,
+    /// Wall-clock time of the commit that wrote this event, milliseconds since the Unix epoch.
+    /// Informational (audit); replay never reads it.
+    pub recorded_at_ms: u64,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// What one event records.
+///
+/// Variants are only ever appended to this enum (postcard numbers them by position), and
+/// each change is listed in `docs/EVENT_FORMAT.md`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// An instance was started. Always `seq == 0`.
+    WorkflowStarted {
+        /// Registered name of the workflow type.
+        workflow_type: String,
+        /// The user-chosen instance id.
+        id: String,
+        /// The workflow's input.
+        input: Payload,
+    },
+    /// An activity step finished successfully.
+    ActivityCompleted {
+        /// The step.
+        step: StepNo,
+        /// Activity name.
+        activity: String,
+        /// The activity's input.
+        input: Payload,
+        /// The attempt that succeeded (1 for the first).
+        attempt: u32,
+        /// The result.
+        output: Payload,
+    },
+    /// One attempt of an activity failed and another will be made.
+    ActivityAttemptFailed {
+        /// The step.
+        step: StepNo,
+        /// Activity name.
+        activity: String,
+        /// The attempt that failed.
+        attempt: u32,
+        /// Why.
+        error: ActivityErrorRecord,
+        /// Delay before the next attempt, in milliseconds.
+        retry_in_ms: u64,
+    },
+    /// An activity step failed for good (terminal error or attempts exhausted).
+    ActivityFailed {
+        /// The step.
+        step: StepNo,
+        /// Activity name.
+        activity: String,
+        /// The activity's input.
+        input: Payload,
+        /// The last attempt made.
+        attempt: u32,
+        /// The last error.
+        error: ActivityErrorRecord,
+    },
+    /// A recorded non-deterministic value: `now`, `random`, `uuid` or a named side effect.
+    SideEffect {
+        /// The step.
+        step: StepNo,
+        /// `"now"`, `"random"`, `"uuid"` or the user's side-effect name.
+        label: String,
+        /// The value.
+        value: Payload,
+    },
+    /// The workflow returned `Ok`.
+    WorkflowCompleted {
+        /// Its output.
+        output: Payload,
+    },
+    /// The workflow returned `Err`.
+    WorkflowFailed {
+        /// Its error value.
+        error: Payload,
+    },
+}
+
+impl EventKind {
+    /// The step this event belongs to, for step events.
+    pub fn step(&self) -> Option<StepNo> {
+        match self {
+            EventKind::ActivityCompleted { step, .. }
+            | EventKind::ActivityAttemptFailed { step, .. }
+            | EventKind::ActivityFailed { step, .. }
+            | EventKind::SideEffect { step, .. } => Some(*step),
+            EventKind::WorkflowStarted { .. }
+            | EventKind::WorkflowCompleted { .. }
+            | EventKind::WorkflowFailed { .. } => None,
+        }
+    }
+
+    /// Whether this event ends the instance.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            EventKind::WorkflowCompleted { .. } | EventKind::WorkflowFailed { .. }
+        )
+    }
+
+    /// Short name of the variant, for messages and exports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::WorkflowStarted { .. } => "WorkflowStarted",
+            EventKind::ActivityCompleted { .. } => "ActivityCompleted",
+            EventKind::ActivityAttemptFailed { .. } => "ActivityAttemptFailed",
+            EventKind::ActivityFailed { .. } => "ActivityFailed",
+            EventKind::SideEffect { .. } => "SideEffect",
+            EventKind::WorkflowCompleted { .. } => "WorkflowCompleted",
+            EventKind::WorkflowFailed { .. } => "WorkflowFailed",
+        }
+    }
+}
+
+/// An activity error as recorded in history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityErrorRecord {
+    /// Machine-readable kind (`"timeout"`, `"panic"`, or the activity's own).
+    pub kind: String,
+    /// Human-readable message.
+    pub message: String,
+    /// Whether the activity said another attempt could succeed.
+    pub retryable: bool,
+}
+
+/// Why an envelope could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Zero bytes.
+    #[error("empty event envelope")]
+    Empty,
+    /// Larger than [`EVENT_BYTES_MAX`].
+    #[error("event envelope of {len} bytes exceeds the {max} byte limit")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Written by a format this build does not know (a newer Cairn).
+    #[error("event format version {found} is not supported (this build reads version {supported}); open the file with the Cairn release that wrote it or a newer one")]
+    UnsupportedVersion {
+        /// Version byte found.
+        found: u8,
+        /// Version this build reads.
+        supported: u8,
+    },
+    /// The body is not a valid record.
+    #[error("event body does not decode: {0}")]
+    Body(String),
+    /// Bytes follow the record.
+    #[error("{0} unexpected trailing bytes after the event record")]
+    Trailing(usize),
+}
+
+impl EventRecord {
+    /// Writes the envelope: version byte, then the postcard record.
+    ///
+    /// # Errors
+    /// Only if postcard fails to serialize (it does not for these types) or the envelope
+    /// would exceed [`EVENT_BYTES_MAX`].
+    pub fn encode(&self) -> Result<Vec<u8>, DecodeError> {
+        let mut out = Vec::with_capacity(128);
+        out.push(FORMAT_VERSION);
+        let out =
+            postcard::to_extend(self, out).map_err(|err| DecodeError::Body(err.to_string()))?;
+        if out.len() > EVENT_BYTES_MAX {
+            return Err(DecodeError::TooLarge {
+                len: out.len(),
+                max: EVENT_BYTES_MAX,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Reads an envelope. Never panics, whatever the bytes.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] saying which part is wrong.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+        if bytes.len() > EVENT_BYTES_MAX {
+            return Err(DecodeError::TooLarge {
+                len: bytes.len(),
+                max: EVENT_BYTES_MAX,
+            });
+        }
+        if version != FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let (record, rest) = postcard::take_from_bytes::<EventRecord>(body)
+            .map_err(|err| DecodeError::Body(err.to_string()))?;
+        if !rest.is_empty() {
+            return Err(DecodeError::Trailing(rest.len()));
+        }
+        Ok(record)
+    }
+}
+
+/// The hash of an envelope: SHA-256 over all its bytes, version byte included.
+pub fn hash_envelope(envelope: &[u8]) -> EventHash {
+    Sha256::digest(envelope).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> EventRecord {
+        EventRecord {
+            instance: 0x0192_0000_0000_7000_8000_0000_0000_0001,
+            seq: 3,
+            prev_lsn: Some(41),
+            prev_hash: [7; 32],
+            recorded_at_ms: 1_764_000_000_000,
+            kind: EventKind::ActivityCompleted {
+                step: 2,
+                activity: "reserve_stock".into(),
+                input: Payload::new(0, br#"{"sku":"A"}"#.to_vec()),
+                attempt: 1,
+                output: Payload::new(0, b"true".to_vec()),
+            },
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let record = sample();
+        let bytes = record.encode().unwrap();
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        assert_eq!(EventRecord::decode(&bytes).unwrap(), record);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = sample().encode().unwrap();
+        for len in 0..bytes.len() {
+            assert!(
+                EventRecord::decode(&bytes[..len]).is_err(),
+                "prefix of {len} bytes decoded"
+            );
+        }
+    }
+
+    #[test]
+    fn newer_version_is_named() {
+        let mut bytes = sample().encode().unwrap();
+        bytes[0] = 9;
+        assert_eq!(
+            EventRecord::decode(&bytes),
+            Err(DecodeError::UnsupportedVersion {
+                found: 9,
+                supported: FORMAT_VERSION
+            })
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut bytes = sample().encode().unwrap();
+        bytes.push(0);
+        assert_eq!(EventRecord::decode(&bytes), Err(DecodeError::Trailing(1)));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = EventRecord::decode(&bytes);
+            let mut versioned = bytes.clone();
+            versioned.insert(0, FORMAT_VERSION);
+            let _ = EventRecord::decode(&versioned);
+        }
+
+        #[test]
+        fn mutated_envelopes_never_panic(pos in 0usize..200, byte in any::<u8>(), cut in 0usize..200) {
+            let mut bytes = sample().encode().unwrap();
+            let pos = pos % bytes.len();
+            bytes[pos] = byte;
+            bytes.truncate(cut.max(1));
+            let _ = EventRecord::decode(&bytes);
+        }
+    }
+}

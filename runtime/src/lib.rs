@@ -1,0 +1,29 @@
+//! Cairn's engine: the event model and its encoding, the redb store, the group-commit
+//! writer, the replay core and the instance drivers. Users depend on the `cairn` crate,
+//! which wraps this one in a typed API; this crate knows nothing of macros.
+//!
+//! See `docs/ARCHITECTURE.md` for the map of modules and the life of a step.
+
+#![deny(unsafe_code)]
+
+pub mod activity;
+pub mod codec;
+mod context;
+mod engine;
+pub mod error;
+pub mod event;
+mod queue;
+pub mod replay;
+pub mod store;
+mod sync;
+mod writer;
+
+pub use activity::{ActivityContext, ActivityError, ActivityFailure, ActivityOptions, RetryPolicy};
+pub use codec::{Codec, CodecError, JsonCodec, Payload};
+pub use context::WorkflowContext;
+pub use engine::{
+    Engine, EngineBuilder, InstanceInfo, ListFilter, Outcome, ReplayVerdict, StartOutcome, Status,
+    StatusKind, WorkflowFactory, WorkflowResult, INSTANCE_ID_BYTES_MAX,
+};
+pub use error::{Error, NonDeterminism, Result, StepDescriptor};
+pub use writer::{WriterStats, BATCH_REQUESTS_MAX};

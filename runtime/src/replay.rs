@@ -1,0 +1,517 @@
+//! The replay core: history in, decisions out. It does no I/O and knows nothing of
+//! storage or tasks, so it is tested with hand-built histories.
+//!
+//! **Architecture invariant**: for a given history and a given sequence of step requests,
+//! [`History::check`] always gives the same answers. The engine asks it before running any
+//! step live; a mismatch stops the instance before anything is appended.
+
+use std::collections::BTreeMap;
+
+use crate::codec::Payload;
+use crate::error::{Error, NonDeterminism, StepDescriptor};
+use crate::event::{ActivityErrorRecord, EventKind, EventRecord, StepNo};
+
+/// What kind of durable call a step is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepKind {
+    /// An activity.
+    Activity,
+    /// A recorded value (`now`, `random`, `uuid`, named side effect).
+    SideEffect,
+}
+
+impl StepKind {
+    fn label(self) -> &'static str {
+        match self {
+            StepKind::Activity => "activity",
+            StepKind::SideEffect => "side_effect",
+        }
+    }
+}
+
+/// A step as the workflow code asks for it.
+#[derive(Clone, Copy, Debug)]
+pub struct StepRequest<'a> {
+    /// Kind.
+    pub kind: StepKind,
+    /// Activity or side-effect name.
+    pub name: &'a str,
+    /// Input, for activities.
+    pub input: Option<&'a Payload>,
+}
+
+/// How a recorded step ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordedOutcome {
+    /// The activity succeeded.
+    ActivityCompleted {
+        /// Result.
+        output: Payload,
+        /// Attempt that succeeded.
+        attempt: u32,
+    },
+    /// The activity failed for good.
+    ActivityFailed {
+        /// Last error.
+        error: ActivityErrorRecord,
+        /// Attempts made.
+        attempt: u32,
+    },
+    /// The recorded value.
+    Value(Payload),
+}
+
+/// One step as history holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedStep {
+    /// Kind.
+    pub kind: StepKind,
+    /// Name.
+    pub name: String,
+    /// Input (activities whose outcome is recorded).
+    pub input: Option<Payload>,
+    /// Failed attempts recorded before the outcome (or before a crash).
+    pub failed_attempts: u32,
+    /// The outcome, if the step finished.
+    pub outcome: Option<RecordedOutcome>,
+}
+
+impl RecordedStep {
+    fn descriptor(&self) -> StepDescriptor {
+        StepDescriptor {
+            kind: self.kind.label(),
+            name: self.name.clone(),
+            input: self.input.as_ref().map(|p| p.preview(200)),
+        }
+    }
+}
+
+/// What the engine should do with a requested step.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision<'h> {
+    /// Return this recorded outcome; run nothing.
+    Replay(&'h RecordedOutcome),
+    /// Run it live, continuing after `failed_attempts` recorded failures.
+    Run {
+        /// Attempts already recorded as failed.
+        failed_attempts: u32,
+    },
+}
+
+/// How the workflow finished, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordedResult {
+    /// `Ok(output)`.
+    Completed(Payload),
+    /// `Err(error)`.
+    Failed(Payload),
+}
+
+/// An instance's history, indexed by step for replay.
+#[derive(Clone, Debug)]
+pub struct History {
+    /// User id.
+    pub instance: String,
+    /// Workflow type.
+    pub workflow_type: String,
+    /// The workflow's input.
+    pub input: Payload,
+    steps: BTreeMap<StepNo, RecordedStep>,
+    /// The recorded result, if the instance finished.
+    pub result: Option<RecordedResult>,
+}
+
+fn corrupt(instance: &str, seq: u64, message: impl Into<String>) -> Error {
+    Error::Corrupt {
+        location: format!("history of instance `{instance}` at sequence {seq}"),
+        message: message.into(),
+    }
+}
+
+impl History {
+    /// The history of a just-started instance.
+    pub fn fresh(instance: String, workflow_type: String, input: Payload) -> Self {
+        Self {
+            instance,
+            workflow_type,
+            input,
+            steps: BTreeMap::new(),
+            result: None,
+        }
+    }
+
+    /// Indexes recorded events (oldest first).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the events do not form a valid history (no start event,
+    /// a step event for another kind of step, events after the end).
+    pub fn from_records<'a>(
+        records: impl IntoIterator<Item = &'a EventRecord>,
+    ) -> Result<Self, Error> {
+        let mut records = records.into_iter();
+        let first = records
+            .next()
+            .ok_or_else(|| corrupt("?", 0, "history is empty"))?;
+        let EventKind::WorkflowStarted {
+            workflow_type,
+            id,
+            input,
+        } = &first.kind
+        else {
+            return Err(corrupt(
+                "?",
+                first.seq,
+                format!("first event is {}, not WorkflowStarted", first.kind.name()),
+            ));
+        };
+        let mut history = History::fresh(id.clone(), workflow_type.clone(), input.clone());
+        for record in records {
+            history.apply(record)?;
+        }
+        Ok(history)
+    }
+
+    fn apply(&mut self, record: &EventRecord) -> Result<(), Error> {
+        let id = self.instance.clone();
+        if self.result.is_some() {
+            return Err(corrupt(
+                &id,
+                record.seq,
+                "event after the workflow's result",
+            ));
+        }
+        let seq = record.seq;
+        match &record.kind {
+            EventKind::WorkflowStarted { .. } => {
+                return Err(corrupt(&id, seq, "second WorkflowStarted"))
+            }
+            EventKind::WorkflowCompleted { output } => {
+                self.result = Some(RecordedResult::Completed(output.clone()))
+            }
+            EventKind::WorkflowFailed { error } => {
+                self.result = Some(RecordedResult::Failed(error.clone()))
+            }
+            EventKind::ActivityAttemptFailed { step, activity, .. } => {
+                let entry = self.open_step(*step, StepKind::Activity, activity, seq)?;
+                entry.failed_attempts += 1;
+            }
+            EventKind::ActivityCompleted {
+                step,
+                activity,
+                input,
+                attempt,
+                output,
+            } => {
+                let entry = self.open_step(*step, StepKind::Activity, activity, seq)?;
+                entry.input = Some(input.clone());
+                entry.outcome = Some(RecordedOutcome::ActivityCompleted {
+                    output: output.clone(),
+                    attempt: *attempt,
+                });
+            }
+            EventKind::ActivityFailed {
+                step,
+                activity,
+                input,
+                attempt,
+                error,
+            } => {
+                let entry = self.open_step(*step, StepKind::Activity, activity, seq)?;
+                entry.input = Some(input.clone());
+                entry.outcome = Some(RecordedOutcome::ActivityFailed {
+                    error: error.clone(),
+                    attempt: *attempt,
+                });
+            }
+            EventKind::SideEffect { step, label, value } => {
+                let entry = self.open_step(*step, StepKind::SideEffect, label, seq)?;
+                entry.outcome = Some(RecordedOutcome::Value(value.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn open_step(
+        &mut self,
+        step: StepNo,
+        kind: StepKind,
+        name: &str,
+        seq: u64,
+    ) -> Result<&mut RecordedStep, Error> {
+        let instance = self.instance.clone();
+        let entry = self.steps.entry(step).or_insert_with(|| RecordedStep {
+            kind,
+            name: name.to_owned(),
+            input: None,
+            failed_attempts: 0,
+            outcome: None,
+        });
+        if entry.kind != kind || entry.name != name {
+            return Err(corrupt(
+                &instance,
+                seq,
+                format!("step {step} holds events of two different steps"),
+            ));
+        }
+        if entry.outcome.is_some() {
+            return Err(corrupt(
+                &instance,
+                seq,
+                format!("step {step} has an event after its outcome"),
+            ));
+        }
+        Ok(entry)
+    }
+
+    /// The recorded step `step`, if any.
+    pub fn step(&self, step: StepNo) -> Option<&RecordedStep> {
+        self.steps.get(&step)
+    }
+
+    /// Highest step number recorded (0 when none).
+    pub fn last_step(&self) -> StepNo {
+        self.steps.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// Decides what to do with the code's request for `step`.
+    ///
+    /// # Errors
+    /// [`NonDeterminism`] when history recorded another step at `step`.
+    pub fn check(
+        &self,
+        step: StepNo,
+        request: StepRequest<'_>,
+    ) -> Result<Decision<'_>, Box<NonDeterminism>> {
+        let Some(recorded) = self.steps.get(&step) else {
+            return Ok(Decision::Run { failed_attempts: 0 });
+        };
+        let input_differs = match (&recorded.input, request.input) {
+            (Some(recorded), Some(requested)) => recorded != requested,
+            _ => false,
+        };
+        if recorded.kind != request.kind || recorded.name != request.name || input_differs {
+            return Err(self.divergence(step, recorded.descriptor(), requested(request)));
+        }
+        Ok(match &recorded.outcome {
+            Some(outcome) => Decision::Replay(outcome),
+            None => Decision::Run {
+                failed_attempts: recorded.failed_attempts,
+            },
+        })
+    }
+
+    /// Checks, when the code returned after asking for `last_requested` steps, that history
+    /// holds nothing the code skipped.
+    ///
+    /// # Errors
+    /// [`NonDeterminism`] naming the first recorded step the code never asked for.
+    pub fn check_finished(&self, last_requested: StepNo) -> Result<(), Box<NonDeterminism>> {
+        match self.steps.range(last_requested + 1..).next() {
+            Some((&step, recorded)) => Err(self.divergence(
+                step,
+                recorded.descriptor(),
+                StepDescriptor {
+                    kind: "workflow result",
+                    name: "(the code returned)".into(),
+                    input: None,
+                },
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Builds the divergence error for `step`.
+    pub fn divergence(
+        &self,
+        step: StepNo,
+        recorded: StepDescriptor,
+        requested: StepDescriptor,
+    ) -> Box<NonDeterminism> {
+        Box::new(NonDeterminism {
+            instance: self.instance.clone(),
+            workflow_type: self.workflow_type.clone(),
+            step,
+            recorded,
+            requested,
+        })
+    }
+}
+
+/// The descriptor of a request, for divergence errors.
+pub fn requested(request: StepRequest<'_>) -> StepDescriptor {
+    StepDescriptor {
+        kind: request.kind.label(),
+        name: request.name.to_owned(),
+        input: request.input.map(|p| p.preview(200)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::GENESIS_HASH;
+
+    fn json(text: &str) -> Payload {
+        Payload::new(0, text.as_bytes().to_vec())
+    }
+
+    fn record(seq: u64, kind: EventKind) -> EventRecord {
+        EventRecord {
+            instance: 1,
+            seq,
+            prev_lsn: None,
+            prev_hash: GENESIS_HASH,
+            recorded_at_ms: 0,
+            kind,
+        }
+    }
+
+    fn history() -> History {
+        let records = vec![
+            record(
+                0,
+                EventKind::WorkflowStarted {
+                    workflow_type: "order".into(),
+                    id: "o-1".into(),
+                    input: json("1"),
+                },
+            ),
+            record(
+                1,
+                EventKind::ActivityCompleted {
+                    step: 1,
+                    activity: "reserve".into(),
+                    input: json("1"),
+                    attempt: 1,
+                    output: json("true"),
+                },
+            ),
+            record(
+                2,
+                EventKind::ActivityAttemptFailed {
+                    step: 2,
+                    activity: "charge".into(),
+                    attempt: 1,
+                    error: ActivityErrorRecord {
+                        kind: "io".into(),
+                        message: "down".into(),
+                        retryable: true,
+                    },
+                    retry_in_ms: 1000,
+                },
+            ),
+        ];
+        History::from_records(&records).unwrap()
+    }
+
+    fn activity<'a>(name: &'a str, input: &'a Payload) -> StepRequest<'a> {
+        StepRequest {
+            kind: StepKind::Activity,
+            name,
+            input: Some(input),
+        }
+    }
+
+    #[test]
+    fn recorded_step_replays_and_unrecorded_runs() {
+        let h = history();
+        let one = json("1");
+        assert!(matches!(
+            h.check(1, activity("reserve", &one)),
+            Ok(Decision::Replay(RecordedOutcome::ActivityCompleted { .. }))
+        ));
+        assert_eq!(
+            h.check(2, activity("charge", &one)),
+            Ok(Decision::Run { failed_attempts: 1 })
+        );
+        assert_eq!(
+            h.check(3, activity("ship", &one)),
+            Ok(Decision::Run { failed_attempts: 0 })
+        );
+    }
+
+    #[test]
+    fn renamed_step_is_a_divergence_naming_both_sides() {
+        let h = history();
+        let one = json("1");
+        let err = h.check(1, activity("reserve_stock", &one)).unwrap_err();
+        assert_eq!(err.step, 1);
+        assert_eq!(err.recorded.name, "reserve");
+        assert_eq!(err.requested.name, "reserve_stock");
+        assert_eq!(err.instance, "o-1");
+        assert_eq!(
+            err.diff(),
+            vec!["name: recorded `reserve`, requested `reserve_stock`".to_owned()]
+        );
+    }
+
+    #[test]
+    fn changed_input_and_kind_are_divergences() {
+        let h = history();
+        let two = json("2");
+        let err = h.check(1, activity("reserve", &two)).unwrap_err();
+        assert!(
+            err.diff()[0].starts_with("input: recorded 1, requested 2"),
+            "{:?}",
+            err.diff()
+        );
+        let err = h
+            .check(
+                1,
+                StepRequest {
+                    kind: StepKind::SideEffect,
+                    name: "reserve",
+                    input: None,
+                },
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.diff()[0],
+            "kind: recorded activity, requested side_effect"
+        );
+    }
+
+    #[test]
+    fn code_that_returns_early_is_caught() {
+        let h = history();
+        assert_eq!(h.check_finished(1).unwrap_err().step, 2);
+        assert!(h.check_finished(2).is_ok());
+    }
+
+    #[test]
+    fn malformed_histories_are_corrupt_not_panics() {
+        assert!(History::from_records(&[]).is_err());
+        let not_started = [record(
+            0,
+            EventKind::WorkflowCompleted { output: json("1") },
+        )];
+        assert!(History::from_records(&not_started).is_err());
+        let twice = [
+            record(
+                0,
+                EventKind::WorkflowStarted {
+                    workflow_type: "w".into(),
+                    id: "i".into(),
+                    input: json("1"),
+                },
+            ),
+            record(
+                1,
+                EventKind::SideEffect {
+                    step: 1,
+                    label: "now".into(),
+                    value: json("1"),
+                },
+            ),
+            record(
+                2,
+                EventKind::SideEffect {
+                    step: 1,
+                    label: "now".into(),
+                    value: json("2"),
+                },
+            ),
+        ];
+        assert!(History::from_records(&twice).is_err());
+    }
+}

@@ -1,0 +1,461 @@
+//! Storage: the [`Store`] trait the engine writes through, and [`RedbStore`], the
+//! embedded default. This is the only module that names redb.
+//!
+//! Tables (see `docs/EVENT_FORMAT.md`):
+//! - `log`: `u64` LSN -> event envelope. Append-only.
+//! - `instances`: `u128` internal key -> [`InstanceRow`] (head of the chain, status).
+//! - `ids`: user id -> internal key, written once when an instance starts.
+//! - `meta`: `"format"` -> storage format version (`u32`, little endian).
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::event::{hash_envelope, EventHash, EventRecord, GENESIS_HASH};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const INSTANCES: TableDefinition<u128, &[u8]> = TableDefinition::new("instances");
+const IDS: TableDefinition<&str, u128> = TableDefinition::new("ids");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Storage format of the whole file (tables and row encodings). Bumped on any change a
+/// previous build could misread.
+pub const STORAGE_FORMAT: u32 = 1;
+
+/// Version byte in front of every encoded [`InstanceRow`].
+const ROW_VERSION: u8 = 1;
+
+/// Lifecycle state of an instance as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceStatus {
+    /// Started and not finished.
+    Running,
+    /// The workflow returned `Ok`.
+    Completed,
+    /// The workflow returned `Err`.
+    Failed,
+}
+
+impl InstanceStatus {
+    /// Whether the instance has finished.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, InstanceStatus::Running)
+    }
+}
+
+/// The small per-instance row, updated in place at every commit that touches the instance.
+/// It is an index: everything in it can be rebuilt from the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRow {
+    /// Internal key (UUIDv7 as `u128`).
+    pub key: u128,
+    /// User-chosen id.
+    pub id: String,
+    /// Registered workflow type.
+    pub workflow_type: String,
+    /// Current status.
+    pub status: InstanceStatus,
+    /// Commit time of the start event (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// Commit time of the latest event.
+    pub updated_at_ms: u64,
+    /// LSN of the latest event.
+    pub head_lsn: u64,
+    /// Sequence number the next event gets (= number of events).
+    pub next_seq: u64,
+    /// Hash of the latest event.
+    pub head_hash: EventHash,
+}
+
+impl InstanceRow {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
+        postcard::to_extend(self, vec![ROW_VERSION])
+            .map_err(|err| Error::Storage(format!("instance row does not encode: {err}")))
+    }
+
+    pub(crate) fn decode(key: u128, bytes: &[u8]) -> Result<Self> {
+        let corrupt = |message: String| Error::Corrupt {
+            location: format!("instances table, key {key:032x}"),
+            message,
+        };
+        let (&version, body) = bytes
+            .split_first()
+            .ok_or_else(|| corrupt("empty row".into()))?;
+        if version != ROW_VERSION {
+            return Err(corrupt(format!(
+                "row version {version} is not {ROW_VERSION}"
+            )));
+        }
+        let row: InstanceRow =
+            postcard::from_bytes(body).map_err(|err| corrupt(err.to_string()))?;
+        if row.key != key {
+            return Err(corrupt(format!("row names key {:032x}", row.key)));
+        }
+        Ok(row)
+    }
+}
+
+/// One event read back, with its position and verified hash.
+#[derive(Clone, Debug)]
+pub struct StoredEvent {
+    /// Its LSN.
+    pub lsn: u64,
+    /// SHA-256 of its envelope.
+    pub hash: EventHash,
+    /// The decoded record.
+    pub record: EventRecord,
+}
+
+/// Everything one group commit writes, in one transaction.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    /// New log entries, in LSN order.
+    pub events: Vec<(u64, Vec<u8>)>,
+    /// Instance rows to insert or overwrite.
+    pub rows: Vec<(u128, Vec<u8>)>,
+    /// New id mappings.
+    pub ids: Vec<(String, u128)>,
+}
+
+impl WriteBatch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.rows.is_empty() && self.ids.is_empty()
+    }
+}
+
+/// Durable storage behind the engine. Implementations must make [`Store::commit`] atomic
+/// and durable when it returns `Ok`.
+pub trait Store: Send + Sync + 'static {
+    /// Writes `batch` atomically and durably.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when the transaction could not be made durable; nothing of the
+    /// batch may then be assumed written.
+    fn commit(&self, batch: &WriteBatch) -> Result<()>;
+    /// The LSN the next appended event gets.
+    fn next_lsn(&self) -> Result<u64>;
+    /// Internal key of a user id.
+    fn key_of(&self, id: &str) -> Result<Option<u128>>;
+    /// The row of one instance.
+    fn instance(&self, key: u128) -> Result<Option<InstanceRow>>;
+    /// Calls `visit` with every instance row, in key (start time) order, until it returns `false`.
+    fn scan_instances(&self, visit: &mut dyn FnMut(InstanceRow) -> bool) -> Result<()>;
+    /// The raw envelope at `lsn`.
+    fn envelope(&self, lsn: u64) -> Result<Option<Vec<u8>>>;
+    /// The whole history of `row`'s instance, oldest first, with its hash chain verified.
+    fn history(&self, row: &InstanceRow) -> Result<Vec<StoredEvent>>;
+}
+
+/// The embedded default: one redb file.
+#[derive(Debug)]
+pub struct RedbStore {
+    db: Database,
+    path: PathBuf,
+}
+
+fn storage(err: impl std::fmt::Display) -> Error {
+    Error::Storage(err.to_string())
+}
+
+impl RedbStore {
+    /// Opens `path`, creating the file if it does not exist.
+    ///
+    /// # Errors
+    /// [`Error::Open`] for a file that is not a redb database, is damaged beyond redb's
+    /// repair, or is held by another process; [`Error::UnsupportedFormat`] for a file
+    /// written by a newer Cairn.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let db = Database::create(&path).map_err(|err| open_error(&path, err))?;
+        let store = Self { db, path };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    /// The file this store writes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn check_format(&self) -> Result<()> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|err| open_error(&self.path, err))?;
+        {
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|err| open_error(&self.path, err))?;
+            let found = match meta
+                .get("format")
+                .map_err(|err| open_error(&self.path, err))?
+            {
+                Some(value) => {
+                    let bytes: [u8; 4] = value.value().try_into().map_err(|_| Error::Corrupt {
+                        location: format!("meta table of {}", self.path.display()),
+                        message: "format version is not 4 bytes".into(),
+                    })?;
+                    Some(u32::from_le_bytes(bytes))
+                }
+                None => None,
+            };
+            match found {
+                Some(found) if found > STORAGE_FORMAT => {
+                    return Err(Error::UnsupportedFormat {
+                        path: self.path.clone(),
+                        found,
+                        supported: STORAGE_FORMAT,
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("format", STORAGE_FORMAT.to_le_bytes().as_slice())
+                        .map_err(|err| open_error(&self.path, err))?;
+                }
+            }
+            // Creating the tables up front lets readers open them without a write.
+            txn.open_table(LOG)
+                .map_err(|err| open_error(&self.path, err))?;
+            txn.open_table(INSTANCES)
+                .map_err(|err| open_error(&self.path, err))?;
+            txn.open_table(IDS)
+                .map_err(|err| open_error(&self.path, err))?;
+        }
+        txn.commit().map_err(|err| open_error(&self.path, err))
+    }
+
+    fn read(&self) -> Result<redb::ReadTransaction> {
+        self.db.begin_read().map_err(storage)
+    }
+}
+
+fn open_error(path: &Path, err: impl Into<redb::Error>) -> Error {
+    let err: redb::Error = err.into();
+    let (message, remedy) = match &err {
+        redb::Error::DatabaseAlreadyOpen => (
+            "the file is already open".to_owned(),
+            "Only one process may host a Cairn database; stop the other host first.",
+        ),
+        redb::Error::Corrupted(msg) => (
+            format!("the file is not a valid redb database or is damaged ({msg})"),
+            "Check the path; if it is the right file, restore it from a backup.",
+        ),
+        redb::Error::UpgradeRequired(version) => (
+            format!("the file uses redb file format {version}, which this build cannot read"),
+            "Open it with the Cairn release that wrote it, or migrate it with redb's upgrade tools.",
+        ),
+        redb::Error::TableTypeMismatch { .. } | redb::Error::TableIsMultimap(_) | redb::Error::TableIsNotMultimap(_) => (
+            err.to_string(),
+            "The file is a redb database of another program, not a Cairn database; check the path.",
+        ),
+        redb::Error::Io(io) => (
+            format!("I/O error: {io}"),
+            "Check that the path exists, is a regular file and is readable and writable.",
+        ),
+        _ => (err.to_string(), "Check the path and the file's integrity; restore from a backup if it is damaged."),
+    };
+    Error::Open {
+        path: path.to_path_buf(),
+        message,
+        remedy,
+    }
+}
+
+impl Store for RedbStore {
+    fn commit(&self, batch: &WriteBatch) -> Result<()> {
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::Immediate).map_err(storage)?;
+        {
+            let mut log = txn.open_table(LOG).map_err(storage)?;
+            for (lsn, envelope) in &batch.events {
+                log.insert(*lsn, envelope.as_slice()).map_err(storage)?;
+            }
+            let mut instances = txn.open_table(INSTANCES).map_err(storage)?;
+            for (key, row) in &batch.rows {
+                instances.insert(*key, row.as_slice()).map_err(storage)?;
+            }
+            if !batch.ids.is_empty() {
+                let mut ids = txn.open_table(IDS).map_err(storage)?;
+                for (id, key) in &batch.ids {
+                    ids.insert(id.as_str(), *key).map_err(storage)?;
+                }
+            }
+        }
+        txn.commit().map_err(storage)
+    }
+
+    fn next_lsn(&self) -> Result<u64> {
+        let txn = self.read()?;
+        let log = txn.open_table(LOG).map_err(storage)?;
+        let last = log.last().map_err(storage)?.map(|(lsn, _)| lsn.value());
+        Ok(last.map_or(1, |lsn| lsn + 1))
+    }
+
+    fn key_of(&self, id: &str) -> Result<Option<u128>> {
+        let txn = self.read()?;
+        let ids = txn.open_table(IDS).map_err(storage)?;
+        Ok(ids.get(id).map_err(storage)?.map(|guard| guard.value()))
+    }
+
+    fn instance(&self, key: u128) -> Result<Option<InstanceRow>> {
+        let txn = self.read()?;
+        let instances = txn.open_table(INSTANCES).map_err(storage)?;
+        match instances.get(key).map_err(storage)? {
+            Some(bytes) => InstanceRow::decode(key, bytes.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn scan_instances(&self, visit: &mut dyn FnMut(InstanceRow) -> bool) -> Result<()> {
+        let txn = self.read()?;
+        let instances = txn.open_table(INSTANCES).map_err(storage)?;
+        for entry in instances.iter().map_err(storage)? {
+            let (key, bytes) = entry.map_err(storage)?;
+            let row = InstanceRow::decode(key.value(), bytes.value())?;
+            if !visit(row) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn envelope(&self, lsn: u64) -> Result<Option<Vec<u8>>> {
+        let txn = self.read()?;
+        let log = txn.open_table(LOG).map_err(storage)?;
+        Ok(log
+            .get(lsn)
+            .map_err(storage)?
+            .map(|guard| guard.value().to_vec()))
+    }
+
+    fn history(&self, row: &InstanceRow) -> Result<Vec<StoredEvent>> {
+        let txn = self.read()?;
+        let log = txn.open_table(LOG).map_err(storage)?;
+        let len = usize::try_from(row.next_seq).map_err(storage)?;
+        let mut events = Vec::with_capacity(len);
+        let mut next = Some(row.head_lsn);
+        while let Some(lsn) = next {
+            if events.len() >= len {
+                return Err(chain_error(
+                    row,
+                    lsn,
+                    "history is longer than the instance row says",
+                ));
+            }
+            let guard = log
+                .get(lsn)
+                .map_err(storage)?
+                .ok_or_else(|| chain_error(row, lsn, "event is missing from the log"))?;
+            let envelope = guard.value();
+            let record = EventRecord::decode(envelope)
+                .map_err(|err| chain_error(row, lsn, &err.to_string()))?;
+            next = record.prev_lsn;
+            events.push(StoredEvent {
+                lsn,
+                hash: hash_envelope(envelope),
+                record,
+            });
+        }
+        events.reverse();
+        verify_chain(row, &events)?;
+        Ok(events)
+    }
+}
+
+fn chain_error(row: &InstanceRow, lsn: u64, message: &str) -> Error {
+    Error::Corrupt {
+        location: format!("history of instance `{}` at LSN {lsn}", row.id),
+        message: message.to_owned(),
+    }
+}
+
+/// Checks that `events` are exactly the chain `row` points at: same instance, sequence
+/// numbers 0..n, each `prev_hash` the hash of the event before, the last hash the row's.
+pub fn verify_chain(row: &InstanceRow, events: &[StoredEvent]) -> Result<()> {
+    let mut prev_hash = GENESIS_HASH;
+    for (index, event) in events.iter().enumerate() {
+        let record = &event.record;
+        if record.instance != row.key {
+            return Err(chain_error(
+                row,
+                event.lsn,
+                "event belongs to another instance",
+            ));
+        }
+        if record.seq != index as u64 {
+            return Err(chain_error(
+                row,
+                event.lsn,
+                &format!("sequence number {} where {index} was expected", record.seq),
+            ));
+        }
+        if record.prev_hash != prev_hash {
+            return Err(chain_error(
+                row,
+                event.lsn,
+                "hash chain broken: prev_hash does not match the previous event",
+            ));
+        }
+        prev_hash = event.hash;
+    }
+    if events.len() as u64 != row.next_seq {
+        return Err(chain_error(
+            row,
+            row.head_lsn,
+            &format!(
+                "{} events found, the instance row counts {}",
+                events.len(),
+                row.next_seq
+            ),
+        ));
+    }
+    if prev_hash != row.head_hash {
+        return Err(chain_error(
+            row,
+            row.head_lsn,
+            "the last event's hash differs from the one in the instance row",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_a_database_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.txt");
+        std::fs::write(
+            &path,
+            b"these are my notes, not a database at all; ".repeat(200),
+        )
+        .unwrap();
+        let err = RedbStore::open(&path).unwrap_err();
+        assert_eq!(err.code(), "CAIRN-E0005", "{err}");
+        assert!(err.to_string().contains("notes.txt"), "{err}");
+    }
+
+    #[test]
+    fn newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("format", 99u32.to_le_bytes().as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        match RedbStore::open(&path) {
+            Err(Error::UnsupportedFormat { found: 99, .. }) => {}
+            other => panic!("expected UnsupportedFormat, got {other:?}"),
+        }
+    }
+}

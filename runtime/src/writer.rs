@@ -1,0 +1,433 @@
+//! The group-commit writer: one thread owns every write transaction. Appends from all
+//! instances queue to it; it turns whatever is queued into one transaction, commits it
+//! with `Durability::Immediate`, and only then answers each request. Many instances thus
+//! share one fsync, and a step is never acknowledged before it is durable.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+
+use crate::codec::Payload;
+use crate::error::{Error, Result};
+use crate::event::{
+    hash_envelope, DecodeError, EventKind, EventRecord, EVENT_BYTES_MAX, GENESIS_HASH,
+};
+use crate::queue::{Closed, CommitQueue};
+use crate::store::{InstanceRow, InstanceStatus, Store, WriteBatch};
+use crate::sync::{lock, Arc, Mutex};
+
+/// Most requests one commit takes. At the limit the rest wait for the next commit, which
+/// bounds a transaction's size and the latency of the requests in it.
+pub const BATCH_REQUESTS_MAX: usize = 4096;
+
+/// Answer to a start request.
+#[derive(Clone, Debug)]
+pub(crate) struct Started {
+    /// Internal key of the instance.
+    pub(crate) key: u128,
+    /// `false` when the id already existed and nothing was written.
+    pub(crate) created: bool,
+    /// The instance's row after the commit.
+    pub(crate) row: InstanceRow,
+}
+
+/// Answer to an append: where the event landed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Appended {
+    /// Its LSN.
+    pub(crate) lsn: u64,
+}
+
+enum Command {
+    Start {
+        id: String,
+        workflow_type: String,
+        input: Payload,
+        reply: oneshot::Sender<Result<Started>>,
+    },
+    Append {
+        key: u128,
+        kind: EventKind,
+        reply: oneshot::Sender<Result<Appended>>,
+    },
+}
+
+enum Reply {
+    Start(oneshot::Sender<Result<Started>>, Started),
+    Append(oneshot::Sender<Result<Appended>>, Appended),
+}
+
+/// Counters of the writer, for benchmarks and monitoring.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Events written.
+    pub events: AtomicU64,
+}
+
+/// Handle to the writer thread.
+pub(crate) struct Writer {
+    queue: Arc<CommitQueue<Command>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    stats: std::sync::Arc<WriterStats>,
+}
+
+impl Writer {
+    pub(crate) fn spawn(store: std::sync::Arc<dyn Store>) -> Result<Self> {
+        let next_lsn = store.next_lsn()?;
+        let queue = Arc::new(CommitQueue::new());
+        let stats = std::sync::Arc::new(WriterStats::default());
+        let state = WriterLoop {
+            store,
+            queue: queue.clone(),
+            stats: stats.clone(),
+            heads: HashMap::new(),
+            next_lsn,
+            failed: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("cairn-writer".into())
+            .spawn(move || state.run())
+            .map_err(|err| Error::Storage(format!("cannot start the writer thread: {err}")))?;
+        Ok(Self {
+            queue,
+            thread: Mutex::new(Some(thread)),
+            stats,
+        })
+    }
+
+    pub(crate) fn stats(&self) -> &std::sync::Arc<WriterStats> {
+        &self.stats
+    }
+
+    /// Starts an instance, or finds the existing one with this id.
+    pub(crate) async fn start(
+        &self,
+        id: String,
+        workflow_type: String,
+        input: Payload,
+    ) -> Result<Started> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Command::Start {
+            id,
+            workflow_type,
+            input,
+            reply,
+        })?;
+        answer.await.map_err(|_| Error::ShutDown)?
+    }
+
+    /// Appends one event and waits until it is durable.
+    pub(crate) async fn append(&self, key: u128, kind: EventKind) -> Result<Appended> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Command::Append { key, kind, reply })?;
+        answer.await.map_err(|_| Error::ShutDown)?
+    }
+
+    fn submit(&self, command: Command) -> Result<()> {
+        self.queue
+            .push(command)
+            .map_err(|Closed(_)| Error::ShutDown)
+    }
+
+    /// Stops accepting requests, lets the writer commit what is queued, and waits for it.
+    pub(crate) fn close(&self) {
+        self.queue.close();
+        let thread = lock(&self.thread).take();
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                tracing::error!("the cairn writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+struct WriterLoop {
+    store: std::sync::Arc<dyn Store>,
+    queue: Arc<CommitQueue<Command>>,
+    stats: std::sync::Arc<WriterStats>,
+    /// Rows of the instances this writer has touched. The writer is the only one that
+    /// writes rows, so its copy is the truth; finished instances are dropped from it.
+    heads: HashMap<u128, InstanceRow>,
+    next_lsn: u64,
+    /// Set after a failed commit: the writer then refuses everything until the runtime is
+    /// reopened, because after a failed fsync the file's state is unknown and retrying
+    /// the fsync could report success for lost writes.
+    failed: Option<Error>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl WriterLoop {
+    fn run(mut self) {
+        let mut commands = Vec::new();
+        let mut replies = Vec::new();
+        while self.queue.take(&mut commands, BATCH_REQUESTS_MAX) {
+            let mut batch = WriteBatch::default();
+            let mut touched: HashSet<u128> = HashSet::new();
+            let mut new_ids: HashMap<String, u128> = HashMap::new();
+            let now = now_ms();
+            for command in commands.drain(..) {
+                if let Some(err) = &self.failed {
+                    reject(command, err.clone());
+                    continue;
+                }
+                self.apply(
+                    command,
+                    now,
+                    &mut batch,
+                    &mut touched,
+                    &mut new_ids,
+                    &mut replies,
+                );
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            if let Err(err) = self.finish_batch(&mut batch, &touched) {
+                self.fail(err, &mut replies);
+                continue;
+            }
+            match self.store.commit(&batch) {
+                Ok(()) => {
+                    self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .events
+                        .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+                    for key in &touched {
+                        if self
+                            .heads
+                            .get(key)
+                            .is_some_and(|row| row.status.is_finished())
+                        {
+                            self.heads.remove(key);
+                        }
+                    }
+                    for reply in replies.drain(..) {
+                        // A requester that went away (its task was dropped) needs no answer.
+                        match reply {
+                            Reply::Start(tx, started) => drop(tx.send(Ok(started))),
+                            Reply::Append(tx, appended) => drop(tx.send(Ok(appended))),
+                        }
+                    }
+                }
+                Err(err) => self.fail(err, &mut replies),
+            }
+        }
+    }
+
+    fn fail(&mut self, err: Error, replies: &mut Vec<Reply>) {
+        tracing::error!(%err, "group commit failed; the writer refuses further appends until reopened");
+        for reply in replies.drain(..) {
+            match reply {
+                Reply::Start(tx, _) => drop(tx.send(Err(err.clone()))),
+                Reply::Append(tx, _) => drop(tx.send(Err(err.clone()))),
+            }
+        }
+        self.heads.clear();
+        self.failed = Some(err);
+    }
+
+    fn finish_batch(&self, batch: &mut WriteBatch, touched: &HashSet<u128>) -> Result<()> {
+        for key in touched {
+            if let Some(row) = self.heads.get(key) {
+                batch.rows.push((*key, row.encode()?));
+            }
+        }
+        Ok(())
+    }
+
+    fn head(&mut self, key: u128) -> Result<&mut InstanceRow> {
+        if !self.heads.contains_key(&key) {
+            let row = self
+                .store
+                .instance(key)?
+                .ok_or_else(|| Error::InstanceNotFound(format!("internal key {key:032x}")))?;
+            self.heads.insert(key, row);
+        }
+        self.heads
+            .get_mut(&key)
+            .ok_or_else(|| Error::InstanceNotFound(format!("internal key {key:032x}")))
+    }
+
+    fn apply(
+        &mut self,
+        command: Command,
+        now: u64,
+        batch: &mut WriteBatch,
+        touched: &mut HashSet<u128>,
+        new_ids: &mut HashMap<String, u128>,
+        replies: &mut Vec<Reply>,
+    ) {
+        match command {
+            Command::Start {
+                id,
+                workflow_type,
+                input,
+                reply,
+            } => {
+                let existing = match new_ids.get(&id) {
+                    Some(key) => Ok(Some(*key)),
+                    None => self.store.key_of(&id),
+                };
+                match existing {
+                    Err(err) => drop(reply.send(Err(err))),
+                    Ok(Some(key)) => {
+                        // Idempotent start: the same id never makes a second instance.
+                        let row = match self.heads.get(&key) {
+                            Some(row) => Ok(Some(row.clone())),
+                            None => self.store.instance(key),
+                        };
+                        match row {
+                            Ok(Some(row)) => {
+                                let started = Started {
+                                    key,
+                                    created: false,
+                                    row,
+                                };
+                                if new_ids.contains_key(&id) {
+                                    // Created in this very batch: answer after the commit.
+                                    replies.push(Reply::Start(reply, started));
+                                } else {
+                                    drop(reply.send(Ok(started)));
+                                }
+                            }
+                            Ok(None) => drop(reply.send(Err(Error::Corrupt {
+                                location: "ids table".into(),
+                                message: format!(
+                                    "id `{id}` maps to key {key:032x}, which has no instance row"
+                                ),
+                            }))),
+                            Err(err) => drop(reply.send(Err(err))),
+                        }
+                    }
+                    Ok(None) => {
+                        let key = uuid::Uuid::now_v7().as_u128();
+                        let row = InstanceRow {
+                            key,
+                            id: id.clone(),
+                            workflow_type: workflow_type.clone(),
+                            status: InstanceStatus::Running,
+                            created_at_ms: now,
+                            updated_at_ms: now,
+                            head_lsn: 0,
+                            next_seq: 0,
+                            head_hash: GENESIS_HASH,
+                        };
+                        self.heads.insert(key, row);
+                        let kind = EventKind::WorkflowStarted {
+                            workflow_type,
+                            id: id.clone(),
+                            input,
+                        };
+                        match self.push_event(key, kind, now, batch) {
+                            Ok(_) => {
+                                touched.insert(key);
+                                new_ids.insert(id.clone(), key);
+                                batch.ids.push((id, key));
+                                let row = self.heads.get(&key).cloned();
+                                if let Some(row) = row {
+                                    replies.push(Reply::Start(
+                                        reply,
+                                        Started {
+                                            key,
+                                            created: true,
+                                            row,
+                                        },
+                                    ));
+                                }
+                            }
+                            Err(err) => {
+                                self.heads.remove(&key);
+                                drop(reply.send(Err(err)));
+                            }
+                        }
+                    }
+                }
+            }
+            Command::Append { key, kind, reply } => match self.push_event(key, kind, now, batch) {
+                Ok(appended) => {
+                    touched.insert(key);
+                    replies.push(Reply::Append(reply, appended));
+                }
+                Err(err) => drop(reply.send(Err(err))),
+            },
+        }
+    }
+
+    fn push_event(
+        &mut self,
+        key: u128,
+        kind: EventKind,
+        now: u64,
+        batch: &mut WriteBatch,
+    ) -> Result<Appended> {
+        let lsn = self.next_lsn;
+        let row = self.head(key)?;
+        if row.status.is_finished() {
+            return Err(Error::InvalidArgument(format!(
+                "instance `{}` has finished; nothing more can be appended to its history",
+                row.id
+            )));
+        }
+        let terminal = match &kind {
+            EventKind::WorkflowCompleted { .. } => Some(InstanceStatus::Completed),
+            EventKind::WorkflowFailed { .. } => Some(InstanceStatus::Failed),
+            _ => None,
+        };
+        let position = kind.name();
+        let record = EventRecord {
+            instance: key,
+            seq: row.next_seq,
+            prev_lsn: (row.next_seq > 0).then_some(row.head_lsn),
+            prev_hash: row.head_hash,
+            recorded_at_ms: now,
+            kind,
+        };
+        let envelope = record.encode().map_err(|err| match err {
+            DecodeError::TooLarge { len, .. } => Error::PayloadTooLarge {
+                instance: row.id.clone(),
+                position: position.to_owned(),
+                bytes: len,
+                max: EVENT_BYTES_MAX,
+            },
+            other => Error::PayloadEncode {
+                instance: row.id.clone(),
+                position: position.to_owned(),
+                message: other.to_string(),
+            },
+        })?;
+        row.head_hash = hash_envelope(&envelope);
+        row.head_lsn = lsn;
+        row.next_seq += 1;
+        row.updated_at_ms = now;
+        if let Some(status) = terminal {
+            row.status = status;
+        }
+        batch.events.push((lsn, envelope));
+        self.next_lsn += 1;
+        Ok(Appended { lsn })
+    }
+}
+
+fn reject(command: Command, err: Error) {
+    match command {
+        Command::Start { reply, .. } => drop(reply.send(Err(err))),
+        Command::Append { reply, .. } => drop(reply.send(Err(err))),
+    }
+}

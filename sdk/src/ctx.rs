@@ -1,0 +1,246 @@
+//! The typed workflow context.
+
+use std::future::{Future, IntoFuture};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cairn_runtime::codec::{decode, encode};
+use cairn_runtime::{
+    ActivityFailure, ActivityOptions, Error, Payload as Bytes, RetryPolicy, WorkflowContext,
+};
+use futures::future::BoxFuture;
+
+use crate::{Activity, Payload};
+
+/// The workflow's handle to everything durable. Every activity, clock read, random
+/// number and side effect goes through it, so replay can reproduce it.
+///
+/// Each call gets its step number when it is *made*, not when it is awaited, so
+/// `futures::join!(ctx.activity(a, x), ctx.activity(b, y))` numbers `a` before `b` on
+/// every run.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    raw: WorkflowContext,
+}
+
+fn decode_step<T: Payload>(raw: &WorkflowContext, step: u32, payload: &Bytes) -> Result<T, Error> {
+    decode::<T>(raw.codec(), payload).map_err(|err| Error::PayloadDecode {
+        instance: raw.instance_id().to_owned(),
+        position: format!("step {step}"),
+        type_name: std::any::type_name::<T>(),
+        message: err.to_string(),
+    })
+}
+
+fn encode_step<T: Payload>(raw: &WorkflowContext, step: u32, value: &T) -> Result<Bytes, Error> {
+    encode(raw.codec(), value).map_err(|err| Error::PayloadEncode {
+        instance: raw.instance_id().to_owned(),
+        position: format!("step {step}"),
+        message: err.to_string(),
+    })
+}
+
+impl Ctx {
+    #[doc(hidden)]
+    pub fn __new(raw: WorkflowContext) -> Self {
+        Self { raw }
+    }
+
+    /// The user id of this instance (`"order-1042"`).
+    pub fn instance_id(&self) -> &str {
+        self.raw.instance_id()
+    }
+
+    /// The workflow type's registered name.
+    pub fn workflow_type(&self) -> &str {
+        self.raw.workflow_type()
+    }
+
+    /// Whether the next durable call will be answered from history. Use it to keep logs
+    /// quiet during replay; never to change what the workflow does.
+    pub fn is_replaying(&self) -> bool {
+        self.raw.is_replaying()
+    }
+
+    /// Calls activity `activity` with `input`. Await the returned call (after setting
+    /// options on it if needed) to get the result once it is durable.
+    ///
+    /// ```ignore
+    /// let receipt = ctx
+    ///     .activity(charge_card, payment)
+    ///     .retry(RetryPolicy::default().max_attempts(3).non_retryable(["declined"]))
+    ///     .start_to_close(Duration::from_secs(10))
+    ///     .await?;
+    /// ```
+    pub fn activity<A: Activity>(&self, activity: A, input: A::Input) -> ActivityCall<A> {
+        let step = self.raw.next_step();
+        let input = encode_step(&self.raw, step, &input);
+        ActivityCall {
+            ctx: self.clone(),
+            step,
+            input,
+            options: A::options(),
+            activity,
+        }
+    }
+
+    /// The current time, recorded on first execution and replayed afterwards.
+    ///
+    /// # Cancel safety
+    /// The step number is taken when `now` is called; drop the future and that step is
+    /// produced again on replay.
+    pub fn now(&self) -> impl Future<Output = SystemTime> + Send + 'static {
+        let value = self.side_effect("now", || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+                .unwrap_or(0)
+        });
+        async move { UNIX_EPOCH + Duration::from_micros(value.await) }
+    }
+
+    /// A random `u64`, recorded on first execution and replayed afterwards.
+    pub fn random(&self) -> impl Future<Output = u64> + Send + 'static {
+        self.try_side_effect("random", rand_u64)
+    }
+
+    /// A random (v4) UUID, recorded on first execution and replayed afterwards.
+    pub fn uuid(&self) -> impl Future<Output = uuid::Uuid> + Send + 'static {
+        self.try_side_effect("uuid", || {
+            let bits = u128::from(rand_u64()?) << 64 | u128::from(rand_u64()?);
+            Ok(uuid::Builder::from_random_bytes(bits.to_be_bytes()).into_uuid())
+        })
+    }
+
+    /// Runs `produce` once, records its value under `name`, and returns the recorded
+    /// value on every replay. For small non-deterministic reads (a config flag, a
+    /// hostname) that need no retries; use an activity for anything that can fail.
+    pub fn side_effect<T, F>(
+        &self,
+        name: &str,
+        produce: F,
+    ) -> impl Future<Output = T> + Send + 'static
+    where
+        T: Payload,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        self.try_side_effect(name, move || Ok(produce()))
+    }
+
+    fn try_side_effect<T, F>(
+        &self,
+        name: &str,
+        produce: F,
+    ) -> impl Future<Output = T> + Send + 'static
+    where
+        T: Payload,
+        F: FnOnce() -> Result<T, Error> + Send + 'static,
+    {
+        let step = self.raw.next_step();
+        let raw = self.raw.clone();
+        let name = name.to_owned();
+        async move {
+            let producer_raw = raw.clone();
+            let payload = raw
+                .recorded_value(step, &name, move || {
+                    encode_step(&producer_raw, step, &produce()?)
+                })
+                .await;
+            match decode_step::<T>(&raw, step, &payload) {
+                Ok(value) => value,
+                Err(err) => raw.abort(err).await,
+            }
+        }
+    }
+}
+
+/// Randomness for `random`/`uuid`, from the operating system. If the OS source fails
+/// (it does not on supported platforms) the workflow is parked rather than given a
+/// predictable value.
+fn rand_u64() -> Result<u64, Error> {
+    getrandom::u64().map_err(|err| Error::Storage(format!("the OS random source failed: {err}")))
+}
+
+/// A pending activity call. Set options, then `.await` it.
+#[must_use = "an activity call does nothing until awaited"]
+pub struct ActivityCall<A: Activity> {
+    ctx: Ctx,
+    step: u32,
+    input: Result<Bytes, Error>,
+    options: ActivityOptions,
+    #[allow(dead_code)]
+    activity: A,
+}
+
+impl<A: Activity> ActivityCall<A> {
+    /// Replaces all options of this call.
+    pub fn options(mut self, options: ActivityOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Sets the retry policy of this call.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.options.retry = policy;
+        self
+    }
+
+    /// Bounds each attempt to `timeout`.
+    pub fn start_to_close(mut self, timeout: Duration) -> Self {
+        self.options.start_to_close = timeout;
+        self
+    }
+
+    /// Adds error kinds that are never retried.
+    pub fn non_retryable<I, S>(mut self, kinds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.options.retry = self.options.retry.non_retryable(kinds);
+        self
+    }
+}
+
+impl<A: Activity> IntoFuture for ActivityCall<A> {
+    type Output = Result<A::Output, ActivityFailure>;
+    type IntoFuture = BoxFuture<'static, Self::Output>;
+
+    /// # Cancel safety
+    /// Dropping the future abandons the attempt in flight; it runs again on replay.
+    fn into_future(self) -> Self::IntoFuture {
+        let ActivityCall {
+            ctx,
+            step,
+            input,
+            options,
+            ..
+        } = self;
+        Box::pin(async move {
+            let raw = &ctx.raw;
+            let input = match input {
+                Ok(input) => input,
+                Err(err) => return raw.abort(err).await,
+            };
+            let codec_raw = raw.clone();
+            let output = raw
+                .activity(step, A::NAME, input, &options, |actx, input| {
+                    let decoded = decode::<A::Input>(codec_raw.codec(), input);
+                    let encoder = codec_raw.clone();
+                    async move {
+                        let input = decoded.map_err(|err| {
+                            cairn_runtime::ActivityError::terminal("input_decode", err.to_string())
+                        })?;
+                        let output = A::run(actx, input).await?;
+                        encode(encoder.codec(), &output).map_err(|err| {
+                            cairn_runtime::ActivityError::terminal("output_encode", err.to_string())
+                        })
+                    }
+                })
+                .await?;
+            match decode_step::<A::Output>(raw, step, &output) {
+                Ok(value) => Ok(value),
+                Err(err) => raw.abort(err).await,
+            }
+        })
+    }
+}

@@ -1,0 +1,144 @@
+//! # Cairn
+//!
+//! Durable, event-sourced workflows for Rust, hosted in your own process on one redb file.
+//!
+//! Write a workflow as a plain `async fn` marked `#[workflow]`, put its side effects in
+//! `#[activity]` functions, and call them through [`Ctx`]. Every step is appended to an
+//! event log before the workflow sees its result; after a crash each unfinished instance
+//! is replayed from its log and carries on without running completed steps again.
+//!
+//! ```no_run
+//! use cairn::{activity, workflow, ActivityCtx, ActivityError, Ctx, Runtime, WorkflowError};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Clone, Serialize, Deserialize)]
+//! struct Order { id: u32, sku: String }
+//!
+//! #[activity]
+//! async fn reserve_stock(_ctx: ActivityCtx, order: Order) -> Result<String, ActivityError> {
+//!     Ok(format!("reservation-{}", order.id))
+//! }
+//!
+//! #[workflow]
+//! async fn fulfil_order(ctx: Ctx, order: Order) -> Result<String, WorkflowError> {
+//!     let reservation = ctx.activity(reserve_stock, order).await?;
+//!     Ok(reservation)
+//! }
+//!
+//! # async fn run() -> Result<(), cairn::Error> {
+//! let rt = Runtime::builder().workflow(fulfil_order).open("orders.redb").await?;
+//! let order = Order { id: 1, sku: "A-1".into() };
+//! let handle = rt.start(fulfil_order, "order-1", order).await?;
+//! let receipt = handle.result().await?;
+//! # Ok(()) }
+//! ```
+
+#![deny(unsafe_code)]
+
+mod ctx;
+mod runtime;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use cairn_macros::{activity, workflow};
+pub use cairn_runtime::{
+    ActivityContext as ActivityCtx, ActivityError, ActivityFailure, ActivityOptions, Codec, Error,
+    InstanceInfo, JsonCodec, ListFilter, NonDeterminism, RetryPolicy, Status, StatusKind,
+};
+pub use ctx::{ActivityCall, Ctx};
+pub use runtime::{InstanceHandle, Runtime, RuntimeBuilder};
+
+/// The engine crate, for hosts that need its lower layers (stores, events, replay).
+pub use cairn_runtime as engine;
+
+/// A value that can cross a durable boundary: a workflow's input, output or error, an
+/// activity's argument or result. Any `Serialize + DeserializeOwned + Send` type is one.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be stored in a Cairn history",
+    label = "this type is not serde-serializable",
+    note = "workflow and activity inputs, outputs and errors are recorded in the event log: add #[derive(serde::Serialize, serde::Deserialize)] to `{Self}`"
+)]
+pub trait Payload: Serialize + DeserializeOwned + Send + 'static {}
+
+impl<T: Serialize + DeserializeOwned + Send + 'static> Payload for T {}
+
+/// A workflow type. Implemented by `#[workflow]`; you do not implement it by hand.
+pub trait Workflow: Send + Sync + 'static {
+    /// The registered name, recorded in every instance's start event. Renaming a
+    /// workflow strands its running instances: keep the name (`#[workflow(name = "..")]`).
+    const NAME: &'static str;
+    /// Input (a tuple when the function takes several arguments after `ctx`).
+    type Input: Payload;
+    /// `Ok` type of the result.
+    type Output: Payload;
+    /// `Err` type of the result.
+    type Error: Payload;
+    /// Runs the workflow body.
+    fn run(
+        ctx: Ctx,
+        input: Self::Input,
+    ) -> futures::future::BoxFuture<'static, Result<Self::Output, Self::Error>>;
+}
+
+/// An activity type. Implemented by `#[activity]`; you do not implement it by hand.
+pub trait Activity: Send + Sync + 'static {
+    /// The name recorded in history; replay compares it, so keep it stable.
+    const NAME: &'static str;
+    /// Input (a tuple when the function takes several arguments after `ctx`).
+    type Input: Payload;
+    /// Result.
+    type Output: Payload;
+    /// Default options of calls to this activity; a call may override them.
+    fn options() -> ActivityOptions {
+        ActivityOptions::default()
+    }
+    /// Runs one attempt.
+    fn run(
+        ctx: ActivityCtx,
+        input: Self::Input,
+    ) -> futures::future::BoxFuture<'static, Result<Self::Output, ActivityError>>;
+}
+
+/// A ready-made workflow error: an activity that failed for good, or a business outcome
+/// of your own. Any error type that is a [`Payload`] and `From<ActivityFailure>` works too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkflowError {
+    /// An activity step failed after its retries.
+    #[error(transparent)]
+    Activity(#[from] ActivityFailure),
+    /// The workflow decided to fail.
+    #[error("{kind}: {message}")]
+    Business {
+        /// Machine-readable kind.
+        kind: String,
+        /// Human-readable message.
+        message: String,
+    },
+}
+
+impl WorkflowError {
+    /// A business failure of kind `kind`.
+    pub fn business(kind: impl Into<String>, message: impl Into<String>) -> Self {
+        WorkflowError::Business {
+            kind: kind.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use futures::future::BoxFuture;
+    pub use std::boxed::Box;
+
+    /// Compile-time check the macros place on each argument and result type, so a
+    /// non-serde type is reported at its own span.
+    pub const fn assert_payload<T: crate::Payload>() {}
+
+    /// Converts an activity function's error into an [`crate::ActivityError`].
+    pub fn into_activity_error<E: Into<crate::ActivityError>>(err: E) -> crate::ActivityError {
+        err.into()
+    }
+}

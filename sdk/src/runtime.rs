@@ -1,0 +1,268 @@
+//! The typed host API.
+
+use std::marker::PhantomData;
+use std::path::Path;
+use std::sync::Arc;
+
+use cairn_runtime::codec::{decode, encode};
+use cairn_runtime::event::EventRecord;
+use cairn_runtime::store::{Store, StoredEvent};
+use cairn_runtime::{
+    Codec, Engine, EngineBuilder, Error, InstanceInfo, ListFilter, Outcome, ReplayVerdict,
+    WorkflowContext, WorkflowFactory, WorkflowResult,
+};
+
+use crate::{Ctx, Workflow};
+
+/// Configures a [`Runtime`]: the workflow types it hosts and the payload codec.
+#[derive(Debug, Default)]
+#[must_use = "a builder does nothing until opened"]
+pub struct RuntimeBuilder {
+    inner: EngineBuilder,
+    error: Option<Error>,
+}
+
+fn factory<W: Workflow>() -> WorkflowFactory {
+    Arc::new(|raw: WorkflowContext, input| {
+        Box::pin(async move {
+            let input: W::Input = match decode(raw.codec(), &input) {
+                Ok(input) => input,
+                Err(err) => {
+                    return WorkflowResult::Fatal(Error::PayloadDecode {
+                        instance: raw.instance_id().to_owned(),
+                        position: "input".into(),
+                        type_name: std::any::type_name::<W::Input>(),
+                        message: err.to_string(),
+                    })
+                }
+            };
+            let result = W::run(Ctx::__new(raw.clone()), input).await;
+            let encoded = match &result {
+                Ok(output) => encode(raw.codec(), output).map(WorkflowResult::Completed),
+                Err(error) => encode(raw.codec(), error).map(WorkflowResult::Failed),
+            };
+            encoded.unwrap_or_else(|err| {
+                WorkflowResult::Fatal(Error::PayloadEncode {
+                    instance: raw.instance_id().to_owned(),
+                    position: "result".into(),
+                    message: err.to_string(),
+                })
+            })
+        })
+    })
+}
+
+impl RuntimeBuilder {
+    /// Hosts workflow type `W` (pass the function marked `#[workflow]`).
+    pub fn workflow<W: Workflow>(mut self, _workflow: W) -> Self {
+        if let Err(err) = self.inner.register(W::NAME, factory::<W>()) {
+            self.error.get_or_insert(err);
+        }
+        self
+    }
+
+    /// Uses `codec` for payloads instead of JSON.
+    pub fn codec(mut self, codec: Arc<dyn Codec>) -> Self {
+        self.inner.codec(codec);
+        self
+    }
+
+    /// Opens (or creates) the database file at `path` and resumes every unfinished
+    /// instance. Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// A workflow type registered twice ([`Error::InvalidArgument`]); a file that is not a
+    /// Cairn database, is damaged, is held by another process ([`Error::Open`]) or comes
+    /// from a newer Cairn ([`Error::UnsupportedFormat`]).
+    pub async fn open(self, path: impl AsRef<Path>) -> Result<Runtime, Error> {
+        if let Some(err) = self.error {
+            return Err(err);
+        }
+        Ok(Runtime {
+            engine: self.inner.open(path).await?,
+        })
+    }
+
+    /// Opens the runtime on another [`Store`].
+    ///
+    /// # Errors
+    /// As [`RuntimeBuilder::open`].
+    pub fn open_store(self, store: Arc<dyn Store>) -> Result<Runtime, Error> {
+        if let Some(err) = self.error {
+            return Err(err);
+        }
+        Ok(Runtime {
+            engine: self.inner.open_store(store)?,
+        })
+    }
+}
+
+/// The in-process host: starts instances, reports on them, and resumes them after a
+/// restart. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    engine: Engine,
+}
+
+impl Runtime {
+    /// A builder.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    /// The untyped engine underneath.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Starts instance `id` of workflow `W`. If `id` already exists, returns a handle to
+    /// it and starts nothing ([`InstanceHandle::created`] is `false`); the input given
+    /// now is then ignored.
+    ///
+    /// # Errors
+    /// [`Error::UnknownWorkflowType`] if `W` was not registered,
+    /// [`Error::WorkflowTypeMismatch`] if `id` is another workflow type's, storage errors.
+    ///
+    /// # Durability
+    /// On return the start is on disk: the instance runs to its end across crashes.
+    ///
+    /// # Cancel safety
+    /// If dropped, the start may or may not have happened; calling again with the same id
+    /// is safe.
+    pub async fn start<W: Workflow>(
+        &self,
+        _workflow: W,
+        id: &str,
+        input: W::Input,
+    ) -> Result<InstanceHandle<W>, Error> {
+        let payload = encode(self.engine.codec(), &input).map_err(|err| Error::PayloadEncode {
+            instance: id.to_owned(),
+            position: "input".into(),
+            message: err.to_string(),
+        })?;
+        let started = self.engine.start(W::NAME, id, payload).await?;
+        Ok(InstanceHandle {
+            engine: self.engine.clone(),
+            id: id.to_owned(),
+            created: started.created,
+            workflow: PhantomData,
+        })
+    }
+
+    /// A handle to existing instance `id` of workflow `W`, to await its result.
+    pub fn handle<W: Workflow>(&self, _workflow: W, id: &str) -> InstanceHandle<W> {
+        InstanceHandle {
+            engine: self.engine.clone(),
+            id: id.to_owned(),
+            created: false,
+            workflow: PhantomData,
+        }
+    }
+
+    /// Status of instance `id`.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`], storage errors.
+    pub fn status(&self, id: &str) -> Result<InstanceInfo, Error> {
+        self.engine.status(id)
+    }
+
+    /// Instances matching `filter`, oldest first.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn list(&self, filter: &ListFilter) -> Result<Vec<InstanceInfo>, Error> {
+        self.engine.list(filter)
+    }
+
+    /// The verified event history of instance `id`.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`], [`Error::Corrupt`] when the hash chain fails.
+    pub fn history(&self, id: &str) -> Result<Vec<StoredEvent>, Error> {
+        self.engine.history(id)
+    }
+
+    /// Replays recorded events against the registered code without running anything.
+    ///
+    /// # Errors
+    /// See [`Engine::replay`].
+    pub async fn replay(&self, records: &[EventRecord]) -> Result<ReplayVerdict, Error> {
+        self.engine.replay(records).await
+    }
+
+    /// Stops the runtime; see [`Engine::shutdown`].
+    ///
+    /// # Durability
+    /// Everything acknowledged is on disk, and queued commits finish, before it returns.
+    pub async fn shutdown(&self) {
+        self.engine.shutdown().await;
+    }
+}
+
+/// A typed handle to one instance.
+#[derive(Debug)]
+pub struct InstanceHandle<W: Workflow> {
+    engine: Engine,
+    id: String,
+    created: bool,
+    workflow: PhantomData<fn() -> W>,
+}
+
+impl<W: Workflow> Clone for InstanceHandle<W> {
+    fn clone(&self) -> Self {
+        Self {
+            engine: self.engine.clone(),
+            id: self.id.clone(),
+            created: self.created,
+            workflow: PhantomData,
+        }
+    }
+}
+
+impl<W: Workflow> InstanceHandle<W> {
+    /// The instance id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether this call started it (`false`: it already existed).
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// Waits for the workflow's own result: `Ok(Ok(output))` or `Ok(Err(error))`. The
+    /// outer `Err` is the runtime's (parked, shut down, corrupt, undecodable).
+    ///
+    /// # Errors
+    /// [`Error::Parked`], [`Error::ShutDown`], [`Error::InstanceNotFound`],
+    /// [`Error::PayloadDecode`] when the recorded result is not a `W::Output`/`W::Error`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn result(&self) -> Result<Result<W::Output, W::Error>, Error> {
+        let decode_err =
+            |type_name: &'static str, err: cairn_runtime::CodecError| Error::PayloadDecode {
+                instance: self.id.clone(),
+                position: "result".into(),
+                type_name,
+                message: err.to_string(),
+            };
+        match self.engine.wait(&self.id).await? {
+            Outcome::Completed(payload) => decode::<W::Output>(self.engine.codec(), &payload)
+                .map(Ok)
+                .map_err(|err| decode_err(std::any::type_name::<W::Output>(), err)),
+            Outcome::Failed(payload) => decode::<W::Error>(self.engine.codec(), &payload)
+                .map(Err)
+                .map_err(|err| decode_err(std::any::type_name::<W::Error>(), err)),
+        }
+    }
+
+    /// Its current status.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`], storage errors.
+    pub fn status(&self) -> Result<InstanceInfo, Error> {
+        self.engine.status(&self.id)
+    }
+}
