@@ -7,7 +7,7 @@
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{format_ident, quote};
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
 use syn::visit::Visit;
@@ -267,15 +267,6 @@ fn expand(kind: Kind, attr: TokenStream2, item: TokenStream2) -> syn::Result<Tok
         quote!()
     };
 
-    let asserts = types.iter().map(
-        |ty| quote_spanned!(ty.span()=> const _: () = ::cairn::__private::assert_payload::<#ty>();),
-    );
-    let ok_assert = quote_spanned!(ok_ty.span()=> const _: () = ::cairn::__private::assert_payload::<#ok_ty>(););
-    let err_assert = if kind == Kind::Workflow {
-        quote_spanned!(err_ty.span()=> const _: () = ::cairn::__private::assert_payload::<#err_ty>();)
-    } else {
-        quote!()
-    };
     let params = pats.iter().zip(types.iter()).map(|(p, t)| quote!(#p: #t));
 
     let trait_impl = match kind {
@@ -325,11 +316,5 @@ fn expand(kind: Kind, attr: TokenStream2, item: TokenStream2) -> syn::Result<Tok
         }
 
         #trait_impl
-
-        const _: () = {
-            #(#asserts)*
-            #ok_assert
-            #err_assert
-        };
     })
 }

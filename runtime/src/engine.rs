@@ -10,7 +10,7 @@ use std::task::Poll;
 
 use futures::future::BoxFuture;
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 
 use crate::codec::{Codec, JsonCodec, Payload};
 use crate::context::{Stop, WorkflowContext};
@@ -143,7 +143,7 @@ type OutcomeSlot = Option<Result<Outcome>>;
 
 struct Active {
     outcome: watch::Receiver<OutcomeSlot>,
-    abort: AbortHandle,
+    task: JoinHandle<()>,
 }
 
 pub(crate) struct Shared {
@@ -351,13 +351,7 @@ impl Engine {
         // for it to be inserted by holding the map's lock across the spawn.
         let mut active = lock(&self.shared.active);
         let task = tokio::spawn(run_instance(shared, key, resume, tx));
-        active.insert(
-            key,
-            Active {
-                outcome: rx,
-                abort: task.abort_handle(),
-            },
-        );
+        active.insert(key, Active { outcome: rx, task });
     }
 
     fn key_of(&self, id: &str) -> Result<u128> {
@@ -565,26 +559,34 @@ impl Engine {
 
     /// Stops the runtime: refuses new starts, stops every instance driver (each resumes
     /// from its history when the file is opened again), lets the writer commit what is
-    /// queued, and closes the file.
+    /// queued, and closes the file, which another runtime may then open. Every later call
+    /// on this runtime or its clones fails with [`Error::ShutDown`].
     ///
     /// # Durability
     /// Every step acknowledged before the call is on disk; requests queued at the call
     /// are committed before it returns.
     pub async fn shutdown(&self) {
         self.shared.closed.store(true, Ordering::Release);
-        let drivers: Vec<AbortHandle> = lock(&self.shared.active)
+        let drivers: Vec<JoinHandle<()>> = lock(&self.shared.active)
             .drain()
-            .map(|(_, a)| a.abort)
+            .map(|(_, a)| a.task)
             .collect();
-        for driver in drivers {
+        for driver in &drivers {
             driver.abort();
         }
+        for driver in drivers {
+            // A driver that finished on its own in the meantime reports its result; one
+            // aborted reports cancellation. Either way it no longer touches the store.
+            let _ = driver.await;
+        }
         let shared = self.shared.clone();
-        if tokio::task::spawn_blocking(move || shared.writer.close())
-            .await
-            .is_err()
-        {
-            tracing::error!("closing the writer failed");
+        let closed = tokio::task::spawn_blocking(move || {
+            shared.writer.close();
+            shared.store.close();
+        })
+        .await;
+        if closed.is_err() {
+            tracing::error!("closing the writer or the store panicked");
         }
     }
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::event::{hash_envelope, EventHash, EventRecord, GENESIS_HASH};
+use crate::sync::{read, write, RwLock, RwLockReadGuard};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const INSTANCES: TableDefinition<u128, &[u8]> = TableDefinition::new("instances");
@@ -147,12 +148,17 @@ pub trait Store: Send + Sync + 'static {
     fn envelope(&self, lsn: u64) -> Result<Option<Vec<u8>>>;
     /// The whole history of `row`'s instance, oldest first, with its hash chain verified.
     fn history(&self, row: &InstanceRow) -> Result<Vec<StoredEvent>>;
+    /// Releases the storage (closes the file); every later call fails with
+    /// [`Error::ShutDown`]. Waits for calls in progress.
+    fn close(&self) {}
 }
 
 /// The embedded default: one redb file.
 #[derive(Debug)]
 pub struct RedbStore {
-    db: Database,
+    /// `None` once closed. The lock is uncontended except against `close`, which must
+    /// wait for reads in progress before the file is released.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
 }
 
@@ -170,7 +176,10 @@ impl RedbStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let db = Database::create(&path).map_err(|err| open_error(&path, err))?;
-        let store = Self { db, path };
+        let store = Self {
+            db: RwLock::new(Some(db)),
+            path,
+        };
         store.check_format()?;
         Ok(store)
     }
@@ -180,9 +189,18 @@ impl RedbStore {
         &self.path
     }
 
+    fn db(&self) -> Result<MappedDb<'_>> {
+        let guard = read(&self.db);
+        if guard.is_none() {
+            return Err(Error::ShutDown);
+        }
+        Ok(MappedDb(guard))
+    }
+
     fn check_format(&self) -> Result<()> {
-        let txn = self
-            .db
+        let db = self.db()?;
+        let txn = db
+            .get()
             .begin_write()
             .map_err(|err| open_error(&self.path, err))?;
         {
@@ -228,7 +246,21 @@ impl RedbStore {
     }
 
     fn read(&self) -> Result<redb::ReadTransaction> {
-        self.db.begin_read().map_err(storage)
+        self.db()?.get().begin_read().map_err(storage)
+    }
+}
+
+/// A read guard on an open database.
+struct MappedDb<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl MappedDb<'_> {
+    fn get(&self) -> &Database {
+        // `RedbStore::db` only builds a `MappedDb` after checking the option is `Some`,
+        // and the read guard keeps it so.
+        match self.0.as_ref() {
+            Some(db) => db,
+            None => unreachable!("MappedDb is only built over an open database"),
+        }
     }
 }
 
@@ -266,7 +298,8 @@ fn open_error(path: &Path, err: impl Into<redb::Error>) -> Error {
 
 impl Store for RedbStore {
     fn commit(&self, batch: &WriteBatch) -> Result<()> {
-        let mut txn = self.db.begin_write().map_err(storage)?;
+        let db = self.db()?;
+        let mut txn = db.get().begin_write().map_err(storage)?;
         txn.set_durability(Durability::Immediate).map_err(storage)?;
         {
             let mut log = txn.open_table(LOG).map_err(storage)?;
@@ -362,6 +395,11 @@ impl Store for RedbStore {
         events.reverse();
         verify_chain(row, &events)?;
         Ok(events)
+    }
+
+    fn close(&self) {
+        let db = write(&self.db).take();
+        drop(db);
     }
 }
 

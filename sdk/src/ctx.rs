@@ -64,12 +64,24 @@ impl Ctx {
     /// Calls activity `activity` with `input`. Await the returned call (after setting
     /// options on it if needed) to get the result once it is durable.
     ///
-    /// ```ignore
-    /// let receipt = ctx
-    ///     .activity(charge_card, payment)
-    ///     .retry(RetryPolicy::default().max_attempts(3).non_retryable(["declined"]))
-    ///     .start_to_close(Duration::from_secs(10))
-    ///     .await?;
+    /// ```
+    /// use std::time::Duration;
+    /// use cairn::{activity, workflow, ActivityCtx, ActivityError, Ctx, RetryPolicy, WorkflowError};
+    ///
+    /// #[activity]
+    /// async fn charge_card(ctx: ActivityCtx, cents: u64) -> Result<String, ActivityError> {
+    ///     Ok(format!("charge-{}-{cents}", ctx.idempotency_key()))
+    /// }
+    ///
+    /// #[workflow]
+    /// async fn checkout(ctx: Ctx, cents: u64) -> Result<String, WorkflowError> {
+    ///     let receipt = ctx
+    ///         .activity(charge_card, cents)
+    ///         .retry(RetryPolicy::default().max_attempts(3).non_retryable(["declined"]))
+    ///         .start_to_close(Duration::from_secs(10))
+    ///         .await?;
+    ///     Ok(receipt)
+    /// }
     /// ```
     pub fn activity<A: Activity>(&self, activity: A, input: A::Input) -> ActivityCall<A> {
         let step = self.raw.next_step();

@@ -133,10 +133,6 @@ pub mod __private {
     pub use futures::future::BoxFuture;
     pub use std::boxed::Box;
 
-    /// Compile-time check the macros place on each argument and result type, so a
-    /// non-serde type is reported at its own span.
-    pub const fn assert_payload<T: crate::Payload>() {}
-
     /// Converts an activity function's error into an [`crate::ActivityError`].
     pub fn into_activity_error<E: Into<crate::ActivityError>>(err: E) -> crate::ActivityError {
         err.into()
