@@ -75,6 +75,25 @@ struct Settings {
 
 static SETTINGS: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
 
+/// Sets how activities behave (once per process; later calls are ignored).
+pub fn init_settings(delay: Duration, counts: Option<PathBuf>, quiet: bool) {
+    let _ = SETTINGS.set(Settings {
+        delay,
+        counts,
+        quiet,
+    });
+}
+
+/// Order number `n` of the demo data set.
+pub fn sample_order(n: u32) -> Order {
+    Order {
+        id: format!("order-{n}"),
+        sku: format!("SKU-{}", n % 7),
+        qty: 1 + n % 9,
+        unit_price_cents: 250 + u64::from(n) * 10,
+    }
+}
+
 /// Simulates the activity's work and records that it ran.
 async fn work(ctx: &ActivityCtx, what: &str) -> Result<(), ActivityError> {
     let settings = SETTINGS
@@ -145,8 +164,9 @@ async fn ship(
     Ok(format!("TRK-{}-{}", reservation.warehouse, order.id))
 }
 
+/// Reserve stock, charge, invoice, ship: four durable steps.
 #[workflow]
-async fn fulfil_order(ctx: Ctx, order: Order) -> Result<Receipt, WorkflowError> {
+pub async fn fulfil_order(ctx: Ctx, order: Order) -> Result<Receipt, WorkflowError> {
     let reservation = ctx.activity(check_stock, order.clone()).await?;
     let total_cents = order.unit_price_cents * u64::from(order.qty);
     let payment = ctx
@@ -186,23 +206,18 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), cairn::Error> {
-    let _ = SETTINGS.set(Settings {
-        delay: Duration::from_millis(args.step_delay_ms),
-        counts: args.counts.clone(),
-        quiet: args.quiet,
-    });
+    init_settings(
+        Duration::from_millis(args.step_delay_ms),
+        args.counts.clone(),
+        args.quiet,
+    );
     let rt = Runtime::builder()
         .workflow(fulfil_order)
         .open(&args.db)
         .await?;
     let mut handles = Vec::new();
     for n in 1..=args.orders {
-        let order = Order {
-            id: format!("order-{n}"),
-            sku: format!("SKU-{}", n % 7),
-            qty: 1 + n % 9,
-            unit_price_cents: 250 + u64::from(n) * 10,
-        };
+        let order = sample_order(n);
         let handle = rt.start(fulfil_order, &order.id.clone(), order).await?;
         if !args.quiet && !handle.created() {
             println!("[{}] already started, resuming", handle.id());
