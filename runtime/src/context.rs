@@ -11,7 +11,10 @@ use crate::activity::{ActivityContext, ActivityError, ActivityFailure, ActivityO
 use crate::codec::{Codec, Payload};
 use crate::engine::Shared;
 use crate::error::{Error, StepDescriptor};
-use crate::event::{EventKind, StepNo};
+use crate::event::{EventKind, StepNo, EVENT_BYTES_MAX};
+
+/// Room left in an activity event for everything but its input and result.
+const STEP_EVENT_HEADROOM_BYTES: usize = 4096;
 use crate::replay::{requested, Decision, History, RecordedOutcome, StepKind, StepRequest};
 use crate::sync::{lock, Mutex};
 
@@ -132,6 +135,11 @@ impl WorkflowContext {
     }
 
     async fn append(&self, kind: EventKind) -> Result<(), Error> {
+        // Another branch of this run (a `join!` sibling polled in the same poll) may have
+        // stopped the instance; nothing may be appended after that.
+        if lock(&self.inner.state).stop.is_some() {
+            return std::future::pending().await;
+        }
         match &self.inner.shared {
             Some(shared) => shared
                 .writer
@@ -234,6 +242,18 @@ impl WorkflowContext {
                 }
                 Ok(Ok(result)) => result,
             };
+            let result = result.and_then(|output| {
+                let bytes = output.data.len() + input.data.len() + name.len();
+                if bytes + STEP_EVENT_HEADROOM_BYTES > EVENT_BYTES_MAX {
+                    // Parking would re-run the activity on every start and fail again;
+                    // a recorded terminal failure lets the workflow handle it once.
+                    return Err(ActivityError::terminal(
+                        "payload_too_large",
+                        format!("the step's input and result take {bytes} bytes, over the {EVENT_BYTES_MAX} byte event limit; store large data outside and return a reference"),
+                    ));
+                }
+                Ok(output)
+            });
             match result {
                 Ok(output) => {
                     let kind = EventKind::ActivityCompleted {
@@ -326,7 +346,7 @@ impl WorkflowContext {
     }
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(text) = panic.downcast_ref::<&str>() {
         format!("activity panicked: {text}")
     } else if let Some(text) = panic.downcast_ref::<String>() {

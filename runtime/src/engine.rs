@@ -2,9 +2,10 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -18,7 +19,7 @@ use crate::error::{Error, Result, StepDescriptor};
 use crate::event::{EventKind, EventRecord};
 use crate::replay::{History, RecordedResult};
 use crate::store::{InstanceRow, InstanceStatus, RedbStore, Store, StoredEvent};
-use crate::sync::{lock, Mutex};
+use crate::sync::{lock, AtomicBool, Mutex};
 use crate::writer::{Writer, WriterStats};
 
 /// Longest user id accepted, in bytes.
@@ -54,7 +55,8 @@ pub enum ReplayVerdict {
     /// The code reproduced the recorded run up to its result, which matches.
     Matches(Outcome),
     /// The history is unfinished; the code agrees with it up to `next_step`, the first
-    /// step the history does not hold.
+    /// step the history does not hold (one past the last step when the code returned but
+    /// its result was not recorded yet).
     Unfinished {
         /// The first step that would run live.
         next_step: u32,
@@ -531,17 +533,12 @@ impl Engine {
                 let recorded = match &ctx.history().result {
                     Some(RecordedResult::Completed(p)) => Outcome::Completed(p.clone()),
                     Some(RecordedResult::Failed(p)) => Outcome::Failed(p.clone()),
+                    // The run stopped after its last step and before its result was
+                    // recorded: the code agrees with everything there is.
                     None => {
-                        let err = ctx.history().divergence(
-                            ctx.last_requested_step() + 1,
-                            StepDescriptor {
-                                kind: "end of history",
-                                name: "(no result recorded)".into(),
-                                input: None,
-                            },
-                            result_descriptor(&outcome),
-                        );
-                        return Err(err.into());
+                        return Ok(ReplayVerdict::Unfinished {
+                            next_step: ctx.last_requested_step() + 1,
+                        })
                     }
                 };
                 if recorded != outcome {
@@ -614,7 +611,17 @@ async fn drive(
     mut future: BoxFuture<'static, WorkflowResult>,
 ) -> std::result::Result<WorkflowResult, Stop> {
     std::future::poll_fn(|cx| {
-        let polled = Pin::new(&mut future).poll(cx);
+        let polled =
+            match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut future).poll(cx))) {
+                Ok(polled) => polled,
+                // The future is not polled again after a panic, so its state does not matter.
+                Err(panic) => {
+                    return Poll::Ready(Err(Stop::Fatal(Error::WorkflowPanicked {
+                        instance: ctx.instance_id().to_owned(),
+                        message: crate::context::panic_message(&panic),
+                    })))
+                }
+            };
         // A step that stops the instance does so inside this poll, so checking right
         // after it catches every stop before the workflow can act on anything else.
         if let Some(stop) = ctx.take_stop() {
@@ -641,9 +648,16 @@ async fn run_instance(
     tx: watch::Sender<OutcomeSlot>,
 ) {
     let result = run_instance_inner(&shared, key, resume).await;
-    if let Err(err) = &result {
-        tracing::error!(%err, "instance parked");
-        lock(&shared.parked).insert(key, err.clone());
+    match &result {
+        // Not the instance's fault: it resumes when the runtime is reopened.
+        Err(err @ (Error::Storage(_) | Error::ShutDown)) => {
+            tracing::warn!(%err, "instance stopped")
+        }
+        Err(err) => {
+            tracing::error!(%err, "instance parked");
+            lock(&shared.parked).insert(key, err.clone());
+        }
+        Ok(_) => {}
     }
     let result = result.map_err(|err| match err {
         err @ (Error::Storage(_) | Error::ShutDown) => err,

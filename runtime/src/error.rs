@@ -10,8 +10,9 @@ use crate::event::StepNo;
 /// halves of a [`NonDeterminism`] diff.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepDescriptor {
-    /// `"activity"`, `"side_effect"`, or `"workflow result"` when the code finished
-    /// where history has more steps.
+    /// `"activity"` or `"side_effect"`; `"workflow result"` when the code returned where
+    /// history has more steps (or, in an audit replay, a different result);
+    /// `"end of history"` when an audit replay of a finished history asks for more.
     pub kind: &'static str,
     /// Activity or side-effect name.
     pub name: String,
@@ -43,6 +44,9 @@ pub struct NonDeterminism {
     pub recorded: StepDescriptor,
     /// What the code asked for at `step`.
     pub requested: StepDescriptor,
+    /// The full encoded inputs differ (their shortened previews in `recorded` and
+    /// `requested` may still be equal when they differ only further on).
+    pub inputs_differ: bool,
 }
 
 impl NonDeterminism {
@@ -61,9 +65,14 @@ impl NonDeterminism {
                 self.recorded.name, self.requested.name
             ));
         }
-        if self.recorded.input != self.requested.input {
+        if self.recorded.input != self.requested.input || self.inputs_differ {
+            let suffix = if self.recorded.input == self.requested.input {
+                " (the inputs differ after the part shown)"
+            } else {
+                ""
+            };
             lines.push(format!(
-                "input: recorded {}, requested {}",
+                "input: recorded {}, requested {}{suffix}",
                 self.recorded.input.as_deref().unwrap_or("(none)"),
                 self.requested.input.as_deref().unwrap_or("(none)")
             ));
@@ -82,7 +91,7 @@ impl fmt::Display for NonDeterminism {
         for line in self.diff() {
             write!(f, "; {line}")?;
         }
-        write!(f, ". Restore the previous code path for old instances (ctx.patched) or let them finish on the old build")
+        write!(f, ". Restore the previous code path for instances started before the change, or let them finish on the build that started them")
     }
 }
 
@@ -179,7 +188,7 @@ pub enum Error {
 
     /// Stored bytes are damaged: an event or index row does not decode, or a hash chain
     /// does not verify.
-    #[error("[CAIRN-E0004] corrupt data in {location}: {message}. Stop the host, keep a copy of the file, and restore it from a backup or export the intact instances with the audit CLI")]
+    #[error("[CAIRN-E0004] corrupt data in {location}: {message}. Stop the host, keep a copy of the file, check it with `cairn verify --db <file>`, and restore it from a backup")]
     Corrupt {
         /// Where (table, key, instance).
         location: String,
@@ -188,7 +197,7 @@ pub enum Error {
     },
 
     /// Reading or writing the database failed. Nothing unacknowledged is assumed written.
-    #[error("[CAIRN-E0006] storage failure: {0}. The writer has stopped; close the runtime and open it again once the cause (disk full, I/O error) is fixed")]
+    #[error("[CAIRN-E0006] storage failure: {0}. If a commit failed, the writer refuses further appends: shut the runtime down and open it again once the cause (disk full, I/O error) is fixed")]
     Storage(String),
 
     /// The file was written by a newer Cairn format.
@@ -209,6 +218,19 @@ pub enum Error {
     /// An input given to the API is invalid.
     #[error("[CAIRN-E0014] invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// Workflow code panicked. The instance is parked; nothing after the panic was recorded.
+    #[error("[CAIRN-E0015] workflow code of instance `{instance}` panicked: {message}. Fix the bug and restart the host; the instance resumes from its last recorded step")]
+    WorkflowPanicked {
+        /// User id of the instance.
+        instance: String,
+        /// The panic message.
+        message: String,
+    },
+
+    /// The host environment failed a request Cairn cannot do without (the OS random source).
+    #[error("[CAIRN-E0016] the host environment failed: {0}")]
+    Environment(String),
 }
 
 impl Error {
@@ -229,6 +251,8 @@ impl Error {
             Error::WorkflowTypeMismatch { .. } => "CAIRN-E0012",
             Error::ShutDown => "CAIRN-E0013",
             Error::InvalidArgument(_) => "CAIRN-E0014",
+            Error::WorkflowPanicked { .. } => "CAIRN-E0015",
+            Error::Environment(_) => "CAIRN-E0016",
         }
     }
 }

@@ -162,7 +162,7 @@ mod loom_tests {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(cairn_loom)))]
 mod tests {
     use super::*;
 

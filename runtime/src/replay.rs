@@ -290,7 +290,9 @@ impl History {
             _ => false,
         };
         if recorded.kind != request.kind || recorded.name != request.name || input_differs {
-            return Err(self.divergence(step, recorded.descriptor(), requested(request)));
+            let mut divergence = self.divergence(step, recorded.descriptor(), requested(request));
+            divergence.inputs_differ = input_differs;
+            return Err(divergence);
         }
         Ok(match &recorded.outcome {
             Some(outcome) => Decision::Replay(outcome),
@@ -333,6 +335,7 @@ impl History {
             step,
             recorded,
             requested,
+            inputs_differ: false,
         })
     }
 }

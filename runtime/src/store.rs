@@ -148,8 +148,8 @@ pub trait Store: Send + Sync + 'static {
     fn envelope(&self, lsn: u64) -> Result<Option<Vec<u8>>>;
     /// The whole history of `row`'s instance, oldest first, with its hash chain verified.
     fn history(&self, row: &InstanceRow) -> Result<Vec<StoredEvent>>;
-    /// Releases the storage (closes the file); every later call fails with
-    /// [`Error::ShutDown`]. Waits for calls in progress.
+    /// Releases the storage (closes the file) once the calls in progress have finished;
+    /// every later call fails with [`Error::ShutDown`].
     fn close(&self) {}
 }
 
@@ -245,8 +245,26 @@ impl RedbStore {
         txn.commit().map_err(|err| open_error(&self.path, err))
     }
 
-    fn read(&self) -> Result<redb::ReadTransaction> {
-        self.db()?.get().begin_read().map_err(storage)
+    /// A read transaction that also holds the store open, so `close` waits for it.
+    fn read(&self) -> Result<Reading<'_>> {
+        let db = self.db()?;
+        let txn = db.get().begin_read().map_err(storage)?;
+        Ok(Reading { txn, _db: db })
+    }
+}
+
+/// A read transaction plus the guard that keeps the database open while it lives.
+/// Field order matters: the transaction is dropped before the guard.
+struct Reading<'a> {
+    txn: redb::ReadTransaction,
+    _db: MappedDb<'a>,
+}
+
+impl std::ops::Deref for Reading<'_> {
+    type Target = redb::ReadTransaction;
+
+    fn deref(&self) -> &Self::Target {
+        &self.txn
     }
 }
 
@@ -368,7 +386,9 @@ impl Store for RedbStore {
         let txn = self.read()?;
         let log = txn.open_table(LOG).map_err(storage)?;
         let len = usize::try_from(row.next_seq).map_err(storage)?;
-        let mut events = Vec::with_capacity(len);
+        // `len` comes from disk: a damaged row must give a Corrupt error below, not a huge
+        // allocation here.
+        let mut events = Vec::with_capacity(len.min(4096));
         let mut next = Some(row.head_lsn);
         while let Some(lsn) = next {
             if events.len() >= len {

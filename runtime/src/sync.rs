@@ -4,10 +4,14 @@
 //! Keeping every import here is what lets the loom models cover the real code.
 
 #[cfg(cairn_loom)]
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64};
+#[cfg(cairn_loom)]
 pub(crate) use loom::sync::{
     Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };
 
+#[cfg(not(cairn_loom))]
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64};
 #[cfg(not(cairn_loom))]
 pub(crate) use std::sync::{
     Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,

@@ -4,7 +4,7 @@
 //! share one fsync, and a step is never acknowledged before it is durable.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,7 +17,7 @@ use crate::event::{
 };
 use crate::queue::{Closed, CommitQueue};
 use crate::store::{InstanceRow, InstanceStatus, Store, WriteBatch};
-use crate::sync::{lock, Arc, Mutex};
+use crate::sync::{lock, Arc, AtomicU64, Mutex};
 
 /// Most requests one commit takes. At the limit the rest wait for the next commit, which
 /// bounds a transaction's size and the latency of the requests in it.

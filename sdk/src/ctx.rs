@@ -1,6 +1,9 @@
 //! The typed workflow context.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_runtime::codec::{decode, encode};
@@ -84,6 +87,8 @@ impl Ctx {
     /// }
     /// ```
     pub fn activity<A: Activity>(&self, activity: A, input: A::Input) -> ActivityCall<A> {
+        // The value only names the activity; its type carries everything.
+        let _ = activity;
         let step = self.raw.next_step();
         let input = encode_step(&self.raw, step, &input);
         ActivityCall {
@@ -91,7 +96,8 @@ impl Ctx {
             step,
             input,
             options: A::options(),
-            activity,
+            running: None,
+            activity: PhantomData,
         }
     }
 
@@ -169,7 +175,8 @@ impl Ctx {
 /// (it does not on supported platforms) the workflow is parked rather than given a
 /// predictable value.
 fn rand_u64() -> Result<u64, Error> {
-    getrandom::u64().map_err(|err| Error::Storage(format!("the OS random source failed: {err}")))
+    getrandom::u64()
+        .map_err(|err| Error::Environment(format!("the OS random source failed: {err}")))
 }
 
 /// A pending activity call. Set options, then `.await` it.
@@ -179,8 +186,8 @@ pub struct ActivityCall<A: Activity> {
     step: u32,
     input: Result<Bytes, Error>,
     options: ActivityOptions,
-    #[allow(dead_code)]
-    activity: A,
+    running: Option<BoxFuture<'static, Result<A::Output, ActivityFailure>>>,
+    activity: PhantomData<fn() -> A>,
 }
 
 impl<A: Activity> ActivityCall<A> {
@@ -213,20 +220,33 @@ impl<A: Activity> ActivityCall<A> {
     }
 }
 
-impl<A: Activity> IntoFuture for ActivityCall<A> {
+/// Polling an `ActivityCall` runs the step: it is a plain `Future`, so several calls
+/// can be joined (`futures::join!`) or raced.
+///
+/// # Cancel safety
+/// Dropping it abandons the attempt in flight; the step runs again on replay.
+impl<A: Activity> Future for ActivityCall<A> {
     type Output = Result<A::Output, ActivityFailure>;
-    type IntoFuture = BoxFuture<'static, Self::Output>;
 
-    /// # Cancel safety
-    /// Dropping the future abandons the attempt in flight; it runs again on replay.
-    fn into_future(self) -> Self::IntoFuture {
-        let ActivityCall {
-            ctx,
-            step,
-            input,
-            options,
-            ..
-        } = self;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if this.running.is_none() {
+            let future = this.start();
+            this.running = Some(future);
+        }
+        match &mut this.running {
+            Some(running) => running.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl<A: Activity> ActivityCall<A> {
+    fn start(&mut self) -> BoxFuture<'static, Result<A::Output, ActivityFailure>> {
+        let ctx = self.ctx.clone();
+        let step = self.step;
+        let input = std::mem::replace(&mut self.input, Err(Error::ShutDown));
+        let options = std::mem::take(&mut self.options);
         Box::pin(async move {
             let raw = &ctx.raw;
             let input = match input {

@@ -306,3 +306,206 @@ async fn results_survive_a_restart() {
     ));
     rt.shutdown().await;
 }
+
+#[activity]
+async fn slow_label(_ctx: ActivityCtx, label: String) -> Result<String, ActivityError> {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    Ok(label)
+}
+
+#[activity]
+async fn fast_label(_ctx: ActivityCtx, label: String) -> Result<String, ActivityError> {
+    Ok(label)
+}
+
+#[workflow]
+async fn fan_out(ctx: Ctx) -> Result<(String, String), WorkflowError> {
+    // Step numbers are taken when the calls are made: slow is step 1, fast step 2,
+    // whichever finishes first.
+    let (a, b) = futures::join!(
+        ctx.activity(slow_label, "slow".into()),
+        ctx.activity(fast_label, "fast".into())
+    );
+    Ok((a?, b?))
+}
+
+#[tokio::test]
+async fn concurrent_steps_are_numbered_in_call_order_and_replay_identically() {
+    let (_dir, path) = db();
+    let rt = Runtime::builder()
+        .workflow(fan_out)
+        .open(&path)
+        .await
+        .unwrap();
+    let result = rt
+        .start(fan_out, "j-1", ())
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result, ("slow".to_owned(), "fast".to_owned()));
+    let history = rt.history("j-1").unwrap();
+    let mut steps: Vec<(u32, String)> = history
+        .iter()
+        .filter_map(|e| match &e.record.kind {
+            EventKind::ActivityCompleted { step, activity, .. } => Some((*step, activity.clone())),
+            _ => None,
+        })
+        .collect();
+    steps.sort();
+    assert_eq!(
+        steps,
+        [(1, "slow_label".to_owned()), (2, "fast_label".to_owned())]
+    );
+    let records: Vec<_> = history.into_iter().map(|e| e.record).collect();
+    assert!(matches!(
+        rt.replay(&records).await.unwrap(),
+        cairn::engine::ReplayVerdict::Matches(_)
+    ));
+    rt.shutdown().await;
+}
+
+#[activity]
+async fn never_returns(_ctx: ActivityCtx) -> Result<(), ActivityError> {
+    std::future::pending().await
+}
+
+#[activity]
+async fn panics(_ctx: ActivityCtx) -> Result<(), ActivityError> {
+    panic!("inventory index out of range")
+}
+
+#[activity]
+async fn key_pair(ctx: ActivityCtx) -> Result<(String, String), ActivityError> {
+    if ctx.attempt == 1 {
+        return Err(ActivityError::retryable("first attempt fails"));
+    }
+    Ok((ctx.idempotency_key(), ctx.attempt_key()))
+}
+
+#[workflow]
+async fn failure_paths(ctx: Ctx, which: String) -> Result<(String, String), WorkflowError> {
+    let once = RetryPolicy::no_retry();
+    match which.as_str() {
+        "timeout" => {
+            let twice = RetryPolicy::default()
+                .max_attempts(2)
+                .initial_backoff(std::time::Duration::ZERO);
+            ctx.activity(never_returns, ())
+                .retry(twice)
+                .start_to_close(std::time::Duration::from_secs(30))
+                .await?;
+        }
+        "panic" => ctx.activity(panics, ()).retry(once).await?,
+        _ => {
+            let fast = RetryPolicy::default().initial_backoff(std::time::Duration::ZERO);
+            return Ok(ctx.activity(key_pair, ()).retry(fast).await?);
+        }
+    }
+    Ok(Default::default())
+}
+
+// Virtual time: the 30 s start-to-close timeouts fire as soon as the runtime is idle.
+#[tokio::test(start_paused = true)]
+async fn timeouts_and_panics_are_recorded_failures_with_their_kind() {
+    let (_dir, path) = db();
+    let rt = Runtime::builder()
+        .workflow(failure_paths)
+        .open(&path)
+        .await
+        .unwrap();
+    let Err(WorkflowError::Activity(timeout)) = rt
+        .start(failure_paths, "timeout", "timeout".into())
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap()
+    else {
+        panic!("timeout did not fail the step")
+    };
+    assert_eq!(
+        (timeout.kind.as_str(), timeout.attempts, timeout.retryable),
+        ("timeout", 2, true)
+    );
+
+    let Err(WorkflowError::Activity(panicked)) = rt
+        .start(failure_paths, "panic", "panic".into())
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap()
+    else {
+        panic!("panic did not fail the step")
+    };
+    assert_eq!((panicked.kind.as_str(), panicked.attempts), ("panic", 1));
+    assert!(
+        panicked.message.contains("inventory index out of range"),
+        "{}",
+        panicked.message
+    );
+
+    let keys = rt
+        .start(failure_paths, "keys", "keys".into())
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(keys, ("keys/1".to_owned(), "keys/1/2".to_owned()));
+    rt.shutdown().await;
+}
+
+#[workflow]
+async fn buggy(ctx: Ctx, n: u32) -> Result<u32, WorkflowError> {
+    let a = ctx.activity(price, (n, 2)).await?;
+    let items: Vec<u32> = Vec::new();
+    Ok(a + items[a as usize])
+}
+
+#[tokio::test]
+async fn a_panicking_workflow_is_parked_with_its_message() {
+    let (_dir, path) = db();
+    let rt = Runtime::builder()
+        .workflow(buggy)
+        .workflow(order_flow)
+        .open(&path)
+        .await
+        .unwrap();
+    let err = rt
+        .start(buggy, "b-1", 3)
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("CAIRN-E0015") && err.to_string().contains("index out of bounds"),
+        "{err}"
+    );
+    let Status::Parked { code, .. } = rt.status("b-1").unwrap().status else {
+        panic!("not parked")
+    };
+    assert_eq!(code, "CAIRN-E0015");
+    assert_eq!(
+        rt.history("b-1").unwrap().len(),
+        2,
+        "the step before the panic stays recorded"
+    );
+    // The host carries on.
+    assert!(rt
+        .start(order_flow, "after", Order { id: 2, qty: 1 })
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap()
+        .is_ok());
+    rt.shutdown().await;
+}

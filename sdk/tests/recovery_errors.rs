@@ -30,9 +30,18 @@ async fn notify_customer(_ctx: ActivityCtx, n: u32) -> Result<u32, ActivityError
     Ok(n)
 }
 
+/// Tells waiting tests which instance reached its gate.
+static AT_GATE: std::sync::OnceLock<tokio::sync::broadcast::Sender<String>> =
+    std::sync::OnceLock::new();
+
+fn at_gate() -> &'static tokio::sync::broadcast::Sender<String> {
+    AT_GATE.get_or_init(|| tokio::sync::broadcast::channel(256).0)
+}
+
 /// Never finishes: holds an instance mid-run so the host can stop with it unfinished.
 #[activity]
-async fn gate(_ctx: ActivityCtx) -> Result<(), ActivityError> {
+async fn gate(ctx: ActivityCtx) -> Result<(), ActivityError> {
+    let _ = at_gate().send(ctx.instance_id.clone());
     std::future::pending().await
 }
 
@@ -304,4 +313,54 @@ async fn damaged_files_give_typed_errors_not_panics() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn an_altered_event_is_detected_by_the_hash_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = populated_db(dir.path());
+    // Change one byte inside the payload of instance w-3's first activity result, the
+    // way a hand edit of the file would, leaving the envelope well-formed.
+    {
+        use redb::ReadableTable;
+        const LOG: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("log");
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut log = txn.open_table(LOG).unwrap();
+            let mut target = None;
+            for entry in log.iter().unwrap() {
+                let (lsn, bytes) = entry.unwrap();
+                let event = cairn::engine::event::EventRecord::decode(bytes.value()).unwrap();
+                if let cairn::engine::event::EventKind::ActivityCompleted { output, .. } =
+                    &event.kind
+                {
+                    if output.data == b"3" {
+                        let mut altered = event.clone();
+                        if let cairn::engine::event::EventKind::ActivityCompleted {
+                            output, ..
+                        } = &mut altered.kind
+                        {
+                            output.data = b"4".to_vec();
+                        }
+                        target = Some((lsn.value(), altered.encode().unwrap()));
+                        break;
+                    }
+                }
+            }
+            let (lsn, altered) = target.expect("w-3's step is in the log");
+            log.insert(lsn, altered.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let rt = Runtime::builder()
+        .workflow(other_work)
+        .open(&path)
+        .await
+        .unwrap();
+    let err = rt.history("w-3").unwrap_err();
+    assert_eq!(err.code(), "CAIRN-E0004", "{err}");
+    assert!(err.to_string().contains("w-3"), "{err}");
+    assert!(rt.history("w-4").is_ok(), "other instances still verify");
+    rt.shutdown().await;
 }
