@@ -1,7 +1,40 @@
 //! Compile-time detection of calls that break deterministic replay inside a workflow body.
 
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
 use syn::visit::{self, Visit};
-use syn::{ExprMacro, ExprPath, Path};
+use syn::{Expr, ExprPath, Ident, ItemUse, Macro, Path, PathSegment, Token, UseTree};
+
+/// Turns `use a::{b, c::d}` into the paths `a::b` and `a::c::d`.
+fn flatten_use(tree: &UseTree, prefix: &mut Vec<Ident>, out: &mut Vec<Path>) {
+    let to_path = |idents: &[Ident]| Path {
+        leading_colon: None,
+        segments: idents.iter().cloned().map(PathSegment::from).collect(),
+    };
+    match tree {
+        UseTree::Path(p) => {
+            prefix.push(p.ident.clone());
+            flatten_use(&p.tree, prefix, out);
+            prefix.pop();
+        }
+        UseTree::Name(n) => {
+            prefix.push(n.ident.clone());
+            out.push(to_path(prefix));
+            prefix.pop();
+        }
+        UseTree::Rename(r) => {
+            prefix.push(r.ident.clone());
+            out.push(to_path(prefix));
+            prefix.pop();
+        }
+        UseTree::Glob(_) => out.push(to_path(prefix)),
+        UseTree::Group(g) => {
+            for item in &g.items {
+                flatten_use(item, prefix, out);
+            }
+        }
+    }
+}
 
 /// One forbidden call and what to use instead.
 struct Rule {
@@ -152,7 +185,7 @@ const RULES: &[Rule] = &[
 ];
 
 /// Single-name rules that match anywhere in a path rather than at its end.
-const MODULE_RULES: &[&str] = &["fs", "reqwest", "TcpStream", "TcpListener", "UdpSocket"];
+const MODULE_RULES: &[&str] = &["reqwest", "TcpStream", "TcpListener", "UdpSocket"];
 
 #[derive(Default)]
 pub(crate) struct Checker {
@@ -170,11 +203,17 @@ impl Checker {
     fn check(&mut self, path: &Path) {
         let segments: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
         for rule in RULES {
-            let hit = if rule.suffix.len() == 1 && MODULE_RULES.contains(&rule.suffix[0]) {
-                // Module and type rules match anywhere in the path (`std::fs::read`,
-                // `tokio::net::TcpStream::connect`).
+            let hit = if rule.suffix == ["fs"] {
+                // `std::fs::read`, `tokio::fs::write`, or `fs::read` after `use std::fs`;
+                // not a user module that happens to be called `fs` (`crate::fs::..`).
+                let qualified = segments.windows(2).any(|w| {
+                    w[1] == "fs" && matches!(w[0].as_str(), "std" | "tokio" | "async_std")
+                });
+                qualified || (segments.len() > 1 && segments[0] == "fs")
+            } else if rule.suffix.len() == 1 && MODULE_RULES.contains(&rule.suffix[0]) {
+                // Type and crate rules match anywhere in the path
+                // (`tokio::net::TcpStream::connect`, `reqwest::get`).
                 segments.iter().any(|s| s == rule.suffix[0])
-                    && (segments.len() > 1 || rule.suffix[0] != "fs")
             } else {
                 segments.len() >= rule.suffix.len()
                     && segments[segments.len() - rule.suffix.len()..]
@@ -202,13 +241,25 @@ impl<'ast> Visit<'ast> for Checker {
         visit::visit_expr_path(self, node);
     }
 
-    fn visit_expr_macro(&mut self, node: &'ast ExprMacro) {
-        self.check(&node.mac.path);
-        visit::visit_expr_macro(self, node);
+    fn visit_macro(&mut self, node: &'ast Macro) {
+        self.check(&node.path);
+        // Most macros in workflow code take expressions (`futures::join!`, `format!`,
+        // `assert!`); check those too. Others (`select!` arms) are skipped, not guessed at.
+        if let Ok(args) =
+            Punctuated::<Expr, Token![,]>::parse_terminated.parse2(node.tokens.clone())
+        {
+            for arg in &args {
+                self.visit_expr(arg);
+            }
+        }
     }
 
-    fn visit_item_use(&mut self, node: &'ast syn::ItemUse) {
-        // `use std::fs;` inside a body is checked where the name is used; `use` alone does nothing.
-        let _ = node;
+    fn visit_item_use(&mut self, node: &'ast ItemUse) {
+        // `use std::thread::sleep;` inside the body would hide the call's origin.
+        let mut paths = Vec::new();
+        flatten_use(&node.tree, &mut Vec::new(), &mut paths);
+        for path in paths {
+            self.check(&path);
+        }
     }
 }

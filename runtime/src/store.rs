@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -20,6 +20,7 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const INSTANCES: TableDefinition<u128, &[u8]> = TableDefinition::new("instances");
 const IDS: TableDefinition<&str, u128> = TableDefinition::new("ids");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const CAIRN_TABLES: [&str; 4] = ["log", "instances", "ids", "meta"];
 
 /// Storage format of the whole file (tables and row encodings). Bumped on any change a
 /// previous build could misread.
@@ -230,6 +231,25 @@ impl RedbStore {
                 }
                 Some(_) => {}
                 None => {
+                    // A new file has no tables; a redb file with tables but no format
+                    // marker belongs to another program, and writing ours into it would
+                    // damage it.
+                    let foreign: Vec<String> = txn
+                        .list_tables()
+                        .map_err(|err| open_error(&self.path, err))?
+                        .map(|table| table.name().to_owned())
+                        .filter(|name| !CAIRN_TABLES.contains(&name.as_str()))
+                        .collect();
+                    if !foreign.is_empty() {
+                        return Err(Error::Open {
+                            path: self.path.clone(),
+                            message: format!(
+                                "it is a redb database of another program (tables: {})",
+                                foreign.join(", ")
+                            ),
+                            remedy: "Check the path: Cairn only opens files it created.",
+                        });
+                    }
                     meta.insert("format", STORAGE_FORMAT.to_le_bytes().as_slice())
                         .map_err(|err| open_error(&self.path, err))?;
                 }
@@ -496,6 +516,28 @@ mod tests {
         let err = RedbStore::open(&path).unwrap_err();
         assert_eq!(err.code(), "CAIRN-E0005", "{err}");
         assert!(err.to_string().contains("notes.txt"), "{err}");
+    }
+
+    #[test]
+    fn another_programs_redb_file_is_left_alone() {
+        const OTHER: TableDefinition<&str, u64> = TableDefinition::new("invoices");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(OTHER).unwrap().insert("inv-1", 42).unwrap();
+            txn.commit().unwrap();
+        }
+        let err = RedbStore::open(&path).unwrap_err();
+        assert_eq!(err.code(), "CAIRN-E0005");
+        assert!(err.to_string().contains("invoices"), "{err}");
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        assert!(
+            txn.open_table(META).is_err(),
+            "nothing was written to the foreign file"
+        );
     }
 
     #[test]

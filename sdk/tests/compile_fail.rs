@@ -5,5 +5,12 @@
 #[test]
 fn macro_misuse_is_a_clear_compile_error() {
     let cases = trybuild::TestCases::new();
-    cases.compile_fail("tests/ui/*.rs");
+    cases.compile_fail("tests/ui/workflow_*calls.rs");
+    cases.compile_fail("tests/ui/workflow_not_async.rs");
+    cases.compile_fail("tests/ui/workflow_without_ctx.rs");
+    cases.compile_fail("tests/ui/workflow_bad_signature.rs");
+    cases.compile_fail("tests/ui/workflow_non_serde_types.rs");
+    cases.compile_fail("tests/ui/activity_misuse.rs");
+    // And no false alarms on code that only looks like a forbidden call.
+    cases.pass("tests/ui/workflow_deterministic_lookalikes.rs");
 }

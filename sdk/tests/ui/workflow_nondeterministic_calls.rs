@@ -31,3 +31,13 @@ async fn direct_io(ctx: Ctx) -> Result<usize, WorkflowError> {
 }
 
 fn main() {}
+
+#[workflow]
+async fn hidden_in_macros_and_imports(ctx: Ctx) -> Result<String, WorkflowError> {
+    let _ = ctx;
+    use std::thread::sleep;
+    let line = format!("{:?}", std::time::SystemTime::now());
+    let (a, b) = futures::join!(async { 1 }, async { tokio::spawn(async {}) });
+    let _ = (a, b, sleep);
+    Ok(line)
+}
