@@ -166,6 +166,29 @@ fn event_json(event: &StoredEvent) -> Value {
         }
         EventKind::WorkflowCompleted { output } => json!({ "output": payload(output) }),
         EventKind::WorkflowFailed { error } => json!({ "error": payload(error) }),
+        EventKind::TimerStarted { step, fire_at_ms } => {
+            json!({ "step": step, "fire_at_ms": fire_at_ms })
+        }
+        EventKind::TimerFired { step } => json!({ "step": step }),
+        EventKind::SignalReceived {
+            name,
+            payload: body,
+        } => json!({ "name": name, "payload": payload(body) }),
+        EventKind::SignalWaitStarted {
+            step,
+            name,
+            deadline_ms,
+        } => {
+            json!({ "step": step, "name": name, "deadline_ms": deadline_ms })
+        }
+        EventKind::SignalDelivered {
+            step,
+            name,
+            signal_seq,
+        } => {
+            json!({ "step": step, "name": name, "signal_seq": signal_seq })
+        }
+        EventKind::SignalWaitTimedOut { step, name } => json!({ "step": step, "name": name }),
     };
     json!({
         "lsn": event.lsn,

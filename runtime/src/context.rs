@@ -8,6 +8,7 @@ use std::sync::Arc;
 use futures::FutureExt;
 
 use crate::activity::{ActivityContext, ActivityError, ActivityFailure, ActivityOptions};
+use crate::clock::Clock;
 use crate::codec::{Codec, Payload};
 use crate::engine::Shared;
 use crate::error::{Error, StepDescriptor};
@@ -32,8 +33,56 @@ struct CtxState {
     stop: Option<Stop>,
 }
 
+/// One signal in an instance's in-memory inbox.
+#[derive(Debug)]
+struct InboxEntry {
+    name: String,
+    payload: Payload,
+    /// Delivered to a wait (recorded) or reserved by one whose delivery is being recorded.
+    taken: bool,
+}
+
+/// Signals of one instance, keyed by the `seq` of their `SignalReceived` event. Filled
+/// from history when the instance is loaded and by `Engine::signal` after each commit;
+/// the same signal may arrive by both paths, so entries are keyed, never appended.
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    entries: Mutex<std::collections::BTreeMap<u64, InboxEntry>>,
+    arrived: tokio::sync::Notify,
+}
+
+impl Inbox {
+    pub(crate) fn add(&self, seq: u64, name: String, payload: Payload, taken: bool) {
+        lock(&self.entries).entry(seq).or_insert(InboxEntry {
+            name,
+            payload,
+            taken,
+        });
+        self.arrived.notify_waiters();
+    }
+
+    /// Reserves the oldest untaken signal called `name`.
+    fn take(&self, name: &str) -> Option<(u64, Payload)> {
+        let mut entries = lock(&self.entries);
+        let (seq, entry) = entries
+            .iter_mut()
+            .find(|(_, e)| !e.taken && e.name == name)?;
+        entry.taken = true;
+        Some((*seq, entry.payload.clone()))
+    }
+
+    fn untake(&self, seq: u64) {
+        if let Some(entry) = lock(&self.entries).get_mut(&seq) {
+            entry.taken = false;
+        }
+        self.arrived.notify_waiters();
+    }
+}
+
 struct Inner {
     key: u128,
+    clock: Arc<dyn Clock>,
+    inbox: Arc<Inbox>,
     /// `None` in replay-only mode (auditing): nothing runs live, nothing is appended.
     shared: Option<Arc<Shared>>,
     codec: Arc<dyn Codec>,
@@ -61,11 +110,23 @@ impl WorkflowContext {
         key: u128,
         shared: Option<Arc<Shared>>,
         codec: Arc<dyn Codec>,
+        clock: Arc<dyn Clock>,
+        inbox: Arc<Inbox>,
         history: History,
     ) -> Self {
+        for (seq, signal) in history.signals() {
+            inbox.add(
+                *seq,
+                signal.name.clone(),
+                signal.payload.clone(),
+                signal.delivered,
+            );
+        }
         Self {
             inner: Arc::new(Inner {
                 key,
+                clock,
+                inbox,
                 shared,
                 codec,
                 history,
@@ -90,6 +151,12 @@ impl WorkflowContext {
     /// The runtime's payload codec.
     pub fn codec(&self) -> &dyn Codec {
         self.inner.codec.as_ref()
+    }
+
+    /// The runtime clock's current time, ms since the Unix epoch. Not recorded by itself:
+    /// record it with [`WorkflowContext::recorded_value`].
+    pub fn clock_now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
     }
 
     /// Assigns the next step number. Call it when the workflow *calls* a durable
@@ -155,7 +222,10 @@ impl WorkflowContext {
     /// Decides a step against history; parks the instance on divergence.
     async fn decide(&self, step: StepNo, request: StepRequest<'_>) -> Decision<'_> {
         match self.inner.history.check(step, request) {
-            Ok(Decision::Run { failed_attempts }) => {
+            Ok(Decision::Run {
+                failed_attempts,
+                deadline_ms,
+            }) => {
                 if self.inner.shared.is_none() {
                     if self.inner.history.result.is_some() {
                         let recorded = StepDescriptor {
@@ -172,7 +242,10 @@ impl WorkflowContext {
                     self.set_stop(Stop::EndOfHistory(step));
                     return std::future::pending().await;
                 }
-                Decision::Run { failed_attempts }
+                Decision::Run {
+                    failed_attempts,
+                    deadline_ms,
+                }
             }
             Ok(replay) => replay,
             Err(divergence) => self.abort(divergence.into()).await,
@@ -212,14 +285,13 @@ impl WorkflowContext {
             Decision::Replay(RecordedOutcome::ActivityFailed { error, attempt }) => {
                 return Err(ActivityFailure::from_record(name, step, *attempt, error))
             }
-            Decision::Replay(RecordedOutcome::Value(_)) => {
-                let err = Error::Corrupt {
-                    location: format!("history of instance `{}`", self.instance_id()),
-                    message: format!("step {step} is an activity but holds a value"),
-                };
+            Decision::Replay(_) => {
+                let err = self.mismatched_outcome(step, "an activity");
                 return self.abort(err).await;
             }
-            Decision::Run { failed_attempts } => failed_attempts,
+            Decision::Run {
+                failed_attempts, ..
+            } => failed_attempts,
         };
         let mut number = failed_attempts + 1;
         loop {
@@ -321,10 +393,7 @@ impl WorkflowContext {
         match self.decide(step, request).await {
             Decision::Replay(RecordedOutcome::Value(value)) => value.clone(),
             Decision::Replay(_) => {
-                let err = Error::Corrupt {
-                    location: format!("history of instance `{}`", self.instance_id()),
-                    message: format!("step {step} is a side effect but holds an activity outcome"),
-                };
+                let err = self.mismatched_outcome(step, "a side effect");
                 self.abort(err).await
             }
             Decision::Run { .. } => {
@@ -341,6 +410,135 @@ impl WorkflowContext {
                     return self.abort(err).await;
                 }
                 value
+            }
+        }
+    }
+}
+
+impl WorkflowContext {
+    fn mismatched_outcome(&self, step: StepNo, what: &str) -> Error {
+        Error::Corrupt {
+            location: format!("history of instance `{}`", self.instance_id()),
+            message: format!("step {step} is {what} but holds the outcome of another kind of step"),
+        }
+    }
+
+    /// A durable timer: step `step` resolves once the runtime clock reaches `fire_at_ms`.
+    /// The deadline is recorded before waiting, so after a restart the timer keeps its
+    /// original deadline (and fires at once if it passed while the host was down);
+    /// `fire_at_ms` is only used the first time.
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops waiting; the timer is not recorded as fired.
+    pub async fn sleep_until(&self, step: StepNo, fire_at_ms: u64) {
+        let request = StepRequest {
+            kind: StepKind::Timer,
+            name: "sleep",
+            input: None,
+        };
+        let recorded_deadline = match self.decide(step, request).await {
+            Decision::Replay(RecordedOutcome::TimerFired) => return,
+            Decision::Replay(_) => {
+                let err = self.mismatched_outcome(step, "a timer");
+                return self.abort(err).await;
+            }
+            Decision::Run { deadline_ms, .. } => deadline_ms,
+        };
+        let fire_at_ms = match recorded_deadline {
+            Some(at) => at,
+            None => {
+                if let Err(err) = self
+                    .append(EventKind::TimerStarted { step, fire_at_ms })
+                    .await
+                {
+                    return self.abort(err).await;
+                }
+                fire_at_ms
+            }
+        };
+        self.inner.clock.sleep_until(fire_at_ms).await;
+        if let Err(err) = self.append(EventKind::TimerFired { step }).await {
+            self.abort(err).await
+        }
+    }
+
+    /// Waits at step `step` for the oldest undelivered signal called `name`, or until the
+    /// runtime clock reaches `deadline_ms` (`None`: no deadline). Returns the signal's
+    /// body, or `None` on timeout. Which of the two happened is recorded, so replay takes
+    /// the same branch; a signal is delivered to exactly one wait.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it resolves leaves the signal in the inbox for the next
+    /// wait, unless its delivery was already being recorded.
+    pub async fn wait_signal(
+        &self,
+        step: StepNo,
+        name: &str,
+        deadline_ms: Option<u64>,
+    ) -> Option<Payload> {
+        let request = StepRequest {
+            kind: StepKind::Signal,
+            name,
+            input: None,
+        };
+        let recorded_deadline = match self.decide(step, request).await {
+            Decision::Replay(RecordedOutcome::Signal { payload, .. }) => {
+                return Some(payload.clone())
+            }
+            Decision::Replay(RecordedOutcome::TimedOut) => return None,
+            Decision::Replay(_) => {
+                let err = self.mismatched_outcome(step, "a signal wait");
+                return self.abort(err).await;
+            }
+            Decision::Run { deadline_ms, .. } => deadline_ms,
+        };
+        let deadline_ms = match (recorded_deadline, deadline_ms) {
+            (Some(recorded), _) => Some(recorded),
+            (None, Some(requested)) => {
+                let started = EventKind::SignalWaitStarted {
+                    step,
+                    name: name.to_owned(),
+                    deadline_ms: requested,
+                };
+                if let Err(err) = self.append(started).await {
+                    return self.abort(err).await;
+                }
+                Some(requested)
+            }
+            (None, None) => None,
+        };
+        let inbox = &self.inner.inbox;
+        let mut deadline = deadline_ms.map(|at| self.inner.clock.sleep_until(at));
+        loop {
+            let arrived = inbox.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if let Some((signal_seq, payload)) = inbox.take(name) {
+                let delivered = EventKind::SignalDelivered {
+                    step,
+                    name: name.to_owned(),
+                    signal_seq,
+                };
+                if let Err(err) = self.append(delivered).await {
+                    inbox.untake(signal_seq);
+                    return self.abort(err).await;
+                }
+                return Some(payload);
+            }
+            match deadline.as_mut() {
+                Some(timer) => {
+                    tokio::select! {
+                        () = &mut arrived => {}
+                        () = timer => {
+                            let timed_out = EventKind::SignalWaitTimedOut { step, name: name.to_owned() };
+                            if let Err(err) = self.append(timed_out).await {
+                                return self.abort(err).await;
+                            }
+                            return None;
+                        }
+                    }
+                }
+                None => arrived.await,
             }
         }
     }

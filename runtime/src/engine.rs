@@ -13,8 +13,9 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::clock::{Clock, SystemClock};
 use crate::codec::{Codec, JsonCodec, Payload};
-use crate::context::{Stop, WorkflowContext};
+use crate::context::{Inbox, Stop, WorkflowContext};
 use crate::error::{Error, Result, StepDescriptor};
 use crate::event::{EventKind, EventRecord};
 use crate::replay::{History, RecordedResult};
@@ -24,6 +25,9 @@ use crate::writer::{Writer, WriterStats};
 
 /// Longest user id accepted, in bytes.
 pub const INSTANCE_ID_BYTES_MAX: usize = 256;
+
+/// Longest signal name accepted, in bytes.
+pub const SIGNAL_NAME_BYTES_MAX: usize = 128;
 
 /// How a workflow function ended, as seen by the engine.
 #[derive(Debug)]
@@ -146,12 +150,14 @@ type OutcomeSlot = Option<Result<Outcome>>;
 struct Active {
     outcome: watch::Receiver<OutcomeSlot>,
     task: JoinHandle<()>,
+    inbox: Arc<Inbox>,
 }
 
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) writer: Writer,
     codec: Arc<dyn Codec>,
+    clock: Arc<dyn Clock>,
     workflows: HashMap<String, WorkflowFactory>,
     active: Mutex<HashMap<u128, Active>>,
     parked: Mutex<HashMap<u128, Error>>,
@@ -162,6 +168,7 @@ pub(crate) struct Shared {
 pub struct EngineBuilder {
     workflows: HashMap<String, WorkflowFactory>,
     codec: Arc<dyn Codec>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Default for EngineBuilder {
@@ -169,6 +176,7 @@ impl Default for EngineBuilder {
         Self {
             workflows: HashMap::new(),
             codec: Arc::new(JsonCodec),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -204,6 +212,13 @@ impl EngineBuilder {
         self
     }
 
+    /// Uses `clock` for `ctx.now()` and durable timers instead of the system clock
+    /// (tests: a [`crate::clock::VirtualClock`]).
+    pub fn clock(&mut self, clock: Arc<dyn Clock>) -> &mut Self {
+        self.clock = clock;
+        self
+    }
+
     /// Opens (or creates) the redb file at `path` and resumes every unfinished instance.
     /// Must be called inside a tokio runtime.
     ///
@@ -227,6 +242,7 @@ impl EngineBuilder {
             store,
             writer,
             codec: self.codec,
+            clock: self.clock,
             workflows: self.workflows,
             active: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
@@ -349,11 +365,55 @@ impl Engine {
     fn spawn(&self, key: u128, resume: Resume) {
         let (tx, rx) = watch::channel(None);
         let shared = self.shared.clone();
+        let inbox = Arc::new(Inbox::default());
         // The entry must exist before anyone can ask for the result, so the task waits
         // for it to be inserted by holding the map's lock across the spawn.
         let mut active = lock(&self.shared.active);
-        let task = tokio::spawn(run_instance(shared, key, resume, tx));
-        active.insert(key, Active { outcome: rx, task });
+        let task = tokio::spawn(run_instance(shared, key, resume, inbox.clone(), tx));
+        active.insert(
+            key,
+            Active {
+                outcome: rx,
+                task,
+                inbox,
+            },
+        );
+    }
+
+    /// Sends signal `name` with body `payload` to instance `id`. It is buffered in the
+    /// instance's history until a `ctx.signal(name)` wait takes it; signals of one name
+    /// are delivered in the order they were sent, each to exactly one wait.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`], [`Error::InstanceFinished`], [`Error::InvalidArgument`]
+    /// for an empty or over-long name, storage errors.
+    ///
+    /// # Durability
+    /// On return the signal is on disk: it is delivered even if the host crashes next.
+    ///
+    /// # Cancel safety
+    /// If dropped, the signal may or may not have been recorded.
+    pub async fn signal(&self, id: &str, name: &str, payload: Payload) -> Result<()> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        if name.is_empty() || name.len() > SIGNAL_NAME_BYTES_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "signal name must be 1 to {SIGNAL_NAME_BYTES_MAX} bytes, got {}",
+                name.len()
+            )));
+        }
+        let key = self.key_of(id)?;
+        let kind = EventKind::SignalReceived {
+            name: name.to_owned(),
+            payload: payload.clone(),
+        };
+        let appended = self.shared.writer.append(key, kind).await?;
+        let inbox = lock(&self.shared.active).get(&key).map(|a| a.inbox.clone());
+        if let Some(inbox) = inbox {
+            inbox.add(appended.seq, name.to_owned(), payload, false);
+        }
+        Ok(())
     }
 
     fn key_of(&self, id: &str) -> Result<u128> {
@@ -522,7 +582,14 @@ impl Engine {
             })?
             .clone();
         let key = records.first().map(|r| r.instance).unwrap_or(0);
-        let ctx = WorkflowContext::new(key, None, self.shared.codec.clone(), history);
+        let ctx = WorkflowContext::new(
+            key,
+            None,
+            self.shared.codec.clone(),
+            self.shared.clock.clone(),
+            Arc::new(Inbox::default()),
+            history,
+        );
         let input = ctx.history().input.clone();
         match drive(&ctx, factory(ctx.clone(), input)).await {
             Err(Stop::Fatal(err)) => Err(err),
@@ -645,9 +712,10 @@ async fn run_instance(
     shared: Arc<Shared>,
     key: u128,
     resume: Resume,
+    inbox: Arc<Inbox>,
     tx: watch::Sender<OutcomeSlot>,
 ) {
-    let result = run_instance_inner(&shared, key, resume).await;
+    let result = run_instance_inner(&shared, key, resume, inbox).await;
     match &result {
         // Not the instance's fault: it resumes when the runtime is reopened.
         Err(err @ (Error::Storage(_) | Error::ShutDown)) => {
@@ -677,7 +745,12 @@ fn other_instance(shared: &Shared, key: u128) -> String {
     }
 }
 
-async fn run_instance_inner(shared: &Arc<Shared>, key: u128, resume: Resume) -> Result<Outcome> {
+async fn run_instance_inner(
+    shared: &Arc<Shared>,
+    key: u128,
+    resume: Resume,
+    inbox: Arc<Inbox>,
+) -> Result<Outcome> {
     let history = match resume {
         Resume::Fresh(history) => history,
         Resume::Load(row) => {
@@ -699,7 +772,14 @@ async fn run_instance_inner(shared: &Arc<Shared>, key: u128, resume: Resume) -> 
             message: "its row says running but its history holds a result".into(),
         });
     }
-    let ctx = WorkflowContext::new(key, Some(shared.clone()), shared.codec.clone(), history);
+    let ctx = WorkflowContext::new(
+        key,
+        Some(shared.clone()),
+        shared.codec.clone(),
+        shared.clock.clone(),
+        inbox,
+        history,
+    );
     let input = ctx.history().input.clone();
     let result = match drive(&ctx, factory(ctx.clone(), input)).await {
         Ok(result) => result,

@@ -228,6 +228,10 @@ pub enum Error {
         message: String,
     },
 
+    /// The instance has finished; it takes no more signals or events.
+    #[error("[CAIRN-E0017] instance `{0}` has already finished; it accepts no more signals")]
+    InstanceFinished(String),
+
     /// The host environment failed a request Cairn cannot do without (the OS random source).
     #[error("[CAIRN-E0016] the host environment failed: {0}")]
     Environment(String),
@@ -253,6 +257,7 @@ impl Error {
             Error::InvalidArgument(_) => "CAIRN-E0014",
             Error::WorkflowPanicked { .. } => "CAIRN-E0015",
             Error::Environment(_) => "CAIRN-E0016",
+            Error::InstanceFinished(_) => "CAIRN-E0017",
         }
     }
 }

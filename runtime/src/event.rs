@@ -118,6 +118,53 @@ pub enum EventKind {
         /// Its error value.
         error: Payload,
     },
+    /// A durable timer was set (`ctx.sleep`). Recorded before the workflow waits, so a
+    /// restart keeps the original deadline.
+    TimerStarted {
+        /// The step.
+        step: StepNo,
+        /// When it fires, ms since the Unix epoch (runtime clock).
+        fire_at_ms: u64,
+    },
+    /// The timer of `step` fired.
+    TimerFired {
+        /// The step.
+        step: StepNo,
+    },
+    /// A signal arrived from outside (`Runtime::signal`). It waits in the instance's
+    /// inbox until a signal wait takes it.
+    SignalReceived {
+        /// Signal name.
+        name: String,
+        /// Its body.
+        payload: Payload,
+    },
+    /// A signal wait with a deadline began (`ctx.signal_or_timeout`). Waits without a
+    /// deadline record no start.
+    SignalWaitStarted {
+        /// The step.
+        step: StepNo,
+        /// Signal name.
+        name: String,
+        /// When the wait gives up, ms since the Unix epoch.
+        deadline_ms: u64,
+    },
+    /// The wait of `step` took the signal recorded at sequence `signal_seq`.
+    SignalDelivered {
+        /// The step.
+        step: StepNo,
+        /// Signal name.
+        name: String,
+        /// `seq` of the [`EventKind::SignalReceived`] event delivered.
+        signal_seq: u64,
+    },
+    /// The wait of `step` reached its deadline without a signal.
+    SignalWaitTimedOut {
+        /// The step.
+        step: StepNo,
+        /// Signal name.
+        name: String,
+    },
 }
 
 impl EventKind {
@@ -127,10 +174,16 @@ impl EventKind {
             EventKind::ActivityCompleted { step, .. }
             | EventKind::ActivityAttemptFailed { step, .. }
             | EventKind::ActivityFailed { step, .. }
-            | EventKind::SideEffect { step, .. } => Some(*step),
+            | EventKind::SideEffect { step, .. }
+            | EventKind::TimerStarted { step, .. }
+            | EventKind::TimerFired { step }
+            | EventKind::SignalWaitStarted { step, .. }
+            | EventKind::SignalDelivered { step, .. }
+            | EventKind::SignalWaitTimedOut { step, .. } => Some(*step),
             EventKind::WorkflowStarted { .. }
             | EventKind::WorkflowCompleted { .. }
-            | EventKind::WorkflowFailed { .. } => None,
+            | EventKind::WorkflowFailed { .. }
+            | EventKind::SignalReceived { .. } => None,
         }
     }
 
@@ -152,6 +205,12 @@ impl EventKind {
             EventKind::SideEffect { .. } => "SideEffect",
             EventKind::WorkflowCompleted { .. } => "WorkflowCompleted",
             EventKind::WorkflowFailed { .. } => "WorkflowFailed",
+            EventKind::TimerStarted { .. } => "TimerStarted",
+            EventKind::TimerFired { .. } => "TimerFired",
+            EventKind::SignalReceived { .. } => "SignalReceived",
+            EventKind::SignalWaitStarted { .. } => "SignalWaitStarted",
+            EventKind::SignalDelivered { .. } => "SignalDelivered",
+            EventKind::SignalWaitTimedOut { .. } => "SignalWaitTimedOut",
         }
     }
 }

@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod activity;
+pub mod clock;
 pub mod codec;
 mod context;
 mod engine;
@@ -23,7 +24,7 @@ pub use codec::{Codec, CodecError, JsonCodec, Payload};
 pub use context::WorkflowContext;
 pub use engine::{
     Engine, EngineBuilder, InstanceInfo, ListFilter, Outcome, ReplayVerdict, StartOutcome, Status,
-    StatusKind, WorkflowFactory, WorkflowResult, INSTANCE_ID_BYTES_MAX,
+    StatusKind, WorkflowFactory, WorkflowResult, INSTANCE_ID_BYTES_MAX, SIGNAL_NAME_BYTES_MAX,
 };
 pub use error::{Error, NonDeterminism, Result, StepDescriptor};
 pub use writer::{WriterStats, BATCH_REQUESTS_MAX};

@@ -18,6 +18,10 @@ pub enum StepKind {
     Activity,
     /// A recorded value (`now`, `random`, `uuid`, named side effect).
     SideEffect,
+    /// A durable timer (`ctx.sleep`), named `"sleep"`.
+    Timer,
+    /// A wait for a signal, named by the signal.
+    Signal,
 }
 
 impl StepKind {
@@ -25,6 +29,8 @@ impl StepKind {
         match self {
             StepKind::Activity => "activity",
             StepKind::SideEffect => "side_effect",
+            StepKind::Timer => "timer",
+            StepKind::Signal => "signal",
         }
     }
 }
@@ -59,6 +65,17 @@ pub enum RecordedOutcome {
     },
     /// The recorded value.
     Value(Payload),
+    /// The timer fired.
+    TimerFired,
+    /// The wait took the signal recorded at `signal_seq`.
+    Signal {
+        /// `seq` of its `SignalReceived` event.
+        signal_seq: u64,
+        /// Its body.
+        payload: Payload,
+    },
+    /// The wait reached its deadline.
+    TimedOut,
 }
 
 /// One step as history holds it.
@@ -72,6 +89,8 @@ pub struct RecordedStep {
     pub input: Option<Payload>,
     /// Failed attempts recorded before the outcome (or before a crash).
     pub failed_attempts: u32,
+    /// Deadline recorded for a timer or a signal wait, ms since the Unix epoch.
+    pub deadline_ms: Option<u64>,
     /// The outcome, if the step finished.
     pub outcome: Option<RecordedOutcome>,
 }
@@ -95,6 +114,8 @@ pub enum Decision<'h> {
     Run {
         /// Attempts already recorded as failed.
         failed_attempts: u32,
+        /// The deadline recorded when the step began (timers, signal waits).
+        deadline_ms: Option<u64>,
     },
 }
 
@@ -117,8 +138,22 @@ pub struct History {
     /// The workflow's input.
     pub input: Payload,
     steps: BTreeMap<StepNo, RecordedStep>,
+    /// Signals received, by the `seq` of their event: name, body, and whether a wait
+    /// took them.
+    signals: BTreeMap<u64, ReceivedSignal>,
     /// The recorded result, if the instance finished.
     pub result: Option<RecordedResult>,
+}
+
+/// A signal in an instance's inbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedSignal {
+    /// Signal name.
+    pub name: String,
+    /// Its body.
+    pub payload: Payload,
+    /// Whether a recorded wait took it.
+    pub delivered: bool,
 }
 
 fn corrupt(instance: &str, seq: u64, message: impl Into<String>) -> Error {
@@ -136,8 +171,14 @@ impl History {
             workflow_type,
             input,
             steps: BTreeMap::new(),
+            signals: BTreeMap::new(),
             result: None,
         }
+    }
+
+    /// Signals received, oldest first, by the `seq` of their event.
+    pub fn signals(&self) -> &BTreeMap<u64, ReceivedSignal> {
+        &self.signals
     }
 
     /// Indexes recorded events (oldest first).
@@ -227,6 +268,69 @@ impl History {
                 let entry = self.open_step(*step, StepKind::SideEffect, label, seq)?;
                 entry.outcome = Some(RecordedOutcome::Value(value.clone()));
             }
+            EventKind::TimerStarted { step, fire_at_ms } => {
+                let entry = self.open_step(*step, StepKind::Timer, "sleep", seq)?;
+                entry.deadline_ms = Some(*fire_at_ms);
+            }
+            EventKind::TimerFired { step } => {
+                let entry = self.open_step(*step, StepKind::Timer, "sleep", seq)?;
+                entry.outcome = Some(RecordedOutcome::TimerFired);
+            }
+            EventKind::SignalReceived { name, payload } => {
+                self.signals.insert(
+                    seq,
+                    ReceivedSignal {
+                        name: name.clone(),
+                        payload: payload.clone(),
+                        delivered: false,
+                    },
+                );
+            }
+            EventKind::SignalWaitStarted {
+                step,
+                name,
+                deadline_ms,
+            } => {
+                let entry = self.open_step(*step, StepKind::Signal, name, seq)?;
+                entry.deadline_ms = Some(*deadline_ms);
+            }
+            EventKind::SignalDelivered {
+                step,
+                name,
+                signal_seq,
+            } => {
+                let signal = match self.signals.get_mut(signal_seq) {
+                    Some(signal) if signal.name == *name && !signal.delivered => {
+                        signal.delivered = true;
+                        signal.payload.clone()
+                    }
+                    Some(signal) if signal.delivered => {
+                        return Err(corrupt(
+                            &id,
+                            seq,
+                            format!("signal at sequence {signal_seq} delivered twice"),
+                        ))
+                    }
+                    _ => {
+                        return Err(corrupt(
+                            &id,
+                            seq,
+                            format!(
+                            "delivers signal `{name}` at sequence {signal_seq}, which is not one"
+                        ),
+                        ))
+                    }
+                };
+                let entry = self.open_step(*step, StepKind::Signal, name, seq)?;
+                entry.outcome = Some(RecordedOutcome::Signal {
+                    signal_seq: *signal_seq,
+                    payload: signal,
+                });
+            }
+            EventKind::SignalWaitTimedOut { step, name } => {
+                let entry = self.open_step(*step, StepKind::Signal, name, seq)?;
+                entry.outcome = Some(RecordedOutcome::TimedOut);
+            }
         }
         Ok(())
     }
@@ -244,6 +348,7 @@ impl History {
             name: name.to_owned(),
             input: None,
             failed_attempts: 0,
+            deadline_ms: None,
             outcome: None,
         });
         if entry.kind != kind || entry.name != name {
@@ -283,7 +388,10 @@ impl History {
         request: StepRequest<'_>,
     ) -> Result<Decision<'_>, Box<NonDeterminism>> {
         let Some(recorded) = self.steps.get(&step) else {
-            return Ok(Decision::Run { failed_attempts: 0 });
+            return Ok(Decision::Run {
+                failed_attempts: 0,
+                deadline_ms: None,
+            });
         };
         let input_differs = match (&recorded.input, request.input) {
             (Some(recorded), Some(requested)) => recorded != requested,
@@ -298,6 +406,7 @@ impl History {
             Some(outcome) => Decision::Replay(outcome),
             None => Decision::Run {
                 failed_attempts: recorded.failed_attempts,
+                deadline_ms: recorded.deadline_ms,
             },
         })
     }
@@ -425,11 +534,17 @@ mod tests {
         ));
         assert_eq!(
             h.check(2, activity("charge", &one)),
-            Ok(Decision::Run { failed_attempts: 1 })
+            Ok(Decision::Run {
+                failed_attempts: 1,
+                deadline_ms: None
+            })
         );
         assert_eq!(
             h.check(3, activity("ship", &one)),
-            Ok(Decision::Run { failed_attempts: 0 })
+            Ok(Decision::Run {
+                failed_attempts: 0,
+                deadline_ms: None
+            })
         );
     }
 
@@ -516,5 +631,86 @@ mod tests {
             ),
         ];
         assert!(History::from_records(&twice).is_err());
+    }
+
+    #[test]
+    fn signal_deliveries_must_name_a_received_undelivered_signal() {
+        let start = record(
+            0,
+            EventKind::WorkflowStarted {
+                workflow_type: "w".into(),
+                id: "i".into(),
+                input: json("1"),
+            },
+        );
+        let received = record(
+            1,
+            EventKind::SignalReceived {
+                name: "go".into(),
+                payload: json("true"),
+            },
+        );
+        let deliver = |seq, signal_seq| {
+            record(
+                seq,
+                EventKind::SignalDelivered {
+                    step: seq as u32,
+                    name: "go".into(),
+                    signal_seq,
+                },
+            )
+        };
+        let ok = History::from_records(&[start.clone(), received.clone(), deliver(2, 1)]).unwrap();
+        assert!(ok.signals()[&1].delivered);
+        assert!(matches!(
+            ok.check(
+                2,
+                StepRequest {
+                    kind: StepKind::Signal,
+                    name: "go",
+                    input: None
+                }
+            ),
+            Ok(Decision::Replay(RecordedOutcome::Signal {
+                signal_seq: 1,
+                ..
+            }))
+        ));
+        assert!(
+            History::from_records(&[
+                start.clone(),
+                received.clone(),
+                deliver(2, 1),
+                deliver(3, 1)
+            ])
+            .is_err(),
+            "twice"
+        );
+        assert!(
+            History::from_records(&[start.clone(), deliver(1, 0)]).is_err(),
+            "not a signal"
+        );
+        let timer = record(
+            2,
+            EventKind::TimerStarted {
+                step: 1,
+                fire_at_ms: 99,
+            },
+        );
+        let h = History::from_records(&[start, timer]).unwrap();
+        assert_eq!(
+            h.check(
+                1,
+                StepRequest {
+                    kind: StepKind::Timer,
+                    name: "sleep",
+                    input: None
+                }
+            ),
+            Ok(Decision::Run {
+                failed_attempts: 0,
+                deadline_ms: Some(99)
+            })
+        );
     }
 }

@@ -39,6 +39,8 @@ pub(crate) struct Started {
 pub(crate) struct Appended {
     /// Its LSN.
     pub(crate) lsn: u64,
+    /// Its sequence number in the instance's history.
+    pub(crate) seq: u64,
 }
 
 enum Command {
@@ -380,10 +382,7 @@ impl WriterLoop {
         let lsn = self.next_lsn;
         let row = self.head(key)?;
         if row.status.is_finished() {
-            return Err(Error::InvalidArgument(format!(
-                "instance `{}` has finished; nothing more can be appended to its history",
-                row.id
-            )));
+            return Err(Error::InstanceFinished(row.id.clone()));
         }
         let terminal = match &kind {
             EventKind::WorkflowCompleted { .. } => Some(InstanceStatus::Completed),
@@ -412,6 +411,7 @@ impl WriterLoop {
                 message: other.to_string(),
             },
         })?;
+        let seq = row.next_seq;
         row.head_hash = hash_envelope(&envelope);
         row.head_lsn = lsn;
         row.next_seq += 1;
@@ -421,7 +421,7 @@ impl WriterLoop {
         }
         batch.events.push((lsn, envelope));
         self.next_lsn += 1;
-        Ok(Appended { lsn })
+        Ok(Appended { lsn, seq })
     }
 }
 

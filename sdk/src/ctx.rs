@@ -107,13 +107,112 @@ impl Ctx {
     /// The step number is taken when `now` is called; drop the future and that step is
     /// produced again on replay.
     pub fn now(&self) -> impl Future<Output = SystemTime> + Send + 'static {
-        let value = self.side_effect("now", || {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-                .unwrap_or(0)
-        });
-        async move { UNIX_EPOCH + Duration::from_micros(value.await) }
+        let raw = self.raw.clone();
+        let value = self.side_effect("now", move || raw.clock_now_ms());
+        async move { UNIX_EPOCH + Duration::from_millis(value.await) }
+    }
+
+    /// Sleeps for `duration` on a durable timer: the deadline is recorded, so the
+    /// workflow wakes at the right time even if the host restarts meanwhile (at once, if
+    /// the deadline passed while it was down).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cairn::{workflow, Ctx, WorkflowError};
+    ///
+    /// #[workflow]
+    /// async fn reminder(ctx: Ctx, customer: String) -> Result<String, WorkflowError> {
+    ///     ctx.sleep(Duration::from_secs(3 * 24 * 3600)).await; // three days
+    ///     Ok(format!("remind {customer}"))
+    /// }
+    /// ```
+    ///
+    /// # Cancel safety
+    /// The step number is taken when `sleep` is called. Dropping the future stops waiting.
+    pub fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send + 'static {
+        let fire_at = self
+            .raw
+            .clock_now_ms()
+            .saturating_add(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
+        self.sleep_until_ms(fire_at)
+    }
+
+    /// Sleeps until `deadline` on a durable timer (see [`Ctx::sleep`]).
+    pub fn sleep_until(&self, deadline: SystemTime) -> impl Future<Output = ()> + Send + 'static {
+        self.sleep_until_ms(cairn_runtime::clock::unix_ms(deadline))
+    }
+
+    fn sleep_until_ms(&self, fire_at_ms: u64) -> impl Future<Output = ()> + Send + 'static {
+        let step = self.raw.next_step();
+        let raw = self.raw.clone();
+        async move { raw.sleep_until(step, fire_at_ms).await }
+    }
+
+    /// Waits for the next signal called `name` and returns its body. A signal sent before
+    /// the wait is buffered, never lost; several signals of one name arrive in the order
+    /// they were sent, each to exactly one wait.
+    ///
+    /// Do not race a signal wait against other futures (`select!`): a signal taken by the
+    /// losing branch would be consumed unseen. Use [`Ctx::signal_or_timeout`].
+    ///
+    /// # Cancel safety
+    /// See above: not cancel safe once a signal is available.
+    pub fn signal<T: Payload>(&self, name: &str) -> impl Future<Output = T> + Send + 'static {
+        let wait = self.wait_signal::<T>(name, None);
+        async move {
+            match wait.await {
+                Some(value) => value,
+                // A wait without a deadline only returns with a signal.
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Waits for the next signal called `name` for at most `timeout`: `Some(body)` if it
+    /// came first, `None` if the time ran out. Which one won is recorded, so replay takes
+    /// the same branch; the deadline is recorded too and survives restarts.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cairn::{workflow, Ctx, WorkflowError};
+    ///
+    /// #[workflow]
+    /// async fn approval(ctx: Ctx, amount: u64) -> Result<String, WorkflowError> {
+    ///     let decision: Option<bool> = ctx.signal_or_timeout("approved", Duration::from_secs(48 * 3600)).await;
+    ///     Ok(match decision {
+    ///         Some(true) => format!("{amount} approved"),
+    ///         Some(false) => format!("{amount} rejected"),
+    ///         None => format!("{amount} escalated"),
+    ///     })
+    /// }
+    /// ```
+    pub fn signal_or_timeout<T: Payload>(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Option<T>> + Send + 'static {
+        let deadline = self
+            .raw
+            .clock_now_ms()
+            .saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        self.wait_signal::<T>(name, Some(deadline))
+    }
+
+    fn wait_signal<T: Payload>(
+        &self,
+        name: &str,
+        deadline_ms: Option<u64>,
+    ) -> impl Future<Output = Option<T>> + Send + 'static {
+        let step = self.raw.next_step();
+        let raw = self.raw.clone();
+        let name = name.to_owned();
+        async move {
+            let payload = raw.wait_signal(step, &name, deadline_ms).await?;
+            match decode_step::<T>(&raw, step, &payload) {
+                Ok(value) => Some(value),
+                Err(err) => raw.abort(err).await,
+            }
+        }
     }
 
     /// A random `u64`, recorded on first execution and replayed afterwards.

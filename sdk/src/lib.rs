@@ -52,6 +52,23 @@ pub use runtime::{InstanceHandle, Runtime, RuntimeBuilder};
 /// The engine crate, for hosts that need its lower layers (stores, events, replay).
 pub use cairn_runtime as engine;
 
+/// Tools for testing workflows: a virtual clock that skips through long timers.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::{Duration, SystemTime};
+/// use cairn::testing::VirtualClock;
+/// use cairn::Runtime;
+///
+/// let clock = VirtualClock::new(SystemTime::now());
+/// let builder = Runtime::builder().clock(Arc::new(clock.clone()));
+/// // ... open, start a workflow that sleeps 30 days, then:
+/// // clock.skip_to_next_timer().await;
+/// ```
+pub mod testing {
+    pub use cairn_runtime::clock::{Clock, SystemClock, VirtualClock};
+}
+
 /// A value that can cross a durable boundary: a workflow's input, output or error, an
 /// activity's argument or result. Any `Serialize + DeserializeOwned + Send` type is one.
 #[diagnostic::on_unimplemented(

@@ -67,6 +67,13 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Uses `clock` for `ctx.now()` and durable timers; in tests, a
+    /// [`crate::testing::VirtualClock`] skips through long waits.
+    pub fn clock(mut self, clock: Arc<dyn cairn_runtime::clock::Clock>) -> Self {
+        self.inner.clock(clock);
+        self
+    }
+
     /// Opens (or creates) the database file at `path` and resumes every unfinished
     /// instance. Must be called inside a tokio runtime.
     ///
@@ -147,6 +154,32 @@ impl Runtime {
             created: started.created,
             workflow: PhantomData,
         })
+    }
+
+    /// Sends signal `name` with body `payload` to instance `id`; a `ctx.signal(name)`
+    /// wait in the workflow receives it (now, or whenever it next waits).
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`], [`Error::InstanceFinished`], [`Error::InvalidArgument`]
+    /// for a bad name, [`Error::PayloadEncode`], storage errors.
+    ///
+    /// # Durability
+    /// On return the signal is on disk and will be delivered, crash or not.
+    ///
+    /// # Cancel safety
+    /// If dropped, the signal may or may not have been recorded.
+    pub async fn signal<T: crate::Payload>(
+        &self,
+        id: &str,
+        name: &str,
+        payload: &T,
+    ) -> Result<(), Error> {
+        let payload = encode(self.engine.codec(), payload).map_err(|err| Error::PayloadEncode {
+            instance: id.to_owned(),
+            position: format!("signal `{name}`"),
+            message: err.to_string(),
+        })?;
+        self.engine.signal(id, name, payload).await
     }
 
     /// A handle to existing instance `id` of workflow `W`, to await its result.

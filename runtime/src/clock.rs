@@ -1,0 +1,201 @@
+//! Time as the runtime sees it: what `ctx.now()` records and what durable timers wait
+//! for. Production uses [`SystemClock`]; tests use [`VirtualClock`] to skip through a
+//! 30-day timer in microseconds.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use tokio::sync::{oneshot, Notify};
+
+use crate::sync::{lock, Arc, Mutex};
+
+/// A source of wall-clock time and of waits on it.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+    /// Resolves once `now_ms() >= at_ms`.
+    fn sleep_until(&self, at_ms: u64) -> BoxFuture<'static, ()>;
+}
+
+/// The operating system's clock, waited on with tokio timers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+/// Milliseconds since the Unix epoch of `time` (0 before the epoch).
+pub fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        unix_ms(SystemTime::now())
+    }
+
+    fn sleep_until(&self, at_ms: u64) -> BoxFuture<'static, ()> {
+        let wait = Duration::from_millis(at_ms.saturating_sub(self.now_ms()));
+        Box::pin(tokio::time::sleep(wait))
+    }
+}
+
+#[derive(Debug)]
+struct VirtualState {
+    now_ms: u64,
+    next_id: u64,
+    sleepers: BTreeMap<(u64, u64), oneshot::Sender<()>>,
+}
+
+#[derive(Debug)]
+struct VirtualInner {
+    state: Mutex<VirtualState>,
+    /// Signalled whenever a sleeper registers, so a test can wait for the workflow to
+    /// reach its timer instead of guessing with a real sleep.
+    registered: Notify,
+}
+
+/// A clock that moves only when told to: time skipping for tests of long waits.
+///
+/// # Example
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use cairn_runtime::clock::{Clock, VirtualClock};
+/// # tokio_test::block_on(async {
+/// let clock = VirtualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+/// let start = clock.now_ms();
+/// let wake = clock.sleep_until(start + 30 * 24 * 3600 * 1000); // 30 days
+/// assert_eq!(clock.skip_to_next_timer().await, start + 30 * 24 * 3600 * 1000);
+/// wake.await; // fires at once: virtual time moved
+/// # });
+/// ```
+#[derive(Clone, Debug)]
+pub struct VirtualClock {
+    inner: Arc<VirtualInner>,
+}
+
+impl VirtualClock {
+    /// A clock standing at `start`.
+    pub fn new(start: SystemTime) -> Self {
+        Self {
+            inner: Arc::new(VirtualInner {
+                state: Mutex::new(VirtualState {
+                    now_ms: unix_ms(start),
+                    next_id: 0,
+                    sleepers: BTreeMap::new(),
+                }),
+                registered: Notify::new(),
+            }),
+        }
+    }
+
+    /// Moves time forward by `by`, waking every timer now due.
+    pub fn advance(&self, by: Duration) {
+        let to = {
+            let state = lock(&self.inner.state);
+            state
+                .now_ms
+                .saturating_add(u64::try_from(by.as_millis()).unwrap_or(u64::MAX))
+        };
+        self.advance_to_ms(to);
+    }
+
+    fn advance_to_ms(&self, to_ms: u64) {
+        let due = {
+            let mut state = lock(&self.inner.state);
+            state.now_ms = state.now_ms.max(to_ms);
+            let first_not_due = (state.now_ms.saturating_add(1), 0);
+            let later = state.sleepers.split_off(&first_not_due);
+            std::mem::replace(&mut state.sleepers, later)
+        };
+        for (_, sleeper) in due {
+            // A sleeper whose future was dropped needs no wake-up.
+            let _ = sleeper.send(());
+        }
+    }
+
+    /// Deadline of the earliest pending timer, if any (ms since the Unix epoch).
+    pub fn next_timer_ms(&self) -> Option<u64> {
+        let mut state = lock(&self.inner.state);
+        state.sleepers.retain(|_, sleeper| !sleeper.is_closed());
+        state.sleepers.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Waits until some timer is pending and returns its deadline, without moving time.
+    /// Lets a test wait for a workflow to reach its timer instead of guessing.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn next_timer(&self) -> u64 {
+        loop {
+            let registered = self.inner.registered.notified();
+            tokio::pin!(registered);
+            registered.as_mut().enable();
+            if let Some(at) = self.next_timer_ms() {
+                return at;
+            }
+            registered.await;
+        }
+    }
+
+    /// Waits until some timer is pending, then moves time to its deadline and fires it.
+    /// Returns the new time (ms since the Unix epoch).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: time moves only when a timer is found.
+    pub async fn skip_to_next_timer(&self) -> u64 {
+        let at = self.next_timer().await;
+        self.advance_to_ms(at);
+        at
+    }
+}
+
+impl Clock for VirtualClock {
+    fn now_ms(&self) -> u64 {
+        lock(&self.inner.state).now_ms
+    }
+
+    fn sleep_until(&self, at_ms: u64) -> BoxFuture<'static, ()> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = lock(&self.inner.state);
+            if at_ms <= state.now_ms {
+                return Box::pin(std::future::ready(()));
+            }
+            let id = state.next_id;
+            state.next_id += 1;
+            state.sleepers.insert((at_ms, id), tx);
+        }
+        self.inner.registered.notify_waiters();
+        Box::pin(async move {
+            // The sender is only dropped unsent if the clock itself is dropped; waking
+            // then is as good as any other answer.
+            let _ = rx.await;
+        })
+    }
+}
+
+#[cfg(all(test, not(cairn_loom)))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn timers_fire_in_deadline_order_only_when_time_reaches_them() {
+        let clock = VirtualClock::new(UNIX_EPOCH);
+        let late = clock.sleep_until(2_000);
+        let early = clock.sleep_until(1_000);
+        assert_eq!(clock.next_timer_ms(), Some(1_000));
+        clock.advance(Duration::from_millis(999));
+        assert_eq!(clock.next_timer_ms(), Some(1_000));
+        assert_eq!(clock.skip_to_next_timer().await, 1_000);
+        early.await;
+        assert_eq!(clock.now_ms(), 1_000);
+        drop(late);
+        assert_eq!(
+            clock.next_timer_ms(),
+            None,
+            "dropped sleepers are forgotten"
+        );
+        clock.sleep_until(500).await; // already due
+    }
+}
