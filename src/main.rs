@@ -189,6 +189,8 @@ fn event_json(event: &StoredEvent) -> Value {
             json!({ "step": step, "name": name, "signal_seq": signal_seq })
         }
         EventKind::SignalWaitTimedOut { step, name } => json!({ "step": step, "name": name }),
+        EventKind::PatchMarker { step, patch_id } => json!({ "step": step, "patch_id": patch_id }),
+        EventKind::WorkflowTerminated { reason } => json!({ "reason": reason }),
     };
     json!({
         "lsn": event.lsn,

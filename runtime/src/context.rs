@@ -16,7 +16,10 @@ use crate::event::{EventKind, StepNo, EVENT_BYTES_MAX};
 
 /// Room left in an activity event for everything but its input and result.
 const STEP_EVENT_HEADROOM_BYTES: usize = 4096;
-use crate::replay::{requested, Decision, History, RecordedOutcome, StepKind, StepRequest};
+use crate::replay::{
+    requested, Decision, History, PatchDecision, RecordedOutcome, RecordedResult, StepKind,
+    StepRequest,
+};
 use crate::sync::{lock, Mutex};
 
 /// Why the driver must stop polling the workflow.
@@ -227,7 +230,12 @@ impl WorkflowContext {
                 deadline_ms,
             }) => {
                 if self.inner.shared.is_none() {
-                    if self.inner.history.result.is_some() {
+                    // A finished history must explain the whole run; a terminated one
+                    // simply stops here.
+                    if matches!(
+                        self.inner.history.result,
+                        Some(RecordedResult::Completed(_) | RecordedResult::Failed(_))
+                    ) {
                         let recorded = StepDescriptor {
                             kind: "end of history",
                             name: "(the recorded run ended here)".into(),
@@ -309,9 +317,11 @@ impl WorkflowContext {
                     options.start_to_close
                 ))
                 .with_kind("timeout")),
-                Ok(Err(panic)) => {
-                    Err(ActivityError::retryable(panic_message(&panic)).with_kind("panic"))
-                }
+                Ok(Err(panic)) => Err(ActivityError::retryable(format!(
+                    "activity panicked: {}",
+                    panic_message(&panic)
+                ))
+                .with_kind("panic")),
                 Ok(Ok(result)) => result,
             };
             let result = result.and_then(|output| {
@@ -420,6 +430,57 @@ impl WorkflowContext {
         Error::Corrupt {
             location: format!("history of instance `{}`", self.instance_id()),
             message: format!("step {step} is {what} but holds the outcome of another kind of step"),
+        }
+    }
+
+    /// Decides a version marker: `true` when this run takes the code path added by patch
+    /// `patch_id` (new instances, and old ones that reach it past their recorded
+    /// history), `false` when history was recorded before the patch existed at this
+    /// point. The step number is consumed only when the answer is `true`, so old
+    /// histories keep their numbering.
+    ///
+    /// # Cancel safety
+    /// The marker is recorded before `true` is returned; dropping the future may leave it
+    /// unrecorded, and it is then recorded again on replay.
+    pub async fn patched(&self, patch_id: &str) -> bool {
+        let step = lock(&self.inner.state).next_step;
+        match self.inner.history.patch(step, patch_id) {
+            Ok(PatchDecision::OldPath) => false,
+            Ok(PatchDecision::Recorded) => {
+                self.next_step();
+                true
+            }
+            Ok(PatchDecision::Live) => {
+                self.next_step();
+                if self.inner.shared.is_none() && self.inner.history.result.is_some() {
+                    // An audit replay of a finished history: the marker should be there.
+                    let recorded = StepDescriptor {
+                        kind: "end of history",
+                        name: "(the recorded run ended here)".into(),
+                        input: None,
+                    };
+                    let requested = StepDescriptor {
+                        kind: "patch",
+                        name: patch_id.to_owned(),
+                        input: None,
+                    };
+                    let err = self.inner.history.divergence(step, recorded, requested);
+                    return self.abort(err.into()).await;
+                }
+                if self.inner.shared.is_none() {
+                    self.set_stop(Stop::EndOfHistory(step));
+                    return std::future::pending().await;
+                }
+                let marker = EventKind::PatchMarker {
+                    step,
+                    patch_id: patch_id.to_owned(),
+                };
+                if let Err(err) = self.append(marker).await {
+                    return self.abort(err).await;
+                }
+                true
+            }
+            Err(divergence) => self.abort(divergence.into()).await,
         }
     }
 
@@ -544,12 +605,13 @@ impl WorkflowContext {
     }
 }
 
+/// The message a panic carried, if it was a string.
 pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(text) = panic.downcast_ref::<&str>() {
-        format!("activity panicked: {text}")
+        (*text).to_owned()
     } else if let Some(text) = panic.downcast_ref::<String>() {
-        format!("activity panicked: {text}")
+        text.clone()
     } else {
-        "activity panicked".to_owned()
+        "(a panic without a message)".to_owned()
     }
 }

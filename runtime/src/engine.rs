@@ -51,6 +51,8 @@ pub enum Outcome {
     Completed(Payload),
     /// The workflow returned `Err`; its encoded error.
     Failed(Payload),
+    /// The instance was terminated from outside, for this reason.
+    Terminated(String),
 }
 
 /// What [`Engine::replay`] found.
@@ -76,6 +78,8 @@ pub enum Status {
     Completed,
     /// Returned `Err`.
     Failed,
+    /// Stopped from outside by [`Engine::terminate`].
+    Terminated,
     /// Cannot run on this build; the reason says why and what to do.
     Parked {
         /// The error that parked it.
@@ -122,6 +126,8 @@ pub enum StatusKind {
     Completed,
     /// [`Status::Failed`].
     Failed,
+    /// [`Status::Terminated`].
+    Terminated,
     /// [`Status::Parked`].
     Parked,
 }
@@ -133,6 +139,7 @@ impl Status {
             Status::Running => StatusKind::Running,
             Status::Completed => StatusKind::Completed,
             Status::Failed => StatusKind::Failed,
+            Status::Terminated => StatusKind::Terminated,
             Status::Parked { .. } => StatusKind::Parked,
         }
     }
@@ -380,6 +387,39 @@ impl Engine {
         );
     }
 
+    /// Terminates instance `id` at once: its driver is stopped without running any more
+    /// workflow code (no cleanup runs) and `WorkflowTerminated { reason }` is recorded.
+    /// Waiters get [`Outcome::Terminated`].
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`], [`Error::InstanceFinished`] if it had already ended,
+    /// storage errors.
+    ///
+    /// # Durability
+    /// On return the termination is on disk; the instance never runs again.
+    ///
+    /// # Cancel safety
+    /// If dropped after the driver was stopped but before the commit, the instance stays
+    /// unfinished and resumes at the next open; call again to terminate it.
+    pub async fn terminate(&self, id: &str, reason: &str) -> Result<()> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        let key = self.key_of(id)?;
+        // Stop the driver first: its appends are then all queued before the termination.
+        let active = lock(&self.shared.active).remove(&key);
+        if let Some(active) = active {
+            active.task.abort();
+            let _ = active.task.await;
+        }
+        let kind = EventKind::WorkflowTerminated {
+            reason: reason.to_owned(),
+        };
+        self.shared.writer.append(key, kind).await?;
+        lock(&self.shared.parked).remove(&key);
+        Ok(())
+    }
+
     /// Sends signal `name` with body `payload` to instance `id`. It is buffered in the
     /// instance's history until a `ctx.signal(name)` wait takes it; signals of one name
     /// are delivered in the order they were sent, each to exactly one wait.
@@ -438,12 +478,15 @@ impl Engine {
             .get(&key)
             .map(|a| a.outcome.clone());
         if let Some(mut receiver) = receiver {
-            let slot = receiver
-                .wait_for(Option::is_some)
-                .await
-                .map_err(|_| Error::ShutDown)?;
-            if let Some(result) = slot.as_ref() {
-                return result.clone();
+            // An error means the driver went away without a result: shut down, or
+            // terminated (then the stored row below has the answer).
+            if let Ok(slot) = receiver.wait_for(Option::is_some).await {
+                if let Some(result) = slot.as_ref() {
+                    return result.clone();
+                }
+            }
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Err(Error::ShutDown);
             }
         }
         if let Some(err) = lock(&self.shared.parked).get(&key) {
@@ -482,6 +525,7 @@ impl Engine {
         match record.kind {
             EventKind::WorkflowCompleted { output } => Ok(Outcome::Completed(output)),
             EventKind::WorkflowFailed { error } => Ok(Outcome::Failed(error)),
+            EventKind::WorkflowTerminated { reason } => Ok(Outcome::Terminated(reason)),
             other => Err(corrupt(format!(
                 "the instance is finished but its last event is {}",
                 other.name()
@@ -493,6 +537,7 @@ impl Engine {
         let status = match row.status {
             InstanceStatus::Completed => Status::Completed,
             InstanceStatus::Failed => Status::Failed,
+            InstanceStatus::Terminated => Status::Terminated,
             InstanceStatus::Running => match lock(&self.shared.parked).get(&row.key) {
                 Some(err) => Status::Parked {
                     reason: err.to_string(),
@@ -601,8 +646,9 @@ impl Engine {
                     Some(RecordedResult::Completed(p)) => Outcome::Completed(p.clone()),
                     Some(RecordedResult::Failed(p)) => Outcome::Failed(p.clone()),
                     // The run stopped after its last step and before its result was
-                    // recorded: the code agrees with everything there is.
-                    None => {
+                    // recorded (or was terminated there): the code agrees with
+                    // everything there is.
+                    Some(RecordedResult::Terminated(_)) | None => {
                         return Ok(ReplayVerdict::Unfinished {
                             next_step: ctx.last_requested_step() + 1,
                         })
@@ -656,14 +702,15 @@ impl Engine {
 }
 
 fn result_descriptor(outcome: &Outcome) -> StepDescriptor {
-    let (name, payload) = match outcome {
-        Outcome::Completed(p) => ("Ok", p),
-        Outcome::Failed(p) => ("Err", p),
+    let (name, input) = match outcome {
+        Outcome::Completed(p) => ("Ok", p.preview(200)),
+        Outcome::Failed(p) => ("Err", p.preview(200)),
+        Outcome::Terminated(reason) => ("terminated", reason.clone()),
     };
     StepDescriptor {
         kind: "workflow result",
         name: name.into(),
-        input: Some(payload.preview(200)),
+        input: Some(input),
     }
 }
 
@@ -793,6 +840,10 @@ async fn run_instance_inner(
         },
         Outcome::Failed(error) => EventKind::WorkflowFailed {
             error: error.clone(),
+        },
+        // `finished_outcome` only builds Completed or Failed from a workflow's return.
+        Outcome::Terminated(reason) => EventKind::WorkflowTerminated {
+            reason: reason.clone(),
         },
     };
     shared.writer.append(key, kind).await?;

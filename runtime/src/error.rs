@@ -228,6 +228,15 @@ pub enum Error {
         message: String,
     },
 
+    /// The instance was terminated from outside before it produced a result.
+    #[error("[CAIRN-E0018] instance `{instance}` was terminated: {reason}")]
+    Terminated {
+        /// User id of the instance.
+        instance: String,
+        /// The reason given to `terminate`.
+        reason: String,
+    },
+
     /// The instance has finished; it takes no more signals or events.
     #[error("[CAIRN-E0017] instance `{0}` has already finished; it accepts no more signals")]
     InstanceFinished(String),
@@ -258,6 +267,7 @@ impl Error {
             Error::WorkflowPanicked { .. } => "CAIRN-E0015",
             Error::Environment(_) => "CAIRN-E0016",
             Error::InstanceFinished(_) => "CAIRN-E0017",
+            Error::Terminated { .. } => "CAIRN-E0018",
         }
     }
 }

@@ -165,6 +165,20 @@ pub enum EventKind {
         /// Signal name.
         name: String,
     },
+    /// The run took the new code path of patch `patch_id` (`ctx.patched`). Histories
+    /// recorded before the patch lack this marker and keep the old path on replay.
+    PatchMarker {
+        /// The step.
+        step: StepNo,
+        /// The patch's id.
+        patch_id: String,
+    },
+    /// The instance was stopped from outside (`Runtime::terminate`) without running any
+    /// more workflow code. Ends the instance.
+    WorkflowTerminated {
+        /// Why, as given by the caller.
+        reason: String,
+    },
 }
 
 impl EventKind {
@@ -179,11 +193,13 @@ impl EventKind {
             | EventKind::TimerFired { step }
             | EventKind::SignalWaitStarted { step, .. }
             | EventKind::SignalDelivered { step, .. }
-            | EventKind::SignalWaitTimedOut { step, .. } => Some(*step),
+            | EventKind::SignalWaitTimedOut { step, .. }
+            | EventKind::PatchMarker { step, .. } => Some(*step),
             EventKind::WorkflowStarted { .. }
             | EventKind::WorkflowCompleted { .. }
             | EventKind::WorkflowFailed { .. }
-            | EventKind::SignalReceived { .. } => None,
+            | EventKind::SignalReceived { .. }
+            | EventKind::WorkflowTerminated { .. } => None,
         }
     }
 
@@ -191,7 +207,9 @@ impl EventKind {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            EventKind::WorkflowCompleted { .. } | EventKind::WorkflowFailed { .. }
+            EventKind::WorkflowCompleted { .. }
+                | EventKind::WorkflowFailed { .. }
+                | EventKind::WorkflowTerminated { .. }
         )
     }
 
@@ -211,6 +229,8 @@ impl EventKind {
             EventKind::SignalWaitStarted { .. } => "SignalWaitStarted",
             EventKind::SignalDelivered { .. } => "SignalDelivered",
             EventKind::SignalWaitTimedOut { .. } => "SignalWaitTimedOut",
+            EventKind::PatchMarker { .. } => "PatchMarker",
+            EventKind::WorkflowTerminated { .. } => "WorkflowTerminated",
         }
     }
 }

@@ -22,6 +22,8 @@ pub enum StepKind {
     Timer,
     /// A wait for a signal, named by the signal.
     Signal,
+    /// A version marker (`ctx.patched`), named by the patch id.
+    Patch,
 }
 
 impl StepKind {
@@ -31,6 +33,7 @@ impl StepKind {
             StepKind::SideEffect => "side_effect",
             StepKind::Timer => "timer",
             StepKind::Signal => "signal",
+            StepKind::Patch => "patch",
         }
     }
 }
@@ -76,6 +79,8 @@ pub enum RecordedOutcome {
     },
     /// The wait reached its deadline.
     TimedOut,
+    /// The patch marker was recorded: the run took the new path.
+    Patched,
 }
 
 /// One step as history holds it.
@@ -126,6 +131,20 @@ pub enum RecordedResult {
     Completed(Payload),
     /// `Err(error)`.
     Failed(Payload),
+    /// Stopped from outside, with the reason given.
+    Terminated(String),
+}
+
+/// What `ctx.patched(id)` should answer at a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchDecision {
+    /// The marker is recorded at this step: new path, consume the step.
+    Recorded,
+    /// History holds another step here: recorded before the patch; old path, and the
+    /// step number is *not* consumed.
+    OldPath,
+    /// History ends before this step: record the marker and take the new path.
+    Live,
 }
 
 /// An instance's history, indexed by step for replay.
@@ -231,6 +250,13 @@ impl History {
             }
             EventKind::WorkflowFailed { error } => {
                 self.result = Some(RecordedResult::Failed(error.clone()))
+            }
+            EventKind::WorkflowTerminated { reason } => {
+                self.result = Some(RecordedResult::Terminated(reason.clone()))
+            }
+            EventKind::PatchMarker { step, patch_id } => {
+                let entry = self.open_step(*step, StepKind::Patch, patch_id, seq)?;
+                entry.outcome = Some(RecordedOutcome::Patched);
             }
             EventKind::ActivityAttemptFailed { step, activity, .. } => {
                 let entry = self.open_step(*step, StepKind::Activity, activity, seq)?;
@@ -409,6 +435,35 @@ impl History {
                 deadline_ms: recorded.deadline_ms,
             },
         })
+    }
+
+    /// Decides `ctx.patched(patch_id)` at `step` (see [`PatchDecision`]).
+    ///
+    /// # Errors
+    /// [`NonDeterminism`] when the step holds the marker of another patch.
+    pub fn patch(
+        &self,
+        step: StepNo,
+        patch_id: &str,
+    ) -> Result<PatchDecision, Box<NonDeterminism>> {
+        match self.steps.get(&step) {
+            None if step > self.last_step() => Ok(PatchDecision::Live),
+            // A gap: an earlier step is still running and this one was not recorded.
+            None => Ok(PatchDecision::Live),
+            Some(recorded) if recorded.kind == StepKind::Patch && recorded.name == patch_id => {
+                Ok(PatchDecision::Recorded)
+            }
+            Some(recorded) if recorded.kind == StepKind::Patch => Err(self.divergence(
+                step,
+                recorded.descriptor(),
+                StepDescriptor {
+                    kind: "patch",
+                    name: patch_id.to_owned(),
+                    input: None,
+                },
+            )),
+            Some(_) => Ok(PatchDecision::OldPath),
+        }
     }
 
     /// Checks, when the code returned after asking for `last_requested` steps, that history

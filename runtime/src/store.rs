@@ -38,6 +38,8 @@ pub enum InstanceStatus {
     Completed,
     /// The workflow returned `Err`.
     Failed,
+    /// Stopped from outside (`terminate`).
+    Terminated,
 }
 
 impl InstanceStatus {

@@ -387,6 +387,7 @@ impl WriterLoop {
         let terminal = match &kind {
             EventKind::WorkflowCompleted { .. } => Some(InstanceStatus::Completed),
             EventKind::WorkflowFailed { .. } => Some(InstanceStatus::Failed),
+            EventKind::WorkflowTerminated { .. } => Some(InstanceStatus::Terminated),
             _ => None,
         };
         let position = kind.name();

@@ -112,6 +112,33 @@ impl Ctx {
         async move { UNIX_EPOCH + Duration::from_millis(value.await) }
     }
 
+    /// Marks a change to the workflow's code: returns `true` where the run should take
+    /// the new path, `false` for instances whose history was recorded by the old code at
+    /// this point. Keep the old branch until no instance started before the change is
+    /// still running; see `docs/GUARANTEES.md` for the upgrade procedure.
+    ///
+    /// ```
+    /// use cairn::{activity, workflow, ActivityCtx, ActivityError, Ctx, WorkflowError};
+    ///
+    /// #[activity]
+    /// async fn fraud_check(_ctx: ActivityCtx, amount: u64) -> Result<bool, ActivityError> { Ok(amount < 10_000) }
+    /// #[activity]
+    /// async fn approve(_ctx: ActivityCtx, amount: u64) -> Result<String, ActivityError> { Ok(format!("ok {amount}")) }
+    ///
+    /// #[workflow]
+    /// async fn loan(ctx: Ctx, amount: u64) -> Result<String, WorkflowError> {
+    ///     if ctx.patched("fraud-check-2026-11").await {
+    ///         if !ctx.activity(fraud_check, amount).await? {
+    ///             return Err(WorkflowError::business("fraud", "flagged"));
+    ///         }
+    ///     }
+    ///     Ok(ctx.activity(approve, amount).await?)
+    /// }
+    /// ```
+    pub async fn patched(&self, patch_id: &str) -> bool {
+        self.raw.patched(patch_id).await
+    }
+
     /// Sleeps for `duration` on a durable timer: the deadline is recorded, so the
     /// workflow wakes at the right time even if the host restarts meanwhile (at once, if
     /// the deadline passed while it was down).

@@ -182,6 +182,18 @@ impl Runtime {
         self.engine.signal(id, name, payload).await
     }
 
+    /// Terminates instance `id` at once, recording `reason`; no more workflow code runs.
+    /// See [`cairn_runtime::Engine::terminate`].
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`], [`Error::InstanceFinished`], storage errors.
+    ///
+    /// # Durability
+    /// On return the termination is on disk.
+    pub async fn terminate(&self, id: &str, reason: &str) -> Result<(), Error> {
+        self.engine.terminate(id, reason).await
+    }
+
     /// A handle to existing instance `id` of workflow `W`, to await its result.
     pub fn handle<W: Workflow>(&self, _workflow: W, id: &str) -> InstanceHandle<W> {
         InstanceHandle {
@@ -288,6 +300,10 @@ impl<W: Workflow> InstanceHandle<W> {
             Outcome::Failed(payload) => decode::<W::Error>(self.engine.codec(), &payload)
                 .map(Err)
                 .map_err(|err| decode_err(std::any::type_name::<W::Error>(), err)),
+            Outcome::Terminated(reason) => Err(Error::Terminated {
+                instance: self.id.clone(),
+                reason,
+            }),
         }
     }
 

@@ -75,20 +75,19 @@ async fn other_work(ctx: Ctx, n: u32) -> Result<u32, WorkflowError> {
 
 /// Runs `approval_v1` instance `id` up to its gate (3 events recorded), then stops the host.
 async fn leave_unfinished(path: &std::path::Path, id: &str) {
+    let mut reached = at_gate().subscribe();
     let rt = Runtime::builder()
         .workflow(approval_v1)
         .open(path)
         .await
         .unwrap();
     rt.start(approval_v1, id, 5).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while rt.status(id).unwrap().events < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "instance did not reach its gate"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let wait = async { while reached.recv().await.unwrap() != id {} };
+    // A bound against a hang, not a timing assumption: the gate is reached in microseconds.
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .expect("instance reached its gate");
+    assert_eq!(rt.status(id).unwrap().events, 3);
     rt.shutdown().await;
 }
 

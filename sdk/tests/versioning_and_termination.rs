@@ -1,0 +1,208 @@
+//! Code can change under running instances with `ctx.patched` markers (old histories
+//! replay their old path, new runs take the new one), and `terminate` stops an instance
+//! for good with its reason recorded.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cairn::engine::ReplayVerdict;
+use cairn::{
+    activity, workflow, ActivityCtx, ActivityError, Ctx, Error, Runtime, Status, WorkflowError,
+};
+
+#[activity]
+async fn score(_ctx: ActivityCtx, amount: u64) -> Result<u64, ActivityError> {
+    Ok(amount / 100)
+}
+
+#[activity]
+async fn book(_ctx: ActivityCtx, amount: u64) -> Result<String, ActivityError> {
+    Ok(format!("booked {amount}"))
+}
+
+#[activity]
+async fn fraud_check(_ctx: ActivityCtx, amount: u64) -> Result<bool, ActivityError> {
+    Ok(amount < 1_000_000)
+}
+
+#[workflow(name = "loan")]
+async fn loan_v1(ctx: Ctx, amount: u64) -> Result<String, WorkflowError> {
+    let s = ctx.activity(score, amount).await?;
+    let booked = ctx.activity(book, amount).await?;
+    let signer: String = ctx.signal("signed").await;
+    Ok(format!("{booked} score {s} signed by {signer}"))
+}
+
+/// v1 plus a fraud check between scoring and booking, behind a patch marker.
+#[workflow(name = "loan")]
+async fn loan_v2(ctx: Ctx, amount: u64) -> Result<String, WorkflowError> {
+    let s = ctx.activity(score, amount).await?;
+    let mut note = String::new();
+    if ctx.patched("fraud-check").await {
+        let clean = ctx.activity(fraud_check, amount).await?;
+        note = format!(" fraud-checked {clean}");
+    }
+    let booked = ctx.activity(book, amount).await?;
+    let signer: String = ctx.signal("signed").await;
+    Ok(format!("{booked} score {s} signed by {signer}{note}"))
+}
+
+async fn wait_for_events(rt: &Runtime, id: &str, events: usize) {
+    let mut spins = 0u32;
+    while rt.history(id).unwrap().len() < events {
+        spins += 1;
+        assert!(spins < 1_000_000, "{id} never reached {events} events");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn patched_keeps_old_histories_on_the_old_path_and_new_runs_on_the_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    {
+        let rt = Runtime::builder()
+            .workflow(loan_v1)
+            .open(&path)
+            .await
+            .unwrap();
+        rt.start(loan_v1, "old", 5_000).await.unwrap();
+        wait_for_events(&rt, "old", 3).await; // started, score, book; now waits to be signed
+        rt.shutdown().await;
+    }
+    let rt = Runtime::builder()
+        .workflow(loan_v2)
+        .open(&path)
+        .await
+        .unwrap();
+    rt.start(loan_v2, "new", 7_000).await.unwrap();
+    rt.signal("old", "signed", &"ana".to_owned()).await.unwrap();
+    rt.signal("new", "signed", &"bo".to_owned()).await.unwrap();
+    assert_eq!(
+        rt.handle(loan_v2, "old").result().await.unwrap().unwrap(),
+        "booked 5000 score 50 signed by ana",
+        "recorded before the patch: old path, same step numbers"
+    );
+    assert_eq!(
+        rt.handle(loan_v2, "new").result().await.unwrap().unwrap(),
+        "booked 7000 score 70 signed by bo fraud-checked true"
+    );
+    let kinds: Vec<_> = rt
+        .history("new")
+        .unwrap()
+        .iter()
+        .map(|e| e.record.kind.name())
+        .collect();
+    assert!(kinds.contains(&"PatchMarker"), "{kinds:?}");
+    for id in ["old", "new"] {
+        let records: Vec<_> = rt
+            .history(id)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.record)
+            .collect();
+        assert!(
+            matches!(
+                rt.replay(&records).await.unwrap(),
+                ReplayVerdict::Matches(_)
+            ),
+            "{id}"
+        );
+    }
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn removing_a_patch_branch_too_early_is_caught_as_non_determinism() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let rt = Runtime::builder()
+        .workflow(loan_v2)
+        .open(&path)
+        .await
+        .unwrap();
+    rt.start(loan_v2, "patched", 100).await.unwrap();
+    rt.signal("patched", "signed", &"cy".to_owned())
+        .await
+        .unwrap();
+    rt.handle(loan_v2, "patched")
+        .result()
+        .await
+        .unwrap()
+        .unwrap();
+    let records: Vec<_> = rt
+        .history("patched")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.record)
+        .collect();
+    rt.shutdown().await;
+
+    // v1 does not know the marker its history holds at step 2.
+    let rt = Runtime::builder()
+        .workflow(loan_v1)
+        .open(&path)
+        .await
+        .unwrap();
+    let Err(Error::NonDeterminism(diff)) = rt.replay(&records).await else {
+        panic!("expected a divergence")
+    };
+    assert_eq!(
+        (diff.step, diff.recorded.kind, diff.recorded.name.as_str()),
+        (2, "patch", "fraud-check")
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn terminate_stops_an_instance_for_good_and_records_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let rt = Runtime::builder()
+        .workflow(loan_v2)
+        .open(&path)
+        .await
+        .unwrap();
+    let handle = rt.start(loan_v2, "t-1", 900).await.unwrap();
+    wait_for_events(&rt, "t-1", 5).await; // waiting for the signature
+    rt.terminate("t-1", "customer withdrew the application")
+        .await
+        .unwrap();
+
+    match handle.result().await {
+        Err(Error::Terminated { instance, reason }) => {
+            assert_eq!(
+                (instance.as_str(), reason.as_str()),
+                ("t-1", "customer withdrew the application")
+            );
+        }
+        other => panic!("expected Terminated, got {other:?}"),
+    }
+    assert_eq!(rt.status("t-1").unwrap().status, Status::Terminated);
+    let last = rt.history("t-1").unwrap().pop().unwrap();
+    assert_eq!(last.record.kind.name(), "WorkflowTerminated");
+    assert!(matches!(
+        rt.signal("t-1", "signed", &"late".to_owned()).await,
+        Err(Error::InstanceFinished(_))
+    ));
+    assert!(matches!(
+        rt.terminate("t-1", "again").await,
+        Err(Error::InstanceFinished(_))
+    ));
+    rt.shutdown().await;
+
+    let rt = Runtime::builder()
+        .workflow(loan_v2)
+        .open(&path)
+        .await
+        .unwrap();
+    assert_eq!(
+        rt.status("t-1").unwrap().status,
+        Status::Terminated,
+        "not resumed after a restart"
+    );
+    assert!(matches!(
+        rt.handle(loan_v2, "t-1").result().await,
+        Err(Error::Terminated { .. })
+    ));
+    rt.shutdown().await;
+}
