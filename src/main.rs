@@ -191,6 +191,13 @@ fn event_json(event: &StoredEvent) -> Value {
         EventKind::SignalWaitTimedOut { step, name } => json!({ "step": step, "name": name }),
         EventKind::PatchMarker { step, patch_id } => json!({ "step": step, "patch_id": patch_id }),
         EventKind::WorkflowTerminated { reason } => json!({ "reason": reason }),
+        EventKind::AttributesSet { step, attributes } => {
+            let attributes: serde_json::Map<String, Value> = attributes
+                .iter()
+                .map(|(name, value)| (name.clone(), json!(value.to_string())))
+                .collect();
+            json!({ "step": step, "attributes": attributes })
+        }
     };
     json!({
         "lsn": event.lsn,

@@ -12,7 +12,7 @@ use crate::clock::Clock;
 use crate::codec::{Codec, Payload};
 use crate::engine::Shared;
 use crate::error::{Error, StepDescriptor};
-use crate::event::{EventKind, StepNo, EVENT_BYTES_MAX};
+use crate::event::{AttrValue, EventKind, StepNo, EVENT_BYTES_MAX};
 
 /// Room left in an activity event for everything but its input and result.
 const STEP_EVENT_HEADROOM_BYTES: usize = 4096;
@@ -481,6 +481,36 @@ impl WorkflowContext {
                 true
             }
             Err(divergence) => self.abort(divergence.into()).await,
+        }
+    }
+
+    /// Publishes search attributes at step `step` (recorded, then indexed so hosts can
+    /// list instances by them without replaying). Replay compares the values like an
+    /// activity's input.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the attributes unrecorded; they are recorded on replay.
+    pub async fn set_attributes(&self, step: StepNo, attributes: Vec<(String, AttrValue)>) {
+        let input = crate::replay::attributes_payload(&attributes);
+        let request = StepRequest {
+            kind: StepKind::Attributes,
+            name: "attributes",
+            input: Some(&input),
+        };
+        match self.decide(step, request).await {
+            Decision::Replay(RecordedOutcome::AttributesSet) => {}
+            Decision::Replay(_) => {
+                let err = self.mismatched_outcome(step, "an attribute update");
+                self.abort(err).await
+            }
+            Decision::Run { .. } => {
+                if let Err(err) = self
+                    .append(EventKind::AttributesSet { step, attributes })
+                    .await
+                {
+                    self.abort(err).await
+                }
+            }
         }
     }
 

@@ -17,9 +17,10 @@ use crate::clock::{Clock, SystemClock};
 use crate::codec::{Codec, JsonCodec, Payload};
 use crate::context::{Inbox, Stop, WorkflowContext};
 use crate::error::{Error, Result, StepDescriptor};
+use crate::event::AttrValue;
 use crate::event::{EventKind, EventRecord};
 use crate::replay::{History, RecordedResult};
-use crate::store::{InstanceRow, InstanceStatus, RedbStore, Store, StoredEvent};
+use crate::store::{Attributes, InstanceRow, InstanceStatus, RedbStore, Store, StoredEvent};
 use crate::sync::{lock, AtomicBool, Mutex};
 use crate::writer::{Writer, WriterStats};
 
@@ -104,6 +105,8 @@ pub struct InstanceInfo {
     pub updated_at_ms: u64,
     /// Number of events in its history.
     pub events: u64,
+    /// Search attributes it published (`ctx.set_attributes`, `ctx.set_stage`).
+    pub attributes: Attributes,
 }
 
 /// Filter of [`Engine::list`]. Empty fields match everything.
@@ -113,6 +116,12 @@ pub struct ListFilter {
     pub workflow_type: Option<String>,
     /// Only instances whose status is one of these (compared by variant).
     pub statuses: Vec<StatusKind>,
+    /// Only instances started at or after this time (ms since the Unix epoch).
+    pub created_from_ms: Option<u64>,
+    /// Only instances started before this time (ms since the Unix epoch).
+    pub created_until_ms: Option<u64>,
+    /// Only instances whose attributes hold all of these values.
+    pub attributes: Vec<(String, AttrValue)>,
     /// At most this many (oldest first).
     pub limit: Option<usize>,
 }
@@ -533,7 +542,8 @@ impl Engine {
         }
     }
 
-    fn info(&self, row: InstanceRow) -> InstanceInfo {
+    fn info(&self, row: InstanceRow) -> Result<InstanceInfo> {
+        let attributes = self.shared.store.attributes(row.key)?;
         let status = match row.status {
             InstanceStatus::Completed => Status::Completed,
             InstanceStatus::Failed => Status::Failed,
@@ -546,14 +556,15 @@ impl Engine {
                 None => Status::Running,
             },
         };
-        InstanceInfo {
+        Ok(InstanceInfo {
             id: row.id,
             workflow_type: row.workflow_type,
             status,
             created_at_ms: row.created_at_ms,
             updated_at_ms: row.updated_at_ms,
             events: row.next_seq,
-        }
+            attributes,
+        })
     }
 
     /// The current status of instance `id`.
@@ -567,30 +578,52 @@ impl Engine {
             .store
             .instance(key)?
             .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))?;
-        Ok(self.info(row))
+        self.info(row)
     }
 
     /// Instances matching `filter`, oldest first.
     ///
     /// # Errors
     /// Storage errors or a corrupt index row.
+    ///
+    /// Reads the instance index and the attribute index; no history is read or replayed.
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<InstanceInfo>> {
-        let mut out = Vec::new();
-        let limit = filter.limit.unwrap_or(usize::MAX);
+        let mut rows = Vec::new();
+        // Collect first, look up attributes after: the scan holds the store's read side,
+        // and a nested read could wait behind a `close` queued meanwhile.
         self.shared.store.scan_instances(&mut |row| {
-            if filter
+            let keep = filter
                 .workflow_type
                 .as_ref()
-                .is_some_and(|t| *t != row.workflow_type)
-            {
-                return true;
+                .is_none_or(|t| *t == row.workflow_type)
+                && filter
+                    .created_from_ms
+                    .is_none_or(|from| row.created_at_ms >= from)
+                && filter
+                    .created_until_ms
+                    .is_none_or(|until| row.created_at_ms < until);
+            if keep {
+                rows.push(row);
             }
-            let info = self.info(row);
-            if filter.statuses.is_empty() || filter.statuses.contains(&info.status.kind()) {
+            true
+        })?;
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        for row in rows {
+            if out.len() >= limit {
+                break;
+            }
+            let info = self.info(row)?;
+            let status_ok =
+                filter.statuses.is_empty() || filter.statuses.contains(&info.status.kind());
+            let attributes_ok = filter
+                .attributes
+                .iter()
+                .all(|(name, value)| info.attributes.get(name) == Some(value));
+            if status_ok && attributes_ok {
                 out.push(info);
             }
-            out.len() < limit
-        })?;
+        }
         Ok(out)
     }
 

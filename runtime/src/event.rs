@@ -179,6 +179,59 @@ pub enum EventKind {
         /// Why, as given by the caller.
         reason: String,
     },
+    /// The workflow published searchable attributes (`ctx.set_attributes`,
+    /// `ctx.set_stage`); each overwrites the attribute of the same name.
+    AttributesSet {
+        /// The step.
+        step: StepNo,
+        /// Names and values, in the order given.
+        attributes: Vec<(String, AttrValue)>,
+    },
+}
+
+/// The value of a searchable attribute.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AttrValue {
+    /// Text (a customer, a stage, a department).
+    Text(String),
+    /// A whole number (an amount in cents, a priority).
+    Int(i64),
+    /// A flag.
+    Bool(bool),
+}
+
+impl From<&str> for AttrValue {
+    fn from(value: &str) -> Self {
+        AttrValue::Text(value.to_owned())
+    }
+}
+
+impl From<String> for AttrValue {
+    fn from(value: String) -> Self {
+        AttrValue::Text(value)
+    }
+}
+
+impl From<i64> for AttrValue {
+    fn from(value: i64) -> Self {
+        AttrValue::Int(value)
+    }
+}
+
+impl From<bool> for AttrValue {
+    fn from(value: bool) -> Self {
+        AttrValue::Bool(value)
+    }
+}
+
+impl std::fmt::Display for AttrValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttrValue::Text(text) => write!(f, "{text:?}"),
+            AttrValue::Int(n) => write!(f, "{n}"),
+            AttrValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
 }
 
 impl EventKind {
@@ -194,7 +247,8 @@ impl EventKind {
             | EventKind::SignalWaitStarted { step, .. }
             | EventKind::SignalDelivered { step, .. }
             | EventKind::SignalWaitTimedOut { step, .. }
-            | EventKind::PatchMarker { step, .. } => Some(*step),
+            | EventKind::PatchMarker { step, .. }
+            | EventKind::AttributesSet { step, .. } => Some(*step),
             EventKind::WorkflowStarted { .. }
             | EventKind::WorkflowCompleted { .. }
             | EventKind::WorkflowFailed { .. }
@@ -231,6 +285,7 @@ impl EventKind {
             EventKind::SignalWaitTimedOut { .. } => "SignalWaitTimedOut",
             EventKind::PatchMarker { .. } => "PatchMarker",
             EventKind::WorkflowTerminated { .. } => "WorkflowTerminated",
+            EventKind::AttributesSet { .. } => "AttributesSet",
         }
     }
 }

@@ -24,6 +24,8 @@ pub enum StepKind {
     Signal,
     /// A version marker (`ctx.patched`), named by the patch id.
     Patch,
+    /// Published search attributes, named `"attributes"`; the values are its input.
+    Attributes,
 }
 
 impl StepKind {
@@ -34,6 +36,7 @@ impl StepKind {
             StepKind::Timer => "timer",
             StepKind::Signal => "signal",
             StepKind::Patch => "patch",
+            StepKind::Attributes => "attributes",
         }
     }
 }
@@ -81,6 +84,8 @@ pub enum RecordedOutcome {
     TimedOut,
     /// The patch marker was recorded: the run took the new path.
     Patched,
+    /// The attributes were recorded.
+    AttributesSet,
 }
 
 /// One step as history holds it.
@@ -257,6 +262,11 @@ impl History {
             EventKind::PatchMarker { step, patch_id } => {
                 let entry = self.open_step(*step, StepKind::Patch, patch_id, seq)?;
                 entry.outcome = Some(RecordedOutcome::Patched);
+            }
+            EventKind::AttributesSet { step, attributes } => {
+                let entry = self.open_step(*step, StepKind::Attributes, "attributes", seq)?;
+                entry.input = Some(attributes_payload(attributes));
+                entry.outcome = Some(RecordedOutcome::AttributesSet);
             }
             EventKind::ActivityAttemptFailed { step, activity, .. } => {
                 let entry = self.open_step(*step, StepKind::Activity, activity, seq)?;
@@ -502,6 +512,16 @@ impl History {
             inputs_differ: false,
         })
     }
+}
+
+/// The attributes of an `AttributesSet` step as a comparable, readable payload (JSON
+/// text; codec id 0), so replay checks them like an activity's input.
+pub fn attributes_payload(attributes: &[(String, crate::event::AttrValue)]) -> Payload {
+    let text: Vec<String> = attributes
+        .iter()
+        .map(|(k, v)| format!("{k:?}:{v}"))
+        .collect();
+    Payload::new(0, format!("{{{}}}", text.join(",")).into_bytes())
 }
 
 /// The descriptor of a request, for divergence errors.

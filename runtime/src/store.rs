@@ -13,14 +13,15 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::event::{hash_envelope, EventHash, EventRecord, GENESIS_HASH};
+use crate::event::{hash_envelope, AttrValue, EventHash, EventRecord, GENESIS_HASH};
 use crate::sync::{read, write, RwLock, RwLockReadGuard};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const INSTANCES: TableDefinition<u128, &[u8]> = TableDefinition::new("instances");
 const IDS: TableDefinition<&str, u128> = TableDefinition::new("ids");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const CAIRN_TABLES: [&str; 4] = ["log", "instances", "ids", "meta"];
+const ATTRIBUTES: TableDefinition<u128, &[u8]> = TableDefinition::new("attributes");
+const CAIRN_TABLES: [&str; 5] = ["log", "instances", "ids", "meta", "attributes"];
 
 /// Storage format of the whole file (tables and row encodings). Bumped on any change a
 /// previous build could misread.
@@ -121,12 +122,41 @@ pub struct WriteBatch {
     pub rows: Vec<(u128, Vec<u8>)>,
     /// New id mappings.
     pub ids: Vec<(String, u128)>,
+    /// Search attributes to insert or overwrite (the whole map of an instance).
+    pub attributes: Vec<(u128, Vec<u8>)>,
+}
+
+/// The search attributes of one instance, by name.
+pub type Attributes = std::collections::BTreeMap<String, AttrValue>;
+
+pub(crate) fn encode_attributes(attributes: &Attributes) -> Result<Vec<u8>> {
+    postcard::to_extend(attributes, vec![ROW_VERSION])
+        .map_err(|err| Error::Storage(format!("attributes do not encode: {err}")))
+}
+
+fn decode_attributes(key: u128, bytes: &[u8]) -> Result<Attributes> {
+    let corrupt = |message: String| Error::Corrupt {
+        location: format!("attributes table, key {key:032x}"),
+        message,
+    };
+    let (&version, body) = bytes
+        .split_first()
+        .ok_or_else(|| corrupt("empty row".into()))?;
+    if version != ROW_VERSION {
+        return Err(corrupt(format!(
+            "row version {version} is not {ROW_VERSION}"
+        )));
+    }
+    postcard::from_bytes(body).map_err(|err| corrupt(err.to_string()))
 }
 
 impl WriteBatch {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.rows.is_empty() && self.ids.is_empty()
+        self.events.is_empty()
+            && self.rows.is_empty()
+            && self.ids.is_empty()
+            && self.attributes.is_empty()
     }
 }
 
@@ -151,6 +181,8 @@ pub trait Store: Send + Sync + 'static {
     fn envelope(&self, lsn: u64) -> Result<Option<Vec<u8>>>;
     /// The whole history of `row`'s instance, oldest first, with its hash chain verified.
     fn history(&self, row: &InstanceRow) -> Result<Vec<StoredEvent>>;
+    /// The search attributes of an instance (empty if it set none).
+    fn attributes(&self, key: u128) -> Result<Attributes>;
     /// Releases the storage (closes the file) once the calls in progress have finished;
     /// every later call fails with [`Error::ShutDown`].
     fn close(&self) {}
@@ -263,6 +295,8 @@ impl RedbStore {
                 .map_err(|err| open_error(&self.path, err))?;
             txn.open_table(IDS)
                 .map_err(|err| open_error(&self.path, err))?;
+            txn.open_table(ATTRIBUTES)
+                .map_err(|err| open_error(&self.path, err))?;
         }
         txn.commit().map_err(|err| open_error(&self.path, err))
     }
@@ -356,8 +390,23 @@ impl Store for RedbStore {
                     ids.insert(id.as_str(), *key).map_err(storage)?;
                 }
             }
+            if !batch.attributes.is_empty() {
+                let mut attributes = txn.open_table(ATTRIBUTES).map_err(storage)?;
+                for (key, bytes) in &batch.attributes {
+                    attributes.insert(*key, bytes.as_slice()).map_err(storage)?;
+                }
+            }
         }
         txn.commit().map_err(storage)
+    }
+
+    fn attributes(&self, key: u128) -> Result<Attributes> {
+        let txn = self.read()?;
+        let table = txn.open_table(ATTRIBUTES).map_err(storage)?;
+        match table.get(key).map_err(storage)? {
+            Some(bytes) => decode_attributes(key, bytes.value()),
+            None => Ok(Attributes::new()),
+        }
     }
 
     fn next_lsn(&self) -> Result<u64> {

@@ -12,11 +12,12 @@ use tokio::sync::oneshot;
 
 use crate::codec::Payload;
 use crate::error::{Error, Result};
+use crate::event::AttrValue;
 use crate::event::{
     hash_envelope, DecodeError, EventKind, EventRecord, EVENT_BYTES_MAX, GENESIS_HASH,
 };
 use crate::queue::{Closed, CommitQueue};
-use crate::store::{InstanceRow, InstanceStatus, Store, WriteBatch};
+use crate::store::{encode_attributes, Attributes, InstanceRow, InstanceStatus, Store, WriteBatch};
 use crate::sync::{lock, Arc, AtomicU64, Mutex};
 
 /// Most requests one commit takes. At the limit the rest wait for the next commit, which
@@ -88,6 +89,8 @@ impl Writer {
             queue: queue.clone(),
             stats: stats.clone(),
             heads: HashMap::new(),
+            attributes: HashMap::new(),
+            attributes_touched: HashSet::new(),
             next_lsn,
             failed: None,
         };
@@ -161,6 +164,10 @@ struct WriterLoop {
     /// Rows of the instances this writer has touched. The writer is the only one that
     /// writes rows, so its copy is the truth; finished instances are dropped from it.
     heads: HashMap<u128, InstanceRow>,
+    /// Search attributes of running instances that set some, for the same reason.
+    attributes: HashMap<u128, Attributes>,
+    /// Instances whose attributes the current batch changed.
+    attributes_touched: HashSet<u128>,
     next_lsn: u64,
     /// Set after a failed commit: the writer then refuses everything until the runtime is
     /// reopened, because after a failed fsync the file's state is unknown and retrying
@@ -218,6 +225,7 @@ impl WriterLoop {
                             .is_some_and(|row| row.status.is_finished())
                         {
                             self.heads.remove(key);
+                            self.attributes.remove(key);
                         }
                     }
                     for reply in replies.drain(..) {
@@ -242,16 +250,38 @@ impl WriterLoop {
             }
         }
         self.heads.clear();
+        self.attributes.clear();
+        self.attributes_touched.clear();
         self.failed = Some(err);
     }
 
-    fn finish_batch(&self, batch: &mut WriteBatch, touched: &HashSet<u128>) -> Result<()> {
+    fn finish_batch(&mut self, batch: &mut WriteBatch, touched: &HashSet<u128>) -> Result<()> {
         for key in touched {
             if let Some(row) = self.heads.get(key) {
                 batch.rows.push((*key, row.encode()?));
             }
         }
+        for key in self.attributes_touched.drain() {
+            if let Some(attributes) = self.attributes.get(&key) {
+                batch.attributes.push((key, encode_attributes(attributes)?));
+            }
+        }
         Ok(())
+    }
+
+    /// Loads an instance's stored attributes before its first change in this writer,
+    /// so a failed read refuses the event instead of leaving it half-applied.
+    fn load_attributes(&mut self, key: u128) -> Result<()> {
+        if !self.attributes.contains_key(&key) {
+            let stored = self.store.attributes(key)?;
+            self.attributes.insert(key, stored);
+        }
+        Ok(())
+    }
+
+    fn merge_attributes(&mut self, key: u128, set: Vec<(String, AttrValue)>) {
+        self.attributes.entry(key).or_default().extend(set);
+        self.attributes_touched.insert(key);
     }
 
     fn head(&mut self, key: u128) -> Result<&mut InstanceRow> {
@@ -379,6 +409,9 @@ impl WriterLoop {
         now: u64,
         batch: &mut WriteBatch,
     ) -> Result<Appended> {
+        if matches!(kind, EventKind::AttributesSet { .. }) {
+            self.load_attributes(key)?;
+        }
         let lsn = self.next_lsn;
         let row = self.head(key)?;
         if row.status.is_finished() {
@@ -391,6 +424,10 @@ impl WriterLoop {
             _ => None,
         };
         let position = kind.name();
+        let attributes = match &kind {
+            EventKind::AttributesSet { attributes, .. } => Some(attributes.clone()),
+            _ => None,
+        };
         let record = EventRecord {
             instance: key,
             seq: row.next_seq,
@@ -422,6 +459,9 @@ impl WriterLoop {
         }
         batch.events.push((lsn, envelope));
         self.next_lsn += 1;
+        if let Some(attributes) = attributes {
+            self.merge_attributes(key, attributes);
+        }
         Ok(Appended { lsn, seq })
     }
 }

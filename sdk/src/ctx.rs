@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_runtime::codec::{decode, encode};
+use cairn_runtime::event::AttrValue;
 use cairn_runtime::{
     ActivityFailure, ActivityOptions, Error, Payload as Bytes, RetryPolicy, WorkflowContext,
 };
@@ -137,6 +138,39 @@ impl Ctx {
     /// ```
     pub async fn patched(&self, patch_id: &str) -> bool {
         self.raw.patched(patch_id).await
+    }
+
+    /// Publishes searchable attributes of this instance (`customer`, `amount`, ...).
+    /// They are recorded and indexed, so the host can list and filter instances by them
+    /// (`ListFilter::attributes`) without replaying anything. Each name keeps its latest
+    /// value.
+    ///
+    /// ```
+    /// use cairn::{workflow, AttrValue, Ctx, WorkflowError};
+    ///
+    /// #[workflow]
+    /// async fn claim(ctx: Ctx, customer: String) -> Result<(), WorkflowError> {
+    ///     ctx.set_attributes([("customer", AttrValue::from(customer)), ("amount", AttrValue::Int(1200))]).await;
+    ///     ctx.set_stage("assessment").await;
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn set_attributes<I, K>(&self, attributes: I) -> impl Future<Output = ()> + Send + 'static
+    where
+        I: IntoIterator<Item = (K, AttrValue)>,
+        K: Into<String>,
+    {
+        let step = self.raw.next_step();
+        let raw = self.raw.clone();
+        let attributes: Vec<(String, AttrValue)> =
+            attributes.into_iter().map(|(k, v)| (k.into(), v)).collect();
+        async move { raw.set_attributes(step, attributes).await }
+    }
+
+    /// Publishes the instance's current stage (the attribute `"stage"`), for dashboards
+    /// and queries: `"awaiting approval"`, `"shipping"`.
+    pub fn set_stage(&self, stage: &str) -> impl Future<Output = ()> + Send + 'static {
+        self.set_attributes([("stage", AttrValue::from(stage))])
     }
 
     /// Sleeps for `duration` on a durable timer: the deadline is recorded, so the

@@ -43,8 +43,9 @@ use serde::{Deserialize, Serialize};
 
 pub use cairn_macros::{activity, workflow};
 pub use cairn_runtime::{
-    ActivityContext as ActivityCtx, ActivityError, ActivityFailure, ActivityOptions, Codec, Error,
-    InstanceInfo, JsonCodec, ListFilter, NonDeterminism, RetryPolicy, Status, StatusKind,
+    event::AttrValue, ActivityContext as ActivityCtx, ActivityError, ActivityFailure,
+    ActivityOptions, Codec, Error, InstanceInfo, JsonCodec, ListFilter, NonDeterminism,
+    RetryPolicy, Status, StatusKind,
 };
 pub use ctx::{ActivityCall, Ctx};
 pub use runtime::{InstanceHandle, Runtime, RuntimeBuilder};
