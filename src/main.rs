@@ -191,6 +191,15 @@ fn event_json(event: &StoredEvent) -> Value {
         EventKind::SignalWaitTimedOut { step, name } => json!({ "step": step, "name": name }),
         EventKind::PatchMarker { step, patch_id } => json!({ "step": step, "patch_id": patch_id }),
         EventKind::WorkflowTerminated { reason } => json!({ "reason": reason }),
+        EventKind::CancelRequested { reason } => json!({ "reason": reason }),
+        EventKind::StepCancelled {
+            step,
+            step_kind,
+            name,
+            reason,
+        } => {
+            json!({ "step": step, "step_kind": step_kind, "name": name, "reason": reason })
+        }
         EventKind::AttributesSet { step, attributes } => {
             let attributes: serde_json::Map<String, Value> = attributes
                 .iter()

@@ -228,6 +228,23 @@ pub struct ActivityFailure {
 }
 
 impl ActivityFailure {
+    /// The failure an activity step reports when cancellation ended it.
+    pub(crate) fn cancelled(activity: &str, step: StepNo, attempts: u32, reason: &str) -> Self {
+        Self {
+            activity: activity.to_owned(),
+            step,
+            attempts,
+            kind: "cancelled".to_owned(),
+            message: reason.to_owned(),
+            retryable: false,
+        }
+    }
+
+    /// Whether the step ended because the instance was cancelled.
+    pub fn is_cancellation(&self) -> bool {
+        self.kind == "cancelled"
+    }
+
     pub(crate) fn from_record(
         activity: &str,
         step: StepNo,
@@ -243,6 +260,18 @@ impl ActivityFailure {
             retryable: error.retryable,
         }
     }
+}
+
+/// A durable wait ended because the instance's cancellation was requested
+/// (`Runtime::cancel`). The workflow decides what to do: clean up, compensate, and
+/// return an error (or a result).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("cancelled at step {step}: {reason}")]
+pub struct Cancelled {
+    /// The step that observed it.
+    pub step: StepNo,
+    /// The reason given to `cancel`.
+    pub reason: String,
 }
 
 /// What an activity knows about the call it serves.

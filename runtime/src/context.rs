@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 
-use crate::activity::{ActivityContext, ActivityError, ActivityFailure, ActivityOptions};
+use crate::activity::{
+    ActivityContext, ActivityError, ActivityFailure, ActivityOptions, Cancelled,
+};
 use crate::clock::Clock;
 use crate::codec::{Codec, Payload};
 use crate::engine::Shared;
@@ -34,6 +36,9 @@ pub(crate) enum Stop {
 struct CtxState {
     next_step: StepNo,
     stop: Option<Stop>,
+    /// A step already ended because of the cancellation request (recorded or replayed);
+    /// later steps run normally, so cleanup can use activities.
+    cancel_delivered: bool,
 }
 
 /// One signal in an instance's in-memory inbox.
@@ -51,6 +56,9 @@ struct InboxEntry {
 #[derive(Debug, Default)]
 pub(crate) struct Inbox {
     entries: Mutex<std::collections::BTreeMap<u64, InboxEntry>>,
+    /// The reason of a cancellation request, once one is recorded.
+    cancel: Mutex<Option<String>>,
+    /// Woken on every new signal and on a cancellation request.
     arrived: tokio::sync::Notify,
 }
 
@@ -61,6 +69,12 @@ impl Inbox {
             payload,
             taken,
         });
+        self.arrived.notify_waiters();
+    }
+
+    /// Records that cancellation was requested (the first reason is kept).
+    pub(crate) fn request_cancel(&self, reason: String) {
+        lock(&self.cancel).get_or_insert(reason);
         self.arrived.notify_waiters();
     }
 
@@ -125,6 +139,10 @@ impl WorkflowContext {
                 signal.delivered,
             );
         }
+        if let Some(reason) = &history.cancel_requested {
+            inbox.request_cancel(reason.clone());
+        }
+        let cancel_delivered = history.cancel_delivered;
         Self {
             inner: Arc::new(Inner {
                 key,
@@ -136,6 +154,7 @@ impl WorkflowContext {
                 state: Mutex::new(CtxState {
                     next_step: 1,
                     stop: None,
+                    cancel_delivered,
                 }),
             }),
         }
@@ -293,6 +312,9 @@ impl WorkflowContext {
             Decision::Replay(RecordedOutcome::ActivityFailed { error, attempt }) => {
                 return Err(ActivityFailure::from_record(name, step, *attempt, error))
             }
+            Decision::Replay(RecordedOutcome::Cancelled { reason }) => {
+                return Err(ActivityFailure::cancelled(name, step, 0, reason))
+            }
             Decision::Replay(_) => {
                 let err = self.mismatched_outcome(step, "an activity");
                 return self.abort(err).await;
@@ -301,6 +323,14 @@ impl WorkflowContext {
                 failed_attempts, ..
             } => failed_attempts,
         };
+        if let Some(reason) = self.take_cancel(step, StepKind::Activity, name).await {
+            return Err(ActivityFailure::cancelled(
+                name,
+                step,
+                failed_attempts,
+                &reason,
+            ));
+        }
         let mut number = failed_attempts + 1;
         loop {
             let ctx = ActivityContext {
@@ -311,7 +341,21 @@ impl WorkflowContext {
                 attempt: number,
             };
             let run = AssertUnwindSafe(attempt(ctx, &input)).catch_unwind();
-            let result = match tokio::time::timeout(options.start_to_close, run).await {
+            let bounded = tokio::time::timeout(options.start_to_close, run);
+            tokio::pin!(bounded);
+            // A cancellation abandons the attempt in flight (the activity may have had
+            // part of its effect; its idempotency key lets compensation find it).
+            let finished = loop {
+                tokio::select! {
+                    finished = &mut bounded => break finished,
+                    () = self.cancel_requested() => {
+                        if let Some(reason) = self.take_cancel(step, StepKind::Activity, name).await {
+                            return Err(ActivityFailure::cancelled(name, step, number, &reason));
+                        }
+                    }
+                }
+            };
+            let result = match finished {
                 Err(_) => Err(ActivityError::retryable(format!(
                     "attempt exceeded its start-to-close timeout of {:?}",
                     options.start_to_close
@@ -362,7 +406,18 @@ impl WorkflowContext {
                     if let Err(err) = self.append(kind).await {
                         return self.abort(err).await;
                     }
-                    tokio::time::sleep(delay).await;
+                    let backoff = tokio::time::sleep(delay);
+                    tokio::pin!(backoff);
+                    loop {
+                        tokio::select! {
+                            () = &mut backoff => break,
+                            () = self.cancel_requested() => {
+                                if let Some(reason) = self.take_cancel(step, StepKind::Activity, name).await {
+                                    return Err(ActivityFailure::cancelled(name, step, number, &reason));
+                                }
+                            }
+                        }
+                    }
                     number += 1;
                 }
                 Err(error) => {
@@ -426,6 +481,51 @@ impl WorkflowContext {
 }
 
 impl WorkflowContext {
+    /// The reason of a cancellation that was requested and no step has taken yet.
+    fn pending_cancel(&self) -> Option<String> {
+        if lock(&self.inner.state).cancel_delivered {
+            return None;
+        }
+        lock(&self.inner.inbox.cancel).clone()
+    }
+
+    /// Resolves once a cancellation is pending (requested and not yet taken by a step).
+    async fn cancel_requested(&self) {
+        loop {
+            let arrived = self.inner.inbox.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if self.pending_cancel().is_some() {
+                return;
+            }
+            arrived.await;
+        }
+    }
+
+    /// Ends step `step` by the pending cancellation, if there is one and no other step
+    /// took it: records `StepCancelled` and returns the reason.
+    async fn take_cancel(&self, step: StepNo, kind: StepKind, name: &str) -> Option<String> {
+        let reason = {
+            let mut state = lock(&self.inner.state);
+            if state.cancel_delivered {
+                return None;
+            }
+            let reason = lock(&self.inner.inbox.cancel).clone()?;
+            state.cancel_delivered = true;
+            reason
+        };
+        let cancelled = EventKind::StepCancelled {
+            step,
+            step_kind: kind.label().to_owned(),
+            name: name.to_owned(),
+            reason: reason.clone(),
+        };
+        if let Err(err) = self.append(cancelled).await {
+            return self.abort(err).await;
+        }
+        Some(reason)
+    }
+
     fn mismatched_outcome(&self, step: StepNo, what: &str) -> Error {
         Error::Corrupt {
             location: format!("history of instance `{}`", self.instance_id()),
@@ -521,14 +621,20 @@ impl WorkflowContext {
     ///
     /// # Cancel safety
     /// Dropping the future stops waiting; the timer is not recorded as fired.
-    pub async fn sleep_until(&self, step: StepNo, fire_at_ms: u64) {
+    pub async fn sleep_until(&self, step: StepNo, fire_at_ms: u64) -> Result<(), Cancelled> {
         let request = StepRequest {
             kind: StepKind::Timer,
             name: "sleep",
             input: None,
         };
         let recorded_deadline = match self.decide(step, request).await {
-            Decision::Replay(RecordedOutcome::TimerFired) => return,
+            Decision::Replay(RecordedOutcome::TimerFired) => return Ok(()),
+            Decision::Replay(RecordedOutcome::Cancelled { reason }) => {
+                return Err(Cancelled {
+                    step,
+                    reason: reason.clone(),
+                })
+            }
             Decision::Replay(_) => {
                 let err = self.mismatched_outcome(step, "a timer");
                 return self.abort(err).await;
@@ -547,10 +653,25 @@ impl WorkflowContext {
                 fire_at_ms
             }
         };
-        self.inner.clock.sleep_until(fire_at_ms).await;
-        if let Err(err) = self.append(EventKind::TimerFired { step }).await {
-            self.abort(err).await
+        if let Some(reason) = self.take_cancel(step, StepKind::Timer, "sleep").await {
+            return Err(Cancelled { step, reason });
         }
+        let timer = self.inner.clock.sleep_until(fire_at_ms);
+        tokio::pin!(timer);
+        loop {
+            tokio::select! {
+                () = &mut timer => break,
+                () = self.cancel_requested() => {
+                    if let Some(reason) = self.take_cancel(step, StepKind::Timer, "sleep").await {
+                        return Err(Cancelled { step, reason });
+                    }
+                }
+            }
+        }
+        if let Err(err) = self.append(EventKind::TimerFired { step }).await {
+            return self.abort(err).await;
+        }
+        Ok(())
     }
 
     /// Waits at step `step` for the oldest undelivered signal called `name`, or until the
@@ -566,7 +687,7 @@ impl WorkflowContext {
         step: StepNo,
         name: &str,
         deadline_ms: Option<u64>,
-    ) -> Option<Payload> {
+    ) -> Result<Option<Payload>, Cancelled> {
         let request = StepRequest {
             kind: StepKind::Signal,
             name,
@@ -574,9 +695,15 @@ impl WorkflowContext {
         };
         let recorded_deadline = match self.decide(step, request).await {
             Decision::Replay(RecordedOutcome::Signal { payload, .. }) => {
-                return Some(payload.clone())
+                return Ok(Some(payload.clone()))
             }
-            Decision::Replay(RecordedOutcome::TimedOut) => return None,
+            Decision::Replay(RecordedOutcome::TimedOut) => return Ok(None),
+            Decision::Replay(RecordedOutcome::Cancelled { reason }) => {
+                return Err(Cancelled {
+                    step,
+                    reason: reason.clone(),
+                })
+            }
             Decision::Replay(_) => {
                 let err = self.mismatched_outcome(step, "a signal wait");
                 return self.abort(err).await;
@@ -598,6 +725,9 @@ impl WorkflowContext {
             }
             (None, None) => None,
         };
+        if let Some(reason) = self.take_cancel(step, StepKind::Signal, name).await {
+            return Err(Cancelled { step, reason });
+        }
         let inbox = &self.inner.inbox;
         let mut deadline = deadline_ms.map(|at| self.inner.clock.sleep_until(at));
         loop {
@@ -614,7 +744,14 @@ impl WorkflowContext {
                     inbox.untake(signal_seq);
                     return self.abort(err).await;
                 }
-                return Some(payload);
+                return Ok(Some(payload));
+            }
+            // Signals win over a cancellation that arrives in the same instant: a signal
+            // taken is recorded as delivered and must be seen.
+            if self.pending_cancel().is_some() {
+                if let Some(reason) = self.take_cancel(step, StepKind::Signal, name).await {
+                    return Err(Cancelled { step, reason });
+                }
             }
             match deadline.as_mut() {
                 Some(timer) => {
@@ -625,7 +762,7 @@ impl WorkflowContext {
                             if let Err(err) = self.append(timed_out).await {
                                 return self.abort(err).await;
                             }
-                            return None;
+                            return Ok(None);
                         }
                     }
                 }

@@ -429,6 +429,35 @@ impl Engine {
         Ok(())
     }
 
+    /// Requests cooperative cancellation of instance `id`: `CancelRequested { reason }` is
+    /// recorded, and the workflow's next durable wait (activity, timer, signal; or the
+    /// one in progress) ends with a cancellation error. The workflow then runs its own
+    /// cleanup or compensation, which may use further steps, and returns.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`], [`Error::InstanceFinished`], storage errors.
+    ///
+    /// # Durability
+    /// On return the request is on disk; it is delivered after a restart too.
+    ///
+    /// # Cancel safety
+    /// If dropped, the request may or may not have been recorded.
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<()> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        let key = self.key_of(id)?;
+        let kind = EventKind::CancelRequested {
+            reason: reason.to_owned(),
+        };
+        self.shared.writer.append(key, kind).await?;
+        let inbox = lock(&self.shared.active).get(&key).map(|a| a.inbox.clone());
+        if let Some(inbox) = inbox {
+            inbox.request_cancel(reason.to_owned());
+        }
+        Ok(())
+    }
+
     /// Sends signal `name` with body `payload` to instance `id`. It is buffered in the
     /// instance's history until a `ctx.signal(name)` wait takes it; signals of one name
     /// are delivered in the order they were sent, each to exactly one wait.

@@ -187,6 +187,23 @@ pub enum EventKind {
         /// Names and values, in the order given.
         attributes: Vec<(String, AttrValue)>,
     },
+    /// Cancellation was requested from outside (`Runtime::cancel`). The workflow sees it
+    /// at its next durable wait, which ends with [`EventKind::StepCancelled`].
+    CancelRequested {
+        /// Why, as given by the caller.
+        reason: String,
+    },
+    /// Step `step` ended because of the requested cancellation.
+    StepCancelled {
+        /// The step.
+        step: StepNo,
+        /// What kind of step it was: `"activity"`, `"timer"` or `"signal"`.
+        step_kind: String,
+        /// Its name (activity name, `"sleep"`, signal name).
+        name: String,
+        /// The cancellation's reason.
+        reason: String,
+    },
 }
 
 /// The value of a searchable attribute.
@@ -248,12 +265,14 @@ impl EventKind {
             | EventKind::SignalDelivered { step, .. }
             | EventKind::SignalWaitTimedOut { step, .. }
             | EventKind::PatchMarker { step, .. }
-            | EventKind::AttributesSet { step, .. } => Some(*step),
+            | EventKind::AttributesSet { step, .. }
+            | EventKind::StepCancelled { step, .. } => Some(*step),
             EventKind::WorkflowStarted { .. }
             | EventKind::WorkflowCompleted { .. }
             | EventKind::WorkflowFailed { .. }
             | EventKind::SignalReceived { .. }
-            | EventKind::WorkflowTerminated { .. } => None,
+            | EventKind::WorkflowTerminated { .. }
+            | EventKind::CancelRequested { .. } => None,
         }
     }
 
@@ -286,6 +305,8 @@ impl EventKind {
             EventKind::PatchMarker { .. } => "PatchMarker",
             EventKind::WorkflowTerminated { .. } => "WorkflowTerminated",
             EventKind::AttributesSet { .. } => "AttributesSet",
+            EventKind::CancelRequested { .. } => "CancelRequested",
+            EventKind::StepCancelled { .. } => "StepCancelled",
         }
     }
 }

@@ -19,7 +19,9 @@ pub mod store;
 mod sync;
 mod writer;
 
-pub use activity::{ActivityContext, ActivityError, ActivityFailure, ActivityOptions, RetryPolicy};
+pub use activity::{
+    ActivityContext, ActivityError, ActivityFailure, ActivityOptions, Cancelled, RetryPolicy,
+};
 pub use codec::{Codec, CodecError, JsonCodec, Payload};
 pub use context::WorkflowContext;
 pub use engine::{

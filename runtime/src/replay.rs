@@ -29,7 +29,8 @@ pub enum StepKind {
 }
 
 impl StepKind {
-    fn label(self) -> &'static str {
+    /// The kind's name in events and messages.
+    pub fn label(self) -> &'static str {
         match self {
             StepKind::Activity => "activity",
             StepKind::SideEffect => "side_effect",
@@ -86,6 +87,11 @@ pub enum RecordedOutcome {
     Patched,
     /// The attributes were recorded.
     AttributesSet,
+    /// The step ended because cancellation was requested.
+    Cancelled {
+        /// The cancellation's reason.
+        reason: String,
+    },
 }
 
 /// One step as history holds it.
@@ -167,6 +173,10 @@ pub struct History {
     signals: BTreeMap<u64, ReceivedSignal>,
     /// The recorded result, if the instance finished.
     pub result: Option<RecordedResult>,
+    /// The reason of a recorded cancellation request, if any.
+    pub cancel_requested: Option<String>,
+    /// Whether a step already ended because of it.
+    pub cancel_delivered: bool,
 }
 
 /// A signal in an instance's inbox.
@@ -197,6 +207,8 @@ impl History {
             steps: BTreeMap::new(),
             signals: BTreeMap::new(),
             result: None,
+            cancel_requested: None,
+            cancel_delivered: false,
         }
     }
 
@@ -262,6 +274,43 @@ impl History {
             EventKind::PatchMarker { step, patch_id } => {
                 let entry = self.open_step(*step, StepKind::Patch, patch_id, seq)?;
                 entry.outcome = Some(RecordedOutcome::Patched);
+            }
+            EventKind::CancelRequested { reason } => {
+                // A second request changes nothing: the first one is the one delivered.
+                if self.cancel_requested.is_none() {
+                    self.cancel_requested = Some(reason.clone());
+                }
+            }
+            EventKind::StepCancelled {
+                step,
+                step_kind,
+                name,
+                reason,
+            } => {
+                if self.cancel_requested.is_none() {
+                    return Err(corrupt(
+                        &id,
+                        seq,
+                        "a step was cancelled without a cancellation request",
+                    ));
+                }
+                let kind = match step_kind.as_str() {
+                    "activity" => StepKind::Activity,
+                    "timer" => StepKind::Timer,
+                    "signal" => StepKind::Signal,
+                    other => {
+                        return Err(corrupt(
+                            &id,
+                            seq,
+                            format!("unknown cancelled step kind `{other}`"),
+                        ))
+                    }
+                };
+                let entry = self.open_step(*step, kind, name, seq)?;
+                entry.outcome = Some(RecordedOutcome::Cancelled {
+                    reason: reason.clone(),
+                });
+                self.cancel_delivered = true;
             }
             EventKind::AttributesSet { step, attributes } => {
                 let entry = self.open_step(*step, StepKind::Attributes, "attributes", seq)?;

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_runtime::codec::{decode, encode};
 use cairn_runtime::event::AttrValue;
+use cairn_runtime::Cancelled;
 use cairn_runtime::{
     ActivityFailure, ActivityOptions, Error, Payload as Bytes, RetryPolicy, WorkflowContext,
 };
@@ -183,14 +184,17 @@ impl Ctx {
     ///
     /// #[workflow]
     /// async fn reminder(ctx: Ctx, customer: String) -> Result<String, WorkflowError> {
-    ///     ctx.sleep(Duration::from_secs(3 * 24 * 3600)).await; // three days
+    ///     ctx.sleep(Duration::from_secs(3 * 24 * 3600)).await?; // three days
     ///     Ok(format!("remind {customer}"))
     /// }
     /// ```
     ///
     /// # Cancel safety
     /// The step number is taken when `sleep` is called. Dropping the future stops waiting.
-    pub fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send + 'static {
+    pub fn sleep(
+        &self,
+        duration: Duration,
+    ) -> impl Future<Output = Result<(), Cancelled>> + Send + 'static {
         let fire_at = self
             .raw
             .clock_now_ms()
@@ -199,11 +203,17 @@ impl Ctx {
     }
 
     /// Sleeps until `deadline` on a durable timer (see [`Ctx::sleep`]).
-    pub fn sleep_until(&self, deadline: SystemTime) -> impl Future<Output = ()> + Send + 'static {
+    pub fn sleep_until(
+        &self,
+        deadline: SystemTime,
+    ) -> impl Future<Output = Result<(), Cancelled>> + Send + 'static {
         self.sleep_until_ms(cairn_runtime::clock::unix_ms(deadline))
     }
 
-    fn sleep_until_ms(&self, fire_at_ms: u64) -> impl Future<Output = ()> + Send + 'static {
+    fn sleep_until_ms(
+        &self,
+        fire_at_ms: u64,
+    ) -> impl Future<Output = Result<(), Cancelled>> + Send + 'static {
         let step = self.raw.next_step();
         let raw = self.raw.clone();
         async move { raw.sleep_until(step, fire_at_ms).await }
@@ -218,11 +228,14 @@ impl Ctx {
     ///
     /// # Cancel safety
     /// See above: not cancel safe once a signal is available.
-    pub fn signal<T: Payload>(&self, name: &str) -> impl Future<Output = T> + Send + 'static {
+    pub fn signal<T: Payload>(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<T, Cancelled>> + Send + 'static {
         let wait = self.wait_signal::<T>(name, None);
         async move {
-            match wait.await {
-                Some(value) => value,
+            match wait.await? {
+                Some(value) => Ok(value),
                 // A wait without a deadline only returns with a signal.
                 None => std::future::pending().await,
             }
@@ -239,7 +252,7 @@ impl Ctx {
     ///
     /// #[workflow]
     /// async fn approval(ctx: Ctx, amount: u64) -> Result<String, WorkflowError> {
-    ///     let decision: Option<bool> = ctx.signal_or_timeout("approved", Duration::from_secs(48 * 3600)).await;
+    ///     let decision: Option<bool> = ctx.signal_or_timeout("approved", Duration::from_secs(48 * 3600)).await?;
     ///     Ok(match decision {
     ///         Some(true) => format!("{amount} approved"),
     ///         Some(false) => format!("{amount} rejected"),
@@ -251,7 +264,7 @@ impl Ctx {
         &self,
         name: &str,
         timeout: Duration,
-    ) -> impl Future<Output = Option<T>> + Send + 'static {
+    ) -> impl Future<Output = Result<Option<T>, Cancelled>> + Send + 'static {
         let deadline = self
             .raw
             .clock_now_ms()
@@ -263,14 +276,16 @@ impl Ctx {
         &self,
         name: &str,
         deadline_ms: Option<u64>,
-    ) -> impl Future<Output = Option<T>> + Send + 'static {
+    ) -> impl Future<Output = Result<Option<T>, Cancelled>> + Send + 'static {
         let step = self.raw.next_step();
         let raw = self.raw.clone();
         let name = name.to_owned();
         async move {
-            let payload = raw.wait_signal(step, &name, deadline_ms).await?;
+            let Some(payload) = raw.wait_signal(step, &name, deadline_ms).await? else {
+                return Ok(None);
+            };
             match decode_step::<T>(&raw, step, &payload) {
-                Ok(value) => Some(value),
+                Ok(value) => Ok(Some(value)),
                 Err(err) => raw.abort(err).await,
             }
         }

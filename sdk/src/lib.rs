@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 pub use cairn_macros::{activity, workflow};
 pub use cairn_runtime::{
     event::AttrValue, ActivityContext as ActivityCtx, ActivityError, ActivityFailure,
-    ActivityOptions, Codec, Error, InstanceInfo, JsonCodec, ListFilter, NonDeterminism,
+    ActivityOptions, Cancelled, Codec, Error, InstanceInfo, JsonCodec, ListFilter, NonDeterminism,
     RetryPolicy, Status, StatusKind,
 };
 pub use ctx::{ActivityCall, Ctx};
@@ -126,6 +126,9 @@ pub enum WorkflowError {
     /// An activity step failed after its retries.
     #[error(transparent)]
     Activity(#[from] ActivityFailure),
+    /// The instance was cancelled (`Runtime::cancel`) at a durable wait.
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
     /// The workflow decided to fail.
     #[error("{kind}: {message}")]
     Business {

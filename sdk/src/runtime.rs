@@ -182,6 +182,20 @@ impl Runtime {
         self.engine.signal(id, name, payload).await
     }
 
+    /// Requests cooperative cancellation of instance `id`: its next durable wait ends
+    /// with [`crate::Cancelled`] (an activity step with an `ActivityFailure` of kind
+    /// `"cancelled"`), and the workflow runs its own cleanup. See
+    /// [`cairn_runtime::Engine::cancel`].
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`], [`Error::InstanceFinished`], storage errors.
+    ///
+    /// # Durability
+    /// On return the request is on disk.
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<(), Error> {
+        self.engine.cancel(id, reason).await
+    }
+
     /// Terminates instance `id` at once, recording `reason`; no more workflow code runs.
     /// See [`cairn_runtime::Engine::terminate`].
     ///

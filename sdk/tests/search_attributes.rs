@@ -16,7 +16,7 @@ async fn claim(ctx: Ctx, customer: String, amount: i64) -> Result<String, Workfl
     ctx.set_stage("assessment").await;
     if amount > 1_000 {
         ctx.set_stage("awaiting approval").await;
-        let approved: bool = ctx.signal("approve").await;
+        let approved: bool = ctx.signal("approve").await?;
         ctx.set_stage(if approved { "paid" } else { "rejected" })
             .await;
     } else {

@@ -28,7 +28,7 @@ async fn fraud_check(_ctx: ActivityCtx, amount: u64) -> Result<bool, ActivityErr
 async fn loan_v1(ctx: Ctx, amount: u64) -> Result<String, WorkflowError> {
     let s = ctx.activity(score, amount).await?;
     let booked = ctx.activity(book, amount).await?;
-    let signer: String = ctx.signal("signed").await;
+    let signer: String = ctx.signal("signed").await?;
     Ok(format!("{booked} score {s} signed by {signer}"))
 }
 
@@ -42,7 +42,7 @@ async fn loan_v2(ctx: Ctx, amount: u64) -> Result<String, WorkflowError> {
         note = format!(" fraud-checked {clean}");
     }
     let booked = ctx.activity(book, amount).await?;
-    let signer: String = ctx.signal("signed").await;
+    let signer: String = ctx.signal("signed").await?;
     Ok(format!("{booked} score {s} signed by {signer}{note}"))
 }
 

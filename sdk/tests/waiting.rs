@@ -22,7 +22,7 @@ async fn stamp(_ctx: ActivityCtx, label: String) -> Result<String, ActivityError
 
 #[workflow]
 async fn wait_days(ctx: Ctx, days: u64) -> Result<(u64, String), WorkflowError> {
-    ctx.sleep(DAY * days as u32).await;
+    ctx.sleep(DAY * days as u32).await?;
     let woke = ctx.now().await;
     let label = ctx.activity(stamp, "woke".to_owned()).await?;
     Ok((
@@ -35,7 +35,7 @@ async fn wait_days(ctx: Ctx, days: u64) -> Result<(u64, String), WorkflowError> 
 async fn collect(ctx: Ctx, count: u32) -> Result<Vec<String>, WorkflowError> {
     let mut items = Vec::new();
     for _ in 0..count {
-        items.push(ctx.signal::<String>("item").await);
+        items.push(ctx.signal::<String>("item").await?);
     }
     Ok(items)
 }
@@ -44,7 +44,7 @@ async fn collect(ctx: Ctx, count: u32) -> Result<Vec<String>, WorkflowError> {
 async fn approval(ctx: Ctx, amount: u64) -> Result<String, WorkflowError> {
     let decision: Option<bool> = ctx
         .signal_or_timeout("decision", Duration::from_secs(48 * 3600))
-        .await;
+        .await?;
     Ok(match decision {
         Some(true) => format!("approved {amount}"),
         Some(false) => format!("rejected {amount}"),

@@ -1,0 +1,182 @@
+//! Cancellation is cooperative and recorded: the workflow's next durable wait (or the
+//! one in progress) ends with a cancellation error, the workflow runs its compensation
+//! with ordinary steps, and replay sees the same thing at the same step. A request made
+//! while the host is down is delivered after it starts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use cairn::engine::ReplayVerdict;
+use cairn::{activity, workflow, ActivityCtx, ActivityError, Ctx, Runtime, Status, WorkflowError};
+
+static RELEASED: AtomicU32 = AtomicU32::new(0);
+
+#[activity]
+async fn reserve(_ctx: ActivityCtx, sku: String) -> Result<String, ActivityError> {
+    Ok(format!("rsv-{sku}"))
+}
+
+#[activity]
+async fn release(_ctx: ActivityCtx, reservation: String) -> Result<String, ActivityError> {
+    RELEASED.fetch_add(1, Ordering::SeqCst);
+    Ok(format!("released {reservation}"))
+}
+
+/// Stands for a slow external call that is still running when the cancel arrives.
+#[activity]
+async fn slow_charge(_ctx: ActivityCtx, reservation: String) -> Result<String, ActivityError> {
+    let _ = reservation;
+    std::future::pending().await
+}
+
+/// Reserve, then wait for payment; on cancellation release the stock (a saga step).
+#[workflow]
+async fn checkout(ctx: Ctx, sku: String) -> Result<String, WorkflowError> {
+    let reservation = ctx.activity(reserve, sku).await?;
+    match ctx.signal::<String>("paid").await {
+        Ok(payment) => Ok(format!("{reservation} paid by {payment}")),
+        Err(cancelled) => {
+            ctx.activity(release, reservation).await?;
+            Err(cancelled.into())
+        }
+    }
+}
+
+#[workflow]
+async fn checkout_charging(ctx: Ctx, sku: String) -> Result<String, WorkflowError> {
+    let reservation = ctx.activity(reserve, sku).await?;
+    match ctx.activity(slow_charge, reservation.clone()).await {
+        Ok(receipt) => Ok(receipt),
+        Err(failure) if failure.is_cancellation() => {
+            let released = ctx.activity(release, reservation).await?;
+            Err(WorkflowError::business("cancelled", released))
+        }
+        Err(failure) => Err(failure.into()),
+    }
+}
+
+async fn wait_for_events(rt: &Runtime, id: &str, events: usize) {
+    let mut spins = 0u32;
+    while rt.history(id).unwrap().len() < events {
+        spins += 1;
+        assert!(spins < 1_000_000, "{id} never reached {events} events");
+        tokio::task::yield_now().await;
+    }
+}
+
+fn kinds(rt: &Runtime, id: &str) -> Vec<&'static str> {
+    rt.history(id)
+        .unwrap()
+        .iter()
+        .map(|e| e.record.kind.name())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_waiting_workflow_sees_the_cancellation_and_compensates() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder()
+        .workflow(checkout)
+        .open(dir.path().join("db.redb"))
+        .await
+        .unwrap();
+    let handle = rt.start(checkout, "k-1", "sku-9".into()).await.unwrap();
+    wait_for_events(&rt, "k-1", 2).await;
+    let before = RELEASED.load(Ordering::SeqCst);
+    rt.cancel("k-1", "customer abandoned the cart")
+        .await
+        .unwrap();
+
+    let Err(WorkflowError::Cancelled(cancelled)) = handle.result().await.unwrap() else {
+        panic!("expected a cancelled workflow")
+    };
+    assert_eq!(
+        (cancelled.step, cancelled.reason.as_str()),
+        (2, "customer abandoned the cart")
+    );
+    assert!(RELEASED.load(Ordering::SeqCst) > before, "compensation ran");
+    assert_eq!(
+        kinds(&rt, "k-1"),
+        [
+            "WorkflowStarted",
+            "ActivityCompleted",
+            "CancelRequested",
+            "StepCancelled",
+            "ActivityCompleted",
+            "WorkflowFailed"
+        ]
+    );
+    assert_eq!(rt.status("k-1").unwrap().status, Status::Failed);
+    let records: Vec<_> = rt
+        .history("k-1")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.record)
+        .collect();
+    assert!(matches!(
+        rt.replay(&records).await.unwrap(),
+        ReplayVerdict::Matches(_)
+    ));
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_activity_in_flight_is_abandoned_and_reports_cancellation() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder()
+        .workflow(checkout_charging)
+        .open(dir.path().join("db.redb"))
+        .await
+        .unwrap();
+    let handle = rt
+        .start(checkout_charging, "k-2", "sku-3".into())
+        .await
+        .unwrap();
+    wait_for_events(&rt, "k-2", 2).await;
+    rt.cancel("k-2", "fraud alert").await.unwrap();
+    let outcome = handle.result().await.unwrap();
+    assert_eq!(
+        outcome,
+        Err(WorkflowError::business("cancelled", "released rsv-sku-3"))
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_cancellation_requested_while_the_host_is_down_is_delivered_after_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    {
+        let rt = Runtime::builder()
+            .workflow(checkout)
+            .open(&path)
+            .await
+            .unwrap();
+        rt.start(checkout, "k-3", "sku-1".into()).await.unwrap();
+        wait_for_events(&rt, "k-3", 2).await;
+        rt.shutdown().await;
+    }
+    {
+        let tool = Runtime::builder().open(&path).await.unwrap();
+        tool.cancel("k-3", "order expired").await.unwrap();
+        tool.shutdown().await;
+    }
+    let rt = Runtime::builder()
+        .workflow(checkout)
+        .open(&path)
+        .await
+        .unwrap();
+    let Err(WorkflowError::Cancelled(cancelled)) =
+        rt.handle(checkout, "k-3").result().await.unwrap()
+    else {
+        panic!("expected a cancelled workflow")
+    };
+    assert_eq!(cancelled.reason, "order expired");
+    // A finished instance cannot be cancelled again.
+    assert!(matches!(
+        rt.cancel("k-3", "again").await,
+        Err(cairn::Error::InstanceFinished(_))
+    ));
+    rt.shutdown().await;
+}
