@@ -192,6 +192,30 @@ fn event_json(event: &StoredEvent) -> Value {
         EventKind::PatchMarker { step, patch_id } => json!({ "step": step, "patch_id": patch_id }),
         EventKind::WorkflowTerminated { reason } => json!({ "reason": reason }),
         EventKind::CancelRequested { reason } => json!({ "reason": reason }),
+        EventKind::ChildStarted {
+            step,
+            workflow_type,
+            child_id,
+            input,
+        } => json!({
+            "step": step, "workflow_type": workflow_type, "child_id": child_id, "input": payload(input)
+        }),
+        EventKind::ChildCompleted {
+            step,
+            child_id,
+            outcome,
+        } => {
+            let outcome = match outcome {
+                cairn::engine::event::ChildOutcome::Completed(p) => {
+                    json!({ "completed": payload(p) })
+                }
+                cairn::engine::event::ChildOutcome::Failed(p) => json!({ "failed": payload(p) }),
+                cairn::engine::event::ChildOutcome::Terminated(reason) => {
+                    json!({ "terminated": reason })
+                }
+            };
+            json!({ "step": step, "child_id": child_id, "outcome": outcome })
+        }
         EventKind::StepCancelled {
             step,
             step_kind,

@@ -12,9 +12,10 @@ use crate::activity::{
 };
 use crate::clock::Clock;
 use crate::codec::{Codec, Payload};
+use crate::engine::Outcome;
 use crate::engine::Shared;
 use crate::error::{Error, StepDescriptor};
-use crate::event::{AttrValue, EventKind, StepNo, EVENT_BYTES_MAX};
+use crate::event::{AttrValue, ChildOutcome, EventKind, StepNo, EVENT_BYTES_MAX};
 
 /// Room left in an activity event for everything but its input and result.
 const STEP_EVENT_HEADROOM_BYTES: usize = 4096;
@@ -612,6 +613,95 @@ impl WorkflowContext {
                 }
             }
         }
+    }
+
+    /// Runs child workflow `child_id` of type `workflow_type` as step `step` and waits for
+    /// its outcome. The child is an ordinary instance (its own history, listed, queried);
+    /// starting is idempotent, so a restart between starting it and recording that finds
+    /// the same child. A cancellation of the parent during the wait is passed on to the
+    /// child and ends the step with [`Cancelled`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops waiting; the child keeps running.
+    pub async fn child(
+        &self,
+        step: StepNo,
+        workflow_type: &str,
+        child_id: &str,
+        input: Payload,
+    ) -> Result<ChildOutcome, Cancelled> {
+        let identity = crate::replay::child_payload(child_id, &input);
+        let request = StepRequest {
+            kind: StepKind::Child,
+            name: workflow_type,
+            input: Some(&identity),
+        };
+        match self.decide(step, request).await {
+            Decision::Replay(RecordedOutcome::Child(outcome)) => return Ok(outcome.clone()),
+            Decision::Replay(RecordedOutcome::Cancelled { reason }) => {
+                return Err(Cancelled {
+                    step,
+                    reason: reason.clone(),
+                })
+            }
+            Decision::Replay(_) => {
+                let err = self.mismatched_outcome(step, "a child workflow");
+                return self.abort(err).await;
+            }
+            Decision::Run { .. } => {}
+        }
+        let Some(shared) = self.inner.shared.clone() else {
+            // `decide` never answers Run in replay-only mode.
+            return std::future::pending().await;
+        };
+        let engine = crate::engine::Engine::from_shared(shared);
+        if let Some(reason) = self.take_cancel(step, StepKind::Child, workflow_type).await {
+            return Err(Cancelled { step, reason });
+        }
+        let already_started = self.inner.history.step(step).is_some();
+        if !already_started {
+            if let Err(err) = engine.start(workflow_type, child_id, input.clone()).await {
+                return self.abort(err).await;
+            }
+            let started = EventKind::ChildStarted {
+                step,
+                workflow_type: workflow_type.to_owned(),
+                child_id: child_id.to_owned(),
+                input,
+            };
+            if let Err(err) = self.append(started).await {
+                return self.abort(err).await;
+            }
+        }
+        let wait = engine.wait(child_id);
+        tokio::pin!(wait);
+        let finished = loop {
+            tokio::select! {
+                finished = &mut wait => break finished,
+                () = self.cancel_requested() => {
+                    if let Some(reason) = self.take_cancel(step, StepKind::Child, workflow_type).await {
+                        // Pass it on; a child that already finished has nothing to cancel.
+                        let _ = engine.cancel(child_id, &reason).await;
+                        return Err(Cancelled { step, reason });
+                    }
+                }
+            }
+        };
+        let outcome = match finished {
+            Ok(Outcome::Completed(output)) => ChildOutcome::Completed(output),
+            Ok(Outcome::Failed(error)) => ChildOutcome::Failed(error),
+            Ok(Outcome::Terminated(reason)) => ChildOutcome::Terminated(reason),
+            Err(err) => return self.abort(err).await,
+        };
+        let completed = EventKind::ChildCompleted {
+            step,
+            child_id: child_id.to_owned(),
+            outcome: outcome.clone(),
+        };
+        if let Err(err) = self.append(completed).await {
+            return self.abort(err).await;
+        }
+        Ok(outcome)
     }
 
     /// A durable timer: step `step` resolves once the runtime clock reaches `fire_at_ms`.

@@ -285,6 +285,10 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
     /// A builder with the JSON codec and no workflow types.
     pub fn builder() -> EngineBuilder {
         EngineBuilder::default()

@@ -204,6 +204,37 @@ pub enum EventKind {
         /// The cancellation's reason.
         reason: String,
     },
+    /// A child workflow was started (or found already started) for step `step`.
+    ChildStarted {
+        /// The step.
+        step: StepNo,
+        /// The child's workflow type.
+        workflow_type: String,
+        /// The child's instance id.
+        child_id: String,
+        /// The child's input.
+        input: Payload,
+    },
+    /// The child workflow of step `step` finished.
+    ChildCompleted {
+        /// The step.
+        step: StepNo,
+        /// The child's instance id.
+        child_id: String,
+        /// How it ended.
+        outcome: ChildOutcome,
+    },
+}
+
+/// How a child workflow ended, as its parent recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChildOutcome {
+    /// It returned `Ok`; its output.
+    Completed(Payload),
+    /// It returned `Err`; its error value.
+    Failed(Payload),
+    /// It was terminated, with this reason.
+    Terminated(String),
 }
 
 /// The value of a searchable attribute.
@@ -266,7 +297,9 @@ impl EventKind {
             | EventKind::SignalWaitTimedOut { step, .. }
             | EventKind::PatchMarker { step, .. }
             | EventKind::AttributesSet { step, .. }
-            | EventKind::StepCancelled { step, .. } => Some(*step),
+            | EventKind::StepCancelled { step, .. }
+            | EventKind::ChildStarted { step, .. }
+            | EventKind::ChildCompleted { step, .. } => Some(*step),
             EventKind::WorkflowStarted { .. }
             | EventKind::WorkflowCompleted { .. }
             | EventKind::WorkflowFailed { .. }
@@ -307,6 +340,8 @@ impl EventKind {
             EventKind::AttributesSet { .. } => "AttributesSet",
             EventKind::CancelRequested { .. } => "CancelRequested",
             EventKind::StepCancelled { .. } => "StepCancelled",
+            EventKind::ChildStarted { .. } => "ChildStarted",
+            EventKind::ChildCompleted { .. } => "ChildCompleted",
         }
     }
 }

@@ -26,6 +26,8 @@ pub enum StepKind {
     Patch,
     /// Published search attributes, named `"attributes"`; the values are its input.
     Attributes,
+    /// A child workflow, named by its workflow type; its id and input are its input.
+    Child,
 }
 
 impl StepKind {
@@ -38,6 +40,7 @@ impl StepKind {
             StepKind::Signal => "signal",
             StepKind::Patch => "patch",
             StepKind::Attributes => "attributes",
+            StepKind::Child => "child",
         }
     }
 }
@@ -87,6 +90,8 @@ pub enum RecordedOutcome {
     Patched,
     /// The attributes were recorded.
     AttributesSet,
+    /// The child workflow ended.
+    Child(crate::event::ChildOutcome),
     /// The step ended because cancellation was requested.
     Cancelled {
         /// The cancellation's reason.
@@ -298,6 +303,7 @@ impl History {
                     "activity" => StepKind::Activity,
                     "timer" => StepKind::Timer,
                     "signal" => StepKind::Signal,
+                    "child" => StepKind::Child,
                     other => {
                         return Err(corrupt(
                             &id,
@@ -311,6 +317,32 @@ impl History {
                     reason: reason.clone(),
                 });
                 self.cancel_delivered = true;
+            }
+            EventKind::ChildStarted {
+                step,
+                workflow_type,
+                child_id,
+                input,
+            } => {
+                let entry = self.open_step(*step, StepKind::Child, workflow_type, seq)?;
+                entry.input = Some(child_payload(child_id, input));
+            }
+            EventKind::ChildCompleted { step, outcome, .. } => {
+                let Some(entry) = self.steps.get_mut(step) else {
+                    return Err(corrupt(
+                        &id,
+                        seq,
+                        format!("child of step {step} completed without being started"),
+                    ));
+                };
+                if entry.kind != StepKind::Child || entry.outcome.is_some() {
+                    return Err(corrupt(
+                        &id,
+                        seq,
+                        format!("step {step} is not a running child workflow"),
+                    ));
+                }
+                entry.outcome = Some(RecordedOutcome::Child(outcome.clone()));
             }
             EventKind::AttributesSet { step, attributes } => {
                 let entry = self.open_step(*step, StepKind::Attributes, "attributes", seq)?;
@@ -571,6 +603,13 @@ pub fn attributes_payload(attributes: &[(String, crate::event::AttrValue)]) -> P
         .map(|(k, v)| format!("{k:?}:{v}"))
         .collect();
     Payload::new(0, format!("{{{}}}", text.join(",")).into_bytes())
+}
+
+/// A child step's identity for replay checks: its id and input, as one payload.
+pub fn child_payload(child_id: &str, input: &Payload) -> Payload {
+    let mut data = format!("{child_id:?}:").into_bytes();
+    data.extend_from_slice(&input.data);
+    Payload::new(input.codec, data)
 }
 
 /// The descriptor of a request, for divergence errors.

@@ -7,14 +7,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_runtime::codec::{decode, encode};
-use cairn_runtime::event::AttrValue;
+use cairn_runtime::event::{AttrValue, ChildOutcome};
 use cairn_runtime::Cancelled;
 use cairn_runtime::{
     ActivityFailure, ActivityOptions, Error, Payload as Bytes, RetryPolicy, WorkflowContext,
 };
 use futures::future::BoxFuture;
 
-use crate::{Activity, Payload};
+use crate::{Activity, ChildFailure, Payload, Workflow};
 
 /// The workflow's handle to everything durable. Every activity, clock read, random
 /// number and side effect goes through it, so replay can reproduce it.
@@ -172,6 +172,65 @@ impl Ctx {
     /// and queries: `"awaiting approval"`, `"shipping"`.
     pub fn set_stage(&self, stage: &str) -> impl Future<Output = ()> + Send + 'static {
         self.set_attributes([("stage", AttrValue::from(stage))])
+    }
+
+    /// Runs workflow `W` as a child instance with id `child_id` and waits for its
+    /// result. The child is a full instance (own history, listed, queried, resumed after
+    /// a crash); the parent records its start and its outcome. A cancellation of the
+    /// parent while it waits is passed on to the child.
+    ///
+    /// ```
+    /// use cairn::{workflow, ChildFailure, Ctx, WorkflowError};
+    ///
+    /// #[workflow]
+    /// async fn department_review(ctx: Ctx, department: String) -> Result<bool, WorkflowError> {
+    ///     Ok(department != "fire-safety")
+    /// }
+    ///
+    /// #[workflow]
+    /// async fn permit(ctx: Ctx, permit_id: String) -> Result<bool, WorkflowError> {
+    ///     let zoning = ctx.child(department_review, &format!("{permit_id}/zoning"), "zoning".into());
+    ///     let fire = ctx.child(department_review, &format!("{permit_id}/fire"), "fire-safety".into());
+    ///     let (zoning, fire) = futures::join!(zoning, fire);
+    ///     Ok(zoning? && fire?)
+    /// }
+    /// ```
+    ///
+    /// # Cancel safety
+    /// The step number is taken when `child` is called; dropping the future stops
+    /// waiting, and the child keeps running.
+    pub fn child<W: Workflow>(
+        &self,
+        workflow: W,
+        child_id: &str,
+        input: W::Input,
+    ) -> impl Future<Output = Result<W::Output, ChildFailure<W::Error>>> + Send + 'static {
+        let _ = workflow;
+        let step = self.raw.next_step();
+        let raw = self.raw.clone();
+        let child_id = child_id.to_owned();
+        let input = encode_step(&raw, step, &input);
+        async move {
+            let input = match input {
+                Ok(input) => input,
+                Err(err) => return raw.abort(err).await,
+            };
+            let outcome = raw.child(step, W::NAME, &child_id, input).await?;
+            let decoded = match outcome {
+                ChildOutcome::Completed(output) => {
+                    decode_step::<W::Output>(&raw, step, &output).map(Ok)
+                }
+                ChildOutcome::Failed(error) => decode_step::<W::Error>(&raw, step, &error)
+                    .map(|e| Err(ChildFailure::Failed(e))),
+                ChildOutcome::Terminated(reason) => {
+                    Ok(Err(ChildFailure::Terminated { child_id, reason }))
+                }
+            };
+            match decoded {
+                Ok(result) => result,
+                Err(err) => raw.abort(err).await,
+            }
+        }
     }
 
     /// Sleeps for `duration` on a durable timer: the deadline is recorded, so the

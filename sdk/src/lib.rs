@@ -118,6 +118,25 @@ pub trait Activity: Send + Sync + 'static {
     ) -> futures::future::BoxFuture<'static, Result<Self::Output, ActivityError>>;
 }
 
+/// Why a child workflow did not return `Ok`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ChildFailure<E> {
+    /// The child returned `Err`: its own typed error.
+    #[error("child workflow failed: {0}")]
+    Failed(E),
+    /// The child was terminated.
+    #[error("child workflow `{child_id}` was terminated: {reason}")]
+    Terminated {
+        /// The child's id.
+        child_id: String,
+        /// The reason given to `terminate`.
+        reason: String,
+    },
+    /// The parent was cancelled while waiting; the cancellation was passed on.
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
+}
+
 /// A ready-made workflow error: an activity that failed for good, or a business outcome
 /// of your own. Any error type that is a [`Payload`] and `From<ActivityFailure>` works too.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -129,6 +148,9 @@ pub enum WorkflowError {
     /// The instance was cancelled (`Runtime::cancel`) at a durable wait.
     #[error(transparent)]
     Cancelled(#[from] Cancelled),
+    /// A child workflow did not return `Ok`.
+    #[error("child workflow: {0}")]
+    Child(String),
     /// The workflow decided to fail.
     #[error("{kind}: {message}")]
     Business {
@@ -137,6 +159,15 @@ pub enum WorkflowError {
         /// Human-readable message.
         message: String,
     },
+}
+
+impl<E: std::fmt::Display> From<ChildFailure<E>> for WorkflowError {
+    fn from(failure: ChildFailure<E>) -> Self {
+        match failure {
+            ChildFailure::Cancelled(cancelled) => WorkflowError::Cancelled(cancelled),
+            other => WorkflowError::Child(other.to_string()),
+        }
+    }
 }
 
 impl WorkflowError {
