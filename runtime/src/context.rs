@@ -23,7 +23,8 @@ use crate::replay::{
     requested, Decision, History, PatchDecision, RecordedOutcome, RecordedResult, StepKind,
     StepRequest,
 };
-use crate::sync::{lock, Mutex};
+use crate::sync::{lock, AtomicU64, Mutex};
+use std::sync::atomic::Ordering;
 
 /// Why the driver must stop polling the workflow.
 #[derive(Debug)]
@@ -40,6 +41,25 @@ struct CtxState {
     /// A step already ended because of the cancellation request (recorded or replayed);
     /// later steps run normally, so cleanup can use activities.
     cancel_delivered: bool,
+    /// Operations that are doing work (an activity attempt, an append in flight); while
+    /// any is, the run is not idle and must stay in memory.
+    busy: u32,
+    /// Durable waits in progress, by step, with their deadline (timers, signal waits,
+    /// child waits).
+    waits: std::collections::BTreeMap<StepNo, Option<u64>>,
+    /// Events in the instance's history as far as this run knows.
+    known_next_seq: u64,
+    /// Last value of `blocked()`, to wake the driver only when it changes.
+    was_blocked: bool,
+}
+
+impl CtxState {
+    fn blocked(&self) -> Option<Option<u64>> {
+        if self.busy > 0 || self.waits.is_empty() || self.stop.is_some() {
+            return None;
+        }
+        Some(self.waits.values().flatten().min().copied())
+    }
 }
 
 /// One signal in an instance's in-memory inbox.
@@ -56,6 +76,11 @@ struct InboxEntry {
 /// the same signal may arrive by both paths, so entries are keyed, never appended.
 #[derive(Debug, Default)]
 pub(crate) struct Inbox {
+    /// Bumped by every signal and cancellation that reaches the inbox: an eviction
+    /// decided before a bump must not go through.
+    generation: AtomicU64,
+    /// Highest history `seq` of an event delivered to the inbox.
+    last_seq: AtomicU64,
     entries: Mutex<std::collections::BTreeMap<u64, InboxEntry>>,
     /// The reason of a cancellation request, once one is recorded.
     cancel: Mutex<Option<String>>,
@@ -64,7 +89,17 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn bump(&self, seq: u64) {
+        self.last_seq.fetch_max(seq, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
     pub(crate) fn add(&self, seq: u64, name: String, payload: Payload, taken: bool) {
+        self.bump(seq);
         lock(&self.entries).entry(seq).or_insert(InboxEntry {
             name,
             payload,
@@ -74,7 +109,8 @@ impl Inbox {
     }
 
     /// Records that cancellation was requested (the first reason is kept).
-    pub(crate) fn request_cancel(&self, reason: String) {
+    pub(crate) fn request_cancel(&self, seq: u64, reason: String) {
+        self.bump(seq);
         lock(&self.cancel).get_or_insert(reason);
         self.arrived.notify_waiters();
     }
@@ -98,6 +134,8 @@ impl Inbox {
 }
 
 struct Inner {
+    /// Notified when the run becomes idle (blocked) or stops being so.
+    state_changed: tokio::sync::Notify,
     key: u128,
     clock: Arc<dyn Clock>,
     inbox: Arc<Inbox>,
@@ -131,6 +169,7 @@ impl WorkflowContext {
         clock: Arc<dyn Clock>,
         inbox: Arc<Inbox>,
         history: History,
+        known_next_seq: u64,
     ) -> Self {
         for (seq, signal) in history.signals() {
             inbox.add(
@@ -140,8 +179,8 @@ impl WorkflowContext {
                 signal.delivered,
             );
         }
-        if let Some(reason) = &history.cancel_requested {
-            inbox.request_cancel(reason.clone());
+        if let Some((seq, reason)) = &history.cancel_requested {
+            inbox.request_cancel(*seq, reason.clone());
         }
         let cancel_delivered = history.cancel_delivered;
         Self {
@@ -156,7 +195,12 @@ impl WorkflowContext {
                     next_step: 1,
                     stop: None,
                     cancel_delivered,
+                    busy: 0,
+                    waits: std::collections::BTreeMap::new(),
+                    known_next_seq,
+                    was_blocked: false,
                 }),
+                state_changed: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -230,16 +274,60 @@ impl WorkflowContext {
         if lock(&self.inner.state).stop.is_some() {
             return std::future::pending().await;
         }
-        match &self.inner.shared {
-            Some(shared) => shared
-                .writer
-                .append(self.inner.key, kind)
-                .await
-                .map(|appended| {
-                    tracing::trace!(lsn = appended.lsn, "step recorded");
-                }),
-            None => Ok(()),
+        let Some(shared) = &self.inner.shared else {
+            return Ok(());
+        };
+        let _busy = self.busy();
+        let appended = shared.writer.append(self.inner.key, kind).await?;
+        let mut state = lock(&self.inner.state);
+        state.known_next_seq = state.known_next_seq.max(appended.seq + 1);
+        Ok(())
+    }
+
+    fn changed(&self, state: &mut CtxState) {
+        let blocked = state.blocked().is_some();
+        if blocked != state.was_blocked {
+            state.was_blocked = blocked;
+            self.inner.state_changed.notify_waiters();
         }
+    }
+
+    /// Marks the run busy until the guard is dropped.
+    fn busy(&self) -> BusyGuard<'_> {
+        let mut state = lock(&self.inner.state);
+        state.busy += 1;
+        self.changed(&mut state);
+        BusyGuard(self)
+    }
+
+    /// Registers a durable wait of `step` until the guard is dropped.
+    fn waiting(&self, step: StepNo, deadline_ms: Option<u64>) -> WaitGuard<'_> {
+        let mut state = lock(&self.inner.state);
+        state.waits.insert(step, deadline_ms);
+        self.changed(&mut state);
+        WaitGuard(self, step)
+    }
+
+    /// `Some(earliest deadline)` when the run does nothing but wait durably (no activity
+    /// running, no append in flight): it may then be evicted from memory.
+    pub(crate) fn blocked(&self) -> Option<Option<u64>> {
+        lock(&self.inner.state).blocked()
+    }
+
+    /// Resolves when `blocked()` may have changed.
+    pub(crate) fn state_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.state_changed.notified()
+    }
+
+    /// The number of events the instance's history has, as far as this run knows.
+    pub(crate) fn expected_next_seq(&self) -> u64 {
+        let known = lock(&self.inner.state).known_next_seq;
+        let from_inbox = self.inner.inbox.last_seq.load(Ordering::SeqCst) + 1;
+        known.max(from_inbox)
+    }
+
+    pub(crate) fn inbox(&self) -> &Arc<Inbox> {
+        &self.inner.inbox
     }
 
     /// Decides a step against history; parks the instance on divergence.
@@ -332,6 +420,9 @@ impl WorkflowContext {
                 &reason,
             ));
         }
+        // Attempts and backoff keep the run in memory: an evicted run would lose the
+        // backoff and could not run the attempt.
+        let _busy = self.busy();
         let mut number = failed_attempts + 1;
         loop {
             let ctx = ActivityContext {
@@ -659,8 +750,12 @@ impl WorkflowContext {
             return Err(Cancelled { step, reason });
         }
         let already_started = self.inner.history.step(step).is_some();
+        let busy = self.busy();
         if !already_started {
-            if let Err(err) = engine.start(workflow_type, child_id, input.clone()).await {
+            let started = engine
+                .start_child(workflow_type, child_id, input.clone(), self.inner.key)
+                .await;
+            if let Err(err) = started {
                 return self.abort(err).await;
             }
             let started = EventKind::ChildStarted {
@@ -673,6 +768,8 @@ impl WorkflowContext {
                 return self.abort(err).await;
             }
         }
+        drop(busy);
+        let waiting = self.waiting(step, None);
         let wait = engine.wait(child_id);
         tokio::pin!(wait);
         let finished = loop {
@@ -687,6 +784,7 @@ impl WorkflowContext {
                 }
             }
         };
+        drop(waiting);
         let outcome = match finished {
             Ok(Outcome::Completed(output)) => ChildOutcome::Completed(output),
             Ok(Outcome::Failed(error)) => ChildOutcome::Failed(error),
@@ -746,6 +844,7 @@ impl WorkflowContext {
         if let Some(reason) = self.take_cancel(step, StepKind::Timer, "sleep").await {
             return Err(Cancelled { step, reason });
         }
+        let waiting = self.waiting(step, Some(fire_at_ms));
         let timer = self.inner.clock.sleep_until(fire_at_ms);
         tokio::pin!(timer);
         loop {
@@ -758,6 +857,7 @@ impl WorkflowContext {
                 }
             }
         }
+        drop(waiting);
         if let Err(err) = self.append(EventKind::TimerFired { step }).await {
             return self.abort(err).await;
         }
@@ -819,6 +919,7 @@ impl WorkflowContext {
             return Err(Cancelled { step, reason });
         }
         let inbox = &self.inner.inbox;
+        let _waiting = self.waiting(step, deadline_ms);
         let mut deadline = deadline_ms.map(|at| self.inner.clock.sleep_until(at));
         loop {
             let arrived = inbox.arrived.notified();
@@ -859,6 +960,28 @@ impl WorkflowContext {
                 None => arrived.await,
             }
         }
+    }
+}
+
+/// Keeps the run busy while alive.
+struct BusyGuard<'a>(&'a WorkflowContext);
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.0.inner.state);
+        state.busy = state.busy.saturating_sub(1);
+        self.0.changed(&mut state);
+    }
+}
+
+/// Registers a durable wait while alive.
+struct WaitGuard<'a>(&'a WorkflowContext, StepNo);
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.0.inner.state);
+        state.waits.remove(&self.1);
+        self.0.changed(&mut state);
     }
 }
 

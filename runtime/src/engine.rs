@@ -8,9 +8,10 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, SystemClock};
@@ -21,7 +22,7 @@ use crate::event::AttrValue;
 use crate::event::{EventKind, EventRecord};
 use crate::replay::{History, RecordedResult};
 use crate::store::{Attributes, InstanceRow, InstanceStatus, RedbStore, Store, StoredEvent};
-use crate::sync::{lock, AtomicBool, Mutex};
+use crate::sync::{lock, AtomicBool, AtomicU64, Mutex};
 use crate::writer::{Writer, WriterStats};
 
 /// Longest user id accepted, in bytes.
@@ -163,11 +164,22 @@ pub struct StartOutcome {
 
 type OutcomeSlot = Option<Result<Outcome>>;
 
+/// An unfinished instance the host knows of: driven by a task, or dormant (evicted
+/// while waiting, replayed when something wakes it). A dormant entry is all that stays
+/// in memory of a waiting instance: its result channel and its inbox.
 struct Active {
-    outcome: watch::Receiver<OutcomeSlot>,
-    task: JoinHandle<()>,
+    outcome: Arc<watch::Sender<OutcomeSlot>>,
     inbox: Arc<Inbox>,
+    driver: Driver,
 }
+
+enum Driver {
+    Running(JoinHandle<()>),
+    Dormant,
+}
+
+/// Default idle time after which a run that only waits is evicted from memory.
+pub const EVICTION_IDLE_DEFAULT: Duration = Duration::from_secs(2);
 
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
@@ -178,6 +190,14 @@ pub(crate) struct Shared {
     active: Mutex<HashMap<u128, Active>>,
     parked: Mutex<HashMap<u128, Error>>,
     closed: AtomicBool,
+    /// `None`: never evict.
+    eviction_idle: Option<Duration>,
+    /// Wake-up times of dormant instances: the timer index. Entries of instances woken
+    /// earlier by something else are left to fire harmlessly.
+    timers: Mutex<std::collections::BTreeSet<(u64, u128)>>,
+    timers_changed: Arc<Notify>,
+    timer_task: Mutex<Option<JoinHandle<()>>>,
+    replays: AtomicU64,
 }
 
 /// Configures and opens an [`Engine`].
@@ -185,6 +205,7 @@ pub struct EngineBuilder {
     workflows: HashMap<String, WorkflowFactory>,
     codec: Arc<dyn Codec>,
     clock: Arc<dyn Clock>,
+    eviction_idle: Option<Duration>,
 }
 
 impl Default for EngineBuilder {
@@ -193,6 +214,7 @@ impl Default for EngineBuilder {
             workflows: HashMap::new(),
             codec: Arc::new(JsonCodec),
             clock: Arc::new(SystemClock),
+            eviction_idle: Some(EVICTION_IDLE_DEFAULT),
         }
     }
 }
@@ -225,6 +247,15 @@ impl EngineBuilder {
     /// Uses `codec` for payloads instead of JSON.
     pub fn codec(&mut self, codec: Arc<dyn Codec>) -> &mut Self {
         self.codec = codec;
+        self
+    }
+
+    /// Evicts a run from memory once it has only waited durably (timers, signals,
+    /// children) for `idle`; `None` keeps every run in memory. Default
+    /// [`EVICTION_IDLE_DEFAULT`]. An evicted instance costs a few hundred bytes and is
+    /// replayed when a timer, signal, cancellation or child wakes it.
+    pub fn eviction_idle(&mut self, idle: Option<Duration>) -> &mut Self {
+        self.eviction_idle = idle;
         self
     }
 
@@ -263,9 +294,16 @@ impl EngineBuilder {
             active: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
+            eviction_idle: self.eviction_idle,
+            timers: Mutex::new(std::collections::BTreeSet::new()),
+            timers_changed: Arc::new(Notify::new()),
+            timer_task: Mutex::new(None),
+            replays: AtomicU64::new(0),
         });
         let engine = Engine { shared };
         engine.recover()?;
+        let timer_task = tokio::spawn(run_timers(Arc::downgrade(&engine.shared)));
+        *lock(&engine.shared.timer_task) = Some(timer_task);
         Ok(engine)
     }
 }
@@ -304,26 +342,62 @@ impl Engine {
         self.shared.writer.stats()
     }
 
+    /// Number of runs replayed from a stored history since the engine opened (start-up
+    /// recovery and wake-ups of evicted instances), for monitoring and benchmarks.
+    pub fn replays(&self) -> u64 {
+        self.shared.replays.load(Ordering::Relaxed)
+    }
+
+    /// Number of instances with a run in memory (not evicted).
+    pub fn resident_runs(&self) -> usize {
+        lock(&self.shared.active)
+            .values()
+            .filter(|a| matches!(a.driver, Driver::Running(_)))
+            .count()
+    }
+
+    /// Resumes unfinished instances from the running index only: evicted ones become
+    /// dormant entries (with their wake-up time in the timer index) without reading or
+    /// replaying their history; the others are replayed.
     fn recover(&self) -> Result<()> {
-        let mut rows = Vec::new();
-        self.shared.store.scan_instances(&mut |row| {
-            if row.status == InstanceStatus::Running {
-                rows.push(row);
+        let mut resume = Vec::new();
+        let mut dormant = 0usize;
+        {
+            let mut active = lock(&self.shared.active);
+            let mut timers = lock(&self.shared.timers);
+            self.shared
+                .store
+                .scan_running(&mut |key, suspension| match suspension {
+                    Some(suspension) => {
+                        active.insert(key, Active::dormant());
+                        if let Some(at) = suspension.wake_at_ms {
+                            timers.insert((at, key));
+                        }
+                        dormant += 1;
+                    }
+                    None => resume.push(key),
+                })?;
+        }
+        tracing::info!(
+            replayed = resume.len(),
+            dormant,
+            "resuming unfinished instances"
+        );
+        for key in resume {
+            // Parking for an unknown type is decided here, before `open` returns, so the
+            // host sees it at once; the rest replay in their own tasks.
+            if let Some(row) = self.shared.store.instance(key)? {
+                if !self.shared.workflows.contains_key(&row.workflow_type) {
+                    let err = Error::UnknownWorkflowType {
+                        workflow_type: row.workflow_type.clone(),
+                        instance: Some(row.id.clone()),
+                    };
+                    tracing::error!(instance = %row.id, %err, "instance parked");
+                    lock(&self.shared.parked).insert(key, err);
+                    continue;
+                }
             }
-            true
-        })?;
-        tracing::info!(instances = rows.len(), "resuming unfinished instances");
-        for row in rows {
-            if !self.shared.workflows.contains_key(&row.workflow_type) {
-                let err = Error::UnknownWorkflowType {
-                    workflow_type: row.workflow_type.clone(),
-                    instance: Some(row.id.clone()),
-                };
-                tracing::error!(instance = %row.id, %err, "instance parked");
-                lock(&self.shared.parked).insert(row.key, err);
-                continue;
-            }
-            self.spawn(row.key, Resume::Load(row));
+            spawn_driver(&self.shared, key, Resume::Load, None);
         }
         Ok(())
     }
@@ -347,6 +421,29 @@ impl Engine {
         id: &str,
         input: Payload,
     ) -> Result<StartOutcome> {
+        self.start_with_parent(workflow_type, id, input, None).await
+    }
+
+    /// Starts a child instance of `parent` (see [`Engine::start`]); the parent is woken
+    /// when the child finishes, even if it was evicted meanwhile.
+    pub(crate) async fn start_child(
+        &self,
+        workflow_type: &str,
+        id: &str,
+        input: Payload,
+        parent: u128,
+    ) -> Result<StartOutcome> {
+        self.start_with_parent(workflow_type, id, input, Some(parent))
+            .await
+    }
+
+    async fn start_with_parent(
+        &self,
+        workflow_type: &str,
+        id: &str,
+        input: Payload,
+        parent: Option<u128>,
+    ) -> Result<StartOutcome> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
@@ -365,7 +462,12 @@ impl Engine {
         let started = self
             .shared
             .writer
-            .start(id.to_owned(), workflow_type.to_owned(), input.clone())
+            .start(
+                id.to_owned(),
+                workflow_type.to_owned(),
+                input.clone(),
+                parent,
+            )
             .await?;
         if !started.created {
             if started.row.workflow_type != workflow_type {
@@ -378,26 +480,13 @@ impl Engine {
             return Ok(StartOutcome { created: false });
         }
         let history = History::fresh(id.to_owned(), workflow_type.to_owned(), input);
-        self.spawn(started.key, Resume::Fresh(history));
-        Ok(StartOutcome { created: true })
-    }
-
-    fn spawn(&self, key: u128, resume: Resume) {
-        let (tx, rx) = watch::channel(None);
-        let shared = self.shared.clone();
-        let inbox = Arc::new(Inbox::default());
-        // The entry must exist before anyone can ask for the result, so the task waits
-        // for it to be inserted by holding the map's lock across the spawn.
-        let mut active = lock(&self.shared.active);
-        let task = tokio::spawn(run_instance(shared, key, resume, inbox.clone(), tx));
-        active.insert(
-            key,
-            Active {
-                outcome: rx,
-                task,
-                inbox,
-            },
+        spawn_driver(
+            &self.shared,
+            started.key,
+            Resume::Fresh(Box::new(history)),
+            parent,
         );
+        Ok(StartOutcome { created: true })
     }
 
     /// Terminates instance `id` at once: its driver is stopped without running any more
@@ -421,9 +510,13 @@ impl Engine {
         let key = self.key_of(id)?;
         // Stop the driver first: its appends are then all queued before the termination.
         let active = lock(&self.shared.active).remove(&key);
-        if let Some(active) = active {
-            active.task.abort();
-            let _ = active.task.await;
+        if let Some(Active {
+            driver: Driver::Running(task),
+            ..
+        }) = active
+        {
+            task.abort();
+            let _ = task.await;
         }
         let kind = EventKind::WorkflowTerminated {
             reason: reason.to_owned(),
@@ -454,11 +547,10 @@ impl Engine {
         let kind = EventKind::CancelRequested {
             reason: reason.to_owned(),
         };
-        self.shared.writer.append(key, kind).await?;
-        let inbox = lock(&self.shared.active).get(&key).map(|a| a.inbox.clone());
-        if let Some(inbox) = inbox {
-            inbox.request_cancel(reason.to_owned());
-        }
+        let appended = self.shared.writer.append(key, kind).await?;
+        deliver(&self.shared, key, |inbox| {
+            inbox.request_cancel(appended.seq, reason.to_owned())
+        });
         Ok(())
     }
 
@@ -491,10 +583,9 @@ impl Engine {
             payload: payload.clone(),
         };
         let appended = self.shared.writer.append(key, kind).await?;
-        let inbox = lock(&self.shared.active).get(&key).map(|a| a.inbox.clone());
-        if let Some(inbox) = inbox {
-            inbox.add(appended.seq, name.to_owned(), payload, false);
-        }
+        deliver(&self.shared, key, |inbox| {
+            inbox.add(appended.seq, name.to_owned(), payload, false)
+        });
         Ok(())
     }
 
@@ -518,7 +609,7 @@ impl Engine {
         let key = self.key_of(id)?;
         let receiver = lock(&self.shared.active)
             .get(&key)
-            .map(|a| a.outcome.clone());
+            .map(|a| a.outcome.subscribe());
         if let Some(mut receiver) = receiver {
             // An error means the driver went away without a result: shut down, or
             // terminated (then the stored row below has the answer).
@@ -700,6 +791,7 @@ impl Engine {
             self.shared.clock.clone(),
             Arc::new(Inbox::default()),
             history,
+            records.len() as u64,
         );
         let input = ctx.history().input.clone();
         match drive(&ctx, factory(ctx.clone(), input)).await {
@@ -743,9 +835,17 @@ impl Engine {
     /// are committed before it returns.
     pub async fn shutdown(&self) {
         self.shared.closed.store(true, Ordering::Release);
+        let timer_task = lock(&self.shared.timer_task).take();
+        if let Some(timer_task) = timer_task {
+            timer_task.abort();
+            let _ = timer_task.await;
+        }
         let drivers: Vec<JoinHandle<()>> = lock(&self.shared.active)
             .drain()
-            .map(|(_, a)| a.task)
+            .filter_map(|(_, a)| match a.driver {
+                Driver::Running(task) => Some(task),
+                Driver::Dormant => None,
+            })
             .collect();
         for driver in &drivers {
             driver.abort();
@@ -781,8 +881,181 @@ fn result_descriptor(outcome: &Outcome) -> StepDescriptor {
 }
 
 enum Resume {
-    Fresh(History),
-    Load(InstanceRow),
+    Fresh(Box<History>),
+    /// Read the row and the history from the store and replay.
+    Load,
+}
+
+impl Active {
+    fn dormant() -> Self {
+        Active {
+            outcome: Arc::new(watch::channel(None).0),
+            inbox: Arc::new(Inbox::default()),
+            driver: Driver::Dormant,
+        }
+    }
+}
+
+/// Starts a driver for `key`: for a new instance, or to wake a dormant one.
+fn spawn_driver(shared: &Arc<Shared>, key: u128, resume: Resume, parent: Option<u128>) {
+    let mut active = lock(&shared.active);
+    spawn_locked(shared, &mut active, key, resume, parent);
+}
+
+/// Holding the map's lock across the spawn makes the entry exist before anyone can look
+/// for it, and makes "dormant -> running" one step for signals and evictions alike.
+fn spawn_locked(
+    shared: &Arc<Shared>,
+    active: &mut HashMap<u128, Active>,
+    key: u128,
+    resume: Resume,
+    parent: Option<u128>,
+) {
+    let entry = active.entry(key).or_insert_with(Active::dormant);
+    if matches!(entry.driver, Driver::Running(_)) {
+        return;
+    }
+    let task = tokio::spawn(run_instance(
+        shared.clone(),
+        key,
+        resume,
+        entry.inbox.clone(),
+        entry.outcome.clone(),
+        parent,
+    ));
+    entry.driver = Driver::Running(task);
+}
+
+/// Replays a dormant instance; does nothing for one that runs or is unknown.
+fn wake(shared: &Arc<Shared>, key: u128) {
+    let mut active = lock(&shared.active);
+    if active
+        .get(&key)
+        .is_some_and(|a| matches!(a.driver, Driver::Dormant))
+    {
+        spawn_locked(shared, &mut active, key, Resume::Load, None);
+    }
+}
+
+/// Hands a recorded signal or cancellation to the instance's inbox, waking it if it is
+/// dormant. Both happen under the map's lock, so a concurrent eviction either sees the
+/// inbox change (and stays) or has already made the entry dormant (and is woken here).
+fn deliver(shared: &Arc<Shared>, key: u128, put: impl FnOnce(&Inbox)) {
+    let mut active = lock(&shared.active);
+    let Some(entry) = active.get(&key) else {
+        return;
+    };
+    put(&entry.inbox);
+    if matches!(entry.driver, Driver::Dormant) {
+        spawn_locked(shared, &mut active, key, Resume::Load, None);
+    }
+}
+
+/// Makes the running entry of `key` dormant, unless its inbox changed since `generation`.
+fn mark_dormant(shared: &Shared, key: u128, generation: u64, wake_at_ms: Option<u64>) -> bool {
+    let mut active = lock(&shared.active);
+    let Some(entry) = active.get_mut(&key) else {
+        return false;
+    };
+    if entry.inbox.generation() != generation {
+        return false;
+    }
+    // Dropping the handle detaches this very task, which ends right after.
+    entry.driver = Driver::Dormant;
+    if let Some(at) = wake_at_ms {
+        lock(&shared.timers).insert((at, key));
+        shared.timers_changed.notify_one();
+    }
+    true
+}
+
+/// The timer service: sleeps on the runtime clock until the earliest wake-up of a
+/// dormant instance and wakes every instance due. Holds only a weak reference between
+/// rounds, so a runtime dropped without `shutdown` is not kept alive by it.
+async fn run_timers(weak: std::sync::Weak<Shared>) {
+    loop {
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        let changed = shared.timers_changed.clone();
+        let notified = changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let now = shared.clock.now_ms();
+        let due: Vec<u128> = {
+            let mut timers = lock(&shared.timers);
+            let later = timers.split_off(&(now.saturating_add(1), 0));
+            std::mem::replace(&mut *timers, later)
+                .into_iter()
+                .map(|(_, key)| key)
+                .collect()
+        };
+        for key in due {
+            wake(&shared, key);
+        }
+        let next = lock(&shared.timers).first().map(|(at, _)| *at);
+        let sleep = next.map(|at| shared.clock.sleep_until(at));
+        drop(shared);
+        match sleep {
+            Some(sleep) => {
+                tokio::select! {
+                    () = sleep => {}
+                    () = &mut notified => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+}
+
+/// How a driver ended without a result.
+enum DriveEnd {
+    Finished(WorkflowResult),
+    Evicted,
+}
+
+/// Drives the workflow like [`drive`], and evicts the run once it has only waited
+/// durably for the configured idle time.
+async fn drive_evictable(
+    shared: &Arc<Shared>,
+    key: u128,
+    ctx: &WorkflowContext,
+    future: BoxFuture<'static, WorkflowResult>,
+) -> std::result::Result<DriveEnd, Stop> {
+    let Some(idle) = shared.eviction_idle else {
+        return drive(ctx, future).await.map(DriveEnd::Finished);
+    };
+    let run = drive(ctx, future);
+    tokio::pin!(run);
+    loop {
+        let changed = ctx.state_changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if ctx.blocked().is_none() {
+            tokio::select! {
+                result = &mut run => return result.map(DriveEnd::Finished),
+                () = &mut changed => continue,
+            }
+        }
+        tokio::select! {
+            result = &mut run => return result.map(DriveEnd::Finished),
+            () = &mut changed => continue,
+            () = tokio::time::sleep(idle) => {
+                let Some(wake_at) = ctx.blocked() else { continue };
+                let generation = ctx.inbox().generation();
+                match shared.writer.suspend(key, ctx.expected_next_seq(), wake_at).await {
+                    Ok(true) => {
+                        if mark_dormant(shared, key, generation, wake_at) {
+                            return Ok(DriveEnd::Evicted);
+                        }
+                    }
+                    // Something was appended meanwhile: stay and look again later.
+                    Ok(false) => {}
+                    Err(err) => return Err(Stop::Fatal(err)),
+                }
+            }
+        }
+    }
 }
 
 /// Polls the workflow until it returns or a step stops it.
@@ -826,9 +1099,14 @@ async fn run_instance(
     key: u128,
     resume: Resume,
     inbox: Arc<Inbox>,
-    tx: watch::Sender<OutcomeSlot>,
+    outcome: Arc<watch::Sender<OutcomeSlot>>,
+    parent: Option<u128>,
 ) {
-    let result = run_instance_inner(&shared, key, resume, inbox).await;
+    let (result, parent) = match run_instance_inner(&shared, key, resume, inbox, parent).await {
+        Ok(RunEnd::Evicted) => return,
+        Ok(RunEnd::Finished(finished, parent)) => (Ok(finished), parent),
+        Err(err) => (Err(err), None),
+    };
     match &result {
         // Not the instance's fault: it resumes when the runtime is reopened.
         Err(err @ (Error::Storage(_) | Error::ShutDown)) => {
@@ -847,8 +1125,17 @@ async fn run_instance(
             reason: other.to_string(),
         },
     });
-    tx.send_replace(Some(result));
+    outcome.send_replace(Some(result));
     lock(&shared.active).remove(&key);
+    if let Some(parent) = parent {
+        // A parent evicted while it waited for this child carries on now.
+        wake(&shared, parent);
+    }
+}
+
+enum RunEnd {
+    Finished(Outcome, Option<u128>),
+    Evicted,
 }
 
 fn other_instance(shared: &Shared, key: u128) -> String {
@@ -863,12 +1150,23 @@ async fn run_instance_inner(
     key: u128,
     resume: Resume,
     inbox: Arc<Inbox>,
-) -> Result<Outcome> {
-    let history = match resume {
-        Resume::Fresh(history) => history,
-        Resume::Load(row) => {
+    parent: Option<u128>,
+) -> Result<RunEnd> {
+    let (history, known_next_seq, parent) = match resume {
+        Resume::Fresh(history) => (*history, 1, parent),
+        Resume::Load => {
+            let row = shared.store.instance(key)?.ok_or_else(|| Error::Corrupt {
+                location: format!("running index, key {key:032x}"),
+                message: "an unfinished instance has no instance row".into(),
+            })?;
+            if row.status.is_finished() {
+                let outcome = Engine::from_shared(shared.clone()).recorded_outcome(&row)?;
+                return Ok(RunEnd::Finished(outcome, None));
+            }
             let events = shared.store.history(&row)?;
-            History::from_records(events.iter().map(|e| &e.record))?
+            shared.replays.fetch_add(1, Ordering::Relaxed);
+            let history = History::from_records(events.iter().map(|e| &e.record))?;
+            (history, row.next_seq, row.parent)
         }
     };
     let factory = shared
@@ -892,10 +1190,12 @@ async fn run_instance_inner(
         shared.clock.clone(),
         inbox,
         history,
+        known_next_seq,
     );
     let input = ctx.history().input.clone();
-    let result = match drive(&ctx, factory(ctx.clone(), input)).await {
-        Ok(result) => result,
+    let result = match drive_evictable(shared, key, &ctx, factory(ctx.clone(), input)).await {
+        Ok(DriveEnd::Finished(result)) => result,
+        Ok(DriveEnd::Evicted) => return Ok(RunEnd::Evicted),
         Err(Stop::Fatal(err)) => return Err(err),
         Err(Stop::EndOfHistory(_)) => return Err(Error::ShutDown),
     };
@@ -913,5 +1213,5 @@ async fn run_instance_inner(
         },
     };
     shared.writer.append(key, kind).await?;
-    Ok(outcome)
+    Ok(RunEnd::Finished(outcome, parent))
 }

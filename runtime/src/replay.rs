@@ -178,8 +178,8 @@ pub struct History {
     signals: BTreeMap<u64, ReceivedSignal>,
     /// The recorded result, if the instance finished.
     pub result: Option<RecordedResult>,
-    /// The reason of a recorded cancellation request, if any.
-    pub cancel_requested: Option<String>,
+    /// The `seq` and reason of a recorded cancellation request, if any.
+    pub cancel_requested: Option<(u64, String)>,
     /// Whether a step already ended because of it.
     pub cancel_delivered: bool,
 }
@@ -283,7 +283,7 @@ impl History {
             EventKind::CancelRequested { reason } => {
                 // A second request changes nothing: the first one is the one delivered.
                 if self.cancel_requested.is_none() {
-                    self.cancel_requested = Some(reason.clone());
+                    self.cancel_requested = Some((seq, reason.clone()));
                 }
             }
             EventKind::StepCancelled {

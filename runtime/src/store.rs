@@ -21,7 +21,8 @@ const INSTANCES: TableDefinition<u128, &[u8]> = TableDefinition::new("instances"
 const IDS: TableDefinition<&str, u128> = TableDefinition::new("ids");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ATTRIBUTES: TableDefinition<u128, &[u8]> = TableDefinition::new("attributes");
-const CAIRN_TABLES: [&str; 5] = ["log", "instances", "ids", "meta", "attributes"];
+const RUNNING: TableDefinition<u128, &[u8]> = TableDefinition::new("running");
+const CAIRN_TABLES: [&str; 6] = ["log", "instances", "ids", "meta", "attributes", "running"];
 
 /// Storage format of the whole file (tables and row encodings). Bumped on any change a
 /// previous build could misread.
@@ -72,6 +73,20 @@ pub struct InstanceRow {
     pub next_seq: u64,
     /// Hash of the latest event.
     pub head_hash: EventHash,
+    /// The instance that started this one as a child, if any.
+    pub parent: Option<u128>,
+    /// Set while the instance is evicted waiting; cleared by its next event.
+    pub suspended: Option<Suspension>,
+}
+
+/// Why a running instance needs no replay when the host starts: it was evicted while
+/// waiting, and nothing has happened to it since. A hint only: an instance with no
+/// hint is simply replayed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspension {
+    /// When its earliest timer or wait deadline is due (ms since the Unix epoch); `None`
+    /// if it waits only for a signal, a cancellation or a child.
+    pub wake_at_ms: Option<u64>,
 }
 
 impl InstanceRow {
@@ -124,6 +139,32 @@ pub struct WriteBatch {
     pub ids: Vec<(String, u128)>,
     /// Search attributes to insert or overwrite (the whole map of an instance).
     pub attributes: Vec<(u128, Vec<u8>)>,
+    /// Entries of the running index to insert or overwrite (value: encoded
+    /// `Option<Suspension>`).
+    pub running: Vec<(u128, Vec<u8>)>,
+    /// Instances that finished: removed from the running index.
+    pub finished: Vec<u128>,
+}
+
+pub(crate) fn encode_suspension(suspension: Option<Suspension>) -> Result<Vec<u8>> {
+    postcard::to_extend(&suspension, vec![ROW_VERSION])
+        .map_err(|err| Error::Storage(format!("running entry does not encode: {err}")))
+}
+
+fn decode_suspension(key: u128, bytes: &[u8]) -> Result<Option<Suspension>> {
+    let corrupt = |message: String| Error::Corrupt {
+        location: format!("running table, key {key:032x}"),
+        message,
+    };
+    let (&version, body) = bytes
+        .split_first()
+        .ok_or_else(|| corrupt("empty entry".into()))?;
+    if version != ROW_VERSION {
+        return Err(corrupt(format!(
+            "entry version {version} is not {ROW_VERSION}"
+        )));
+    }
+    postcard::from_bytes(body).map_err(|err| corrupt(err.to_string()))
 }
 
 /// The search attributes of one instance, by name.
@@ -157,6 +198,8 @@ impl WriteBatch {
             && self.rows.is_empty()
             && self.ids.is_empty()
             && self.attributes.is_empty()
+            && self.running.is_empty()
+            && self.finished.is_empty()
     }
 }
 
@@ -183,6 +226,9 @@ pub trait Store: Send + Sync + 'static {
     fn history(&self, row: &InstanceRow) -> Result<Vec<StoredEvent>>;
     /// The search attributes of an instance (empty if it set none).
     fn attributes(&self, key: u128) -> Result<Attributes>;
+    /// Calls `visit` with every unfinished instance and its suspension hint, without
+    /// reading finished instances: the host's start-up scan.
+    fn scan_running(&self, visit: &mut dyn FnMut(u128, Option<Suspension>)) -> Result<()>;
     /// Releases the storage (closes the file) once the calls in progress have finished;
     /// every later call fails with [`Error::ShutDown`].
     fn close(&self) {}
@@ -297,6 +343,8 @@ impl RedbStore {
                 .map_err(|err| open_error(&self.path, err))?;
             txn.open_table(ATTRIBUTES)
                 .map_err(|err| open_error(&self.path, err))?;
+            txn.open_table(RUNNING)
+                .map_err(|err| open_error(&self.path, err))?;
         }
         txn.commit().map_err(|err| open_error(&self.path, err))
     }
@@ -396,8 +444,34 @@ impl Store for RedbStore {
                     attributes.insert(*key, bytes.as_slice()).map_err(storage)?;
                 }
             }
+            if !batch.running.is_empty() || !batch.finished.is_empty() {
+                let mut running = txn.open_table(RUNNING).map_err(storage)?;
+                for (key, bytes) in &batch.running {
+                    running.insert(*key, bytes.as_slice()).map_err(storage)?;
+                }
+                for key in &batch.finished {
+                    running.remove(*key).map_err(storage)?;
+                }
+            }
         }
         txn.commit().map_err(storage)
+    }
+
+    fn scan_running(&self, visit: &mut dyn FnMut(u128, Option<Suspension>)) -> Result<()> {
+        let mut entries = Vec::new();
+        {
+            let txn = self.read()?;
+            let running = txn.open_table(RUNNING).map_err(storage)?;
+            for entry in running.iter().map_err(storage)? {
+                let (key, bytes) = entry.map_err(storage)?;
+                entries.push((key.value(), decode_suspension(key.value(), bytes.value())?));
+            }
+        }
+        // Visit after the read ends, so the visitor may use the store.
+        for (key, suspension) in entries {
+            visit(key, suspension);
+        }
+        Ok(())
     }
 
     fn attributes(&self, key: u128) -> Result<Attributes> {

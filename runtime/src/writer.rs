@@ -17,7 +17,10 @@ use crate::event::{
     hash_envelope, DecodeError, EventKind, EventRecord, EVENT_BYTES_MAX, GENESIS_HASH,
 };
 use crate::queue::{Closed, CommitQueue};
-use crate::store::{encode_attributes, Attributes, InstanceRow, InstanceStatus, Store, WriteBatch};
+use crate::store::{
+    encode_attributes, encode_suspension, Attributes, InstanceRow, InstanceStatus, Store,
+    Suspension, WriteBatch,
+};
 use crate::sync::{lock, Arc, AtomicU64, Mutex};
 
 /// Most requests one commit takes. At the limit the rest wait for the next commit, which
@@ -38,8 +41,6 @@ pub(crate) struct Started {
 /// Answer to an append: where the event landed.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Appended {
-    /// Its LSN.
-    pub(crate) lsn: u64,
     /// Its sequence number in the instance's history.
     pub(crate) seq: u64,
 }
@@ -49,7 +50,16 @@ enum Command {
         id: String,
         workflow_type: String,
         input: Payload,
+        parent: Option<u128>,
         reply: oneshot::Sender<Result<Started>>,
+    },
+    /// Marks an instance evicted while waiting, if nothing was appended to it since the
+    /// driver last looked (its history still has `expected_next_seq` events).
+    Suspend {
+        key: u128,
+        expected_next_seq: u64,
+        wake_at_ms: Option<u64>,
+        reply: oneshot::Sender<Result<bool>>,
     },
     Append {
         key: u128,
@@ -59,8 +69,9 @@ enum Command {
 }
 
 enum Reply {
-    Start(oneshot::Sender<Result<Started>>, Started),
+    Start(oneshot::Sender<Result<Started>>, Box<Started>),
     Append(oneshot::Sender<Result<Appended>>, Appended),
+    Suspend(oneshot::Sender<Result<bool>>),
 }
 
 /// Counters of the writer, for benchmarks and monitoring.
@@ -115,12 +126,32 @@ impl Writer {
         id: String,
         workflow_type: String,
         input: Payload,
+        parent: Option<u128>,
     ) -> Result<Started> {
         let (reply, answer) = oneshot::channel();
         self.submit(Command::Start {
             id,
             workflow_type,
             input,
+            parent,
+            reply,
+        })?;
+        answer.await.map_err(|_| Error::ShutDown)?
+    }
+
+    /// Marks `key` evicted while waiting, unless anything was appended to it since its
+    /// history had `expected_next_seq` events. Returns whether it was marked.
+    pub(crate) async fn suspend(
+        &self,
+        key: u128,
+        expected_next_seq: u64,
+        wake_at_ms: Option<u64>,
+    ) -> Result<bool> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Command::Suspend {
+            key,
+            expected_next_seq,
+            wake_at_ms,
             reply,
         })?;
         answer.await.map_err(|_| Error::ShutDown)?
@@ -231,8 +262,9 @@ impl WriterLoop {
                     for reply in replies.drain(..) {
                         // A requester that went away (its task was dropped) needs no answer.
                         match reply {
-                            Reply::Start(tx, started) => drop(tx.send(Ok(started))),
+                            Reply::Start(tx, started) => drop(tx.send(Ok(*started))),
                             Reply::Append(tx, appended) => drop(tx.send(Ok(appended))),
+                            Reply::Suspend(tx) => drop(tx.send(Ok(true))),
                         }
                     }
                 }
@@ -247,6 +279,7 @@ impl WriterLoop {
             match reply {
                 Reply::Start(tx, _) => drop(tx.send(Err(err.clone()))),
                 Reply::Append(tx, _) => drop(tx.send(Err(err.clone()))),
+                Reply::Suspend(tx) => drop(tx.send(Err(err.clone()))),
             }
         }
         self.heads.clear();
@@ -267,6 +300,25 @@ impl WriterLoop {
             }
         }
         Ok(())
+    }
+
+    fn suspend(
+        &mut self,
+        key: u128,
+        expected_next_seq: u64,
+        wake_at_ms: Option<u64>,
+        batch: &mut WriteBatch,
+        touched: &mut HashSet<u128>,
+    ) -> Result<bool> {
+        let row = self.head(key)?;
+        if row.status.is_finished() || row.next_seq != expected_next_seq {
+            return Ok(false);
+        }
+        let suspension = Some(Suspension { wake_at_ms });
+        row.suspended = suspension;
+        batch.running.push((key, encode_suspension(suspension)?));
+        touched.insert(key);
+        Ok(true)
     }
 
     /// Loads an instance's stored attributes before its first change in this writer,
@@ -307,10 +359,20 @@ impl WriterLoop {
         replies: &mut Vec<Reply>,
     ) {
         match command {
+            Command::Suspend {
+                key,
+                expected_next_seq,
+                wake_at_ms,
+                reply,
+            } => match self.suspend(key, expected_next_seq, wake_at_ms, batch, touched) {
+                Ok(true) => replies.push(Reply::Suspend(reply)),
+                other => drop(reply.send(other)),
+            },
             Command::Start {
                 id,
                 workflow_type,
                 input,
+                parent,
                 reply,
             } => {
                 let existing = match new_ids.get(&id) {
@@ -334,7 +396,7 @@ impl WriterLoop {
                                 };
                                 if new_ids.contains_key(&id) {
                                     // Created in this very batch: answer after the commit.
-                                    replies.push(Reply::Start(reply, started));
+                                    replies.push(Reply::Start(reply, Box::new(started)));
                                 } else {
                                     drop(reply.send(Ok(started)));
                                 }
@@ -360,6 +422,8 @@ impl WriterLoop {
                             head_lsn: 0,
                             next_seq: 0,
                             head_hash: GENESIS_HASH,
+                            parent,
+                            suspended: None,
                         };
                         self.heads.insert(key, row);
                         let kind = EventKind::WorkflowStarted {
@@ -372,15 +436,20 @@ impl WriterLoop {
                                 touched.insert(key);
                                 new_ids.insert(id.clone(), key);
                                 batch.ids.push((id, key));
+                                // Encoding `None` cannot fail; an error would only leave
+                                // the instance out of the start-up scan's fast path.
+                                if let Ok(entry) = encode_suspension(None) {
+                                    batch.running.push((key, entry));
+                                }
                                 let row = self.heads.get(&key).cloned();
                                 if let Some(row) = row {
                                     replies.push(Reply::Start(
                                         reply,
-                                        Started {
+                                        Box::new(Started {
                                             key,
                                             created: true,
                                             row,
-                                        },
+                                        }),
                                     ));
                                 }
                             }
@@ -449,6 +518,11 @@ impl WriterLoop {
                 message: other.to_string(),
             },
         })?;
+        // Encoded before anything changes, so a failure leaves row and batch untouched.
+        let cleared_suspension = match row.suspended {
+            Some(_) => Some(encode_suspension(None)?),
+            None => None,
+        };
         let seq = row.next_seq;
         row.head_hash = hash_envelope(&envelope);
         row.head_lsn = lsn;
@@ -457,12 +531,19 @@ impl WriterLoop {
         if let Some(status) = terminal {
             row.status = status;
         }
+        row.suspended = None;
         batch.events.push((lsn, envelope));
+        if terminal.is_some() {
+            batch.finished.push(key);
+        } else if let Some(entry) = cleared_suspension {
+            // Something happened to an evicted instance: it must be replayed at start.
+            batch.running.push((key, entry));
+        }
         self.next_lsn += 1;
         if let Some(attributes) = attributes {
             self.merge_attributes(key, attributes);
         }
-        Ok(Appended { lsn, seq })
+        Ok(Appended { seq })
     }
 }
 
@@ -470,5 +551,6 @@ fn reject(command: Command, err: Error) {
     match command {
         Command::Start { reply, .. } => drop(reply.send(Err(err))),
         Command::Append { reply, .. } => drop(reply.send(Err(err))),
+        Command::Suspend { reply, .. } => drop(reply.send(Err(err))),
     }
 }

@@ -67,6 +67,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Evicts a run from memory once it has only waited durably for `idle` (`None`:
+    /// never). Evicted instances cost a few hundred bytes each and are replayed when a
+    /// timer, signal, cancellation or child wakes them. Default 2 s.
+    pub fn eviction_idle(mut self, idle: Option<std::time::Duration>) -> Self {
+        self.inner.eviction_idle(idle);
+        self
+    }
+
     /// Uses `clock` for `ctx.now()` and durable timers; in tests, a
     /// [`crate::testing::VirtualClock`] skips through long waits.
     pub fn clock(mut self, clock: Arc<dyn cairn_runtime::clock::Clock>) -> Self {
