@@ -192,6 +192,9 @@ fn event_json(event: &StoredEvent) -> Value {
         EventKind::PatchMarker { step, patch_id } => json!({ "step": step, "patch_id": patch_id }),
         EventKind::WorkflowTerminated { reason } => json!({ "reason": reason }),
         EventKind::CancelRequested { reason } => json!({ "reason": reason }),
+        EventKind::WorkflowContinuedAsNew { input, next_run } => {
+            json!({ "input": payload(input), "next_run": format!("{next_run:032x}") })
+        }
         EventKind::ChildStarted {
             step,
             workflow_type,

@@ -33,6 +33,8 @@ pub(crate) enum Stop {
     Fatal(Error),
     /// Replay-only mode reached a step history does not hold.
     EndOfHistory(StepNo),
+    /// The workflow asked to continue as a new run with this input.
+    ContinueAsNew(Payload),
 }
 
 struct CtxState {
@@ -113,6 +115,15 @@ impl Inbox {
         self.bump(seq);
         lock(&self.cancel).get_or_insert(reason);
         self.arrived.notify_waiters();
+    }
+
+    /// Signals not delivered to any wait, oldest first.
+    pub(crate) fn undelivered(&self) -> Vec<(String, Payload)> {
+        lock(&self.entries)
+            .values()
+            .filter(|e| !e.taken)
+            .map(|e| (e.name.clone(), e.payload.clone()))
+            .collect()
     }
 
     /// Reserves the oldest untaken signal called `name`.
@@ -253,6 +264,13 @@ impl WorkflowContext {
         &self.inner.history
     }
 
+    /// Ends this run and continues the instance as a new run with `input` and a fresh
+    /// history. Never resolves: the engine records the hand-over and starts the new run.
+    pub async fn continue_as_new<T>(&self, input: Payload) -> T {
+        self.set_stop(Stop::ContinueAsNew(input));
+        std::future::pending().await
+    }
+
     /// Stops the instance with `err` (it is parked and nothing more is appended) and
     /// never resolves: the engine drops the workflow future at its next poll check.
     pub async fn abort<T>(&self, err: Error) -> T {
@@ -328,6 +346,11 @@ impl WorkflowContext {
 
     pub(crate) fn inbox(&self) -> &Arc<Inbox> {
         &self.inner.inbox
+    }
+
+    /// A requested cancellation no step has taken yet, to carry into a new run.
+    pub(crate) fn undelivered_cancel(&self) -> Option<String> {
+        self.pending_cancel()
     }
 
     /// Decides a step against history; parks the instance on divergence.
@@ -789,6 +812,14 @@ impl WorkflowContext {
             Ok(Outcome::Completed(output)) => ChildOutcome::Completed(output),
             Ok(Outcome::Failed(error)) => ChildOutcome::Failed(error),
             Ok(Outcome::Terminated(reason)) => ChildOutcome::Terminated(reason),
+            // `Engine::wait` follows continued runs to the end of the chain.
+            Ok(Outcome::ContinuedAsNew(_)) => {
+                let err = Error::Corrupt {
+                    location: format!("child `{child_id}`"),
+                    message: "waiting for it returned a hand-over instead of a result".into(),
+                };
+                return self.abort(err).await;
+            }
             Err(err) => return self.abort(err).await,
         };
         let completed = EventKind::ChildCompleted {

@@ -23,10 +23,14 @@ use crate::event::{EventKind, EventRecord};
 use crate::replay::{History, RecordedResult};
 use crate::store::{Attributes, InstanceRow, InstanceStatus, RedbStore, Store, StoredEvent};
 use crate::sync::{lock, AtomicBool, AtomicU64, Mutex};
-use crate::writer::{Writer, WriterStats};
+use crate::writer::{Carried, Writer, WriterStats};
 
 /// Longest user id accepted, in bytes.
 pub const INSTANCE_ID_BYTES_MAX: usize = 256;
+
+/// How often a run that continues as new looks again at its inbox when signals keep
+/// arriving during the hand-over, before it gives up until the next start.
+const CONTINUE_AS_NEW_TRIES_MAX: u32 = 10_000;
 
 /// Longest signal name accepted, in bytes.
 pub const SIGNAL_NAME_BYTES_MAX: usize = 128;
@@ -55,6 +59,9 @@ pub enum Outcome {
     Failed(Payload),
     /// The instance was terminated from outside, for this reason.
     Terminated(String),
+    /// This run handed over to a new run of the same id, with this input. `wait` follows
+    /// the chain and never returns this for an id.
+    ContinuedAsNew(Payload),
 }
 
 /// What [`Engine::replay`] found.
@@ -82,6 +89,8 @@ pub enum Status {
     Failed,
     /// Stopped from outside by [`Engine::terminate`].
     Terminated,
+    /// An earlier run of an id that continued as new (listed runs only).
+    ContinuedAsNew,
     /// Cannot run on this build; the reason says why and what to do.
     Parked {
         /// The error that parked it.
@@ -138,6 +147,8 @@ pub enum StatusKind {
     Failed,
     /// [`Status::Terminated`].
     Terminated,
+    /// [`Status::ContinuedAsNew`].
+    ContinuedAsNew,
     /// [`Status::Parked`].
     Parked,
 }
@@ -150,6 +161,7 @@ impl Status {
             Status::Completed => StatusKind::Completed,
             Status::Failed => StatusKind::Failed,
             Status::Terminated => StatusKind::Terminated,
+            Status::ContinuedAsNew => StatusKind::ContinuedAsNew,
             Status::Parked { .. } => StatusKind::Parked,
         }
     }
@@ -543,11 +555,10 @@ impl Engine {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
-        let key = self.key_of(id)?;
         let kind = EventKind::CancelRequested {
             reason: reason.to_owned(),
         };
-        let appended = self.shared.writer.append(key, kind).await?;
+        let (key, appended) = self.append_to_current_run(id, kind).await?;
         deliver(&self.shared, key, |inbox| {
             inbox.request_cancel(appended.seq, reason.to_owned())
         });
@@ -577,16 +588,38 @@ impl Engine {
                 name.len()
             )));
         }
-        let key = self.key_of(id)?;
         let kind = EventKind::SignalReceived {
             name: name.to_owned(),
             payload: payload.clone(),
         };
-        let appended = self.shared.writer.append(key, kind).await?;
+        let (key, appended) = self.append_to_current_run(id, kind).await?;
         deliver(&self.shared, key, |inbox| {
             inbox.add(appended.seq, name.to_owned(), payload, false)
         });
         Ok(())
+    }
+
+    /// Appends `kind` to the current run of `id`. A run that continued as new in the
+    /// meantime refuses it as finished; the id then names a newer run, which gets it.
+    async fn append_to_current_run(
+        &self,
+        id: &str,
+        kind: EventKind,
+    ) -> Result<(u128, crate::writer::Appended)> {
+        let mut key = self.key_of(id)?;
+        loop {
+            match self.shared.writer.append(key, kind.clone()).await {
+                Ok(appended) => return Ok((key, appended)),
+                Err(Error::InstanceFinished(finished)) => {
+                    let current = self.key_of(id)?;
+                    if current == key {
+                        return Err(Error::InstanceFinished(finished));
+                    }
+                    key = current;
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     fn key_of(&self, id: &str) -> Result<u128> {
@@ -606,6 +639,16 @@ impl Engine {
     /// # Cancel safety
     /// Cancel safe: dropping it only stops waiting.
     pub async fn wait(&self, id: &str) -> Result<Outcome> {
+        // Follow a chain of runs that continued as new to the one that ends the id.
+        loop {
+            match self.wait_run(id).await? {
+                Outcome::ContinuedAsNew(_) => continue,
+                outcome => return Ok(outcome),
+            }
+        }
+    }
+
+    async fn wait_run(&self, id: &str) -> Result<Outcome> {
         let key = self.key_of(id)?;
         let receiver = lock(&self.shared.active)
             .get(&key)
@@ -659,6 +702,7 @@ impl Engine {
             EventKind::WorkflowCompleted { output } => Ok(Outcome::Completed(output)),
             EventKind::WorkflowFailed { error } => Ok(Outcome::Failed(error)),
             EventKind::WorkflowTerminated { reason } => Ok(Outcome::Terminated(reason)),
+            EventKind::WorkflowContinuedAsNew { input, .. } => Ok(Outcome::ContinuedAsNew(input)),
             other => Err(corrupt(format!(
                 "the instance is finished but its last event is {}",
                 other.name()
@@ -672,6 +716,7 @@ impl Engine {
             InstanceStatus::Completed => Status::Completed,
             InstanceStatus::Failed => Status::Failed,
             InstanceStatus::Terminated => Status::Terminated,
+            InstanceStatus::ContinuedAsNew => Status::ContinuedAsNew,
             InstanceStatus::Running => match lock(&self.shared.parked).get(&row.key) {
                 Some(err) => Status::Parked {
                     reason: err.to_string(),
@@ -794,35 +839,37 @@ impl Engine {
             records.len() as u64,
         );
         let input = ctx.history().input.clone();
-        match drive(&ctx, factory(ctx.clone(), input)).await {
-            Err(Stop::Fatal(err)) => Err(err),
-            Err(Stop::EndOfHistory(next_step)) => Ok(ReplayVerdict::Unfinished { next_step }),
-            Ok(WorkflowResult::Fatal(err)) => Err(err),
-            Ok(result) => {
-                let outcome = finished_outcome(&ctx, result)?;
-                let recorded = match &ctx.history().result {
-                    Some(RecordedResult::Completed(p)) => Outcome::Completed(p.clone()),
-                    Some(RecordedResult::Failed(p)) => Outcome::Failed(p.clone()),
-                    // The run stopped after its last step and before its result was
-                    // recorded (or was terminated there): the code agrees with
-                    // everything there is.
-                    Some(RecordedResult::Terminated(_)) | None => {
-                        return Ok(ReplayVerdict::Unfinished {
-                            next_step: ctx.last_requested_step() + 1,
-                        })
-                    }
-                };
-                if recorded != outcome {
-                    let err = ctx.history().divergence(
-                        ctx.last_requested_step() + 1,
-                        result_descriptor(&recorded),
-                        result_descriptor(&outcome),
-                    );
-                    return Err(err.into());
-                }
-                Ok(ReplayVerdict::Matches(outcome))
+        let outcome = match drive(&ctx, factory(ctx.clone(), input)).await {
+            Err(Stop::Fatal(err)) => return Err(err),
+            Err(Stop::EndOfHistory(next_step)) => {
+                return Ok(ReplayVerdict::Unfinished { next_step })
             }
+            Err(Stop::ContinueAsNew(input)) => Outcome::ContinuedAsNew(input),
+            Ok(WorkflowResult::Fatal(err)) => return Err(err),
+            Ok(result) => finished_outcome(&ctx, result)?,
+        };
+        let recorded = match &ctx.history().result {
+            Some(RecordedResult::Completed(p)) => Outcome::Completed(p.clone()),
+            Some(RecordedResult::Failed(p)) => Outcome::Failed(p.clone()),
+            Some(RecordedResult::ContinuedAsNew(p)) => Outcome::ContinuedAsNew(p.clone()),
+            // The run stopped after its last step and before its result was
+            // recorded (or was terminated there): the code agrees with
+            // everything there is.
+            Some(RecordedResult::Terminated(_)) | None => {
+                return Ok(ReplayVerdict::Unfinished {
+                    next_step: ctx.last_requested_step() + 1,
+                })
+            }
+        };
+        if recorded != outcome {
+            let err = ctx.history().divergence(
+                ctx.last_requested_step() + 1,
+                result_descriptor(&recorded),
+                result_descriptor(&outcome),
+            );
+            return Err(err.into());
         }
+        Ok(ReplayVerdict::Matches(outcome))
     }
 
     /// Stops the runtime: refuses new starts, stops every instance driver (each resumes
@@ -872,6 +919,7 @@ fn result_descriptor(outcome: &Outcome) -> StepDescriptor {
         Outcome::Completed(p) => ("Ok", p.preview(200)),
         Outcome::Failed(p) => ("Err", p.preview(200)),
         Outcome::Terminated(reason) => ("terminated", reason.clone()),
+        Outcome::ContinuedAsNew(p) => ("continue as new", p.preview(200)),
     };
     StepDescriptor {
         kind: "workflow result",
@@ -1198,6 +1246,34 @@ async fn run_instance_inner(
         Ok(DriveEnd::Evicted) => return Ok(RunEnd::Evicted),
         Err(Stop::Fatal(err)) => return Err(err),
         Err(Stop::EndOfHistory(_)) => return Err(Error::ShutDown),
+        Err(Stop::ContinueAsNew(input)) => {
+            let mut tries = 0u32;
+            let next = loop {
+                let carried = Carried {
+                    expected_next_seq: ctx.expected_next_seq(),
+                    signals: ctx.inbox().undelivered(),
+                    cancel: ctx.undelivered_cancel(),
+                };
+                if let Some(next) = shared
+                    .writer
+                    .continue_as_new(key, input.clone(), carried)
+                    .await?
+                {
+                    break next;
+                }
+                // A signal was committed and is on its way to the inbox.
+                tries += 1;
+                if tries > CONTINUE_AS_NEW_TRIES_MAX {
+                    return Err(Error::Storage(
+                        "continue-as-new kept racing new signals; the run will retry after a restart".into(),
+                    ));
+                }
+                tokio::task::yield_now().await;
+            };
+            // The next run replays its start and carried events; it keeps the parent link.
+            spawn_driver(shared, next, Resume::Load, parent);
+            return Ok(RunEnd::Finished(Outcome::ContinuedAsNew(input), None));
+        }
     };
     let outcome = finished_outcome(&ctx, result)?;
     let kind = match &outcome {
@@ -1210,6 +1286,10 @@ async fn run_instance_inner(
         // `finished_outcome` only builds Completed or Failed from a workflow's return.
         Outcome::Terminated(reason) => EventKind::WorkflowTerminated {
             reason: reason.clone(),
+        },
+        Outcome::ContinuedAsNew(input) => EventKind::WorkflowContinuedAsNew {
+            input: input.clone(),
+            next_run: 0,
         },
     };
     shared.writer.append(key, kind).await?;

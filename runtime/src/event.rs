@@ -224,6 +224,14 @@ pub enum EventKind {
         /// How it ended.
         outcome: ChildOutcome,
     },
+    /// The run ended by continuing as a new run of the same instance id with `input`
+    /// and a fresh history (`ctx.continue_as_new`). Ends this run.
+    WorkflowContinuedAsNew {
+        /// The new run's input.
+        input: Payload,
+        /// Internal key of the new run.
+        next_run: u128,
+    },
 }
 
 /// How a child workflow ended, as its parent recorded it.
@@ -305,7 +313,8 @@ impl EventKind {
             | EventKind::WorkflowFailed { .. }
             | EventKind::SignalReceived { .. }
             | EventKind::WorkflowTerminated { .. }
-            | EventKind::CancelRequested { .. } => None,
+            | EventKind::CancelRequested { .. }
+            | EventKind::WorkflowContinuedAsNew { .. } => None,
         }
     }
 
@@ -316,6 +325,7 @@ impl EventKind {
             EventKind::WorkflowCompleted { .. }
                 | EventKind::WorkflowFailed { .. }
                 | EventKind::WorkflowTerminated { .. }
+                | EventKind::WorkflowContinuedAsNew { .. }
         )
     }
 
@@ -342,6 +352,7 @@ impl EventKind {
             EventKind::StepCancelled { .. } => "StepCancelled",
             EventKind::ChildStarted { .. } => "ChildStarted",
             EventKind::ChildCompleted { .. } => "ChildCompleted",
+            EventKind::WorkflowContinuedAsNew { .. } => "WorkflowContinuedAsNew",
         }
     }
 }

@@ -149,6 +149,8 @@ pub enum RecordedResult {
     Failed(Payload),
     /// Stopped from outside, with the reason given.
     Terminated(String),
+    /// Continued as a new run with this input.
+    ContinuedAsNew(Payload),
 }
 
 /// What `ctx.patched(id)` should answer at a step.
@@ -275,6 +277,9 @@ impl History {
             }
             EventKind::WorkflowTerminated { reason } => {
                 self.result = Some(RecordedResult::Terminated(reason.clone()))
+            }
+            EventKind::WorkflowContinuedAsNew { input, .. } => {
+                self.result = Some(RecordedResult::ContinuedAsNew(input.clone()))
             }
             EventKind::PatchMarker { step, patch_id } => {
                 let entry = self.open_step(*step, StepKind::Patch, patch_id, seq)?;

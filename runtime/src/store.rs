@@ -42,6 +42,8 @@ pub enum InstanceStatus {
     Failed,
     /// Stopped from outside (`terminate`).
     Terminated,
+    /// This run handed over to a new run of the same id (`continue_as_new`).
+    ContinuedAsNew,
 }
 
 impl InstanceStatus {

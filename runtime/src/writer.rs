@@ -53,6 +53,14 @@ enum Command {
         parent: Option<u128>,
         reply: oneshot::Sender<Result<Started>>,
     },
+    /// Ends run `key` with `WorkflowContinuedAsNew` and starts the next run of the same
+    /// id in the same commit; answers with the new run's key.
+    ContinueAsNew {
+        key: u128,
+        input: Payload,
+        carried: Carried,
+        reply: oneshot::Sender<Result<Option<u128>>>,
+    },
     /// Marks an instance evicted while waiting, if nothing was appended to it since the
     /// driver last looked (its history still has `expected_next_seq` events).
     Suspend {
@@ -72,6 +80,18 @@ enum Reply {
     Start(oneshot::Sender<Result<Started>>, Box<Started>),
     Append(oneshot::Sender<Result<Appended>>, Appended),
     Suspend(oneshot::Sender<Result<bool>>),
+    ContinueAsNew(oneshot::Sender<Result<Option<u128>>>, u128),
+}
+
+/// What a run that continues as new hands to the next run.
+#[derive(Debug)]
+pub(crate) struct Carried {
+    /// Events the run's history had when it decided (see `Suspend`).
+    pub(crate) expected_next_seq: u64,
+    /// Signals received and not delivered, oldest first.
+    pub(crate) signals: Vec<(String, Payload)>,
+    /// A cancellation requested and not yet delivered.
+    pub(crate) cancel: Option<String>,
 }
 
 /// Counters of the writer, for benchmarks and monitoring.
@@ -134,6 +154,25 @@ impl Writer {
             workflow_type,
             input,
             parent,
+            reply,
+        })?;
+        answer.await.map_err(|_| Error::ShutDown)?
+    }
+
+    /// Ends run `key` and starts the next run of its id with `input` and the carried
+    /// signals and cancellation, atomically; `None` if the history grew past what the
+    /// run knew (look at the inbox again and retry).
+    pub(crate) async fn continue_as_new(
+        &self,
+        key: u128,
+        input: Payload,
+        carried: Carried,
+    ) -> Result<Option<u128>> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Command::ContinueAsNew {
+            key,
+            input,
+            carried,
             reply,
         })?;
         answer.await.map_err(|_| Error::ShutDown)?
@@ -265,6 +304,7 @@ impl WriterLoop {
                             Reply::Start(tx, started) => drop(tx.send(Ok(*started))),
                             Reply::Append(tx, appended) => drop(tx.send(Ok(appended))),
                             Reply::Suspend(tx) => drop(tx.send(Ok(true))),
+                            Reply::ContinueAsNew(tx, key) => drop(tx.send(Ok(Some(key)))),
                         }
                     }
                 }
@@ -280,6 +320,7 @@ impl WriterLoop {
                 Reply::Start(tx, _) => drop(tx.send(Err(err.clone()))),
                 Reply::Append(tx, _) => drop(tx.send(Err(err.clone()))),
                 Reply::Suspend(tx) => drop(tx.send(Err(err.clone()))),
+                Reply::ContinueAsNew(tx, _) => drop(tx.send(Err(err.clone()))),
             }
         }
         self.heads.clear();
@@ -321,6 +362,72 @@ impl WriterLoop {
         Ok(true)
     }
 
+    fn continue_as_new(
+        &mut self,
+        key: u128,
+        input: Payload,
+        carried: Carried,
+        now: u64,
+        batch: &mut WriteBatch,
+        touched: &mut HashSet<u128>,
+    ) -> Result<Option<u128>> {
+        let row = self.head(key)?.clone();
+        if row.status.is_finished() {
+            return Err(Error::InstanceFinished(row.id));
+        }
+        if row.next_seq != carried.expected_next_seq {
+            // A signal or cancellation arrived that the run has not seen: it must be
+            // carried over too, so the run looks again.
+            return Ok(None);
+        }
+        let next = uuid::Uuid::now_v7().as_u128();
+        let running_entry = encode_suspension(None)?;
+        let ended = EventKind::WorkflowContinuedAsNew {
+            input: input.clone(),
+            next_run: next,
+        };
+        self.push_event(key, ended, now, batch)?;
+        touched.insert(key);
+        self.heads.insert(
+            next,
+            InstanceRow {
+                key: next,
+                id: row.id.clone(),
+                workflow_type: row.workflow_type.clone(),
+                status: InstanceStatus::Running,
+                created_at_ms: now,
+                updated_at_ms: now,
+                head_lsn: 0,
+                next_seq: 0,
+                head_hash: GENESIS_HASH,
+                parent: row.parent,
+                suspended: None,
+            },
+        );
+        let started = EventKind::WorkflowStarted {
+            workflow_type: row.workflow_type,
+            id: row.id.clone(),
+            input,
+        };
+        // The same input just fitted in the previous event, so this one fits too.
+        self.push_event(next, started, now, batch)?;
+        for (name, payload) in carried.signals {
+            self.push_event(
+                next,
+                EventKind::SignalReceived { name, payload },
+                now,
+                batch,
+            )?;
+        }
+        if let Some(reason) = carried.cancel {
+            self.push_event(next, EventKind::CancelRequested { reason }, now, batch)?;
+        }
+        touched.insert(next);
+        batch.ids.push((row.id, next));
+        batch.running.push((next, running_entry));
+        Ok(Some(next))
+    }
+
     /// Loads an instance's stored attributes before its first change in this writer,
     /// so a failed read refuses the event instead of leaving it half-applied.
     fn load_attributes(&mut self, key: u128) -> Result<()> {
@@ -359,6 +466,15 @@ impl WriterLoop {
         replies: &mut Vec<Reply>,
     ) {
         match command {
+            Command::ContinueAsNew {
+                key,
+                input,
+                carried,
+                reply,
+            } => match self.continue_as_new(key, input, carried, now, batch, touched) {
+                Ok(Some(next)) => replies.push(Reply::ContinueAsNew(reply, next)),
+                other => drop(reply.send(other)),
+            },
             Command::Suspend {
                 key,
                 expected_next_seq,
@@ -490,6 +606,7 @@ impl WriterLoop {
             EventKind::WorkflowCompleted { .. } => Some(InstanceStatus::Completed),
             EventKind::WorkflowFailed { .. } => Some(InstanceStatus::Failed),
             EventKind::WorkflowTerminated { .. } => Some(InstanceStatus::Terminated),
+            EventKind::WorkflowContinuedAsNew { .. } => Some(InstanceStatus::ContinuedAsNew),
             _ => None,
         };
         let position = kind.name();
@@ -552,5 +669,6 @@ fn reject(command: Command, err: Error) {
         Command::Start { reply, .. } => drop(reply.send(Err(err))),
         Command::Append { reply, .. } => drop(reply.send(Err(err))),
         Command::Suspend { reply, .. } => drop(reply.send(Err(err))),
+        Command::ContinueAsNew { reply, .. } => drop(reply.send(Err(err))),
     }
 }

@@ -233,6 +233,41 @@ impl Ctx {
         }
     }
 
+    /// Ends this run and starts the instance again, under the same id, with `input` and
+    /// a fresh history: how a workflow that loops for months keeps its history short.
+    /// Never returns; `rt.handle(..).result()` waits for the run that finally returns.
+    ///
+    /// ```
+    /// use cairn::{workflow, Ctx, WorkflowError};
+    ///
+    /// #[workflow]
+    /// async fn meter(ctx: Ctx, readings: u64) -> Result<u64, WorkflowError> {
+    ///     let reading: u64 = ctx.signal("reading").await?;
+    ///     let total = readings + reading;
+    ///     if total < 1_000 {
+    ///         return ctx.continue_as_new(total).await; // carry the state, drop the history
+    ///     }
+    ///     Ok(total)
+    /// }
+    /// ```
+    pub fn continue_as_new<I: Payload, T>(
+        &self,
+        input: I,
+    ) -> impl Future<Output = T> + Send + 'static {
+        let raw = self.raw.clone();
+        let encoded = encode(raw.codec(), &input).map_err(|err| Error::PayloadEncode {
+            instance: raw.instance_id().to_owned(),
+            position: "continue_as_new input".into(),
+            message: err.to_string(),
+        });
+        async move {
+            match encoded {
+                Ok(input) => raw.continue_as_new(input).await,
+                Err(err) => raw.abort(err).await,
+            }
+        }
+    }
+
     /// Sleeps for `duration` on a durable timer: the deadline is recorded, so the
     /// workflow wakes at the right time even if the host restarts meanwhile (at once, if
     /// the deadline passed while it was down).

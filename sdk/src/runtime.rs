@@ -326,6 +326,11 @@ impl<W: Workflow> InstanceHandle<W> {
                 instance: self.id.clone(),
                 reason,
             }),
+            // `Engine::wait` follows continued runs; it never ends on a hand-over.
+            Outcome::ContinuedAsNew(_) => Err(Error::Corrupt {
+                location: format!("instance `{}`", self.id),
+                message: "its wait ended on a hand-over instead of a result".into(),
+            }),
         }
     }
 
