@@ -21,6 +21,8 @@ use crate::error::{Error, Result, StepDescriptor};
 use crate::event::AttrValue;
 use crate::event::{EventKind, EventRecord};
 use crate::replay::{History, RecordedResult};
+use crate::schedule::{occurrence_id, Recurrence, ScheduleRow};
+use crate::store::encode_schedule;
 use crate::store::{Attributes, InstanceRow, InstanceStatus, RedbStore, Store, StoredEvent};
 use crate::sync::{lock, AtomicBool, AtomicU64, Mutex};
 use crate::writer::{Carried, Writer, WriterStats};
@@ -210,6 +212,12 @@ pub(crate) struct Shared {
     timers_changed: Arc<Notify>,
     timer_task: Mutex<Option<JoinHandle<()>>>,
     replays: AtomicU64,
+    /// Schedules by id, as stored; the scheduler task fires them.
+    schedules: Mutex<HashMap<String, ScheduleRow>>,
+    schedules_changed: Arc<Notify>,
+    scheduler_task: Mutex<Option<JoinHandle<()>>>,
+    /// Notified whenever a driver is registered or an instance parked.
+    registered: Notify,
 }
 
 /// Configures and opens an [`Engine`].
@@ -296,6 +304,8 @@ impl EngineBuilder {
     /// # Errors
     /// [`Error::Storage`] or [`Error::Corrupt`] when the instance index cannot be read.
     pub fn open_store(self, store: Arc<dyn Store>) -> Result<Engine> {
+        let store_schedules: HashMap<String, ScheduleRow> =
+            store.schedules()?.into_iter().collect();
         let writer = Writer::spawn(store.clone())?;
         let shared = Arc::new(Shared {
             store,
@@ -311,11 +321,17 @@ impl EngineBuilder {
             timers_changed: Arc::new(Notify::new()),
             timer_task: Mutex::new(None),
             replays: AtomicU64::new(0),
+            schedules: Mutex::new(store_schedules),
+            schedules_changed: Arc::new(Notify::new()),
+            scheduler_task: Mutex::new(None),
+            registered: Notify::new(),
         });
         let engine = Engine { shared };
         engine.recover()?;
         let timer_task = tokio::spawn(run_timers(Arc::downgrade(&engine.shared)));
         *lock(&engine.shared.timer_task) = Some(timer_task);
+        let scheduler_task = tokio::spawn(run_schedules(Arc::downgrade(&engine.shared)));
+        *lock(&engine.shared.scheduler_task) = Some(scheduler_task);
         Ok(engine)
     }
 }
@@ -538,6 +554,83 @@ impl Engine {
         Ok(())
     }
 
+    /// Creates or replaces schedule `schedule_id`: from `first_fire_ms` (default: the
+    /// recurrence's next occurrence from now) it starts one instance of `workflow_type`
+    /// with `input` per occurrence, with id `"{schedule_id}@{fire_ms}"`. Occurrences
+    /// missed while the host was down collapse into one start when it comes back.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a bad id or recurrence, [`Error::UnknownWorkflowType`],
+    /// storage errors.
+    ///
+    /// # Durability
+    /// On return the schedule is on disk and fires across restarts.
+    pub async fn schedule(
+        &self,
+        schedule_id: &str,
+        workflow_type: &str,
+        input: Payload,
+        recurrence: Recurrence,
+        first_fire_ms: Option<u64>,
+    ) -> Result<()> {
+        if schedule_id.is_empty() || schedule_id.len() + 21 > INSTANCE_ID_BYTES_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "schedule id must be 1 to {} bytes, got {}",
+                INSTANCE_ID_BYTES_MAX - 21,
+                schedule_id.len()
+            )));
+        }
+        if !self.shared.workflows.contains_key(workflow_type) {
+            return Err(Error::UnknownWorkflowType {
+                workflow_type: workflow_type.to_owned(),
+                instance: None,
+            });
+        }
+        recurrence.validate()?;
+        let next_fire_ms = match first_fire_ms {
+            Some(at) => at,
+            None => recurrence.next_after(self.shared.clock.now_ms())?,
+        };
+        let row = ScheduleRow {
+            workflow_type: workflow_type.to_owned(),
+            input,
+            recurrence,
+            next_fire_ms,
+        };
+        self.shared
+            .writer
+            .schedule(schedule_id.to_owned(), Some(encode_schedule(&row)?))
+            .await?;
+        lock(&self.shared.schedules).insert(schedule_id.to_owned(), row);
+        self.shared.schedules_changed.notify_one();
+        Ok(())
+    }
+
+    /// Deletes schedule `schedule_id`; instances it started are not affected. Returns
+    /// whether it existed.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn unschedule(&self, schedule_id: &str) -> Result<bool> {
+        let existed = lock(&self.shared.schedules).remove(schedule_id).is_some();
+        self.shared
+            .writer
+            .schedule(schedule_id.to_owned(), None)
+            .await?;
+        self.shared.schedules_changed.notify_one();
+        Ok(existed)
+    }
+
+    /// The schedules, by id.
+    pub fn schedules(&self) -> Vec<(String, ScheduleRow)> {
+        let mut all: Vec<_> = lock(&self.shared.schedules)
+            .iter()
+            .map(|(id, row)| (id.clone(), row.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     /// Requests cooperative cancellation of instance `id`: `CancelRequested { reason }` is
     /// recorded, and the workflow's next durable wait (activity, timer, signal; or the
     /// one in progress) ends with a cancellation error. The workflow then runs its own
@@ -650,9 +743,26 @@ impl Engine {
 
     async fn wait_run(&self, id: &str) -> Result<Outcome> {
         let key = self.key_of(id)?;
-        let receiver = lock(&self.shared.active)
-            .get(&key)
-            .map(|a| a.outcome.subscribe());
+        let receiver = loop {
+            // A start is committed before its driver is registered: an unfinished
+            // instance without an entry gets one in a moment (or is parked).
+            let registered = self.shared.registered.notified();
+            tokio::pin!(registered);
+            registered.as_mut().enable();
+            if let Some(active) = lock(&self.shared.active).get(&key) {
+                break Some(active.outcome.subscribe());
+            }
+            if self.shared.closed.load(Ordering::Acquire)
+                || lock(&self.shared.parked).contains_key(&key)
+            {
+                break None;
+            }
+            let row = self.shared.store.instance(key)?;
+            if row.as_ref().is_none_or(|row| row.status.is_finished()) {
+                break None;
+            }
+            registered.await;
+        };
         if let Some(mut receiver) = receiver {
             // An error means the driver went away without a result: shut down, or
             // terminated (then the stored row below has the answer).
@@ -882,10 +992,13 @@ impl Engine {
     /// are committed before it returns.
     pub async fn shutdown(&self) {
         self.shared.closed.store(true, Ordering::Release);
-        let timer_task = lock(&self.shared.timer_task).take();
-        if let Some(timer_task) = timer_task {
-            timer_task.abort();
-            let _ = timer_task.await;
+        self.shared.registered.notify_waiters();
+        for task in [&self.shared.timer_task, &self.shared.scheduler_task] {
+            let task = lock(task).take();
+            if let Some(task) = task {
+                task.abort();
+                let _ = task.await;
+            }
         }
         let drivers: Vec<JoinHandle<()>> = lock(&self.shared.active)
             .drain()
@@ -972,6 +1085,7 @@ fn spawn_locked(
         parent,
     ));
     entry.driver = Driver::Running(task);
+    shared.registered.notify_waiters();
 }
 
 /// Replays a dormant instance; does nothing for one that runs or is unknown.
@@ -1042,6 +1156,86 @@ async fn run_timers(weak: std::sync::Weak<Shared>) {
             wake(&shared, key);
         }
         let next = lock(&shared.timers).first().map(|(at, _)| *at);
+        let sleep = next.map(|at| shared.clock.sleep_until(at));
+        drop(shared);
+        match sleep {
+            Some(sleep) => {
+                tokio::select! {
+                    () = sleep => {}
+                    () = &mut notified => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+}
+
+/// The scheduler: sleeps on the runtime clock until the earliest schedule is due, starts
+/// its occurrence (idempotently, by occurrence id), then records the next fire time.
+async fn run_schedules(weak: std::sync::Weak<Shared>) {
+    loop {
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        let changed = shared.schedules_changed.clone();
+        let notified = changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let now = shared.clock.now_ms();
+        let due: Vec<(String, ScheduleRow)> = lock(&shared.schedules)
+            .iter()
+            .filter(|(_, row)| row.next_fire_ms <= now)
+            .map(|(id, row)| (id.clone(), row.clone()))
+            .collect();
+        for (id, row) in due {
+            let engine = Engine::from_shared(shared.clone());
+            let occurrence = occurrence_id(&id, row.next_fire_ms);
+            match engine
+                .start(&row.workflow_type, &occurrence, row.input.clone())
+                .await
+            {
+                Ok(_) => {}
+                Err(Error::ShutDown) => return,
+                Err(err) => tracing::error!(schedule = %id, %err, "scheduled start failed"),
+            }
+            // Occurrences missed while the host was down collapse into the one just started.
+            let next = match row.recurrence.next_after(row.next_fire_ms.max(now)) {
+                Ok(next) => next,
+                Err(err) => {
+                    tracing::error!(schedule = %id, %err, "schedule has no next occurrence; removing it");
+                    lock(&shared.schedules).remove(&id);
+                    let _ = shared.writer.schedule(id, None).await;
+                    continue;
+                }
+            };
+            let updated = ScheduleRow {
+                next_fire_ms: next,
+                ..row.clone()
+            };
+            let still_current = lock(&shared.schedules).get(&id) == Some(&row);
+            if !still_current {
+                continue; // replaced or removed meanwhile: the new version rules
+            }
+            let Ok(bytes) = encode_schedule(&updated) else {
+                continue;
+            };
+            if shared
+                .writer
+                .schedule(id.clone(), Some(bytes))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let mut schedules = lock(&shared.schedules);
+            if schedules.get(&id) == Some(&row) {
+                schedules.insert(id, updated);
+            }
+        }
+        let next = lock(&shared.schedules)
+            .values()
+            .map(|row| row.next_fire_ms)
+            .min();
         let sleep = next.map(|at| shared.clock.sleep_until(at));
         drop(shared);
         match sleep {

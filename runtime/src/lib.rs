@@ -15,6 +15,7 @@ pub mod error;
 pub mod event;
 mod queue;
 pub mod replay;
+pub mod schedule;
 pub mod store;
 mod sync;
 mod writer;

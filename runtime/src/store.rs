@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::event::{hash_envelope, AttrValue, EventHash, EventRecord, GENESIS_HASH};
+use crate::schedule::ScheduleRow;
 use crate::sync::{read, write, RwLock, RwLockReadGuard};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -22,7 +23,16 @@ const IDS: TableDefinition<&str, u128> = TableDefinition::new("ids");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ATTRIBUTES: TableDefinition<u128, &[u8]> = TableDefinition::new("attributes");
 const RUNNING: TableDefinition<u128, &[u8]> = TableDefinition::new("running");
-const CAIRN_TABLES: [&str; 6] = ["log", "instances", "ids", "meta", "attributes", "running"];
+const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
+const CAIRN_TABLES: [&str; 7] = [
+    "log",
+    "instances",
+    "ids",
+    "meta",
+    "attributes",
+    "running",
+    "schedules",
+];
 
 /// Storage format of the whole file (tables and row encodings). Bumped on any change a
 /// previous build could misread.
@@ -146,6 +156,29 @@ pub struct WriteBatch {
     pub running: Vec<(u128, Vec<u8>)>,
     /// Instances that finished: removed from the running index.
     pub finished: Vec<u128>,
+    /// Schedules to store (`Some(row)`, version byte + postcard `ScheduleRow`) or delete.
+    pub schedules: Vec<(String, Option<Vec<u8>>)>,
+}
+
+pub(crate) fn encode_schedule(row: &ScheduleRow) -> Result<Vec<u8>> {
+    postcard::to_extend(row, vec![ROW_VERSION])
+        .map_err(|err| Error::Storage(format!("schedule does not encode: {err}")))
+}
+
+fn decode_schedule(id: &str, bytes: &[u8]) -> Result<ScheduleRow> {
+    let corrupt = |message: String| Error::Corrupt {
+        location: format!("schedules table, schedule `{id}`"),
+        message,
+    };
+    let (&version, body) = bytes
+        .split_first()
+        .ok_or_else(|| corrupt("empty row".into()))?;
+    if version != ROW_VERSION {
+        return Err(corrupt(format!(
+            "row version {version} is not {ROW_VERSION}"
+        )));
+    }
+    postcard::from_bytes(body).map_err(|err| corrupt(err.to_string()))
 }
 
 pub(crate) fn encode_suspension(suspension: Option<Suspension>) -> Result<Vec<u8>> {
@@ -202,6 +235,7 @@ impl WriteBatch {
             && self.attributes.is_empty()
             && self.running.is_empty()
             && self.finished.is_empty()
+            && self.schedules.is_empty()
     }
 }
 
@@ -231,6 +265,8 @@ pub trait Store: Send + Sync + 'static {
     /// Calls `visit` with every unfinished instance and its suspension hint, without
     /// reading finished instances: the host's start-up scan.
     fn scan_running(&self, visit: &mut dyn FnMut(u128, Option<Suspension>)) -> Result<()>;
+    /// Every stored schedule, by id.
+    fn schedules(&self) -> Result<Vec<(String, ScheduleRow)>>;
     /// Releases the storage (closes the file) once the calls in progress have finished;
     /// every later call fails with [`Error::ShutDown`].
     fn close(&self) {}
@@ -347,6 +383,8 @@ impl RedbStore {
                 .map_err(|err| open_error(&self.path, err))?;
             txn.open_table(RUNNING)
                 .map_err(|err| open_error(&self.path, err))?;
+            txn.open_table(SCHEDULES)
+                .map_err(|err| open_error(&self.path, err))?;
         }
         txn.commit().map_err(|err| open_error(&self.path, err))
     }
@@ -446,6 +484,16 @@ impl Store for RedbStore {
                     attributes.insert(*key, bytes.as_slice()).map_err(storage)?;
                 }
             }
+            if !batch.schedules.is_empty() {
+                let mut schedules = txn.open_table(SCHEDULES).map_err(storage)?;
+                for (id, row) in &batch.schedules {
+                    match row {
+                        Some(row) => schedules.insert(id.as_str(), row.as_slice()).map(drop),
+                        None => schedules.remove(id.as_str()).map(drop),
+                    }
+                    .map_err(storage)?;
+                }
+            }
             if !batch.running.is_empty() || !batch.finished.is_empty() {
                 let mut running = txn.open_table(RUNNING).map_err(storage)?;
                 for (key, bytes) in &batch.running {
@@ -457,6 +505,19 @@ impl Store for RedbStore {
             }
         }
         txn.commit().map_err(storage)
+    }
+
+    fn schedules(&self) -> Result<Vec<(String, ScheduleRow)>> {
+        let txn = self.read()?;
+        let table = txn.open_table(SCHEDULES).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(storage)? {
+            let (id, bytes) = entry.map_err(storage)?;
+            let id = id.value().to_owned();
+            let row = decode_schedule(&id, bytes.value())?;
+            out.push((id, row));
+        }
+        Ok(out)
     }
 
     fn scan_running(&self, visit: &mut dyn FnMut(u128, Option<Suspension>)) -> Result<()> {

@@ -61,6 +61,12 @@ enum Command {
         carried: Carried,
         reply: oneshot::Sender<Result<Option<u128>>>,
     },
+    /// Stores (`Some`) or deletes (`None`) a schedule.
+    Schedule {
+        id: String,
+        row: Option<Vec<u8>>,
+        reply: oneshot::Sender<Result<bool>>,
+    },
     /// Marks an instance evicted while waiting, if nothing was appended to it since the
     /// driver last looked (its history still has `expected_next_seq` events).
     Suspend {
@@ -79,7 +85,7 @@ enum Command {
 enum Reply {
     Start(oneshot::Sender<Result<Started>>, Box<Started>),
     Append(oneshot::Sender<Result<Appended>>, Appended),
-    Suspend(oneshot::Sender<Result<bool>>),
+    Ack(oneshot::Sender<Result<bool>>),
     ContinueAsNew(oneshot::Sender<Result<Option<u128>>>, u128),
 }
 
@@ -157,6 +163,13 @@ impl Writer {
             reply,
         })?;
         answer.await.map_err(|_| Error::ShutDown)?
+    }
+
+    /// Stores (`Some`) or deletes (`None`) schedule `id`, durably.
+    pub(crate) async fn schedule(&self, id: String, row: Option<Vec<u8>>) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Command::Schedule { id, row, reply })?;
+        answer.await.map_err(|_| Error::ShutDown)?.map(drop)
     }
 
     /// Ends run `key` and starts the next run of its id with `input` and the carried
@@ -303,7 +316,7 @@ impl WriterLoop {
                         match reply {
                             Reply::Start(tx, started) => drop(tx.send(Ok(*started))),
                             Reply::Append(tx, appended) => drop(tx.send(Ok(appended))),
-                            Reply::Suspend(tx) => drop(tx.send(Ok(true))),
+                            Reply::Ack(tx) => drop(tx.send(Ok(true))),
                             Reply::ContinueAsNew(tx, key) => drop(tx.send(Ok(Some(key)))),
                         }
                     }
@@ -319,7 +332,7 @@ impl WriterLoop {
             match reply {
                 Reply::Start(tx, _) => drop(tx.send(Err(err.clone()))),
                 Reply::Append(tx, _) => drop(tx.send(Err(err.clone()))),
-                Reply::Suspend(tx) => drop(tx.send(Err(err.clone()))),
+                Reply::Ack(tx) => drop(tx.send(Err(err.clone()))),
                 Reply::ContinueAsNew(tx, _) => drop(tx.send(Err(err.clone()))),
             }
         }
@@ -466,6 +479,10 @@ impl WriterLoop {
         replies: &mut Vec<Reply>,
     ) {
         match command {
+            Command::Schedule { id, row, reply } => {
+                batch.schedules.push((id, row));
+                replies.push(Reply::Ack(reply));
+            }
             Command::ContinueAsNew {
                 key,
                 input,
@@ -481,7 +498,7 @@ impl WriterLoop {
                 wake_at_ms,
                 reply,
             } => match self.suspend(key, expected_next_seq, wake_at_ms, batch, touched) {
-                Ok(true) => replies.push(Reply::Suspend(reply)),
+                Ok(true) => replies.push(Reply::Ack(reply)),
                 other => drop(reply.send(other)),
             },
             Command::Start {
@@ -670,5 +687,6 @@ fn reject(command: Command, err: Error) {
         Command::Append { reply, .. } => drop(reply.send(Err(err))),
         Command::Suspend { reply, .. } => drop(reply.send(Err(err))),
         Command::ContinueAsNew { reply, .. } => drop(reply.send(Err(err))),
+        Command::Schedule { reply, .. } => drop(reply.send(Err(err))),
     }
 }

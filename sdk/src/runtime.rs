@@ -190,6 +190,50 @@ impl Runtime {
         self.engine.signal(id, name, payload).await
     }
 
+    /// Starts workflow `W` with `input` on every occurrence of `recurrence`, as instance
+    /// `"{schedule_id}@{fire_ms}"`, across restarts, never twice for one occurrence
+    /// (starts are idempotent by id). Replaces an existing schedule of that id.
+    ///
+    /// ```no_run
+    /// # use cairn::{workflow, Ctx, Runtime, WorkflowError};
+    /// use cairn::engine::schedule::Recurrence;
+    /// # #[workflow] async fn nightly_report(ctx: Ctx, region: String) -> Result<(), WorkflowError> { Ok(()) }
+    /// # async fn run(rt: Runtime) -> Result<(), cairn::Error> {
+    /// rt.schedule(nightly_report, "report-emea", "emea".to_owned(), Recurrence::cron("0 2 * * *")).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a bad id or recurrence, [`Error::UnknownWorkflowType`]
+    /// if `W` is not registered, storage errors.
+    ///
+    /// # Durability
+    /// On return the schedule is on disk.
+    pub async fn schedule<W: Workflow>(
+        &self,
+        _workflow: W,
+        schedule_id: &str,
+        input: W::Input,
+        recurrence: cairn_runtime::schedule::Recurrence,
+    ) -> Result<(), Error> {
+        let payload = encode(self.engine.codec(), &input).map_err(|err| Error::PayloadEncode {
+            instance: schedule_id.to_owned(),
+            position: "schedule input".into(),
+            message: err.to_string(),
+        })?;
+        self.engine
+            .schedule(schedule_id, W::NAME, payload, recurrence, None)
+            .await
+    }
+
+    /// Deletes a schedule; instances it started keep running. Returns whether it existed.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn unschedule(&self, schedule_id: &str) -> Result<bool, Error> {
+        self.engine.unschedule(schedule_id).await
+    }
+
     /// Requests cooperative cancellation of instance `id`: its next durable wait ends
     /// with [`crate::Cancelled`] (an activity step with an `ActivityFailure` of kind
     /// `"cancelled"`), and the workflow runs its own cleanup. See

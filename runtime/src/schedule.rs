@@ -1,0 +1,130 @@
+//! Recurring starts: a schedule starts one instance of a workflow per occurrence of an
+//! interval or a cron expression. Occurrence `T` of schedule `S` is the instance with id
+//! `S@T` (T in ms since the Unix epoch), so a crash between starting an occurrence and
+//! recording the next fire time starts nothing twice: starting an id is idempotent.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Payload;
+use crate::error::{Error, Result};
+
+/// Shortest interval accepted between occurrences.
+pub const SCHEDULE_INTERVAL_MIN: Duration = Duration::from_secs(1);
+
+/// When a schedule fires.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Recurrence {
+    /// Every `ms` milliseconds from the first fire time.
+    EveryMs(u64),
+    /// A cron expression in UTC (five fields, or six with seconds; `@daily` aliases),
+    /// as understood by the `croner` crate.
+    Cron(String),
+}
+
+impl Recurrence {
+    /// Every `interval`.
+    pub fn every(interval: Duration) -> Self {
+        Recurrence::EveryMs(u64::try_from(interval.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// A cron expression in UTC, e.g. `"0 9 * * MON-FRI"`.
+    pub fn cron(expression: &str) -> Self {
+        Recurrence::Cron(expression.to_owned())
+    }
+
+    /// Checks the recurrence can be used.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an interval under [`SCHEDULE_INTERVAL_MIN`] or a
+    /// cron expression that does not parse, with the parser's reason.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Recurrence::EveryMs(ms) if Duration::from_millis(*ms) < SCHEDULE_INTERVAL_MIN => {
+                Err(Error::InvalidArgument(format!(
+                    "a schedule interval must be at least {SCHEDULE_INTERVAL_MIN:?}, got {ms} ms"
+                )))
+            }
+            Recurrence::EveryMs(_) => Ok(()),
+            Recurrence::Cron(expression) => {
+                croner::Cron::from_str(expression).map(drop).map_err(|err| {
+                    Error::InvalidArgument(format!("cron expression `{expression}`: {err}"))
+                })
+            }
+        }
+    }
+
+    /// The first occurrence strictly after `after_ms`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the expression does not parse or has no future
+    /// occurrence.
+    pub fn next_after(&self, after_ms: u64) -> Result<u64> {
+        match self {
+            Recurrence::EveryMs(ms) => Ok(after_ms.saturating_add((*ms).max(1))),
+            Recurrence::Cron(expression) => {
+                let cron = croner::Cron::from_str(expression).map_err(|err| {
+                    Error::InvalidArgument(format!("cron expression `{expression}`: {err}"))
+                })?;
+                let millis = i64::try_from(after_ms).unwrap_or(i64::MAX);
+                let after = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(millis)
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!("time {after_ms} ms is out of range"))
+                    })?;
+                let next = cron.find_next_occurrence(&after, false).map_err(|err| {
+                    Error::InvalidArgument(format!("cron expression `{expression}`: {err}"))
+                })?;
+                u64::try_from(next.timestamp_millis()).map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "cron expression `{expression}` fires before 1970"
+                    ))
+                })
+            }
+        }
+    }
+}
+
+/// A stored schedule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleRow {
+    /// Workflow type started at each occurrence.
+    pub workflow_type: String,
+    /// Input of every started instance.
+    pub input: Payload,
+    /// When it fires.
+    pub recurrence: Recurrence,
+    /// The next occurrence not yet started, ms since the Unix epoch.
+    pub next_fire_ms: u64,
+}
+
+/// The instance id of occurrence `fire_ms` of schedule `schedule_id`.
+pub fn occurrence_id(schedule_id: &str, fire_ms: u64) -> String {
+    format!("{schedule_id}@{fire_ms}")
+}
+
+#[cfg(all(test, not(cairn_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_and_cron_expressions_give_the_next_occurrence() {
+        assert_eq!(
+            Recurrence::every(Duration::from_secs(60))
+                .next_after(1_000)
+                .unwrap(),
+            61_000
+        );
+        // 2026-11-26T08:30:00Z -> next 09:00 UTC the same day.
+        let at = 1_795_681_800_000;
+        assert_eq!(
+            Recurrence::cron("0 9 * * *").next_after(at).unwrap(),
+            at + 30 * 60 * 1000
+        );
+        assert!(Recurrence::cron("61 * * * *").validate().is_err());
+        assert!(Recurrence::every(Duration::from_millis(10))
+            .validate()
+            .is_err());
+    }
+}

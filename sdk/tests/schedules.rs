@@ -1,0 +1,148 @@
+//! Schedules start one instance per occurrence, keep firing across restarts, never start
+//! an occurrence twice, and collapse occurrences missed while the host was down into one.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use cairn::engine::schedule::Recurrence;
+use cairn::testing::{Clock, VirtualClock};
+use cairn::{workflow, Ctx, ListFilter, Runtime, WorkflowError};
+
+const HOUR: Duration = Duration::from_secs(3600);
+/// 2026-11-26T08:30:00Z.
+const START_MS: u64 = 1_795_681_800_000;
+
+#[workflow]
+async fn report(ctx: Ctx, region: String) -> Result<String, WorkflowError> {
+    Ok(format!("{region} report by {}", ctx.instance_id()))
+}
+
+async fn open(path: &std::path::Path, clock: &VirtualClock) -> Runtime {
+    Runtime::builder()
+        .workflow(report)
+        .clock(Arc::new(clock.clone()))
+        .open(path)
+        .await
+        .unwrap()
+}
+
+fn started(rt: &Runtime) -> Vec<String> {
+    let mut ids: Vec<_> = rt
+        .list(&ListFilter {
+            workflow_type: Some("report".into()),
+            ..ListFilter::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn until_started(rt: &Runtime, count: usize) {
+    let mut spins = 0u32;
+    while started(rt).len() < count {
+        spins += 1;
+        assert!(spins < 2_000_000, "only {:?} started", started(rt));
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn an_hourly_schedule_fires_once_per_occurrence_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let clock = VirtualClock::new(UNIX_EPOCH + Duration::from_millis(START_MS));
+    let first = START_MS + HOUR.as_millis() as u64;
+    {
+        let rt = open(&path, &clock).await;
+        rt.schedule(report, "emea", "emea".to_owned(), Recurrence::every(HOUR))
+            .await
+            .unwrap();
+        assert_eq!(clock.skip_to_next_timer().await, first);
+        until_started(&rt, 1).await;
+        assert_eq!(started(&rt), [format!("emea@{first}")]);
+        let result = rt
+            .handle(report, &format!("emea@{first}"))
+            .result()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(result, format!("emea report by emea@{first}"));
+        rt.shutdown().await;
+    }
+    // Restart before the next occurrence: nothing fires again.
+    let rt = open(&path, &clock).await;
+    assert_eq!(clock.next_timer().await, first + HOUR.as_millis() as u64);
+    assert_eq!(started(&rt).len(), 1, "no occurrence started twice");
+    rt.shutdown().await;
+
+    // Five hours pass while the host is down: one start for the missed occurrences,
+    // then back on the hourly rhythm.
+    clock.advance(5 * HOUR);
+    let rt = open(&path, &clock).await;
+    until_started(&rt, 2).await;
+    assert_eq!(started(&rt).len(), 2);
+    let now = clock.now_ms();
+    // The next fire time is recorded right after the start.
+    let mut spins = 0u32;
+    while rt.engine().schedules()[0].1.next_fire_ms <= now {
+        spins += 1;
+        assert!(spins < 2_000_000, "next fire time not recorded");
+        tokio::task::yield_now().await;
+    }
+    let next = rt.engine().schedules()[0].1.next_fire_ms;
+    assert!(
+        next > now && next <= now + HOUR.as_millis() as u64,
+        "next {next}, now {now}"
+    );
+    assert!(rt.unschedule("emea").await.unwrap());
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn cron_schedules_fire_at_their_wall_clock_times_and_bad_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = VirtualClock::new(UNIX_EPOCH + Duration::from_millis(START_MS));
+    let rt = open(&dir.path().join("db.redb"), &clock).await;
+    rt.schedule(
+        report,
+        "daily",
+        "apac".to_owned(),
+        Recurrence::cron("0 9 * * *"),
+    )
+    .await
+    .unwrap();
+    // 08:30 -> 09:00 the same day.
+    assert_eq!(clock.skip_to_next_timer().await, START_MS + 30 * 60 * 1000);
+    until_started(&rt, 1).await;
+    assert_eq!(
+        clock.next_timer().await,
+        START_MS + 30 * 60 * 1000 + 24 * HOUR.as_millis() as u64
+    );
+
+    let err = rt
+        .schedule(
+            report,
+            "bad",
+            "x".to_owned(),
+            Recurrence::cron("99 * * * *"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "CAIRN-E0014", "{err}");
+    let err = rt
+        .schedule(
+            report,
+            "fast",
+            "x".to_owned(),
+            Recurrence::every(Duration::from_millis(5)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "CAIRN-E0014", "{err}");
+    rt.shutdown().await;
+}
