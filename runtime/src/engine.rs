@@ -34,6 +34,10 @@ pub const INSTANCE_ID_BYTES_MAX: usize = 256;
 /// arriving during the hand-over, before it gives up until the next start.
 const CONTINUE_AS_NEW_TRIES_MAX: u32 = 10_000;
 
+/// How long `wait` gives a just-started instance to get its driver before it reports
+/// the instance's indexes as inconsistent.
+const DRIVER_REGISTRATION_WAIT: Duration = Duration::from_secs(5);
+
 /// Longest signal name accepted, in bytes.
 pub const SIGNAL_NAME_BYTES_MAX: usize = 128;
 
@@ -722,6 +726,25 @@ impl Engine {
             .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))
     }
 
+    /// The current run's key and row of `id`, checked against each other: the id index
+    /// and the rows are separate tables, and a damaged mapping must not answer for
+    /// another instance.
+    fn row_of(&self, id: &str) -> Result<(u128, InstanceRow)> {
+        let key = self.key_of(id)?;
+        let row = self
+            .shared
+            .store
+            .instance(key)?
+            .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))?;
+        if row.id != id {
+            return Err(Error::Corrupt {
+                location: format!("ids table, id `{id}`"),
+                message: format!("it points at the instance row of `{}`", row.id),
+            });
+        }
+        Ok((key, row))
+    }
+
     /// Waits for instance `id` to finish and returns its outcome.
     ///
     /// # Errors
@@ -761,7 +784,18 @@ impl Engine {
             if row.as_ref().is_none_or(|row| row.status.is_finished()) {
                 break None;
             }
-            registered.await;
+            // Registration follows the start's commit within microseconds; an unfinished
+            // instance that gets no driver means the indexes disagree (damage), and
+            // waiting for it would wait forever.
+            if tokio::time::timeout(DRIVER_REGISTRATION_WAIT, registered)
+                .await
+                .is_err()
+            {
+                return Err(Error::Corrupt {
+                    location: format!("instance `{id}`"),
+                    message: "its row says unfinished but no run of it exists; the running index may be damaged".into(),
+                });
+            }
         };
         if let Some(mut receiver) = receiver {
             // An error means the driver went away without a result: shut down, or
@@ -781,11 +815,7 @@ impl Engine {
                 reason: err.to_string(),
             });
         }
-        let row = self
-            .shared
-            .store
-            .instance(key)?
-            .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))?;
+        let (_, row) = self.row_of(id)?;
         if !row.status.is_finished() {
             return Err(Error::ShutDown);
         }
@@ -851,12 +881,7 @@ impl Engine {
     /// # Errors
     /// [`Error::InstanceNotFound`] or storage errors.
     pub fn status(&self, id: &str) -> Result<InstanceInfo> {
-        let key = self.key_of(id)?;
-        let row = self
-            .shared
-            .store
-            .instance(key)?
-            .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))?;
+        let (_, row) = self.row_of(id)?;
         self.info(row)
     }
 
@@ -911,12 +936,7 @@ impl Engine {
     /// # Errors
     /// [`Error::InstanceNotFound`], [`Error::Corrupt`] if the hash chain does not verify.
     pub fn history(&self, id: &str) -> Result<Vec<StoredEvent>> {
-        let key = self.key_of(id)?;
-        let row = self
-            .shared
-            .store
-            .instance(key)?
-            .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))?;
+        let (_, row) = self.row_of(id)?;
         self.shared.store.history(&row)
     }
 

@@ -13,7 +13,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::event::{hash_envelope, AttrValue, EventHash, EventRecord, GENESIS_HASH};
+use crate::event::{hash_envelope, AttrValue, EventHash, EventKind, EventRecord, GENESIS_HASH};
 use crate::schedule::ScheduleRow;
 use crate::sync::{read, write, RwLock, RwLockReadGuard};
 
@@ -279,6 +279,10 @@ pub struct RedbStore {
     /// wait for reads in progress before the file is released.
     db: RwLock<Option<Database>>,
     path: PathBuf,
+    /// Set once redb panicked on this file: its in-memory state is then not trusted,
+    /// every later call fails fast, and `close` leaks the handle rather than run a
+    /// destructor that may wait on state the panic left behind.
+    poisoned: std::sync::atomic::AtomicBool,
 }
 
 fn storage(err: impl std::fmt::Display) -> Error {
@@ -294,13 +298,53 @@ impl RedbStore {
     /// written by a newer Cairn.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let db = Database::create(&path).map_err(|err| open_error(&path, err))?;
-        let store = Self {
-            db: RwLock::new(Some(db)),
-            path,
-        };
-        store.check_format()?;
-        Ok(store)
+        let existed = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let db = Database::create(&path).map_err(|err| open_error(&path, err))?;
+            let store = Self {
+                db: RwLock::new(Some(db)),
+                path: path.clone(),
+                poisoned: std::sync::atomic::AtomicBool::new(false),
+            };
+            store.check_format(existed)?;
+            Ok(store)
+        }));
+        opened.unwrap_or_else(|panic| {
+            Err(Error::Open {
+                path: path.clone(),
+                message: format!(
+                    "redb failed on the file's contents ({})",
+                    crate::context::panic_message(&panic)
+                ),
+                remedy: "The file is damaged. Keep a copy, and restore it from a backup.",
+            })
+        })
+    }
+
+    /// Runs one storage operation, turning a panic inside redb into a typed error.
+    ///
+    /// redb 4.6 indexes into page data it read from disk, and on some damaged files that
+    /// panics (measured: about one in a thousand random single-byte flips) instead of
+    /// returning `StorageError::Corrupted`. A damaged file must give an error naming it,
+    /// never bring the host down.
+    fn contain<T>(&self, operation: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if self.poisoned.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Corrupt {
+                location: format!("{} ({operation})", self.path.display()),
+                message: "an earlier operation found the file damaged; reopen it after restoring a backup".into(),
+            });
+        }
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+            self.poisoned
+                .store(true, std::sync::atomic::Ordering::Release);
+            Err(Error::Corrupt {
+                location: format!("{} ({operation})", self.path.display()),
+                message: format!(
+                    "redb failed on the file's contents: {}",
+                    crate::context::panic_message(&panic)
+                ),
+            })
+        })
     }
 
     /// The file this store writes.
@@ -316,7 +360,79 @@ impl RedbStore {
         Ok(MappedDb(guard))
     }
 
-    fn check_format(&self) -> Result<()> {
+    /// Whether the file already is a complete Cairn database of a format this build
+    /// reads, found with a read transaction only.
+    ///
+    /// Opening an existing file writes nothing: redb 4.6 can panic on a damaged page
+    /// inside a write transaction, and the table guard's destructor then panics again
+    /// while unwinding, which aborts the process. A read never reaches that destructor.
+    fn is_ready(&self) -> Result<bool> {
+        let db = self.db()?;
+        let txn = db
+            .get()
+            .begin_read()
+            .map_err(|err| open_error(&self.path, err))?;
+        let names: Vec<String> = txn
+            .list_tables()
+            .map_err(|err| open_error(&self.path, err))?
+            .map(|table| table.name().to_owned())
+            .collect();
+        if names.iter().any(|n| n == "meta") {
+            let meta = txn
+                .open_table(META)
+                .map_err(|err| open_error(&self.path, err))?;
+            if let Some(value) = meta
+                .get("format")
+                .map_err(|err| open_error(&self.path, err))?
+            {
+                let bytes: [u8; 4] = value.value().try_into().map_err(|_| Error::Corrupt {
+                    location: format!("meta table of {}", self.path.display()),
+                    message: "format version is not 4 bytes".into(),
+                })?;
+                let found = u32::from_le_bytes(bytes);
+                if found > STORAGE_FORMAT {
+                    return Err(Error::UnsupportedFormat {
+                        path: self.path.clone(),
+                        found,
+                        supported: STORAGE_FORMAT,
+                    });
+                }
+            }
+        }
+        let foreign: Vec<&String> = names
+            .iter()
+            .filter(|n| !CAIRN_TABLES.contains(&n.as_str()))
+            .collect();
+        if !foreign.is_empty() {
+            return Err(Error::Open {
+                path: self.path.clone(),
+                message: format!(
+                    "it is a redb database of another program (tables: {})",
+                    foreign
+                        .iter()
+                        .map(|n| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                remedy: "Check the path: Cairn only opens files it created.",
+            });
+        }
+        Ok(CAIRN_TABLES.iter().all(|t| names.iter().any(|n| n == t)))
+    }
+
+    fn check_format(&self, existed: bool) -> Result<()> {
+        if self.is_ready()? {
+            return Ok(());
+        }
+        if existed {
+            // Writing into a file that is not a complete Cairn database could damage a
+            // file of another program or a damaged Cairn file further; refuse instead.
+            return Err(Error::Open {
+                path: self.path.clone(),
+                message: "it is not a complete Cairn database (tables or format marker missing)".into(),
+                remedy: "Check the path; if it is a Cairn file, it is damaged: restore it from a backup.",
+            });
+        }
         let db = self.db()?;
         let txn = db
             .get()
@@ -460,174 +576,200 @@ fn open_error(path: &Path, err: impl Into<redb::Error>) -> Error {
 
 impl Store for RedbStore {
     fn commit(&self, batch: &WriteBatch) -> Result<()> {
-        let db = self.db()?;
-        let mut txn = db.get().begin_write().map_err(storage)?;
-        txn.set_durability(Durability::Immediate).map_err(storage)?;
-        {
-            let mut log = txn.open_table(LOG).map_err(storage)?;
-            for (lsn, envelope) in &batch.events {
-                log.insert(*lsn, envelope.as_slice()).map_err(storage)?;
-            }
-            let mut instances = txn.open_table(INSTANCES).map_err(storage)?;
-            for (key, row) in &batch.rows {
-                instances.insert(*key, row.as_slice()).map_err(storage)?;
-            }
-            if !batch.ids.is_empty() {
-                let mut ids = txn.open_table(IDS).map_err(storage)?;
-                for (id, key) in &batch.ids {
-                    ids.insert(id.as_str(), *key).map_err(storage)?;
+        self.contain("commit", || {
+            let db = self.db()?;
+            let mut txn = db.get().begin_write().map_err(storage)?;
+            txn.set_durability(Durability::Immediate).map_err(storage)?;
+            {
+                let mut log = txn.open_table(LOG).map_err(storage)?;
+                for (lsn, envelope) in &batch.events {
+                    log.insert(*lsn, envelope.as_slice()).map_err(storage)?;
                 }
-            }
-            if !batch.attributes.is_empty() {
-                let mut attributes = txn.open_table(ATTRIBUTES).map_err(storage)?;
-                for (key, bytes) in &batch.attributes {
-                    attributes.insert(*key, bytes.as_slice()).map_err(storage)?;
+                let mut instances = txn.open_table(INSTANCES).map_err(storage)?;
+                for (key, row) in &batch.rows {
+                    instances.insert(*key, row.as_slice()).map_err(storage)?;
                 }
-            }
-            if !batch.schedules.is_empty() {
-                let mut schedules = txn.open_table(SCHEDULES).map_err(storage)?;
-                for (id, row) in &batch.schedules {
-                    match row {
-                        Some(row) => schedules.insert(id.as_str(), row.as_slice()).map(drop),
-                        None => schedules.remove(id.as_str()).map(drop),
+                if !batch.ids.is_empty() {
+                    let mut ids = txn.open_table(IDS).map_err(storage)?;
+                    for (id, key) in &batch.ids {
+                        ids.insert(id.as_str(), *key).map_err(storage)?;
                     }
-                    .map_err(storage)?;
+                }
+                if !batch.attributes.is_empty() {
+                    let mut attributes = txn.open_table(ATTRIBUTES).map_err(storage)?;
+                    for (key, bytes) in &batch.attributes {
+                        attributes.insert(*key, bytes.as_slice()).map_err(storage)?;
+                    }
+                }
+                if !batch.schedules.is_empty() {
+                    let mut schedules = txn.open_table(SCHEDULES).map_err(storage)?;
+                    for (id, row) in &batch.schedules {
+                        match row {
+                            Some(row) => schedules.insert(id.as_str(), row.as_slice()).map(drop),
+                            None => schedules.remove(id.as_str()).map(drop),
+                        }
+                        .map_err(storage)?;
+                    }
+                }
+                if !batch.running.is_empty() || !batch.finished.is_empty() {
+                    let mut running = txn.open_table(RUNNING).map_err(storage)?;
+                    for (key, bytes) in &batch.running {
+                        running.insert(*key, bytes.as_slice()).map_err(storage)?;
+                    }
+                    for key in &batch.finished {
+                        running.remove(*key).map_err(storage)?;
+                    }
                 }
             }
-            if !batch.running.is_empty() || !batch.finished.is_empty() {
-                let mut running = txn.open_table(RUNNING).map_err(storage)?;
-                for (key, bytes) in &batch.running {
-                    running.insert(*key, bytes.as_slice()).map_err(storage)?;
-                }
-                for key in &batch.finished {
-                    running.remove(*key).map_err(storage)?;
-                }
-            }
-        }
-        txn.commit().map_err(storage)
+            txn.commit().map_err(storage)
+        })
     }
 
     fn schedules(&self) -> Result<Vec<(String, ScheduleRow)>> {
-        let txn = self.read()?;
-        let table = txn.open_table(SCHEDULES).map_err(storage)?;
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(storage)? {
-            let (id, bytes) = entry.map_err(storage)?;
-            let id = id.value().to_owned();
-            let row = decode_schedule(&id, bytes.value())?;
-            out.push((id, row));
-        }
-        Ok(out)
+        self.contain("schedules", || {
+            let txn = self.read()?;
+            let table = txn.open_table(SCHEDULES).map_err(storage)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(storage)? {
+                let (id, bytes) = entry.map_err(storage)?;
+                let id = id.value().to_owned();
+                let row = decode_schedule(&id, bytes.value())?;
+                out.push((id, row));
+            }
+            Ok(out)
+        })
     }
 
     fn scan_running(&self, visit: &mut dyn FnMut(u128, Option<Suspension>)) -> Result<()> {
-        let mut entries = Vec::new();
-        {
-            let txn = self.read()?;
-            let running = txn.open_table(RUNNING).map_err(storage)?;
-            for entry in running.iter().map_err(storage)? {
-                let (key, bytes) = entry.map_err(storage)?;
-                entries.push((key.value(), decode_suspension(key.value(), bytes.value())?));
+        self.contain("scan_running", || {
+            let mut entries = Vec::new();
+            {
+                let txn = self.read()?;
+                let running = txn.open_table(RUNNING).map_err(storage)?;
+                for entry in running.iter().map_err(storage)? {
+                    let (key, bytes) = entry.map_err(storage)?;
+                    entries.push((key.value(), decode_suspension(key.value(), bytes.value())?));
+                }
             }
-        }
-        // Visit after the read ends, so the visitor may use the store.
-        for (key, suspension) in entries {
-            visit(key, suspension);
-        }
-        Ok(())
+            // Visit after the read ends, so the visitor may use the store.
+            for (key, suspension) in entries {
+                visit(key, suspension);
+            }
+            Ok(())
+        })
     }
 
     fn attributes(&self, key: u128) -> Result<Attributes> {
-        let txn = self.read()?;
-        let table = txn.open_table(ATTRIBUTES).map_err(storage)?;
-        match table.get(key).map_err(storage)? {
-            Some(bytes) => decode_attributes(key, bytes.value()),
-            None => Ok(Attributes::new()),
-        }
+        self.contain("attributes", || {
+            let txn = self.read()?;
+            let table = txn.open_table(ATTRIBUTES).map_err(storage)?;
+            match table.get(key).map_err(storage)? {
+                Some(bytes) => decode_attributes(key, bytes.value()),
+                None => Ok(Attributes::new()),
+            }
+        })
     }
 
     fn next_lsn(&self) -> Result<u64> {
-        let txn = self.read()?;
-        let log = txn.open_table(LOG).map_err(storage)?;
-        let last = log.last().map_err(storage)?.map(|(lsn, _)| lsn.value());
-        Ok(last.map_or(1, |lsn| lsn + 1))
+        self.contain("next_lsn", || {
+            let txn = self.read()?;
+            let log = txn.open_table(LOG).map_err(storage)?;
+            let last = log.last().map_err(storage)?.map(|(lsn, _)| lsn.value());
+            Ok(last.map_or(1, |lsn| lsn + 1))
+        })
     }
 
     fn key_of(&self, id: &str) -> Result<Option<u128>> {
-        let txn = self.read()?;
-        let ids = txn.open_table(IDS).map_err(storage)?;
-        Ok(ids.get(id).map_err(storage)?.map(|guard| guard.value()))
+        self.contain("key_of", || {
+            let txn = self.read()?;
+            let ids = txn.open_table(IDS).map_err(storage)?;
+            Ok(ids.get(id).map_err(storage)?.map(|guard| guard.value()))
+        })
     }
 
     fn instance(&self, key: u128) -> Result<Option<InstanceRow>> {
-        let txn = self.read()?;
-        let instances = txn.open_table(INSTANCES).map_err(storage)?;
-        match instances.get(key).map_err(storage)? {
-            Some(bytes) => InstanceRow::decode(key, bytes.value()).map(Some),
-            None => Ok(None),
-        }
+        self.contain("instance", || {
+            let txn = self.read()?;
+            let instances = txn.open_table(INSTANCES).map_err(storage)?;
+            match instances.get(key).map_err(storage)? {
+                Some(bytes) => InstanceRow::decode(key, bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
     }
 
     fn scan_instances(&self, visit: &mut dyn FnMut(InstanceRow) -> bool) -> Result<()> {
-        let txn = self.read()?;
-        let instances = txn.open_table(INSTANCES).map_err(storage)?;
-        for entry in instances.iter().map_err(storage)? {
-            let (key, bytes) = entry.map_err(storage)?;
-            let row = InstanceRow::decode(key.value(), bytes.value())?;
-            if !visit(row) {
-                break;
+        self.contain("scan_instances", || {
+            let txn = self.read()?;
+            let instances = txn.open_table(INSTANCES).map_err(storage)?;
+            for entry in instances.iter().map_err(storage)? {
+                let (key, bytes) = entry.map_err(storage)?;
+                let row = InstanceRow::decode(key.value(), bytes.value())?;
+                if !visit(row) {
+                    break;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn envelope(&self, lsn: u64) -> Result<Option<Vec<u8>>> {
-        let txn = self.read()?;
-        let log = txn.open_table(LOG).map_err(storage)?;
-        Ok(log
-            .get(lsn)
-            .map_err(storage)?
-            .map(|guard| guard.value().to_vec()))
+        self.contain("envelope", || {
+            let txn = self.read()?;
+            let log = txn.open_table(LOG).map_err(storage)?;
+            Ok(log
+                .get(lsn)
+                .map_err(storage)?
+                .map(|guard| guard.value().to_vec()))
+        })
     }
 
     fn history(&self, row: &InstanceRow) -> Result<Vec<StoredEvent>> {
-        let txn = self.read()?;
-        let log = txn.open_table(LOG).map_err(storage)?;
-        let len = usize::try_from(row.next_seq).map_err(storage)?;
-        // `len` comes from disk: a damaged row must give a Corrupt error below, not a huge
-        // allocation here.
-        let mut events = Vec::with_capacity(len.min(4096));
-        let mut next = Some(row.head_lsn);
-        while let Some(lsn) = next {
-            if events.len() >= len {
-                return Err(chain_error(
-                    row,
+        self.contain("history", || {
+            let txn = self.read()?;
+            let log = txn.open_table(LOG).map_err(storage)?;
+            let len = usize::try_from(row.next_seq).map_err(storage)?;
+            // `len` comes from disk: a damaged row must give a Corrupt error below, not a huge
+            // allocation here.
+            let mut events = Vec::with_capacity(len.min(4096));
+            let mut next = Some(row.head_lsn);
+            while let Some(lsn) = next {
+                if events.len() >= len {
+                    return Err(chain_error(
+                        row,
+                        lsn,
+                        "history is longer than the instance row says",
+                    ));
+                }
+                let guard = log
+                    .get(lsn)
+                    .map_err(storage)?
+                    .ok_or_else(|| chain_error(row, lsn, "event is missing from the log"))?;
+                let envelope = guard.value();
+                let record = EventRecord::decode(envelope)
+                    .map_err(|err| chain_error(row, lsn, &err.to_string()))?;
+                next = record.prev_lsn;
+                events.push(StoredEvent {
                     lsn,
-                    "history is longer than the instance row says",
-                ));
+                    hash: hash_envelope(envelope),
+                    record,
+                });
             }
-            let guard = log
-                .get(lsn)
-                .map_err(storage)?
-                .ok_or_else(|| chain_error(row, lsn, "event is missing from the log"))?;
-            let envelope = guard.value();
-            let record = EventRecord::decode(envelope)
-                .map_err(|err| chain_error(row, lsn, &err.to_string()))?;
-            next = record.prev_lsn;
-            events.push(StoredEvent {
-                lsn,
-                hash: hash_envelope(envelope),
-                record,
-            });
-        }
-        events.reverse();
-        verify_chain(row, &events)?;
-        Ok(events)
+            events.reverse();
+            verify_chain(row, &events)?;
+            Ok(events)
+        })
     }
 
     fn close(&self) {
         let db = write(&self.db).take();
-        drop(db);
+        if self.poisoned.load(std::sync::atomic::Ordering::Acquire) {
+            // redb's destructor may wait on transaction state the panic left behind; the
+            // handle (and its file lock) is released when the process exits instead.
+            std::mem::forget(db);
+        } else {
+            drop(db);
+        }
     }
 }
 
@@ -641,6 +783,29 @@ fn chain_error(row: &InstanceRow, lsn: u64, message: &str) -> Error {
 /// Checks that `events` are exactly the chain `row` points at: same instance, sequence
 /// numbers 0..n, each `prev_hash` the hash of the event before, the last hash the row's.
 pub fn verify_chain(row: &InstanceRow, events: &[StoredEvent]) -> Result<()> {
+    // The row is an index; its identity must agree with the start event it points at.
+    if let Some(first) = events.first() {
+        match &first.record.kind {
+            EventKind::WorkflowStarted {
+                workflow_type, id, ..
+            } => {
+                if *id != row.id || *workflow_type != row.workflow_type {
+                    return Err(chain_error(
+                        row,
+                        first.lsn,
+                        &format!("the start event names `{id}` ({workflow_type}), the instance row `{}` ({})", row.id, row.workflow_type),
+                    ));
+                }
+            }
+            other => {
+                return Err(chain_error(
+                    row,
+                    first.lsn,
+                    &format!("the first event is {}, not WorkflowStarted", other.name()),
+                ))
+            }
+        }
+    }
     let mut prev_hash = GENESIS_HASH;
     for (index, event) in events.iter().enumerate() {
         let record = &event.record;
