@@ -47,7 +47,7 @@ struct Rule {
 const CLOCK: &str = "use `ctx.now().await`, which is recorded and replays the same value";
 const RANDOM: &str = "use `ctx.random().await` or `ctx.uuid().await`, which are recorded";
 const SPAWN: &str = "run concurrent steps with `futures::join!` over `ctx` calls; a spawned task is invisible to replay";
-const SLEEP: &str = "a sleeping workflow would not survive a restart; wait inside an activity (durable `ctx.sleep` timers are planned)";
+const SLEEP: &str = "use `ctx.sleep(..).await` or `ctx.sleep_until(..).await`, durable timers that survive restarts";
 const IO: &str =
     "do I/O in an #[activity] and call it with `ctx.activity(..)`, so its result is recorded";
 

@@ -26,6 +26,17 @@ use crate::replay::{
 use crate::sync::{lock, AtomicU64, Mutex};
 use std::sync::atomic::Ordering;
 
+/// What `ctx.patched` answers, decided when it is called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchPlan {
+    /// The old code path; no step consumed.
+    OldPath,
+    /// The new path; the marker is already recorded.
+    Recorded,
+    /// The new path; record the marker at this step first.
+    Record(StepNo),
+}
+
 /// Why the driver must stop polling the workflow.
 #[derive(Debug)]
 pub(crate) enum Stop {
@@ -91,6 +102,12 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
+    /// Marks a change the run must look at (a child it waits for has ended).
+    pub(crate) fn touch(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.arrived.notify_waiters();
+    }
+
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
     }
@@ -648,54 +665,47 @@ impl WorkflowContext {
         }
     }
 
-    /// Decides a version marker: `true` when this run takes the code path added by patch
-    /// `patch_id` (new instances, and old ones that reach it past their recorded
-    /// history), `false` when history was recorded before the patch existed at this
-    /// point. The step number is consumed only when the answer is `true`, so old
-    /// histories keep their numbering.
+    /// Decides a version marker, at the moment `ctx.patched` is *called* (so concurrent
+    /// calls are numbered in program order): `true` when this run takes the code path
+    /// added by patch `patch_id` (new instances, and old ones that reach it past their
+    /// recorded history), `false` when history was recorded before the patch existed at
+    /// this point, or when an audit replay finds no marker. The step number is consumed
+    /// only for `true`; the returned step then needs [`WorkflowContext::record_patch`].
+    pub fn decide_patch(&self, patch_id: &str) -> Result<PatchPlan, Error> {
+        let mut state = lock(&self.inner.state);
+        let step = state.next_step;
+        let decision = self
+            .inner
+            .history
+            .patch(step, patch_id)
+            .map_err(Error::from)?;
+        Ok(match decision {
+            PatchDecision::OldPath => PatchPlan::OldPath,
+            // An audit replay runs nothing new: where the record has no marker, the
+            // recorded run took the old path.
+            PatchDecision::Live if self.inner.shared.is_none() => PatchPlan::OldPath,
+            PatchDecision::Recorded => {
+                state.next_step += 1;
+                PatchPlan::Recorded
+            }
+            PatchDecision::Live => {
+                state.next_step += 1;
+                PatchPlan::Record(step)
+            }
+        })
+    }
+
+    /// Records the marker of patch `patch_id` at `step` before the new path runs.
     ///
     /// # Cancel safety
-    /// The marker is recorded before `true` is returned; dropping the future may leave it
-    /// unrecorded, and it is then recorded again on replay.
-    pub async fn patched(&self, patch_id: &str) -> bool {
-        let step = lock(&self.inner.state).next_step;
-        match self.inner.history.patch(step, patch_id) {
-            Ok(PatchDecision::OldPath) => false,
-            Ok(PatchDecision::Recorded) => {
-                self.next_step();
-                true
-            }
-            Ok(PatchDecision::Live) => {
-                self.next_step();
-                if self.inner.shared.is_none() && self.inner.history.result.is_some() {
-                    // An audit replay of a finished history: the marker should be there.
-                    let recorded = StepDescriptor {
-                        kind: "end of history",
-                        name: "(the recorded run ended here)".into(),
-                        input: None,
-                    };
-                    let requested = StepDescriptor {
-                        kind: "patch",
-                        name: patch_id.to_owned(),
-                        input: None,
-                    };
-                    let err = self.inner.history.divergence(step, recorded, requested);
-                    return self.abort(err.into()).await;
-                }
-                if self.inner.shared.is_none() {
-                    self.set_stop(Stop::EndOfHistory(step));
-                    return std::future::pending().await;
-                }
-                let marker = EventKind::PatchMarker {
-                    step,
-                    patch_id: patch_id.to_owned(),
-                };
-                if let Err(err) = self.append(marker).await {
-                    return self.abort(err).await;
-                }
-                true
-            }
-            Err(divergence) => self.abort(divergence.into()).await,
+    /// Dropping the future may leave the marker unrecorded; it is recorded on replay.
+    pub async fn record_patch(&self, step: StepNo, patch_id: &str) {
+        let marker = EventKind::PatchMarker {
+            step,
+            patch_id: patch_id.to_owned(),
+        };
+        if let Err(err) = self.append(marker).await {
+            self.abort(err).await
         }
     }
 
@@ -769,10 +779,14 @@ impl WorkflowContext {
             return std::future::pending().await;
         };
         let engine = crate::engine::Engine::from_shared(shared);
+        let already_started = self.inner.history.step(step).is_some();
         if let Some(reason) = self.take_cancel(step, StepKind::Child, workflow_type).await {
+            if already_started {
+                // Started in an earlier run: the child must hear of it too.
+                let _ = engine.cancel(child_id, &reason).await;
+            }
             return Err(Cancelled { step, reason });
         }
-        let already_started = self.inner.history.step(step).is_some();
         let busy = self.busy();
         if !already_started {
             let started = engine

@@ -555,6 +555,9 @@ impl Engine {
         };
         self.shared.writer.append(key, kind).await?;
         lock(&self.shared.parked).remove(&key);
+        if let Some(parent) = self.shared.store.instance(key)?.and_then(|row| row.parent) {
+            deliver(&self.shared, parent, Inbox::touch);
+        }
         Ok(())
     }
 
@@ -1390,8 +1393,9 @@ async fn run_instance(
     outcome.send_replace(Some(result));
     lock(&shared.active).remove(&key);
     if let Some(parent) = parent {
-        // A parent evicted while it waited for this child carries on now.
-        wake(&shared, parent);
+        // A parent evicted while it waited for this child carries on now; one being
+        // evicted at this instant sees its inbox change and stays.
+        deliver(&shared, parent, Inbox::touch);
     }
 }
 

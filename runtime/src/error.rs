@@ -238,7 +238,7 @@ pub enum Error {
     },
 
     /// The instance has finished; it takes no more signals or events.
-    #[error("[CAIRN-E0017] instance `{0}` has already finished; it accepts no more signals")]
+    #[error("[CAIRN-E0017] instance `{0}` has already finished; it accepts no more signals, cancellations or events")]
     InstanceFinished(String),
 
     /// The host environment failed a request Cairn cannot do without (the OS random source).

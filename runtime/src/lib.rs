@@ -24,7 +24,7 @@ pub use activity::{
     ActivityContext, ActivityError, ActivityFailure, ActivityOptions, Cancelled, RetryPolicy,
 };
 pub use codec::{Codec, CodecError, JsonCodec, Payload};
-pub use context::WorkflowContext;
+pub use context::{PatchPlan, WorkflowContext};
 pub use engine::{
     Engine, EngineBuilder, InstanceInfo, ListFilter, Outcome, ReplayVerdict, StartOutcome, Status,
     StatusKind, WorkflowFactory, WorkflowResult, EVICTION_IDLE_DEFAULT, INSTANCE_ID_BYTES_MAX,

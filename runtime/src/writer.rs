@@ -128,6 +128,7 @@ impl Writer {
             heads: HashMap::new(),
             attributes: HashMap::new(),
             attributes_touched: HashSet::new(),
+            suspended_in_batch: Vec::new(),
             next_lsn,
             failed: None,
         };
@@ -251,6 +252,9 @@ struct WriterLoop {
     attributes: HashMap<u128, Attributes>,
     /// Instances whose attributes the current batch changed.
     attributes_touched: HashSet<u128>,
+    /// Instances evicted in the current batch: their rows leave `heads` after the commit,
+    /// so a host with many sleeping instances does not keep all their rows in memory.
+    suspended_in_batch: Vec<u128>,
     next_lsn: u64,
     /// Set after a failed commit: the writer then refuses everything until the runtime is
     /// reopened, because after a failed fsync the file's state is unknown and retrying
@@ -311,6 +315,17 @@ impl WriterLoop {
                             self.attributes.remove(key);
                         }
                     }
+                    for key in self.suspended_in_batch.drain(..) {
+                        // Reloaded from the store at the instance's next event.
+                        if self
+                            .heads
+                            .get(&key)
+                            .is_some_and(|row| row.suspended.is_some())
+                        {
+                            self.heads.remove(&key);
+                            self.attributes.remove(&key);
+                        }
+                    }
                     for reply in replies.drain(..) {
                         // A requester that went away (its task was dropped) needs no answer.
                         match reply {
@@ -339,6 +354,7 @@ impl WriterLoop {
         self.heads.clear();
         self.attributes.clear();
         self.attributes_touched.clear();
+        self.suspended_in_batch.clear();
         self.failed = Some(err);
     }
 
@@ -354,6 +370,29 @@ impl WriterLoop {
             }
         }
         Ok(())
+    }
+
+    /// A child that ends must wake its parent after a restart too: the parent's
+    /// suspension hint is cleared in the same commit, so a host that stops before the
+    /// parent records the outcome replays the parent at start.
+    fn wake_parent_hint(
+        &mut self,
+        child: u128,
+        batch: &mut WriteBatch,
+        touched: &mut HashSet<u128>,
+    ) {
+        let Some(parent) = self.heads.get(&child).and_then(|row| row.parent) else {
+            return;
+        };
+        let Ok(row) = self.head(parent) else {
+            return;
+        };
+        if row.suspended.take().is_some() {
+            if let Ok(entry) = encode_suspension(None) {
+                batch.running.push((parent, entry));
+                touched.insert(parent);
+            }
+        }
     }
 
     fn suspend(
@@ -498,7 +537,10 @@ impl WriterLoop {
                 wake_at_ms,
                 reply,
             } => match self.suspend(key, expected_next_seq, wake_at_ms, batch, touched) {
-                Ok(true) => replies.push(Reply::Ack(reply)),
+                Ok(true) => {
+                    self.suspended_in_batch.push(key);
+                    replies.push(Reply::Ack(reply));
+                }
                 other => drop(reply.send(other)),
             },
             Command::Start {
@@ -594,13 +636,19 @@ impl WriterLoop {
                     }
                 }
             }
-            Command::Append { key, kind, reply } => match self.push_event(key, kind, now, batch) {
-                Ok(appended) => {
-                    touched.insert(key);
-                    replies.push(Reply::Append(reply, appended));
+            Command::Append { key, kind, reply } => {
+                let ends = kind.is_terminal();
+                match self.push_event(key, kind, now, batch) {
+                    Ok(appended) => {
+                        touched.insert(key);
+                        if ends {
+                            self.wake_parent_hint(key, batch, touched);
+                        }
+                        replies.push(Reply::Append(reply, appended));
+                    }
+                    Err(err) => drop(reply.send(Err(err))),
                 }
-                Err(err) => drop(reply.send(Err(err))),
-            },
+            }
         }
     }
 

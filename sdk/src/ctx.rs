@@ -137,8 +137,21 @@ impl Ctx {
     ///     Ok(ctx.activity(approve, amount).await?)
     /// }
     /// ```
-    pub async fn patched(&self, patch_id: &str) -> bool {
-        self.raw.patched(patch_id).await
+    pub fn patched(&self, patch_id: &str) -> impl Future<Output = bool> + Send + 'static {
+        let raw = self.raw.clone();
+        let plan = raw.decide_patch(patch_id);
+        let patch_id = patch_id.to_owned();
+        async move {
+            match plan {
+                Ok(cairn_runtime::PatchPlan::OldPath) => false,
+                Ok(cairn_runtime::PatchPlan::Recorded) => true,
+                Ok(cairn_runtime::PatchPlan::Record(step)) => {
+                    raw.record_patch(step, &patch_id).await;
+                    true
+                }
+                Err(err) => raw.abort(err).await,
+            }
+        }
     }
 
     /// Publishes searchable attributes of this instance (`customer`, `amount`, ...).

@@ -162,3 +162,72 @@ async fn signals_cancellations_and_finished_children_wake_evicted_instances() {
     );
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_child_ending_just_before_a_stop_still_wakes_its_evicted_parent_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let clock = clock();
+    {
+        let rt = open(&path, &clock).await;
+        rt.start(parent_of, "p-2", "p-2/child".to_owned())
+            .await
+            .unwrap();
+        let mut spins = 0u32;
+        while rt.status("p-2/child").is_err() || rt.engine().resident_runs() > 0 {
+            spins += 1;
+            assert!(spins < 2_000_000, "runs were not evicted");
+            tokio::task::yield_now().await;
+        }
+        rt.signal("p-2/child", "go", &"late".to_owned())
+            .await
+            .unwrap();
+        rt.handle(await_go, "p-2/child")
+            .result()
+            .await
+            .unwrap()
+            .unwrap();
+        // Stop at once: the parent may not have recorded the child's end yet.
+        rt.shutdown().await;
+    }
+    let rt = open(&path, &clock).await;
+    assert_eq!(
+        rt.handle(parent_of, "p-2").result().await.unwrap().unwrap(),
+        "child said late"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn cancelling_a_replayed_parent_reaches_the_child_it_started_earlier() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let clock = clock();
+    {
+        let rt = open(&path, &clock).await;
+        rt.start(parent_of, "p-3", "p-3/child".to_owned())
+            .await
+            .unwrap();
+        let mut spins = 0u32;
+        while rt.status("p-3/child").is_err() || rt.engine().resident_runs() > 0 {
+            spins += 1;
+            assert!(spins < 2_000_000, "runs were not evicted");
+            tokio::task::yield_now().await;
+        }
+        rt.shutdown().await;
+    }
+    let rt = open(&path, &clock).await;
+    rt.cancel("p-3", "withdrawn").await.unwrap();
+    assert!(matches!(
+        rt.handle(parent_of, "p-3").result().await.unwrap(),
+        Err(WorkflowError::Cancelled(_))
+    ));
+    assert!(
+        matches!(
+            rt.handle(await_go, "p-3/child").result().await.unwrap(),
+            Err(WorkflowError::Cancelled(_))
+        ),
+        "the cancellation reached the child"
+    );
+    rt.shutdown().await;
+}

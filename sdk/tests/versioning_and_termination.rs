@@ -206,3 +206,43 @@ async fn terminate_stops_an_instance_for_good_and_records_why() {
     ));
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_audit_replay_of_a_history_recorded_before_the_patch_takes_the_old_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let records = {
+        let rt = Runtime::builder()
+            .workflow(loan_v1)
+            .open(&path)
+            .await
+            .unwrap();
+        rt.start(loan_v1, "before", 300).await.unwrap();
+        rt.signal("before", "signed", &"di".to_owned())
+            .await
+            .unwrap();
+        rt.handle(loan_v1, "before")
+            .result()
+            .await
+            .unwrap()
+            .unwrap();
+        let records: Vec<_> = rt
+            .history("before")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.record)
+            .collect();
+        rt.shutdown().await;
+        records
+    };
+    let rt = Runtime::builder()
+        .workflow(loan_v2)
+        .open(&path)
+        .await
+        .unwrap();
+    assert!(matches!(
+        rt.replay(&records).await.unwrap(),
+        ReplayVerdict::Matches(_)
+    ));
+    rt.shutdown().await;
+}
