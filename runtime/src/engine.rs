@@ -222,6 +222,10 @@ pub(crate) struct Shared {
     scheduler_task: Mutex<Option<JoinHandle<()>>>,
     /// Notified whenever a driver is registered or an instance parked.
     registered: Notify,
+    /// The first storage failure a run stopped on: the writer refuses everything after
+    /// it, so waits for unfinished instances end with it instead of waiting for runs
+    /// that will not come until the runtime is reopened.
+    storage_failed: Mutex<Option<Error>>,
 }
 
 /// Configures and opens an [`Engine`].
@@ -329,6 +333,7 @@ impl EngineBuilder {
             schedules_changed: Arc::new(Notify::new()),
             scheduler_task: Mutex::new(None),
             registered: Notify::new(),
+            storage_failed: Mutex::new(None),
         });
         let engine = Engine { shared };
         engine.recover()?;
@@ -782,6 +787,9 @@ impl Engine {
                 || lock(&self.shared.parked).contains_key(&key)
             {
                 break None;
+            }
+            if let Some(err) = lock(&self.shared.storage_failed).clone() {
+                return Err(err);
             }
             let row = self.shared.store.instance(key)?;
             if row.as_ref().is_none_or(|row| row.status.is_finished()) {
@@ -1375,7 +1383,11 @@ async fn run_instance(
     match &result {
         // Not the instance's fault: it resumes when the runtime is reopened.
         Err(err @ (Error::Storage(_) | Error::ShutDown)) => {
-            tracing::warn!(%err, "instance stopped")
+            tracing::warn!(%err, "instance stopped");
+            if matches!(err, Error::Storage(_)) {
+                lock(&shared.storage_failed).get_or_insert_with(|| err.clone());
+                shared.registered.notify_waiters();
+            }
         }
         Err(err) => {
             tracing::error!(%err, "instance parked");

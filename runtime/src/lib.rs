@@ -13,6 +13,7 @@ mod context;
 mod engine;
 pub mod error;
 pub mod event;
+pub mod fault;
 mod queue;
 pub mod replay;
 pub mod schedule;

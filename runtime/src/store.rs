@@ -347,6 +347,30 @@ impl RedbStore {
         })
     }
 
+    /// Opens a store on any redb storage backend (tests use [`crate::fault::FaultDisk`]);
+    /// `label` stands for the path in messages, `existed` says whether the backend
+    /// already holds a database (which is then never written at open).
+    ///
+    /// # Errors
+    /// As [`RedbStore::open`].
+    pub fn open_backend(
+        backend: impl redb::StorageBackend,
+        label: &Path,
+        existed: bool,
+    ) -> Result<Self> {
+        let path = label.to_path_buf();
+        let db = redb::Builder::new()
+            .create_with_backend(backend)
+            .map_err(|err| open_error(&path, err))?;
+        let store = Self {
+            db: RwLock::new(Some(db)),
+            path,
+            poisoned: std::sync::atomic::AtomicBool::new(false),
+        };
+        store.check_format(existed)?;
+        Ok(store)
+    }
+
     /// The file this store writes.
     pub fn path(&self) -> &Path {
         &self.path
