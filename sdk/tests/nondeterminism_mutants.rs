@@ -68,12 +68,11 @@ async fn base(ctx: Ctx, n: u64) -> Result<String, WorkflowError> {
     let now = ctx.now().await;
     let _ = now;
     if v == 8 {
-        // Branch on the wall clock: a different path on replay.
-        let late = std::time::SystemTime::UNIX_EPOCH
+        // Branch on the wall clock: today it is after 2020, so replay takes a new path.
+        let after_2020 = std::time::SystemTime::UNIX_EPOCH
             .elapsed()
-            .map(|d| d.as_secs() % 2 == 0)
-            .unwrap_or(false);
-        if late || !late {
+            .is_ok_and(|d| d.as_secs() > 1_577_836_800);
+        if after_2020 {
             ctx.activity(fetch, 99).await?;
         }
     }
