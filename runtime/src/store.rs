@@ -334,16 +334,24 @@ impl RedbStore {
                 message: "an earlier operation found the file damaged; reopen it after restoring a backup".into(),
             });
         }
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-            self.poisoned
-                .store(true, std::sync::atomic::Ordering::Release);
-            Err(Error::Corrupt {
-                location: format!("{} ({operation})", self.path.display()),
-                message: format!(
-                    "redb failed on the file's contents: {}",
-                    crate::context::panic_message(&panic)
-                ),
-            })
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+                self.poisoned
+                    .store(true, std::sync::atomic::Ordering::Release);
+                Err(Error::Corrupt {
+                    location: format!("{} ({operation})", self.path.display()),
+                    message: format!(
+                        "redb failed on the file's contents: {}",
+                        crate::context::panic_message(&panic)
+                    ),
+                })
+            });
+        // redb's own errors do not name the file; an operator needs to know which one.
+        result.map_err(|err| match err {
+            Error::Storage(message) => {
+                Error::Storage(format!("{}: {message}", self.path.display()))
+            }
+            other => other,
         })
     }
 
