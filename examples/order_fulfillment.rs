@@ -32,6 +32,9 @@ struct Args {
     /// Simulated work per activity, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     step_delay_ms: u64,
+    /// Durable cooling-off timer between payment and invoice, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
     /// Append one line per activity execution to this file.
     #[arg(long)]
     counts: Option<PathBuf>,
@@ -47,6 +50,16 @@ pub struct Order {
     sku: String,
     qty: u32,
     unit_price_cents: u64,
+    /// Cooling-off time between payment and invoicing, in ms (0: none). Added after
+    /// the first release: orders recorded before it decode with 0, and a 0 is not
+    /// written, so the order still encodes to the bytes recorded in old histories
+    /// (replay compares activity inputs byte for byte).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pause_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Stock held for an order.
@@ -91,6 +104,7 @@ pub fn sample_order(n: u32) -> Order {
         sku: format!("SKU-{}", n % 7),
         qty: 1 + n % 9,
         unit_price_cents: 250 + u64::from(n) * 10,
+        pause_ms: 0,
     }
 }
 
@@ -177,6 +191,11 @@ pub async fn fulfil_order(ctx: Ctx, order: Order) -> Result<Receipt, WorkflowErr
                 .non_retryable(["card_declined"]),
         )
         .await?;
+    // A durable timer added in a later version, behind a patch marker, so histories
+    // recorded before it (tests/histories) keep replaying.
+    if order.pause_ms > 0 && ctx.patched("cooling-off-after-payment").await {
+        ctx.sleep(Duration::from_millis(order.pause_ms)).await?;
+    }
     let invoice = ctx
         .activity(create_invoice, (order.clone(), payment.clone()))
         .await?;
@@ -217,7 +236,10 @@ async fn run(args: Args) -> Result<(), cairn::Error> {
         .await?;
     let mut handles = Vec::new();
     for n in 1..=args.orders {
-        let order = sample_order(n);
+        let order = Order {
+            pause_ms: args.pause_ms,
+            ..sample_order(n)
+        };
         let handle = rt.start(fulfil_order, &order.id.clone(), order).await?;
         if !args.quiet && !handle.created() {
             println!("[{}] already started, resuming", handle.id());
