@@ -764,7 +764,16 @@ impl Engine {
     /// Cancel safe: dropping it only stops waiting.
     pub async fn wait(&self, id: &str) -> Result<Outcome> {
         // Follow a chain of runs that continued as new to the one that ends the id.
+        let mut previous = None;
         loop {
+            let key = self.key_of(id)?;
+            if previous == Some(key) {
+                return Err(Error::Corrupt {
+                    location: format!("instance `{id}`"),
+                    message: "its run continued as new, but the id still names that run".into(),
+                });
+            }
+            previous = Some(key);
             match self.wait_run(id).await? {
                 Outcome::ContinuedAsNew(_) => continue,
                 outcome => return Ok(outcome),

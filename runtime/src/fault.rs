@@ -51,6 +51,8 @@ struct DiskState {
     current: Vec<u8>,
     pending: Vec<Pending>,
     syncs: u64,
+    /// Every call to `sync_data`, refused ones included.
+    sync_calls: u64,
     writes: u64,
     fault: Fault,
     failed: bool,
@@ -80,6 +82,7 @@ impl FaultDisk {
                 current: image,
                 pending: Vec::new(),
                 syncs: 0,
+                sync_calls: 0,
                 writes: 0,
                 fault: Fault::None,
                 failed: false,
@@ -95,6 +98,11 @@ impl FaultDisk {
     /// Syncs completed so far.
     pub fn syncs(&self) -> u64 {
         lock(&self.state).syncs
+    }
+
+    /// Calls to sync, completed or refused: a caller that retries a failed sync shows here.
+    pub fn sync_calls(&self) -> u64 {
+        lock(&self.state).sync_calls
     }
 
     /// Whether the injected fault has happened.
@@ -210,6 +218,7 @@ impl redb::StorageBackend for FaultDisk {
 
     fn sync_data(&self) -> io::Result<()> {
         let mut state = lock(&self.state);
+        state.sync_calls += 1;
         if state.failed {
             return Err(refused());
         }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::event::{hash_envelope, AttrValue, EventHash, EventKind, EventRecord, GENESIS_HASH};
 use crate::schedule::ScheduleRow;
-use crate::sync::{read, write, RwLock, RwLockReadGuard};
+use crate::sync::{read, write, AtomicBool, RwLock, RwLockReadGuard};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const INSTANCES: TableDefinition<u128, &[u8]> = TableDefinition::new("instances");
@@ -282,7 +282,7 @@ pub struct RedbStore {
     /// Set once redb panicked on this file: its in-memory state is then not trusted,
     /// every later call fails fast, and `close` leaks the handle rather than run a
     /// destructor that may wait on state the panic left behind.
-    poisoned: std::sync::atomic::AtomicBool,
+    poisoned: AtomicBool,
 }
 
 fn storage(err: impl std::fmt::Display) -> Error {
@@ -304,7 +304,7 @@ impl RedbStore {
             let store = Self {
                 db: RwLock::new(Some(db)),
                 path: path.clone(),
-                poisoned: std::sync::atomic::AtomicBool::new(false),
+                poisoned: AtomicBool::new(false),
             };
             store.check_format(existed)?;
             Ok(store)
@@ -367,16 +367,28 @@ impl RedbStore {
         existed: bool,
     ) -> Result<Self> {
         let path = label.to_path_buf();
-        let db = redb::Builder::new()
-            .create_with_backend(backend)
-            .map_err(|err| open_error(&path, err))?;
-        let store = Self {
-            db: RwLock::new(Some(db)),
-            path,
-            poisoned: std::sync::atomic::AtomicBool::new(false),
-        };
-        store.check_format(existed)?;
-        Ok(store)
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let db = redb::Builder::new()
+                .create_with_backend(backend)
+                .map_err(|err| open_error(&path, err))?;
+            let store = Self {
+                db: RwLock::new(Some(db)),
+                path: path.clone(),
+                poisoned: AtomicBool::new(false),
+            };
+            store.check_format(existed)?;
+            Ok(store)
+        }));
+        opened.unwrap_or_else(|panic| {
+            Err(Error::Open {
+                path: path.clone(),
+                message: format!(
+                    "redb failed on the storage's contents ({})",
+                    crate::context::panic_message(&panic)
+                ),
+                remedy: "The storage is damaged. Keep a copy, and restore it from a backup.",
+            })
+        })
     }
 
     /// The file this store writes.

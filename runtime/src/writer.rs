@@ -23,6 +23,9 @@ use crate::store::{
 };
 use crate::sync::{lock, Arc, AtomicU64, Mutex};
 
+/// Room an event needs beyond its payloads and names (header, hashes, varints).
+const STEP_HEADROOM_BYTES: usize = 1024;
+
 /// Most requests one commit takes. At the limit the rest wait for the next commit, which
 /// bounds a transaction's size and the latency of the requests in it.
 pub const BATCH_REQUESTS_MAX: usize = 4096;
@@ -434,6 +437,18 @@ impl WriterLoop {
         }
         let next = uuid::Uuid::now_v7().as_u128();
         let running_entry = encode_suspension(None)?;
+        // Both events carry the input; the start event also the id and type. Check the
+        // larger one fits before writing either, so no run ends without its successor.
+        let start_bytes =
+            input.data.len() + row.id.len() + row.workflow_type.len() + STEP_HEADROOM_BYTES;
+        if start_bytes > EVENT_BYTES_MAX {
+            return Err(Error::PayloadTooLarge {
+                instance: row.id,
+                position: "continue_as_new input".into(),
+                bytes: start_bytes,
+                max: EVENT_BYTES_MAX,
+            });
+        }
         let ended = EventKind::WorkflowContinuedAsNew {
             input: input.clone(),
             next_run: next,
@@ -461,7 +476,6 @@ impl WriterLoop {
             id: row.id.clone(),
             input,
         };
-        // The same input just fitted in the previous event, so this one fits too.
         self.push_event(next, started, now, batch)?;
         for (name, payload) in carried.signals {
             self.push_event(

@@ -102,7 +102,7 @@ async fn one_seed(seed: u64) -> bool {
         if disk.failed() {
             // After a failed commit the engine refuses new work at once, with a typed
             // storage error, and never retries the failed sync.
-            let syncs = disk.syncs();
+            let sync_calls = disk.sync_calls();
             let refused = tokio::time::timeout(
                 std::time::Duration::from_secs(5),
                 rt.start(stepper, "after", 99),
@@ -113,9 +113,9 @@ async fn one_seed(seed: u64) -> bool {
                 .unwrap_err();
             assert_eq!(err.code(), "CAIRN-E0006", "seed {seed}: {err}");
             assert_eq!(
-                disk.syncs(),
-                syncs,
-                "seed {seed}: no sync after the failure"
+                disk.sync_calls(),
+                sync_calls,
+                "seed {seed}: no sync attempted after the failure"
             );
         }
         rt.shutdown().await;
