@@ -299,8 +299,35 @@ impl RedbStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let existed = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+        let file = path.clone();
+        Self::open_with(path, existed, move || Database::create(file))
+    }
+
+    /// Opens a store on any redb storage backend (tests use [`crate::fault::FaultDisk`]);
+    /// `label` stands for the path in messages, `existed` says whether the backend
+    /// already holds a database (which is then never written at open).
+    ///
+    /// # Errors
+    /// As [`RedbStore::open`].
+    pub fn open_backend(
+        backend: impl redb::StorageBackend,
+        label: &Path,
+        existed: bool,
+    ) -> Result<Self> {
+        Self::open_with(label.to_path_buf(), existed, move || {
+            redb::Builder::new().create_with_backend(backend)
+        })
+    }
+
+    /// Opens the database `create` makes and checks its format, with redb panics on a
+    /// damaged file contained as an error naming `path`.
+    fn open_with(
+        path: PathBuf,
+        existed: bool,
+        create: impl FnOnce() -> std::result::Result<Database, redb::DatabaseError>,
+    ) -> Result<Self> {
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let db = Database::create(&path).map_err(|err| open_error(&path, err))?;
+            let db = create().map_err(|err| open_error(&path, err))?;
             let store = Self {
                 db: RwLock::new(Some(db)),
                 path: path.clone(),
@@ -352,42 +379,6 @@ impl RedbStore {
                 Error::Storage(format!("{}: {message}", self.path.display()))
             }
             other => other,
-        })
-    }
-
-    /// Opens a store on any redb storage backend (tests use [`crate::fault::FaultDisk`]);
-    /// `label` stands for the path in messages, `existed` says whether the backend
-    /// already holds a database (which is then never written at open).
-    ///
-    /// # Errors
-    /// As [`RedbStore::open`].
-    pub fn open_backend(
-        backend: impl redb::StorageBackend,
-        label: &Path,
-        existed: bool,
-    ) -> Result<Self> {
-        let path = label.to_path_buf();
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let db = redb::Builder::new()
-                .create_with_backend(backend)
-                .map_err(|err| open_error(&path, err))?;
-            let store = Self {
-                db: RwLock::new(Some(db)),
-                path: path.clone(),
-                poisoned: AtomicBool::new(false),
-            };
-            store.check_format(existed)?;
-            Ok(store)
-        }));
-        opened.unwrap_or_else(|panic| {
-            Err(Error::Open {
-                path: path.clone(),
-                message: format!(
-                    "redb failed on the storage's contents ({})",
-                    crate::context::panic_message(&panic)
-                ),
-                remedy: "The storage is damaged. Keep a copy, and restore it from a backup.",
-            })
         })
     }
 
