@@ -64,6 +64,8 @@ struct CtxState {
     known_next_seq: u64,
     /// Last value of `blocked()`, to wake the driver only when it changes.
     was_blocked: bool,
+    /// Inbox generation when the workflow was last polled (see `drive`).
+    poll_generation: u64,
 }
 
 impl CtxState {
@@ -227,6 +229,7 @@ impl WorkflowContext {
                     waits: std::collections::BTreeMap::new(),
                     known_next_seq,
                     was_blocked: false,
+                    poll_generation: 0,
                 }),
                 state_changed: tokio::sync::Notify::new(),
             }),
@@ -363,6 +366,17 @@ impl WorkflowContext {
 
     pub(crate) fn inbox(&self) -> &Arc<Inbox> {
         &self.inner.inbox
+    }
+
+    /// Remembers the inbox generation at the start of a poll of the workflow.
+    pub(crate) fn note_poll_generation(&self) {
+        let generation = self.inner.inbox.generation();
+        lock(&self.inner.state).poll_generation = generation;
+    }
+
+    /// The inbox generation the workflow was last polled with.
+    pub(crate) fn poll_generation(&self) -> u64 {
+        lock(&self.inner.state).poll_generation
     }
 
     /// A requested cancellation no step has taken yet, to carry into a new run.

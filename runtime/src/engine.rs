@@ -1324,7 +1324,9 @@ async fn drive_evictable(
             () = &mut changed => continue,
             () = tokio::time::sleep(idle) => {
                 let Some(wake_at) = ctx.blocked() else { continue };
-                let generation = ctx.inbox().generation();
+                // The inbox as the workflow last saw it: anything delivered since (even
+                // while this branch runs and the workflow is not polled) keeps it here.
+                let generation = ctx.poll_generation();
                 match shared.writer.suspend(key, ctx.expected_next_seq(), wake_at).await {
                     Ok(true) => {
                         if mark_dormant(shared, key, generation, wake_at) {
@@ -1346,6 +1348,9 @@ async fn drive(
     mut future: BoxFuture<'static, WorkflowResult>,
 ) -> std::result::Result<WorkflowResult, Stop> {
     std::future::poll_fn(|cx| {
+        // Read before the poll: a signal or cancellation delivered from here on must
+        // stop an eviction, because this poll may not have seen it.
+        ctx.note_poll_generation();
         let polled =
             match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut future).poll(cx))) {
                 Ok(polled) => polled,
