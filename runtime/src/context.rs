@@ -120,19 +120,21 @@ impl Inbox {
     }
 
     pub(crate) fn add(&self, seq: u64, name: String, payload: Payload, taken: bool) {
-        self.bump(seq);
         lock(&self.entries).entry(seq).or_insert(InboxEntry {
             name,
             payload,
             taken,
         });
+        // Published after the entry: a reader that sees the new generation must also
+        // find the signal (the loom model below found the reverse order losing it).
+        self.bump(seq);
         self.arrived.notify_waiters();
     }
 
     /// Records that cancellation was requested (the first reason is kept).
     pub(crate) fn request_cancel(&self, seq: u64, reason: String) {
-        self.bump(seq);
         lock(&self.cancel).get_or_insert(reason);
+        self.bump(seq);
         self.arrived.notify_waiters();
     }
 
@@ -1052,5 +1054,58 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         text.clone()
     } else {
         "(a panic without a message)".to_owned()
+    }
+}
+
+#[cfg(all(test, cairn_loom))]
+mod loom_tests {
+    //! The eviction/delivery hand-off (`engine::mark_dormant` against `engine::deliver`)
+    //! with the real [`Inbox`]: both sides take the instance map's lock, the deliverer
+    //! bumps the inbox inside it and wakes a dormant run, the evicting run compares the
+    //! generation it was last polled with. Whatever the interleaving, a delivered signal
+    //! is seen by the run, or the run stays in memory, or it is woken.
+    use super::*;
+    use crate::sync::{Arc, AtomicBool};
+
+    #[test]
+    fn a_delivery_never_leaves_an_evicted_run_asleep() {
+        loom::model(|| {
+            let inbox = Arc::new(Inbox::default());
+            // The map entry's driver state: `true` once dormant.
+            let dormant = Arc::new(Mutex::new(false));
+            let woken = Arc::new(AtomicBool::new(false));
+
+            let run = {
+                let (inbox, dormant) = (inbox.clone(), dormant.clone());
+                loom::thread::spawn(move || {
+                    // `drive`: the generation is noted before the poll ...
+                    let seen = inbox.generation();
+                    // ... and the poll looks at the inbox (a waiting workflow takes what is there).
+                    if !inbox.undelivered().is_empty() {
+                        return true;
+                    }
+                    // `mark_dormant`, under the map lock.
+                    let mut entry = lock(&dormant);
+                    if inbox.generation() == seen {
+                        *entry = true;
+                    }
+                    false
+                })
+            };
+            // `deliver`, under the map lock.
+            {
+                let entry = lock(&dormant);
+                inbox.add(7, "go".into(), Payload::new(0, b"1".to_vec()), false);
+                if *entry {
+                    woken.store(true, Ordering::SeqCst);
+                }
+            }
+            let saw_it = run.join().unwrap();
+            let asleep = *lock(&dormant);
+            assert!(
+                saw_it || !asleep || woken.load(Ordering::SeqCst),
+                "a delivered signal was left with the run evicted and not woken"
+            );
+        });
     }
 }
