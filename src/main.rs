@@ -82,7 +82,13 @@ fn run(cli: Cli) -> Result<ExitCode, cairn::Error> {
                 .ok_or_else(|| cairn::Error::InstanceNotFound(id.clone()))?;
             let row = store
                 .instance(key)?
-                .ok_or(cairn::Error::InstanceNotFound(id))?;
+                .ok_or_else(|| cairn::Error::InstanceNotFound(id.clone()))?;
+            if row.id != id {
+                return Err(cairn::Error::Corrupt {
+                    location: format!("ids table, id `{id}`"),
+                    message: format!("it points at the instance row of `{}`", row.id),
+                });
+            }
             for event in store.history(&row)? {
                 println!("{}", event_json(&event));
             }

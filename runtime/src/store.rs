@@ -3,9 +3,14 @@
 //!
 //! Tables (see `docs/EVENT_FORMAT.md`):
 //! - `log`: `u64` LSN -> event envelope. Append-only.
-//! - `instances`: `u128` internal key -> [`InstanceRow`] (head of the chain, status).
-//! - `ids`: user id -> internal key, written once when an instance starts.
+//! - `instances`: `u128` internal key (one per run) -> [`InstanceRow`] (head of the
+//!   chain, status, parent, suspension hint).
+//! - `ids`: user id -> internal key of its current run: written when it starts and
+//!   rewritten only by a continue-as-new hand-over.
 //! - `meta`: `"format"` -> storage format version (`u32`, little endian).
+//! - `attributes`: internal key -> search attributes (an index of the log).
+//! - `running`: internal key of every unfinished run -> its suspension hint.
+//! - `schedules`: schedule id -> [`ScheduleRow`].
 
 use std::path::{Path, PathBuf};
 
