@@ -108,27 +108,17 @@ pub struct Suspension {
 
 impl InstanceRow {
     pub(crate) fn encode(&self) -> Result<Vec<u8>> {
-        postcard::to_extend(self, vec![ROW_VERSION])
-            .map_err(|err| Error::Storage(format!("instance row does not encode: {err}")))
+        encode_versioned(self, "instance row")
     }
 
     pub(crate) fn decode(key: u128, bytes: &[u8]) -> Result<Self> {
-        let corrupt = |message: String| Error::Corrupt {
-            location: format!("instances table, key {key:032x}"),
-            message,
-        };
-        let (&version, body) = bytes
-            .split_first()
-            .ok_or_else(|| corrupt("empty row".into()))?;
-        if version != ROW_VERSION {
-            return Err(corrupt(format!(
-                "row version {version} is not {ROW_VERSION}"
-            )));
-        }
-        let row: InstanceRow =
-            postcard::from_bytes(body).map_err(|err| corrupt(err.to_string()))?;
+        let location = || format!("instances table, key {key:032x}");
+        let row: InstanceRow = decode_versioned(location, bytes)?;
         if row.key != key {
-            return Err(corrupt(format!("row names key {:032x}", row.key)));
+            return Err(Error::Corrupt {
+                location: location(),
+                message: format!("row names key {:032x}", row.key),
+            });
         }
         Ok(row)
     }
@@ -165,70 +155,58 @@ pub struct WriteBatch {
     pub schedules: Vec<(String, Option<Vec<u8>>)>,
 }
 
+/// Encodes an index row: the row version byte, then postcard.
+fn encode_versioned<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<Vec<u8>> {
+    postcard::to_extend(value, vec![ROW_VERSION])
+        .map_err(|err| Error::Storage(format!("{what} does not encode: {err}")))
+}
+
+/// Decodes an index row written by [`encode_versioned`]; damage is reported at `location`.
+fn decode_versioned<T: serde::de::DeserializeOwned>(
+    location: impl FnOnce() -> String,
+    bytes: &[u8],
+) -> Result<T> {
+    let problem = match bytes.split_first() {
+        None => "empty row".to_owned(),
+        Some((&version, _)) if version != ROW_VERSION => {
+            format!("row version {version} is not {ROW_VERSION}")
+        }
+        Some((_, body)) => match postcard::from_bytes(body) {
+            Ok(value) => return Ok(value),
+            Err(err) => err.to_string(),
+        },
+    };
+    Err(Error::Corrupt {
+        location: location(),
+        message: problem,
+    })
+}
+
 pub(crate) fn encode_schedule(row: &ScheduleRow) -> Result<Vec<u8>> {
-    postcard::to_extend(row, vec![ROW_VERSION])
-        .map_err(|err| Error::Storage(format!("schedule does not encode: {err}")))
+    encode_versioned(row, "schedule")
 }
 
 fn decode_schedule(id: &str, bytes: &[u8]) -> Result<ScheduleRow> {
-    let corrupt = |message: String| Error::Corrupt {
-        location: format!("schedules table, schedule `{id}`"),
-        message,
-    };
-    let (&version, body) = bytes
-        .split_first()
-        .ok_or_else(|| corrupt("empty row".into()))?;
-    if version != ROW_VERSION {
-        return Err(corrupt(format!(
-            "row version {version} is not {ROW_VERSION}"
-        )));
-    }
-    postcard::from_bytes(body).map_err(|err| corrupt(err.to_string()))
+    decode_versioned(|| format!("schedules table, schedule `{id}`"), bytes)
 }
 
 pub(crate) fn encode_suspension(suspension: Option<Suspension>) -> Result<Vec<u8>> {
-    postcard::to_extend(&suspension, vec![ROW_VERSION])
-        .map_err(|err| Error::Storage(format!("running entry does not encode: {err}")))
+    encode_versioned(&suspension, "running entry")
 }
 
 fn decode_suspension(key: u128, bytes: &[u8]) -> Result<Option<Suspension>> {
-    let corrupt = |message: String| Error::Corrupt {
-        location: format!("running table, key {key:032x}"),
-        message,
-    };
-    let (&version, body) = bytes
-        .split_first()
-        .ok_or_else(|| corrupt("empty entry".into()))?;
-    if version != ROW_VERSION {
-        return Err(corrupt(format!(
-            "entry version {version} is not {ROW_VERSION}"
-        )));
-    }
-    postcard::from_bytes(body).map_err(|err| corrupt(err.to_string()))
+    decode_versioned(|| format!("running table, key {key:032x}"), bytes)
 }
 
 /// The search attributes of one instance, by name.
 pub type Attributes = std::collections::BTreeMap<String, AttrValue>;
 
 pub(crate) fn encode_attributes(attributes: &Attributes) -> Result<Vec<u8>> {
-    postcard::to_extend(attributes, vec![ROW_VERSION])
-        .map_err(|err| Error::Storage(format!("attributes do not encode: {err}")))
+    encode_versioned(attributes, "attributes")
 }
 
 fn decode_attributes(key: u128, bytes: &[u8]) -> Result<Attributes> {
-    let corrupt = |message: String| Error::Corrupt {
-        location: format!("attributes table, key {key:032x}"),
-        message,
-    };
-    let (&version, body) = bytes
-        .split_first()
-        .ok_or_else(|| corrupt("empty row".into()))?;
-    if version != ROW_VERSION {
-        return Err(corrupt(format!(
-            "row version {version} is not {ROW_VERSION}"
-        )));
-    }
-    postcard::from_bytes(body).map_err(|err| corrupt(err.to_string()))
+    decode_versioned(|| format!("attributes table, key {key:032x}"), bytes)
 }
 
 impl WriteBatch {
