@@ -41,6 +41,17 @@ fn read_fixture(path: &Path) -> Vec<Vec<u8>> {
     envelopes
 }
 
+/// Writes instance `id`'s history in the fixture format (see the module doc).
+fn write_fixture(path: &Path, rt: &Runtime, id: &str) {
+    let mut out = Vec::new();
+    for event in rt.history(id).unwrap() {
+        let envelope = event.record.encode().unwrap();
+        out.extend_from_slice(&(envelope.len() as u32).to_le_bytes());
+        out.extend_from_slice(&envelope);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
 async fn record_fixture(path: &Path) {
     let dir = tempfile::tempdir().unwrap();
     let rt = Runtime::builder()
@@ -57,13 +68,7 @@ async fn record_fixture(path: &Path) {
         .await
         .unwrap()
         .unwrap();
-    let mut out = Vec::new();
-    for event in rt.history("order-7").unwrap() {
-        let envelope = event.record.encode().unwrap();
-        out.extend_from_slice(&(envelope.len() as u32).to_le_bytes());
-        out.extend_from_slice(&envelope);
-    }
-    std::fs::write(path, out).unwrap();
+    write_fixture(path, &rt, "order-7");
     rt.shutdown().await;
 }
 
@@ -200,13 +205,7 @@ async fn record_sink(path: &Path) {
         .await
         .unwrap()
         .unwrap();
-    let mut out = Vec::new();
-    for event in rt.history("k-1").unwrap() {
-        let envelope = event.record.encode().unwrap();
-        out.extend_from_slice(&(envelope.len() as u32).to_le_bytes());
-        out.extend_from_slice(&envelope);
-    }
-    std::fs::write(path, out).unwrap();
+    write_fixture(path, &rt, "k-1");
     rt.shutdown().await;
 }
 

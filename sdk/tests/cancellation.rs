@@ -5,6 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::wait_for_events;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use cairn::engine::ReplayVerdict;
@@ -53,15 +56,6 @@ async fn checkout_charging(ctx: Ctx, sku: String) -> Result<String, WorkflowErro
             Err(WorkflowError::business("cancelled", released))
         }
         Err(failure) => Err(failure.into()),
-    }
-}
-
-async fn wait_for_events(rt: &Runtime, id: &str, events: usize) {
-    let mut spins = 0u32;
-    while rt.history(id).unwrap().len() < events {
-        spins += 1;
-        assert!(spins < 1_000_000, "{id} never reached {events} events");
-        tokio::task::yield_now().await;
     }
 }
 

@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::wait_for_events;
+
 use cairn::engine::ReplayVerdict;
 use cairn::{
     activity, workflow, ActivityCtx, ActivityError, Ctx, Error, Runtime, Status, WorkflowError,
@@ -44,15 +47,6 @@ async fn loan_v2(ctx: Ctx, amount: u64) -> Result<String, WorkflowError> {
     let booked = ctx.activity(book, amount).await?;
     let signer: String = ctx.signal("signed").await?;
     Ok(format!("{booked} score {s} signed by {signer}{note}"))
-}
-
-async fn wait_for_events(rt: &Runtime, id: &str, events: usize) {
-    let mut spins = 0u32;
-    while rt.history(id).unwrap().len() < events {
-        spins += 1;
-        assert!(spins < 1_000_000, "{id} never reached {events} events");
-        tokio::task::yield_now().await;
-    }
 }
 
 #[tokio::test]

@@ -1,0 +1,16 @@
+//! Helpers shared by the integration tests.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use cairn::Runtime;
+
+/// Yields until instance `id` has recorded `events` events (bounded, so a broken run
+/// fails instead of hanging).
+pub(crate) async fn wait_for_events(rt: &Runtime, id: &str, events: usize) {
+    let mut spins = 0u32;
+    while rt.history(id).unwrap().len() < events {
+        spins += 1;
+        assert!(spins < 1_000_000, "{id} never reached {events} events");
+        tokio::task::yield_now().await;
+    }
+}
