@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # The one test command (README): runs on a brand-new machine with only rustup's toolchain.
 # 1. the whole workspace suite (unit, integration, crash, doc and compile-fail tests);
-# 2. the loom models of the hand-written synchronisation, in their own target dir
+# 2. the same again in always-replay mode (every step reached by replay);
+# 3. the loom models of the hand-written synchronisation, in their own target dir
 #    because `--cfg cairn_loom` changes how the runtime crate compiles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== workspace tests =="
 cargo test --workspace --locked
+
+echo "== workspace tests again, every run rebuilt from the log after each step =="
+# Always-replay mode (EngineBuilder::always_replay): results and histories must not
+# depend on runs being kept in memory. Doc tests are the same code paths as the first pass.
+CAIRN_ALWAYS_REPLAY=1 cargo test --workspace --locked --tests
 
 echo "== loom models (cfg cairn_loom) =="
 RUSTFLAGS="--cfg cairn_loom" CARGO_TARGET_DIR=target/loom \

@@ -46,6 +46,8 @@ pub(crate) enum Stop {
     EndOfHistory(StepNo),
     /// The workflow asked to continue as a new run with this input.
     ContinueAsNew(Payload),
+    /// Always-replay mode: a step just became durable; rebuild the run from the log.
+    Replay,
 }
 
 struct CtxState {
@@ -324,6 +326,28 @@ impl WorkflowContext {
         Ok(())
     }
 
+    /// Always-replay mode: stops the run right after a step became durable and before
+    /// the workflow sees its result, so the driver rebuilds the workflow from the log and
+    /// every step is reached by replay. Only at a quiet moment (no activity attempt or
+    /// append in flight in a sibling branch), so no work in flight is abandoned; otherwise
+    /// the run carries on and the last busy sibling to finish triggers the replay.
+    async fn settle(&self) {
+        let Some(shared) = &self.inner.shared else {
+            return;
+        };
+        if !shared.always_replay {
+            return;
+        }
+        {
+            let mut state = lock(&self.inner.state);
+            if state.busy > 0 || state.stop.is_some() {
+                return;
+            }
+            state.stop = Some(Stop::Replay);
+        }
+        std::future::pending().await
+    }
+
     fn changed(&self, state: &mut CtxState) {
         let blocked = state.blocked().is_some();
         if blocked != state.was_blocked {
@@ -388,6 +412,12 @@ impl WorkflowContext {
 
     /// Decides a step against history; parks the instance on divergence.
     async fn decide(&self, step: StepNo, request: StepRequest<'_>) -> Decision<'_> {
+        // A branch polled after a sibling stopped the run (a divergence, a hand-over, an
+        // always-replay rebuild) in the same poll must not start anything: its work
+        // would be abandoned, or worse, done by code that no longer matches the record.
+        if lock(&self.inner.state).stop.is_some() {
+            return std::future::pending().await;
+        }
         match self.inner.history.check(step, request) {
             Ok(Decision::Run {
                 failed_attempts,
@@ -478,7 +508,7 @@ impl WorkflowContext {
         }
         // Attempts and backoff keep the run in memory: an evicted run would lose the
         // backoff and could not run the attempt.
-        let _busy = self.busy();
+        let busy = self.busy();
         let mut number = failed_attempts + 1;
         loop {
             let ctx = ActivityContext {
@@ -540,6 +570,8 @@ impl WorkflowContext {
                     if let Err(err) = self.append(kind).await {
                         return self.abort(err).await;
                     }
+                    drop(busy);
+                    self.settle().await;
                     return Ok(output);
                 }
                 Err(error) if options.retry.should_retry(&error, number) => {
@@ -581,6 +613,8 @@ impl WorkflowContext {
                     if let Err(err) = self.append(kind).await {
                         return self.abort(err).await;
                     }
+                    drop(busy);
+                    self.settle().await;
                     return Err(failure);
                 }
             }
@@ -622,6 +656,7 @@ impl WorkflowContext {
                 if let Err(err) = self.append(kind).await {
                     return self.abort(err).await;
                 }
+                self.settle().await;
                 value
             }
         }
@@ -671,6 +706,7 @@ impl WorkflowContext {
         if let Err(err) = self.append(cancelled).await {
             return self.abort(err).await;
         }
+        self.settle().await;
         Some(reason)
     }
 
@@ -723,6 +759,7 @@ impl WorkflowContext {
         if let Err(err) = self.append(marker).await {
             self.abort(err).await
         }
+        self.settle().await;
     }
 
     /// Publishes search attributes at step `step` (recorded, then indexed so hosts can
@@ -751,6 +788,7 @@ impl WorkflowContext {
                 {
                     self.abort(err).await
                 }
+                self.settle().await;
             }
         }
     }
@@ -796,11 +834,14 @@ impl WorkflowContext {
         };
         let engine = crate::engine::Engine::from_shared(shared);
         let already_started = self.inner.history.step(step).is_some();
-        if let Some(reason) = self.take_cancel(step, StepKind::Child, workflow_type).await {
-            if already_started {
-                // Started in an earlier run: the child must hear of it too.
+        if already_started {
+            // Started in an earlier run: the child must hear of it too, and before the
+            // step records the cancellation as taken (see the wait below).
+            if let Some(reason) = self.pending_cancel() {
                 let _ = engine.cancel(child_id, &reason).await;
             }
+        }
+        if let Some(reason) = self.take_cancel(step, StepKind::Child, workflow_type).await {
             return Err(Cancelled { step, reason });
         }
         let busy = self.busy();
@@ -820,8 +861,11 @@ impl WorkflowContext {
             if let Err(err) = self.append(started).await {
                 return self.abort(err).await;
             }
+            drop(busy);
+            self.settle().await;
+        } else {
+            drop(busy);
         }
-        drop(busy);
         let waiting = self.waiting(step, None);
         let wait = engine.wait(child_id);
         tokio::pin!(wait);
@@ -829,9 +873,14 @@ impl WorkflowContext {
             tokio::select! {
                 finished = &mut wait => break finished,
                 () = self.cancel_requested() => {
-                    if let Some(reason) = self.take_cancel(step, StepKind::Child, workflow_type).await {
-                        // Pass it on; a child that already finished has nothing to cancel.
+                    // Passed on before this step records it as taken: a crash in between
+                    // replays into this wait again and the child hears it twice, which is
+                    // harmless; the other order could record a cancellation the child never
+                    // heard of. A child that already finished has nothing to cancel.
+                    if let Some(reason) = self.pending_cancel() {
                         let _ = engine.cancel(child_id, &reason).await;
+                    }
+                    if let Some(reason) = self.take_cancel(step, StepKind::Child, workflow_type).await {
                         return Err(Cancelled { step, reason });
                     }
                 }
@@ -860,6 +909,7 @@ impl WorkflowContext {
         if let Err(err) = self.append(completed).await {
             return self.abort(err).await;
         }
+        self.settle().await;
         Ok(outcome)
     }
 
@@ -899,6 +949,7 @@ impl WorkflowContext {
                 {
                     return self.abort(err).await;
                 }
+                self.settle().await;
                 fire_at_ms
             }
         };
@@ -922,6 +973,7 @@ impl WorkflowContext {
         if let Err(err) = self.append(EventKind::TimerFired { step }).await {
             return self.abort(err).await;
         }
+        self.settle().await;
         Ok(())
     }
 
@@ -972,6 +1024,7 @@ impl WorkflowContext {
                 if let Err(err) = self.append(started).await {
                     return self.abort(err).await;
                 }
+                self.settle().await;
                 Some(requested)
             }
             (None, None) => None,
@@ -996,6 +1049,7 @@ impl WorkflowContext {
                     inbox.untake(signal_seq);
                     return self.abort(err).await;
                 }
+                self.settle().await;
                 return Ok(Some(payload));
             }
             // Signals win over a cancellation that arrives in the same instant: a signal
@@ -1014,6 +1068,7 @@ impl WorkflowContext {
                             if let Err(err) = self.append(timed_out).await {
                                 return self.abort(err).await;
                             }
+                            self.settle().await;
                             return Ok(None);
                         }
                     }

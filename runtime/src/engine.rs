@@ -210,6 +210,8 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     /// `None`: never evict.
     eviction_idle: Option<Duration>,
+    /// Rebuild every run from the log after each step (see `EngineBuilder::always_replay`).
+    pub(crate) always_replay: bool,
     /// Wake-up times of dormant instances: the timer index. Entries of instances woken
     /// earlier by something else are left to fire harmlessly.
     timers: Mutex<std::collections::BTreeSet<(u64, u128)>>,
@@ -234,15 +236,23 @@ pub struct EngineBuilder {
     codec: Arc<dyn Codec>,
     clock: Arc<dyn Clock>,
     eviction_idle: Option<Duration>,
+    always_replay: bool,
 }
+
+/// Environment variable that turns [`EngineBuilder::always_replay`] on by default when
+/// set to `1` or `true`: how the test suite runs a second time with every step replayed.
+pub const ALWAYS_REPLAY_ENV: &str = "CAIRN_ALWAYS_REPLAY";
 
 impl Default for EngineBuilder {
     fn default() -> Self {
+        let always_replay = std::env::var(ALWAYS_REPLAY_ENV)
+            .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
         Self {
             workflows: HashMap::new(),
             codec: Arc::new(JsonCodec),
             clock: Arc::new(SystemClock),
             eviction_idle: Some(EVICTION_IDLE_DEFAULT),
+            always_replay,
         }
     }
 }
@@ -254,6 +264,7 @@ impl std::fmt::Debug for EngineBuilder {
         f.debug_struct("EngineBuilder")
             .field("workflows", &names)
             .field("codec", &self.codec.name())
+            .field("always_replay", &self.always_replay)
             .finish()
     }
 }
@@ -284,6 +295,19 @@ impl EngineBuilder {
     /// replayed when a timer, signal, cancellation or child wakes it.
     pub fn eviction_idle(&mut self, idle: Option<Duration>) -> &mut Self {
         self.eviction_idle = idle;
+        self
+    }
+
+    /// Always-replay mode: after every step becomes durable, the run is dropped and
+    /// rebuilt by replaying its history from the log before the workflow sees the
+    /// result, as if the host had restarted between any two steps. Much slower; it exists
+    /// to prove that workflows and the engine give the same results and the same
+    /// histories either way (the test suite runs twice, once in this mode). When branches
+    /// of a `join!` are busy at the same moment, the replay waits for the last of them,
+    /// so no work in flight is abandoned. Default: off, unless the environment variable
+    /// [`ALWAYS_REPLAY_ENV`] is `1` or `true`.
+    pub fn always_replay(&mut self, on: bool) -> &mut Self {
+        self.always_replay = on;
         self
     }
 
@@ -325,6 +349,7 @@ impl EngineBuilder {
             parked: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             eviction_idle: self.eviction_idle,
+            always_replay: self.always_replay,
             timers: Mutex::new(std::collections::BTreeSet::new()),
             timers_changed: Arc::new(Notify::new()),
             timer_task: Mutex::new(None),
@@ -995,6 +1020,12 @@ impl Engine {
                 return Ok(ReplayVerdict::Unfinished { next_step })
             }
             Err(Stop::ContinueAsNew(input)) => Outcome::ContinuedAsNew(input),
+            // Only a run with a store asks for it; an audit replay has none.
+            Err(Stop::Replay) => {
+                return Err(Error::Storage(
+                    "an audit replay asked to be rebuilt from a store it does not have".into(),
+                ))
+            }
             Ok(WorkflowResult::Fatal(err)) => return Err(err),
             Ok(result) => finished_outcome(&ctx, result)?,
         };
@@ -1440,10 +1471,37 @@ fn other_instance(shared: &Shared, key: u128) -> String {
 async fn run_instance_inner(
     shared: &Arc<Shared>,
     key: u128,
+    mut resume: Resume,
+    inbox: Arc<Inbox>,
+    mut parent: Option<u128>,
+) -> Result<RunEnd> {
+    loop {
+        match run_once(shared, key, resume, inbox.clone(), parent).await? {
+            // Always-replay mode: the same driver rebuilds the run from the log, so the
+            // instance keeps its entry, inbox and waiters throughout.
+            Once::Replay(known_parent) => {
+                resume = Resume::Load;
+                parent = known_parent;
+            }
+            Once::End(end) => return Ok(end),
+        }
+    }
+}
+
+/// How one incarnation of a run ended.
+enum Once {
+    End(RunEnd),
+    /// Rebuild from the log; the parent link as known.
+    Replay(Option<u128>),
+}
+
+async fn run_once(
+    shared: &Arc<Shared>,
+    key: u128,
     resume: Resume,
     inbox: Arc<Inbox>,
     parent: Option<u128>,
-) -> Result<RunEnd> {
+) -> Result<Once> {
     let (history, known_next_seq, parent) = match resume {
         Resume::Fresh(history) => (*history, 1, parent),
         Resume::Load => {
@@ -1453,7 +1511,7 @@ async fn run_instance_inner(
             })?;
             if row.status.is_finished() {
                 let outcome = Engine::from_shared(shared.clone()).recorded_outcome(&row)?;
-                return Ok(RunEnd::Finished(outcome, None));
+                return Ok(Once::End(RunEnd::Finished(outcome, None)));
             }
             let events = shared.store.history(&row)?;
             shared.replays.fetch_add(1, Ordering::Relaxed);
@@ -1487,7 +1545,8 @@ async fn run_instance_inner(
     let input = ctx.history().input.clone();
     let result = match drive_evictable(shared, key, &ctx, factory(ctx.clone(), input)).await {
         Ok(DriveEnd::Finished(result)) => result,
-        Ok(DriveEnd::Evicted) => return Ok(RunEnd::Evicted),
+        Ok(DriveEnd::Evicted) => return Ok(Once::End(RunEnd::Evicted)),
+        Err(Stop::Replay) => return Ok(Once::Replay(parent)),
         Err(Stop::Fatal(err)) => return Err(err),
         Err(Stop::EndOfHistory(_)) => return Err(Error::ShutDown),
         Err(Stop::ContinueAsNew(input)) => {
@@ -1516,7 +1575,10 @@ async fn run_instance_inner(
             };
             // The next run replays its start and carried events; it keeps the parent link.
             spawn_driver(shared, next, Resume::Load, parent);
-            return Ok(RunEnd::Finished(Outcome::ContinuedAsNew(input), None));
+            return Ok(Once::End(RunEnd::Finished(
+                Outcome::ContinuedAsNew(input),
+                None,
+            )));
         }
     };
     let outcome = finished_outcome(&ctx, result)?;
@@ -1537,5 +1599,5 @@ async fn run_instance_inner(
         },
     };
     shared.writer.append(key, kind).await?;
-    Ok(RunEnd::Finished(outcome, parent))
+    Ok(Once::End(RunEnd::Finished(outcome, parent)))
 }

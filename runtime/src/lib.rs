@@ -28,8 +28,8 @@ pub use codec::{Codec, CodecError, JsonCodec, Payload};
 pub use context::{PatchPlan, WorkflowContext};
 pub use engine::{
     Engine, EngineBuilder, InstanceInfo, ListFilter, Outcome, ReplayVerdict, StartOutcome, Status,
-    StatusKind, WorkflowFactory, WorkflowResult, EVICTION_IDLE_DEFAULT, INSTANCE_ID_BYTES_MAX,
-    SIGNAL_NAME_BYTES_MAX,
+    StatusKind, WorkflowFactory, WorkflowResult, ALWAYS_REPLAY_ENV, EVICTION_IDLE_DEFAULT,
+    INSTANCE_ID_BYTES_MAX, SIGNAL_NAME_BYTES_MAX,
 };
 pub use error::{Error, NonDeterminism, Result, StepDescriptor};
 pub use writer::{WriterStats, BATCH_REQUESTS_MAX};

@@ -75,6 +75,25 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Always-replay mode: every run is dropped after each durable step and rebuilt by
+    /// replaying its history from the log, as if the host restarted between any two
+    /// steps. Slow; use it in tests to prove a workflow gives the same result and the
+    /// same history either way. Default off, unless `CAIRN_ALWAYS_REPLAY=1` is set in the
+    /// environment (how Cairn's own suite runs a second time).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), cairn::Error> {
+    /// let rt = cairn::Runtime::builder()
+    ///     .always_replay(true)
+    ///     .open("orders-test.redb")
+    ///     .await?;
+    /// # let _ = rt; Ok(()) }
+    /// ```
+    pub fn always_replay(mut self, on: bool) -> Self {
+        self.inner.always_replay(on);
+        self
+    }
+
     /// Uses `clock` for `ctx.now()` and durable timers; in tests, a
     /// [`crate::testing::VirtualClock`] skips through long waits.
     pub fn clock(mut self, clock: Arc<dyn cairn_runtime::clock::Clock>) -> Self {
