@@ -14,6 +14,8 @@ mod engine;
 pub mod error;
 pub mod event;
 pub mod fault;
+#[doc(hidden)]
+pub mod fuzzing;
 mod queue;
 pub mod replay;
 pub mod schedule;

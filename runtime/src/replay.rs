@@ -568,7 +568,12 @@ impl History {
     /// # Errors
     /// [`NonDeterminism`] naming the first recorded step the code never asked for.
     pub fn check_finished(&self, last_requested: StepNo) -> Result<(), Box<NonDeterminism>> {
-        match self.steps.range(last_requested + 1..).next() {
+        // Step numbers come from disk, so `StepNo::MAX` can be recorded; no step follows it
+        // (a plain `+ 1` panicked there, or wrapped to 0 and blamed every step).
+        let Some(first_skipped) = last_requested.checked_add(1) else {
+            return Ok(());
+        };
+        match self.steps.range(first_skipped..).next() {
             Some((&step, recorded)) => Err(self.divergence(
                 step,
                 recorded.descriptor(),
@@ -762,6 +767,27 @@ mod tests {
         let h = history();
         assert_eq!(h.check_finished(1).unwrap_err().step, 2);
         assert!(h.check_finished(2).is_ok());
+    }
+
+    #[test]
+    fn the_highest_step_number_can_be_finished() {
+        // Found by the history_replay fuzz target (fuzz/regressions/history_replay/).
+        let start = record(
+            0,
+            EventKind::WorkflowStarted {
+                workflow_type: "w".into(),
+                id: "i".into(),
+                input: json("1"),
+            },
+        );
+        let last = record(1, EventKind::TimerFired { step: StepNo::MAX });
+        let h = History::from_records(&[start, last]).unwrap();
+        assert_eq!(h.last_step(), StepNo::MAX);
+        assert!(h.check_finished(StepNo::MAX).is_ok());
+        assert_eq!(
+            h.check_finished(StepNo::MAX - 1).unwrap_err().step,
+            StepNo::MAX
+        );
     }
 
     #[test]
