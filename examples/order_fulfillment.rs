@@ -1,4 +1,6 @@
-//! Order fulfilment: check stock, take payment, issue the invoice, ship.
+//! Order fulfilment: check stock, pick each line, take payment, wait for the warehouse
+//! to approve dispatch (a signal), invoice, hand the parcel to a carrier (a child
+//! workflow), ship.
 //!
 //! ```sh
 //! cargo run --release --example order_fulfillment            # 3 orders, ~1 s per step
@@ -7,8 +9,10 @@
 //! Kill it (Ctrl-C or `kill -9`) half-way and run it again with the same `--db`: the
 //! orders resume where they stopped, and finished steps are not run again.
 //!
-//! With `--counts FILE` every activity execution appends `instance step activity` to
-//! FILE; the crash test uses it to count executions per step.
+//! The host itself plays the warehouse: it sends each order's dispatch approval, unless
+//! the order's history shows it was sent before a restart. With `--acks FILE` it appends
+//! `order token` to FILE once the signal is durable, and with `--counts FILE` every
+//! activity execution appends `instance step activity`; the crash test checks both.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -35,9 +39,17 @@ struct Args {
     /// Durable cooling-off timer between payment and invoice, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pause_ms: u64,
+    /// Line items per order, picked one activity each; with any, the order also waits
+    /// for a dispatch approval and ships through a child workflow (0: the first
+    /// release's four-step process).
+    #[arg(long, default_value_t = 2)]
+    lines: u32,
     /// Append one line per activity execution to this file.
     #[arg(long)]
     counts: Option<PathBuf>,
+    /// Append `order token` to this file for each dispatch approval once it is durable.
+    #[arg(long)]
+    acks: Option<PathBuf>,
     /// Print nothing but the final results.
     #[arg(long)]
     quiet: bool,
@@ -56,10 +68,14 @@ pub struct Order {
     /// (replay compares activity inputs byte for byte).
     #[serde(default, skip_serializing_if = "is_zero")]
     pause_ms: u64,
+    /// Line items to pick (0: none, and no dispatch approval or parcel either; added
+    /// later, skipped when 0 for the same reason as `pause_ms`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    lines: u32,
 }
 
-fn is_zero(n: &u64) -> bool {
-    *n == 0
+fn is_zero<N: Default + PartialEq>(n: &N) -> bool {
+    *n == N::default()
 }
 
 /// Stock held for an order.
@@ -78,6 +94,20 @@ pub struct Receipt {
     invoice: String,
     tracking: String,
     total_cents: u64,
+    /// The warehouse's dispatch approval (orders with lines only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dispatch: Option<String>,
+    /// The carrier's hand-over receipt from the parcel child workflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parcel: Option<String>,
+}
+
+/// What the parcel child workflow ships.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Parcel {
+    order: String,
+    warehouse: String,
+    lines: u32,
 }
 
 struct Settings {
@@ -105,7 +135,15 @@ pub fn sample_order(n: u32) -> Order {
         qty: 1 + n % 9,
         unit_price_cents: 250 + u64::from(n) * 10,
         pause_ms: 0,
+        lines: 0,
     }
+}
+
+/// The signal that approves an order's dispatch, and the body the host sends.
+pub const DISPATCH_SIGNAL: &str = "dispatch";
+
+fn dispatch_token(order: &str) -> String {
+    format!("approved:{order}")
 }
 
 /// Simulates the activity's work and records that it ran.
@@ -178,10 +216,41 @@ async fn ship(
     Ok(format!("TRK-{}-{}", reservation.warehouse, order.id))
 }
 
-/// Reserve stock, charge, invoice, ship: four durable steps.
+#[activity]
+async fn pick_line(ctx: ActivityCtx, order: String, line: u32) -> Result<String, ActivityError> {
+    work(&ctx, &format!("picking line {line}")).await?;
+    Ok(format!("{order}#{line}"))
+}
+
+#[activity]
+async fn print_label(ctx: ActivityCtx, parcel: Parcel) -> Result<String, ActivityError> {
+    work(&ctx, &format!("labelling {} lines", parcel.lines)).await?;
+    Ok(format!("LBL-{}-{}", parcel.warehouse, parcel.order))
+}
+
+#[activity]
+async fn hand_to_carrier(ctx: ActivityCtx, label: String) -> Result<String, ActivityError> {
+    work(&ctx, &format!("handing over {label}")).await?;
+    Ok(format!("CARRIER-{label}"))
+}
+
+/// A child workflow per order: label the parcel and hand it to the carrier.
+#[workflow]
+pub async fn ship_parcel(ctx: Ctx, parcel: Parcel) -> Result<String, WorkflowError> {
+    let label = ctx.activity(print_label, parcel).await?;
+    let receipt = ctx.activity(hand_to_carrier, label).await?;
+    Ok(receipt)
+}
+
+/// Reserve stock, pick, charge, (cool off), await dispatch approval, invoice, hand over
+/// the parcel, ship. The first release had four steps; every later addition is taken
+/// only by orders that ask for it, so recorded histories keep replaying.
 #[workflow]
 pub async fn fulfil_order(ctx: Ctx, order: Order) -> Result<Receipt, WorkflowError> {
     let reservation = ctx.activity(check_stock, order.clone()).await?;
+    for line in 1..=order.lines {
+        ctx.activity(pick_line, (order.id.clone(), line)).await?;
+    }
     let total_cents = order.unit_price_cents * u64::from(order.qty);
     let payment = ctx
         .activity(charge_payment, (order.clone(), total_cents))
@@ -196,9 +265,28 @@ pub async fn fulfil_order(ctx: Ctx, order: Order) -> Result<Receipt, WorkflowErr
     if order.pause_ms > 0 && ctx.patched("cooling-off-after-payment").await {
         ctx.sleep(Duration::from_millis(order.pause_ms)).await?;
     }
+    let dispatch = if order.lines > 0 {
+        let approval: Option<String> = ctx
+            .signal_or_timeout(DISPATCH_SIGNAL, Duration::from_secs(3600))
+            .await?;
+        Some(approval.unwrap_or_else(|| "no answer in an hour: dispatched anyway".into()))
+    } else {
+        None
+    };
     let invoice = ctx
         .activity(create_invoice, (order.clone(), payment.clone()))
         .await?;
+    let parcel = if order.lines > 0 {
+        let parcel = Parcel {
+            order: order.id.clone(),
+            warehouse: reservation.warehouse.clone(),
+            lines: order.lines,
+        };
+        let child_id = format!("{}/parcel", order.id);
+        Some(ctx.child(ship_parcel, &child_id, parcel).await?)
+    } else {
+        None
+    };
     let tracking = ctx
         .activity(ship, (order.clone(), reservation.clone()))
         .await?;
@@ -209,6 +297,8 @@ pub async fn fulfil_order(ctx: Ctx, order: Order) -> Result<Receipt, WorkflowErr
         invoice,
         tracking,
         total_cents,
+        dispatch,
+        parcel,
     })
 }
 
@@ -232,12 +322,14 @@ async fn run(args: Args) -> Result<(), cairn::Error> {
     );
     let rt = Runtime::builder()
         .workflow(fulfil_order)
+        .workflow(ship_parcel)
         .open(&args.db)
         .await?;
     let mut handles = Vec::new();
     for n in 1..=args.orders {
         let order = Order {
             pause_ms: args.pause_ms,
+            lines: args.lines,
             ..sample_order(n)
         };
         let handle = rt.start(fulfil_order, &order.id.clone(), order).await?;
@@ -246,20 +338,76 @@ async fn run(args: Args) -> Result<(), cairn::Error> {
         }
         handles.push(handle);
     }
+    // The warehouse approves dispatches while the orders run, so some approvals wait in
+    // an order's history and others reach an order already waiting for them.
+    let warehouse = (args.lines > 0).then(|| {
+        let rt = rt.clone();
+        let ids: Vec<String> = handles.iter().map(|h| h.id().to_owned()).collect();
+        tokio::spawn(approve_dispatches(rt, ids, args.acks.clone()))
+    });
+    if let Some(warehouse) = warehouse {
+        warehouse
+            .await
+            .map_err(|err| cairn::Error::Storage(format!("warehouse task failed: {err}")))??;
+    }
     for handle in handles {
         match handle.result().await? {
             Ok(receipt) => println!(
-                "done {}: {} / {} / {} / {} / {} cents",
+                "done {}: {} / {} / {} / {} / {} cents{}{}",
                 receipt.order,
                 receipt.reservation,
                 receipt.payment,
                 receipt.invoice,
                 receipt.tracking,
-                receipt.total_cents
+                receipt.total_cents,
+                receipt
+                    .dispatch
+                    .map(|d| format!(" / {d}"))
+                    .unwrap_or_default(),
+                receipt
+                    .parcel
+                    .map(|p| format!(" / {p}"))
+                    .unwrap_or_default(),
             ),
             Err(err) => println!("failed {}: {err}", handle.id()),
         }
     }
     rt.shutdown().await;
+    Ok(())
+}
+
+/// Sends each order its dispatch approval, once: an approval sent before a crash is in
+/// the order's history (a signal is durable when `signal` returns), so a restarted host
+/// looks there first. Each approval is then acknowledged in `acks`.
+async fn approve_dispatches(
+    rt: Runtime,
+    ids: Vec<String>,
+    acks: Option<PathBuf>,
+) -> Result<(), cairn::Error> {
+    for id in ids {
+        let token = dispatch_token(&id);
+        let sent = rt.history(&id)?.iter().any(|event| {
+            matches!(&event.record.kind,
+                cairn::engine::event::EventKind::SignalReceived { name, .. } if name == DISPATCH_SIGNAL)
+        });
+        if !sent {
+            match rt.signal(&id, DISPATCH_SIGNAL, &token).await {
+                Ok(()) => {}
+                // Finished without it (its hour ran out): nothing left to approve.
+                Err(cairn::Error::InstanceFinished(_)) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        if let Some(path) = &acks {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|err| cairn::Error::Storage(format!("{}: {err}", path.display())))?;
+            file.write_all(format!("{id} {token}\n").as_bytes())
+                .map_err(|err| cairn::Error::Storage(format!("{}: {err}", path.display())))?;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     Ok(())
 }

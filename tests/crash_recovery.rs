@@ -1,12 +1,18 @@
 //! Kill -9 at any moment loses nothing acknowledged and records nothing twice.
 //!
-//! Runs the real `order_fulfillment` example (activities and a durable timer per order)
-//! as a child process with 200 orders, SIGKILLs it at seeded random moments (about one
-//! kill in ten during start-up and recovery), restarts it on the same file each time, and
-//! then checks against an uninterrupted run that every instance completed with the same
-//! result, every history verifies as a hash chain with each step recorded once, and
-//! activities ran once per step except steps in flight at a kill (counted by the
-//! activities themselves in a side file).
+//! Runs the real `order_fulfillment` example as a child process with 200 orders of 20
+//! steps each: 14 activities, a patch marker, a durable timer, a dispatch approval (a
+//! signal sent by the host while orders run) and a parcel child workflow with two
+//! activities of its own. It SIGKILLs the host at seeded random moments (about one kill
+//! in ten during start-up and recovery), restarts it on the same file each time, and
+//! then checks against an uninterrupted run:
+//! - every instance (orders and their children) completed, with the same result and the
+//!   same steps, each step's outcome recorded once, in order;
+//! - every history verifies as a hash chain, with contiguous sequence numbers;
+//! - every approval the host acknowledged (logged once `signal` returned) is in its
+//!   order's history exactly once and was delivered exactly once;
+//! - activities ran once per step except steps in flight at a kill (counted by the
+//!   activities themselves in a side file), reported as a count.
 //!
 //! 25 kills in the suite; `CAIRN_KILLS=1000 CAIRN_ORDERS=600 CAIRN_SEED=<n> cargo test
 //! --release --test crash_recovery` runs the long version (the seed is printed either way).
@@ -29,7 +35,10 @@ fn orders() -> u32 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(200)
 }
-const STEPS_PER_ORDER: u32 = 4;
+/// Line items per order: with the patch marker, timer, approval, child and the four
+/// original activities, 20 steps per order.
+const LINES: u32 = 12;
+const STEPS_PER_ORDER: usize = 20;
 
 fn example_binary() -> PathBuf {
     // target/<profile>/deps/crash_recovery-<hash> -> target/<profile>/examples/order_fulfillment
@@ -58,7 +67,7 @@ fn example_binary() -> PathBuf {
     bin
 }
 
-fn spawn(db: &Path, counts: Option<&Path>, delay_ms: u64) -> Child {
+fn spawn(db: &Path, counts: Option<&Path>, acks: &Path, delay_ms: u64) -> Child {
     let mut cmd = Command::new(example_binary());
     cmd.arg("--db")
         .arg(db)
@@ -66,6 +75,8 @@ fn spawn(db: &Path, counts: Option<&Path>, delay_ms: u64) -> Child {
         .arg(orders().to_string());
     cmd.arg("--step-delay-ms").arg(delay_ms.to_string());
     cmd.arg("--pause-ms").arg("5");
+    cmd.arg("--lines").arg(LINES.to_string());
+    cmd.arg("--acks").arg(acks);
     if let Some(counts) = counts {
         cmd.arg("--counts").arg(counts);
     }
@@ -101,8 +112,21 @@ fn run_until(mut child: Child, kill_after: Option<usize>) -> bool {
     true
 }
 
-/// Result payload of each finished instance, after verifying its chain and its steps.
-fn results(db: &Path) -> HashMap<String, Vec<u8>> {
+/// What one finished instance recorded, in a form two runs can be compared by.
+#[derive(Debug, PartialEq)]
+struct Summary {
+    result: Vec<u8>,
+    /// Each step's outcome event: step number and what it was.
+    steps: Vec<(u32, String)>,
+    /// Bodies of the signals received.
+    signals: Vec<Vec<u8>>,
+    /// Steps that ran an activity.
+    activity_steps: usize,
+}
+
+/// Every finished instance's summary, after checking its chain, its sequence numbers,
+/// that each step's outcome is recorded once and each signal delivered once.
+fn summaries(db: &Path) -> HashMap<String, Summary> {
     let store = RedbStore::open(db).unwrap();
     let mut rows = Vec::new();
     store
@@ -120,39 +144,91 @@ fn results(db: &Path) -> HashMap<String, Vec<u8>> {
             row.id
         );
         let history = store.history(&row).expect("hash chain verifies");
-        let mut activities = Vec::new();
-        let mut timers_fired = 0;
+        let first = history[0].record.seq;
+        let mut steps = Vec::new();
+        let mut received = HashMap::new();
+        let mut delivered = Vec::new();
         let mut result = None;
-        for event in &history {
-            match &event.record.kind {
-                EventKind::ActivityCompleted { step, activity, .. } => {
-                    activities.push((*step, activity.clone()))
+        for (n, event) in history.iter().enumerate() {
+            assert_eq!(event.record.seq, first + n as u64, "{}: seq gap", row.id);
+            let kind = &event.record.kind;
+            match kind {
+                EventKind::SignalReceived { payload, .. } => {
+                    received.insert(event.record.seq, payload.data.clone());
                 }
-                EventKind::TimerFired { .. } => timers_fired += 1,
+                EventKind::SignalDelivered { signal_seq, .. } => delivered.push(*signal_seq),
                 EventKind::WorkflowCompleted { output } => result = Some(output.data.clone()),
                 _ => {}
             }
+            let outcome = matches!(
+                kind,
+                EventKind::ActivityCompleted { .. }
+                    | EventKind::ActivityFailed { .. }
+                    | EventKind::SideEffect { .. }
+                    | EventKind::TimerFired { .. }
+                    | EventKind::SignalDelivered { .. }
+                    | EventKind::SignalWaitTimedOut { .. }
+                    | EventKind::PatchMarker { .. }
+                    | EventKind::AttributesSet { .. }
+                    | EventKind::StepCancelled { .. }
+                    | EventKind::ChildCompleted { .. }
+            );
+            if outcome {
+                let step = kind.step().unwrap();
+                let what = match kind {
+                    EventKind::ActivityCompleted { activity, .. } => activity.clone(),
+                    other => other.name().to_owned(),
+                };
+                steps.push((step, what));
+            }
         }
-        // Steps 1, 2: stock and payment; 3: the patch marker; 4: the cooling-off timer;
-        // 5, 6: invoice and shipping. Each recorded once.
-        let expected: Vec<(u32, String)> = [
-            (1, "check_stock"),
-            (2, "charge_payment"),
-            (5, "create_invoice"),
-            (6, "ship"),
-        ]
-        .iter()
-        .map(|(s, a)| (*s, (*a).to_owned()))
-        .collect();
-        assert_eq!(
-            activities, expected,
-            "{}: each step recorded once, in order",
+        let activity_steps = history
+            .iter()
+            .filter(|e| matches!(e.record.kind, EventKind::ActivityCompleted { .. }))
+            .count();
+        let numbers: Vec<u32> = steps.iter().map(|(s, _)| *s).collect();
+        assert!(
+            numbers.windows(2).all(|w| w[0] < w[1]),
+            "{}: each step's outcome recorded once, in order: {numbers:?}",
             row.id
         );
-        assert_eq!(timers_fired, 1, "{}: the timer fired once", row.id);
-        out.insert(row.id.clone(), result.unwrap());
+        let mut unique = delivered.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            delivered.len(),
+            "{}: a signal delivered twice",
+            row.id
+        );
+        assert!(
+            delivered.iter().all(|seq| received.contains_key(seq)),
+            "{}: delivered a signal it never received",
+            row.id
+        );
+        let mut signals: Vec<_> = received.into_iter().collect();
+        signals.sort();
+        out.insert(
+            row.id.clone(),
+            Summary {
+                result: result.unwrap(),
+                steps,
+                signals: signals.into_iter().map(|(_, body)| body).collect(),
+                activity_steps,
+            },
+        );
     }
     out
+}
+
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut rng = seed | 1;
+    move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    }
 }
 
 #[test]
@@ -166,22 +242,36 @@ fn kill_nine_mid_workflow_resumes_without_loss_or_duplicate_records() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(25);
     eprintln!("crash recovery: CAIRN_SEED={seed} CAIRN_KILLS={kills}");
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = xorshift(seed);
     let dir = tempfile::tempdir().unwrap();
 
     let reference_db = dir.path().join("reference.redb");
-    assert!(run_until(spawn(&reference_db, None, 0), None));
-    let expected = results(&reference_db);
-    assert_eq!(expected.len(), orders() as usize);
+    let reference_acks = dir.path().join("reference-acks.txt");
+    assert!(run_until(
+        spawn(&reference_db, None, &reference_acks, 0),
+        None
+    ));
+    let expected = summaries(&reference_db);
+    let orders = orders() as usize;
+    assert_eq!(
+        expected.len(),
+        2 * orders,
+        "each order and its parcel child"
+    );
+    let order_steps = expected["order-1"].steps.len();
+    assert_eq!(
+        order_steps, STEPS_PER_ORDER,
+        "{:?}",
+        expected["order-1"].steps
+    );
+    let activity_steps: usize = expected.values().map(|s| s.activity_steps).sum();
 
     let db = dir.path().join("crash.redb");
     let counts = dir.path().join("counts.txt");
+    let acks = dir.path().join("acks.txt");
+    // Kill points spread over the whole workload: about twice the mean share of
+    // activity executions per kill.
+    let spread = (2 * activity_steps / kills.max(1)).max(8) as u64;
     let mut kill_points = Vec::new();
     let mut finished_early = false;
     for kill in 0..kills {
@@ -189,10 +279,10 @@ fn kill_nine_mid_workflow_resumes_without_loss_or_duplicate_records() {
         let point = if kill % 10 == 3 {
             0
         } else {
-            1 + (next() % 8) as usize
+            1 + (next() % spread) as usize
         };
         kill_points.push(point);
-        if run_until(spawn(&db, Some(&counts), 1), Some(point)) {
+        if run_until(spawn(&db, Some(&counts), &acks, 1), Some(point)) {
             // The work ran out before this kill point: it was not a kill.
             kill_points.pop();
             finished_early = true;
@@ -201,13 +291,35 @@ fn kill_nine_mid_workflow_resumes_without_loss_or_duplicate_records() {
     }
     if !finished_early {
         assert!(
-            run_until(spawn(&db, Some(&counts), 1), None),
+            run_until(spawn(&db, Some(&counts), &acks, 1), None),
             "final run completes"
         );
     }
 
-    let actual = results(&db);
-    assert_eq!(actual, expected, "results equal an uninterrupted run");
+    let actual = summaries(&db);
+    assert_eq!(actual.len(), expected.len());
+    for (id, summary) in &expected {
+        assert_eq!(
+            actual.get(id),
+            Some(summary),
+            "{id} differs from an uninterrupted run"
+        );
+    }
+
+    // Every approval acknowledged to the host is in its order's history exactly once.
+    let acked = std::fs::read_to_string(&acks).unwrap();
+    let mut acked_orders = std::collections::HashSet::new();
+    for line in acked.lines() {
+        let (order, token) = line.split_once(' ').unwrap();
+        let body = serde_json::to_vec(token).unwrap();
+        let copies = actual[order].signals.iter().filter(|s| **s == body).count();
+        assert_eq!(
+            copies, 1,
+            "{order}: acknowledged approval recorded {copies} times"
+        );
+        acked_orders.insert(order.to_owned());
+    }
+    assert_eq!(acked_orders.len(), orders, "every approval acknowledged");
 
     let mut executions: HashMap<(String, u32), u32> = HashMap::new();
     for line in std::fs::read_to_string(&counts).unwrap().lines() {
@@ -220,22 +332,25 @@ fn kill_nine_mid_workflow_resumes_without_loss_or_duplicate_records() {
     }
     assert_eq!(
         executions.len(),
-        (orders() * STEPS_PER_ORDER) as usize,
-        "every step executed"
+        activity_steps,
+        "every activity step executed"
     );
     let repeated: u32 = executions.values().map(|n| n - 1).sum();
-    // Each instance has at most one step in flight, so a kill can repeat at most orders() executions.
+    // Each instance has at most one step in flight, so a kill can repeat at most one
+    // execution per instance (orders and children).
     let kills_done = kill_points.len() as u32;
+    let instances = expected.len() as u32;
     assert!(
-        repeated <= kills_done * orders(),
-        "{repeated} repeated executions for {kills_done} kills of {} instances",
-        orders()
+        repeated <= kills_done * instances,
+        "{repeated} repeated executions for {kills_done} kills of {instances} instances"
     );
     for ((instance, step), n) in &executions {
         assert!(*n <= kills_done + 1, "{instance} step {step} ran {n} times");
     }
     let at_start = kill_points.iter().filter(|p| **p == 0).count();
     eprintln!(
-        "crash recovery (seed {seed}): {kills_done} kills survived ({at_start} during start-up), zero violations; {repeated} activity executions repeated (steps in flight at a kill)"
+        "crash recovery (seed {seed}): {orders} orders x {order_steps} steps + children, {activity_steps} activity steps; {kills_done} kills survived ({at_start} during start-up), zero violations; {} approvals acknowledged ({} acknowledgements with re-checks after restarts), none lost or doubled; {repeated} activity executions repeated (steps in flight at a kill)",
+        acked_orders.len(),
+        acked.lines().count()
     );
 }
