@@ -325,6 +325,13 @@ async fn run(args: Args) -> Result<(), cairn::Error> {
         .workflow(ship_parcel)
         .open(&args.db)
         .await?;
+    // The warehouse approves dispatches while orders are still being started and run, so
+    // some approvals wait in an order's history and others reach an order already
+    // waiting for them.
+    let warehouse = (args.lines > 0).then(|| {
+        let ids = (1..=args.orders).map(|n| sample_order(n).id).collect();
+        tokio::spawn(approve_dispatches(rt.clone(), ids, args.acks.clone()))
+    });
     let mut handles = Vec::new();
     for n in 1..=args.orders {
         let order = Order {
@@ -338,13 +345,6 @@ async fn run(args: Args) -> Result<(), cairn::Error> {
         }
         handles.push(handle);
     }
-    // The warehouse approves dispatches while the orders run, so some approvals wait in
-    // an order's history and others reach an order already waiting for them.
-    let warehouse = (args.lines > 0).then(|| {
-        let rt = rt.clone();
-        let ids: Vec<String> = handles.iter().map(|h| h.id().to_owned()).collect();
-        tokio::spawn(approve_dispatches(rt, ids, args.acks.clone()))
-    });
     if let Some(warehouse) = warehouse {
         warehouse
             .await
@@ -386,7 +386,17 @@ async fn approve_dispatches(
 ) -> Result<(), cairn::Error> {
     for id in ids {
         let token = dispatch_token(&id);
-        let sent = rt.history(&id)?.iter().any(|event| {
+        let history = loop {
+            match rt.history(&id) {
+                Ok(history) => break history,
+                // Not started yet: the host starts orders while this task runs.
+                Err(cairn::Error::InstanceNotFound(_)) => {
+                    tokio::time::sleep(Duration::from_millis(1)).await
+                }
+                Err(err) => return Err(err),
+            }
+        };
+        let sent = history.iter().any(|event| {
             matches!(&event.record.kind,
                 cairn::engine::event::EventKind::SignalReceived { name, .. } if name == DISPATCH_SIGNAL)
         });

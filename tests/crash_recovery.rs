@@ -47,8 +47,9 @@ fn example_binary() -> PathBuf {
     let bin = profile_dir
         .join("examples")
         .join(format!("order_fulfillment{}", std::env::consts::EXE_SUFFIX));
-    if !bin.exists() {
-        // `cargo test` builds examples, but `cargo test --test crash_recovery` does not.
+    if !bin.exists() || is_stale(&bin) {
+        // `cargo test` builds examples, but `cargo test --test crash_recovery` does not,
+        // and a binary left from an older build would test old code.
         let mut build = Command::new(env!("CARGO"));
         build.args(["build", "--example", "order_fulfillment"]);
         if profile_dir.ends_with("release") {
@@ -65,6 +66,29 @@ fn example_binary() -> PathBuf {
         );
     }
     bin
+}
+
+/// Whether any source the example is built from changed after `bin` was built.
+fn is_stale(bin: &Path) -> bool {
+    fn newest(dir: &Path) -> std::time::SystemTime {
+        let mut latest = std::time::SystemTime::UNIX_EPOCH;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            let modified = if meta.is_dir() {
+                newest(&entry.path())
+            } else {
+                meta.modified().unwrap()
+            };
+            latest = latest.max(modified);
+        }
+        latest
+    }
+    let built = std::fs::metadata(bin).unwrap().modified().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    ["examples", "sdk/src", "runtime/src", "macros/src"]
+        .iter()
+        .any(|dir| newest(&root.join(dir)) > built)
 }
 
 fn spawn(db: &Path, counts: Option<&Path>, acks: &Path, delay_ms: u64) -> Child {
