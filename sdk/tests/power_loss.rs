@@ -141,13 +141,32 @@ async fn one_seed(seed: u64) -> bool {
         let history = rt.history(id).unwrap_or_else(|err| {
             panic!("seed {seed}: acknowledged start of {id} lost or damaged: {err}")
         });
-        let recorded: BTreeSet<u32> = history
+        // Present and identical, and nothing that was never written: the recorded steps
+        // are 1..=k, each with exactly the output the workflow's k-th step produces.
+        let outputs: Vec<(u32, Vec<u8>)> = history
             .iter()
-            .filter_map(|e| match e.record.kind {
-                EventKind::ActivityCompleted { step, .. } => Some(step),
+            .filter_map(|e| match &e.record.kind {
+                EventKind::ActivityCompleted { step, output, .. } => {
+                    Some((*step, output.data.clone()))
+                }
                 _ => None,
             })
             .collect();
+        let mut acc = *input;
+        for (n, (step, output)) in outputs.iter().enumerate() {
+            acc = acc * 3 + u64::from(*step);
+            assert_eq!(
+                *step as usize,
+                n + 1,
+                "seed {seed}: {id} has a gap before step {step}"
+            );
+            assert_eq!(
+                output,
+                &serde_json::to_vec(&acc).unwrap(),
+                "seed {seed}: {id} step {step} holds a value never produced"
+            );
+        }
+        let recorded: BTreeSet<u32> = outputs.iter().map(|(step, _)| *step).collect();
         for (acked_id, step) in &acked {
             if acked_id == id {
                 assert!(
