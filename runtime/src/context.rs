@@ -23,7 +23,7 @@ use crate::replay::{
     requested, Decision, History, PatchDecision, RecordedOutcome, RecordedResult, StepKind,
     StepRequest,
 };
-use crate::sync::{lock, AtomicU64, Mutex};
+use crate::sync::{lock, AtomicU64, Mutex, Notified, Notify};
 use std::sync::atomic::Ordering;
 
 /// What `ctx.patched` answers, decided when it is called.
@@ -102,7 +102,7 @@ pub(crate) struct Inbox {
     /// The reason of a cancellation request, once one is recorded.
     cancel: Mutex<Option<String>>,
     /// Woken on every new signal and on a cancellation request.
-    arrived: tokio::sync::Notify,
+    arrived: Notify,
 }
 
 impl Inbox {
@@ -169,7 +169,7 @@ impl Inbox {
 
 struct Inner {
     /// Notified when the run becomes idle (blocked) or stops being so.
-    state_changed: tokio::sync::Notify,
+    state_changed: Notify,
     key: u128,
     clock: Arc<dyn Clock>,
     inbox: Arc<Inbox>,
@@ -235,7 +235,7 @@ impl WorkflowContext {
                     was_blocked: false,
                     poll_generation: 0,
                 }),
-                state_changed: tokio::sync::Notify::new(),
+                state_changed: Notify::new(),
             }),
         }
     }
@@ -379,7 +379,7 @@ impl WorkflowContext {
     }
 
     /// Resolves when `blocked()` may have changed.
-    pub(crate) fn state_changed(&self) -> tokio::sync::futures::Notified<'_> {
+    pub(crate) fn state_changed(&self) -> Notified<'_> {
         self.inner.state_changed.notified()
     }
 

@@ -11,7 +11,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, SystemClock};
@@ -24,7 +24,7 @@ use crate::replay::{History, RecordedResult};
 use crate::schedule::{occurrence_id, Recurrence, ScheduleRow};
 use crate::store::encode_schedule;
 use crate::store::{Attributes, InstanceRow, InstanceStatus, RedbStore, Store, StoredEvent};
-use crate::sync::{lock, AtomicBool, AtomicU64, Mutex};
+use crate::sync::{lock, AtomicBool, AtomicU64, Mutex, Notify};
 use crate::writer::{Carried, Writer, WriterStats};
 
 /// Longest user id accepted, in bytes.
