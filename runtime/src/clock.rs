@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
-use crate::sync::{lock, Arc, Mutex};
+use crate::sync::{lock, Arc, Mutex, Notify};
 
 /// A source of wall-clock time and of waits on it.
 pub trait Clock: Send + Sync + 'static {

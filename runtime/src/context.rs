@@ -23,7 +23,7 @@ use crate::replay::{
     requested, Decision, History, PatchDecision, RecordedOutcome, RecordedResult, StepKind,
     StepRequest,
 };
-use crate::sync::{lock, AtomicU64, Mutex};
+use crate::sync::{lock, AtomicU64, Mutex, Notified, Notify};
 use std::sync::atomic::Ordering;
 
 /// What `ctx.patched` answers, decided when it is called.
@@ -102,7 +102,7 @@ pub(crate) struct Inbox {
     /// The reason of a cancellation request, once one is recorded.
     cancel: Mutex<Option<String>>,
     /// Woken on every new signal and on a cancellation request.
-    arrived: tokio::sync::Notify,
+    arrived: Notify,
 }
 
 impl Inbox {
@@ -169,7 +169,7 @@ impl Inbox {
 
 struct Inner {
     /// Notified when the run becomes idle (blocked) or stops being so.
-    state_changed: tokio::sync::Notify,
+    state_changed: Notify,
     key: u128,
     clock: Arc<dyn Clock>,
     inbox: Arc<Inbox>,
@@ -235,7 +235,7 @@ impl WorkflowContext {
                     was_blocked: false,
                     poll_generation: 0,
                 }),
-                state_changed: tokio::sync::Notify::new(),
+                state_changed: Notify::new(),
             }),
         }
     }
@@ -379,7 +379,7 @@ impl WorkflowContext {
     }
 
     /// Resolves when `blocked()` may have changed.
-    pub(crate) fn state_changed(&self) -> tokio::sync::futures::Notified<'_> {
+    pub(crate) fn state_changed(&self) -> Notified<'_> {
         self.inner.state_changed.notified()
     }
 
@@ -1160,6 +1160,179 @@ mod loom_tests {
             assert!(
                 saw_it || !asleep || woken.load(Ordering::SeqCst),
                 "a delivered signal was left with the run evicted and not woken"
+            );
+        });
+    }
+}
+
+#[cfg(all(test, cairn_loom))]
+mod cancel_loom_tests {
+    //! Cancellation delivery: `Engine::cancel`, after committing `CancelRequested`, puts
+    //! it into the inbox with `deliver` (`Inbox::request_cancel` under the active map's
+    //! lock, waking a dormant run), while the run's waits look for it.
+    //!
+    //! Real code: [`Inbox::request_cancel`] (reason, generation, notice) and the context's
+    //! own `take_cancel` (the claim: `cancel_delivered` set once, under the state lock),
+    //! `cancel_requested` (notice created and enabled, then the check) and
+    //! `pending_cancel`, on a [`WorkflowContext`] without a store, whose appends return at
+    //! once; the inbox's notice is the shim's loom-visible `Notify`, and a waiting run is
+    //! driven by `loom::future::block_on`. Mirrored: the order in which a durable wait
+    //! calls them (`wait_until_cancelled`, the calls `sleep_until` makes), the active map
+    //! (a mutex over a dormant flag) and `mark_dormant`'s generation check, as in the
+    //! eviction model above.
+    //!
+    //! A wait that misses the notice of a cancellation it did not see blocks with no
+    //! thread left to wake it, and loom reports a deadlock.
+    use super::*;
+    use crate::sync::{Arc, AtomicBool};
+    use std::task::{Context, Poll};
+
+    const REASON: &str = "stop";
+
+    /// A resident run with a fresh history, no store and nothing cancelled yet.
+    fn resident_run(inbox: &std::sync::Arc<Inbox>) -> WorkflowContext {
+        let history = History::fresh(
+            "order-1".into(),
+            "fulfil".into(),
+            Payload::new(0, b"null".to_vec()),
+        );
+        WorkflowContext::new(
+            1,
+            None,
+            std::sync::Arc::new(crate::codec::JsonCodec),
+            std::sync::Arc::new(crate::clock::VirtualClock::new(std::time::UNIX_EPOCH)),
+            inbox.clone(),
+            history,
+            1,
+        )
+    }
+
+    /// `Engine::cancel` once `CancelRequested` (history seq 3) is committed.
+    fn cancel(inbox: &Inbox) {
+        inbox.request_cancel(3, REASON.into());
+    }
+
+    /// What a durable wait does about cancellation, in `sleep_until`'s order: take one
+    /// already requested; otherwise wait (its own work never finishes in these models)
+    /// until one is pending, and take it then.
+    async fn wait_until_cancelled(ctx: &WorkflowContext, step: StepNo) -> String {
+        if let Some(reason) = ctx.take_cancel(step, StepKind::Timer, "sleep").await {
+            return reason;
+        }
+        loop {
+            ctx.cancel_requested().await;
+            if let Some(reason) = ctx.take_cancel(step, StepKind::Timer, "sleep").await {
+                return reason;
+            }
+        }
+    }
+
+    /// A cancellation requested while a wait starts is seen by it: before the wait looks
+    /// (it takes it at once), or after (the notice wakes it).
+    #[test]
+    fn a_cancellation_racing_a_wait_that_starts_is_never_missed() {
+        loom::model(|| {
+            let inbox = std::sync::Arc::new(Inbox::default());
+            let ctx = resident_run(&inbox);
+            let waiting = loom::thread::spawn(move || {
+                let reason = loom::future::block_on(wait_until_cancelled(&ctx, 1));
+                (reason, ctx.pending_cancel())
+            });
+            cancel(&inbox);
+            let (reason, still_pending) = waiting.join().unwrap();
+            assert_eq!(reason, REASON);
+            assert_eq!(
+                still_pending, None,
+                "a taken cancellation is no longer pending"
+            );
+        });
+    }
+
+    /// Two waits of one run (branches of a `join!`, polled in turn by the run's task)
+    /// race one cancellation: exactly one takes it, and the other keeps waiting.
+    #[test]
+    fn two_waiting_branches_take_one_cancellation_exactly_once() {
+        loom::model(|| {
+            let inbox = std::sync::Arc::new(Inbox::default());
+            let ctx = resident_run(&inbox);
+            let run = loom::thread::spawn(move || {
+                let mut branches = [
+                    Box::pin(wait_until_cancelled(&ctx, 1)),
+                    Box::pin(wait_until_cancelled(&ctx, 2)),
+                ];
+                let mut taken: [Option<String>; 2] = [None, None];
+                // As `join!` polls: every branch in turn, until one has finished.
+                loom::future::block_on(std::future::poll_fn(|cx| {
+                    for (branch, taken) in branches.iter_mut().zip(taken.iter_mut()) {
+                        if let Poll::Ready(reason) = branch.as_mut().poll(cx) {
+                            *taken = Some(reason);
+                        }
+                    }
+                    if taken.iter().any(Option::is_some) {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending
+                    }
+                }));
+                // Polled again later, the other branch must not take it too.
+                let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+                for (branch, taken) in branches.iter_mut().zip(taken.iter()) {
+                    if taken.is_none() {
+                        assert!(branch.as_mut().poll(&mut cx).is_pending());
+                    }
+                }
+                drop(branches);
+                (taken, ctx.pending_cancel())
+            });
+            cancel(&inbox);
+            let (taken, still_pending) = run.join().unwrap();
+            let takers: Vec<_> = taken.iter().flatten().collect();
+            assert_eq!(takers, [REASON], "taken by {taken:?}");
+            assert_eq!(still_pending, None);
+        });
+    }
+
+    /// A cancellation delivered while the run is being evicted is seen by the run's last
+    /// poll, or keeps it resident, or wakes it: never left with the run asleep.
+    #[test]
+    fn a_cancellation_never_leaves_an_evicted_run_asleep() {
+        loom::model(|| {
+            let inbox = std::sync::Arc::new(Inbox::default());
+            let ctx = resident_run(&inbox);
+            // The map entry's driver state: `true` once dormant.
+            let dormant = Arc::new(Mutex::new(false));
+            let woken = Arc::new(AtomicBool::new(false));
+            let run = {
+                let dormant = dormant.clone();
+                loom::thread::spawn(move || {
+                    // `drive`: the generation is noted, then the workflow is polled once.
+                    ctx.note_poll_generation();
+                    if wait_until_cancelled(&ctx, 1).now_or_never().is_some() {
+                        return true;
+                    }
+                    // Blocked: `drive_evictable` evicts with the generation of that poll;
+                    // `mark_dormant`, under the map lock.
+                    let generation = ctx.poll_generation();
+                    let mut entry = lock(&dormant);
+                    if ctx.inbox().generation() == generation {
+                        *entry = true;
+                    }
+                    false
+                })
+            };
+            // `deliver`, under the map lock.
+            {
+                let entry = lock(&dormant);
+                cancel(&inbox);
+                if *entry {
+                    woken.store(true, Ordering::SeqCst);
+                }
+            }
+            let saw_it = run.join().unwrap();
+            let asleep = *lock(&dormant);
+            assert!(
+                saw_it || !asleep || woken.load(Ordering::SeqCst),
+                "a requested cancellation was left with the run evicted and not woken"
             );
         });
     }

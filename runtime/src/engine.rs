@@ -11,7 +11,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, SystemClock};
@@ -24,7 +24,8 @@ use crate::replay::{History, RecordedResult};
 use crate::schedule::{occurrence_id, Recurrence, ScheduleRow};
 use crate::store::encode_schedule;
 use crate::store::{Attributes, InstanceRow, InstanceStatus, RedbStore, Store, StoredEvent};
-use crate::sync::{lock, AtomicBool, AtomicU64, Mutex};
+use crate::sync::{lock, AtomicBool, AtomicU64, Mutex, Notify};
+use crate::timers::TimerIndex;
 use crate::writer::{Carried, Writer, WriterStats};
 
 /// Longest user id accepted, in bytes.
@@ -212,10 +213,9 @@ pub(crate) struct Shared {
     eviction_idle: Option<Duration>,
     /// Rebuild every run from the log after each step (see `EngineBuilder::always_replay`).
     pub(crate) always_replay: bool,
-    /// Wake-up times of dormant instances: the timer index. Entries of instances woken
-    /// earlier by something else are left to fire harmlessly.
-    timers: Mutex<std::collections::BTreeSet<(u64, u128)>>,
-    timers_changed: Arc<Notify>,
+    /// Wake-up times of dormant instances: the timer index, shared with the timer
+    /// service, which waits on it without holding the engine.
+    timers: Arc<TimerIndex>,
     timer_task: Mutex<Option<JoinHandle<()>>>,
     replays: AtomicU64,
     /// Schedules by id, as stored; the scheduler task fires them.
@@ -350,8 +350,7 @@ impl EngineBuilder {
             closed: AtomicBool::new(false),
             eviction_idle: self.eviction_idle,
             always_replay: self.always_replay,
-            timers: Mutex::new(std::collections::BTreeSet::new()),
-            timers_changed: Arc::new(Notify::new()),
+            timers: Arc::new(TimerIndex::new()),
             timer_task: Mutex::new(None),
             replays: AtomicU64::new(0),
             schedules: Mutex::new(store_schedules),
@@ -426,14 +425,13 @@ impl Engine {
         let mut dormant = 0usize;
         {
             let mut active = lock(&self.shared.active);
-            let mut timers = lock(&self.shared.timers);
             self.shared
                 .store
                 .scan_running(&mut |key, suspension| match suspension {
                     Some(suspension) => {
                         active.insert(key, Active::dormant());
                         if let Some(at) = suspension.wake_at_ms {
-                            timers.insert((at, key));
+                            self.shared.timers.insert(at, key);
                         }
                         dormant += 1;
                     }
@@ -1195,48 +1193,35 @@ fn mark_dormant(shared: &Shared, key: u128, generation: u64, wake_at_ms: Option<
     }
     // Dropping the handle detaches this very task, which ends right after.
     entry.driver = Driver::Dormant;
+    // Only now, and under the map's lock: the timer service's `wake` takes this lock, so
+    // when it finds the entry it finds it dormant (`timers::loom_tests`).
     if let Some(at) = wake_at_ms {
-        lock(&shared.timers).insert((at, key));
-        shared.timers_changed.notify_one();
+        shared.timers.insert(at, key);
     }
     true
 }
 
 /// The timer service: sleeps on the runtime clock until the earliest wake-up of a
-/// dormant instance and wakes every instance due. Holds only a weak reference between
+/// dormant instance (or until one is inserted) and wakes every instance due. Holds only a weak reference between
 /// rounds, so a runtime dropped without `shutdown` is not kept alive by it.
 async fn run_timers(weak: std::sync::Weak<Shared>) {
     loop {
         let Some(shared) = weak.upgrade() else {
             return;
         };
-        let changed = shared.timers_changed.clone();
-        let notified = changed.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let now = shared.clock.now_ms();
-        let due: Vec<u128> = {
-            let mut timers = lock(&shared.timers);
-            let later = timers.split_off(&(now.saturating_add(1), 0));
-            std::mem::replace(&mut *timers, later)
-                .into_iter()
-                .map(|(_, key)| key)
-                .collect()
-        };
-        for key in due {
-            wake(&shared, key);
-        }
-        let next = lock(&shared.timers).first().map(|(at, _)| *at);
-        let sleep = next.map(|at| shared.clock.sleep_until(at));
+        let timers = shared.timers.clone();
+        let round = timers.round(shared.clock.now_ms(), |key| wake(&shared, key));
+        let sleep = round.next_ms.map(|at| shared.clock.sleep_until(at));
         drop(shared);
+        let mut inserted = round.inserted;
         match sleep {
             Some(sleep) => {
                 tokio::select! {
                     () = sleep => {}
-                    () = &mut notified => {}
+                    () = &mut inserted => {}
                 }
             }
-            None => notified.await,
+            None => inserted.await,
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod replay;
 pub mod schedule;
 pub mod store;
 mod sync;
+mod timers;
 mod writer;
 
 pub use activity::{
