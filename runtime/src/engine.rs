@@ -567,21 +567,36 @@ impl Engine {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
-        let key = self.key_of(id)?;
-        // Stop the driver first: its appends are then all queued before the termination.
-        let active = lock(&self.shared.active).remove(&key);
-        if let Some(Active {
-            driver: Driver::Running(task),
-            ..
-        }) = active
-        {
-            task.abort();
-            let _ = task.await;
+        let mut key = self.key_of(id)?;
+        loop {
+            // Stop the driver first: its appends are then all queued before the termination.
+            let active = lock(&self.shared.active).remove(&key);
+            if let Some(Active {
+                driver: Driver::Running(task),
+                ..
+            }) = active
+            {
+                task.abort();
+                let _ = task.await;
+            }
+            let kind = EventKind::WorkflowTerminated {
+                reason: reason.to_owned(),
+            };
+            match self.shared.writer.append(key, kind).await {
+                Ok(_) => break,
+                // The run handed over to a new one just before its driver was stopped
+                // (possibly before it could start the new run's driver): the id now names
+                // that new run, which is the one to terminate.
+                Err(Error::InstanceFinished(finished)) => {
+                    let current = self.key_of(id)?;
+                    if current == key {
+                        return Err(Error::InstanceFinished(finished));
+                    }
+                    key = current;
+                }
+                Err(err) => return Err(err),
+            }
         }
-        let kind = EventKind::WorkflowTerminated {
-            reason: reason.to_owned(),
-        };
-        self.shared.writer.append(key, kind).await?;
         lock(&self.shared.parked).remove(&key);
         if let Some(parent) = self.shared.store.instance(key)?.and_then(|row| row.parent) {
             deliver(&self.shared, parent, Inbox::touch);
@@ -1408,6 +1423,16 @@ async fn run_instance(
     let (result, parent) = match run_instance_inner(&shared, key, resume, inbox, parent).await {
         Ok(RunEnd::Evicted) => return,
         Ok(RunEnd::Finished(finished, parent)) => (Ok(finished), parent),
+        // Someone else ended this run while its driver ran: a `terminate` that raced a
+        // hand-over and found no driver to stop yet. The record wins; it is not a reason
+        // to park (and `terminate` has already told the parent).
+        Err(err @ Error::InstanceFinished(_)) => match shared.store.instance(key) {
+            Ok(Some(row)) if row.status.is_finished() => {
+                let engine = Engine::from_shared(shared.clone());
+                (engine.recorded_outcome(&row), None)
+            }
+            _ => (Err(err), None),
+        },
         Err(err) => (Err(err), None),
     };
     match &result {

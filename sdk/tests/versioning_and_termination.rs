@@ -240,3 +240,54 @@ async fn an_audit_replay_of_a_history_recorded_before_the_patch_takes_the_old_pa
     ));
     rt.shutdown().await;
 }
+
+/// Hands over to a new run forever, as fast as commits allow.
+#[workflow]
+async fn relay(ctx: Ctx, n: u64) -> Result<u64, WorkflowError> {
+    ctx.continue_as_new(n + 1).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_racing_a_hand_over_terminates_the_current_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder()
+        .workflow(relay)
+        .open(dir.path().join("db.redb"))
+        .await
+        .unwrap();
+    // Each instance hands over every commit or so; `terminate` lands at a different point
+    // of the hand-over each time, sometimes between its commit and the new run's driver.
+    for i in 0..40u64 {
+        let id = format!("relay-{i}");
+        rt.start(relay, &id, 0).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_micros(100 + 37 * i)).await;
+        rt.terminate(&id, "enough").await.unwrap();
+        let result = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            rt.handle(relay, &id).result(),
+        )
+        .await
+        .expect("the chain ends at once, with no run left without a driver");
+        assert!(
+            matches!(result, Err(Error::Terminated { .. })),
+            "{id}: {result:?}"
+        );
+        let runs = rt.list(&cairn::ListFilter::default()).unwrap();
+        let of_id: Vec<_> = runs.iter().filter(|r| r.id == id).collect();
+        assert_eq!(
+            of_id
+                .iter()
+                .filter(|r| r.status == Status::Terminated)
+                .count(),
+            1,
+            "{id}: one terminated run"
+        );
+        assert!(
+            of_id
+                .iter()
+                .all(|r| matches!(r.status, Status::Terminated | Status::ContinuedAsNew)),
+            "{id}: every other run handed over"
+        );
+    }
+    rt.shutdown().await;
+}
