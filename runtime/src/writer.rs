@@ -132,6 +132,7 @@ impl Writer {
             attributes: HashMap::new(),
             attributes_touched: HashSet::new(),
             suspended_in_batch: Vec::new(),
+            children_ended: HashSet::new(),
             next_lsn,
             failed: None,
         };
@@ -258,6 +259,12 @@ struct WriterLoop {
     /// Instances evicted in the current batch: their rows leave `heads` after the commit,
     /// so a host with many sleeping instances does not keep all their rows in memory.
     suspended_in_batch: Vec<u128>,
+    /// Parents with a child that ended since the parent's own last event. A parent's
+    /// eviction is refused while it is here: its `Suspend` may have been decided before
+    /// the child ended and committed after the child's terminal commit cleared the
+    /// parent's hint, which would set the hint again with nothing left to wake it after a
+    /// restart. The parent's next event (its `ChildCompleted`) takes it out.
+    children_ended: HashSet<u128>,
     next_lsn: u64,
     /// Set after a failed commit: the writer then refuses everything until the runtime is
     /// reopened, because after a failed fsync the file's state is unknown and retrying
@@ -390,11 +397,15 @@ impl WriterLoop {
         let Ok(row) = self.head(parent) else {
             return;
         };
+        let parent_finished = row.status.is_finished();
         if row.suspended.take().is_some() {
             if let Ok(entry) = encode_suspension(None) {
                 batch.running.push((parent, entry));
                 touched.insert(parent);
             }
+        }
+        if !parent_finished {
+            self.children_ended.insert(parent);
         }
     }
 
@@ -406,6 +417,9 @@ impl WriterLoop {
         batch: &mut WriteBatch,
         touched: &mut HashSet<u128>,
     ) -> Result<bool> {
+        if self.children_ended.contains(&key) {
+            return Ok(false);
+        }
         let row = self.head(key)?;
         if row.status.is_finished() || row.next_seq != expected_next_seq {
             return Ok(false);
@@ -728,6 +742,7 @@ impl WriterLoop {
             row.status = status;
         }
         row.suspended = None;
+        self.children_ended.remove(&key);
         batch.events.push((lsn, envelope));
         if terminal.is_some() {
             batch.finished.push(key);
@@ -750,5 +765,60 @@ fn reject(command: Command, err: Error) {
         Command::Suspend { reply, .. } => drop(reply.send(Err(err))),
         Command::ContinueAsNew { reply, .. } => drop(reply.send(Err(err))),
         Command::Schedule { reply, .. } => drop(reply.send(Err(err))),
+    }
+}
+
+#[cfg(all(test, not(cairn_loom)))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::event::ChildOutcome;
+    use crate::fault::FaultDisk;
+
+    fn payload() -> Payload {
+        Payload::new(1, b"0".to_vec())
+    }
+
+    /// The narrow case of a parent's eviction decided before its child ended and committed
+    /// after the child's terminal commit: it must be refused, or the parent's hint would
+    /// be set with nothing left to wake it after a restart.
+    #[tokio::test]
+    async fn a_parent_is_not_evicted_between_its_childs_end_and_its_own_next_event() {
+        let disk = FaultDisk::new();
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(disk.open_store("writer-test").unwrap());
+        let writer = Writer::spawn(store).unwrap();
+        let parent = writer
+            .start("p".into(), "parent".into(), payload(), None)
+            .await
+            .unwrap();
+        let child = writer
+            .start("p/c".into(), "child".into(), payload(), Some(parent.key))
+            .await
+            .unwrap();
+        let started = EventKind::ChildStarted {
+            step: 1,
+            workflow_type: "child".into(),
+            child_id: "p/c".into(),
+            input: payload(),
+        };
+        let seen = writer.append(parent.key, started).await.unwrap().seq + 1;
+
+        let done = EventKind::WorkflowCompleted { output: payload() };
+        writer.append(child.key, done).await.unwrap();
+        // The parent decided to evict itself when its history had `seen` events, before
+        // it heard of the child; its request reaches the writer only now.
+        assert!(!writer.suspend(parent.key, seen, None).await.unwrap());
+
+        let completed = EventKind::ChildCompleted {
+            step: 1,
+            child_id: "p/c".into(),
+            outcome: ChildOutcome::Completed(payload()),
+        };
+        let seen = writer.append(parent.key, completed).await.unwrap().seq + 1;
+        // Once the parent has recorded the outcome, it may be evicted again.
+        assert!(writer.suspend(parent.key, seen, None).await.unwrap());
+        writer.close();
     }
 }
