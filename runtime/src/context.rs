@@ -348,6 +348,15 @@ impl WorkflowContext {
         std::future::pending().await
     }
 
+    /// Records a step's event (an outcome or the start of a wait), parking the run if
+    /// that fails, then lets always-replay mode rebuild the run (see `settle`).
+    async fn record(&self, kind: EventKind) {
+        if let Err(err) = self.append(kind).await {
+            return self.abort(err).await;
+        }
+        self.settle().await;
+    }
+
     fn changed(&self, state: &mut CtxState) {
         let blocked = state.blocked().is_some();
         if blocked != state.was_blocked {
@@ -567,11 +576,9 @@ impl WorkflowContext {
                         attempt: number,
                         output: output.clone(),
                     };
-                    if let Err(err) = self.append(kind).await {
-                        return self.abort(err).await;
-                    }
+                    // The append holds the run busy itself until the outcome is durable.
                     drop(busy);
-                    self.settle().await;
+                    self.record(kind).await;
                     return Ok(output);
                 }
                 Err(error) if options.retry.should_retry(&error, number) => {
@@ -610,11 +617,9 @@ impl WorkflowContext {
                         attempt: number,
                         error: record,
                     };
-                    if let Err(err) = self.append(kind).await {
-                        return self.abort(err).await;
-                    }
+                    // The append holds the run busy itself until the outcome is durable.
                     drop(busy);
-                    self.settle().await;
+                    self.record(kind).await;
                     return Err(failure);
                 }
             }
@@ -653,10 +658,7 @@ impl WorkflowContext {
                     label: label.to_owned(),
                     value: value.clone(),
                 };
-                if let Err(err) = self.append(kind).await {
-                    return self.abort(err).await;
-                }
-                self.settle().await;
+                self.record(kind).await;
                 value
             }
         }
@@ -703,10 +705,7 @@ impl WorkflowContext {
             name: name.to_owned(),
             reason: reason.clone(),
         };
-        if let Err(err) = self.append(cancelled).await {
-            return self.abort(err).await;
-        }
-        self.settle().await;
+        self.record(cancelled).await;
         Some(reason)
     }
 
@@ -756,10 +755,7 @@ impl WorkflowContext {
             step,
             patch_id: patch_id.to_owned(),
         };
-        if let Err(err) = self.append(marker).await {
-            self.abort(err).await
-        }
-        self.settle().await;
+        self.record(marker).await;
     }
 
     /// Publishes search attributes at step `step` (recorded, then indexed so hosts can
@@ -782,13 +778,8 @@ impl WorkflowContext {
                 self.abort(err).await
             }
             Decision::Run { .. } => {
-                if let Err(err) = self
-                    .append(EventKind::AttributesSet { step, attributes })
-                    .await
-                {
-                    self.abort(err).await
-                }
-                self.settle().await;
+                self.record(EventKind::AttributesSet { step, attributes })
+                    .await;
             }
         }
     }
@@ -844,8 +835,9 @@ impl WorkflowContext {
         if let Some(reason) = self.take_cancel(step, StepKind::Child, workflow_type).await {
             return Err(Cancelled { step, reason });
         }
-        let busy = self.busy();
         if !already_started {
+            // Busy while the child is being started, so the run is not evicted meanwhile.
+            let busy = self.busy();
             let started = engine
                 .start_child(workflow_type, child_id, input.clone(), self.inner.key)
                 .await;
@@ -858,13 +850,8 @@ impl WorkflowContext {
                 child_id: child_id.to_owned(),
                 input,
             };
-            if let Err(err) = self.append(started).await {
-                return self.abort(err).await;
-            }
             drop(busy);
-            self.settle().await;
-        } else {
-            drop(busy);
+            self.record(started).await;
         }
         let waiting = self.waiting(step, None);
         let wait = engine.wait(child_id);
@@ -906,10 +893,7 @@ impl WorkflowContext {
             child_id: child_id.to_owned(),
             outcome: outcome.clone(),
         };
-        if let Err(err) = self.append(completed).await {
-            return self.abort(err).await;
-        }
-        self.settle().await;
+        self.record(completed).await;
         Ok(outcome)
     }
 
@@ -943,13 +927,8 @@ impl WorkflowContext {
         let fire_at_ms = match recorded_deadline {
             Some(at) => at,
             None => {
-                if let Err(err) = self
-                    .append(EventKind::TimerStarted { step, fire_at_ms })
-                    .await
-                {
-                    return self.abort(err).await;
-                }
-                self.settle().await;
+                self.record(EventKind::TimerStarted { step, fire_at_ms })
+                    .await;
                 fire_at_ms
             }
         };
@@ -970,10 +949,7 @@ impl WorkflowContext {
             }
         }
         drop(waiting);
-        if let Err(err) = self.append(EventKind::TimerFired { step }).await {
-            return self.abort(err).await;
-        }
-        self.settle().await;
+        self.record(EventKind::TimerFired { step }).await;
         Ok(())
     }
 
@@ -1021,10 +997,7 @@ impl WorkflowContext {
                     name: name.to_owned(),
                     deadline_ms: requested,
                 };
-                if let Err(err) = self.append(started).await {
-                    return self.abort(err).await;
-                }
-                self.settle().await;
+                self.record(started).await;
                 Some(requested)
             }
             (None, None) => None,
@@ -1065,10 +1038,7 @@ impl WorkflowContext {
                         () = &mut arrived => {}
                         () = timer => {
                             let timed_out = EventKind::SignalWaitTimedOut { step, name: name.to_owned() };
-                            if let Err(err) = self.append(timed_out).await {
-                                return self.abort(err).await;
-                            }
-                            self.settle().await;
+                            self.record(timed_out).await;
                             return Ok(None);
                         }
                     }
