@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::FutureExt;
 
@@ -489,7 +490,7 @@ impl WorkflowContext {
             name,
             input: Some(&input),
         };
-        let failed_attempts = match self.decide(step, request).await {
+        let (failed_attempts, next_attempt_due_ms) = match self.decide(step, request).await {
             Decision::Replay(RecordedOutcome::ActivityCompleted { output, .. }) => {
                 return Ok(output.clone())
             }
@@ -504,8 +505,9 @@ impl WorkflowContext {
                 return self.abort(err).await;
             }
             Decision::Run {
-                failed_attempts, ..
-            } => failed_attempts,
+                failed_attempts,
+                deadline_ms,
+            } => (failed_attempts, deadline_ms),
         };
         if let Some(reason) = self.take_cancel(step, StepKind::Activity, name).await {
             return Err(ActivityFailure::cancelled(
@@ -518,6 +520,16 @@ impl WorkflowContext {
         // Attempts and backoff keep the run in memory: an evicted run would lose the
         // backoff and could not run the attempt.
         let busy = self.busy();
+        if let (true, Some(due_ms)) = (failed_attempts > 0, next_attempt_due_ms) {
+            // A restart (or always-replay) between a recorded failure and the next attempt
+            // waits out what is left of the recorded backoff, measured on the system clock
+            // that stamped the failure, and never longer than the policy's backoff now.
+            let left = Duration::from_millis(due_ms.saturating_sub(crate::writer::now_ms()))
+                .min(options.retry.backoff(failed_attempts));
+            if !left.is_zero() {
+                self.backoff(left, step, name, failed_attempts).await?;
+            }
+        }
         let mut number = failed_attempts + 1;
         loop {
             let ctx = ActivityContext {
@@ -593,18 +605,7 @@ impl WorkflowContext {
                     if let Err(err) = self.append(kind).await {
                         return self.abort(err).await;
                     }
-                    let backoff = tokio::time::sleep(delay);
-                    tokio::pin!(backoff);
-                    loop {
-                        tokio::select! {
-                            () = &mut backoff => break,
-                            () = self.cancel_requested() => {
-                                if let Some(reason) = self.take_cancel(step, StepKind::Activity, name).await {
-                                    return Err(ActivityFailure::cancelled(name, step, number, &reason));
-                                }
-                            }
-                        }
-                    }
+                    self.backoff(delay, step, name, number).await?;
                     number += 1;
                 }
                 Err(error) => {
@@ -707,6 +708,29 @@ impl WorkflowContext {
         };
         self.record(cancelled).await;
         Some(reason)
+    }
+
+    /// Waits `delay` before attempt `attempt + 1` of activity step `step`; a cancellation
+    /// ends the wait and the step.
+    async fn backoff(
+        &self,
+        delay: Duration,
+        step: StepNo,
+        name: &str,
+        attempt: u32,
+    ) -> Result<(), ActivityFailure> {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return Ok(()),
+                () = self.cancel_requested() => {
+                    if let Some(reason) = self.take_cancel(step, StepKind::Activity, name).await {
+                        return Err(ActivityFailure::cancelled(name, step, attempt, &reason));
+                    }
+                }
+            }
+        }
     }
 
     fn mismatched_outcome(&self, step: StepNo, what: &str) -> Error {

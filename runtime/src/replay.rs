@@ -110,7 +110,9 @@ pub struct RecordedStep {
     pub input: Option<Payload>,
     /// Failed attempts recorded before the outcome (or before a crash).
     pub failed_attempts: u32,
-    /// Deadline recorded for a timer or a signal wait, ms since the Unix epoch.
+    /// Deadline recorded for a timer or a signal wait; for an activity with failed
+    /// attempts, when its next attempt is due (the last failure's `recorded_at_ms` plus
+    /// its `retry_in_ms`). Ms since the Unix epoch.
     pub deadline_ms: Option<u64>,
     /// The outcome, if the step finished.
     pub outcome: Option<RecordedOutcome>,
@@ -135,7 +137,8 @@ pub enum Decision<'h> {
     Run {
         /// Attempts already recorded as failed.
         failed_attempts: u32,
-        /// The deadline recorded when the step began (timers, signal waits).
+        /// The deadline recorded when the step began (timers, signal waits), or when an
+        /// activity's next attempt is due after a recorded failure.
         deadline_ms: Option<u64>,
     },
 }
@@ -354,9 +357,15 @@ impl History {
                 entry.input = Some(attributes_payload(attributes));
                 entry.outcome = Some(RecordedOutcome::AttributesSet);
             }
-            EventKind::ActivityAttemptFailed { step, activity, .. } => {
+            EventKind::ActivityAttemptFailed {
+                step,
+                activity,
+                retry_in_ms,
+                ..
+            } => {
                 let entry = self.open_step(*step, StepKind::Activity, activity, seq)?;
                 entry.failed_attempts += 1;
+                entry.deadline_ms = Some(record.recorded_at_ms.saturating_add(*retry_in_ms));
             }
             EventKind::ActivityCompleted {
                 step,
@@ -709,7 +718,8 @@ mod tests {
             h.check(2, activity("charge", &one)),
             Ok(Decision::Run {
                 failed_attempts: 1,
-                deadline_ms: None
+                // The failure was recorded at 0 ms with a retry in 1,000 ms.
+                deadline_ms: Some(1000)
             })
         );
         assert_eq!(

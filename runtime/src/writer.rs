@@ -272,7 +272,8 @@ struct WriterLoop {
     failed: Option<Error>,
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch on the system clock: what `recorded_at_ms` holds.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use cairn::engine::event::EventKind;
@@ -507,5 +509,65 @@ async fn a_panicking_workflow_is_parked_with_its_message() {
         .await
         .unwrap()
         .is_ok());
+    rt.shutdown().await;
+}
+
+/// System-clock ms at which each attempt of `flaky_once` began.
+static PATIENT_ATTEMPTS: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+fn system_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[activity]
+async fn flaky_once(ctx: ActivityCtx, n: u32) -> Result<u32, ActivityError> {
+    PATIENT_ATTEMPTS.lock().unwrap().push(system_ms());
+    if ctx.attempt == 1 {
+        return Err(ActivityError::retryable("rate limited, try later"));
+    }
+    Ok(n)
+}
+
+#[workflow]
+async fn patient(ctx: Ctx, n: u32) -> Result<u32, WorkflowError> {
+    let policy = RetryPolicy::default()
+        .initial_backoff(std::time::Duration::from_millis(800))
+        .max_attempts(3);
+    Ok(ctx.activity(flaky_once, n).retry(policy).await?)
+}
+
+#[tokio::test]
+async fn a_retry_backoff_is_kept_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let open = || Runtime::builder().workflow(patient).open(&path);
+    let rt = open().await.unwrap();
+    rt.start(patient, "p-1", 7).await.unwrap();
+    common::wait_for_events(&rt, "p-1", 2).await;
+    rt.shutdown().await;
+
+    // The failure is recorded with the time the next attempt is due.
+    let rt = open().await.unwrap();
+    let history = rt.history("p-1").unwrap();
+    let failed = &history[1].record;
+    let EventKind::ActivityAttemptFailed { retry_in_ms, .. } = failed.kind else {
+        panic!("expected the failed attempt, got {:?}", failed.kind)
+    };
+    assert_eq!(retry_in_ms, 800);
+    let due = failed.recorded_at_ms + retry_in_ms;
+    assert_eq!(
+        rt.handle(patient, "p-1").result().await.unwrap().unwrap(),
+        7
+    );
+    let attempts = PATIENT_ATTEMPTS.lock().unwrap().clone();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert!(
+        attempts[1] >= due,
+        "the second attempt ran {} ms before its backoff ended",
+        due - attempts[1]
+    );
     rt.shutdown().await;
 }
