@@ -1269,8 +1269,9 @@ async fn run_schedules(weak: std::sync::Weak<Shared>) {
                 Err(Error::ShutDown) => return,
                 Err(err) => tracing::error!(schedule = %id, %err, "scheduled start failed"),
             }
-            // Occurrences missed while the host was down collapse into the one just started.
-            let next = match row.recurrence.next_after(row.next_fire_ms.max(now)) {
+            // Occurrences missed while the host was down collapse into the one just started;
+            // an interval stays on its grid.
+            let next = match row.recurrence.next_following(row.next_fire_ms, now) {
                 Ok(next) => next,
                 Err(err) => {
                     tracing::error!(schedule = %id, %err, "schedule has no next occurrence; removing it");

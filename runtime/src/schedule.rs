@@ -56,6 +56,24 @@ impl Recurrence {
         }
     }
 
+    /// The first occurrence strictly after `now_ms`, following the occurrence due at
+    /// `fired_ms`. Intervals keep their grid (`fired_ms + k * interval`), so neither a
+    /// scheduler running a little late nor occurrences missed while no host ran shift
+    /// them; cron expressions are on the wall clock anyway.
+    ///
+    /// # Errors
+    /// As [`Recurrence::next_after`].
+    pub fn next_following(&self, fired_ms: u64, now_ms: u64) -> Result<u64> {
+        match self {
+            Recurrence::EveryMs(ms) => {
+                let every = (*ms).max(1);
+                let periods = now_ms.saturating_sub(fired_ms) / every + 1;
+                Ok(fired_ms.saturating_add(periods.saturating_mul(every)))
+            }
+            Recurrence::Cron(_) => self.next_after(fired_ms.max(now_ms)),
+        }
+    }
+
     /// The first occurrence strictly after `after_ms`.
     ///
     /// # Errors
@@ -120,6 +138,20 @@ mod tests {
         let at = 1_795_681_800_000;
         assert_eq!(
             Recurrence::cron("0 9 * * *").next_after(at).unwrap(),
+            at + 30 * 60 * 1000
+        );
+        // An interval keeps its grid whether the scheduler is on time, a little late, or
+        // back after missed occurrences.
+        let hourly = Recurrence::every(Duration::from_secs(3600));
+        let hour = 3_600_000;
+        assert_eq!(hourly.next_following(hour, hour).unwrap(), 2 * hour);
+        assert_eq!(hourly.next_following(hour, hour + 7).unwrap(), 2 * hour);
+        assert_eq!(hourly.next_following(hour, 6 * hour).unwrap(), 7 * hour);
+        assert_eq!(hourly.next_following(hour, 6 * hour - 1).unwrap(), 6 * hour);
+        assert_eq!(
+            Recurrence::cron("0 9 * * *")
+                .next_following(at - 1000, at)
+                .unwrap(),
             at + 30 * 60 * 1000
         );
         assert!(Recurrence::cron("61 * * * *").validate().is_err());

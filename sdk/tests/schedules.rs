@@ -95,10 +95,9 @@ async fn an_hourly_schedule_fires_once_per_occurrence_across_restarts() {
         tokio::task::yield_now().await;
     }
     let next = rt.engine().schedules()[0].1.next_fire_ms;
-    assert!(
-        next > now && next <= now + HOUR.as_millis() as u64,
-        "next {next}, now {now}"
-    );
+    // Back on the hourly grid of the first occurrence, not an hour after the late start.
+    assert_eq!(next, first + 6 * HOUR.as_millis() as u64, "now {now}");
+    assert!(next > now);
     assert!(rt.unschedule("emea").await.unwrap());
     rt.shutdown().await;
 }
