@@ -587,13 +587,10 @@ impl Engine {
                 // The run handed over to a new one just before its driver was stopped
                 // (possibly before it could start the new run's driver): the id now names
                 // that new run, which is the one to terminate.
-                Err(Error::InstanceFinished(finished)) => {
-                    let current = self.key_of(id)?;
-                    if current == key {
-                        return Err(Error::InstanceFinished(finished));
-                    }
-                    key = current;
-                }
+                Err(Error::InstanceFinished(finished)) => match self.successor(id, key).await? {
+                    Some(next) => key = next,
+                    None => return Err(Error::InstanceFinished(finished)),
+                },
                 Err(err) => return Err(err),
             }
         }
@@ -753,15 +750,35 @@ impl Engine {
         loop {
             match self.shared.writer.append(key, kind.clone()).await {
                 Ok(appended) => return Ok((key, appended)),
-                Err(Error::InstanceFinished(finished)) => {
-                    let current = self.key_of(id)?;
-                    if current == key {
-                        return Err(Error::InstanceFinished(finished));
-                    }
-                    key = current;
-                }
+                Err(Error::InstanceFinished(finished)) => match self.successor(id, key).await? {
+                    Some(next) => key = next,
+                    None => return Err(Error::InstanceFinished(finished)),
+                },
                 Err(err) => return Err(err),
             }
+        }
+    }
+
+    /// After the writer refused run `key` of `id` as finished: the id's newer run if
+    /// `key` handed over to one, `None` if it ended for good. The refusal can arrive
+    /// before the commit that ended `key` is readable (it is answered while that batch is
+    /// being built), so this waits for that commit, briefly.
+    async fn successor(&self, id: &str, key: u128) -> Result<Option<u128>> {
+        let give_up = tokio::time::Instant::now() + DRIVER_REGISTRATION_WAIT;
+        loop {
+            let current = self.key_of(id)?;
+            if current != key {
+                return Ok(Some(current));
+            }
+            let committed_end = self
+                .shared
+                .store
+                .instance(key)?
+                .is_some_and(|row| row.status.is_finished());
+            if committed_end || tokio::time::Instant::now() >= give_up {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
