@@ -403,39 +403,50 @@ impl RedbStore {
                 .get("format")
                 .map_err(|err| open_error(&self.path, err))?
             {
-                let bytes: [u8; 4] = value.value().try_into().map_err(|_| Error::Corrupt {
-                    location: format!("meta table of {}", self.path.display()),
-                    message: "format version is not 4 bytes".into(),
-                })?;
-                let found = u32::from_le_bytes(bytes);
-                if found > STORAGE_FORMAT {
-                    return Err(Error::UnsupportedFormat {
-                        path: self.path.clone(),
-                        found,
-                        supported: STORAGE_FORMAT,
-                    });
-                }
+                self.format_marker(value.value())?;
             }
         }
-        let foreign: Vec<&String> = names
-            .iter()
-            .filter(|n| !CAIRN_TABLES.contains(&n.as_str()))
-            .collect();
-        if !foreign.is_empty() {
-            return Err(Error::Open {
+        self.refuse_foreign_tables(&names)?;
+        Ok(CAIRN_TABLES.iter().all(|t| names.iter().any(|n| n == t)))
+    }
+
+    /// The storage format a file's `meta` marker names, refused if it is newer than
+    /// this build's or not a marker at all.
+    fn format_marker(&self, value: &[u8]) -> Result<u32> {
+        let bytes: [u8; 4] = value.try_into().map_err(|_| Error::Corrupt {
+            location: format!("meta table of {}", self.path.display()),
+            message: "format version is not 4 bytes".into(),
+        })?;
+        let found = u32::from_le_bytes(bytes);
+        if found > STORAGE_FORMAT {
+            return Err(Error::UnsupportedFormat {
                 path: self.path.clone(),
-                message: format!(
-                    "it is a redb database of another program (tables: {})",
-                    foreign
-                        .iter()
-                        .map(|n| n.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                remedy: "Check the path: Cairn only opens files it created.",
+                found,
+                supported: STORAGE_FORMAT,
             });
         }
-        Ok(CAIRN_TABLES.iter().all(|t| names.iter().any(|n| n == t)))
+        Ok(found)
+    }
+
+    /// Refuses a file holding tables Cairn does not make: it belongs to another program,
+    /// and writing ours into it would damage it.
+    fn refuse_foreign_tables(&self, names: &[String]) -> Result<()> {
+        let foreign: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|name| !CAIRN_TABLES.contains(name))
+            .collect();
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Open {
+            path: self.path.clone(),
+            message: format!(
+                "it is a redb database of another program (tables: {})",
+                foreign.join(", ")
+            ),
+            remedy: "Check the path: Cairn only opens files it created.",
+        })
     }
 
     fn check_format(&self, existed: bool) -> Result<()> {
@@ -460,51 +471,25 @@ impl RedbStore {
             let mut meta = txn
                 .open_table(META)
                 .map_err(|err| open_error(&self.path, err))?;
-            let found = match meta
+            // The guard borrows the table: the answer is taken before `insert` below.
+            let marked = match meta
                 .get("format")
                 .map_err(|err| open_error(&self.path, err))?
             {
-                Some(value) => {
-                    let bytes: [u8; 4] = value.value().try_into().map_err(|_| Error::Corrupt {
-                        location: format!("meta table of {}", self.path.display()),
-                        message: "format version is not 4 bytes".into(),
-                    })?;
-                    Some(u32::from_le_bytes(bytes))
-                }
-                None => None,
+                Some(value) => self.format_marker(value.value()).map(|_| true)?,
+                None => false,
             };
-            match found {
-                Some(found) if found > STORAGE_FORMAT => {
-                    return Err(Error::UnsupportedFormat {
-                        path: self.path.clone(),
-                        found,
-                        supported: STORAGE_FORMAT,
-                    })
-                }
-                Some(_) => {}
-                None => {
-                    // A new file has no tables; a redb file with tables but no format
-                    // marker belongs to another program, and writing ours into it would
-                    // damage it.
-                    let foreign: Vec<String> = txn
-                        .list_tables()
-                        .map_err(|err| open_error(&self.path, err))?
-                        .map(|table| table.name().to_owned())
-                        .filter(|name| !CAIRN_TABLES.contains(&name.as_str()))
-                        .collect();
-                    if !foreign.is_empty() {
-                        return Err(Error::Open {
-                            path: self.path.clone(),
-                            message: format!(
-                                "it is a redb database of another program (tables: {})",
-                                foreign.join(", ")
-                            ),
-                            remedy: "Check the path: Cairn only opens files it created.",
-                        });
-                    }
-                    meta.insert("format", STORAGE_FORMAT.to_le_bytes().as_slice())
-                        .map_err(|err| open_error(&self.path, err))?;
-                }
+            if !marked {
+                // A new file has no tables; a redb file with tables but no format marker
+                // belongs to another program.
+                let names: Vec<String> = txn
+                    .list_tables()
+                    .map_err(|err| open_error(&self.path, err))?
+                    .map(|table| table.name().to_owned())
+                    .collect();
+                self.refuse_foreign_tables(&names)?;
+                meta.insert("format", STORAGE_FORMAT.to_le_bytes().as_slice())
+                    .map_err(|err| open_error(&self.path, err))?;
             }
             // Creating the tables up front lets readers open them without a write.
             txn.open_table(LOG)
