@@ -49,6 +49,19 @@ async fn open(path: &std::path::Path, clock: &VirtualClock) -> Runtime {
         .unwrap()
 }
 
+/// Starts `parent_of` as `parent` with child `{parent}/child`, and waits until the child
+/// exists and every run (parent, child and any other) is evicted.
+async fn start_parent_until_evicted(rt: &Runtime, parent: &str) {
+    let child = format!("{parent}/child");
+    rt.start(parent_of, parent, child.clone()).await.unwrap();
+    let mut spins = 0u32;
+    while rt.status(&child).is_err() || rt.engine().resident_runs() > 0 {
+        spins += 1;
+        assert!(spins < 2_000_000, "runs were not evicted");
+        tokio::task::yield_now().await;
+    }
+}
+
 async fn until_evicted(rt: &Runtime) {
     let mut spins = 0u32;
     while rt.engine().resident_runs() > 0 {
@@ -129,15 +142,7 @@ async fn signals_cancellations_and_finished_children_wake_evicted_instances() {
         let rt = open(&path, &clock).await;
         rt.start(await_go, "s-1", ()).await.unwrap();
         rt.start(await_go, "s-2", ()).await.unwrap();
-        rt.start(parent_of, "p-1", "p-1/child".to_owned())
-            .await
-            .unwrap();
-        let mut spins = 0u32;
-        while rt.status("p-1/child").is_err() || rt.engine().resident_runs() > 0 {
-            spins += 1;
-            assert!(spins < 2_000_000, "runs were not evicted");
-            tokio::task::yield_now().await;
-        }
+        start_parent_until_evicted(&rt, "p-1").await;
         rt.shutdown().await;
     }
     let rt = open(&path, &clock).await;
@@ -173,15 +178,7 @@ async fn a_child_ending_just_before_a_stop_still_wakes_its_evicted_parent_after_
     let clock = clock();
     {
         let rt = open(&path, &clock).await;
-        rt.start(parent_of, "p-2", "p-2/child".to_owned())
-            .await
-            .unwrap();
-        let mut spins = 0u32;
-        while rt.status("p-2/child").is_err() || rt.engine().resident_runs() > 0 {
-            spins += 1;
-            assert!(spins < 2_000_000, "runs were not evicted");
-            tokio::task::yield_now().await;
-        }
+        start_parent_until_evicted(&rt, "p-2").await;
         rt.signal("p-2/child", "go", &"late".to_owned())
             .await
             .unwrap();
@@ -208,15 +205,7 @@ async fn cancelling_a_replayed_parent_reaches_the_child_it_started_earlier() {
     let clock = clock();
     {
         let rt = open(&path, &clock).await;
-        rt.start(parent_of, "p-3", "p-3/child".to_owned())
-            .await
-            .unwrap();
-        let mut spins = 0u32;
-        while rt.status("p-3/child").is_err() || rt.engine().resident_runs() > 0 {
-            spins += 1;
-            assert!(spins < 2_000_000, "runs were not evicted");
-            tokio::task::yield_now().await;
-        }
+        start_parent_until_evicted(&rt, "p-3").await;
         rt.shutdown().await;
     }
     let rt = open(&path, &clock).await;
