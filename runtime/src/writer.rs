@@ -159,22 +159,21 @@ impl Writer {
         input: Payload,
         parent: Option<u128>,
     ) -> Result<Started> {
-        let (reply, answer) = oneshot::channel();
-        self.submit(Command::Start {
+        self.request(|reply| Command::Start {
             id,
             workflow_type,
             input,
             parent,
             reply,
-        })?;
-        answer.await.map_err(|_| Error::ShutDown)?
+        })
+        .await
     }
 
     /// Stores (`Some`) or deletes (`None`) schedule `id`, durably.
     pub(crate) async fn schedule(&self, id: String, row: Option<Vec<u8>>) -> Result<()> {
-        let (reply, answer) = oneshot::channel();
-        self.submit(Command::Schedule { id, row, reply })?;
-        answer.await.map_err(|_| Error::ShutDown)?.map(drop)
+        self.request(|reply| Command::Schedule { id, row, reply })
+            .await
+            .map(drop)
     }
 
     /// Ends run `key` and starts the next run of its id with `input` and the carried
@@ -186,14 +185,13 @@ impl Writer {
         input: Payload,
         carried: Carried,
     ) -> Result<Option<u128>> {
-        let (reply, answer) = oneshot::channel();
-        self.submit(Command::ContinueAsNew {
+        self.request(|reply| Command::ContinueAsNew {
             key,
             input,
             carried,
             reply,
-        })?;
-        answer.await.map_err(|_| Error::ShutDown)?
+        })
+        .await
     }
 
     /// Marks `key` evicted while waiting, unless anything was appended to it since its
@@ -204,20 +202,29 @@ impl Writer {
         expected_next_seq: u64,
         wake_at_ms: Option<u64>,
     ) -> Result<bool> {
-        let (reply, answer) = oneshot::channel();
-        self.submit(Command::Suspend {
+        self.request(|reply| Command::Suspend {
             key,
             expected_next_seq,
             wake_at_ms,
             reply,
-        })?;
-        answer.await.map_err(|_| Error::ShutDown)?
+        })
+        .await
     }
 
     /// Appends one event and waits until it is durable.
     pub(crate) async fn append(&self, key: u128, kind: EventKind) -> Result<Appended> {
+        self.request(|reply| Command::Append { key, kind, reply })
+            .await
+    }
+
+    /// Queues the command `make` builds around a reply channel, and waits for the answer
+    /// (sent after the commit that holds it, or with the error that refused it).
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
+    ) -> Result<T> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Command::Append { key, kind, reply })?;
+        self.submit(make(reply))?;
         answer.await.map_err(|_| Error::ShutDown)?
     }
 
