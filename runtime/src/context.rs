@@ -24,8 +24,8 @@ use crate::replay::{
     requested, Decision, History, PatchDecision, RecordedOutcome, RecordedResult, StepKind,
     StepRequest,
 };
-use crate::sync::{lock, AtomicU64, Mutex, Notified, Notify};
-use std::sync::atomic::Ordering;
+use crate::sync::{lock, Mutex, Notified, Notify};
+use crate::writer::Carried;
 
 /// What `ctx.patched` answers, decided when it is called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,20 +60,21 @@ struct CtxState {
     /// Operations that are doing work (an activity attempt, an append in flight); while
     /// any is, the run is not idle and must stay in memory.
     busy: u32,
+    /// Waits whose wake-up the engine cannot deliver to an evicted run (a child wait on
+    /// an instance this run did not start); while any is, the run stays in memory.
+    pinned: u32,
     /// Durable waits in progress, by step, with their deadline (timers, signal waits,
     /// child waits).
     waits: std::collections::BTreeMap<StepNo, Option<u64>>,
-    /// Events in the instance's history as far as this run knows.
-    known_next_seq: u64,
     /// Last value of `blocked()`, to wake the driver only when it changes.
     was_blocked: bool,
-    /// Inbox generation when the workflow was last polled (see `drive`).
-    poll_generation: u64,
+    /// The inbox's mark when the workflow was last polled (see `drive`).
+    poll_mark: InboxMark,
 }
 
 impl CtxState {
     fn blocked(&self) -> Option<Option<u64>> {
-        if self.busy > 0 || self.waits.is_empty() || self.stop.is_some() {
+        if self.busy > 0 || self.pinned > 0 || self.waits.is_empty() || self.stop.is_some() {
             return None;
         }
         Some(self.waits.values().flatten().min().copied())
@@ -89,71 +90,121 @@ struct InboxEntry {
     taken: bool,
 }
 
-/// Signals of one instance, keyed by the `seq` of their `SignalReceived` event. Filled
-/// from history when the instance is loaded and by `Engine::signal` after each commit;
-/// the same signal may arrive by both paths, so entries are keyed, never appended.
+/// Where an instance's inbox stands: compared before and after an eviction, so a run is
+/// only evicted with nothing arrived that its last poll did not see.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct InboxMark {
+    /// Bumped by every signal, cancellation and child's end that reaches the inbox.
+    pub(crate) generation: u64,
+    /// Events in the instance's history, as far as commits have reported them.
+    pub(crate) next_seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct InboxState {
+    mark: InboxMark,
+    /// Signals by the `seq` of their `SignalReceived` event.
+    entries: std::collections::BTreeMap<u64, InboxEntry>,
+    /// The reason of a cancellation request, once one is recorded.
+    cancel: Option<String>,
+}
+
+/// What one instance has received and how long its history is, kept in memory across
+/// its runs (a dormant entry keeps it). Filled by the commit path (`engine::Dispatch`)
+/// in commit order, and from the history when a run is loaded; the same signal may
+/// arrive by both, so entries are keyed by `seq`, never appended.
 #[derive(Debug, Default)]
 pub(crate) struct Inbox {
-    /// Bumped by every signal and cancellation that reaches the inbox: an eviction
-    /// decided before a bump must not go through.
-    generation: AtomicU64,
-    /// Highest history `seq` of an event delivered to the inbox.
-    last_seq: AtomicU64,
-    entries: Mutex<std::collections::BTreeMap<u64, InboxEntry>>,
-    /// The reason of a cancellation request, once one is recorded.
-    cancel: Mutex<Option<String>>,
-    /// Woken on every new signal and on a cancellation request.
+    state: Mutex<InboxState>,
+    /// Woken on every new signal, on a cancellation request and on a child's end.
     arrived: Notify,
 }
 
 impl Inbox {
     /// Marks a change the run must look at (a child it waits for has ended).
     pub(crate) fn touch(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        lock(&self.state).mark.generation += 1;
         self.arrived.notify_waiters();
     }
 
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
+    pub(crate) fn mark(&self) -> InboxMark {
+        lock(&self.state).mark
     }
 
-    fn bump(&self, seq: u64) {
-        self.last_seq.fetch_max(seq, Ordering::SeqCst);
-        self.generation.fetch_add(1, Ordering::SeqCst);
+    #[cfg(cairn_loom)]
+    pub(crate) fn generation(&self) -> u64 {
+        self.mark().generation
+    }
+
+    /// The event at `seq` is committed: the history has at least `seq + 1` events.
+    pub(crate) fn committed(&self, seq: u64) {
+        self.known(seq.saturating_add(1));
+    }
+
+    /// The history has at least `next_seq` events.
+    pub(crate) fn known(&self, next_seq: u64) {
+        let mut state = lock(&self.state);
+        state.mark.next_seq = state.mark.next_seq.max(next_seq);
     }
 
     pub(crate) fn add(&self, seq: u64, name: String, payload: Payload, taken: bool) {
-        lock(&self.entries).entry(seq).or_insert(InboxEntry {
-            name,
-            payload,
-            taken,
-        });
-        // Published after the entry: a reader that sees the new generation must also
-        // find the signal (the loom model below found the reverse order losing it).
-        self.bump(seq);
+        {
+            let mut state = lock(&self.state);
+            state.entries.entry(seq).or_insert(InboxEntry {
+                name,
+                payload,
+                taken,
+            });
+            // One lock for the entry and the mark: a reader that sees the new mark also
+            // finds the signal (the loom model below found the reverse order losing it).
+            state.mark.next_seq = state.mark.next_seq.max(seq.saturating_add(1));
+            state.mark.generation += 1;
+        }
         self.arrived.notify_waiters();
     }
 
     /// Records that cancellation was requested (the first reason is kept).
     pub(crate) fn request_cancel(&self, seq: u64, reason: String) {
-        lock(&self.cancel).get_or_insert(reason);
-        self.bump(seq);
+        {
+            let mut state = lock(&self.state);
+            state.cancel.get_or_insert(reason);
+            state.mark.next_seq = state.mark.next_seq.max(seq.saturating_add(1));
+            state.mark.generation += 1;
+        }
         self.arrived.notify_waiters();
     }
 
+    /// The reason of the cancellation request, if one was recorded.
+    fn cancel_reason(&self) -> Option<String> {
+        lock(&self.state).cancel.clone()
+    }
+
     /// Signals not delivered to any wait, oldest first.
+    #[cfg(cairn_loom)]
     pub(crate) fn undelivered(&self) -> Vec<(String, Payload)> {
-        lock(&self.entries)
-            .values()
-            .filter(|e| !e.taken)
-            .map(|e| (e.name.clone(), e.payload.clone()))
-            .collect()
+        undelivered(&lock(&self.state))
+    }
+
+    /// What a run that continues as new hands over, read at one instant: the history's
+    /// length and the signals and cancellation it holds that no step took.
+    fn hand_over(&self, cancel_delivered: bool) -> Carried {
+        let state = lock(&self.state);
+        Carried {
+            expected_next_seq: state.mark.next_seq,
+            signals: undelivered(&state),
+            cancel: if cancel_delivered {
+                None
+            } else {
+                state.cancel.clone()
+            },
+        }
     }
 
     /// Reserves the oldest untaken signal called `name`.
     fn take(&self, name: &str) -> Option<(u64, Payload)> {
-        let mut entries = lock(&self.entries);
-        let (seq, entry) = entries
+        let mut state = lock(&self.state);
+        let (seq, entry) = state
+            .entries
             .iter_mut()
             .find(|(_, e)| !e.taken && e.name == name)?;
         entry.taken = true;
@@ -161,11 +212,20 @@ impl Inbox {
     }
 
     fn untake(&self, seq: u64) {
-        if let Some(entry) = lock(&self.entries).get_mut(&seq) {
+        if let Some(entry) = lock(&self.state).entries.get_mut(&seq) {
             entry.taken = false;
         }
         self.arrived.notify_waiters();
     }
+}
+
+fn undelivered(state: &InboxState) -> Vec<(String, Payload)> {
+    state
+        .entries
+        .values()
+        .filter(|e| !e.taken)
+        .map(|e| (e.name.clone(), e.payload.clone()))
+        .collect()
 }
 
 struct Inner {
@@ -217,6 +277,7 @@ impl WorkflowContext {
         if let Some((seq, reason)) = &history.cancel_requested {
             inbox.request_cancel(*seq, reason.clone());
         }
+        inbox.known(known_next_seq);
         let cancel_delivered = history.cancel_delivered;
         Self {
             inner: Arc::new(Inner {
@@ -231,10 +292,10 @@ impl WorkflowContext {
                     stop: None,
                     cancel_delivered,
                     busy: 0,
+                    pinned: 0,
                     waits: std::collections::BTreeMap::new(),
-                    known_next_seq,
                     was_blocked: false,
-                    poll_generation: 0,
+                    poll_mark: InboxMark::default(),
                 }),
                 state_changed: Notify::new(),
             }),
@@ -321,9 +382,9 @@ impl WorkflowContext {
             return Ok(());
         };
         let _busy = self.busy();
-        let appended = shared.writer.append(self.inner.key, kind).await?;
-        let mut state = lock(&self.inner.state);
-        state.known_next_seq = state.known_next_seq.max(appended.seq + 1);
+        // The commit itself moves the inbox's count of events (`engine::Dispatch`): a
+        // branch dropped while its append is in flight leaves nothing behind in memory.
+        shared.writer.append(self.inner.key, kind).await?;
         Ok(())
     }
 
@@ -374,6 +435,14 @@ impl WorkflowContext {
         BusyGuard(self)
     }
 
+    /// Keeps the run in memory until the guard is dropped.
+    fn pinned(&self) -> PinGuard<'_> {
+        let mut state = lock(&self.inner.state);
+        state.pinned += 1;
+        self.changed(&mut state);
+        PinGuard(self)
+    }
+
     /// Registers a durable wait of `step` until the guard is dropped.
     fn waiting(&self, step: StepNo, deadline_ms: Option<u64>) -> WaitGuard<'_> {
         let mut state = lock(&self.inner.state);
@@ -393,31 +462,28 @@ impl WorkflowContext {
         self.inner.state_changed.notified()
     }
 
-    /// The number of events the instance's history has, as far as this run knows.
-    pub(crate) fn expected_next_seq(&self) -> u64 {
-        let known = lock(&self.inner.state).known_next_seq;
-        let from_inbox = self.inner.inbox.last_seq.load(Ordering::SeqCst) + 1;
-        known.max(from_inbox)
-    }
-
+    #[cfg(cairn_loom)]
     pub(crate) fn inbox(&self) -> &Arc<Inbox> {
         &self.inner.inbox
     }
 
-    /// Remembers the inbox generation at the start of a poll of the workflow.
-    pub(crate) fn note_poll_generation(&self) {
-        let generation = self.inner.inbox.generation();
-        lock(&self.inner.state).poll_generation = generation;
+    /// Remembers the inbox's mark at the start of a poll of the workflow.
+    pub(crate) fn note_poll(&self) {
+        let mark = self.inner.inbox.mark();
+        lock(&self.inner.state).poll_mark = mark;
     }
 
-    /// The inbox generation the workflow was last polled with.
-    pub(crate) fn poll_generation(&self) -> u64 {
-        lock(&self.inner.state).poll_generation
+    /// The inbox's mark the workflow was last polled with: the events and arrivals that
+    /// poll could have seen.
+    pub(crate) fn poll_mark(&self) -> InboxMark {
+        lock(&self.inner.state).poll_mark
     }
 
-    /// A requested cancellation no step has taken yet, to carry into a new run.
-    pub(crate) fn undelivered_cancel(&self) -> Option<String> {
-        self.pending_cancel()
+    /// What the next run of a continue-as-new inherits: the history's length now, and
+    /// the signals and cancellation no step took, read together.
+    pub(crate) fn hand_over(&self) -> Carried {
+        let cancel_delivered = lock(&self.inner.state).cancel_delivered;
+        self.inner.inbox.hand_over(cancel_delivered)
     }
 
     /// Decides a step against history; parks the instance on divergence.
@@ -672,7 +738,7 @@ impl WorkflowContext {
         if lock(&self.inner.state).cancel_delivered {
             return None;
         }
-        lock(&self.inner.inbox.cancel).clone()
+        self.inner.inbox.cancel_reason()
     }
 
     /// Resolves once a cancellation is pending (requested and not yet taken by a step).
@@ -696,7 +762,7 @@ impl WorkflowContext {
             if state.cancel_delivered {
                 return None;
             }
-            let reason = lock(&self.inner.inbox.cancel).clone()?;
+            let reason = self.inner.inbox.cancel_reason()?;
             state.cancel_delivered = true;
             reason
         };
@@ -877,6 +943,13 @@ impl WorkflowContext {
             drop(busy);
             self.record(started).await;
         }
+        // A child this run did not start (the id existed already) names another parent,
+        // or none: its end wakes only runs in memory, so this one stays resident.
+        let ours = match engine.is_child_of(child_id, self.inner.key) {
+            Ok(ours) => ours,
+            Err(err) => return self.abort(err).await,
+        };
+        let _pin = (!ours).then(|| self.pinned());
         let waiting = self.waiting(step, None);
         let wait = engine.wait(child_id);
         tokio::pin!(wait);
@@ -1084,6 +1157,17 @@ impl Drop for BusyGuard<'_> {
     }
 }
 
+/// Keeps the run in memory while alive.
+struct PinGuard<'a>(&'a WorkflowContext);
+
+impl Drop for PinGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.0.inner.state);
+        state.pinned = state.pinned.saturating_sub(1);
+        self.0.changed(&mut state);
+    }
+}
+
 /// Registers a durable wait while alive.
 struct WaitGuard<'a>(&'a WorkflowContext, StepNo);
 
@@ -1115,6 +1199,7 @@ mod loom_tests {
     //! is seen by the run, or the run stays in memory, or it is woken.
     use super::*;
     use crate::sync::{Arc, AtomicBool};
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn a_delivery_never_leaves_an_evicted_run_asleep() {
@@ -1179,6 +1264,7 @@ mod cancel_loom_tests {
     //! thread left to wake it, and loom reports a deadlock.
     use super::*;
     use crate::sync::{Arc, AtomicBool};
+    use std::sync::atomic::Ordering;
     use std::task::{Context, Poll};
 
     const REASON: &str = "stop";
@@ -1299,16 +1385,16 @@ mod cancel_loom_tests {
             let run = {
                 let dormant = dormant.clone();
                 loom::thread::spawn(move || {
-                    // `drive`: the generation is noted, then the workflow is polled once.
-                    ctx.note_poll_generation();
+                    // `drive`: the mark is noted, then the workflow is polled once.
+                    ctx.note_poll();
                     if wait_until_cancelled(&ctx, 1).now_or_never().is_some() {
                         return true;
                     }
                     // Blocked: `drive_evictable` evicts with the generation of that poll;
                     // `mark_dormant`, under the map lock.
-                    let generation = ctx.poll_generation();
+                    let seen = ctx.poll_mark();
                     let mut entry = lock(&dormant);
-                    if ctx.inbox().generation() == generation {
+                    if ctx.inbox().mark() == seen {
                         *entry = true;
                     }
                     false

@@ -16,17 +16,16 @@ use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, SystemClock};
 use crate::codec::{Codec, JsonCodec, Payload};
-use crate::context::{Inbox, Stop, WorkflowContext};
+use crate::context::{Inbox, InboxMark, Stop, WorkflowContext};
 use crate::error::{Error, Result, StepDescriptor};
 use crate::event::AttrValue;
 use crate::event::{EventKind, EventRecord};
 use crate::replay::{History, RecordedResult};
 use crate::schedule::{occurrence_id, Recurrence, ScheduleRow};
-use crate::store::encode_schedule;
 use crate::store::{Attributes, InstanceRow, InstanceStatus, RedbStore, Store, StoredEvent};
 use crate::sync::{lock, AtomicBool, AtomicU64, Mutex, Notify};
 use crate::timers::TimerIndex;
-use crate::writer::{Carried, Writer, WriterStats};
+use crate::writer::{CommitListener, Committed, Writer, WriterStats};
 
 /// Longest user id accepted, in bytes.
 pub const INSTANCE_ID_BYTES_MAX: usize = 256;
@@ -203,6 +202,9 @@ pub const EVICTION_IDLE_DEFAULT: Duration = Duration::from_secs(2);
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) writer: Writer,
+    /// The tokio runtime the engine was opened in: drivers are spawned on it from the
+    /// writer thread too, when a commit starts or wakes an instance.
+    runtime: tokio::runtime::Handle,
     codec: Arc<dyn Codec>,
     clock: Arc<dyn Clock>,
     workflows: HashMap<String, WorkflowFactory>,
@@ -336,12 +338,19 @@ impl EngineBuilder {
     /// # Errors
     /// [`Error::Storage`] or [`Error::Corrupt`] when the instance index cannot be read.
     pub fn open_store(self, store: Arc<dyn Store>) -> Result<Engine> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::Environment(
+                "the engine must be opened inside a tokio runtime (it spawns its tasks there)"
+                    .into(),
+            )
+        })?;
         let store_schedules: HashMap<String, ScheduleRow> =
             store.schedules()?.into_iter().collect();
-        let writer = Writer::spawn(store.clone())?;
+        let writer = Writer::spawn(store.clone(), store_schedules.clone())?;
         let shared = Arc::new(Shared {
             store,
             writer,
+            runtime,
             codec: self.codec,
             clock: self.clock,
             workflows: self.workflows,
@@ -359,11 +368,16 @@ impl EngineBuilder {
             registered: Notify::new(),
             storage_failed: Mutex::new(None),
         });
+        // Before anything is queued: every commit from now on reaches memory through it.
+        shared
+            .writer
+            .listen(Arc::new(Dispatch(Arc::downgrade(&shared))));
         let engine = Engine { shared };
         engine.recover()?;
-        let timer_task = tokio::spawn(run_timers(Arc::downgrade(&engine.shared)));
+        let runtime = &engine.shared.runtime;
+        let timer_task = runtime.spawn(run_timers(Arc::downgrade(&engine.shared)));
         *lock(&engine.shared.timer_task) = Some(timer_task);
-        let scheduler_task = tokio::spawn(run_schedules(Arc::downgrade(&engine.shared)));
+        let scheduler_task = runtime.spawn(run_schedules(Arc::downgrade(&engine.shared)));
         *lock(&engine.shared.scheduler_task) = Some(scheduler_task);
         Ok(engine)
     }
@@ -457,7 +471,7 @@ impl Engine {
                     continue;
                 }
             }
-            spawn_driver(&self.shared, key, Resume::Load, None);
+            spawn_driver(&self.shared, key, Resume::Load);
         }
         Ok(())
     }
@@ -474,7 +488,8 @@ impl Engine {
     ///
     /// # Cancel safety
     /// If dropped, the start may or may not have been committed; call again with the same
-    /// id to find out (starting is idempotent).
+    /// id to find out (starting is idempotent). A start that was committed runs whether or
+    /// not this future is still polled: its run is registered by the commit itself.
     pub async fn start(
         &self,
         workflow_type: &str,
@@ -529,29 +544,32 @@ impl Engine {
                 parent,
             )
             .await?;
-        if !started.created {
-            if started.row.workflow_type != workflow_type {
-                return Err(Error::WorkflowTypeMismatch {
-                    id: id.to_owned(),
-                    existing: started.row.workflow_type,
-                    requested: workflow_type.to_owned(),
-                });
-            }
-            return Ok(StartOutcome { created: false });
+        if !started.created && started.row.workflow_type != workflow_type {
+            return Err(Error::WorkflowTypeMismatch {
+                id: id.to_owned(),
+                existing: started.row.workflow_type,
+                requested: workflow_type.to_owned(),
+            });
         }
-        let history = History::fresh(id.to_owned(), workflow_type.to_owned(), input);
-        spawn_driver(
-            &self.shared,
-            started.key,
-            Resume::Fresh(Box::new(history)),
-            parent,
-        );
-        Ok(StartOutcome { created: true })
+        // A new instance's driver was registered by its commit (`Dispatch`).
+        if started.created {
+            tracing::debug!(instance = %id, key = %format_args!("{:032x}", started.key), %workflow_type, "instance started");
+        }
+        Ok(StartOutcome {
+            created: started.created,
+        })
     }
 
-    /// Terminates instance `id` at once: its driver is stopped without running any more
-    /// workflow code (no cleanup runs) and `WorkflowTerminated { reason }` is recorded.
-    /// Waiters get [`Outcome::Terminated`].
+    /// Whether instance `child_id` is a child of run `parent` (its row names it), so the
+    /// child's end wakes the parent even when the parent was evicted.
+    pub(crate) fn is_child_of(&self, child_id: &str, parent: u128) -> Result<bool> {
+        let (_, row) = self.row_of(child_id)?;
+        Ok(row.parent == Some(parent))
+    }
+
+    /// Terminates instance `id` at once: `WorkflowTerminated { reason }` is recorded, and
+    /// its run is stopped without running any more workflow code (no cleanup runs).
+    /// Waiters get [`Outcome::Terminated`]; a parent waiting for it is woken.
     ///
     /// # Errors
     /// [`Error::InstanceNotFound`], [`Error::InstanceFinished`] if it had already ended,
@@ -561,44 +579,19 @@ impl Engine {
     /// On return the termination is on disk; the instance never runs again.
     ///
     /// # Cancel safety
-    /// If dropped after the driver was stopped but before the commit, the instance stays
-    /// unfinished and resumes at the next open; call again to terminate it.
+    /// If dropped, the termination may or may not have been recorded; once it is, the run
+    /// is stopped and its waiters answered by the commit itself, whether or not this
+    /// future is still polled.
     pub async fn terminate(&self, id: &str, reason: &str) -> Result<()> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
-        let mut key = self.key_of(id)?;
-        loop {
-            // Stop the driver first: its appends are then all queued before the termination.
-            let active = lock(&self.shared.active).remove(&key);
-            if let Some(Active {
-                driver: Driver::Running(task),
-                ..
-            }) = active
-            {
-                task.abort();
-                let _ = task.await;
-            }
-            let kind = EventKind::WorkflowTerminated {
-                reason: reason.to_owned(),
-            };
-            match self.shared.writer.append(key, kind).await {
-                Ok(_) => break,
-                // The run handed over to a new one just before its driver was stopped
-                // (possibly before it could start the new run's driver): the id now names
-                // that new run, which is the one to terminate.
-                Err(Error::InstanceFinished(finished)) => match self.successor(id, key).await? {
-                    Some(next) => key = next,
-                    None => return Err(Error::InstanceFinished(finished)),
-                },
-                Err(err) => return Err(err),
-            }
-        }
-        lock(&self.shared.parked).remove(&key);
-        if let Some(parent) = self.shared.store.instance(key)?.and_then(|row| row.parent) {
-            deliver(&self.shared, parent, Inbox::touch);
-        }
-        Ok(())
+        // The writer refuses anything the run appends after this, so nothing follows the
+        // termination in its history; the commit stops the run (`Dispatch`).
+        let kind = EventKind::WorkflowTerminated {
+            reason: reason.to_owned(),
+        };
+        self.append_to_current_run(id, kind).await
     }
 
     /// Creates or replaces schedule `schedule_id`: from `first_fire_ms` (default: the
@@ -612,6 +605,10 @@ impl Engine {
     ///
     /// # Durability
     /// On return the schedule is on disk and fires across restarts.
+    ///
+    /// # Cancel safety
+    /// If dropped, the schedule may or may not have been stored; once it is, the
+    /// scheduler fires it, whether or not this future is still polled.
     pub async fn schedule(
         &self,
         schedule_id: &str,
@@ -644,13 +641,12 @@ impl Engine {
             recurrence,
             next_fire_ms,
         };
+        // The commit hands the row to the scheduler (`Dispatch`).
         self.shared
             .writer
-            .schedule(schedule_id.to_owned(), Some(encode_schedule(&row)?))
-            .await?;
-        lock(&self.shared.schedules).insert(schedule_id.to_owned(), row);
-        self.shared.schedules_changed.notify_one();
-        Ok(())
+            .schedule(schedule_id.to_owned(), Some(row), None)
+            .await
+            .map(drop)
     }
 
     /// Deletes schedule `schedule_id`; instances it started are not affected. Returns
@@ -658,14 +654,15 @@ impl Engine {
     ///
     /// # Errors
     /// Storage errors.
+    ///
+    /// # Cancel safety
+    /// If dropped, the deletion may or may not have been recorded; once it is, the
+    /// scheduler no longer fires it, whether or not this future is still polled.
     pub async fn unschedule(&self, schedule_id: &str) -> Result<bool> {
-        let existed = lock(&self.shared.schedules).remove(schedule_id).is_some();
         self.shared
             .writer
-            .schedule(schedule_id.to_owned(), None)
-            .await?;
-        self.shared.schedules_changed.notify_one();
-        Ok(existed)
+            .schedule(schedule_id.to_owned(), None, None)
+            .await
     }
 
     /// The schedules, by id.
@@ -690,7 +687,8 @@ impl Engine {
     /// On return the request is on disk; it is delivered after a restart too.
     ///
     /// # Cancel safety
-    /// If dropped, the request may or may not have been recorded.
+    /// If dropped, the request may or may not have been recorded; once it is, it reaches
+    /// the run by the commit itself, whether or not this future is still polled.
     pub async fn cancel(&self, id: &str, reason: &str) -> Result<()> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
@@ -698,11 +696,7 @@ impl Engine {
         let kind = EventKind::CancelRequested {
             reason: reason.to_owned(),
         };
-        let (key, appended) = self.append_to_current_run(id, kind).await?;
-        deliver(&self.shared, key, |inbox| {
-            inbox.request_cancel(appended.seq, reason.to_owned())
-        });
-        Ok(())
+        self.append_to_current_run(id, kind).await
     }
 
     /// Sends signal `name` with body `payload` to instance `id`. It is buffered in the
@@ -717,7 +711,9 @@ impl Engine {
     /// On return the signal is on disk: it is delivered even if the host crashes next.
     ///
     /// # Cancel safety
-    /// If dropped, the signal may or may not have been recorded.
+    /// If dropped, the signal may or may not have been recorded; once it is, it reaches
+    /// the run (in commit order) by the commit itself, whether or not this future is
+    /// still polled.
     pub async fn signal(&self, id: &str, name: &str, payload: Payload) -> Result<()> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
@@ -730,26 +726,22 @@ impl Engine {
         }
         let kind = EventKind::SignalReceived {
             name: name.to_owned(),
-            payload: payload.clone(),
+            payload,
         };
-        let (key, appended) = self.append_to_current_run(id, kind).await?;
-        deliver(&self.shared, key, |inbox| {
-            inbox.add(appended.seq, name.to_owned(), payload, false)
-        });
-        Ok(())
+        self.append_to_current_run(id, kind).await
     }
 
     /// Appends `kind` to the current run of `id`. A run that continued as new in the
     /// meantime refuses it as finished; the id then names a newer run, which gets it.
-    async fn append_to_current_run(
-        &self,
-        id: &str,
-        kind: EventKind,
-    ) -> Result<(u128, crate::writer::Appended)> {
+    async fn append_to_current_run(&self, id: &str, kind: EventKind) -> Result<()> {
         let mut key = self.key_of(id)?;
+        let what = kind.name();
         loop {
             match self.shared.writer.append(key, kind.clone()).await {
-                Ok(appended) => return Ok((key, appended)),
+                Ok(appended) => {
+                    tracing::debug!(instance = %id, seq = appended.seq, event = what, "recorded");
+                    return Ok(());
+                }
                 Err(Error::InstanceFinished(finished)) => match self.successor(id, key).await? {
                     Some(next) => key = next,
                     None => return Err(Error::InstanceFinished(finished)),
@@ -838,6 +830,9 @@ impl Engine {
 
     async fn wait_run(&self, id: &str) -> Result<Outcome> {
         let key = self.key_of(id)?;
+        // One bound for the whole wait, not one per wake-up: other instances' drivers
+        // register all the time and must not keep a damaged one waiting for ever.
+        let give_up = tokio::time::Instant::now() + DRIVER_REGISTRATION_WAIT;
         let receiver = loop {
             // A start is committed before its driver is registered: an unfinished
             // instance without an entry gets one in a moment (or is parked).
@@ -859,13 +854,10 @@ impl Engine {
             if row.as_ref().is_none_or(|row| row.status.is_finished()) {
                 break None;
             }
-            // Registration follows the start's commit within microseconds; an unfinished
-            // instance that gets no driver means the indexes disagree (damage), and
-            // waiting for it would wait forever.
-            if tokio::time::timeout(DRIVER_REGISTRATION_WAIT, registered)
-                .await
-                .is_err()
-            {
+            // Registration is part of the start's commit; an unfinished instance
+            // without a driver means the indexes disagree (damage), and waiting for it
+            // would wait forever.
+            if tokio::time::timeout_at(give_up, registered).await.is_err() {
                 return Err(Error::Corrupt {
                     location: format!("instance `{id}`"),
                     message: "its row says unfinished but no run of it exists; the running index may be damaged".into(),
@@ -1159,9 +1151,131 @@ impl Active {
 }
 
 /// Starts a driver for `key`: for a new instance, or to wake a dormant one.
-fn spawn_driver(shared: &Arc<Shared>, key: u128, resume: Resume, parent: Option<u128>) {
+fn spawn_driver(shared: &Arc<Shared>, key: u128, resume: Resume) {
     let mut active = lock(&shared.active);
-    spawn_locked(shared, &mut active, key, resume, parent);
+    spawn_locked(shared, &mut active, key, resume);
+}
+
+/// The engine's side of the commit path: the writer calls it after every commit, before
+/// any reply, with what the commit made durable, in commit order. Registering new runs,
+/// delivering signals and cancellations, publishing results and waking parents happen
+/// here, so none of it depends on the task that asked for the write still being there.
+struct Dispatch(std::sync::Weak<Shared>);
+
+impl CommitListener for Dispatch {
+    fn committed(&self, effects: &[Committed]) {
+        let Some(shared) = self.0.upgrade() else {
+            return;
+        };
+        let mut schedules_changed = false;
+        {
+            let mut active = lock(&shared.active);
+            for effect in effects {
+                match effect {
+                    Committed::Event {
+                        key,
+                        seq,
+                        parent,
+                        kind,
+                    } => apply_event(&shared, &mut active, *key, *seq, *parent, kind.as_ref()),
+                    Committed::Schedule { id, row } => {
+                        let mut schedules = lock(&shared.schedules);
+                        match row {
+                            Some(row) => schedules.insert(id.clone(), row.clone()),
+                            None => schedules.remove(id),
+                        };
+                        schedules_changed = true;
+                    }
+                }
+            }
+        }
+        if schedules_changed {
+            shared.schedules_changed.notify_one();
+        }
+    }
+}
+
+/// Brings one committed event of `key` (at `seq`) into memory. Called with the active
+/// map locked, so an eviction in progress either sees the change or is woken by it.
+fn apply_event(
+    shared: &Arc<Shared>,
+    active: &mut HashMap<u128, Active>,
+    key: u128,
+    seq: u64,
+    parent: Option<u128>,
+    kind: Option<&EventKind>,
+) {
+    match kind {
+        None => {
+            if let Some(entry) = active.get(&key) {
+                entry.inbox.committed(seq);
+            }
+        }
+        Some(EventKind::WorkflowStarted {
+            workflow_type,
+            id,
+            input,
+        }) => {
+            // Shutting down: the instance starts at the next open, from its history.
+            if shared.closed.load(Ordering::Acquire) {
+                return;
+            }
+            if !shared.workflows.contains_key(workflow_type) {
+                let err = Error::UnknownWorkflowType {
+                    workflow_type: workflow_type.clone(),
+                    instance: Some(id.clone()),
+                };
+                tracing::error!(instance = %id, %err, "instance parked");
+                lock(&shared.parked).insert(key, err);
+                return;
+            }
+            let history = History::fresh(id.clone(), workflow_type.clone(), input.clone());
+            spawn_locked(shared, active, key, Resume::Fresh(Box::new(history)));
+            if let Some(entry) = active.get(&key) {
+                entry.inbox.committed(seq);
+            }
+        }
+        Some(EventKind::SignalReceived { name, payload }) => {
+            deliver_locked(shared, active, key, |inbox| {
+                inbox.add(seq, name.clone(), payload.clone(), false)
+            });
+        }
+        Some(EventKind::CancelRequested { reason }) => {
+            deliver_locked(shared, active, key, |inbox| {
+                inbox.request_cancel(seq, reason.clone())
+            });
+        }
+        Some(end) => {
+            let outcome = match end {
+                EventKind::WorkflowCompleted { output } => Outcome::Completed(output.clone()),
+                EventKind::WorkflowFailed { error } => Outcome::Failed(error.clone()),
+                EventKind::WorkflowTerminated { reason } => Outcome::Terminated(reason.clone()),
+                EventKind::WorkflowContinuedAsNew { input, .. } => {
+                    Outcome::ContinuedAsNew(input.clone())
+                }
+                // The writer reports no other kind.
+                _ => return,
+            };
+            if let Some(entry) = active.remove(&key) {
+                if let (EventKind::WorkflowTerminated { .. }, Driver::Running(task)) =
+                    (end, &entry.driver)
+                {
+                    // Its code must not run another step; the writer already refuses
+                    // whatever it would append.
+                    task.abort();
+                }
+                entry.outcome.send_replace(Some(Ok(outcome)));
+            }
+            lock(&shared.parked).remove(&key);
+            // A continued run's chain goes on; its parent waits for the chain's end.
+            let chain_ended = !matches!(end, EventKind::WorkflowContinuedAsNew { .. });
+            if let (true, Some(parent)) = (chain_ended, parent) {
+                // A parent evicted while it waited for this child carries on now; one
+                // being evicted at this instant sees its inbox change and stays.
+                deliver_locked(shared, active, parent, Inbox::touch);
+            }
+        }
+    }
 }
 
 /// Holding the map's lock across the spawn makes the entry exist before anyone can look
@@ -1171,19 +1285,17 @@ fn spawn_locked(
     active: &mut HashMap<u128, Active>,
     key: u128,
     resume: Resume,
-    parent: Option<u128>,
 ) {
     let entry = active.entry(key).or_insert_with(Active::dormant);
     if matches!(entry.driver, Driver::Running(_)) {
         return;
     }
-    let task = tokio::spawn(run_instance(
+    let task = shared.runtime.spawn(run_instance(
         shared.clone(),
         key,
         resume,
         entry.inbox.clone(),
         entry.outcome.clone(),
-        parent,
     ));
     entry.driver = Driver::Running(task);
     shared.registered.notify_waiters();
@@ -1196,31 +1308,37 @@ fn wake(shared: &Arc<Shared>, key: u128) {
         .get(&key)
         .is_some_and(|a| matches!(a.driver, Driver::Dormant))
     {
-        spawn_locked(shared, &mut active, key, Resume::Load, None);
+        spawn_locked(shared, &mut active, key, Resume::Load);
     }
 }
 
-/// Hands a recorded signal or cancellation to the instance's inbox, waking it if it is
-/// dormant. Both happen under the map's lock, so a concurrent eviction either sees the
-/// inbox change (and stays) or has already made the entry dormant (and is woken here).
-fn deliver(shared: &Arc<Shared>, key: u128, put: impl FnOnce(&Inbox)) {
-    let mut active = lock(&shared.active);
+/// Hands a recorded signal or cancellation (or a child's end) to the instance's inbox,
+/// waking it if it is dormant. Both happen under the map's lock (held by the caller), so
+/// a concurrent eviction either sees the inbox change (and stays) or has already made
+/// the entry dormant (and is woken here).
+fn deliver_locked(
+    shared: &Arc<Shared>,
+    active: &mut HashMap<u128, Active>,
+    key: u128,
+    put: impl FnOnce(&Inbox),
+) {
     let Some(entry) = active.get(&key) else {
         return;
     };
     put(&entry.inbox);
     if matches!(entry.driver, Driver::Dormant) {
-        spawn_locked(shared, &mut active, key, Resume::Load, None);
+        spawn_locked(shared, active, key, Resume::Load);
     }
 }
 
-/// Makes the running entry of `key` dormant, unless its inbox changed since `generation`.
-fn mark_dormant(shared: &Shared, key: u128, generation: u64, wake_at_ms: Option<u64>) -> bool {
+/// Makes the running entry of `key` dormant, unless its inbox moved since `seen` (the
+/// mark of the workflow's last poll): a signal, a cancellation or a child's end.
+fn mark_dormant(shared: &Shared, key: u128, seen: InboxMark, wake_at_ms: Option<u64>) -> bool {
     let mut active = lock(&shared.active);
     let Some(entry) = active.get_mut(&key) else {
         return false;
     };
-    if entry.inbox.generation() != generation {
+    if entry.inbox.mark() != seen {
         return false;
     }
     // Dropping the handle detaches this very task, which ends right after.
@@ -1288,37 +1406,25 @@ async fn run_schedules(weak: std::sync::Weak<Shared>) {
             }
             // Occurrences missed while the host was down collapse into the one just started;
             // an interval stays on its grid.
-            let next = match row.recurrence.next_following(row.next_fire_ms, now) {
-                Ok(next) => next,
+            let updated = match row.recurrence.next_following(row.next_fire_ms, now) {
+                Ok(next) => Some(ScheduleRow {
+                    next_fire_ms: next,
+                    ..row.clone()
+                }),
                 Err(err) => {
                     tracing::error!(schedule = %id, %err, "schedule has no next occurrence; removing it");
-                    lock(&shared.schedules).remove(&id);
-                    let _ = shared.writer.schedule(id, None).await;
-                    continue;
+                    None
                 }
             };
-            let updated = ScheduleRow {
-                next_fire_ms: next,
-                ..row.clone()
-            };
-            let still_current = lock(&shared.schedules).get(&id) == Some(&row);
-            if !still_current {
-                continue; // replaced or removed meanwhile: the new version rules
-            }
-            let Ok(bytes) = encode_schedule(&updated) else {
-                continue;
-            };
+            // Only if nobody replaced or removed it meanwhile: the newer version rules, on
+            // disk as in memory (the commit updates the scheduler's map).
             if shared
                 .writer
-                .schedule(id.clone(), Some(bytes))
+                .schedule(id, updated, Some(row))
                 .await
                 .is_err()
             {
                 return;
-            }
-            let mut schedules = lock(&shared.schedules);
-            if schedules.get(&id) == Some(&row) {
-                schedules.insert(id, updated);
             }
         }
         let next = lock(&shared.schedules)
@@ -1374,11 +1480,12 @@ async fn drive_evictable(
             () = tokio::time::sleep(idle) => {
                 let Some(wake_at) = ctx.blocked() else { continue };
                 // The inbox as the workflow last saw it: anything delivered since (even
-                // while this branch runs and the workflow is not polled) keeps it here.
-                let generation = ctx.poll_generation();
-                match shared.writer.suspend(key, ctx.expected_next_seq(), wake_at).await {
+                // while this branch runs and the workflow is not polled) keeps it here,
+                // and the hint covers only the events that poll had seen.
+                let seen = ctx.poll_mark();
+                match shared.writer.suspend(key, seen.next_seq, wake_at).await {
                     Ok(true) => {
-                        if mark_dormant(shared, key, generation, wake_at) {
+                        if mark_dormant(shared, key, seen, wake_at) {
                             return Ok(DriveEnd::Evicted);
                         }
                     }
@@ -1399,7 +1506,7 @@ async fn drive(
     std::future::poll_fn(|cx| {
         // Read before the poll: a signal or cancellation delivered from here on must
         // stop an eviction, because this poll may not have seen it.
-        ctx.note_poll_generation();
+        ctx.note_poll();
         let polled =
             match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut future).poll(cx))) {
                 Ok(polled) => polled,
@@ -1436,22 +1543,21 @@ async fn run_instance(
     resume: Resume,
     inbox: Arc<Inbox>,
     outcome: Arc<watch::Sender<OutcomeSlot>>,
-    parent: Option<u128>,
 ) {
-    let (result, parent) = match run_instance_inner(&shared, key, resume, inbox, parent).await {
+    let result = match run_instance_inner(&shared, key, resume, inbox).await {
         Ok(RunEnd::Evicted) => return,
-        Ok(RunEnd::Finished(finished, parent)) => (Ok(finished), parent),
-        // Someone else ended this run while its driver ran: a `terminate` that raced a
-        // hand-over and found no driver to stop yet. The record wins; it is not a reason
-        // to park (and `terminate` has already told the parent).
+        Ok(RunEnd::Finished(finished)) => Ok(finished),
+        // Someone else ended this run while its driver ran (a termination committed
+        // before the commit path could stop this task). The record wins; it is not a
+        // reason to park (and its commit has already told the parent).
         Err(err @ Error::InstanceFinished(_)) => match shared.store.instance(key) {
             Ok(Some(row)) if row.status.is_finished() => {
                 let engine = Engine::from_shared(shared.clone());
-                (engine.recorded_outcome(&row), None)
+                engine.recorded_outcome(&row)
             }
-            _ => (Err(err), None),
+            _ => Err(err),
         },
-        Err(err) => (Err(err), None),
+        Err(err) => Err(err),
     };
     match &result {
         // Not the instance's fault: it resumes when the runtime is reopened.
@@ -1475,17 +1581,14 @@ async fn run_instance(
             reason: other.to_string(),
         },
     });
+    // A result committed here was already published by its commit (`Dispatch`), which
+    // also woke the parent; this covers the rest (parked, a result found on disk).
     outcome.send_replace(Some(result));
     lock(&shared.active).remove(&key);
-    if let Some(parent) = parent {
-        // A parent evicted while it waited for this child carries on now; one being
-        // evicted at this instant sees its inbox change and stays.
-        deliver(&shared, parent, Inbox::touch);
-    }
 }
 
 enum RunEnd {
-    Finished(Outcome, Option<u128>),
+    Finished(Outcome),
     Evicted,
 }
 
@@ -1501,16 +1604,12 @@ async fn run_instance_inner(
     key: u128,
     mut resume: Resume,
     inbox: Arc<Inbox>,
-    mut parent: Option<u128>,
 ) -> Result<RunEnd> {
     loop {
-        match run_once(shared, key, resume, inbox.clone(), parent).await? {
+        match run_once(shared, key, resume, inbox.clone()).await? {
             // Always-replay mode: the same driver rebuilds the run from the log, so the
             // instance keeps its entry, inbox and waiters throughout.
-            Once::Replay(known_parent) => {
-                resume = Resume::Load;
-                parent = known_parent;
-            }
+            Once::Replay => resume = Resume::Load,
             Once::End(end) => return Ok(end),
         }
     }
@@ -1519,8 +1618,8 @@ async fn run_instance_inner(
 /// How one incarnation of a run ended.
 enum Once {
     End(RunEnd),
-    /// Rebuild from the log; the parent link as known.
-    Replay(Option<u128>),
+    /// Rebuild from the log.
+    Replay,
 }
 
 async fn run_once(
@@ -1528,10 +1627,9 @@ async fn run_once(
     key: u128,
     resume: Resume,
     inbox: Arc<Inbox>,
-    parent: Option<u128>,
 ) -> Result<Once> {
-    let (history, known_next_seq, parent) = match resume {
-        Resume::Fresh(history) => (*history, 1, parent),
+    let (history, known_next_seq) = match resume {
+        Resume::Fresh(history) => (*history, 1),
         Resume::Load => {
             let row = shared.store.instance(key)?.ok_or_else(|| Error::Corrupt {
                 location: format!("running index, key {key:032x}"),
@@ -1539,12 +1637,12 @@ async fn run_once(
             })?;
             if row.status.is_finished() {
                 let outcome = Engine::from_shared(shared.clone()).recorded_outcome(&row)?;
-                return Ok(Once::End(RunEnd::Finished(outcome, None)));
+                return Ok(Once::End(RunEnd::Finished(outcome)));
             }
             let events = shared.store.history(&row)?;
             shared.replays.fetch_add(1, Ordering::Relaxed);
             let history = History::from_records(events.iter().map(|e| &e.record))?;
-            (history, row.next_seq, row.parent)
+            (history, row.next_seq)
         }
     };
     let factory = shared
@@ -1574,39 +1672,36 @@ async fn run_once(
     let result = match drive_evictable(shared, key, &ctx, factory(ctx.clone(), input)).await {
         Ok(DriveEnd::Finished(result)) => result,
         Ok(DriveEnd::Evicted) => return Ok(Once::End(RunEnd::Evicted)),
-        Err(Stop::Replay) => return Ok(Once::Replay(parent)),
+        Err(Stop::Replay) => return Ok(Once::Replay),
         Err(Stop::Fatal(err)) => return Err(err),
         Err(Stop::EndOfHistory(_)) => return Err(Error::ShutDown),
         Err(Stop::ContinueAsNew(input)) => {
             let mut tries = 0u32;
-            let next = loop {
-                let carried = Carried {
-                    expected_next_seq: ctx.expected_next_seq(),
-                    signals: ctx.inbox().undelivered(),
-                    cancel: ctx.undelivered_cancel(),
-                };
-                if let Some(next) = shared
+            loop {
+                let carried = ctx.hand_over();
+                if shared
                     .writer
                     .continue_as_new(key, input.clone(), carried)
                     .await?
+                    .is_some()
                 {
-                    break next;
+                    break;
                 }
-                // A signal was committed and is on its way to the inbox.
+                // A signal or cancellation was committed after the inbox was read; the
+                // refusal comes after that commit reached the inbox, so look again.
                 tries += 1;
                 if tries > CONTINUE_AS_NEW_TRIES_MAX {
-                    return Err(Error::Storage(
-                        "continue-as-new kept racing new signals; the run will retry after a restart".into(),
-                    ));
+                    return Err(Error::Contended {
+                        instance: ctx.instance_id().to_owned(),
+                        operation: "continue-as-new",
+                        tries,
+                    });
                 }
                 tokio::task::yield_now().await;
-            };
-            // The next run replays its start and carried events; it keeps the parent link.
-            spawn_driver(shared, next, Resume::Load, parent);
-            return Ok(Once::End(RunEnd::Finished(
-                Outcome::ContinuedAsNew(input),
-                None,
-            )));
+            }
+            // The commit started the next run's driver (with the parent link) and
+            // published the hand-over to waiters (`Dispatch`).
+            return Ok(Once::End(RunEnd::Finished(Outcome::ContinuedAsNew(input))));
         }
     };
     let outcome = finished_outcome(&ctx, result)?;
@@ -1627,5 +1722,5 @@ async fn run_once(
         },
     };
     shared.writer.append(key, kind).await?;
-    Ok(Once::End(RunEnd::Finished(outcome, parent)))
+    Ok(Once::End(RunEnd::Finished(outcome)))
 }

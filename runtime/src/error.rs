@@ -241,6 +241,18 @@ pub enum Error {
     #[error("[CAIRN-E0017] instance `{0}` has already finished; it accepts no more signals, cancellations or events")]
     InstanceFinished(String),
 
+    /// A journal operation kept losing to concurrent events and gave up; the instance is
+    /// parked and tried again at the next open.
+    #[error("[CAIRN-E0019] {operation} of instance `{instance}` lost to concurrent events {tries} times in a row; it is parked and tried again when the host restarts. Slow down whatever keeps signalling it")]
+    Contended {
+        /// User id of the instance.
+        instance: String,
+        /// The operation (`"continue-as-new"`).
+        operation: &'static str,
+        /// How often it was tried.
+        tries: u32,
+    },
+
     /// The host environment failed a request Cairn cannot do without (the OS random source).
     #[error("[CAIRN-E0016] the host environment failed: {0}")]
     Environment(String),
@@ -268,6 +280,7 @@ impl Error {
             Error::Environment(_) => "CAIRN-E0016",
             Error::InstanceFinished(_) => "CAIRN-E0017",
             Error::Terminated { .. } => "CAIRN-E0018",
+            Error::Contended { .. } => "CAIRN-E0019",
         }
     }
 }

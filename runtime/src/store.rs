@@ -678,7 +678,13 @@ impl Store for RedbStore {
             let txn = self.read()?;
             let log = txn.open_table(LOG).map_err(storage)?;
             let last = log.last().map_err(storage)?.map(|(lsn, _)| lsn.value());
-            Ok(last.map_or(1, |lsn| lsn + 1))
+            match last {
+                None => Ok(1),
+                Some(lsn) => lsn.checked_add(1).ok_or_else(|| Error::Corrupt {
+                    location: "log table".into(),
+                    message: format!("its last LSN is {lsn}, which leaves no next one"),
+                }),
+            }
         })
     }
 

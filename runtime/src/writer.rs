@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,9 +18,10 @@ use crate::event::{
     hash_envelope, DecodeError, EventKind, EventRecord, EVENT_BYTES_MAX, GENESIS_HASH,
 };
 use crate::queue::{Closed, CommitQueue};
+use crate::schedule::ScheduleRow;
 use crate::store::{
-    encode_attributes, encode_suspension, Attributes, InstanceRow, InstanceStatus, Store,
-    Suspension, WriteBatch,
+    encode_attributes, encode_schedule, encode_suspension, Attributes, InstanceRow, InstanceStatus,
+    Store, Suspension, WriteBatch,
 };
 use crate::sync::{lock, Arc, AtomicU64, Mutex};
 
@@ -48,6 +50,48 @@ pub(crate) struct Appended {
     pub(crate) seq: u64,
 }
 
+/// What one commit made durable and the host must reflect in memory, in commit order.
+///
+/// The writer hands the list to its [`CommitListener`] after the commit returns and
+/// before it answers any request, so what is durable reaches memory whether or not the
+/// caller that asked for it is still waiting (its future may have been dropped).
+#[derive(Debug)]
+pub(crate) enum Committed {
+    /// An event landed in `key`'s history at `seq`. `kind` is given for the events a host
+    /// acts on (a start, a signal, a cancellation request, an end) and `None` for the
+    /// steps a run records itself. `parent` is the instance's parent.
+    Event {
+        key: u128,
+        seq: u64,
+        parent: Option<u128>,
+        kind: Option<EventKind>,
+    },
+    /// Schedule `id` was stored (`Some`) or deleted (`None`).
+    Schedule {
+        id: String,
+        row: Option<ScheduleRow>,
+    },
+}
+
+/// Receives every commit's effects, on the writer thread, before the replies go out.
+/// It must not wait for the writer (it runs on its thread) and should be quick: the
+/// next commit waits for it.
+pub(crate) trait CommitListener: Send + Sync {
+    fn committed(&self, effects: &[Committed]);
+}
+
+/// The events a host acts on when they commit; the others only move the history's length.
+fn reported(kind: &EventKind) -> Option<EventKind> {
+    match kind {
+        EventKind::WorkflowStarted { .. }
+        | EventKind::SignalReceived { .. }
+        | EventKind::CancelRequested { .. } => Some(kind.clone()),
+        // Ends carry the result, which the host publishes to waiters.
+        _ if kind.is_terminal() => Some(kind.clone()),
+        _ => None,
+    }
+}
+
 enum Command {
     Start {
         id: String,
@@ -64,10 +108,12 @@ enum Command {
         carried: Carried,
         reply: oneshot::Sender<Result<Option<u128>>>,
     },
-    /// Stores (`Some`) or deletes (`None`) a schedule.
+    /// Stores (`Some`) or deletes (`None`) a schedule; with `only_if`, only while the
+    /// stored row is that one. Answers whether anything changed.
     Schedule {
         id: String,
-        row: Option<Vec<u8>>,
+        row: Option<ScheduleRow>,
+        only_if: Option<ScheduleRow>,
         reply: oneshot::Sender<Result<bool>>,
     },
     /// Marks an instance evicted while waiting, if nothing was appended to it since the
@@ -85,11 +131,14 @@ enum Command {
     },
 }
 
+/// An answer held until the batch it belongs to is committed and its effects are in
+/// memory. Refusals wait too: a refusal caused by an event earlier in the same batch
+/// (a signal the run has not seen) must not reach the run before that event does.
 enum Reply {
     Start(oneshot::Sender<Result<Started>>, Box<Started>),
     Append(oneshot::Sender<Result<Appended>>, Appended),
-    Ack(oneshot::Sender<Result<bool>>),
-    ContinueAsNew(oneshot::Sender<Result<Option<u128>>>, u128),
+    Flag(oneshot::Sender<Result<bool>>, bool),
+    ContinueAsNew(oneshot::Sender<Result<Option<u128>>>, Option<u128>),
 }
 
 /// What a run that continues as new hands to the next run.
@@ -112,22 +161,33 @@ pub struct WriterStats {
     pub events: AtomicU64,
 }
 
+type ListenerSlot = std::sync::Arc<OnceLock<std::sync::Arc<dyn CommitListener>>>;
+
 /// Handle to the writer thread.
 pub(crate) struct Writer {
     queue: Arc<CommitQueue<Command>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     stats: std::sync::Arc<WriterStats>,
+    listener: ListenerSlot,
 }
 
 impl Writer {
-    pub(crate) fn spawn(store: std::sync::Arc<dyn Store>) -> Result<Self> {
+    /// Starts the writer thread on `store`, whose stored schedules are `schedules`.
+    pub(crate) fn spawn(
+        store: std::sync::Arc<dyn Store>,
+        schedules: HashMap<String, ScheduleRow>,
+    ) -> Result<Self> {
         let next_lsn = store.next_lsn()?;
         let queue = Arc::new(CommitQueue::new());
         let stats = std::sync::Arc::new(WriterStats::default());
+        let listener: ListenerSlot = std::sync::Arc::new(OnceLock::new());
         let state = WriterLoop {
             store,
             queue: queue.clone(),
             stats: stats.clone(),
+            listener: listener.clone(),
+            effects: Vec::new(),
+            schedules,
             heads: HashMap::new(),
             attributes: HashMap::new(),
             attributes_touched: HashSet::new(),
@@ -144,7 +204,14 @@ impl Writer {
             queue,
             thread: Mutex::new(Some(thread)),
             stats,
+            listener,
         })
+    }
+
+    /// Sets the listener that receives every commit's effects; the first one set stays.
+    /// Set it before any request is queued: effects of earlier commits are not replayed.
+    pub(crate) fn listen(&self, listener: std::sync::Arc<dyn CommitListener>) {
+        let _ = self.listener.set(listener);
     }
 
     pub(crate) fn stats(&self) -> &std::sync::Arc<WriterStats> {
@@ -169,11 +236,22 @@ impl Writer {
         .await
     }
 
-    /// Stores (`Some`) or deletes (`None`) schedule `id`, durably.
-    pub(crate) async fn schedule(&self, id: String, row: Option<Vec<u8>>) -> Result<()> {
-        self.request(|reply| Command::Schedule { id, row, reply })
-            .await
-            .map(drop)
+    /// Stores (`Some`) or deletes (`None`) schedule `id`, durably; with `only_if`, only
+    /// while the stored row is that one. Returns whether anything changed (for a
+    /// deletion: whether the schedule existed).
+    pub(crate) async fn schedule(
+        &self,
+        id: String,
+        row: Option<ScheduleRow>,
+        only_if: Option<ScheduleRow>,
+    ) -> Result<bool> {
+        self.request(|reply| Command::Schedule {
+            id,
+            row,
+            only_if,
+            reply,
+        })
+        .await
     }
 
     /// Ends run `key` and starts the next run of its id with `input` and the carried
@@ -256,6 +334,11 @@ struct WriterLoop {
     store: std::sync::Arc<dyn Store>,
     queue: Arc<CommitQueue<Command>>,
     stats: std::sync::Arc<WriterStats>,
+    listener: ListenerSlot,
+    /// What the current batch makes durable, for the listener, in commit order.
+    effects: Vec<Committed>,
+    /// The stored schedules, as of the last commit and the current batch.
+    schedules: HashMap<String, ScheduleRow>,
     /// Rows of the instances this writer has touched. The writer is the only one that
     /// writes rows, so its copy is the truth; finished instances are dropped from it.
     heads: HashMap<u128, InstanceRow>,
@@ -311,6 +394,9 @@ impl WriterLoop {
                 );
             }
             if batch.is_empty() {
+                // Only refusals and idempotent answers: nothing to commit or report.
+                self.effects.clear();
+                send_replies(&mut replies);
                 continue;
             }
             if let Err(err) = self.finish_batch(&mut batch, &touched) {
@@ -319,6 +405,12 @@ impl WriterLoop {
             }
             match self.store.commit(&batch) {
                 Ok(()) => {
+                    // Memory first, answers second: a caller that hears back (or one
+                    // that went away) finds the effect already applied.
+                    if let Some(listener) = self.listener.get() {
+                        listener.committed(&self.effects);
+                    }
+                    self.effects.clear();
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     self.stats
                         .events
@@ -344,15 +436,7 @@ impl WriterLoop {
                             self.attributes.remove(&key);
                         }
                     }
-                    for reply in replies.drain(..) {
-                        // A requester that went away (its task was dropped) needs no answer.
-                        match reply {
-                            Reply::Start(tx, started) => drop(tx.send(Ok(*started))),
-                            Reply::Append(tx, appended) => drop(tx.send(Ok(appended))),
-                            Reply::Ack(tx) => drop(tx.send(Ok(true))),
-                            Reply::ContinueAsNew(tx, key) => drop(tx.send(Ok(Some(key)))),
-                        }
-                    }
+                    send_replies(&mut replies);
                 }
                 Err(err) => self.fail(err, &mut replies),
             }
@@ -365,10 +449,11 @@ impl WriterLoop {
             match reply {
                 Reply::Start(tx, _) => drop(tx.send(Err(err.clone()))),
                 Reply::Append(tx, _) => drop(tx.send(Err(err.clone()))),
-                Reply::Ack(tx) => drop(tx.send(Err(err.clone()))),
+                Reply::Flag(tx, _) => drop(tx.send(Err(err.clone()))),
                 Reply::ContinueAsNew(tx, _) => drop(tx.send(Err(err.clone()))),
             }
         }
+        self.effects.clear();
         self.heads.clear();
         self.attributes.clear();
         self.attributes_touched.clear();
@@ -516,6 +601,35 @@ impl WriterLoop {
         Ok(Some(next))
     }
 
+    fn schedule(
+        &mut self,
+        id: String,
+        row: Option<ScheduleRow>,
+        only_if: Option<ScheduleRow>,
+        batch: &mut WriteBatch,
+    ) -> Result<bool> {
+        let current = self.schedules.get(&id);
+        if let Some(expected) = &only_if {
+            // The scheduler moves a schedule on only if nobody replaced or removed it
+            // while its occurrence was being started.
+            if current != Some(expected) {
+                return Ok(false);
+            }
+        }
+        let changed = match &row {
+            Some(_) => true,
+            None => current.is_some(),
+        };
+        let bytes = row.as_ref().map(encode_schedule).transpose()?;
+        batch.schedules.push((id.clone(), bytes));
+        match &row {
+            Some(row) => self.schedules.insert(id.clone(), row.clone()),
+            None => self.schedules.remove(&id),
+        };
+        self.effects.push(Committed::Schedule { id, row });
+        Ok(changed)
+    }
+
     /// Loads an instance's stored attributes before its first change in this writer,
     /// so a failed read refuses the event instead of leaving it half-applied.
     fn load_attributes(&mut self, key: u128) -> Result<()> {
@@ -554,18 +668,23 @@ impl WriterLoop {
         replies: &mut Vec<Reply>,
     ) {
         match command {
-            Command::Schedule { id, row, reply } => {
-                batch.schedules.push((id, row));
-                replies.push(Reply::Ack(reply));
-            }
+            Command::Schedule {
+                id,
+                row,
+                only_if,
+                reply,
+            } => match self.schedule(id, row, only_if, batch) {
+                Ok(changed) => replies.push(Reply::Flag(reply, changed)),
+                Err(err) => drop(reply.send(Err(err))),
+            },
             Command::ContinueAsNew {
                 key,
                 input,
                 carried,
                 reply,
             } => match self.continue_as_new(key, input, carried, now, batch, touched) {
-                Ok(Some(next)) => replies.push(Reply::ContinueAsNew(reply, next)),
-                other => drop(reply.send(other)),
+                Ok(next) => replies.push(Reply::ContinueAsNew(reply, next)),
+                Err(err) => drop(reply.send(Err(err))),
             },
             Command::Suspend {
                 key,
@@ -573,11 +692,13 @@ impl WriterLoop {
                 wake_at_ms,
                 reply,
             } => match self.suspend(key, expected_next_seq, wake_at_ms, batch, touched) {
-                Ok(true) => {
-                    self.suspended_in_batch.push(key);
-                    replies.push(Reply::Ack(reply));
+                Ok(marked) => {
+                    if marked {
+                        self.suspended_in_batch.push(key);
+                    }
+                    replies.push(Reply::Flag(reply, marked));
                 }
-                other => drop(reply.send(other)),
+                Err(err) => drop(reply.send(Err(err))),
             },
             Command::Start {
                 id,
@@ -699,6 +820,11 @@ impl WriterLoop {
             self.load_attributes(key)?;
         }
         let lsn = self.next_lsn;
+        let next_lsn = lsn.checked_add(1).ok_or_else(|| {
+            Error::Storage(format!(
+                "the log has used every sequence number up to {lsn}; it cannot take another event"
+            ))
+        })?;
         let row = self.head(key)?;
         if row.status.is_finished() {
             return Err(Error::InstanceFinished(row.id.clone()));
@@ -711,6 +837,8 @@ impl WriterLoop {
             _ => None,
         };
         let position = kind.name();
+        let report = reported(&kind);
+        let parent = row.parent;
         let attributes = match &kind {
             EventKind::AttributesSet { attributes, .. } => Some(attributes.clone()),
             _ => None,
@@ -758,11 +886,29 @@ impl WriterLoop {
             // Something happened to an evicted instance: it must be replayed at start.
             batch.running.push((key, entry));
         }
-        self.next_lsn += 1;
+        self.next_lsn = next_lsn;
         if let Some(attributes) = attributes {
             self.merge_attributes(key, attributes);
         }
+        self.effects.push(Committed::Event {
+            key,
+            seq,
+            parent,
+            kind: report,
+        });
         Ok(Appended { seq })
+    }
+}
+
+fn send_replies(replies: &mut Vec<Reply>) {
+    for reply in replies.drain(..) {
+        // A requester that went away (its task was dropped) needs no answer.
+        match reply {
+            Reply::Start(tx, started) => drop(tx.send(Ok(*started))),
+            Reply::Append(tx, appended) => drop(tx.send(Ok(appended))),
+            Reply::Flag(tx, flag) => drop(tx.send(Ok(flag))),
+            Reply::ContinueAsNew(tx, next) => drop(tx.send(Ok(next))),
+        }
     }
 }
 
@@ -796,7 +942,7 @@ mod tests {
         let disk = FaultDisk::new();
         let store: std::sync::Arc<dyn Store> =
             std::sync::Arc::new(disk.open_store("writer-test").unwrap());
-        let writer = Writer::spawn(store).unwrap();
+        let writer = Writer::spawn(store, HashMap::new()).unwrap();
         let parent = writer
             .start("p".into(), "parent".into(), payload(), None)
             .await
