@@ -201,6 +201,10 @@ fn event_json(event: &StoredEvent) -> Value {
         EventKind::WorkflowContinuedAsNew { input, next_run } => {
             json!({ "input": payload(input), "next_run": format!("{next_run:032x}") })
         }
+        EventKind::StepAbandoned { step } => json!({ "step": step }),
+        EventKind::RunContinued { previous_run, run } => {
+            json!({ "previous_run": format!("{previous_run:032x}"), "run": run })
+        }
         EventKind::ChildStarted {
             step,
             workflow_type,

@@ -287,20 +287,52 @@ pub struct ActivityContext {
     pub step: StepNo,
     /// This attempt (1 for the first). Continues after a crash: recorded failures count.
     pub attempt: u32,
+    /// The calling run's position in its continue-as-new chain: 1 for an instance's
+    /// first run, 2 for the run it continued as, and so on.
+    pub run: u32,
 }
 
 impl ActivityContext {
     /// A key that is the same for every execution of this step (every attempt, every
-    /// re-run after a crash): `"{instance}/{step}"`. Pass it to external systems that
-    /// de-duplicate, so an activity that ran twice has its effect once.
+    /// re-run after a crash) and differs for every other step, including the steps of the
+    /// later runs of a continue-as-new chain, which start numbering from 1 again:
+    /// `"{instance}/{step}"` in an instance's first run, `"{instance}/run-{run}/{step}"`
+    /// in its later runs. Pass it to external systems that de-duplicate, so an activity
+    /// that ran twice has its effect once.
+    ///
+    /// ```
+    /// # use cairn_runtime::ActivityContext;
+    /// let mut ctx = ActivityContext {
+    ///     instance_id: "meter-7".into(),
+    ///     workflow_type: "read_meter".into(),
+    ///     activity: "bill".into(),
+    ///     step: 3,
+    ///     attempt: 2,
+    ///     run: 1,
+    /// };
+    /// assert_eq!(ctx.idempotency_key(), "meter-7/3");
+    /// ctx.run = 4;
+    /// assert_eq!(ctx.idempotency_key(), "meter-7/run-4/3");
+    /// ```
     pub fn idempotency_key(&self) -> String {
-        format!("{}/{}", self.instance_id, self.step)
+        format!("{}/{}", self.step_prefix(), self.step)
     }
 
-    /// A key unique to this attempt: `"{instance}/{step}/{attempt}"`, the same when an
-    /// attempt is re-run after a crash. For systems that must tell attempts apart.
+    /// A key unique to this attempt: the idempotency key followed by `/{attempt}`, the
+    /// same when an attempt is re-run after a crash. For systems that must tell attempts
+    /// apart.
     pub fn attempt_key(&self) -> String {
-        format!("{}/{}/{}", self.instance_id, self.step, self.attempt)
+        format!("{}/{}/{}", self.step_prefix(), self.step, self.attempt)
+    }
+
+    /// The first run keeps the keys it had before runs were numbered, so a step in
+    /// flight across an upgrade keeps its key.
+    fn step_prefix(&self) -> String {
+        if self.run <= 1 {
+            self.instance_id.clone()
+        } else {
+            format!("{}/run-{}", self.instance_id, self.run)
+        }
     }
 }
 

@@ -70,6 +70,11 @@ struct CtxState {
     was_blocked: bool,
     /// The inbox's mark when the workflow was last polled (see `drive`).
     poll_mark: InboxMark,
+    /// The driver is dropping the workflow's future: steps dropped now are not abandoned
+    /// by the workflow.
+    ending: bool,
+    /// Signal waits whose delivery is being recorded: step -> the signal's `seq`.
+    reserved: std::collections::BTreeMap<StepNo, u64>,
 }
 
 impl CtxState {
@@ -187,9 +192,10 @@ impl Inbox {
 
     /// What a run that continues as new hands over, read at one instant: the history's
     /// length and the signals and cancellation it holds that no step took.
-    fn hand_over(&self, cancel_delivered: bool) -> Carried {
+    fn hand_over(&self, cancel_delivered: bool, run: u32) -> Carried {
         let state = lock(&self.state);
         Carried {
+            run,
             expected_next_seq: state.mark.next_seq,
             signals: undelivered(&state),
             cancel: if cancel_delivered {
@@ -296,6 +302,8 @@ impl WorkflowContext {
                     waits: std::collections::BTreeMap::new(),
                     was_blocked: false,
                     poll_mark: InboxMark::default(),
+                    ending: false,
+                    reserved: std::collections::BTreeMap::new(),
                 }),
                 state_changed: Notify::new(),
             }),
@@ -435,6 +443,21 @@ impl WorkflowContext {
         BusyGuard(self)
     }
 
+    /// Runs the live part of step `step`. If the workflow drops the step's future before
+    /// it finishes (a `select!` it lost, the rest of a `try_join!` after an error), the
+    /// step is recorded as abandoned, so replay never lets it win or run again. Dropping
+    /// the whole run (eviction, a stop, shutdown) abandons nothing.
+    async fn live<T>(&self, step: StepNo, work: impl Future<Output = T>) -> T {
+        let guard = LiveGuard {
+            ctx: self,
+            step,
+            armed: true,
+        };
+        let out = work.await;
+        guard.finish();
+        out
+    }
+
     /// Keeps the run in memory until the guard is dropped.
     fn pinned(&self) -> PinGuard<'_> {
         let mut state = lock(&self.inner.state);
@@ -483,7 +506,9 @@ impl WorkflowContext {
     /// the signals and cancellation no step took, read together.
     pub(crate) fn hand_over(&self) -> Carried {
         let cancel_delivered = lock(&self.inner.state).cancel_delivered;
-        self.inner.inbox.hand_over(cancel_delivered)
+        self.inner
+            .inbox
+            .hand_over(cancel_delivered, self.inner.history.run)
     }
 
     /// Decides a step against history; parks the instance on divergence.
@@ -494,7 +519,13 @@ impl WorkflowContext {
         if lock(&self.inner.state).stop.is_some() {
             return std::future::pending().await;
         }
-        match self.inner.history.check(step, request) {
+        let decision = self.inner.history.check(step, request);
+        if decision.is_ok() && self.inner.history.is_abandoned(step) {
+            // The recorded run dropped this step unfinished (it lost a race): it must not
+            // win now, so it never resolves, whatever it recorded.
+            return std::future::pending().await;
+        }
+        match decision {
             Ok(Decision::Run {
                 failed_attempts,
                 deadline_ms,
@@ -575,6 +606,7 @@ impl WorkflowContext {
                 deadline_ms,
             } => (failed_attempts, deadline_ms),
         };
+        self.live(step, async move {
         if let Some(reason) = self.take_cancel(step, StepKind::Activity, name).await {
             return Err(ActivityFailure::cancelled(
                 name,
@@ -604,6 +636,7 @@ impl WorkflowContext {
                 activity: name.to_owned(),
                 step,
                 attempt: number,
+                run: self.inner.history.run,
             };
             let run = AssertUnwindSafe(attempt(ctx, &input)).catch_unwind();
             let bounded = tokio::time::timeout(options.start_to_close, run);
@@ -691,6 +724,8 @@ impl WorkflowContext {
                 }
             }
         }
+        })
+        .await
     }
 
     /// Records (or replays) a value produced outside the workflow's determinism: the
@@ -716,17 +751,20 @@ impl WorkflowContext {
                 self.abort(err).await
             }
             Decision::Run { .. } => {
-                let value = match produce() {
-                    Ok(value) => value,
-                    Err(err) => return self.abort(err).await,
-                };
-                let kind = EventKind::SideEffect {
-                    step,
-                    label: label.to_owned(),
-                    value: value.clone(),
-                };
-                self.record(kind).await;
-                value
+                self.live(step, async move {
+                    let value = match produce() {
+                        Ok(value) => value,
+                        Err(err) => return self.abort(err).await,
+                    };
+                    let kind = EventKind::SideEffect {
+                        step,
+                        label: label.to_owned(),
+                        value: value.clone(),
+                    };
+                    self.record(kind).await;
+                    value
+                })
+                .await
             }
         }
     }
@@ -868,8 +906,11 @@ impl WorkflowContext {
                 self.abort(err).await
             }
             Decision::Run { .. } => {
-                self.record(EventKind::AttributesSet { step, attributes })
-                    .await;
+                self.live(
+                    step,
+                    self.record(EventKind::AttributesSet { step, attributes }),
+                )
+                .await;
             }
         }
     }
@@ -909,6 +950,7 @@ impl WorkflowContext {
             }
             Decision::Run { .. } => {}
         }
+        self.live(step, async move {
         let Some(shared) = self.inner.shared.clone() else {
             // `decide` never answers Run in replay-only mode.
             return std::future::pending().await;
@@ -992,6 +1034,8 @@ impl WorkflowContext {
         };
         self.record(completed).await;
         Ok(outcome)
+        })
+        .await
     }
 
     /// A durable timer: step `step` resolves once the runtime clock reaches `fire_at_ms`.
@@ -1021,6 +1065,7 @@ impl WorkflowContext {
             }
             Decision::Run { deadline_ms, .. } => deadline_ms,
         };
+        self.live(step, async move {
         let fire_at_ms = match recorded_deadline {
             Some(at) => at,
             None => {
@@ -1048,6 +1093,8 @@ impl WorkflowContext {
         drop(waiting);
         self.record(EventKind::TimerFired { step }).await;
         Ok(())
+        })
+        .await
     }
 
     /// Waits at step `step` for the oldest undelivered signal called `name`, or until the
@@ -1086,6 +1133,7 @@ impl WorkflowContext {
             }
             Decision::Run { deadline_ms, .. } => deadline_ms,
         };
+        self.live(step, async move {
         let deadline_ms = match (recorded_deadline, deadline_ms) {
             (Some(recorded), _) => Some(recorded),
             (None, Some(requested)) => {
@@ -1115,7 +1163,12 @@ impl WorkflowContext {
                     name: name.to_owned(),
                     signal_seq,
                 };
-                if let Err(err) = self.append(delivered).await {
+                // Should the workflow drop this wait now (it lost a `select!`), the
+                // signal goes back to the inbox with the step's abandonment.
+                lock(&self.inner.state).reserved.insert(step, signal_seq);
+                let appended = self.append(delivered).await;
+                lock(&self.inner.state).reserved.remove(&step);
+                if let Err(err) = appended {
                     inbox.untake(signal_seq);
                     return self.abort(err).await;
                 }
@@ -1143,6 +1196,8 @@ impl WorkflowContext {
                 None => arrived.await,
             }
         }
+        })
+        .await
     }
 }
 
@@ -1154,6 +1209,57 @@ impl Drop for BusyGuard<'_> {
         let mut state = lock(&self.0.inner.state);
         state.busy = state.busy.saturating_sub(1);
         self.0.changed(&mut state);
+    }
+}
+
+/// Records its step as abandoned if dropped before `finish`.
+struct LiveGuard<'a> {
+    ctx: &'a WorkflowContext,
+    step: StepNo,
+    armed: bool,
+}
+
+impl LiveGuard<'_> {
+    fn finish(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for LiveGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let inner = &self.ctx.inner;
+        let Some(shared) = &inner.shared else {
+            return;
+        };
+        let released = {
+            let mut state = lock(&inner.state);
+            // The run itself is ending (evicted, stopped, shut down): not a lost race.
+            if state.stop.is_some() || state.ending {
+                return;
+            }
+            state.reserved.remove(&self.step)
+        };
+        // A signal this wait took goes back to the inbox: the abandonment that follows
+        // its delivery gives it back in the history too (`History::apply`).
+        if let Some(signal_seq) = released {
+            inner.inbox.untake(signal_seq);
+        }
+        // Queued now, from inside the poll that dropped the step, so it is committed no
+        // later than anything the workflow does next.
+        let abandoned = EventKind::StepAbandoned { step: self.step };
+        shared.writer.append_detached(inner.key, abandoned);
+    }
+}
+
+/// Marks the run as ending while the driver drops its future (see `LiveGuard`).
+pub(crate) struct EndingGuard<'a>(pub(crate) &'a WorkflowContext);
+
+impl Drop for EndingGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.inner.state).ending = true;
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, SystemClock};
 use crate::codec::{Codec, JsonCodec, Payload};
-use crate::context::{Inbox, InboxMark, Stop, WorkflowContext};
+use crate::context::{EndingGuard, Inbox, InboxMark, Stop, WorkflowContext};
 use crate::error::{Error, Result, StepDescriptor};
 use crate::event::AttrValue;
 use crate::event::{EventKind, EventRecord};
@@ -742,7 +742,7 @@ impl Engine {
                     tracing::debug!(instance = %id, seq = appended.seq, event = what, "recorded");
                     return Ok(());
                 }
-                Err(Error::InstanceFinished(finished)) => match self.successor(id, key).await? {
+                Err(Error::InstanceFinished(finished)) => match self.successor(id, key)? {
                     Some(next) => key = next,
                     None => return Err(Error::InstanceFinished(finished)),
                 },
@@ -752,26 +752,11 @@ impl Engine {
     }
 
     /// After the writer refused run `key` of `id` as finished: the id's newer run if
-    /// `key` handed over to one, `None` if it ended for good. The refusal can arrive
-    /// before the commit that ended `key` is readable (it is answered while that batch is
-    /// being built), so this waits for that commit, briefly.
-    async fn successor(&self, id: &str, key: u128) -> Result<Option<u128>> {
-        let give_up = tokio::time::Instant::now() + DRIVER_REGISTRATION_WAIT;
-        loop {
-            let current = self.key_of(id)?;
-            if current != key {
-                return Ok(Some(current));
-            }
-            let committed_end = self
-                .shared
-                .store
-                .instance(key)?
-                .is_some_and(|row| row.status.is_finished());
-            if committed_end || tokio::time::Instant::now() >= give_up {
-                return Ok(None);
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+    /// `key` handed over to one, `None` if it ended for good. The refusal is answered
+    /// after the commit that ended `key`, which moved the id in the same transaction.
+    fn successor(&self, id: &str, key: u128) -> Result<Option<u128>> {
+        let current = self.key_of(id)?;
+        Ok((current != key).then_some(current))
     }
 
     fn key_of(&self, id: &str) -> Result<u128> {
@@ -1168,6 +1153,19 @@ impl CommitListener for Dispatch {
             return;
         };
         let mut schedules_changed = false;
+        // A continued run's number follows its start in the same commit; its run needs it
+        // from the start (activity keys).
+        let runs: HashMap<u128, u32> = effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Committed::Event {
+                    key,
+                    kind: Some(EventKind::RunContinued { run, .. }),
+                    ..
+                } => Some((*key, *run)),
+                _ => None,
+            })
+            .collect();
         {
             let mut active = lock(&shared.active);
             for effect in effects {
@@ -1177,7 +1175,16 @@ impl CommitListener for Dispatch {
                         seq,
                         parent,
                         kind,
-                    } => apply_event(&shared, &mut active, *key, *seq, *parent, kind.as_ref()),
+                    } => {
+                        let run = runs.get(key).copied().unwrap_or(1);
+                        let event = CommittedEvent {
+                            key: *key,
+                            seq: *seq,
+                            parent: *parent,
+                            run,
+                        };
+                        apply_event(&shared, &mut active, event, kind.as_ref());
+                    }
                     Committed::Schedule { id, row } => {
                         let mut schedules = lock(&shared.schedules);
                         match row {
@@ -1195,18 +1202,31 @@ impl CommitListener for Dispatch {
     }
 }
 
-/// Brings one committed event of `key` (at `seq`) into memory. Called with the active
-/// map locked, so an eviction in progress either sees the change or is woken by it.
-fn apply_event(
-    shared: &Arc<Shared>,
-    active: &mut HashMap<u128, Active>,
+/// Where a committed event landed: its instance, its `seq`, the instance's parent and
+/// its run's position in its continue-as-new chain.
+struct CommittedEvent {
     key: u128,
     seq: u64,
     parent: Option<u128>,
+    run: u32,
+}
+
+/// Brings one committed event into memory. Called with the active map locked, so an
+/// eviction in progress either sees the change or is woken by it.
+fn apply_event(
+    shared: &Arc<Shared>,
+    active: &mut HashMap<u128, Active>,
+    event: CommittedEvent,
     kind: Option<&EventKind>,
 ) {
+    let CommittedEvent {
+        key,
+        seq,
+        parent,
+        run,
+    } = event;
     match kind {
-        None => {
+        None | Some(EventKind::RunContinued { .. }) => {
             if let Some(entry) = active.get(&key) {
                 entry.inbox.committed(seq);
             }
@@ -1229,7 +1249,8 @@ fn apply_event(
                 lock(&shared.parked).insert(key, err);
                 return;
             }
-            let history = History::fresh(id.clone(), workflow_type.clone(), input.clone());
+            let mut history = History::fresh(id.clone(), workflow_type.clone(), input.clone());
+            history.run = run;
             spawn_locked(shared, active, key, Resume::Fresh(Box::new(history)));
             if let Some(entry) = active.get(&key) {
                 entry.inbox.committed(seq);
@@ -1503,6 +1524,9 @@ async fn drive(
     ctx: &WorkflowContext,
     mut future: BoxFuture<'static, WorkflowResult>,
 ) -> std::result::Result<WorkflowResult, Stop> {
+    // Dropped before `future` (locals drop in reverse order), however this ends: steps
+    // dropped with the run are not steps the workflow abandoned.
+    let _ending = EndingGuard(ctx);
     std::future::poll_fn(|cx| {
         // Read before the poll: a signal or cancellation delivered from here on must
         // stop an eviction, because this poll may not have seen it.

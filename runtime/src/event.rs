@@ -232,6 +232,23 @@ pub enum EventKind {
         /// Internal key of the new run.
         next_run: u128,
     },
+    /// The workflow dropped step `step` before it finished (the losing branch of a
+    /// `select!`, the rest of a `try_join!` after an error). Replay never resolves that
+    /// step again, so the branch that won before wins again; whatever the step recorded
+    /// (even an outcome committed while it was being dropped) is never used.
+    StepAbandoned {
+        /// The step.
+        step: StepNo,
+    },
+    /// This run continues run `previous_run` of the same id (`ctx.continue_as_new`); it
+    /// is run number `run` of the chain (the first run is 1 and records no such event).
+    /// Written right after the run's `WorkflowStarted`, in the same commit.
+    RunContinued {
+        /// Internal key of the run that handed over.
+        previous_run: u128,
+        /// This run's position in the chain, from 2.
+        run: u32,
+    },
 }
 
 /// How a child workflow ended, as its parent recorded it.
@@ -307,14 +324,16 @@ impl EventKind {
             | EventKind::AttributesSet { step, .. }
             | EventKind::StepCancelled { step, .. }
             | EventKind::ChildStarted { step, .. }
-            | EventKind::ChildCompleted { step, .. } => Some(*step),
+            | EventKind::ChildCompleted { step, .. }
+            | EventKind::StepAbandoned { step } => Some(*step),
             EventKind::WorkflowStarted { .. }
             | EventKind::WorkflowCompleted { .. }
             | EventKind::WorkflowFailed { .. }
             | EventKind::SignalReceived { .. }
             | EventKind::WorkflowTerminated { .. }
             | EventKind::CancelRequested { .. }
-            | EventKind::WorkflowContinuedAsNew { .. } => None,
+            | EventKind::WorkflowContinuedAsNew { .. }
+            | EventKind::RunContinued { .. } => None,
         }
     }
 
@@ -353,6 +372,8 @@ impl EventKind {
             EventKind::ChildStarted { .. } => "ChildStarted",
             EventKind::ChildCompleted { .. } => "ChildCompleted",
             EventKind::WorkflowContinuedAsNew { .. } => "WorkflowContinuedAsNew",
+            EventKind::StepAbandoned { .. } => "StepAbandoned",
+            EventKind::RunContinued { .. } => "RunContinued",
         }
     }
 }

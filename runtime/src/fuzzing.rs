@@ -41,7 +41,7 @@ pub const HISTORY_EVENTS_MAX: usize = u8::MAX as usize;
 pub const WALK_STEPS_MAX: StepNo = 512;
 
 /// Number of event kinds [`synthetic_event`] builds, one per [`EventKind`] variant.
-pub const SYNTHETIC_KINDS: u8 = 21;
+pub const SYNTHETIC_KINDS: u8 = 23;
 
 /// Names made-up events and requests draw from: a few that real workflows use (so
 /// recorded steps and requests meet) and the empty string.
@@ -313,9 +313,14 @@ pub fn synthetic_event(kind: u8, step: StepNo, name: &str, extra: u8) -> EventKi
                 _ => ChildOutcome::Terminated(name),
             },
         },
-        _ => EventKind::WorkflowContinuedAsNew {
+        20 => EventKind::WorkflowContinuedAsNew {
             input: value,
             next_run: u128::from(extra),
+        },
+        21 => EventKind::StepAbandoned { step },
+        _ => EventKind::RunContinued {
+            previous_run: u128::from(extra),
+            run: small,
         },
     }
 }
@@ -345,6 +350,8 @@ pub fn synthetic_kind(kind: &EventKind) -> u8 {
         EventKind::ChildStarted { .. } => 18,
         EventKind::ChildCompleted { .. } => 19,
         EventKind::WorkflowContinuedAsNew { .. } => 20,
+        EventKind::StepAbandoned { .. } => 21,
+        EventKind::RunContinued { .. } => 22,
     }
 }
 
@@ -483,10 +490,16 @@ fn walk_recorded_steps(history: &History) {
                 }),
                 "step {step} is not recorded, so it runs"
             );
+            // An abandoned step had another call there, which the recorded run dropped.
+            let expected = if history.is_abandoned(step) {
+                PatchDecision::OldPath
+            } else {
+                PatchDecision::Live
+            };
             assert_eq!(
                 history.patch(step, "unrecorded"),
-                Ok(PatchDecision::Live),
-                "step {step} is not recorded, so a patch there is live"
+                Ok(expected),
+                "step {step} is not recorded, so a patch there is live unless it was abandoned"
             );
             continue;
         };

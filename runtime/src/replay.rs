@@ -5,7 +5,7 @@
 //! [`History::check`] always gives the same answers. The engine asks it before running any
 //! step live; a mismatch stops the instance before anything is appended.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::codec::Payload;
 use crate::error::{Error, NonDeterminism, StepDescriptor};
@@ -178,6 +178,11 @@ pub struct History {
     /// The workflow's input.
     pub input: Payload,
     steps: BTreeMap<StepNo, RecordedStep>,
+    /// Steps the workflow dropped before they finished (`StepAbandoned`): replay never
+    /// resolves them.
+    abandoned: BTreeSet<StepNo>,
+    /// This run's position in its continue-as-new chain, from 1 (`RunContinued`).
+    pub run: u32,
     /// Signals received, by the `seq` of their event: name, body, and whether a wait
     /// took them.
     signals: BTreeMap<u64, ReceivedSignal>,
@@ -215,6 +220,8 @@ impl History {
             workflow_type,
             input,
             steps: BTreeMap::new(),
+            abandoned: BTreeSet::new(),
+            run: 1,
             signals: BTreeMap::new(),
             result: None,
             cancel_requested: None,
@@ -462,6 +469,32 @@ impl History {
                 let entry = self.open_step(*step, StepKind::Signal, name, seq)?;
                 entry.outcome = Some(RecordedOutcome::TimedOut);
             }
+            EventKind::StepAbandoned { step } => {
+                if !self.abandoned.insert(*step) {
+                    return Err(corrupt(&id, seq, format!("step {step} abandoned twice")));
+                }
+                // A signal the dropped wait took is given back: a later wait may take it.
+                let taken = self.steps.get(step).and_then(|entry| match &entry.outcome {
+                    Some(RecordedOutcome::Signal { signal_seq, .. }) => Some(*signal_seq),
+                    _ => None,
+                });
+                if let Some(signal) = taken.and_then(|seq| self.signals.get_mut(&seq)) {
+                    signal.delivered = false;
+                }
+            }
+            EventKind::RunContinued { run, .. } => {
+                // Only right after the start, once, and never as the chain's first run.
+                if seq != 1 || *run < 2 {
+                    return Err(corrupt(
+                        &id,
+                        seq,
+                        format!(
+                            "RunContinued (run {run}) is not the second event of a continued run"
+                        ),
+                    ));
+                }
+                self.run = *run;
+            }
         }
         Ok(())
     }
@@ -474,6 +507,13 @@ impl History {
         seq: u64,
     ) -> Result<&mut RecordedStep, Error> {
         let instance = self.instance.clone();
+        if self.abandoned.contains(&step) {
+            return Err(corrupt(
+                &instance,
+                seq,
+                format!("step {step} has an event after it was abandoned"),
+            ));
+        }
         let entry = self.steps.entry(step).or_insert_with(|| RecordedStep {
             kind,
             name: name.to_owned(),
@@ -504,9 +544,17 @@ impl History {
         self.steps.get(&step)
     }
 
+    /// Whether the workflow dropped `step` before it finished, in the recorded run: replay
+    /// must never resolve it, whatever it recorded.
+    pub fn is_abandoned(&self, step: StepNo) -> bool {
+        self.abandoned.contains(&step)
+    }
+
     /// Highest step number recorded (0 when none).
     pub fn last_step(&self) -> StepNo {
-        self.steps.keys().next_back().copied().unwrap_or(0)
+        let recorded = self.steps.keys().next_back().copied().unwrap_or(0);
+        let abandoned = self.abandoned.iter().next_back().copied().unwrap_or(0);
+        recorded.max(abandoned)
     }
 
     /// Decides what to do with the code's request for `step`.
@@ -552,6 +600,8 @@ impl History {
         patch_id: &str,
     ) -> Result<PatchDecision, Box<NonDeterminism>> {
         match self.steps.get(&step) {
+            // The recorded run had another step here, which it dropped unfinished.
+            None if self.is_abandoned(step) => Ok(PatchDecision::OldPath),
             None if step > self.last_step() => Ok(PatchDecision::Live),
             // A gap: an earlier step is still running and this one was not recorded.
             None => Ok(PatchDecision::Live),

@@ -40,8 +40,10 @@ const CAIRN_TABLES: [&str; 7] = [
 ];
 
 /// Storage format of the whole file (tables and row encodings). Bumped on any change a
-/// previous build could misread.
-pub const STORAGE_FORMAT: u32 = 1;
+/// previous build could misread. Format 2 added the event kinds `StepAbandoned` and
+/// `RunContinued`; a format-1 file is read as it is and marked 2 by its first commit
+/// (before which it holds neither).
+pub const STORAGE_FORMAT: u32 = 2;
 
 /// Version byte in front of every encoded [`InstanceRow`].
 const ROW_VERSION: u8 = 1;
@@ -266,6 +268,10 @@ pub struct RedbStore {
     /// every later call fails fast, and `close` leaks the handle rather than run a
     /// destructor that may wait on state the panic left behind.
     poisoned: AtomicBool,
+    /// The file's marker names an older format than [`STORAGE_FORMAT`]: the next commit
+    /// raises it (nothing is written at open), so an older build refuses the file once
+    /// it may hold what that build cannot read.
+    outdated: AtomicBool,
 }
 
 fn storage(err: impl std::fmt::Display) -> Error {
@@ -315,6 +321,7 @@ impl RedbStore {
                 db: RwLock::new(Some(db)),
                 path: path.clone(),
                 poisoned: AtomicBool::new(false),
+                outdated: AtomicBool::new(false),
             };
             store.check_format(existed)?;
             Ok(store)
@@ -403,7 +410,9 @@ impl RedbStore {
                 .get("format")
                 .map_err(|err| open_error(&self.path, err))?
             {
-                self.format_marker(value.value())?;
+                let found = self.format_marker(value.value())?;
+                self.outdated
+                    .store(found < STORAGE_FORMAT, std::sync::atomic::Ordering::Release);
             }
         }
         self.refuse_foreign_tables(&names)?;
@@ -580,6 +589,7 @@ fn open_error(path: &Path, err: impl Into<redb::Error>) -> Error {
 impl Store for RedbStore {
     fn commit(&self, batch: &WriteBatch) -> Result<()> {
         self.contain("commit", || {
+            let outdated = self.outdated.load(std::sync::atomic::Ordering::Acquire);
             let db = self.db()?;
             let mut txn = db.get().begin_write().map_err(storage)?;
             txn.set_durability(Durability::Immediate).map_err(storage)?;
@@ -623,8 +633,18 @@ impl Store for RedbStore {
                         running.remove(*key).map_err(storage)?;
                     }
                 }
+                if outdated {
+                    let mut meta = txn.open_table(META).map_err(storage)?;
+                    meta.insert("format", STORAGE_FORMAT.to_le_bytes().as_slice())
+                        .map_err(storage)?;
+                }
             }
-            txn.commit().map_err(storage)
+            txn.commit().map_err(storage)?;
+            if outdated {
+                self.outdated
+                    .store(false, std::sync::atomic::Ordering::Release);
+            }
+            Ok(())
         })
     }
 
@@ -919,5 +939,44 @@ mod tests {
             Err(Error::UnsupportedFormat { found: 99, .. }) => {}
             other => panic!("expected UnsupportedFormat, got {other:?}"),
         }
+    }
+
+    fn stored_format(path: &Path) -> u32 {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        let value = meta.get("format").unwrap().unwrap();
+        u32::from_le_bytes(value.value().try_into().unwrap())
+    }
+
+    /// A format-1 file (from before `StepAbandoned` and `RunContinued`) opens untouched and
+    /// is marked with the current format by its first commit, so an older build refuses
+    /// it from then on.
+    #[test]
+    fn an_older_format_is_read_and_raised_by_the_first_commit_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        RedbStore::open(&path).unwrap().close();
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("format", 1u32.to_le_bytes().as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        store.close();
+        assert_eq!(stored_format(&path), 1, "opening wrote nothing");
+
+        let store = RedbStore::open(&path).unwrap();
+        let batch = WriteBatch {
+            schedules: vec![("s".into(), None)],
+            ..WriteBatch::default()
+        };
+        store.commit(&batch).unwrap();
+        store.close();
+        assert_eq!(stored_format(&path), STORAGE_FORMAT);
     }
 }

@@ -84,6 +84,7 @@ pub(crate) trait CommitListener: Send + Sync {
 fn reported(kind: &EventKind) -> Option<EventKind> {
     match kind {
         EventKind::WorkflowStarted { .. }
+        | EventKind::RunContinued { .. }
         | EventKind::SignalReceived { .. }
         | EventKind::CancelRequested { .. } => Some(kind.clone()),
         // Ends carry the result, which the host publishes to waiters.
@@ -137,6 +138,9 @@ enum Command {
 enum Reply {
     Start(oneshot::Sender<Result<Started>>, Box<Started>),
     Append(oneshot::Sender<Result<Appended>>, Appended),
+    /// An append refused (the instance had finished, the event does not encode): the
+    /// caller then finds the commit that finished it already readable.
+    AppendRefused(oneshot::Sender<Result<Appended>>, Error),
     Flag(oneshot::Sender<Result<bool>>, bool),
     ContinueAsNew(oneshot::Sender<Result<Option<u128>>>, Option<u128>),
 }
@@ -150,6 +154,8 @@ pub(crate) struct Carried {
     pub(crate) signals: Vec<(String, Payload)>,
     /// A cancellation requested and not yet delivered.
     pub(crate) cancel: Option<String>,
+    /// The handing-over run's position in its chain (1 for an instance's first run).
+    pub(crate) run: u32,
 }
 
 /// Counters of the writer, for benchmarks and monitoring.
@@ -293,6 +299,15 @@ impl Writer {
     pub(crate) async fn append(&self, key: u128, kind: EventKind) -> Result<Appended> {
         self.request(|reply| Command::Append { key, kind, reply })
             .await
+    }
+
+    /// Queues one event without waiting for it: for code that cannot wait (a `Drop`).
+    /// It is committed in queue order like any other; a refusal or failure is logged.
+    pub(crate) fn append_detached(&self, key: u128, kind: EventKind) {
+        let (reply, _answer) = oneshot::channel();
+        if self.submit(Command::Append { key, kind, reply }).is_err() {
+            tracing::debug!("writer closed; a detached append was dropped");
+        }
     }
 
     /// Queues the command `make` builds around a reply channel, and waits for the answer
@@ -448,7 +463,9 @@ impl WriterLoop {
         for reply in replies.drain(..) {
             match reply {
                 Reply::Start(tx, _) => drop(tx.send(Err(err.clone()))),
-                Reply::Append(tx, _) => drop(tx.send(Err(err.clone()))),
+                Reply::Append(tx, _) | Reply::AppendRefused(tx, _) => {
+                    drop(tx.send(Err(err.clone())))
+                }
                 Reply::Flag(tx, _) => drop(tx.send(Err(err.clone()))),
                 Reply::ContinueAsNew(tx, _) => drop(tx.send(Err(err.clone()))),
             }
@@ -584,6 +601,11 @@ impl WriterLoop {
             input,
         };
         self.push_event(next, started, now, batch)?;
+        let continued = EventKind::RunContinued {
+            previous_run: key,
+            run: carried.run.saturating_add(1),
+        };
+        self.push_event(next, continued, now, batch)?;
         for (name, payload) in carried.signals {
             self.push_event(
                 next,
@@ -803,7 +825,7 @@ impl WriterLoop {
                         }
                         replies.push(Reply::Append(reply, appended));
                     }
-                    Err(err) => drop(reply.send(Err(err))),
+                    Err(err) => replies.push(Reply::AppendRefused(reply, err)),
                 }
             }
         }
@@ -906,6 +928,7 @@ fn send_replies(replies: &mut Vec<Reply>) {
         match reply {
             Reply::Start(tx, started) => drop(tx.send(Ok(*started))),
             Reply::Append(tx, appended) => drop(tx.send(Ok(appended))),
+            Reply::AppendRefused(tx, err) => drop(tx.send(Err(err))),
             Reply::Flag(tx, flag) => drop(tx.send(Ok(flag))),
             Reply::ContinueAsNew(tx, next) => drop(tx.send(Ok(next))),
         }

@@ -330,11 +330,14 @@ impl Ctx {
     /// the wait is buffered, never lost; several signals of one name arrive in the order
     /// they were sent, each to exactly one wait.
     ///
-    /// Do not race a signal wait against other futures (`select!`): a signal taken by the
-    /// losing branch would be consumed unseen. Use [`Ctx::signal_or_timeout`].
+    /// A wait may be raced against other steps (`select!` over `ctx` calls, say an
+    /// approval against a rejection): the branch that wins is recorded, and a signal the
+    /// losing wait had already taken goes back to the inbox for the next wait. For a wait
+    /// with a deadline, [`Ctx::signal_or_timeout`] says it in one call.
     ///
     /// # Cancel safety
-    /// See above: not cancel safe once a signal is available.
+    /// Dropping the future inside a running workflow (a lost `select!`) records the step
+    /// as abandoned and puts back a signal it took; replay never lets it win.
     pub fn signal<T: Payload>(
         &self,
         name: &str,

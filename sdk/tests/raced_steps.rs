@@ -1,0 +1,310 @@
+//! Steps raced against each other (`select!`, the rest of a `try_join!` after an error)
+//! are recorded deterministically: the branch that won is the one replay takes, a losing
+//! step is recorded as abandoned and never resolves or runs again, even when its outcome
+//! was committed while it was being dropped, and such a run can still continue as new.
+//! Also here: activity idempotency keys are unique across the runs of a chain.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cairn::engine::event::EventKind;
+use cairn::engine::ReplayVerdict;
+use cairn::{activity, workflow, ActivityCtx, ActivityError, Ctx, Runtime, WorkflowError};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+#[activity]
+async fn left(_ctx: ActivityCtx, _x: ()) -> Result<String, ActivityError> {
+    Ok("left".into())
+}
+
+#[activity]
+async fn right(_ctx: ActivityCtx, _x: ()) -> Result<String, ActivityError> {
+    Ok("right".into())
+}
+
+static SLOW_STARTS: AtomicU32 = AtomicU32::new(0);
+
+/// Stands for a long external call that loses the race.
+#[activity]
+async fn slow(_ctx: ActivityCtx, _x: ()) -> Result<String, ActivityError> {
+    SLOW_STARTS.fetch_add(1, Ordering::SeqCst);
+    std::future::pending().await
+}
+
+/// Two activities that both finish at once: both outcomes are committed, one wins.
+#[workflow]
+async fn race(ctx: Ctx, again: bool) -> Result<String, WorkflowError> {
+    let won = tokio::select! {
+        l = ctx.activity(left, ()) => l?,
+        r = ctx.activity(right, ()) => r?,
+    };
+    if again {
+        // A run with a committed loser hands over like any other.
+        return ctx.continue_as_new(false).await;
+    }
+    Ok(won)
+}
+
+/// A signal against an activity that never finishes; then one more signal, so the
+/// instance is still running when the host restarts.
+#[workflow]
+async fn signal_or_slow(ctx: Ctx) -> Result<String, WorkflowError> {
+    let first = tokio::select! {
+        s = ctx.signal::<String>("go") => s?,
+        a = ctx.activity(slow, ()) => a?,
+    };
+    let second: String = ctx.signal("again").await?;
+    Ok(format!("{first} {second}"))
+}
+
+/// Two signal waits raced while both signals are already there: each takes its
+/// signal in the same poll, one wins, and the loser's signal goes back for a later wait.
+#[workflow]
+async fn either_then_other(ctx: Ctx) -> Result<String, WorkflowError> {
+    ctx.signal::<()>("go").await?;
+    let (first, other) = tokio::select! {
+        a = ctx.signal::<String>("a") => (format!("a:{}", a?), "b"),
+        b = ctx.signal::<String>("b") => (format!("b:{}", b?), "a"),
+    };
+    let second: String = ctx.signal(other).await?;
+    Ok(format!("{first} then {other}:{second}"))
+}
+
+static KEYS: Mutex<Vec<(u32, String, String)>> = Mutex::new(Vec::new());
+
+/// Fails its first attempt in every run, so each run shows two attempts of one step.
+#[activity]
+async fn keyed(ctx: ActivityCtx, run: u32) -> Result<u32, ActivityError> {
+    KEYS.lock()
+        .unwrap()
+        .push((run, ctx.idempotency_key(), ctx.attempt_key()));
+    if ctx.attempt == 1 {
+        return Err(ActivityError::retryable("first attempt fails"));
+    }
+    Ok(run)
+}
+
+#[workflow]
+async fn chain(ctx: Ctx, run: u32) -> Result<u32, WorkflowError> {
+    let quick = cairn::RetryPolicy::default().initial_backoff(Duration::from_millis(1));
+    let done = ctx.activity(keyed, run).retry(quick).await?;
+    if done < 3 {
+        return ctx.continue_as_new(done + 1).await;
+    }
+    Ok(done)
+}
+
+async fn open(path: &std::path::Path) -> Runtime {
+    Runtime::builder()
+        .workflow(race)
+        .workflow(signal_or_slow)
+        .workflow(chain)
+        .workflow(either_then_other)
+        .eviction_idle(None)
+        .open(path)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_select_between_two_finished_activities_replays_to_the_branch_that_won() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = open(&dir.path().join("db.redb")).await;
+    for n in 0..8 {
+        let id = format!("race-{n}");
+        let handle = rt.start(race, &id, false).await.unwrap();
+        let won = tokio::time::timeout(PATIENCE, handle.result())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let records: Vec<_> = rt
+            .history(&id)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.record)
+            .collect();
+        let outcomes = records
+            .iter()
+            .filter(|r| matches!(r.kind, EventKind::ActivityCompleted { .. }))
+            .count();
+        let abandoned: Vec<_> = records
+            .iter()
+            .filter_map(|r| match r.kind {
+                EventKind::StepAbandoned { step } => Some(step),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            abandoned.len(),
+            1,
+            "{id}: the loser is recorded as abandoned"
+        );
+        assert!(outcomes >= 1, "{id}: the winner's outcome is recorded");
+        // `select!` polls its branches in a random order: without the record of which
+        // step lost, a replay would pick either branch when both outcomes are recorded.
+        for _ in 0..32 {
+            match rt.replay(&records).await.unwrap() {
+                ReplayVerdict::Matches(_) => {}
+                other => panic!("{id} (won by {won}): replay gave {other:?}"),
+            }
+        }
+    }
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_losing_activity_is_not_started_again_when_the_run_is_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    const INSTANCES: u32 = 8;
+    let rt = open(&path).await;
+    for n in 0..INSTANCES {
+        let id = format!("slow-{n}");
+        rt.start(signal_or_slow, &id, ()).await.unwrap();
+    }
+    // Every slow activity has started before its signal arrives.
+    let mut spins = 0u32;
+    while SLOW_STARTS.load(Ordering::SeqCst) < INSTANCES {
+        spins += 1;
+        assert!(spins < 1_000_000, "the slow activities never started");
+        tokio::task::yield_now().await;
+    }
+    for n in 0..INSTANCES {
+        rt.signal(&format!("slow-{n}"), "go", &"went".to_owned())
+            .await
+            .unwrap();
+    }
+    for n in 0..INSTANCES {
+        let id = format!("slow-{n}");
+        let mut spins = 0u32;
+        while !rt
+            .history(&id)
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e.record.kind, EventKind::StepAbandoned { .. }))
+        {
+            spins += 1;
+            assert!(
+                spins < 1_000_000,
+                "{id}: the losing activity was never abandoned"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+    rt.shutdown().await;
+
+    // Every instance replays on open; none may start its losing activity again.
+    let rt = open(&path).await;
+    for n in 0..INSTANCES {
+        let id = format!("slow-{n}");
+        rt.signal(&id, "again", &"and again".to_owned())
+            .await
+            .unwrap();
+        let result = tokio::time::timeout(PATIENCE, rt.handle(signal_or_slow, &id).result())
+            .await
+            .unwrap();
+        assert_eq!(result.unwrap().unwrap(), "went and again");
+    }
+    assert_eq!(
+        SLOW_STARTS.load(Ordering::SeqCst),
+        INSTANCES,
+        "a losing activity ran again on replay"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_with_a_committed_loser_can_continue_as_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = open(&dir.path().join("db.redb")).await;
+    let handle = rt.start(race, "race-on", true).await.unwrap();
+    let result = tokio::time::timeout(PATIENCE, handle.result())
+        .await
+        .expect("the hand-over happened");
+    let won = result.unwrap().unwrap();
+    assert!(won == "left" || won == "right", "{won}");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_idempotency_key_is_stable_across_attempts_and_unique_across_the_runs_of_a_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = open(&dir.path().join("db.redb")).await;
+    let handle = rt.start(chain, "k", 1).await.unwrap();
+    let result = tokio::time::timeout(PATIENCE, handle.result())
+        .await
+        .unwrap();
+    assert_eq!(result.unwrap().unwrap(), 3);
+    let keys = KEYS.lock().unwrap().clone();
+    let expected = [
+        (1, "k/1", "k/1/1"),
+        (1, "k/1", "k/1/2"),
+        (2, "k/run-2/1", "k/run-2/1/1"),
+        (2, "k/run-2/1", "k/run-2/1/2"),
+        (3, "k/run-3/1", "k/run-3/1/1"),
+        (3, "k/run-3/1", "k/run-3/1/2"),
+    ];
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|(run, key, attempt)| (*run, (*key).to_owned(), (*attempt).to_owned()))
+        .collect();
+    assert_eq!(keys, expected);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_taken_by_a_losing_wait_goes_back_to_the_inbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let rt = open(&path).await;
+    let mut given_back = 0;
+    for n in 0..8 {
+        let id = format!("either-{n}");
+        let handle = rt.start(either_then_other, &id, ()).await.unwrap();
+        rt.signal(&id, "a", &"yes".to_owned()).await.unwrap();
+        rt.signal(&id, "b", &"no".to_owned()).await.unwrap();
+        rt.signal(&id, "go", &()).await.unwrap();
+        let said = tokio::time::timeout(PATIENCE, handle.result())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(
+            said == "a:yes then b:no" || said == "b:no then a:yes",
+            "{id}: {said}"
+        );
+        let records: Vec<_> = rt
+            .history(&id)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.record)
+            .collect();
+        let abandoned = records.iter().find_map(|r| match r.kind {
+            EventKind::StepAbandoned { step } => Some(step),
+            _ => None,
+        });
+        let loser_took_one = records.iter().any(|r| {
+            matches!(r.kind, EventKind::SignalDelivered { step, .. } if Some(step) == abandoned)
+        });
+        if loser_took_one {
+            given_back += 1;
+        }
+        for _ in 0..16 {
+            assert!(matches!(
+                rt.replay(&records).await.unwrap(),
+                ReplayVerdict::Matches(_)
+            ));
+        }
+    }
+    // Both waits see their signal in the same poll, so the loser has always taken one.
+    assert_eq!(
+        given_back, 8,
+        "the losing wait took its signal in every round"
+    );
+    rt.shutdown().await;
+}
