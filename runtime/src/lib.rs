@@ -6,19 +6,12 @@
 
 #![deny(unsafe_code)]
 
-pub mod activity;
+pub use cairn_core::{activity, codec, error, event, replay, schedule};
+
 pub mod clock;
-pub mod codec;
 mod context;
 mod engine;
-pub mod error;
-pub mod event;
-pub mod fault;
-#[doc(hidden)]
-pub mod fuzzing;
 mod queue;
-pub mod replay;
-pub mod schedule;
 pub mod store;
 mod sync;
 mod timers;

@@ -292,7 +292,7 @@ impl RedbStore {
         Self::open_with(path, existed, move || Database::create(file))
     }
 
-    /// Opens a store on any redb storage backend (tests use [`crate::fault::FaultDisk`]);
+    /// Opens a store on any redb storage backend (tests use `cairn_testkit::fault::FaultDisk`);
     /// `label` stands for the path in messages, `existed` says whether the backend
     /// already holds a database (which is then never written at open).
     ///

@@ -951,7 +951,7 @@ mod tests {
 
     use super::*;
     use crate::event::ChildOutcome;
-    use crate::fault::FaultDisk;
+    use crate::store::RedbStore;
 
     fn payload() -> Payload {
         Payload::new(1, b"0".to_vec())
@@ -962,9 +962,9 @@ mod tests {
     /// be set with nothing left to wake it after a restart.
     #[tokio::test]
     async fn a_parent_is_not_evicted_between_its_childs_end_and_its_own_next_event() {
-        let disk = FaultDisk::new();
+        let dir = tempfile::tempdir().unwrap();
         let store: std::sync::Arc<dyn Store> =
-            std::sync::Arc::new(disk.open_store("writer-test").unwrap());
+            std::sync::Arc::new(RedbStore::open(dir.path().join("writer-test.redb")).unwrap());
         let writer = Writer::spawn(store, HashMap::new()).unwrap();
         let parent = writer
             .start("p".into(), "parent".into(), payload(), None)

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cairn::engine::event::EventKind;
-use cairn::engine::fault::{Fault, FaultDisk, Survivors};
 use cairn::{activity, workflow, ActivityCtx, ActivityError, Ctx, Runtime, WorkflowError};
+use cairn_testkit::fault::{Fault, FaultDisk, Survivors};
 
 const INSTANCES: u64 = 4;
 const STEPS: u32 = 6;

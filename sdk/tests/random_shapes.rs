@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn::engine::event::EventKind;
-use cairn::engine::fault::{Fault, FaultDisk, Survivors};
 use cairn::engine::ListFilter;
 use cairn::{
     activity, workflow, ActivityCtx, ActivityError, Ctx, RetryPolicy, Runtime, WorkflowError,
 };
+use cairn_testkit::fault::{Fault, FaultDisk, Survivors};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde::{Deserialize, Serialize};

@@ -23,14 +23,14 @@
 //! `prev_lsn` and `prev_hash` the way the writer assigns them, so the chain checks get
 //! inputs that pass them and damage of a known kind.
 
-use crate::codec::Payload;
-use crate::event::{
+use cairn_runtime::codec::Payload;
+use cairn_runtime::event::{
     hash_envelope, ActivityErrorRecord, AttrValue, ChildOutcome, EventKind, EventRecord, StepNo,
     GENESIS_HASH,
 };
-use crate::replay::{Decision, History, PatchDecision, StepKind, StepRequest};
-use crate::store::{verify_chain, InstanceRow, InstanceStatus, StoredEvent};
-use crate::NonDeterminism;
+use cairn_runtime::replay::{Decision, History, PatchDecision, StepKind, StepRequest};
+use cairn_runtime::store::{verify_chain, InstanceRow, InstanceStatus, StoredEvent};
+use cairn_runtime::NonDeterminism;
 
 /// Most events one `history_replay` input describes (its frame count is one byte).
 pub const HISTORY_EVENTS_MAX: usize = u8::MAX as usize;

@@ -80,7 +80,7 @@ pub type DecodeSink<'a> =
 ///
 /// # Example
 /// ```
-/// use cairn_runtime::codec::{decode, encode, JsonCodec};
+/// use cairn_core::codec::{decode, encode, JsonCodec};
 /// let codec = JsonCodec;
 /// let payload = encode(&codec, &vec![1u32, 2, 3]).unwrap();
 /// assert_eq!(payload.data, b"[1,2,3]");

@@ -10,9 +10,18 @@
 use std::io;
 use std::path::Path;
 
-use crate::error::Result;
-use crate::store::RedbStore;
-use crate::sync::{lock, Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cairn_runtime::error::Result;
+use cairn_runtime::store::RedbStore;
+
+/// The data behind a poisoned lock is still consistent here: every critical section
+/// only assigns plain values.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// When the disk fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use crate::event::{ActivityErrorRecord, StepNo};
 /// # Example
 /// ```
 /// use std::time::Duration;
-/// use cairn_runtime::RetryPolicy;
+/// use cairn_core::RetryPolicy;
 /// let policy = RetryPolicy::default()
 ///     .max_attempts(5)
 ///     .initial_backoff(Duration::from_millis(200))
@@ -135,7 +135,7 @@ impl Default for ActivityOptions {
 ///
 /// # Example
 /// ```
-/// use cairn_runtime::ActivityError;
+/// use cairn_core::ActivityError;
 /// fn parse(qty: &str) -> Result<u32, ActivityError> {
 ///     let qty: u32 = qty.parse()?; // retryable by default
 ///     if qty == 0 {
@@ -181,7 +181,8 @@ impl ActivityError {
         self
     }
 
-    pub(crate) fn record(&self) -> ActivityErrorRecord {
+    /// The error as history records it (`ActivityAttemptFailed`, `ActivityFailed`).
+    pub fn record(&self) -> ActivityErrorRecord {
         ActivityErrorRecord {
             kind: self.kind.clone(),
             message: self.message.clone(),
@@ -229,7 +230,7 @@ pub struct ActivityFailure {
 
 impl ActivityFailure {
     /// The failure an activity step reports when cancellation ended it.
-    pub(crate) fn cancelled(activity: &str, step: StepNo, attempts: u32, reason: &str) -> Self {
+    pub fn cancelled(activity: &str, step: StepNo, attempts: u32, reason: &str) -> Self {
         Self {
             activity: activity.to_owned(),
             step,
@@ -245,7 +246,9 @@ impl ActivityFailure {
         self.kind == "cancelled"
     }
 
-    pub(crate) fn from_record(
+    /// The failure the workflow sees for activity step `step` that history records as
+    /// failed after `attempts` attempts with `error`.
+    pub fn from_record(
         activity: &str,
         step: StepNo,
         attempts: u32,
@@ -301,7 +304,7 @@ impl ActivityContext {
     /// that ran twice has its effect once.
     ///
     /// ```
-    /// # use cairn_runtime::ActivityContext;
+    /// # use cairn_core::ActivityContext;
     /// let mut ctx = ActivityContext {
     ///     instance_id: "meter-7".into(),
     ///     workflow_type: "read_meter".into(),

@@ -1,10 +1,10 @@
 //! The fuzz corpus replays as a plain test: every input in `fuzz/corpus/<target>/` and
 //! `fuzz/regressions/<target>/` runs through the same target body that libFuzzer runs
-//! (`cairn_runtime::fuzzing`), on stable, on every test run. So a decoder or replay change
+//! (`cairn_testkit::fuzzing`), on stable, on every test run. So a decoder or replay change
 //! that panics on an input the fuzzer once found, or breaks a property the bodies assert
 //! (round trip, chain verification, replay of recorded steps), fails here without nightly.
 //!
-//! `CAIRN_WRITE_FUZZ_SEEDS=1 cargo test -p cairn-runtime --test fuzz_corpus` (re)writes the
+//! `CAIRN_WRITE_FUZZ_SEEDS=1 cargo test -p cairn-testkit --test fuzz_corpus` (re)writes the
 //! seed inputs, made from the recorded histories in `tests/histories/`, into
 //! `fuzz/corpus/<target>/seed-*` before the corpus runs (see `fuzz/README.md`).
 
@@ -14,7 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use cairn_runtime::event::{EventRecord, GENESIS_HASH};
-use cairn_runtime::fuzzing::{
+use cairn_testkit::fuzzing::{
     event_decode, history_input, history_replay, synthetic_event, SYNTHETIC_KINDS,
 };
 
@@ -23,7 +23,7 @@ use cairn_runtime::fuzzing::{
 const CORPUS_INPUTS_MIN: usize = 20;
 
 fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
 }
 
 /// Runs `body` on every file of `fuzz/<kind>/<target>/`; returns how many ran. Failing
@@ -95,7 +95,7 @@ fn fixture_envelopes(path: &Path) -> Vec<Vec<u8>> {
 }
 
 /// A script that asks for steps 1..=`last` as a matching run would, then a patch and a
-/// finish check at each (ops in `cairn_runtime::fuzzing::history_replay`).
+/// finish check at each (ops in `cairn_testkit::fuzzing::history_replay`).
 fn walk_script(last: u8) -> Vec<u8> {
     let mut script = Vec::new();
     for step in 1..=last {
@@ -153,7 +153,7 @@ fn write_seeds_if_asked() {
         }
     }
 
-    // A made-up history (frames in `cairn_runtime::fuzzing`) with the kinds the fixtures
+    // A made-up history (frames in `cairn_testkit::fuzzing`) with the kinds the fixtures
     // lack or hold once: a signal delivered to a wait, a patch, a child, a cancelled
     // activity and a failed end. Frame: tag 1, kind, step, name index, extra.
     let frames: [[u8; 5]; 12] = [

@@ -1,0 +1,25 @@
+//! Cairn's core: what a history is and what it means, with no I/O.
+//!
+//! The event model and its on-disk envelope ([`event`]), payloads and codecs
+//! ([`codec`]), the errors every layer reports ([`error`]), what an activity call is
+//! ([`activity`]), schedules ([`schedule`]) and the replay rules that turn a history and
+//! the requests of workflow code into decisions ([`replay`]).
+//!
+//! **Architecture invariant**: this crate depends on neither tokio nor a store. It is
+//! compiled and tested on its own, with hand-built histories; the engine, the stores and
+//! the audit tools all build on it. See `docs/ARCHITECTURE.md`.
+
+#![deny(unsafe_code)]
+
+pub mod activity;
+pub mod codec;
+pub mod error;
+pub mod event;
+pub mod replay;
+pub mod schedule;
+
+pub use activity::{
+    ActivityContext, ActivityError, ActivityFailure, ActivityOptions, Cancelled, RetryPolicy,
+};
+pub use codec::{Codec, CodecError, JsonCodec, Payload};
+pub use error::{Error, NonDeterminism, Result, StepDescriptor};
