@@ -10,12 +10,39 @@ use tokio::sync::oneshot;
 
 use crate::sync::{lock, Arc, Mutex, Notify};
 
-/// A source of wall-clock time and of waits on it.
+/// A source of wall-clock time and of waits on it. Everything that waits in a workflow
+/// waits on it: durable timers, signal deadlines, retry backoff and activity
+/// start-to-close timeouts (eviction idle time is host bookkeeping and uses tokio's).
 pub trait Clock: Send + Sync + 'static {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
     /// Resolves once `now_ms() >= at_ms`.
     fn sleep_until(&self, at_ms: u64) -> BoxFuture<'static, ()>;
+    /// Marks work in progress that skipping time must wait for (an activity attempt),
+    /// until the returned guard is dropped. A real clock ignores it; a virtual one does
+    /// not skip to its next timer while any hold is alive, so a test that skips time
+    /// never times out an attempt that is merely still running.
+    fn hold(&self) -> ClockHold {
+        ClockHold(None)
+    }
+}
+
+/// Work in progress on a [`Clock`] (see [`Clock::hold`]); released when dropped.
+#[must_use = "the hold ends when this is dropped"]
+pub struct ClockHold(Option<Box<dyn FnOnce() + Send>>);
+
+impl std::fmt::Debug for ClockHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ClockHold").field(&self.0.is_some()).finish()
+    }
+}
+
+impl Drop for ClockHold {
+    fn drop(&mut self) {
+        if let Some(release) = self.0.take() {
+            release();
+        }
+    }
 }
 
 /// The operating system's clock, waited on with tokio timers.
@@ -44,6 +71,8 @@ impl Clock for SystemClock {
 struct VirtualState {
     now_ms: u64,
     next_id: u64,
+    /// Work in progress (see [`Clock::hold`]): no skipping while above 0.
+    holds: u64,
     sleepers: BTreeMap<(u64, u64), oneshot::Sender<()>>,
 }
 
@@ -82,6 +111,7 @@ impl VirtualClock {
                 state: Mutex::new(VirtualState {
                     now_ms: unix_ms(start),
                     next_id: 0,
+                    holds: 0,
                     sleepers: BTreeMap::new(),
                 }),
                 registered: Notify::new(),
@@ -121,8 +151,9 @@ impl VirtualClock {
         state.sleepers.keys().next().map(|(at, _)| *at)
     }
 
-    /// Waits until some timer is pending and returns its deadline, without moving time.
-    /// Lets a test wait for a workflow to reach its timer instead of guessing.
+    /// Waits until some timer is pending and no work holds the clock (no activity attempt
+    /// is running, see [`Clock::hold`]), and returns the earliest deadline, without moving
+    /// time. Lets a test wait for a workflow to reach its timer instead of guessing.
     ///
     /// # Cancel safety
     /// Cancel safe.
@@ -131,7 +162,8 @@ impl VirtualClock {
             let registered = self.inner.registered.notified();
             tokio::pin!(registered);
             registered.as_mut().enable();
-            if let Some(at) = self.next_timer_ms() {
+            let held = lock(&self.inner.state).holds > 0;
+            if let (false, Some(at)) = (held, self.next_timer_ms()) {
                 return at;
             }
             registered.await;
@@ -153,6 +185,19 @@ impl VirtualClock {
 impl Clock for VirtualClock {
     fn now_ms(&self) -> u64 {
         lock(&self.inner.state).now_ms
+    }
+
+    fn hold(&self) -> ClockHold {
+        lock(&self.inner.state).holds += 1;
+        let inner = self.inner.clone();
+        ClockHold(Some(Box::new(move || {
+            {
+                let mut state = lock(&inner.state);
+                state.holds = state.holds.saturating_sub(1);
+            }
+            // A test waiting to skip may go on now.
+            inner.registered.notify_waiters();
+        })))
     }
 
     fn sleep_until(&self, at_ms: u64) -> BoxFuture<'static, ()> {

@@ -11,12 +11,11 @@ use futures::FutureExt;
 use crate::activity::{
     ActivityContext, ActivityError, ActivityFailure, ActivityOptions, Cancelled,
 };
-use crate::clock::Clock;
+use crate::clock::{Clock, ClockHold};
 use crate::codec::{Codec, Payload};
-use crate::engine::Outcome;
-use crate::engine::Shared;
 use crate::error::{Error, StepDescriptor};
 use crate::event::{AttrValue, ChildOutcome, EventKind, StepNo, EVENT_BYTES_MAX};
+use crate::port::{HostPort, Outcome};
 
 /// Room left in an activity event for everything but its input and result.
 const STEP_EVENT_HEADROOM_BYTES: usize = 4096;
@@ -25,7 +24,6 @@ use crate::replay::{
     StepRequest,
 };
 use crate::sync::{lock, Mutex, Notified, Notify};
-use crate::writer::Carried;
 
 /// What `ctx.patched` answers, decided when it is called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +91,20 @@ struct InboxEntry {
     payload: Payload,
     /// Delivered to a wait (recorded) or reserved by one whose delivery is being recorded.
     taken: bool,
+}
+
+/// What the next run of a continue-as-new inherits from this one.
+#[derive(Debug)]
+pub(crate) struct HandOver {
+    /// Events in the history when the inbox was read: the hand-over is refused if the
+    /// history has grown since (a signal this run did not see).
+    pub(crate) expected_next_seq: u64,
+    /// Signals received and not delivered, oldest first.
+    pub(crate) signals: Vec<(String, Payload)>,
+    /// A cancellation requested and not yet delivered.
+    pub(crate) cancel: Option<String>,
+    /// This run's position in its chain (1 for an instance's first run).
+    pub(crate) run: u32,
 }
 
 /// Where an instance's inbox stands: compared before and after an eviction, so a run is
@@ -192,9 +204,9 @@ impl Inbox {
 
     /// What a run that continues as new hands over, read at one instant: the history's
     /// length and the signals and cancellation it holds that no step took.
-    fn hand_over(&self, cancel_delivered: bool, run: u32) -> Carried {
+    fn hand_over(&self, cancel_delivered: bool, run: u32) -> HandOver {
         let state = lock(&self.state);
-        Carried {
+        HandOver {
             run,
             expected_next_seq: state.mark.next_seq,
             signals: undelivered(&state),
@@ -241,7 +253,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     inbox: Arc<Inbox>,
     /// `None` in replay-only mode (auditing): nothing runs live, nothing is appended.
-    shared: Option<Arc<Shared>>,
+    host: Option<Arc<dyn HostPort>>,
     codec: Arc<dyn Codec>,
     history: History,
     state: Mutex<CtxState>,
@@ -265,7 +277,7 @@ impl std::fmt::Debug for WorkflowContext {
 impl WorkflowContext {
     pub(crate) fn new(
         key: u128,
-        shared: Option<Arc<Shared>>,
+        host: Option<Arc<dyn HostPort>>,
         codec: Arc<dyn Codec>,
         clock: Arc<dyn Clock>,
         inbox: Arc<Inbox>,
@@ -290,7 +302,7 @@ impl WorkflowContext {
                 key,
                 clock,
                 inbox,
-                shared,
+                host,
                 codec,
                 history,
                 state: Mutex::new(CtxState {
@@ -386,14 +398,13 @@ impl WorkflowContext {
         if lock(&self.inner.state).stop.is_some() {
             return std::future::pending().await;
         }
-        let Some(shared) = &self.inner.shared else {
+        let Some(host) = &self.inner.host else {
             return Ok(());
         };
         let _busy = self.busy();
         // The commit itself moves the inbox's count of events (`engine::Dispatch`): a
         // branch dropped while its append is in flight leaves nothing behind in memory.
-        shared.writer.append(self.inner.key, kind).await?;
-        Ok(())
+        host.append(self.inner.key, kind).await
     }
 
     /// Always-replay mode: stops the run right after a step became durable and before
@@ -402,10 +413,10 @@ impl WorkflowContext {
     /// append in flight in a sibling branch), so no work in flight is abandoned; otherwise
     /// the run carries on and the last busy sibling to finish triggers the replay.
     async fn settle(&self) {
-        let Some(shared) = &self.inner.shared else {
+        let Some(host) = &self.inner.host else {
             return;
         };
-        if !shared.always_replay {
+        if !host.always_replay() {
             return;
         }
         {
@@ -504,7 +515,7 @@ impl WorkflowContext {
 
     /// What the next run of a continue-as-new inherits: the history's length now, and
     /// the signals and cancellation no step took, read together.
-    pub(crate) fn hand_over(&self) -> Carried {
+    pub(crate) fn hand_over(&self) -> HandOver {
         let cancel_delivered = lock(&self.inner.state).cancel_delivered;
         self.inner
             .inbox
@@ -530,7 +541,7 @@ impl WorkflowContext {
                 failed_attempts,
                 deadline_ms,
             }) => {
-                if self.inner.shared.is_none() {
+                if self.inner.host.is_none() {
                     // A finished history must explain the whole run; a terminated one
                     // simply stops here.
                     if matches!(
@@ -580,7 +591,7 @@ impl WorkflowContext {
     ) -> Result<Payload, ActivityFailure>
     where
         F: FnMut(ActivityContext, &Payload) -> Fut,
-        Fut: Future<Output = Result<Payload, ActivityError>>,
+        Fut: Future<Output = Result<Payload, ActivityError>> + Send + 'static,
     {
         let request = StepRequest {
             kind: StepKind::Activity,
@@ -620,12 +631,13 @@ impl WorkflowContext {
         let busy = self.busy();
         if let (true, Some(due_ms)) = (failed_attempts > 0, next_attempt_due_ms) {
             // A restart (or always-replay) between a recorded failure and the next attempt
-            // waits out what is left of the recorded backoff, measured on the system clock
-            // that stamped the failure, and never longer than the policy's backoff now.
-            let left = Duration::from_millis(due_ms.saturating_sub(crate::writer::now_ms()))
+            // waits out what is left of the recorded backoff, on the runtime clock that
+            // stamped the failure, and never longer than the policy's backoff now.
+            let now_ms = self.inner.clock.now_ms();
+            let left = Duration::from_millis(due_ms.saturating_sub(now_ms))
                 .min(options.retry.backoff(failed_attempts));
             if !left.is_zero() {
-                self.backoff(left, step, name, failed_attempts).await?;
+                self.backoff(left, step, name, failed_attempts, None).await?;
             }
         }
         let mut number = failed_attempts + 1;
@@ -638,14 +650,26 @@ impl WorkflowContext {
                 attempt: number,
                 run: self.inner.history.run,
             };
-            let run = AssertUnwindSafe(attempt(ctx, &input)).catch_unwind();
-            let bounded = tokio::time::timeout(options.start_to_close, run);
-            tokio::pin!(bounded);
+            // Virtual time does not skip while an attempt runs or its outcome is being
+            // recorded (see `Clock::hold`); a retry releases it once its backoff is set.
+            let held = self.inner.clock.hold();
+            // Its own task: an activity that blocks its thread cannot keep this run from
+            // seeing its deadline or a cancellation, and one that outlives them is aborted.
+            let mut running = AbortOnDrop(tokio::spawn(
+                AssertUnwindSafe(attempt(ctx, &input)).catch_unwind(),
+            ));
+            let deadline_ms = self
+                .inner
+                .clock
+                .now_ms()
+                .saturating_add(millis(options.start_to_close));
+            let mut deadline = self.inner.clock.sleep_until(deadline_ms);
             // A cancellation abandons the attempt in flight (the activity may have had
             // part of its effect; its idempotency key lets compensation find it).
             let finished = loop {
                 tokio::select! {
-                    finished = &mut bounded => break finished,
+                    joined = &mut running.0 => break Some(joined),
+                    () = &mut deadline => break None,
                     () = self.cancel_requested() => {
                         if let Some(reason) = self.take_cancel(step, StepKind::Activity, name).await {
                             return Err(ActivityFailure::cancelled(name, step, number, &reason));
@@ -653,18 +677,26 @@ impl WorkflowContext {
                     }
                 }
             };
+            // Gone before the hold is: a test skipping time must not meet this deadline.
+            drop(deadline);
+            drop(running);
             let result = match finished {
-                Err(_) => Err(ActivityError::retryable(format!(
+                None => Err(ActivityError::retryable(format!(
                     "attempt exceeded its start-to-close timeout of {:?}",
                     options.start_to_close
                 ))
                 .with_kind("timeout")),
-                Ok(Err(panic)) => Err(ActivityError::retryable(format!(
+                Some(Ok(Err(panic))) => Err(ActivityError::retryable(format!(
                     "activity panicked: {}",
                     panic_message(&panic)
                 ))
                 .with_kind("panic")),
-                Ok(Ok(result)) => result,
+                Some(Ok(Ok(result))) => result,
+                // Panics are caught inside the task; this is its abort at shutdown.
+                Some(Err(join)) => Err(ActivityError::retryable(format!(
+                    "the attempt's task ended without a result: {join}"
+                ))
+                .with_kind("aborted")),
             };
             let result = result.and_then(|output| {
                 let bytes = output.data.len() + input.data.len() + name.len();
@@ -690,6 +722,7 @@ impl WorkflowContext {
                     // The append holds the run busy itself until the outcome is durable.
                     drop(busy);
                     self.record(kind).await;
+                    drop(held);
                     return Ok(output);
                 }
                 Err(error) if options.retry.should_retry(&error, number) => {
@@ -704,7 +737,7 @@ impl WorkflowContext {
                     if let Err(err) = self.append(kind).await {
                         return self.abort(err).await;
                     }
-                    self.backoff(delay, step, name, number).await?;
+                    self.backoff(delay, step, name, number, Some(held)).await?;
                     number += 1;
                 }
                 Err(error) => {
@@ -720,6 +753,7 @@ impl WorkflowContext {
                     // The append holds the run busy itself until the outcome is durable.
                     drop(busy);
                     self.record(kind).await;
+                    drop(held);
                     return Err(failure);
                 }
             }
@@ -815,15 +849,20 @@ impl WorkflowContext {
     }
 
     /// Waits `delay` before attempt `attempt + 1` of activity step `step`; a cancellation
-    /// ends the wait and the step.
+    /// ends the wait and the step. `held` (an attempt's clock hold) is released once the
+    /// backoff's timer is set.
     async fn backoff(
         &self,
         delay: Duration,
         step: StepNo,
         name: &str,
         attempt: u32,
+        held: Option<ClockHold>,
     ) -> Result<(), ActivityFailure> {
-        let sleep = tokio::time::sleep(delay);
+        let until_ms = self.inner.clock.now_ms().saturating_add(millis(delay));
+        let sleep = self.inner.clock.sleep_until(until_ms);
+        // The backoff is a timer now: time may skip to it.
+        drop(held);
         tokio::pin!(sleep);
         loop {
             tokio::select! {
@@ -862,7 +901,7 @@ impl WorkflowContext {
             PatchDecision::OldPath => PatchPlan::OldPath,
             // An audit replay runs nothing new: where the record has no marker, the
             // recorded run took the old path.
-            PatchDecision::Live if self.inner.shared.is_none() => PatchPlan::OldPath,
+            PatchDecision::Live if self.inner.host.is_none() => PatchPlan::OldPath,
             PatchDecision::Recorded => {
                 state.next_step += 1;
                 PatchPlan::Recorded
@@ -951,17 +990,16 @@ impl WorkflowContext {
             Decision::Run { .. } => {}
         }
         self.live(step, async move {
-        let Some(shared) = self.inner.shared.clone() else {
+        let Some(host) = self.inner.host.clone() else {
             // `decide` never answers Run in replay-only mode.
             return std::future::pending().await;
         };
-        let engine = crate::engine::Engine::from_shared(shared);
         let already_started = self.inner.history.step(step).is_some();
         if already_started {
             // Started in an earlier run: the child must hear of it too, and before the
             // step records the cancellation as taken (see the wait below).
             if let Some(reason) = self.pending_cancel() {
-                let _ = engine.cancel(child_id, &reason).await;
+                let _ = host.cancel(child_id, &reason).await;
             }
         }
         if let Some(reason) = self.take_cancel(step, StepKind::Child, workflow_type).await {
@@ -970,7 +1008,7 @@ impl WorkflowContext {
         if !already_started {
             // Busy while the child is being started, so the run is not evicted meanwhile.
             let busy = self.busy();
-            let started = engine
+            let started = host
                 .start_child(workflow_type, child_id, input.clone(), self.inner.key)
                 .await;
             if let Err(err) = started {
@@ -987,13 +1025,13 @@ impl WorkflowContext {
         }
         // A child this run did not start (the id existed already) names another parent,
         // or none: its end wakes only runs in memory, so this one stays resident.
-        let ours = match engine.is_child_of(child_id, self.inner.key) {
+        let ours = match host.is_child_of(child_id, self.inner.key).await {
             Ok(ours) => ours,
             Err(err) => return self.abort(err).await,
         };
         let _pin = (!ours).then(|| self.pinned());
         let waiting = self.waiting(step, None);
-        let wait = engine.wait(child_id);
+        let wait = host.wait(child_id);
         tokio::pin!(wait);
         let finished = loop {
             tokio::select! {
@@ -1004,7 +1042,7 @@ impl WorkflowContext {
                     // harmless; the other order could record a cancellation the child never
                     // heard of. A child that already finished has nothing to cancel.
                     if let Some(reason) = self.pending_cancel() {
-                        let _ = engine.cancel(child_id, &reason).await;
+                        let _ = host.cancel(child_id, &reason).await;
                     }
                     if let Some(reason) = self.take_cancel(step, StepKind::Child, workflow_type).await {
                         return Err(Cancelled { step, reason });
@@ -1201,6 +1239,20 @@ impl WorkflowContext {
     }
 }
 
+/// Whole milliseconds of `duration`, saturating.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Aborts an activity attempt's task when the step stops waiting for it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Keeps the run busy while alive.
 struct BusyGuard<'a>(&'a WorkflowContext);
 
@@ -1231,7 +1283,7 @@ impl Drop for LiveGuard<'_> {
             return;
         }
         let inner = &self.ctx.inner;
-        let Some(shared) = &inner.shared else {
+        let Some(host) = &inner.host else {
             return;
         };
         let released = {
@@ -1250,7 +1302,7 @@ impl Drop for LiveGuard<'_> {
         // Queued now, from inside the poll that dropped the step, so it is committed no
         // later than anything the workflow does next.
         let abandoned = EventKind::StepAbandoned { step: self.step };
-        shared.writer.append_detached(inner.key, abandoned);
+        host.append_detached(inner.key, abandoned);
     }
 }
 

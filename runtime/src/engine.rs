@@ -20,12 +20,14 @@ use crate::context::{EndingGuard, Inbox, InboxMark, Stop, WorkflowContext};
 use crate::error::{Error, Result, StepDescriptor};
 use crate::event::AttrValue;
 use crate::event::{EventKind, EventRecord};
+use crate::port::HostPort;
+pub use crate::port::Outcome;
 use crate::replay::{History, RecordedResult};
 use crate::schedule::{occurrence_id, Recurrence, ScheduleRow};
 use crate::store::{Attributes, InstanceRow, InstanceStatus, RedbStore, Store, StoredEvent};
 use crate::sync::{lock, AtomicBool, AtomicU64, Mutex, Notify};
 use crate::timers::TimerIndex;
-use crate::writer::{CommitListener, Committed, Writer, WriterStats};
+use crate::writer::{Carried, CommitListener, Committed, Writer, WriterStats};
 
 /// Longest user id accepted, in bytes.
 pub const INSTANCE_ID_BYTES_MAX: usize = 256;
@@ -55,20 +57,6 @@ pub enum WorkflowResult {
 /// Creates the future of one run of a workflow type from its context and input.
 pub type WorkflowFactory =
     Arc<dyn Fn(WorkflowContext, Payload) -> BoxFuture<'static, WorkflowResult> + Send + Sync>;
-
-/// A finished instance's result.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The workflow returned `Ok`; its encoded output.
-    Completed(Payload),
-    /// The workflow returned `Err`; its encoded error.
-    Failed(Payload),
-    /// The instance was terminated from outside, for this reason.
-    Terminated(String),
-    /// This run handed over to a new run of the same id, with this input. `wait` follows
-    /// the chain and never returns this for an id.
-    ContinuedAsNew(Payload),
-}
 
 /// What [`Engine::replay`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -346,7 +334,11 @@ impl EngineBuilder {
         })?;
         let store_schedules: HashMap<String, ScheduleRow> =
             store.schedules()?.into_iter().collect();
-        let writer = Writer::spawn(store.clone(), store_schedules.clone())?;
+        // Commit times come from the runtime's clock too: a retry's due time (its
+        // failure's commit time plus its backoff) is then on the clock it waits on.
+        let clock = self.clock.clone();
+        let now_ms = Arc::new(move || clock.now_ms());
+        let writer = Writer::spawn(store.clone(), store_schedules.clone(), now_ms)?;
         let shared = Arc::new(Shared {
             store,
             writer,
@@ -1105,6 +1097,46 @@ impl Engine {
     }
 }
 
+/// The engine is the host of the runs it drives (see [`HostPort`]).
+#[async_trait::async_trait]
+impl HostPort for Engine {
+    async fn append(&self, key: u128, kind: EventKind) -> Result<()> {
+        self.shared.writer.append(key, kind).await.map(drop)
+    }
+
+    fn append_detached(&self, key: u128, kind: EventKind) {
+        self.shared.writer.append_detached(key, kind);
+    }
+
+    fn always_replay(&self) -> bool {
+        self.shared.always_replay
+    }
+
+    async fn start_child(
+        &self,
+        workflow_type: &str,
+        id: &str,
+        input: Payload,
+        parent: u128,
+    ) -> Result<()> {
+        Engine::start_child(self, workflow_type, id, input, parent)
+            .await
+            .map(drop)
+    }
+
+    async fn is_child_of(&self, id: &str, parent: u128) -> Result<bool> {
+        Engine::is_child_of(self, id, parent)
+    }
+
+    async fn wait(&self, id: &str) -> Result<Outcome> {
+        Engine::wait(self, id).await
+    }
+
+    async fn cancel(&self, id: &str, reason: &str) -> Result<()> {
+        Engine::cancel(self, id, reason).await
+    }
+}
+
 fn result_descriptor(outcome: &Outcome) -> StepDescriptor {
     let (name, input) = match outcome {
         Outcome::Completed(p) => ("Ok", p.preview(200)),
@@ -1483,6 +1515,8 @@ async fn drive_evictable(
     let Some(idle) = shared.eviction_idle else {
         return drive(ctx, future).await.map(DriveEnd::Finished);
     };
+    // Idle time is host bookkeeping (memory), measured on tokio's time, not the runtime
+    // clock: a test skipping virtual time to a workflow's timer must not meet it first.
     let run = drive(ctx, future);
     tokio::pin!(run);
     loop {
@@ -1683,9 +1717,10 @@ async fn run_once(
             message: "its row says running but its history holds a result".into(),
         });
     }
+    let host: Arc<dyn HostPort> = Arc::new(Engine::from_shared(shared.clone()));
     let ctx = WorkflowContext::new(
         key,
-        Some(shared.clone()),
+        Some(host),
         shared.codec.clone(),
         shared.clock.clone(),
         inbox,
@@ -1702,7 +1737,13 @@ async fn run_once(
         Err(Stop::ContinueAsNew(input)) => {
             let mut tries = 0u32;
             loop {
-                let carried = ctx.hand_over();
+                let hand_over = ctx.hand_over();
+                let carried = Carried {
+                    expected_next_seq: hand_over.expected_next_seq,
+                    signals: hand_over.signals,
+                    cancel: hand_over.cancel,
+                    run: hand_over.run,
+                };
                 if shared
                     .writer
                     .continue_as_new(key, input.clone(), carried)

@@ -11,6 +11,7 @@ pub use cairn_core::{activity, codec, error, event, replay, schedule};
 pub mod clock;
 mod context;
 mod engine;
+mod port;
 mod queue;
 pub mod store;
 mod sync;

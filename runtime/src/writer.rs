@@ -7,7 +7,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
@@ -169,6 +168,9 @@ pub struct WriterStats {
 
 type ListenerSlot = std::sync::Arc<OnceLock<std::sync::Arc<dyn CommitListener>>>;
 
+/// Milliseconds since the Unix epoch on the runtime's clock.
+pub(crate) type TimeSource = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// Handle to the writer thread.
 pub(crate) struct Writer {
     queue: Arc<CommitQueue<Command>>,
@@ -182,6 +184,7 @@ impl Writer {
     pub(crate) fn spawn(
         store: std::sync::Arc<dyn Store>,
         schedules: HashMap<String, ScheduleRow>,
+        now_ms: TimeSource,
     ) -> Result<Self> {
         let next_lsn = store.next_lsn()?;
         let queue = Arc::new(CommitQueue::new());
@@ -192,6 +195,7 @@ impl Writer {
             queue: queue.clone(),
             stats: stats.clone(),
             listener: listener.clone(),
+            now_ms,
             effects: Vec::new(),
             schedules,
             heads: HashMap::new(),
@@ -350,6 +354,8 @@ struct WriterLoop {
     queue: Arc<CommitQueue<Command>>,
     stats: std::sync::Arc<WriterStats>,
     listener: ListenerSlot,
+    /// The clock whose time each commit records (`recorded_at_ms`).
+    now_ms: TimeSource,
     /// What the current batch makes durable, for the listener, in commit order.
     effects: Vec<Committed>,
     /// The stored schedules, as of the last commit and the current batch.
@@ -377,14 +383,6 @@ struct WriterLoop {
     failed: Option<Error>,
 }
 
-/// Milliseconds since the Unix epoch on the system clock: what `recorded_at_ms` holds.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 impl WriterLoop {
     fn run(mut self) {
         let mut commands = Vec::new();
@@ -393,7 +391,7 @@ impl WriterLoop {
             let mut batch = WriteBatch::default();
             let mut touched: HashSet<u128> = HashSet::new();
             let mut new_ids: HashMap<String, u128> = HashMap::new();
-            let now = now_ms();
+            let now = (self.now_ms)();
             for command in commands.drain(..) {
                 if let Some(err) = &self.failed {
                     reject(command, err.clone());
@@ -965,7 +963,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: std::sync::Arc<dyn Store> =
             std::sync::Arc::new(RedbStore::open(dir.path().join("writer-test.redb")).unwrap());
-        let writer = Writer::spawn(store, HashMap::new()).unwrap();
+        let now_ms: TimeSource = std::sync::Arc::new(|| 1_764_000_000_000);
+        let writer = Writer::spawn(store, HashMap::new(), now_ms).unwrap();
         let parent = writer
             .start("p".into(), "parent".into(), payload(), None)
             .await

@@ -137,7 +137,9 @@ async fn run(always_replay: bool, id: &str) -> Run {
         .await
         .unwrap();
     let handle = rt.start(claim, id, 1_000).await.unwrap();
-    // The hour's timer, then the adjuster's signal, then the minute's timeout.
+    // The retry's backoff (on the runtime clock too), the hour's timer, then the
+    // adjuster's signal, then the minute's timeout.
+    clock.skip_to_next_timer().await;
     clock.skip_to_next_timer().await;
     wait_for_events(&rt, id, 10).await;
     rt.signal(id, "adjuster", &"dana".to_owned()).await.unwrap();

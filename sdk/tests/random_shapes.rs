@@ -153,15 +153,17 @@ fn signals_needed(ops: &[Op]) -> u64 {
     ops.iter().filter(|op| matches!(op, Op::Signal)).count() as u64
 }
 
-/// Every instance's recorded step outcomes (kind and payload), by id.
+/// Every instance's recorded step outcomes (kind and payload), by id, in step order:
+/// parallel steps (attempts run in tasks of their own) may be recorded in either order.
 fn steps(rt: &Runtime) -> BTreeMap<String, Vec<String>> {
     rt.list(&ListFilter::default())
         .unwrap()
         .into_iter()
         .map(|info| {
-            let outcomes = rt
-                .history(&info.id)
-                .unwrap()
+            let mut events = rt.history(&info.id).unwrap();
+            // Stable: the events of one step keep their order.
+            events.sort_by_key(|e| e.record.kind.step());
+            let outcomes = events
                 .into_iter()
                 .filter(|e| {
                     e.record.kind.step().is_some()

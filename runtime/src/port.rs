@@ -1,0 +1,61 @@
+//! The port between a run and its host: everything a workflow context needs from outside
+//! itself, as one trait. The run never names the engine; the engine implements this.
+//!
+//! **API boundary**: `context.rs` imports this module, never `engine.rs`; the engine
+//! imports the context. That keeps the dependency one way (host -> run), and lets the
+//! run be driven by another host (an audit replayer has none: its context holds no port
+//! and never runs anything live).
+
+use async_trait::async_trait;
+
+use crate::codec::Payload;
+use crate::error::Result;
+use crate::event::EventKind;
+
+/// A finished instance's result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The workflow returned `Ok`; its encoded output.
+    Completed(Payload),
+    /// The workflow returned `Err`; its encoded error.
+    Failed(Payload),
+    /// The instance was terminated from outside, for this reason.
+    Terminated(String),
+    /// This run handed over to a new run of the same id, with this input. `wait` follows
+    /// the chain and never returns this for an id.
+    ContinuedAsNew(Payload),
+}
+
+/// What a run asks of its host.
+#[async_trait]
+pub(crate) trait HostPort: Send + Sync {
+    /// Appends `kind` to instance `key`'s history and returns once it is durable (and
+    /// its effects are in memory).
+    async fn append(&self, key: u128, kind: EventKind) -> Result<()>;
+
+    /// Queues `kind` for instance `key` without waiting: for code that cannot wait (a
+    /// `Drop`). It is committed in queue order, before anything queued after it.
+    fn append_detached(&self, key: u128, kind: EventKind);
+
+    /// Whether every run is rebuilt from the log after each durable step.
+    fn always_replay(&self) -> bool;
+
+    /// Starts child instance `id` of `workflow_type` for run `parent`; finding it
+    /// already started is not an error.
+    async fn start_child(
+        &self,
+        workflow_type: &str,
+        id: &str,
+        input: Payload,
+        parent: u128,
+    ) -> Result<()>;
+
+    /// Whether instance `id` is a child of run `parent` (its end wakes `parent`).
+    async fn is_child_of(&self, id: &str, parent: u128) -> Result<bool>;
+
+    /// Waits for instance `id` to end, following its continue-as-new chain.
+    async fn wait(&self, id: &str) -> Result<Outcome>;
+
+    /// Requests cancellation of instance `id`.
+    async fn cancel(&self, id: &str, reason: &str) -> Result<()>;
+}
