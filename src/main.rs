@@ -1,7 +1,9 @@
 //! `cairn`: the operator and auditor command line.
 //!
 //! It reads a Cairn database without running any workflow: lists instances, prints an
-//! instance's history as JSON lines, and verifies every hash chain.
+//! instance's history as JSON lines, and verifies every hash chain. It opens the file
+//! read-only and never writes to it (not even redb's repair after a crash), so it is
+//! refused while a host holds the file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,7 +68,7 @@ fn run(cli: Cli) -> Result<ExitCode, cairn::Error> {
             cli.db.display()
         )));
     }
-    let store = RedbStore::open(&cli.db)?;
+    let store = RedbStore::open_read_only(&cli.db)?;
     match cli.command {
         Command::List => {
             for row in rows(&store)? {

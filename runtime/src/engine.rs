@@ -17,12 +17,13 @@ use tokio::task::JoinHandle;
 use crate::clock::{Clock, SystemClock};
 use crate::codec::{Codec, JsonCodec, Payload};
 use crate::context::{EndingGuard, Inbox, InboxMark, Stop, WorkflowContext};
-use crate::error::{Error, Result, StepDescriptor};
+use crate::error::{Error, Result};
 use crate::event::AttrValue;
 use crate::event::{EventKind, EventRecord};
 use crate::port::HostPort;
 pub use crate::port::Outcome;
-use crate::replay::{History, RecordedResult};
+use crate::replay::History;
+use crate::replayer::Replayer;
 use crate::schedule::{occurrence_id, Recurrence, ScheduleRow};
 use crate::store::{Attributes, InstanceRow, InstanceStatus, RedbStore, Store, StoredEvent};
 use crate::sync::{lock, AtomicBool, AtomicU64, Mutex, Notify};
@@ -195,7 +196,7 @@ pub(crate) struct Shared {
     runtime: tokio::runtime::Handle,
     codec: Arc<dyn Codec>,
     clock: Arc<dyn Clock>,
-    workflows: HashMap<String, WorkflowFactory>,
+    workflows: Arc<HashMap<String, WorkflowFactory>>,
     active: Mutex<HashMap<u128, Active>>,
     parked: Mutex<HashMap<u128, Error>>,
     closed: AtomicBool,
@@ -308,6 +309,12 @@ impl EngineBuilder {
         self
     }
 
+    /// A [`Replayer`] of the registered workflow types: replays recorded histories with
+    /// no engine behind it (no store opened, no writer thread, no recovery).
+    pub fn replayer(self) -> Replayer {
+        Replayer::new(Arc::new(self.workflows), self.codec, self.clock)
+    }
+
     /// Opens (or creates) the redb file at `path` and resumes every unfinished instance.
     /// Must be called inside a tokio runtime.
     ///
@@ -345,7 +352,7 @@ impl EngineBuilder {
             runtime,
             codec: self.codec,
             clock: self.clock,
-            workflows: self.workflows,
+            workflows: Arc::new(self.workflows),
             active: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
@@ -992,64 +999,17 @@ impl Engine {
     /// a different result), [`Error::UnknownWorkflowType`], [`Error::Corrupt`] for a
     /// malformed history, [`Error::PayloadDecode`] for an undecodable payload.
     pub async fn replay(&self, records: &[EventRecord]) -> Result<ReplayVerdict> {
-        let history = History::from_records(records)?;
-        let factory = self
-            .shared
-            .workflows
-            .get(&history.workflow_type)
-            .ok_or_else(|| Error::UnknownWorkflowType {
-                workflow_type: history.workflow_type.clone(),
-                instance: Some(history.instance.clone()),
-            })?
-            .clone();
-        let key = records.first().map(|r| r.instance).unwrap_or(0);
-        let ctx = WorkflowContext::new(
-            key,
-            None,
+        self.replayer().replay(records).await
+    }
+
+    /// A [`Replayer`] for this engine's workflow types, codec and clock, for replaying
+    /// recorded histories offline.
+    pub fn replayer(&self) -> Replayer {
+        Replayer::new(
+            self.shared.workflows.clone(),
             self.shared.codec.clone(),
             self.shared.clock.clone(),
-            Arc::new(Inbox::default()),
-            history,
-            records.len() as u64,
-        );
-        let input = ctx.history().input.clone();
-        let outcome = match drive(&ctx, factory(ctx.clone(), input)).await {
-            Err(Stop::Fatal(err)) => return Err(err),
-            Err(Stop::EndOfHistory(next_step)) => {
-                return Ok(ReplayVerdict::Unfinished { next_step })
-            }
-            Err(Stop::ContinueAsNew(input)) => Outcome::ContinuedAsNew(input),
-            // Only a run with a store asks for it; an audit replay has none.
-            Err(Stop::Replay) => {
-                return Err(Error::Storage(
-                    "an audit replay asked to be rebuilt from a store it does not have".into(),
-                ))
-            }
-            Ok(WorkflowResult::Fatal(err)) => return Err(err),
-            Ok(result) => finished_outcome(&ctx, result)?,
-        };
-        let recorded = match &ctx.history().result {
-            Some(RecordedResult::Completed(p)) => Outcome::Completed(p.clone()),
-            Some(RecordedResult::Failed(p)) => Outcome::Failed(p.clone()),
-            Some(RecordedResult::ContinuedAsNew(p)) => Outcome::ContinuedAsNew(p.clone()),
-            // The run stopped after its last step and before its result was
-            // recorded (or was terminated there): the code agrees with
-            // everything there is.
-            Some(RecordedResult::Terminated(_)) | None => {
-                return Ok(ReplayVerdict::Unfinished {
-                    next_step: ctx.last_requested_step() + 1,
-                })
-            }
-        };
-        if recorded != outcome {
-            let err = ctx.history().divergence(
-                ctx.last_requested_step() + 1,
-                result_descriptor(&recorded),
-                result_descriptor(&outcome),
-            );
-            return Err(err.into());
-        }
-        Ok(ReplayVerdict::Matches(outcome))
+        )
     }
 
     /// Stops the runtime: refuses new starts, stops every instance driver (each resumes
@@ -1134,20 +1094,6 @@ impl HostPort for Engine {
 
     async fn cancel(&self, id: &str, reason: &str) -> Result<()> {
         Engine::cancel(self, id, reason).await
-    }
-}
-
-fn result_descriptor(outcome: &Outcome) -> StepDescriptor {
-    let (name, input) = match outcome {
-        Outcome::Completed(p) => ("Ok", p.preview(200)),
-        Outcome::Failed(p) => ("Err", p.preview(200)),
-        Outcome::Terminated(reason) => ("terminated", reason.clone()),
-        Outcome::ContinuedAsNew(p) => ("continue as new", p.preview(200)),
-    };
-    StepDescriptor {
-        kind: "workflow result",
-        name: name.into(),
-        input: Some(input),
     }
 }
 
@@ -1554,7 +1500,7 @@ async fn drive_evictable(
 }
 
 /// Polls the workflow until it returns or a step stops it.
-async fn drive(
+pub(crate) async fn drive(
     ctx: &WorkflowContext,
     mut future: BoxFuture<'static, WorkflowResult>,
 ) -> std::result::Result<WorkflowResult, Stop> {
@@ -1586,7 +1532,7 @@ async fn drive(
     .await
 }
 
-fn finished_outcome(ctx: &WorkflowContext, result: WorkflowResult) -> Result<Outcome> {
+pub(crate) fn finished_outcome(ctx: &WorkflowContext, result: WorkflowResult) -> Result<Outcome> {
     ctx.history().check_finished(ctx.last_requested_step())?;
     match result {
         WorkflowResult::Completed(p) => Ok(Outcome::Completed(p)),

@@ -13,6 +13,7 @@ mod context;
 mod engine;
 mod port;
 mod queue;
+mod replayer;
 pub mod store;
 mod sync;
 mod timers;
@@ -29,4 +30,5 @@ pub use engine::{
     INSTANCE_ID_BYTES_MAX, SIGNAL_NAME_BYTES_MAX,
 };
 pub use error::{Error, NonDeterminism, Result, StepDescriptor};
+pub use replayer::{Replayer, StoredVerdict};
 pub use writer::{WriterStats, BATCH_REQUESTS_MAX};

@@ -14,7 +14,10 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use redb::{
+    Database, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition,
+    TableHandle,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -262,7 +265,7 @@ pub trait Store: Send + Sync + 'static {
 pub struct RedbStore {
     /// `None` once closed. The lock is uncontended except against `close`, which must
     /// wait for reads in progress before the file is released.
-    db: RwLock<Option<Database>>,
+    db: RwLock<Option<Handle>>,
     path: PathBuf,
     /// Set once redb panicked on this file: its in-memory state is then not trusted,
     /// every later call fails fast, and `close` leaks the handle rather than run a
@@ -289,7 +292,34 @@ impl RedbStore {
         let path = path.as_ref().to_path_buf();
         let existed = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
         let file = path.clone();
-        Self::open_with(path, existed, move || Database::create(file))
+        Self::open_with(path, existed, move || {
+            Database::create(file).map(Handle::Writable)
+        })
+    }
+
+    /// Opens an existing Cairn database for reading only, for tools (an auditor's
+    /// replay, an export) beside no host. Nothing is written: not even the repair redb
+    /// makes after a crash, which only a host's open performs.
+    ///
+    /// # Errors
+    /// [`Error::Open`] when the file does not exist (none is created), when a host has it
+    /// open (redb allows one process to hold a file for writing, and a reader beside it
+    /// could read pages it is rewriting), when it was not closed cleanly and needs the
+    /// repair a host's open makes, or when it is not a Cairn database;
+    /// [`Error::UnsupportedFormat`] for a newer Cairn's file.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if !std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() > 0) {
+            return Err(Error::Open {
+                path,
+                message: "no such database file".into(),
+                remedy: "Check the path; a read-only open creates nothing.",
+            });
+        }
+        let file = path.clone();
+        Self::open_with(path, true, move || {
+            ReadOnlyDatabase::open(file).map(Handle::ReadOnly)
+        })
     }
 
     /// Opens a store on any redb storage backend (tests use `cairn_testkit::fault::FaultDisk`);
@@ -304,7 +334,9 @@ impl RedbStore {
         existed: bool,
     ) -> Result<Self> {
         Self::open_with(label.to_path_buf(), existed, move || {
-            redb::Builder::new().create_with_backend(backend)
+            redb::Builder::new()
+                .create_with_backend(backend)
+                .map(Handle::Writable)
         })
     }
 
@@ -313,7 +345,7 @@ impl RedbStore {
     fn open_with(
         path: PathBuf,
         existed: bool,
-        create: impl FnOnce() -> std::result::Result<Database, redb::DatabaseError>,
+        create: impl FnOnce() -> std::result::Result<Handle, redb::DatabaseError>,
     ) -> Result<Self> {
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let db = create().map_err(|err| open_error(&path, err))?;
@@ -474,6 +506,7 @@ impl RedbStore {
         let db = self.db()?;
         let txn = db
             .get()
+            .writable(&self.path)?
             .begin_write()
             .map_err(|err| open_error(&self.path, err))?;
         {
@@ -540,11 +573,45 @@ impl std::ops::Deref for Reading<'_> {
     }
 }
 
+/// The redb handle: a host's (read and write) or a tool's (read only, beside no host).
+enum Handle {
+    Writable(Database),
+    ReadOnly(ReadOnlyDatabase),
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Handle::Writable(_) => "Writable",
+            Handle::ReadOnly(_) => "ReadOnly",
+        })
+    }
+}
+
+impl Handle {
+    fn begin_read(&self) -> std::result::Result<redb::ReadTransaction, redb::TransactionError> {
+        match self {
+            Handle::Writable(db) => db.begin_read(),
+            Handle::ReadOnly(db) => db.begin_read(),
+        }
+    }
+
+    fn writable(&self, path: &Path) -> Result<&Database> {
+        match self {
+            Handle::Writable(db) => Ok(db),
+            Handle::ReadOnly(_) => Err(Error::Storage(format!(
+                "{} is open read-only (RedbStore::open_read_only); open it with a host to write",
+                path.display()
+            ))),
+        }
+    }
+}
+
 /// A read guard on an open database.
-struct MappedDb<'a>(RwLockReadGuard<'a, Option<Database>>);
+struct MappedDb<'a>(RwLockReadGuard<'a, Option<Handle>>);
 
 impl MappedDb<'_> {
-    fn get(&self) -> &Database {
+    fn get(&self) -> &Handle {
         // `RedbStore::db` only builds a `MappedDb` after checking the option is `Some`,
         // and the read guard keeps it so.
         match self.0.as_ref() {
@@ -558,8 +625,12 @@ fn open_error(path: &Path, err: impl Into<redb::Error>) -> Error {
     let err: redb::Error = err.into();
     let (message, remedy) = match &err {
         redb::Error::DatabaseAlreadyOpen => (
-            "the file is already open".to_owned(),
-            "Only one process may host a Cairn database; stop the other host first.",
+            "a host has it open (one process at a time may hold a Cairn file)".to_owned(),
+            "Stop that host first. A read-only open beside a running host is refused too: it could read pages the host is rewriting.",
+        ),
+        redb::Error::RepairAborted => (
+            "it was not closed cleanly, and a read-only open cannot make the repair that needs".to_owned(),
+            "Open it once with a host (that open repairs it), or read a copy opened by one.",
         ),
         redb::Error::Corrupted(msg) => (
             format!("the file is not a valid redb database or is damaged ({msg})"),
@@ -591,7 +662,11 @@ impl Store for RedbStore {
         self.contain("commit", || {
             let outdated = self.outdated.load(std::sync::atomic::Ordering::Acquire);
             let db = self.db()?;
-            let mut txn = db.get().begin_write().map_err(storage)?;
+            let mut txn = db
+                .get()
+                .writable(&self.path)?
+                .begin_write()
+                .map_err(storage)?;
             txn.set_durability(Durability::Immediate).map_err(storage)?;
             {
                 let mut log = txn.open_table(LOG).map_err(storage)?;

@@ -53,6 +53,27 @@ pub use runtime::{InstanceHandle, Runtime, RuntimeBuilder};
 /// The engine crate, for hosts that need its lower layers (stores, events, replay).
 pub use cairn_runtime as engine;
 
+/// What an auditor needs: open a database file read-only (beside no host), read its
+/// verified histories, and replay them against the current code with a [`Replayer`]
+/// (`Runtime::builder().workflow(..).replayer()`), which reports the first divergence of
+/// each history as a step-by-step diff.
+pub mod audit {
+    pub use cairn_runtime::event::{EventKind, EventRecord};
+    pub use cairn_runtime::store::{RedbStore, StoredEvent};
+    pub use cairn_runtime::{ReplayVerdict, Replayer, StoredVerdict};
+
+    /// Opens the Cairn database at `path` for reading only; see
+    /// [`RedbStore::open_read_only`].
+    ///
+    /// # Errors
+    /// `CAIRN-E0005` when the file does not exist, a host has it open, it needs the repair
+    /// only a host's open makes, or it is not a Cairn database; `CAIRN-E0009` for a newer
+    /// Cairn's file.
+    pub fn open_read_only(path: impl AsRef<std::path::Path>) -> Result<RedbStore, crate::Error> {
+        RedbStore::open_read_only(path)
+    }
+}
+
 /// Tools for testing workflows: a virtual clock that skips through long timers.
 ///
 /// ```

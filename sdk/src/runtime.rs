@@ -9,7 +9,7 @@ use cairn_runtime::event::EventRecord;
 use cairn_runtime::store::{Store, StoredEvent};
 use cairn_runtime::{
     Codec, Engine, EngineBuilder, Error, InstanceInfo, ListFilter, Outcome, ReplayVerdict,
-    WorkflowContext, WorkflowFactory, WorkflowResult,
+    Replayer, WorkflowContext, WorkflowFactory, WorkflowResult,
 };
 
 use crate::{Ctx, Workflow};
@@ -115,6 +115,31 @@ impl RuntimeBuilder {
         Ok(Runtime {
             engine: self.inner.open(path).await?,
         })
+    }
+
+    /// A [`Replayer`] of the registered workflow types, for auditing recorded histories
+    /// offline: no file is opened, no writer thread started, nothing recovered. Pair it
+    /// with [`crate::audit::open_read_only`] to replay a file no host holds.
+    ///
+    /// ```no_run
+    /// # use cairn::{workflow, Ctx, WorkflowError};
+    /// # #[workflow] async fn fulfil_order(_ctx: Ctx, n: u32) -> Result<u32, WorkflowError> { Ok(n) }
+    /// # async fn audit() -> Result<(), cairn::Error> {
+    /// let replayer = cairn::Runtime::builder().workflow(fulfil_order).replayer()?;
+    /// let store = cairn::audit::open_read_only("orders.redb")?;
+    /// for checked in replayer.replay_store(&store).await? {
+    ///     println!("{} {:?}", checked.id, checked.verdict);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// A workflow type registered twice ([`Error::InvalidArgument`]).
+    pub fn replayer(self) -> Result<Replayer, Error> {
+        if let Some(err) = self.error {
+            return Err(err);
+        }
+        Ok(self.inner.replayer())
     }
 
     /// Opens the runtime on another [`Store`].

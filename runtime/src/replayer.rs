@@ -1,0 +1,200 @@
+//! Offline replay: the auditor's check that today's code explains recorded histories,
+//! with no engine behind it (no writer thread, no recovery of other instances, no write
+//! lock on the file).
+//!
+//! **API boundary**: a [`Replayer`] holds only the registered workflow types, the codec
+//! and a clock; its runs have no host port, so nothing they do can run live or append.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::codec::Codec;
+use crate::context::{Inbox, Stop, WorkflowContext};
+use crate::engine::{drive, finished_outcome, ReplayVerdict, WorkflowFactory, WorkflowResult};
+use crate::error::{Error, Result, StepDescriptor};
+use crate::event::EventRecord;
+use crate::port::Outcome;
+use crate::replay::{History, RecordedResult};
+use crate::store::Store;
+
+/// Replays recorded histories against registered workflow code, offline.
+///
+/// Built from the same registrations as the host (`EngineBuilder::replayer`, or the
+/// typed `RuntimeBuilder::replayer` of the `cairn` crate). Replaying runs the workflow
+/// functions from the start against each history: every recorded step returns its
+/// recorded outcome, nothing runs live and nothing is written, and the first place where
+/// the code asks for something else is reported as a divergence.
+///
+/// ```
+/// # use cairn_runtime::{EngineBuilder, ReplayVerdict};
+/// # tokio_test::block_on(async {
+/// let replayer = EngineBuilder::default().replayer();
+/// // No workflow type is registered, so any history is refused with its type named.
+/// let verdict = replayer.replay(&[]).await;
+/// assert!(verdict.is_err());
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct Replayer {
+    workflows: Arc<HashMap<String, WorkflowFactory>>,
+    codec: Arc<dyn Codec>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Replayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<_> = self.workflows.keys().collect();
+        names.sort();
+        f.debug_struct("Replayer")
+            .field("workflows", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One history's verdict in [`Replayer::replay_store`].
+#[derive(Debug)]
+pub struct StoredVerdict {
+    /// The instance's id.
+    pub id: String,
+    /// Its internal key (each run of a continue-as-new chain has its own).
+    pub key: u128,
+    /// What replaying it found.
+    pub verdict: Result<ReplayVerdict>,
+}
+
+impl Replayer {
+    pub(crate) fn new(
+        workflows: Arc<HashMap<String, WorkflowFactory>>,
+        codec: Arc<dyn Codec>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            workflows,
+            codec,
+            clock,
+        }
+    }
+
+    /// The workflow types this replayer knows, sorted.
+    pub fn workflow_types(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.workflows.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Replays one recorded history (all its events, oldest first).
+    ///
+    /// # Errors
+    /// [`Error::NonDeterminism`] at the first step where code and record part (including
+    /// a different result), [`Error::UnknownWorkflowType`], [`Error::Corrupt`] for a
+    /// malformed history, [`Error::PayloadDecode`] for an undecodable payload.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it reads and writes nothing outside itself.
+    pub async fn replay(&self, records: &[EventRecord]) -> Result<ReplayVerdict> {
+        let history = History::from_records(records)?;
+        let factory = self
+            .workflows
+            .get(&history.workflow_type)
+            .ok_or_else(|| Error::UnknownWorkflowType {
+                workflow_type: history.workflow_type.clone(),
+                instance: Some(history.instance.clone()),
+            })?
+            .clone();
+        let key = records.first().map(|r| r.instance).unwrap_or(0);
+        let ctx = WorkflowContext::new(
+            key,
+            None,
+            self.codec.clone(),
+            self.clock.clone(),
+            Arc::new(Inbox::default()),
+            history,
+            records.len() as u64,
+        );
+        let input = ctx.history().input.clone();
+        let outcome = match drive(&ctx, factory(ctx.clone(), input)).await {
+            Err(Stop::Fatal(err)) => return Err(err),
+            Err(Stop::EndOfHistory(next_step)) => {
+                return Ok(ReplayVerdict::Unfinished { next_step })
+            }
+            Err(Stop::ContinueAsNew(input)) => Outcome::ContinuedAsNew(input),
+            // Only a run with a host asks for it; a replay has none.
+            Err(Stop::Replay) => {
+                return Err(Error::Storage(
+                    "a replay asked to be rebuilt from a store it does not have".into(),
+                ))
+            }
+            Ok(WorkflowResult::Fatal(err)) => return Err(err),
+            Ok(result) => finished_outcome(&ctx, result)?,
+        };
+        let recorded = match &ctx.history().result {
+            Some(RecordedResult::Completed(p)) => Outcome::Completed(p.clone()),
+            Some(RecordedResult::Failed(p)) => Outcome::Failed(p.clone()),
+            Some(RecordedResult::ContinuedAsNew(p)) => Outcome::ContinuedAsNew(p.clone()),
+            // The run stopped after its last step and before its result was recorded
+            // (or was terminated there): the code agrees with everything there is.
+            Some(RecordedResult::Terminated(_)) | None => {
+                return Ok(ReplayVerdict::Unfinished {
+                    next_step: ctx.last_requested_step() + 1,
+                })
+            }
+        };
+        if recorded != outcome {
+            let err = ctx.history().divergence(
+                ctx.last_requested_step() + 1,
+                result_descriptor(&recorded),
+                result_descriptor(&outcome),
+            );
+            return Err(err.into());
+        }
+        Ok(ReplayVerdict::Matches(outcome))
+    }
+
+    /// Replays every history in `store` (each run of a chain on its own), oldest first,
+    /// reading the instance index and one history at a time. Open the store read-only
+    /// (`RedbStore::open_read_only`) to audit a file; a history that does not verify as a
+    /// hash chain gets its `Error::Corrupt` as its verdict, and the others are still
+    /// replayed.
+    ///
+    /// # Errors
+    /// A storage error reading the instance index; each history's own problems are in
+    /// its [`StoredVerdict`].
+    pub async fn replay_store(&self, store: &dyn Store) -> Result<Vec<StoredVerdict>> {
+        let mut rows = Vec::new();
+        store.scan_instances(&mut |row| {
+            rows.push(row);
+            true
+        })?;
+        let mut verdicts = Vec::with_capacity(rows.len());
+        for row in rows {
+            let verdict = match store.history(&row) {
+                Ok(events) => {
+                    let records: Vec<EventRecord> = events.into_iter().map(|e| e.record).collect();
+                    self.replay(&records).await
+                }
+                Err(err) => Err(err),
+            };
+            verdicts.push(StoredVerdict {
+                id: row.id,
+                key: row.key,
+                verdict,
+            });
+        }
+        Ok(verdicts)
+    }
+}
+
+pub(crate) fn result_descriptor(outcome: &Outcome) -> StepDescriptor {
+    let (name, input) = match outcome {
+        Outcome::Completed(p) => ("Ok", p.preview(200)),
+        Outcome::Failed(p) => ("Err", p.preview(200)),
+        Outcome::Terminated(reason) => ("terminated", reason.clone()),
+        Outcome::ContinuedAsNew(p) => ("continue as new", p.preview(200)),
+    };
+    StepDescriptor {
+        kind: "workflow result",
+        name: name.into(),
+        input: Some(input),
+    }
+}
