@@ -14,15 +14,15 @@ use crate::activity::{
 use crate::clock::{Clock, ClockHold};
 use crate::codec::{Codec, Payload};
 use crate::error::{Error, StepDescriptor};
-use crate::event::{AttrValue, ChildOutcome, EventKind, StepNo, EVENT_BYTES_MAX};
+use crate::event::{AttrValue, ChildOutcome, EventKind, StepNo};
 use crate::port::{HostPort, Outcome};
 
-/// Room left in an activity event for everything but its input and result.
-const STEP_EVENT_HEADROOM_BYTES: usize = 4096;
 use crate::replay::{
     requested, Decision, History, PatchDecision, RecordedOutcome, RecordedResult, StepKind,
     StepRequest,
 };
+use crate::step::activity::{self, AfterAttempt};
+use crate::step::{attributes, child, patch, signal, timer, value};
 use crate::sync::{lock, Mutex, Notified, Notify};
 
 /// What `ctx.patched` answers, decided when it is called.
@@ -634,8 +634,8 @@ impl WorkflowContext {
             // waits out what is left of the recorded backoff, on the runtime clock that
             // stamped the failure, and never longer than the policy's backoff now.
             let now_ms = self.inner.clock.now_ms();
-            let left = Duration::from_millis(due_ms.saturating_sub(now_ms))
-                .min(options.retry.backoff(failed_attempts));
+            let left =
+                activity::remaining_backoff(due_ms, now_ms, failed_attempts, &options.retry);
             if !left.is_zero() {
                 self.backoff(left, step, name, failed_attempts, None).await?;
             }
@@ -698,61 +698,31 @@ impl WorkflowContext {
                 ))
                 .with_kind("aborted")),
             };
-            let result = result.and_then(|output| {
-                let bytes = output.data.len() + input.data.len() + name.len();
-                if bytes + STEP_EVENT_HEADROOM_BYTES > EVENT_BYTES_MAX {
-                    // Parking would re-run the activity on every start and fail again;
-                    // a recorded terminal failure lets the workflow handle it once.
-                    return Err(ActivityError::terminal(
-                        "payload_too_large",
-                        format!("the step's input and result take {bytes} bytes, over the {EVENT_BYTES_MAX} byte event limit; store large data outside and return a reference"),
-                    ));
-                }
-                Ok(output)
-            });
-            match result {
-                Ok(output) => {
-                    let kind = EventKind::ActivityCompleted {
-                        step,
-                        activity: name.to_owned(),
-                        input,
-                        attempt: number,
-                        output: output.clone(),
-                    };
+            let call = activity::Call {
+                step,
+                name,
+                input: &input,
+                retry: &options.retry,
+            };
+            match activity::after_attempt(call, number, result) {
+                AfterAttempt::Completed { record, output } => {
                     // The append holds the run busy itself until the outcome is durable.
                     drop(busy);
-                    self.record(kind).await;
+                    self.record(record).await;
                     drop(held);
                     return Ok(output);
                 }
-                Err(error) if options.retry.should_retry(&error, number) => {
-                    let delay = options.retry.backoff(number);
-                    let kind = EventKind::ActivityAttemptFailed {
-                        step,
-                        activity: name.to_owned(),
-                        attempt: number,
-                        error: error.record(),
-                        retry_in_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                    };
-                    if let Err(err) = self.append(kind).await {
+                AfterAttempt::Retry { record, backoff } => {
+                    if let Err(err) = self.append(record).await {
                         return self.abort(err).await;
                     }
-                    self.backoff(delay, step, name, number, Some(held)).await?;
+                    self.backoff(backoff, step, name, number, Some(held)).await?;
                     number += 1;
                 }
-                Err(error) => {
-                    let record = error.record();
-                    let failure = ActivityFailure::from_record(name, step, number, &record);
-                    let kind = EventKind::ActivityFailed {
-                        step,
-                        activity: name.to_owned(),
-                        input,
-                        attempt: number,
-                        error: record,
-                    };
+                AfterAttempt::Failed { record, failure } => {
                     // The append holds the run busy itself until the outcome is durable.
                     drop(busy);
-                    self.record(kind).await;
+                    self.record(record).await;
                     drop(held);
                     return Err(failure);
                 }
@@ -790,12 +760,8 @@ impl WorkflowContext {
                         Ok(value) => value,
                         Err(err) => return self.abort(err).await,
                     };
-                    let kind = EventKind::SideEffect {
-                        step,
-                        label: label.to_owned(),
-                        value: value.clone(),
-                    };
-                    self.record(kind).await;
+                    self.record(value::recorded(step, label, value.clone()))
+                        .await;
                     value
                 })
                 .await
@@ -918,11 +884,7 @@ impl WorkflowContext {
     /// # Cancel safety
     /// Dropping the future may leave the marker unrecorded; it is recorded on replay.
     pub async fn record_patch(&self, step: StepNo, patch_id: &str) {
-        let marker = EventKind::PatchMarker {
-            step,
-            patch_id: patch_id.to_owned(),
-        };
-        self.record(marker).await;
+        self.record(patch::marker(step, patch_id)).await;
     }
 
     /// Publishes search attributes at step `step` (recorded, then indexed so hosts can
@@ -932,7 +894,7 @@ impl WorkflowContext {
     /// # Cancel safety
     /// Dropping the future may leave the attributes unrecorded; they are recorded on replay.
     pub async fn set_attributes(&self, step: StepNo, attributes: Vec<(String, AttrValue)>) {
-        let input = crate::replay::attributes_payload(&attributes);
+        let input = attributes::identity(&attributes);
         let request = StepRequest {
             kind: StepKind::Attributes,
             name: "attributes",
@@ -945,11 +907,8 @@ impl WorkflowContext {
                 self.abort(err).await
             }
             Decision::Run { .. } => {
-                self.live(
-                    step,
-                    self.record(EventKind::AttributesSet { step, attributes }),
-                )
-                .await;
+                self.live(step, self.record(attributes::set(step, attributes)))
+                    .await;
             }
         }
     }
@@ -969,7 +928,7 @@ impl WorkflowContext {
         child_id: &str,
         input: Payload,
     ) -> Result<ChildOutcome, Cancelled> {
-        let identity = crate::replay::child_payload(child_id, &input);
+        let identity = child::identity(child_id, &input);
         let request = StepRequest {
             kind: StepKind::Child,
             name: workflow_type,
@@ -1014,14 +973,9 @@ impl WorkflowContext {
             if let Err(err) = started {
                 return self.abort(err).await;
             }
-            let started = EventKind::ChildStarted {
-                step,
-                workflow_type: workflow_type.to_owned(),
-                child_id: child_id.to_owned(),
-                input,
-            };
             drop(busy);
-            self.record(started).await;
+            self.record(child::started(step, workflow_type, child_id, input))
+                .await;
         }
         // A child this run did not start (the id existed already) names another parent,
         // or none: its end wakes only runs in memory, so this one stays resident.
@@ -1065,12 +1019,8 @@ impl WorkflowContext {
             }
             Err(err) => return self.abort(err).await,
         };
-        let completed = EventKind::ChildCompleted {
-            step,
-            child_id: child_id.to_owned(),
-            outcome: outcome.clone(),
-        };
-        self.record(completed).await;
+        self.record(child::completed(step, child_id, outcome.clone()))
+            .await;
         Ok(outcome)
         })
         .await
@@ -1104,14 +1054,10 @@ impl WorkflowContext {
             Decision::Run { deadline_ms, .. } => deadline_ms,
         };
         self.live(step, async move {
-        let fire_at_ms = match recorded_deadline {
-            Some(at) => at,
-            None => {
-                self.record(EventKind::TimerStarted { step, fire_at_ms })
-                    .await;
-                fire_at_ms
-            }
-        };
+        let (fire_at_ms, start) = timer::deadline(recorded_deadline, step, fire_at_ms);
+        if let Some(start) = start {
+            self.record(start).await;
+        }
         if let Some(reason) = self.take_cancel(step, StepKind::Timer, "sleep").await {
             return Err(Cancelled { step, reason });
         }
@@ -1129,7 +1075,7 @@ impl WorkflowContext {
             }
         }
         drop(waiting);
-        self.record(EventKind::TimerFired { step }).await;
+        self.record(timer::fired(step)).await;
         Ok(())
         })
         .await
@@ -1172,68 +1118,54 @@ impl WorkflowContext {
             Decision::Run { deadline_ms, .. } => deadline_ms,
         };
         self.live(step, async move {
-        let deadline_ms = match (recorded_deadline, deadline_ms) {
-            (Some(recorded), _) => Some(recorded),
-            (None, Some(requested)) => {
-                let started = EventKind::SignalWaitStarted {
-                    step,
-                    name: name.to_owned(),
-                    deadline_ms: requested,
-                };
-                self.record(started).await;
-                Some(requested)
+            let (deadline_ms, start) = signal::deadline(recorded_deadline, step, name, deadline_ms);
+            if let Some(start) = start {
+                self.record(start).await;
             }
-            (None, None) => None,
-        };
-        if let Some(reason) = self.take_cancel(step, StepKind::Signal, name).await {
-            return Err(Cancelled { step, reason });
-        }
-        let inbox = &self.inner.inbox;
-        let _waiting = self.waiting(step, deadline_ms);
-        let mut deadline = deadline_ms.map(|at| self.inner.clock.sleep_until(at));
-        loop {
-            let arrived = inbox.arrived.notified();
-            tokio::pin!(arrived);
-            arrived.as_mut().enable();
-            if let Some((signal_seq, payload)) = inbox.take(name) {
-                let delivered = EventKind::SignalDelivered {
-                    step,
-                    name: name.to_owned(),
-                    signal_seq,
-                };
-                // Should the workflow drop this wait now (it lost a `select!`), the
-                // signal goes back to the inbox with the step's abandonment.
-                lock(&self.inner.state).reserved.insert(step, signal_seq);
-                let appended = self.append(delivered).await;
-                lock(&self.inner.state).reserved.remove(&step);
-                if let Err(err) = appended {
-                    inbox.untake(signal_seq);
-                    return self.abort(err).await;
+            if let Some(reason) = self.take_cancel(step, StepKind::Signal, name).await {
+                return Err(Cancelled { step, reason });
+            }
+            let inbox = &self.inner.inbox;
+            let _waiting = self.waiting(step, deadline_ms);
+            let mut deadline = deadline_ms.map(|at| self.inner.clock.sleep_until(at));
+            loop {
+                let arrived = inbox.arrived.notified();
+                tokio::pin!(arrived);
+                arrived.as_mut().enable();
+                if let Some((signal_seq, payload)) = inbox.take(name) {
+                    let delivered = signal::delivered(step, name, signal_seq);
+                    // Should the workflow drop this wait now (it lost a `select!`), the
+                    // signal goes back to the inbox with the step's abandonment.
+                    lock(&self.inner.state).reserved.insert(step, signal_seq);
+                    let appended = self.append(delivered).await;
+                    lock(&self.inner.state).reserved.remove(&step);
+                    if let Err(err) = appended {
+                        inbox.untake(signal_seq);
+                        return self.abort(err).await;
+                    }
+                    self.settle().await;
+                    return Ok(Some(payload));
                 }
-                self.settle().await;
-                return Ok(Some(payload));
-            }
-            // Signals win over a cancellation that arrives in the same instant: a signal
-            // taken is recorded as delivered and must be seen.
-            if self.pending_cancel().is_some() {
-                if let Some(reason) = self.take_cancel(step, StepKind::Signal, name).await {
-                    return Err(Cancelled { step, reason });
-                }
-            }
-            match deadline.as_mut() {
-                Some(timer) => {
-                    tokio::select! {
-                        () = &mut arrived => {}
-                        () = timer => {
-                            let timed_out = EventKind::SignalWaitTimedOut { step, name: name.to_owned() };
-                            self.record(timed_out).await;
-                            return Ok(None);
-                        }
+                // Signals win over a cancellation that arrives in the same instant: a signal
+                // taken is recorded as delivered and must be seen.
+                if self.pending_cancel().is_some() {
+                    if let Some(reason) = self.take_cancel(step, StepKind::Signal, name).await {
+                        return Err(Cancelled { step, reason });
                     }
                 }
-                None => arrived.await,
+                match deadline.as_mut() {
+                    Some(timer) => {
+                        tokio::select! {
+                            () = &mut arrived => {}
+                            () = timer => {
+                                self.record(signal::timed_out(step, name)).await;
+                                return Ok(None);
+                            }
+                        }
+                    }
+                    None => arrived.await,
+                }
             }
-        }
         })
         .await
     }

@@ -6,7 +6,7 @@
 
 #![deny(unsafe_code)]
 
-pub use cairn_core::{activity, codec, error, event, replay, schedule};
+pub use cairn_core::{activity, codec, error, event, replay, schedule, step};
 
 pub mod clock;
 mod context;

@@ -2,8 +2,9 @@
 //!
 //! The event model and its on-disk envelope ([`event`]), payloads and codecs
 //! ([`codec`]), the errors every layer reports ([`error`]), what an activity call is
-//! ([`activity`]), schedules ([`schedule`]) and the replay rules that turn a history and
-//! the requests of workflow code into decisions ([`replay`]).
+//! ([`activity`]), schedules ([`schedule`]), one state machine per step kind ([`step`])
+//! and the replay rules that turn a history and the requests of workflow code into
+//! decisions ([`replay`]).
 //!
 //! **Architecture invariant**: this crate depends on neither tokio nor a store. It is
 //! compiled and tested on its own, with hand-built histories; the engine, the stores and
@@ -17,6 +18,7 @@ pub mod error;
 pub mod event;
 pub mod replay;
 pub mod schedule;
+pub mod step;
 
 pub use activity::{
     ActivityContext, ActivityError, ActivityFailure, ActivityOptions, Cancelled, RetryPolicy,

@@ -9,124 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::codec::Payload;
 use crate::error::{Error, NonDeterminism, StepDescriptor};
-use crate::event::{ActivityErrorRecord, EventKind, EventRecord, StepNo};
+use crate::event::{EventKind, EventRecord, StepNo};
+use crate::step;
 
-/// What kind of durable call a step is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StepKind {
-    /// An activity.
-    Activity,
-    /// A recorded value (`now`, `random`, `uuid`, named side effect).
-    SideEffect,
-    /// A durable timer (`ctx.sleep`), named `"sleep"`.
-    Timer,
-    /// A wait for a signal, named by the signal.
-    Signal,
-    /// A version marker (`ctx.patched`), named by the patch id.
-    Patch,
-    /// Published search attributes, named `"attributes"`; the values are its input.
-    Attributes,
-    /// A child workflow, named by its workflow type; its id and input are its input.
-    Child,
-}
-
-impl StepKind {
-    /// The kind's name in events and messages.
-    pub fn label(self) -> &'static str {
-        match self {
-            StepKind::Activity => "activity",
-            StepKind::SideEffect => "side_effect",
-            StepKind::Timer => "timer",
-            StepKind::Signal => "signal",
-            StepKind::Patch => "patch",
-            StepKind::Attributes => "attributes",
-            StepKind::Child => "child",
-        }
-    }
-}
-
-/// A step as the workflow code asks for it.
-#[derive(Clone, Copy, Debug)]
-pub struct StepRequest<'a> {
-    /// Kind.
-    pub kind: StepKind,
-    /// Activity or side-effect name.
-    pub name: &'a str,
-    /// Input, for activities.
-    pub input: Option<&'a Payload>,
-}
-
-/// How a recorded step ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RecordedOutcome {
-    /// The activity succeeded.
-    ActivityCompleted {
-        /// Result.
-        output: Payload,
-        /// Attempt that succeeded.
-        attempt: u32,
-    },
-    /// The activity failed for good.
-    ActivityFailed {
-        /// Last error.
-        error: ActivityErrorRecord,
-        /// Attempts made.
-        attempt: u32,
-    },
-    /// The recorded value.
-    Value(Payload),
-    /// The timer fired.
-    TimerFired,
-    /// The wait took the signal recorded at `signal_seq`.
-    Signal {
-        /// `seq` of its `SignalReceived` event.
-        signal_seq: u64,
-        /// Its body.
-        payload: Payload,
-    },
-    /// The wait reached its deadline.
-    TimedOut,
-    /// The patch marker was recorded: the run took the new path.
-    Patched,
-    /// The attributes were recorded.
-    AttributesSet,
-    /// The child workflow ended.
-    Child(crate::event::ChildOutcome),
-    /// The step ended because cancellation was requested.
-    Cancelled {
-        /// The cancellation's reason.
-        reason: String,
-    },
-}
-
-/// One step as history holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecordedStep {
-    /// Kind.
-    pub kind: StepKind,
-    /// Name.
-    pub name: String,
-    /// Input (activities whose outcome is recorded).
-    pub input: Option<Payload>,
-    /// Failed attempts recorded before the outcome (or before a crash).
-    pub failed_attempts: u32,
-    /// Deadline recorded for a timer or a signal wait; for an activity with failed
-    /// attempts, when its next attempt is due (the last failure's `recorded_at_ms` plus
-    /// its `retry_in_ms`). Ms since the Unix epoch.
-    pub deadline_ms: Option<u64>,
-    /// The outcome, if the step finished.
-    pub outcome: Option<RecordedOutcome>,
-}
-
-impl RecordedStep {
-    fn descriptor(&self) -> StepDescriptor {
-        StepDescriptor {
-            kind: self.kind.label(),
-            name: self.name.clone(),
-            input: self.input.as_ref().map(|p| p.preview(200)),
-        }
-    }
-}
+pub use crate::step::{RecordedOutcome, RecordedStep, StepKind, StepRequest};
 
 /// What the engine should do with a requested step.
 #[derive(Debug, PartialEq, Eq)]
@@ -291,10 +177,6 @@ impl History {
             EventKind::WorkflowContinuedAsNew { input, .. } => {
                 self.result = Some(RecordedResult::ContinuedAsNew(input.clone()))
             }
-            EventKind::PatchMarker { step, patch_id } => {
-                let entry = self.open_step(*step, StepKind::Patch, patch_id, seq)?;
-                entry.outcome = Some(RecordedOutcome::Patched);
-            }
             EventKind::CancelRequested { reason } => {
                 // A second request changes nothing: the first one is the one delivered.
                 if self.cancel_requested.is_none() {
@@ -314,105 +196,18 @@ impl History {
                         "a step was cancelled without a cancellation request",
                     ));
                 }
-                let kind = match step_kind.as_str() {
-                    "activity" => StepKind::Activity,
-                    "timer" => StepKind::Timer,
-                    "signal" => StepKind::Signal,
-                    "child" => StepKind::Child,
-                    other => {
-                        return Err(corrupt(
-                            &id,
-                            seq,
-                            format!("unknown cancelled step kind `{other}`"),
-                        ))
-                    }
+                let Some(kind) = StepKind::cancellable(step_kind) else {
+                    return Err(corrupt(
+                        &id,
+                        seq,
+                        format!("unknown cancelled step kind `{step_kind}`"),
+                    ));
                 };
-                let entry = self.open_step(*step, kind, name, seq)?;
-                entry.outcome = Some(RecordedOutcome::Cancelled {
+                let entry = self.open_step(*step, kind, Some(name), seq)?;
+                entry.finish(RecordedOutcome::Cancelled {
                     reason: reason.clone(),
                 });
                 self.cancel_delivered = true;
-            }
-            EventKind::ChildStarted {
-                step,
-                workflow_type,
-                child_id,
-                input,
-            } => {
-                let entry = self.open_step(*step, StepKind::Child, workflow_type, seq)?;
-                entry.input = Some(child_payload(child_id, input));
-            }
-            EventKind::ChildCompleted { step, outcome, .. } => {
-                let Some(entry) = self.steps.get_mut(step) else {
-                    return Err(corrupt(
-                        &id,
-                        seq,
-                        format!("child of step {step} completed without being started"),
-                    ));
-                };
-                if entry.kind != StepKind::Child || entry.outcome.is_some() {
-                    return Err(corrupt(
-                        &id,
-                        seq,
-                        format!("step {step} is not a running child workflow"),
-                    ));
-                }
-                entry.outcome = Some(RecordedOutcome::Child(outcome.clone()));
-            }
-            EventKind::AttributesSet { step, attributes } => {
-                let entry = self.open_step(*step, StepKind::Attributes, "attributes", seq)?;
-                entry.input = Some(attributes_payload(attributes));
-                entry.outcome = Some(RecordedOutcome::AttributesSet);
-            }
-            EventKind::ActivityAttemptFailed {
-                step,
-                activity,
-                retry_in_ms,
-                ..
-            } => {
-                let entry = self.open_step(*step, StepKind::Activity, activity, seq)?;
-                entry.failed_attempts += 1;
-                entry.deadline_ms = Some(record.recorded_at_ms.saturating_add(*retry_in_ms));
-            }
-            EventKind::ActivityCompleted {
-                step,
-                activity,
-                input,
-                attempt,
-                output,
-            } => {
-                let entry = self.open_step(*step, StepKind::Activity, activity, seq)?;
-                entry.input = Some(input.clone());
-                entry.outcome = Some(RecordedOutcome::ActivityCompleted {
-                    output: output.clone(),
-                    attempt: *attempt,
-                });
-            }
-            EventKind::ActivityFailed {
-                step,
-                activity,
-                input,
-                attempt,
-                error,
-            } => {
-                let entry = self.open_step(*step, StepKind::Activity, activity, seq)?;
-                entry.input = Some(input.clone());
-                entry.outcome = Some(RecordedOutcome::ActivityFailed {
-                    error: error.clone(),
-                    attempt: *attempt,
-                });
-            }
-            EventKind::SideEffect { step, label, value } => {
-                let entry = self.open_step(*step, StepKind::SideEffect, label, seq)?;
-                entry.outcome = Some(RecordedOutcome::Value(value.clone()));
-            }
-            EventKind::TimerStarted { step, fire_at_ms } => {
-                let entry = self.open_step(*step, StepKind::Timer, "sleep", seq)?;
-                entry.deadline_ms = Some(*fire_at_ms);
-            }
-            EventKind::TimerFired { step } => {
-                let entry = self.open_step(*step, StepKind::Timer, "sleep", seq)?;
-                entry.outcome = Some(RecordedOutcome::TimerFired);
             }
             EventKind::SignalReceived { name, payload } => {
                 self.signals.insert(
@@ -423,51 +218,6 @@ impl History {
                         delivered: false,
                     },
                 );
-            }
-            EventKind::SignalWaitStarted {
-                step,
-                name,
-                deadline_ms,
-            } => {
-                let entry = self.open_step(*step, StepKind::Signal, name, seq)?;
-                entry.deadline_ms = Some(*deadline_ms);
-            }
-            EventKind::SignalDelivered {
-                step,
-                name,
-                signal_seq,
-            } => {
-                let signal = match self.signals.get_mut(signal_seq) {
-                    Some(signal) if signal.name == *name && !signal.delivered => {
-                        signal.delivered = true;
-                        signal.payload.clone()
-                    }
-                    Some(signal) if signal.delivered => {
-                        return Err(corrupt(
-                            &id,
-                            seq,
-                            format!("signal at sequence {signal_seq} delivered twice"),
-                        ))
-                    }
-                    _ => {
-                        return Err(corrupt(
-                            &id,
-                            seq,
-                            format!(
-                            "delivers signal `{name}` at sequence {signal_seq}, which is not one"
-                        ),
-                        ))
-                    }
-                };
-                let entry = self.open_step(*step, StepKind::Signal, name, seq)?;
-                entry.outcome = Some(RecordedOutcome::Signal {
-                    signal_seq: *signal_seq,
-                    payload: signal,
-                });
-            }
-            EventKind::SignalWaitTimedOut { step, name } => {
-                let entry = self.open_step(*step, StepKind::Signal, name, seq)?;
-                entry.outcome = Some(RecordedOutcome::TimedOut);
             }
             EventKind::StepAbandoned { step } => {
                 if !self.abandoned.insert(*step) {
@@ -495,15 +245,60 @@ impl History {
                 }
                 self.run = *run;
             }
+            kind => {
+                let Some(route) = step::route(kind) else {
+                    return Err(corrupt(
+                        &id,
+                        seq,
+                        format!("{} has no place in a history", kind.name()),
+                    ));
+                };
+                let delivered = match kind {
+                    EventKind::SignalDelivered {
+                        name, signal_seq, ..
+                    } => Some(self.take_signal(seq, name, *signal_seq)?),
+                    _ => None,
+                };
+                let name = route.opens.then_some(route.name);
+                let entry = self.open_step(route.step, route.kind, name, seq)?;
+                step::apply(entry, kind, record.recorded_at_ms, delivered).map_err(|problem| {
+                    corrupt(&id, seq, format!("step {}: {problem}", route.step))
+                })?;
+            }
         }
         Ok(())
     }
 
+    /// Marks the signal a `SignalDelivered` at `seq` takes as delivered and returns its
+    /// body: it must be a received signal of that name that no wait took yet.
+    fn take_signal(&mut self, seq: u64, name: &str, signal_seq: u64) -> Result<Payload, Error> {
+        match self.signals.get_mut(&signal_seq) {
+            Some(signal) if signal.name == name && !signal.delivered => {
+                signal.delivered = true;
+                Ok(signal.payload.clone())
+            }
+            Some(signal) if signal.delivered => Err(corrupt(
+                &self.instance,
+                seq,
+                format!("signal at sequence {signal_seq} delivered twice"),
+            )),
+            _ => Err(corrupt(
+                &self.instance,
+                seq,
+                format!("delivers signal `{name}` at sequence {signal_seq}, which is not one"),
+            )),
+        }
+    }
+
+    /// The entry of `step` for an event of a `kind` step: created by an event that may
+    /// begin a step (`name` given), found by one that follows (`name` `None`: the step's
+    /// name is whatever began it). Refuses an event that mixes two steps, follows the
+    /// step's outcome or its abandonment, or follows nothing.
     fn open_step(
         &mut self,
         step: StepNo,
         kind: StepKind,
-        name: &str,
+        name: Option<&str>,
         seq: u64,
     ) -> Result<&mut RecordedStep, Error> {
         let instance = self.instance.clone();
@@ -514,15 +309,20 @@ impl History {
                 format!("step {step} has an event after it was abandoned"),
             ));
         }
-        let entry = self.steps.entry(step).or_insert_with(|| RecordedStep {
-            kind,
-            name: name.to_owned(),
-            input: None,
-            failed_attempts: 0,
-            deadline_ms: None,
-            outcome: None,
-        });
-        if entry.kind != kind || entry.name != name {
+        let entry = match (self.steps.entry(step), name) {
+            (std::collections::btree_map::Entry::Occupied(entry), _) => entry.into_mut(),
+            (std::collections::btree_map::Entry::Vacant(entry), Some(name)) => {
+                entry.insert(RecordedStep::new(kind, name))
+            }
+            (std::collections::btree_map::Entry::Vacant(_), None) => {
+                return Err(corrupt(
+                    &instance,
+                    seq,
+                    format!("step {step} has an event before the one that begins it"),
+                ))
+            }
+        };
+        if entry.kind != kind || name.is_some_and(|name| entry.name != name) {
             return Err(corrupt(
                 &instance,
                 seq,
@@ -664,21 +464,14 @@ impl History {
     }
 }
 
-/// The attributes of an `AttributesSet` step as a comparable, readable payload (JSON
-/// text; codec id 0), so replay checks them like an activity's input.
+/// See [`step::attributes::identity`].
 pub fn attributes_payload(attributes: &[(String, crate::event::AttrValue)]) -> Payload {
-    let text: Vec<String> = attributes
-        .iter()
-        .map(|(k, v)| format!("{k:?}:{v}"))
-        .collect();
-    Payload::new(0, format!("{{{}}}", text.join(",")).into_bytes())
+    step::attributes::identity(attributes)
 }
 
-/// A child step's identity for replay checks: its id and input, as one payload.
+/// See [`step::child::identity`].
 pub fn child_payload(child_id: &str, input: &Payload) -> Payload {
-    let mut data = format!("{child_id:?}:").into_bytes();
-    data.extend_from_slice(&input.data);
-    Payload::new(input.codec, data)
+    step::child::identity(child_id, input)
 }
 
 /// The descriptor of a request, for divergence errors.
@@ -693,7 +486,7 @@ pub fn requested(request: StepRequest<'_>) -> StepDescriptor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::GENESIS_HASH;
+    use crate::event::{ActivityErrorRecord, GENESIS_HASH};
 
     fn json(text: &str) -> Payload {
         Payload::new(0, text.as_bytes().to_vec())
