@@ -71,10 +71,15 @@ fn run(cli: Cli) -> Result<ExitCode, cairn::Error> {
     let store = RedbStore::open_read_only(&cli.db)?;
     match cli.command {
         Command::List => {
+            let parked: std::collections::HashMap<u128, _> = store.parked()?.into_iter().collect();
             for row in rows(&store)? {
+                let status = match parked.get(&row.key) {
+                    Some(why) => format!("Parked ({}: {})", why.code, why.reason),
+                    None => format!("{:?}", row.status),
+                };
                 println!(
-                    "{}\t{}\t{:?}\t{} events",
-                    row.id, row.workflow_type, row.status, row.next_seq
+                    "{}\t{}\t{status}\t{} events",
+                    row.id, row.workflow_type, row.next_seq
                 );
             }
         }
@@ -204,6 +209,7 @@ fn event_json(event: &StoredEvent) -> Value {
             json!({ "input": payload(input), "next_run": format!("{next_run:032x}") })
         }
         EventKind::StepAbandoned { step } => json!({ "step": step }),
+        EventKind::WorkflowParked { code, reason } => json!({ "code": code, "reason": reason }),
         EventKind::RunContinued { previous_run, run } => {
             json!({ "previous_run": format!("{previous_run:032x}"), "run": run })
         }

@@ -91,7 +91,7 @@ pub enum Status {
         /// The error that parked it.
         reason: String,
         /// Its stable code.
-        code: &'static str,
+        code: String,
     },
 }
 
@@ -199,6 +199,10 @@ pub(crate) struct Shared {
     workflows: Arc<HashMap<String, WorkflowFactory>>,
     active: Mutex<HashMap<u128, Active>>,
     parked: Mutex<HashMap<u128, Error>>,
+    /// What the `parked` index holds (code and reason by key), kept by the commit path:
+    /// parking is recorded once per reason, and an instance parked by an earlier host
+    /// shows as parked until something runs it.
+    recorded_parked: Mutex<HashMap<u128, (String, String)>>,
     closed: AtomicBool,
     /// `None`: never evict.
     eviction_idle: Option<Duration>,
@@ -341,6 +345,11 @@ impl EngineBuilder {
         })?;
         let store_schedules: HashMap<String, ScheduleRow> =
             store.schedules()?.into_iter().collect();
+        let recorded_parked = store
+            .parked()?
+            .into_iter()
+            .map(|(key, row)| (key, (row.code, row.reason)))
+            .collect();
         // Commit times come from the runtime's clock too: a retry's due time (its
         // failure's commit time plus its backoff) is then on the clock it waits on.
         let clock = self.clock.clone();
@@ -355,6 +364,7 @@ impl EngineBuilder {
             workflows: Arc::new(self.workflows),
             active: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
+            recorded_parked: Mutex::new(recorded_parked),
             closed: AtomicBool::new(false),
             eviction_idle: self.eviction_idle,
             always_replay: self.always_replay,
@@ -465,8 +475,7 @@ impl Engine {
                         workflow_type: row.workflow_type.clone(),
                         instance: Some(row.id.clone()),
                     };
-                    tracing::error!(instance = %row.id, %err, "instance parked");
-                    lock(&self.shared.parked).insert(key, err);
+                    park(&self.shared, key, err);
                     continue;
                 }
             }
@@ -908,13 +917,7 @@ impl Engine {
             InstanceStatus::Failed => Status::Failed,
             InstanceStatus::Terminated => Status::Terminated,
             InstanceStatus::ContinuedAsNew => Status::ContinuedAsNew,
-            InstanceStatus::Running => match lock(&self.shared.parked).get(&row.key) {
-                Some(err) => Status::Parked {
-                    reason: err.to_string(),
-                    code: err.code(),
-                },
-                None => Status::Running,
-            },
+            InstanceStatus::Running => self.running_status(row.key),
         };
         Ok(InstanceInfo {
             id: row.id,
@@ -925,6 +928,27 @@ impl Engine {
             events: row.next_seq,
             attributes,
         })
+    }
+
+    /// Running, or parked: by this host, or by an earlier one (recorded) if nothing here
+    /// runs it.
+    fn running_status(&self, key: u128) -> Status {
+        if let Some(err) = lock(&self.shared.parked).get(&key) {
+            return Status::Parked {
+                reason: err.to_string(),
+                code: err.code().to_owned(),
+            };
+        }
+        if lock(&self.shared.active).contains_key(&key) {
+            return Status::Running;
+        }
+        match lock(&self.shared.recorded_parked).get(&key) {
+            Some((code, reason)) => Status::Parked {
+                reason: reason.clone(),
+                code: code.clone(),
+            },
+            None => Status::Running,
+        }
     }
 
     /// The current status of instance `id`.
@@ -1203,8 +1227,21 @@ fn apply_event(
         parent,
         run,
     } = event;
+    {
+        let mut recorded = lock(&shared.recorded_parked);
+        match kind {
+            Some(EventKind::WorkflowParked { code, reason }) => {
+                recorded.insert(key, (code.clone(), reason.clone()));
+            }
+            // Anything else the instance records clears its parking (as in the index).
+            _ if !recorded.is_empty() => {
+                recorded.remove(&key);
+            }
+            _ => {}
+        }
+    }
     match kind {
-        None | Some(EventKind::RunContinued { .. }) => {
+        None | Some(EventKind::RunContinued { .. } | EventKind::WorkflowParked { .. }) => {
             if let Some(entry) = active.get(&key) {
                 entry.inbox.committed(seq);
             }
@@ -1223,8 +1260,7 @@ fn apply_event(
                     workflow_type: workflow_type.clone(),
                     instance: Some(id.clone()),
                 };
-                tracing::error!(instance = %id, %err, "instance parked");
-                lock(&shared.parked).insert(key, err);
+                park(shared, key, err);
                 return;
             }
             let mut history = History::fresh(id.clone(), workflow_type.clone(), input.clone());
@@ -1274,6 +1310,22 @@ fn apply_event(
                 deliver_locked(shared, active, parent, Inbox::touch);
             }
         }
+    }
+}
+
+/// Parks instance `key` on `err`: this host stops trying it until the next open, and the
+/// parking is recorded (a `WorkflowParked` event, indexed) unless the same reason already
+/// is, so an instance that keeps failing the same way at every open records it once.
+fn park(shared: &Shared, key: u128, err: Error) {
+    tracing::error!(key = %format_args!("{key:032x}"), %err, "instance parked");
+    let code = err.code().to_owned();
+    let reason = err.to_string();
+    let recorded = lock(&shared.recorded_parked).get(&key) == Some(&(code.clone(), reason.clone()));
+    lock(&shared.parked).insert(key, err);
+    if !recorded {
+        shared
+            .writer
+            .append_detached(key, EventKind::WorkflowParked { code, reason });
     }
 }
 
@@ -1572,10 +1624,7 @@ async fn run_instance(
                 shared.registered.notify_waiters();
             }
         }
-        Err(err) => {
-            tracing::error!(%err, "instance parked");
-            lock(&shared.parked).insert(key, err.clone());
-        }
+        Err(err) => park(&shared, key, err.clone()),
         Ok(_) => {}
     }
     let result = result.map_err(|err| match err {

@@ -32,6 +32,10 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ATTRIBUTES: TableDefinition<u128, &[u8]> = TableDefinition::new("attributes");
 const RUNNING: TableDefinition<u128, &[u8]> = TableDefinition::new("running");
 const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
+/// Added by storage format 2; a format-1 file gets it at its first commit.
+const PARKED: TableDefinition<u128, &[u8]> = TableDefinition::new("parked");
+/// Tables a Cairn file may hold without them all being required.
+const LATER_TABLES: [&str; 1] = ["parked"];
 const CAIRN_TABLES: [&str; 7] = [
     "log",
     "instances",
@@ -158,6 +162,29 @@ pub struct WriteBatch {
     pub finished: Vec<u128>,
     /// Schedules to store (`Some(row)`, version byte + postcard `ScheduleRow`) or delete.
     pub schedules: Vec<(String, Option<Vec<u8>>)>,
+    /// Parked instances to record (`Some(row)`, version byte + postcard `ParkedRow`) or
+    /// clear.
+    pub parked: Vec<(u128, Option<Vec<u8>>)>,
+}
+
+/// Why an instance was parked, as the `parked` index keeps it (derived from its last
+/// `WorkflowParked` event; cleared by its next event or its end).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkedRow {
+    /// The error's stable code.
+    pub code: String,
+    /// The error's message.
+    pub reason: String,
+    /// When it was parked (the commit time of its `WorkflowParked` event).
+    pub at_ms: u64,
+}
+
+pub(crate) fn encode_parked(row: &ParkedRow) -> Result<Vec<u8>> {
+    encode_versioned(row, "parked entry")
+}
+
+fn decode_parked(key: u128, bytes: &[u8]) -> Result<ParkedRow> {
+    decode_versioned(|| format!("parked table, key {key:032x}"), bytes)
 }
 
 /// Encodes an index row: the row version byte, then postcard.
@@ -224,6 +251,7 @@ impl WriteBatch {
             && self.running.is_empty()
             && self.finished.is_empty()
             && self.schedules.is_empty()
+            && self.parked.is_empty()
     }
 }
 
@@ -255,6 +283,10 @@ pub trait Store: Send + Sync + 'static {
     fn scan_running(&self, visit: &mut dyn FnMut(u128, Option<Suspension>)) -> Result<()>;
     /// Every stored schedule, by id.
     fn schedules(&self) -> Result<Vec<(String, ScheduleRow)>>;
+    /// The parked instances and why, by key (none for a store that keeps none).
+    fn parked(&self) -> Result<Vec<(u128, ParkedRow)>> {
+        Ok(Vec::new())
+    }
     /// Releases the storage (closes the file) once the calls in progress have finished;
     /// every later call fails with [`Error::ShutDown`].
     fn close(&self) {}
@@ -475,7 +507,7 @@ impl RedbStore {
         let foreign: Vec<&str> = names
             .iter()
             .map(String::as_str)
-            .filter(|name| !CAIRN_TABLES.contains(name))
+            .filter(|name| !CAIRN_TABLES.contains(name) && !LATER_TABLES.contains(name))
             .collect();
         if foreign.is_empty() {
             return Ok(());
@@ -545,6 +577,8 @@ impl RedbStore {
             txn.open_table(RUNNING)
                 .map_err(|err| open_error(&self.path, err))?;
             txn.open_table(SCHEDULES)
+                .map_err(|err| open_error(&self.path, err))?;
+            txn.open_table(PARKED)
                 .map_err(|err| open_error(&self.path, err))?;
         }
         txn.commit().map_err(|err| open_error(&self.path, err))
@@ -708,6 +742,17 @@ impl Store for RedbStore {
                         running.remove(*key).map_err(storage)?;
                     }
                 }
+                if !batch.parked.is_empty() || outdated {
+                    // Created here in a format-1 file, which lacks it.
+                    let mut parked = txn.open_table(PARKED).map_err(storage)?;
+                    for (key, row) in &batch.parked {
+                        match row {
+                            Some(row) => parked.insert(*key, row.as_slice()).map(drop),
+                            None => parked.remove(*key).map(drop),
+                        }
+                        .map_err(storage)?;
+                    }
+                }
                 if outdated {
                     let mut meta = txn.open_table(META).map_err(storage)?;
                     meta.insert("format", STORAGE_FORMAT.to_le_bytes().as_slice())
@@ -720,6 +765,25 @@ impl Store for RedbStore {
                     .store(false, std::sync::atomic::Ordering::Release);
             }
             Ok(())
+        })
+    }
+
+    fn parked(&self) -> Result<Vec<(u128, ParkedRow)>> {
+        self.contain("parked", || {
+            let txn = self.read()?;
+            let table = match txn.open_table(PARKED) {
+                Ok(table) => table,
+                // A format-1 file before its first commit: nothing parked is recorded.
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(err) => return Err(storage(err)),
+            };
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(storage)? {
+                let (key, bytes) = entry.map_err(storage)?;
+                let key = key.value();
+                out.push((key, decode_parked(key, bytes.value())?));
+            }
+            Ok(out)
         })
     }
 

@@ -19,8 +19,8 @@ use crate::event::{
 use crate::queue::{Closed, CommitQueue};
 use crate::schedule::ScheduleRow;
 use crate::store::{
-    encode_attributes, encode_schedule, encode_suspension, Attributes, InstanceRow, InstanceStatus,
-    Store, Suspension, WriteBatch,
+    encode_attributes, encode_parked, encode_schedule, encode_suspension, Attributes, InstanceRow,
+    InstanceStatus, ParkedRow, Store, Suspension, WriteBatch,
 };
 use crate::sync::{lock, Arc, AtomicU64, Mutex};
 
@@ -84,6 +84,7 @@ fn reported(kind: &EventKind) -> Option<EventKind> {
     match kind {
         EventKind::WorkflowStarted { .. }
         | EventKind::RunContinued { .. }
+        | EventKind::WorkflowParked { .. }
         | EventKind::SignalReceived { .. }
         | EventKind::CancelRequested { .. } => Some(kind.clone()),
         // Ends carry the result, which the host publishes to waiters.
@@ -187,6 +188,7 @@ impl Writer {
         now_ms: TimeSource,
     ) -> Result<Self> {
         let next_lsn = store.next_lsn()?;
+        let parked = store.parked()?.into_iter().map(|(key, _)| key).collect();
         let queue = Arc::new(CommitQueue::new());
         let stats = std::sync::Arc::new(WriterStats::default());
         let listener: ListenerSlot = std::sync::Arc::new(OnceLock::new());
@@ -198,6 +200,7 @@ impl Writer {
             now_ms,
             effects: Vec::new(),
             schedules,
+            parked,
             heads: HashMap::new(),
             attributes: HashMap::new(),
             attributes_touched: HashSet::new(),
@@ -360,6 +363,8 @@ struct WriterLoop {
     effects: Vec<Committed>,
     /// The stored schedules, as of the last commit and the current batch.
     schedules: HashMap<String, ScheduleRow>,
+    /// Instances the `parked` index holds: their next event clears their entry.
+    parked: HashSet<u128>,
     /// Rows of the instances this writer has touched. The writer is the only one that
     /// writes rows, so its copy is the truth; finished instances are dropped from it.
     heads: HashMap<u128, InstanceRow>,
@@ -858,6 +863,14 @@ impl WriterLoop {
         };
         let position = kind.name();
         let report = reported(&kind);
+        let parking = match &kind {
+            EventKind::WorkflowParked { code, reason } => Some(encode_parked(&ParkedRow {
+                code: code.clone(),
+                reason: reason.clone(),
+                at_ms: now,
+            })?),
+            _ => None,
+        };
         let parent = row.parent;
         let attributes = match &kind {
             EventKind::AttributesSet { attributes, .. } => Some(attributes.clone()),
@@ -907,6 +920,19 @@ impl WriterLoop {
             batch.running.push((key, entry));
         }
         self.next_lsn = next_lsn;
+        match parking {
+            Some(entry) => {
+                self.parked.insert(key);
+                batch.parked.push((key, Some(entry)));
+            }
+            // Anything else the instance records (its next step, its end) means it runs
+            // again, or is over.
+            None => {
+                if self.parked.remove(&key) {
+                    batch.parked.push((key, None));
+                }
+            }
+        }
         if let Some(attributes) = attributes {
             self.merge_attributes(key, attributes);
         }

@@ -249,6 +249,16 @@ pub enum EventKind {
         /// This run's position in the chain, from 2.
         run: u32,
     },
+    /// The host stopped driving the instance because it cannot run on that build (a
+    /// divergence, an unknown type, a payload that does not decode, a panic). A note for
+    /// operators and auditors, not a step: replay skips it, and the instance is tried
+    /// again at the next open, where its next event (or its end) clears the parking.
+    WorkflowParked {
+        /// The stable code of the error (`"CAIRN-E0001"`).
+        code: String,
+        /// The error's message.
+        reason: String,
+    },
 }
 
 /// How a child workflow ended, as its parent recorded it.
@@ -333,7 +343,8 @@ impl EventKind {
             | EventKind::WorkflowTerminated { .. }
             | EventKind::CancelRequested { .. }
             | EventKind::WorkflowContinuedAsNew { .. }
-            | EventKind::RunContinued { .. } => None,
+            | EventKind::RunContinued { .. }
+            | EventKind::WorkflowParked { .. } => None,
         }
     }
 
@@ -374,6 +385,7 @@ impl EventKind {
             EventKind::WorkflowContinuedAsNew { .. } => "WorkflowContinuedAsNew",
             EventKind::StepAbandoned { .. } => "StepAbandoned",
             EventKind::RunContinued { .. } => "RunContinued",
+            EventKind::WorkflowParked { .. } => "WorkflowParked",
         }
     }
 }

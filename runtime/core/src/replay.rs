@@ -245,6 +245,8 @@ impl History {
                 }
                 self.run = *run;
             }
+            // A host's note; the run it stopped continues from the same history.
+            EventKind::WorkflowParked { .. } => {}
             kind => {
                 let Some(route) = step::route(kind) else {
                     return Err(corrupt(

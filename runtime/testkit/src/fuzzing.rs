@@ -41,7 +41,7 @@ pub const HISTORY_EVENTS_MAX: usize = u8::MAX as usize;
 pub const WALK_STEPS_MAX: StepNo = 512;
 
 /// Number of event kinds [`synthetic_event`] builds, one per [`EventKind`] variant.
-pub const SYNTHETIC_KINDS: u8 = 23;
+pub const SYNTHETIC_KINDS: u8 = 24;
 
 /// Names made-up events and requests draw from: a few that real workflows use (so
 /// recorded steps and requests meet) and the empty string.
@@ -318,9 +318,13 @@ pub fn synthetic_event(kind: u8, step: StepNo, name: &str, extra: u8) -> EventKi
             next_run: u128::from(extra),
         },
         21 => EventKind::StepAbandoned { step },
-        _ => EventKind::RunContinued {
+        22 => EventKind::RunContinued {
             previous_run: u128::from(extra),
             run: small,
+        },
+        _ => EventKind::WorkflowParked {
+            code: "CAIRN-E0001".to_owned(),
+            reason: name,
         },
     }
 }
@@ -352,6 +356,7 @@ pub fn synthetic_kind(kind: &EventKind) -> u8 {
         EventKind::WorkflowContinuedAsNew { .. } => 20,
         EventKind::StepAbandoned { .. } => 21,
         EventKind::RunContinued { .. } => 22,
+        EventKind::WorkflowParked { .. } => 23,
     }
 }
 
