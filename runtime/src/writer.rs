@@ -1023,4 +1023,89 @@ mod tests {
         assert!(writer.suspend(parent.key, seen, None).await.unwrap());
         writer.close();
     }
+
+    fn writer_on(path: &std::path::Path) -> Writer {
+        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(RedbStore::open(path).unwrap());
+        let schedules = store.schedules().unwrap().into_iter().collect();
+        let now_ms: TimeSource = std::sync::Arc::new(|| 1_764_000_000_000);
+        Writer::spawn(store, schedules, now_ms).unwrap()
+    }
+
+    fn schedule_row(next_fire_ms: u64) -> ScheduleRow {
+        ScheduleRow {
+            workflow_type: "report".into(),
+            input: payload(),
+            recurrence: crate::schedule::Recurrence::every(std::time::Duration::from_secs(60)),
+            next_fire_ms,
+        }
+    }
+
+    /// The scheduler moves a schedule on only if it is still the version it fired: one
+    /// replaced meanwhile keeps the new version, on disk too, across a restart.
+    #[tokio::test]
+    async fn a_schedule_replaced_while_it_fires_keeps_the_new_version_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writer-test.redb");
+        let writer = writer_on(&path);
+        let fired = schedule_row(1_000);
+        assert!(writer
+            .schedule("s".into(), Some(fired.clone()), None)
+            .await
+            .unwrap());
+        // The user replaces it while its occurrence is being started ...
+        let replaced = schedule_row(9_000);
+        assert!(writer
+            .schedule("s".into(), Some(replaced.clone()), None)
+            .await
+            .unwrap());
+        // ... and the scheduler's move to the next occurrence of the old version is
+        // refused.
+        let moved_on = schedule_row(61_000);
+        assert!(!writer
+            .schedule("s".into(), Some(moved_on), Some(fired))
+            .await
+            .unwrap());
+        writer.close();
+        drop(writer);
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.schedules().unwrap(), vec![("s".into(), replaced)]);
+        store.close();
+    }
+
+    /// An append that would need an LSN past `u64::MAX` is refused with a storage error,
+    /// and one whose log already ends at `u64::MAX` is refused at open: never a wrap.
+    #[tokio::test]
+    async fn the_log_sequence_number_never_wraps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writer-test.redb");
+        RedbStore::open(&path).unwrap().close();
+        let put_last = |lsn: u64| {
+            let db = redb::Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut log = txn
+                    .open_table(redb::TableDefinition::<u64, &[u8]>::new("log"))
+                    .unwrap();
+                log.insert(lsn, b"x".as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        };
+        put_last(u64::MAX - 1);
+        let writer = writer_on(&path);
+        let err = writer
+            .start("a".into(), "t".into(), payload(), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "CAIRN-E0006", "{err}");
+        writer.close();
+        drop(writer);
+
+        put_last(u64::MAX);
+        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(RedbStore::open(&path).unwrap());
+        let now_ms: TimeSource = std::sync::Arc::new(|| 0);
+        let err = Writer::spawn(store, HashMap::new(), now_ms)
+            .err()
+            .expect("no writer on a full log");
+        assert_eq!(err.code(), "CAIRN-E0004", "{err}");
+    }
 }
