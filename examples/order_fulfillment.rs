@@ -398,7 +398,7 @@ async fn approve_dispatches(
         };
         let sent = history.iter().any(|event| {
             matches!(&event.record.kind,
-                cairn::engine::event::EventKind::SignalReceived { name, .. } if name == DISPATCH_SIGNAL)
+                cairn::events::EventKind::SignalReceived { name, .. } if name == DISPATCH_SIGNAL)
         });
         if !sent {
             match rt.signal(&id, DISPATCH_SIGNAL, &token).await {

@@ -8,9 +8,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cairn::engine::codec::Payload;
-use cairn::engine::event::EventKind;
-use cairn::engine::store::{InstanceRow, RedbStore, Store, StoredEvent};
+use cairn::events::EventKind;
+use cairn::events::Payload;
+use cairn::store::{InstanceRow, RedbStore, Store, StoredEvent};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
@@ -227,11 +227,11 @@ fn event_json(event: &StoredEvent) -> Value {
             outcome,
         } => {
             let outcome = match outcome {
-                cairn::engine::event::ChildOutcome::Completed(p) => {
+                cairn::events::ChildOutcome::Completed(p) => {
                     json!({ "completed": payload(p) })
                 }
-                cairn::engine::event::ChildOutcome::Failed(p) => json!({ "failed": payload(p) }),
-                cairn::engine::event::ChildOutcome::Terminated(reason) => {
+                cairn::events::ChildOutcome::Failed(p) => json!({ "failed": payload(p) }),
+                cairn::events::ChildOutcome::Terminated(reason) => {
                     json!({ "terminated": reason })
                 }
             };

@@ -24,8 +24,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use cairn::engine::event::EventKind;
-use cairn::engine::store::{InstanceStatus, RedbStore, Store};
+use cairn::events::EventKind;
+use cairn::store::{InstanceStatus, RedbStore, Store};
 
 /// Orders per run: 200 in the suite; `CAIRN_ORDERS` raises it so a long run has work
 /// left for 1,000 kills.

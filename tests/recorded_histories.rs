@@ -21,8 +21,8 @@ mod order_fulfillment;
 
 use std::path::Path;
 
-use cairn::engine::event::{hash_envelope, EventRecord, GENESIS_HASH};
-use cairn::engine::{Outcome, ReplayVerdict};
+use cairn::audit::{Outcome, ReplayVerdict};
+use cairn::events::{hash_envelope, EventRecord, GENESIS_HASH};
 use cairn::Runtime;
 
 const FIXTURE: &str = "tests/histories/order_fulfillment_v1.events";

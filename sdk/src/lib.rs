@@ -50,17 +50,43 @@ pub use cairn_runtime::{
 pub use ctx::{ActivityCall, Ctx};
 pub use runtime::{InstanceHandle, Runtime, RuntimeBuilder};
 
-/// The engine crate, for hosts that need its lower layers (stores, events, replay).
-pub use cairn_runtime as engine;
+pub use cairn_runtime::schedule::Recurrence;
+
+/// The event model: what a history holds, as stored and as auditors read it
+/// (`docs/EVENT_FORMAT.md` specifies the bytes).
+pub mod events {
+    pub use cairn_runtime::codec::Payload;
+    pub use cairn_runtime::event::{
+        hash_envelope, ActivityErrorRecord, AttrValue, ChildOutcome, EventHash, EventKind,
+        EventRecord, StepNo, EVENT_BYTES_MAX, GENESIS_HASH,
+    };
+}
+
+/// Storage: the embedded redb store, and the trait another store implements.
+pub mod store {
+    pub use cairn_runtime::store::{
+        verify_chain, Attributes, InstanceRow, InstanceStatus, ParkedRow, RedbStore, Store,
+        StoredEvent, Suspension, WriteBatch, STORAGE_FORMAT,
+    };
+}
+
+/// The untyped engine under [`Runtime`] ([`Runtime::engine`]), for hosts that need it:
+/// monitoring counters, starts by type name, the raw outcome of an instance.
+pub mod host {
+    pub use cairn_runtime::{
+        Engine, EngineBuilder, Outcome, StartOutcome, WorkflowFactory, WorkflowResult, WriterStats,
+        ALWAYS_REPLAY_ENV, EVICTION_IDLE_DEFAULT, INSTANCE_ID_BYTES_MAX, SIGNAL_NAME_BYTES_MAX,
+    };
+}
 
 /// What an auditor needs: open a database file read-only (beside no host), read its
-/// verified histories, and replay them against the current code with a [`Replayer`]
+/// verified histories, and replay them against the current code with a [`audit::Replayer`]
 /// (`Runtime::builder().workflow(..).replayer()`), which reports the first divergence of
 /// each history as a step-by-step diff.
 pub mod audit {
     pub use cairn_runtime::event::{EventKind, EventRecord};
     pub use cairn_runtime::store::{RedbStore, StoredEvent};
-    pub use cairn_runtime::{ReplayVerdict, Replayer, StoredVerdict};
+    pub use cairn_runtime::{Outcome, ReplayVerdict, Replayer, StoredVerdict};
 
     /// Opens the Cairn database at `path` for reading only; see
     /// [`RedbStore::open_read_only`].

@@ -240,7 +240,7 @@ impl Runtime {
     ///
     /// ```no_run
     /// # use cairn::{workflow, Ctx, Runtime, WorkflowError};
-    /// use cairn::engine::schedule::Recurrence;
+    /// use cairn::Recurrence;
     /// # #[workflow] async fn nightly_report(ctx: Ctx, region: String) -> Result<(), WorkflowError> { Ok(()) }
     /// # async fn run(rt: Runtime) -> Result<(), cairn::Error> {
     /// rt.schedule(nightly_report, "report-emea", "emea".to_owned(), Recurrence::cron("0 2 * * *")).await?;

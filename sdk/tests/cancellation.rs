@@ -10,7 +10,7 @@ use common::wait_for_events;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use cairn::engine::ReplayVerdict;
+use cairn::audit::ReplayVerdict;
 use cairn::{activity, workflow, ActivityCtx, ActivityError, Ctx, Runtime, Status, WorkflowError};
 
 static RELEASED: AtomicU32 = AtomicU32::new(0);

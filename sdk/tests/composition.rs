@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use cairn::engine::ReplayVerdict;
+use cairn::audit::ReplayVerdict;
 use cairn::{
     activity, workflow, ActivityCtx, ActivityError, ChildFailure, Ctx, Runtime, WorkflowError,
 };
@@ -67,7 +67,7 @@ async fn fan_out(ctx: Ctx, count: u32) -> Result<Vec<u32>, WorkflowError> {
         .collect()
 }
 
-fn records(rt: &Runtime, id: &str) -> Vec<cairn::engine::event::EventRecord> {
+fn records(rt: &Runtime, id: &str) -> Vec<cairn::events::EventRecord> {
     rt.history(id)
         .unwrap()
         .into_iter()

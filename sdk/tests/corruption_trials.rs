@@ -103,7 +103,7 @@ async fn read_all(
             let envelopes = history.iter().map(|e| e.record.encode().unwrap()).collect();
             let outcome = rt.engine().wait(&id).await?;
             let result = match outcome {
-                cairn::engine::Outcome::Completed(p) => p.data,
+                cairn::audit::Outcome::Completed(p) => p.data,
                 other => panic!("unexpected outcome {other:?}"),
             };
             Ok((envelopes, result))

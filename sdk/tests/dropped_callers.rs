@@ -13,9 +13,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use cairn::engine::event::EventKind;
-use cairn::engine::schedule::Recurrence;
+use cairn::events::EventKind;
 use cairn::testing::VirtualClock;
+use cairn::Recurrence;
 use cairn::{workflow, Ctx, Error, Runtime, StatusKind, WorkflowError};
 
 /// Long enough for any honest run here, short enough that a lost effect fails the test

@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use cairn::engine::event::EventKind;
+use cairn::events::EventKind;
 use cairn::{
     activity, workflow, ActivityCtx, ActivityError, Ctx, ListFilter, RetryPolicy, Runtime, Status,
     WorkflowError,
@@ -267,7 +267,7 @@ async fn recorded_values_replay_identically() {
         .map(|e| e.record)
         .collect();
     let verdict = rt.replay(&records).await.unwrap();
-    let cairn::engine::ReplayVerdict::Matches(cairn::engine::Outcome::Completed(payload)) = verdict
+    let cairn::audit::ReplayVerdict::Matches(cairn::audit::Outcome::Completed(payload)) = verdict
     else {
         panic!("{verdict:?}")
     };
@@ -366,7 +366,7 @@ async fn concurrent_steps_are_numbered_in_call_order_and_replay_identically() {
     let records: Vec<_> = history.into_iter().map(|e| e.record).collect();
     assert!(matches!(
         rt.replay(&records).await.unwrap(),
-        cairn::engine::ReplayVerdict::Matches(_)
+        cairn::audit::ReplayVerdict::Matches(_)
     ));
     rt.shutdown().await;
 }

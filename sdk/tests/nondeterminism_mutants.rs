@@ -14,8 +14,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cairn::engine::event::EventRecord;
-use cairn::engine::ReplayVerdict;
+use cairn::audit::ReplayVerdict;
+use cairn::events::EventRecord;
 use cairn::{
     activity, workflow, ActivityCtx, ActivityError, AttrValue, Ctx, Error, RetryPolicy, Runtime,
     WorkflowError,

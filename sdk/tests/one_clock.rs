@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use cairn::engine::event::EventKind;
+use cairn::events::EventKind;
 use cairn::testing::{Clock, VirtualClock};
 use cairn::{
     activity, workflow, ActivityCtx, ActivityError, Ctx, RetryPolicy, Runtime, WorkflowError,

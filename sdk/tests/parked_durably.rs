@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use cairn::audit::{open_read_only, EventKind};
-use cairn::engine::store::Store;
+use cairn::store::Store;
 use cairn::{activity, workflow, ActivityCtx, ActivityError, Ctx, Runtime, Status, WorkflowError};
 
 /// Until a fix is deployed, the workflow panics after its first step.

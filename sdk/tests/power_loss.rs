@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cairn::engine::event::EventKind;
+use cairn::events::EventKind;
 use cairn::{activity, workflow, ActivityCtx, ActivityError, Ctx, Runtime, WorkflowError};
 use cairn_testkit::fault::{Fault, FaultDisk, Survivors};
 

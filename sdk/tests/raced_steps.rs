@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use cairn::engine::event::EventKind;
-use cairn::engine::ReplayVerdict;
+use cairn::audit::ReplayVerdict;
+use cairn::events::EventKind;
 use cairn::{activity, workflow, ActivityCtx, ActivityError, Ctx, Runtime, WorkflowError};
 
 const PATIENCE: Duration = Duration::from_secs(20);

@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn::engine::event::EventKind;
-use cairn::engine::ListFilter;
+use cairn::events::EventKind;
+use cairn::ListFilter;
 use cairn::{
     activity, workflow, ActivityCtx, ActivityError, Ctx, RetryPolicy, Runtime, WorkflowError,
 };

@@ -176,7 +176,7 @@ async fn changed_workflow_code_is_reported_as_non_determinism_at_the_first_diver
     // The parking and its reason are in the history, for whoever reads it later.
     let mut spins = 0u32;
     while !rt.history("a-2").unwrap().iter().any(|e| {
-        matches!(&e.record.kind, cairn::engine::event::EventKind::WorkflowParked { code, .. } if code == "CAIRN-E0001")
+        matches!(&e.record.kind, cairn::events::EventKind::WorkflowParked { code, .. } if code == "CAIRN-E0001")
     }) {
         spins += 1;
         assert!(spins < 1_000_000, "the parking was never recorded");
@@ -193,7 +193,7 @@ fn step_events(rt: &Runtime, id: &str) -> usize {
         .filter(|e| {
             !matches!(
                 e.record.kind,
-                cairn::engine::event::EventKind::WorkflowParked { .. }
+                cairn::events::EventKind::WorkflowParked { .. }
             )
         })
         .count()
@@ -353,15 +353,12 @@ async fn an_altered_event_is_detected_by_the_hash_chain() {
             let mut target = None;
             for entry in log.iter().unwrap() {
                 let (lsn, bytes) = entry.unwrap();
-                let event = cairn::engine::event::EventRecord::decode(bytes.value()).unwrap();
-                if let cairn::engine::event::EventKind::ActivityCompleted { output, .. } =
-                    &event.kind
-                {
+                let event = cairn::events::EventRecord::decode(bytes.value()).unwrap();
+                if let cairn::events::EventKind::ActivityCompleted { output, .. } = &event.kind {
                     if output.data == b"3" {
                         let mut altered = event.clone();
-                        if let cairn::engine::event::EventKind::ActivityCompleted {
-                            output, ..
-                        } = &mut altered.kind
+                        if let cairn::events::EventKind::ActivityCompleted { output, .. } =
+                            &mut altered.kind
                         {
                             output.data = b"4".to_vec();
                         }

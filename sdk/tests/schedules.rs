@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use cairn::engine::schedule::Recurrence;
 use cairn::testing::{Clock, VirtualClock};
+use cairn::Recurrence;
 use cairn::{workflow, Ctx, ListFilter, Runtime, WorkflowError};
 
 const HOUR: Duration = Duration::from_secs(3600);

@@ -7,7 +7,7 @@
 mod common;
 use common::wait_for_events;
 
-use cairn::engine::ReplayVerdict;
+use cairn::audit::ReplayVerdict;
 use cairn::{
     activity, workflow, ActivityCtx, ActivityError, Ctx, Error, Runtime, Status, WorkflowError,
 };

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use cairn::engine::event::EventKind;
-use cairn::engine::ReplayVerdict;
+use cairn::audit::ReplayVerdict;
+use cairn::events::EventKind;
 use cairn::testing::{Clock, VirtualClock};
 use cairn::{activity, workflow, ActivityCtx, ActivityError, Ctx, Error, Runtime, WorkflowError};
 
