@@ -217,6 +217,9 @@ pub(crate) struct Shared {
     schedules: Mutex<HashMap<String, ScheduleRow>>,
     schedules_changed: Arc<Notify>,
     scheduler_task: Mutex<Option<JoinHandle<()>>>,
+    /// How many commits the dispatcher has applied (see `run_dispatch`).
+    applied: watch::Sender<u64>,
+    dispatch_task: Mutex<Option<JoinHandle<()>>>,
     /// Notified whenever a driver is registered or an instance parked.
     registered: Notify,
     /// The first storage failure a run stopped on: the writer refuses everything after
@@ -365,6 +368,8 @@ impl EngineBuilder {
             active: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
             recorded_parked: Mutex::new(recorded_parked),
+            applied: watch::channel(0).0,
+            dispatch_task: Mutex::new(None),
             closed: AtomicBool::new(false),
             eviction_idle: self.eviction_idle,
             always_replay: self.always_replay,
@@ -378,9 +383,14 @@ impl EngineBuilder {
             storage_failed: Mutex::new(None),
         });
         // Before anything is queued: every commit from now on reaches memory through it.
-        shared
-            .writer
-            .listen(Arc::new(Dispatch(Arc::downgrade(&shared))));
+        // Unbounded: the writer never waits for the dispatcher, which applies a batch in
+        // far less time than the writer takes to commit the next one.
+        let (batches, received) = tokio::sync::mpsc::unbounded_channel();
+        shared.writer.listen(Arc::new(Dispatch(batches)));
+        let dispatch_task = shared
+            .runtime
+            .spawn(run_dispatch(Arc::downgrade(&shared), received));
+        *lock(&shared.dispatch_task) = Some(dispatch_task);
         let engine = Engine { shared };
         engine.recover()?;
         let runtime = &engine.shared.runtime;
@@ -559,13 +569,25 @@ impl Engine {
                 requested: workflow_type.to_owned(),
             });
         }
-        // A new instance's driver was registered by its commit (`Dispatch`).
+        // A new instance's driver is registered by its commit (`Dispatch`).
+        self.applied().await;
         if started.created {
             tracing::debug!(instance = %id, key = %format_args!("{:032x}", started.key), %workflow_type, "instance started");
         }
         Ok(StartOutcome {
             created: started.created,
         })
+    }
+
+    /// Waits until the effects of every commit acknowledged so far are in memory, so a
+    /// caller reads its own write (a started instance has its driver, a signal is in the
+    /// inbox, a schedule is with the scheduler). The effects do not depend on this wait:
+    /// a caller that goes away leaves them to the dispatcher all the same.
+    async fn applied(&self) {
+        let target = self.shared.writer.stats().commits.load(Ordering::SeqCst);
+        let mut applied = self.shared.applied.subscribe();
+        // An error: the dispatcher stopped (shutdown); nothing more will be applied.
+        let _ = applied.wait_for(|done| *done >= target).await;
     }
 
     /// Whether instance `child_id` is a child of run `parent` (its row names it), so the
@@ -653,8 +675,9 @@ impl Engine {
         self.shared
             .writer
             .schedule(schedule_id.to_owned(), Some(row), None)
-            .await
-            .map(drop)
+            .await?;
+        self.applied().await;
+        Ok(())
     }
 
     /// Deletes schedule `schedule_id`; instances it started are not affected. Returns
@@ -667,10 +690,13 @@ impl Engine {
     /// If dropped, the deletion may or may not have been recorded; once it is, the
     /// scheduler no longer fires it, whether or not this future is still polled.
     pub async fn unschedule(&self, schedule_id: &str) -> Result<bool> {
-        self.shared
+        let existed = self
+            .shared
             .writer
             .schedule(schedule_id.to_owned(), None, None)
-            .await
+            .await?;
+        self.applied().await;
+        Ok(existed)
     }
 
     /// The schedules, by id.
@@ -748,6 +774,7 @@ impl Engine {
             match self.shared.writer.append(key, kind.clone()).await {
                 Ok(appended) => {
                     tracing::debug!(instance = %id, seq = appended.seq, event = what, "recorded");
+                    self.applied().await;
                     return Ok(());
                 }
                 Err(Error::InstanceFinished(finished)) => match self.successor(id, key)? {
@@ -1047,7 +1074,11 @@ impl Engine {
     pub async fn shutdown(&self) {
         self.shared.closed.store(true, Ordering::Release);
         self.shared.registered.notify_waiters();
-        for task in [&self.shared.timer_task, &self.shared.scheduler_task] {
+        for task in [
+            &self.shared.timer_task,
+            &self.shared.scheduler_task,
+            &self.shared.dispatch_task,
+        ] {
             let task = lock(task).take();
             if let Some(task) = task {
                 task.abort();
@@ -1143,64 +1174,84 @@ fn spawn_driver(shared: &Arc<Shared>, key: u128, resume: Resume) {
     spawn_locked(shared, &mut active, key, resume);
 }
 
-/// The engine's side of the commit path: the writer calls it after every commit, before
-/// any reply, with what the commit made durable, in commit order. Registering new runs,
-/// delivering signals and cancellations, publishing results and waking parents happen
-/// here, so none of it depends on the task that asked for the write still being there.
-struct Dispatch(std::sync::Weak<Shared>);
+/// The engine's side of the commit path: the writer hands it every commit's effects,
+/// before any reply, and the dispatcher task (`run_dispatch`) applies them in commit
+/// order: registering new runs, delivering signals and cancellations, publishing results,
+/// stopping terminated runs and waking parents. None of it depends on the task that
+/// asked for the write still being there. The writer thread only queues the batch: the
+/// work, and the wake-ups it causes, happen on the runtime's own threads.
+struct Dispatch(tokio::sync::mpsc::UnboundedSender<(u64, Vec<Committed>)>);
 
 impl CommitListener for Dispatch {
-    fn committed(&self, effects: &[Committed]) {
-        let Some(shared) = self.0.upgrade() else {
+    fn committed(&self, batch: u64, effects: Vec<Committed>) {
+        // Closed only when the engine is gone: nothing is left to apply them to.
+        let _ = self.0.send((batch, effects));
+    }
+}
+
+/// The dispatcher task: applies each commit's effects in order, then publishes how many
+/// commits are applied (`Shared::applied`), which the host API waits for so that its
+/// callers read their own writes.
+async fn run_dispatch(
+    weak: std::sync::Weak<Shared>,
+    mut batches: tokio::sync::mpsc::UnboundedReceiver<(u64, Vec<Committed>)>,
+) {
+    while let Some((batch, effects)) = batches.recv().await {
+        let Some(shared) = weak.upgrade() else {
             return;
         };
-        let mut schedules_changed = false;
-        // A continued run's number follows its start in the same commit; its run needs it
-        // from the start (activity keys).
-        let runs: HashMap<u128, u32> = effects
-            .iter()
-            .filter_map(|effect| match effect {
+        apply_effects(&shared, &effects);
+        shared.applied.send_replace(batch);
+    }
+}
+
+fn apply_effects(shared: &Arc<Shared>, effects: &[Committed]) {
+    let mut schedules_changed = false;
+    // A continued run's number follows its start in the same commit; its run needs it
+    // from the start (activity keys).
+    let runs: HashMap<u128, u32> = effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Committed::Event {
+                key,
+                kind: Some(EventKind::RunContinued { run, .. }),
+                ..
+            } => Some((*key, *run)),
+            _ => None,
+        })
+        .collect();
+    {
+        let mut active = lock(&shared.active);
+        for effect in effects {
+            match effect {
                 Committed::Event {
                     key,
-                    kind: Some(EventKind::RunContinued { run, .. }),
-                    ..
-                } => Some((*key, *run)),
-                _ => None,
-            })
-            .collect();
-        {
-            let mut active = lock(&shared.active);
-            for effect in effects {
-                match effect {
-                    Committed::Event {
-                        key,
-                        seq,
-                        parent,
-                        kind,
-                    } => {
-                        let run = runs.get(key).copied().unwrap_or(1);
-                        let event = CommittedEvent {
-                            key: *key,
-                            seq: *seq,
-                            parent: *parent,
-                            run,
-                        };
-                        apply_event(&shared, &mut active, event, kind.as_ref());
-                    }
-                    Committed::Schedule { id, row } => {
-                        let mut schedules = lock(&shared.schedules);
-                        match row {
-                            Some(row) => schedules.insert(id.clone(), row.clone()),
-                            None => schedules.remove(id),
-                        };
-                        schedules_changed = true;
-                    }
+                    seq,
+                    parent,
+                    kind,
+                } => {
+                    let run = runs.get(key).copied().unwrap_or(1);
+                    let event = CommittedEvent {
+                        key: *key,
+                        seq: *seq,
+                        parent: *parent,
+                        run,
+                    };
+                    apply_event(shared, &mut active, event, kind.as_ref());
+                }
+                Committed::Schedule { id, row } => {
+                    let mut schedules = lock(&shared.schedules);
+                    match row {
+                        Some(row) => schedules.insert(id.clone(), row.clone()),
+                        None => schedules.remove(id),
+                    };
+                    schedules_changed = true;
                 }
             }
         }
-        if schedules_changed {
-            shared.schedules_changed.notify_one();
-        }
+    }
+    if schedules_changed {
+        shared.schedules_changed.notify_one();
     }
 }
 
@@ -1477,6 +1528,8 @@ async fn run_schedules(weak: std::sync::Weak<Shared>) {
             {
                 return;
             }
+            // The map this loop reads is the dispatcher's: wait for it to show the move.
+            Engine::from_shared(shared.clone()).applied().await;
         }
         let next = lock(&shared.schedules)
             .values()
@@ -1747,8 +1800,9 @@ async fn run_once(
                 {
                     break;
                 }
-                // A signal or cancellation was committed after the inbox was read; the
-                // refusal comes after that commit reached the inbox, so look again.
+                // A signal or cancellation was committed after the inbox was read; look
+                // again once the dispatcher has put it there.
+                Engine::from_shared(shared.clone()).applied().await;
                 tries += 1;
                 if tries > CONTINUE_AS_NEW_TRIES_MAX {
                     return Err(Error::Contended {
@@ -1757,7 +1811,6 @@ async fn run_once(
                         tries,
                     });
                 }
-                tokio::task::yield_now().await;
             }
             // The commit started the next run's driver (with the parent link) and
             // published the hand-over to waiters (`Dispatch`).

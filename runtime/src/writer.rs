@@ -72,11 +72,12 @@ pub(crate) enum Committed {
     },
 }
 
-/// Receives every commit's effects, on the writer thread, before the replies go out.
-/// It must not wait for the writer (it runs on its thread) and should be quick: the
-/// next commit waits for it.
+/// Receives every commit's effects, on the writer thread, before the replies go out:
+/// `batch` is the commit's number (`WriterStats::commits` once it is counted). It must
+/// not wait for the writer (it runs on its thread) and should only hand the effects on:
+/// the next commit waits for it.
 pub(crate) trait CommitListener: Send + Sync {
-    fn committed(&self, effects: &[Committed]);
+    fn committed(&self, batch: u64, effects: Vec<Committed>);
 }
 
 /// The events a host acts on when they commit; the others only move the history's length.
@@ -425,11 +426,14 @@ impl WriterLoop {
                 Ok(()) => {
                     // Memory first, answers second: a caller that hears back (or one
                     // that went away) finds the effect already applied.
+                    // Counted first: a caller that hears back reads a number at least its
+                    // commit's, and can wait until the effects of that many commits are
+                    // applied.
+                    let number = self.stats.commits.fetch_add(1, Ordering::SeqCst) + 1;
+                    let effects = std::mem::take(&mut self.effects);
                     if let Some(listener) = self.listener.get() {
-                        listener.committed(&self.effects);
+                        listener.committed(number, effects);
                     }
-                    self.effects.clear();
-                    self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     self.stats
                         .events
                         .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
