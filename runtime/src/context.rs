@@ -1332,6 +1332,88 @@ mod loom_tests {
             );
         });
     }
+
+    /// The whole eviction against the commit path, with the durable hint: the writer
+    /// commits a signal (its event clears the hint) and then the dispatcher delivers it
+    /// (`Inbox::add` under the map lock, waking a dormant run); the run notes the inbox's
+    /// mark before its poll, asks the writer to set the hint only if the history still
+    /// has the count of that mark (`Suspend`), and goes dormant only if the mark has not
+    /// moved (`mark_dormant`). Whatever the interleaving: a stored hint never covers a
+    /// signal the run did not see (else a restart would leave it asleep with the signal
+    /// in its history), and in memory the run sees the signal, stays, or is woken.
+    #[test]
+    fn an_eviction_never_hides_a_signal_committed_meanwhile() {
+        loom::model(|| {
+            /// What the writer thread owns: the history's length and the stored hint.
+            struct Durable {
+                next_seq: u64,
+                hint: bool,
+            }
+            const SEEN_EVENTS: u64 = 3;
+            let inbox = Arc::new(Inbox::default());
+            inbox.known(SEEN_EVENTS);
+            let durable = Arc::new(Mutex::new(Durable {
+                next_seq: SEEN_EVENTS,
+                hint: false,
+            }));
+            // The map entry's driver state: `true` once dormant.
+            let dormant = Arc::new(Mutex::new(false));
+            let woken = Arc::new(AtomicBool::new(false));
+
+            let run = {
+                let (inbox, durable, dormant) = (inbox.clone(), durable.clone(), dormant.clone());
+                loom::thread::spawn(move || {
+                    // `drive`: the mark is noted before the poll ...
+                    let seen = inbox.mark();
+                    // ... and the poll takes what is there.
+                    if !inbox.undelivered().is_empty() {
+                        return true;
+                    }
+                    // `Suspend`, in the writer: only if nothing was appended since.
+                    {
+                        let mut durable = lock(&durable);
+                        if durable.next_seq != seen.next_seq {
+                            return false;
+                        }
+                        durable.hint = true;
+                    }
+                    // `mark_dormant`, under the map lock.
+                    let mut entry = lock(&dormant);
+                    if inbox.mark() == seen {
+                        *entry = true;
+                    }
+                    false
+                })
+            };
+            // The signal's commit: its event takes the next seq and clears the hint ...
+            let seq = {
+                let mut durable = lock(&durable);
+                let seq = durable.next_seq;
+                durable.next_seq += 1;
+                durable.hint = false;
+                seq
+            };
+            // ... then the dispatcher delivers it, under the map lock.
+            {
+                let entry = lock(&dormant);
+                inbox.add(seq, "go".into(), Payload::new(0, b"1".to_vec()), false);
+                if *entry {
+                    woken.store(true, Ordering::SeqCst);
+                }
+            }
+            let saw_it = run.join().unwrap();
+            let asleep = *lock(&dormant);
+            let hint = lock(&durable).hint;
+            assert!(
+                saw_it || !hint,
+                "the stored hint covers a signal the run never saw"
+            );
+            assert!(
+                saw_it || !asleep || woken.load(Ordering::SeqCst),
+                "a committed signal was left with the run evicted and not woken"
+            );
+        });
+    }
 }
 
 #[cfg(all(test, cairn_loom))]
