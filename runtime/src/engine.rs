@@ -583,6 +583,9 @@ impl Engine {
     /// caller reads its own write (a started instance has its driver, a signal is in the
     /// inbox, a schedule is with the scheduler). The effects do not depend on this wait:
     /// a caller that goes away leaves them to the dispatcher all the same.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits. It returns at shutdown too.
     async fn applied(&self) {
         let target = self.shared.writer.stats().commits.load(Ordering::SeqCst);
         let mut applied = self.shared.applied.subscribe();
@@ -1085,6 +1088,9 @@ impl Engine {
                 let _ = task.await;
             }
         }
+        // Nothing more will be applied: release every call waiting for its commit's
+        // effects (`applied`), which then returns (its write is durable all the same).
+        self.shared.applied.send_replace(u64::MAX);
         let drivers: Vec<JoinHandle<()>> = lock(&self.shared.active)
             .drain()
             .filter_map(|(_, a)| match a.driver {
@@ -1200,7 +1206,17 @@ async fn run_dispatch(
         let Some(shared) = weak.upgrade() else {
             return;
         };
-        apply_effects(&shared, &effects);
+        // A bug here must not stop every later commit from reaching memory, nor leave
+        // the callers waiting for `applied` hanging.
+        let applied =
+            std::panic::catch_unwind(AssertUnwindSafe(|| apply_effects(&shared, &effects)));
+        if let Err(panic) = applied {
+            tracing::error!(
+                batch,
+                panic = %crate::context::panic_message(&panic),
+                "applying a commit's effects panicked; they may be missing from memory until the next open"
+            );
+        }
         shared.applied.send_replace(batch);
     }
 }
@@ -1737,15 +1753,29 @@ async fn run_once(
     let (history, known_next_seq) = match resume {
         Resume::Fresh(history) => (*history, 1),
         Resume::Load => {
-            let row = shared.store.instance(key)?.ok_or_else(|| Error::Corrupt {
-                location: format!("running index, key {key:032x}"),
-                message: "an unfinished instance has no instance row".into(),
-            })?;
-            if row.status.is_finished() {
-                let outcome = Engine::from_shared(shared.clone()).recorded_outcome(&row)?;
-                return Ok(Once::End(RunEnd::Finished(outcome)));
-            }
-            let events = shared.store.history(&row)?;
+            // A history can be long: it is read (and its chain verified) on tokio's
+            // blocking threads, never on a worker that drives other runs.
+            let store = shared.store.clone();
+            let loaded = tokio::task::spawn_blocking(move || -> Result<_> {
+                let row = store.instance(key)?.ok_or_else(|| Error::Corrupt {
+                    location: format!("running index, key {key:032x}"),
+                    message: "an unfinished instance has no instance row".into(),
+                })?;
+                if row.status.is_finished() {
+                    return Ok((row, None));
+                }
+                let events = store.history(&row)?;
+                Ok((row, Some(events)))
+            })
+            .await
+            .map_err(|err| Error::Storage(format!("reading a history failed: {err}")))??;
+            let (row, events) = match loaded {
+                (row, None) => {
+                    let outcome = Engine::from_shared(shared.clone()).recorded_outcome(&row)?;
+                    return Ok(Once::End(RunEnd::Finished(outcome)));
+                }
+                (row, Some(events)) => (row, events),
+            };
             shared.replays.fetch_add(1, Ordering::Relaxed);
             let history = History::from_records(events.iter().map(|e| &e.record))?;
             (history, row.next_seq)
