@@ -11,7 +11,9 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::codec::Codec;
 use crate::context::{Inbox, Stop, WorkflowContext};
-use crate::engine::{drive, finished_outcome, ReplayVerdict, WorkflowFactory, WorkflowResult};
+use crate::engine::{
+    drive, factory_for, finished_outcome, ReplayVerdict, WorkflowFactory, WorkflowResult,
+};
 use crate::error::{Error, Result, StepDescriptor};
 use crate::event::EventRecord;
 use crate::port::Outcome;
@@ -94,14 +96,7 @@ impl Replayer {
     /// Cancel safe: it reads and writes nothing outside itself.
     pub async fn replay(&self, records: &[EventRecord]) -> Result<ReplayVerdict> {
         let history = History::from_records(records)?;
-        let factory = self
-            .workflows
-            .get(&history.workflow_type)
-            .ok_or_else(|| Error::UnknownWorkflowType {
-                workflow_type: history.workflow_type.clone(),
-                instance: Some(history.instance.clone()),
-            })?
-            .clone();
+        let factory = factory_for(&self.workflows, &history)?;
         let key = records.first().map(|r| r.instance).unwrap_or(0);
         let ctx = WorkflowContext::new(
             key,
