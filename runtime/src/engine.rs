@@ -1,13 +1,10 @@
 //! The engine: registry of workflow types, instance drivers, recovery and the host API.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -16,13 +13,16 @@ use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, SystemClock};
 use crate::codec::{Codec, JsonCodec, Payload};
-use crate::context::{EndingGuard, Inbox, InboxMark, Stop, WorkflowContext};
+use crate::context::{Inbox, InboxMark, Stop, WorkflowContext};
+use crate::drive::{drive, factory_for, finished_outcome};
+pub use crate::drive::{WorkflowFactory, WorkflowResult};
 use crate::error::{Error, Result};
 use crate::event::AttrValue;
 use crate::event::{EventKind, EventRecord};
 use crate::port::HostPort;
 pub use crate::port::Outcome;
 use crate::replay::History;
+pub use crate::replayer::ReplayVerdict;
 use crate::replayer::Replayer;
 use crate::schedule::{occurrence_id, Recurrence, ScheduleRow};
 use crate::store::{Attributes, InstanceRow, InstanceStatus, RedbStore, Store, StoredEvent};
@@ -43,35 +43,6 @@ const DRIVER_REGISTRATION_WAIT: Duration = Duration::from_secs(5);
 
 /// Longest signal name accepted, in bytes.
 pub const SIGNAL_NAME_BYTES_MAX: usize = 128;
-
-/// How a workflow function ended, as seen by the engine.
-#[derive(Debug)]
-pub enum WorkflowResult {
-    /// It returned `Ok`; the encoded output.
-    Completed(Payload),
-    /// It returned `Err`; the encoded error.
-    Failed(Payload),
-    /// It cannot go on (its input does not decode, its output does not encode).
-    Fatal(Error),
-}
-
-/// Creates the future of one run of a workflow type from its context and input.
-pub type WorkflowFactory =
-    Arc<dyn Fn(WorkflowContext, Payload) -> BoxFuture<'static, WorkflowResult> + Send + Sync>;
-
-/// What [`Engine::replay`] found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReplayVerdict {
-    /// The code reproduced the recorded run up to its result, which matches.
-    Matches(Outcome),
-    /// The history is unfinished; the code agrees with it up to `next_step`, the first
-    /// step the history does not hold (one past the last step when the code returned but
-    /// its result was not recorded yet).
-    Unfinished {
-        /// The first step that would run live.
-        next_step: u32,
-    },
-}
 
 /// Status of an instance as the host sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1565,20 +1536,6 @@ async fn run_schedules(weak: std::sync::Weak<Shared>) {
     }
 }
 
-/// The registered factory of `history`'s workflow type.
-pub(crate) fn factory_for(
-    workflows: &HashMap<String, WorkflowFactory>,
-    history: &History,
-) -> Result<WorkflowFactory> {
-    workflows
-        .get(&history.workflow_type)
-        .cloned()
-        .ok_or_else(|| Error::UnknownWorkflowType {
-            workflow_type: history.workflow_type.clone(),
-            instance: Some(history.instance.clone()),
-        })
-}
-
 /// How a driver ended without a result.
 enum DriveEnd {
     Finished(WorkflowResult),
@@ -1631,48 +1588,6 @@ async fn drive_evictable(
                 }
             }
         }
-    }
-}
-
-/// Polls the workflow until it returns or a step stops it.
-pub(crate) async fn drive(
-    ctx: &WorkflowContext,
-    mut future: BoxFuture<'static, WorkflowResult>,
-) -> std::result::Result<WorkflowResult, Stop> {
-    // Dropped before `future` (locals drop in reverse order), however this ends: steps
-    // dropped with the run are not steps the workflow abandoned.
-    let _ending = EndingGuard(ctx);
-    std::future::poll_fn(|cx| {
-        // Read before the poll: a signal or cancellation delivered from here on must
-        // stop an eviction, because this poll may not have seen it.
-        ctx.note_poll();
-        let polled =
-            match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut future).poll(cx))) {
-                Ok(polled) => polled,
-                // The future is not polled again after a panic, so its state does not matter.
-                Err(panic) => {
-                    return Poll::Ready(Err(Stop::Fatal(Error::WorkflowPanicked {
-                        instance: ctx.instance_id().to_owned(),
-                        message: crate::context::panic_message(&panic),
-                    })))
-                }
-            };
-        // A step that stops the instance does so inside this poll, so checking right
-        // after it catches every stop before the workflow can act on anything else.
-        if let Some(stop) = ctx.take_stop() {
-            return Poll::Ready(Err(stop));
-        }
-        polled.map(Ok)
-    })
-    .await
-}
-
-pub(crate) fn finished_outcome(ctx: &WorkflowContext, result: WorkflowResult) -> Result<Outcome> {
-    ctx.history().check_finished(ctx.last_requested_step())?;
-    match result {
-        WorkflowResult::Completed(p) => Ok(Outcome::Completed(p)),
-        WorkflowResult::Failed(p) => Ok(Outcome::Failed(p)),
-        WorkflowResult::Fatal(err) => Err(err),
     }
 }
 

@@ -10,6 +10,7 @@ pub use cairn_core::{activity, codec, error, event, replay, schedule, step};
 
 pub mod clock;
 mod context;
+mod drive;
 mod engine;
 mod port;
 mod queue;

@@ -11,9 +11,7 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::codec::Codec;
 use crate::context::{Inbox, Stop, WorkflowContext};
-use crate::engine::{
-    drive, factory_for, finished_outcome, ReplayVerdict, WorkflowFactory, WorkflowResult,
-};
+use crate::drive::{drive, factory_for, finished_outcome, WorkflowFactory, WorkflowResult};
 use crate::error::{Error, Result, StepDescriptor};
 use crate::event::EventRecord;
 use crate::port::Outcome;
@@ -52,6 +50,20 @@ impl std::fmt::Debug for Replayer {
             .field("workflows", &names)
             .finish_non_exhaustive()
     }
+}
+
+/// What replaying a history found ([`Replayer::replay`], `Engine::replay`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplayVerdict {
+    /// The code reproduced the recorded run up to its result, which matches.
+    Matches(Outcome),
+    /// The history is unfinished; the code agrees with it up to `next_step`, the first
+    /// step the history does not hold (one past the last step when the code returned but
+    /// its result was not recorded yet).
+    Unfinished {
+        /// The first step that would run live.
+        next_step: u32,
+    },
 }
 
 /// One history's verdict in [`Replayer::replay_store`].
