@@ -148,7 +148,7 @@ impl Inbox {
         lock(&self.state).mark
     }
 
-    #[cfg(cairn_loom)]
+    #[cfg(all(test, cairn_loom))]
     pub(crate) fn generation(&self) -> u64 {
         self.mark().generation
     }
@@ -197,7 +197,7 @@ impl Inbox {
     }
 
     /// Signals not delivered to any wait, oldest first.
-    #[cfg(cairn_loom)]
+    #[cfg(all(test, cairn_loom))]
     pub(crate) fn undelivered(&self) -> Vec<(String, Payload)> {
         undelivered(&lock(&self.state))
     }
@@ -496,7 +496,7 @@ impl WorkflowContext {
         self.inner.state_changed.notified()
     }
 
-    #[cfg(cairn_loom)]
+    #[cfg(all(test, cairn_loom))]
     pub(crate) fn inbox(&self) -> &Arc<Inbox> {
         &self.inner.inbox
     }
@@ -688,7 +688,7 @@ impl WorkflowContext {
                 .with_kind("timeout")),
                 Some(Ok(Err(panic))) => Err(ActivityError::retryable(format!(
                     "activity panicked: {}",
-                    panic_message(&panic)
+                    crate::error::panic_message(&panic)
                 ))
                 .with_kind("panic")),
                 Some(Ok(Ok(result))) => result,
@@ -1266,17 +1266,6 @@ impl Drop for WaitGuard<'_> {
         let mut state = lock(&self.0.inner.state);
         state.waits.remove(&self.1);
         self.0.changed(&mut state);
-    }
-}
-
-/// The message a panic carried, if it was a string.
-pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        (*text).to_owned()
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "(a panic without a message)".to_owned()
     }
 }
 

@@ -65,7 +65,7 @@ pub(crate) async fn drive(
                 Err(panic) => {
                     return Poll::Ready(Err(Stop::Fatal(Error::WorkflowPanicked {
                         instance: ctx.instance_id().to_owned(),
-                        message: crate::context::panic_message(&panic),
+                        message: crate::error::panic_message(&panic),
                     })))
                 }
             };

@@ -1184,7 +1184,7 @@ async fn run_dispatch(
         if let Err(panic) = applied {
             tracing::error!(
                 batch,
-                panic = %crate::context::panic_message(&panic),
+                panic = %crate::error::panic_message(&panic),
                 "applying a commit's effects panicked; they may be missing from memory until the next open"
             );
         }

@@ -1,6 +1,9 @@
-//! Cairn's engine: the event model and its encoding, the redb store, the group-commit
-//! writer, the replay core and the instance drivers. Users depend on the `cairn` crate,
-//! which wraps this one in a typed API; this crate knows nothing of macros.
+//! Cairn's engine: the host (instances, drivers, the commit path, timers, schedules,
+//! recovery), the run (the workflow context, behind the `HostPort` port), the offline
+//! replayer, and for now the redb store with its group-commit writer. The event model and
+//! the replay rules are `cairn-core`'s, re-exported here under their old paths. Users
+//! depend on the `cairn` crate, which wraps this one in a typed API; this crate knows
+//! nothing of macros.
 //!
 //! See `docs/ARCHITECTURE.md` for the map of modules and the life of a step.
 

@@ -395,7 +395,7 @@ impl RedbStore {
                 path: path.clone(),
                 message: format!(
                     "redb failed on the file's contents ({})",
-                    crate::context::panic_message(&panic)
+                    crate::error::panic_message(&panic)
                 ),
                 remedy: "The file is damaged. Keep a copy, and restore it from a backup.",
             })
@@ -423,7 +423,7 @@ impl RedbStore {
                     location: format!("{} ({operation})", self.path.display()),
                     message: format!(
                         "redb failed on the file's contents: {}",
-                        crate::context::panic_message(&panic)
+                        crate::error::panic_message(&panic)
                     ),
                 })
             });

@@ -299,3 +299,14 @@ impl From<Box<NonDeterminism>> for Error {
 
 /// Result alias of the runtime.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The message a panic carried, if it was a string.
+pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(a panic without a message)".to_owned()
+    }
+}
