@@ -5,9 +5,9 @@
 //!
 //! **Adding a step kind** (a human task, say) touches: its events in
 //! [`crate::event::EventKind`] (appended at the end), a [`StepKind`] variant, one module
-//! here (its `apply` and its event constructors), its arm in [`route`] and [`apply`], the
-//! context method that runs it live, and the SDK method users call. Nothing else in the
-//! replay core changes.
+//! here (its `apply` and its event constructors), its arm in this module's `route` and
+//! `apply`, the context method that runs it live, and the SDK method users call. Nothing
+//! else in the replay core changes.
 //!
 //! **Architecture invariant**: a machine sees only its own step's events, in history
 //! order, and the facts the history passes it (a delivered signal's body); it never
