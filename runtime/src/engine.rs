@@ -1045,6 +1045,11 @@ impl Engine {
     /// # Durability
     /// Every step acknowledged before the call is on disk; requests queued at the call
     /// are committed before it returns.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropped part-way, the runtime already refuses new work
+    /// ([`Error::ShutDown`]) but its drivers or the file may still be open; call
+    /// `shutdown` again, which finishes the job.
     pub async fn shutdown(&self) {
         self.shared.closed.store(true, Ordering::Release);
         self.shared.registered.notify_waiters();

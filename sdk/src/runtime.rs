@@ -253,6 +253,10 @@ impl Runtime {
     ///
     /// # Durability
     /// On return the schedule is on disk.
+    ///
+    /// # Cancel safety
+    /// If dropped, the schedule may or may not have been stored; once it is, the
+    /// scheduler fires it, whether or not this future is still polled.
     pub async fn schedule<W: Workflow>(
         &self,
         _workflow: W,
@@ -274,6 +278,10 @@ impl Runtime {
     ///
     /// # Errors
     /// Storage errors.
+    ///
+    /// # Cancel safety
+    /// If dropped, the deletion may or may not have been recorded; once it is, the
+    /// scheduler no longer fires it, whether or not this future is still polled.
     pub async fn unschedule(&self, schedule_id: &str) -> Result<bool, Error> {
         self.engine.unschedule(schedule_id).await
     }
@@ -342,6 +350,9 @@ impl Runtime {
     ///
     /// # Errors
     /// See [`Engine::replay`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it reads and writes nothing.
     pub async fn replay(&self, records: &[EventRecord]) -> Result<ReplayVerdict, Error> {
         self.engine.replay(records).await
     }
@@ -350,6 +361,10 @@ impl Runtime {
     ///
     /// # Durability
     /// Everything acknowledged is on disk, and queued commits finish, before it returns.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropped part-way, the runtime already refuses new work
+    /// (`CAIRN-E0013`) but may still hold the file; call `shutdown` again to finish.
     pub async fn shutdown(&self) {
         self.engine.shutdown().await;
     }

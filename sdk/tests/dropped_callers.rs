@@ -209,6 +209,63 @@ async fn a_schedule_dropped_after_its_first_poll_still_fires() {
     rt.shutdown().await;
 }
 
+#[tokio::test]
+async fn an_unschedule_dropped_after_its_first_poll_still_stops_the_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let rt = open(&dir.path().join("db.redb"), &clock, None).await;
+    let every_hour = Recurrence::every(Duration::from_secs(3600));
+    rt.schedule(add_one, "hourly", 1, every_hour).await.unwrap();
+    poll_once_and_drop(rt.unschedule("hourly")).await;
+    let mut spins = 0u32;
+    while !rt.engine().schedules().is_empty() {
+        spins += 1;
+        assert!(
+            spins < 1_000_000,
+            "the dropped deletion never reached the scheduler"
+        );
+        tokio::task::yield_now().await;
+    }
+    // Ten hours on, nothing was started.
+    for _ in 0..10 {
+        clock.advance(Duration::from_secs(3600));
+        tokio::task::yield_now().await;
+    }
+    assert!(rt.list(&Default::default()).unwrap().is_empty());
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_result_dropped_after_its_first_poll_can_be_awaited_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = open(&dir.path().join("db.redb"), &clock(), None).await;
+    let handle = rt.start(await_go, "r-1", ()).await.unwrap();
+    poll_once_and_drop(handle.result()).await;
+    rt.signal("r-1", "go", &"later".to_owned()).await.unwrap();
+    let result = patiently("the second wait", handle.result()).await;
+    assert_eq!(result.unwrap().unwrap(), "later");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_shutdown_dropped_part_way_is_finished_by_calling_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let rt = open(&path, &clock(), None).await;
+    rt.start(await_go, "x-1", ()).await.unwrap();
+    poll_once_and_drop(rt.shutdown()).await;
+    // The runtime already refuses new work ...
+    assert!(matches!(
+        rt.start(await_go, "x-2", ()).await,
+        Err(Error::ShutDown)
+    ));
+    // ... and a second shutdown releases the file, which opens again.
+    patiently("the second shutdown", rt.shutdown()).await;
+    let rt = open(&path, &clock(), None).await;
+    assert!(rt.status("x-1").is_ok());
+    rt.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_reach_the_workflow_in_the_order_they_were_committed() {
     let dir = tempfile::tempdir().unwrap();
