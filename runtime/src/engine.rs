@@ -1198,6 +1198,7 @@ async fn run_dispatch(
 }
 
 fn apply_effects(shared: &Arc<Shared>, effects: &[Committed]) {
+    track_parking(shared, effects);
     let mut schedules_changed = false;
     // A continued run's number follows its start in the same commit; its run needs it
     // from the start (activity keys).
@@ -1247,6 +1248,27 @@ fn apply_effects(shared: &Arc<Shared>, effects: &[Committed]) {
     }
 }
 
+/// Keeps `recorded_parked` as the `parked` index is: a `WorkflowParked` records the
+/// instance, anything else it records clears it. One lock per batch, and no lookups at
+/// all while nothing is parked (the usual case).
+fn track_parking(shared: &Shared, effects: &[Committed]) {
+    let mut recorded = lock(&shared.recorded_parked);
+    for effect in effects {
+        let Committed::Event { key, kind, .. } = effect else {
+            continue;
+        };
+        match kind {
+            Some(EventKind::WorkflowParked { code, reason }) => {
+                recorded.insert(*key, (code.clone(), reason.clone()));
+            }
+            _ if !recorded.is_empty() => {
+                recorded.remove(key);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Where a committed event landed: its instance, its `seq`, the instance's parent and
 /// its run's position in its continue-as-new chain.
 struct CommittedEvent {
@@ -1270,19 +1292,6 @@ fn apply_event(
         parent,
         run,
     } = event;
-    {
-        let mut recorded = lock(&shared.recorded_parked);
-        match kind {
-            Some(EventKind::WorkflowParked { code, reason }) => {
-                recorded.insert(key, (code.clone(), reason.clone()));
-            }
-            // Anything else the instance records clears its parking (as in the index).
-            _ if !recorded.is_empty() => {
-                recorded.remove(&key);
-            }
-            _ => {}
-        }
-    }
     match kind {
         None | Some(EventKind::RunContinued { .. } | EventKind::WorkflowParked { .. }) => {
             if let Some(entry) = active.get(&key) {

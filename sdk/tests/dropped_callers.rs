@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::wait_for_events;
+use common::{until_evicted, until_resident_at_most, wait_for_events};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -84,19 +84,6 @@ async fn until_started(rt: &Runtime, id: &str) {
     while rt.status(id).is_err() {
         spins += 1;
         assert!(spins < 1_000_000, "{id} was never started");
-        tokio::task::yield_now().await;
-    }
-}
-
-async fn until_evicted(rt: &Runtime) {
-    until_resident_at_most(rt, 0).await;
-}
-
-async fn until_resident_at_most(rt: &Runtime, runs: usize) {
-    let mut spins = 0u32;
-    while rt.engine().resident_runs() > runs {
-        spins += 1;
-        assert!(spins < 2_000_000, "runs were not evicted");
         tokio::task::yield_now().await;
     }
 }

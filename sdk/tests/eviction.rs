@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::until_evicted;
+
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -56,15 +59,6 @@ async fn start_parent_until_evicted(rt: &Runtime, parent: &str) {
     rt.start(parent_of, parent, child.clone()).await.unwrap();
     let mut spins = 0u32;
     while rt.status(&child).is_err() || rt.engine().resident_runs() > 0 {
-        spins += 1;
-        assert!(spins < 2_000_000, "runs were not evicted");
-        tokio::task::yield_now().await;
-    }
-}
-
-async fn until_evicted(rt: &Runtime) {
-    let mut spins = 0u32;
-    while rt.engine().resident_runs() > 0 {
         spins += 1;
         assert!(spins < 2_000_000, "runs were not evicted");
         tokio::task::yield_now().await;
