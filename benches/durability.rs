@@ -11,9 +11,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn::store::RedbJournal;
 use cairn::{activity, workflow, ActivityCtx, ActivityError, Ctx, Runtime, WorkflowError};
 
 #[activity]
@@ -92,8 +93,19 @@ async fn open(dir: &tempfile::TempDir, name: &str) -> Runtime {
 }
 
 async fn throughput(dir: &tempfile::TempDir, instances: u32) {
-    let rt = open(dir, &format!("throughput-{instances}.redb")).await;
-    let stats = rt.engine().writer_stats().clone();
+    // Opened on a journal the bench keeps a handle to, for the writer's counters.
+    let journal = Arc::new(
+        RedbJournal::open(dir.path().join(format!("throughput-{instances}.redb"))).unwrap(),
+    );
+    let stats = journal.writer_stats().unwrap().clone();
+    let rt = Runtime::builder()
+        .workflow(ten_steps)
+        .workflow(three_steps)
+        .workflow(lone_steps)
+        .workflow(nineteen_then_wait)
+        .open_journal(journal)
+        .await
+        .unwrap();
     let (commits0, events0) = (
         stats.commits.load(Ordering::Relaxed),
         stats.events.load(Ordering::Relaxed),

@@ -387,7 +387,7 @@ async fn approve_dispatches(
     for id in ids {
         let token = dispatch_token(&id);
         let history = loop {
-            match rt.history(&id) {
+            match rt.history(&id).await {
                 Ok(history) => break history,
                 // Not started yet: the host starts orders while this task runs.
                 Err(cairn::Error::InstanceNotFound(_)) => {

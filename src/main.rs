@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use cairn::events::EventKind;
 use cairn::events::Payload;
-use cairn::store::{InstanceRow, RedbStore, Store, StoredEvent};
+use cairn::store::{verify_history, InstanceQuery, InstanceRow, Journal, RedbJournal, StoredEvent};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
@@ -43,7 +43,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err}");
@@ -52,27 +59,45 @@ fn main() -> ExitCode {
     }
 }
 
-fn rows(store: &RedbStore) -> Result<Vec<InstanceRow>, cairn::Error> {
+/// Every run in the journal, oldest first, a page at a time.
+async fn rows(journal: &dyn Journal) -> Result<Vec<InstanceRow>, cairn::Error> {
     let mut rows = Vec::new();
-    store.scan_instances(&mut |row| {
-        rows.push(row);
-        true
-    })?;
-    Ok(rows)
+    let mut query = InstanceQuery::default();
+    loop {
+        let page = journal.query(&query).await?;
+        rows.extend(page.rows);
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => return Ok(rows),
+        }
+    }
 }
 
-fn run(cli: Cli) -> Result<ExitCode, cairn::Error> {
+/// The verified history of run `row`.
+async fn history(
+    journal: &dyn Journal,
+    row: &InstanceRow,
+) -> Result<Vec<StoredEvent>, cairn::Error> {
+    let raw = journal
+        .history(row.key)
+        .await?
+        .ok_or_else(|| cairn::Error::InstanceNotFound(row.id.clone()))?;
+    verify_history(raw).map(|(_, events)| events)
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, cairn::Error> {
     if !cli.db.exists() {
         return Err(cairn::Error::InvalidArgument(format!(
             "`{}` does not exist",
             cli.db.display()
         )));
     }
-    let store = RedbStore::open_read_only(&cli.db)?;
+    let journal = RedbJournal::open_read_only(&cli.db)?;
     match cli.command {
         Command::List => {
-            let parked: std::collections::HashMap<u128, _> = store.parked()?.into_iter().collect();
-            for row in rows(&store)? {
+            let parked: std::collections::HashMap<u128, _> =
+                journal.parked().await?.into_iter().collect();
+            for row in rows(&journal).await? {
                 let status = match parked.get(&row.key) {
                     Some(why) => format!("Parked ({}: {})", why.code, why.reason),
                     None => format!("{:?}", row.status),
@@ -84,11 +109,13 @@ fn run(cli: Cli) -> Result<ExitCode, cairn::Error> {
             }
         }
         Command::History { id } => {
-            let key = store
-                .key_of(&id)?
+            let key = journal
+                .key_of(&id)
+                .await?
                 .ok_or_else(|| cairn::Error::InstanceNotFound(id.clone()))?;
-            let row = store
-                .instance(key)?
+            let row = journal
+                .instance(key)
+                .await?
                 .ok_or_else(|| cairn::Error::InstanceNotFound(id.clone()))?;
             if row.id != id {
                 return Err(cairn::Error::Corrupt {
@@ -96,15 +123,15 @@ fn run(cli: Cli) -> Result<ExitCode, cairn::Error> {
                     message: format!("it points at the instance row of `{}`", row.id),
                 });
             }
-            for event in store.history(&row)? {
+            for event in history(&journal, &row).await? {
                 println!("{}", event_json(&event));
             }
         }
         Command::Verify => {
             let mut failed = 0usize;
-            let rows = rows(&store)?;
+            let rows = rows(&journal).await?;
             for row in &rows {
-                if let Err(err) = store.history(row) {
+                if let Err(err) = history(&journal, row).await {
                     failed += 1;
                     println!("FAIL {}: {err}", row.id);
                 }

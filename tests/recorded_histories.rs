@@ -42,9 +42,9 @@ fn read_fixture(path: &Path) -> Vec<Vec<u8>> {
 }
 
 /// Writes instance `id`'s history in the fixture format (see the module doc).
-fn write_fixture(path: &Path, rt: &Runtime, id: &str) {
+async fn write_fixture(path: &Path, rt: &Runtime, id: &str) {
     let mut out = Vec::new();
-    for event in rt.history(id).unwrap() {
+    for event in rt.history(id).await.unwrap() {
         let envelope = event.record.encode().unwrap();
         out.extend_from_slice(&(envelope.len() as u32).to_le_bytes());
         out.extend_from_slice(&envelope);
@@ -68,7 +68,7 @@ async fn record_fixture(path: &Path) {
         .await
         .unwrap()
         .unwrap();
-    write_fixture(path, &rt, "order-7");
+    write_fixture(path, &rt, "order-7").await;
     rt.shutdown().await;
 }
 
@@ -175,7 +175,7 @@ const SINK_FIXTURE: &str = "tests/histories/kitchen_sink_v1.events";
 
 async fn until_events(rt: &Runtime, id: &str, n: usize) {
     let mut spins = 0u32;
-    while rt.history(id).unwrap().len() < n {
+    while rt.history(id).await.unwrap().len() < n {
         spins += 1;
         assert!(spins < 200_000, "{id} never reached {n} events");
         tokio::task::yield_now().await;
@@ -205,7 +205,7 @@ async fn record_sink(path: &Path) {
         .await
         .unwrap()
         .unwrap();
-    write_fixture(path, &rt, "k-1");
+    write_fixture(path, &rt, "k-1").await;
     rt.shutdown().await;
 }
 

@@ -21,14 +21,17 @@ use crate::event::AttrValue;
 use crate::event::{EventKind, EventRecord};
 use crate::port::HostPort;
 pub use crate::port::Outcome;
+use crate::redb_journal::RedbJournal;
 use crate::replay::History;
 pub use crate::replayer::ReplayVerdict;
 use crate::replayer::Replayer;
 use crate::schedule::{occurrence_id, Recurrence, ScheduleRow};
-use crate::store::{Attributes, InstanceRow, InstanceStatus, RedbStore, Store, StoredEvent};
+use crate::store::{Attributes, InstanceRow, InstanceStatus, StoredEvent};
 use crate::sync::{lock, AtomicBool, AtomicU64, Mutex, Notify};
 use crate::timers::TimerIndex;
-use crate::writer::{Carried, CommitListener, Committed, Writer, WriterStats};
+use cairn_core::journal::{
+    verify_history, Attachment, Carried, CommitListener, Committed, Expect, InstanceQuery, Journal,
+};
 
 /// Longest user id accepted, in bytes.
 pub const INSTANCE_ID_BYTES_MAX: usize = 256;
@@ -160,8 +163,7 @@ enum Driver {
 pub const EVICTION_IDLE_DEFAULT: Duration = Duration::from_secs(2);
 
 pub(crate) struct Shared {
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) writer: Writer,
+    pub(crate) journal: Arc<dyn Journal>,
     /// The tokio runtime the engine was opened in: drivers are spawned on it from the
     /// writer thread too, when a commit starts or wakes an instance.
     runtime: tokio::runtime::Handle,
@@ -300,17 +302,17 @@ impl EngineBuilder {
     /// See [`RedbStore::open`].
     pub async fn open(self, path: impl AsRef<Path>) -> Result<Engine> {
         let path = path.as_ref().to_path_buf();
-        let store = tokio::task::spawn_blocking(move || RedbStore::open(path))
+        let journal = tokio::task::spawn_blocking(move || RedbJournal::open(path))
             .await
             .map_err(|err| Error::Storage(format!("opening task failed: {err}")))??;
-        self.open_store(Arc::new(store))
+        self.open_journal(Arc::new(journal)).await
     }
 
     /// Opens the engine on any [`Store`] and resumes every unfinished instance.
     ///
     /// # Errors
     /// [`Error::Storage`] or [`Error::Corrupt`] when the instance index cannot be read.
-    pub fn open_store(self, store: Arc<dyn Store>) -> Result<Engine> {
+    pub async fn open_journal(self, journal: Arc<dyn Journal>) -> Result<Engine> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::Environment(
                 "the engine must be opened inside a tokio runtime (it spawns its tasks there)"
@@ -318,9 +320,10 @@ impl EngineBuilder {
             )
         })?;
         let store_schedules: HashMap<String, ScheduleRow> =
-            store.schedules()?.into_iter().collect();
-        let recorded_parked = store
-            .parked()?
+            journal.schedules().await?.into_iter().collect();
+        let recorded_parked = journal
+            .parked()
+            .await?
             .into_iter()
             .map(|(key, row)| (key, (row.code, row.reason)))
             .collect();
@@ -328,10 +331,8 @@ impl EngineBuilder {
         // failure's commit time plus its backoff) is then on the clock it waits on.
         let clock = self.clock.clone();
         let now_ms = Arc::new(move || clock.now_ms());
-        let writer = Writer::spawn(store.clone(), store_schedules.clone(), now_ms)?;
         let shared = Arc::new(Shared {
-            store,
-            writer,
+            journal,
             runtime,
             codec: self.codec,
             clock: self.clock,
@@ -357,13 +358,16 @@ impl EngineBuilder {
         // Unbounded: the writer never waits for the dispatcher, which applies a batch in
         // far less time than the writer takes to commit the next one.
         let (batches, received) = tokio::sync::mpsc::unbounded_channel();
-        shared.writer.listen(Arc::new(Dispatch(batches)));
+        shared.journal.attach(Attachment {
+            listener: Arc::new(Dispatch(batches)),
+            now_ms,
+        });
         let dispatch_task = shared
             .runtime
             .spawn(run_dispatch(Arc::downgrade(&shared), received));
         *lock(&shared.dispatch_task) = Some(dispatch_task);
         let engine = Engine { shared };
-        engine.recover()?;
+        engine.recover().await?;
         let runtime = &engine.shared.runtime;
         let timer_task = runtime.spawn(run_timers(Arc::downgrade(&engine.shared)));
         *lock(&engine.shared.timer_task) = Some(timer_task);
@@ -402,9 +406,10 @@ impl Engine {
         self.shared.codec.as_ref()
     }
 
-    /// Counters of the group-commit writer.
-    pub fn writer_stats(&self) -> &Arc<WriterStats> {
-        self.shared.writer.stats()
+    /// Number of commits the journal has made since it opened (each holds the writes of
+    /// many instances), for monitoring and benchmarks.
+    pub fn commits(&self) -> u64 {
+        self.shared.journal.commits()
     }
 
     /// Number of runs replayed from a stored history since the engine opened (start-up
@@ -424,14 +429,14 @@ impl Engine {
     /// Resumes unfinished instances from the running index only: evicted ones become
     /// dormant entries (with their wake-up time in the timer index) without reading or
     /// replaying their history; the others are replayed.
-    fn recover(&self) -> Result<()> {
+    async fn recover(&self) -> Result<()> {
         let mut resume = Vec::new();
         let mut dormant = 0usize;
+        let running = self.shared.journal.running().await?;
         {
             let mut active = lock(&self.shared.active);
-            self.shared
-                .store
-                .scan_running(&mut |key, suspension| match suspension {
+            for (key, suspension) in running {
+                match suspension {
                     Some(suspension) => {
                         active.insert(key, Active::dormant());
                         if let Some(at) = suspension.wake_at_ms {
@@ -440,7 +445,8 @@ impl Engine {
                         dormant += 1;
                     }
                     None => resume.push(key),
-                })?;
+                }
+            }
         }
         tracing::info!(
             replayed = resume.len(),
@@ -450,7 +456,7 @@ impl Engine {
         for key in resume {
             // Parking for an unknown type is decided here, before `open` returns, so the
             // host sees it at once; the rest replay in their own tasks.
-            if let Some(row) = self.shared.store.instance(key)? {
+            if let Some(row) = self.shared.journal.instance(key).await? {
                 if !self.shared.workflows.contains_key(&row.workflow_type) {
                     let err = Error::UnknownWorkflowType {
                         workflow_type: row.workflow_type.clone(),
@@ -525,7 +531,7 @@ impl Engine {
         }
         let started = self
             .shared
-            .writer
+            .journal
             .start(
                 id.to_owned(),
                 workflow_type.to_owned(),
@@ -558,7 +564,7 @@ impl Engine {
     /// # Cancel safety
     /// Cancel safe: it only waits. It returns at shutdown too.
     async fn applied(&self) {
-        let target = self.shared.writer.stats().commits.load(Ordering::SeqCst);
+        let target = self.shared.journal.commits();
         let mut applied = self.shared.applied.subscribe();
         // An error: the dispatcher stopped (shutdown); nothing more will be applied.
         let _ = applied.wait_for(|done| *done >= target).await;
@@ -566,8 +572,8 @@ impl Engine {
 
     /// Whether instance `child_id` is a child of run `parent` (its row names it), so the
     /// child's end wakes the parent even when the parent was evicted.
-    pub(crate) fn is_child_of(&self, child_id: &str, parent: u128) -> Result<bool> {
-        let (_, row) = self.row_of(child_id)?;
+    pub(crate) async fn is_child_of(&self, child_id: &str, parent: u128) -> Result<bool> {
+        let (_, row) = self.row_of(child_id).await?;
         Ok(row.parent == Some(parent))
     }
 
@@ -647,7 +653,7 @@ impl Engine {
         };
         // The commit hands the row to the scheduler (`Dispatch`).
         self.shared
-            .writer
+            .journal
             .schedule(schedule_id.to_owned(), Some(row), None)
             .await?;
         self.applied().await;
@@ -666,7 +672,7 @@ impl Engine {
     pub async fn unschedule(&self, schedule_id: &str) -> Result<bool> {
         let existed = self
             .shared
-            .writer
+            .journal
             .schedule(schedule_id.to_owned(), None, None)
             .await?;
         self.applied().await;
@@ -742,16 +748,21 @@ impl Engine {
     /// Appends `kind` to the current run of `id`. A run that continued as new in the
     /// meantime refuses it as finished; the id then names a newer run, which gets it.
     async fn append_to_current_run(&self, id: &str, kind: EventKind) -> Result<()> {
-        let mut key = self.key_of(id)?;
+        let mut key = self.key_of(id).await?;
         let what = kind.name();
         loop {
-            match self.shared.writer.append(key, kind.clone()).await {
+            match self
+                .shared
+                .journal
+                .append(key, kind.clone(), Expect::End)
+                .await
+            {
                 Ok(appended) => {
                     tracing::debug!(instance = %id, seq = appended.seq, event = what, "recorded");
                     self.applied().await;
                     return Ok(());
                 }
-                Err(Error::InstanceFinished(finished)) => match self.successor(id, key)? {
+                Err(Error::InstanceFinished(finished)) => match self.successor(id, key).await? {
                     Some(next) => key = next,
                     None => return Err(Error::InstanceFinished(finished)),
                 },
@@ -763,27 +774,29 @@ impl Engine {
     /// After the writer refused run `key` of `id` as finished: the id's newer run if
     /// `key` handed over to one, `None` if it ended for good. The refusal is answered
     /// after the commit that ended `key`, which moved the id in the same transaction.
-    fn successor(&self, id: &str, key: u128) -> Result<Option<u128>> {
-        let current = self.key_of(id)?;
+    async fn successor(&self, id: &str, key: u128) -> Result<Option<u128>> {
+        let current = self.key_of(id).await?;
         Ok((current != key).then_some(current))
     }
 
-    fn key_of(&self, id: &str) -> Result<u128> {
+    async fn key_of(&self, id: &str) -> Result<u128> {
         self.shared
-            .store
-            .key_of(id)?
+            .journal
+            .key_of(id)
+            .await?
             .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))
     }
 
     /// The current run's key and row of `id`, checked against each other: the id index
     /// and the rows are separate tables, and a damaged mapping must not answer for
     /// another instance.
-    fn row_of(&self, id: &str) -> Result<(u128, InstanceRow)> {
-        let key = self.key_of(id)?;
+    async fn row_of(&self, id: &str) -> Result<(u128, InstanceRow)> {
+        let key = self.key_of(id).await?;
         let row = self
             .shared
-            .store
-            .instance(key)?
+            .journal
+            .instance(key)
+            .await?
             .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))?;
         if row.id != id {
             return Err(Error::Corrupt {
@@ -807,7 +820,7 @@ impl Engine {
         // Follow a chain of runs that continued as new to the one that ends the id.
         let mut previous = None;
         loop {
-            let key = self.key_of(id)?;
+            let key = self.key_of(id).await?;
             if previous == Some(key) {
                 return Err(Error::Corrupt {
                     location: format!("instance `{id}`"),
@@ -823,7 +836,7 @@ impl Engine {
     }
 
     async fn wait_run(&self, id: &str) -> Result<Outcome> {
-        let key = self.key_of(id)?;
+        let key = self.key_of(id).await?;
         // One bound for the whole wait, not one per wake-up: other instances' drivers
         // register all the time and must not keep a damaged one waiting for ever.
         let give_up = tokio::time::Instant::now() + DRIVER_REGISTRATION_WAIT;
@@ -844,7 +857,7 @@ impl Engine {
             if let Some(err) = lock(&self.shared.storage_failed).clone() {
                 return Err(err);
             }
-            let row = self.shared.store.instance(key)?;
+            let row = self.shared.journal.instance(key).await?;
             if row.as_ref().is_none_or(|row| row.status.is_finished()) {
                 break None;
             }
@@ -876,22 +889,23 @@ impl Engine {
                 reason: err.to_string(),
             });
         }
-        let (_, row) = self.row_of(id)?;
+        let (_, row) = self.row_of(id).await?;
         if !row.status.is_finished() {
             return Err(Error::ShutDown);
         }
-        self.recorded_outcome(&row)
+        self.recorded_outcome(&row).await
     }
 
-    fn recorded_outcome(&self, row: &InstanceRow) -> Result<Outcome> {
+    async fn recorded_outcome(&self, row: &InstanceRow) -> Result<Outcome> {
         let corrupt = |message: String| Error::Corrupt {
             location: format!("result of instance `{}` at LSN {}", row.id, row.head_lsn),
             message,
         };
         let envelope = self
             .shared
-            .store
-            .envelope(row.head_lsn)?
+            .journal
+            .envelope(row.head_lsn)
+            .await?
             .ok_or_else(|| corrupt("the last event is missing".into()))?;
         if crate::event::hash_envelope(&envelope) != row.head_hash {
             return Err(corrupt(
@@ -911,8 +925,8 @@ impl Engine {
         }
     }
 
-    fn info(&self, row: InstanceRow) -> Result<InstanceInfo> {
-        let attributes = self.shared.store.attributes(row.key)?;
+    async fn info(&self, row: InstanceRow) -> Result<InstanceInfo> {
+        let attributes = self.shared.journal.attributes(row.key).await?;
         let status = match row.status {
             InstanceStatus::Completed => Status::Completed,
             InstanceStatus::Failed => Status::Failed,
@@ -956,9 +970,9 @@ impl Engine {
     ///
     /// # Errors
     /// [`Error::InstanceNotFound`] or storage errors.
-    pub fn status(&self, id: &str) -> Result<InstanceInfo> {
-        let (_, row) = self.row_of(id)?;
-        self.info(row)
+    pub async fn status(&self, id: &str) -> Result<InstanceInfo> {
+        let (_, row) = self.row_of(id).await?;
+        self.info(row).await
     }
 
     /// Instances matching `filter`, oldest first.
@@ -967,53 +981,67 @@ impl Engine {
     /// Storage errors or a corrupt index row.
     ///
     /// Reads the instance index and the attribute index; no history is read or replayed.
-    pub fn list(&self, filter: &ListFilter) -> Result<Vec<InstanceInfo>> {
-        let mut rows = Vec::new();
-        // Collect first, look up attributes after: the scan holds the store's read side,
-        // and a nested read could wait behind a `close` queued meanwhile.
-        self.shared.store.scan_instances(&mut |row| {
-            let keep = filter
-                .workflow_type
-                .as_ref()
-                .is_none_or(|t| *t == row.workflow_type)
-                && filter
-                    .created_from_ms
-                    .is_none_or(|from| row.created_at_ms >= from)
-                && filter
-                    .created_until_ms
-                    .is_none_or(|until| row.created_at_ms < until);
-            if keep {
-                rows.push(row);
-            }
-            true
-        })?;
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<InstanceInfo>> {
+        // Parked is derived (a running row with a recorded reason): the journal is asked
+        // for running rows and the status is checked here.
+        let statuses = filter
+            .statuses
+            .iter()
+            .map(|kind| match kind {
+                StatusKind::Running | StatusKind::Parked => InstanceStatus::Running,
+                StatusKind::Completed => InstanceStatus::Completed,
+                StatusKind::Failed => InstanceStatus::Failed,
+                StatusKind::Terminated => InstanceStatus::Terminated,
+                StatusKind::ContinuedAsNew => InstanceStatus::ContinuedAsNew,
+            })
+            .fold(Vec::new(), |mut all, status| {
+                if !all.contains(&status) {
+                    all.push(status);
+                }
+                all
+            });
+        let mut query = InstanceQuery {
+            workflow_type: filter.workflow_type.clone(),
+            statuses,
+            created_from_ms: filter.created_from_ms,
+            created_until_ms: filter.created_until_ms,
+            attributes: filter.attributes.clone(),
+            after: None,
+            limit: 0,
+        };
         let limit = filter.limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
-        for row in rows {
-            if out.len() >= limit {
-                break;
+        loop {
+            let page = self.shared.journal.query(&query).await?;
+            for row in page.rows {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let info = self.info(row).await?;
+                if filter.statuses.is_empty() || filter.statuses.contains(&info.status.kind()) {
+                    out.push(info);
+                }
             }
-            let info = self.info(row)?;
-            let status_ok =
-                filter.statuses.is_empty() || filter.statuses.contains(&info.status.kind());
-            let attributes_ok = filter
-                .attributes
-                .iter()
-                .all(|(name, value)| info.attributes.get(name) == Some(value));
-            if status_ok && attributes_ok {
-                out.push(info);
+            match page.next {
+                Some(next) if out.len() < limit => query.after = Some(next),
+                _ => return Ok(out),
             }
         }
-        Ok(out)
     }
 
     /// The verified history of instance `id`, oldest event first.
     ///
     /// # Errors
     /// [`Error::InstanceNotFound`], [`Error::Corrupt`] if the hash chain does not verify.
-    pub fn history(&self, id: &str) -> Result<Vec<StoredEvent>> {
-        let (_, row) = self.row_of(id)?;
-        self.shared.store.history(&row)
+    pub async fn history(&self, id: &str) -> Result<Vec<StoredEvent>> {
+        let (key, _) = self.row_of(id).await?;
+        let raw = self
+            .shared
+            .journal
+            .history(key)
+            .await?
+            .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))?;
+        verify_history(raw).map(|(_, events)| events)
     }
 
     /// Replays a recorded history against the registered code without running anything
@@ -1083,11 +1111,7 @@ impl Engine {
             let _ = driver.await;
         }
         let shared = self.shared.clone();
-        let closed = tokio::task::spawn_blocking(move || {
-            shared.writer.close();
-            shared.store.close();
-        })
-        .await;
+        let closed = tokio::task::spawn_blocking(move || shared.journal.close()).await;
         if closed.is_err() {
             tracing::error!("closing the writer or the store panicked");
         }
@@ -1098,11 +1122,15 @@ impl Engine {
 #[async_trait::async_trait]
 impl HostPort for Engine {
     async fn append(&self, key: u128, kind: EventKind) -> Result<()> {
-        self.shared.writer.append(key, kind).await.map(drop)
+        self.shared
+            .journal
+            .append(key, kind, Expect::End)
+            .await
+            .map(drop)
     }
 
     fn append_detached(&self, key: u128, kind: EventKind) {
-        self.shared.writer.append_detached(key, kind);
+        self.shared.journal.append_detached(key, kind);
     }
 
     fn always_replay(&self) -> bool {
@@ -1122,7 +1150,7 @@ impl HostPort for Engine {
     }
 
     async fn is_child_of(&self, id: &str, parent: u128) -> Result<bool> {
-        Engine::is_child_of(self, id, parent)
+        Engine::is_child_of(self, id, parent).await
     }
 
     async fn wait(&self, id: &str) -> Result<Outcome> {
@@ -1376,7 +1404,7 @@ fn park(shared: &Shared, key: u128, err: Error) {
     lock(&shared.parked).insert(key, err);
     if !recorded {
         shared
-            .writer
+            .journal
             .append_detached(key, EventKind::WorkflowParked { code, reason });
     }
 }
@@ -1522,7 +1550,7 @@ async fn run_schedules(weak: std::sync::Weak<Shared>) {
             // Only if nobody replaced or removed it meanwhile: the newer version rules, on
             // disk as in memory (the commit updates the scheduler's map).
             if shared
-                .writer
+                .journal
                 .schedule(id, updated, Some(row))
                 .await
                 .is_err()
@@ -1590,7 +1618,7 @@ async fn drive_evictable(
                 // while this branch runs and the workflow is not polled) keeps it here,
                 // and the hint covers only the events that poll had seen.
                 let seen = ctx.poll_mark();
-                match shared.writer.suspend(key, seen.next_seq, wake_at).await {
+                match shared.journal.suspend(key, seen.next_seq, wake_at).await {
                     Ok(true) => {
                         if mark_dormant(shared, key, seen, wake_at) {
                             return Ok(DriveEnd::Evicted);
@@ -1618,10 +1646,10 @@ async fn run_instance(
         // Someone else ended this run while its driver ran (a termination committed
         // before the commit path could stop this task). The record wins; it is not a
         // reason to park (and its commit has already told the parent).
-        Err(err @ Error::InstanceFinished(_)) => match shared.store.instance(key) {
+        Err(err @ Error::InstanceFinished(_)) => match shared.journal.instance(key).await {
             Ok(Some(row)) if row.status.is_finished() => {
                 let engine = Engine::from_shared(shared.clone());
-                engine.recorded_outcome(&row)
+                engine.recorded_outcome(&row).await
             }
             _ => Err(err),
         },
@@ -1639,13 +1667,14 @@ async fn run_instance(
         Err(err) => park(&shared, key, err.clone()),
         Ok(_) => {}
     }
-    let result = result.map_err(|err| match err {
-        err @ (Error::Storage(_) | Error::ShutDown) => err,
-        other => Error::Parked {
-            instance: other_instance(&shared, key),
+    let result = match result {
+        Err(err @ (Error::Storage(_) | Error::ShutDown)) => Err(err),
+        Err(other) => Err(Error::Parked {
+            instance: other_instance(&shared, key).await,
             reason: other.to_string(),
-        },
-    });
+        }),
+        Ok(outcome) => Ok(outcome),
+    };
     // A result committed here was already published by its commit (`Dispatch`), which
     // also woke the parent; this covers the rest (parked, a result found on disk).
     outcome.send_replace(Some(result));
@@ -1657,8 +1686,8 @@ enum RunEnd {
     Evicted,
 }
 
-fn other_instance(shared: &Shared, key: u128) -> String {
-    match shared.store.instance(key) {
+async fn other_instance(shared: &Shared, key: u128) -> String {
+    match shared.journal.instance(key).await {
         Ok(Some(row)) => row.id,
         _ => format!("{key:032x}"),
     }
@@ -1696,18 +1725,20 @@ async fn run_once(
     let (history, known_next_seq) = match resume {
         Resume::Fresh(history) => (*history, 1),
         Resume::Load => {
-            // Read on this worker. Measured: moving these reads to tokio's blocking threads
-            // (one `spawn_blocking` per load) made recovery of 10,000 instances 35-60%
-            // slower (PERFORMANCE.md); they move with the async journal instead.
-            let row = shared.store.instance(key)?.ok_or_else(|| Error::Corrupt {
-                location: format!("running index, key {key:032x}"),
-                message: "an unfinished instance has no instance row".into(),
-            })?;
-            if row.status.is_finished() {
-                let outcome = Engine::from_shared(shared.clone()).recorded_outcome(&row)?;
+            let raw = shared
+                .journal
+                .history(key)
+                .await?
+                .ok_or_else(|| Error::Corrupt {
+                    location: format!("running index, key {key:032x}"),
+                    message: "an unfinished instance has no instance row".into(),
+                })?;
+            if raw.row.status.is_finished() {
+                let engine = Engine::from_shared(shared.clone());
+                let outcome = engine.recorded_outcome(&raw.row).await?;
                 return Ok(Once::End(RunEnd::Finished(outcome)));
             }
-            let events = shared.store.history(&row)?;
+            let (row, events) = verify_history(raw)?;
             shared.replays.fetch_add(1, Ordering::Relaxed);
             let history = History::from_records(events.iter().map(|e| &e.record))?;
             (history, row.next_seq)
@@ -1748,7 +1779,7 @@ async fn run_once(
                     run: hand_over.run,
                 };
                 if shared
-                    .writer
+                    .journal
                     .continue_as_new(key, input.clone(), carried)
                     .await?
                     .is_some()
@@ -1789,6 +1820,6 @@ async fn run_once(
             next_run: 0,
         },
     };
-    shared.writer.append(key, kind).await?;
+    shared.journal.append(key, kind, Expect::End).await?;
     Ok(Once::End(RunEnd::Finished(outcome)))
 }

@@ -9,7 +9,7 @@
 
 #![deny(unsafe_code)]
 
-pub use cairn_core::{activity, codec, error, event, replay, schedule, step};
+pub use cairn_core::{activity, codec, error, event, journal, replay, schedule, step};
 
 pub mod clock;
 mod context;
@@ -17,6 +17,7 @@ mod drive;
 mod engine;
 mod port;
 mod queue;
+pub mod redb_journal;
 mod replayer;
 pub mod store;
 mod sync;

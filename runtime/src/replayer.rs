@@ -16,7 +16,7 @@ use crate::error::{Error, Result, StepDescriptor};
 use crate::event::EventRecord;
 use crate::port::Outcome;
 use crate::replay::{History, RecordedResult};
-use crate::store::Store;
+use cairn_core::journal::{verify_history, InstanceQuery, Journal};
 
 /// Replays recorded histories against registered workflow code, offline.
 ///
@@ -158,37 +158,47 @@ impl Replayer {
         Ok(ReplayVerdict::Matches(outcome))
     }
 
-    /// Replays every history in `store` (each run of a chain on its own), oldest first,
-    /// reading the instance index and one history at a time. Open the store read-only
-    /// (`RedbStore::open_read_only`) to audit a file; a history that does not verify as a
-    /// hash chain gets its `Error::Corrupt` as its verdict, and the others are still
-    /// replayed.
+    /// Replays every history in `journal` (each run of a chain on its own), oldest
+    /// first, one page of the instance index and one history at a time. Open the file
+    /// read-only (`RedbJournal::open_read_only`) to audit it; a history that does not
+    /// verify as a hash chain gets its `Error::Corrupt` as its verdict, and the others
+    /// are still replayed.
     ///
     /// # Errors
     /// A storage error reading the instance index; each history's own problems are in
     /// its [`StoredVerdict`].
-    pub async fn replay_store(&self, store: &dyn Store) -> Result<Vec<StoredVerdict>> {
-        let mut rows = Vec::new();
-        store.scan_instances(&mut |row| {
-            rows.push(row);
-            true
-        })?;
-        let mut verdicts = Vec::with_capacity(rows.len());
-        for row in rows {
-            let verdict = match store.history(&row) {
-                Ok(events) => {
-                    let records: Vec<EventRecord> = events.into_iter().map(|e| e.record).collect();
-                    self.replay(&records).await
-                }
-                Err(err) => Err(err),
-            };
-            verdicts.push(StoredVerdict {
-                id: row.id,
-                key: row.key,
-                verdict,
-            });
+    pub async fn replay_journal(&self, journal: &dyn Journal) -> Result<Vec<StoredVerdict>> {
+        let mut verdicts = Vec::new();
+        let mut query = InstanceQuery::default();
+        loop {
+            let page = journal.query(&query).await?;
+            for row in page.rows {
+                let verdict = match journal.history(row.key).await {
+                    Ok(Some(raw)) => match verify_history(raw) {
+                        Ok((_, events)) => {
+                            let records: Vec<EventRecord> =
+                                events.into_iter().map(|e| e.record).collect();
+                            self.replay(&records).await
+                        }
+                        Err(err) => Err(err),
+                    },
+                    Ok(None) => Err(Error::Corrupt {
+                        location: format!("instance `{}`", row.id),
+                        message: "its row vanished while the index was read".into(),
+                    }),
+                    Err(err) => Err(err),
+                };
+                verdicts.push(StoredVerdict {
+                    id: row.id,
+                    key: row.key,
+                    verdict,
+                });
+            }
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => return Ok(verdicts),
+            }
         }
-        Ok(verdicts)
     }
 }
 

@@ -18,10 +18,16 @@ use redb::{
     Database, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition,
     TableHandle,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::event::{hash_envelope, AttrValue, EventHash, EventKind, EventRecord, GENESIS_HASH};
+pub use cairn_core::journal::{
+    verify_chain, verify_history, Attributes, InstanceRow, InstanceStatus, ParkedRow, RawEvent,
+    RawHistory, StoredEvent, Suspension,
+};
+use cairn_core::journal::{InstancePage, InstanceQuery};
+
+use crate::event::EventRecord;
 use crate::schedule::ScheduleRow;
 use crate::sync::{read, write, AtomicBool, RwLock, RwLockReadGuard};
 
@@ -55,72 +61,12 @@ pub const STORAGE_FORMAT: u32 = 2;
 /// Version byte in front of every encoded [`InstanceRow`].
 const ROW_VERSION: u8 = 1;
 
-/// Lifecycle state of an instance as stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum InstanceStatus {
-    /// Started and not finished.
-    Running,
-    /// The workflow returned `Ok`.
-    Completed,
-    /// The workflow returned `Err`.
-    Failed,
-    /// Stopped from outside (`terminate`).
-    Terminated,
-    /// This run handed over to a new run of the same id (`continue_as_new`).
-    ContinuedAsNew,
+pub(crate) fn encode_row(row: &InstanceRow) -> Result<Vec<u8>> {
+    encode_versioned(row, "instance row")
 }
 
-impl InstanceStatus {
-    /// Whether the instance has finished.
-    pub fn is_finished(self) -> bool {
-        !matches!(self, InstanceStatus::Running)
-    }
-}
-
-/// The small per-instance row, updated in place at every commit that touches the instance.
-/// It is an index: everything in it can be rebuilt from the log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstanceRow {
-    /// Internal key (UUIDv7 as `u128`).
-    pub key: u128,
-    /// User-chosen id.
-    pub id: String,
-    /// Registered workflow type.
-    pub workflow_type: String,
-    /// Current status.
-    pub status: InstanceStatus,
-    /// Commit time of the start event (ms since the Unix epoch).
-    pub created_at_ms: u64,
-    /// Commit time of the latest event.
-    pub updated_at_ms: u64,
-    /// LSN of the latest event.
-    pub head_lsn: u64,
-    /// Sequence number the next event gets (= number of events).
-    pub next_seq: u64,
-    /// Hash of the latest event.
-    pub head_hash: EventHash,
-    /// The instance that started this one as a child, if any.
-    pub parent: Option<u128>,
-    /// Set while the instance is evicted waiting; cleared by its next event.
-    pub suspended: Option<Suspension>,
-}
-
-/// Why a running instance needs no replay when the host starts: it was evicted while
-/// waiting, and nothing has happened to it since. A hint only: an instance with no
-/// hint is simply replayed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Suspension {
-    /// When its earliest timer or wait deadline is due (ms since the Unix epoch); `None`
-    /// if it waits only for a signal, a cancellation or a child.
-    pub wake_at_ms: Option<u64>,
-}
-
-impl InstanceRow {
-    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
-        encode_versioned(self, "instance row")
-    }
-
-    pub(crate) fn decode(key: u128, bytes: &[u8]) -> Result<Self> {
+fn decode_row(key: u128, bytes: &[u8]) -> Result<InstanceRow> {
+    {
         let location = || format!("instances table, key {key:032x}");
         let row: InstanceRow = decode_versioned(location, bytes)?;
         if row.key != key {
@@ -131,17 +77,6 @@ impl InstanceRow {
         }
         Ok(row)
     }
-}
-
-/// One event read back, with its position and verified hash.
-#[derive(Clone, Debug)]
-pub struct StoredEvent {
-    /// Its LSN.
-    pub lsn: u64,
-    /// SHA-256 of its envelope.
-    pub hash: EventHash,
-    /// The decoded record.
-    pub record: EventRecord,
 }
 
 /// Everything one group commit writes, in one transaction.
@@ -165,18 +100,6 @@ pub struct WriteBatch {
     /// Parked instances to record (`Some(row)`, version byte + postcard `ParkedRow`) or
     /// clear.
     pub parked: Vec<(u128, Option<Vec<u8>>)>,
-}
-
-/// Why an instance was parked, as the `parked` index keeps it (derived from its last
-/// `WorkflowParked` event; cleared by its next event or its end).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ParkedRow {
-    /// The error's stable code.
-    pub code: String,
-    /// The error's message.
-    pub reason: String,
-    /// When it was parked (the commit time of its `WorkflowParked` event).
-    pub at_ms: u64,
 }
 
 pub(crate) fn encode_parked(row: &ParkedRow) -> Result<Vec<u8>> {
@@ -230,9 +153,6 @@ fn decode_suspension(key: u128, bytes: &[u8]) -> Result<Option<Suspension>> {
     decode_versioned(|| format!("running table, key {key:032x}"), bytes)
 }
 
-/// The search attributes of one instance, by name.
-pub type Attributes = std::collections::BTreeMap<String, AttrValue>;
-
 pub(crate) fn encode_attributes(attributes: &Attributes) -> Result<Vec<u8>> {
     encode_versioned(attributes, "attributes")
 }
@@ -274,8 +194,9 @@ pub trait Store: Send + Sync + 'static {
     fn scan_instances(&self, visit: &mut dyn FnMut(InstanceRow) -> bool) -> Result<()>;
     /// The raw envelope at `lsn`.
     fn envelope(&self, lsn: u64) -> Result<Option<Vec<u8>>>;
-    /// The whole history of `row`'s instance, oldest first, with its hash chain verified.
-    fn history(&self, row: &InstanceRow) -> Result<Vec<StoredEvent>>;
+    /// Run `key`'s row and its events as stored, oldest first, from one snapshot; the
+    /// caller verifies them (`cairn_core::journal::verify_history`).
+    fn raw_history(&self, key: u128) -> Result<Option<RawHistory>>;
     /// The search attributes of an instance (empty if it set none).
     fn attributes(&self, key: u128) -> Result<Attributes>;
     /// Calls `visit` with every unfinished instance and its suspension hint, without
@@ -283,6 +204,8 @@ pub trait Store: Send + Sync + 'static {
     fn scan_running(&self, visit: &mut dyn FnMut(u128, Option<Suspension>)) -> Result<()>;
     /// Every stored schedule, by id.
     fn schedules(&self) -> Result<Vec<(String, ScheduleRow)>>;
+    /// Runs matching `query`, one page, oldest first.
+    fn query(&self, query: &InstanceQuery) -> Result<InstancePage>;
     /// The parked instances and why, by key (none for a store that keeps none).
     fn parked(&self) -> Result<Vec<(u128, ParkedRow)>> {
         Ok(Vec::new())
@@ -860,9 +783,28 @@ impl Store for RedbStore {
             let txn = self.read()?;
             let instances = txn.open_table(INSTANCES).map_err(storage)?;
             match instances.get(key).map_err(storage)? {
-                Some(bytes) => InstanceRow::decode(key, bytes.value()).map(Some),
+                Some(bytes) => decode_row(key, bytes.value()).map(Some),
                 None => Ok(None),
             }
+        })
+    }
+
+    fn query(&self, query: &InstanceQuery) -> Result<InstancePage> {
+        self.contain("query", || {
+            let txn = self.read()?;
+            let instances = txn.open_table(INSTANCES).map_err(storage)?;
+            let attributes = txn.open_table(ATTRIBUTES).map_err(storage)?;
+            let mut rows = Vec::new();
+            for entry in instances.iter().map_err(storage)? {
+                let (key, bytes) = entry.map_err(storage)?;
+                rows.push(decode_row(key.value(), bytes.value()));
+            }
+            crate::redb_journal::page(query, rows.into_iter(), |key| {
+                match attributes.get(key).map_err(storage)? {
+                    Some(bytes) => decode_attributes(key, bytes.value()),
+                    None => Ok(Attributes::new()),
+                }
+            })
         })
     }
 
@@ -872,7 +814,7 @@ impl Store for RedbStore {
             let instances = txn.open_table(INSTANCES).map_err(storage)?;
             for entry in instances.iter().map_err(storage)? {
                 let (key, bytes) = entry.map_err(storage)?;
-                let row = InstanceRow::decode(key.value(), bytes.value())?;
+                let row = decode_row(key.value(), bytes.value())?;
                 if !visit(row) {
                     break;
                 }
@@ -892,9 +834,14 @@ impl Store for RedbStore {
         })
     }
 
-    fn history(&self, row: &InstanceRow) -> Result<Vec<StoredEvent>> {
+    fn raw_history(&self, key: u128) -> Result<Option<RawHistory>> {
         self.contain("history", || {
             let txn = self.read()?;
+            let instances = txn.open_table(INSTANCES).map_err(storage)?;
+            let row = match instances.get(key).map_err(storage)? {
+                Some(bytes) => decode_row(key, bytes.value())?,
+                None => return Ok(None),
+            };
             let log = txn.open_table(LOG).map_err(storage)?;
             let len = usize::try_from(row.next_seq).map_err(storage)?;
             // `len` comes from disk: a damaged row must give a Corrupt error below, not a huge
@@ -904,7 +851,7 @@ impl Store for RedbStore {
             while let Some(lsn) = next {
                 if events.len() >= len {
                     return Err(chain_error(
-                        row,
+                        &row,
                         lsn,
                         "history is longer than the instance row says",
                     ));
@@ -912,20 +859,15 @@ impl Store for RedbStore {
                 let guard = log
                     .get(lsn)
                     .map_err(storage)?
-                    .ok_or_else(|| chain_error(row, lsn, "event is missing from the log"))?;
-                let envelope = guard.value();
-                let record = EventRecord::decode(envelope)
-                    .map_err(|err| chain_error(row, lsn, &err.to_string()))?;
-                next = record.prev_lsn;
-                events.push(StoredEvent {
-                    lsn,
-                    hash: hash_envelope(envelope),
-                    record,
-                });
+                    .ok_or_else(|| chain_error(&row, lsn, "event is missing from the log"))?;
+                let envelope = guard.value().to_vec();
+                let (_, _, prev) = EventRecord::peek_link(&envelope)
+                    .map_err(|err| chain_error(&row, lsn, &err.to_string()))?;
+                next = prev;
+                events.push(RawEvent { lsn, envelope });
             }
             events.reverse();
-            verify_chain(row, &events)?;
-            Ok(events)
+            Ok(Some(RawHistory { row, events }))
         })
     }
 
@@ -946,79 +888,6 @@ fn chain_error(row: &InstanceRow, lsn: u64, message: &str) -> Error {
         location: format!("history of instance `{}` at LSN {lsn}", row.id),
         message: message.to_owned(),
     }
-}
-
-/// Checks that `events` are exactly the chain `row` points at: same instance, sequence
-/// numbers 0..n, each `prev_hash` the hash of the event before, the last hash the row's.
-pub fn verify_chain(row: &InstanceRow, events: &[StoredEvent]) -> Result<()> {
-    // The row is an index; its identity must agree with the start event it points at.
-    if let Some(first) = events.first() {
-        match &first.record.kind {
-            EventKind::WorkflowStarted {
-                workflow_type, id, ..
-            } => {
-                if *id != row.id || *workflow_type != row.workflow_type {
-                    return Err(chain_error(
-                        row,
-                        first.lsn,
-                        &format!("the start event names `{id}` ({workflow_type}), the instance row `{}` ({})", row.id, row.workflow_type),
-                    ));
-                }
-            }
-            other => {
-                return Err(chain_error(
-                    row,
-                    first.lsn,
-                    &format!("the first event is {}, not WorkflowStarted", other.name()),
-                ))
-            }
-        }
-    }
-    let mut prev_hash = GENESIS_HASH;
-    for (index, event) in events.iter().enumerate() {
-        let record = &event.record;
-        if record.instance != row.key {
-            return Err(chain_error(
-                row,
-                event.lsn,
-                "event belongs to another instance",
-            ));
-        }
-        if record.seq != index as u64 {
-            return Err(chain_error(
-                row,
-                event.lsn,
-                &format!("sequence number {} where {index} was expected", record.seq),
-            ));
-        }
-        if record.prev_hash != prev_hash {
-            return Err(chain_error(
-                row,
-                event.lsn,
-                "hash chain broken: prev_hash does not match the previous event",
-            ));
-        }
-        prev_hash = event.hash;
-    }
-    if events.len() as u64 != row.next_seq {
-        return Err(chain_error(
-            row,
-            row.head_lsn,
-            &format!(
-                "{} events found, the instance row counts {}",
-                events.len(),
-                row.next_seq
-            ),
-        ));
-    }
-    if prev_hash != row.head_hash {
-        return Err(chain_error(
-            row,
-            row.head_lsn,
-            "the last event's hash differs from the one in the instance row",
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -19,10 +19,13 @@ use crate::event::{
 use crate::queue::{Closed, CommitQueue};
 use crate::schedule::ScheduleRow;
 use crate::store::{
-    encode_attributes, encode_parked, encode_schedule, encode_suspension, Attributes, InstanceRow,
-    InstanceStatus, ParkedRow, Store, Suspension, WriteBatch,
+    encode_attributes, encode_parked, encode_row, encode_schedule, encode_suspension, Attributes,
+    InstanceRow, InstanceStatus, ParkedRow, Store, Suspension, WriteBatch,
 };
 use crate::sync::{lock, Arc, AtomicU64, Mutex};
+use cairn_core::journal::{
+    reported, Appended, Carried, CommitListener, Committed, Expect, Started, TimeSource,
+};
 
 /// Room an event needs beyond its payloads and names (header, hashes, varints).
 const STEP_HEADROOM_BYTES: usize = 1024;
@@ -30,69 +33,6 @@ const STEP_HEADROOM_BYTES: usize = 1024;
 /// Most requests one commit takes. At the limit the rest wait for the next commit, which
 /// bounds a transaction's size and the latency of the requests in it.
 pub const BATCH_REQUESTS_MAX: usize = 4096;
-
-/// Answer to a start request.
-#[derive(Clone, Debug)]
-pub(crate) struct Started {
-    /// Internal key of the instance.
-    pub(crate) key: u128,
-    /// `false` when the id already existed and nothing was written.
-    pub(crate) created: bool,
-    /// The instance's row after the commit.
-    pub(crate) row: InstanceRow,
-}
-
-/// Answer to an append: where the event landed.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Appended {
-    /// Its sequence number in the instance's history.
-    pub(crate) seq: u64,
-}
-
-/// What one commit made durable and the host must reflect in memory, in commit order.
-///
-/// The writer hands the list to its [`CommitListener`] after the commit returns and
-/// before it answers any request, so what is durable reaches memory whether or not the
-/// caller that asked for it is still waiting (its future may have been dropped).
-#[derive(Debug)]
-pub(crate) enum Committed {
-    /// An event landed in `key`'s history at `seq`. `kind` is given for the events a host
-    /// acts on (a start, a signal, a cancellation request, an end) and `None` for the
-    /// steps a run records itself. `parent` is the instance's parent.
-    Event {
-        key: u128,
-        seq: u64,
-        parent: Option<u128>,
-        kind: Option<EventKind>,
-    },
-    /// Schedule `id` was stored (`Some`) or deleted (`None`).
-    Schedule {
-        id: String,
-        row: Option<ScheduleRow>,
-    },
-}
-
-/// Receives every commit's effects, on the writer thread, before the replies go out:
-/// `batch` is the commit's number (`WriterStats::commits` once it is counted). It must
-/// not wait for the writer (it runs on its thread) and should only hand the effects on:
-/// the next commit waits for it.
-pub(crate) trait CommitListener: Send + Sync {
-    fn committed(&self, batch: u64, effects: Vec<Committed>);
-}
-
-/// The events a host acts on when they commit; the others only move the history's length.
-fn reported(kind: &EventKind) -> Option<EventKind> {
-    match kind {
-        EventKind::WorkflowStarted { .. }
-        | EventKind::RunContinued { .. }
-        | EventKind::WorkflowParked { .. }
-        | EventKind::SignalReceived { .. }
-        | EventKind::CancelRequested { .. } => Some(kind.clone()),
-        // Ends carry the result, which the host publishes to waiters.
-        _ if kind.is_terminal() => Some(kind.clone()),
-        _ => None,
-    }
-}
 
 enum Command {
     Start {
@@ -129,6 +69,7 @@ enum Command {
     Append {
         key: u128,
         kind: EventKind,
+        expect: Expect,
         reply: oneshot::Sender<Result<Appended>>,
     },
 }
@@ -146,19 +87,6 @@ enum Reply {
     ContinueAsNew(oneshot::Sender<Result<Option<u128>>>, Option<u128>),
 }
 
-/// What a run that continues as new hands to the next run.
-#[derive(Debug)]
-pub(crate) struct Carried {
-    /// Events the run's history had when it decided (see `Suspend`).
-    pub(crate) expected_next_seq: u64,
-    /// Signals received and not delivered, oldest first.
-    pub(crate) signals: Vec<(String, Payload)>,
-    /// A cancellation requested and not yet delivered.
-    pub(crate) cancel: Option<String>,
-    /// The handing-over run's position in its chain (1 for an instance's first run).
-    pub(crate) run: u32,
-}
-
 /// Counters of the writer, for benchmarks and monitoring.
 #[derive(Debug, Default)]
 pub struct WriterStats {
@@ -169,9 +97,6 @@ pub struct WriterStats {
 }
 
 type ListenerSlot = std::sync::Arc<OnceLock<std::sync::Arc<dyn CommitListener>>>;
-
-/// Milliseconds since the Unix epoch on the runtime's clock.
-pub(crate) type TimeSource = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Handle to the writer thread.
 pub(crate) struct Writer {
@@ -303,17 +228,33 @@ impl Writer {
         .await
     }
 
-    /// Appends one event and waits until it is durable.
-    pub(crate) async fn append(&self, key: u128, kind: EventKind) -> Result<Appended> {
-        self.request(|reply| Command::Append { key, kind, reply })
-            .await
+    /// Appends one event under `expect` and waits until it is durable.
+    pub(crate) async fn append(
+        &self,
+        key: u128,
+        kind: EventKind,
+        expect: Expect,
+    ) -> Result<Appended> {
+        self.request(|reply| Command::Append {
+            key,
+            kind,
+            expect,
+            reply,
+        })
+        .await
     }
 
     /// Queues one event without waiting for it: for code that cannot wait (a `Drop`).
     /// It is committed in queue order like any other; a refusal or failure is logged.
     pub(crate) fn append_detached(&self, key: u128, kind: EventKind) {
         let (reply, _answer) = oneshot::channel();
-        if self.submit(Command::Append { key, kind, reply }).is_err() {
+        let command = Command::Append {
+            key,
+            kind,
+            expect: Expect::End,
+            reply,
+        };
+        if self.submit(command).is_err() {
             tracing::debug!("writer closed; a detached append was dropped");
         }
     }
@@ -488,7 +429,7 @@ impl WriterLoop {
     fn finish_batch(&mut self, batch: &mut WriteBatch, touched: &HashSet<u128>) -> Result<()> {
         for key in touched {
             if let Some(row) = self.heads.get(key) {
-                batch.rows.push((*key, row.encode()?));
+                batch.rows.push((*key, encode_row(row)?));
             }
         }
         for key in self.attributes_touched.drain() {
@@ -822,9 +763,17 @@ impl WriterLoop {
                     }
                 }
             }
-            Command::Append { key, kind, reply } => {
+            Command::Append {
+                key,
+                kind,
+                expect,
+                reply,
+            } => {
                 let ends = kind.is_terminal();
-                match self.push_event(key, kind, now, batch) {
+                let appended = self
+                    .expect(key, expect)
+                    .and_then(|()| self.push_event(key, kind, now, batch));
+                match appended {
                     Ok(appended) => {
                         touched.insert(key);
                         if ends {
@@ -835,6 +784,23 @@ impl WriterLoop {
                     Err(err) => replies.push(Reply::AppendRefused(reply, err)),
                 }
             }
+        }
+    }
+
+    /// Checks an append's condition against the head the batch has built so far.
+    fn expect(&mut self, key: u128, expect: Expect) -> Result<()> {
+        let Expect::Seq(expected) = expect else {
+            return Ok(());
+        };
+        let row = self.head(key)?;
+        if row.next_seq == expected {
+            Ok(())
+        } else {
+            Err(Error::Conflict {
+                instance: row.id.clone(),
+                expected,
+                actual: row.next_seq,
+            })
         }
     }
 
@@ -1009,10 +975,15 @@ mod tests {
             child_id: "p/c".into(),
             input: payload(),
         };
-        let seen = writer.append(parent.key, started).await.unwrap().seq + 1;
+        let seen = writer
+            .append(parent.key, started, Expect::End)
+            .await
+            .unwrap()
+            .seq
+            + 1;
 
         let done = EventKind::WorkflowCompleted { output: payload() };
-        writer.append(child.key, done).await.unwrap();
+        writer.append(child.key, done, Expect::End).await.unwrap();
         // The parent decided to evict itself when its history had `seen` events, before
         // it heard of the child; its request reaches the writer only now.
         assert!(!writer.suspend(parent.key, seen, None).await.unwrap());
@@ -1022,7 +993,12 @@ mod tests {
             child_id: "p/c".into(),
             outcome: ChildOutcome::Completed(payload()),
         };
-        let seen = writer.append(parent.key, completed).await.unwrap().seq + 1;
+        let seen = writer
+            .append(parent.key, completed, Expect::End)
+            .await
+            .unwrap()
+            .seq
+            + 1;
         // Once the parent has recorded the outcome, it may be evicted again.
         assert!(writer.suspend(parent.key, seen, None).await.unwrap());
         writer.close();

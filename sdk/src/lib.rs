@@ -62,12 +62,17 @@ pub mod events {
     };
 }
 
-/// Storage: the embedded redb store, and the trait another store implements.
+/// Storage: the journal boundary every store implements ([`store::Journal`]), and the
+/// embedded redb journal ([`store::RedbJournal`]) with the file store under it.
 pub mod store {
-    pub use cairn_runtime::store::{
-        verify_chain, Attributes, InstanceRow, InstanceStatus, ParkedRow, RedbStore, Store,
-        StoredEvent, Suspension, WriteBatch, STORAGE_FORMAT,
+    pub use cairn_runtime::journal::{
+        verify_chain, verify_history, Appended, Attachment, Attributes, Carried, CommitListener,
+        Committed, Cursor, Expect, InstancePage, InstanceQuery, InstanceRow, InstanceStatus,
+        Journal, Ownership, ParkedRow, RawEvent, RawHistory, Started, StoredEvent, Suspension,
+        TimeSource, PAGE_ROWS_MAX,
     };
+    pub use cairn_runtime::redb_journal::RedbJournal;
+    pub use cairn_runtime::store::{RedbStore, Store, WriteBatch, STORAGE_FORMAT};
 }
 
 /// The untyped engine under [`Runtime`] ([`Runtime::engine`]), for hosts that need it:
@@ -85,18 +90,19 @@ pub mod host {
 /// each history as a step-by-step diff.
 pub mod audit {
     pub use cairn_runtime::event::{EventKind, EventRecord};
-    pub use cairn_runtime::store::{RedbStore, StoredEvent};
+    pub use cairn_runtime::journal::{Journal, StoredEvent};
+    pub use cairn_runtime::redb_journal::RedbJournal;
     pub use cairn_runtime::{Outcome, ReplayVerdict, Replayer, StoredVerdict};
 
-    /// Opens the Cairn database at `path` for reading only; see
-    /// [`RedbStore::open_read_only`].
+    /// Opens the Cairn database at `path` for reading only, with no writer and no write
+    /// lock; see [`RedbJournal::open_read_only`].
     ///
     /// # Errors
     /// `CAIRN-E0005` when the file does not exist, a host has it open, it needs the repair
     /// only a host's open makes, or it is not a Cairn database; `CAIRN-E0009` for a newer
     /// Cairn's file.
-    pub fn open_read_only(path: impl AsRef<std::path::Path>) -> Result<RedbStore, crate::Error> {
-        RedbStore::open_read_only(path)
+    pub fn open_read_only(path: impl AsRef<std::path::Path>) -> Result<RedbJournal, crate::Error> {
+        RedbJournal::open_read_only(path)
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cairn_runtime::codec::{decode, encode};
 use cairn_runtime::event::EventRecord;
-use cairn_runtime::store::{Store, StoredEvent};
+use cairn_runtime::journal::{Journal, StoredEvent};
 use cairn_runtime::{
     Codec, Engine, EngineBuilder, Error, InstanceInfo, ListFilter, Outcome, ReplayVerdict,
     Replayer, WorkflowContext, WorkflowFactory, WorkflowResult,
@@ -127,7 +127,7 @@ impl RuntimeBuilder {
     /// # async fn audit() -> Result<(), cairn::Error> {
     /// let replayer = cairn::Runtime::builder().workflow(fulfil_order).replayer()?;
     /// let store = cairn::audit::open_read_only("orders.redb")?;
-    /// for checked in replayer.replay_store(&store).await? {
+    /// for checked in replayer.replay_journal(&store).await? {
     ///     println!("{} {:?}", checked.id, checked.verdict);
     /// }
     /// # Ok(()) }
@@ -142,16 +142,17 @@ impl RuntimeBuilder {
         Ok(self.inner.replayer())
     }
 
-    /// Opens the runtime on another [`Store`].
+    /// Opens the runtime on any [`Journal`] (another store, or the redb journal on a
+    /// custom backend) and resumes every unfinished instance.
     ///
     /// # Errors
-    /// As [`RuntimeBuilder::open`].
-    pub fn open_store(self, store: Arc<dyn Store>) -> Result<Runtime, Error> {
+    /// As [`RuntimeBuilder::open`]; storage errors reading the journal's indexes.
+    pub async fn open_journal(self, journal: Arc<dyn Journal>) -> Result<Runtime, Error> {
         if let Some(err) = self.error {
             return Err(err);
         }
         Ok(Runtime {
-            engine: self.inner.open_store(store)?,
+            engine: self.inner.open_journal(journal).await?,
         })
     }
 }
@@ -326,24 +327,24 @@ impl Runtime {
     ///
     /// # Errors
     /// [`Error::InstanceNotFound`], storage errors.
-    pub fn status(&self, id: &str) -> Result<InstanceInfo, Error> {
-        self.engine.status(id)
+    pub async fn status(&self, id: &str) -> Result<InstanceInfo, Error> {
+        self.engine.status(id).await
     }
 
     /// Instances matching `filter`, oldest first.
     ///
     /// # Errors
     /// Storage errors.
-    pub fn list(&self, filter: &ListFilter) -> Result<Vec<InstanceInfo>, Error> {
-        self.engine.list(filter)
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<InstanceInfo>, Error> {
+        self.engine.list(filter).await
     }
 
     /// The verified event history of instance `id`.
     ///
     /// # Errors
     /// [`Error::InstanceNotFound`], [`Error::Corrupt`] when the hash chain fails.
-    pub fn history(&self, id: &str) -> Result<Vec<StoredEvent>, Error> {
-        self.engine.history(id)
+    pub async fn history(&self, id: &str) -> Result<Vec<StoredEvent>, Error> {
+        self.engine.history(id).await
     }
 
     /// Replays recorded events against the registered code without running anything.
@@ -441,7 +442,7 @@ impl<W: Workflow> InstanceHandle<W> {
     ///
     /// # Errors
     /// [`Error::InstanceNotFound`], storage errors.
-    pub fn status(&self) -> Result<InstanceInfo, Error> {
-        self.engine.status(&self.id)
+    pub async fn status(&self) -> Result<InstanceInfo, Error> {
+        self.engine.status(&self.id).await
     }
 }

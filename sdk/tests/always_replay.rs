@@ -148,6 +148,7 @@ async fn run(always_replay: bool, id: &str) -> Run {
     let result = handle.result().await.unwrap().unwrap();
     let events = rt
         .history(id)
+        .await
         .unwrap()
         .into_iter()
         .map(|e| {

@@ -59,8 +59,9 @@ async fn checkout_charging(ctx: Ctx, sku: String) -> Result<String, WorkflowErro
     }
 }
 
-fn kinds(rt: &Runtime, id: &str) -> Vec<&'static str> {
+async fn kinds(rt: &Runtime, id: &str) -> Vec<&'static str> {
     rt.history(id)
+        .await
         .unwrap()
         .iter()
         .map(|e| e.record.kind.name())
@@ -91,7 +92,7 @@ async fn a_waiting_workflow_sees_the_cancellation_and_compensates() {
     );
     assert!(RELEASED.load(Ordering::SeqCst) > before, "compensation ran");
     assert_eq!(
-        kinds(&rt, "k-1"),
+        kinds(&rt, "k-1").await,
         [
             "WorkflowStarted",
             "ActivityCompleted",
@@ -101,9 +102,10 @@ async fn a_waiting_workflow_sees_the_cancellation_and_compensates() {
             "WorkflowFailed"
         ]
     );
-    assert_eq!(rt.status("k-1").unwrap().status, Status::Failed);
+    assert_eq!(rt.status("k-1").await.unwrap().status, Status::Failed);
     let records: Vec<_> = rt
         .history("k-1")
+        .await
         .unwrap()
         .into_iter()
         .map(|e| e.record)

@@ -67,8 +67,9 @@ async fn fan_out(ctx: Ctx, count: u32) -> Result<Vec<u32>, WorkflowError> {
         .collect()
 }
 
-fn records(rt: &Runtime, id: &str) -> Vec<cairn::events::EventRecord> {
+async fn records(rt: &Runtime, id: &str) -> Vec<cairn::events::EventRecord> {
     rt.history(id)
+        .await
         .unwrap()
         .into_iter()
         .map(|e| e.record)
@@ -99,11 +100,18 @@ async fn children_run_as_instances_and_their_typed_failures_reach_the_parent() {
     );
     // Each child is an instance of its own, with its own history.
     assert_eq!(
-        rt.status("p-1/zoning").unwrap().status,
+        rt.status("p-1/zoning").await.unwrap().status,
         cairn::Status::Completed
     );
-    assert_eq!(rt.status("p-1/fire").unwrap().status, cairn::Status::Failed);
-    let kinds: Vec<_> = records(&rt, "p-1").iter().map(|r| r.kind.name()).collect();
+    assert_eq!(
+        rt.status("p-1/fire").await.unwrap().status,
+        cairn::Status::Failed
+    );
+    let kinds: Vec<_> = records(&rt, "p-1")
+        .await
+        .iter()
+        .map(|r| r.kind.name())
+        .collect();
     assert_eq!(
         kinds,
         [
@@ -116,7 +124,7 @@ async fn children_run_as_instances_and_their_typed_failures_reach_the_parent() {
         ]
     );
     assert!(matches!(
-        rt.replay(&records(&rt, "p-1")).await.unwrap(),
+        rt.replay(&records(&rt, "p-1").await).await.unwrap(),
         ReplayVerdict::Matches(_)
     ));
     rt.shutdown().await;
@@ -137,7 +145,8 @@ async fn a_parent_waiting_on_a_child_resumes_after_restart_and_cancellation_reac
             .await
             .unwrap();
         let mut spins = 0u32;
-        while rt.status("p-2/archive").is_err() || rt.history("p-2").unwrap().len() < 2 {
+        while rt.status("p-2/archive").await.is_err() || rt.history("p-2").await.unwrap().len() < 2
+        {
             spins += 1;
             assert!(spins < 1_000_000, "child never started");
             tokio::task::yield_now().await;
@@ -162,7 +171,7 @@ async fn a_parent_waiting_on_a_child_resumes_after_restart_and_cancellation_reac
         .await
         .unwrap();
     let mut spins = 0u32;
-    while rt.history("p-3").unwrap().len() < 2 {
+    while rt.history("p-3").await.unwrap().len() < 2 {
         spins += 1;
         assert!(spins < 1_000_000, "child never started");
         tokio::task::yield_now().await;
@@ -204,7 +213,7 @@ async fn fan_out_respects_its_limit_and_replays_in_call_order() {
         "at most 3 at once"
     );
     assert!(matches!(
-        rt.replay(&records(&rt, "f-1")).await.unwrap(),
+        rt.replay(&records(&rt, "f-1").await).await.unwrap(),
         ReplayVerdict::Matches(_)
     ));
     rt.shutdown().await;

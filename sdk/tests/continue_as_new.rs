@@ -18,8 +18,9 @@ async fn meter(ctx: Ctx, state: (u64, u64)) -> Result<u64, WorkflowError> {
     Ok(total)
 }
 
-fn runs(rt: &Runtime) -> Vec<(Status, u64)> {
+async fn runs(rt: &Runtime) -> Vec<(Status, u64)> {
     rt.list(&ListFilter::default())
+        .await
         .unwrap()
         .into_iter()
         .filter(|i| i.id == "m-1")
@@ -43,7 +44,7 @@ async fn each_run_starts_fresh_and_the_id_answers_with_the_final_result() {
             rt.signal("m-1", "reading", &reading).await.unwrap();
         }
         let mut spins = 0u32;
-        while runs(&rt).len() < 4 {
+        while runs(&rt).await.len() < 4 {
             spins += 1;
             assert!(spins < 2_000_000, "the runs did not continue");
             tokio::task::yield_now().await;
@@ -61,7 +62,7 @@ async fn each_run_starts_fresh_and_the_id_answers_with_the_final_result() {
         110
     );
 
-    let all = runs(&rt);
+    let all = runs(&rt).await;
     assert_eq!(all.len(), 4, "one run per reading: {all:?}");
     assert_eq!(
         all.iter()
@@ -70,7 +71,7 @@ async fn each_run_starts_fresh_and_the_id_answers_with_the_final_result() {
         3
     );
     assert_eq!(
-        rt.status("m-1").unwrap().status,
+        rt.status("m-1").await.unwrap().status,
         Status::Completed,
         "the id names the last run"
     );

@@ -99,7 +99,7 @@ async fn read_all(
     for i in 0..count {
         let id = format!("d-{i}");
         let read = async {
-            let history = rt.history(&id)?;
+            let history = rt.history(&id).await?;
             let envelopes = history.iter().map(|e| e.record.encode().unwrap()).collect();
             let outcome = rt.engine().wait(&id).await?;
             let result = match outcome {

@@ -81,7 +81,7 @@ async fn patiently<T>(what: &str, future: impl Future<Output = T>) -> T {
 /// Yields until `id` exists (its start is committed).
 async fn until_started(rt: &Runtime, id: &str) {
     let mut spins = 0u32;
-    while rt.status(id).is_err() {
+    while rt.status(id).await.is_err() {
         spins += 1;
         assert!(spins < 1_000_000, "{id} was never started");
         tokio::task::yield_now().await;
@@ -163,7 +163,7 @@ async fn a_terminate_dropped_after_its_first_poll_still_ends_the_instance() {
         other => panic!("expected a termination, got {other:?}"),
     }
     assert_eq!(
-        rt.status("t-1").unwrap().status.kind(),
+        rt.status("t-1").await.unwrap().status.kind(),
         StatusKind::Terminated
     );
     rt.shutdown().await;
@@ -188,7 +188,7 @@ async fn a_schedule_dropped_after_its_first_poll_still_fires() {
     }
     clock.advance(Duration::from_secs(3600));
     let mut spins = 0u32;
-    while rt.list(&Default::default()).unwrap().is_empty() {
+    while rt.list(&Default::default()).await.unwrap().is_empty() {
         spins += 1;
         assert!(spins < 2_000_000, "the schedule never fired");
         tokio::task::yield_now().await;
@@ -218,7 +218,7 @@ async fn an_unschedule_dropped_after_its_first_poll_still_stops_the_schedule() {
         clock.advance(Duration::from_secs(3600));
         tokio::task::yield_now().await;
     }
-    assert!(rt.list(&Default::default()).unwrap().is_empty());
+    assert!(rt.list(&Default::default()).await.unwrap().is_empty());
     rt.shutdown().await;
 }
 
@@ -249,7 +249,7 @@ async fn a_shutdown_dropped_part_way_is_finished_by_calling_it_again() {
     // ... and a second shutdown releases the file, which opens again.
     patiently("the second shutdown", rt.shutdown()).await;
     let rt = open(&path, &clock(), None).await;
-    assert!(rt.status("x-1").is_ok());
+    assert!(rt.status("x-1").await.is_ok());
     rt.shutdown().await;
 }
 
@@ -285,6 +285,7 @@ async fn signals_reach_the_workflow_in_the_order_they_were_committed() {
             .unwrap();
         let committed: Vec<u32> = rt
             .history(&id)
+            .await
             .unwrap()
             .iter()
             .filter_map(|e| match &e.record.kind {

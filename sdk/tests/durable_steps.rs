@@ -68,7 +68,7 @@ async fn steps_run_in_order_and_history_is_a_verified_chain() {
     let result = handle.result().await.unwrap().unwrap();
     assert_eq!(result, ("R1".to_owned(), 15, "o-1/3".to_owned()));
 
-    let history = rt.history("o-1").unwrap();
+    let history = rt.history("o-1").await.unwrap();
     let kinds: Vec<_> = history.iter().map(|e| e.record.kind.name()).collect();
     assert_eq!(
         kinds,
@@ -96,7 +96,7 @@ async fn steps_run_in_order_and_history_is_a_verified_chain() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    assert_eq!(rt.status("o-1").unwrap().status, Status::Completed);
+    assert_eq!(rt.status("o-1").await.unwrap().status, Status::Completed);
     rt.shutdown().await;
 }
 
@@ -125,7 +125,7 @@ async fn starting_an_existing_id_returns_it_and_starts_nothing() {
         .await
         .unwrap();
     assert!(!again.created());
-    assert_eq!(rt.list(&ListFilter::default()).unwrap().len(), 1);
+    assert_eq!(rt.list(&ListFilter::default()).await.unwrap().len(), 1);
     rt.shutdown().await;
 }
 
@@ -194,6 +194,7 @@ async fn failed_attempts_are_recorded_and_terminal_errors_are_not_retried() {
     assert_eq!(FLAKY_CALLS.load(Ordering::SeqCst), 3);
     let kinds: Vec<_> = rt
         .history("r-1")
+        .await
         .unwrap()
         .iter()
         .map(|e| e.record.kind.name())
@@ -209,7 +210,7 @@ async fn failed_attempts_are_recorded_and_terminal_errors_are_not_retried() {
             "WorkflowFailed"
         ]
     );
-    assert_eq!(rt.status("r-1").unwrap().status, Status::Failed);
+    assert_eq!(rt.status("r-1").await.unwrap().status, Status::Failed);
 
     // Attempts run out: the failure is retryable but the policy allows 4.
     let outcome = rt
@@ -262,6 +263,7 @@ async fn recorded_values_replay_identically() {
     assert_eq!(first.3, 42);
     let records: Vec<_> = rt
         .history("v-1")
+        .await
         .unwrap()
         .into_iter()
         .map(|e| e.record)
@@ -303,7 +305,7 @@ async fn results_survive_a_restart() {
         expected
     );
     assert!(matches!(
-        rt.status("missing"),
+        rt.status("missing").await,
         Err(cairn::Error::InstanceNotFound(_))
     ));
     rt.shutdown().await;
@@ -350,7 +352,7 @@ async fn concurrent_steps_are_numbered_in_call_order_and_replay_identically() {
         .unwrap()
         .unwrap();
     assert_eq!(result, ("slow".to_owned(), "fast".to_owned()));
-    let history = rt.history("j-1").unwrap();
+    let history = rt.history("j-1").await.unwrap();
     let mut steps: Vec<(u32, String)> = history
         .iter()
         .filter_map(|e| match &e.record.kind {
@@ -491,12 +493,12 @@ async fn a_panicking_workflow_is_parked_with_its_message() {
         err.to_string().contains("CAIRN-E0015") && err.to_string().contains("index out of bounds"),
         "{err}"
     );
-    let Status::Parked { code, .. } = rt.status("b-1").unwrap().status else {
+    let Status::Parked { code, .. } = rt.status("b-1").await.unwrap().status else {
         panic!("not parked")
     };
     assert_eq!(code, "CAIRN-E0015");
     assert_eq!(
-        rt.history("b-1").unwrap().len(),
+        rt.history("b-1").await.unwrap().len(),
         2,
         "the step before the panic stays recorded"
     );
@@ -551,7 +553,7 @@ async fn a_retry_backoff_is_kept_across_a_restart() {
 
     // The failure is recorded with the time the next attempt is due.
     let rt = open().await.unwrap();
-    let history = rt.history("p-1").unwrap();
+    let history = rt.history("p-1").await.unwrap();
     let failed = &history[1].record;
     let EventKind::ActivityAttemptFailed { retry_in_ms, .. } = failed.kind else {
         panic!("expected the failed attempt, got {:?}", failed.kind)

@@ -58,7 +58,7 @@ async fn start_parent_until_evicted(rt: &Runtime, parent: &str) {
     let child = format!("{parent}/child");
     rt.start(parent_of, parent, child.clone()).await.unwrap();
     let mut spins = 0u32;
-    while rt.status(&child).is_err() || rt.engine().resident_runs() > 0 {
+    while rt.status(&child).await.is_err() || rt.engine().resident_runs() > 0 {
         spins += 1;
         assert!(spins < 2_000_000, "runs were not evicted");
         tokio::task::yield_now().await;
@@ -72,7 +72,10 @@ async fn a_sleeping_instance_is_evicted_and_its_timer_brings_it_back() {
     let rt = open(&dir.path().join("db.redb"), &clock).await;
     let handle = rt.start(nap, "n-1", 3).await.unwrap();
     until_evicted(&rt).await;
-    assert_eq!(rt.status("n-1").unwrap().status, cairn::Status::Running);
+    assert_eq!(
+        rt.status("n-1").await.unwrap().status,
+        cairn::Status::Running
+    );
     assert_eq!(rt.engine().replays(), 0);
     clock.skip_to_next_timer().await;
     assert_eq!(handle.result().await.unwrap().unwrap(), 3);

@@ -146,6 +146,7 @@ async fn record(rt: &Runtime) -> Vec<EventRecord> {
     rt.start(base, "m-1", 4).await.unwrap();
     rt.handle(base, "m-1").result().await.unwrap().unwrap();
     rt.history("m-1")
+        .await
         .unwrap()
         .into_iter()
         .map(|e| e.record)

@@ -55,7 +55,7 @@ async fn record(path: &std::path::Path) {
     }
     rt.start(waits, "waiting", ()).await.unwrap();
     let mut spins = 0u32;
-    while rt.history("waiting").unwrap().len() < 2 {
+    while rt.history("waiting").await.unwrap().len() < 2 {
         spins += 1;
         assert!(
             spins < 1_000_000,
@@ -78,7 +78,7 @@ async fn a_replayer_replays_a_file_opened_read_only_without_a_host() {
         .replayer()
         .unwrap();
     let store = open_read_only(&path).unwrap();
-    let verdicts = replayer.replay_store(&store).await.unwrap();
+    let verdicts = replayer.replay_journal(&store).await.unwrap();
     assert_eq!(verdicts.len(), 4);
     for verdict in &verdicts {
         match (&verdict.id[..], verdict.verdict.as_ref().unwrap()) {
@@ -95,7 +95,7 @@ async fn a_replayer_replays_a_file_opened_read_only_without_a_host() {
         .open(&path)
         .await
         .unwrap();
-    assert_eq!(rt.list(&Default::default()).unwrap().len(), 4);
+    assert_eq!(rt.list(&Default::default()).await.unwrap().len(), 4);
     rt.shutdown().await;
 }
 
@@ -111,7 +111,7 @@ async fn changed_code_is_reported_as_a_divergence_at_its_step() {
         .replayer()
         .unwrap();
     let store = open_read_only(&path).unwrap();
-    for verdict in replayer.replay_store(&store).await.unwrap() {
+    for verdict in replayer.replay_journal(&store).await.unwrap() {
         if verdict.id == "waiting" {
             continue;
         }

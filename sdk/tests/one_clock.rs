@@ -80,7 +80,7 @@ async fn a_six_hour_retry_backoff_is_skipped_on_the_virtual_clock() {
     assert_eq!(FLAKY_ATTEMPTS.load(Ordering::SeqCst), 2);
     // Commits are stamped on the same clock: the retry's due time in the history is the
     // time the clock skipped to.
-    let history = rt.history("p-1").unwrap();
+    let history = rt.history("p-1").await.unwrap();
     let failed = history
         .iter()
         .find(|e| matches!(e.record.kind, EventKind::ActivityAttemptFailed { .. }))

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use cairn::audit::{open_read_only, EventKind};
-use cairn::store::Store;
+use cairn::store::Journal;
 use cairn::{activity, workflow, ActivityCtx, ActivityError, Ctx, Runtime, Status, WorkflowError};
 
 /// Until a fix is deployed, the workflow panics after its first step.
@@ -34,8 +34,9 @@ async fn open(path: &std::path::Path) -> Runtime {
         .unwrap()
 }
 
-fn parking_notes(rt: &Runtime, id: &str) -> Vec<(String, String)> {
+async fn parking_notes(rt: &Runtime, id: &str) -> Vec<(String, String)> {
     rt.history(id)
+        .await
         .unwrap()
         .into_iter()
         .filter_map(|e| match e.record.kind {
@@ -47,8 +48,8 @@ fn parking_notes(rt: &Runtime, id: &str) -> Vec<(String, String)> {
 
 async fn until_parked(rt: &Runtime, id: &str) {
     let mut spins = 0u32;
-    while parking_notes(rt, id).is_empty()
-        || !matches!(rt.status(id).unwrap().status, Status::Parked { .. })
+    while parking_notes(rt, id).await.is_empty()
+        || !matches!(rt.status(id).await.unwrap().status, Status::Parked { .. })
     {
         spins += 1;
         assert!(spins < 1_000_000, "{id} was never parked");
@@ -63,7 +64,7 @@ async fn a_parked_instance_is_recorded_once_per_reason_and_cleared_when_it_runs_
     let rt = open(&path).await;
     rt.start(fragile, "f-1", "sku-9".to_owned()).await.unwrap();
     until_parked(&rt, "f-1").await;
-    let Status::Parked { code, reason } = rt.status("f-1").unwrap().status else {
+    let Status::Parked { code, reason } = rt.status("f-1").await.unwrap().status else {
         unreachable!("until_parked saw it parked");
     };
     assert_eq!(code, "CAIRN-E0015");
@@ -73,7 +74,7 @@ async fn a_parked_instance_is_recorded_once_per_reason_and_cleared_when_it_runs_
     // A tool, with no host, sees why it is parked.
     {
         let store = open_read_only(&path).unwrap();
-        let parked = store.parked().unwrap();
+        let parked = store.parked().await.unwrap();
         assert_eq!(parked.len(), 1);
         assert_eq!(parked[0].1.code, "CAIRN-E0015");
         assert!(parked[0].1.reason.contains("bug in the pricing code"));
@@ -83,12 +84,19 @@ async fn a_parked_instance_is_recorded_once_per_reason_and_cleared_when_it_runs_
     for _ in 0..2 {
         let rt = open(&path).await;
         let mut spins = 0u32;
-        while !matches!(rt.status("f-1").unwrap().status, Status::Parked { .. }) {
+        while !matches!(
+            rt.status("f-1").await.unwrap().status,
+            Status::Parked { .. }
+        ) {
             spins += 1;
             assert!(spins < 1_000_000, "f-1 was not parked again");
             tokio::task::yield_now().await;
         }
-        assert_eq!(parking_notes(&rt, "f-1").len(), 1, "one note per reason");
+        assert_eq!(
+            parking_notes(&rt, "f-1").await.len(),
+            1,
+            "one note per reason"
+        );
         rt.shutdown().await;
     }
 
@@ -97,11 +105,11 @@ async fn a_parked_instance_is_recorded_once_per_reason_and_cleared_when_it_runs_
     let rt = open(&path).await;
     let done = rt.handle(fragile, "f-1").result().await.unwrap().unwrap();
     assert_eq!(done, "rsv-sku-9");
-    assert_eq!(rt.status("f-1").unwrap().status, Status::Completed);
+    assert_eq!(rt.status("f-1").await.unwrap().status, Status::Completed);
     rt.shutdown().await;
     let store = open_read_only(&path).unwrap();
     assert!(
-        store.parked().unwrap().is_empty(),
+        store.parked().await.unwrap().is_empty(),
         "its end cleared the parking"
     );
 }

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cairn::events::EventKind;
+use cairn::store::RedbJournal;
 use cairn::{activity, workflow, ActivityCtx, ActivityError, Ctx, Runtime, WorkflowError};
 use cairn_testkit::fault::{Fault, FaultDisk, Survivors};
 
@@ -52,11 +53,13 @@ fn expected(seed: u64) -> u64 {
     (1..=u64::from(STEPS)).fold(seed, |acc, k| acc * 3 + k)
 }
 
-fn open(disk: &FaultDisk) -> Result<Runtime, cairn::Error> {
+async fn open(disk: &FaultDisk) -> Result<Runtime, cairn::Error> {
     let store = disk.open_store("power-loss-disk")?;
+    let journal = RedbJournal::on(Arc::new(store))?;
     Runtime::builder()
         .workflow(stepper)
-        .open_store(Arc::new(store))
+        .open_journal(Arc::new(journal))
+        .await
 }
 
 /// Runs one seed; returns whether the power actually went before the workload ended.
@@ -84,7 +87,7 @@ async fn one_seed(seed: u64) -> bool {
     // Before the power goes: start instances and collect what was acknowledged.
     let mut started = Vec::new();
     let mut finished = BTreeMap::new();
-    let first_open = open(&disk);
+    let first_open = open(&disk).await;
     let created = first_open.is_ok();
     if let Ok(rt) = first_open {
         for i in 0..INSTANCES {
@@ -127,7 +130,7 @@ async fn one_seed(seed: u64) -> bool {
     // The reboot.
     let image = disk.image_after_power_loss(survivors);
     let rebooted = FaultDisk::from_image(image);
-    let rt = match open(&rebooted) {
+    let rt = match open(&rebooted).await {
         Ok(rt) => rt,
         // Power went while the file was being created: nothing was acknowledged, and a
         // half-written new file may be refused (with a typed error, never a panic).
@@ -138,7 +141,7 @@ async fn one_seed(seed: u64) -> bool {
         Err(err) => panic!("seed {seed}: the rebooted disk does not open: {err}"),
     };
     for (id, input) in &started {
-        let history = rt.history(id).unwrap_or_else(|err| {
+        let history = rt.history(id).await.unwrap_or_else(|err| {
             panic!("seed {seed}: acknowledged start of {id} lost or damaged: {err}")
         });
         // Present and identical, and nothing that was never written: the recorded steps

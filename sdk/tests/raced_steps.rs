@@ -124,6 +124,7 @@ async fn a_select_between_two_finished_activities_replays_to_the_branch_that_won
             .unwrap();
         let records: Vec<_> = rt
             .history(&id)
+            .await
             .unwrap()
             .into_iter()
             .map(|e| e.record)
@@ -184,6 +185,7 @@ async fn a_losing_activity_is_not_started_again_when_the_run_is_replayed() {
         let mut spins = 0u32;
         while !rt
             .history(&id)
+            .await
             .unwrap()
             .iter()
             .any(|e| matches!(e.record.kind, EventKind::StepAbandoned { .. }))
@@ -280,6 +282,7 @@ async fn a_signal_taken_by_a_losing_wait_goes_back_to_the_inbox() {
         );
         let records: Vec<_> = rt
             .history(&id)
+            .await
             .unwrap()
             .into_iter()
             .map(|e| e.record)

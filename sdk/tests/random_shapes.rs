@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn::events::EventKind;
+use cairn::store::RedbJournal;
 use cairn::ListFilter;
 use cairn::{
     activity, workflow, ActivityCtx, ActivityError, Ctx, RetryPolicy, Runtime, WorkflowError,
@@ -142,11 +143,13 @@ fn case() -> impl Strategy<Value = (Vec<Op>, u64, u8, u64)> {
 
 const ID: &str = "shape";
 
-fn open(disk: &FaultDisk) -> Result<Runtime, cairn::Error> {
+async fn open(disk: &FaultDisk) -> Result<Runtime, cairn::Error> {
     let store = disk.open_store("shape-disk")?;
+    let journal = RedbJournal::on(Arc::new(store))?;
     Runtime::builder()
         .workflow(shape)
-        .open_store(Arc::new(store))
+        .open_journal(Arc::new(journal))
+        .await
 }
 
 fn signals_needed(ops: &[Op]) -> u64 {
@@ -155,12 +158,11 @@ fn signals_needed(ops: &[Op]) -> u64 {
 
 /// Every instance's recorded step outcomes (kind and payload), by id, in step order:
 /// parallel steps (attempts run in tasks of their own) may be recorded in either order.
-fn steps(rt: &Runtime) -> BTreeMap<String, Vec<String>> {
-    rt.list(&ListFilter::default())
-        .unwrap()
-        .into_iter()
-        .map(|info| {
-            let mut events = rt.history(&info.id).unwrap();
+async fn steps(rt: &Runtime) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for info in rt.list(&ListFilter::default()).await.unwrap() {
+        {
+            let mut events = rt.history(&info.id).await.unwrap();
             // Stable: the events of one step keep their order.
             events.sort_by_key(|e| e.record.kind.step());
             let outcomes = events
@@ -182,15 +184,17 @@ fn steps(rt: &Runtime) -> BTreeMap<String, Vec<String>> {
                     kind => format!("{kind:?}"),
                 })
                 .collect();
-            (info.id, outcomes)
-        })
-        .collect()
+            out.insert(info.id, outcomes);
+        }
+    }
+    out
 }
 
 async fn finish(rt: &Runtime, ops: &[Op]) -> u64 {
     let handle = rt.start(shape, ID, ops.to_vec()).await.unwrap();
     let received = rt
         .history(ID)
+        .await
         .unwrap()
         .iter()
         .filter(|e| matches!(e.record.kind, EventKind::SignalReceived { .. }))
@@ -208,9 +212,9 @@ async fn finish(rt: &Runtime, ops: &[Op]) -> u64 {
 /// The uninterrupted run: result, steps, and the number of syncs it took.
 async fn reference(ops: &[Op]) -> (u64, BTreeMap<String, Vec<String>>, u64) {
     let disk = FaultDisk::new();
-    let rt = open(&disk).unwrap();
+    let rt = open(&disk).await.unwrap();
     let result = finish(&rt, ops).await;
-    let steps = steps(&rt);
+    let steps = steps(&rt).await;
     rt.shutdown().await;
     (result, steps, disk.syncs())
 }
@@ -223,7 +227,7 @@ async fn crashed(
     let disk = FaultDisk::new();
     disk.set_fault(Fault::PowerLossAtSync(crash_at));
     let mut acked_signals = 0u64;
-    let created = match open(&disk) {
+    let created = match open(&disk).await {
         Ok(rt) => {
             if rt.start(shape, ID, ops.to_vec()).await.is_ok() {
                 for n in 0..signals_needed(ops) {
@@ -242,13 +246,13 @@ async fn crashed(
         Err(_) => false,
     };
     let rebooted = FaultDisk::from_image(disk.image_after_power_loss(survivors));
-    let rt = match open(&rebooted) {
+    let rt = match open(&rebooted).await {
         Ok(rt) => rt,
         // The power went while the file was being created.
-        Err(_) if !created => open(&FaultDisk::new()).unwrap(),
+        Err(_) if !created => open(&FaultDisk::new()).await.unwrap(),
         Err(err) => return Err(TestCaseError::fail(format!("reboot failed: {err}"))),
     };
-    if let Ok(history) = rt.history(ID) {
+    if let Ok(history) = rt.history(ID).await {
         let received = history
             .iter()
             .filter(|e| matches!(e.record.kind, EventKind::SignalReceived { .. }))
@@ -259,7 +263,7 @@ async fn crashed(
         );
     }
     let result = finish(&rt, ops).await;
-    let steps = steps(&rt);
+    let steps = steps(&rt).await;
     rt.shutdown().await;
     Ok((result, steps))
 }

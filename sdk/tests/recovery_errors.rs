@@ -87,14 +87,14 @@ async fn leave_unfinished(path: &std::path::Path, id: &str) {
     tokio::time::timeout(Duration::from_secs(60), wait)
         .await
         .expect("instance reached its gate");
-    assert_eq!(rt.status(id).unwrap().events, 3);
+    assert_eq!(rt.status(id).await.unwrap().events, 3);
     rt.shutdown().await;
 }
 
 async fn parked_error(rt: &Runtime, id: &str) -> Error {
     let err = rt.handle(approval_v1, id).result().await.unwrap_err();
     assert!(matches!(
-        rt.status(id).unwrap().status,
+        rt.status(id).await.unwrap().status,
         Status::Parked { .. }
     ));
     err
@@ -111,7 +111,7 @@ async fn unknown_type_at_recovery_parks_that_instance_and_the_rest_runs() {
         .open(&path)
         .await
         .unwrap();
-    let Status::Parked { reason, code } = rt.status("a-1").unwrap().status else {
+    let Status::Parked { reason, code } = rt.status("a-1").await.unwrap().status else {
         panic!("not parked")
     };
     assert_eq!(code, "CAIRN-E0003");
@@ -136,7 +136,7 @@ async fn unknown_type_at_recovery_parks_that_instance_and_the_rest_runs() {
         .open(&path)
         .await
         .unwrap();
-    assert_eq!(rt.status("a-1").unwrap().status, Status::Running);
+    assert_eq!(rt.status("a-1").await.unwrap().status, Status::Running);
     rt.shutdown().await;
 }
 
@@ -147,7 +147,7 @@ async fn changed_workflow_code_is_reported_as_non_determinism_at_the_first_diver
     leave_unfinished(&path, "a-2").await;
     let events_before = {
         let rt = Runtime::builder().open(&path).await.unwrap();
-        let n = step_events(&rt, "a-2");
+        let n = step_events(&rt, "a-2").await;
         rt.shutdown().await;
         n
     };
@@ -169,13 +169,13 @@ async fn changed_workflow_code_is_reported_as_non_determinism_at_the_first_diver
         "{message}"
     );
     assert_eq!(
-        step_events(&rt, "a-2"),
+        step_events(&rt, "a-2").await,
         events_before,
         "nothing is appended after a divergence but the note that parks it"
     );
     // The parking and its reason are in the history, for whoever reads it later.
     let mut spins = 0u32;
-    while !rt.history("a-2").unwrap().iter().any(|e| {
+    while !rt.history("a-2").await.unwrap().iter().any(|e| {
         matches!(&e.record.kind, cairn::events::EventKind::WorkflowParked { code, .. } if code == "CAIRN-E0001")
     }) {
         spins += 1;
@@ -186,8 +186,9 @@ async fn changed_workflow_code_is_reported_as_non_determinism_at_the_first_diver
 }
 
 /// Events of `id` other than the host's parking notes.
-fn step_events(rt: &Runtime, id: &str) -> usize {
+async fn step_events(rt: &Runtime, id: &str) -> usize {
     rt.history(id)
+        .await
         .unwrap()
         .iter()
         .filter(|e| {
@@ -211,6 +212,7 @@ async fn non_determinism_error_is_a_structured_diff() {
         .unwrap();
     let records: Vec<_> = rt
         .history("a-3")
+        .await
         .unwrap()
         .into_iter()
         .map(|e| e.record)
@@ -294,12 +296,13 @@ fn populated_db(dir: &std::path::Path) -> std::path::PathBuf {
 async fn open_damaged(path: &std::path::Path) -> Result<(), Error> {
     let rt = Runtime::builder().workflow(other_work).open(path).await?;
     let ids: Vec<_> = rt
-        .list(&Default::default())?
+        .list(&Default::default())
+        .await?
         .into_iter()
         .map(|i| i.id)
         .collect();
     for id in ids {
-        match rt.history(&id) {
+        match rt.history(&id).await {
             Ok(_) | Err(Error::Corrupt { .. }) => {}
             Err(other) => panic!("unexpected error for {id}: {other}"),
         }
@@ -377,9 +380,12 @@ async fn an_altered_event_is_detected_by_the_hash_chain() {
         .open(&path)
         .await
         .unwrap();
-    let err = rt.history("w-3").unwrap_err();
+    let err = rt.history("w-3").await.unwrap_err();
     assert_eq!(err.code(), "CAIRN-E0004", "{err}");
     assert!(err.to_string().contains("w-3"), "{err}");
-    assert!(rt.history("w-4").is_ok(), "other instances still verify");
+    assert!(
+        rt.history("w-4").await.is_ok(),
+        "other instances still verify"
+    );
     rt.shutdown().await;
 }

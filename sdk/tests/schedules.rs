@@ -28,12 +28,13 @@ async fn open(path: &std::path::Path, clock: &VirtualClock) -> Runtime {
         .unwrap()
 }
 
-fn started(rt: &Runtime) -> Vec<String> {
+async fn started(rt: &Runtime) -> Vec<String> {
     let mut ids: Vec<_> = rt
         .list(&ListFilter {
             workflow_type: Some("report".into()),
             ..ListFilter::default()
         })
+        .await
         .unwrap()
         .into_iter()
         .map(|i| i.id)
@@ -44,9 +45,9 @@ fn started(rt: &Runtime) -> Vec<String> {
 
 async fn until_started(rt: &Runtime, count: usize) {
     let mut spins = 0u32;
-    while started(rt).len() < count {
+    while started(rt).await.len() < count {
         spins += 1;
-        assert!(spins < 2_000_000, "only {:?} started", started(rt));
+        assert!(spins < 2_000_000, "only {:?} started", started(rt).await);
         tokio::task::yield_now().await;
     }
 }
@@ -64,7 +65,7 @@ async fn an_hourly_schedule_fires_once_per_occurrence_across_restarts() {
             .unwrap();
         assert_eq!(clock.skip_to_next_timer().await, first);
         until_started(&rt, 1).await;
-        assert_eq!(started(&rt), [format!("emea@{first}")]);
+        assert_eq!(started(&rt).await, [format!("emea@{first}")]);
         let result = rt
             .handle(report, &format!("emea@{first}"))
             .result()
@@ -77,7 +78,7 @@ async fn an_hourly_schedule_fires_once_per_occurrence_across_restarts() {
     // Restart before the next occurrence: nothing fires again.
     let rt = open(&path, &clock).await;
     assert_eq!(clock.next_timer().await, first + HOUR.as_millis() as u64);
-    assert_eq!(started(&rt).len(), 1, "no occurrence started twice");
+    assert_eq!(started(&rt).await.len(), 1, "no occurrence started twice");
     rt.shutdown().await;
 
     // Five hours pass while the host is down: one start for the missed occurrences,
@@ -85,7 +86,7 @@ async fn an_hourly_schedule_fires_once_per_occurrence_across_restarts() {
     clock.advance(5 * HOUR);
     let rt = open(&path, &clock).await;
     until_started(&rt, 2).await;
-    assert_eq!(started(&rt).len(), 2);
+    assert_eq!(started(&rt).await.len(), 2);
     let now = clock.now_ms();
     // The next fire time is recorded right after the start.
     let mut spins = 0u32;

@@ -35,8 +35,13 @@ fn by(attributes: &[(&str, AttrValue)]) -> ListFilter {
     }
 }
 
-fn ids(rt: &Runtime, filter: &ListFilter) -> Vec<String> {
-    rt.list(filter).unwrap().into_iter().map(|i| i.id).collect()
+async fn ids(rt: &Runtime, filter: &ListFilter) -> Vec<String> {
+    rt.list(filter)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect()
 }
 
 #[tokio::test]
@@ -62,7 +67,7 @@ async fn instances_are_found_by_attributes_stage_status_and_time() {
     }
     // c-2 waits for approval; wait until it says so.
     let mut spins = 0u32;
-    while rt.status("c-2").unwrap().attributes.get("stage")
+    while rt.status("c-2").await.unwrap().attributes.get("stage")
         != Some(&AttrValue::from("awaiting approval"))
     {
         spins += 1;
@@ -71,38 +76,42 @@ async fn instances_are_found_by_attributes_stage_status_and_time() {
     }
 
     assert_eq!(
-        ids(&rt, &by(&[("customer", "acme".into())])),
+        ids(&rt, &by(&[("customer", "acme".into())])).await,
         ["c-1", "c-2"]
     );
     assert_eq!(
         ids(
             &rt,
             &by(&[("customer", "acme".into()), ("stage", "paid".into())])
-        ),
+        )
+        .await,
         ["c-1"]
     );
-    assert_eq!(ids(&rt, &by(&[("amount", AttrValue::Int(80))])), ["c-3"]);
+    assert_eq!(
+        ids(&rt, &by(&[("amount", AttrValue::Int(80))])).await,
+        ["c-3"]
+    );
     let waiting = ListFilter {
         statuses: vec![StatusKind::Running],
         ..by(&[("stage", "awaiting approval".into())])
     };
-    assert_eq!(ids(&rt, &waiting), ["c-2"]);
-    let started = rt.status("c-1").unwrap().created_at_ms;
+    assert_eq!(ids(&rt, &waiting).await, ["c-2"]);
+    let started = rt.status("c-1").await.unwrap().created_at_ms;
     let none_before = ListFilter {
         created_until_ms: Some(started),
         ..ListFilter::default()
     };
-    assert!(ids(&rt, &none_before).is_empty());
+    assert!(ids(&rt, &none_before).await.is_empty());
     let all_since = ListFilter {
         created_from_ms: Some(started),
         workflow_type: Some("claim".into()),
         ..ListFilter::default()
     };
-    assert_eq!(ids(&rt, &all_since).len(), 3);
+    assert_eq!(ids(&rt, &all_since).await.len(), 3);
 
     rt.signal("c-2", "approve", &true).await.unwrap();
     rt.handle(claim, "c-2").result().await.unwrap().unwrap();
-    let info = rt.status("c-2").unwrap();
+    let info = rt.status("c-2").await.unwrap();
     assert_eq!(info.attributes.get("stage"), Some(&AttrValue::from("paid")));
     assert_eq!(
         info.attributes.get("amount"),
@@ -114,7 +123,7 @@ async fn instances_are_found_by_attributes_stage_status_and_time() {
     // The index is on disk: a host without the workflow code can still query it.
     let rt = Runtime::builder().open(&path).await.unwrap();
     assert_eq!(
-        ids(&rt, &by(&[("stage", "paid".into())])),
+        ids(&rt, &by(&[("stage", "paid".into())])).await,
         ["c-1", "c-2", "c-3"]
     );
     rt.shutdown().await;

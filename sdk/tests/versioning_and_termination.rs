@@ -82,6 +82,7 @@ async fn patched_keeps_old_histories_on_the_old_path_and_new_runs_on_the_new() {
     );
     let kinds: Vec<_> = rt
         .history("new")
+        .await
         .unwrap()
         .iter()
         .map(|e| e.record.kind.name())
@@ -90,6 +91,7 @@ async fn patched_keeps_old_histories_on_the_old_path_and_new_runs_on_the_new() {
     for id in ["old", "new"] {
         let records: Vec<_> = rt
             .history(id)
+            .await
             .unwrap()
             .into_iter()
             .map(|e| e.record)
@@ -125,6 +127,7 @@ async fn removing_a_patch_branch_too_early_is_caught_as_non_determinism() {
         .unwrap();
     let records: Vec<_> = rt
         .history("patched")
+        .await
         .unwrap()
         .into_iter()
         .map(|e| e.record)
@@ -171,8 +174,8 @@ async fn terminate_stops_an_instance_for_good_and_records_why() {
         }
         other => panic!("expected Terminated, got {other:?}"),
     }
-    assert_eq!(rt.status("t-1").unwrap().status, Status::Terminated);
-    let last = rt.history("t-1").unwrap().pop().unwrap();
+    assert_eq!(rt.status("t-1").await.unwrap().status, Status::Terminated);
+    let last = rt.history("t-1").await.unwrap().pop().unwrap();
     assert_eq!(last.record.kind.name(), "WorkflowTerminated");
     assert!(matches!(
         rt.signal("t-1", "signed", &"late".to_owned()).await,
@@ -190,7 +193,7 @@ async fn terminate_stops_an_instance_for_good_and_records_why() {
         .await
         .unwrap();
     assert_eq!(
-        rt.status("t-1").unwrap().status,
+        rt.status("t-1").await.unwrap().status,
         Status::Terminated,
         "not resumed after a restart"
     );
@@ -222,6 +225,7 @@ async fn an_audit_replay_of_a_history_recorded_before_the_patch_takes_the_old_pa
             .unwrap();
         let records: Vec<_> = rt
             .history("before")
+            .await
             .unwrap()
             .into_iter()
             .map(|e| e.record)
@@ -272,7 +276,7 @@ async fn terminate_racing_a_hand_over_terminates_the_current_run() {
             matches!(result, Err(Error::Terminated { .. })),
             "{id}: {result:?}"
         );
-        let runs = rt.list(&cairn::ListFilter::default()).unwrap();
+        let runs = rt.list(&cairn::ListFilter::default()).await.unwrap();
         let of_id: Vec<_> = runs.iter().filter(|r| r.id == id).collect();
         assert_eq!(
             of_id

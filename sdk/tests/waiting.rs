@@ -67,8 +67,9 @@ async fn open(path: &std::path::Path, clock: &VirtualClock) -> Runtime {
         .unwrap()
 }
 
-fn kinds(rt: &Runtime, id: &str) -> Vec<&'static str> {
+async fn kinds(rt: &Runtime, id: &str) -> Vec<&'static str> {
     rt.history(id)
+        .await
         .unwrap()
         .iter()
         .map(|e| e.record.kind.name())
@@ -89,7 +90,7 @@ async fn a_thirty_day_timer_runs_in_virtual_time() {
     assert_eq!(woke, START_MS + 30 * DAY.as_millis() as u64);
     assert_eq!(label, "done:woke");
     assert_eq!(
-        kinds(&rt, "t-30"),
+        kinds(&rt, "t-30").await,
         [
             "WorkflowStarted",
             "TimerStarted",
@@ -116,7 +117,7 @@ async fn a_timer_keeps_its_deadline_across_a_restart_and_fires_at_once_if_it_pas
         // Both timers recorded (start event + TimerStarted) before the host stops.
         for id in ["keeps", "passed"] {
             let mut spins = 0u32;
-            while rt.history(id).unwrap().len() < 2 {
+            while rt.history(id).await.unwrap().len() < 2 {
                 spins += 1;
                 assert!(spins < 1_000_000, "{id} never set its timer");
                 tokio::task::yield_now().await;
@@ -143,6 +144,7 @@ async fn a_timer_keeps_its_deadline_across_a_restart_and_fires_at_once_if_it_pas
         );
         assert_eq!(
             kinds(&rt, id)
+                .await
                 .iter()
                 .filter(|k| **k == "TimerStarted")
                 .count(),
@@ -167,6 +169,7 @@ async fn signals_sent_before_the_wait_are_buffered_and_delivered_in_order_once()
     );
     let delivered: Vec<u64> = rt
         .history("c-1")
+        .await
         .unwrap()
         .iter()
         .filter_map(|e| match e.record.kind {
@@ -242,6 +245,7 @@ async fn signal_or_timeout_records_the_winner_and_replays_it() {
     for id in ["a-1", "a-2"] {
         let records: Vec<_> = rt
             .history(id)
+            .await
             .unwrap()
             .into_iter()
             .map(|e| e.record)
@@ -255,7 +259,7 @@ async fn signal_or_timeout_records_the_winner_and_replays_it() {
         );
     }
     assert_eq!(
-        kinds(&rt, "a-2"),
+        kinds(&rt, "a-2").await,
         [
             "WorkflowStarted",
             "SignalWaitStarted",

@@ -253,6 +253,18 @@ pub enum Error {
         tries: u32,
     },
 
+    /// A conditional append found the history at another length: another writer got
+    /// there first. Nothing was written; read the history again before deciding.
+    #[error("[CAIRN-E0020] append to instance `{instance}` expected its history to hold {expected} events, but it holds {actual}: another writer recorded first. Nothing was written; read the history again")]
+    Conflict {
+        /// User id of the instance.
+        instance: String,
+        /// The length the append was conditioned on.
+        expected: u64,
+        /// The length found.
+        actual: u64,
+    },
+
     /// The host environment failed a request Cairn cannot do without (the OS random source).
     #[error("[CAIRN-E0016] the host environment failed: {0}")]
     Environment(String),
@@ -281,6 +293,7 @@ impl Error {
             Error::InstanceFinished(_) => "CAIRN-E0017",
             Error::Terminated { .. } => "CAIRN-E0018",
             Error::Contended { .. } => "CAIRN-E0019",
+            Error::Conflict { .. } => "CAIRN-E0020",
         }
     }
 }

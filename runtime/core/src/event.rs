@@ -479,6 +479,27 @@ impl EventRecord {
     }
 }
 
+impl EventRecord {
+    /// Reads only the head of an envelope (instance, sequence number, previous LSN): what
+    /// a store needs to walk a history backwards without decoding every payload twice.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] if the head does not decode; the rest is not checked.
+    pub fn peek_link(bytes: &[u8]) -> Result<(u128, u64, Option<u64>), DecodeError> {
+        let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+        if version != FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        // postcard writes a struct's fields in order, so the first three are a tuple.
+        postcard::take_from_bytes::<(u128, u64, Option<u64>)>(body)
+            .map(|(head, _)| head)
+            .map_err(|err| DecodeError::Body(err.to_string()))
+    }
+}
+
 /// The hash of an envelope: SHA-256 over all its bytes, version byte included.
 pub fn hash_envelope(envelope: &[u8]) -> EventHash {
     Sha256::digest(envelope).into()

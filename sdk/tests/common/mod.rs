@@ -8,7 +8,7 @@ use cairn::Runtime;
 /// fails instead of hanging).
 pub(crate) async fn wait_for_events(rt: &Runtime, id: &str, events: usize) {
     let mut spins = 0u32;
-    while rt.history(id).unwrap().len() < events {
+    while rt.history(id).await.unwrap().len() < events {
         spins += 1;
         assert!(spins < 1_000_000, "{id} never reached {events} events");
         tokio::task::yield_now().await;

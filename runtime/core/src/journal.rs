@@ -1,0 +1,575 @@
+//! The journal boundary: what the engine asks of durable storage, at the height of
+//! journal operations (start an instance, append to its history, suspend it, hand it
+//! over to a new run, end it, read and query it), and the rows a journal keeps beside the
+//! log.
+//!
+//! A journal owns everything below that height: how appends are batched into
+//! transactions, log positions, where the hash chain's head is kept, indexes. The engine
+//! holds an `Arc<dyn Journal>` and nothing else of its store; the embedded redb journal
+//! and a server-backed one implement the same trait and pass the same conformance suite
+//! (`cairn-testkit`).
+//!
+//! Histories come back raw (envelope bytes as stored); [`verify_history`] decodes them
+//! and checks the hash chain here, in the core, so no store can vouch for its own data.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Payload;
+use crate::error::{Error, Result};
+use crate::event::{hash_envelope, AttrValue, EventHash, EventKind, EventRecord, GENESIS_HASH};
+use crate::schedule::ScheduleRow;
+
+/// Lifecycle state of an instance as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum InstanceStatus {
+    /// Started and not finished.
+    Running,
+    /// The workflow returned `Ok`.
+    Completed,
+    /// The workflow returned `Err`.
+    Failed,
+    /// Stopped from outside (`terminate`).
+    Terminated,
+    /// This run handed over to a new run of the same id (`continue_as_new`).
+    ContinuedAsNew,
+}
+
+impl InstanceStatus {
+    /// Whether the instance has finished.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, InstanceStatus::Running)
+    }
+
+    /// The status an event ends a run with, if it is a terminal event.
+    pub fn ended_by(kind: &EventKind) -> Option<Self> {
+        match kind {
+            EventKind::WorkflowCompleted { .. } => Some(Self::Completed),
+            EventKind::WorkflowFailed { .. } => Some(Self::Failed),
+            EventKind::WorkflowTerminated { .. } => Some(Self::Terminated),
+            EventKind::WorkflowContinuedAsNew { .. } => Some(Self::ContinuedAsNew),
+            _ => None,
+        }
+    }
+}
+
+/// The small per-run row a journal keeps beside the log: head of the chain, status,
+/// parent, suspension hint. It is an index: everything in it can be rebuilt from the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRow {
+    /// Internal key (UUIDv7 as `u128`).
+    pub key: u128,
+    /// User-chosen id.
+    pub id: String,
+    /// Registered workflow type.
+    pub workflow_type: String,
+    /// Current status.
+    pub status: InstanceStatus,
+    /// Commit time of the start event (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// Commit time of the latest event.
+    pub updated_at_ms: u64,
+    /// Log position of the latest event.
+    pub head_lsn: u64,
+    /// Sequence number the next event gets (= number of events).
+    pub next_seq: u64,
+    /// Hash of the latest event.
+    pub head_hash: EventHash,
+    /// The instance that started this one as a child, if any.
+    pub parent: Option<u128>,
+    /// Set while the instance is evicted waiting; cleared by its next event.
+    pub suspended: Option<Suspension>,
+}
+
+/// Why a running instance needs no replay when the host starts: it was evicted while
+/// waiting, and nothing has happened to it since. A hint only: an instance with no
+/// hint is simply replayed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspension {
+    /// When its earliest timer or wait deadline is due (ms since the Unix epoch); `None`
+    /// if it waits only for a signal, a cancellation or a child.
+    pub wake_at_ms: Option<u64>,
+}
+
+/// Why an instance was parked, as a journal keeps it (derived from its last
+/// `WorkflowParked` event; cleared by its next event or its end).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkedRow {
+    /// The error's stable code.
+    pub code: String,
+    /// The error's message.
+    pub reason: String,
+    /// When it was parked (the commit time of its `WorkflowParked` event).
+    pub at_ms: u64,
+}
+
+/// The search attributes of one instance, by name.
+pub type Attributes = BTreeMap<String, AttrValue>;
+
+/// One event as a journal stores it: its log position and its envelope bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawEvent {
+    /// Its position in the journal's log (an LSN for redb).
+    pub lsn: u64,
+    /// The envelope, byte for byte as stored ([`EventRecord::encode`]).
+    pub envelope: Vec<u8>,
+}
+
+/// A run's row and its events, read from one snapshot, not yet verified.
+#[derive(Clone, Debug)]
+pub struct RawHistory {
+    /// The run's row as of the snapshot.
+    pub row: InstanceRow,
+    /// Its events, oldest first.
+    pub events: Vec<RawEvent>,
+}
+
+/// One event read back, with its position and verified hash.
+#[derive(Clone, Debug)]
+pub struct StoredEvent {
+    /// Its LSN.
+    pub lsn: u64,
+    /// SHA-256 of its envelope.
+    pub hash: EventHash,
+    /// The decoded record.
+    pub record: EventRecord,
+}
+
+/// Answer to [`Journal::start`].
+#[derive(Clone, Debug)]
+pub struct Started {
+    /// Internal key of the instance.
+    pub key: u128,
+    /// `false` when the id already existed and nothing was written.
+    pub created: bool,
+    /// The instance's row after the commit.
+    pub row: InstanceRow,
+}
+
+/// Answer to an append: where the event landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// Its sequence number in the instance's history.
+    pub seq: u64,
+}
+
+/// The condition an append is made under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Wherever the history ends when the append commits: for the run's owner, whose
+    /// ownership the journal checks, and for messages from outside (signals,
+    /// cancellations), which are ordered by the journal.
+    End,
+    /// Only if the history then has exactly this many events; otherwise
+    /// [`Error::Conflict`] and nothing is written.
+    Seq(u64),
+}
+
+/// What a run that continues as new hands to the next run.
+#[derive(Clone, Debug)]
+pub struct Carried {
+    /// Events the run's history had when it decided; the hand-over is refused if more
+    /// landed since (see [`Journal::continue_as_new`]).
+    pub expected_next_seq: u64,
+    /// Signals received and not delivered, oldest first.
+    pub signals: Vec<(String, Payload)>,
+    /// A cancellation requested and not yet delivered.
+    pub cancel: Option<String>,
+    /// The handing-over run's position in its chain (1 for an instance's first run).
+    pub run: u32,
+}
+
+/// What one commit made durable and the host must reflect in memory, in commit order.
+///
+/// A journal hands the list to its [`CommitListener`] after the commit returns and before
+/// it answers any request, so what is durable reaches memory whether or not the caller
+/// that asked for it is still waiting (its future may have been dropped).
+#[derive(Clone, Debug)]
+pub enum Committed {
+    /// An event landed in `key`'s history at `seq`. `kind` is given for the events a host
+    /// acts on (see [`reported`]) and `None` for the steps a run records itself. `parent`
+    /// is the instance's parent.
+    Event {
+        /// The run the event belongs to.
+        key: u128,
+        /// Its sequence number.
+        seq: u64,
+        /// The run's parent.
+        parent: Option<u128>,
+        /// The event, when the host acts on it.
+        kind: Option<EventKind>,
+    },
+    /// Schedule `id` was stored (`Some`) or deleted (`None`).
+    Schedule {
+        /// The schedule's id.
+        id: String,
+        /// Its new row.
+        row: Option<ScheduleRow>,
+    },
+}
+
+/// The events a host acts on when they commit (a start, a hand-over, a parking, a signal,
+/// a cancellation request, an end); the others only move the history's length.
+pub fn reported(kind: &EventKind) -> Option<EventKind> {
+    match kind {
+        EventKind::WorkflowStarted { .. }
+        | EventKind::RunContinued { .. }
+        | EventKind::WorkflowParked { .. }
+        | EventKind::SignalReceived { .. }
+        | EventKind::CancelRequested { .. } => Some(kind.clone()),
+        // Ends carry the result, which the host publishes to waiters.
+        _ if kind.is_terminal() => Some(kind.clone()),
+        _ => None,
+    }
+}
+
+/// Receives every commit's effects before the replies go out: `batch` is the commit's
+/// number ([`Journal::commits`] once it is counted). It must not call back into the
+/// journal and should only hand the effects on: the next commit waits for it.
+pub trait CommitListener: Send + Sync {
+    /// Called once per commit, in commit order.
+    fn committed(&self, batch: u64, effects: Vec<Committed>);
+}
+
+/// Milliseconds since the Unix epoch on the host's clock: the time a journal records in
+/// each event (`recorded_at_ms`) and row.
+pub type TimeSource = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// What the host gives a journal once, before its first request.
+#[derive(Clone)]
+pub struct Attachment {
+    /// Receives every commit's effects.
+    pub listener: Arc<dyn CommitListener>,
+    /// The host's clock.
+    pub now_ms: TimeSource,
+}
+
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attachment").finish_non_exhaustive()
+    }
+}
+
+/// How a journal decides which host may write a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// This host holds the whole store exclusively (a file lock): every run is its own
+    /// for as long as the journal is open. The embedded redb journal.
+    Exclusive,
+    /// Runs are leased to hosts for a while and every append is fenced by the lease's
+    /// epoch (a store shared by several hosts).
+    Leased {
+        /// How long a lease lasts without renewal, in ms.
+        ttl_ms: u64,
+    },
+}
+
+/// Instances matching all of the given conditions, oldest first (by start time, then
+/// key), one page at a time.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InstanceQuery {
+    /// Only this workflow type.
+    pub workflow_type: Option<String>,
+    /// Only runs whose stored status is one of these (any if empty).
+    pub statuses: Vec<InstanceStatus>,
+    /// Only runs started at or after this time (ms since the Unix epoch).
+    pub created_from_ms: Option<u64>,
+    /// Only runs started before this time (ms since the Unix epoch).
+    pub created_until_ms: Option<u64>,
+    /// Only runs whose attributes hold all of these values.
+    pub attributes: Vec<(String, AttrValue)>,
+    /// Continue after this cursor (from [`InstancePage::next`]).
+    pub after: Option<Cursor>,
+    /// At most this many rows (a journal may return fewer; 0 means its default page).
+    pub limit: usize,
+}
+
+/// Where a page ended: the start time and key of its last row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cursor {
+    /// Start time of the last row returned.
+    pub created_at_ms: u64,
+    /// Its key.
+    pub key: u128,
+}
+
+impl Cursor {
+    /// The cursor just after `row`.
+    pub fn after(row: &InstanceRow) -> Self {
+        Self {
+            created_at_ms: row.created_at_ms,
+            key: row.key,
+        }
+    }
+}
+
+/// One page of an [`InstanceQuery`].
+#[derive(Clone, Debug, Default)]
+pub struct InstancePage {
+    /// Matching rows, oldest first.
+    pub rows: Vec<InstanceRow>,
+    /// Where to continue, or `None` when there is nothing more.
+    pub next: Option<Cursor>,
+}
+
+/// The largest page a query returns, whatever it asks for.
+pub const PAGE_ROWS_MAX: usize = 1000;
+
+/// Durable storage of histories, at the height of journal operations.
+///
+/// Every write is atomic and durable when its future returns `Ok`; its effects reach the
+/// [`CommitListener`] before that, in commit order. Reads see every write whose future
+/// has returned.
+///
+/// # Cancel safety
+/// Dropping a write's future never undoes the write: once queued it commits or fails as
+/// a whole, and its effects reach the listener either way.
+#[async_trait::async_trait]
+pub trait Journal: Send + Sync + 'static {
+    /// Gives the journal its listener and clock. Called once, before any write.
+    fn attach(&self, attachment: Attachment);
+
+    /// How runs are owned (see [`Ownership`]).
+    fn ownership(&self) -> Ownership;
+
+    /// Starts instance `id` with a `WorkflowStarted` event, or finds the existing one
+    /// (`created == false`, nothing written): atomic and idempotent by id.
+    ///
+    /// # Errors
+    /// Storage errors; [`Error::PayloadTooLarge`] for an input over the event limit.
+    async fn start(
+        &self,
+        id: String,
+        workflow_type: String,
+        input: Payload,
+        parent: Option<u128>,
+    ) -> Result<Started>;
+
+    /// Appends one event to run `key` under `expect`.
+    ///
+    /// # Errors
+    /// [`Error::InstanceFinished`] if the run has ended; [`Error::Conflict`] if `expect`
+    /// does not hold; encoding and storage errors. Nothing is written on error.
+    async fn append(&self, key: u128, kind: EventKind, expect: Expect) -> Result<Appended>;
+
+    /// Queues one event at the end of run `key` without waiting: for code that cannot
+    /// wait (a `Drop`). Committed in order with the run's other appends; a refusal is
+    /// logged.
+    fn append_detached(&self, key: u128, kind: EventKind);
+
+    /// Marks run `key` evicted while waiting (the hint of [`Suspension`]) unless its
+    /// history no longer has `expected_next_seq` events, or a child of it ended since its
+    /// own last event. Returns whether it was marked.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn suspend(
+        &self,
+        key: u128,
+        expected_next_seq: u64,
+        wake_at_ms: Option<u64>,
+    ) -> Result<bool>;
+
+    /// Ends run `key` with `WorkflowContinuedAsNew` and starts the next run of its id
+    /// (`RunContinued`, the carried signals and cancellation) in the same commit, unless
+    /// the history grew past `carried.expected_next_seq`: then `None` and nothing written.
+    ///
+    /// # Errors
+    /// [`Error::InstanceFinished`], encoding and storage errors.
+    async fn continue_as_new(
+        &self,
+        key: u128,
+        input: Payload,
+        carried: Carried,
+    ) -> Result<Option<u128>>;
+
+    /// Stores (`Some`) or deletes (`None`) schedule `id`; with `only_if`, only while the
+    /// stored row is that one. Returns whether anything changed.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn schedule(
+        &self,
+        id: String,
+        row: Option<ScheduleRow>,
+        only_if: Option<ScheduleRow>,
+    ) -> Result<bool>;
+
+    /// Number of commits so far (the `batch` numbers given to the listener).
+    fn commits(&self) -> u64;
+
+    /// Internal key of the current run of user id `id`.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn key_of(&self, id: &str) -> Result<Option<u128>>;
+
+    /// The row of run `key`.
+    ///
+    /// # Errors
+    /// Storage errors; [`Error::Corrupt`] for a damaged row.
+    async fn instance(&self, key: u128) -> Result<Option<InstanceRow>>;
+
+    /// Run `key`'s row and raw events from one snapshot; check them with
+    /// [`verify_history`].
+    ///
+    /// # Errors
+    /// Storage errors; [`Error::Corrupt`] when the events cannot be found.
+    async fn history(&self, key: u128) -> Result<Option<RawHistory>>;
+
+    /// The envelope stored at log position `lsn` (a run's head, to read its result
+    /// without its whole history); the caller checks it against the row's head hash.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn envelope(&self, lsn: u64) -> Result<Option<Vec<u8>>>;
+
+    /// The search attributes of run `key` (empty if it set none).
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn attributes(&self, key: u128) -> Result<Attributes>;
+
+    /// Every unfinished run with its suspension hint, without reading finished ones: the
+    /// host's start-up scan.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn running(&self) -> Result<Vec<(u128, Option<Suspension>)>>;
+
+    /// Runs matching `query`, from indexes (no scan of unrelated runs).
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn query(&self, query: &InstanceQuery) -> Result<InstancePage>;
+
+    /// Every stored schedule, by id.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn schedules(&self) -> Result<Vec<(String, ScheduleRow)>>;
+
+    /// The parked runs and why, by key.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn parked(&self) -> Result<Vec<(u128, ParkedRow)>>;
+
+    /// Commits what is queued, then refuses every later call with [`Error::ShutDown`] and
+    /// releases the storage. May block while the last commit finishes.
+    fn close(&self);
+}
+
+fn chain_error(row: &InstanceRow, lsn: u64, message: &str) -> Error {
+    Error::Corrupt {
+        location: format!("history of instance `{}` at LSN {lsn}", row.id),
+        message: message.to_owned(),
+    }
+}
+
+/// Decodes a raw history and checks it is exactly the chain its row points at.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming the first event that does not decode or does not chain.
+pub fn verify_history(raw: RawHistory) -> Result<(InstanceRow, Vec<StoredEvent>)> {
+    let RawHistory { row, events } = raw;
+    let mut out = Vec::with_capacity(events.len());
+    for RawEvent { lsn, envelope } in events {
+        let record = EventRecord::decode(&envelope)
+            .map_err(|err| chain_error(&row, lsn, &err.to_string()))?;
+        out.push(StoredEvent {
+            lsn,
+            hash: hash_envelope(&envelope),
+            record,
+        });
+    }
+    verify_chain(&row, &out)?;
+    Ok((row, out))
+}
+
+/// Checks that `events` are exactly the chain `row` points at: same instance, sequence
+/// numbers 0..n, each `prev_hash` the hash of the event before, the last hash the row's.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming the first event that breaks the chain.
+pub fn verify_chain(row: &InstanceRow, events: &[StoredEvent]) -> Result<()> {
+    // The row is an index; its identity must agree with the start event it points at.
+    if let Some(first) = events.first() {
+        match &first.record.kind {
+            EventKind::WorkflowStarted {
+                workflow_type, id, ..
+            } => {
+                if *id != row.id || *workflow_type != row.workflow_type {
+                    return Err(chain_error(
+                        row,
+                        first.lsn,
+                        &format!("the start event names `{id}` ({workflow_type}), the instance row `{}` ({})", row.id, row.workflow_type),
+                    ));
+                }
+            }
+            other => {
+                return Err(chain_error(
+                    row,
+                    first.lsn,
+                    &format!("the first event is {}, not WorkflowStarted", other.name()),
+                ))
+            }
+        }
+    }
+    let mut prev_hash = GENESIS_HASH;
+    let mut prev_lsn = None;
+    for (index, event) in events.iter().enumerate() {
+        let record = &event.record;
+        if record.instance != row.key {
+            return Err(chain_error(
+                row,
+                event.lsn,
+                "event belongs to another instance",
+            ));
+        }
+        if record.seq != index as u64 {
+            return Err(chain_error(
+                row,
+                event.lsn,
+                &format!("sequence number {} where {index} was expected", record.seq),
+            ));
+        }
+        if record.prev_lsn != prev_lsn {
+            return Err(chain_error(
+                row,
+                event.lsn,
+                "prev_lsn does not name the previous event",
+            ));
+        }
+        if record.prev_hash != prev_hash {
+            return Err(chain_error(
+                row,
+                event.lsn,
+                "hash chain broken: prev_hash does not match the previous event",
+            ));
+        }
+        prev_hash = event.hash;
+        prev_lsn = Some(event.lsn);
+    }
+    if events.len() as u64 != row.next_seq {
+        return Err(chain_error(
+            row,
+            row.head_lsn,
+            &format!(
+                "{} events found, the instance row counts {}",
+                events.len(),
+                row.next_seq
+            ),
+        ));
+    }
+    if prev_hash != row.head_hash {
+        return Err(chain_error(
+            row,
+            row.head_lsn,
+            "the last event's hash differs from the one in the instance row",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! [`RedbJournal`]: the journal on one redb file, the embedded default. A group-commit
+//! writer thread owns every write transaction; reads run on the caller's thread against
+//! redb's snapshots.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use cairn_core::codec::Payload;
+use cairn_core::error::{Error, Result};
+use cairn_core::event::EventKind;
+use cairn_core::journal::{
+    Appended, Attachment, Attributes, Carried, Cursor, Expect, InstancePage, InstanceQuery,
+    InstanceRow, Journal, Ownership, ParkedRow, RawHistory, Started, Suspension, TimeSource,
+    PAGE_ROWS_MAX,
+};
+use cairn_core::schedule::ScheduleRow;
+
+use crate::store::{RedbStore, Store};
+use crate::writer::{Writer, WriterStats};
+
+/// The journal on one redb file: the embedded default.
+///
+/// The file is locked by the process that opens it, so this host owns every run in it
+/// ([`Ownership::Exclusive`]). Appends from all runs queue to one writer thread, which
+/// commits whatever is queued as one transaction (`Durability::Immediate`) and answers
+/// each request only after it.
+///
+/// # Example
+/// ```no_run
+/// # fn main() -> cairn_runtime::Result<()> {
+/// use cairn_runtime::redb_journal::RedbJournal;
+/// let journal = RedbJournal::open("orders.redb")?;
+/// # Ok(()) }
+/// ```
+pub struct RedbJournal {
+    store: Arc<dyn Store>,
+    /// `None` when opened read-only.
+    writer: Option<Writer>,
+    clock: Arc<OnceLock<TimeSource>>,
+}
+
+impl std::fmt::Debug for RedbJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbJournal").finish_non_exhaustive()
+    }
+}
+
+fn system_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+impl RedbJournal {
+    /// Opens (or creates) the redb file at `path` and starts its writer.
+    ///
+    /// # Errors
+    /// As [`RedbStore::open`]; [`Error::Storage`] if the writer thread cannot start.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::on(Arc::new(RedbStore::open(path)?))
+    }
+
+    /// The journal on an opened store (a file on a custom backend, for fault injection).
+    ///
+    /// # Errors
+    /// Storage errors reading the stored schedules or the log's end.
+    pub fn on(store: Arc<dyn Store>) -> Result<Self> {
+        let schedules = store.schedules()?.into_iter().collect();
+        let clock: Arc<OnceLock<TimeSource>> = Arc::new(OnceLock::new());
+        let slot = clock.clone();
+        let now_ms: TimeSource = Arc::new(move || slot.get().map_or_else(system_ms, |now| now()));
+        let writer = Writer::spawn(store.clone(), schedules, now_ms)?;
+        Ok(Self {
+            store,
+            writer: Some(writer),
+            clock,
+        })
+    }
+
+    /// Opens the file at `path` for reading only, with no writer thread and no write
+    /// lock: for audit tools. Every write is refused with [`Error::InvalidArgument`].
+    ///
+    /// # Errors
+    /// As [`RedbStore::open_read_only`]: a clear [`Error::Open`] while a host holds the
+    /// file, for a missing file, or for one that needs repair.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
+        Ok(Self {
+            store: Arc::new(RedbStore::open_read_only(path)?),
+            writer: None,
+            clock: Arc::new(OnceLock::new()),
+        })
+    }
+
+    /// Counters of the group-commit writer (none when read-only).
+    pub fn writer_stats(&self) -> Option<&Arc<WriterStats>> {
+        self.writer.as_ref().map(Writer::stats)
+    }
+
+    fn writer(&self) -> Result<&Writer> {
+        self.writer.as_ref().ok_or_else(|| {
+            Error::InvalidArgument(
+                "this journal was opened read-only (for audit); open it with `RedbJournal::open` to write"
+                    .into(),
+            )
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Journal for RedbJournal {
+    fn attach(&self, attachment: Attachment) {
+        let _ = self.clock.set(attachment.now_ms);
+        if let Some(writer) = &self.writer {
+            writer.listen(attachment.listener);
+        }
+    }
+
+    fn ownership(&self) -> Ownership {
+        Ownership::Exclusive
+    }
+
+    async fn start(
+        &self,
+        id: String,
+        workflow_type: String,
+        input: Payload,
+        parent: Option<u128>,
+    ) -> Result<Started> {
+        self.writer()?.start(id, workflow_type, input, parent).await
+    }
+
+    async fn append(&self, key: u128, kind: EventKind, expect: Expect) -> Result<Appended> {
+        self.writer()?.append(key, kind, expect).await
+    }
+
+    fn append_detached(&self, key: u128, kind: EventKind) {
+        match &self.writer {
+            Some(writer) => writer.append_detached(key, kind),
+            None => tracing::warn!("a detached append to a read-only journal was dropped"),
+        }
+    }
+
+    async fn suspend(
+        &self,
+        key: u128,
+        expected_next_seq: u64,
+        wake_at_ms: Option<u64>,
+    ) -> Result<bool> {
+        self.writer()?
+            .suspend(key, expected_next_seq, wake_at_ms)
+            .await
+    }
+
+    async fn continue_as_new(
+        &self,
+        key: u128,
+        input: Payload,
+        carried: Carried,
+    ) -> Result<Option<u128>> {
+        self.writer()?.continue_as_new(key, input, carried).await
+    }
+
+    async fn schedule(
+        &self,
+        id: String,
+        row: Option<ScheduleRow>,
+        only_if: Option<ScheduleRow>,
+    ) -> Result<bool> {
+        self.writer()?.schedule(id, row, only_if).await
+    }
+
+    fn commits(&self) -> u64 {
+        self.writer
+            .as_ref()
+            .map_or(0, |writer| writer.stats().commits.load(Ordering::SeqCst))
+    }
+
+    async fn key_of(&self, id: &str) -> Result<Option<u128>> {
+        self.store.key_of(id)
+    }
+
+    async fn instance(&self, key: u128) -> Result<Option<InstanceRow>> {
+        self.store.instance(key)
+    }
+
+    async fn history(&self, key: u128) -> Result<Option<RawHistory>> {
+        self.store.raw_history(key)
+    }
+
+    async fn envelope(&self, lsn: u64) -> Result<Option<Vec<u8>>> {
+        self.store.envelope(lsn)
+    }
+
+    async fn attributes(&self, key: u128) -> Result<Attributes> {
+        self.store.attributes(key)
+    }
+
+    async fn running(&self) -> Result<Vec<(u128, Option<Suspension>)>> {
+        let mut out = Vec::new();
+        self.store
+            .scan_running(&mut |key, suspension| out.push((key, suspension)))?;
+        Ok(out)
+    }
+
+    async fn query(&self, query: &InstanceQuery) -> Result<InstancePage> {
+        self.store.query(query)
+    }
+
+    async fn schedules(&self) -> Result<Vec<(String, ScheduleRow)>> {
+        self.store.schedules()
+    }
+
+    async fn parked(&self) -> Result<Vec<(u128, ParkedRow)>> {
+        self.store.parked()
+    }
+
+    fn close(&self) {
+        if let Some(writer) = &self.writer {
+            writer.close();
+        }
+        self.store.close();
+    }
+}
+
+/// Pages through `rows` (already in start order) for `query`, for stores that filter in
+/// memory what their index returned.
+pub(crate) fn page(
+    query: &InstanceQuery,
+    rows: impl Iterator<Item = Result<InstanceRow>>,
+    attributes: impl Fn(u128) -> Result<Attributes>,
+) -> Result<InstancePage> {
+    let limit = match query.limit {
+        0 => PAGE_ROWS_MAX,
+        n => n.min(PAGE_ROWS_MAX),
+    };
+    let mut out = InstancePage::default();
+    for row in rows {
+        let row = row?;
+        if !matches(query, &row) {
+            continue;
+        }
+        if !query.attributes.is_empty() {
+            let held = attributes(row.key)?;
+            if !query
+                .attributes
+                .iter()
+                .all(|(name, value)| held.get(name) == Some(value))
+            {
+                continue;
+            }
+        }
+        if out.rows.len() == limit {
+            out.next = out.rows.last().map(Cursor::after);
+            break;
+        }
+        out.rows.push(row);
+    }
+    Ok(out)
+}
+
+/// Whether `row` passes the row-level conditions of `query` (not its attributes).
+pub(crate) fn matches(query: &InstanceQuery, row: &InstanceRow) -> bool {
+    query
+        .workflow_type
+        .as_ref()
+        .is_none_or(|t| *t == row.workflow_type)
+        && (query.statuses.is_empty() || query.statuses.contains(&row.status))
+        && query
+            .created_from_ms
+            .is_none_or(|from| row.created_at_ms >= from)
+        && query
+            .created_until_ms
+            .is_none_or(|until| row.created_at_ms < until)
+        && query.after.is_none_or(|after| Cursor::after(row) > after)
+}

@@ -1,0 +1,770 @@
+//! The store conformance suite: what every [`Journal`] must do, checked through the
+//! trait alone. A store passes it before the engine runs on it.
+//!
+//! A store's tests implement [`Subject`] (make an empty journal, reopen the same storage)
+//! and expand [`journal_conformance!`](crate::journal_conformance) once, which makes one
+//! `#[tokio::test]` per check so a failure names the promise it broke.
+//!
+//! The checks run with the listener and clock attached ([`attach`]), as the engine does.
+
+// A check fails the way a test does: by panicking with what went wrong.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use cairn_core::codec::Payload;
+use cairn_core::error::Error;
+use cairn_core::event::{AttrValue, EventKind, EVENT_BYTES_MAX};
+use cairn_core::journal::{
+    verify_history, Attachment, Carried, CommitListener, Committed, Cursor, Expect, InstanceQuery,
+    InstanceRow, InstanceStatus, Journal, StoredEvent,
+};
+use cairn_core::schedule::{Recurrence, ScheduleRow};
+
+/// A store under test.
+#[async_trait::async_trait]
+pub trait Subject: Send + Sync {
+    /// A new journal on empty storage.
+    async fn create(&self) -> Arc<dyn Journal>;
+    /// Closes `journal` and opens the same storage again: what a host sees after a
+    /// restart.
+    async fn reopen(&self, journal: Arc<dyn Journal>) -> Arc<dyn Journal>;
+}
+
+/// What the listener of a journal under test received: `(batch, effects)` in call order.
+#[derive(Clone, Default)]
+pub struct Heard(Arc<Mutex<Vec<Batch>>>);
+
+/// One commit as the listener heard it: its number and its effects.
+pub type Batch = (u64, Vec<Committed>);
+
+impl Heard {
+    /// Everything heard so far.
+    pub fn batches(&self) -> Vec<Batch> {
+        self.0.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    /// The events heard for run `key`, as `(seq, kind name if reported)`.
+    pub fn events_of(&self, key: u128) -> Vec<(u64, Option<&'static str>)> {
+        self.batches()
+            .into_iter()
+            .flat_map(|(_, effects)| effects)
+            .filter_map(|effect| match effect {
+                Committed::Event {
+                    key: k, seq, kind, ..
+                } if k == key => Some((seq, kind.map(|kind| kind.name()))),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl CommitListener for Heard {
+    fn committed(&self, batch: u64, effects: Vec<Committed>) {
+        if let Ok(mut heard) = self.0.lock() {
+            heard.push((batch, effects));
+        }
+    }
+}
+
+/// The fixed time the checks' journals record (ms since the Unix epoch).
+pub const NOW_MS: u64 = 1_764_000_000_000;
+
+/// Attaches a recording listener and a fixed clock to `journal`.
+pub fn attach(journal: &dyn Journal) -> Heard {
+    let heard = Heard::default();
+    journal.attach(Attachment {
+        listener: Arc::new(heard.clone()),
+        now_ms: Arc::new(|| NOW_MS),
+    });
+    heard
+}
+
+fn payload(text: &str) -> Payload {
+    Payload::new(0, text.as_bytes().to_vec())
+}
+
+fn step_done(step: u32, output: &str) -> EventKind {
+    EventKind::ActivityCompleted {
+        step,
+        activity: "reserve".into(),
+        input: payload("in"),
+        attempt: 1,
+        output: payload(output),
+    }
+}
+
+async fn start(journal: &dyn Journal, id: &str, workflow_type: &str) -> InstanceRow {
+    let started = journal
+        .start(id.into(), workflow_type.into(), payload("input"), None)
+        .await
+        .unwrap_or_else(|err| panic!("start `{id}`: {err}"));
+    assert!(started.created, "`{id}` is new");
+    started.row
+}
+
+async fn history(journal: &dyn Journal, key: u128) -> (InstanceRow, Vec<StoredEvent>) {
+    let raw = journal
+        .history(key)
+        .await
+        .unwrap_or_else(|err| panic!("history: {err}"))
+        .unwrap_or_else(|| panic!("run {key:032x} has a history"));
+    verify_history(raw).unwrap_or_else(|err| panic!("the history verifies: {err}"))
+}
+
+fn kinds(events: &[StoredEvent]) -> Vec<&'static str> {
+    events.iter().map(|e| e.record.kind.name()).collect()
+}
+
+/// Starting is atomic and idempotent by id: the second start of an id finds the first
+/// run and writes nothing; the row, the id index and the history agree.
+pub async fn start_is_idempotent_by_id(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    let first = start(journal.as_ref(), "order-1", "fulfil").await;
+    assert_eq!(first.status, InstanceStatus::Running);
+    assert_eq!(first.next_seq, 1);
+    assert_eq!(
+        first.created_at_ms, NOW_MS,
+        "times come from the attached clock"
+    );
+    let commits = journal.commits();
+    let again = journal
+        .start("order-1".into(), "fulfil".into(), payload("other"), None)
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.key, first.key);
+    assert_eq!(journal.commits(), commits, "a found start writes nothing");
+    assert_eq!(journal.key_of("order-1").await.unwrap(), Some(first.key));
+    assert_eq!(journal.key_of("order-2").await.unwrap(), None);
+    let (row, events) = history(journal.as_ref(), first.key).await;
+    assert_eq!(row, first);
+    assert_eq!(kinds(&events), ["WorkflowStarted"]);
+    assert!(journal.history(u128::MAX).await.unwrap().is_none());
+    assert!(journal.instance(u128::MAX).await.unwrap().is_none());
+    journal.close();
+}
+
+/// Concurrent starts of one id make exactly one run.
+pub async fn concurrent_starts_make_one_run(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    let starts = (0..16).map(|n| {
+        journal.start(
+            "ticket-7".into(),
+            "escalate".into(),
+            payload(&n.to_string()),
+            None,
+        )
+    });
+    let all = futures::future::join_all(starts).await;
+    let keys: BTreeSet<u128> = all.iter().map(|s| s.as_ref().unwrap().key).collect();
+    let created = all.iter().filter(|s| s.as_ref().unwrap().created).count();
+    assert_eq!(keys.len(), 1, "one run");
+    assert_eq!(created, 1, "one of the starts created it");
+    journal.close();
+}
+
+/// Appends land in order with gapless sequence numbers, the chain verifies, and the row
+/// follows the head.
+pub async fn appends_chain_in_order(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    let row = start(journal.as_ref(), "loan-1", "approve").await;
+    for step in 1..=5u32 {
+        let appended = journal
+            .append(row.key, step_done(step, "ok"), Expect::End)
+            .await
+            .unwrap();
+        assert_eq!(appended.seq, u64::from(step));
+    }
+    let (head, events) = history(journal.as_ref(), row.key).await;
+    assert_eq!(head.next_seq, 6);
+    assert_eq!(events.len(), 6);
+    assert_eq!(head.head_hash, events[5].hash);
+    assert_eq!(head.head_lsn, events[5].lsn);
+    assert_eq!(journal.instance(row.key).await.unwrap(), Some(head));
+    journal.close();
+}
+
+/// An append conditioned on the history's length lands only at that length; otherwise it
+/// is refused with a typed conflict and nothing is written.
+pub async fn a_conditional_append_conflicts_when_another_writer_was_first(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    let row = start(journal.as_ref(), "permit-3", "review").await;
+    let appended = journal
+        .append(row.key, step_done(1, "a"), Expect::Seq(1))
+        .await
+        .unwrap();
+    assert_eq!(appended.seq, 1);
+    match journal
+        .append(row.key, step_done(2, "stale"), Expect::Seq(1))
+        .await
+    {
+        Err(Error::Conflict {
+            instance,
+            expected: 1,
+            actual: 2,
+        }) => assert_eq!(instance, "permit-3"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let (_, events) = history(journal.as_ref(), row.key).await;
+    assert_eq!(events.len(), 2, "the refused append wrote nothing");
+
+    // Racing writers on the same length: exactly one wins.
+    let racers = (0..8)
+        .map(|n| journal.append(row.key, step_done(2, &format!("racer-{n}")), Expect::Seq(2)));
+    let results = futures::future::join_all(racers).await;
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 1, "{results:?}");
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|err| matches!(err, Error::Conflict { .. })));
+    let (_, events) = history(journal.as_ref(), row.key).await;
+    assert_eq!(events.len(), 3);
+    journal.close();
+}
+
+/// A run's end sets its status, takes it out of the running index, and makes its head
+/// readable on its own; nothing more is appended to it.
+pub async fn an_ended_run_takes_no_more_events(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    let row = start(journal.as_ref(), "order-9", "fulfil").await;
+    let other = start(journal.as_ref(), "order-10", "fulfil").await;
+    journal
+        .append(
+            row.key,
+            EventKind::WorkflowCompleted {
+                output: payload("shipped"),
+            },
+            Expect::End,
+        )
+        .await
+        .unwrap();
+    let ended = journal.instance(row.key).await.unwrap().unwrap();
+    assert_eq!(ended.status, InstanceStatus::Completed);
+    let running: Vec<u128> = journal
+        .running()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(running, [other.key]);
+    let head = journal.envelope(ended.head_lsn).await.unwrap().unwrap();
+    assert_eq!(cairn_core::event::hash_envelope(&head), ended.head_hash);
+    match journal
+        .append(row.key, step_done(1, "late"), Expect::End)
+        .await
+    {
+        Err(Error::InstanceFinished(id)) => assert_eq!(id, "order-9"),
+        other => panic!("expected InstanceFinished, got {other:?}"),
+    }
+    assert_eq!(journal.instance(row.key).await.unwrap(), Some(ended));
+    journal.close();
+}
+
+/// A payload over the event limit is refused with a typed error and nothing is written.
+pub async fn an_oversized_event_is_refused_whole(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    let row = start(journal.as_ref(), "doc-1", "archive").await;
+    let huge = EventKind::SignalReceived {
+        name: "document".into(),
+        payload: Payload::new(0, vec![7; EVENT_BYTES_MAX + 1]),
+    };
+    match journal.append(row.key, huge, Expect::End).await {
+        Err(Error::PayloadTooLarge { instance, .. }) => assert_eq!(instance, "doc-1"),
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    match journal
+        .start(
+            "doc-2".into(),
+            "archive".into(),
+            Payload::new(0, vec![7; EVENT_BYTES_MAX + 1]),
+            None,
+        )
+        .await
+    {
+        Err(Error::PayloadTooLarge { .. }) => {}
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    assert_eq!(journal.key_of("doc-2").await.unwrap(), None);
+    assert_eq!(journal.instance(row.key).await.unwrap(), Some(row));
+    journal.close();
+}
+
+/// The suspension hint is set only at the expected length and cleared by the run's next
+/// event; the running index reports it.
+pub async fn suspension_is_conditional_and_cleared_by_the_next_event(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    let row = start(journal.as_ref(), "sleepy", "remind").await;
+    assert!(
+        !journal
+            .suspend(row.key, 5, Some(NOW_MS + 60_000))
+            .await
+            .unwrap(),
+        "refused at the wrong length"
+    );
+    assert!(journal
+        .suspend(row.key, 1, Some(NOW_MS + 60_000))
+        .await
+        .unwrap());
+    let hint = |running: Vec<(u128, Option<cairn_core::journal::Suspension>)>| {
+        running
+            .into_iter()
+            .find(|(key, _)| *key == row.key)
+            .and_then(|(_, hint)| hint)
+    };
+    assert_eq!(
+        hint(journal.running().await.unwrap()).map(|h| h.wake_at_ms),
+        Some(Some(NOW_MS + 60_000))
+    );
+    journal
+        .append(
+            row.key,
+            EventKind::SignalReceived {
+                name: "nudge".into(),
+                payload: payload("now"),
+            },
+            Expect::End,
+        )
+        .await
+        .unwrap();
+    assert_eq!(hint(journal.running().await.unwrap()), None);
+    assert_eq!(
+        journal.instance(row.key).await.unwrap().unwrap().suspended,
+        None
+    );
+    journal.close();
+}
+
+/// Continue-as-new ends the run and starts the next with the carried messages in one
+/// commit, moves the id, and is refused (nothing written) when the history grew.
+pub async fn continue_as_new_hands_over_atomically(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    let row = start(journal.as_ref(), "meter", "count").await;
+    let stale = Carried {
+        expected_next_seq: 0,
+        signals: Vec::new(),
+        cancel: None,
+        run: 1,
+    };
+    assert_eq!(
+        journal
+            .continue_as_new(row.key, payload("next"), stale)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        journal.instance(row.key).await.unwrap().unwrap().next_seq,
+        1
+    );
+    let carried = Carried {
+        expected_next_seq: 1,
+        signals: vec![("reading".into(), payload("42"))],
+        cancel: Some("stop".into()),
+        run: 1,
+    };
+    let next = journal
+        .continue_as_new(row.key, payload("next"), carried)
+        .await
+        .unwrap()
+        .expect("handed over");
+    let old = journal.instance(row.key).await.unwrap().unwrap();
+    assert_eq!(old.status, InstanceStatus::ContinuedAsNew);
+    assert_eq!(journal.key_of("meter").await.unwrap(), Some(next));
+    let (new_row, events) = history(journal.as_ref(), next).await;
+    assert_eq!(new_row.id, "meter");
+    assert_eq!(
+        kinds(&events),
+        [
+            "WorkflowStarted",
+            "RunContinued",
+            "SignalReceived",
+            "CancelRequested"
+        ]
+    );
+    match &events[1].record.kind {
+        EventKind::RunContinued { previous_run, run } => {
+            assert_eq!((*previous_run, *run), (row.key, 2));
+        }
+        other => panic!("{other:?}"),
+    }
+    let (_, old_events) = history(journal.as_ref(), row.key).await;
+    match &old_events.last().unwrap().record.kind {
+        EventKind::WorkflowContinuedAsNew { next_run, .. } => assert_eq!(*next_run, next),
+        other => panic!("{other:?}"),
+    }
+    journal.close();
+}
+
+/// Schedules are stored, replaced only while unchanged (compare-and-set), and deleted.
+pub async fn schedules_compare_and_set(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    let row = |next_fire_ms| ScheduleRow {
+        workflow_type: "report".into(),
+        input: payload("daily"),
+        recurrence: Recurrence::EveryMs(86_400_000),
+        next_fire_ms,
+    };
+    assert!(journal
+        .schedule("nightly".into(), Some(row(1)), None)
+        .await
+        .unwrap());
+    assert!(
+        !journal
+            .schedule("nightly".into(), Some(row(3)), Some(row(2)))
+            .await
+            .unwrap(),
+        "changed meanwhile: refused"
+    );
+    assert!(journal
+        .schedule("nightly".into(), Some(row(2)), Some(row(1)))
+        .await
+        .unwrap());
+    assert_eq!(
+        journal.schedules().await.unwrap(),
+        [("nightly".to_owned(), row(2))]
+    );
+    assert!(journal
+        .schedule("nightly".into(), None, None)
+        .await
+        .unwrap());
+    assert!(!journal
+        .schedule("nightly".into(), None, None)
+        .await
+        .unwrap());
+    assert!(journal.schedules().await.unwrap().is_empty());
+    journal.close();
+}
+
+/// A parking note is indexed until the run's next event.
+pub async fn parking_is_indexed_until_the_next_event(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    let row = start(journal.as_ref(), "stuck", "price").await;
+    journal
+        .append(
+            row.key,
+            EventKind::WorkflowParked {
+                code: "CAIRN-E0015".into(),
+                reason: "panicked".into(),
+            },
+            Expect::End,
+        )
+        .await
+        .unwrap();
+    let parked = journal.parked().await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].0, row.key);
+    assert_eq!(parked[0].1.code, "CAIRN-E0015");
+    assert_eq!(parked[0].1.at_ms, NOW_MS);
+    journal
+        .append(row.key, step_done(1, "fixed"), Expect::End)
+        .await
+        .unwrap();
+    assert!(journal.parked().await.unwrap().is_empty());
+    journal.close();
+}
+
+/// Search attributes merge by name, and queries find runs by them.
+pub async fn attributes_merge_and_are_queried(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    let a = start(journal.as_ref(), "a", "claim").await;
+    let b = start(journal.as_ref(), "b", "claim").await;
+    let set = |step, attributes: Vec<(&str, AttrValue)>| EventKind::AttributesSet {
+        step,
+        attributes: attributes
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect(),
+    };
+    journal
+        .append(
+            a.key,
+            set(
+                1,
+                vec![("region", "north".into()), ("tier", AttrValue::Int(1))],
+            ),
+            Expect::End,
+        )
+        .await
+        .unwrap();
+    journal
+        .append(
+            a.key,
+            set(2, vec![("tier", AttrValue::Int(2))]),
+            Expect::End,
+        )
+        .await
+        .unwrap();
+    journal
+        .append(b.key, set(1, vec![("region", "south".into())]), Expect::End)
+        .await
+        .unwrap();
+    let held = journal.attributes(a.key).await.unwrap();
+    assert_eq!(held.get("region"), Some(&AttrValue::from("north")));
+    assert_eq!(held.get("tier"), Some(&AttrValue::Int(2)));
+    let found = |attributes: Vec<(&str, AttrValue)>| {
+        let journal = journal.clone();
+        let query = InstanceQuery {
+            attributes: attributes
+                .into_iter()
+                .map(|(n, v)| (n.to_owned(), v))
+                .collect(),
+            ..InstanceQuery::default()
+        };
+        async move {
+            let page = journal.query(&query).await.unwrap();
+            page.rows.into_iter().map(|r| r.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(found(vec![("region", "north".into())]).await, ["a"]);
+    assert_eq!(
+        found(vec![("tier", AttrValue::Int(1))]).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        found(vec![
+            ("tier", AttrValue::Int(2)),
+            ("region", "north".into())
+        ])
+        .await,
+        ["a"]
+    );
+    assert_eq!(found(vec![("region", "south".into())]).await, ["b"]);
+    assert_eq!(journal.attributes(u128::MAX).await.unwrap().len(), 0);
+    journal.close();
+}
+
+/// Queries filter by type, status and start time, oldest first, and their pages cover
+/// every match exactly once.
+pub async fn queries_filter_and_page(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    let mut expected_orders = Vec::new();
+    for n in 0..25 {
+        let kind = if n % 5 == 0 { "audit" } else { "order" };
+        let row = start(journal.as_ref(), &format!("{kind}-{n:02}"), kind).await;
+        if n % 3 == 0 {
+            journal
+                .append(
+                    row.key,
+                    EventKind::WorkflowFailed {
+                        error: payload("no stock"),
+                    },
+                    Expect::End,
+                )
+                .await
+                .unwrap();
+        } else if kind == "order" {
+            expected_orders.push(row.id);
+        }
+    }
+    let query = InstanceQuery {
+        workflow_type: Some("order".into()),
+        statuses: vec![InstanceStatus::Running],
+        limit: 3,
+        ..InstanceQuery::default()
+    };
+    let mut seen = Vec::new();
+    let mut query = query;
+    let mut pages = 0;
+    loop {
+        let page = journal.query(&query).await.unwrap();
+        assert!(page.rows.len() <= 3, "a page respects its limit");
+        pages += 1;
+        seen.extend(page.rows.iter().map(|r| r.id.clone()));
+        match page.next {
+            Some(next) => {
+                assert_eq!(
+                    Some(next),
+                    page.rows.last().map(Cursor::after),
+                    "the cursor is the page's last row"
+                );
+                query.after = Some(next);
+            }
+            None => break,
+        }
+        assert!(pages < 100, "paging ends");
+    }
+    assert_eq!(seen, expected_orders, "every match once, oldest first");
+
+    let failed = journal
+        .query(&InstanceQuery {
+            statuses: vec![InstanceStatus::Failed],
+            ..InstanceQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.rows.len(), 9);
+    assert!(failed.next.is_none());
+    let none_yet = journal
+        .query(&InstanceQuery {
+            created_until_ms: Some(NOW_MS),
+            ..InstanceQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(none_yet.rows.is_empty(), "all started at NOW_MS");
+    let all_now = journal
+        .query(&InstanceQuery {
+            created_from_ms: Some(NOW_MS),
+            created_until_ms: Some(NOW_MS + 1),
+            ..InstanceQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all_now.rows.len(), 25);
+    journal.close();
+}
+
+/// The listener hears every commit's effects in commit order, numbered like
+/// [`Journal::commits`], before the write's future returns.
+pub async fn the_listener_hears_every_commit_in_order(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    let heard = attach(journal.as_ref());
+    let row = start(journal.as_ref(), "order-5", "fulfil").await;
+    let before_reply = heard.batches().len();
+    assert!(
+        before_reply >= 1,
+        "the start was heard before start returned"
+    );
+    journal
+        .append(
+            row.key,
+            EventKind::SignalReceived {
+                name: "paid".into(),
+                payload: payload("12.00"),
+            },
+            Expect::End,
+        )
+        .await
+        .unwrap();
+    journal
+        .append(row.key, step_done(1, "ok"), Expect::End)
+        .await
+        .unwrap();
+    assert_eq!(
+        heard.events_of(row.key),
+        [
+            (0, Some("WorkflowStarted")),
+            (1, Some("SignalReceived")),
+            (2, None)
+        ]
+    );
+    let numbers: Vec<u64> = heard.batches().iter().map(|(n, _)| *n).collect();
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+    assert_eq!(numbers.last().copied(), Some(journal.commits()));
+    journal.close();
+}
+
+/// Everything acknowledged is there after a reopen, byte for byte.
+pub async fn acknowledged_writes_survive_a_reopen(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    let row = start(journal.as_ref(), "order-1", "fulfil").await;
+    journal
+        .append(row.key, step_done(1, "reserved"), Expect::End)
+        .await
+        .unwrap();
+    assert!(journal.suspend(row.key, 2, None).await.unwrap());
+    let schedule = ScheduleRow {
+        workflow_type: "report".into(),
+        input: payload("x"),
+        recurrence: Recurrence::EveryMs(1_000),
+        next_fire_ms: 5,
+    };
+    journal
+        .schedule("s".into(), Some(schedule.clone()), None)
+        .await
+        .unwrap();
+    let (before_row, before) = history(journal.as_ref(), row.key).await;
+    let journal = subject.reopen(journal).await;
+    attach(journal.as_ref());
+    let (after_row, after) = history(journal.as_ref(), row.key).await;
+    assert_eq!(after_row, before_row);
+    let envelopes = |events: &[StoredEvent]| {
+        events
+            .iter()
+            .map(|e| (e.lsn, e.hash, e.record.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(envelopes(&after), envelopes(&before));
+    assert_eq!(
+        journal.running().await.unwrap(),
+        [(
+            row.key,
+            Some(cairn_core::journal::Suspension { wake_at_ms: None })
+        )]
+    );
+    assert_eq!(journal.schedules().await.unwrap(), [("s".into(), schedule)]);
+    // The reopened journal carries on the chain.
+    let appended = journal
+        .append(row.key, step_done(2, "invoiced"), Expect::Seq(2))
+        .await
+        .unwrap();
+    assert_eq!(appended.seq, 2);
+    history(journal.as_ref(), row.key).await;
+    journal.close();
+}
+
+/// After `close`, writes are refused with `ShutDown`.
+pub async fn a_closed_journal_refuses_writes(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    let row = start(journal.as_ref(), "x", "y").await;
+    journal.close();
+    match journal
+        .append(row.key, step_done(1, "late"), Expect::End)
+        .await
+    {
+        Err(Error::ShutDown) => {}
+        other => panic!("expected ShutDown, got {other:?}"),
+    }
+}
+
+/// Expands to one `#[tokio::test]` per conformance check, each on a fresh journal from
+/// `$subject` (an expression building a [`Subject`]).
+#[macro_export]
+macro_rules! journal_conformance {
+    ($subject:expr) => {
+        $crate::journal_conformance!(@tests $subject;
+            start_is_idempotent_by_id,
+            concurrent_starts_make_one_run,
+            appends_chain_in_order,
+            a_conditional_append_conflicts_when_another_writer_was_first,
+            an_ended_run_takes_no_more_events,
+            an_oversized_event_is_refused_whole,
+            suspension_is_conditional_and_cleared_by_the_next_event,
+            continue_as_new_hands_over_atomically,
+            schedules_compare_and_set,
+            parking_is_indexed_until_the_next_event,
+            attributes_merge_and_are_queried,
+            queries_filter_and_page,
+            the_listener_hears_every_commit_in_order,
+            acknowledged_writes_survive_a_reopen,
+            a_closed_journal_refuses_writes,
+        );
+    };
+    (@tests $subject:expr; $($check:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let subject = $subject;
+                $crate::conformance::$check(&subject).await;
+            }
+        )*
+    };
+}
