@@ -3,7 +3,7 @@
 # 1. the whole workspace suite (unit, integration, crash, doc and compile-fail tests);
 # 2. the same again in always-replay mode (every step reached by replay);
 # 3. the loom models of the hand-written synchronisation, in their own target dir
-#    because `--cfg cairn_loom` changes how the runtime crate compiles.
+#    because `--cfg cairn_loom` changes how the runtime and redb crates compile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,4 +17,4 @@ CAIRN_ALWAYS_REPLAY=1 cargo test --workspace --locked --tests
 
 echo "== loom models (cfg cairn_loom) =="
 RUSTFLAGS="--cfg cairn_loom" CARGO_TARGET_DIR=target/loom \
-  cargo test -p cairn-runtime --lib --locked --release -- loom_tests
+  cargo test -p cairn-runtime -p cairn-redb --lib --locked --release -- loom_tests

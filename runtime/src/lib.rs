@@ -1,7 +1,8 @@
 //! Cairn's engine: the host (instances, drivers, the commit path, timers, schedules,
 //! recovery), the run (the workflow context, behind the `HostPort` port), the offline
-//! replayer, and for now the redb store with its group-commit writer. The event model and
-//! the replay rules are `cairn-core`'s, re-exported here under their old paths. Users
+//! replayer. It runs on any journal (`cairn_core::journal::Journal`); the embedded redb
+//! journal (`cairn-redb`) is the default `open`. The event model and the replay rules are
+//! `cairn-core`'s, re-exported here under their old paths. Users
 //! depend on the `cairn` crate, which wraps this one in a typed API; this crate knows
 //! nothing of macros.
 //!
@@ -16,17 +17,14 @@ mod context;
 mod drive;
 mod engine;
 mod port;
-mod queue;
-pub mod redb_journal;
 mod replayer;
-pub mod store;
 mod sync;
 mod timers;
-mod writer;
 
 pub use activity::{
     ActivityContext, ActivityError, ActivityFailure, ActivityOptions, Cancelled, RetryPolicy,
 };
+pub use cairn_redb::{store, WriterStats, BATCH_REQUESTS_MAX};
 pub use codec::{Codec, CodecError, JsonCodec, Payload};
 pub use context::{PatchPlan, WorkflowContext};
 pub use engine::{
@@ -36,4 +34,8 @@ pub use engine::{
 };
 pub use error::{Error, NonDeterminism, Result, StepDescriptor};
 pub use replayer::{Replayer, StoredVerdict};
-pub use writer::{WriterStats, BATCH_REQUESTS_MAX};
+
+/// The embedded redb journal (crate `cairn-redb`).
+pub mod redb_journal {
+    pub use cairn_redb::RedbJournal;
+}

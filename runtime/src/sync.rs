@@ -7,16 +7,12 @@
 #[cfg(cairn_loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64};
 #[cfg(cairn_loom)]
-pub(crate) use loom::sync::{
-    Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
-};
+pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
 
 #[cfg(not(cairn_loom))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64};
 #[cfg(not(cairn_loom))]
-pub(crate) use std::sync::{
-    Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
-};
+pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
 
 #[cfg(cairn_loom)]
 pub(crate) use loom_notify::{Notified, Notify};
@@ -30,22 +26,6 @@ pub(crate) use tokio::sync::{futures::Notified, Notify};
 /// one panic into many.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     match mutex.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
-
-/// Read-locks `lock`, recovering from poisoning for the same reason as [`lock`].
-pub(crate) fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    match lock.read() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
-
-/// Write-locks `lock`, recovering from poisoning for the same reason as [`lock`].
-pub(crate) fn write<T>(lock: &RwLock<T>) -> crate::sync::RwLockWriteGuard<'_, T> {
-    match lock.write() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
     }

@@ -12,8 +12,8 @@ use std::path::Path;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use cairn_runtime::error::Result;
-use cairn_runtime::store::RedbStore;
+use cairn_core::error::Result;
+use cairn_redb::store::RedbStore;
 
 /// The data behind a poisoned lock is still consistent here: every critical section
 /// only assigns plain values.

@@ -23,14 +23,14 @@
 //! `prev_lsn` and `prev_hash` the way the writer assigns them, so the chain checks get
 //! inputs that pass them and damage of a known kind.
 
-use cairn_runtime::codec::Payload;
-use cairn_runtime::event::{
+use cairn_core::codec::Payload;
+use cairn_core::event::{
     hash_envelope, ActivityErrorRecord, AttrValue, ChildOutcome, EventKind, EventRecord, StepNo,
     GENESIS_HASH,
 };
-use cairn_runtime::replay::{Decision, History, PatchDecision, StepKind, StepRequest};
-use cairn_runtime::store::{verify_chain, InstanceRow, InstanceStatus, StoredEvent};
-use cairn_runtime::NonDeterminism;
+use cairn_core::journal::{verify_chain, InstanceRow, InstanceStatus, StoredEvent};
+use cairn_core::replay::{Decision, History, PatchDecision, StepKind, StepRequest};
+use cairn_core::NonDeterminism;
 
 /// Most events one `history_replay` input describes (its frame count is one byte).
 pub const HISTORY_EVENTS_MAX: usize = u8::MAX as usize;

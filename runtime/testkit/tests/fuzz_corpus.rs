@@ -13,7 +13,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use cairn_runtime::event::{EventRecord, GENESIS_HASH};
+use cairn_core::event::{EventRecord, GENESIS_HASH};
 use cairn_testkit::fuzzing::{
     event_decode, history_input, history_replay, synthetic_event, SYNTHETIC_KINDS,
 };

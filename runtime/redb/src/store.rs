@@ -799,7 +799,7 @@ impl Store for RedbStore {
                 let (key, bytes) = entry.map_err(storage)?;
                 rows.push(decode_row(key.value(), bytes.value()));
             }
-            crate::redb_journal::page(query, rows.into_iter(), |key| {
+            crate::journal::page(query, rows.into_iter(), |key| {
                 match attributes.get(key).map_err(storage)? {
                     Some(bytes) => decode_attributes(key, bytes.value()),
                     None => Ok(Attributes::new()),

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use cairn_runtime::journal::Journal;
-use cairn_runtime::redb_journal::RedbJournal;
+use cairn_core::journal::Journal;
+use cairn_redb::RedbJournal;
 use cairn_testkit::conformance::Subject;
 
 /// A redb journal in a temporary directory; `reopen` opens the same file again.

@@ -28,8 +28,8 @@ use crate::writer::{Writer, WriterStats};
 ///
 /// # Example
 /// ```no_run
-/// # fn main() -> cairn_runtime::Result<()> {
-/// use cairn_runtime::redb_journal::RedbJournal;
+/// # fn main() -> cairn_core::Result<()> {
+/// use cairn_redb::RedbJournal;
 /// let journal = RedbJournal::open("orders.redb")?;
 /// # Ok(()) }
 /// ```
