@@ -4,7 +4,9 @@
 //! activity steps each) with events per commit; start-to-result latency of a 3-step
 //! workflow run one at a time; the latency of one durable step of a lone instance next to
 //! the raw redb `Durability::Immediate` single-insert commit latency (the floor); and
-//! recovery of 10,000 unfinished instances of 20 events each.
+//! recovery of 10,000 unfinished instances of 20 events each; and the query indexes: one
+//! page of 50 among 100,000 runs by type, by status and by attribute, next to reading
+//! every row.
 //!
 //! Set `CAIRN_BENCH_QUICK=1` for a smaller, faster run (used to smoke-test the bench).
 
@@ -285,6 +287,98 @@ async fn recovery(dir: &tempfile::TempDir, instances: u32) {
     rt.shutdown().await;
 }
 
+/// Query pages from the indexes among `runs` runs of 20 types, against reading them all.
+async fn queries(dir: &tempfile::TempDir, runs: u32) {
+    use cairn::events::{AttrValue, EventKind, Payload};
+    use cairn::store::{Expect, InstanceQuery, InstanceStatus, Journal};
+    let journal = Arc::new(RedbJournal::open(dir.path().join("queries.redb")).unwrap());
+    let starts = (0..runs).map(|n| {
+        let journal = journal.clone();
+        async move {
+            let started = journal
+                .start(
+                    format!("q-{n}"),
+                    format!("type-{}", n % 20),
+                    Payload::new(0, Vec::new()),
+                    None,
+                )
+                .await
+                .unwrap();
+            if n % 100 == 0 {
+                let branch = EventKind::AttributesSet {
+                    step: 1,
+                    attributes: vec![("branch".into(), AttrValue::from("leeds"))],
+                };
+                journal
+                    .append(started.key, branch, Expect::End)
+                    .await
+                    .unwrap();
+            }
+            if n % 2 == 0 {
+                let done = EventKind::WorkflowCompleted {
+                    output: Payload::new(0, Vec::new()),
+                };
+                journal
+                    .append(started.key, done, Expect::End)
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    futures::future::join_all(starts).await;
+    let time = |query: InstanceQuery| {
+        let journal = journal.clone();
+        async move {
+            let mut best = Duration::MAX;
+            let mut rows = 0;
+            for _ in 0..20 {
+                let started = Instant::now();
+                let page = journal.query(&query).await.unwrap();
+                best = best.min(started.elapsed());
+                rows = page.rows.len();
+            }
+            (best, rows)
+        }
+    };
+    let page = |query: InstanceQuery| InstanceQuery { limit: 50, ..query };
+    let (by_type, n1) = time(page(InstanceQuery {
+        workflow_type: Some("type-7".into()),
+        statuses: vec![InstanceStatus::Running],
+        ..InstanceQuery::default()
+    }))
+    .await;
+    let (by_status, n2) = time(page(InstanceQuery {
+        statuses: vec![InstanceStatus::Completed],
+        ..InstanceQuery::default()
+    }))
+    .await;
+    let (by_attribute, n3) = time(page(InstanceQuery {
+        attributes: vec![("branch".into(), AttrValue::from("leeds"))],
+        ..InstanceQuery::default()
+    }))
+    .await;
+    let started = Instant::now();
+    let mut query = InstanceQuery::default();
+    let mut all = 0usize;
+    loop {
+        let page = journal.query(&query).await.unwrap();
+        all += page.rows.len();
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => break,
+        }
+    }
+    let everything = started.elapsed();
+    println!(
+        "queries     {runs} runs: a page of {n1} by type+status {}, {n2} by status {}, {n3} by attribute {} (best of 20); all {all} rows page by page {:.0} ms",
+        us(by_type),
+        us(by_status),
+        us(by_attribute),
+        everything.as_secs_f64() * 1e3
+    );
+    journal.close();
+}
+
 fn main() {
     let quick = std::env::var_os("CAIRN_BENCH_QUICK").is_some();
     let dir = tempfile::tempdir().unwrap();
@@ -316,6 +410,9 @@ fn main() {
         }
         if run("recovery") {
             recovery(&dir, if quick { 500 } else { 10_000 }).await;
+        }
+        if run("queries") {
+            queries(&dir, if quick { 2_000 } else { 100_000 }).await;
         }
     });
 }

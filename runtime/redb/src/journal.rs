@@ -12,7 +12,6 @@ use cairn_core::event::EventKind;
 use cairn_core::journal::{
     Appended, Attachment, Attributes, Carried, Cursor, Expect, InstancePage, InstanceQuery,
     InstanceRow, Journal, Ownership, ParkedRow, RawHistory, Started, Suspension, TimeSource,
-    PAGE_ROWS_MAX,
 };
 use cairn_core::schedule::ScheduleRow;
 
@@ -223,42 +222,6 @@ impl Journal for RedbJournal {
         }
         self.store.close();
     }
-}
-
-/// Pages through `rows` (already in start order) for `query`, for stores that filter in
-/// memory what their index returned.
-pub(crate) fn page(
-    query: &InstanceQuery,
-    rows: impl Iterator<Item = Result<InstanceRow>>,
-    attributes: impl Fn(u128) -> Result<Attributes>,
-) -> Result<InstancePage> {
-    let limit = match query.limit {
-        0 => PAGE_ROWS_MAX,
-        n => n.min(PAGE_ROWS_MAX),
-    };
-    let mut out = InstancePage::default();
-    for row in rows {
-        let row = row?;
-        if !matches(query, &row) {
-            continue;
-        }
-        if !query.attributes.is_empty() {
-            let held = attributes(row.key)?;
-            if !query
-                .attributes
-                .iter()
-                .all(|(name, value)| held.get(name) == Some(value))
-            {
-                continue;
-            }
-        }
-        if out.rows.len() == limit {
-            out.next = out.rows.last().map(Cursor::after);
-            break;
-        }
-        out.rows.push(row);
-    }
-    Ok(out)
 }
 
 /// Whether `row` passes the row-level conditions of `query` (not its attributes).

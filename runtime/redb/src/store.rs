@@ -25,9 +25,9 @@ pub use cairn_core::journal::{
     verify_chain, verify_history, Attributes, InstanceRow, InstanceStatus, ParkedRow, RawEvent,
     RawHistory, StoredEvent, Suspension,
 };
-use cairn_core::journal::{InstancePage, InstanceQuery};
+use cairn_core::journal::{Cursor, InstancePage, InstanceQuery, PAGE_ROWS_MAX};
 
-use crate::event::EventRecord;
+use crate::event::{AttrValue, EventRecord};
 use crate::schedule::ScheduleRow;
 use crate::sync::{read, write, AtomicBool, RwLock, RwLockReadGuard};
 
@@ -38,10 +38,19 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ATTRIBUTES: TableDefinition<u128, &[u8]> = TableDefinition::new("attributes");
 const RUNNING: TableDefinition<u128, &[u8]> = TableDefinition::new("running");
 const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
-/// Added by storage format 2; a format-1 file gets it at its first commit.
+/// Added by storage format 2.
 const PARKED: TableDefinition<u128, &[u8]> = TableDefinition::new("parked");
-/// Tables a Cairn file may hold without them all being required.
-const LATER_TABLES: [&str; 1] = ["parked"];
+/// Query indexes, added by storage format 3: every run by start time; by type; by stored
+/// status; by attribute value (postcard of the `AttrValue`). Each key ends with the run's
+/// start time and key, so a range of one is in start order and pages by cursor.
+const BY_START: TableDefinition<(u64, u128), ()> = TableDefinition::new("by_start");
+const BY_TYPE: TableDefinition<(&str, u64, u128), ()> = TableDefinition::new("by_type");
+const BY_STATUS: TableDefinition<(u8, u64, u128), ()> = TableDefinition::new("by_status");
+const BY_ATTRIBUTE: TableDefinition<(&str, &[u8], u64, u128), ()> =
+    TableDefinition::new("by_attribute");
+/// Tables a Cairn file may hold without them all being required (an older format's file
+/// lacks them until its first writable open migrates it).
+const LATER_TABLES: [&str; 5] = ["parked", "by_start", "by_type", "by_status", "by_attribute"];
 const CAIRN_TABLES: [&str; 7] = [
     "log",
     "instances",
@@ -53,10 +62,15 @@ const CAIRN_TABLES: [&str; 7] = [
 ];
 
 /// Storage format of the whole file (tables and row encodings). Bumped on any change a
-/// previous build could misread. Format 2 added the event kinds `StepAbandoned` and
-/// `RunContinued`; a format-1 file is read as it is and marked 2 by its first commit
-/// (before which it holds neither).
-pub const STORAGE_FORMAT: u32 = 2;
+/// previous build could misread. Format 2 added the event kinds `StepAbandoned`,
+/// `RunContinued` and `WorkflowParked` and the `parked` table; format 3 the query indexes.
+/// An older file is migrated by its first writable open (one transaction that builds the
+/// indexes from the rows and raises the marker); a read-only open leaves it as it is and
+/// answers queries by scanning the rows.
+pub const STORAGE_FORMAT: u32 = 3;
+
+/// The first format with the query indexes.
+const INDEXED_FORMAT: u32 = 3;
 
 /// Version byte in front of every encoded [`InstanceRow`].
 const ROW_VERSION: u8 = 1;
@@ -100,6 +114,65 @@ pub struct WriteBatch {
     /// Parked instances to record (`Some(row)`, version byte + postcard `ParkedRow`) or
     /// clear.
     pub parked: Vec<(u128, Option<Vec<u8>>)>,
+    /// Changes to the query indexes, in order.
+    pub index: Vec<IndexChange>,
+}
+
+/// One change to the query indexes, derived from an event by the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexChange {
+    /// Run `key` started: indexed by start time, type and status `Running`.
+    Started {
+        /// The run.
+        key: u128,
+        /// Its start time.
+        created_at_ms: u64,
+        /// Its workflow type.
+        workflow_type: String,
+    },
+    /// Run `key` ended with status `to`.
+    Ended {
+        /// The run.
+        key: u128,
+        /// Its start time.
+        created_at_ms: u64,
+        /// Its new status.
+        to: InstanceStatus,
+    },
+    /// Run `key`'s attribute `name` changed from `old` (if it had one) to `new` (both
+    /// encoded with [`attribute_bytes`]).
+    Attribute {
+        /// The run.
+        key: u128,
+        /// Its start time.
+        created_at_ms: u64,
+        /// The attribute.
+        name: String,
+        /// Its previous value.
+        old: Option<Vec<u8>>,
+        /// Its new value.
+        new: Vec<u8>,
+    },
+}
+
+/// The bytes an attribute value is indexed under.
+///
+/// # Errors
+/// [`Error::Storage`] if postcard fails (it does not for these types).
+pub fn attribute_bytes(value: &AttrValue) -> Result<Vec<u8>> {
+    postcard::to_allocvec(value)
+        .map_err(|err| Error::Storage(format!("attribute value does not encode: {err}")))
+}
+
+/// The byte a stored status is indexed under.
+fn status_code(status: InstanceStatus) -> u8 {
+    match status {
+        InstanceStatus::Running => 0,
+        InstanceStatus::Completed => 1,
+        InstanceStatus::Failed => 2,
+        InstanceStatus::Terminated => 3,
+        InstanceStatus::ContinuedAsNew => 4,
+    }
 }
 
 pub(crate) fn encode_parked(row: &ParkedRow) -> Result<Vec<u8>> {
@@ -172,6 +245,7 @@ impl WriteBatch {
             && self.finished.is_empty()
             && self.schedules.is_empty()
             && self.parked.is_empty()
+            && self.index.is_empty()
     }
 }
 
@@ -226,10 +300,9 @@ pub struct RedbStore {
     /// every later call fails fast, and `close` leaks the handle rather than run a
     /// destructor that may wait on state the panic left behind.
     poisoned: AtomicBool,
-    /// The file's marker names an older format than [`STORAGE_FORMAT`]: the next commit
-    /// raises it (nothing is written at open), so an older build refuses the file once
-    /// it may hold what that build cannot read.
-    outdated: AtomicBool,
+    /// The file has the query indexes (format 3 or later); an older file opened
+    /// read-only has not, and its queries scan the rows.
+    indexed: AtomicBool,
 }
 
 fn storage(err: impl std::fmt::Display) -> Error {
@@ -308,7 +381,7 @@ impl RedbStore {
                 db: RwLock::new(Some(db)),
                 path: path.clone(),
                 poisoned: AtomicBool::new(false),
-                outdated: AtomicBool::new(false),
+                indexed: AtomicBool::new(true),
             };
             store.check_format(existed)?;
             Ok(store)
@@ -398,8 +471,10 @@ impl RedbStore {
                 .map_err(|err| open_error(&self.path, err))?
             {
                 let found = self.format_marker(value.value())?;
-                self.outdated
-                    .store(found < STORAGE_FORMAT, std::sync::atomic::Ordering::Release);
+                self.indexed.store(
+                    found >= INDEXED_FORMAT,
+                    std::sync::atomic::Ordering::Release,
+                );
             }
         }
         self.refuse_foreign_tables(&names)?;
@@ -447,6 +522,15 @@ impl RedbStore {
 
     fn check_format(&self, existed: bool) -> Result<()> {
         if self.is_ready()? {
+            if !self.indexed.load(std::sync::atomic::Ordering::Acquire) {
+                self.migrate().map_err(|err| Error::Open {
+                    path: self.path.clone(),
+                    message: format!(
+                        "migrating it to storage format {STORAGE_FORMAT} failed ({err})"
+                    ),
+                    remedy: "Nothing was changed. If the file is damaged, restore it from a backup; `cairn verify` (read-only) shows which histories are intact.",
+                })?;
+            }
             return Ok(());
         }
         if existed {
@@ -503,8 +587,67 @@ impl RedbStore {
                 .map_err(|err| open_error(&self.path, err))?;
             txn.open_table(PARKED)
                 .map_err(|err| open_error(&self.path, err))?;
+            txn.open_table(BY_START)
+                .map_err(|err| open_error(&self.path, err))?;
+            txn.open_table(BY_TYPE)
+                .map_err(|err| open_error(&self.path, err))?;
+            txn.open_table(BY_STATUS)
+                .map_err(|err| open_error(&self.path, err))?;
+            txn.open_table(BY_ATTRIBUTE)
+                .map_err(|err| open_error(&self.path, err))?;
         }
         txn.commit().map_err(|err| open_error(&self.path, err))
+    }
+
+    /// Brings a file of an older format to [`STORAGE_FORMAT`] in one transaction: builds
+    /// the query indexes from the instance rows and attributes, creates the tables the
+    /// format added, raises the marker. A read-only handle is left as it is.
+    fn migrate(&self) -> Result<()> {
+        let db = self.db()?;
+        let Handle::Writable(db) = db.get() else {
+            return Ok(());
+        };
+        let mut txn = db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::Immediate).map_err(storage)?;
+        let mut runs = 0usize;
+        {
+            let instances = txn.open_table(INSTANCES).map_err(storage)?;
+            let attributes = txn.open_table(ATTRIBUTES).map_err(storage)?;
+            let mut by_start = txn.open_table(BY_START).map_err(storage)?;
+            let mut by_type = txn.open_table(BY_TYPE).map_err(storage)?;
+            let mut by_status = txn.open_table(BY_STATUS).map_err(storage)?;
+            let mut by_attribute = txn.open_table(BY_ATTRIBUTE).map_err(storage)?;
+            for entry in instances.iter().map_err(storage)? {
+                let (key, bytes) = entry.map_err(storage)?;
+                let row = decode_row(key.value(), bytes.value())?;
+                let at = (row.created_at_ms, row.key);
+                by_start.insert(at, ()).map_err(storage)?;
+                by_type
+                    .insert((row.workflow_type.as_str(), at.0, at.1), ())
+                    .map_err(storage)?;
+                by_status
+                    .insert((status_code(row.status), at.0, at.1), ())
+                    .map_err(storage)?;
+                if let Some(held) = attributes.get(row.key).map_err(storage)? {
+                    for (name, value) in decode_attributes(row.key, held.value())? {
+                        let value = attribute_bytes(&value)?;
+                        by_attribute
+                            .insert((name.as_str(), value.as_slice(), at.0, at.1), ())
+                            .map_err(storage)?;
+                    }
+                }
+                runs += 1;
+            }
+            txn.open_table(PARKED).map_err(storage)?;
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert("format", STORAGE_FORMAT.to_le_bytes().as_slice())
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        self.indexed
+            .store(true, std::sync::atomic::Ordering::Release);
+        tracing::info!(path = %self.path.display(), runs, format = STORAGE_FORMAT, "migrated the file to the current storage format");
+        Ok(())
     }
 
     /// A read transaction that also holds the store open, so `close` waits for it.
@@ -617,7 +760,6 @@ fn open_error(path: &Path, err: impl Into<redb::Error>) -> Error {
 impl Store for RedbStore {
     fn commit(&self, batch: &WriteBatch) -> Result<()> {
         self.contain("commit", || {
-            let outdated = self.outdated.load(std::sync::atomic::Ordering::Acquire);
             let db = self.db()?;
             let mut txn = db
                 .get()
@@ -665,8 +807,7 @@ impl Store for RedbStore {
                         running.remove(*key).map_err(storage)?;
                     }
                 }
-                if !batch.parked.is_empty() || outdated {
-                    // Created here in a format-1 file, which lacks it.
+                if !batch.parked.is_empty() {
                     let mut parked = txn.open_table(PARKED).map_err(storage)?;
                     for (key, row) in &batch.parked {
                         match row {
@@ -676,17 +817,11 @@ impl Store for RedbStore {
                         .map_err(storage)?;
                     }
                 }
-                if outdated {
-                    let mut meta = txn.open_table(META).map_err(storage)?;
-                    meta.insert("format", STORAGE_FORMAT.to_le_bytes().as_slice())
-                        .map_err(storage)?;
+                if !batch.index.is_empty() {
+                    apply_index(&txn, &batch.index)?;
                 }
             }
             txn.commit().map_err(storage)?;
-            if outdated {
-                self.outdated
-                    .store(false, std::sync::atomic::Ordering::Release);
-            }
             Ok(())
         })
     }
@@ -792,19 +927,11 @@ impl Store for RedbStore {
     fn query(&self, query: &InstanceQuery) -> Result<InstancePage> {
         self.contain("query", || {
             let txn = self.read()?;
-            let instances = txn.open_table(INSTANCES).map_err(storage)?;
-            let attributes = txn.open_table(ATTRIBUTES).map_err(storage)?;
-            let mut rows = Vec::new();
-            for entry in instances.iter().map_err(storage)? {
-                let (key, bytes) = entry.map_err(storage)?;
-                rows.push(decode_row(key.value(), bytes.value()));
+            if self.indexed.load(std::sync::atomic::Ordering::Acquire) {
+                query_indexed(&txn, query)
+            } else {
+                query_by_scan(&txn, query)
             }
-            crate::journal::page(query, rows.into_iter(), |key| {
-                match attributes.get(key).map_err(storage)? {
-                    Some(bytes) => decode_attributes(key, bytes.value()),
-                    None => Ok(Attributes::new()),
-                }
-            })
         })
     }
 
@@ -883,6 +1010,229 @@ impl Store for RedbStore {
     }
 }
 
+/// Applies index changes inside a commit's transaction.
+fn apply_index(txn: &redb::WriteTransaction, changes: &[IndexChange]) -> Result<()> {
+    let mut by_start = txn.open_table(BY_START).map_err(storage)?;
+    let mut by_type = txn.open_table(BY_TYPE).map_err(storage)?;
+    let mut by_status = txn.open_table(BY_STATUS).map_err(storage)?;
+    let mut by_attribute = txn.open_table(BY_ATTRIBUTE).map_err(storage)?;
+    for change in changes {
+        match change {
+            IndexChange::Started {
+                key,
+                created_at_ms,
+                workflow_type,
+            } => {
+                by_start
+                    .insert((*created_at_ms, *key), ())
+                    .map_err(storage)?;
+                by_type
+                    .insert((workflow_type.as_str(), *created_at_ms, *key), ())
+                    .map_err(storage)?;
+                let running = status_code(InstanceStatus::Running);
+                by_status
+                    .insert((running, *created_at_ms, *key), ())
+                    .map_err(storage)?;
+            }
+            IndexChange::Ended {
+                key,
+                created_at_ms,
+                to,
+            } => {
+                let running = status_code(InstanceStatus::Running);
+                by_status
+                    .remove((running, *created_at_ms, *key))
+                    .map_err(storage)?;
+                by_status
+                    .insert((status_code(*to), *created_at_ms, *key), ())
+                    .map_err(storage)?;
+            }
+            IndexChange::Attribute {
+                key,
+                created_at_ms,
+                name,
+                old,
+                new,
+            } => {
+                if let Some(old) = old {
+                    by_attribute
+                        .remove((name.as_str(), old.as_slice(), *created_at_ms, *key))
+                        .map_err(storage)?;
+                }
+                by_attribute
+                    .insert((name.as_str(), new.as_slice(), *created_at_ms, *key), ())
+                    .map_err(storage)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Collects the rows of one page from index entries given in start order.
+struct PageCollector<'q> {
+    query: &'q InstanceQuery,
+    /// The lower bound: start after this (created, key), or at it when inclusive.
+    from: (u64, u128),
+    from_exclusive: bool,
+    limit: usize,
+    page: InstancePage,
+}
+
+impl<'q> PageCollector<'q> {
+    fn new(query: &'q InstanceQuery) -> Self {
+        let floor = (query.created_from_ms.unwrap_or(0), 0u128);
+        let (from, from_exclusive) = match query.after {
+            Some(after) if (after.created_at_ms, after.key) >= floor => {
+                ((after.created_at_ms, after.key), true)
+            }
+            _ => (floor, false),
+        };
+        Self {
+            query,
+            from,
+            from_exclusive,
+            limit: match query.limit {
+                0 => PAGE_ROWS_MAX,
+                n => n.min(PAGE_ROWS_MAX),
+            },
+            page: InstancePage::default(),
+        }
+    }
+
+    /// Looks at the run an index entry names; `false` once the page is complete or the
+    /// entries have passed the query's time range.
+    fn visit(
+        &mut self,
+        created_at_ms: u64,
+        key: u128,
+        instances: &redb::ReadOnlyTable<u128, &[u8]>,
+        attributes: &redb::ReadOnlyTable<u128, &[u8]>,
+    ) -> Result<bool> {
+        if self.from_exclusive && (created_at_ms, key) == self.from {
+            return Ok(true);
+        }
+        if self
+            .query
+            .created_until_ms
+            .is_some_and(|until| created_at_ms >= until)
+        {
+            return Ok(false);
+        }
+        let row = match instances.get(key).map_err(storage)? {
+            Some(bytes) => decode_row(key, bytes.value())?,
+            None => {
+                return Err(Error::Corrupt {
+                    location: "query indexes".into(),
+                    message: format!("an index entry names key {key:032x}, which has no row"),
+                })
+            }
+        };
+        if !crate::journal::matches(self.query, &row) {
+            return Ok(true);
+        }
+        if !self.query.attributes.is_empty() {
+            let held = match attributes.get(key).map_err(storage)? {
+                Some(bytes) => decode_attributes(key, bytes.value())?,
+                None => Attributes::new(),
+            };
+            let all = self
+                .query
+                .attributes
+                .iter()
+                .all(|(name, value)| held.get(name) == Some(value));
+            if !all {
+                return Ok(true);
+            }
+        }
+        if self.page.rows.len() == self.limit {
+            self.page.next = self.page.rows.last().map(Cursor::after);
+            return Ok(false);
+        }
+        self.page.rows.push(row);
+        Ok(true)
+    }
+}
+
+/// A query answered from the most selective index it names: the first attribute, else the
+/// type, else a single status, else start time. Only the entries in the query's start
+/// range are read, and reading stops once the page is full.
+fn query_indexed(txn: &redb::ReadTransaction, query: &InstanceQuery) -> Result<InstancePage> {
+    let instances = txn.open_table(INSTANCES).map_err(storage)?;
+    let attributes = txn.open_table(ATTRIBUTES).map_err(storage)?;
+    let mut pages = PageCollector::new(query);
+    let (from_ms, from_key) = pages.from;
+    if let Some((name, value)) = query.attributes.first() {
+        let value = attribute_bytes(value)?;
+        let table = txn.open_table(BY_ATTRIBUTE).map_err(storage)?;
+        let start = (name.as_str(), value.as_slice(), from_ms, from_key);
+        let end = (name.as_str(), value.as_slice(), u64::MAX, u128::MAX);
+        for entry in table.range(start..=end).map_err(storage)? {
+            let (entry, ()) = entry.map(|(k, _)| (k, ())).map_err(storage)?;
+            let (_, _, created, key) = entry.value();
+            if !pages.visit(created, key, &instances, &attributes)? {
+                break;
+            }
+        }
+    } else if let Some(workflow_type) = &query.workflow_type {
+        let table = txn.open_table(BY_TYPE).map_err(storage)?;
+        let start = (workflow_type.as_str(), from_ms, from_key);
+        let end = (workflow_type.as_str(), u64::MAX, u128::MAX);
+        for entry in table.range(start..=end).map_err(storage)? {
+            let (entry, ()) = entry.map(|(k, _)| (k, ())).map_err(storage)?;
+            let (_, created, key) = entry.value();
+            if !pages.visit(created, key, &instances, &attributes)? {
+                break;
+            }
+        }
+    } else if let [status] = query.statuses.as_slice() {
+        let code = status_code(*status);
+        let table = txn.open_table(BY_STATUS).map_err(storage)?;
+        let range = (code, from_ms, from_key)..=(code, u64::MAX, u128::MAX);
+        for entry in table.range(range).map_err(storage)? {
+            let (entry, ()) = entry.map(|(k, _)| (k, ())).map_err(storage)?;
+            let (_, created, key) = entry.value();
+            if !pages.visit(created, key, &instances, &attributes)? {
+                break;
+            }
+        }
+    } else {
+        let table = txn.open_table(BY_START).map_err(storage)?;
+        let range = (from_ms, from_key)..=(u64::MAX, u128::MAX);
+        for entry in table.range(range).map_err(storage)? {
+            let (entry, ()) = entry.map(|(k, _)| (k, ())).map_err(storage)?;
+            let (created, key) = entry.value();
+            if !pages.visit(created, key, &instances, &attributes)? {
+                break;
+            }
+        }
+    }
+    Ok(pages.page)
+}
+
+/// A query on a file without indexes (an older format opened read-only): every row is
+/// read and sorted by start time.
+fn query_by_scan(txn: &redb::ReadTransaction, query: &InstanceQuery) -> Result<InstancePage> {
+    let instances = txn.open_table(INSTANCES).map_err(storage)?;
+    let attributes = txn.open_table(ATTRIBUTES).map_err(storage)?;
+    let mut starts = Vec::new();
+    for entry in instances.iter().map_err(storage)? {
+        let (key, bytes) = entry.map_err(storage)?;
+        let row = decode_row(key.value(), bytes.value())?;
+        starts.push((row.created_at_ms, row.key));
+    }
+    starts.sort_unstable();
+    let mut pages = PageCollector::new(query);
+    for (created, key) in starts {
+        if (created, key) < pages.from {
+            continue;
+        }
+        if !pages.visit(created, key, &instances, &attributes)? {
+            break;
+        }
+    }
+    Ok(pages.page)
+}
+
 fn chain_error(row: &InstanceRow, lsn: u64, message: &str) -> Error {
     Error::Corrupt {
         location: format!("history of instance `{}` at LSN {lsn}", row.id),
@@ -957,34 +1307,41 @@ mod tests {
         u32::from_le_bytes(value.value().try_into().unwrap())
     }
 
-    /// A format-1 file (from before `StepAbandoned` and `RunContinued`) opens untouched and
-    /// is marked with the current format by its first commit, so an older build refuses
-    /// it from then on.
+    /// A file of an older format is left as it is by a read-only open and migrated by
+    /// the first writable open (its marker raised, the tables it lacked created).
     #[test]
-    fn an_older_format_is_read_and_raised_by_the_first_commit_only() {
+    fn an_older_format_is_migrated_by_the_first_writable_open_only() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.redb");
         RedbStore::open(&path).unwrap().close();
         {
             let db = Database::create(&path).unwrap();
             let txn = db.begin_write().unwrap();
+            for table in ["parked", "by_start", "by_type", "by_status", "by_attribute"] {
+                txn.delete_table(redb::TableDefinition::<u128, &[u8]>::new(table))
+                    .unwrap();
+            }
             txn.open_table(META)
                 .unwrap()
                 .insert("format", 1u32.to_le_bytes().as_slice())
                 .unwrap();
             txn.commit().unwrap();
         }
-        let store = RedbStore::open(&path).unwrap();
+        let store = RedbStore::open_read_only(&path).unwrap();
+        assert!(store
+            .query(&InstanceQuery::default())
+            .unwrap()
+            .rows
+            .is_empty());
+        assert!(store.parked().unwrap().is_empty());
         store.close();
-        assert_eq!(stored_format(&path), 1, "opening wrote nothing");
+        assert_eq!(stored_format(&path), 1, "a read-only open wrote nothing");
 
-        let store = RedbStore::open(&path).unwrap();
-        let batch = WriteBatch {
-            schedules: vec![("s".into(), None)],
-            ..WriteBatch::default()
-        };
-        store.commit(&batch).unwrap();
-        store.close();
+        RedbStore::open(&path).unwrap().close();
         assert_eq!(stored_format(&path), STORAGE_FORMAT);
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        txn.open_table(BY_START).unwrap();
+        txn.open_table(PARKED).unwrap();
     }
 }

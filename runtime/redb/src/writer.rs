@@ -19,8 +19,9 @@ use crate::event::{
 use crate::queue::{Closed, CommitQueue};
 use crate::schedule::ScheduleRow;
 use crate::store::{
-    encode_attributes, encode_parked, encode_row, encode_schedule, encode_suspension, Attributes,
-    InstanceRow, InstanceStatus, ParkedRow, Store, Suspension, WriteBatch,
+    attribute_bytes, encode_attributes, encode_parked, encode_row, encode_schedule,
+    encode_suspension, Attributes, IndexChange, InstanceRow, InstanceStatus, ParkedRow, Store,
+    Suspension, WriteBatch,
 };
 use crate::sync::{lock, Arc, AtomicU64, Mutex};
 use cairn_core::journal::{
@@ -842,6 +843,11 @@ impl WriterLoop {
             _ => None,
         };
         let parent = row.parent;
+        let created_at_ms = row.created_at_ms;
+        let started_type = match &kind {
+            EventKind::WorkflowStarted { workflow_type, .. } => Some(workflow_type.clone()),
+            _ => None,
+        };
         let attributes = match &kind {
             EventKind::AttributesSet { attributes, .. } => Some(attributes.clone()),
             _ => None,
@@ -903,8 +909,46 @@ impl WriterLoop {
                 }
             }
         }
+        if let Some(workflow_type) = started_type {
+            batch.index.push(IndexChange::Started {
+                key,
+                created_at_ms,
+                workflow_type,
+            });
+        }
+        if let Some(to) = terminal {
+            batch.index.push(IndexChange::Ended {
+                key,
+                created_at_ms,
+                to,
+            });
+        }
         if let Some(attributes) = attributes {
-            self.merge_attributes(key, attributes);
+            // One at a time: a name given twice replaces its own earlier value.
+            for (name, value) in attributes {
+                let held = self.attributes.get(&key);
+                let old = held.and_then(|held| held.get(&name));
+                if old != Some(&value) {
+                    // Both encode (postcard of a plain enum); a failure leaves the index
+                    // without this entry, never the commit without the event.
+                    match (
+                        attribute_bytes(&value),
+                        old.map(attribute_bytes).transpose(),
+                    ) {
+                        (Ok(new), Ok(old)) => batch.index.push(IndexChange::Attribute {
+                            key,
+                            created_at_ms,
+                            name: name.clone(),
+                            old,
+                            new,
+                        }),
+                        _ => {
+                            tracing::error!(attribute = %name, "attribute value does not encode for the index");
+                        }
+                    }
+                }
+                self.merge_attributes(key, vec![(name, value)]);
+            }
         }
         self.effects.push(Committed::Event {
             key,
