@@ -348,7 +348,7 @@ async fn run(args: Args) -> Result<(), cairn::Error> {
     if let Some(warehouse) = warehouse {
         warehouse
             .await
-            .map_err(|err| cairn::Error::Storage(format!("warehouse task failed: {err}")))??;
+            .map_err(|err| cairn::Error::Environment(format!("warehouse task failed: {err}")))??;
     }
     for handle in handles {
         match handle.result().await? {
@@ -413,9 +413,9 @@ async fn approve_dispatches(
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|err| cairn::Error::Storage(format!("{}: {err}", path.display())))?;
+                .map_err(|err| cairn::Error::Environment(format!("{}: {err}", path.display())))?;
             file.write_all(format!("{id} {token}\n").as_bytes())
-                .map_err(|err| cairn::Error::Storage(format!("{}: {err}", path.display())))?;
+                .map_err(|err| cairn::Error::Environment(format!("{}: {err}", path.display())))?;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }

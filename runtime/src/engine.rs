@@ -16,7 +16,7 @@ use crate::codec::{Codec, JsonCodec, Payload};
 use crate::context::{Inbox, InboxMark, Stop, WorkflowContext};
 use crate::drive::{drive, factory_for, finished_outcome};
 pub use crate::drive::{WorkflowFactory, WorkflowResult};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StorageFailure};
 use crate::event::AttrValue;
 use crate::event::{EventKind, EventRecord};
 use crate::port::HostPort;
@@ -304,7 +304,9 @@ impl EngineBuilder {
         let path = path.as_ref().to_path_buf();
         let journal = tokio::task::spawn_blocking(move || RedbJournal::open(path))
             .await
-            .map_err(|err| Error::Storage(format!("opening task failed: {err}")))??;
+            .map_err(|err| {
+                Error::Storage(StorageFailure::caused_by("the task opening the file", err))
+            })??;
         self.open_journal(Arc::new(journal)).await
     }
 
@@ -828,15 +830,15 @@ impl Engine {
                 });
             }
             previous = Some(key);
-            match self.wait_run(id).await? {
+            match self.wait_run(id, key).await? {
                 Outcome::ContinuedAsNew(_) => continue,
                 outcome => return Ok(outcome),
             }
         }
     }
 
-    async fn wait_run(&self, id: &str) -> Result<Outcome> {
-        let key = self.key_of(id).await?;
+    /// Waits for run `key` of `id` to end.
+    async fn wait_run(&self, id: &str, key: u128) -> Result<Outcome> {
         // One bound for the whole wait, not one per wake-up: other instances' drivers
         // register all the time and must not keep a damaged one waiting for ever.
         let give_up = tokio::time::Instant::now() + DRIVER_REGISTRATION_WAIT;

@@ -32,7 +32,7 @@ pub use engine::{
     StatusKind, WorkflowFactory, WorkflowResult, ALWAYS_REPLAY_ENV, EVICTION_IDLE_DEFAULT,
     INSTANCE_ID_BYTES_MAX, SIGNAL_NAME_BYTES_MAX,
 };
-pub use error::{Error, NonDeterminism, Result, StepDescriptor};
+pub use error::{Error, NonDeterminism, Result, StepDescriptor, StorageFailure};
 pub use replayer::{Replayer, StoredVerdict};
 
 /// The embedded redb journal (crate `cairn-redb`).

@@ -12,7 +12,7 @@ use crate::clock::Clock;
 use crate::codec::Codec;
 use crate::context::{Inbox, Stop, WorkflowContext};
 use crate::drive::{drive, factory_for, finished_outcome, WorkflowFactory, WorkflowResult};
-use crate::error::{Error, Result, StepDescriptor};
+use crate::error::{Error, Result, StepDescriptor, StorageFailure};
 use crate::event::EventRecord;
 use crate::port::Outcome;
 use crate::replay::{History, RecordedResult};
@@ -128,9 +128,9 @@ impl Replayer {
             Err(Stop::ContinueAsNew(input)) => Outcome::ContinuedAsNew(input),
             // Only a run with a host asks for it; a replay has none.
             Err(Stop::Replay) => {
-                return Err(Error::Storage(
-                    "a replay asked to be rebuilt from a store it does not have".into(),
-                ))
+                return Err(Error::Storage(StorageFailure::new(
+                    "a replay asked to be rebuilt from a store it does not have",
+                )))
             }
             Ok(WorkflowResult::Fatal(err)) => return Err(err),
             Ok(result) => finished_outcome(&ctx, result)?,

@@ -45,7 +45,7 @@ pub use cairn_macros::{activity, workflow};
 pub use cairn_runtime::{
     event::AttrValue, ActivityContext as ActivityCtx, ActivityError, ActivityFailure,
     ActivityOptions, Cancelled, Codec, Error, InstanceInfo, JsonCodec, ListFilter, NonDeterminism,
-    RetryPolicy, Status, StatusKind,
+    RetryPolicy, Status, StatusKind, StorageFailure,
 };
 pub use ctx::{ActivityCall, Ctx};
 pub use runtime::{InstanceHandle, Runtime, RuntimeBuilder};

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::event::StepNo;
 
@@ -198,7 +199,7 @@ pub enum Error {
 
     /// Reading or writing the database failed. Nothing unacknowledged is assumed written.
     #[error("[CAIRN-E0006] storage failure: {0}. If a commit failed, the writer refuses further appends: shut the runtime down and open it again once the cause (disk full, I/O error) is fixed")]
-    Storage(String),
+    Storage(#[source] StorageFailure),
 
     /// The file was written by a newer Cairn format.
     #[error("[CAIRN-E0009] `{path}` uses Cairn storage format {found}; this build reads format {supported}. Upgrade Cairn to open it")]
@@ -307,6 +308,72 @@ impl From<NonDeterminism> for Error {
 impl From<Box<NonDeterminism>> for Error {
     fn from(value: Box<NonDeterminism>) -> Self {
         Error::NonDeterminism(value)
+    }
+}
+
+/// What failed in a store, with the store's own error (redb's, an I/O error) as its
+/// [`source`](std::error::Error::source), so the whole chain can be walked.
+///
+/// Its message includes the source's, so a single-line report (`{err}`) still says what
+/// the store said.
+#[derive(Clone, Debug)]
+pub struct StorageFailure {
+    context: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StorageFailure {
+    /// A failure `message` describes on its own.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            context: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failure of `context` ("commit", "the writer thread") caused by `source`.
+    pub fn caused_by(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            context: context.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// The same failure, placed: `prefix` (a file, an operation) goes in front of its
+    /// context.
+    pub fn within(mut self, prefix: impl fmt::Display) -> Self {
+        self.context = if self.context.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{prefix}: {}", self.context)
+        };
+        self
+    }
+
+    /// What failed, without the source's message.
+    pub fn context(&self) -> &str {
+        &self.context
+    }
+}
+
+impl fmt::Display for StorageFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.source, self.context.is_empty()) {
+            (Some(source), true) => write!(f, "{source}"),
+            (Some(source), false) => write!(f, "{}: {source}", self.context),
+            (None, _) => f.write_str(&self.context),
+        }
+    }
+}
+
+impl std::error::Error for StorageFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|source| source as &(dyn std::error::Error + 'static))
     }
 }
 

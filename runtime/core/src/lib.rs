@@ -26,4 +26,4 @@ pub use activity::{
     ActivityContext, ActivityError, ActivityFailure, ActivityOptions, Cancelled, RetryPolicy,
 };
 pub use codec::{Codec, CodecError, JsonCodec, Payload};
-pub use error::{Error, NonDeterminism, Result, StepDescriptor};
+pub use error::{Error, NonDeterminism, Result, StepDescriptor, StorageFailure};

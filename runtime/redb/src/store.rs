@@ -20,7 +20,7 @@ use redb::{
 };
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StorageFailure};
 pub use cairn_core::journal::{
     verify_chain, verify_history, Attributes, InstanceRow, InstanceStatus, ParkedRow, RawEvent,
     RawHistory, StoredEvent, Suspension,
@@ -160,8 +160,12 @@ pub enum IndexChange {
 /// # Errors
 /// [`Error::Storage`] if postcard fails (it does not for these types).
 pub fn attribute_bytes(value: &AttrValue) -> Result<Vec<u8>> {
-    postcard::to_allocvec(value)
-        .map_err(|err| Error::Storage(format!("attribute value does not encode: {err}")))
+    postcard::to_allocvec(value).map_err(|err| {
+        Error::Storage(StorageFailure::caused_by(
+            "attribute value does not encode",
+            err,
+        ))
+    })
 }
 
 /// The byte a stored status is indexed under.
@@ -185,8 +189,12 @@ fn decode_parked(key: u128, bytes: &[u8]) -> Result<ParkedRow> {
 
 /// Encodes an index row: the row version byte, then postcard.
 fn encode_versioned<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<Vec<u8>> {
-    postcard::to_extend(value, vec![ROW_VERSION])
-        .map_err(|err| Error::Storage(format!("{what} does not encode: {err}")))
+    postcard::to_extend(value, vec![ROW_VERSION]).map_err(|err| {
+        Error::Storage(StorageFailure::caused_by(
+            format!("{what} does not encode"),
+            err,
+        ))
+    })
 }
 
 /// Decodes an index row written by [`encode_versioned`]; damage is reported at `location`.
@@ -305,8 +313,13 @@ pub struct RedbStore {
     indexed: AtomicBool,
 }
 
-fn storage(err: impl std::fmt::Display) -> Error {
-    Error::Storage(err.to_string())
+/// A redb error as a storage failure, kept as its source (an I/O error as itself, so a
+/// host can read its kind); `contain` names the file.
+fn storage(err: impl Into<redb::Error>) -> Error {
+    match err.into() {
+        redb::Error::Io(io) => Error::Storage(StorageFailure::caused_by("I/O error", io)),
+        other => Error::Storage(StorageFailure::caused_by("", other)),
+    }
 }
 
 impl RedbStore {
@@ -425,9 +438,7 @@ impl RedbStore {
             });
         // redb's own errors do not name the file; an operator needs to know which one.
         result.map_err(|err| match err {
-            Error::Storage(message) => {
-                Error::Storage(format!("{}: {message}", self.path.display()))
-            }
+            Error::Storage(failure) => Error::Storage(failure.within(self.path.display())),
             other => other,
         })
     }
@@ -699,10 +710,10 @@ impl Handle {
     fn writable(&self, path: &Path) -> Result<&Database> {
         match self {
             Handle::Writable(db) => Ok(db),
-            Handle::ReadOnly(_) => Err(Error::Storage(format!(
+            Handle::ReadOnly(_) => Err(Error::Storage(StorageFailure::new(format!(
                 "{} is open read-only (RedbStore::open_read_only); open it with a host to write",
                 path.display()
-            ))),
+            )))),
         }
     }
 }
@@ -970,7 +981,13 @@ impl Store for RedbStore {
                 None => return Ok(None),
             };
             let log = txn.open_table(LOG).map_err(storage)?;
-            let len = usize::try_from(row.next_seq).map_err(storage)?;
+            let len = usize::try_from(row.next_seq).map_err(|_| {
+                chain_error(
+                    &row,
+                    row.head_lsn,
+                    "the row counts more events than can be read",
+                )
+            })?;
             // `len` comes from disk: a damaged row must give a Corrupt error below, not a huge
             // allocation here.
             let mut events = Vec::with_capacity(len.min(4096));

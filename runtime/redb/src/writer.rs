@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 use crate::codec::Payload;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StorageFailure};
 use crate::event::AttrValue;
 use crate::event::{
     hash_envelope, DecodeError, EventKind, EventRecord, EVENT_BYTES_MAX, GENESIS_HASH,
@@ -139,7 +139,12 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("cairn-writer".into())
             .spawn(move || state.run())
-            .map_err(|err| Error::Storage(format!("cannot start the writer thread: {err}")))?;
+            .map_err(|err| {
+                Error::Storage(StorageFailure::caused_by(
+                    "cannot start the writer thread",
+                    err,
+                ))
+            })?;
         Ok(Self {
             queue,
             thread: Mutex::new(Some(thread)),
@@ -817,9 +822,9 @@ impl WriterLoop {
         }
         let lsn = self.next_lsn;
         let next_lsn = lsn.checked_add(1).ok_or_else(|| {
-            Error::Storage(format!(
+            Error::Storage(StorageFailure::new(format!(
                 "the log has used every sequence number up to {lsn}; it cannot take another event"
-            ))
+            )))
         })?;
         let row = self.head(key)?;
         if row.status.is_finished() {

@@ -1,4 +1,4 @@
-//! A file written before the query indexes (storage format 2) answers queries when opened
+//! A file written before the query index (storage format 2) answers queries when opened
 //! read-only (by scanning, nothing written) and is migrated by its first writable open:
 //! the indexes built from its rows give the same answers.
 
