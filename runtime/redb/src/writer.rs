@@ -287,6 +287,12 @@ impl Writer {
         self.queue.close();
         let thread = lock(&self.thread).take();
         if let Some(thread) = thread {
+            // Closed from the writer thread itself (the last handle to a host dropped by
+            // its commit listener): the loop ends once the queue is empty; joining would
+            // wait for ever.
+            if thread.thread().id() == std::thread::current().id() {
+                return;
+            }
             if thread.join().is_err() {
                 tracing::error!("the cairn writer thread panicked");
             }
