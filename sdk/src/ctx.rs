@@ -414,6 +414,54 @@ impl Ctx {
         })
     }
 
+    /// Decides with `table` for `input` and records the decision as a step: the rules that
+    /// matched, the table's version hash and the outputs (or why it could not decide), so
+    /// the history shows why. Replay returns the recorded decision, also after the table
+    /// has changed; a new instance decides with the table as it is.
+    ///
+    /// ```no_run
+    /// # use std::sync::LazyLock;
+    /// # use cairn::decision::{ColumnType, DecisionTable, HitPolicy};
+    /// # use cairn::{workflow, Ctx, WorkflowError};
+    /// static RISK: LazyLock<DecisionTable> = LazyLock::new(|| {
+    ///     DecisionTable::from_csv("risk", HitPolicy::First,
+    ///         "rule,in:score:number,out:band:text\npoor,< 600,high\ndefault,,low\n")
+    ///         .expect("the risk table checks")
+    /// });
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Applicant { score: u32 }
+    ///
+    /// #[workflow]
+    /// async fn assess(ctx: Ctx, applicant: Applicant) -> Result<String, WorkflowError> {
+    ///     let decision = ctx.decide(&RISK, &applicant).await
+    ///         .map_err(|err| WorkflowError::business("no_decision", err.to_string()))?;
+    ///     Ok(decision.outputs["band"].as_str().unwrap_or("unknown").to_owned())
+    /// }
+    /// ```
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it resolves may leave the decision unrecorded; it is
+    /// then made again on replay.
+    pub fn decide<I: serde::Serialize + ?Sized>(
+        &self,
+        table: &crate::decision::DecisionTable,
+        input: &I,
+    ) -> impl Future<Output = Result<crate::decision::Decision, crate::decision::DecisionError>>
+           + Send
+           + 'static {
+        let label = format!("decision:{}", table.name());
+        let table = table.clone();
+        // Serialized now: the closure below runs only if the step is not recorded yet.
+        let input =
+            serde_json::to_value(input).map_err(|err| crate::decision::DecisionError::Input {
+                table: table.name().to_owned(),
+                message: err.to_string(),
+            });
+        self.try_side_effect(&label, move || {
+            Ok(input.and_then(|input| table.decide(&input)))
+        })
+    }
+
     /// Runs `produce` once, records its value under `name`, and returns the recorded
     /// value on every replay. For small non-deterministic reads (a config flag, a
     /// hostname) that need no retries; use an activity for anything that can fail.

@@ -106,6 +106,15 @@ pub mod audit {
     }
 }
 
+/// Decision tables: typed rules a workflow decides with (`Ctx::decide`), written in Rust
+/// or loaded from CSV or JSON that business staff edit; see [`decision::DecisionTable`].
+pub mod decision {
+    pub use cairn_runtime::decision::{
+        Aggregation, Bound, Column, ColumnType, Condition, Decision, DecisionError, DecisionTable,
+        HitPolicy, Rule, TableBuilder, TableError, Value,
+    };
+}
+
 /// Tools for testing workflows: a virtual clock that skips through long timers.
 ///
 /// ```
