@@ -37,6 +37,7 @@
 
 mod ctx;
 mod runtime;
+mod saga;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,7 @@ pub use cairn_runtime::{
 };
 pub use ctx::{ActivityCall, Ctx};
 pub use runtime::{InstanceHandle, Runtime, RuntimeBuilder};
+pub use saga::{CompensationFailed, CompensationFailure, Saga};
 
 pub use cairn_runtime::schedule::Recurrence;
 
@@ -213,6 +215,9 @@ pub enum WorkflowError {
     /// A child workflow did not return `Ok`.
     #[error("child workflow: {0}")]
     Child(String),
+    /// Compensating after a failure or a cancellation failed (see [`Saga`]).
+    #[error(transparent)]
+    Compensation(#[from] CompensationFailed),
     /// The workflow decided to fail.
     #[error("{kind}: {message}")]
     Business {
