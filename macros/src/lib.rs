@@ -36,7 +36,9 @@ pub fn workflow(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// for side effects. `E` must convert into `cairn::ActivityError` (any
 /// `std::error::Error` does, as a retryable failure).
 /// `#[activity(name = "...")]` sets the name recorded in history (default: the
-/// function's name).
+/// function's name). Default options of its calls can be set where it is declared:
+/// `#[activity(start_to_close = "30s", max_attempts = 5, initial_backoff = "2s",
+/// non_retryable = ["declined"])]`; a call may still override them.
 #[proc_macro_attribute]
 pub fn activity(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(Kind::Activity, attr.into(), item.into())
@@ -68,30 +70,93 @@ impl Kind {
 
 struct Args {
     name: Option<LitStr>,
+    /// Default options of an activity's calls, as `(option, tokens that set it)`.
+    options: Vec<(syn::Ident, TokenStream2)>,
+}
+
+/// Milliseconds of a duration literal: `"500ms"`, `"30s"`, `"5m"`, `"2h"`.
+fn duration_ms(literal: &LitStr) -> syn::Result<u64> {
+    let text = literal.value();
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let factor = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        _ => 0,
+    };
+    match digits.parse::<u64>() {
+        Ok(n) if factor > 0 && n > 0 => n
+            .checked_mul(factor)
+            .ok_or_else(|| syn::Error::new(literal.span(), "the duration is too long")),
+        _ => Err(syn::Error::new(
+            literal.span(),
+            format!("`{text}` is not a duration like \"500ms\", \"30s\", \"5m\" or \"2h\""),
+        )),
+    }
 }
 
 impl Parse for Args {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let mut name = None;
+        let mut options = Vec::new();
         while !input.is_empty() {
             let key: syn::Ident = input.parse()?;
-            if key != "name" {
-                return Err(syn::Error::new(
-                    key.span(),
-                    format!("unknown option `{key}`; the only option is `name = \"...\"`"),
-                ));
-            }
             input.parse::<Token![=]>()?;
-            let value: LitStr = input.parse()?;
-            if value.value().trim().is_empty() {
-                return Err(syn::Error::new(value.span(), "the name must not be empty"));
+            let setter = match key.to_string().as_str() {
+                "name" => {
+                    let value: LitStr = input.parse()?;
+                    if value.value().trim().is_empty() {
+                        return Err(syn::Error::new(value.span(), "the name must not be empty"));
+                    }
+                    name = Some(value);
+                    None
+                }
+                "start_to_close" => {
+                    let ms = duration_ms(&input.parse()?)?;
+                    Some(quote!(options.start_to_close = ::core::time::Duration::from_millis(#ms);))
+                }
+                "initial_backoff" => {
+                    let ms = duration_ms(&input.parse()?)?;
+                    Some(quote!(options.retry = options.retry.initial_backoff(::core::time::Duration::from_millis(#ms));))
+                }
+                "max_attempts" => {
+                    let attempts: syn::LitInt = input.parse()?;
+                    let n: u32 = attempts.base10_parse()?;
+                    if n == 0 {
+                        return Err(syn::Error::new(attempts.span(), "`max_attempts` must be at least 1"));
+                    }
+                    Some(quote!(options.retry = options.retry.max_attempts(#n);))
+                }
+                "non_retryable" => {
+                    let kinds: syn::ExprArray = input.parse()?;
+                    for kind in &kinds.elems {
+                        if !matches!(kind, syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(_), .. })) {
+                            return Err(syn::Error::new(kind.span(), "`non_retryable` lists error kinds as string literals"));
+                        }
+                    }
+                    let kinds = kinds.elems.iter();
+                    Some(quote!(options.retry = options.retry.non_retryable([#(#kinds),*]);))
+                }
+                _ => {
+                    return Err(syn::Error::new(
+                        key.span(),
+                        format!("unknown option `{key}`; the options are `name`, and for activities `start_to_close`, `max_attempts`, `initial_backoff` and `non_retryable`"),
+                    ))
+                }
+            };
+            if let Some(setter) = setter {
+                options.push((key, setter));
             }
-            name = Some(value);
             if !input.is_empty() {
                 input.parse::<Token![,]>()?;
             }
         }
-        Ok(Self { name })
+        Ok(Self { name, options })
     }
 }
 
@@ -141,6 +206,24 @@ fn is_named(ty: &Type, name: &str) -> bool {
 
 fn expand(kind: Kind, attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
     let args: Args = syn::parse2(attr)?;
+    if let (Kind::Workflow, Some((option, _))) = (kind, args.options.first()) {
+        return Err(syn::Error::new(
+            option.span(),
+            format!("`{option}` is an activity option; a workflow takes only `name`"),
+        ));
+    }
+    let option_setters = args.options.iter().map(|(_, setter)| setter);
+    let options_fn = if args.options.is_empty() {
+        quote!()
+    } else {
+        quote! {
+            fn options() -> ::cairn::ActivityOptions {
+                let mut options = ::cairn::ActivityOptions::default();
+                #(#option_setters)*
+                options
+            }
+        }
+    };
     let func: ItemFn = syn::parse2(item)?;
     let sig = &func.sig;
     let attr_name = kind.attr();
@@ -290,6 +373,7 @@ fn expand(kind: Kind, attr: TokenStream2, item: TokenStream2) -> syn::Result<Tok
                 const NAME: &'static str = #name;
                 type Input = #input_ty;
                 type Output = #ok_ty;
+                #options_fn
                 fn run(
                     ctx: ::cairn::ActivityCtx,
                     input: Self::Input,

@@ -649,6 +649,12 @@ impl WorkflowContext {
                 step,
                 attempt: number,
                 run: self.inner.history.run,
+                app: self
+                    .inner
+                    .host
+                    .as_ref()
+                    .map(|host| host.app_state())
+                    .unwrap_or_default(),
             };
             // Virtual time does not skip while an attempt runs or its outcome is being
             // recorded (see `Clock::hold`); a retry releases it once its backoff is set.

@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::activity::AppState;
 use crate::clock::{Clock, SystemClock};
 use crate::codec::{Codec, JsonCodec, Payload};
 use crate::context::{Inbox, InboxMark, Stop, WorkflowContext};
@@ -164,6 +165,8 @@ pub const EVICTION_IDLE_DEFAULT: Duration = Duration::from_secs(2);
 
 pub(crate) struct Shared {
     pub(crate) journal: Arc<dyn Journal>,
+    /// What the host registered for its activities.
+    app: AppState,
     /// The tokio runtime the engine was opened in: drivers are spawned on it from the
     /// writer thread too, when a commit starts or wakes an instance.
     runtime: tokio::runtime::Handle,
@@ -208,6 +211,7 @@ pub struct EngineBuilder {
     clock: Arc<dyn Clock>,
     eviction_idle: Option<Duration>,
     always_replay: bool,
+    app: AppState,
 }
 
 /// Environment variable that turns [`EngineBuilder::always_replay`] on by default when
@@ -224,6 +228,7 @@ impl Default for EngineBuilder {
             clock: Arc::new(SystemClock),
             eviction_idle: Some(EVICTION_IDLE_DEFAULT),
             always_replay,
+            app: AppState::default(),
         }
     }
 }
@@ -289,6 +294,13 @@ impl EngineBuilder {
         self
     }
 
+    /// Registers `value` for activities to reach with `ctx.state::<T>()` (one per type;
+    /// a second of the same type replaces the first).
+    pub fn state<T: Send + Sync + 'static>(&mut self, value: Arc<T>) -> &mut Self {
+        self.app = std::mem::take(&mut self.app).with(value);
+        self
+    }
+
     /// A [`Replayer`] of the registered workflow types: replays recorded histories with
     /// no engine behind it (no store opened, no writer thread, no recovery).
     pub fn replayer(self) -> Replayer {
@@ -335,6 +347,7 @@ impl EngineBuilder {
         let now_ms = Arc::new(move || clock.now_ms());
         let shared = Arc::new(Shared {
             journal,
+            app: self.app,
             runtime,
             codec: self.codec,
             clock: self.clock,
@@ -1137,6 +1150,10 @@ impl HostPort for Engine {
 
     fn always_replay(&self) -> bool {
         self.shared.always_replay
+    }
+
+    fn app_state(&self) -> AppState {
+        self.shared.app.clone()
     }
 
     async fn start_child(

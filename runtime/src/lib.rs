@@ -22,7 +22,8 @@ mod sync;
 mod timers;
 
 pub use activity::{
-    ActivityContext, ActivityError, ActivityFailure, ActivityOptions, Cancelled, RetryPolicy,
+    ActivityContext, ActivityError, ActivityFailure, ActivityOptions, AppState, Cancelled,
+    RetryPolicy,
 };
 pub use cairn_redb::{store, WriterStats, BATCH_REQUESTS_MAX};
 pub use codec::{Codec, CodecError, JsonCodec, Payload};

@@ -8,6 +8,7 @@
 
 use async_trait::async_trait;
 
+use crate::activity::AppState;
 use crate::codec::Payload;
 use crate::error::Result;
 use crate::event::EventKind;
@@ -39,6 +40,9 @@ pub(crate) trait HostPort: Send + Sync {
 
     /// Whether every run is rebuilt from the log after each durable step.
     fn always_replay(&self) -> bool;
+
+    /// What the host registered for its activities.
+    fn app_state(&self) -> AppState;
 
     /// Starts child instance `id` of `workflow_type` for run `parent`; finding it
     /// already started is not an error.

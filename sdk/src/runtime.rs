@@ -101,6 +101,29 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Registers `value` for activities: `ctx.state::<T>()` returns it (a database pool,
+    /// an HTTP client), one value per type. Activities reach the host's resources this
+    /// way instead of through globals.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use cairn::{activity, ActivityCtx, ActivityError, Runtime};
+    ///
+    /// struct Prices { per_unit: u64 }
+    ///
+    /// #[activity]
+    /// async fn quote(ctx: ActivityCtx, units: u64) -> Result<u64, ActivityError> {
+    ///     let prices = ctx.state::<Prices>()?;
+    ///     Ok(prices.per_unit * units)
+    /// }
+    ///
+    /// let builder = Runtime::builder().state(Prices { per_unit: 250 });
+    /// ```
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.inner.state(std::sync::Arc::new(value));
+        self
+    }
+
     /// Opens (or creates) the database file at `path` and resumes every unfinished
     /// instance. Must be called inside a tokio runtime.
     ///

@@ -1,6 +1,9 @@
 //! Activity options, errors and the context an activity runs with.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -277,6 +280,55 @@ pub struct Cancelled {
     pub reason: String,
 }
 
+/// Values a host registered for its activities (a database pool, an HTTP client, a
+/// configuration), one per type: `RuntimeBuilder::state(pool)` on the host,
+/// `ctx.state::<Pool>()` in an activity. Cheap to clone; shared, never copied.
+#[derive(Clone, Default)]
+pub struct AppState(Arc<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>);
+
+impl AppState {
+    /// `self` with `value` registered for its type (replacing one of the same type).
+    pub fn with<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+        Arc::make_mut(&mut self.0).insert(TypeId::of::<T>(), value);
+        self
+    }
+
+    /// The value registered for `T`, if any.
+    pub fn get<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        self.0
+            .get(&TypeId::of::<T>())
+            .and_then(|value| Arc::clone(value).downcast::<T>().ok())
+    }
+
+    /// How many values are registered.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Two states are equal when they are the same registry (a host's, shared by its
+/// activities); values are not compared.
+impl PartialEq for AppState {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for AppState {}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("values", &self.0.len())
+            .finish()
+    }
+}
+
 /// What an activity knows about the call it serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ActivityContext {
@@ -293,9 +345,30 @@ pub struct ActivityContext {
     /// The calling run's position in its continue-as-new chain: 1 for an instance's
     /// first run, 2 for the run it continued as, and so on.
     pub run: u32,
+    /// What the host registered for its activities (see [`ActivityContext::state`]).
+    pub app: AppState,
 }
 
 impl ActivityContext {
+    /// The value of type `T` the host registered (`RuntimeBuilder::state`): a database
+    /// pool, an HTTP client. No globals needed.
+    ///
+    /// # Errors
+    /// A terminal [`ActivityError`] of kind `missing_state` naming the type, when the
+    /// host registered none: a deployment mistake that retrying cannot fix.
+    pub fn state<T: Send + Sync + 'static>(&self) -> Result<Arc<T>, ActivityError> {
+        self.app.get::<T>().ok_or_else(|| {
+            ActivityError::terminal(
+                "missing_state",
+                format!(
+                    "activity `{}` needs a `{}`, and the host registered none; add `.state(..)` with one to the runtime builder",
+                    self.activity,
+                    std::any::type_name::<T>()
+                ),
+            )
+        })
+    }
+
     /// A key that is the same for every execution of this step (every attempt, every
     /// re-run after a crash) and differs for every other step, including the steps of the
     /// later runs of a continue-as-new chain, which start numbering from 1 again:
@@ -312,6 +385,7 @@ impl ActivityContext {
     ///     step: 3,
     ///     attempt: 2,
     ///     run: 1,
+    ///     app: Default::default(),
     /// };
     /// assert_eq!(ctx.idempotency_key(), "meter-7/3");
     /// ctx.run = 4;

@@ -24,7 +24,8 @@ pub mod schedule;
 pub mod step;
 
 pub use activity::{
-    ActivityContext, ActivityError, ActivityFailure, ActivityOptions, Cancelled, RetryPolicy,
+    ActivityContext, ActivityError, ActivityFailure, ActivityOptions, AppState, Cancelled,
+    RetryPolicy,
 };
 pub use codec::{Codec, CodecError, JsonCodec, Payload};
 pub use error::{Error, NonDeterminism, Result, StepDescriptor, StorageFailure};

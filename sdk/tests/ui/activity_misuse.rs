@@ -23,4 +23,22 @@ async fn wrong_input_type(ctx: Ctx) -> Result<u32, WorkflowError> {
     Ok(n)
 }
 
+#[activity(start_to_close = "soon")]
+async fn vague(ctx: ActivityCtx) -> Result<(), ActivityError> {
+    let _ = ctx;
+    Ok(())
+}
+
+#[activity(max_attempts = 0)]
+async fn never(ctx: ActivityCtx) -> Result<(), ActivityError> {
+    let _ = ctx;
+    Ok(())
+}
+
+#[workflow(max_attempts = 3)]
+async fn retried_workflow(ctx: Ctx) -> Result<(), WorkflowError> {
+    let _ = ctx;
+    Ok(())
+}
+
 fn main() {}
