@@ -38,6 +38,7 @@
 mod ctx;
 mod runtime;
 mod saga;
+mod signal;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -51,6 +52,7 @@ pub use cairn_runtime::{
 pub use ctx::{ActivityCall, Ctx};
 pub use runtime::{InstanceHandle, Runtime, RuntimeBuilder};
 pub use saga::{CompensationFailed, CompensationFailure, Saga};
+pub use signal::Signal;
 
 pub use cairn_runtime::schedule::Recurrence;
 

@@ -12,6 +12,7 @@ use cairn_runtime::{
     Replayer, WorkflowContext, WorkflowFactory, WorkflowResult,
 };
 
+use crate::signal::Declared;
 use crate::{Ctx, Workflow};
 
 /// Configures a [`Runtime`]: the workflow types it hosts and the payload codec.
@@ -20,6 +21,7 @@ use crate::{Ctx, Workflow};
 pub struct RuntimeBuilder {
     inner: EngineBuilder,
     error: Option<Error>,
+    signals: Declared,
 }
 
 fn factory<W: Workflow>() -> WorkflowFactory {
@@ -53,6 +55,16 @@ fn factory<W: Workflow>() -> WorkflowFactory {
 }
 
 impl RuntimeBuilder {
+    /// Declares `signal`, so that [`Runtime::send_json`] accepts it, checking a JSON body
+    /// against its type before anything is recorded. Typed sends ([`Runtime::send`]) need
+    /// no declaration.
+    pub fn signal<T: crate::Payload>(mut self, signal: crate::Signal<T>) -> Self {
+        if let Err(err) = self.signals.add(signal) {
+            self.error.get_or_insert(err);
+        }
+        self
+    }
+
     /// Hosts workflow type `W` (pass the function marked `#[workflow]`).
     pub fn workflow<W: Workflow>(mut self, _workflow: W) -> Self {
         if let Err(err) = self.inner.register(W::NAME, factory::<W>()) {
@@ -137,6 +149,7 @@ impl RuntimeBuilder {
         }
         Ok(Runtime {
             engine: self.inner.open(path).await?,
+            signals: self.signals,
         })
     }
 
@@ -176,6 +189,7 @@ impl RuntimeBuilder {
         }
         Ok(Runtime {
             engine: self.inner.open_journal(journal).await?,
+            signals: self.signals,
         })
     }
 }
@@ -185,6 +199,7 @@ impl RuntimeBuilder {
 #[derive(Clone, Debug)]
 pub struct Runtime {
     engine: Engine,
+    signals: Declared,
 }
 
 impl Runtime {
@@ -196,6 +211,10 @@ impl Runtime {
     /// The untyped engine underneath.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    pub(crate) fn signals(&self) -> &Declared {
+        &self.signals
     }
 
     /// Starts instance `id` of workflow `W`. If `id` already exists, returns a handle to

@@ -1,0 +1,179 @@
+//! Signals declared once, with their name and body type, and used on both sides.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_runtime::codec::{encode, Codec, Payload as Bytes};
+
+use crate::{Cancelled, Ctx, Error, Payload, Runtime};
+
+/// A signal: its name and the type of its body, declared once and used by the sender and
+/// the workflow alike, so the two cannot disagree.
+///
+/// ```
+/// use cairn::{workflow, Ctx, Signal, WorkflowError};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// pub struct Address { street: String, city: String }
+///
+/// pub const NEW_ADDRESS: Signal<Address> = Signal::new("new_address");
+///
+/// #[workflow]
+/// async fn deliver(ctx: Ctx, order: String) -> Result<String, WorkflowError> {
+///     let address = ctx.receive(NEW_ADDRESS).await?;
+///     Ok(format!("{order} to {}", address.city))
+/// }
+/// // The host: `rt.send("order-7", NEW_ADDRESS, &address).await?`, and
+/// // `Runtime::builder().signal(NEW_ADDRESS)` to accept it as JSON too (`send_json`).
+/// ```
+pub struct Signal<T> {
+    name: &'static str,
+    body: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Signal<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Signal<T> {}
+
+impl<T> std::fmt::Debug for Signal<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signal({:?}: {})", self.name, std::any::type_name::<T>())
+    }
+}
+
+impl<T: Payload> Signal<T> {
+    /// The signal called `name`, with a body of type `T`.
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            body: PhantomData,
+        }
+    }
+
+    /// Its name, as recorded in history.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// Turns a JSON body into the recorded payload of one declared signal, or says why not.
+pub(crate) type BodyCheck =
+    Arc<dyn Fn(&dyn Codec, serde_json::Value) -> Result<Bytes, String> + Send + Sync>;
+
+/// The signals a runtime accepts as JSON, by name.
+#[derive(Clone, Default)]
+pub(crate) struct Declared(pub(crate) Arc<HashMap<&'static str, (&'static str, BodyCheck)>>);
+
+impl std::fmt::Debug for Declared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl Declared {
+    /// Declares `signal`; a second declaration of its name must have the same type.
+    pub(crate) fn add<T: Payload>(&mut self, signal: Signal<T>) -> Result<(), Error> {
+        let type_name = std::any::type_name::<T>();
+        if let Some((existing, _)) = self.0.get(signal.name) {
+            if *existing != type_name {
+                return Err(Error::InvalidArgument(format!(
+                    "signal `{}` is declared twice, with bodies `{existing}` and `{type_name}`; give each its own name",
+                    signal.name
+                )));
+            }
+            return Ok(());
+        }
+        let check: BodyCheck = Arc::new(|codec: &dyn Codec, json: serde_json::Value| {
+            let body: T = serde_json::from_value(json).map_err(|err| err.to_string())?;
+            encode(codec, &body).map_err(|err| err.to_string())
+        });
+        Arc::make_mut(&mut self.0).insert(signal.name, (type_name, check));
+        Ok(())
+    }
+}
+
+impl Ctx {
+    /// Waits for the next `signal` and returns its body; see [`Ctx::signal`].
+    ///
+    /// # Errors
+    /// [`Cancelled`] if the instance is cancelled while it waits.
+    pub fn receive<T: Payload>(
+        &self,
+        signal: Signal<T>,
+    ) -> impl std::future::Future<Output = Result<T, Cancelled>> + Send + 'static {
+        self.signal(signal.name())
+    }
+
+    /// Waits for the next `signal` for at most `timeout`; see [`Ctx::signal_or_timeout`].
+    ///
+    /// # Errors
+    /// [`Cancelled`] if the instance is cancelled while it waits.
+    pub fn receive_or_timeout<T: Payload>(
+        &self,
+        signal: Signal<T>,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<Option<T>, Cancelled>> + Send + 'static {
+        self.signal_or_timeout(signal.name(), timeout)
+    }
+}
+
+impl Runtime {
+    /// Sends `signal` with `body` to instance `id`; see [`Runtime::signal`].
+    ///
+    /// # Errors
+    /// As [`Runtime::signal`].
+    ///
+    /// # Durability
+    /// On return the signal is on disk and will be delivered, crash or not.
+    ///
+    /// # Cancel safety
+    /// If dropped, the signal may or may not have been recorded.
+    pub async fn send<T: Payload>(
+        &self,
+        id: &str,
+        signal: Signal<T>,
+        body: &T,
+    ) -> Result<(), Error> {
+        self.signal(id, signal.name(), body).await
+    }
+
+    /// Sends the signal called `name` with a JSON `body` (from an HTTP request, a CLI):
+    /// the body is checked against the type the signal was declared with
+    /// ([`RuntimeBuilder::signal`](crate::RuntimeBuilder::signal)) **before** anything is
+    /// recorded.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] (`CAIRN-E0014`) naming the signal and what is wrong,
+    /// with nothing recorded, when no signal of that name is declared or the body does
+    /// not decode as its type; otherwise as [`Runtime::signal`].
+    ///
+    /// # Durability
+    /// On return the signal is on disk and will be delivered, crash or not.
+    ///
+    /// # Cancel safety
+    /// If dropped, the signal may or may not have been recorded.
+    pub async fn send_json(
+        &self,
+        id: &str,
+        name: &str,
+        body: serde_json::Value,
+    ) -> Result<(), Error> {
+        let Some((type_name, check)) = self.signals().0.get(name) else {
+            return Err(Error::InvalidArgument(format!(
+                "no signal `{name}` is declared on this runtime; declare it with `RuntimeBuilder::signal`"
+            )));
+        };
+        let payload = check(self.engine().codec(), body).map_err(|err| {
+            Error::InvalidArgument(format!(
+                "the body of signal `{name}` does not decode as `{type_name}`: {err}; nothing was recorded"
+            ))
+        })?;
+        self.engine().signal(id, name, payload).await
+    }
+}
