@@ -10,8 +10,8 @@ use cairn_core::codec::Payload;
 use cairn_core::error::{Error, Result};
 use cairn_core::event::EventKind;
 use cairn_core::journal::{
-    Appended, Attachment, Attributes, Carried, Cursor, Expect, InstancePage, InstanceQuery,
-    InstanceRow, Journal, Ownership, ParkedRow, RawHistory, Started, Suspension, TimeSource,
+    Appended, Attachment, Attributes, Carried, Expect, InstancePage, InstanceQuery, InstanceRow,
+    Journal, Ownership, ParkedRow, RawHistory, Started, Suspension, TimeSource,
 };
 use cairn_core::schedule::ScheduleRow;
 
@@ -222,20 +222,4 @@ impl Journal for RedbJournal {
         }
         self.store.close();
     }
-}
-
-/// Whether `row` passes the row-level conditions of `query` (not its attributes).
-pub(crate) fn matches(query: &InstanceQuery, row: &InstanceRow) -> bool {
-    query
-        .workflow_type
-        .as_ref()
-        .is_none_or(|t| *t == row.workflow_type)
-        && (query.statuses.is_empty() || query.statuses.contains(&row.status))
-        && query
-            .created_from_ms
-            .is_none_or(|from| row.created_at_ms >= from)
-        && query
-            .created_until_ms
-            .is_none_or(|until| row.created_at_ms < until)
-        && query.after.is_none_or(|after| Cursor::after(row) > after)
 }

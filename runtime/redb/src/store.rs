@@ -1144,7 +1144,7 @@ impl<'q> PageCollector<'q> {
                 })
             }
         };
-        if !crate::journal::matches(self.query, &row) {
+        if !matches(self.query, &row) {
             return Ok(true);
         }
         if !self.query.attributes.is_empty() {
@@ -1168,6 +1168,22 @@ impl<'q> PageCollector<'q> {
         self.page.rows.push(row);
         Ok(true)
     }
+}
+
+/// Whether `row` passes the row-level conditions of `query` (not its attributes).
+fn matches(query: &InstanceQuery, row: &InstanceRow) -> bool {
+    query
+        .workflow_type
+        .as_ref()
+        .is_none_or(|t| *t == row.workflow_type)
+        && (query.statuses.is_empty() || query.statuses.contains(&row.status))
+        && query
+            .created_from_ms
+            .is_none_or(|from| row.created_at_ms >= from)
+        && query
+            .created_until_ms
+            .is_none_or(|until| row.created_at_ms < until)
+        && query.after.is_none_or(|after| Cursor::after(row) > after)
 }
 
 /// A query answered from the most selective index it names: the first attribute, else the
