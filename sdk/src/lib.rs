@@ -52,7 +52,7 @@ pub use cairn_runtime::{
 pub use ctx::{ActivityCall, Ctx};
 pub use runtime::{InstanceHandle, Runtime, RuntimeBuilder};
 pub use saga::{CompensationFailed, CompensationFailure, Saga};
-pub use signal::Signal;
+pub use signal::{Received, Signal};
 
 pub use cairn_runtime::schedule::Recurrence;
 

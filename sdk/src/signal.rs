@@ -98,7 +98,59 @@ impl Declared {
     }
 }
 
+/// Which of two signals came first ([`Ctx::receive_either`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Received<A, B> {
+    /// The first signal, with its body.
+    First(A),
+    /// The second signal, with its body.
+    Second(B),
+}
+
 impl Ctx {
+    /// Waits for whichever of two signals comes first ("approved" or "rejected"). The
+    /// winner is recorded, so replay takes it again; the other signal is not consumed:
+    /// if it arrives (or had arrived too), a later wait for it receives it.
+    ///
+    /// ```
+    /// use cairn::{workflow, Ctx, Received, Signal, WorkflowError};
+    ///
+    /// const APPROVED: Signal<String> = Signal::new("approved");
+    /// const REJECTED: Signal<String> = Signal::new("rejected");
+    ///
+    /// #[workflow]
+    /// async fn review(ctx: Ctx, claim: String) -> Result<String, WorkflowError> {
+    ///     Ok(match ctx.receive_either(APPROVED, REJECTED).await? {
+    ///         Received::First(by) => format!("{claim} approved by {by}"),
+    ///         Received::Second(why) => format!("{claim} rejected: {why}"),
+    ///     })
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Cancelled`] if the instance is cancelled while it waits.
+    ///
+    /// # Cancel safety
+    /// As two [`Ctx::receive`] calls: a signal is taken only by the wait that returns it.
+    pub fn receive_either<A: Payload, B: Payload>(
+        &self,
+        first: Signal<A>,
+        second: Signal<B>,
+    ) -> impl std::future::Future<Output = Result<Received<A, B>, Cancelled>> + Send + 'static {
+        // Both steps are numbered now, first before second, on every run.
+        let first = Box::pin(self.receive(first));
+        let second = Box::pin(self.receive(second));
+        async move {
+            // Biased to the first when both are ready: the same choice on every run, and
+            // a replay follows the recorded winner anyway (the loser is recorded as
+            // abandoned and never resolves again).
+            match futures::future::select(first, second).await {
+                futures::future::Either::Left((body, _)) => body.map(Received::First),
+                futures::future::Either::Right((body, _)) => body.map(Received::Second),
+            }
+        }
+    }
+
     /// Waits for the next `signal` and returns its body; see [`Ctx::signal`].
     ///
     /// # Errors

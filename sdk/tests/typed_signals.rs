@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use cairn::events::EventKind;
-use cairn::{workflow, Ctx, Runtime, Signal, WorkflowError};
+use cairn::{workflow, Ctx, Received, Runtime, Signal, WorkflowError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -112,4 +112,60 @@ async fn one_name_declared_with_two_types_is_refused_at_build() {
         .unwrap_err();
     assert_eq!(err.code(), "CAIRN-E0014");
     assert!(err.to_string().contains("declared twice"), "{err}");
+}
+
+const REJECTED: Signal<String> = Signal::new("rejected");
+
+#[workflow]
+async fn review(ctx: Ctx, claim: String) -> Result<Vec<String>, WorkflowError> {
+    let mut seen = Vec::new();
+    match ctx.receive_either(APPROVED, REJECTED).await? {
+        Received::First(approved) => seen.push(format!("approved {approved}")),
+        Received::Second(why) => seen.push(format!("rejected: {why}")),
+    }
+    // The signal that lost the race is not consumed: a later wait receives it.
+    let approved = ctx.receive(APPROVED).await?;
+    seen.push(format!("later approved {approved} for {claim}"));
+    Ok(seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_on_either_signal_takes_the_first_and_leaves_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let rt = Runtime::builder()
+        .workflow(review)
+        .open(&path)
+        .await
+        .unwrap();
+    rt.start(review, "c-1", "c-1".to_owned()).await.unwrap();
+    rt.send("c-1", REJECTED, &"missing receipt".to_owned())
+        .await
+        .unwrap();
+    // Wait until the rejection is taken, then restart: the replay takes it again.
+    let mut spins = 0;
+    while !rt
+        .history("c-1")
+        .await
+        .unwrap()
+        .iter()
+        .any(|e| matches!(e.record.kind, EventKind::SignalDelivered { .. }))
+    {
+        spins += 1;
+        assert!(spins < 100_000, "the rejection was not delivered");
+        tokio::task::yield_now().await;
+    }
+    rt.shutdown().await;
+    let rt = Runtime::builder()
+        .workflow(review)
+        .open(&path)
+        .await
+        .unwrap();
+    rt.send("c-1", APPROVED, &true).await.unwrap();
+    let seen = rt.handle(review, "c-1").result().await.unwrap().unwrap();
+    assert_eq!(
+        seen,
+        ["rejected: missing receipt", "later approved true for c-1"]
+    );
+    rt.shutdown().await;
 }
