@@ -10,7 +10,9 @@
 
 #![deny(unsafe_code)]
 
-pub use cairn_core::{activity, codec, decision, error, event, journal, replay, schedule, step};
+pub use cairn_core::{
+    activity, calendar, codec, decision, error, event, journal, replay, schedule, step,
+};
 
 pub mod clock;
 mod context;

@@ -119,6 +119,12 @@ pub mod decision {
     };
 }
 
+/// Business time: working days and hours, holidays, in a time zone, for deadlines like
+/// "2 business days" (`ctx.sleep_until(calendar.after(ctx.now().await, ..)?)`).
+pub mod calendar {
+    pub use cairn_runtime::calendar::{BusinessCalendar, BusinessTime, CalendarError, Weekday};
+}
+
 /// Tools for testing workflows: a virtual clock that skips through long timers.
 ///
 /// ```

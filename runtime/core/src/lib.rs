@@ -2,7 +2,7 @@
 //!
 //! The event model and its on-disk envelope ([`event`]), payloads and codecs
 //! ([`codec`]), the errors every layer reports ([`error`]), what an activity call is
-//! ([`activity`]), schedules ([`schedule`]), decision tables ([`decision`]), the journal boundary every store
+//! ([`activity`]), schedules ([`schedule`]), decision tables ([`decision`]), business time ([`calendar`]), the journal boundary every store
 //! implements ([`journal`]), one state machine per step kind ([`step`])
 //! and the replay rules that turn a history and the requests of workflow code into
 //! decisions ([`replay`]).
@@ -14,6 +14,7 @@
 #![deny(unsafe_code)]
 
 pub mod activity;
+pub mod calendar;
 pub mod codec;
 pub mod decision;
 pub mod error;
