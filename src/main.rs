@@ -41,6 +41,20 @@ enum Command {
     Verify,
 }
 
+/// Prints a line to stdout; a closed pipe (`cairn history x | head`) ends the command
+/// quietly instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(err) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if err.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(ExitCode::SUCCESS);
+            }
+            return Err(cairn::Error::Environment(format!("cannot write to stdout: {err}")));
+        }
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().build() {
@@ -102,9 +116,11 @@ async fn run(cli: Cli) -> Result<ExitCode, cairn::Error> {
                     Some(why) => format!("Parked ({}: {})", why.code, why.reason),
                     None => format!("{:?}", row.status),
                 };
-                println!(
+                out!(
                     "{}\t{}\t{status}\t{} events",
-                    row.id, row.workflow_type, row.next_seq
+                    row.id,
+                    row.workflow_type,
+                    row.next_seq
                 );
             }
         }
@@ -124,7 +140,7 @@ async fn run(cli: Cli) -> Result<ExitCode, cairn::Error> {
                 });
             }
             for event in history(&journal, &row).await? {
-                println!("{}", event_json(&event));
+                out!("{}", event_json(&event));
             }
         }
         Command::Verify => {
@@ -133,10 +149,10 @@ async fn run(cli: Cli) -> Result<ExitCode, cairn::Error> {
             for row in &rows {
                 if let Err(err) = history(&journal, row).await {
                     failed += 1;
-                    println!("FAIL {}: {err}", row.id);
+                    out!("FAIL {}: {err}", row.id);
                 }
             }
-            println!(
+            out!(
                 "{} instances, {} chains verified, {failed} failed",
                 rows.len(),
                 rows.len() - failed

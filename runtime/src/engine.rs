@@ -311,7 +311,7 @@ impl EngineBuilder {
     /// Must be called inside a tokio runtime.
     ///
     /// # Errors
-    /// See [`RedbStore::open`].
+    /// See [`cairn_redb::store::RedbStore::open`].
     pub async fn open(self, path: impl AsRef<Path>) -> Result<Engine> {
         let path = path.as_ref().to_path_buf();
         let journal = tokio::task::spawn_blocking(move || RedbJournal::open(path))
@@ -322,7 +322,7 @@ impl EngineBuilder {
         self.open_journal(Arc::new(journal)).await
     }
 
-    /// Opens the engine on any [`Store`] and resumes every unfinished instance.
+    /// Opens the engine on any [`Journal`] and resumes every unfinished instance.
     ///
     /// # Errors
     /// [`Error::Storage`] or [`Error::Corrupt`] when the instance index cannot be read.

@@ -66,7 +66,7 @@ pub enum ReplayVerdict {
     },
 }
 
-/// One history's verdict in [`Replayer::replay_store`].
+/// One history's verdict in [`Replayer::replay_journal`].
 #[derive(Debug)]
 pub struct StoredVerdict {
     /// The instance's id.

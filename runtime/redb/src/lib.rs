@@ -1,6 +1,6 @@
 //! Cairn's embedded journal on one redb file: [`RedbJournal`] implements the journal
 //! boundary (`cairn_core::journal::Journal`) with a group-commit writer thread
-//! ([`writer`]), the log, the instance rows and the indexes ([`store`]).
+//! (`writer`), the log, the instance rows and the indexes ([`store`]).
 //!
 //! **Architecture invariant**: this is the only production crate that depends on redb.
 //! Log positions (LSNs), the head of each hash chain and the indexes are this crate's

@@ -1,0 +1,166 @@
+//! The `cairn` binary on a real database file: list, history and verify; a closed pipe;
+//! a missing file; an unknown id; a file a host holds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use cairn::{workflow, Ctx, Runtime, WorkflowError};
+
+#[workflow]
+async fn greet(ctx: Ctx, name: String) -> Result<String, WorkflowError> {
+    let stamp = ctx.side_effect("stamp", || 7u32).await;
+    Ok(format!("hello {name} #{stamp}"))
+}
+
+/// A long history: its JSON is far larger than a pipe's buffer.
+#[workflow]
+async fn chatty(ctx: Ctx, steps: u32) -> Result<u32, WorkflowError> {
+    for n in 0..steps {
+        ctx.side_effect("tick", move || n).await;
+    }
+    Ok(steps)
+}
+
+async fn populate(path: &Path) -> Runtime {
+    let rt = Runtime::builder().workflow(greet).open(path).await.unwrap();
+    for n in 0..3 {
+        rt.start(greet, &format!("g-{n}"), format!("n{n}"))
+            .await
+            .unwrap()
+            .result()
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    rt
+}
+
+fn cairn(path: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("--db")
+        .arg(path)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn list_history_and_verify_read_a_closed_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("greetings.redb");
+    populate(&path).await.shutdown().await;
+
+    let list = cairn(&path, &["list"]);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    let lines: Vec<String> = text(&list.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(
+        lines,
+        [
+            "g-0\tgreet\tCompleted\t3 events",
+            "g-1\tgreet\tCompleted\t3 events",
+            "g-2\tgreet\tCompleted\t3 events"
+        ]
+    );
+
+    let history = cairn(&path, &["history", "g-1"]);
+    assert!(history.status.success(), "{}", text(&history.stderr));
+    let events: Vec<serde_json::Value> = text(&history.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["WorkflowStarted", "SideEffect", "WorkflowCompleted"]
+    );
+
+    let verify = cairn(&path, &["verify"]);
+    assert!(verify.status.success());
+    assert_eq!(
+        text(&verify.stdout).trim(),
+        "3 instances, 3 chains verified, 0 failed"
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_message_and_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = cairn(&dir.path().join("nope.redb"), &["list"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        text(&missing.stderr).contains("does not exist"),
+        "{}",
+        text(&missing.stderr)
+    );
+
+    let path = dir.path().join("greetings.redb");
+    let rt = populate(&path).await;
+    // A host holds the file: the tool is refused with a clear error, not a wrong read.
+    let held = cairn(&path, &["list"]);
+    assert_eq!(held.status.code(), Some(2));
+    assert!(
+        text(&held.stderr).contains("CAIRN-E0005"),
+        "{}",
+        text(&held.stderr)
+    );
+    rt.shutdown().await;
+
+    let unknown = cairn(&path, &["history", "nobody"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        text(&unknown.stderr).contains("CAIRN-E0007"),
+        "{}",
+        text(&unknown.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_early_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chatty.redb");
+    let rt = Runtime::builder()
+        .workflow(chatty)
+        .open(&path)
+        .await
+        .unwrap();
+    let steps = rt
+        .start(chatty, "c-1", 3_000)
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(steps, 3_000);
+    rt.shutdown().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("--db")
+        .arg(&path)
+        .args(["history", "c-1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line, then close the pipe (as `| head -1` does) with most still unwritten.
+    let stdout = child.stdout.take().unwrap();
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first).unwrap();
+    assert!(first.contains("WorkflowStarted"), "{first}");
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        !text(&output.stderr).contains("panicked"),
+        "{}",
+        text(&output.stderr)
+    );
+    assert!(output.status.success(), "{:?}", output.status);
+}
