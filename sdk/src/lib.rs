@@ -255,6 +255,11 @@ impl WorkflowError {
     }
 }
 
+/// The README's code blocks, compiled as doc tests so its program stays buildable.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 #[doc(hidden)]
 pub mod __private {
     pub use futures::future::BoxFuture;
