@@ -169,3 +169,30 @@ async fn a_wait_on_either_signal_takes_the_first_and_leaves_the_other() {
     );
     rt.shutdown().await;
 }
+
+/// Polls `future` once and drops it, as an HTTP handler whose client hung up does.
+async fn poll_once_and_drop<F: std::future::Future>(future: F) {
+    let mut future = std::pin::pin!(future);
+    let _ = futures::poll!(future.as_mut());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_and_json_sends_dropped_after_their_first_poll_are_still_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = open(&dir.path().join("db.redb")).await;
+    let handle = rt.start(deliver, "o-3", "o-3".to_owned()).await.unwrap();
+    poll_once_and_drop(rt.send_json(
+        "o-3",
+        "new_address",
+        serde_json::json!({ "street": "2 Dock Rd", "city": "Hull" }),
+    ))
+    .await;
+    poll_once_and_drop(rt.send("o-3", APPROVED, &false)).await;
+    let result = tokio::time::timeout(std::time::Duration::from_secs(20), handle.result())
+        .await
+        .expect("both committed signals reach the workflow")
+        .unwrap()
+        .unwrap();
+    assert_eq!(result, "o-3 to 2 Dock Rd, Hull (Some(false))");
+    rt.shutdown().await;
+}
