@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cairn::events::EventKind;
 use cairn::events::Payload;
+use cairn::events::{Actor, EscalationAction, EventKind, TaskChange};
 use cairn::store::{verify_history, InstanceQuery, InstanceRow, Journal, RedbJournal, StoredEvent};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
@@ -178,6 +178,10 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn actor_json(actor: &Actor) -> Value {
+    json!({ "id": actor.id, "roles": actor.roles })
+}
+
 fn event_json(event: &StoredEvent) -> Value {
     let r = &event.record;
     let body = match &r.kind {
@@ -252,6 +256,59 @@ fn event_json(event: &StoredEvent) -> Value {
             json!({ "input": payload(input), "next_run": format!("{next_run:032x}") })
         }
         EventKind::StepAbandoned { step } => json!({ "step": step }),
+        EventKind::TaskCreated { step, task } => json!({
+            "step": step,
+            "name": task.name,
+            "title": task.title,
+            "description": task.description,
+            "input": payload(&task.input),
+            "decision_schema": serde_json::from_str::<Value>(&task.decision_schema)
+                .unwrap_or_else(|_| Value::String(task.decision_schema.clone())),
+            "candidate_users": task.candidates.users,
+            "candidate_roles": task.candidates.roles,
+            "assignee": task.assignee,
+            "priority": task.priority,
+            "due_at_ms": task.due_at_ms,
+            "follow_up_at_ms": task.follow_up_at_ms,
+            "escalation": task.escalation.iter().map(|tier| json!({
+                "at_ms": tier.at_ms,
+                "action": match &tier.action {
+                    EscalationAction::Reassign(to) => json!({ "reassign": { "users": to.users, "roles": to.roles } }),
+                    EscalationAction::Notify => json!("notify"),
+                    EscalationAction::Decide(decision) => json!({ "decide": payload(decision) }),
+                },
+            })).collect::<Vec<_>>(),
+        }),
+        EventKind::TaskChanged {
+            step,
+            actor,
+            change,
+        } => {
+            let change = match change {
+                TaskChange::Claimed => json!("claimed"),
+                TaskChange::Released => json!("released"),
+                TaskChange::Delegated { to } => json!({ "delegated": { "to": to } }),
+                TaskChange::Commented { text } => json!({ "commented": { "text": text } }),
+                TaskChange::Overdue => json!("overdue"),
+                TaskChange::Escalated { tier, reassigned } => json!({ "escalated": {
+                    "tier": tier,
+                    "reassigned": reassigned.as_ref().map(|to| json!({ "users": to.users, "roles": to.roles })),
+                } }),
+            };
+            json!({ "step": step, "actor": actor_json(actor), "change": change })
+        }
+        EventKind::TaskCompleted {
+            step,
+            actor,
+            decision,
+            escalation,
+        } => json!({
+            "step": step, "actor": actor_json(actor), "decision": payload(decision),
+            "escalation": escalation
+        }),
+        EventKind::Notified { step, topic, body } => {
+            json!({ "step": step, "topic": topic, "body": payload(body) })
+        }
         EventKind::WorkflowParked { code, reason } => json!({ "code": code, "reason": reason }),
         EventKind::RunContinued { previous_run, run } => {
             json!({ "previous_run": format!("{previous_run:032x}"), "run": run })

@@ -17,13 +17,15 @@ use crate::error::{Error, StepDescriptor};
 use crate::event::{AttrValue, ChildOutcome, EventKind, StepNo};
 use crate::port::{HostPort, Outcome};
 
+use crate::port::{RunTaskAnswer, RunTaskChange};
 use crate::replay::{
     requested, Decision, History, PatchDecision, RecordedOutcome, RecordedResult, StepKind,
     StepRequest,
 };
 use crate::step::activity::{self, AfterAttempt};
-use crate::step::{attributes, child, patch, signal, timer, value};
+use crate::step::{attributes, child, notice, patch, signal, task, timer, value};
 use crate::sync::{lock, Mutex, Notified, Notify};
+use crate::task::{Actor, TaskSpec};
 
 /// What `ctx.patched` answers, decided when it is called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +95,17 @@ struct InboxEntry {
     taken: bool,
 }
 
+/// How a human task was decided, as the workflow receives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskDecision {
+    /// The decision, as recorded.
+    pub decision: Payload,
+    /// Who decided (`cairn` for an escalation's default decision).
+    pub actor: Actor,
+    /// The escalation tier that decided, if one did.
+    pub escalation: Option<u32>,
+}
+
 /// What the next run of a continue-as-new inherits from this one.
 #[derive(Debug)]
 pub(crate) struct HandOver {
@@ -120,6 +133,8 @@ pub(crate) struct InboxMark {
 #[derive(Debug, Default)]
 struct InboxState {
     mark: InboxMark,
+    /// Decisions recorded for this run's human tasks, by step.
+    tasks: std::collections::BTreeMap<StepNo, TaskDecision>,
     /// Signals by the `seq` of their `SignalReceived` event.
     entries: std::collections::BTreeMap<u64, InboxEntry>,
     /// The reason of a cancellation request, once one is recorded.
@@ -178,6 +193,22 @@ impl Inbox {
             state.mark.generation += 1;
         }
         self.arrived.notify_waiters();
+    }
+
+    /// Records the decision of the human task of `step`, recorded at `seq`.
+    pub(crate) fn task_decided(&self, seq: u64, step: StepNo, decision: TaskDecision) {
+        {
+            let mut state = lock(&self.state);
+            state.tasks.entry(step).or_insert(decision);
+            state.mark.next_seq = state.mark.next_seq.max(seq.saturating_add(1));
+            state.mark.generation += 1;
+        }
+        self.arrived.notify_waiters();
+    }
+
+    /// The decision recorded for the task of `step`, if one is.
+    fn task_decision(&self, step: StepNo) -> Option<TaskDecision> {
+        lock(&self.state).tasks.get(&step).cloned()
     }
 
     /// Records that cancellation was requested (the first reason is kept).
@@ -1174,6 +1205,221 @@ impl WorkflowContext {
             }
         })
         .await
+    }
+}
+
+impl WorkflowContext {
+    /// Creates human task `spec` as step `step` and waits for its decision. The task is
+    /// recorded before the wait, so it survives restarts; people act on it through the
+    /// host (claim, complete, ...), and each escalation tier of `spec` fires once when
+    /// the runtime clock reaches it, recorded by this run whether it was in memory, asleep
+    /// or down at the time. A cancellation of the instance ends the task (unless its
+    /// decision was recorded first) with [`Cancelled`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future withdraws the task (it is recorded as abandoned and leaves the
+    /// inboxes); a decision recorded meanwhile is not used.
+    pub async fn human_task(
+        &self,
+        step: StepNo,
+        spec: TaskSpec,
+    ) -> Result<TaskDecision, Cancelled> {
+        let request = StepRequest {
+            kind: StepKind::Task,
+            name: &spec.name,
+            input: Some(&spec.input),
+        };
+        match self.decide(step, request).await {
+            Decision::Replay(RecordedOutcome::TaskCompleted {
+                decision,
+                actor,
+                escalation,
+            }) => {
+                return Ok(TaskDecision {
+                    decision: decision.clone(),
+                    actor: actor.clone(),
+                    escalation: *escalation,
+                })
+            }
+            Decision::Replay(RecordedOutcome::Cancelled { reason }) => {
+                return Err(Cancelled {
+                    step,
+                    reason: reason.clone(),
+                })
+            }
+            Decision::Replay(_) => {
+                let err = self.mismatched_outcome(step, "a human task");
+                return self.abort(err).await;
+            }
+            Decision::Run { .. } => {}
+        }
+        self.live(step, async move {
+            let Some(host) = self.inner.host.clone() else {
+                // `decide` never answers Run in replay-only mode.
+                return std::future::pending().await;
+            };
+            let recorded = self
+                .inner
+                .history
+                .step(step)
+                .and_then(|entry| entry.task.as_deref());
+            let (tiers, mut escalations, due, mut overdue) = match recorded {
+                Some(state) => (
+                    state
+                        .spec
+                        .escalation
+                        .iter()
+                        .map(|t| t.at_ms)
+                        .collect::<Vec<u64>>(),
+                    state.escalations,
+                    state.spec.due_at_ms,
+                    state.overdue,
+                ),
+                None => {
+                    // Cancelled before the task exists: nobody ever sees it.
+                    if let Some(reason) = self.take_cancel(step, StepKind::Task, &spec.name).await {
+                        return Err(Cancelled { step, reason });
+                    }
+                    let tiers = spec.escalation.iter().map(|t| t.at_ms).collect();
+                    let due = spec.due_at_ms;
+                    self.record(task::created(step, spec.clone())).await;
+                    (tiers, 0, due, false)
+                }
+            };
+            let inbox = &self.inner.inbox;
+            // A cancellation the task refused (its decision came first) is not tried again.
+            let mut cancel_refused = false;
+            loop {
+                let arrived = inbox.arrived.notified();
+                tokio::pin!(arrived);
+                arrived.as_mut().enable();
+                if let Some(decided) = inbox.task_decision(step) {
+                    self.settle().await;
+                    return Ok(decided);
+                }
+                if !cancel_refused && self.pending_cancel().is_some() {
+                    match self.cancel_task(&host, step).await {
+                        Some(reason) => return Err(Cancelled { step, reason }),
+                        None => {
+                            cancel_refused = true;
+                            continue;
+                        }
+                    }
+                }
+                // The next thing due: the due time (once), then each escalation tier.
+                let tier_at = usize::try_from(escalations)
+                    .ok()
+                    .and_then(|tier| tiers.get(tier).copied());
+                let due_at = due.filter(|_| !overdue);
+                let (next_at, change) = match (due_at, tier_at) {
+                    (Some(due), Some(tier)) if tier < due => {
+                        (Some(tier), RunTaskChange::Escalate(escalations))
+                    }
+                    (Some(due), _) => (Some(due), RunTaskChange::Overdue),
+                    (None, Some(tier)) => (Some(tier), RunTaskChange::Escalate(escalations)),
+                    (None, None) => (None, RunTaskChange::Overdue),
+                };
+                let _waiting = self.waiting(step, next_at);
+                let timer = next_at.map(|at| self.inner.clock.sleep_until(at));
+                let fired = match timer {
+                    Some(timer) => tokio::select! {
+                        () = &mut arrived => false,
+                        () = self.cancel_requested(), if !cancel_refused => false,
+                        () = timer => true,
+                    },
+                    None => tokio::select! {
+                        () = &mut arrived => false,
+                        () = self.cancel_requested(), if !cancel_refused => false,
+                    },
+                };
+                if !fired {
+                    continue;
+                }
+                let busy = self.busy();
+                let is_overdue = matches!(change, RunTaskChange::Overdue);
+                let answer = host.task_change(self.inner.key, step, change).await;
+                drop(busy);
+                match answer {
+                    Ok(RunTaskAnswer::Applied) => {
+                        if is_overdue {
+                            overdue = true;
+                        } else {
+                            escalations += 1;
+                        }
+                        self.settle().await;
+                    }
+                    // Recorded by an earlier life of this run: the count moved on. A count
+                    // that did not move means the policy has no such tier.
+                    Ok(RunTaskAnswer::Moved { escalations: now }) => {
+                        if is_overdue {
+                            overdue = true;
+                        } else {
+                            escalations = if now > escalations { now } else { u32::MAX };
+                        }
+                    }
+                    // Decided meanwhile: the decision is in the inbox by now.
+                    Ok(RunTaskAnswer::Closed) => {}
+                    Err(err) => return self.abort(err).await,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Records notification `topic` with `body` at step `step`, for the host to deliver
+    /// through its outbox (at least once, retried); the run does not wait for delivery.
+    /// Replay compares topic and body like an activity's name and input.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the notification unrecorded; it is recorded on
+    /// replay.
+    pub async fn notify(&self, step: StepNo, topic: &str, body: Payload) {
+        let request = StepRequest {
+            kind: StepKind::Notice,
+            name: topic,
+            input: Some(&body),
+        };
+        match self.decide(step, request).await {
+            Decision::Replay(RecordedOutcome::Noticed) => {}
+            Decision::Replay(_) => {
+                let err = self.mismatched_outcome(step, "a notification");
+                self.abort(err).await
+            }
+            Decision::Run { .. } => {
+                self.live(step, self.record(notice::notified(step, topic, body)))
+                    .await;
+            }
+        }
+    }
+
+    /// Ends open task `step` by the pending cancellation, unless its decision was
+    /// recorded first (`None`: the cancellation stays for another step to take).
+    async fn cancel_task(&self, host: &Arc<dyn HostPort>, step: StepNo) -> Option<String> {
+        let reason = {
+            let mut state = lock(&self.inner.state);
+            if state.cancel_delivered {
+                return None;
+            }
+            let reason = self.inner.inbox.cancel_reason()?;
+            state.cancel_delivered = true;
+            reason
+        };
+        let busy = self.busy();
+        let answer = host
+            .task_change(self.inner.key, step, RunTaskChange::Cancel(reason.clone()))
+            .await;
+        drop(busy);
+        match answer {
+            Ok(RunTaskAnswer::Applied) => {
+                self.settle().await;
+                Some(reason)
+            }
+            Ok(_) => {
+                lock(&self.inner.state).cancel_delivered = false;
+                None
+            }
+            Err(err) => self.abort(err).await,
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::activity::AppState;
 use crate::clock::{Clock, SystemClock};
 use crate::codec::{Codec, JsonCodec, Payload};
-use crate::context::{Inbox, InboxMark, Stop, WorkflowContext};
+use crate::context::{Inbox, InboxMark, Stop, TaskDecision, WorkflowContext};
 use crate::drive::{drive, factory_for, finished_outcome};
 pub use crate::drive::{WorkflowFactory, WorkflowResult};
 use crate::error::{Error, Result, StorageFailure};
@@ -170,7 +170,7 @@ pub(crate) struct Shared {
     /// The tokio runtime the engine was opened in: drivers are spawned on it from the
     /// writer thread too, when a commit starts or wakes an instance.
     runtime: tokio::runtime::Handle,
-    codec: Arc<dyn Codec>,
+    pub(crate) codec: Arc<dyn Codec>,
     clock: Arc<dyn Clock>,
     workflows: Arc<HashMap<String, WorkflowFactory>>,
     active: Mutex<HashMap<u128, Active>>,
@@ -179,7 +179,7 @@ pub(crate) struct Shared {
     /// parking is recorded once per reason, and an instance parked by an earlier host
     /// shows as parked until something runs it.
     recorded_parked: Mutex<HashMap<u128, (String, String)>>,
-    closed: AtomicBool,
+    pub(crate) closed: AtomicBool,
     /// `None`: never evict.
     eviction_idle: Option<Duration>,
     /// Rebuild every run from the log after each step (see `EngineBuilder::always_replay`).
@@ -395,7 +395,7 @@ impl EngineBuilder {
 /// The running engine. Cheap to clone; all clones share one database and writer.
 #[derive(Clone)]
 pub struct Engine {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -578,7 +578,7 @@ impl Engine {
     ///
     /// # Cancel safety
     /// Cancel safe: it only waits. It returns at shutdown too.
-    async fn applied(&self) {
+    pub(crate) async fn applied(&self) {
         let target = self.shared.journal.commits();
         let mut applied = self.shared.applied.subscribe();
         // An error: the dispatcher stopped (shutdown); nothing more will be applied.
@@ -805,7 +805,7 @@ impl Engine {
     /// The current run's key and row of `id`, checked against each other: the id index
     /// and the rows are separate tables, and a damaged mapping must not answer for
     /// another instance.
-    async fn row_of(&self, id: &str) -> Result<(u128, InstanceRow)> {
+    pub(crate) async fn row_of(&self, id: &str) -> Result<(u128, InstanceRow)> {
         let key = self.key_of(id).await?;
         let row = self
             .shared
@@ -1179,6 +1179,15 @@ impl HostPort for Engine {
     async fn cancel(&self, id: &str, reason: &str) -> Result<()> {
         Engine::cancel(self, id, reason).await
     }
+
+    async fn task_change(
+        &self,
+        key: u128,
+        step: crate::event::StepNo,
+        change: crate::port::RunTaskChange,
+    ) -> Result<crate::port::RunTaskAnswer> {
+        self.run_task_change(key, step, change).await
+    }
 }
 
 enum Resume {
@@ -1377,6 +1386,21 @@ fn apply_event(
         Some(EventKind::CancelRequested { reason }) => {
             deliver_locked(shared, active, key, |inbox| {
                 inbox.request_cancel(seq, reason.clone())
+            });
+        }
+        Some(EventKind::TaskCompleted {
+            step,
+            actor,
+            decision,
+            escalation,
+        }) => {
+            let done = TaskDecision {
+                decision: decision.clone(),
+                actor: actor.clone(),
+                escalation: *escalation,
+            };
+            deliver_locked(shared, active, key, |inbox| {
+                inbox.task_decided(seq, *step, done)
             });
         }
         Some(end) => {

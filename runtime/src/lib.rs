@@ -11,7 +11,7 @@
 #![deny(unsafe_code)]
 
 pub use cairn_core::{
-    activity, calendar, codec, decision, error, event, journal, replay, schedule, step,
+    activity, calendar, codec, decision, error, event, journal, replay, schedule, step, task,
 };
 
 pub mod clock;
@@ -21,6 +21,7 @@ mod engine;
 mod port;
 mod replayer;
 mod sync;
+mod tasks;
 mod timers;
 
 pub use activity::{
@@ -37,6 +38,7 @@ pub use engine::{
 };
 pub use error::{Error, NonDeterminism, Result, StepDescriptor, StorageFailure};
 pub use replayer::{Replayer, StoredVerdict};
+pub use tasks::{TaskInfo, TaskStatus, DECISION_BYTES_MAX};
 
 /// The embedded redb journal (crate `cairn-redb`).
 pub mod redb_journal {

@@ -27,6 +27,31 @@ pub enum Outcome {
     ContinuedAsNew(Payload),
 }
 
+/// What the run asks of its own open task.
+#[derive(Clone, Debug)]
+pub(crate) enum RunTaskChange {
+    /// Fire escalation tier `tier`.
+    Escalate(u32),
+    /// Record that the task passed its due time.
+    Overdue,
+    /// End the task by the instance's cancellation.
+    Cancel(String),
+}
+
+/// What became of a run's request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RunTaskAnswer {
+    /// Recorded.
+    Applied,
+    /// Nothing to do: the tier fired already (the state's escalation count is given).
+    Moved {
+        /// Escalation tiers fired so far.
+        escalations: u32,
+    },
+    /// The task is no longer open (its decision is in the run's inbox by now).
+    Closed,
+}
+
 /// What a run asks of its host.
 #[async_trait]
 pub(crate) trait HostPort: Send + Sync {
@@ -62,4 +87,13 @@ pub(crate) trait HostPort: Send + Sync {
 
     /// Requests cancellation of instance `id`.
     async fn cancel(&self, id: &str, reason: &str) -> Result<()>;
+
+    /// Records the run's own change to its open task `step` (an escalation, a
+    /// cancellation) if the task is still open, deciding on its current history.
+    async fn task_change(
+        &self,
+        key: u128,
+        step: crate::event::StepNo,
+        change: RunTaskChange,
+    ) -> Result<RunTaskAnswer>;
 }

@@ -50,6 +50,11 @@ impl Ctx {
         Self { raw }
     }
 
+    /// The untyped context under this one.
+    pub(crate) fn raw(&self) -> &WorkflowContext {
+        &self.raw
+    }
+
     /// The user id of this instance (`"order-1042"`).
     pub fn instance_id(&self) -> &str {
         self.raw.instance_id()
@@ -396,6 +401,40 @@ impl Ctx {
             };
             match decode_step::<T>(&raw, step, &payload) {
                 Ok(value) => Ok(Some(value)),
+                Err(err) => raw.abort(err).await,
+            }
+        }
+    }
+
+    /// Asks the host to notify whoever listens (its `Notifier`: a log, a webhook) of
+    /// `topic` with `body`. Recorded as a step and delivered through the durable outbox,
+    /// at least once, with retries; the workflow does not wait for the delivery.
+    ///
+    /// ```
+    /// use cairn::{workflow, Ctx, WorkflowError};
+    ///
+    /// #[workflow]
+    /// async fn reject(ctx: Ctx, applicant: String) -> Result<(), WorkflowError> {
+    ///     ctx.notify("loan.rejected", &serde_json::json!({ "applicant": applicant })).await;
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Cancel safety
+    /// The step number is taken when `notify` is called; dropped before it is recorded,
+    /// it is recorded on replay.
+    pub fn notify<T: Payload>(
+        &self,
+        topic: &str,
+        body: &T,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let step = self.raw.next_step();
+        let raw = self.raw.clone();
+        let topic = topic.to_owned();
+        let body = encode_step(&raw, step, body);
+        async move {
+            match body {
+                Ok(body) => raw.notify(step, &topic, body).await,
                 Err(err) => raw.abort(err).await,
             }
         }

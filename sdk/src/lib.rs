@@ -39,20 +39,27 @@ mod ctx;
 mod runtime;
 mod saga;
 mod signal;
+mod task;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use cairn_macros::{activity, workflow};
+pub use cairn_runtime::journal::{TaskPage, TaskQuery};
+pub use cairn_runtime::task::{TaskId, TaskState};
 pub use cairn_runtime::{
     event::AttrValue, ActivityContext as ActivityCtx, ActivityError, ActivityFailure,
     ActivityOptions, Cancelled, Codec, Error, InstanceInfo, JsonCodec, ListFilter, NonDeterminism,
     RetryPolicy, Status, StatusKind, StorageFailure,
 };
+pub use cairn_runtime::{TaskInfo, TaskStatus};
 pub use ctx::{ActivityCall, Ctx};
 pub use runtime::{InstanceHandle, Runtime, RuntimeBuilder};
 pub use saga::{CompensationFailed, CompensationFailure, Saga};
+/// JSON Schema derivation for task decisions (`#[derive(schemars::JsonSchema)]`).
+pub use schemars;
 pub use signal::{Received, Signal};
+pub use task::{Actor, Deadline, Decided, Escalate, HumanTask, TaskKind};
 
 pub use cairn_runtime::schedule::Recurrence;
 
@@ -64,6 +71,9 @@ pub mod events {
         hash_envelope, ActivityErrorRecord, AttrValue, ChildOutcome, EventHash, EventKind,
         EventRecord, StepNo, EVENT_BYTES_MAX, GENESIS_HASH,
     };
+    pub use cairn_runtime::task::{
+        Actor, Candidates, EscalationAction, EscalationTier, TaskChange, TaskSpec,
+    };
 }
 
 /// Storage: the journal boundary every store implements ([`store::Journal`]), and the
@@ -72,8 +82,8 @@ pub mod store {
     pub use cairn_runtime::journal::{
         verify_chain, verify_history, Appended, Attachment, Attributes, Carried, CommitListener,
         Committed, Cursor, Expect, InstancePage, InstanceQuery, InstanceRow, InstanceStatus,
-        Journal, Ownership, ParkedRow, RawEvent, RawHistory, Started, StoredEvent, Suspension,
-        TimeSource, PAGE_ROWS_MAX,
+        Journal, Ownership, ParkedRow, Party, RawEvent, RawHistory, Started, StoredEvent,
+        Suspension, TaskCursor, TaskPage, TaskQuery, TaskRow, TimeSource, PAGE_ROWS_MAX,
     };
     pub use cairn_runtime::redb_journal::RedbJournal;
     pub use cairn_runtime::store::{RedbStore, Store, WriteBatch, STORAGE_FORMAT};

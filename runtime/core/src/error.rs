@@ -266,6 +266,50 @@ pub enum Error {
         actual: u64,
     },
 
+    /// No human task at that step of that instance.
+    #[error("[CAIRN-E0021] instance `{instance}` has no task at step {step}; list the open tasks to find its id")]
+    TaskNotFound {
+        /// User id of the instance.
+        instance: String,
+        /// The step asked for.
+        step: u32,
+    },
+
+    /// The task is no longer open (completed, cancelled, or its instance ended); nothing
+    /// was written.
+    #[error("[CAIRN-E0022] task {step} of instance `{instance}` is {state}; nothing was written")]
+    TaskClosed {
+        /// User id of the instance.
+        instance: String,
+        /// The task's step.
+        step: u32,
+        /// How it ended (`"completed by alice"`, `"cancelled"`, ...).
+        state: String,
+    },
+
+    /// The actor may not do this; nothing was written.
+    #[error("[CAIRN-E0023] `{actor}` may not {action}: {reason}. Nothing was written")]
+    Forbidden {
+        /// Who asked.
+        actor: String,
+        /// What they asked (`"complete task 3 of instance `loan-7`"`).
+        action: String,
+        /// Why not.
+        reason: String,
+    },
+
+    /// A task's decision does not match the schema the task was created with; the task
+    /// stays open and nothing was written.
+    #[error("[CAIRN-E0024] the decision for task {step} of instance `{instance}` does not match its schema: {}. The task stays open", problems.join("; "))]
+    InvalidDecision {
+        /// User id of the instance.
+        instance: String,
+        /// The task's step.
+        step: u32,
+        /// Each problem, with where in the decision it is.
+        problems: Vec<String>,
+    },
+
     /// The host environment failed a request Cairn cannot do without (the OS random source).
     #[error("[CAIRN-E0016] the host environment failed: {0}")]
     Environment(String),
@@ -295,6 +339,10 @@ impl Error {
             Error::Terminated { .. } => "CAIRN-E0018",
             Error::Contended { .. } => "CAIRN-E0019",
             Error::Conflict { .. } => "CAIRN-E0020",
+            Error::TaskNotFound { .. } => "CAIRN-E0021",
+            Error::TaskClosed { .. } => "CAIRN-E0022",
+            Error::Forbidden { .. } => "CAIRN-E0023",
+            Error::InvalidDecision { .. } => "CAIRN-E0024",
         }
     }
 }

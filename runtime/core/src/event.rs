@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::codec::Payload;
+use crate::task::{Actor, TaskChange, TaskSpec};
 
 /// The envelope format this build writes. Readers accept exactly the versions they know.
 pub const FORMAT_VERSION: u8 = 1;
@@ -259,6 +260,46 @@ pub enum EventKind {
         /// The error's message.
         reason: String,
     },
+    /// A human task was created for step `step` (`ctx.human_task`); the run waits for its
+    /// [`EventKind::TaskCompleted`].
+    TaskCreated {
+        /// The step.
+        step: StepNo,
+        /// The task as created.
+        task: Box<TaskSpec>,
+    },
+    /// The open task of step `step` changed: claimed, released, delegated, commented on
+    /// (by a person, from outside), or escalated (by the run, actor `cairn`).
+    TaskChanged {
+        /// The step.
+        step: StepNo,
+        /// Who changed it.
+        actor: Actor,
+        /// What changed.
+        change: TaskChange,
+    },
+    /// The task of step `step` was completed with `decision`: by a person, or by
+    /// escalation tier `escalation` taking its default decision. The step's outcome.
+    TaskCompleted {
+        /// The step.
+        step: StepNo,
+        /// Who completed it (`cairn` for an escalation).
+        actor: Actor,
+        /// The decision, validated against the task's schema before it was recorded.
+        decision: Payload,
+        /// The escalation tier that decided, if one did.
+        escalation: Option<u32>,
+    },
+    /// The workflow asked for a notification (`ctx.notify`): `topic` and `body` go to
+    /// the host's notifier through the durable outbox.
+    Notified {
+        /// The step.
+        step: StepNo,
+        /// The workflow's topic (`"loan.rejected"`).
+        topic: String,
+        /// What to tell.
+        body: Payload,
+    },
 }
 
 /// How a child workflow ended, as its parent recorded it.
@@ -335,7 +376,11 @@ impl EventKind {
             | EventKind::StepCancelled { step, .. }
             | EventKind::ChildStarted { step, .. }
             | EventKind::ChildCompleted { step, .. }
-            | EventKind::StepAbandoned { step } => Some(*step),
+            | EventKind::StepAbandoned { step }
+            | EventKind::TaskCreated { step, .. }
+            | EventKind::TaskChanged { step, .. }
+            | EventKind::TaskCompleted { step, .. }
+            | EventKind::Notified { step, .. } => Some(*step),
             EventKind::WorkflowStarted { .. }
             | EventKind::WorkflowCompleted { .. }
             | EventKind::WorkflowFailed { .. }
@@ -386,6 +431,10 @@ impl EventKind {
             EventKind::StepAbandoned { .. } => "StepAbandoned",
             EventKind::RunContinued { .. } => "RunContinued",
             EventKind::WorkflowParked { .. } => "WorkflowParked",
+            EventKind::TaskCreated { .. } => "TaskCreated",
+            EventKind::TaskChanged { .. } => "TaskChanged",
+            EventKind::TaskCompleted { .. } => "TaskCompleted",
+            EventKind::Notified { .. } => "Notified",
         }
     }
 }

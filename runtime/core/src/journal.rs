@@ -21,6 +21,7 @@ use crate::codec::Payload;
 use crate::error::{Error, Result};
 use crate::event::{hash_envelope, AttrValue, EventHash, EventKind, EventRecord, GENESIS_HASH};
 use crate::schedule::ScheduleRow;
+pub use crate::task::{Party, TaskRow};
 
 /// Lifecycle state of an instance as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -211,14 +212,15 @@ pub enum Committed {
 }
 
 /// The events a host acts on when they commit (a start, a hand-over, a parking, a signal,
-/// a cancellation request, an end); the others only move the history's length.
+/// a cancellation request, a task's decision, an end); the others only move the history's length.
 pub fn reported(kind: &EventKind) -> Option<EventKind> {
     match kind {
         EventKind::WorkflowStarted { .. }
         | EventKind::RunContinued { .. }
         | EventKind::WorkflowParked { .. }
         | EventKind::SignalReceived { .. }
-        | EventKind::CancelRequested { .. } => Some(kind.clone()),
+        | EventKind::CancelRequested { .. }
+        | EventKind::TaskCompleted { .. } => Some(kind.clone()),
         // Ends carry the result, which the host publishes to waiters.
         _ if kind.is_terminal() => Some(kind.clone()),
         _ => None,
@@ -316,6 +318,66 @@ pub struct InstancePage {
 
 /// The largest page a query returns, whatever it asks for.
 pub const PAGE_ROWS_MAX: usize = 1000;
+
+/// Open human tasks in some inboxes, oldest first (by creation time, run, step), one page
+/// at a time. Answered from the open-task index, never by reading histories.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskQuery {
+    /// The inboxes to merge (a task in several is listed once); empty means every open
+    /// task ([`Party::All`]). An actor's inbox is [`Party::of`].
+    pub parties: Vec<Party>,
+    /// Only tasks of this workflow type.
+    pub workflow_type: Option<String>,
+    /// Only tasks of this kind (`"underwrite"`).
+    pub name: Option<String>,
+    /// Only tasks due at or before this time (overdue ones, given now).
+    pub due_before_ms: Option<u64>,
+    /// Continue after this cursor (from [`TaskPage::next`]).
+    pub after: Option<TaskCursor>,
+    /// At most this many rows (0 means the journal's default page).
+    pub limit: usize,
+}
+
+impl TaskQuery {
+    /// The inbox of `actor`: the tasks they hold and those they may claim, by name or role.
+    pub fn for_actor(actor: &crate::task::Actor) -> Self {
+        Self {
+            parties: Party::of(actor),
+            ..Self::default()
+        }
+    }
+}
+
+/// Where a page of tasks ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskCursor {
+    /// Creation time of the last task returned.
+    pub created_at_ms: u64,
+    /// Its run.
+    pub key: u128,
+    /// Its step.
+    pub step: u32,
+}
+
+impl TaskCursor {
+    /// The cursor just after `row`.
+    pub fn after(row: &TaskRow) -> Self {
+        Self {
+            created_at_ms: row.created_at_ms,
+            key: row.key,
+            step: row.step,
+        }
+    }
+}
+
+/// One page of a [`TaskQuery`].
+#[derive(Clone, Debug, Default)]
+pub struct TaskPage {
+    /// Matching tasks, oldest first.
+    pub rows: Vec<TaskRow>,
+    /// Where to continue, or `None` when there is nothing more.
+    pub next: Option<TaskCursor>,
+}
 
 /// Durable storage of histories, at the height of journal operations.
 ///
@@ -456,6 +518,19 @@ pub trait Journal: Send + Sync + 'static {
     /// # Errors
     /// Storage errors.
     async fn parked(&self) -> Result<Vec<(u128, ParkedRow)>>;
+
+    /// Open tasks matching `query`, from the open-task index (kept in the same commit as
+    /// the task's events; no history is read).
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn tasks(&self, query: &TaskQuery) -> Result<TaskPage>;
+
+    /// The index row of open task `step` of run `key`, if it is open.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn task(&self, key: u128, step: u32) -> Result<Option<TaskRow>>;
 
     /// Commits what is queued, then refuses every later call with [`Error::ShutDown`] and
     /// releases the storage. May block while the last commit finishes.

@@ -346,6 +346,18 @@ impl History {
         self.steps.get(&step)
     }
 
+    /// The human tasks still open: created, and not completed, cancelled or abandoned.
+    pub fn open_tasks(&self) -> impl Iterator<Item = (StepNo, &crate::task::TaskState)> {
+        self.steps
+            .iter()
+            .filter_map(|(step, entry)| match &entry.task {
+                Some(task) if entry.outcome.is_none() && !self.abandoned.contains(step) => {
+                    Some((*step, task.as_ref()))
+                }
+                _ => None,
+            })
+    }
+
     /// Whether the workflow dropped `step` before it finished, in the recorded run: replay
     /// must never resolve it, whatever it recorded.
     pub fn is_abandoned(&self, step: StepNo) -> bool {

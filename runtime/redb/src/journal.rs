@@ -11,7 +11,8 @@ use cairn_core::error::{Error, Result};
 use cairn_core::event::EventKind;
 use cairn_core::journal::{
     Appended, Attachment, Attributes, Carried, Expect, InstancePage, InstanceQuery, InstanceRow,
-    Journal, Ownership, ParkedRow, RawHistory, Started, Suspension, TimeSource,
+    Journal, Ownership, ParkedRow, RawHistory, Started, Suspension, TaskPage, TaskQuery, TaskRow,
+    TimeSource,
 };
 use cairn_core::schedule::ScheduleRow;
 
@@ -214,6 +215,14 @@ impl Journal for RedbJournal {
 
     async fn parked(&self) -> Result<Vec<(u128, ParkedRow)>> {
         self.store.parked()
+    }
+
+    async fn tasks(&self, query: &TaskQuery) -> Result<TaskPage> {
+        self.store.tasks(query)
+    }
+
+    async fn task(&self, key: u128, step: u32) -> Result<Option<TaskRow>> {
+        self.store.task(key, step)
     }
 
     fn close(&self) {

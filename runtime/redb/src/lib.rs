@@ -14,6 +14,7 @@ mod journal;
 mod queue;
 pub mod store;
 mod sync;
+mod tasks;
 mod writer;
 
 pub use journal::RedbJournal;

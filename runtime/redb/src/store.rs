@@ -31,12 +31,12 @@ use crate::event::{AttrValue, EventRecord};
 use crate::schedule::ScheduleRow;
 use crate::sync::{read, write, AtomicBool, RwLock, RwLockReadGuard};
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const INSTANCES: TableDefinition<u128, &[u8]> = TableDefinition::new("instances");
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+pub(crate) const INSTANCES: TableDefinition<u128, &[u8]> = TableDefinition::new("instances");
 const IDS: TableDefinition<&str, u128> = TableDefinition::new("ids");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ATTRIBUTES: TableDefinition<u128, &[u8]> = TableDefinition::new("attributes");
-const RUNNING: TableDefinition<u128, &[u8]> = TableDefinition::new("running");
+pub(crate) const RUNNING: TableDefinition<u128, &[u8]> = TableDefinition::new("running");
 const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
 /// Added by storage format 2.
 const PARKED: TableDefinition<u128, &[u8]> = TableDefinition::new("parked");
@@ -48,9 +48,24 @@ const BY_TYPE: TableDefinition<(&str, u64, u128), ()> = TableDefinition::new("by
 const BY_STATUS: TableDefinition<(u8, u64, u128), ()> = TableDefinition::new("by_status");
 const BY_ATTRIBUTE: TableDefinition<(&str, &[u8], u64, u128), ()> =
     TableDefinition::new("by_attribute");
+/// Open human tasks by (run, step): version byte + postcard [`TaskRow`].
+pub(crate) const OPEN_TASKS: TableDefinition<(u128, u32), &[u8]> =
+    TableDefinition::new("open_tasks");
+/// The inboxes open tasks are listed in: (party key, created, run, step). See
+/// [`cairn_core::task::Party`].
+pub(crate) const TASK_INBOX: TableDefinition<(&str, u64, u128, u32), ()> =
+    TableDefinition::new("task_inbox");
 /// Tables a Cairn file may hold without them all being required (an older format's file
 /// lacks them until its first writable open migrates it).
-const LATER_TABLES: [&str; 5] = ["parked", "by_start", "by_type", "by_status", "by_attribute"];
+const LATER_TABLES: [&str; 7] = [
+    "parked",
+    "by_start",
+    "by_type",
+    "by_status",
+    "by_attribute",
+    "open_tasks",
+    "task_inbox",
+];
 const CAIRN_TABLES: [&str; 7] = [
     "log",
     "instances",
@@ -63,14 +78,18 @@ const CAIRN_TABLES: [&str; 7] = [
 
 /// Storage format of the whole file (tables and row encodings). Bumped on any change a
 /// previous build could misread. Format 2 added the event kinds `StepAbandoned`,
-/// `RunContinued` and `WorkflowParked` and the `parked` table; format 3 the query indexes.
+/// `RunContinued` and `WorkflowParked` and the `parked` table; format 3 the query indexes;
+/// format 4 the human-task events (`TaskCreated`, `TaskChanged`, `TaskCompleted`) and the
+/// open-task index (`open_tasks`, `task_inbox`).
 /// An older file is migrated by its first writable open (one transaction that builds the
-/// indexes from the rows and raises the marker); a read-only open leaves it as it is and
-/// answers queries by scanning the rows.
-pub const STORAGE_FORMAT: u32 = 3;
+/// indexes from the rows and the logs of running instances, and raises the marker); a
+/// read-only open leaves it as it is and answers queries by scanning the rows.
+pub const STORAGE_FORMAT: u32 = 4;
 
 /// The first format with the query indexes.
 const INDEXED_FORMAT: u32 = 3;
+/// The first format with human tasks and their index.
+const TASKS_FORMAT: u32 = 4;
 
 /// Version byte in front of every encoded [`InstanceRow`].
 const ROW_VERSION: u8 = 1;
@@ -79,7 +98,7 @@ pub(crate) fn encode_row(row: &InstanceRow) -> Result<Vec<u8>> {
     encode_versioned(row, "instance row")
 }
 
-fn decode_row(key: u128, bytes: &[u8]) -> Result<InstanceRow> {
+pub(crate) fn decode_row(key: u128, bytes: &[u8]) -> Result<InstanceRow> {
     {
         let location = || format!("instances table, key {key:032x}");
         let row: InstanceRow = decode_versioned(location, bytes)?;
@@ -153,6 +172,8 @@ pub enum IndexChange {
         /// Its new value.
         new: Vec<u8>,
     },
+    /// A change to the open-task index.
+    Task(crate::tasks::TaskIndexChange),
 }
 
 /// The bytes an attribute value is indexed under.
@@ -188,7 +209,7 @@ fn decode_parked(key: u128, bytes: &[u8]) -> Result<ParkedRow> {
 }
 
 /// Encodes an index row: the row version byte, then postcard.
-fn encode_versioned<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<Vec<u8>> {
+pub(crate) fn encode_versioned<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<Vec<u8>> {
     postcard::to_extend(value, vec![ROW_VERSION]).map_err(|err| {
         Error::Storage(StorageFailure::caused_by(
             format!("{what} does not encode"),
@@ -198,7 +219,7 @@ fn encode_versioned<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<Vec<
 }
 
 /// Decodes an index row written by [`encode_versioned`]; damage is reported at `location`.
-fn decode_versioned<T: serde::de::DeserializeOwned>(
+pub(crate) fn decode_versioned<T: serde::de::DeserializeOwned>(
     location: impl FnOnce() -> String,
     bytes: &[u8],
 ) -> Result<T> {
@@ -288,6 +309,13 @@ pub trait Store: Send + Sync + 'static {
     fn schedules(&self) -> Result<Vec<(String, ScheduleRow)>>;
     /// Runs matching `query`, one page, oldest first.
     fn query(&self, query: &InstanceQuery) -> Result<InstancePage>;
+    /// Open tasks matching `query`, from the open-task index.
+    fn tasks(
+        &self,
+        query: &cairn_core::journal::TaskQuery,
+    ) -> Result<cairn_core::journal::TaskPage>;
+    /// The index row of open task `step` of run `key`.
+    fn task(&self, key: u128, step: u32) -> Result<Option<cairn_core::task::TaskRow>>;
     /// The parked instances and why, by key (none for a store that keeps none).
     fn parked(&self) -> Result<Vec<(u128, ParkedRow)>> {
         Ok(Vec::new())
@@ -308,14 +336,16 @@ pub struct RedbStore {
     /// every later call fails fast, and `close` leaks the handle rather than run a
     /// destructor that may wait on state the panic left behind.
     poisoned: AtomicBool,
-    /// The file has the query indexes (format 3 or later); an older file opened
-    /// read-only has not, and its queries scan the rows.
-    indexed: AtomicBool,
+    /// The storage format the file is at: [`STORAGE_FORMAT`] once opened for writing
+    /// (migrated if it was older); an older file opened read-only stays at its own, and
+    /// answers what its format can (queries by scanning before format 3, no tasks before
+    /// format 4).
+    format: std::sync::atomic::AtomicU32,
 }
 
 /// A redb error as a storage failure, kept as its source (an I/O error as itself, so a
 /// host can read its kind); `contain` names the file.
-fn storage(err: impl Into<redb::Error>) -> Error {
+pub(crate) fn storage(err: impl Into<redb::Error>) -> Error {
     match err.into() {
         redb::Error::Io(io) => Error::Storage(StorageFailure::caused_by("I/O error", io)),
         other => Error::Storage(StorageFailure::caused_by("", other)),
@@ -394,7 +424,7 @@ impl RedbStore {
                 db: RwLock::new(Some(db)),
                 path: path.clone(),
                 poisoned: AtomicBool::new(false),
-                indexed: AtomicBool::new(true),
+                format: std::sync::atomic::AtomicU32::new(STORAGE_FORMAT),
             };
             store.check_format(existed)?;
             Ok(store)
@@ -482,10 +512,8 @@ impl RedbStore {
                 .map_err(|err| open_error(&self.path, err))?
             {
                 let found = self.format_marker(value.value())?;
-                self.indexed.store(
-                    found >= INDEXED_FORMAT,
-                    std::sync::atomic::Ordering::Release,
-                );
+                self.format
+                    .store(found, std::sync::atomic::Ordering::Release);
             }
         }
         self.refuse_foreign_tables(&names)?;
@@ -533,7 +561,7 @@ impl RedbStore {
 
     fn check_format(&self, existed: bool) -> Result<()> {
         if self.is_ready()? {
-            if !self.indexed.load(std::sync::atomic::Ordering::Acquire) {
+            if self.format_found() < STORAGE_FORMAT {
                 self.migrate().map_err(|err| Error::Open {
                     path: self.path.clone(),
                     message: format!(
@@ -606,22 +634,33 @@ impl RedbStore {
                 .map_err(|err| open_error(&self.path, err))?;
             txn.open_table(BY_ATTRIBUTE)
                 .map_err(|err| open_error(&self.path, err))?;
+            txn.open_table(OPEN_TASKS)
+                .map_err(|err| open_error(&self.path, err))?;
+            txn.open_table(TASK_INBOX)
+                .map_err(|err| open_error(&self.path, err))?;
         }
         txn.commit().map_err(|err| open_error(&self.path, err))
     }
 
+    /// The storage format the file is at (see `format`).
+    fn format_found(&self) -> u32 {
+        self.format.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Brings a file of an older format to [`STORAGE_FORMAT`] in one transaction: builds
-    /// the query indexes from the instance rows and attributes, creates the tables the
-    /// format added, raises the marker. A read-only handle is left as it is.
+    /// the query indexes from the instance rows and attributes (before format 3), the
+    /// open-task index from the logs of running instances (before format 4), creates the
+    /// tables the formats added, raises the marker. A read-only handle is left as it is.
     fn migrate(&self) -> Result<()> {
         let db = self.db()?;
         let Handle::Writable(db) = db.get() else {
             return Ok(());
         };
+        let found = self.format_found();
         let mut txn = db.begin_write().map_err(storage)?;
         txn.set_durability(Durability::Immediate).map_err(storage)?;
         let mut runs = 0usize;
-        {
+        if found < INDEXED_FORMAT {
             let instances = txn.open_table(INSTANCES).map_err(storage)?;
             let attributes = txn.open_table(ATTRIBUTES).map_err(storage)?;
             let mut by_start = txn.open_table(BY_START).map_err(storage)?;
@@ -649,15 +688,18 @@ impl RedbStore {
                 }
                 runs += 1;
             }
-            txn.open_table(PARKED).map_err(storage)?;
+        }
+        let tasks = crate::tasks::rebuild(&txn)?;
+        txn.open_table(PARKED).map_err(storage)?;
+        {
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert("format", STORAGE_FORMAT.to_le_bytes().as_slice())
                 .map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
-        self.indexed
-            .store(true, std::sync::atomic::Ordering::Release);
-        tracing::info!(path = %self.path.display(), runs, format = STORAGE_FORMAT, "migrated the file to the current storage format");
+        self.format
+            .store(STORAGE_FORMAT, std::sync::atomic::Ordering::Release);
+        tracing::info!(path = %self.path.display(), from = found, runs, tasks, format = STORAGE_FORMAT, "migrated the file to the current storage format");
         Ok(())
     }
 
@@ -938,11 +980,38 @@ impl Store for RedbStore {
     fn query(&self, query: &InstanceQuery) -> Result<InstancePage> {
         self.contain("query", || {
             let txn = self.read()?;
-            if self.indexed.load(std::sync::atomic::Ordering::Acquire) {
+            if self.format_found() >= INDEXED_FORMAT {
                 query_indexed(&txn, query)
             } else {
                 query_by_scan(&txn, query)
             }
+        })
+    }
+
+    fn tasks(
+        &self,
+        query: &cairn_core::journal::TaskQuery,
+    ) -> Result<cairn_core::journal::TaskPage> {
+        self.contain("tasks", || {
+            if self.format_found() < TASKS_FORMAT {
+                // No task events before format 4: an older file opened read-only has none.
+                return Ok(cairn_core::journal::TaskPage::default());
+            }
+            let txn = self.read()?;
+            crate::tasks::query(&txn, query)
+        })
+    }
+
+    fn task(&self, key: u128, step: u32) -> Result<Option<cairn_core::task::TaskRow>> {
+        self.contain("task", || {
+            if self.format_found() < TASKS_FORMAT {
+                return Ok(None);
+            }
+            let txn = self.read()?;
+            let table = txn.open_table(OPEN_TASKS).map_err(storage)?;
+            let row = table.get((key, step)).map_err(storage)?;
+            row.map(|bytes| crate::tasks::decode_row(key, step, bytes.value()))
+                .transpose()
         })
     }
 
@@ -981,36 +1050,7 @@ impl Store for RedbStore {
                 None => return Ok(None),
             };
             let log = txn.open_table(LOG).map_err(storage)?;
-            let len = usize::try_from(row.next_seq).map_err(|_| {
-                chain_error(
-                    &row,
-                    row.head_lsn,
-                    "the row counts more events than can be read",
-                )
-            })?;
-            // `len` comes from disk: a damaged row must give a Corrupt error below, not a huge
-            // allocation here.
-            let mut events = Vec::with_capacity(len.min(4096));
-            let mut next = Some(row.head_lsn);
-            while let Some(lsn) = next {
-                if events.len() >= len {
-                    return Err(chain_error(
-                        &row,
-                        lsn,
-                        "history is longer than the instance row says",
-                    ));
-                }
-                let guard = log
-                    .get(lsn)
-                    .map_err(storage)?
-                    .ok_or_else(|| chain_error(&row, lsn, "event is missing from the log"))?;
-                let envelope = guard.value().to_vec();
-                let (_, _, prev) = EventRecord::peek_link(&envelope)
-                    .map_err(|err| chain_error(&row, lsn, &err.to_string()))?;
-                next = prev;
-                events.push(RawEvent { lsn, envelope });
-            }
-            events.reverse();
+            let events = read_events(&row, &log)?;
             Ok(Some(RawHistory { row, events }))
         })
     }
@@ -1027,14 +1067,55 @@ impl Store for RedbStore {
     }
 }
 
+/// The events of run `row`, oldest first, walked back from its head through each
+/// event's link to the previous one (in a read or a write transaction).
+pub(crate) fn read_events(
+    row: &InstanceRow,
+    log: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<Vec<RawEvent>> {
+    let len = usize::try_from(row.next_seq).map_err(|_| {
+        chain_error(
+            row,
+            row.head_lsn,
+            "the row counts more events than can be read",
+        )
+    })?;
+    // `len` comes from disk: a damaged row must give a Corrupt error below, not a huge
+    // allocation here.
+    let mut events = Vec::with_capacity(len.min(4096));
+    let mut next = Some(row.head_lsn);
+    while let Some(lsn) = next {
+        if events.len() >= len {
+            return Err(chain_error(
+                row,
+                lsn,
+                "history is longer than the instance row says",
+            ));
+        }
+        let guard = log
+            .get(lsn)
+            .map_err(storage)?
+            .ok_or_else(|| chain_error(row, lsn, "event is missing from the log"))?;
+        let envelope = guard.value().to_vec();
+        let (_, _, prev) = EventRecord::peek_link(&envelope)
+            .map_err(|err| chain_error(row, lsn, &err.to_string()))?;
+        next = prev;
+        events.push(RawEvent { lsn, envelope });
+    }
+    events.reverse();
+    Ok(events)
+}
+
 /// Applies index changes inside a commit's transaction.
 fn apply_index(txn: &redb::WriteTransaction, changes: &[IndexChange]) -> Result<()> {
     let mut by_start = txn.open_table(BY_START).map_err(storage)?;
     let mut by_type = txn.open_table(BY_TYPE).map_err(storage)?;
     let mut by_status = txn.open_table(BY_STATUS).map_err(storage)?;
     let mut by_attribute = txn.open_table(BY_ATTRIBUTE).map_err(storage)?;
+    let mut tasks = crate::tasks::TaskTables::open(txn)?;
     for change in changes {
         match change {
+            IndexChange::Task(change) => tasks.apply(change)?,
             IndexChange::Started {
                 key,
                 created_at_ms,

@@ -27,6 +27,10 @@ use crate::sync::{lock, Arc, AtomicU64, Mutex};
 use cairn_core::journal::{
     reported, Appended, Carried, CommitListener, Committed, Expect, Started, TimeSource,
 };
+use cairn_core::step::StepKind;
+use cairn_core::task::TaskRow;
+
+use crate::tasks::TaskIndexChange;
 
 /// Room an event needs beyond its payloads and names (header, hashes, varints).
 const STEP_HEADROOM_BYTES: usize = 1024;
@@ -863,6 +867,7 @@ impl WriterLoop {
             EventKind::AttributesSet { attributes, .. } => Some(attributes.clone()),
             _ => None,
         };
+        let task = task_index_change(key, row, &kind, now);
         let record = EventRecord {
             instance: key,
             seq: row.next_seq,
@@ -933,6 +938,12 @@ impl WriterLoop {
                 created_at_ms,
                 to,
             });
+            batch
+                .index
+                .push(IndexChange::Task(TaskIndexChange::RunEnded { key }));
+        }
+        if let Some(task) = task {
+            batch.index.push(IndexChange::Task(task));
         }
         if let Some(attributes) = attributes {
             // One at a time: a name given twice replaces its own earlier value.
@@ -968,6 +979,39 @@ impl WriterLoop {
             kind: report,
         });
         Ok(Appended { seq })
+    }
+}
+
+/// What a step event changes in the open-task index, if anything.
+fn task_index_change(
+    key: u128,
+    row: &InstanceRow,
+    kind: &EventKind,
+    now: u64,
+) -> Option<TaskIndexChange> {
+    match kind {
+        EventKind::TaskCreated { step, task } => Some(TaskIndexChange::Opened(Box::new(
+            TaskRow::opened(key, &row.id, &row.workflow_type, *step, task, now),
+        ))),
+        EventKind::TaskChanged {
+            step,
+            actor,
+            change,
+        } => Some(TaskIndexChange::Changed {
+            key,
+            step: *step,
+            actor: actor.clone(),
+            change: change.clone(),
+        }),
+        EventKind::TaskCompleted { step, .. } | EventKind::StepAbandoned { step } => {
+            Some(TaskIndexChange::Closed { key, step: *step })
+        }
+        EventKind::StepCancelled {
+            step, step_kind, ..
+        } if step_kind == StepKind::Task.label() => {
+            Some(TaskIndexChange::Closed { key, step: *step })
+        }
+        _ => None,
     }
 }
 

@@ -16,11 +16,14 @@ use std::sync::{Arc, Mutex};
 use cairn_core::codec::Payload;
 use cairn_core::error::Error;
 use cairn_core::event::{AttrValue, EventKind, EVENT_BYTES_MAX};
+use cairn_core::journal::TaskQuery;
 use cairn_core::journal::{
     verify_history, Attachment, Carried, CommitListener, Committed, Cursor, Expect, InstanceQuery,
     InstanceRow, InstanceStatus, Journal, StoredEvent,
 };
 use cairn_core::schedule::{Recurrence, ScheduleRow};
+use cairn_core::step::task;
+use cairn_core::task::{Actor, Candidates, EscalationAction, EscalationTier, TaskChange, TaskSpec};
 
 /// A store under test.
 #[async_trait::async_trait]
@@ -735,6 +738,191 @@ pub async fn a_closed_journal_refuses_writes(subject: &dyn Subject) {
     }
 }
 
+fn task_spec(name: &str, roles: &[&str]) -> TaskSpec {
+    TaskSpec {
+        name: name.into(),
+        title: format!("{name} title"),
+        description: String::new(),
+        input: payload("{}"),
+        decision_schema: "{}".into(),
+        candidates: Candidates {
+            users: vec![],
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        },
+        assignee: None,
+        priority: 1,
+        due_at_ms: Some(NOW_MS + 10),
+        follow_up_at_ms: None,
+        escalation: vec![EscalationTier {
+            at_ms: NOW_MS + 10,
+            action: EscalationAction::Reassign(Candidates {
+                users: vec![],
+                roles: vec!["senior".into()],
+            }),
+        }],
+    }
+}
+
+async fn listed(journal: &dyn Journal, query: TaskQuery) -> Vec<(String, u32)> {
+    let mut query = query;
+    let mut out = Vec::new();
+    loop {
+        let page = journal.tasks(&query).await.unwrap();
+        out.extend(page.rows.iter().map(|row| (row.instance.clone(), row.step)));
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => return out,
+        }
+    }
+}
+
+/// Open tasks are indexed from their events in the same commit: listed for their
+/// candidates' roles and names, then only for their holder once claimed, moved by a
+/// reassigning escalation, and gone when completed, cancelled, abandoned or when their
+/// run ends; each is listed once in an inbox that reaches it several ways; the index
+/// survives a reopen.
+pub async fn open_tasks_are_indexed_from_their_events(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    let a = start(journal.as_ref(), "case-a", "permit").await;
+    let b = start(journal.as_ref(), "case-b", "loan").await;
+    let append = |key: u128, kind: EventKind| {
+        let journal = journal.clone();
+        async move { journal.append(key, kind, Expect::End).await.unwrap() }
+    };
+    append(a.key, task::created(1, task_spec("review", &["planning"]))).await;
+    append(
+        a.key,
+        task::created(2, task_spec("fire", &["fire", "planning"])),
+    )
+    .await;
+    append(
+        b.key,
+        task::created(1, task_spec("underwrite", &["credit"])),
+    )
+    .await;
+    append(b.key, task::created(2, task_spec("sign", &["credit"]))).await;
+
+    let planner = Actor::new("pia", ["planning", "fire"]);
+    assert_eq!(
+        listed(journal.as_ref(), TaskQuery::for_actor(&planner)).await,
+        [("case-a".to_owned(), 1), ("case-a".to_owned(), 2)],
+        "a task reachable by two roles is listed once"
+    );
+    assert_eq!(
+        listed(journal.as_ref(), TaskQuery::default()).await.len(),
+        4
+    );
+    let loans = TaskQuery {
+        workflow_type: Some("loan".into()),
+        limit: 1,
+        ..TaskQuery::default()
+    };
+    assert_eq!(
+        listed(journal.as_ref(), loans).await,
+        [("case-b".to_owned(), 1), ("case-b".to_owned(), 2)],
+        "filters and one-row pages"
+    );
+
+    let pia = Actor::new("pia", ["planning"]);
+    append(
+        a.key,
+        EventKind::TaskChanged {
+            step: 1,
+            actor: pia.clone(),
+            change: TaskChange::Claimed,
+        },
+    )
+    .await;
+    let held = journal.task(a.key, 1).await.unwrap().unwrap();
+    assert_eq!(held.assignee.as_deref(), Some("pia"));
+    let other = Actor::new("otto", ["planning"]);
+    assert_eq!(
+        listed(journal.as_ref(), TaskQuery::for_actor(&other)).await,
+        [("case-a".to_owned(), 2)],
+        "a held task leaves the candidates' inboxes"
+    );
+    assert_eq!(
+        listed(journal.as_ref(), TaskQuery::for_actor(&pia)).await,
+        [("case-a".to_owned(), 1), ("case-a".to_owned(), 2)]
+    );
+
+    append(
+        a.key,
+        EventKind::TaskChanged {
+            step: 1,
+            actor: Actor::new("cairn", Vec::<String>::new()),
+            change: TaskChange::Escalated {
+                tier: 0,
+                reassigned: Some(Candidates {
+                    users: vec![],
+                    roles: vec!["senior".into()],
+                }),
+            },
+        },
+    )
+    .await;
+    let escalated = journal.task(a.key, 1).await.unwrap().unwrap();
+    assert_eq!(
+        (escalated.assignee.clone(), escalated.escalations),
+        (None, 1)
+    );
+    let senior = Actor::new("sam", ["senior"]);
+    assert_eq!(
+        listed(journal.as_ref(), TaskQuery::for_actor(&senior)).await,
+        [("case-a".to_owned(), 1)]
+    );
+
+    append(
+        a.key,
+        EventKind::TaskCompleted {
+            step: 1,
+            actor: senior.clone(),
+            decision: payload("true"),
+            escalation: None,
+        },
+    )
+    .await;
+    append(a.key, EventKind::StepAbandoned { step: 2 }).await;
+    assert!(journal.task(a.key, 1).await.unwrap().is_none());
+    assert!(listed(journal.as_ref(), TaskQuery::for_actor(&planner))
+        .await
+        .is_empty());
+
+    append(b.key, EventKind::CancelRequested { reason: "x".into() }).await;
+    append(
+        b.key,
+        EventKind::StepCancelled {
+            step: 1,
+            step_kind: "task".into(),
+            name: "underwrite".into(),
+            reason: "x".into(),
+        },
+    )
+    .await;
+    let journal = subject.reopen(journal).await;
+    attach(journal.as_ref());
+    assert_eq!(
+        listed(journal.as_ref(), TaskQuery::default()).await,
+        [("case-b".to_owned(), 2)],
+        "the index survives a reopen"
+    );
+    journal
+        .append(
+            b.key,
+            EventKind::WorkflowTerminated {
+                reason: "done".into(),
+            },
+            Expect::End,
+        )
+        .await
+        .unwrap();
+    assert!(listed(journal.as_ref(), TaskQuery::default())
+        .await
+        .is_empty());
+    journal.close();
+}
+
 /// Expands to one `#[tokio::test]` per conformance check, each on a fresh journal from
 /// `$subject` (an expression building a [`Subject`]).
 #[macro_export]
@@ -756,6 +944,7 @@ macro_rules! journal_conformance {
             the_listener_hears_every_commit_in_order,
             acknowledged_writes_survive_a_reopen,
             a_closed_journal_refuses_writes,
+            open_tasks_are_indexed_from_their_events,
         );
     };
     (@tests $subject:expr; $($check:ident,)*) => {

@@ -30,6 +30,7 @@ use cairn_core::event::{
 };
 use cairn_core::journal::{verify_chain, InstanceRow, InstanceStatus, StoredEvent};
 use cairn_core::replay::{Decision, History, PatchDecision, StepKind, StepRequest};
+use cairn_core::task::{Actor, Candidates, EscalationAction, EscalationTier, TaskChange, TaskSpec};
 use cairn_core::NonDeterminism;
 
 /// Most events one `history_replay` input describes (its frame count is one byte).
@@ -41,7 +42,7 @@ pub const HISTORY_EVENTS_MAX: usize = u8::MAX as usize;
 pub const WALK_STEPS_MAX: StepNo = 512;
 
 /// Number of event kinds [`synthetic_event`] builds, one per [`EventKind`] variant.
-pub const SYNTHETIC_KINDS: u8 = 24;
+pub const SYNTHETIC_KINDS: u8 = 28;
 
 /// Names made-up events and requests draw from: a few that real workflows use (so
 /// recorded steps and requests meet) and the empty string.
@@ -293,8 +294,9 @@ pub fn synthetic_event(kind: u8, step: StepNo, name: &str, extra: u8) -> EventKi
         17 => EventKind::StepCancelled {
             step,
             // Includes kinds a step cannot be cancelled in, which history must refuse.
-            step_kind: ["activity", "timer", "signal", "child", "patch"][usize::from(extra % 5)]
-                .to_owned(),
+            step_kind: ["activity", "timer", "signal", "child", "task", "patch"]
+                [usize::from(extra % 6)]
+            .to_owned(),
             name,
             reason: "made up".to_owned(),
         },
@@ -322,9 +324,42 @@ pub fn synthetic_event(kind: u8, step: StepNo, name: &str, extra: u8) -> EventKi
             previous_run: u128::from(extra),
             run: small,
         },
-        _ => EventKind::WorkflowParked {
+        23 => EventKind::WorkflowParked {
             code: "CAIRN-E0001".to_owned(),
             reason: name,
+        },
+        24 => EventKind::TaskCreated {
+            step,
+            task: Box::new(synthetic_task(&name, extra)),
+        },
+        25 => EventKind::TaskChanged {
+            step,
+            actor: Actor::new(name.clone(), [name.clone()]),
+            change: match extra % 6 {
+                0 => TaskChange::Claimed,
+                1 => TaskChange::Released,
+                2 => TaskChange::Delegated { to: name },
+                3 => TaskChange::Commented { text: name },
+                4 => TaskChange::Overdue,
+                _ => TaskChange::Escalated {
+                    tier: u32::from(extra % 3),
+                    reassigned: (extra & 1 == 0).then(|| Candidates {
+                        users: vec![],
+                        roles: vec![name],
+                    }),
+                },
+            },
+        },
+        26 => EventKind::TaskCompleted {
+            step,
+            actor: Actor::new(name.clone(), [name]),
+            decision: value,
+            escalation: (extra & 1 == 0).then_some(u32::from(extra % 3)),
+        },
+        _ => EventKind::Notified {
+            step,
+            topic: name,
+            body: value,
         },
     }
 }
@@ -357,6 +392,46 @@ pub fn synthetic_kind(kind: &EventKind) -> u8 {
         EventKind::StepAbandoned { .. } => 21,
         EventKind::RunContinued { .. } => 22,
         EventKind::WorkflowParked { .. } => 23,
+        EventKind::TaskCreated { .. } => 24,
+        EventKind::TaskChanged { .. } => 25,
+        EventKind::TaskCompleted { .. } => 26,
+        EventKind::Notified { .. } => 27,
+    }
+}
+
+/// A made-up task named `name`, open to role `name`, with up to two escalation tiers.
+fn synthetic_task(name: &str, extra: u8) -> TaskSpec {
+    let tiers = [
+        EscalationAction::Reassign(Candidates {
+            users: vec![],
+            roles: vec![name.to_owned()],
+        }),
+        EscalationAction::Notify,
+        EscalationAction::Decide(payload(extra)),
+    ];
+    TaskSpec {
+        name: name.to_owned(),
+        title: name.to_owned(),
+        description: String::new(),
+        input: payload(extra),
+        decision_schema: "{}".to_owned(),
+        candidates: Candidates {
+            users: vec![],
+            roles: vec![name.to_owned()],
+        },
+        assignee: None,
+        priority: i32::from(extra),
+        due_at_ms: Some(u64::from(extra)),
+        follow_up_at_ms: None,
+        escalation: tiers
+            .into_iter()
+            .take(usize::from(extra % 3))
+            .enumerate()
+            .map(|(i, action)| EscalationTier {
+                at_ms: u64::from(extra) + i as u64,
+                action,
+            })
+            .collect(),
     }
 }
 

@@ -16,8 +16,10 @@
 pub mod activity;
 pub mod attributes;
 pub mod child;
+pub mod notice;
 pub mod patch;
 pub mod signal;
+pub mod task;
 pub mod timer;
 pub mod value;
 
@@ -42,6 +44,10 @@ pub enum StepKind {
     Attributes,
     /// A child workflow, named by its workflow type; its id and input are its input.
     Child,
+    /// A human task, named by its kind; its input is what the person is shown.
+    Task,
+    /// A notification the workflow asked for, named by its topic; its body is its input.
+    Notice,
 }
 
 impl StepKind {
@@ -55,6 +61,8 @@ impl StepKind {
             StepKind::Patch => "patch",
             StepKind::Attributes => "attributes",
             StepKind::Child => "child",
+            StepKind::Task => "task",
+            StepKind::Notice => "notice",
         }
     }
 
@@ -66,6 +74,7 @@ impl StepKind {
             "timer" => Some(StepKind::Timer),
             "signal" => Some(StepKind::Signal),
             "child" => Some(StepKind::Child),
+            "task" => Some(StepKind::Task),
             _ => None,
         }
     }
@@ -118,6 +127,17 @@ pub enum RecordedOutcome {
     AttributesSet,
     /// The child workflow ended.
     Child(crate::event::ChildOutcome),
+    /// The human task was completed.
+    TaskCompleted {
+        /// The decision.
+        decision: Payload,
+        /// Who completed it.
+        actor: crate::task::Actor,
+        /// The escalation tier that decided, if one did.
+        escalation: Option<u32>,
+    },
+    /// The notification was recorded for delivery.
+    Noticed,
     /// The step ended because cancellation was requested.
     Cancelled {
         /// The cancellation's reason.
@@ -142,6 +162,8 @@ pub struct RecordedStep {
     pub deadline_ms: Option<u64>,
     /// The outcome, if the step finished.
     pub outcome: Option<RecordedOutcome>,
+    /// A human task's state (its spec, holder, escalations, comments).
+    pub task: Option<Box<crate::task::TaskState>>,
 }
 
 impl RecordedStep {
@@ -153,6 +175,7 @@ impl RecordedStep {
             failed_attempts: 0,
             deadline_ms: None,
             outcome: None,
+            task: None,
         }
     }
 
@@ -191,6 +214,8 @@ pub(crate) fn route(event: &EventKind) -> Option<Route<'_>> {
         .or_else(|| patch::route(event))
         .or_else(|| attributes::route(event))
         .or_else(|| child::route(event))
+        .or_else(|| task::route(event))
+        .or_else(|| notice::route(event))
 }
 
 /// Applies one routed event to its step by the step kind's machine. `delivered` is the
@@ -212,6 +237,8 @@ pub(crate) fn apply(
         StepKind::Patch => patch::apply(entry, event),
         StepKind::Attributes => attributes::apply(entry, event),
         StepKind::Child => child::apply(entry, event),
+        StepKind::Task => task::apply(entry, event, recorded_at_ms),
+        StepKind::Notice => notice::apply(entry, event),
     }
 }
 
