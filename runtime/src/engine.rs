@@ -20,6 +20,7 @@ pub use crate::drive::{WorkflowFactory, WorkflowResult};
 use crate::error::{Error, Result, StorageFailure};
 use crate::event::AttrValue;
 use crate::event::{EventKind, EventRecord};
+use crate::notify::{run_outbox, LoggingNotifier, Notifier};
 use crate::port::HostPort;
 pub use crate::port::Outcome;
 use crate::redb_journal::RedbJournal;
@@ -171,7 +172,7 @@ pub(crate) struct Shared {
     /// writer thread too, when a commit starts or wakes an instance.
     runtime: tokio::runtime::Handle,
     pub(crate) codec: Arc<dyn Codec>,
-    clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
     workflows: Arc<HashMap<String, WorkflowFactory>>,
     active: Mutex<HashMap<u128, Active>>,
     parked: Mutex<HashMap<u128, Error>>,
@@ -193,6 +194,11 @@ pub(crate) struct Shared {
     schedules: Mutex<HashMap<String, ScheduleRow>>,
     schedules_changed: Arc<Notify>,
     scheduler_task: Mutex<Option<JoinHandle<()>>>,
+    /// Receives the notification outbox.
+    pub(crate) notifier: Arc<dyn Notifier>,
+    /// Notified when a commit adds a notification.
+    pub(crate) outbox_changed: Arc<Notify>,
+    outbox_task: Mutex<Option<JoinHandle<()>>>,
     /// How many commits the dispatcher has applied (see `run_dispatch`).
     applied: watch::Sender<u64>,
     dispatch_task: Mutex<Option<JoinHandle<()>>>,
@@ -212,6 +218,7 @@ pub struct EngineBuilder {
     eviction_idle: Option<Duration>,
     always_replay: bool,
     app: AppState,
+    notifier: Arc<dyn Notifier>,
 }
 
 /// Environment variable that turns [`EngineBuilder::always_replay`] on by default when
@@ -229,6 +236,7 @@ impl Default for EngineBuilder {
             eviction_idle: Some(EVICTION_IDLE_DEFAULT),
             always_replay,
             app: AppState::default(),
+            notifier: Arc::new(LoggingNotifier),
         }
     }
 }
@@ -291,6 +299,13 @@ impl EngineBuilder {
     /// (tests: a [`crate::clock::VirtualClock`]).
     pub fn clock(&mut self, clock: Arc<dyn Clock>) -> &mut Self {
         self.clock = clock;
+        self
+    }
+
+    /// Delivers the notification outbox to `notifier` instead of the log
+    /// ([`LoggingNotifier`]).
+    pub fn notifier(&mut self, notifier: Arc<dyn Notifier>) -> &mut Self {
+        self.notifier = notifier;
         self
     }
 
@@ -366,6 +381,9 @@ impl EngineBuilder {
             schedules: Mutex::new(store_schedules),
             schedules_changed: Arc::new(Notify::new()),
             scheduler_task: Mutex::new(None),
+            notifier: self.notifier,
+            outbox_changed: Arc::new(Notify::new()),
+            outbox_task: Mutex::new(None),
             registered: Notify::new(),
             storage_failed: Mutex::new(None),
         });
@@ -388,6 +406,8 @@ impl EngineBuilder {
         *lock(&engine.shared.timer_task) = Some(timer_task);
         let scheduler_task = runtime.spawn(run_schedules(Arc::downgrade(&engine.shared)));
         *lock(&engine.shared.scheduler_task) = Some(scheduler_task);
+        let outbox_task = runtime.spawn(run_outbox(Arc::downgrade(&engine.shared)));
+        *lock(&engine.shared.outbox_task) = Some(outbox_task);
         Ok(engine)
     }
 }
@@ -1044,6 +1064,20 @@ impl Engine {
         }
     }
 
+    /// The notification outbox in the order its events were recorded, after notification
+    /// `after`, at most `limit` rows: each notification with every delivery attempt and
+    /// where its delivery stands.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn notifications(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<crate::notify::OutboxRow>> {
+        self.shared.journal.outbox(after, limit).await
+    }
+
     /// The verified history of instance `id`, oldest event first.
     ///
     /// # Errors
@@ -1099,6 +1133,7 @@ impl Engine {
         for task in [
             &self.shared.timer_task,
             &self.shared.scheduler_task,
+            &self.shared.outbox_task,
             &self.shared.dispatch_task,
         ] {
             let task = lock(task).take();
@@ -1256,6 +1291,7 @@ async fn run_dispatch(
 fn apply_effects(shared: &Arc<Shared>, effects: &[Committed]) {
     track_parking(shared, effects);
     let mut schedules_changed = false;
+    let mut outbox_changed = false;
     // A continued run's number follows its start in the same commit; its run needs it
     // from the start (activity keys).
     let runs: HashMap<u128, u32> = effects
@@ -1288,6 +1324,7 @@ fn apply_effects(shared: &Arc<Shared>, effects: &[Committed]) {
                     };
                     apply_event(shared, &mut active, event, kind.as_ref());
                 }
+                Committed::Outbox => outbox_changed = true,
                 Committed::Schedule { id, row } => {
                     let mut schedules = lock(&shared.schedules);
                     match row {
@@ -1301,6 +1338,9 @@ fn apply_effects(shared: &Arc<Shared>, effects: &[Committed]) {
     }
     if schedules_changed {
         shared.schedules_changed.notify_one();
+    }
+    if outbox_changed {
+        shared.outbox_changed.notify_one();
     }
 }
 

@@ -18,6 +18,7 @@ pub mod clock;
 mod context;
 mod drive;
 mod engine;
+pub mod notify;
 mod port;
 mod replayer;
 mod sync;

@@ -36,6 +36,7 @@
 #![deny(unsafe_code)]
 
 mod ctx;
+pub mod notify;
 mod runtime;
 mod saga;
 mod signal;

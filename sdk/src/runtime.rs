@@ -136,6 +136,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Delivers notifications (tasks created, overdue or escalated; instances failed or
+    /// parked; `ctx.notify`) to `notifier`, at least once each, with retries and backoff,
+    /// through a durable outbox. Default: [`LoggingNotifier`](crate::notify::LoggingNotifier),
+    /// which writes them to the log. See [`Webhook`](crate::notify::Webhook).
+    pub fn notifier(mut self, notifier: std::sync::Arc<dyn crate::notify::Notifier>) -> Self {
+        self.inner.notifier(notifier);
+        self
+    }
+
     /// Opens (or creates) the database file at `path` and resumes every unfinished
     /// instance. Must be called inside a tokio runtime.
     ///
@@ -249,6 +258,20 @@ impl Runtime {
             created: started.created,
             workflow: PhantomData,
         })
+    }
+
+    /// The notification outbox in the order its events were recorded, after notification
+    /// `after`, at most `limit`: each notification with every delivery attempt made and
+    /// where its delivery stands.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn notifications(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<crate::notify::OutboxRow>, Error> {
+        self.engine().notifications(after, limit).await
     }
 
     /// Sends signal `name` with body `payload` to instance `id`; a `ctx.signal(name)`

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::Payload;
 use crate::error::{Error, Result};
 use crate::event::{hash_envelope, AttrValue, EventHash, EventKind, EventRecord, GENESIS_HASH};
+pub use crate::notify::{Delivery, DeliveryAttempt, OutboxRow};
 use crate::schedule::ScheduleRow;
 pub use crate::task::{Party, TaskRow};
 
@@ -202,6 +203,8 @@ pub enum Committed {
         /// The event, when the host acts on it.
         kind: Option<EventKind>,
     },
+    /// A notification was added to the outbox (derived from an event of the commit).
+    Outbox,
     /// Schedule `id` was stored (`Some`) or deleted (`None`).
     Schedule {
         /// The schedule's id.
@@ -531,6 +534,32 @@ pub trait Journal: Send + Sync + 'static {
     /// # Errors
     /// Storage errors.
     async fn task(&self, key: u128, step: u32) -> Result<Option<TaskRow>>;
+
+    /// The notifications whose next delivery attempt is due at `now_ms` (the most
+    /// overdue first, at most `limit`), and when the next one after them is due.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<(Vec<OutboxRow>, Option<u64>)>;
+
+    /// Records a delivery attempt of notification `id` and where its delivery stands
+    /// after it, durably.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an id the outbox does not hold; storage errors.
+    async fn outbox_attempted(
+        &self,
+        id: u64,
+        attempt: DeliveryAttempt,
+        delivery: Delivery,
+    ) -> Result<()>;
+
+    /// The outbox in id order (the order the events were recorded), after `after`, at
+    /// most `limit` rows: every notification with every attempt made to deliver it.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<OutboxRow>>;
 
     /// Commits what is queued, then refuses every later call with [`Error::ShutDown`] and
     /// releases the storage. May block while the last commit finishes.

@@ -2,7 +2,7 @@
 //!
 //! The event model and its on-disk envelope ([`event`]), payloads and codecs
 //! ([`codec`]), the errors every layer reports ([`error`]), what an activity call is
-//! ([`activity`]), schedules ([`schedule`]), decision tables ([`decision`]), business time ([`calendar`]), human tasks ([`task`]), the journal boundary every store
+//! ([`activity`]), schedules ([`schedule`]), decision tables ([`decision`]), business time ([`calendar`]), human tasks ([`task`]), notifications ([`notify`]), the journal boundary every store
 //! implements ([`journal`]), one state machine per step kind ([`step`])
 //! and the replay rules that turn a history and the requests of workflow code into
 //! decisions ([`replay`]).
@@ -20,6 +20,7 @@ pub mod decision;
 pub mod error;
 pub mod event;
 pub mod journal;
+pub mod notify;
 pub mod replay;
 pub mod schedule;
 pub mod step;

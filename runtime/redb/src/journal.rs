@@ -10,9 +10,9 @@ use cairn_core::codec::Payload;
 use cairn_core::error::{Error, Result};
 use cairn_core::event::EventKind;
 use cairn_core::journal::{
-    Appended, Attachment, Attributes, Carried, Expect, InstancePage, InstanceQuery, InstanceRow,
-    Journal, Ownership, ParkedRow, RawHistory, Started, Suspension, TaskPage, TaskQuery, TaskRow,
-    TimeSource,
+    Appended, Attachment, Attributes, Carried, Delivery, DeliveryAttempt, Expect, InstancePage,
+    InstanceQuery, InstanceRow, Journal, OutboxRow, Ownership, ParkedRow, RawHistory, Started,
+    Suspension, TaskPage, TaskQuery, TaskRow, TimeSource,
 };
 use cairn_core::schedule::ScheduleRow;
 
@@ -223,6 +223,23 @@ impl Journal for RedbJournal {
 
     async fn task(&self, key: u128, step: u32) -> Result<Option<TaskRow>> {
         self.store.task(key, step)
+    }
+
+    async fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<(Vec<OutboxRow>, Option<u64>)> {
+        self.store.outbox_due(now_ms, limit)
+    }
+
+    async fn outbox_attempted(
+        &self,
+        id: u64,
+        attempt: DeliveryAttempt,
+        delivery: Delivery,
+    ) -> Result<()> {
+        self.writer()?.outbox_attempted(id, attempt, delivery).await
+    }
+
+    async fn outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<OutboxRow>> {
+        self.store.outbox(after, limit)
     }
 
     fn close(&self) {

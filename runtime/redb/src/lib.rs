@@ -11,6 +11,7 @@
 pub(crate) use cairn_core::{codec, error, event, schedule};
 
 mod journal;
+mod outbox;
 mod queue;
 pub mod store;
 mod sync;
@@ -18,4 +19,5 @@ mod tasks;
 mod writer;
 
 pub use journal::RedbJournal;
+pub use outbox::OutboxWrite;
 pub use writer::{WriterStats, BATCH_REQUESTS_MAX};

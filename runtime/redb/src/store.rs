@@ -55,9 +55,14 @@ pub(crate) const OPEN_TASKS: TableDefinition<(u128, u32), &[u8]> =
 /// [`cairn_core::task::Party`].
 pub(crate) const TASK_INBOX: TableDefinition<(&str, u64, u128, u32), ()> =
     TableDefinition::new("task_inbox");
+/// The notification outbox: id (the LSN of the event it derives from) -> version byte +
+/// postcard `OutboxRow`.
+pub(crate) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// Pending notifications by (next attempt due, id).
+pub(crate) const OUTBOX_DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("outbox_due");
 /// Tables a Cairn file may hold without them all being required (an older format's file
 /// lacks them until its first writable open migrates it).
-const LATER_TABLES: [&str; 7] = [
+const LATER_TABLES: [&str; 9] = [
     "parked",
     "by_start",
     "by_type",
@@ -65,6 +70,8 @@ const LATER_TABLES: [&str; 7] = [
     "by_attribute",
     "open_tasks",
     "task_inbox",
+    "outbox",
+    "outbox_due",
 ];
 const CAIRN_TABLES: [&str; 7] = [
     "log",
@@ -80,16 +87,19 @@ const CAIRN_TABLES: [&str; 7] = [
 /// previous build could misread. Format 2 added the event kinds `StepAbandoned`,
 /// `RunContinued` and `WorkflowParked` and the `parked` table; format 3 the query indexes;
 /// format 4 the human-task events (`TaskCreated`, `TaskChanged`, `TaskCompleted`) and the
-/// open-task index (`open_tasks`, `task_inbox`).
+/// open-task index (`open_tasks`, `task_inbox`); format 5 the notification outbox
+/// (`outbox`, `outbox_due`).
 /// An older file is migrated by its first writable open (one transaction that builds the
 /// indexes from the rows and the logs of running instances, and raises the marker); a
 /// read-only open leaves it as it is and answers queries by scanning the rows.
-pub const STORAGE_FORMAT: u32 = 4;
+pub const STORAGE_FORMAT: u32 = 5;
 
 /// The first format with the query indexes.
 const INDEXED_FORMAT: u32 = 3;
 /// The first format with human tasks and their index.
 const TASKS_FORMAT: u32 = 4;
+/// The first format with the notification outbox.
+const OUTBOX_FORMAT: u32 = 5;
 
 /// Version byte in front of every encoded [`InstanceRow`].
 const ROW_VERSION: u8 = 1;
@@ -135,6 +145,8 @@ pub struct WriteBatch {
     pub parked: Vec<(u128, Option<Vec<u8>>)>,
     /// Changes to the query indexes, in order.
     pub index: Vec<IndexChange>,
+    /// Writes to the notification outbox, in order.
+    pub outbox: Vec<crate::outbox::OutboxWrite>,
 }
 
 /// One change to the query indexes, derived from an event by the writer.
@@ -275,6 +287,7 @@ impl WriteBatch {
             && self.schedules.is_empty()
             && self.parked.is_empty()
             && self.index.is_empty()
+            && self.outbox.is_empty()
     }
 }
 
@@ -316,6 +329,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<cairn_core::journal::TaskPage>;
     /// The index row of open task `step` of run `key`.
     fn task(&self, key: u128, step: u32) -> Result<Option<cairn_core::task::TaskRow>>;
+    /// The notifications due at `now_ms` (at most `limit`) and when the next is due.
+    fn outbox_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<cairn_core::notify::OutboxRow>, Option<u64>)>;
+    /// The outbox in id order after `after`, at most `limit` rows.
+    fn outbox(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<cairn_core::notify::OutboxRow>>;
+    /// Whether the outbox holds notification `id`.
+    fn outbox_holds(&self, id: u64) -> Result<bool>;
     /// The parked instances and why, by key (none for a store that keeps none).
     fn parked(&self) -> Result<Vec<(u128, ParkedRow)>> {
         Ok(Vec::new())
@@ -638,6 +665,10 @@ impl RedbStore {
                 .map_err(|err| open_error(&self.path, err))?;
             txn.open_table(TASK_INBOX)
                 .map_err(|err| open_error(&self.path, err))?;
+            txn.open_table(OUTBOX)
+                .map_err(|err| open_error(&self.path, err))?;
+            txn.open_table(OUTBOX_DUE)
+                .map_err(|err| open_error(&self.path, err))?;
         }
         txn.commit().map_err(|err| open_error(&self.path, err))
     }
@@ -689,8 +720,13 @@ impl RedbStore {
                 runs += 1;
             }
         }
+        // The task index is rebuilt whatever the older format: it is derived, and a
+        // rebuild also repairs one that was dropped.
         let tasks = crate::tasks::rebuild(&txn)?;
         txn.open_table(PARKED).map_err(storage)?;
+        // Notifications start with format 5: events recorded before it are not notified.
+        txn.open_table(OUTBOX).map_err(storage)?;
+        txn.open_table(OUTBOX_DUE).map_err(storage)?;
         {
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert("format", STORAGE_FORMAT.to_le_bytes().as_slice())
@@ -873,6 +909,9 @@ impl Store for RedbStore {
                 if !batch.index.is_empty() {
                     apply_index(&txn, &batch.index)?;
                 }
+                if !batch.outbox.is_empty() {
+                    crate::outbox::apply(&txn, &batch.outbox)?;
+                }
             }
             txn.commit().map_err(storage)?;
             Ok(())
@@ -999,6 +1038,45 @@ impl Store for RedbStore {
             }
             let txn = self.read()?;
             crate::tasks::query(&txn, query)
+        })
+    }
+
+    fn outbox_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<cairn_core::notify::OutboxRow>, Option<u64>)> {
+        self.contain("outbox_due", || {
+            if self.format_found() < OUTBOX_FORMAT {
+                return Ok((Vec::new(), None));
+            }
+            let txn = self.read()?;
+            crate::outbox::due(&txn, now_ms, limit)
+        })
+    }
+
+    fn outbox(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<cairn_core::notify::OutboxRow>> {
+        self.contain("outbox", || {
+            if self.format_found() < OUTBOX_FORMAT {
+                return Ok(Vec::new());
+            }
+            let txn = self.read()?;
+            crate::outbox::list(&txn, after, limit)
+        })
+    }
+
+    fn outbox_holds(&self, id: u64) -> Result<bool> {
+        self.contain("outbox_holds", || {
+            if self.format_found() < OUTBOX_FORMAT {
+                return Ok(false);
+            }
+            let txn = self.read()?;
+            let table = txn.open_table(OUTBOX).map_err(storage)?;
+            Ok(table.get(id).map_err(storage)?.is_some())
         })
     }
 

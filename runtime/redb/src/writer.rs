@@ -30,7 +30,9 @@ use cairn_core::journal::{
 use cairn_core::step::StepKind;
 use cairn_core::task::TaskRow;
 
+use crate::outbox::OutboxWrite;
 use crate::tasks::TaskIndexChange;
+use cairn_core::notify::{self, Delivery, DeliveryAttempt, Notification, OutboxRow};
 
 /// Room an event needs beyond its payloads and names (header, hashes, varints).
 const STEP_HEADROOM_BYTES: usize = 1024;
@@ -76,6 +78,13 @@ enum Command {
         kind: EventKind,
         expect: Expect,
         reply: oneshot::Sender<Result<Appended>>,
+    },
+    /// Records a delivery attempt of notification `id`.
+    OutboxAttempt {
+        id: u64,
+        attempt: DeliveryAttempt,
+        delivery: Delivery,
+        reply: oneshot::Sender<Result<bool>>,
     },
 }
 
@@ -201,6 +210,23 @@ impl Writer {
             reply,
         })
         .await
+    }
+
+    /// Records a delivery attempt of notification `id` and where its delivery stands.
+    pub(crate) async fn outbox_attempted(
+        &self,
+        id: u64,
+        attempt: DeliveryAttempt,
+        delivery: Delivery,
+    ) -> Result<()> {
+        self.request(|reply| Command::OutboxAttempt {
+            id,
+            attempt,
+            delivery,
+            reply,
+        })
+        .await
+        .map(drop)
     }
 
     /// Ends run `key` and starts the next run of its id with `input` and the carried
@@ -654,6 +680,26 @@ impl WriterLoop {
         replies: &mut Vec<Reply>,
     ) {
         match command {
+            Command::OutboxAttempt {
+                id,
+                attempt,
+                delivery,
+                reply,
+            } => match self.store.outbox_holds(id) {
+                Ok(true) => {
+                    batch.outbox.push(OutboxWrite::Attempted {
+                        id,
+                        attempt,
+                        delivery,
+                    });
+                    replies.push(Reply::Flag(reply, true));
+                }
+                // Refused alone: the rest of the batch is not held up by it.
+                Ok(false) => drop(reply.send(Err(Error::InvalidArgument(format!(
+                    "the outbox holds no notification {id}"
+                ))))),
+                Err(err) => drop(reply.send(Err(err))),
+            },
             Command::Schedule {
                 id,
                 row,
@@ -868,6 +914,18 @@ impl WriterLoop {
             _ => None,
         };
         let task = task_index_change(key, row, &kind, now);
+        let notification = notify::derive(&kind).map(|draft| {
+            OutboxRow::new(Notification {
+                id: lsn,
+                topic: draft.topic,
+                instance: row.id.clone(),
+                workflow_type: row.workflow_type.clone(),
+                step: draft.step,
+                seq: row.next_seq,
+                at_ms: now,
+                body: draft.body,
+            })
+        });
         let record = EventRecord {
             instance: key,
             seq: row.next_seq,
@@ -944,6 +1002,10 @@ impl WriterLoop {
         }
         if let Some(task) = task {
             batch.index.push(IndexChange::Task(task));
+        }
+        if let Some(notification) = notification {
+            batch.outbox.push(OutboxWrite::New(Box::new(notification)));
+            self.effects.push(Committed::Outbox);
         }
         if let Some(attributes) = attributes {
             // One at a time: a name given twice replaces its own earlier value.
@@ -1035,6 +1097,7 @@ fn reject(command: Command, err: Error) {
         Command::Suspend { reply, .. } => drop(reply.send(Err(err))),
         Command::ContinueAsNew { reply, .. } => drop(reply.send(Err(err))),
         Command::Schedule { reply, .. } => drop(reply.send(Err(err))),
+        Command::OutboxAttempt { reply, .. } => drop(reply.send(Err(err))),
     }
 }
 

@@ -35,7 +35,7 @@ fn make_format_2(path: &Path) {
             .delete_table(redb::TableDefinition::<u128, &[u8]>::new(table))
             .unwrap());
     }
-    for table in ["open_tasks", "task_inbox"] {
+    for table in ["open_tasks", "task_inbox", "outbox", "outbox_due"] {
         assert!(txn
             .delete_table(redb::TableDefinition::<u128, &[u8]>::new(table))
             .unwrap());

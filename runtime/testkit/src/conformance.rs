@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex};
 use cairn_core::codec::Payload;
 use cairn_core::error::Error;
 use cairn_core::event::{AttrValue, EventKind, EVENT_BYTES_MAX};
-use cairn_core::journal::TaskQuery;
 use cairn_core::journal::{
     verify_history, Attachment, Carried, CommitListener, Committed, Cursor, Expect, InstanceQuery,
     InstanceRow, InstanceStatus, Journal, StoredEvent,
 };
+use cairn_core::journal::{Delivery, DeliveryAttempt, TaskQuery};
 use cairn_core::schedule::{Recurrence, ScheduleRow};
 use cairn_core::step::task;
 use cairn_core::task::{Actor, Candidates, EscalationAction, EscalationTier, TaskChange, TaskSpec};
@@ -923,6 +923,158 @@ pub async fn open_tasks_are_indexed_from_their_events(subject: &dyn Subject) {
     journal.close();
 }
 
+/// Events that call for a notification (a task created, a failure, a workflow's own)
+/// put it in the outbox in their commit, numbered uniquely; an attempt is recorded with
+/// where the delivery stands, and only pending notifications are due, by their time; the
+/// outbox survives a reopen.
+pub async fn notifications_are_kept_in_an_outbox(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    let heard = attach(journal.as_ref());
+    let a = start(journal.as_ref(), "claim-a", "claim").await;
+    let b = start(journal.as_ref(), "claim-b", "claim").await;
+    journal
+        .append(
+            a.key,
+            task::created(1, task_spec("check", &["clerk"])),
+            Expect::End,
+        )
+        .await
+        .unwrap();
+    journal
+        .append(a.key, step_done(2, "no notification"), Expect::End)
+        .await
+        .unwrap();
+    journal
+        .append(
+            b.key,
+            EventKind::Notified {
+                step: 1,
+                topic: "claim.received".into(),
+                body: payload(r#"{"who":"ann"}"#),
+            },
+            Expect::End,
+        )
+        .await
+        .unwrap();
+    journal
+        .append(
+            b.key,
+            EventKind::WorkflowFailed {
+                error: payload(r#""declined""#),
+            },
+            Expect::End,
+        )
+        .await
+        .unwrap();
+    let heard_outbox = heard
+        .batches()
+        .iter()
+        .flat_map(|(_, effects)| effects)
+        .filter(|effect| matches!(effect, Committed::Outbox))
+        .count();
+    assert_eq!(
+        heard_outbox, 3,
+        "each notification's commit tells the listener"
+    );
+
+    let all = journal.outbox(None, 100).await.unwrap();
+    let topics: Vec<(&str, &str)> = all
+        .iter()
+        .map(|row| {
+            (
+                row.notification.instance.as_str(),
+                row.notification.topic.name(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        topics,
+        [
+            ("claim-a", "task.created"),
+            ("claim-b", "claim.received"),
+            ("claim-b", "instance.failed")
+        ]
+    );
+    assert_eq!(all[1].notification.body, r#"{"who":"ann"}"#);
+    assert_eq!(all[1].notification.step, Some(1));
+    assert!(all.iter().all(|row| row.attempts.is_empty()
+        && row.delivery
+            == Delivery::Pending {
+                next_attempt_ms: NOW_MS
+            }));
+    let ids: BTreeSet<u64> = all.iter().map(|row| row.notification.id).collect();
+    assert_eq!(ids.len(), 3, "ids are unique");
+    let page = journal
+        .outbox(Some(all[0].notification.id), 1)
+        .await
+        .unwrap();
+    assert_eq!(page, all[1..2], "paged by id");
+
+    let (due, next) = journal.outbox_due(NOW_MS, 10).await.unwrap();
+    assert_eq!((due.len(), next), (3, None));
+    let (first, _) = journal.outbox_due(NOW_MS, 1).await.unwrap();
+    assert_eq!(first.len(), 1, "at most the limit");
+
+    let failed = DeliveryAttempt {
+        at_ms: NOW_MS,
+        error: Some("receiver down".into()),
+    };
+    let retry_at = NOW_MS + 1_000;
+    journal
+        .outbox_attempted(
+            all[0].notification.id,
+            failed.clone(),
+            Delivery::Pending {
+                next_attempt_ms: retry_at,
+            },
+        )
+        .await
+        .unwrap();
+    let delivered = DeliveryAttempt {
+        at_ms: NOW_MS,
+        error: None,
+    };
+    journal
+        .outbox_attempted(
+            all[1].notification.id,
+            delivered.clone(),
+            Delivery::Delivered,
+        )
+        .await
+        .unwrap();
+    journal
+        .outbox_attempted(all[2].notification.id, failed.clone(), Delivery::GaveUp)
+        .await
+        .unwrap();
+    let (due, next) = journal.outbox_due(NOW_MS, 10).await.unwrap();
+    assert!(due.is_empty(), "the retry is not due yet: {due:?}");
+    assert_eq!(next, Some(retry_at));
+    let (due, _) = journal.outbox_due(retry_at, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].attempts, std::slice::from_ref(&failed));
+    assert!(
+        journal
+            .outbox_attempted(u64::MAX - 1, delivered.clone(), Delivery::Delivered)
+            .await
+            .is_err(),
+        "an unknown notification is refused"
+    );
+
+    let journal = subject.reopen(journal).await;
+    attach(journal.as_ref());
+    let after = journal.outbox(None, 100).await.unwrap();
+    assert_eq!(
+        after[0].delivery,
+        Delivery::Pending {
+            next_attempt_ms: retry_at
+        }
+    );
+    assert_eq!(after[1].delivery, Delivery::Delivered);
+    assert_eq!(after[1].attempts, [delivered]);
+    assert_eq!(after[2].delivery, Delivery::GaveUp);
+    journal.close();
+}
+
 /// Expands to one `#[tokio::test]` per conformance check, each on a fresh journal from
 /// `$subject` (an expression building a [`Subject`]).
 #[macro_export]
@@ -945,6 +1097,7 @@ macro_rules! journal_conformance {
             acknowledged_writes_survive_a_reopen,
             a_closed_journal_refuses_writes,
             open_tasks_are_indexed_from_their_events,
+            notifications_are_kept_in_an_outbox,
         );
     };
     (@tests $subject:expr; $($check:ident,)*) => {
