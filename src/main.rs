@@ -360,6 +360,7 @@ fn event_json(event: &StoredEvent) -> Value {
         "recorded_at_ms": r.recorded_at_ms,
         "hash": hex(&event.hash),
         "prev_hash": hex(&r.prev_hash),
+        "actor": r.actor.as_ref().map(actor_json),
         "body": body,
     })
 }

@@ -21,6 +21,7 @@ use crate::error::{Error, Result, StorageFailure};
 use crate::event::AttrValue;
 use crate::event::{EventKind, EventRecord};
 use crate::notify::{run_outbox, LoggingNotifier, Notifier};
+use crate::policy::{AllowAll, Policy};
 use crate::port::HostPort;
 pub use crate::port::Outcome;
 use crate::redb_journal::RedbJournal;
@@ -30,6 +31,7 @@ use crate::replayer::Replayer;
 use crate::schedule::{occurrence_id, Recurrence, ScheduleRow};
 use crate::store::{Attributes, InstanceRow, InstanceStatus, StoredEvent};
 use crate::sync::{lock, AtomicBool, AtomicU64, Mutex, Notify};
+use crate::task::Actor;
 use crate::timers::TimerIndex;
 use cairn_core::journal::{
     verify_history, Attachment, Carried, CommitListener, Committed, Expect, InstanceQuery, Journal,
@@ -196,6 +198,8 @@ pub(crate) struct Shared {
     scheduler_task: Mutex<Option<JoinHandle<()>>>,
     /// Receives the notification outbox.
     pub(crate) notifier: Arc<dyn Notifier>,
+    /// Decides what actors may do.
+    pub(crate) policy: Arc<dyn Policy>,
     /// Notified when a commit adds a notification.
     pub(crate) outbox_changed: Arc<Notify>,
     outbox_task: Mutex<Option<JoinHandle<()>>>,
@@ -219,6 +223,7 @@ pub struct EngineBuilder {
     always_replay: bool,
     app: AppState,
     notifier: Arc<dyn Notifier>,
+    policy: Arc<dyn Policy>,
 }
 
 /// Environment variable that turns [`EngineBuilder::always_replay`] on by default when
@@ -237,6 +242,7 @@ impl Default for EngineBuilder {
             always_replay,
             app: AppState::default(),
             notifier: Arc::new(LoggingNotifier),
+            policy: Arc::new(AllowAll),
         }
     }
 }
@@ -299,6 +305,13 @@ impl EngineBuilder {
     /// (tests: a [`crate::clock::VirtualClock`]).
     pub fn clock(&mut self, clock: Arc<dyn Clock>) -> &mut Self {
         self.clock = clock;
+        self
+    }
+
+    /// Decides what actors may do through the `*_as` calls (default [`AllowAll`]). Calls
+    /// without an actor are the hosting program's own and are not checked.
+    pub fn policy(&mut self, policy: Arc<dyn Policy>) -> &mut Self {
+        self.policy = policy;
         self
     }
 
@@ -382,6 +395,7 @@ impl EngineBuilder {
             schedules_changed: Arc::new(Notify::new()),
             scheduler_task: Mutex::new(None),
             notifier: self.notifier,
+            policy: self.policy,
             outbox_changed: Arc::new(Notify::new()),
             outbox_task: Mutex::new(None),
             registered: Notify::new(),
@@ -526,7 +540,8 @@ impl Engine {
         id: &str,
         input: Payload,
     ) -> Result<StartOutcome> {
-        self.start_with_parent(workflow_type, id, input, None).await
+        self.start_with_parent(workflow_type, id, input, None, None)
+            .await
     }
 
     /// Starts a child instance of `parent` (see [`Engine::start`]); the parent is woken
@@ -538,16 +553,17 @@ impl Engine {
         input: Payload,
         parent: u128,
     ) -> Result<StartOutcome> {
-        self.start_with_parent(workflow_type, id, input, Some(parent))
+        self.start_with_parent(workflow_type, id, input, Some(parent), None)
             .await
     }
 
-    async fn start_with_parent(
+    pub(crate) async fn start_with_parent(
         &self,
         workflow_type: &str,
         id: &str,
         input: Payload,
         parent: Option<u128>,
+        actor: Option<&Actor>,
     ) -> Result<StartOutcome> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
@@ -567,11 +583,12 @@ impl Engine {
         let started = self
             .shared
             .journal
-            .start(
+            .start_by(
                 id.to_owned(),
                 workflow_type.to_owned(),
                 input.clone(),
                 parent,
+                actor.cloned(),
             )
             .await?;
         if !started.created && started.row.workflow_type != workflow_type {
@@ -636,7 +653,7 @@ impl Engine {
         let kind = EventKind::WorkflowTerminated {
             reason: reason.to_owned(),
         };
-        self.append_to_current_run(id, kind).await
+        self.append_to_current_run(id, kind, None).await
     }
 
     /// Creates or replaces schedule `schedule_id`: from `first_fire_ms` (default: the
@@ -745,7 +762,7 @@ impl Engine {
         let kind = EventKind::CancelRequested {
             reason: reason.to_owned(),
         };
-        self.append_to_current_run(id, kind).await
+        self.append_to_current_run(id, kind, None).await
     }
 
     /// Sends signal `name` with body `payload` to instance `id`. It is buffered in the
@@ -764,6 +781,16 @@ impl Engine {
     /// the run (in commit order) by the commit itself, whether or not this future is
     /// still polled.
     pub async fn signal(&self, id: &str, name: &str, payload: Payload) -> Result<()> {
+        self.signal_by(id, name, payload, None).await
+    }
+
+    pub(crate) async fn signal_by(
+        &self,
+        id: &str,
+        name: &str,
+        payload: Payload,
+        actor: Option<&Actor>,
+    ) -> Result<()> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
@@ -777,19 +804,24 @@ impl Engine {
             name: name.to_owned(),
             payload,
         };
-        self.append_to_current_run(id, kind).await
+        self.append_to_current_run(id, kind, actor).await
     }
 
     /// Appends `kind` to the current run of `id`. A run that continued as new in the
     /// meantime refuses it as finished; the id then names a newer run, which gets it.
-    async fn append_to_current_run(&self, id: &str, kind: EventKind) -> Result<()> {
+    pub(crate) async fn append_to_current_run(
+        &self,
+        id: &str,
+        kind: EventKind,
+        actor: Option<&Actor>,
+    ) -> Result<()> {
         let mut key = self.key_of(id).await?;
         let what = kind.name();
         loop {
             match self
                 .shared
                 .journal
-                .append(key, kind.clone(), Expect::End)
+                .append_by(key, kind.clone(), Expect::End, actor.cloned())
                 .await
             {
                 Ok(appended) => {

@@ -11,9 +11,11 @@
 #![deny(unsafe_code)]
 
 pub use cairn_core::{
-    activity, calendar, codec, decision, error, event, journal, replay, schedule, step, task,
+    activity, calendar, codec, decision, error, event, journal, policy, replay, schedule, step,
+    task,
 };
 
+mod acting;
 pub mod clock;
 mod context;
 mod drive;

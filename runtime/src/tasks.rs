@@ -11,6 +11,7 @@
 use std::sync::atomic::Ordering;
 
 use cairn_core::journal::{verify_history, Expect, TaskPage, TaskQuery};
+use cairn_core::policy::Action;
 use cairn_core::task::{self, Actor, Refusal, TaskOp, TaskState};
 
 use crate::engine::Engine;
@@ -157,7 +158,7 @@ impl Engine {
                     .into(),
             ));
         }
-        self.change_task(instance, step, |_, state| {
+        self.change_task(instance, step, actor, |_, state| {
             decide(instance, step, state, actor, op.clone())
         })
         .await
@@ -192,7 +193,7 @@ impl Engine {
                 "a decision must be at most {DECISION_BYTES_MAX} bytes of JSON, got {size}"
             )));
         }
-        self.change_task(instance, step, |_, state| {
+        self.change_task(instance, step, actor, |_, state| {
             // Who may act is checked first: a stranger learns nothing about the form.
             if !state.may_act(actor) {
                 let refusal = task::refusal_for(state, actor);
@@ -228,7 +229,7 @@ impl Engine {
     ) -> Result<RunTaskAnswer> {
         let mut answer = RunTaskAnswer::Applied;
         let changed = self
-            .change_task_of(key, step, |_, state| match &change {
+            .change_task_of(key, step, None, |_, state| match &change {
                 RunTaskChange::Escalate(tier) => match task::escalate(state, step, *tier) {
                     Some(event) => Ok(Turn::Append(event)),
                     None => {
@@ -284,15 +285,35 @@ impl Engine {
         Ok((history, row.next_seq, row.workflow_type))
     }
 
-    async fn change_task<F>(&self, instance: &str, step: StepNo, mut decide: F) -> Result<()>
+    /// A person's change to open task `step` of `instance`: allowed by the host's policy
+    /// for the task's kind, then decided by `decide`, recorded with the actor.
+    async fn change_task<F>(
+        &self,
+        instance: &str,
+        step: StepNo,
+        actor: &Actor,
+        mut decide: F,
+    ) -> Result<()>
     where
         F: FnMut(&History, &TaskState) -> Result<Option<EventKind>>,
     {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
-        let (key, _) = self.row_of(instance).await?;
-        self.change_task_of(key, step, |history, state| {
+        let (key, row) = self.row_of(instance).await?;
+        let workflow_type = row.workflow_type;
+        let policy = |state: &TaskState| {
+            self.authorize(
+                actor,
+                &Action::Task {
+                    instance,
+                    workflow_type: &workflow_type,
+                    task: &state.spec.name,
+                },
+            )
+        };
+        self.change_task_of(key, step, Some(actor), |history, state| {
+            policy(state)?;
             Ok(match decide(history, state)? {
                 Some(event) => Turn::Append(event),
                 None => Turn::Done,
@@ -303,7 +324,13 @@ impl Engine {
 
     /// Decides a change to open task `step` of run `key` on its current history and
     /// appends it at that history's length, again on a conflict.
-    async fn change_task_of<F>(&self, key: u128, step: StepNo, mut decide: F) -> Result<()>
+    async fn change_task_of<F>(
+        &self,
+        key: u128,
+        step: StepNo,
+        actor: Option<&Actor>,
+        mut decide: F,
+    ) -> Result<()>
     where
         F: FnMut(&History, &TaskState) -> Result<Turn>,
     {
@@ -325,7 +352,7 @@ impl Engine {
             match self
                 .shared
                 .journal
-                .append(key, event, Expect::Seq(row.next_seq))
+                .append_by(key, event, Expect::Seq(row.next_seq), actor.cloned())
                 .await
             {
                 Ok(_) => {

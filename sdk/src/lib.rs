@@ -35,6 +35,7 @@
 
 #![deny(unsafe_code)]
 
+mod acting;
 mod ctx;
 pub mod notify;
 mod runtime;
@@ -45,6 +46,7 @@ mod task;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use acting::Acting;
 pub use cairn_macros::{activity, workflow};
 pub use cairn_runtime::journal::{TaskPage, TaskQuery};
 pub use cairn_runtime::task::{TaskId, TaskState};
@@ -75,6 +77,12 @@ pub mod events {
     pub use cairn_runtime::task::{
         Actor, Candidates, EscalationAction, EscalationTier, TaskChange, TaskSpec,
     };
+}
+
+/// Who may do what: the [`policy::Policy`] a runtime checks every call made through
+/// [`Runtime::acting_as`] against, and role-based rules ([`policy::Roles`]).
+pub mod policy {
+    pub use cairn_runtime::policy::{Action, AllowAll, Policy, Roles, Verb};
 }
 
 /// Storage: the journal boundary every store implements ([`store::Journal`]), and the

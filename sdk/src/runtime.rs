@@ -136,6 +136,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Decides what actors may do through [`Runtime::acting_as`]: start which workflow
+    /// types, signal, cancel, terminate or read which instances, act on which tasks
+    /// (`cairn::policy::Roles` for role-based rules). Default: everything is allowed.
+    /// Calls made on the runtime itself are the hosting program's and are not checked.
+    pub fn policy(mut self, policy: std::sync::Arc<dyn cairn_runtime::policy::Policy>) -> Self {
+        self.inner.policy(policy);
+        self
+    }
+
     /// Delivers notifications (tasks created, overdue or escalated; instances failed or
     /// parked; `ctx.notify`) to `notifier`, at least once each, with retries and backoff,
     /// through a durable outbox. Default: [`LoggingNotifier`](crate::notify::LoggingNotifier),
@@ -443,6 +452,17 @@ pub struct InstanceHandle<W: Workflow> {
     id: String,
     created: bool,
     workflow: PhantomData<fn() -> W>,
+}
+
+impl<W: Workflow> InstanceHandle<W> {
+    pub(crate) fn new(engine: Engine, id: &str, created: bool) -> Self {
+        Self {
+            engine,
+            id: id.to_owned(),
+            created,
+            workflow: PhantomData,
+        }
+    }
 }
 
 impl<W: Workflow> Clone for InstanceHandle<W> {

@@ -216,16 +216,25 @@ impl Runtime {
         name: &str,
         body: serde_json::Value,
     ) -> Result<(), Error> {
+        let payload = self.check_signal_json(name, body)?;
+        self.engine().signal(id, name, payload).await
+    }
+
+    /// The recorded payload of declared signal `name` with JSON `body`, or why not.
+    pub(crate) fn check_signal_json(
+        &self,
+        name: &str,
+        body: serde_json::Value,
+    ) -> Result<Bytes, Error> {
         let Some((type_name, check)) = self.signals().0.get(name) else {
             return Err(Error::InvalidArgument(format!(
                 "no signal `{name}` is declared on this runtime; declare it with `RuntimeBuilder::signal`"
             )));
         };
-        let payload = check(self.engine().codec(), body).map_err(|err| {
+        check(self.engine().codec(), body).map_err(|err| {
             Error::InvalidArgument(format!(
                 "the body of signal `{name}` does not decode as `{type_name}`: {err}; nothing was recorded"
             ))
-        })?;
-        self.engine().signal(id, name, payload).await
+        })
     }
 }

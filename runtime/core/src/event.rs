@@ -11,8 +11,12 @@ use sha2::{Digest, Sha256};
 use crate::codec::Payload;
 use crate::task::{Actor, TaskChange, TaskSpec};
 
-/// The envelope format this build writes. Readers accept exactly the versions they know.
-pub const FORMAT_VERSION: u8 = 1;
+/// The envelope format this build writes. Readers accept exactly the versions they know:
+/// 1 (no actor) and 2 (an actor after the kind).
+pub const FORMAT_VERSION: u8 = 2;
+
+/// The first envelope format, read as an [`EventRecord`] with no actor.
+pub const FORMAT_VERSION_1: u8 = 1;
 
 /// Largest envelope Cairn writes or accepts, in bytes. A step whose payloads exceed it is
 /// refused before anything is appended (see [`crate::Error::PayloadTooLarge`]).
@@ -44,6 +48,22 @@ pub struct EventRecord {
     pub recorded_at_ms: u64,
     /// What happened.
     pub kind: EventKind,
+    /// Who caused it from outside, if someone did (a start, a signal, a cancellation, a
+    /// termination, a task's change through the host API); `None` for what the run
+    /// records itself and for calls of the hosting program that name no actor. Envelope
+    /// format 2; format-1 events read as `None`.
+    pub actor: Option<Actor>,
+}
+
+/// An event as envelope format 1 stored it: the same fields, no actor.
+#[derive(Deserialize)]
+struct RecordV1 {
+    instance: u128,
+    seq: u64,
+    prev_lsn: Option<u64>,
+    prev_hash: EventHash,
+    recorded_at_ms: u64,
+    kind: EventKind,
 }
 
 /// What one event records.
@@ -466,7 +486,7 @@ pub enum DecodeError {
         max: usize,
     },
     /// Written by a format this build does not know (a newer Cairn).
-    #[error("event format version {found} is not supported (this build reads version {supported}); open the file with the Cairn release that wrote it or a newer one")]
+    #[error("event format version {found} is not supported (this build reads versions 1 to {supported}); open the file with the Cairn release that wrote it or a newer one")]
     UnsupportedVersion {
         /// Version byte found.
         found: u8,
@@ -501,6 +521,30 @@ impl EventRecord {
         Ok(out)
     }
 
+    /// Writes the envelope in format `version`: [`FORMAT_VERSION`], or
+    /// [`FORMAT_VERSION_1`] for a record with no actor, byte for byte as builds before
+    /// envelope version 2 wrote it (what an auditor re-encoding an old history compares).
+    ///
+    /// # Errors
+    /// [`DecodeError::UnsupportedVersion`] for another version, or version 1 with an
+    /// actor (it has no field for one); otherwise as [`EventRecord::encode`].
+    pub fn encode_as(&self, version: u8) -> Result<Vec<u8>, DecodeError> {
+        match (version, &self.actor) {
+            (FORMAT_VERSION, _) => self.encode(),
+            (FORMAT_VERSION_1, None) => {
+                let mut out = self.encode()?;
+                // Version 2 is version 1 with a trailing `actor`, here `None` (one byte).
+                out.pop();
+                out[0] = FORMAT_VERSION_1;
+                Ok(out)
+            }
+            (found, _) => Err(DecodeError::UnsupportedVersion {
+                found,
+                supported: FORMAT_VERSION,
+            }),
+        }
+    }
+
     /// Reads an envelope. Never panics, whatever the bytes.
     ///
     /// # Errors
@@ -513,14 +557,30 @@ impl EventRecord {
                 max: EVENT_BYTES_MAX,
             });
         }
-        if version != FORMAT_VERSION {
-            return Err(DecodeError::UnsupportedVersion {
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        let (record, rest) = postcard::take_from_bytes::<EventRecord>(body)
-            .map_err(|err| DecodeError::Body(err.to_string()))?;
+        let (record, rest) = match version {
+            FORMAT_VERSION => postcard::take_from_bytes::<EventRecord>(body)
+                .map_err(|err| DecodeError::Body(err.to_string()))?,
+            FORMAT_VERSION_1 => {
+                let (old, rest) = postcard::take_from_bytes::<RecordV1>(body)
+                    .map_err(|err| DecodeError::Body(err.to_string()))?;
+                let record = EventRecord {
+                    instance: old.instance,
+                    seq: old.seq,
+                    prev_lsn: old.prev_lsn,
+                    prev_hash: old.prev_hash,
+                    recorded_at_ms: old.recorded_at_ms,
+                    kind: old.kind,
+                    actor: None,
+                };
+                (record, rest)
+            }
+            found => {
+                return Err(DecodeError::UnsupportedVersion {
+                    found,
+                    supported: FORMAT_VERSION,
+                })
+            }
+        };
         if !rest.is_empty() {
             return Err(DecodeError::Trailing(rest.len()));
         }
@@ -536,7 +596,7 @@ impl EventRecord {
     /// A [`DecodeError`] if the head does not decode; the rest is not checked.
     pub fn peek_link(bytes: &[u8]) -> Result<(u128, u64, Option<u64>), DecodeError> {
         let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_1 {
             return Err(DecodeError::UnsupportedVersion {
                 found: version,
                 supported: FORMAT_VERSION,
@@ -573,7 +633,26 @@ mod tests {
                 attempt: 1,
                 output: Payload::new(0, b"true".to_vec()),
             },
+            actor: None,
         }
+    }
+
+    #[test]
+    fn a_format_1_envelope_reads_with_no_actor_and_format_2_keeps_it() {
+        let mut record = sample();
+        // Format 1 is format 2 without the trailing actor: the same bytes but the last
+        // (an empty option) and the version.
+        let mut v1 = record.encode().unwrap();
+        assert_eq!(v1.pop(), Some(0));
+        v1[0] = FORMAT_VERSION_1;
+        assert_eq!(EventRecord::decode(&v1).unwrap(), record);
+        assert_eq!(
+            EventRecord::peek_link(&v1).unwrap(),
+            (record.instance, 3, Some(41))
+        );
+        record.actor = Some(Actor::new("alice", ["clerk"]));
+        let v2 = record.encode().unwrap();
+        assert_eq!(EventRecord::decode(&v2).unwrap(), record);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::event::{hash_envelope, AttrValue, EventHash, EventKind, EventRecord, GENESIS_HASH};
 pub use crate::notify::{Delivery, DeliveryAttempt, OutboxRow};
 use crate::schedule::ScheduleRow;
-pub use crate::task::{Party, TaskRow};
+pub use crate::task::{Actor, Party, TaskRow};
 
 /// Lifecycle state of an instance as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -399,25 +399,54 @@ pub trait Journal: Send + Sync + 'static {
     /// How runs are owned (see [`Ownership`]).
     fn ownership(&self) -> Ownership;
 
-    /// Starts instance `id` with a `WorkflowStarted` event, or finds the existing one
-    /// (`created == false`, nothing written): atomic and idempotent by id.
+    /// Starts instance `id` with a `WorkflowStarted` event recording `actor`, or finds the
+    /// existing one (`created == false`, nothing written): atomic and idempotent by id.
     ///
     /// # Errors
     /// Storage errors; [`Error::PayloadTooLarge`] for an input over the event limit.
+    async fn start_by(
+        &self,
+        id: String,
+        workflow_type: String,
+        input: Payload,
+        parent: Option<u128>,
+        actor: Option<Actor>,
+    ) -> Result<Started>;
+
+    /// [`Journal::start_by`] with no actor (the hosting program, or a parent run).
+    ///
+    /// # Errors
+    /// As [`Journal::start_by`].
     async fn start(
         &self,
         id: String,
         workflow_type: String,
         input: Payload,
         parent: Option<u128>,
-    ) -> Result<Started>;
+    ) -> Result<Started> {
+        self.start_by(id, workflow_type, input, parent, None).await
+    }
 
-    /// Appends one event to run `key` under `expect`.
+    /// Appends one event to run `key` under `expect`, recording `actor` as its cause.
     ///
     /// # Errors
     /// [`Error::InstanceFinished`] if the run has ended; [`Error::Conflict`] if `expect`
     /// does not hold; encoding and storage errors. Nothing is written on error.
-    async fn append(&self, key: u128, kind: EventKind, expect: Expect) -> Result<Appended>;
+    async fn append_by(
+        &self,
+        key: u128,
+        kind: EventKind,
+        expect: Expect,
+        actor: Option<Actor>,
+    ) -> Result<Appended>;
+
+    /// [`Journal::append_by`] with no actor (the run's own events).
+    ///
+    /// # Errors
+    /// As [`Journal::append_by`].
+    async fn append(&self, key: u128, kind: EventKind, expect: Expect) -> Result<Appended> {
+        self.append_by(key, kind, expect, None).await
+    }
 
     /// Queues one event at the end of run `key` without waiting: for code that cannot
     /// wait (a `Drop`). Committed in order with the run's other appends; a refusal is

@@ -2,7 +2,7 @@
 //!
 //! The event model and its on-disk envelope ([`event`]), payloads and codecs
 //! ([`codec`]), the errors every layer reports ([`error`]), what an activity call is
-//! ([`activity`]), schedules ([`schedule`]), decision tables ([`decision`]), business time ([`calendar`]), human tasks ([`task`]), notifications ([`notify`]), the journal boundary every store
+//! ([`activity`]), schedules ([`schedule`]), decision tables ([`decision`]), business time ([`calendar`]), human tasks ([`task`]), notifications ([`notify`]), who may do what ([`policy`]), the journal boundary every store
 //! implements ([`journal`]), one state machine per step kind ([`step`])
 //! and the replay rules that turn a history and the requests of workflow code into
 //! decisions ([`replay`]).
@@ -21,6 +21,7 @@ pub mod error;
 pub mod event;
 pub mod journal;
 pub mod notify;
+pub mod policy;
 pub mod replay;
 pub mod schedule;
 pub mod step;
@@ -32,3 +33,4 @@ pub use activity::{
 };
 pub use codec::{Codec, CodecError, JsonCodec, Payload};
 pub use error::{Error, NonDeterminism, Result, StepDescriptor, StorageFailure};
+pub use task::Actor;

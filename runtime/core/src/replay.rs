@@ -514,6 +514,7 @@ mod tests {
             prev_hash: GENESIS_HASH,
             recorded_at_ms: 0,
             kind,
+            actor: None,
         }
     }
 

@@ -10,9 +10,9 @@ use cairn_core::codec::Payload;
 use cairn_core::error::{Error, Result};
 use cairn_core::event::EventKind;
 use cairn_core::journal::{
-    Appended, Attachment, Attributes, Carried, Delivery, DeliveryAttempt, Expect, InstancePage,
-    InstanceQuery, InstanceRow, Journal, OutboxRow, Ownership, ParkedRow, RawHistory, Started,
-    Suspension, TaskPage, TaskQuery, TaskRow, TimeSource,
+    Actor, Appended, Attachment, Attributes, Carried, Delivery, DeliveryAttempt, Expect,
+    InstancePage, InstanceQuery, InstanceRow, Journal, OutboxRow, Ownership, ParkedRow, RawHistory,
+    Started, Suspension, TaskPage, TaskQuery, TaskRow, TimeSource,
 };
 use cairn_core::schedule::ScheduleRow;
 
@@ -122,18 +122,27 @@ impl Journal for RedbJournal {
         Ownership::Exclusive
     }
 
-    async fn start(
+    async fn start_by(
         &self,
         id: String,
         workflow_type: String,
         input: Payload,
         parent: Option<u128>,
+        actor: Option<Actor>,
     ) -> Result<Started> {
-        self.writer()?.start(id, workflow_type, input, parent).await
+        self.writer()?
+            .start(id, workflow_type, input, parent, actor)
+            .await
     }
 
-    async fn append(&self, key: u128, kind: EventKind, expect: Expect) -> Result<Appended> {
-        self.writer()?.append(key, kind, expect).await
+    async fn append_by(
+        &self,
+        key: u128,
+        kind: EventKind,
+        expect: Expect,
+        actor: Option<Actor>,
+    ) -> Result<Appended> {
+        self.writer()?.append(key, kind, expect, actor).await
     }
 
     fn append_detached(&self, key: u128, kind: EventKind) {

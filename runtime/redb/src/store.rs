@@ -88,11 +88,11 @@ const CAIRN_TABLES: [&str; 7] = [
 /// `RunContinued` and `WorkflowParked` and the `parked` table; format 3 the query indexes;
 /// format 4 the human-task events (`TaskCreated`, `TaskChanged`, `TaskCompleted`) and the
 /// open-task index (`open_tasks`, `task_inbox`); format 5 the notification outbox
-/// (`outbox`, `outbox_due`).
+/// (`outbox`, `outbox_due`); format 6 envelopes of version 2 (with the actor).
 /// An older file is migrated by its first writable open (one transaction that builds the
 /// indexes from the rows and the logs of running instances, and raises the marker); a
 /// read-only open leaves it as it is and answers queries by scanning the rows.
-pub const STORAGE_FORMAT: u32 = 5;
+pub const STORAGE_FORMAT: u32 = 6;
 
 /// The first format with the query indexes.
 const INDEXED_FORMAT: u32 = 3;

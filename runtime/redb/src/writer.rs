@@ -28,7 +28,7 @@ use cairn_core::journal::{
     reported, Appended, Carried, CommitListener, Committed, Expect, Started, TimeSource,
 };
 use cairn_core::step::StepKind;
-use cairn_core::task::TaskRow;
+use cairn_core::task::{Actor, TaskRow};
 
 use crate::outbox::OutboxWrite;
 use crate::tasks::TaskIndexChange;
@@ -47,6 +47,7 @@ enum Command {
         workflow_type: String,
         input: Payload,
         parent: Option<u128>,
+        actor: Option<Actor>,
         reply: oneshot::Sender<Result<Started>>,
     },
     /// Ends run `key` with `WorkflowContinuedAsNew` and starts the next run of the same
@@ -77,6 +78,7 @@ enum Command {
         key: u128,
         kind: EventKind,
         expect: Expect,
+        actor: Option<Actor>,
         reply: oneshot::Sender<Result<Appended>>,
     },
     /// Records a delivery attempt of notification `id`.
@@ -183,12 +185,14 @@ impl Writer {
         workflow_type: String,
         input: Payload,
         parent: Option<u128>,
+        actor: Option<Actor>,
     ) -> Result<Started> {
         self.request(|reply| Command::Start {
             id,
             workflow_type,
             input,
             parent,
+            actor,
             reply,
         })
         .await
@@ -270,11 +274,13 @@ impl Writer {
         key: u128,
         kind: EventKind,
         expect: Expect,
+        actor: Option<Actor>,
     ) -> Result<Appended> {
         self.request(|reply| Command::Append {
             key,
             kind,
             expect,
+            actor,
             reply,
         })
         .await
@@ -288,6 +294,7 @@ impl Writer {
             key,
             kind,
             expect: Expect::End,
+            actor: None,
             reply,
         };
         if self.submit(command).is_err() {
@@ -567,7 +574,7 @@ impl WriterLoop {
             input: input.clone(),
             next_run: next,
         };
-        self.push_event(key, ended, now, batch)?;
+        self.push_event(key, ended, now, batch, None)?;
         touched.insert(key);
         self.heads.insert(
             next,
@@ -590,22 +597,29 @@ impl WriterLoop {
             id: row.id.clone(),
             input,
         };
-        self.push_event(next, started, now, batch)?;
+        self.push_event(next, started, now, batch, None)?;
         let continued = EventKind::RunContinued {
             previous_run: key,
             run: carried.run.saturating_add(1),
         };
-        self.push_event(next, continued, now, batch)?;
+        self.push_event(next, continued, now, batch, None)?;
         for (name, payload) in carried.signals {
             self.push_event(
                 next,
                 EventKind::SignalReceived { name, payload },
                 now,
                 batch,
+                None,
             )?;
         }
         if let Some(reason) = carried.cancel {
-            self.push_event(next, EventKind::CancelRequested { reason }, now, batch)?;
+            self.push_event(
+                next,
+                EventKind::CancelRequested { reason },
+                now,
+                batch,
+                None,
+            )?;
         }
         touched.insert(next);
         batch.ids.push((row.id, next));
@@ -737,6 +751,7 @@ impl WriterLoop {
                 workflow_type,
                 input,
                 parent,
+                actor,
                 reply,
             } => {
                 let existing = match new_ids.get(&id) {
@@ -795,7 +810,7 @@ impl WriterLoop {
                             id: id.clone(),
                             input,
                         };
-                        match self.push_event(key, kind, now, batch) {
+                        match self.push_event(key, kind, now, batch, actor) {
                             Ok(_) => {
                                 touched.insert(key);
                                 new_ids.insert(id.clone(), key);
@@ -829,12 +844,13 @@ impl WriterLoop {
                 key,
                 kind,
                 expect,
+                actor,
                 reply,
             } => {
                 let ends = kind.is_terminal();
                 let appended = self
                     .expect(key, expect)
-                    .and_then(|()| self.push_event(key, kind, now, batch));
+                    .and_then(|()| self.push_event(key, kind, now, batch, actor));
                 match appended {
                     Ok(appended) => {
                         touched.insert(key);
@@ -872,6 +888,7 @@ impl WriterLoop {
         kind: EventKind,
         now: u64,
         batch: &mut WriteBatch,
+        actor: Option<Actor>,
     ) -> Result<Appended> {
         if matches!(kind, EventKind::AttributesSet { .. }) {
             self.load_attributes(key)?;
@@ -933,6 +950,7 @@ impl WriterLoop {
             prev_hash: row.head_hash,
             recorded_at_ms: now,
             kind,
+            actor,
         };
         let envelope = record.encode().map_err(|err| match err {
             DecodeError::TooLarge { len, .. } => Error::PayloadTooLarge {
@@ -1124,11 +1142,17 @@ mod tests {
         let now_ms: TimeSource = std::sync::Arc::new(|| 1_764_000_000_000);
         let writer = Writer::spawn(store, HashMap::new(), now_ms).unwrap();
         let parent = writer
-            .start("p".into(), "parent".into(), payload(), None)
+            .start("p".into(), "parent".into(), payload(), None, None)
             .await
             .unwrap();
         let child = writer
-            .start("p/c".into(), "child".into(), payload(), Some(parent.key))
+            .start(
+                "p/c".into(),
+                "child".into(),
+                payload(),
+                Some(parent.key),
+                None,
+            )
             .await
             .unwrap();
         let started = EventKind::ChildStarted {
@@ -1138,14 +1162,17 @@ mod tests {
             input: payload(),
         };
         let seen = writer
-            .append(parent.key, started, Expect::End)
+            .append(parent.key, started, Expect::End, None)
             .await
             .unwrap()
             .seq
             + 1;
 
         let done = EventKind::WorkflowCompleted { output: payload() };
-        writer.append(child.key, done, Expect::End).await.unwrap();
+        writer
+            .append(child.key, done, Expect::End, None)
+            .await
+            .unwrap();
         // The parent decided to evict itself when its history had `seen` events, before
         // it heard of the child; its request reaches the writer only now.
         assert!(!writer.suspend(parent.key, seen, None).await.unwrap());
@@ -1156,7 +1183,7 @@ mod tests {
             outcome: ChildOutcome::Completed(payload()),
         };
         let seen = writer
-            .append(parent.key, completed, Expect::End)
+            .append(parent.key, completed, Expect::End, None)
             .await
             .unwrap()
             .seq
@@ -1235,7 +1262,7 @@ mod tests {
         put_last(u64::MAX - 1);
         let writer = writer_on(&path);
         let err = writer
-            .start("a".into(), "t".into(), payload(), None)
+            .start("a".into(), "t".into(), payload(), None, None)
             .await
             .unwrap_err();
         assert_eq!(err.code(), "CAIRN-E0006", "{err}");

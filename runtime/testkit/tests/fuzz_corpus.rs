@@ -187,6 +187,7 @@ fn write_seeds_if_asked() {
             prev_hash: if kind == 0 { GENESIS_HASH } else { [7; 32] },
             recorded_at_ms: 1_764_000_000_000,
             kind: synthetic_event(kind, 2, "charge", 1),
+            actor: (kind % 2 == 1).then(|| cairn_core::task::Actor::new("ops", ["admin"])),
         };
         std::fs::write(
             decode_dir.join(format!("seed-kind-{kind:02}")),

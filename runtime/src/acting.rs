@@ -1,0 +1,160 @@
+//! The host API on behalf of an actor: each call is checked against the host's
+//! [`Policy`](crate::policy::Policy) before anything is read or written, and what it
+//! records carries the actor, so the history answers "who did this".
+
+use std::sync::atomic::Ordering;
+
+use crate::codec::Payload;
+use crate::engine::{Engine, InstanceInfo, StartOutcome};
+use crate::error::{Error, Result};
+use crate::event::EventKind;
+use crate::journal::StoredEvent;
+use crate::policy::Action;
+use crate::task::Actor;
+
+impl Engine {
+    /// Whether the host's policy allows `actor` to do `action`.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] saying why not.
+    pub fn authorize(&self, actor: &Actor, action: &Action<'_>) -> Result<()> {
+        self.shared
+            .policy
+            .check(actor, action)
+            .map_err(|reason| Error::Forbidden {
+                actor: actor.id.clone(),
+                action: action.describe(),
+                reason,
+            })
+    }
+
+    /// The workflow type of instance `id`, for a policy's check.
+    async fn type_of(&self, id: &str) -> Result<String> {
+        let (_, row) = self.row_of(id).await?;
+        Ok(row.workflow_type)
+    }
+
+    /// [`Engine::start`] on behalf of `actor`, recorded with the start event.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] (nothing written), and as [`Engine::start`].
+    ///
+    /// # Cancel safety
+    /// As [`Engine::start`].
+    pub async fn start_as(
+        &self,
+        actor: &Actor,
+        workflow_type: &str,
+        id: &str,
+        input: Payload,
+    ) -> Result<StartOutcome> {
+        self.authorize(actor, &Action::Start { workflow_type })?;
+        self.start_with_parent(workflow_type, id, input, None, Some(actor))
+            .await
+    }
+
+    /// [`Engine::signal`] on behalf of `actor`, recorded with the signal.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] (nothing written), and as [`Engine::signal`].
+    ///
+    /// # Cancel safety
+    /// As [`Engine::signal`].
+    pub async fn signal_as(
+        &self,
+        actor: &Actor,
+        id: &str,
+        name: &str,
+        payload: Payload,
+    ) -> Result<()> {
+        let workflow_type = self.type_of(id).await?;
+        self.authorize(
+            actor,
+            &Action::Signal {
+                instance: id,
+                workflow_type: &workflow_type,
+                signal: name,
+            },
+        )?;
+        self.signal_by(id, name, payload, Some(actor)).await
+    }
+
+    /// [`Engine::cancel`] on behalf of `actor`, recorded with the request.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] (nothing written), and as [`Engine::cancel`].
+    ///
+    /// # Cancel safety
+    /// As [`Engine::cancel`].
+    pub async fn cancel_as(&self, actor: &Actor, id: &str, reason: &str) -> Result<()> {
+        let workflow_type = self.type_of(id).await?;
+        self.authorize(
+            actor,
+            &Action::Cancel {
+                instance: id,
+                workflow_type: &workflow_type,
+            },
+        )?;
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        let kind = EventKind::CancelRequested {
+            reason: reason.to_owned(),
+        };
+        self.append_to_current_run(id, kind, Some(actor)).await
+    }
+
+    /// [`Engine::terminate`] on behalf of `actor`, recorded with the termination.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] (nothing written), and as [`Engine::terminate`].
+    ///
+    /// # Cancel safety
+    /// As [`Engine::terminate`].
+    pub async fn terminate_as(&self, actor: &Actor, id: &str, reason: &str) -> Result<()> {
+        let workflow_type = self.type_of(id).await?;
+        self.authorize(
+            actor,
+            &Action::Terminate {
+                instance: id,
+                workflow_type: &workflow_type,
+            },
+        )?;
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        let kind = EventKind::WorkflowTerminated {
+            reason: reason.to_owned(),
+        };
+        self.append_to_current_run(id, kind, Some(actor)).await
+    }
+
+    /// [`Engine::status`] if `actor` may read instance `id`.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`], and as [`Engine::status`].
+    pub async fn status_as(&self, actor: &Actor, id: &str) -> Result<InstanceInfo> {
+        self.authorize_read(actor, id).await?;
+        self.status(id).await
+    }
+
+    /// [`Engine::history`] if `actor` may read instance `id`.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`], and as [`Engine::history`].
+    pub async fn history_as(&self, actor: &Actor, id: &str) -> Result<Vec<StoredEvent>> {
+        self.authorize_read(actor, id).await?;
+        self.history(id).await
+    }
+
+    async fn authorize_read(&self, actor: &Actor, id: &str) -> Result<()> {
+        let workflow_type = self.type_of(id).await?;
+        self.authorize(
+            actor,
+            &Action::Read {
+                instance: id,
+                workflow_type: &workflow_type,
+            },
+        )
+    }
+}
