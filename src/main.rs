@@ -306,6 +306,15 @@ fn event_json(event: &StoredEvent) -> Value {
             "step": step, "actor": actor_json(actor), "decision": payload(decision),
             "escalation": escalation
         }),
+        EventKind::DocumentAttached { document } => json!({
+            "name": document.name,
+            "version": document.version,
+            "content_type": document.content_type,
+            "metadata": document.metadata,
+            "sha256": hex(&document.sha256),
+            "bytes": document.bytes,
+            "task": document.task,
+        }),
         EventKind::Notified { step, topic, body } => {
             json!({ "step": step, "topic": topic, "body": payload(body) })
         }

@@ -11,13 +11,14 @@
 #![deny(unsafe_code)]
 
 pub use cairn_core::{
-    activity, calendar, codec, decision, error, event, journal, policy, replay, schedule, step,
-    task,
+    activity, calendar, codec, decision, document, error, event, journal, policy, replay, schedule,
+    step, task,
 };
 
 mod acting;
 pub mod clock;
 mod context;
+mod documents;
 mod drive;
 mod engine;
 pub mod notify;

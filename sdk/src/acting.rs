@@ -57,6 +57,11 @@ impl Acting<'_> {
         &self.actor
     }
 
+    /// The runtime it acts on.
+    pub(crate) fn runtime(&self) -> &Runtime {
+        self.rt
+    }
+
     /// Starts instance `id` of `W` (see [`Runtime::start`]); the start event records the
     /// actor.
     ///

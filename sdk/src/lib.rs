@@ -37,6 +37,7 @@
 
 mod acting;
 mod ctx;
+mod documents;
 pub mod notify;
 mod runtime;
 mod saga;
@@ -57,6 +58,7 @@ pub use cairn_runtime::{
 };
 pub use cairn_runtime::{TaskInfo, TaskStatus};
 pub use ctx::{ActivityCall, Ctx};
+pub use documents::Document;
 pub use runtime::{InstanceHandle, Runtime, RuntimeBuilder};
 pub use saga::{CompensationFailed, CompensationFailure, Saga};
 /// JSON Schema derivation for task decisions (`#[derive(schemars::JsonSchema)]`).
@@ -76,6 +78,14 @@ pub mod events {
     };
     pub use cairn_runtime::task::{
         Actor, Candidates, EscalationAction, EscalationTier, TaskChange, TaskSpec,
+    };
+}
+
+/// Case documents: what a version records and the limits.
+pub mod document {
+    pub use cairn_runtime::document::{
+        DocumentVersion, DOCUMENT_BYTES_MAX, DOCUMENT_FIELD_BYTES_MAX, DOCUMENT_METADATA_MAX,
+        DOCUMENT_NAME_BYTES_MAX,
     };
 }
 

@@ -320,6 +320,12 @@ pub enum EventKind {
         /// What to tell.
         body: Payload,
     },
+    /// A document (a new version of it) was attached to the instance from outside; its
+    /// bytes are stored once per content, by SHA-256, beside the log.
+    DocumentAttached {
+        /// The version.
+        document: crate::document::DocumentVersion,
+    },
 }
 
 /// How a child workflow ended, as its parent recorded it.
@@ -409,7 +415,8 @@ impl EventKind {
             | EventKind::CancelRequested { .. }
             | EventKind::WorkflowContinuedAsNew { .. }
             | EventKind::RunContinued { .. }
-            | EventKind::WorkflowParked { .. } => None,
+            | EventKind::WorkflowParked { .. }
+            | EventKind::DocumentAttached { .. } => None,
         }
     }
 
@@ -455,6 +462,7 @@ impl EventKind {
             EventKind::TaskChanged { .. } => "TaskChanged",
             EventKind::TaskCompleted { .. } => "TaskCompleted",
             EventKind::Notified { .. } => "Notified",
+            EventKind::DocumentAttached { .. } => "DocumentAttached",
         }
     }
 }

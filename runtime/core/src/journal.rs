@@ -590,6 +590,28 @@ pub trait Journal: Send + Sync + 'static {
     /// Storage errors.
     async fn outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<OutboxRow>>;
 
+    /// Appends `DocumentAttached { document }` to run `key` under `expect`, recording
+    /// `actor`, and stores `bytes` (whose SHA-256 `document` names) in the same commit;
+    /// content already stored is kept once.
+    ///
+    /// # Errors
+    /// As [`Journal::append_by`]; [`Error::InvalidArgument`] if `bytes` do not hash to
+    /// `document.sha256`. Nothing is written on error.
+    async fn attach_document(
+        &self,
+        key: u128,
+        document: crate::document::DocumentVersion,
+        bytes: Vec<u8>,
+        expect: Expect,
+        actor: Option<Actor>,
+    ) -> Result<Appended>;
+
+    /// The stored content with SHA-256 `sha256`, as stored (the caller checks the hash).
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn document_bytes(&self, sha256: [u8; 32]) -> Result<Option<Vec<u8>>>;
+
     /// Commits what is queued, then refuses every later call with [`Error::ShutDown`] and
     /// releases the storage. May block while the last commit finishes.
     fn close(&self);

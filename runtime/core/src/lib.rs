@@ -17,6 +17,7 @@ pub mod activity;
 pub mod calendar;
 pub mod codec;
 pub mod decision;
+pub mod document;
 pub mod error;
 pub mod event;
 pub mod journal;

@@ -45,6 +45,13 @@ pub enum Action<'a> {
         /// Its type.
         workflow_type: &'a str,
     },
+    /// Attach a document to an instance (or to one of its tasks).
+    Attach {
+        /// The instance.
+        instance: &'a str,
+        /// Its type.
+        workflow_type: &'a str,
+    },
     /// Act on a task of an instance (claim, complete, ...); the task's own rules apply
     /// after this.
     Task {
@@ -66,6 +73,7 @@ impl Action<'_> {
             Action::Cancel { .. } => Verb::Cancel,
             Action::Terminate { .. } => Verb::Terminate,
             Action::Read { .. } => Verb::Read,
+            Action::Attach { .. } => Verb::Attach,
             Action::Task { .. } => Verb::Task,
         }
     }
@@ -78,6 +86,7 @@ impl Action<'_> {
             | Action::Cancel { workflow_type, .. }
             | Action::Terminate { workflow_type, .. }
             | Action::Read { workflow_type, .. }
+            | Action::Attach { workflow_type, .. }
             | Action::Task { workflow_type, .. } => workflow_type,
         }
     }
@@ -92,6 +101,9 @@ impl Action<'_> {
             Action::Cancel { instance, .. } => format!("cancel instance `{instance}`"),
             Action::Terminate { instance, .. } => format!("terminate instance `{instance}`"),
             Action::Read { instance, .. } => format!("read instance `{instance}`"),
+            Action::Attach { instance, .. } => {
+                format!("attach a document to instance `{instance}`")
+            }
             Action::Task { instance, task, .. } => {
                 format!("act on task `{task}` of instance `{instance}`")
             }
@@ -112,18 +124,21 @@ pub enum Verb {
     Terminate,
     /// [`Action::Read`].
     Read,
+    /// [`Action::Attach`].
+    Attach,
     /// [`Action::Task`].
     Task,
 }
 
 impl Verb {
     /// Every verb.
-    pub const ALL: [Verb; 6] = [
+    pub const ALL: [Verb; 7] = [
         Verb::Start,
         Verb::Signal,
         Verb::Cancel,
         Verb::Terminate,
         Verb::Read,
+        Verb::Attach,
         Verb::Task,
     ];
 }

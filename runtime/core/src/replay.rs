@@ -78,6 +78,8 @@ pub struct History {
     pub cancel_requested: Option<(u64, String)>,
     /// Whether a step already ended because of it.
     pub cancel_delivered: bool,
+    /// Documents attached, by name, each with its versions in order.
+    pub documents: BTreeMap<String, Vec<crate::document::DocumentVersion>>,
 }
 
 /// A signal in an instance's inbox.
@@ -112,6 +114,7 @@ impl History {
             result: None,
             cancel_requested: None,
             cancel_delivered: false,
+            documents: BTreeMap::new(),
         }
     }
 
@@ -247,6 +250,25 @@ impl History {
             }
             // A host's note; the run it stopped continues from the same history.
             EventKind::WorkflowParked { .. } => {}
+            EventKind::DocumentAttached { document } => {
+                let versions = self.documents.entry(document.name.clone()).or_default();
+                let expected = u32::try_from(versions.len())
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(1);
+                if document.version != expected {
+                    return Err(corrupt(
+                        &id,
+                        seq,
+                        format!(
+                            "document `{}` version {} follows {} versions",
+                            document.name,
+                            document.version,
+                            versions.len()
+                        ),
+                    ));
+                }
+                versions.push(document.clone());
+            }
             kind => {
                 let Some(route) = step::route(kind) else {
                     return Err(corrupt(

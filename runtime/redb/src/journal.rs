@@ -251,6 +251,29 @@ impl Journal for RedbJournal {
         self.store.outbox(after, limit)
     }
 
+    async fn attach_document(
+        &self,
+        key: u128,
+        document: cairn_core::document::DocumentVersion,
+        bytes: Vec<u8>,
+        expect: Expect,
+        actor: Option<Actor>,
+    ) -> Result<Appended> {
+        if cairn_core::document::sha256(&bytes) != document.sha256 {
+            return Err(Error::InvalidArgument(format!(
+                "the bytes of document `{}` do not hash to the SHA-256 it names",
+                document.name
+            )));
+        }
+        self.writer()?
+            .attach(key, document, bytes, expect, actor)
+            .await
+    }
+
+    async fn document_bytes(&self, sha256: [u8; 32]) -> Result<Option<Vec<u8>>> {
+        self.store.document_bytes(sha256)
+    }
+
     fn close(&self) {
         if let Some(writer) = &self.writer {
             writer.close();

@@ -60,9 +60,11 @@ pub(crate) const TASK_INBOX: TableDefinition<(&str, u64, u128, u32), ()> =
 pub(crate) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 /// Pending notifications by (next attempt due, id).
 pub(crate) const OUTBOX_DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("outbox_due");
+/// Document content by SHA-256, stored once however many versions or instances name it.
+pub(crate) const DOCUMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("documents");
 /// Tables a Cairn file may hold without them all being required (an older format's file
 /// lacks them until its first writable open migrates it).
-const LATER_TABLES: [&str; 9] = [
+const LATER_TABLES: [&str; 10] = [
     "parked",
     "by_start",
     "by_type",
@@ -72,6 +74,7 @@ const LATER_TABLES: [&str; 9] = [
     "task_inbox",
     "outbox",
     "outbox_due",
+    "documents",
 ];
 const CAIRN_TABLES: [&str; 7] = [
     "log",
@@ -88,11 +91,12 @@ const CAIRN_TABLES: [&str; 7] = [
 /// `RunContinued` and `WorkflowParked` and the `parked` table; format 3 the query indexes;
 /// format 4 the human-task events (`TaskCreated`, `TaskChanged`, `TaskCompleted`) and the
 /// open-task index (`open_tasks`, `task_inbox`); format 5 the notification outbox
-/// (`outbox`, `outbox_due`); format 6 envelopes of version 2 (with the actor).
+/// (`outbox`, `outbox_due`); format 6 envelopes of version 2 (with the actor); format 7
+/// the `DocumentAttached` event and the `documents` table.
 /// An older file is migrated by its first writable open (one transaction that builds the
 /// indexes from the rows and the logs of running instances, and raises the marker); a
 /// read-only open leaves it as it is and answers queries by scanning the rows.
-pub const STORAGE_FORMAT: u32 = 6;
+pub const STORAGE_FORMAT: u32 = 7;
 
 /// The first format with the query indexes.
 const INDEXED_FORMAT: u32 = 3;
@@ -100,6 +104,8 @@ const INDEXED_FORMAT: u32 = 3;
 const TASKS_FORMAT: u32 = 4;
 /// The first format with the notification outbox.
 const OUTBOX_FORMAT: u32 = 5;
+/// The first format with documents.
+const DOCUMENTS_FORMAT: u32 = 7;
 
 /// Version byte in front of every encoded [`InstanceRow`].
 const ROW_VERSION: u8 = 1;
@@ -147,6 +153,8 @@ pub struct WriteBatch {
     pub index: Vec<IndexChange>,
     /// Writes to the notification outbox, in order.
     pub outbox: Vec<crate::outbox::OutboxWrite>,
+    /// Document content to store by SHA-256 (kept if already there).
+    pub documents: Vec<([u8; 32], Vec<u8>)>,
 }
 
 /// One change to the query indexes, derived from an event by the writer.
@@ -288,6 +296,7 @@ impl WriteBatch {
             && self.parked.is_empty()
             && self.index.is_empty()
             && self.outbox.is_empty()
+            && self.documents.is_empty()
     }
 }
 
@@ -343,6 +352,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<cairn_core::notify::OutboxRow>>;
     /// Whether the outbox holds notification `id`.
     fn outbox_holds(&self, id: u64) -> Result<bool>;
+    /// The stored content with SHA-256 `sha256`.
+    fn document_bytes(&self, sha256: [u8; 32]) -> Result<Option<Vec<u8>>>;
     /// The parked instances and why, by key (none for a store that keeps none).
     fn parked(&self) -> Result<Vec<(u128, ParkedRow)>> {
         Ok(Vec::new())
@@ -669,6 +680,8 @@ impl RedbStore {
                 .map_err(|err| open_error(&self.path, err))?;
             txn.open_table(OUTBOX_DUE)
                 .map_err(|err| open_error(&self.path, err))?;
+            txn.open_table(DOCUMENTS)
+                .map_err(|err| open_error(&self.path, err))?;
         }
         txn.commit().map_err(|err| open_error(&self.path, err))
     }
@@ -727,6 +740,7 @@ impl RedbStore {
         // Notifications start with format 5: events recorded before it are not notified.
         txn.open_table(OUTBOX).map_err(storage)?;
         txn.open_table(OUTBOX_DUE).map_err(storage)?;
+        txn.open_table(DOCUMENTS).map_err(storage)?;
         {
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert("format", STORAGE_FORMAT.to_le_bytes().as_slice())
@@ -912,6 +926,17 @@ impl Store for RedbStore {
                 if !batch.outbox.is_empty() {
                     crate::outbox::apply(&txn, &batch.outbox)?;
                 }
+                if !batch.documents.is_empty() {
+                    let mut documents = txn.open_table(DOCUMENTS).map_err(storage)?;
+                    for (sha256, bytes) in &batch.documents {
+                        let stored = documents.get(sha256.as_slice()).map_err(storage)?.is_some();
+                        if !stored {
+                            documents
+                                .insert(sha256.as_slice(), bytes.as_slice())
+                                .map_err(storage)?;
+                        }
+                    }
+                }
             }
             txn.commit().map_err(storage)?;
             Ok(())
@@ -1066,6 +1091,18 @@ impl Store for RedbStore {
             }
             let txn = self.read()?;
             crate::outbox::list(&txn, after, limit)
+        })
+    }
+
+    fn document_bytes(&self, sha256: [u8; 32]) -> Result<Option<Vec<u8>>> {
+        self.contain("document_bytes", || {
+            if self.format_found() < DOCUMENTS_FORMAT {
+                return Ok(None);
+            }
+            let txn = self.read()?;
+            let table = txn.open_table(DOCUMENTS).map_err(storage)?;
+            let found = table.get(sha256.as_slice()).map_err(storage)?;
+            Ok(found.map(|bytes| bytes.value().to_vec()))
         })
     }
 

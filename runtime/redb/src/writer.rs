@@ -81,6 +81,15 @@ enum Command {
         actor: Option<Actor>,
         reply: oneshot::Sender<Result<Appended>>,
     },
+    /// Appends `DocumentAttached` and stores the document's bytes, in one commit.
+    Attach {
+        key: u128,
+        document: cairn_core::document::DocumentVersion,
+        bytes: Vec<u8>,
+        expect: Expect,
+        actor: Option<Actor>,
+        reply: oneshot::Sender<Result<Appended>>,
+    },
     /// Records a delivery attempt of notification `id`.
     OutboxAttempt {
         id: u64,
@@ -211,6 +220,26 @@ impl Writer {
             id,
             row,
             only_if,
+            reply,
+        })
+        .await
+    }
+
+    /// Appends `DocumentAttached { document }` to run `key` and stores `bytes`.
+    pub(crate) async fn attach(
+        &self,
+        key: u128,
+        document: cairn_core::document::DocumentVersion,
+        bytes: Vec<u8>,
+        expect: Expect,
+        actor: Option<Actor>,
+    ) -> Result<Appended> {
+        self.request(|reply| Command::Attach {
+            key,
+            document,
+            bytes,
+            expect,
+            actor,
             reply,
         })
         .await
@@ -694,6 +723,28 @@ impl WriterLoop {
         replies: &mut Vec<Reply>,
     ) {
         match command {
+            Command::Attach {
+                key,
+                document,
+                bytes,
+                expect,
+                actor,
+                reply,
+            } => {
+                let sha256 = document.sha256;
+                let kind = EventKind::DocumentAttached { document };
+                let appended = self
+                    .expect(key, expect)
+                    .and_then(|()| self.push_event(key, kind, now, batch, actor));
+                match appended {
+                    Ok(appended) => {
+                        touched.insert(key);
+                        batch.documents.push((sha256, bytes));
+                        replies.push(Reply::Append(reply, appended));
+                    }
+                    Err(err) => replies.push(Reply::AppendRefused(reply, err)),
+                }
+            }
             Command::OutboxAttempt {
                 id,
                 attempt,
@@ -1116,6 +1167,7 @@ fn reject(command: Command, err: Error) {
         Command::ContinueAsNew { reply, .. } => drop(reply.send(Err(err))),
         Command::Schedule { reply, .. } => drop(reply.send(Err(err))),
         Command::OutboxAttempt { reply, .. } => drop(reply.send(Err(err))),
+        Command::Attach { reply, .. } => drop(reply.send(Err(err))),
     }
 }
 

@@ -1075,6 +1075,56 @@ pub async fn notifications_are_kept_in_an_outbox(subject: &dyn Subject) {
     journal.close();
 }
 
+/// A document's version and its bytes are written in one commit; content is read back
+/// by its SHA-256, kept once for two versions with the same bytes, refused if it does not
+/// hash to what the version names, and survives a reopen.
+pub async fn documents_are_stored_with_their_event(subject: &dyn Subject) {
+    use cairn_core::document::{sha256, NewDocument};
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    let row = start(journal.as_ref(), "case-d", "case").await;
+    let new = NewDocument {
+        name: "plan.pdf".into(),
+        content_type: "application/pdf".into(),
+        metadata: Default::default(),
+        bytes: b"plan".to_vec(),
+        task: None,
+    };
+    let v1 = new.version(1).unwrap();
+    journal
+        .attach_document(row.key, v1.clone(), new.bytes.clone(), Expect::End, None)
+        .await
+        .unwrap();
+    let v2 = new.version(2).unwrap();
+    journal
+        .attach_document(row.key, v2, new.bytes.clone(), Expect::Seq(2), None)
+        .await
+        .unwrap();
+    let mut forged = new.version(3).unwrap();
+    forged.sha256 = sha256(b"something else");
+    assert!(journal
+        .attach_document(row.key, forged, new.bytes.clone(), Expect::End, None)
+        .await
+        .is_err());
+    let (_, events) = history(journal.as_ref(), row.key).await;
+    assert_eq!(
+        kinds(&events),
+        ["WorkflowStarted", "DocumentAttached", "DocumentAttached"]
+    );
+    assert_eq!(
+        journal.document_bytes(v1.sha256).await.unwrap().as_deref(),
+        Some(&b"plan"[..])
+    );
+    assert_eq!(journal.document_bytes(sha256(b"nope")).await.unwrap(), None);
+    let journal = subject.reopen(journal).await;
+    attach(journal.as_ref());
+    assert_eq!(
+        journal.document_bytes(v1.sha256).await.unwrap().as_deref(),
+        Some(&b"plan"[..])
+    );
+    journal.close();
+}
+
 /// Expands to one `#[tokio::test]` per conformance check, each on a fresh journal from
 /// `$subject` (an expression building a [`Subject`]).
 #[macro_export]
@@ -1098,6 +1148,7 @@ macro_rules! journal_conformance {
             a_closed_journal_refuses_writes,
             open_tasks_are_indexed_from_their_events,
             notifications_are_kept_in_an_outbox,
+            documents_are_stored_with_their_event,
         );
     };
     (@tests $subject:expr; $($check:ident,)*) => {

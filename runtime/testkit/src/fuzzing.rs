@@ -42,7 +42,7 @@ pub const HISTORY_EVENTS_MAX: usize = u8::MAX as usize;
 pub const WALK_STEPS_MAX: StepNo = 512;
 
 /// Number of event kinds [`synthetic_event`] builds, one per [`EventKind`] variant.
-pub const SYNTHETIC_KINDS: u8 = 28;
+pub const SYNTHETIC_KINDS: u8 = 29;
 
 /// Names made-up events and requests draw from: a few that real workflows use (so
 /// recorded steps and requests meet) and the empty string.
@@ -361,10 +361,21 @@ pub fn synthetic_event(kind: u8, step: StepNo, name: &str, extra: u8) -> EventKi
             decision: value,
             escalation: (extra & 1 == 0).then_some(u32::from(extra % 3)),
         },
-        _ => EventKind::Notified {
+        27 => EventKind::Notified {
             step,
             topic: name,
             body: value,
+        },
+        _ => EventKind::DocumentAttached {
+            document: cairn_core::document::DocumentVersion {
+                name,
+                version: u32::from(extra % 3),
+                content_type: "application/pdf".to_owned(),
+                metadata: std::collections::BTreeMap::new(),
+                sha256: [extra; 32],
+                bytes: u64::from(extra),
+                task: (extra & 1 == 1).then_some(step),
+            },
         },
     }
 }
@@ -401,6 +412,7 @@ pub fn synthetic_kind(kind: &EventKind) -> u8 {
         EventKind::TaskChanged { .. } => 25,
         EventKind::TaskCompleted { .. } => 26,
         EventKind::Notified { .. } => 27,
+        EventKind::DocumentAttached { .. } => 28,
     }
 }
 
