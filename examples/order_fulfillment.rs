@@ -1,6 +1,8 @@
 //! Order fulfilment: check stock, pick each line, take payment, wait for the warehouse
 //! to approve dispatch (a signal), invoice, hand the parcel to a carrier (a child
-//! workflow), ship.
+//! workflow), ship. If the carrier refuses the parcel (`--refuse-every N`), the order is
+//! compensated, last step first (refund, then the stock released), a notification goes
+//! to customer service (`order.cancelled`), and the order ends failed.
 //!
 //! ```sh
 //! cargo run --release --example order_fulfillment            # 3 orders, ~1 s per step
@@ -44,6 +46,10 @@ struct Args {
     /// release's four-step process).
     #[arg(long, default_value_t = 2)]
     lines: u32,
+    /// Every N-th order's carrier refuses the parcel (orders with lines): the order is
+    /// compensated (refund, then stock released) and ends failed (0: never).
+    #[arg(long, default_value_t = 0)]
+    refuse_every: u32,
     /// Append one line per activity execution to this file.
     #[arg(long)]
     counts: Option<PathBuf>,
@@ -72,6 +78,10 @@ pub struct Order {
     /// later, skipped when 0 for the same reason as `pause_ms`).
     #[serde(default, skip_serializing_if = "is_zero")]
     lines: u32,
+    /// The carrier refuses the parcel at the last step (a demo of compensation; added
+    /// later, skipped when false for the same reason as `pause_ms`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    carrier_refuses: bool,
 }
 
 fn is_zero<N: Default + PartialEq>(n: &N) -> bool {
@@ -136,6 +146,7 @@ pub fn sample_order(n: u32) -> Order {
         unit_price_cents: 250 + u64::from(n) * 10,
         pause_ms: 0,
         lines: 0,
+        carrier_refuses: false,
     }
 }
 
@@ -213,7 +224,27 @@ async fn ship(
     reservation: Reservation,
 ) -> Result<String, ActivityError> {
     work(&ctx, &format!("shipping from {}", reservation.warehouse)).await?;
+    if order.carrier_refuses {
+        return Err(ActivityError::terminal(
+            "carrier_refused",
+            format!("the carrier refused {}", order.id),
+        ));
+    }
     Ok(format!("TRK-{}-{}", reservation.warehouse, order.id))
+}
+
+/// Compensation of `check_stock`: puts the reserved stock back.
+#[activity]
+async fn release_stock(ctx: ActivityCtx, reservation: Reservation) -> Result<(), ActivityError> {
+    work(&ctx, &format!("releasing {}", reservation.reservation_id)).await
+}
+
+/// Compensation of `charge_payment`: refunds the charge (the payment id makes a repeated
+/// refund one refund at the provider).
+#[activity]
+async fn refund_payment(ctx: ActivityCtx, payment: String) -> Result<String, ActivityError> {
+    work(&ctx, &format!("refunding {payment}")).await?;
+    Ok(format!("REF-{payment}"))
 }
 
 #[activity]
@@ -247,7 +278,11 @@ pub async fn ship_parcel(ctx: Ctx, parcel: Parcel) -> Result<String, WorkflowErr
 /// only by orders that ask for it, so recorded histories keep replaying.
 #[workflow]
 pub async fn fulfil_order(ctx: Ctx, order: Order) -> Result<Receipt, WorkflowError> {
+    // Registering a compensation takes no step, so recorded histories replay unchanged;
+    // compensations run only when the shipment fails (orders with lines).
+    let mut saga = ctx.saga();
     let reservation = ctx.activity(check_stock, order.clone()).await?;
+    saga.on_failure(release_stock, reservation.clone());
     for line in 1..=order.lines {
         ctx.activity(pick_line, (order.id.clone(), line)).await?;
     }
@@ -260,6 +295,7 @@ pub async fn fulfil_order(ctx: Ctx, order: Order) -> Result<Receipt, WorkflowErr
                 .non_retryable(["card_declined"]),
         )
         .await?;
+    saga.on_failure(refund_payment, payment.clone());
     // A durable timer added in a later version, behind a patch marker, so histories
     // recorded before it (tests/histories) keep replaying.
     if order.pause_ms > 0 && ctx.patched("cooling-off-after-payment").await {
@@ -287,9 +323,24 @@ pub async fn fulfil_order(ctx: Ctx, order: Order) -> Result<Receipt, WorkflowErr
     } else {
         None
     };
-    let tracking = ctx
+    let tracking = match ctx
         .activity(ship, (order.clone(), reservation.clone()))
-        .await?;
+        .await
+    {
+        Ok(tracking) => tracking,
+        Err(failure) if order.lines > 0 => {
+            // Undo what was done, last first (refund, then release the stock), and tell
+            // the customer service; a failed compensation is the workflow's error.
+            saga.compensate().await?;
+            ctx.notify(
+                "order.cancelled",
+                &serde_json::json!({ "order": order.id, "reason": failure.to_string() }),
+            )
+            .await;
+            return Err(failure.into());
+        }
+        Err(failure) => return Err(failure.into()),
+    };
     Ok(Receipt {
         order: order.id,
         reservation: reservation.reservation_id,
@@ -337,6 +388,7 @@ async fn run(args: Args) -> Result<(), cairn::Error> {
         let order = Order {
             pause_ms: args.pause_ms,
             lines: args.lines,
+            carrier_refuses: args.lines > 0 && args.refuse_every > 0 && n % args.refuse_every == 0,
             ..sample_order(n)
         };
         let handle = rt.start(fulfil_order, &order.id.clone(), order).await?;

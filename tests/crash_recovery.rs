@@ -3,11 +3,14 @@
 //! Runs the real `order_fulfillment` example as a child process with 200 orders of 20
 //! steps each: 14 activities, a patch marker, a durable timer, a dispatch approval (a
 //! signal sent by the host while orders run) and a parcel child workflow with two
-//! activities of its own. It SIGKILLs the host at seeded random moments (about one kill
+//! activities of its own. Every tenth order's carrier refuses the parcel: that order
+//! runs its two compensations (refund, then release the stock), notifies, and fails, so
+//! some kills land in the middle of compensating. It SIGKILLs the host at seeded random moments (about one kill
 //! in ten during start-up and recovery), restarts it on the same file each time, and
 //! then checks against an uninterrupted run:
-//! - every instance (orders and their children) completed, with the same result and the
-//!   same steps, each step's outcome recorded once, in order;
+//! - every instance (orders and their children) ended as in an uninterrupted run
+//!   (completed, or failed after compensating), with the same result and the same steps,
+//!   each step's outcome (compensations included) recorded once, in order;
 //! - every history verifies as a hash chain, with contiguous sequence numbers;
 //! - every approval the host acknowledged (logged once `signal` returned) is in its
 //!   order's history exactly once and was delivered exactly once;
@@ -39,6 +42,9 @@ fn orders() -> u32 {
 /// original activities, 20 steps per order.
 const LINES: u32 = 12;
 const STEPS_PER_ORDER: usize = 20;
+/// Every tenth order's carrier refuses the parcel: the order is compensated (two
+/// compensation activities, last first), notifies, and ends failed.
+const REFUSE_EVERY: u32 = 10;
 
 fn example_binary() -> PathBuf {
     // target/<profile>/deps/crash_recovery-<hash> -> target/<profile>/examples/order_fulfillment
@@ -100,6 +106,7 @@ fn spawn(db: &Path, counts: Option<&Path>, acks: &Path, delay_ms: u64) -> Child 
     cmd.arg("--step-delay-ms").arg(delay_ms.to_string());
     cmd.arg("--pause-ms").arg("5");
     cmd.arg("--lines").arg(LINES.to_string());
+    cmd.arg("--refuse-every").arg(REFUSE_EVERY.to_string());
     cmd.arg("--acks").arg(acks);
     if let Some(counts) = counts {
         cmd.arg("--counts").arg(counts);
@@ -161,12 +168,18 @@ fn summaries(db: &Path) -> HashMap<String, Summary> {
         .unwrap();
     let mut out = HashMap::new();
     for row in rows {
-        assert_eq!(
-            row.status,
-            InstanceStatus::Completed,
-            "{} did not complete",
-            row.id
-        );
+        // Refused orders end failed after compensating; everything else completes.
+        let refused = row
+            .id
+            .strip_prefix("order-")
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n % REFUSE_EVERY == 0);
+        let expected = if refused {
+            InstanceStatus::Failed
+        } else {
+            InstanceStatus::Completed
+        };
+        assert_eq!(row.status, expected, "{} ended {:?}", row.id, row.status);
         let raw = store.raw_history(row.key).unwrap().expect("its row exists");
         let (_, history) = verify_history(raw).expect("hash chain verifies");
         let first = history[0].record.seq;
@@ -183,6 +196,7 @@ fn summaries(db: &Path) -> HashMap<String, Summary> {
                 }
                 EventKind::SignalDelivered { signal_seq, .. } => delivered.push(*signal_seq),
                 EventKind::WorkflowCompleted { output } => result = Some(output.data.clone()),
+                EventKind::WorkflowFailed { error } => result = Some(error.data.clone()),
                 _ => {}
             }
             let outcome = matches!(
@@ -197,6 +211,7 @@ fn summaries(db: &Path) -> HashMap<String, Summary> {
                     | EventKind::AttributesSet { .. }
                     | EventKind::StepCancelled { .. }
                     | EventKind::ChildCompleted { .. }
+                    | EventKind::Notified { .. }
             );
             if outcome {
                 let step = kind.step().unwrap();
@@ -207,9 +222,15 @@ fn summaries(db: &Path) -> HashMap<String, Summary> {
                 steps.push((step, what));
             }
         }
+        // Steps that ran an activity to its outcome, a refused shipment included.
         let activity_steps = history
             .iter()
-            .filter(|e| matches!(e.record.kind, EventKind::ActivityCompleted { .. }))
+            .filter(|e| {
+                matches!(
+                    e.record.kind,
+                    EventKind::ActivityCompleted { .. } | EventKind::ActivityFailed { .. }
+                )
+            })
             .count();
         let numbers: Vec<u32> = steps.iter().map(|(s, _)| *s).collect();
         assert!(
