@@ -20,7 +20,9 @@ pub use crate::drive::{WorkflowFactory, WorkflowResult};
 use crate::error::{Error, Result, StorageFailure};
 use crate::event::AttrValue;
 use crate::event::{EventKind, EventRecord};
-use crate::notify::{run_outbox, LoggingNotifier, Notifier};
+use crate::notify::{
+    retry_after, Delivery, DeliveryAttempt, LoggingNotifier, Notifier, OutboxRow, DELIVERY_TIMEOUT,
+};
 use crate::policy::{AllowAll, Policy};
 use crate::port::HostPort;
 pub use crate::port::Outcome;
@@ -1937,4 +1939,89 @@ async fn run_once(
     };
     shared.journal.append(key, kind, Expect::End).await?;
     Ok(Once::End(RunEnd::Finished(outcome)))
+}
+
+/// At most this many notifications are delivered at once.
+const DELIVERIES_AT_ONCE: usize = 16;
+
+/// The delivery task: delivers what is due, records each attempt, sleeps on the runtime
+/// clock until the next attempt is due or a commit adds a notification. Holds only a weak
+/// reference between rounds.
+pub(crate) async fn run_outbox(weak: std::sync::Weak<Shared>) {
+    loop {
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        let changed = shared.outbox_changed.clone();
+        let woken = changed.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let now_ms = shared.clock.now_ms();
+        let (due, next_ms) = match shared.journal.outbox_due(now_ms, DELIVERIES_AT_ONCE).await {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::error!(%err, "reading the notification outbox failed; trying again in a second");
+                drop(shared);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if !due.is_empty() {
+            let notifier = shared.notifier.clone();
+            let attempts = due
+                .into_iter()
+                .map(|row| deliver(&shared, notifier.clone(), row));
+            futures::future::join_all(attempts).await;
+            // Something may be due already; look again before sleeping.
+            continue;
+        }
+        let sleep = next_ms.map(|at| shared.clock.sleep_until(at));
+        drop(shared);
+        match sleep {
+            Some(sleep) => {
+                tokio::select! {
+                    () = sleep => {}
+                    () = &mut woken => {}
+                }
+            }
+            None => woken.await,
+        }
+    }
+}
+
+/// One attempt at one notification, recorded with where its delivery stands after it.
+async fn deliver(shared: &Shared, notifier: Arc<dyn Notifier>, row: OutboxRow) {
+    let notification = &row.notification;
+    let outcome = match tokio::time::timeout(DELIVERY_TIMEOUT, notifier.notify(notification)).await
+    {
+        Ok(Ok(())) => None,
+        Ok(Err(err)) => Some(err),
+        Err(_) => Some(format!(
+            "the notifier took longer than {DELIVERY_TIMEOUT:?}"
+        )),
+    };
+    let at_ms = shared.clock.now_ms();
+    let attempts = row.attempts.len() + 1;
+    let delivery = match (&outcome, retry_after(attempts)) {
+        (None, _) => Delivery::Delivered,
+        (Some(_), Some(after_ms)) => Delivery::Pending {
+            next_attempt_ms: at_ms.saturating_add(after_ms),
+        },
+        (Some(_), None) => Delivery::GaveUp,
+    };
+    if let Some(err) = &outcome {
+        tracing::warn!(id = notification.id, topic = notification.topic.name(), attempt = attempts, %err, ?delivery, "delivering a notification failed");
+    }
+    let attempt = DeliveryAttempt {
+        at_ms,
+        error: outcome,
+    };
+    if let Err(err) = shared
+        .journal
+        .outbox_attempted(notification.id, attempt, delivery)
+        .await
+    {
+        // Not recorded: the notification stays due and is delivered again.
+        tracing::error!(id = notification.id, %err, "recording a delivery attempt failed");
+    }
 }

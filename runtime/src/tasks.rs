@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 
 use cairn_core::journal::{verify_history, Expect, TaskPage, TaskQuery};
 use cairn_core::policy::Action;
+use cairn_core::step::task as step_rules;
 use cairn_core::task::{self, Actor, Refusal, TaskOp, TaskState};
 
 use crate::engine::Engine;
@@ -230,7 +231,7 @@ impl Engine {
         let mut answer = RunTaskAnswer::Applied;
         let changed = self
             .change_task_of(key, step, None, |_, state| match &change {
-                RunTaskChange::Escalate(tier) => match task::escalate(state, step, *tier) {
+                RunTaskChange::Escalate(tier) => match step_rules::escalate(state, step, *tier) {
                     Some(event) => Ok(Turn::Append(event)),
                     None => {
                         answer = RunTaskAnswer::Moved {
@@ -239,7 +240,7 @@ impl Engine {
                         Ok(Turn::Done)
                     }
                 },
-                RunTaskChange::Overdue => Ok(match task::overdue(state, step) {
+                RunTaskChange::Overdue => Ok(match step_rules::overdue(state, step) {
                     Some(event) => Turn::Append(event),
                     None => {
                         answer = RunTaskAnswer::Moved {
@@ -425,7 +426,7 @@ fn decide(
     op: TaskOp,
 ) -> Result<Option<EventKind>> {
     let name = op.name();
-    task::decide(state, step, actor, op).map_err(|refusal| match refusal {
+    step_rules::decide(state, step, actor, op).map_err(|refusal| match refusal {
         Refusal::Invalid(message) => Error::InvalidArgument(message),
         other => forbidden(instance, step, actor, name, &other),
     })

@@ -7,8 +7,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::event::StepNo;
-
 /// Largest document accepted, in bytes.
 pub const DOCUMENT_BYTES_MAX: usize = 16 * 1024 * 1024;
 
@@ -42,7 +40,7 @@ pub struct DocumentVersion {
     /// Their length.
     pub bytes: u64,
     /// The task it belongs to, if it was attached to one.
-    pub task: Option<StepNo>,
+    pub task: Option<u32>,
 }
 
 impl DocumentVersion {
@@ -64,7 +62,7 @@ pub struct NewDocument {
     /// The content.
     pub bytes: Vec<u8>,
     /// The task it belongs to, if any.
-    pub task: Option<StepNo>,
+    pub task: Option<u32>,
 }
 
 impl NewDocument {

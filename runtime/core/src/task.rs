@@ -12,7 +12,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec::Payload;
-use crate::event::{EventKind, StepNo};
 
 /// Who asks: a user id and the roles the host's authentication gave them. Recorded with
 /// every task event, so the history answers "who did this, and as what".
@@ -322,126 +321,12 @@ pub enum Refusal {
 /// Longest comment a task takes, in bytes.
 pub const COMMENT_BYTES_MAX: usize = 16 * 1024;
 
-/// Decides what `actor` asking `op` of open task `step` records: `Ok(None)` when the
-/// request is already satisfied (claiming a task one holds) and nothing is written.
-///
-/// # Errors
-/// The [`Refusal`]; nothing may be written.
-pub fn decide(
-    state: &TaskState,
-    step: StepNo,
-    actor: &Actor,
-    op: TaskOp,
-) -> Result<Option<EventKind>, Refusal> {
-    let changed = |change| {
-        Ok(Some(EventKind::TaskChanged {
-            step,
-            actor: actor.clone(),
-            change,
-        }))
-    };
-    match op {
-        TaskOp::Claim => match &state.assignee {
-            Some(holder) if *holder == actor.id => Ok(None),
-            Some(holder) => Err(Refusal::HeldBy(holder.clone())),
-            None if state.candidates.include(actor) => changed(TaskChange::Claimed),
-            None => Err(Refusal::NotCandidate),
-        },
-        TaskOp::Release => match &state.assignee {
-            Some(holder) if *holder == actor.id => changed(TaskChange::Released),
-            _ => Err(Refusal::NotHolder),
-        },
-        TaskOp::Delegate { to } => {
-            if to.trim().is_empty() {
-                return Err(Refusal::Invalid("the user to delegate to is empty".into()));
-            }
-            if !state.may_act(actor) {
-                return Err(refusal_for(state, actor));
-            }
-            if state.assignee.as_deref() == Some(to.as_str()) {
-                return Ok(None);
-            }
-            changed(TaskChange::Delegated { to })
-        }
-        TaskOp::Comment { text } => {
-            if text.trim().is_empty() || text.len() > COMMENT_BYTES_MAX {
-                return Err(Refusal::Invalid(format!(
-                    "a comment must be 1 to {COMMENT_BYTES_MAX} bytes of text, got {}",
-                    text.len()
-                )));
-            }
-            if !state.may_act(actor) && !state.candidates.include(actor) {
-                return Err(Refusal::NotCandidate);
-            }
-            changed(TaskChange::Commented { text })
-        }
-        TaskOp::Complete { decision } => {
-            if !state.may_act(actor) {
-                return Err(refusal_for(state, actor));
-            }
-            Ok(Some(EventKind::TaskCompleted {
-                step,
-                actor: actor.clone(),
-                decision,
-                escalation: None,
-            }))
-        }
-    }
-}
-
 /// Why `actor` may not act on `state` as its holder ([`TaskState::may_act`] is false).
 pub fn refusal_for(state: &TaskState, actor: &Actor) -> Refusal {
     match &state.assignee {
         Some(holder) if *holder != actor.id => Refusal::HeldBy(holder.clone()),
         _ => Refusal::NotCandidate,
     }
-}
-
-/// The event that fires escalation tier `tier` of open task `step`, or `None` when that
-/// tier is not the next one (it fired already: a replay or another host got there).
-pub fn escalate(state: &TaskState, step: StepNo, tier: u32) -> Option<EventKind> {
-    let (due, planned) = state.next_escalation()?;
-    if due != tier {
-        return None;
-    }
-    let actor = Actor::system();
-    Some(match &planned.action {
-        EscalationAction::Reassign(to) => EventKind::TaskChanged {
-            step,
-            actor,
-            change: TaskChange::Escalated {
-                tier,
-                reassigned: Some(to.clone()),
-            },
-        },
-        EscalationAction::Notify => EventKind::TaskChanged {
-            step,
-            actor,
-            change: TaskChange::Escalated {
-                tier,
-                reassigned: None,
-            },
-        },
-        EscalationAction::Decide(decision) => EventKind::TaskCompleted {
-            step,
-            actor,
-            decision: decision.clone(),
-            escalation: Some(tier),
-        },
-    })
-}
-
-/// The event recording that open task `step` passed its due time, or `None` when it has
-/// no due time or was recorded overdue already.
-pub fn overdue(state: &TaskState, step: StepNo) -> Option<EventKind> {
-    if state.overdue || state.spec.due_at_ms.is_none() {
-        return None;
-    }
-    Some(EventKind::TaskChanged {
-        step,
-        actor: Actor::system(),
-        change: TaskChange::Overdue,
-    })
 }
 
 /// An open task as a store indexes it: enough to list and filter inboxes without
@@ -452,7 +337,7 @@ pub struct TaskRow {
     /// The run the task belongs to.
     pub key: u128,
     /// Its step in that run.
-    pub step: StepNo,
+    pub step: u32,
     /// The instance's user id.
     pub instance: String,
     /// The instance's workflow type.
@@ -488,7 +373,7 @@ impl TaskRow {
         key: u128,
         instance: &str,
         workflow_type: &str,
-        step: StepNo,
+        step: u32,
         spec: &TaskSpec,
         at_ms: u64,
     ) -> Self {
@@ -516,7 +401,7 @@ impl TaskRow {
         key: u128,
         instance: &str,
         workflow_type: &str,
-        step: StepNo,
+        step: u32,
         state: &TaskState,
     ) -> Self {
         let mut row = Self::opened(
@@ -583,12 +468,12 @@ pub struct TaskId {
     /// The instance's user id.
     pub instance: String,
     /// The task's step.
-    pub step: StepNo,
+    pub step: u32,
 }
 
 impl TaskId {
     /// Task `step` of instance `instance`.
-    pub fn new(instance: impl Into<String>, step: StepNo) -> Self {
+    pub fn new(instance: impl Into<String>, step: u32) -> Self {
         Self {
             instance: instance.into(),
             step,
@@ -666,198 +551,5 @@ impl Party {
         parties.sort();
         parties.dedup();
         parties
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec() -> TaskSpec {
-        TaskSpec {
-            name: "underwrite".into(),
-            title: "Underwrite loan L-1".into(),
-            description: String::new(),
-            input: Payload::new(0, b"{}".to_vec()),
-            decision_schema: "{}".into(),
-            candidates: Candidates {
-                users: vec!["carol".into()],
-                roles: vec!["underwriter".into()],
-            },
-            assignee: None,
-            priority: 1,
-            due_at_ms: Some(100),
-            follow_up_at_ms: None,
-            escalation: vec![
-                EscalationTier {
-                    at_ms: 100,
-                    action: EscalationAction::Reassign(Candidates {
-                        users: vec![],
-                        roles: vec!["senior".into()],
-                    }),
-                },
-                EscalationTier {
-                    at_ms: 200,
-                    action: EscalationAction::Decide(Payload::new(0, b"false".to_vec())),
-                },
-            ],
-        }
-    }
-
-    fn record(state: &mut TaskState, event: Option<EventKind>) {
-        match event {
-            Some(EventKind::TaskChanged { actor, change, .. }) => {
-                state.apply(&actor, &change, 0).unwrap()
-            }
-            other => panic!("not a change: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_candidate_claims_and_only_the_holder_completes() {
-        let mut state = TaskState::new(spec(), 0);
-        let alice = Actor::new("alice", ["underwriter"]);
-        let bob = Actor::new("bob", ["underwriter"]);
-        let mallory = Actor::new("mallory", ["clerk"]);
-        assert_eq!(
-            decide(&state, 1, &mallory, TaskOp::Claim),
-            Err(Refusal::NotCandidate)
-        );
-        let event = decide(&state, 1, &alice, TaskOp::Claim).unwrap();
-        record(&mut state, event);
-        assert_eq!(state.assignee.as_deref(), Some("alice"));
-        assert_eq!(decide(&state, 1, &alice, TaskOp::Claim), Ok(None));
-        assert_eq!(
-            decide(&state, 1, &bob, TaskOp::Claim),
-            Err(Refusal::HeldBy("alice".into()))
-        );
-        let decision = Payload::new(0, b"true".to_vec());
-        assert_eq!(
-            decide(
-                &state,
-                1,
-                &bob,
-                TaskOp::Complete {
-                    decision: decision.clone()
-                }
-            ),
-            Err(Refusal::HeldBy("alice".into()))
-        );
-        assert!(matches!(
-            decide(&state, 1, &alice, TaskOp::Complete { decision }),
-            Ok(Some(EventKind::TaskCompleted {
-                escalation: None,
-                ..
-            }))
-        ));
-        assert_eq!(
-            decide(&state, 1, &bob, TaskOp::Release),
-            Err(Refusal::NotHolder)
-        );
-        let event = decide(&state, 1, &alice, TaskOp::Release).unwrap();
-        record(&mut state, event);
-        assert_eq!(state.assignee, None);
-    }
-
-    #[test]
-    fn a_named_user_is_a_candidate_without_the_role() {
-        let state = TaskState::new(spec(), 0);
-        let carol = Actor::new("carol", Vec::<String>::new());
-        assert!(matches!(
-            decide(&state, 1, &carol, TaskOp::Claim),
-            Ok(Some(_))
-        ));
-    }
-
-    #[test]
-    fn escalation_tiers_fire_in_order_once() {
-        let mut state = TaskState::new(spec(), 0);
-        let alice = Actor::new("alice", ["underwriter"]);
-        let event = decide(&state, 1, &alice, TaskOp::Claim).unwrap();
-        record(&mut state, event);
-        assert_eq!(escalate(&state, 1, 1), None);
-        let event = escalate(&state, 1, 0);
-        record(&mut state, event);
-        assert_eq!(state.assignee, None, "a reassignment takes the task back");
-        assert!(!state.candidates.include(&alice));
-        assert!(state.candidates.include(&Actor::new("sam", ["senior"])));
-        assert_eq!(escalate(&state, 1, 0), None, "a tier fires once");
-        assert!(matches!(
-            escalate(&state, 1, 1),
-            Some(EventKind::TaskCompleted {
-                escalation: Some(1),
-                ..
-            })
-        ));
-    }
-
-    #[test]
-    fn a_recorded_escalation_must_match_the_policy() {
-        let mut state = TaskState::new(spec(), 0);
-        let wrong = TaskChange::Escalated {
-            tier: 0,
-            reassigned: None,
-        };
-        assert!(state.apply(&Actor::system(), &wrong, 0).is_err());
-        let skipped = TaskChange::Escalated {
-            tier: 1,
-            reassigned: None,
-        };
-        assert!(state.apply(&Actor::system(), &skipped, 0).is_err());
-    }
-
-    #[test]
-    fn rows_are_listed_under_the_holder_or_the_candidates() {
-        let mut row = TaskRow::opened(7, "loan-1", "loan", 3, &spec(), 5);
-        assert_eq!(
-            row.parties(),
-            vec![
-                Party::All,
-                Party::User("carol".into()),
-                Party::Role("underwriter".into())
-            ]
-        );
-        row.apply(&Actor::new("alice", ["underwriter"]), &TaskChange::Claimed);
-        assert_eq!(
-            row.parties(),
-            vec![Party::All, Party::Holder("alice".into())]
-        );
-        assert_eq!(row.next_escalation_ms(), Some(100));
-        row.apply(
-            &Actor::system(),
-            &TaskChange::Escalated {
-                tier: 0,
-                reassigned: Some(Candidates {
-                    users: vec![],
-                    roles: vec!["senior".into()],
-                }),
-            },
-        );
-        assert_eq!(
-            row.parties(),
-            vec![Party::All, Party::Role("senior".into())]
-        );
-        assert_eq!(row.next_escalation_ms(), Some(200));
-    }
-
-    #[test]
-    fn bad_requests_are_refused() {
-        let state = TaskState::new(spec(), 0);
-        let alice = Actor::new("alice", ["underwriter"]);
-        assert!(matches!(
-            decide(&state, 1, &alice, TaskOp::Delegate { to: " ".into() }),
-            Err(Refusal::Invalid(_))
-        ));
-        assert!(matches!(
-            decide(
-                &state,
-                1,
-                &alice,
-                TaskOp::Comment {
-                    text: String::new()
-                }
-            ),
-            Err(Refusal::Invalid(_))
-        ));
     }
 }

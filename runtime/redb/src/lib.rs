@@ -15,6 +15,7 @@ mod outbox;
 mod queue;
 pub mod store;
 mod sync;
+mod tables;
 mod tasks;
 mod writer;
 

@@ -8,7 +8,7 @@ use redb::ReadableTable;
 use cairn_core::notify::{Delivery, DeliveryAttempt, OutboxRow};
 
 use crate::error::{Error, Result};
-use crate::store::{decode_versioned, encode_versioned, storage, OUTBOX, OUTBOX_DUE};
+use crate::tables::{decode_versioned, encode_versioned, storage, OUTBOX, OUTBOX_DUE};
 
 /// One write to the outbox, in commit order.
 #[derive(Debug, Clone, PartialEq, Eq)]

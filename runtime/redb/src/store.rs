@@ -18,7 +18,6 @@ use redb::{
     Database, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition,
     TableHandle,
 };
-use serde::Serialize;
 
 use crate::error::{Error, Result, StorageFailure};
 pub use cairn_core::journal::{
@@ -27,16 +26,17 @@ pub use cairn_core::journal::{
 };
 use cairn_core::journal::{Cursor, InstancePage, InstanceQuery, PAGE_ROWS_MAX};
 
-use crate::event::{AttrValue, EventRecord};
+use crate::event::AttrValue;
 use crate::schedule::ScheduleRow;
 use crate::sync::{read, write, AtomicBool, RwLock, RwLockReadGuard};
+pub(crate) use crate::tables::{
+    decode_row, decode_versioned, encode_versioned, read_events, storage, DOCUMENTS, INSTANCES,
+    LOG, OPEN_TASKS, OUTBOX, OUTBOX_DUE, RUNNING, TASK_INBOX,
+};
 
-pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-pub(crate) const INSTANCES: TableDefinition<u128, &[u8]> = TableDefinition::new("instances");
 const IDS: TableDefinition<&str, u128> = TableDefinition::new("ids");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ATTRIBUTES: TableDefinition<u128, &[u8]> = TableDefinition::new("attributes");
-pub(crate) const RUNNING: TableDefinition<u128, &[u8]> = TableDefinition::new("running");
 const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
 /// Added by storage format 2.
 const PARKED: TableDefinition<u128, &[u8]> = TableDefinition::new("parked");
@@ -48,20 +48,6 @@ const BY_TYPE: TableDefinition<(&str, u64, u128), ()> = TableDefinition::new("by
 const BY_STATUS: TableDefinition<(u8, u64, u128), ()> = TableDefinition::new("by_status");
 const BY_ATTRIBUTE: TableDefinition<(&str, &[u8], u64, u128), ()> =
     TableDefinition::new("by_attribute");
-/// Open human tasks by (run, step): version byte + postcard [`TaskRow`].
-pub(crate) const OPEN_TASKS: TableDefinition<(u128, u32), &[u8]> =
-    TableDefinition::new("open_tasks");
-/// The inboxes open tasks are listed in: (party key, created, run, step). See
-/// [`cairn_core::task::Party`].
-pub(crate) const TASK_INBOX: TableDefinition<(&str, u64, u128, u32), ()> =
-    TableDefinition::new("task_inbox");
-/// The notification outbox: id (the LSN of the event it derives from) -> version byte +
-/// postcard `OutboxRow`.
-pub(crate) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
-/// Pending notifications by (next attempt due, id).
-pub(crate) const OUTBOX_DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("outbox_due");
-/// Document content by SHA-256, stored once however many versions or instances name it.
-pub(crate) const DOCUMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("documents");
 /// Tables a Cairn file may hold without them all being required (an older format's file
 /// lacks them until its first writable open migrates it).
 const LATER_TABLES: [&str; 10] = [
@@ -107,25 +93,8 @@ const OUTBOX_FORMAT: u32 = 5;
 /// The first format with documents.
 const DOCUMENTS_FORMAT: u32 = 7;
 
-/// Version byte in front of every encoded [`InstanceRow`].
-const ROW_VERSION: u8 = 1;
-
 pub(crate) fn encode_row(row: &InstanceRow) -> Result<Vec<u8>> {
     encode_versioned(row, "instance row")
-}
-
-pub(crate) fn decode_row(key: u128, bytes: &[u8]) -> Result<InstanceRow> {
-    {
-        let location = || format!("instances table, key {key:032x}");
-        let row: InstanceRow = decode_versioned(location, bytes)?;
-        if row.key != key {
-            return Err(Error::Corrupt {
-                location: location(),
-                message: format!("row names key {:032x}", row.key),
-            });
-        }
-        Ok(row)
-    }
 }
 
 /// Everything one group commit writes, in one transaction.
@@ -226,37 +195,6 @@ pub(crate) fn encode_parked(row: &ParkedRow) -> Result<Vec<u8>> {
 
 fn decode_parked(key: u128, bytes: &[u8]) -> Result<ParkedRow> {
     decode_versioned(|| format!("parked table, key {key:032x}"), bytes)
-}
-
-/// Encodes an index row: the row version byte, then postcard.
-pub(crate) fn encode_versioned<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<Vec<u8>> {
-    postcard::to_extend(value, vec![ROW_VERSION]).map_err(|err| {
-        Error::Storage(StorageFailure::caused_by(
-            format!("{what} does not encode"),
-            err,
-        ))
-    })
-}
-
-/// Decodes an index row written by [`encode_versioned`]; damage is reported at `location`.
-pub(crate) fn decode_versioned<T: serde::de::DeserializeOwned>(
-    location: impl FnOnce() -> String,
-    bytes: &[u8],
-) -> Result<T> {
-    let problem = match bytes.split_first() {
-        None => "empty row".to_owned(),
-        Some((&version, _)) if version != ROW_VERSION => {
-            format!("row version {version} is not {ROW_VERSION}")
-        }
-        Some((_, body)) => match postcard::from_bytes(body) {
-            Ok(value) => return Ok(value),
-            Err(err) => err.to_string(),
-        },
-    };
-    Err(Error::Corrupt {
-        location: location(),
-        message: problem,
-    })
 }
 
 pub(crate) fn encode_schedule(row: &ScheduleRow) -> Result<Vec<u8>> {
@@ -379,15 +317,6 @@ pub struct RedbStore {
     /// answers what its format can (queries by scanning before format 3, no tasks before
     /// format 4).
     format: std::sync::atomic::AtomicU32,
-}
-
-/// A redb error as a storage failure, kept as its source (an I/O error as itself, so a
-/// host can read its kind); `contain` names the file.
-pub(crate) fn storage(err: impl Into<redb::Error>) -> Error {
-    match err.into() {
-        redb::Error::Io(io) => Error::Storage(StorageFailure::caused_by("I/O error", io)),
-        other => Error::Storage(StorageFailure::caused_by("", other)),
-    }
 }
 
 impl RedbStore {
@@ -1182,45 +1111,6 @@ impl Store for RedbStore {
     }
 }
 
-/// The events of run `row`, oldest first, walked back from its head through each
-/// event's link to the previous one (in a read or a write transaction).
-pub(crate) fn read_events(
-    row: &InstanceRow,
-    log: &impl ReadableTable<u64, &'static [u8]>,
-) -> Result<Vec<RawEvent>> {
-    let len = usize::try_from(row.next_seq).map_err(|_| {
-        chain_error(
-            row,
-            row.head_lsn,
-            "the row counts more events than can be read",
-        )
-    })?;
-    // `len` comes from disk: a damaged row must give a Corrupt error below, not a huge
-    // allocation here.
-    let mut events = Vec::with_capacity(len.min(4096));
-    let mut next = Some(row.head_lsn);
-    while let Some(lsn) = next {
-        if events.len() >= len {
-            return Err(chain_error(
-                row,
-                lsn,
-                "history is longer than the instance row says",
-            ));
-        }
-        let guard = log
-            .get(lsn)
-            .map_err(storage)?
-            .ok_or_else(|| chain_error(row, lsn, "event is missing from the log"))?;
-        let envelope = guard.value().to_vec();
-        let (_, _, prev) = EventRecord::peek_link(&envelope)
-            .map_err(|err| chain_error(row, lsn, &err.to_string()))?;
-        next = prev;
-        events.push(RawEvent { lsn, envelope });
-    }
-    events.reverse();
-    Ok(events)
-}
-
 /// Applies index changes inside a commit's transaction.
 fn apply_index(txn: &redb::WriteTransaction, changes: &[IndexChange]) -> Result<()> {
     let mut by_start = txn.open_table(BY_START).map_err(storage)?;
@@ -1460,13 +1350,6 @@ fn query_by_scan(txn: &redb::ReadTransaction, query: &InstanceQuery) -> Result<I
         }
     }
     Ok(pages.page)
-}
-
-fn chain_error(row: &InstanceRow, lsn: u64, message: &str) -> Error {
-    Error::Corrupt {
-        location: format!("history of instance `{}` at LSN {lsn}", row.id),
-        message: message.to_owned(),
-    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use cairn_core::replay::History;
 use cairn_core::task::{Actor, Party, TaskChange, TaskRow};
 
 use crate::error::{Error, Result};
-use crate::store::{
+use crate::tables::{
     decode_row as decode_instance, decode_versioned, encode_versioned, read_events, storage,
     INSTANCES, LOG, OPEN_TASKS, RUNNING, TASK_INBOX,
 };
