@@ -318,6 +318,27 @@ fn event_json(event: &StoredEvent) -> Value {
         EventKind::Notified { step, topic, body } => {
             json!({ "step": step, "topic": topic, "body": payload(body) })
         }
+        EventKind::KeyedSignalReceived {
+            name,
+            payload: body,
+            key,
+        } => json!({ "name": name, "payload": payload(body), "key": key }),
+        EventKind::UpdateAnswered {
+            step,
+            name,
+            key,
+            response,
+        } => match response {
+            Ok(body) => {
+                json!({ "step": step, "name": name, "key": key, "response": payload(body) })
+            }
+            Err(reason) => {
+                json!({ "step": step, "name": name, "key": key, "rejected": reason })
+            }
+        },
+        EventKind::StatePublished { step, name, value } => {
+            json!({ "step": step, "name": name, "value": payload(value) })
+        }
         EventKind::WorkflowParked { code, reason } => json!({ "code": code, "reason": reason }),
         EventKind::RunContinued { previous_run, run } => {
             json!({ "previous_run": format!("{previous_run:032x}"), "run": run })

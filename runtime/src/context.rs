@@ -23,9 +23,10 @@ use crate::replay::{
     StepRequest,
 };
 use crate::step::activity::{self, AfterAttempt};
-use crate::step::{attributes, child, notice, patch, signal, task, timer, value};
+use crate::step::{answer, attributes, child, notice, patch, publish, signal, task, timer, value};
 use crate::sync::{lock, Mutex, Notified, Notify};
 use crate::task::{Actor, TaskSpec};
+use cairn_core::journal::CarriedSignal;
 
 /// What `ctx.patched` answers, decided when it is called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,8 +90,7 @@ impl CtxState {
 /// One signal in an instance's in-memory inbox.
 #[derive(Debug)]
 struct InboxEntry {
-    name: String,
-    payload: Payload,
+    signal: CarriedSignal,
     /// Delivered to a wait (recorded) or reserved by one whose delivery is being recorded.
     taken: bool,
 }
@@ -113,7 +113,7 @@ pub(crate) struct HandOver {
     /// history has grown since (a signal this run did not see).
     pub(crate) expected_next_seq: u64,
     /// Signals received and not delivered, oldest first.
-    pub(crate) signals: Vec<(String, Payload)>,
+    pub(crate) signals: Vec<CarriedSignal>,
     /// A cancellation requested and not yet delivered.
     pub(crate) cancel: Option<String>,
     /// This run's position in its chain (1 for an instance's first run).
@@ -179,14 +179,13 @@ impl Inbox {
         state.mark.next_seq = state.mark.next_seq.max(next_seq);
     }
 
-    pub(crate) fn add(&self, seq: u64, name: String, payload: Payload, taken: bool) {
+    pub(crate) fn add(&self, seq: u64, signal: CarriedSignal, taken: bool) {
         {
             let mut state = lock(&self.state);
-            state.entries.entry(seq).or_insert(InboxEntry {
-                name,
-                payload,
-                taken,
-            });
+            state
+                .entries
+                .entry(seq)
+                .or_insert(InboxEntry { signal, taken });
             // One lock for the entry and the mark: a reader that sees the new mark also
             // finds the signal (the loom model below found the reverse order losing it).
             state.mark.next_seq = state.mark.next_seq.max(seq.saturating_add(1));
@@ -229,7 +228,7 @@ impl Inbox {
 
     /// Signals not delivered to any wait, oldest first.
     #[cfg(all(test, cairn_loom))]
-    pub(crate) fn undelivered(&self) -> Vec<(String, Payload)> {
+    pub(crate) fn undelivered(&self) -> Vec<CarriedSignal> {
         undelivered(&lock(&self.state))
     }
 
@@ -249,15 +248,15 @@ impl Inbox {
         }
     }
 
-    /// Reserves the oldest untaken signal called `name`.
-    fn take(&self, name: &str) -> Option<(u64, Payload)> {
+    /// Reserves the oldest untaken signal called `name`: its `seq`, body and key.
+    fn take(&self, name: &str) -> Option<(u64, Payload, Option<String>)> {
         let mut state = lock(&self.state);
         let (seq, entry) = state
             .entries
             .iter_mut()
-            .find(|(_, e)| !e.taken && e.name == name)?;
+            .find(|(_, e)| !e.taken && e.signal.name == name)?;
         entry.taken = true;
-        Some((*seq, entry.payload.clone()))
+        Some((*seq, entry.signal.payload.clone(), entry.signal.key.clone()))
     }
 
     fn untake(&self, seq: u64) {
@@ -268,12 +267,12 @@ impl Inbox {
     }
 }
 
-fn undelivered(state: &InboxState) -> Vec<(String, Payload)> {
+fn undelivered(state: &InboxState) -> Vec<CarriedSignal> {
     state
         .entries
         .values()
         .filter(|e| !e.taken)
-        .map(|e| (e.name.clone(), e.payload.clone()))
+        .map(|e| e.signal.clone())
         .collect()
 }
 
@@ -316,12 +315,13 @@ impl WorkflowContext {
         known_next_seq: u64,
     ) -> Self {
         for (seq, signal) in history.signals() {
-            inbox.add(
-                *seq,
-                signal.name.clone(),
-                signal.payload.clone(),
-                signal.delivered,
-            );
+            let arrived = CarriedSignal {
+                name: signal.name.clone(),
+                payload: signal.payload.clone(),
+                key: signal.key.clone(),
+                actor: signal.actor.clone(),
+            };
+            inbox.add(*seq, arrived, signal.delivered);
         }
         if let Some((seq, reason)) = &history.cancel_requested {
             inbox.request_cancel(*seq, reason.clone());
@@ -1132,14 +1132,38 @@ impl WorkflowContext {
         name: &str,
         deadline_ms: Option<u64>,
     ) -> Result<Option<Payload>, Cancelled> {
+        let taken = self.wait_keyed_signal(step, name, deadline_ms).await?;
+        Ok(taken.map(|(payload, _)| payload))
+    }
+
+    /// As [`WorkflowContext::wait_signal`], and also returns the dedupe key the signal was
+    /// sent with (an update's request carries its update id there).
+    ///
+    /// # Cancel safety
+    /// As [`WorkflowContext::wait_signal`].
+    pub async fn wait_keyed_signal(
+        &self,
+        step: StepNo,
+        name: &str,
+        deadline_ms: Option<u64>,
+    ) -> Result<Option<(Payload, Option<String>)>, Cancelled> {
         let request = StepRequest {
             kind: StepKind::Signal,
             name,
             input: None,
         };
         let recorded_deadline = match self.decide(step, request).await {
-            Decision::Replay(RecordedOutcome::Signal { payload, .. }) => {
-                return Ok(Some(payload.clone()))
+            Decision::Replay(RecordedOutcome::Signal {
+                payload,
+                signal_seq,
+            }) => {
+                let key = self
+                    .inner
+                    .history
+                    .signals()
+                    .get(signal_seq)
+                    .and_then(|signal| signal.key.clone());
+                return Ok(Some((payload.clone(), key)));
             }
             Decision::Replay(RecordedOutcome::TimedOut) => return Ok(None),
             Decision::Replay(RecordedOutcome::Cancelled { reason }) => {
@@ -1169,7 +1193,7 @@ impl WorkflowContext {
                 let arrived = inbox.arrived.notified();
                 tokio::pin!(arrived);
                 arrived.as_mut().enable();
-                if let Some((signal_seq, payload)) = inbox.take(name) {
+                if let Some((signal_seq, payload, key)) = inbox.take(name) {
                     let delivered = signal::delivered(step, name, signal_seq);
                     // Should the workflow drop this wait now (it lost a `select!`), the
                     // signal goes back to the inbox with the step's abandonment.
@@ -1181,7 +1205,7 @@ impl WorkflowContext {
                         return self.abort(err).await;
                     }
                     self.settle().await;
-                    return Ok(Some(payload));
+                    return Ok(Some((payload, key)));
                 }
                 // Signals win over a cancellation that arrives in the same instant: a signal
                 // taken is recorded as delivered and must be seen.
@@ -1392,6 +1416,65 @@ impl WorkflowContext {
         }
     }
 
+    /// Records at step `step` the answer to update `name` whose request carried `key`:
+    /// `Ok(response)` accepts it, `Err(reason)` rejects it. The caller waiting on the
+    /// host gets it once it is durable. Replay compares name, key and answer.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the answer unrecorded; it is recorded on replay.
+    pub async fn answer(
+        &self,
+        step: StepNo,
+        name: &str,
+        key: &str,
+        response: Result<Payload, String>,
+    ) {
+        let compared = answer::compared(key, &response);
+        let request = StepRequest {
+            kind: StepKind::Answer,
+            name,
+            input: Some(&compared),
+        };
+        match self.decide(step, request).await {
+            Decision::Replay(RecordedOutcome::Answered) => {}
+            Decision::Replay(_) => {
+                let err = self.mismatched_outcome(step, "an update's answer");
+                self.abort(err).await
+            }
+            Decision::Run { .. } => {
+                self.live(
+                    step,
+                    self.record(answer::answered(step, name, key, response)),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Records at step `step` that the workflow publishes `value` under `name`: what a
+    /// query of `name` reads from the history. Replay compares name and value.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the value unrecorded; it is recorded on replay.
+    pub async fn publish(&self, step: StepNo, name: &str, value: Payload) {
+        let request = StepRequest {
+            kind: StepKind::Publish,
+            name,
+            input: Some(&value),
+        };
+        match self.decide(step, request).await {
+            Decision::Replay(RecordedOutcome::Published) => {}
+            Decision::Replay(_) => {
+                let err = self.mismatched_outcome(step, "a published value");
+                self.abort(err).await
+            }
+            Decision::Run { .. } => {
+                self.live(step, self.record(publish::published(step, name, value)))
+                    .await;
+            }
+        }
+    }
+
     /// Ends open task `step` by the pending cancellation, unless its decision was
     /// recorded first (`None`: the cancellation stays for another step to take).
     async fn cancel_task(&self, host: &Arc<dyn HostPort>, step: StepNo) -> Option<String> {
@@ -1532,6 +1615,15 @@ mod loom_tests {
     use crate::sync::{Arc, AtomicBool};
     use std::sync::atomic::Ordering;
 
+    fn go() -> CarriedSignal {
+        CarriedSignal {
+            name: "go".into(),
+            payload: Payload::new(0, b"1".to_vec()),
+            key: None,
+            actor: None,
+        }
+    }
+
     #[test]
     fn a_delivery_never_leaves_an_evicted_run_asleep() {
         loom::model(|| {
@@ -1560,7 +1652,7 @@ mod loom_tests {
             // `deliver`, under the map lock.
             {
                 let entry = lock(&dormant);
-                inbox.add(7, "go".into(), Payload::new(0, b"1".to_vec()), false);
+                inbox.add(7, go(), false);
                 if *entry {
                     woken.store(true, Ordering::SeqCst);
                 }
@@ -1637,7 +1729,7 @@ mod loom_tests {
             // ... then the dispatcher delivers it, under the map lock.
             {
                 let entry = lock(&dormant);
-                inbox.add(seq, "go".into(), Payload::new(0, b"1".to_vec()), false);
+                inbox.add(seq, go(), false);
                 if *entry {
                     woken.store(true, Ordering::SeqCst);
                 }

@@ -36,7 +36,8 @@ use crate::sync::{lock, AtomicBool, AtomicU64, Mutex, Notify};
 use crate::task::Actor;
 use crate::timers::TimerIndex;
 use cairn_core::journal::{
-    verify_history, Attachment, Carried, CommitListener, Committed, Expect, InstanceQuery, Journal,
+    verify_history, Attachment, Carried, CarriedSignal, CommitListener, Committed, Expect,
+    InstanceQuery, Journal,
 };
 
 /// Longest user id accepted, in bytes.
@@ -208,8 +209,10 @@ pub(crate) struct Shared {
     /// How many commits the dispatcher has applied (see `run_dispatch`).
     applied: watch::Sender<u64>,
     dispatch_task: Mutex<Option<JoinHandle<()>>>,
-    /// Notified whenever a driver is registered or an instance parked.
-    registered: Notify,
+    /// Notified whenever a driver is registered or an instance parked, and at shutdown.
+    pub(crate) registered: Notify,
+    /// Callers waiting for update answers, woken by the commit path.
+    pub(crate) answers: Arc<crate::messages::AnswerWaiters>,
     /// The first storage failure a run stopped on: the writer refuses everything after
     /// it, so waits for unfinished instances end with it instead of waiting for runs
     /// that will not come until the runtime is reopened.
@@ -401,6 +404,7 @@ impl EngineBuilder {
             outbox_changed: Arc::new(Notify::new()),
             outbox_task: Mutex::new(None),
             registered: Notify::new(),
+            answers: Arc::default(),
             storage_failed: Mutex::new(None),
         });
         // Before anything is queued: every commit from now on reaches memory through it.
@@ -796,17 +800,41 @@ impl Engine {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
+        self.check_signal_name(name)?;
+        let kind = EventKind::SignalReceived {
+            name: name.to_owned(),
+            payload,
+        };
+        self.append_to_current_run(id, kind, actor).await
+    }
+
+    pub(crate) fn check_signal_name(&self, name: &str) -> Result<()> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
         if name.is_empty() || name.len() > SIGNAL_NAME_BYTES_MAX {
             return Err(Error::InvalidArgument(format!(
                 "signal name must be 1 to {SIGNAL_NAME_BYTES_MAX} bytes, got {}",
                 name.len()
             )));
         }
-        let kind = EventKind::SignalReceived {
-            name: name.to_owned(),
-            payload,
-        };
-        self.append_to_current_run(id, kind, actor).await
+        Ok(())
+    }
+
+    /// Returns once the runtime is shutting down.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits.
+    pub(crate) async fn closing(&self) {
+        loop {
+            let notified = self.shared.registered.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.shared.closed.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Appends `kind` to the current run of `id`. A run that continued as new in the
@@ -843,7 +871,7 @@ impl Engine {
     /// After the writer refused run `key` of `id` as finished: the id's newer run if
     /// `key` handed over to one, `None` if it ended for good. The refusal is answered
     /// after the commit that ended `key`, which moved the id in the same transaction.
-    async fn successor(&self, id: &str, key: u128) -> Result<Option<u128>> {
+    pub(crate) async fn successor(&self, id: &str, key: u128) -> Result<Option<u128>> {
         let current = self.key_of(id).await?;
         Ok((current != key).then_some(current))
     }
@@ -1348,7 +1376,13 @@ fn apply_effects(shared: &Arc<Shared>, effects: &[Committed]) {
                     seq,
                     parent,
                     kind,
+                    actor,
                 } => {
+                    if matches!(kind, Some(EventKind::UpdateAnswered { .. }))
+                        || kind.as_ref().is_some_and(EventKind::is_terminal)
+                    {
+                        shared.answers.wake(*key);
+                    }
                     let run = runs.get(key).copied().unwrap_or(1);
                     let event = CommittedEvent {
                         key: *key,
@@ -1356,7 +1390,7 @@ fn apply_effects(shared: &Arc<Shared>, effects: &[Committed]) {
                         parent: *parent,
                         run,
                     };
-                    apply_event(shared, &mut active, event, kind.as_ref());
+                    apply_event(shared, &mut active, event, kind.as_ref(), actor.as_ref());
                 }
                 Committed::Outbox => outbox_changed = true,
                 Committed::Schedule { id, row } => {
@@ -1415,6 +1449,7 @@ fn apply_event(
     active: &mut HashMap<u128, Active>,
     event: CommittedEvent,
     kind: Option<&EventKind>,
+    actor: Option<&Actor>,
 ) {
     let CommittedEvent {
         key,
@@ -1452,10 +1487,18 @@ fn apply_event(
                 entry.inbox.committed(seq);
             }
         }
-        Some(EventKind::SignalReceived { name, payload }) => {
-            deliver_locked(shared, active, key, |inbox| {
-                inbox.add(seq, name.clone(), payload.clone(), false)
-            });
+        Some(
+            signal @ (EventKind::SignalReceived { .. } | EventKind::KeyedSignalReceived { .. }),
+        ) => {
+            if let Some((name, payload, dedupe)) = signal.received_signal() {
+                let arrived = CarriedSignal {
+                    name: name.to_owned(),
+                    payload: payload.clone(),
+                    key: dedupe.map(str::to_owned),
+                    actor: actor.cloned(),
+                };
+                deliver_locked(shared, active, key, |inbox| inbox.add(seq, arrived, false));
+            }
         }
         Some(EventKind::CancelRequested { reason }) => {
             deliver_locked(shared, active, key, |inbox| {

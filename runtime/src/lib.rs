@@ -21,6 +21,7 @@ mod context;
 mod documents;
 mod drive;
 mod engine;
+mod messages;
 pub mod notify;
 mod port;
 mod replayer;
@@ -41,6 +42,7 @@ pub use engine::{
     INSTANCE_ID_BYTES_MAX, SIGNAL_NAME_BYTES_MAX,
 };
 pub use error::{Error, NonDeterminism, Result, StepDescriptor, StorageFailure};
+pub use messages::{Sent, MESSAGE_KEY_BYTES_MAX};
 pub use replayer::{Replayer, StoredVerdict};
 pub use tasks::{TaskInfo, TaskStatus, DECISION_BYTES_MAX};
 

@@ -27,7 +27,11 @@ pub struct Ctx {
     raw: WorkflowContext,
 }
 
-fn decode_step<T: Payload>(raw: &WorkflowContext, step: u32, payload: &Bytes) -> Result<T, Error> {
+pub(crate) fn decode_step<T: Payload>(
+    raw: &WorkflowContext,
+    step: u32,
+    payload: &Bytes,
+) -> Result<T, Error> {
     decode::<T>(raw.codec(), payload).map_err(|err| Error::PayloadDecode {
         instance: raw.instance_id().to_owned(),
         position: format!("step {step}"),
@@ -36,7 +40,11 @@ fn decode_step<T: Payload>(raw: &WorkflowContext, step: u32, payload: &Bytes) ->
     })
 }
 
-fn encode_step<T: Payload>(raw: &WorkflowContext, step: u32, value: &T) -> Result<Bytes, Error> {
+pub(crate) fn encode_step<T: Payload>(
+    raw: &WorkflowContext,
+    step: u32,
+    value: &T,
+) -> Result<Bytes, Error> {
     encode(raw.codec(), value).map_err(|err| Error::PayloadEncode {
         instance: raw.instance_id().to_owned(),
         position: format!("step {step}"),

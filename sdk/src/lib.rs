@@ -38,6 +38,7 @@
 mod acting;
 mod ctx;
 mod documents;
+mod messages;
 pub mod notify;
 mod runtime;
 mod saga;
@@ -59,6 +60,7 @@ pub use cairn_runtime::{
 pub use cairn_runtime::{TaskInfo, TaskStatus};
 pub use ctx::{ActivityCall, Ctx};
 pub use documents::Document;
+pub use messages::{Query, Rejected, Sent, Update, UpdateRequest, MESSAGE_KEY_BYTES_MAX};
 pub use runtime::{InstanceHandle, Runtime, RuntimeBuilder};
 pub use saga::{CompensationFailed, CompensationFailure, Saga};
 /// JSON Schema derivation for task decisions (`#[derive(schemars::JsonSchema)]`).

@@ -310,6 +310,32 @@ pub enum Error {
         problems: Vec<String>,
     },
 
+    /// The instance ended (or was handed over and ended) without answering an update it
+    /// had received; the request stays in its history.
+    #[error("[CAIRN-E0025] instance `{instance}` {reason} without answering update `{update}` (key `{key}`); answer updates before the workflow returns")]
+    Unanswered {
+        /// User id of the instance.
+        instance: String,
+        /// The update's name.
+        update: String,
+        /// The request's key.
+        key: String,
+        /// How it ended (`"completed"`, `"was terminated"`, ...).
+        reason: String,
+    },
+
+    /// A dedupe key was sent again with another name or body: the first send stands and
+    /// nothing was written.
+    #[error("[CAIRN-E0026] key `{key}` of instance `{instance}` was already used for `{recorded}` with another body; a retry must send the same name and body, a new message needs a new key. Nothing was written")]
+    KeyReused {
+        /// User id of the instance.
+        instance: String,
+        /// The dedupe key.
+        key: String,
+        /// The name the key was first sent with.
+        recorded: String,
+    },
+
     /// The host environment failed a request Cairn cannot do without (the OS random source).
     #[error("[CAIRN-E0016] the host environment failed: {0}")]
     Environment(String),
@@ -343,6 +369,8 @@ impl Error {
             Error::TaskClosed { .. } => "CAIRN-E0022",
             Error::Forbidden { .. } => "CAIRN-E0023",
             Error::InvalidDecision { .. } => "CAIRN-E0024",
+            Error::Unanswered { .. } => "CAIRN-E0025",
+            Error::KeyReused { .. } => "CAIRN-E0026",
         }
     }
 }

@@ -326,6 +326,40 @@ pub enum EventKind {
         /// The version.
         document: crate::document::DocumentVersion,
     },
+    /// A signal (or an update's request) sent with a dedupe key: while this run holds an
+    /// event with the same key, another send with it records nothing. Otherwise as
+    /// [`EventKind::SignalReceived`]: it waits in the inbox until a wait takes it.
+    KeyedSignalReceived {
+        /// Signal (or update) name.
+        name: String,
+        /// Its body.
+        payload: Payload,
+        /// The sender's dedupe key (an update's id).
+        key: String,
+    },
+    /// The workflow answered the update whose request carried `key` (`Ok`: accepted,
+    /// with its response; `Err`: rejected, with the reason). The caller waiting for the
+    /// answer gets it once this is durable.
+    UpdateAnswered {
+        /// The step.
+        step: StepNo,
+        /// The update's name.
+        name: String,
+        /// The request's key (its update id).
+        key: String,
+        /// The answer.
+        response: Result<Payload, String>,
+    },
+    /// The workflow published `value` under `name` (`ctx.publish`): what a query of that
+    /// name reads, from the history, without running the workflow.
+    StatePublished {
+        /// The step.
+        step: StepNo,
+        /// The query's name.
+        name: String,
+        /// The value.
+        value: Payload,
+    },
 }
 
 /// How a child workflow ended, as its parent recorded it.
@@ -406,7 +440,9 @@ impl EventKind {
             | EventKind::TaskCreated { step, .. }
             | EventKind::TaskChanged { step, .. }
             | EventKind::TaskCompleted { step, .. }
-            | EventKind::Notified { step, .. } => Some(*step),
+            | EventKind::Notified { step, .. }
+            | EventKind::UpdateAnswered { step, .. }
+            | EventKind::StatePublished { step, .. } => Some(*step),
             EventKind::WorkflowStarted { .. }
             | EventKind::WorkflowCompleted { .. }
             | EventKind::WorkflowFailed { .. }
@@ -416,7 +452,8 @@ impl EventKind {
             | EventKind::WorkflowContinuedAsNew { .. }
             | EventKind::RunContinued { .. }
             | EventKind::WorkflowParked { .. }
-            | EventKind::DocumentAttached { .. } => None,
+            | EventKind::DocumentAttached { .. }
+            | EventKind::KeyedSignalReceived { .. } => None,
         }
     }
 
@@ -463,6 +500,21 @@ impl EventKind {
             EventKind::TaskCompleted { .. } => "TaskCompleted",
             EventKind::Notified { .. } => "Notified",
             EventKind::DocumentAttached { .. } => "DocumentAttached",
+            EventKind::KeyedSignalReceived { .. } => "KeyedSignalReceived",
+            EventKind::UpdateAnswered { .. } => "UpdateAnswered",
+            EventKind::StatePublished { .. } => "StatePublished",
+        }
+    }
+
+    /// A signal that arrived from outside: its name, body and dedupe key, for
+    /// [`EventKind::SignalReceived`] and [`EventKind::KeyedSignalReceived`].
+    pub fn received_signal(&self) -> Option<(&str, &Payload, Option<&str>)> {
+        match self {
+            EventKind::SignalReceived { name, payload } => Some((name, payload, None)),
+            EventKind::KeyedSignalReceived { name, payload, key } => {
+                Some((name, payload, Some(key)))
+            }
+            _ => None,
         }
     }
 }

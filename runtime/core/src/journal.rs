@@ -176,11 +176,24 @@ pub struct Carried {
     /// landed since (see [`Journal::continue_as_new`]).
     pub expected_next_seq: u64,
     /// Signals received and not delivered, oldest first.
-    pub signals: Vec<(String, Payload)>,
+    pub signals: Vec<CarriedSignal>,
     /// A cancellation requested and not yet delivered.
     pub cancel: Option<String>,
     /// The handing-over run's position in its chain (1 for an instance's first run).
     pub run: u32,
+}
+
+/// A signal no step of a run took, carried to its next run with what the sender gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CarriedSignal {
+    /// Its name.
+    pub name: String,
+    /// Its body.
+    pub payload: Payload,
+    /// Its dedupe key, if it was sent with one (an update's request always is).
+    pub key: Option<String>,
+    /// Who sent it, if the sender named an actor.
+    pub actor: Option<Actor>,
 }
 
 /// What one commit made durable and the host must reflect in memory, in commit order.
@@ -202,6 +215,8 @@ pub enum Committed {
         parent: Option<u128>,
         /// The event, when the host acts on it.
         kind: Option<EventKind>,
+        /// Who caused it, for the events the host acts on.
+        actor: Option<Actor>,
     },
     /// A notification was added to the outbox (derived from an event of the commit).
     Outbox,
@@ -222,8 +237,10 @@ pub fn reported(kind: &EventKind) -> Option<EventKind> {
         | EventKind::RunContinued { .. }
         | EventKind::WorkflowParked { .. }
         | EventKind::SignalReceived { .. }
+        | EventKind::KeyedSignalReceived { .. }
         | EventKind::CancelRequested { .. }
-        | EventKind::TaskCompleted { .. } => Some(kind.clone()),
+        | EventKind::TaskCompleted { .. }
+        | EventKind::UpdateAnswered { .. } => Some(kind.clone()),
         // Ends carry the result, which the host publishes to waiters.
         _ if kind.is_terminal() => Some(kind.clone()),
         _ => None,

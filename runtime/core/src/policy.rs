@@ -24,6 +24,16 @@ pub enum Action<'a> {
         /// The signal's name.
         signal: &'a str,
     },
+    /// Send update `update` to instance `instance` of `workflow_type` and wait for its
+    /// answer.
+    Update {
+        /// The instance.
+        instance: &'a str,
+        /// Its type.
+        workflow_type: &'a str,
+        /// The update's name.
+        update: &'a str,
+    },
     /// Request cancellation of an instance.
     Cancel {
         /// The instance.
@@ -70,6 +80,7 @@ impl Action<'_> {
         match self {
             Action::Start { .. } => Verb::Start,
             Action::Signal { .. } => Verb::Signal,
+            Action::Update { .. } => Verb::Update,
             Action::Cancel { .. } => Verb::Cancel,
             Action::Terminate { .. } => Verb::Terminate,
             Action::Read { .. } => Verb::Read,
@@ -83,6 +94,7 @@ impl Action<'_> {
         match self {
             Action::Start { workflow_type }
             | Action::Signal { workflow_type, .. }
+            | Action::Update { workflow_type, .. }
             | Action::Cancel { workflow_type, .. }
             | Action::Terminate { workflow_type, .. }
             | Action::Read { workflow_type, .. }
@@ -98,6 +110,9 @@ impl Action<'_> {
             Action::Signal {
                 instance, signal, ..
             } => format!("send signal `{signal}` to instance `{instance}`"),
+            Action::Update {
+                instance, update, ..
+            } => format!("send update `{update}` to instance `{instance}`"),
             Action::Cancel { instance, .. } => format!("cancel instance `{instance}`"),
             Action::Terminate { instance, .. } => format!("terminate instance `{instance}`"),
             Action::Read { instance, .. } => format!("read instance `{instance}`"),
@@ -118,6 +133,8 @@ pub enum Verb {
     Start,
     /// [`Action::Signal`].
     Signal,
+    /// [`Action::Update`].
+    Update,
     /// [`Action::Cancel`].
     Cancel,
     /// [`Action::Terminate`].
@@ -132,9 +149,10 @@ pub enum Verb {
 
 impl Verb {
     /// Every verb.
-    pub const ALL: [Verb; 7] = [
+    pub const ALL: [Verb; 8] = [
         Verb::Start,
         Verb::Signal,
+        Verb::Update,
         Verb::Cancel,
         Verb::Terminate,
         Verb::Read,

@@ -91,6 +91,10 @@ pub struct ReceivedSignal {
     pub payload: Payload,
     /// Whether a recorded wait took it.
     pub delivered: bool,
+    /// Its dedupe key, if it was sent with one (an update's request always is).
+    pub key: Option<String>,
+    /// Who sent it, if the sender named an actor.
+    pub actor: Option<crate::task::Actor>,
 }
 
 fn corrupt(instance: &str, seq: u64, message: impl Into<String>) -> Error {
@@ -212,15 +216,19 @@ impl History {
                 });
                 self.cancel_delivered = true;
             }
-            EventKind::SignalReceived { name, payload } => {
-                self.signals.insert(
-                    seq,
-                    ReceivedSignal {
-                        name: name.clone(),
-                        payload: payload.clone(),
-                        delivered: false,
-                    },
-                );
+            EventKind::SignalReceived { .. } | EventKind::KeyedSignalReceived { .. } => {
+                if let Some((name, payload, key)) = record.kind.received_signal() {
+                    self.signals.insert(
+                        seq,
+                        ReceivedSignal {
+                            name: name.to_owned(),
+                            payload: payload.clone(),
+                            delivered: false,
+                            key: key.map(str::to_owned),
+                            actor: record.actor.clone(),
+                        },
+                    );
+                }
             }
             EventKind::StepAbandoned { step } => {
                 if !self.abandoned.insert(*step) {

@@ -78,11 +78,13 @@ const CAIRN_TABLES: [&str; 7] = [
 /// format 4 the human-task events (`TaskCreated`, `TaskChanged`, `TaskCompleted`) and the
 /// open-task index (`open_tasks`, `task_inbox`); format 5 the notification outbox
 /// (`outbox`, `outbox_due`); format 6 envelopes of version 2 (with the actor); format 7
-/// the `DocumentAttached` event and the `documents` table.
+/// the `DocumentAttached` event and the `documents` table; format 8 the events of keyed
+/// signals, update answers and published values (`KeyedSignalReceived`, `UpdateAnswered`,
+/// `StatePublished`), which only raises the marker so that older builds refuse the file.
 /// An older file is migrated by its first writable open (one transaction that builds the
 /// indexes from the rows and the logs of running instances, and raises the marker); a
 /// read-only open leaves it as it is and answers queries by scanning the rows.
-pub const STORAGE_FORMAT: u32 = 7;
+pub const STORAGE_FORMAT: u32 = 8;
 
 /// The first format with the query indexes.
 const INDEXED_FORMAT: u32 = 3;

@@ -632,14 +632,19 @@ impl WriterLoop {
             run: carried.run.saturating_add(1),
         };
         self.push_event(next, continued, now, batch, None)?;
-        for (name, payload) in carried.signals {
-            self.push_event(
-                next,
-                EventKind::SignalReceived { name, payload },
-                now,
-                batch,
-                None,
-            )?;
+        for signal in carried.signals {
+            let kind = match signal.key {
+                Some(key) => EventKind::KeyedSignalReceived {
+                    name: signal.name,
+                    payload: signal.payload,
+                    key,
+                },
+                None => EventKind::SignalReceived {
+                    name: signal.name,
+                    payload: signal.payload,
+                },
+            };
+            self.push_event(next, kind, now, batch, signal.actor)?;
         }
         if let Some(reason) = carried.cancel {
             self.push_event(
@@ -963,6 +968,7 @@ impl WriterLoop {
         };
         let position = kind.name();
         let report = reported(&kind);
+        let reported_actor = report.as_ref().and(actor.clone());
         let parking = match &kind {
             EventKind::WorkflowParked { code, reason } => Some(encode_parked(&ParkedRow {
                 code: code.clone(),
@@ -1108,6 +1114,7 @@ impl WriterLoop {
             seq,
             parent,
             kind: report,
+            actor: reported_actor,
         });
         Ok(Appended { seq })
     }

@@ -20,7 +20,7 @@ use cairn_core::journal::{
     verify_history, Attachment, Carried, CommitListener, Committed, Cursor, Expect, InstanceQuery,
     InstanceRow, InstanceStatus, Journal, StoredEvent,
 };
-use cairn_core::journal::{Delivery, DeliveryAttempt, TaskQuery};
+use cairn_core::journal::{CarriedSignal, Delivery, DeliveryAttempt, TaskQuery};
 use cairn_core::schedule::{Recurrence, ScheduleRow};
 use cairn_core::step::task;
 use cairn_core::task::{Actor, Candidates, EscalationAction, EscalationTier, TaskChange, TaskSpec};
@@ -373,7 +373,20 @@ pub async fn continue_as_new_hands_over_atomically(subject: &dyn Subject) {
     );
     let carried = Carried {
         expected_next_seq: 1,
-        signals: vec![("reading".into(), payload("42"))],
+        signals: vec![
+            CarriedSignal {
+                name: "reading".into(),
+                payload: payload("42"),
+                key: None,
+                actor: None,
+            },
+            CarriedSignal {
+                name: "correction".into(),
+                payload: payload("41"),
+                key: Some("c-1".into()),
+                actor: Some(Actor::new("meter-reader", ["field"])),
+            },
+        ],
         cancel: Some("stop".into()),
         run: 1,
     };
@@ -393,9 +406,19 @@ pub async fn continue_as_new_hands_over_atomically(subject: &dyn Subject) {
             "WorkflowStarted",
             "RunContinued",
             "SignalReceived",
+            "KeyedSignalReceived",
             "CancelRequested"
         ]
     );
+    // A carried signal keeps its key and its sender.
+    assert_eq!(
+        events[3].record.actor,
+        Some(Actor::new("meter-reader", ["field"]))
+    );
+    assert!(matches!(
+        &events[3].record.kind,
+        EventKind::KeyedSignalReceived { key, .. } if key == "c-1"
+    ));
     match &events[1].record.kind {
         EventKind::RunContinued { previous_run, run } => {
             assert_eq!((*previous_run, *run), (row.key, 2));

@@ -42,7 +42,7 @@ pub const HISTORY_EVENTS_MAX: usize = u8::MAX as usize;
 pub const WALK_STEPS_MAX: StepNo = 512;
 
 /// Number of event kinds [`synthetic_event`] builds, one per [`EventKind`] variant.
-pub const SYNTHETIC_KINDS: u8 = 29;
+pub const SYNTHETIC_KINDS: u8 = 32;
 
 /// Names made-up events and requests draw from: a few that real workflows use (so
 /// recorded steps and requests meet) and the empty string.
@@ -366,7 +366,7 @@ pub fn synthetic_event(kind: u8, step: StepNo, name: &str, extra: u8) -> EventKi
             topic: name,
             body: value,
         },
-        _ => EventKind::DocumentAttached {
+        28 => EventKind::DocumentAttached {
             document: cairn_core::document::DocumentVersion {
                 name,
                 version: u32::from(extra % 3),
@@ -377,6 +377,22 @@ pub fn synthetic_event(kind: u8, step: StepNo, name: &str, extra: u8) -> EventKi
                 task: (extra & 1 == 1).then_some(step),
             },
         },
+        29 => EventKind::KeyedSignalReceived {
+            name: name.clone(),
+            payload: value,
+            key: format!("{name}-{}", extra % 3),
+        },
+        30 => EventKind::UpdateAnswered {
+            step,
+            name: name.clone(),
+            key: format!("{name}-{}", extra % 3),
+            response: if extra & 1 == 0 {
+                Ok(value)
+            } else {
+                Err("refused".to_owned())
+            },
+        },
+        _ => EventKind::StatePublished { step, name, value },
     }
 }
 
@@ -413,6 +429,9 @@ pub fn synthetic_kind(kind: &EventKind) -> u8 {
         EventKind::TaskCompleted { .. } => 26,
         EventKind::Notified { .. } => 27,
         EventKind::DocumentAttached { .. } => 28,
+        EventKind::KeyedSignalReceived { .. } => 29,
+        EventKind::UpdateAnswered { .. } => 30,
+        EventKind::StatePublished { .. } => 31,
     }
 }
 

@@ -14,10 +14,12 @@
 //! reads a clock, a store or a task.
 
 pub mod activity;
+pub mod answer;
 pub mod attributes;
 pub mod child;
 pub mod notice;
 pub mod patch;
+pub mod publish;
 pub mod signal;
 pub mod task;
 pub mod timer;
@@ -48,6 +50,10 @@ pub enum StepKind {
     Task,
     /// A notification the workflow asked for, named by its topic; its body is its input.
     Notice,
+    /// The answer to an update, named by the update; its key and answer are its input.
+    Answer,
+    /// A value published for queries, named by the query; the value is its input.
+    Publish,
 }
 
 impl StepKind {
@@ -63,6 +69,8 @@ impl StepKind {
             StepKind::Child => "child",
             StepKind::Task => "task",
             StepKind::Notice => "notice",
+            StepKind::Answer => "answer",
+            StepKind::Publish => "publish",
         }
     }
 
@@ -138,6 +146,10 @@ pub enum RecordedOutcome {
     },
     /// The notification was recorded for delivery.
     Noticed,
+    /// The update's answer was recorded.
+    Answered,
+    /// The value was published.
+    Published,
     /// The step ended because cancellation was requested.
     Cancelled {
         /// The cancellation's reason.
@@ -216,6 +228,8 @@ pub(crate) fn route(event: &EventKind) -> Option<Route<'_>> {
         .or_else(|| child::route(event))
         .or_else(|| task::route(event))
         .or_else(|| notice::route(event))
+        .or_else(|| answer::route(event))
+        .or_else(|| publish::route(event))
 }
 
 /// Applies one routed event to its step by the step kind's machine. `delivered` is the
@@ -239,6 +253,8 @@ pub(crate) fn apply(
         StepKind::Child => child::apply(entry, event),
         StepKind::Task => task::apply(entry, event, recorded_at_ms),
         StepKind::Notice => notice::apply(entry, event),
+        StepKind::Answer => answer::apply(entry, event),
+        StepKind::Publish => publish::apply(entry, event),
     }
 }
 
