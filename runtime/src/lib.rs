@@ -21,6 +21,7 @@ mod context;
 mod documents;
 mod drive;
 mod engine;
+pub mod export;
 mod messages;
 pub mod notify;
 mod port;

@@ -127,6 +127,7 @@ pub mod audit {
     pub use cairn_runtime::event::{EventKind, EventRecord};
     pub use cairn_runtime::journal::{Journal, StoredEvent};
     pub use cairn_runtime::redb_journal::RedbJournal;
+    pub use cairn_runtime::export::{actor_json, event_json, hex, payload_json};
     pub use cairn_runtime::{Outcome, ReplayVerdict, Replayer, StoredVerdict};
 
     /// Opens the Cairn database at `path` for reading only, with no writer and no write
