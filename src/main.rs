@@ -8,9 +8,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use cairn::audit::event_json;
 use cairn::store::{verify_history, InstanceQuery, InstanceRow, Journal, RedbJournal, StoredEvent};
 use clap::{Parser, Subcommand};
-use cairn::audit::event_json;
 
 #[derive(Parser)]
 #[command(
@@ -162,4 +162,3 @@ async fn run(cli: Cli) -> Result<ExitCode, cairn::Error> {
     }
     Ok(ExitCode::SUCCESS)
 }
-

@@ -5,9 +5,10 @@
 use std::sync::atomic::Ordering;
 
 use crate::codec::Payload;
-use crate::engine::{Engine, InstanceInfo, StartOutcome};
+use crate::engine::{Engine, InstanceInfo, ListFilter, StartOutcome};
 use crate::error::{Error, Result};
 use crate::event::EventKind;
+use crate::journal::Cursor;
 use crate::journal::StoredEvent;
 use crate::policy::Action;
 use crate::task::Actor;
@@ -156,5 +157,29 @@ impl Engine {
                 workflow_type: &workflow_type,
             },
         )
+    }
+
+    /// [`Engine::list_page`] for `actor`: only the instances the policy lets them read
+    /// (a page may hold fewer rows than asked; continue from the cursor).
+    ///
+    /// # Errors
+    /// As [`Engine::list_page`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn list_page_as(
+        &self,
+        actor: &Actor,
+        filter: &ListFilter,
+        after: Option<Cursor>,
+    ) -> Result<(Vec<InstanceInfo>, Option<Cursor>)> {
+        self.list_page_where(filter, after, |info| {
+            let read = Action::Read {
+                instance: &info.id,
+                workflow_type: &info.workflow_type,
+            };
+            self.authorize(actor, &read).is_ok()
+        })
+        .await
     }
 }

@@ -36,7 +36,7 @@ use crate::sync::{lock, AtomicBool, AtomicU64, Mutex, Notify};
 use crate::task::Actor;
 use crate::timers::TimerIndex;
 use cairn_core::journal::{
-    verify_history, Attachment, Carried, CarriedSignal, CommitListener, Committed, Expect,
+    verify_history, Attachment, Carried, CarriedSignal, CommitListener, Committed, Cursor, Expect,
     InstanceQuery, Journal,
 };
 
@@ -465,6 +465,11 @@ impl Engine {
     /// many instances), for monitoring and benchmarks.
     pub fn commits(&self) -> u64 {
         self.shared.journal.commits()
+    }
+
+    /// Whether [`Engine::shutdown`] has begun: nothing more is accepted.
+    pub fn is_shut_down(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
     }
 
     /// Number of runs replayed from a stored history since the engine opened (start-up
@@ -1072,13 +1077,67 @@ impl Engine {
         self.info(row).await
     }
 
-    /// Instances matching `filter`, oldest first.
+    /// One page of the instances matching `filter`, oldest first, after `after` (a
+    /// cursor from the previous page), at most `filter.limit` of them (100 if unset, at
+    /// most [`crate::journal::PAGE_ROWS_MAX`]); the cursor to continue from, `None` at the end.
     ///
     /// # Errors
     /// Storage errors or a corrupt index row.
     ///
     /// Reads the instance index and the attribute index; no history is read or replayed.
-    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<InstanceInfo>> {
+    pub async fn list_page(
+        &self,
+        filter: &ListFilter,
+        after: Option<Cursor>,
+    ) -> Result<(Vec<InstanceInfo>, Option<Cursor>)> {
+        self.list_page_where(filter, after, |_| true).await
+    }
+
+    /// [`Engine::list_page`], keeping only the instances `keep` accepts (a page may then
+    /// hold fewer rows; the cursor still moves past what was read).
+    pub(crate) async fn list_page_where(
+        &self,
+        filter: &ListFilter,
+        after: Option<Cursor>,
+        mut keep: impl FnMut(&InstanceInfo) -> bool,
+    ) -> Result<(Vec<InstanceInfo>, Option<Cursor>)> {
+        let limit = filter
+            .limit
+            .unwrap_or(100)
+            .clamp(1, crate::journal::PAGE_ROWS_MAX);
+        let mut query = self.instance_query(filter);
+        query.after = after;
+        query.limit = limit;
+        let mut out = Vec::new();
+        loop {
+            let page = self.shared.journal.query(&query).await?;
+            let mut last = None;
+            for row in page.rows {
+                let cursor = Cursor::after(&row);
+                let info = self.info(row).await?;
+                let status_matches =
+                    filter.statuses.is_empty() || filter.statuses.contains(&info.status.kind());
+                if status_matches && keep(&info) {
+                    out.push(info);
+                }
+                last = Some(cursor);
+                if out.len() >= limit {
+                    // More may follow: the caller asks again from here.
+                    return Ok((out, last));
+                }
+            }
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => return Ok((out, None)),
+            }
+            // Bounded work per page: a filter that keeps little ends the page early.
+            if out.is_empty() && last.is_some() {
+                return Ok((out, last));
+            }
+        }
+    }
+
+    fn instance_query(&self, filter: &ListFilter) -> InstanceQuery {
         // Parked is derived (a running row with a recorded reason): the journal is asked
         // for running rows and the status is checked here.
         let statuses = filter
@@ -1097,7 +1156,7 @@ impl Engine {
                 }
                 all
             });
-        let mut query = InstanceQuery {
+        InstanceQuery {
             workflow_type: filter.workflow_type.clone(),
             statuses,
             created_from_ms: filter.created_from_ms,
@@ -1105,7 +1164,17 @@ impl Engine {
             attributes: filter.attributes.clone(),
             after: None,
             limit: 0,
-        };
+        }
+    }
+
+    /// Instances matching `filter`, oldest first.
+    ///
+    /// # Errors
+    /// Storage errors or a corrupt index row.
+    ///
+    /// Reads the instance index and the attribute index; no history is read or replayed.
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<InstanceInfo>> {
+        let mut query = self.instance_query(filter);
         let limit = filter.limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
         loop {

@@ -42,6 +42,8 @@ mod messages;
 pub mod notify;
 mod runtime;
 mod saga;
+#[cfg(feature = "server")]
+pub mod server;
 mod signal;
 mod task;
 
@@ -94,7 +96,7 @@ pub mod document {
 /// Who may do what: the [`policy::Policy`] a runtime checks every call made through
 /// [`Runtime::acting_as`] against, and role-based rules ([`policy::Roles`]).
 pub mod policy {
-    pub use cairn_runtime::policy::{Action, AllowAll, Policy, Roles, Verb};
+    pub use cairn_runtime::policy::{Action, AllowAll, Policy, Roles, Verb, ANYONE};
 }
 
 /// Storage: the journal boundary every store implements ([`store::Journal`]), and the
@@ -125,9 +127,9 @@ pub mod host {
 /// each history as a step-by-step diff.
 pub mod audit {
     pub use cairn_runtime::event::{EventKind, EventRecord};
+    pub use cairn_runtime::export::{actor_json, event_json, hex, payload_json};
     pub use cairn_runtime::journal::{Journal, StoredEvent};
     pub use cairn_runtime::redb_journal::RedbJournal;
-    pub use cairn_runtime::export::{actor_json, event_json, hex, payload_json};
     pub use cairn_runtime::{Outcome, ReplayVerdict, Replayer, StoredVerdict};
 
     /// Opens the Cairn database at `path` for reading only, with no writer and no write

@@ -22,6 +22,8 @@ pub struct RuntimeBuilder {
     inner: EngineBuilder,
     error: Option<Error>,
     signals: Declared,
+    updates: Declared,
+    inputs: Declared,
 }
 
 fn factory<W: Workflow>() -> WorkflowFactory {
@@ -59,7 +61,15 @@ impl RuntimeBuilder {
     /// against its type before anything is recorded. Typed sends ([`Runtime::send`]) need
     /// no declaration.
     pub fn signal<T: crate::Payload>(mut self, signal: crate::Signal<T>) -> Self {
-        if let Err(err) = self.signals.add(signal) {
+        let declared = if self.updates.contains(signal.name()) {
+            Err(Error::InvalidArgument(format!(
+                "`{}` is declared as an update and as a signal; give the signal its own name",
+                signal.name()
+            )))
+        } else {
+            self.signals.add(signal)
+        };
+        if let Err(err) = declared {
             self.error.get_or_insert(err);
         }
         self
@@ -67,7 +77,34 @@ impl RuntimeBuilder {
 
     /// Hosts workflow type `W` (pass the function marked `#[workflow]`).
     pub fn workflow<W: Workflow>(mut self, _workflow: W) -> Self {
-        if let Err(err) = self.inner.register(W::NAME, factory::<W>()) {
+        let registered = self
+            .inner
+            .register(W::NAME, factory::<W>())
+            .map(|_| ())
+            .and_then(|()| self.inputs.add_named::<W::Input>("workflow", W::NAME));
+        if let Err(err) = registered {
+            self.error.get_or_insert(err);
+        }
+        self
+    }
+
+    /// Declares `update`, so that it is accepted as JSON (over HTTP), its input checked
+    /// against its type before anything is recorded. Typed calls ([`Runtime::update`])
+    /// need no declaration. An update's name is a signal name: declaring a signal of the
+    /// same name is refused when the runtime opens.
+    pub fn update<I: crate::Payload, O: crate::Payload>(
+        mut self,
+        update: crate::Update<I, O>,
+    ) -> Self {
+        let declared = if self.signals.contains(update.name()) {
+            Err(Error::InvalidArgument(format!(
+                "`{}` is declared as a signal and as an update; give the update its own name",
+                update.name()
+            )))
+        } else {
+            self.updates.add_named::<I>("update", update.name())
+        };
+        if let Err(err) = declared {
             self.error.get_or_insert(err);
         }
         self
@@ -168,6 +205,8 @@ impl RuntimeBuilder {
         Ok(Runtime {
             engine: self.inner.open(path).await?,
             signals: self.signals,
+            updates: self.updates,
+            inputs: self.inputs,
         })
     }
 
@@ -208,6 +247,8 @@ impl RuntimeBuilder {
         Ok(Runtime {
             engine: self.inner.open_journal(journal).await?,
             signals: self.signals,
+            updates: self.updates,
+            inputs: self.inputs,
         })
     }
 }
@@ -218,6 +259,8 @@ impl RuntimeBuilder {
 pub struct Runtime {
     engine: Engine,
     signals: Declared,
+    updates: Declared,
+    inputs: Declared,
 }
 
 impl Runtime {
@@ -233,6 +276,14 @@ impl Runtime {
 
     pub(crate) fn signals(&self) -> &Declared {
         &self.signals
+    }
+
+    pub(crate) fn updates(&self) -> &Declared {
+        &self.updates
+    }
+
+    pub(crate) fn inputs(&self) -> &Declared {
+        &self.inputs
     }
 
     /// Starts instance `id` of workflow `W`. If `id` already exists, returns a handle to

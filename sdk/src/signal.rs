@@ -79,12 +79,21 @@ impl std::fmt::Debug for Declared {
 impl Declared {
     /// Declares `signal`; a second declaration of its name must have the same type.
     pub(crate) fn add<T: Payload>(&mut self, signal: Signal<T>) -> Result<(), Error> {
+        self.add_named::<T>("signal", signal.name)
+    }
+
+    /// Declares `what` (a signal, an update, a workflow's input) called `name` with body
+    /// type `T`; a second declaration of the name must have the same type.
+    pub(crate) fn add_named<T: Payload>(
+        &mut self,
+        what: &str,
+        name: &'static str,
+    ) -> Result<(), Error> {
         let type_name = std::any::type_name::<T>();
-        if let Some((existing, _)) = self.0.get(signal.name) {
+        if let Some((existing, _)) = self.0.get(name) {
             if *existing != type_name {
                 return Err(Error::InvalidArgument(format!(
-                    "signal `{}` is declared twice, with bodies `{existing}` and `{type_name}`; give each its own name",
-                    signal.name
+                    "{what} `{name}` is declared twice, with bodies `{existing}` and `{type_name}`; give each its own name"
                 )));
             }
             return Ok(());
@@ -93,8 +102,35 @@ impl Declared {
             let body: T = serde_json::from_value(json).map_err(|err| err.to_string())?;
             encode(codec, &body).map_err(|err| err.to_string())
         });
-        Arc::make_mut(&mut self.0).insert(signal.name, (type_name, check));
+        Arc::make_mut(&mut self.0).insert(name, (type_name, check));
         Ok(())
+    }
+}
+
+impl Declared {
+    /// The recorded payload of `what` `name` with JSON `body`, or why not.
+    pub(crate) fn check(
+        &self,
+        codec: &dyn Codec,
+        what: &str,
+        name: &str,
+        body: serde_json::Value,
+    ) -> Result<Bytes, Error> {
+        let Some((type_name, check)) = self.0.get(name) else {
+            return Err(Error::InvalidArgument(format!(
+                "no {what} `{name}` is declared on this runtime; declare it with `RuntimeBuilder::{what}`"
+            )));
+        };
+        check(codec, body).map_err(|err| {
+            Error::InvalidArgument(format!(
+                "the body of {what} `{name}` does not decode as `{type_name}`: {err}; nothing was recorded"
+            ))
+        })
+    }
+
+    /// Whether `name` is declared.
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.0.contains_key(name)
     }
 }
 
@@ -226,15 +262,7 @@ impl Runtime {
         name: &str,
         body: serde_json::Value,
     ) -> Result<Bytes, Error> {
-        let Some((type_name, check)) = self.signals().0.get(name) else {
-            return Err(Error::InvalidArgument(format!(
-                "no signal `{name}` is declared on this runtime; declare it with `RuntimeBuilder::signal`"
-            )));
-        };
-        check(self.engine().codec(), body).map_err(|err| {
-            Error::InvalidArgument(format!(
-                "the body of signal `{name}` does not decode as `{type_name}`: {err}; nothing was recorded"
-            ))
-        })
+        self.signals()
+            .check(self.engine().codec(), "signal", name, body)
     }
 }

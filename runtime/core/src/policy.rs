@@ -161,6 +161,9 @@ impl Verb {
     ];
 }
 
+/// The role every actor holds in [`Roles`] rules ([`Roles::allow_anyone`]).
+pub const ANYONE: &str = "*";
+
 /// Decides what actors may do.
 pub trait Policy: Send + Sync + 'static {
     /// Allows `action` for `actor`, or says why not.
@@ -239,6 +242,13 @@ impl Roles {
         self
     }
 
+    /// Allows `verb` on instances of every type to every actor (the role `*`): for task
+    /// actions, whose own rules then decide (only a candidate claims, only the holder
+    /// completes).
+    pub fn allow_anyone(self, verb: Verb) -> Self {
+        self.allow_any_type(verb, [ANYONE])
+    }
+
     /// Allows holders of `role` everything.
     pub fn admin(mut self, role: impl Into<String>) -> Self {
         self.admins.push(role.into());
@@ -265,7 +275,10 @@ impl Policy for Roles {
             return Err(format!("nobody may {}", action.describe()));
         }
         let allowed: Vec<&String> = allowed.collect();
-        if allowed.iter().any(|role| actor.has_role(role)) {
+        if allowed
+            .iter()
+            .any(|role| role.as_str() == ANYONE || actor.has_role(role))
+        {
             return Ok(());
         }
         let mut names: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();

@@ -1,0 +1,275 @@
+//! Cairn's HTTP API, served in-process by the host that owns the database: JSON over
+//! HTTP (axum), bearer tokens mapped to actors, every call checked by the runtime's
+//! policy and recorded with its actor, and an OpenAPI document generated from the same
+//! route list the router is built from (served at [`OPENAPI_PATH`]).
+//!
+//! Users reach it through `cairn` (feature `server`): `Runtime::http_server(tokens)`.
+//! This crate works on the untyped [`Engine`]; the typed SDK hands it a [`Catalog`] that
+//! checks JSON bodies against the declared Rust types before anything is recorded.
+//!
+//! Refusals are JSON `{ "code", "message" }` with a 4xx status: no token (401), the
+//! policy's denial (403), unknown ids (404), a closed task or ended instance (409), bad
+//! JSON (400), a body over [`BODY_BYTES_MAX`] (413), a body that is not JSON (415), a
+//! body that does not fit the type (422). Only a store failure is a 5xx.
+
+#![deny(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use cairn_runtime::codec::Payload;
+use cairn_runtime::{Engine, Error};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+mod api;
+mod auth;
+mod error;
+
+pub use api::IDEMPOTENCY_KEY;
+pub use auth::{Tokens, TOKEN_BYTES_MIN};
+pub use error::{ApiError, ErrorBody};
+
+/// Largest request body accepted, in bytes; a larger one is refused with 413 before it
+/// is read to the end.
+pub const BODY_BYTES_MAX: usize = 1024 * 1024;
+
+/// Where the OpenAPI document is served.
+pub const OPENAPI_PATH: &str = "/openapi.json";
+
+/// What the typed side of a host declares, for JSON arriving over HTTP: each check turns
+/// a JSON body into the payload the workflow will decode, or says why it cannot,
+/// **before** anything is recorded.
+pub trait Catalog: Send + Sync + 'static {
+    /// The recorded input of a start of `workflow_type` from JSON `input`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownWorkflowType`], or [`Error::InvalidArgument`] naming the problem.
+    fn workflow_input(
+        &self,
+        workflow_type: &str,
+        input: serde_json::Value,
+    ) -> Result<Payload, Error>;
+
+    /// The recorded body of signal `name` from JSON `body`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an undeclared signal or a body that does not decode.
+    fn signal_body(&self, name: &str, body: serde_json::Value) -> Result<Payload, Error>;
+
+    /// The recorded input of update `name` from JSON `body`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an undeclared update or an input that does not decode.
+    fn update_body(&self, name: &str, body: serde_json::Value) -> Result<Payload, Error>;
+}
+
+pub(crate) struct AppState {
+    pub(crate) engine: Engine,
+    pub(crate) catalog: Arc<dyn Catalog>,
+    pub(crate) tokens: Tokens,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Cairn HTTP API",
+        description = "Durable workflows: instances, their histories, signals, updates, queries and human tasks. Every route but health, readiness and this document needs `authorization: Bearer <token>`; errors are `{code, message}`.",
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "health", description = "Liveness, readiness, the caller"),
+        (name = "instances", description = "Workflow instances"),
+        (name = "tasks", description = "Human tasks"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The HTTP API of one runtime.
+///
+/// ```no_run
+/// # async fn run(engine: cairn_runtime::Engine, catalog: std::sync::Arc<dyn cairn_server::Catalog>) -> std::io::Result<()> {
+/// use cairn_runtime::task::Actor;
+/// use cairn_server::{Server, Tokens};
+///
+/// let mut tokens = Tokens::new();
+/// let token = tokens.generate(Actor::new("olga", ["operator"]));
+/// let running = Server::new(engine, catalog, tokens)
+///     .bind("127.0.0.1:0".parse().unwrap())
+///     .await?;
+/// println!("http://{} (token {token})", running.addr());
+/// running.stop().await;
+/// # Ok(()) }
+/// ```
+pub struct Server {
+    state: Arc<AppState>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("tokens", &self.state.tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// The API of `engine`, checking JSON bodies with `catalog` and accepting `tokens`.
+    pub fn new(engine: Engine, catalog: Arc<dyn Catalog>, tokens: Tokens) -> Self {
+        Self {
+            state: Arc::new(AppState {
+                engine,
+                catalog,
+                tokens,
+            }),
+        }
+    }
+
+    fn parts(&self) -> (axum::Router, utoipa::openapi::OpenApi) {
+        let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+            .routes(routes!(api::health))
+            .routes(routes!(api::ready))
+            .routes(routes!(api::me))
+            .routes(routes!(api::list_instances, api::start_instance))
+            .routes(routes!(api::get_instance))
+            .routes(routes!(api::get_history))
+            .routes(routes!(api::send_signal))
+            .routes(routes!(api::send_update))
+            .routes(routes!(api::read_query))
+            .routes(routes!(api::cancel_instance))
+            .routes(routes!(api::terminate_instance))
+            .routes(routes!(api::inbox))
+            .routes(routes!(api::get_task))
+            .routes(routes!(api::claim_task))
+            .routes(routes!(api::release_task))
+            .routes(routes!(api::delegate_task))
+            .routes(routes!(api::comment_task))
+            .routes(routes!(api::complete_task))
+            .with_state(self.state.clone())
+            .split_for_parts();
+        (router, doc)
+    }
+
+    /// The OpenAPI document of this API (OpenAPI 3.1), as served at [`OPENAPI_PATH`].
+    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
+        self.parts().1
+    }
+
+    /// The routes, to serve or to nest in a host's own router.
+    pub fn router(&self) -> axum::Router {
+        let (router, doc) = self.parts();
+        let doc = Arc::new(doc);
+        router
+            .route(
+                OPENAPI_PATH,
+                axum::routing::get(move || {
+                    let doc = doc.clone();
+                    async move { axum::Json(doc.as_ref().clone()) }
+                }),
+            )
+            .fallback(api::no_route)
+            .method_not_allowed_fallback(api::no_method)
+            .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+    }
+
+    /// Serves the API on `addr` until [`Running::stop`]. Bind to `127.0.0.1` unless the
+    /// host sits behind a proxy that terminates TLS.
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub async fn bind(self, addr: SocketAddr) -> std::io::Result<Running> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let router = self.router();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        tracing::info!(%addr, "HTTP API listening");
+        Ok(Running {
+            addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+}
+
+/// A server that is listening.
+#[derive(Debug)]
+pub struct Running {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Where it listens (the port the OS chose for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections and waits for the requests in progress.
+    ///
+    /// # Cancel safety
+    /// Dropping it stops the server all the same; only the wait is given up.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(error = %err, "the HTTP server stopped with an error"),
+            Err(err) => tracing::error!(error = %err, "the HTTP server task failed"),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_but_the_public_ones_asks_for_a_bearer_token() {
+        let (_, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+            .routes(routes!(api::health))
+            .routes(routes!(api::me))
+            .split_for_parts();
+        let doc = serde_json::to_value(&doc).unwrap_or_default();
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        assert!(doc["paths"]["/api/v1/health"]["get"]["security"].is_null());
+        assert_eq!(
+            doc["paths"]["/api/v1/me"]["get"]["security"][0]["bearer"],
+            serde_json::json!([])
+        );
+    }
+}

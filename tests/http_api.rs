@@ -1,0 +1,999 @@
+//! The HTTP API, over real HTTP on 127.0.0.1:
+//! - every operation of the served OpenAPI document is called, and answers with a status
+//!   the document lists and a body that validates against the schema it gives;
+//! - the authentication matrix of every write: no token 401, a role the policy refuses
+//!   403, the right role 2xx, and a refused write changes no history;
+//! - hostile input (malformed JSON, a body over the limit, deep nesting, bad UTF-8,
+//!   unknown fields, the wrong content type, path traversal in ids, unknown routes and
+//!   methods, bad cursors) gets a 4xx with a JSON error code, never a 5xx;
+//! - a whole case through the API: start, signal once under a key, update, query, a
+//!   task claimed and completed through its schema, a history naming who did what.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn::policy::{Roles, Verb};
+use cairn::server::{Running, Tokens};
+use cairn::{workflow, Actor, Ctx, Query, Runtime, Signal, TaskKind, Update, WorkflowError};
+use futures::future::Either;
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+struct Claim {
+    customer: String,
+    amount: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+struct Verdict {
+    approve: bool,
+    note: String,
+}
+
+const REVIEW: TaskKind<Claim, Verdict> = TaskKind::new("review");
+const NOTE: Signal<String> = Signal::new("note");
+const AMOUNT: Update<u64, u64> = Update::new("change_amount");
+const STATE: Query<String> = Query::new("state");
+
+/// A claims desk: takes notes and amount changes until told to review or close.
+#[workflow]
+async fn desk(ctx: Ctx, claim: Claim) -> Result<String, WorkflowError> {
+    let mut claim = claim;
+    ctx.publish(STATE, &format!("open for {}", claim.customer))
+        .await;
+    loop {
+        let change = Box::pin(ctx.update(AMOUNT));
+        let note = Box::pin(ctx.receive(NOTE));
+        match futures::future::select(change, note).await {
+            Either::Left((request, _)) => {
+                let request = request?;
+                let amount = *request.input();
+                if amount == 0 {
+                    request.reject(&ctx, "an amount must be positive").await;
+                } else {
+                    claim.amount = amount;
+                    request.accept(&ctx, &amount).await;
+                }
+            }
+            Either::Right((note, _)) => match note?.as_str() {
+                "review" => {
+                    let task = REVIEW
+                        .task(claim.clone())
+                        .title(format!("Review the claim of {}", claim.customer))
+                        .roles(["l1"]);
+                    let decided = ctx.human_task(task).await?;
+                    let state = format!(
+                        "{} by {}: {}",
+                        if decided.decision.approve {
+                            "approved"
+                        } else {
+                            "refused"
+                        },
+                        decided.by.id,
+                        decided.decision.note
+                    );
+                    ctx.publish(STATE, &state).await;
+                    return Ok(state);
+                }
+                "close" => return Ok("closed".into()),
+                other => ctx.publish(STATE, &other.to_owned()).await,
+            },
+        }
+    }
+}
+
+struct Host {
+    rt: Runtime,
+    running: Option<Running>,
+    base: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+const ADMIN: &str = "admin-token-0123456789";
+const OPERATOR: &str = "operator-token-0123456789";
+const AUDITOR: &str = "auditor-token-0123456789";
+const CLERK: &str = "clerk-token-0123456789";
+const OUTSIDER: &str = "outsider-token-0123456789";
+
+async fn host() -> Host {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Roles::new()
+        .admin("admin")
+        .allow_any_type(Verb::Start, ["operator"])
+        .allow_any_type(Verb::Signal, ["operator"])
+        .allow_any_type(Verb::Update, ["operator"])
+        .allow_any_type(Verb::Cancel, ["operator"])
+        .allow_any_type(Verb::Terminate, ["operator"])
+        .allow_any_type(Verb::Read, ["operator", "auditor"])
+        .allow_anyone(Verb::Task);
+    let rt = Runtime::builder()
+        .workflow(desk)
+        .signal(NOTE)
+        .update(AMOUNT)
+        .policy(Arc::new(policy))
+        .open(dir.path().join("api.redb"))
+        .await
+        .unwrap();
+    let mut tokens = Tokens::new();
+    tokens.add(ADMIN, Actor::new("ada", ["admin"])).unwrap();
+    tokens
+        .add(OPERATOR, Actor::new("olga", ["operator"]))
+        .unwrap();
+    tokens
+        .add(AUDITOR, Actor::new("audrey", ["auditor"]))
+        .unwrap();
+    tokens.add(CLERK, Actor::new("cleo", ["l1"])).unwrap();
+    tokens
+        .add(OUTSIDER, Actor::new("mallory", ["visitor"]))
+        .unwrap();
+    let running = rt
+        .http_server(tokens)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", running.addr());
+    Host {
+        rt,
+        running: Some(running),
+        base,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+impl Host {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&body).unwrap());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap();
+        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            panic!(
+                "{path}: not JSON ({status}): {:?}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        (status, value)
+    }
+
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(ADMIN)
+            .body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, value)
+    }
+
+    async fn start(&self, id: &str) {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/api/v1/instances",
+                Some(OPERATOR),
+                Some(json!({
+                    "workflow_type": "desk",
+                    "id": id,
+                    "input": { "customer": "Ada", "amount": 120 }
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    /// Waits until `id`'s published state is `state`.
+    async fn wait_state(&self, id: &str, state: &str) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while self.rt.query(id, STATE).await.unwrap().as_deref() != Some(state) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{id} never reached {state:?}"));
+    }
+
+    /// The open task of `id`, as `instance/step`.
+    async fn task_of(&self, id: &str) -> String {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let (_, page) = self
+                    .call(Method::GET, "/api/v1/tasks", Some(CLERK), None)
+                    .await;
+                if let Some(task) = page["tasks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|t| t["instance"] == id)
+                {
+                    return task["id"].as_str().unwrap().to_owned();
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+        self.rt.shutdown().await;
+    }
+}
+
+/// Resolves `#/components/schemas/..` references against the document.
+fn validator(doc: &Value, schema: &Value) -> jsonschema::Validator {
+    let mut root = schema.clone();
+    if let Value::Object(map) = &mut root {
+        map.insert("components".into(), doc["components"].clone());
+    }
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(&root)
+        .unwrap_or_else(|err| panic!("schema {schema} does not compile: {err}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_operation_answers_as_the_document_says() {
+    let host = host().await;
+    // The document is public.
+    let (status, doc) = host.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"].as_str().unwrap().get(..2), Some("3."));
+
+    host.start("doc-1").await;
+    host.wait_state("doc-1", "open for Ada").await;
+    host.start("doc-2").await;
+    host.wait_state("doc-2", "open for Ada").await;
+    host.call(
+        Method::POST,
+        "/api/v1/instances/doc-2/signals/note",
+        Some(OPERATOR),
+        Some(json!("review")),
+    )
+    .await;
+    let task = host.task_of("doc-2").await;
+    let (instance, step) = task.split_once('/').unwrap();
+
+    // What the test sends to each operation: its path and body. An operation the
+    // document lists and the test does not know fails the test.
+    let mut seen = BTreeSet::new();
+    let paths = doc["paths"].as_object().unwrap();
+    let mut calls = 0;
+    for (template, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            let id = operation["operationId"].as_str().unwrap().to_owned();
+            let (path, body, token): (String, Option<Value>, Option<&str>) = match id.as_str() {
+                "health" | "ready" => (template.clone(), None, None),
+                "me" | "list_instances" | "inbox" => (template.clone(), None, Some(CLERK)),
+                "start_instance" => (
+                    template.clone(),
+                    Some(
+                        json!({ "workflow_type": "desk", "id": "doc-3", "input": { "customer": "Bo", "amount": 5 } }),
+                    ),
+                    Some(OPERATOR),
+                ),
+                "get_instance" | "get_history" => {
+                    (template.replace("{id}", "doc-1"), None, Some(AUDITOR))
+                }
+                "send_signal" => (
+                    template.replace("{id}", "doc-1").replace("{name}", "note"),
+                    Some(json!("a note")),
+                    Some(OPERATOR),
+                ),
+                "send_update" => (
+                    template
+                        .replace("{id}", "doc-1")
+                        .replace("{name}", "change_amount"),
+                    Some(json!(300)),
+                    Some(OPERATOR),
+                ),
+                "read_query" => (
+                    template.replace("{id}", "doc-1").replace("{name}", "state"),
+                    None,
+                    Some(AUDITOR),
+                ),
+                "cancel_instance" | "terminate_instance" => (
+                    template.replace("{id}", "doc-3"),
+                    Some(json!({ "reason": "documented" })),
+                    Some(OPERATOR),
+                ),
+                "get_task" | "claim_task" | "release_task" | "comment_task" => (
+                    template
+                        .replace("{instance}", instance)
+                        .replace("{step}", step),
+                    (id == "comment_task").then(|| json!({ "text": "looking" })),
+                    Some(CLERK),
+                ),
+                "delegate_task" => (
+                    template
+                        .replace("{instance}", instance)
+                        .replace("{step}", step),
+                    Some(json!({ "to": "cleo" })),
+                    Some(CLERK),
+                ),
+                "complete_task" => (
+                    template
+                        .replace("{instance}", instance)
+                        .replace("{step}", step),
+                    Some(json!({ "decision": { "approve": true, "note": "fine" } })),
+                    Some(CLERK),
+                ),
+                other => panic!("the document lists `{other}`, which this test does not call"),
+            };
+            seen.insert(id.clone());
+            let public = matches!(id.as_str(), "health" | "ready");
+            assert_eq!(
+                operation["security"][0]["bearer"].is_array(),
+                !public,
+                "{id}: bearer security is documented exactly on the non-public routes"
+            );
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let (status, answer) = host.call(method, &path, token, body).await;
+            calls += 1;
+            let documented = &operation["responses"][status.as_str()];
+            assert!(
+                documented.is_object(),
+                "{id}: status {status} is not documented: {answer}"
+            );
+            if let Some(schema) = documented.pointer("/content/application~1json/schema") {
+                let validator = validator(&doc, schema);
+                let problems: Vec<String> = validator
+                    .iter_errors(&answer)
+                    .map(|e| e.to_string())
+                    .collect();
+                assert!(
+                    problems.is_empty(),
+                    "{id}: the {status} body does not match the document: {problems:?}\n{answer}"
+                );
+            }
+        }
+    }
+    assert!(calls >= 18, "only {calls} operations documented");
+    assert!(seen.contains("complete_task") && seen.contains("list_instances"));
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_needs_a_token_and_the_right_role_and_a_refusal_writes_nothing() {
+    let host = host().await;
+    host.start("auth-1").await;
+    host.wait_state("auth-1", "open for Ada").await;
+    let writes: Vec<(&str, String, Value)> = vec![
+        (
+            "start",
+            "/api/v1/instances".into(),
+            json!({ "workflow_type": "desk", "id": "auth-2", "input": { "customer": "x", "amount": 1 } }),
+        ),
+        (
+            "signal",
+            "/api/v1/instances/auth-1/signals/note".into(),
+            json!("hello"),
+        ),
+        (
+            "cancel",
+            "/api/v1/instances/auth-1/cancel".into(),
+            json!({ "reason": "r" }),
+        ),
+        (
+            "terminate",
+            "/api/v1/instances/auth-1/terminate".into(),
+            json!({ "reason": "r" }),
+        ),
+        (
+            "update",
+            "/api/v1/instances/auth-1/updates/change_amount".into(),
+            json!(0),
+        ),
+    ];
+    let before = host.rt.history("auth-1").await.unwrap().len();
+    for (what, path, body) in &writes {
+        let (status, answer) = host
+            .call(Method::POST, path, None, Some(body.clone()))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{what} without a token: {answer}"
+        );
+        assert_eq!(answer["code"], "unauthenticated");
+        let (status, answer) = host
+            .call(
+                Method::POST,
+                path,
+                Some("not-a-token-at-all-000"),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{what} with an unknown token: {answer}"
+        );
+        for token in [OUTSIDER, AUDITOR, CLERK] {
+            let (status, answer) = host
+                .call(Method::POST, path, Some(token), Some(body.clone()))
+                .await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{what} as {token}: {answer}");
+            assert_eq!(answer["code"], "CAIRN-E0023");
+        }
+    }
+    assert_eq!(host.rt.history("auth-1").await.unwrap().len(), before);
+    assert!(matches!(
+        host.rt.status("auth-2").await.unwrap_err().code(),
+        "CAIRN-E0007"
+    ));
+    // Reads: the outsider reads nothing, the auditor reads all.
+    let (status, _) = host
+        .call(
+            Method::GET,
+            "/api/v1/instances/auth-1",
+            Some(OUTSIDER),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, page) = host
+        .call(Method::GET, "/api/v1/instances", Some(OUTSIDER), None)
+        .await;
+    assert_eq!(page["instances"], json!([]));
+    let (_, page) = host
+        .call(Method::GET, "/api/v1/instances", Some(AUDITOR), None)
+        .await;
+    assert_eq!(page["instances"][0]["id"], "auth-1");
+    // The right roles: each write goes through (in an order the workflow allows).
+    let (status, answer) = host
+        .call(Method::POST, &writes[4].1, Some(OPERATOR), Some(json!(0)))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["accepted"], false);
+    assert_eq!(answer["reason"], "an amount must be positive");
+    for (what, path, body) in &writes[..4] {
+        let token = if *what == "terminate" {
+            ADMIN
+        } else {
+            OPERATOR
+        };
+        let (status, answer) = host
+            .call(Method::POST, path, Some(token), Some(body.clone()))
+            .await;
+        assert!(status.is_success(), "{what}: {status} {answer}");
+    }
+    let history = host.rt.history("auth-1").await.unwrap();
+    let actors: BTreeSet<String> = history
+        .iter()
+        .filter_map(|e| e.record.actor.as_ref().map(|a| a.id.clone()))
+        .collect();
+    assert!(
+        actors.contains("olga") && actors.contains("ada"),
+        "{actors:?}"
+    );
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_gets_a_4xx_with_a_code_and_never_a_5xx() {
+    let host = host().await;
+    host.start("h-1").await;
+    host.wait_state("h-1", "open for Ada").await;
+    let signal = "/api/v1/instances/h-1/signals/note";
+    let json = Some("application/json");
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    // What, method, path, content type, body, expected status and code.
+    type Case<'a> = (
+        &'a str,
+        Method,
+        String,
+        Option<&'a str>,
+        Vec<u8>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "malformed JSON",
+            Method::POST,
+            signal.into(),
+            json,
+            b"{\"a\":".to_vec(),
+            400,
+            "bad_json",
+        ),
+        (
+            "a body over the limit",
+            Method::POST,
+            signal.into(),
+            json,
+            vec![b' '; 2 * 1024 * 1024],
+            413,
+            "body_too_large",
+        ),
+        (
+            "deep nesting",
+            Method::POST,
+            signal.into(),
+            json,
+            deep.into_bytes(),
+            400,
+            "bad_json",
+        ),
+        (
+            "bad UTF-8",
+            Method::POST,
+            signal.into(),
+            json,
+            b"\"\xff\xfe\"".to_vec(),
+            400,
+            "bad_json",
+        ),
+        (
+            "no content type",
+            Method::POST,
+            signal.into(),
+            None,
+            b"\"x\"".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "a text content type",
+            Method::POST,
+            signal.into(),
+            Some("text/plain"),
+            b"\"x\"".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "a body of the wrong type",
+            Method::POST,
+            signal.into(),
+            json,
+            b"42".to_vec(),
+            422,
+            "CAIRN-E0014",
+        ),
+        (
+            "an undeclared signal",
+            Method::POST,
+            "/api/v1/instances/h-1/signals/nope".into(),
+            json,
+            b"\"x\"".to_vec(),
+            422,
+            "CAIRN-E0014",
+        ),
+        (
+            "unknown fields",
+            Method::POST,
+            "/api/v1/instances/h-1/cancel".into(),
+            json,
+            br#"{"reason":"r","extra":1}"#.to_vec(),
+            422,
+            "invalid_body",
+        ),
+        (
+            "a missing field",
+            Method::POST,
+            "/api/v1/instances".into(),
+            json,
+            br#"{"id":"x"}"#.to_vec(),
+            422,
+            "invalid_body",
+        ),
+        (
+            "an unknown workflow type",
+            Method::POST,
+            "/api/v1/instances".into(),
+            json,
+            br#"{"workflow_type":"nope","id":"x","input":1}"#.to_vec(),
+            422,
+            "CAIRN-E0003",
+        ),
+        (
+            "an input of the wrong type",
+            Method::POST,
+            "/api/v1/instances".into(),
+            json,
+            br#"{"workflow_type":"desk","id":"x","input":{"customer":1}}"#.to_vec(),
+            422,
+            "CAIRN-E0014",
+        ),
+        (
+            "path traversal in an id",
+            Method::GET,
+            "/api/v1/instances/..%2F..%2Fetc%2Fpasswd".into(),
+            None,
+            vec![],
+            404,
+            "CAIRN-E0007",
+        ),
+        (
+            "dot segments (the client resolves them)",
+            Method::GET,
+            "/api/v1/instances/%2E%2E".into(),
+            None,
+            vec![],
+            404,
+            "not_found",
+        ),
+        (
+            "a step that is not a number",
+            Method::GET,
+            "/api/v1/tasks/h-1/two".into(),
+            None,
+            vec![],
+            400,
+            "bad_path",
+        ),
+        (
+            "a step out of range",
+            Method::GET,
+            "/api/v1/tasks/h-1/99999999999".into(),
+            None,
+            vec![],
+            400,
+            "bad_path",
+        ),
+        (
+            "an unknown task",
+            Method::GET,
+            "/api/v1/tasks/h-1/77".into(),
+            None,
+            vec![],
+            404,
+            "CAIRN-E0021",
+        ),
+        (
+            "an unknown route",
+            Method::GET,
+            "/api/v1/nothing".into(),
+            None,
+            vec![],
+            404,
+            "not_found",
+        ),
+        (
+            "a wrong method",
+            Method::DELETE,
+            "/api/v1/instances".into(),
+            None,
+            vec![],
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "a bad cursor",
+            Method::GET,
+            "/api/v1/instances?cursor=zzz".into(),
+            None,
+            vec![],
+            400,
+            "bad_query",
+        ),
+        (
+            "a bad status filter",
+            Method::GET,
+            "/api/v1/instances?status=sleeping".into(),
+            None,
+            vec![],
+            400,
+            "bad_query",
+        ),
+        (
+            "an unknown query parameter",
+            Method::GET,
+            "/api/v1/instances?colour=red".into(),
+            None,
+            vec![],
+            400,
+            "bad_query",
+        ),
+        (
+            "a bad attribute filter",
+            Method::GET,
+            "/api/v1/instances?attribute=stage".into(),
+            None,
+            vec![],
+            400,
+            "bad_query",
+        ),
+        (
+            "a bad task cursor",
+            Method::GET,
+            "/api/v1/tasks?cursor=1-2".into(),
+            None,
+            vec![],
+            400,
+            "bad_query",
+        ),
+        (
+            "a huge limit",
+            Method::GET,
+            "/api/v1/instances?limit=99999999999999999999999".into(),
+            None,
+            vec![],
+            400,
+            "bad_query",
+        ),
+        (
+            "an over-long signal name",
+            Method::POST,
+            format!("/api/v1/instances/h-1/signals/{}", "n".repeat(300)),
+            json,
+            b"\"x\"".to_vec(),
+            422,
+            "CAIRN-E0014",
+        ),
+        (
+            "a decision of the wrong shape",
+            Method::POST,
+            "/api/v1/tasks/h-1/1/complete".into(),
+            json,
+            br#"{"decision":[]}"#.to_vec(),
+            404,
+            "CAIRN-E0021",
+        ),
+    ];
+    for (what, method, path, content_type, body, expected, code) in cases {
+        let (status, answer) = host.raw(method, &path, content_type, body).await;
+        assert_eq!(status.as_u16(), expected, "{what}: {answer}");
+        assert_eq!(answer["code"], code, "{what}: {answer}");
+        assert!(
+            answer["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {answer}"
+        );
+    }
+    // Nothing of it reached the history, and the host still serves.
+    let history = host.rt.history("h-1").await.unwrap();
+    assert!(history
+        .iter()
+        .all(|e| e.record.kind.name() != "SignalReceived"));
+    let (status, _) = host.call(Method::GET, "/api/v1/health", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_case_through_the_api() {
+    let host = host().await;
+    host.start("case-1").await;
+    // Starting again is idempotent: 200, not created.
+    let (status, answer) = host
+        .call(
+            Method::POST,
+            "/api/v1/instances",
+            Some(OPERATOR),
+            Some(json!({ "workflow_type": "desk", "id": "case-1", "input": { "customer": "Ada", "amount": 1 } })),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["created"].clone()),
+        (StatusCode::OK, json!(false))
+    );
+    host.wait_state("case-1", "open for Ada").await;
+
+    // A signal sent twice under one key is recorded once.
+    let signal = |key: &'static str| {
+        host.http
+            .post(format!(
+                "{}/api/v1/instances/case-1/signals/note",
+                host.base
+            ))
+            .bearer_auth(OPERATOR)
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body("\"called the customer\"")
+            .send()
+    };
+    let first: Value =
+        serde_json::from_slice(&signal("n-1").await.unwrap().bytes().await.unwrap()).unwrap();
+    let again: Value =
+        serde_json::from_slice(&signal("n-1").await.unwrap().bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        (first["recorded"].clone(), again["recorded"].clone()),
+        (json!(true), json!(false))
+    );
+    host.wait_state("case-1", "called the customer").await;
+
+    // An update is answered with the workflow's response.
+    let (status, answer) = host
+        .call(
+            Method::POST,
+            "/api/v1/instances/case-1/updates/change_amount",
+            Some(OPERATOR),
+            Some(json!(250)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        (answer["accepted"].clone(), answer["response"].clone()),
+        (json!(true), json!(250))
+    );
+    let (_, value) = host
+        .call(
+            Method::GET,
+            "/api/v1/instances/case-1/queries/state",
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    assert_eq!(value["value"], "called the customer");
+
+    // To review: the clerk's inbox has the task; a bad decision is refused with its
+    // problems, a good one decides it.
+    host.call(
+        Method::POST,
+        "/api/v1/instances/case-1/signals/note",
+        Some(OPERATOR),
+        Some(json!("review")),
+    )
+    .await;
+    let task = host.task_of("case-1").await;
+    let (status, view) = host
+        .call(
+            Method::GET,
+            &format!("/api/v1/tasks/{task}"),
+            Some(CLERK),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(view["input"]["amount"], 250);
+    assert_eq!(view["decision_schema"]["type"], "object");
+    let (status, _) = host
+        .call(
+            Method::GET,
+            &format!("/api/v1/tasks/{task}"),
+            Some(OUTSIDER),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, claimed) = host
+        .call(
+            Method::POST,
+            &format!("/api/v1/tasks/{task}/claim"),
+            Some(CLERK),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, claimed["assignee"].clone()),
+        (StatusCode::OK, json!("cleo"))
+    );
+    let (status, refused) = host
+        .call(
+            Method::POST,
+            &format!("/api/v1/tasks/{task}/complete"),
+            Some(CLERK),
+            Some(json!({ "decision": { "approve": "yes" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["code"], "CAIRN-E0024");
+    assert!(
+        refused["message"].as_str().unwrap().contains("approve"),
+        "{refused}"
+    );
+    let (status, done) = host
+        .call(
+            Method::POST,
+            &format!("/api/v1/tasks/{task}/complete"),
+            Some(CLERK),
+            Some(json!({ "decision": { "approve": true, "note": "in order" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(
+        (done["status"].clone(), done["decided_by"].clone()),
+        (json!("completed"), json!("cleo"))
+    );
+    let (status, again) = host
+        .call(
+            Method::POST,
+            &format!("/api/v1/tasks/{task}/complete"),
+            Some(CLERK),
+            Some(json!({ "decision": { "approve": false, "note": "again" } })),
+        )
+        .await;
+    assert_eq!(
+        (status, again["code"].clone()),
+        (StatusCode::CONFLICT, json!("CAIRN-E0022"))
+    );
+
+    // The instance completes; its history over HTTP names who did what.
+    host.wait_state("case-1", "approved by cleo: in order")
+        .await;
+    let (_, listed) = host
+        .call(
+            Method::GET,
+            "/api/v1/instances?status=completed&workflow_type=desk",
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    assert_eq!(listed["instances"][0]["id"], "case-1");
+    let (_, history) = host
+        .call(
+            Method::GET,
+            "/api/v1/instances/case-1/history",
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    let events = history.as_array().unwrap();
+    let by = |event: &str| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| e["event"] == event)
+            .map(|e| e["actor"]["id"].clone())
+            .collect()
+    };
+    assert_eq!(by("WorkflowStarted"), [json!("olga")]);
+    assert_eq!(by("KeyedSignalReceived")[0], json!("olga"));
+    assert_eq!(by("TaskCompleted"), [json!("cleo")]);
+    assert_eq!(events.last().unwrap()["event"], "WorkflowCompleted");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_page_with_a_cursor_and_no_row_cap() {
+    let host = host().await;
+    for n in 0..25 {
+        host.start(&format!("page-{n:02}")).await;
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/instances?limit=10&cursor={c}"),
+            None => "/api/v1/instances?limit=10".into(),
+        };
+        let (status, page) = host.call(Method::GET, &path, Some(AUDITOR), None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for row in page["instances"].as_array().unwrap() {
+            seen.push(row["id"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..25).map(|n| format!("page-{n:02}")).collect();
+    assert_eq!(seen, expected);
+    host.stop().await;
+}
