@@ -300,6 +300,23 @@ async fn every_documented_operation_answers_as_the_document_says() {
             let (path, body, token): (String, Option<Value>, Option<&str>) = match id.as_str() {
                 "health" | "ready" => (template.clone(), None, None),
                 "me" | "list_instances" | "inbox" => (template.clone(), None, Some(CLERK)),
+                "overview" => (template.clone(), None, Some(AUDITOR)),
+                "stream" => {
+                    // An endless event stream: its status and type, then hang up.
+                    seen.insert(id.clone());
+                    let response = host
+                        .http
+                        .get(format!("{}{template}", host.base))
+                        .bearer_auth(AUDITOR)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), StatusCode::OK);
+                    let kind = response.headers()["content-type"].to_str().unwrap();
+                    assert!(kind.starts_with("text/event-stream"), "{kind}");
+                    calls += 1;
+                    continue;
+                }
                 "start_instance" => (
                     template.clone(),
                     Some(
@@ -383,7 +400,7 @@ async fn every_documented_operation_answers_as_the_document_says() {
             }
         }
     }
-    assert!(calls >= 18, "only {calls} operations documented");
+    assert!(calls >= 20, "only {calls} operations documented");
     assert!(seen.contains("complete_task") && seen.contains("list_instances"));
     host.stop().await;
 }
@@ -482,18 +499,21 @@ async fn every_write_needs_a_token_and_the_right_role_and_a_refusal_writes_nothi
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["accepted"], false);
     assert_eq!(answer["reason"], "an amount must be positive");
+    // A cancelled desk ends at its wait; the termination goes to a second instance.
+    host.start("auth-3").await;
     for (what, path, body) in &writes[..4] {
-        let token = if *what == "terminate" {
-            ADMIN
+        let (token, path) = if *what == "terminate" {
+            (ADMIN, path.replace("auth-1", "auth-3"))
         } else {
-            OPERATOR
+            (OPERATOR, path.clone())
         };
         let (status, answer) = host
-            .call(Method::POST, path, Some(token), Some(body.clone()))
+            .call(Method::POST, &path, Some(token), Some(body.clone()))
             .await;
         assert!(status.is_success(), "{what}: {status} {answer}");
     }
-    let history = host.rt.history("auth-1").await.unwrap();
+    let mut history = host.rt.history("auth-1").await.unwrap();
+    history.extend(host.rt.history("auth-3").await.unwrap());
     let actors: BTreeSet<String> = history
         .iter()
         .filter_map(|e| e.record.actor.as_ref().map(|a| a.id.clone()))
@@ -938,6 +958,13 @@ async fn a_whole_case_through_the_api() {
     // The instance completes; its history over HTTP names who did what.
     host.wait_state("case-1", "approved by cleo: in order")
         .await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while host.rt.status("case-1").await.unwrap().status != cairn::Status::Completed {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
     let (_, listed) = host
         .call(
             Method::GET,
@@ -995,5 +1022,112 @@ async fn instances_page_with_a_cursor_and_no_row_cap() {
     }
     let expected: Vec<String> = (0..25).map(|n| format!("page-{n:02}")).collect();
     assert_eq!(seen, expected);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_its_live_feed_and_the_overview_are_served() {
+    let host = host().await;
+    // The page and its assets, with a policy that keeps them from being framed.
+    let page = host
+        .http
+        .get(format!("{}/", host.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(page.text().await.unwrap().contains("<title>Cairn</title>"));
+    for (asset, kind) in [("app.js", "text/javascript"), ("app.css", "text/css")] {
+        let response = host
+            .http
+            .get(format!("{}/assets/{asset}", host.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with(kind));
+    }
+    // The feed says when commits land.
+    let mut feed = host
+        .http
+        .get(format!("{}/api/v1/stream", host.base))
+        .bearer_auth(AUDITOR)
+        .send()
+        .await
+        .unwrap();
+    host.start("live-1").await;
+    let heard = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut text = String::new();
+        while let Some(chunk) = feed.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains("event: commit") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap();
+    assert!(heard, "no commit event");
+    host.wait_state("live-1", "open for Ada").await;
+    host.start("live-2").await;
+    // The overview counts what the caller may read.
+    let (_, overview) = host
+        .call(Method::GET, "/api/v1/overview", Some(AUDITOR), None)
+        .await;
+    assert_eq!(overview["totals"]["running"], 2, "{overview}");
+    assert_eq!(overview["by_type"][0]["workflow_type"], "desk");
+    assert_eq!(overview["truncated"], false);
+    let started: u64 = overview["throughput"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["started"].as_u64().unwrap())
+        .sum();
+    assert_eq!(started, 2);
+    let (_, nothing) = host
+        .call(Method::GET, "/api/v1/overview", Some(OUTSIDER), None)
+        .await;
+    assert_eq!(nothing["totals"]["running"], 0);
+    // What each role may do to an instance, as the dashboard offers it.
+    let allowed = |token| {
+        let host = &host;
+        async move {
+            let (_, view) = host
+                .call(Method::GET, "/api/v1/instances/live-1", Some(token), None)
+                .await;
+            view["allowed_actions"].clone()
+        }
+    };
+    assert_eq!(allowed(AUDITOR).await, json!([]));
+    assert_eq!(
+        allowed(OPERATOR).await,
+        json!(["signal", "update", "cancel", "terminate"])
+    );
+    // Text search on ids.
+    let (_, found) = host
+        .call(
+            Method::GET,
+            "/api/v1/instances?id_contains=e-2",
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    let ids: Vec<&str> = found["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["live-2"]);
+    drop(feed);
     host.stop().await;
 }

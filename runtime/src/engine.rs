@@ -108,8 +108,22 @@ pub struct ListFilter {
     pub created_until_ms: Option<u64>,
     /// Only instances whose attributes hold all of these values.
     pub attributes: Vec<(String, AttrValue)>,
+    /// Only instances whose id contains this text (checked on the rows the other
+    /// filters select; no index).
+    pub id_contains: Option<String>,
     /// At most this many (oldest first).
     pub limit: Option<usize>,
+}
+
+impl ListFilter {
+    /// What the journal's indexes cannot check: derived statuses (parked) and the id.
+    fn matches(&self, info: &InstanceInfo) -> bool {
+        (self.statuses.is_empty() || self.statuses.contains(&info.status.kind()))
+            && self
+                .id_contains
+                .as_deref()
+                .is_none_or(|part| info.id.contains(part))
+    }
 }
 
 /// Status without its details, for filters.
@@ -465,6 +479,17 @@ impl Engine {
     /// many instances), for monitoring and benchmarks.
     pub fn commits(&self) -> u64 {
         self.shared.journal.commits()
+    }
+
+    /// The number of commits whose effects are in memory, changing after each: what a
+    /// live view waits on to refresh. Ends (`u64::MAX`) at shutdown.
+    pub fn watch_commits(&self) -> watch::Receiver<u64> {
+        self.shared.applied.subscribe()
+    }
+
+    /// The runtime clock's time, ms since the Unix epoch (virtual under a virtual clock).
+    pub fn now_ms(&self) -> u64 {
+        self.shared.clock.now_ms()
     }
 
     /// Whether [`Engine::shutdown`] has begun: nothing more is accepted.
@@ -1115,9 +1140,7 @@ impl Engine {
             for row in page.rows {
                 let cursor = Cursor::after(&row);
                 let info = self.info(row).await?;
-                let status_matches =
-                    filter.statuses.is_empty() || filter.statuses.contains(&info.status.kind());
-                if status_matches && keep(&info) {
+                if filter.matches(&info) && keep(&info) {
                     out.push(info);
                 }
                 last = Some(cursor);
@@ -1184,7 +1207,7 @@ impl Engine {
                     return Ok(out);
                 }
                 let info = self.info(row).await?;
-                if filter.statuses.is_empty() || filter.statuses.contains(&info.status.kind()) {
+                if filter.matches(&info) {
                     out.push(info);
                 }
             }

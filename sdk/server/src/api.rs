@@ -164,6 +164,9 @@ pub(crate) struct InstanceView {
     events: u64,
     /// Search attributes (`ctx.set_attributes`), as JSON values.
     attributes: BTreeMap<String, Value>,
+    /// What the caller may do to it (`signal`, `update`, `cancel`, `terminate`), by the
+    /// policy; empty in listings.
+    allowed_actions: Vec<String>,
 }
 
 fn status_name(kind: StatusKind) -> &'static str {
@@ -207,6 +210,7 @@ impl From<InstanceInfo> for InstanceView {
             created_at_ms: info.created_at_ms,
             updated_at_ms: info.updated_at_ms,
             events: info.events,
+            allowed_actions: Vec::new(),
         }
     }
 }
@@ -227,6 +231,8 @@ pub(crate) struct ListParams {
     /// Only instances with this attribute value: `name:json` (`stage:"review"`,
     /// `amount:250`, `urgent:true`).
     attribute: Option<String>,
+    /// Only instances whose id contains this text.
+    id_contains: Option<String>,
     /// At most this many (default 100, at most 1000).
     limit: Option<usize>,
     /// Continue after this cursor (from the previous page's `next`).
@@ -323,6 +329,7 @@ pub(crate) async fn list_instances(
             .transpose()?
             .into_iter()
             .collect(),
+        id_contains: params.id_contains.filter(|part| !part.is_empty()),
         limit: params.limit,
     };
     let after = params.cursor.as_deref().map(parse_cursor).transpose()?;
@@ -409,7 +416,50 @@ pub(crate) async fn get_instance(
     Caller(actor): Caller,
     PathArgs(id): PathArgs<String>,
 ) -> ApiResult<Json<InstanceView>> {
-    Ok(Json(state.engine.status_as(&actor, &id).await?.into()))
+    let info = state.engine.status_as(&actor, &id).await?;
+    let workflow_type = info.workflow_type.clone();
+    let mut view = InstanceView::from(info);
+    let instance = id.as_str();
+    let workflow_type = workflow_type.as_str();
+    // A signal or update of any name: the dashboard offers the action, the call names it.
+    let actions = [
+        (
+            "signal",
+            Action::Signal {
+                instance,
+                workflow_type,
+                signal: "*",
+            },
+        ),
+        (
+            "update",
+            Action::Update {
+                instance,
+                workflow_type,
+                update: "*",
+            },
+        ),
+        (
+            "cancel",
+            Action::Cancel {
+                instance,
+                workflow_type,
+            },
+        ),
+        (
+            "terminate",
+            Action::Terminate {
+                instance,
+                workflow_type,
+            },
+        ),
+    ];
+    view.allowed_actions = actions
+        .iter()
+        .filter(|(_, action)| state.engine.authorize(&actor, action).is_ok())
+        .map(|(name, _)| (*name).to_owned())
+        .collect();
+    Ok(Json(view))
 }
 
 /// Reads an instance's history, payloads decoded.
@@ -613,6 +663,260 @@ pub(crate) async fn terminate_instance(
         .terminate_as(&actor, &id, &request.reason)
         .await?;
     Ok((StatusCode::ACCEPTED, Json(Recorded { id })))
+}
+
+// ---------------------------------------------------------------- overview
+
+/// Instances by status.
+#[derive(Default, Serialize, ToSchema)]
+pub(crate) struct Counts {
+    running: u64,
+    completed: u64,
+    failed: u64,
+    terminated: u64,
+    continued_as_new: u64,
+    parked: u64,
+}
+
+impl Counts {
+    fn add(&mut self, kind: StatusKind) {
+        let slot = match kind {
+            StatusKind::Running => &mut self.running,
+            StatusKind::Completed => &mut self.completed,
+            StatusKind::Failed => &mut self.failed,
+            StatusKind::Terminated => &mut self.terminated,
+            StatusKind::ContinuedAsNew => &mut self.continued_as_new,
+            StatusKind::Parked => &mut self.parked,
+        };
+        *slot += 1;
+    }
+}
+
+/// Instances of one workflow type by status.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct TypeCounts {
+    workflow_type: String,
+    running: u64,
+    completed: u64,
+    failed: u64,
+    terminated: u64,
+    continued_as_new: u64,
+    parked: u64,
+}
+
+/// Five minutes of activity.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Bucket {
+    /// Start of the bucket, ms since the Unix epoch.
+    at_ms: u64,
+    /// Instances started in it.
+    started: u64,
+    /// Instances that completed in it.
+    completed: u64,
+    /// Instances that failed in it.
+    failed: u64,
+}
+
+/// A parked instance and why.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ParkedView {
+    id: String,
+    workflow_type: String,
+    code: String,
+    message: String,
+}
+
+/// What is running, stuck or late, among the instances the caller may read.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Overview {
+    /// By status.
+    totals: Counts,
+    /// By workflow type and status.
+    by_type: Vec<TypeCounts>,
+    /// Open human tasks.
+    open_tasks: u64,
+    /// Open tasks past their due time.
+    overdue_tasks: u64,
+    /// Parked instances, with their reasons (at most 100).
+    parked: Vec<ParkedView>,
+    /// Started, completed and failed per five minutes over the last hour.
+    throughput: Vec<Bucket>,
+    /// Instances read to compute this.
+    scanned: u64,
+    /// Whether there were more than [`OVERVIEW_SCAN_MAX`] (the counts cover the oldest).
+    truncated: bool,
+}
+
+/// Most instances (and tasks) an overview reads.
+pub const OVERVIEW_SCAN_MAX: u64 = 200_000;
+const BUCKET_MS: u64 = 5 * 60 * 1000;
+const BUCKETS: u64 = 12;
+
+/// Counts by type and status, open and overdue tasks, parked instances, and the last
+/// hour's throughput.
+#[utoipa::path(get, path = "/api/v1/overview", tag = "instances", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The overview", body = Overview),
+        (status = 401, description = "No or unknown token", body = ErrorBody)))]
+pub(crate) async fn overview(
+    State(state): Shared,
+    Caller(actor): Caller,
+) -> ApiResult<Json<Overview>> {
+    let now = state.engine.now_ms();
+    let first_bucket = (now / BUCKET_MS).saturating_sub(BUCKETS - 1) * BUCKET_MS;
+    let mut buckets: Vec<Bucket> = (0..BUCKETS)
+        .map(|n| Bucket {
+            at_ms: first_bucket + n * BUCKET_MS,
+            started: 0,
+            completed: 0,
+            failed: 0,
+        })
+        .collect();
+    let bucket = |at: u64| {
+        at.checked_sub(first_bucket)
+            .map(|since| since / BUCKET_MS)
+            .filter(|n| *n < BUCKETS)
+            .and_then(|n| usize::try_from(n).ok())
+    };
+    let mut totals = Counts::default();
+    let mut by_type: BTreeMap<String, Counts> = BTreeMap::new();
+    let mut parked = Vec::new();
+    let mut scanned = 0u64;
+    let mut after = None;
+    let filter = ListFilter {
+        limit: Some(1000),
+        ..ListFilter::default()
+    };
+    let truncated = loop {
+        let (rows, next) = state.engine.list_page_as(&actor, &filter, after).await?;
+        for info in rows {
+            scanned += 1;
+            let kind = info.status.kind();
+            totals.add(kind);
+            by_type
+                .entry(info.workflow_type.clone())
+                .or_default()
+                .add(kind);
+            if let Some(n) = bucket(info.created_at_ms) {
+                buckets[n].started += 1;
+            }
+            match (&info.status, bucket(info.updated_at_ms)) {
+                (Status::Completed, Some(n)) => buckets[n].completed += 1,
+                (Status::Failed, Some(n)) => buckets[n].failed += 1,
+                _ => {}
+            }
+            if let Status::Parked { reason, code } = &info.status {
+                if parked.len() < 100 {
+                    parked.push(ParkedView {
+                        id: info.id.clone(),
+                        workflow_type: info.workflow_type.clone(),
+                        code: code.clone(),
+                        message: reason.clone(),
+                    });
+                }
+            }
+        }
+        match next {
+            Some(cursor) if scanned < OVERVIEW_SCAN_MAX => after = Some(cursor),
+            Some(_) => break true,
+            None => break false,
+        }
+    };
+    let (mut open_tasks, mut overdue_tasks) = (0u64, 0u64);
+    let mut query = TaskQuery {
+        limit: 1000,
+        ..TaskQuery::default()
+    };
+    let mut read = 0u64;
+    loop {
+        let page = state.engine.tasks(&query).await?;
+        for row in &page.rows {
+            read += 1;
+            let readable = state
+                .engine
+                .authorize(
+                    &actor,
+                    &Action::Read {
+                        instance: &row.instance,
+                        workflow_type: &row.workflow_type,
+                    },
+                )
+                .is_ok();
+            if readable
+                || row.candidates.include(&actor)
+                || row.assignee.as_deref() == Some(actor.id.as_str())
+            {
+                open_tasks += 1;
+                if row.overdue || row.due_at_ms.is_some_and(|due| due <= now) {
+                    overdue_tasks += 1;
+                }
+            }
+        }
+        match page.next {
+            Some(next) if read < OVERVIEW_SCAN_MAX => query.after = Some(next),
+            _ => break,
+        }
+    }
+    Ok(Json(Overview {
+        totals,
+        by_type: by_type
+            .into_iter()
+            .map(|(workflow_type, c)| TypeCounts {
+                workflow_type,
+                running: c.running,
+                completed: c.completed,
+                failed: c.failed,
+                terminated: c.terminated,
+                continued_as_new: c.continued_as_new,
+                parked: c.parked,
+            })
+            .collect(),
+        open_tasks,
+        overdue_tasks,
+        parked,
+        throughput: buckets,
+        scanned,
+        truncated,
+    }))
+}
+
+/// Server-sent events: `commit` (data: the number of commits applied) whenever commits
+/// land, at most four times a second, so a view can refresh; a comment every 15 s keeps
+/// the connection open. Ends when the server stops.
+#[utoipa::path(get, path = "/api/v1/stream", tag = "instances", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 401, description = "No or unknown token", body = ErrorBody)))]
+pub(crate) async fn stream(
+    State(state): Shared,
+    Caller(_actor): Caller,
+) -> axum::response::sse::Sse<
+    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let commits = state.engine.watch_commits();
+    let closing = state.closing.subscribe();
+    let events = futures::stream::unfold(
+        (commits, closing),
+        |(mut commits, mut closing)| async move {
+            if *closing.borrow() {
+                return None;
+            }
+            tokio::select! {
+                changed = commits.changed() => changed.ok()?,
+                _ = closing.changed() => return None,
+            }
+            // Coalesce a burst of commits into one event.
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            let applied = *commits.borrow_and_update();
+            if applied == u64::MAX {
+                return None;
+            }
+            let event = Event::default().event("commit").data(applied.to_string());
+            Some((Ok(event), (commits, closing)))
+        },
+    );
+    Sse::new(events).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
 }
 
 // ---------------------------------------------------------------- tasks

@@ -27,9 +27,10 @@ use utoipa_axum::routes;
 
 mod api;
 mod auth;
+mod dashboard;
 mod error;
 
-pub use api::IDEMPOTENCY_KEY;
+pub use api::{IDEMPOTENCY_KEY, OVERVIEW_SCAN_MAX};
 pub use auth::{Tokens, TOKEN_BYTES_MIN};
 pub use error::{ApiError, ErrorBody};
 
@@ -71,6 +72,9 @@ pub(crate) struct AppState {
     pub(crate) engine: Engine,
     pub(crate) catalog: Arc<dyn Catalog>,
     pub(crate) tokens: Tokens,
+    /// Set when the server stops: ends the event streams, which would otherwise hold
+    /// the graceful shutdown open.
+    pub(crate) closing: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(OpenApi)]
@@ -136,6 +140,7 @@ impl Server {
                 engine,
                 catalog,
                 tokens,
+                closing: tokio::sync::watch::channel(false).0,
             }),
         }
     }
@@ -145,6 +150,8 @@ impl Server {
             .routes(routes!(api::health))
             .routes(routes!(api::ready))
             .routes(routes!(api::me))
+            .routes(routes!(api::overview))
+            .routes(routes!(api::stream))
             .routes(routes!(api::list_instances, api::start_instance))
             .routes(routes!(api::get_instance))
             .routes(routes!(api::get_history))
@@ -175,6 +182,9 @@ impl Server {
         let (router, doc) = self.parts();
         let doc = Arc::new(doc);
         router
+            .route("/", axum::routing::get(dashboard::index))
+            .route("/assets/app.js", axum::routing::get(dashboard::script))
+            .route("/assets/app.css", axum::routing::get(dashboard::style))
             .route(
                 OPENAPI_PATH,
                 axum::routing::get(move || {
@@ -187,7 +197,7 @@ impl Server {
             .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
     }
 
-    /// Serves the API on `addr` until [`Running::stop`]. Bind to `127.0.0.1` unless the
+    /// Serves the API and the dashboard (at `/`) on `addr` until [`Running::stop`]. Bind to `127.0.0.1` unless the
     /// host sits behind a proxy that terminates TLS.
     ///
     /// # Errors
@@ -196,11 +206,13 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let router = self.router();
+        let state = self.state.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
                     let _ = stopped.await;
+                    state.closing.send_replace(true);
                 })
                 .await
         });

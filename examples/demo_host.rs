@@ -1,0 +1,303 @@
+//! The demo host: example processes on a local redb file, the HTTP API and the dashboard
+//! on `http://127.0.0.1:<port>`, a stream of sample instances, and a token per role
+//! printed at start. Open the address, paste a token, and watch the processes move.
+//!
+//! ```sh
+//! cargo run --example demo_host                 # demo.redb, port 8080
+//! cargo run --example demo_host -- --port 0     # any free port (printed)
+//! ```
+//!
+//! Hosted: `shop_order` (stock, a payment that sometimes needs retries and sometimes is
+//! declined, a wait for the warehouse, shipping), `expense` (an approver's task due in
+//! two minutes, escalating to a manager, declined by the runtime after five) and the
+//! `loan_approval` seed process (its underwriter tasks appear in the inbox).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn::policy::{Roles, Verb};
+use cairn::server::Tokens;
+use cairn::{
+    activity, workflow, ActivityCtx, ActivityError, Actor, Ctx, Escalate, Runtime, TaskKind,
+    WorkflowError,
+};
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+#[path = "loan_approval/process.rs"]
+#[allow(dead_code)]
+mod loan;
+
+#[derive(Parser, Debug)]
+#[command(about = "Cairn demo host: example processes, the HTTP API and the dashboard")]
+struct Args {
+    /// The redb database file.
+    #[arg(long, default_value = "demo.redb")]
+    db: PathBuf,
+    /// The port on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Start no sample instances.
+    #[arg(long)]
+    quiet: bool,
+    /// Also write the tokens, as JSON by role, to this file (for scripts and tests).
+    #[arg(long)]
+    tokens_out: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Order {
+    customer: String,
+    region: String,
+    items: u32,
+    cents: u64,
+}
+
+/// Deterministic from the order, so a replay and a retry see the same "random" outcome.
+fn dice(order: &Order, salt: u64) -> u64 {
+    let mut x = order.cents ^ (u64::from(order.items) << 32) ^ salt;
+    for b in order.customer.bytes() {
+        x = x.rotate_left(5) ^ u64::from(b);
+    }
+    x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40
+}
+
+#[activity(start_to_close = "10s", max_attempts = 3)]
+async fn reserve_stock(_ctx: ActivityCtx, order: Order) -> Result<String, ActivityError> {
+    tokio::time::sleep(Duration::from_millis(150 + dice(&order, 1) % 400)).await;
+    Ok(format!("{} items reserved", order.items))
+}
+
+#[activity(start_to_close = "10s", max_attempts = 4, initial_backoff = "1s")]
+async fn charge(ctx: ActivityCtx, order: Order) -> Result<String, ActivityError> {
+    tokio::time::sleep(Duration::from_millis(200 + dice(&order, 2) % 500)).await;
+    let declined = dice(&order, 3) % 11;
+    if declined == 0 {
+        return Err(ActivityError::terminal(
+            "declined",
+            "the card issuer declined the payment",
+        ));
+    }
+    // Every fourth order's payment provider times out once or twice first.
+    let flaky = dice(&order, 4) % 4;
+    if flaky == 0 && ctx.attempt < 3 {
+        return Err(ActivityError::retryable("payment provider timed out"));
+    }
+    Ok(format!(
+        "charged {}.{:02} EUR",
+        order.cents / 100,
+        order.cents % 100
+    ))
+}
+
+#[activity(start_to_close = "10s", max_attempts = 3)]
+async fn ship(_ctx: ActivityCtx, order: Order) -> Result<String, ActivityError> {
+    tokio::time::sleep(Duration::from_millis(300 + dice(&order, 5) % 600)).await;
+    Ok(format!("parcel for {} handed to the carrier", order.region))
+}
+
+#[workflow]
+async fn shop_order(ctx: Ctx, order: Order) -> Result<String, WorkflowError> {
+    ctx.set_attributes([
+        (
+            "customer",
+            cairn::events::AttrValue::Text(order.customer.clone()),
+        ),
+        (
+            "region",
+            cairn::events::AttrValue::Text(order.region.clone()),
+        ),
+    ])
+    .await;
+    ctx.set_stage("stock").await;
+    ctx.activity(reserve_stock, order.clone()).await?;
+    ctx.set_stage("payment").await;
+    let paid = ctx.activity(charge, order.clone()).await?;
+    ctx.set_stage("warehouse").await;
+    ctx.sleep(Duration::from_secs(5 + dice(&order, 6) % 20))
+        .await?;
+    ctx.set_stage("shipping").await;
+    let shipped = ctx.activity(ship, order.clone()).await?;
+    ctx.set_stage("done").await;
+    Ok(format!("{paid}; {shipped}"))
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Expense {
+    employee: String,
+    purpose: String,
+    cents: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+struct ExpenseDecision {
+    /// Approve the expense?
+    approve: bool,
+    /// A note for the employee.
+    note: String,
+}
+
+const APPROVE_EXPENSE: TaskKind<Expense, ExpenseDecision> = TaskKind::new("approve_expense");
+
+#[workflow]
+async fn expense(ctx: Ctx, claim: Expense) -> Result<String, WorkflowError> {
+    ctx.set_attributes([(
+        "employee",
+        cairn::events::AttrValue::Text(claim.employee.clone()),
+    )])
+    .await;
+    let title = format!(
+        "Expense of {}.{:02} EUR by {}",
+        claim.cents / 100,
+        claim.cents % 100,
+        claim.employee
+    );
+    let task = APPROVE_EXPENSE
+        .task(claim.clone())
+        .title(title)
+        .description(format!("Purpose: {}", claim.purpose))
+        .roles(["approver"])
+        .due_in(Duration::from_secs(120))
+        .escalate_after(Duration::from_secs(120), Escalate::to_roles(["manager"]))
+        .escalate_after(
+            Duration::from_secs(300),
+            Escalate::Decide(ExpenseDecision {
+                approve: false,
+                note: "no decision within five minutes".into(),
+            }),
+        );
+    let decided = ctx.human_task(task).await?;
+    if !decided.decision.approve {
+        ctx.notify("expense.declined", &claim).await;
+    }
+    Ok(format!(
+        "{} by {}: {}",
+        if decided.decision.approve {
+            "approved"
+        } else {
+            "declined"
+        },
+        decided.by.id,
+        decided.decision.note
+    ))
+}
+
+fn policy() -> Roles {
+    Roles::new()
+        .admin("admin")
+        .allow_any_type(Verb::Start, ["operator"])
+        .allow_any_type(Verb::Signal, ["operator"])
+        .allow_any_type(Verb::Update, ["operator"])
+        .allow_any_type(Verb::Cancel, ["operator"])
+        .allow_any_type(Verb::Terminate, ["operator"])
+        .allow_any_type(Verb::Attach, ["operator"])
+        .allow_any_type(Verb::Read, ["operator", "auditor"])
+        .allow_anyone(Verb::Task)
+}
+
+const CUSTOMERS: [&str; 8] = [
+    "Ada Lovelace",
+    "Alan Turing",
+    "Grace Hopper",
+    "Edsger Dijkstra",
+    "Barbara Liskov",
+    "Donald Knuth",
+    "Frances Allen",
+    "Ken Thompson",
+];
+const REGIONS: [&str; 4] = ["north", "south", "east", "west"];
+
+/// Starts sample instances, a few every few seconds, idempotently by id.
+async fn stream(rt: Runtime) {
+    let mut n: u64 = 0;
+    loop {
+        n += 1;
+        let pick =
+            |k: u64, len: usize| (n.wrapping_mul(2654435761).wrapping_add(k) % len as u64) as usize;
+        let order_input = Order {
+            customer: CUSTOMERS[pick(1, CUSTOMERS.len())].into(),
+            region: REGIONS[pick(2, REGIONS.len())].into(),
+            items: 1 + (n % 7) as u32,
+            cents: 1_999 + (n * 7_919) % 90_000,
+        };
+        let _ = rt
+            .start(shop_order, &format!("order-{n:05}"), order_input)
+            .await;
+        let (every_third, every_eighth) = (n % 3, n % 8);
+        if every_third == 0 {
+            let claim = Expense {
+                employee: CUSTOMERS[pick(3, CUSTOMERS.len())].into(),
+                purpose: [
+                    "train to a customer",
+                    "conference ticket",
+                    "team lunch",
+                    "laptop dock",
+                ][pick(4, 4)]
+                .into(),
+                cents: 2_500 + (n * 1_301) % 60_000,
+            };
+            let _ = rt.start(expense, &format!("expense-{n:05}"), claim).await;
+        }
+        if every_eighth == 0 {
+            let application = loan::Application {
+                applicant: CUSTOMERS[pick(5, CUSTOMERS.len())].into(),
+                amount: 20_000 + (n * 13_007) % 200_000,
+                income: 40_000 + (n * 7_001) % 120_000,
+            };
+            let _ = rt
+                .start(loan::loan_approval, &format!("loan-{n:05}"), application)
+                .await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let rt = Runtime::builder()
+        .workflow(shop_order)
+        .workflow(expense)
+        .workflow(loan::loan_approval)
+        .signal(loan::SIGNED)
+        .policy(Arc::new(policy()))
+        .open(&args.db)
+        .await?;
+    let mut tokens = Tokens::new();
+    let people = [
+        ("admin", Actor::new("ada", ["admin"])),
+        ("operator", Actor::new("olga", ["operator"])),
+        ("auditor", Actor::new("audrey", ["auditor"])),
+        ("approver", Actor::new("april", ["approver"])),
+        ("manager", Actor::new("max", ["manager"])),
+        ("underwriter", Actor::new("carol", [loan::UNDERWRITER])),
+    ];
+    let mut printed = serde_json::Map::new();
+    println!("Cairn demo host on {}", args.db.display());
+    println!("Tokens (new on every start):");
+    for (role, actor) in people {
+        let id = actor.id.clone();
+        let token = tokens.generate(actor);
+        println!("  {role:<12} {id:<7} {token}");
+        printed.insert(role.to_owned(), serde_json::Value::String(token));
+    }
+    if let Some(path) = &args.tokens_out {
+        std::fs::write(path, serde_json::to_vec_pretty(&printed)?)?;
+    }
+    let running = rt
+        .http_server(tokens)
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], args.port)))
+        .await?;
+    println!("Dashboard: http://{}/", running.addr());
+    println!("API:       http://{}/openapi.json", running.addr());
+    let sampler = (!args.quiet).then(|| tokio::spawn(stream(rt.clone())));
+    tokio::signal::ctrl_c().await?;
+    println!("stopping");
+    if let Some(sampler) = sampler {
+        sampler.abort();
+    }
+    running.stop().await;
+    rt.shutdown().await;
+    Ok(())
+}

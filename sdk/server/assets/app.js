@@ -1,0 +1,660 @@
+// The Cairn dashboard: a small single-page app over the HTTP API, with no dependencies
+// and nothing fetched from outside the host. Views: overview, instances (filters kept in
+// the URL, live), one instance (timeline, history, actions its viewer may take), the
+// task inbox and one task (a form drawn from the decision's JSON Schema).
+"use strict";
+
+const TOKEN_KEY = "cairn-token";
+const main = document.getElementById("main");
+let me = null;
+let liveRefresh = null; // the current view's refresh, called when commits happen
+
+// ------------------------------------------------------------------ helpers
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    // Through the CSSOM, which the page's content security policy allows.
+    else if (k === "style") el.style.cssText = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+// `replaceChildren` would print a null as the text "null".
+function fill(el, ...children) {
+  el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+}
+
+function fmtTime(ms) {
+  if (!ms) return "—";
+  const d = new Date(ms);
+  const today = new Date();
+  const time = d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  if (d.toDateString() === today.toDateString()) return time;
+  const date = d.toLocaleDateString(undefined, { month: "short", day: "numeric", year: d.getFullYear() === today.getFullYear() ? undefined : "numeric" });
+  return `${date}, ${time}`;
+}
+
+function fmtDur(ms) {
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  const s = ms / 1000;
+  if (s < 60) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
+  const m = s / 60;
+  if (m < 60) return `${m.toFixed(m < 10 ? 1 : 0)} min`;
+  const hrs = m / 60;
+  if (hrs < 48) return `${hrs.toFixed(1)} h`;
+  return `${(hrs / 24).toFixed(1)} d`;
+}
+
+function badge(status) {
+  return h("span", { class: `badge ${status}` }, status.replace(/_/g, " "));
+}
+
+function json(value) {
+  return h("pre", { class: "json" }, JSON.stringify(value, null, 2));
+}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super(body && body.message ? body.message : `HTTP ${status}`);
+    this.status = status;
+    this.code = body && body.code;
+  }
+}
+
+async function api(method, path, body, extraHeaders) {
+  const headers = { authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY) || ""}` };
+  if (body !== undefined) headers["content-type"] = "application/json";
+  Object.assign(headers, extraHeaders || {});
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  let data = null;
+  try { data = await response.json(); } catch (_) { data = null; }
+  if (response.status === 401) { signOut(); throw new ApiError(401, data); }
+  if (!response.ok) throw new ApiError(response.status, data);
+  return data;
+}
+
+function errorBox(err) {
+  const code = err.code ? `${err.code}: ` : "";
+  return h("div", { class: "error", role: "alert" }, code + err.message);
+}
+
+function setActive(page) {
+  for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.page === page);
+}
+
+function parseHash() {
+  const raw = location.hash.replace(/^#\/?/, "");
+  const [path, query] = raw.split("?");
+  return { parts: path ? path.split("/").map(decodeURIComponent) : [], params: new URLSearchParams(query || "") };
+}
+
+function go(path, params) {
+  const q = params && [...params].length ? `?${params}` : "";
+  location.hash = `#/${path}${q}`;
+}
+
+// ------------------------------------------------------------------ sign-in
+
+function signOut() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  me = null;
+  renderWho();
+  renderLogin();
+}
+
+function renderWho() {
+  const who = document.getElementById("who");
+  fill(who);
+  document.getElementById("nav").style.visibility = me ? "visible" : "hidden";
+  if (!me) return;
+  who.append(
+    h("span", { "data-testid": "who" }, `${me.id}`, h("span", { class: "muted" }, me.roles.length ? ` · ${me.roles.join(", ")}` : "")),
+    h("button", { onclick: signOut }, "Sign out"),
+  );
+}
+
+function renderLogin(message) {
+  setActive(null);
+  liveRefresh = null;
+  const input = h("input", { type: "password", id: "token", placeholder: "cairn_…", autocomplete: "off" });
+  const form = h("form", {
+    class: "card login",
+    onsubmit: async (e) => {
+      e.preventDefault();
+      sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+      try {
+        me = await api("GET", "/api/v1/me");
+        renderWho();
+        route();
+      } catch (err) {
+        sessionStorage.removeItem(TOKEN_KEY);
+        renderLogin("That token is not known to this host.");
+      }
+    },
+  },
+    h("h1", {}, "Sign in"),
+    h("p", { class: "muted" }, "Paste the access token your administrator gave you. The demo host prints one per role when it starts."),
+    message ? h("div", { class: "error" }, message) : null,
+    h("label", { for: "token" }, "Token"),
+    input,
+    h("button", { class: "primary", type: "submit" }, "Sign in"),
+  );
+  fill(main, form);
+  input.focus();
+}
+
+// ------------------------------------------------------------------ live updates
+
+let liveOn = false;
+function liveBadge() {
+  return h("span", { class: `live ${liveOn ? "on" : ""}`, id: "live" }, liveOn ? "live" : "connecting");
+}
+
+async function followCommits() {
+  // Server-sent events over fetch, so the token travels in a header, not the URL.
+  for (;;) {
+    try {
+      const token = sessionStorage.getItem(TOKEN_KEY);
+      if (!token) { await new Promise((r) => setTimeout(r, 1000)); continue; }
+      const response = await fetch("/api/v1/stream", { headers: { authorization: `Bearer ${token}` } });
+      if (!response.ok || !response.body) throw new Error(`stream ${response.status}`);
+      liveOn = true;
+      const live = document.getElementById("live");
+      if (live) { live.classList.add("on"); live.textContent = "live"; }
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let at;
+        while ((at = buffer.indexOf("\n\n")) >= 0) {
+          const frame = buffer.slice(0, at);
+          buffer = buffer.slice(at + 2);
+          if (frame.includes("event: commit") && liveRefresh) liveRefresh();
+        }
+      }
+    } catch (_) {
+      // Reconnect below.
+    }
+    liveOn = false;
+    const live = document.getElementById("live");
+    if (live) { live.classList.remove("on"); live.textContent = "reconnecting"; }
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+}
+
+// Coalesces refreshes: at most one in flight, one queued.
+function throttled(fn) {
+  let running = false, again = false;
+  return async function run() {
+    if (running) { again = true; return; }
+    running = true;
+    try { await fn(); } finally {
+      running = false;
+      if (again) { again = false; run(); }
+    }
+  };
+}
+
+// ------------------------------------------------------------------ overview
+
+async function renderOverview() {
+  setActive("overview");
+  const box = h("div", {});
+  fill(main, 
+    h("div", { class: "row" }, h("div", { class: "grow" }, h("h1", {}, "Overview"), h("p", { class: "sub" }, "What is running, stuck or late on this host.")), liveBadge()),
+    box,
+  );
+  const draw = async () => {
+    let o;
+    try { o = await api("GET", "/api/v1/overview"); } catch (err) { fill(box, errorBox(err)); return; }
+    const t = o.totals;
+    const stat = (n, label, cls, href) => h(href ? "a" : "div", { class: `stat ${cls || ""}`, href }, h("div", { class: "n" }, n.toLocaleString()), h("div", { class: "l" }, label));
+    const types = o.by_type.length
+      ? h("table", {},
+        h("thead", {}, h("tr", {}, ["Type", "Running", "Completed", "Failed", "Terminated", "Parked"].map((c, i) => h("th", { class: i ? "num" : "" }, c)))),
+        h("tbody", {}, o.by_type.map((r) => h("tr", {},
+          h("td", {}, h("a", { href: `#/instances?workflow_type=${encodeURIComponent(r.workflow_type)}` }, r.workflow_type)),
+          ...["running", "completed", "failed", "terminated", "parked"].map((s) => h("td", { class: "num" },
+            r[s] ? h("a", { href: `#/instances?workflow_type=${encodeURIComponent(r.workflow_type)}&status=${s}` }, r[s].toLocaleString()) : h("span", { class: "muted" }, "0")))))))
+      : h("div", { class: "empty" }, "No instances yet. Start one through the API or your host program.");
+    const parked = o.parked.length
+      ? h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Instance"), h("th", {}, "Type"), h("th", {}, "Reason"))),
+        h("tbody", {}, o.parked.map((p) => h("tr", {}, h("td", {}, h("a", { href: `#/instances/${encodeURIComponent(p.id)}` }, p.id)), h("td", {}, p.workflow_type), h("td", {}, h("code", {}, p.code), " ", p.message)))))
+      : h("div", { class: "empty" }, "Nothing parked.");
+    fill(box, 
+      h("div", { class: "stats" },
+        stat(t.running, "running", "", "#/instances?status=running"),
+        stat(t.completed, "completed", "", "#/instances?status=completed"),
+        stat(t.failed, "failed", t.failed ? "bad" : "", "#/instances?status=failed"),
+        stat(t.parked, "parked", t.parked ? "warn" : "", "#/instances?status=parked"),
+        stat(o.open_tasks, "open tasks", "", "#/tasks"),
+        stat(o.overdue_tasks, "overdue tasks", o.overdue_tasks ? "warn" : ""),
+      ),
+      h("div", { class: "row" },
+        h("div", { class: "card grow wide" }, h("h2", {}, "Instances by type"), types),
+        h("div", { class: "card grow narrow" }, h("h2", {}, "Throughput, last hour"), throughputChart(o.throughput)),
+      ),
+      h("div", { class: "card" }, h("h2", {}, "Parked instances"), parked),
+    );
+  };
+  liveRefresh = throttled(draw);
+  await draw();
+}
+
+function svgEl(tag, attrs, text) {
+  const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+function throughputChart(series) {
+  if (!series.length || series.every((b) => !b.started && !b.completed && !b.failed)) {
+    return h("div", { class: "empty" }, "No activity in the last hour.");
+  }
+  const W = 560, H = 170, left = 30, bottom = 22, top = 22;
+  const max = Math.max(1, ...series.map((b) => Math.max(b.started, b.completed, b.failed)));
+  const slot = (W - left) / series.length;
+  const bar = Math.max(2, (slot - 6) / 3);
+  const y = (v) => H - bottom - (v * (H - bottom - top)) / max;
+  const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, width: "100%", role: "img", "aria-label": "instances started, completed and failed per five minutes over the last hour" });
+  svg.append(svgEl("line", { x1: left, x2: W, y1: H - bottom, y2: H - bottom, stroke: "#d1d5db" }));
+  svg.append(svgEl("text", { x: 0, y: top + 4, "font-size": 11, fill: "#6b7280" }, String(max)));
+  svg.append(svgEl("text", { x: 0, y: H - bottom, "font-size": 11, fill: "#6b7280" }, "0"));
+  const colors = { started: "#2563eb", completed: "#15803d", failed: "#b91c1c" };
+  series.forEach((b, i) => {
+    ["started", "completed", "failed"].forEach((key, k) => {
+      if (!b[key]) return;
+      const x = left + i * slot + 3 + k * bar;
+      const rect = svgEl("rect", { x, y: y(b[key]), width: bar - 1, height: H - bottom - y(b[key]), fill: colors[key], rx: 1 });
+      rect.append(svgEl("title", {}, `${b[key]} ${key}`));
+      svg.append(rect);
+    });
+    if (i % 3 === 0) {
+      const t = new Date(b.at_ms).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+      svg.append(svgEl("text", { x: left + i * slot + 2, y: H - 6, "font-size": 11, fill: "#6b7280" }, t));
+    }
+  });
+  let x = left;
+  for (const key of ["started", "completed", "failed"]) {
+    svg.append(svgEl("rect", { x, y: 4, width: 10, height: 10, fill: colors[key], rx: 2 }));
+    svg.append(svgEl("text", { x: x + 14, y: 13, "font-size": 11, fill: "#374151" }, key));
+    x += 86;
+  }
+  return svg;
+}
+
+// ------------------------------------------------------------------ instances
+
+const STATUSES = ["running", "completed", "failed", "terminated", "parked", "continued_as_new"];
+
+async function renderInstances(params) {
+  setActive("instances");
+  const filters = {
+    workflow_type: params.get("workflow_type") || "",
+    status: params.get("status") || "",
+    attribute: params.get("attribute") || "",
+    id: params.get("id") || "",
+  };
+  const cursor = params.get("cursor") || "";
+  const apply = (changes) => {
+    const next = new URLSearchParams();
+    const merged = { ...filters, ...changes };
+    for (const [k, v] of Object.entries(merged)) if (v) next.set(k, v);
+    go("instances", next);
+  };
+  const typeInput = h("input", { value: filters.workflow_type, placeholder: "any", name: "workflow_type", list: "types" });
+  const statusSelect = h("select", { name: "status" }, h("option", { value: "" }, "any"), STATUSES.map((s) => h("option", { value: s, selected: s === filters.status }, s.replace(/_/g, " "))));
+  const idInput = h("input", { value: filters.id, placeholder: "contains…", name: "id" });
+  const form = h("form", { class: "filters", onsubmit: (e) => { e.preventDefault(); apply({ workflow_type: typeInput.value.trim(), status: statusSelect.value, id: idInput.value.trim() }); } },
+    h("label", {}, "Workflow type", typeInput),
+    h("label", {}, "Status", statusSelect),
+    h("label", {}, "Id", idInput),
+    filters.attribute ? h("label", {}, "Attribute", h("span", { class: "chip" }, filters.attribute, " ", h("a", { href: "#", onclick: (e) => { e.preventDefault(); apply({ attribute: "" }); } }, "×"))) : null,
+    h("button", { class: "primary", type: "submit" }, "Apply"),
+    h("button", { type: "button", onclick: () => go("instances") }, "Clear"),
+  );
+  const table = h("div", {});
+  fill(main, 
+    h("div", { class: "row" }, h("div", { class: "grow" }, h("h1", {}, "Instances"), h("p", { class: "sub" }, "Filters are kept in the address: share it, bookmark it.")), liveBadge()),
+    h("div", { class: "card" }, form, table),
+  );
+  const draw = async () => {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(filters)) if (v) q.set(k === "id" ? "id_contains" : k, v);
+    if (cursor) q.set("cursor", cursor);
+    q.set("limit", "50");
+    let page;
+    try { page = await api("GET", `/api/v1/instances?${q}`); } catch (err) { fill(table, errorBox(err)); return; }
+    if (!page.instances.length) {
+      fill(table, h("div", { class: "empty" }, cursor ? "No more instances." : "No instance matches these filters."));
+      return;
+    }
+    const attrChips = (attrs) => Object.entries(attrs).map(([k, v]) =>
+      h("a", { class: "chip", href: "#", title: "List the instances that share this value", onclick: (e) => { e.preventDefault(); apply({ attribute: `${k}:${JSON.stringify(v)}` }); } }, `${k}: ${v}`));
+    const next = page.next ? new URLSearchParams([...Object.entries(filters).filter(([, v]) => v), ["cursor", page.next]]) : null;
+    fill(table, 
+      h("table", { "data-testid": "instances" },
+        h("thead", {}, h("tr", {}, h("th", {}, "Id"), h("th", {}, "Type"), h("th", {}, "Status"), h("th", { class: "hide-narrow" }, "Attributes"), h("th", { class: "hide-narrow" }, "Started"), h("th", {}, "Updated"))),
+        h("tbody", {}, page.instances.map((i) => h("tr", { "data-id": i.id },
+          h("td", { class: "id" }, h("a", { href: `#/instances/${encodeURIComponent(i.id)}` }, i.id)),
+          h("td", {}, i.workflow_type),
+          h("td", { "data-status": i.status }, badge(i.status)),
+          h("td", { class: "hide-narrow" }, attrChips(i.attributes)),
+          h("td", { class: "hide-narrow muted when" }, fmtTime(i.created_at_ms)),
+          h("td", { class: "muted when" }, fmtTime(i.updated_at_ms)))))),
+      h("div", { class: "actions", style: "margin-top:12px" },
+        cursor ? h("button", { onclick: () => history.back() }, "← Previous") : null,
+        next ? h("button", { onclick: () => go("instances", next) }, "Next →") : null),
+    );
+  };
+  liveRefresh = throttled(draw);
+  await draw();
+}
+
+// ------------------------------------------------------------------ one instance
+
+function timelineOf(events) {
+  // One row per step: from its first event to its outcome; waits, failures and tasks
+  // get their own colour. Events without a step (signals, cancellation) are marks.
+  const steps = new Map();
+  const start = events.length ? events[0].recorded_at_ms : 0;
+  const end = events.length ? events[events.length - 1].recorded_at_ms : 0;
+  // A step records nothing when it begins (an activity records its outcome): it began
+  // when the run recorded what came before it.
+  let previous = start;
+  for (const e of events) {
+    const step = e.body && e.body.step;
+    const at = e.recorded_at_ms;
+    if (step === undefined || step === null || e.event === "StepAbandoned") { previous = at; continue; }
+    let s = steps.get(step);
+    if (!s) {
+      s = { step, from: Math.min(previous, at), to: at, name: "", kind: "step", attempts: 0, failed: false, done: false };
+      steps.set(step, s);
+    }
+    previous = at;
+    s.to = e.recorded_at_ms;
+    const b = e.body;
+    if (b.activity) { s.name = b.activity; s.kind = "activity"; }
+    if (e.event === "ActivityAttemptFailed") s.attempts += 1;
+    if (e.event === "ActivityFailed") { s.failed = true; }
+    if (e.event === "TimerStarted") { s.name = "sleep"; s.kind = "wait"; }
+    if (e.event.startsWith("Signal")) { s.name = `signal ${b.name}`; s.kind = "wait"; }
+    if (e.event === "TaskCreated") { s.name = `task ${b.task && b.task.name ? b.task.name : ""}`; s.kind = "task"; }
+    if (e.event === "ChildStarted") { s.name = `child ${b.child_id}`; s.kind = "wait"; }
+    if (e.event === "SideEffect") { s.name = b.label; }
+    if (e.event === "Notified") { s.name = `notify ${b.topic}`; }
+    if (e.event === "StatePublished") { s.name = `publish ${b.name}`; }
+    if (e.event === "UpdateAnswered") { s.name = `answer ${b.name}`; }
+    if (e.event === "AttributesSet") { s.name = "attributes"; s.kind = "marker"; }
+    if (e.event === "PatchMarker") { s.name = `patch ${b.patch_id}`; }
+    if (!s.name) s.name = e.event;
+  }
+  const shown = [...steps.values()].filter((s) => s.kind !== "marker");
+  return { start, end, steps: shown.sort((a, b) => a.from - b.from || a.step - b.step) };
+}
+
+function renderTimeline(events) {
+  const t = timelineOf(events);
+  if (!t.steps.length) return h("div", { class: "empty" }, "No steps recorded yet.");
+  const span = Math.max(1, t.end - t.start);
+  return h("div", { class: "timeline", "data-testid": "timeline" }, t.steps.map((s) => {
+    const left = ((s.from - t.start) / span) * 100;
+    const width = Math.max(0.4, ((s.to - s.from) / span) * 100);
+    const cls = s.failed ? "fail" : s.kind === "wait" ? "wait" : s.kind === "task" ? "task" : "";
+    return h("div", { class: "tl-row" },
+      h("div", { class: "tl-name", title: s.name }, h("span", { class: "muted" }, `${s.step} `), s.name, s.attempts ? h("span", { class: "badge failed", style: "margin-left:6px" }, `${s.attempts} retr${s.attempts > 1 ? "ies" : "y"}`) : null),
+      h("div", { class: "tl-track" }, h("div", { class: `tl-bar ${cls}`, style: `left:${left}%;width:${width}%` })),
+      h("div", { class: "tl-dur" }, fmtDur(s.to - s.from)));
+  }));
+}
+
+async function renderInstance(id) {
+  setActive("instances");
+  const box = h("div", {});
+  fill(main, h("p", {}, h("a", { href: "#/instances" }, "← Instances")), box);
+  const draw = async () => {
+    let inst, events;
+    try {
+      [inst, events] = await Promise.all([api("GET", `/api/v1/instances/${encodeURIComponent(id)}`), api("GET", `/api/v1/instances/${encodeURIComponent(id)}/history`)]);
+    } catch (err) { fill(box, errorBox(err)); return; }
+    const feedback = h("div", {});
+    const act = async (what, fn) => {
+      try { await fn(); fill(feedback, h("div", { class: "ok" }, `${what} recorded.`)); draw(); } catch (err) { fill(feedback, errorBox(err)); }
+    };
+    const allowed = new Set(inst.allowed_actions || []);
+    const running = inst.status === "running" || inst.status === "parked";
+    const signalName = h("input", { placeholder: "signal name" });
+    const signalBody = h("input", { placeholder: "JSON body, e.g. true", class: "mono" });
+    const actions = running && (allowed.has("signal") || allowed.has("cancel") || allowed.has("terminate"))
+      ? h("div", { class: "card" }, h("h2", {}, "Actions"), feedback,
+        allowed.has("signal") ? h("form", { class: "filters", onsubmit: (e) => {
+          e.preventDefault();
+          let body;
+          try { body = JSON.parse(signalBody.value || "null"); } catch (_) { fill(feedback, h("div", { class: "error" }, "The body is not JSON.")); return; }
+          act("The signal", () => api("POST", `/api/v1/instances/${encodeURIComponent(id)}/signals/${encodeURIComponent(signalName.value)}`, body));
+        } }, h("label", {}, "Signal", signalName), h("label", {}, "Body", signalBody), h("button", { type: "submit" }, "Send")) : null,
+        h("div", { class: "actions" },
+          allowed.has("cancel") ? h("button", { onclick: () => { const reason = prompt("Why cancel?"); if (reason) act("The cancellation", () => api("POST", `/api/v1/instances/${encodeURIComponent(id)}/cancel`, { reason })); } }, "Cancel…") : null,
+          allowed.has("terminate") ? h("button", { class: "danger", onclick: () => { const reason = prompt("Why terminate? No more workflow code will run."); if (reason) act("The termination", () => api("POST", `/api/v1/instances/${encodeURIComponent(id)}/terminate`, { reason })); } }, "Terminate…") : null))
+      : null;
+    const attrs = Object.entries(inst.attributes);
+    fill(box, 
+      h("div", { class: "row" }, h("div", { class: "grow" }, h("h1", {}, inst.id, " ", badge(inst.status)), h("p", { class: "sub" }, inst.workflow_type)), liveBadge()),
+      inst.parked ? h("div", { class: "error" }, h("strong", {}, "Parked: "), h("code", {}, inst.parked.code), " ", inst.parked.message) : null,
+      h("div", { class: "row" },
+        h("div", { class: "card grow" }, h("h2", {}, "Details"), h("dl", { class: "kv" },
+          h("dt", {}, "Started"), h("dd", {}, fmtTime(inst.created_at_ms)),
+          h("dt", {}, "Updated"), h("dd", {}, fmtTime(inst.updated_at_ms)),
+          h("dt", {}, "Events"), h("dd", {}, inst.events),
+          h("dt", {}, "Attributes"), h("dd", {}, attrs.length ? attrs.map(([k, v]) => h("a", { class: "chip", href: `#/instances?attribute=${encodeURIComponent(`${k}:${JSON.stringify(v)}`)}` }, `${k}: ${v}`)) : h("span", { class: "muted" }, "none")))),
+        actions ? h("div", { class: "grow" }, actions) : null),
+      h("div", { class: "card" }, h("h2", {}, "Timeline"), renderTimeline(events)),
+      h("div", { class: "card" }, h("h2", {}, "History"),
+        h("table", { class: "events" }, h("thead", {}, h("tr", {}, h("th", {}, "Seq"), h("th", {}, "Event"), h("th", { class: "hide-narrow" }, "When"), h("th", {}, "By"), h("th", {}, "Details"))),
+          h("tbody", {}, events.map((e) => h("tr", {},
+            h("td", {}, e.seq), h("td", {}, e.event), h("td", { class: "hide-narrow muted" }, fmtTime(e.recorded_at_ms)),
+            h("td", {}, e.actor ? e.actor.id : h("span", { class: "muted" }, "—")), h("td", {}, json(e.body))))))),
+    );
+  };
+  liveRefresh = throttled(draw);
+  await draw();
+}
+
+// ------------------------------------------------------------------ tasks
+
+async function renderTasks() {
+  setActive("tasks");
+  const box = h("div", {});
+  fill(main, 
+    h("div", { class: "row" }, h("div", { class: "grow" }, h("h1", {}, "Tasks"), h("p", { class: "sub" }, "What you hold, and what you may claim by name or role.")), liveBadge()),
+    h("div", { class: "card" }, box),
+  );
+  const draw = async () => {
+    let page;
+    try { page = await api("GET", "/api/v1/tasks?limit=100"); } catch (err) { fill(box, errorBox(err)); return; }
+    if (!page.tasks.length) { fill(box, h("div", { class: "empty" }, "Your inbox is empty.")); return; }
+    fill(box, h("table", { "data-testid": "tasks" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Task"), h("th", {}, "Instance"), h("th", {}, "Holder"), h("th", { class: "hide-narrow" }, "Offered to"), h("th", {}, "Due"))),
+      h("tbody", {}, page.tasks.map((t) => h("tr", {},
+        h("td", {}, h("a", { href: `#/tasks/${encodeURIComponent(t.instance)}/${t.step}` }, t.title || t.kind), t.overdue ? h("span", { class: "badge overdue", style: "margin-left:6px" }, "overdue") : null, t.escalations ? h("span", { class: "badge parked", style: "margin-left:6px" }, `escalated ×${t.escalations}`) : null),
+        h("td", {}, h("a", { href: `#/instances/${encodeURIComponent(t.instance)}` }, t.instance)),
+        h("td", {}, t.assignee || h("span", { class: "muted" }, "unclaimed")),
+        h("td", { class: "hide-narrow" }, [...t.candidates.roles.map((r) => h("span", { class: "chip" }, r)), ...t.candidates.users.map((u) => h("span", { class: "chip" }, `@${u}`))]),
+        h("td", { class: "muted" }, t.due_at_ms ? fmtTime(t.due_at_ms) : "—"))))));
+  };
+  liveRefresh = throttled(draw);
+  await draw();
+}
+
+// A form for a JSON Schema object: booleans, strings (enums as selects), numbers and
+// integers get their own inputs; anything else is edited as JSON.
+function schemaForm(schema) {
+  const root = resolve(schema, schema);
+  const fields = [];
+  const required = new Set(root.required || []);
+  const props = root.properties || {};
+  const container = h("div", {});
+  for (const [name, raw] of Object.entries(props)) {
+    const prop = resolve(schema, raw);
+    const type = Array.isArray(prop.type) ? prop.type.find((t) => t !== "null") : prop.type;
+    const id = `field-${name}`;
+    let input, read;
+    if (prop.enum) {
+      input = h("select", { id }, h("option", { value: "" }, "choose…"), prop.enum.map((v) => h("option", { value: JSON.stringify(v) }, String(v))));
+      read = () => (input.value ? JSON.parse(input.value) : undefined);
+    } else if (type === "boolean") {
+      input = h("select", { id }, h("option", { value: "" }, "choose…"), h("option", { value: "true" }, "Yes"), h("option", { value: "false" }, "No"));
+      read = () => (input.value === "" ? undefined : input.value === "true");
+    } else if (type === "integer" || type === "number") {
+      input = h("input", { id, type: "number", step: type === "integer" ? "1" : "any" });
+      read = () => (input.value === "" ? undefined : Number(input.value));
+    } else if (type === "string") {
+      input = (prop.maxLength && prop.maxLength <= 80) ? h("input", { id }) : h("textarea", { id, rows: 3 });
+      read = () => (input.value === "" && !required.has(name) ? undefined : input.value);
+    } else {
+      input = h("textarea", { id, class: "mono", rows: 3, placeholder: "JSON" });
+      read = () => { if (!input.value.trim()) return undefined; return JSON.parse(input.value); };
+    }
+    const err = h("div", { class: "field-error", "data-error-for": name });
+    const field = h("div", { class: "form-field", "data-field": name },
+      h("label", { for: id }, prop.title || name, required.has(name) ? " *" : ""),
+      input, prop.description ? h("div", { class: "hint" }, prop.description) : null, err);
+    fields.push({ name, read, field, err });
+    container.append(field);
+  }
+  return {
+    element: container,
+    read() {
+      const value = {};
+      for (const f of fields) {
+        f.field.classList.remove("invalid"); f.err.textContent = "";
+        let v;
+        try { v = f.read(); } catch (_) { f.field.classList.add("invalid"); f.err.textContent = "Not valid JSON."; throw new Error("invalid"); }
+        if (v !== undefined) value[f.name] = v;
+      }
+      return value;
+    },
+    showErrors(message) {
+      // The server names each problem with where it is ("at `/approve`: ...").
+      let placed = false;
+      for (const f of fields) {
+        const marks = [`/${f.name}\``, `"${f.name}" is a required property`];
+        if (marks.some((m) => message.includes(m))) {
+          f.field.classList.add("invalid");
+          const part = message.split("; ").find((p) => marks.some((m) => p.includes(m))) || message;
+          f.err.textContent = part
+            .replace(/^\[CAIRN-E\d+\][^:]*: /, "")
+            .replace(/\. The task stays open$/, "")
+            .replace(/^".*" is a required property$/, "Required.")
+            .replace(/^at `[^`]*`: /, "");
+          placed = true;
+        }
+      }
+      return placed;
+    },
+  };
+}
+
+// A flat object as a definition list; anything deeper as JSON.
+function caseData(value) {
+  if (!value || typeof value !== "object" || Array.isArray(value) || Object.values(value).some((v) => v && typeof v === "object")) return json(value);
+  return h("dl", { class: "kv" }, Object.entries(value).flatMap(([k, v]) => [h("dt", {}, k.replace(/_/g, " ")), h("dd", {}, String(v))]));
+}
+
+function resolve(root, schema) {
+  if (schema && schema.$ref && schema.$ref.startsWith("#/")) {
+    return schema.$ref.slice(2).split("/").reduce((s, k) => (s ? s[k] : undefined), root) || {};
+  }
+  return schema || {};
+}
+
+async function renderTask(instance, step) {
+  setActive("tasks");
+  const box = h("div", {});
+  fill(main, h("p", {}, h("a", { href: "#/tasks" }, "← Tasks")), box);
+  const path = `/api/v1/tasks/${encodeURIComponent(instance)}/${step}`;
+  const draw = async (notice) => {
+    let task;
+    try { task = await api("GET", path); } catch (err) { fill(box, errorBox(err)); return; }
+    const feedback = h("div", {}, notice || null);
+    const mine = task.assignee === me.id;
+    const open = task.status === "open";
+    const form = schemaForm(task.decision_schema || {});
+    const complete = async (e) => {
+      e.preventDefault();
+      let decision;
+      try { decision = form.read(); } catch (_) { return; }
+      try {
+        await api("POST", `${path}/complete`, { decision });
+        draw(h("div", { class: "ok" }, "Decision recorded; the process goes on."));
+      } catch (err) {
+        const placed = err.code === "CAIRN-E0024" && form.showErrors(err.message);
+        fill(feedback, placed ? h("div", { class: "error", role: "alert" }, "Some answers need attention.") : errorBox(err));
+      }
+    };
+    const act = async (what, verb) => {
+      try { await api("POST", `${path}/${verb}`); draw(h("div", { class: "ok" }, `${what}.`)); } catch (err) { fill(feedback, errorBox(err)); }
+    };
+    fill(box, 
+      h("h1", {}, task.title || task.kind, " ", badge(task.status)),
+      h("p", { class: "sub" }, h("a", { href: `#/instances/${encodeURIComponent(task.instance)}` }, task.instance), ` · ${task.workflow_type} · ${task.kind}`),
+      feedback,
+      h("div", { class: "row" },
+        h("div", { class: "card grow" },
+          h("h2", {}, "Case"),
+          task.description ? h("p", {}, task.description) : null,
+          caseData(task.input),
+          h("dl", { class: "kv", style: "margin-top:12px" },
+            h("dt", {}, "Holder"), h("dd", {}, task.assignee || "unclaimed"),
+            h("dt", {}, "Offered to"), h("dd", {}, [...task.candidates.roles.map((r) => h("span", { class: "chip" }, r)), ...task.candidates.users.map((u) => h("span", { class: "chip" }, `@${u}`))]),
+            h("dt", {}, "Priority"), h("dd", {}, task.priority),
+            h("dt", {}, "Due"), h("dd", {}, task.due_at_ms ? fmtTime(task.due_at_ms) : "—", task.overdue ? h("span", { class: "badge overdue", style: "margin-left:6px" }, "overdue") : null),
+            h("dt", {}, "Escalations"), h("dd", {}, task.escalations)),
+          task.comments.length ? h("div", { style: "margin-top:12px" }, h("h2", {}, "Comments"), task.comments.map((c) => h("p", {}, h("strong", {}, c.by), h("span", { class: "muted" }, ` ${fmtTime(c.at_ms)}: `), c.text))) : null),
+        h("div", { class: "card grow" },
+          h("h2", {}, open ? "Decision" : "Decided"),
+          open
+            ? (mine
+              ? h("form", { onsubmit: complete, "data-testid": "decision-form" }, form.element, h("div", { class: "actions" }, h("button", { class: "primary", type: "submit" }, "Complete"), h("button", { type: "button", onclick: () => act("Released", "release") }, "Release")))
+              : h("div", {}, h("p", { class: "muted" }, task.assignee ? `Held by ${task.assignee}.` : "Claim it to decide."), task.assignee ? null : h("button", { class: "primary", onclick: () => act("Claimed", "claim") }, "Claim")))
+            : h("div", {}, task.decided_by ? h("p", {}, "By ", h("strong", {}, task.decided_by)) : null, task.decision ? json(task.decision) : null))),
+    );
+  };
+  liveRefresh = null;
+  await draw();
+}
+
+// ------------------------------------------------------------------ router
+
+async function route() {
+  if (!sessionStorage.getItem(TOKEN_KEY)) { renderLogin(); return; }
+  if (!me) {
+    try { me = await api("GET", "/api/v1/me"); } catch (_) { return; }
+    renderWho();
+  }
+  const { parts, params } = parseHash();
+  liveRefresh = null;
+  if (parts[0] === "instances" && parts[1]) return renderInstance(parts.slice(1).join("/"));
+  if (parts[0] === "instances") return renderInstances(params);
+  if (parts[0] === "tasks" && parts[2]) return renderTask(parts[1], parts[2]);
+  if (parts[0] === "tasks") return renderTasks();
+  return renderOverview();
+}
+
+window.addEventListener("hashchange", route);
+renderWho();
+route();
+followCommits();
