@@ -52,6 +52,9 @@ struct Order {
     region: String,
     items: u32,
     cents: u64,
+    /// How long the warehouse takes, in seconds (5 to 25 when not given).
+    #[serde(default)]
+    warehouse_secs: Option<u64>,
 }
 
 /// Deterministic from the order, so a replay and a retry see the same "random" outcome.
@@ -115,8 +118,10 @@ async fn shop_order(ctx: Ctx, order: Order) -> Result<String, WorkflowError> {
     ctx.set_stage("payment").await;
     let paid = ctx.activity(charge, order.clone()).await?;
     ctx.set_stage("warehouse").await;
-    ctx.sleep(Duration::from_secs(5 + dice(&order, 6) % 20))
-        .await?;
+    let warehouse = order
+        .warehouse_secs
+        .unwrap_or_else(|| 5 + dice(&order, 6) % 20);
+    ctx.sleep(Duration::from_secs(warehouse)).await?;
     ctx.set_stage("shipping").await;
     let shipped = ctx.activity(ship, order.clone()).await?;
     ctx.set_stage("done").await;
@@ -220,6 +225,7 @@ async fn stream(rt: Runtime) {
             region: REGIONS[pick(2, REGIONS.len())].into(),
             items: 1 + (n % 7) as u32,
             cents: 1_999 + (n * 7_919) % 90_000,
+            warehouse_secs: None,
         };
         let _ = rt
             .start(shop_order, &format!("order-{n:05}"), order_input)

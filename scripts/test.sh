@@ -3,7 +3,10 @@
 # 1. the whole workspace suite (unit, integration, crash, doc and compile-fail tests);
 # 2. the same again in always-replay mode (every step reached by replay);
 # 3. the loom models of the hand-written synchronisation, in their own target dir
-#    because `--cfg cairn_loom` changes how the runtime and redb crates compile.
+#    because `--cfg cairn_loom` changes how the runtime and redb crates compile;
+# 4. the HTTP API and the dashboard from outside (scripts/api_checks.sh): the dashboard
+#    in headless Chromium and a schema-based fuzzer against the OpenAPI document
+#    (installs Chromium from Debian packages and the Python tools when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,3 +21,6 @@ CAIRN_ALWAYS_REPLAY=1 cargo test --workspace --locked --tests
 echo "== loom models (cfg cairn_loom) =="
 RUSTFLAGS="--cfg cairn_loom" CARGO_TARGET_DIR=target/loom \
   cargo test -p cairn-runtime -p cairn-redb --lib --locked --release -- loom_tests
+
+echo "== the dashboard in a real browser, the API fuzzed against its document =="
+bash scripts/api_checks.sh

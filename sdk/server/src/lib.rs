@@ -104,6 +104,64 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// The refusals every route may give, documented once here rather than on each
+/// handler: a request that does not parse (400), no token (401, routes that need one),
+/// a body over the limit, of the wrong type or shape (413, 415, 422, routes that take
+/// one), and a runtime shutting down (503).
+struct CommonRefusals;
+
+fn refusal(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
+        .into()
+}
+
+impl utoipa::Modify for CommonRefusals {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let public = operation.security.is_none();
+                let has_body = operation.request_body.is_some();
+                let mut add = |status: &str, description: &str| {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| refusal(description));
+                };
+                add(
+                    "400",
+                    "A path segment, query parameter or body that does not parse",
+                );
+                if !public {
+                    add("401", "No token, or one this server does not know");
+                    add("503", "The runtime is shutting down");
+                }
+                if has_body {
+                    add("413", "A body over the size limit");
+                    add("415", "A body that is not `application/json`");
+                    add("422", "A body of the wrong shape or type");
+                }
+            }
+        }
+    }
+}
+
 /// The HTTP API of one runtime.
 ///
 /// ```no_run
@@ -169,6 +227,8 @@ impl Server {
             .routes(routes!(api::complete_task))
             .with_state(self.state.clone())
             .split_for_parts();
+        let mut doc = doc;
+        utoipa::Modify::modify(&CommonRefusals, &mut doc);
         (router, doc)
     }
 

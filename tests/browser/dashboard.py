@@ -1,0 +1,152 @@
+"""The dashboard end to end, in real headless Chromium, against a running demo host.
+
+    python3 tests/browser/dashboard.py <demo_host binary> <screenshot dir>
+
+It starts the demo host on a fresh file and a free port (no sample stream), and as a
+person would:
+  1. signs in as the operator, opens the instance list, starts an order through the
+     API, and sees it appear and move to `completed` without the page reloading;
+  2. opens the order and finds its timeline (stock, payment, the warehouse wait,
+     shipping) and its history;
+  3. signs in as an approver, opens an expense task from the inbox, claims it, submits
+     the form empty and sees the validation errors next to the fields, then decides it
+     and sees the task completed.
+A screenshot of each page goes to the screenshot directory. Exits non-zero on any
+failure, after saving a screenshot of where it failed.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+HOST, SHOTS = sys.argv[1], sys.argv[2]
+os.makedirs(SHOTS, exist_ok=True)
+work = tempfile.mkdtemp(prefix="cairn-dashboard-")
+tokens_file = os.path.join(work, "tokens.json")
+host = subprocess.Popen(
+    [HOST, "--db", os.path.join(work, "demo.redb"), "--port", "0", "--quiet",
+     "--tokens-out", tokens_file],
+    stdout=subprocess.PIPE, text=True)
+base = None
+for line in host.stdout:
+    match = re.search(r"Dashboard: (http://127\.0\.0\.1:\d+)/", line)
+    if match:
+        base = match.group(1)
+        break
+if base is None:
+    sys.exit("the demo host did not print its address")
+tokens = json.load(open(tokens_file))
+
+
+def api(method, path, token, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data, method=method)
+    request.add_header("authorization", "Bearer " + token)
+    if data is not None:
+        request.add_header("content-type", "application/json")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"null")
+
+
+options = webdriver.ChromeOptions()
+for argument in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1360,1000"]:
+    options.add_argument(argument)
+options.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+browser = webdriver.Chrome(
+    service=Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")), options=options)
+wait = WebDriverWait(browser, 20)
+step = 0
+
+
+def shot(name):
+    global step
+    step += 1
+    time.sleep(0.3)
+    browser.save_screenshot(os.path.join(SHOTS, f"{step:02d}-{name}.png"))
+
+
+def sign_in(role):
+    browser.get(base + "/")
+    field = wait.until(ec.presence_of_element_located((By.ID, "token")))
+    field.send_keys(tokens[role])
+    browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "[data-testid=who]"), ""))
+
+
+try:
+    # 1. An order appears and completes in the list, live.
+    sign_in("operator")
+    shot("overview")
+    browser.get(base + "/#/instances?id=e2e")
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".empty, table")))
+    browser.execute_script("window.__notReloaded = true;")
+    order = {"customer": "Ada Lovelace", "region": "north", "items": 2, "cents": 4200,
+             "warehouse_secs": 2}
+    api("POST", "/api/v1/instances", tokens["operator"],
+        {"workflow_type": "shop_order", "id": "e2e-order", "input": order})
+    row = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "tr[data-id='e2e-order']")))
+    shot("instance-listed")
+    WebDriverWait(browser, 30).until(ec.presence_of_element_located(
+        (By.CSS_SELECTOR, "tr[data-id='e2e-order'] td[data-status='completed']")))
+    assert browser.execute_script("return window.__notReloaded === true;"), "the page reloaded"
+    shot("instance-completed-live")
+
+    # 2. Its timeline and history.
+    browser.find_element(By.CSS_SELECTOR, "tr[data-id='e2e-order'] a").click()
+    timeline = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "[data-testid=timeline]")))
+    names = timeline.text
+    for expected in ["reserve_stock", "charge", "sleep", "ship"]:
+        assert expected in names, f"the timeline lacks {expected}: {names!r}"
+    assert "WorkflowCompleted" in browser.find_element(By.CSS_SELECTOR, "table.events").text
+    shot("instance-timeline")
+
+    # 3. An approver decides an expense through the form.
+    expense = {"employee": "Grace Hopper", "purpose": "conference ticket", "cents": 45000}
+    api("POST", "/api/v1/instances", tokens["operator"],
+        {"workflow_type": "expense", "id": "e2e-expense", "input": expense})
+    browser.find_element(By.XPATH, "//button[text()='Sign out']").click()
+    sign_in("approver")
+    browser.get(base + "/#/tasks")
+    link = wait.until(ec.presence_of_element_located(
+        (By.XPATH, "//table[@data-testid='tasks']//a[contains(., 'Grace Hopper')]")))
+    shot("inbox")
+    link.click()
+    wait.until(ec.element_to_be_clickable((By.XPATH, "//button[text()='Claim']"))).click()
+    form = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "[data-testid=decision-form]")))
+    shot("task-claimed")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    error = wait.until(ec.visibility_of_element_located(
+        (By.CSS_SELECTOR, "[data-error-for=approve]")))
+    wait.until(lambda _: error.text.strip() != "")
+    shot("task-validation-error")
+    Select(browser.find_element(By.ID, "field-approve")).select_by_visible_text("Yes")
+    browser.find_element(By.ID, "field-note").send_keys("within the travel budget")
+    browser.find_element(By.CSS_SELECTOR, "[data-testid=decision-form] button[type=submit]").click()
+    wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, ".ok"), "Decision recorded"))
+    wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "h1 .badge"), "completed"))
+    shot("task-completed")
+    decided = api("GET", "/api/v1/instances/e2e-expense/history", tokens["admin"])
+    assert any(e["event"] == "TaskCompleted" and e["actor"]["id"] == "april" for e in decided)
+    print(f"dashboard end to end: ok, {step} screenshots in {SHOTS}")
+except Exception:
+    shot("failure")
+    raise
+finally:
+    browser.quit()
+    host.terminate()
+    try:
+        host.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        host.kill()
