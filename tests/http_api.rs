@@ -301,6 +301,22 @@ async fn every_documented_operation_answers_as_the_document_says() {
                 "health" | "ready" => (template.clone(), None, None),
                 "me" | "list_instances" | "inbox" => (template.clone(), None, Some(CLERK)),
                 "overview" => (template.clone(), None, Some(AUDITOR)),
+                "metrics" => {
+                    // Text, not JSON: its status and a metric it must hold.
+                    seen.insert(id.clone());
+                    let response = host
+                        .http
+                        .get(format!("{}{template}", host.base))
+                        .bearer_auth(AUDITOR)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), StatusCode::OK);
+                    let text = response.text().await.unwrap();
+                    assert!(text.contains("cairn_instances_started_total"), "{text}");
+                    calls += 1;
+                    continue;
+                }
                 "stream" => {
                     // An endless event stream: its status and type, then hang up.
                     seen.insert(id.clone());

@@ -15,7 +15,7 @@ use crate::clock::{Clock, ClockHold};
 use crate::codec::{Codec, Payload};
 use crate::error::{Error, StepDescriptor};
 use crate::event::{AttrValue, ChildOutcome, EventKind, StepNo};
-use crate::port::{HostPort, Outcome};
+use crate::port::{HostPort, Observation, Outcome};
 
 use crate::port::{RunTaskAnswer, RunTaskChange};
 use crate::replay::{
@@ -358,6 +358,13 @@ impl WorkflowContext {
         &self.inner.history.instance
     }
 
+    /// Tells the host what this run saw, for its metrics (nothing in replay-only mode).
+    fn observe(&self, observation: Observation<'_>) {
+        if let Some(host) = &self.inner.host {
+            host.observe(observation);
+        }
+    }
+
     /// Workflow type of the instance.
     pub fn workflow_type(&self) -> &str {
         &self.inner.history.workflow_type
@@ -692,6 +699,7 @@ impl WorkflowContext {
             let held = self.inner.clock.hold();
             // Its own task: an activity that blocks its thread cannot keep this run from
             // seeing its deadline or a cancellation, and one that outlives them is aborted.
+            let began = std::time::Instant::now();
             let mut running = AbortOnDrop(tokio::spawn(
                 AssertUnwindSafe(attempt(ctx, &input)).catch_unwind(),
             ));
@@ -741,7 +749,19 @@ impl WorkflowContext {
                 input: &input,
                 retry: &options.retry,
             };
-            match activity::after_attempt(call, number, result) {
+            let after = activity::after_attempt(call, number, result);
+            let outcome = match &after {
+                AfterAttempt::Completed { .. } => "completed",
+                AfterAttempt::Retry { .. } => "retried",
+                AfterAttempt::Failed { .. } => "failed",
+            };
+            self.observe(Observation::Attempt {
+                workflow_type: self.workflow_type(),
+                activity: name,
+                outcome,
+                seconds: began.elapsed().as_secs_f64(),
+            });
+            match after {
                 AfterAttempt::Completed { record, output } => {
                     // The append holds the run busy itself until the outcome is durable.
                     drop(busy);
@@ -1112,6 +1132,9 @@ impl WorkflowContext {
             }
         }
         drop(waiting);
+        self.observe(Observation::TimerFired {
+            late_ms: self.inner.clock.now_ms().saturating_sub(fire_at_ms),
+        });
         self.record(timer::fired(step)).await;
         Ok(())
         })

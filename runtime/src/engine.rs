@@ -51,6 +51,10 @@ const CONTINUE_AS_NEW_TRIES_MAX: u32 = 10_000;
 /// the instance's indexes as inconsistent.
 const DRIVER_REGISTRATION_WAIT: Duration = Duration::from_secs(5);
 
+/// Pages of the task index a metrics scrape reads at most (the gauges count up to this
+/// many thousand tasks).
+const METRICS_PAGES_MAX: usize = 100;
+
 /// Longest signal name accepted, in bytes.
 pub const SIGNAL_NAME_BYTES_MAX: usize = 128;
 
@@ -227,6 +231,8 @@ pub(crate) struct Shared {
     pub(crate) registered: Notify,
     /// Callers waiting for update answers, woken by the commit path.
     pub(crate) answers: Arc<crate::messages::AnswerWaiters>,
+    /// What the host counts (`Engine::metrics_text`).
+    pub(crate) metrics: crate::metrics::Metrics,
     /// The first storage failure a run stopped on: the writer refuses everything after
     /// it, so waits for unfinished instances end with it instead of waiting for runs
     /// that will not come until the runtime is reopened.
@@ -419,6 +425,7 @@ impl EngineBuilder {
             outbox_task: Mutex::new(None),
             registered: Notify::new(),
             answers: Arc::default(),
+            metrics: crate::metrics::Metrics::new(),
             storage_failed: Mutex::new(None),
         });
         // Before anything is queued: every commit from now on reaches memory through it.
@@ -485,6 +492,55 @@ impl Engine {
     /// live view waits on to refresh. Ends (`u64::MAX`) at shutdown.
     pub fn watch_commits(&self) -> watch::Receiver<u64> {
         self.shared.applied.subscribe()
+    }
+
+    /// The host's metrics in the Prometheus text exposition format: instances started
+    /// and ended by type and status, workflow and activity durations, activity attempts
+    /// by outcome, commits and their sizes, timers and their lateness, replays, runs in
+    /// memory, open and overdue tasks, undelivered notifications. Names and labels are
+    /// listed in `docs/OPERATIONS.md`.
+    ///
+    /// # Errors
+    /// Storage errors reading the task index or the outbox.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn metrics_text(&self) -> Result<String> {
+        let metrics = &self.shared.metrics;
+        metrics
+            .resident_runs
+            .set(i64::try_from(self.resident_runs()).unwrap_or(i64::MAX));
+        let now = self.now_ms();
+        let (mut open, mut overdue) = (0i64, 0i64);
+        let mut query = crate::journal::TaskQuery {
+            limit: crate::journal::PAGE_ROWS_MAX,
+            ..crate::journal::TaskQuery::default()
+        };
+        // Bounded: a gauge need not read a huge index on every scrape.
+        for _ in 0..METRICS_PAGES_MAX {
+            let page = self.shared.journal.tasks(&query).await?;
+            for row in &page.rows {
+                open += 1;
+                if row.overdue || row.due_at_ms.is_some_and(|due| due <= now) {
+                    overdue += 1;
+                }
+            }
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => break,
+            }
+        }
+        metrics.open_tasks.set(open);
+        metrics.overdue_tasks.set(overdue);
+        let (pending, _) = self
+            .shared
+            .journal
+            .outbox_due(u64::MAX, crate::journal::PAGE_ROWS_MAX * METRICS_PAGES_MAX)
+            .await?;
+        metrics
+            .outbox_pending
+            .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+        Ok(metrics.encode())
     }
 
     /// The runtime clock's time, ms since the Unix epoch (virtual under a virtual clock).
@@ -1325,6 +1381,40 @@ impl Engine {
 /// The engine is the host of the runs it drives (see [`HostPort`]).
 #[async_trait::async_trait]
 impl HostPort for Engine {
+    fn observe(&self, observation: crate::port::Observation<'_>) {
+        let metrics = &self.shared.metrics;
+        match observation {
+            crate::port::Observation::Attempt {
+                workflow_type,
+                activity,
+                outcome,
+                seconds,
+            } => {
+                metrics
+                    .attempts
+                    .get_or_create(&crate::metrics::AttemptLabels {
+                        workflow_type: workflow_type.to_owned(),
+                        activity: activity.to_owned(),
+                        outcome: outcome.to_owned(),
+                    })
+                    .inc();
+                metrics
+                    .activity_seconds
+                    .get_or_create(&crate::metrics::ActivityLabels {
+                        workflow_type: workflow_type.to_owned(),
+                        activity: activity.to_owned(),
+                    })
+                    .observe(seconds);
+            }
+            crate::port::Observation::TimerFired { late_ms } => {
+                metrics.timers_fired.inc();
+                metrics
+                    .timer_lateness_seconds
+                    .observe(late_ms as f64 / 1000.0);
+            }
+        }
+    }
+
     async fn append(&self, key: u128, kind: EventKind) -> Result<()> {
         self.shared
             .journal
@@ -1444,6 +1534,7 @@ async fn run_dispatch(
 
 fn apply_effects(shared: &Arc<Shared>, effects: &[Committed]) {
     track_parking(shared, effects);
+    count(shared, effects);
     let mut schedules_changed = false;
     let mut outbox_changed = false;
     // A continued run's number follows its start in the same commit; its run needs it
@@ -1469,6 +1560,7 @@ fn apply_effects(shared: &Arc<Shared>, effects: &[Committed]) {
                     parent,
                     kind,
                     actor,
+                    ..
                 } => {
                     if matches!(kind, Some(EventKind::UpdateAnswered { .. }))
                         || kind.as_ref().is_some_and(EventKind::is_terminal)
@@ -1501,6 +1593,52 @@ fn apply_effects(shared: &Arc<Shared>, effects: &[Committed]) {
     }
     if outbox_changed {
         shared.outbox_changed.notify_one();
+    }
+}
+
+/// Feeds the metrics that commits decide: commits and their size, starts, ends.
+fn count(shared: &Shared, effects: &[Committed]) {
+    let metrics = &shared.metrics;
+    metrics.commits.inc();
+    let mut events = 0u32;
+    for effect in effects {
+        let Committed::Event { kind, ended, .. } = effect else {
+            continue;
+        };
+        events += 1;
+        if let Some(EventKind::WorkflowStarted { workflow_type, .. }) = kind {
+            metrics
+                .started
+                .get_or_create(&crate::metrics::TypeLabels {
+                    workflow_type: workflow_type.clone(),
+                })
+                .inc();
+        }
+        if let (Some(end), Some(kind)) = (ended, kind) {
+            let status = match kind {
+                EventKind::WorkflowCompleted { .. } => "completed",
+                EventKind::WorkflowFailed { .. } => "failed",
+                EventKind::WorkflowTerminated { .. } => "terminated",
+                _ => "continued_as_new",
+            };
+            metrics
+                .ended
+                .get_or_create(&crate::metrics::EndLabels {
+                    workflow_type: end.workflow_type.clone(),
+                    status: status.to_owned(),
+                })
+                .inc();
+            let millis = end.ended_at_ms.saturating_sub(end.started_at_ms);
+            metrics
+                .workflow_seconds
+                .get_or_create(&crate::metrics::TypeLabels {
+                    workflow_type: end.workflow_type.clone(),
+                })
+                .observe(millis as f64 / 1000.0);
+        }
+    }
+    if events > 0 {
+        metrics.commit_events.observe(f64::from(events));
     }
 }
 
@@ -1992,6 +2130,7 @@ async fn run_once(
             }
             let (row, events) = verify_history(raw)?;
             shared.replays.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.replays.inc();
             let history = History::from_records(events.iter().map(|e| &e.record))?;
             (history, row.next_seq)
         }

@@ -23,6 +23,7 @@ mod drive;
 mod engine;
 pub mod export;
 mod messages;
+mod metrics;
 pub mod notify;
 mod port;
 mod replayer;

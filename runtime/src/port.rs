@@ -52,9 +52,33 @@ pub(crate) enum RunTaskAnswer {
     Closed,
 }
 
+/// Something a run saw that the host counts (its metrics).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Observation<'a> {
+    /// An activity attempt ended.
+    Attempt {
+        /// The run's workflow type.
+        workflow_type: &'a str,
+        /// The activity.
+        activity: &'a str,
+        /// `completed`, `retried` or `failed`.
+        outcome: &'static str,
+        /// How long it ran.
+        seconds: f64,
+    },
+    /// A durable timer fired `late_ms` after its deadline.
+    TimerFired {
+        /// How late.
+        late_ms: u64,
+    },
+}
+
 /// What a run asks of its host.
 #[async_trait]
 pub(crate) trait HostPort: Send + Sync {
+    /// Counts what a run saw (metrics); never fails, never waits.
+    fn observe(&self, observation: Observation<'_>);
+
     /// Appends `kind` to instance `key`'s history and returns once it is durable (and
     /// its effects are in memory).
     async fn append(&self, key: u128, kind: EventKind) -> Result<()>;

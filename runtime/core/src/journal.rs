@@ -183,6 +183,17 @@ pub struct Carried {
     pub run: u32,
 }
 
+/// What a commit tells the host about a run it ended (for its metrics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunEnded {
+    /// The run's workflow type.
+    pub workflow_type: String,
+    /// When the run started (its start commit), ms since the Unix epoch.
+    pub started_at_ms: u64,
+    /// When it ended (this commit).
+    pub ended_at_ms: u64,
+}
+
 /// A signal no step of a run took, carried to its next run with what the sender gave.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CarriedSignal {
@@ -217,6 +228,8 @@ pub enum Committed {
         kind: Option<EventKind>,
         /// Who caused it, for the events the host acts on.
         actor: Option<Actor>,
+        /// For an event that ends the run: its type and when it started and ended.
+        ended: Option<RunEnded>,
     },
     /// A notification was added to the outbox (derived from an event of the commit).
     Outbox,

@@ -25,7 +25,7 @@ use crate::store::{
 };
 use crate::sync::{lock, Arc, AtomicU64, Mutex};
 use cairn_core::journal::{
-    reported, Appended, Carried, CommitListener, Committed, Expect, Started, TimeSource,
+    reported, Appended, Carried, CommitListener, Committed, Expect, RunEnded, Started, TimeSource,
 };
 use cairn_core::step::StepKind;
 use cairn_core::task::{Actor, TaskRow};
@@ -969,6 +969,11 @@ impl WriterLoop {
         let position = kind.name();
         let report = reported(&kind);
         let reported_actor = report.as_ref().and(actor.clone());
+        let ended = kind.is_terminal().then(|| RunEnded {
+            workflow_type: row.workflow_type.clone(),
+            started_at_ms: row.created_at_ms,
+            ended_at_ms: now,
+        });
         let parking = match &kind {
             EventKind::WorkflowParked { code, reason } => Some(encode_parked(&ParkedRow {
                 code: code.clone(),
@@ -1115,6 +1120,7 @@ impl WriterLoop {
             parent,
             kind: report,
             actor: reported_actor,
+            ended,
         });
         Ok(Appended { seq })
     }

@@ -919,6 +919,28 @@ pub(crate) async fn stream(
     Sse::new(events).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
 }
 
+/// The host's metrics in the Prometheus text format (any valid token; point the
+/// scraper's `authorization` at one). Names and labels: `docs/OPERATIONS.md`.
+#[utoipa::path(get, path = "/metrics", tag = "health", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Prometheus text exposition format", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 401, description = "No or unknown token", body = ErrorBody)))]
+pub(crate) async fn metrics(
+    State(state): Shared,
+    Caller(_actor): Caller,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let text = state.engine.metrics_text().await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
 // ---------------------------------------------------------------- tasks
 
 /// Who a task is offered to.

@@ -210,6 +210,7 @@ impl Server {
             .routes(routes!(api::me))
             .routes(routes!(api::overview))
             .routes(routes!(api::stream))
+            .routes(routes!(api::metrics))
             .routes(routes!(api::list_instances, api::start_instance))
             .routes(routes!(api::get_instance))
             .routes(routes!(api::get_history))

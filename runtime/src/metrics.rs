@@ -1,0 +1,176 @@
+//! The host's metrics in the Prometheus text format (`Engine::metrics_text`, served at
+//! `/metrics` by the HTTP API). Names are stable and documented in
+//! `docs/OPERATIONS.md`; durations are in seconds; labels are bounded: workflow type,
+//! activity name, status or outcome, never an instance id.
+//!
+//! Counters and histograms are fed where things happen (the commit path for starts and
+//! ends, the run for activity attempts and timers); the gauges are read from the store
+//! and the engine when scraped.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of a workflow type.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TypeLabels {
+    pub(crate) workflow_type: String,
+}
+
+/// Labels of an instance's end.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EndLabels {
+    pub(crate) workflow_type: String,
+    /// `completed`, `failed`, `terminated` or `continued_as_new`.
+    pub(crate) status: String,
+}
+
+/// Labels of an activity attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AttemptLabels {
+    pub(crate) workflow_type: String,
+    pub(crate) activity: String,
+    /// `completed`, `retried` (failed, another attempt follows) or `failed` (for good).
+    pub(crate) outcome: String,
+}
+
+/// Labels of an activity.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ActivityLabels {
+    pub(crate) workflow_type: String,
+    pub(crate) activity: String,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 1 ms to about 9 hours.
+    Histogram::new(exponential_buckets(0.001, 4.0, 13))
+}
+
+/// Every metric the host keeps.
+pub(crate) struct Metrics {
+    registry: Registry,
+    pub(crate) started: Family<TypeLabels, Counter>,
+    pub(crate) ended: Family<EndLabels, Counter>,
+    pub(crate) workflow_seconds: Family<TypeLabels, Histogram, fn() -> Histogram>,
+    pub(crate) attempts: Family<AttemptLabels, Counter>,
+    pub(crate) activity_seconds: Family<ActivityLabels, Histogram, fn() -> Histogram>,
+    pub(crate) commits: Counter,
+    pub(crate) commit_events: Histogram,
+    pub(crate) timers_fired: Counter,
+    pub(crate) timer_lateness_seconds: Histogram,
+    pub(crate) replays: Counter,
+    pub(crate) resident_runs: Gauge,
+    pub(crate) open_tasks: Gauge,
+    pub(crate) overdue_tasks: Gauge,
+    pub(crate) outbox_pending: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("cairn");
+        let metrics = Self {
+            started: Family::default(),
+            ended: Family::default(),
+            workflow_seconds: Family::new_with_constructor(seconds_histogram),
+            attempts: Family::default(),
+            activity_seconds: Family::new_with_constructor(seconds_histogram),
+            commits: Counter::default(),
+            commit_events: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            timers_fired: Counter::default(),
+            timer_lateness_seconds: seconds_histogram(),
+            replays: Counter::default(),
+            resident_runs: Gauge::default(),
+            open_tasks: Gauge::default(),
+            overdue_tasks: Gauge::default(),
+            outbox_pending: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "instances_started",
+            "Instances started, by workflow type",
+            metrics.started.clone(),
+        );
+        registry.register(
+            "instances_ended",
+            "Instances ended, by workflow type and how (completed, failed, terminated, continued_as_new)",
+            metrics.ended.clone(),
+        );
+        registry.register(
+            "workflow_duration_seconds",
+            "From an instance's start to its end, by workflow type",
+            metrics.workflow_seconds.clone(),
+        );
+        registry.register(
+            "activity_attempts",
+            "Activity attempts, by workflow type, activity and outcome (completed, retried, failed)",
+            metrics.attempts.clone(),
+        );
+        registry.register(
+            "activity_duration_seconds",
+            "How long one activity attempt ran, by workflow type and activity",
+            metrics.activity_seconds.clone(),
+        );
+        registry.register(
+            "commits",
+            "Commits applied by the host",
+            metrics.commits.clone(),
+        );
+        registry.register(
+            "commit_events",
+            "Events per commit (group commit batch size)",
+            metrics.commit_events.clone(),
+        );
+        registry.register(
+            "timers_fired",
+            "Durable timers that fired",
+            metrics.timers_fired.clone(),
+        );
+        registry.register(
+            "timer_lateness_seconds",
+            "How late a durable timer fired after its deadline",
+            metrics.timer_lateness_seconds.clone(),
+        );
+        registry.register(
+            "replays",
+            "Runs rebuilt from their history (recovery, wake-ups of evicted instances)",
+            metrics.replays.clone(),
+        );
+        registry.register(
+            "resident_runs",
+            "Instances with a run in memory",
+            metrics.resident_runs.clone(),
+        );
+        registry.register("open_tasks", "Open human tasks", metrics.open_tasks.clone());
+        registry.register(
+            "overdue_tasks",
+            "Open human tasks past their due time",
+            metrics.overdue_tasks.clone(),
+        );
+        registry.register(
+            "outbox_pending",
+            "Notifications not yet delivered (due now or waiting for a retry)",
+            metrics.outbox_pending.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The metrics in the Prometheus text exposition format.
+    pub(crate) fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
