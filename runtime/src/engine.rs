@@ -230,7 +230,7 @@ pub(crate) struct Shared {
     /// Notified whenever a driver is registered or an instance parked, and at shutdown.
     pub(crate) registered: Notify,
     /// Callers waiting for update answers, woken by the commit path.
-    pub(crate) answers: Arc<crate::messages::AnswerWaiters>,
+    pub(crate) answers: Arc<crate::answers::AnswerWaiters>,
     /// What the host counts (`Engine::metrics_text`).
     pub(crate) metrics: crate::metrics::Metrics,
     /// The first storage failure a run stopped on: the writer refuses everything after

@@ -16,6 +16,7 @@ pub use cairn_core::{
 };
 
 mod acting;
+mod answers;
 pub mod clock;
 mod context;
 mod documents;

@@ -9,16 +9,12 @@
 //! current run: a continue-as-new starts a new one (keyed signals it carries keep their
 //! keys).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use crate::codec::Payload;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::event::EventKind;
 use crate::policy::Action;
 use crate::store::InstanceStatus;
-use crate::sync::{lock, Mutex, Notify};
 use crate::task::Actor;
 use cairn_core::journal::{verify_history, Expect};
 use cairn_core::step::publish;
@@ -36,57 +32,6 @@ pub struct Sent {
     /// `true` if this call recorded the message; `false` if an earlier send with the same
     /// key (and the same name and body) had, and nothing was written.
     pub recorded: bool,
-}
-
-/// The callers waiting for update answers, by run: woken by the commit path when a run
-/// records an answer or ends.
-#[derive(Debug, Default)]
-pub(crate) struct AnswerWaiters {
-    by_run: Mutex<HashMap<u128, (Arc<Notify>, usize)>>,
-}
-
-impl AnswerWaiters {
-    fn register(self: &Arc<Self>, run: u128) -> AnswerWait {
-        let notify = {
-            let mut map = lock(&self.by_run);
-            let entry = map
-                .entry(run)
-                .or_insert_with(|| (Arc::new(Notify::new()), 0));
-            entry.1 += 1;
-            entry.0.clone()
-        };
-        AnswerWait {
-            waiters: self.clone(),
-            run,
-            notify,
-        }
-    }
-
-    /// Run `run` recorded an answer or ended: its waiters look at its history again.
-    pub(crate) fn wake(&self, run: u128) {
-        if let Some((notify, _)) = lock(&self.by_run).get(&run) {
-            notify.notify_waiters();
-        }
-    }
-}
-
-/// One caller's registration; removes the run's entry when its last waiter leaves.
-struct AnswerWait {
-    waiters: Arc<AnswerWaiters>,
-    run: u128,
-    notify: Arc<Notify>,
-}
-
-impl Drop for AnswerWait {
-    fn drop(&mut self) {
-        let mut map = lock(&self.waiters.by_run);
-        if let Some(entry) = map.get_mut(&self.run) {
-            entry.1 = entry.1.saturating_sub(1);
-            if entry.1 == 0 {
-                map.remove(&self.run);
-            }
-        }
-    }
 }
 
 fn check_key(key: &str) -> Result<()> {
@@ -156,6 +101,21 @@ impl Engine {
             .0)
     }
 
+    /// Run `run` of `id`: its row and verified events.
+    async fn run_history(
+        &self,
+        id: &str,
+        run: u128,
+    ) -> Result<(crate::store::InstanceRow, Vec<crate::journal::StoredEvent>)> {
+        let raw = self
+            .shared
+            .journal
+            .history(run)
+            .await?
+            .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))?;
+        verify_history(raw)
+    }
+
     /// The send and the run that holds the key.
     async fn signal_once_by(
         &self,
@@ -174,13 +134,7 @@ impl Engine {
         };
         let mut run = self.row_of(id).await?.0;
         for _ in 0..KEYED_TRIES_MAX {
-            let raw = self
-                .shared
-                .journal
-                .history(run)
-                .await?
-                .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))?;
-            let (row, events) = verify_history(raw)?;
+            let (row, events) = self.run_history(id, run).await?;
             let earlier = events.iter().find_map(|event| match &event.record.kind {
                 EventKind::KeyedSignalReceived {
                     name: sent,
@@ -303,13 +257,7 @@ impl Engine {
             let woken = notify.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let raw = self
-                .shared
-                .journal
-                .history(run)
-                .await?
-                .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))?;
-            let (row, events) = verify_history(raw)?;
+            let (row, events) = self.run_history(id, run).await?;
             let answer = events.iter().find_map(|event| match &event.record.kind {
                 EventKind::UpdateAnswered {
                     key: answered,
@@ -360,13 +308,7 @@ impl Engine {
     /// Cancel safe: it only reads.
     pub async fn query(&self, id: &str, name: &str) -> Result<Option<Payload>> {
         let (run, _) = self.row_of(id).await?;
-        let raw = self
-            .shared
-            .journal
-            .history(run)
-            .await?
-            .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))?;
-        let (_, events) = verify_history(raw)?;
+        let (_, events) = self.run_history(id, run).await?;
         Ok(publish::latest(events.iter().map(|event| &event.record.kind), name).cloned())
     }
 
