@@ -294,6 +294,13 @@ impl WorkflowError {
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
+/// The guide's code blocks (`docs/GUIDE.md`), compiled as doc tests, the runnable ones
+/// run: the guide builds as written. It hosts the HTTP API, hence the feature (on in the
+/// workspace's test run, where the CLI package enables it).
+#[cfg(all(doctest, feature = "server"))]
+#[doc = include_str!("../../docs/GUIDE.md")]
+pub struct GuideDoctests;
+
 #[doc(hidden)]
 pub mod __private {
     pub use futures::future::BoxFuture;
