@@ -38,6 +38,7 @@
 mod acting;
 mod ctx;
 mod documents;
+mod gate;
 mod messages;
 pub mod notify;
 mod runtime;
@@ -126,6 +127,7 @@ pub mod host {
 /// (`Runtime::builder().workflow(..).replayer()`), which reports the first divergence of
 /// each history as a step-by-step diff.
 pub mod audit {
+    pub use crate::gate::{command, replay_file, ReplayReport, Selection};
     pub use cairn_runtime::event::{EventKind, EventRecord};
     pub use cairn_runtime::export::{actor_json, event_json, hex, payload_json};
     pub use cairn_runtime::journal::{Journal, StoredEvent};

@@ -259,7 +259,10 @@ impl RuntimeBuilder {
 pub struct Runtime {
     engine: Engine,
     signals: Declared,
+    // Read by the HTTP API's JSON checks (feature `server`).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     updates: Declared,
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     inputs: Declared,
 }
 
@@ -278,10 +281,12 @@ impl Runtime {
         &self.signals
     }
 
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub(crate) fn updates(&self) -> &Declared {
         &self.updates
     }
 
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub(crate) fn inputs(&self) -> &Declared {
         &self.inputs
     }
