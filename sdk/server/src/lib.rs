@@ -256,6 +256,7 @@ impl Server {
             .fallback(api::no_route)
             .method_not_allowed_fallback(api::no_method)
             .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+            .layer(axum::middleware::from_fn(refuse_oversized))
     }
 
     /// Serves the API and the dashboard (at `/`) on `addr` until [`Running::stop`]. Bind to `127.0.0.1` unless the
@@ -283,6 +284,38 @@ impl Server {
             stop: Some(stop),
             task,
         })
+    }
+}
+
+/// Most of an oversized body read (and thrown away) before it is refused.
+const DRAIN_BYTES_MAX: usize = 16 * BODY_BYTES_MAX;
+
+/// Refuses a body declared over [`BODY_BYTES_MAX`] with `413 body_too_large`, after
+/// reading and discarding it when it is not huge: a client still sending when the
+/// connection closes sees a reset instead of the answer.
+async fn refuse_oversized(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > BODY_BYTES_MAX as u64 => {
+            if length <= DRAIN_BYTES_MAX as u64 {
+                let _ = axum::body::to_bytes(request.into_body(), DRAIN_BYTES_MAX).await;
+            }
+            ApiError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body is over the limit of {BODY_BYTES_MAX} bytes"),
+            )
+            .into_response()
+        }
+        _ => next.run(request).await,
     }
 }
 
