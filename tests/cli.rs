@@ -1,4 +1,5 @@
-//! The `cairn` binary on a real database file: list, history and verify; a closed pipe;
+//! The `cairn` binary on a real database file: list, history, show, stats and verify; a
+//! closed pipe;
 //! a missing file; an unknown id; a file a host holds.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -89,6 +90,60 @@ async fn list_history_and_verify_read_a_closed_file() {
     assert_eq!(
         text(&verify.stdout).trim(),
         "3 instances, 3 chains verified, 0 failed"
+    );
+
+    // The same history as a table: a header, then one row per event in order.
+    let show = cairn(&path, &["show", "g-1"]);
+    assert!(show.status.success(), "{}", text(&show.stderr));
+    let shown = text(&show.stdout);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert!(
+        lines[0].starts_with("g-1  greet  Completed  3 events"),
+        "{shown}"
+    );
+    assert!(
+        lines[1].contains("seq") && lines[1].contains("event"),
+        "{shown}"
+    );
+    assert_eq!(lines.len(), 2 + 3, "{shown}");
+    assert!(
+        lines[2].contains("WorkflowStarted") && lines[2].contains("\"n1\""),
+        "{shown}"
+    );
+    assert!(
+        lines[3].contains("SideEffect") && lines[3].contains("stamp"),
+        "{shown}"
+    );
+    assert!(
+        lines[4].contains("WorkflowCompleted") && lines[4].contains("hello n1 #7"),
+        "{shown}"
+    );
+    // Commit times in UTC, to the millisecond.
+    let when = lines[2].split_whitespace().nth(1).unwrap();
+    assert_eq!(when.len(), "2026-12-03".len(), "{shown}");
+    let unknown = cairn(&path, &["show", "nobody"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(text(&unknown.stderr).contains("CAIRN-E0007"));
+
+    let stats = cairn(&path, &["stats"]);
+    assert!(stats.status.success(), "{}", text(&stats.stderr));
+    let counted = text(&stats.stdout);
+    for expected in [
+        "runs        3",
+        "events      9",
+        "status      Completed",
+        "type        greet",
+    ] {
+        assert!(
+            counted.contains(expected),
+            "{expected:?} missing from:\n{counted}"
+        );
+    }
+    assert!(
+        counted
+            .lines()
+            .any(|l| l.starts_with("status") && l.ends_with(" 3")),
+        "{counted}"
     );
 }
 
