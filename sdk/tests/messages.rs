@@ -381,3 +381,23 @@ async fn an_update_from_an_actor_without_the_role_is_refused_and_the_request_nam
     assert_eq!(request.record.actor.as_ref().unwrap().id, "carol");
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_keyed_send_dropped_after_its_first_poll_is_recorded_at_most_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = open(&dir.path().join("db.redb")).await;
+    let handle = rt.start(invoice, "inv-4", "o-4".into()).await.unwrap();
+    {
+        let call = rt.send_once("inv-4", PAYMENT, &40, "pay-1");
+        let mut call = Box::pin(call);
+        let _ = futures::poll!(call.as_mut());
+    }
+    // Whether or not the dropped send committed, the retry leaves exactly one record,
+    // and what was committed reaches the run.
+    rt.send_once("inv-4", PAYMENT, &40, "pay-1").await.unwrap();
+    rt.send_once("inv-4", PAYMENT, &2, "pay-2").await.unwrap();
+    assert_eq!(handle.result().await.unwrap().unwrap(), 42);
+    let history = rt.history("inv-4").await.unwrap();
+    assert_eq!(count(&history, "KeyedSignalReceived"), 2);
+    rt.shutdown().await;
+}
