@@ -242,3 +242,64 @@ pub fn event_json(event: &StoredEvent) -> Value {
         "body": body,
     })
 }
+
+/// One run's head, recorded outside the database (`cairn anchors export`) so that a
+/// later check can prove the history up to that event is unchanged, even after an edit
+/// that rewrote the whole chain and the row's head hash, which the chain alone cannot
+/// reveal.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Anchor {
+    /// The instance id.
+    pub instance: String,
+    /// The run's internal key, 32 hexadecimal digits.
+    pub run: String,
+    /// The sequence number of the anchored event (the run's last at export time).
+    pub seq: u64,
+    /// That event's hash, 64 hexadecimal digits.
+    pub hash: String,
+    /// That event's commit time (ms since the Unix epoch), for people reading the file.
+    pub recorded_at_ms: u64,
+}
+
+impl Anchor {
+    /// The anchor of a verified history: its last event. `None` for an empty one.
+    pub fn of(id: &str, key: u128, events: &[StoredEvent]) -> Option<Self> {
+        let last = events.last()?;
+        Some(Self {
+            instance: id.to_owned(),
+            run: format!("{key:032x}"),
+            seq: last.record.seq,
+            hash: hex(&last.hash),
+            recorded_at_ms: last.record.recorded_at_ms,
+        })
+    }
+
+    /// The run key this anchor names, if its `run` field is well-formed.
+    pub fn key(&self) -> Option<u128> {
+        u128::from_str_radix(&self.run, 16).ok()
+    }
+
+    /// Checks a verified history of the anchored run against the anchor: the event at
+    /// the anchored sequence number must still exist and have the anchored hash (events
+    /// recorded after it are fine). `Err` says what differs.
+    ///
+    /// # Errors
+    /// A sentence naming the anchored event and what is wrong with it.
+    pub fn check(&self, events: &[StoredEvent]) -> Result<(), String> {
+        let Some(event) = usize::try_from(self.seq).ok().and_then(|i| events.get(i)) else {
+            return Err(format!(
+                "event #{} is anchored but the history holds only {} events: events were removed",
+                self.seq,
+                events.len()
+            ));
+        };
+        let found = hex(&event.hash);
+        if found != self.hash {
+            return Err(format!(
+                "event #{} (LSN {}) differs from its anchor: hash {} where {} was anchored; the history up to it was rewritten",
+                self.seq, event.lsn, found, self.hash
+            ));
+        }
+        Ok(())
+    }
+}

@@ -129,7 +129,7 @@ pub mod host {
 pub mod audit {
     pub use crate::gate::{command, replay_file, ReplayReport, Selection};
     pub use cairn_runtime::event::{EventKind, EventRecord};
-    pub use cairn_runtime::export::{actor_json, event_json, hex, payload_json};
+    pub use cairn_runtime::export::{actor_json, event_json, hex, payload_json, Anchor};
     pub use cairn_runtime::journal::{Journal, StoredEvent};
     pub use cairn_runtime::redb_journal::RedbJournal;
     pub use cairn_runtime::{Outcome, ReplayVerdict, Replayer, StoredVerdict};

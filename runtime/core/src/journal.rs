@@ -647,9 +647,13 @@ pub trait Journal: Send + Sync + 'static {
     fn close(&self);
 }
 
-fn chain_error(row: &InstanceRow, lsn: u64, message: &str) -> Error {
+fn chain_error(row: &InstanceRow, event: Option<(u64, u64)>, message: &str) -> Error {
+    let location = match event {
+        Some((seq, lsn)) => format!("history of instance `{}`, event #{seq} (LSN {lsn})", row.id),
+        None => format!("history of instance `{}`", row.id),
+    };
     Error::Corrupt {
-        location: format!("history of instance `{}` at LSN {lsn}", row.id),
+        location,
         message: message.to_owned(),
     }
 }
@@ -661,9 +665,14 @@ fn chain_error(row: &InstanceRow, lsn: u64, message: &str) -> Error {
 pub fn verify_history(raw: RawHistory) -> Result<(InstanceRow, Vec<StoredEvent>)> {
     let RawHistory { row, events } = raw;
     let mut out = Vec::with_capacity(events.len());
-    for RawEvent { lsn, envelope } in events {
-        let record = EventRecord::decode(&envelope)
-            .map_err(|err| chain_error(&row, lsn, &err.to_string()))?;
+    for (index, RawEvent { lsn, envelope }) in events.into_iter().enumerate() {
+        let record = EventRecord::decode(&envelope).map_err(|err| {
+            chain_error(
+                &row,
+                Some((index as u64, lsn)),
+                &format!("the event was altered: it does not decode ({err})"),
+            )
+        })?;
         out.push(StoredEvent {
             lsn,
             hash: hash_envelope(&envelope),
@@ -677,11 +686,18 @@ pub fn verify_history(raw: RawHistory) -> Result<(InstanceRow, Vec<StoredEvent>)
 /// Checks that `events` are exactly the chain `row` points at: same instance, sequence
 /// numbers 0..n, each `prev_hash` the hash of the event before, the last hash the row's.
 ///
+/// Each event's hash covers its bytes, and the next event records that hash, so an edit
+/// of event #k shows as a broken link at #k+1 and is reported as an alteration of #k
+/// (the one thing it cannot tell apart: an edit of #k+1's own link field). An edit that
+/// also rewrites every later link and the row's head hash is consistent again; only an
+/// anchor kept elsewhere (`cairn anchors export`) catches that.
+///
 /// # Errors
-/// [`Error::Corrupt`] naming the first event that breaks the chain.
+/// [`Error::Corrupt`] naming the first event that is altered, missing or out of place.
 pub fn verify_chain(row: &InstanceRow, events: &[StoredEvent]) -> Result<()> {
     // The row is an index; its identity must agree with the start event it points at.
     if let Some(first) = events.first() {
+        let at = Some((0, first.lsn));
         match &first.record.kind {
             EventKind::WorkflowStarted {
                 workflow_type, id, ..
@@ -689,7 +705,7 @@ pub fn verify_chain(row: &InstanceRow, events: &[StoredEvent]) -> Result<()> {
                 if *id != row.id || *workflow_type != row.workflow_type {
                     return Err(chain_error(
                         row,
-                        first.lsn,
+                        at,
                         &format!("the start event names `{id}` ({workflow_type}), the instance row `{}` ({})", row.id, row.workflow_type),
                     ));
                 }
@@ -697,7 +713,7 @@ pub fn verify_chain(row: &InstanceRow, events: &[StoredEvent]) -> Result<()> {
             other => {
                 return Err(chain_error(
                     row,
-                    first.lsn,
+                    at,
                     &format!("the first event is {}, not WorkflowStarted", other.name()),
                 ))
             }
@@ -707,53 +723,75 @@ pub fn verify_chain(row: &InstanceRow, events: &[StoredEvent]) -> Result<()> {
     let mut prev_lsn = None;
     for (index, event) in events.iter().enumerate() {
         let record = &event.record;
+        let at = Some((index as u64, event.lsn));
         if record.instance != row.key {
             return Err(chain_error(
                 row,
-                event.lsn,
-                "event belongs to another instance",
+                at,
+                "the event belongs to another instance",
             ));
         }
         if record.seq != index as u64 {
-            return Err(chain_error(
-                row,
-                event.lsn,
-                &format!("sequence number {} where {index} was expected", record.seq),
-            ));
+            let message = if record.seq > index as u64 {
+                format!(
+                    "event #{index} is missing: the event found in its place has sequence number {}",
+                    record.seq
+                )
+            } else {
+                format!(
+                    "the event found here repeats sequence number {}",
+                    record.seq
+                )
+            };
+            return Err(chain_error(row, at, &message));
         }
         if record.prev_lsn != prev_lsn {
             return Err(chain_error(
                 row,
-                event.lsn,
-                "prev_lsn does not name the previous event",
+                at,
+                "the event's link to its predecessor (prev_lsn) does not name the event before it",
             ));
         }
         if record.prev_hash != prev_hash {
-            return Err(chain_error(
-                row,
-                event.lsn,
-                "hash chain broken: prev_hash does not match the previous event",
-            ));
+            let message = match index.checked_sub(1) {
+                Some(before) => format!(
+                    "event #{before} was altered: its hash no longer matches the one event #{index} recorded"
+                ),
+                None => "the first event was altered: it does not start from the genesis hash".to_owned(),
+            };
+            let at = match index.checked_sub(1).and_then(|before| events.get(before)) {
+                Some(altered) => Some((altered.record.seq, altered.lsn)),
+                None => at,
+            };
+            return Err(chain_error(row, at, &message));
         }
         prev_hash = event.hash;
         prev_lsn = Some(event.lsn);
     }
     if events.len() as u64 != row.next_seq {
-        return Err(chain_error(
-            row,
-            row.head_lsn,
-            &format!(
+        let message = if (events.len() as u64) < row.next_seq {
+            format!(
+                "events #{}..#{} are missing: {} found, the instance row counts {}",
+                events.len(),
+                row.next_seq.saturating_sub(1),
+                events.len(),
+                row.next_seq
+            )
+        } else {
+            format!(
                 "{} events found, the instance row counts {}",
                 events.len(),
                 row.next_seq
-            ),
-        ));
+            )
+        };
+        return Err(chain_error(row, None, &message));
     }
     if prev_hash != row.head_hash {
+        let at = events.last().map(|last| (last.record.seq, last.lsn));
         return Err(chain_error(
             row,
-            row.head_lsn,
-            "the last event's hash differs from the one in the instance row",
+            at,
+            "the last event was altered: its hash differs from the head hash in the instance row",
         ));
     }
     Ok(())
