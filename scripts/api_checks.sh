@@ -3,10 +3,12 @@
 # (examples/demo_host.rs) on 127.0.0.1:
 # 1. the dashboard end to end in real headless Chromium (tests/browser/dashboard.py);
 #    screenshots of each page go to target/dashboard-screenshots;
-# 2. a schema-based fuzzer (schemathesis) against the served OpenAPI document, a bounded
+# 2. the BPMN exported by the process map, parsed as BPMN modelling tools parse it
+#    (tests/bpmn/check.mjs with bpmn-moddle from npm, into target/npm);
+# 3. a schema-based fuzzer (schemathesis) against the served OpenAPI document, a bounded
 #    number of cases: no 5xx, only documented statuses, bodies as documented.
 # Installs what it needs when missing: Chromium and its driver from Debian packages,
-# selenium and schemathesis from PyPI into target/pyenv.
+# selenium and schemathesis from PyPI into target/pyenv, bpmn-moddle from npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +35,16 @@ host=target/debug/examples/demo_host
 echo "-- the dashboard in headless Chromium"
 rm -rf target/dashboard-screenshots
 "$py/bin/python" tests/browser/dashboard.py "$host" target/dashboard-screenshots
+
+echo "-- the mined BPMN opened as modelling tools open it (bpmn-moddle, the model layer of bpmn-js)"
+if [ ! -d target/npm/node_modules/bpmn-moddle ]; then
+  if ! command -v npm >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q nodejs npm
+  fi
+  mkdir -p target/npm
+  (cd target/npm && npm install --no-audit --no-fund --silent --prefix . bpmn-moddle@9.0.4)
+fi
+NODE_PATH="$PWD/target/npm/node_modules" node tests/bpmn/check.mjs target/dashboard-screenshots/*.bpmn
 
 echo "-- the API fuzzed against its OpenAPI document"
 work=$(mktemp -d)

@@ -333,6 +333,43 @@ async fn every_documented_operation_answers_as_the_document_says() {
                     calls += 1;
                     continue;
                 }
+                "get_map_bpmn" | "get_map_svg" => {
+                    // XML documents: their status, type and root element.
+                    seen.insert(id.clone());
+                    let response = host
+                        .http
+                        .get(format!(
+                            "{}{}",
+                            host.base,
+                            template.replace("{workflow_type}", "desk")
+                        ))
+                        .bearer_auth(AUDITOR)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), StatusCode::OK);
+                    let kind = response.headers()["content-type"]
+                        .to_str()
+                        .unwrap()
+                        .to_owned();
+                    let text = response.text().await.unwrap();
+                    if id == "get_map_bpmn" {
+                        assert!(kind.starts_with("application/xml"), "{kind}");
+                        assert!(text.contains("<bpmn:definitions"), "{text}");
+                        assert!(text.contains("<bpmn:userTask"), "the review task: {text}");
+                        assert!(text.contains("<bpmndi:BPMNDiagram"), "{text}");
+                    } else {
+                        assert!(kind.starts_with("image/svg+xml"), "{kind}");
+                        assert!(text.starts_with("<svg"), "{text}");
+                    }
+                    calls += 1;
+                    continue;
+                }
+                "get_map" => (
+                    template.replace("{workflow_type}", "desk"),
+                    None,
+                    Some(AUDITOR),
+                ),
                 "start_instance" => (
                     template.clone(),
                     Some(
@@ -417,6 +454,32 @@ async fn every_documented_operation_answers_as_the_document_says() {
         }
     }
     assert!(calls >= 20, "only {calls} operations documented");
+    // The map of the desks: both runs, the review task among their steps.
+    let (_, map) = host
+        .call(Method::GET, "/api/v1/types/desk/map", Some(AUDITOR), None)
+        .await;
+    assert!(map["runs"].as_u64().unwrap() >= 2, "{map}");
+    assert!(
+        map["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["kind"] == "task" && n["name"] == "review"),
+        "{map}"
+    );
+    let (status, refused) = host
+        .call(
+            Method::GET,
+            "/api/v1/types/desk/map?limit=many",
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    let (status, _) = host
+        .call(Method::GET, "/api/v1/types/desk/map", None, None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(seen.contains("complete_task") && seen.contains("list_instances"));
     host.stop().await;
 }

@@ -10,7 +10,9 @@ person would:
      shipping) and its history;
   3. signs in as an approver, opens an expense task from the inbox, claims it, submits
      the form empty and sees the validation errors next to the fields, then decides it
-     and sees the task completed.
+     and sees the task completed;
+  4. opens the orders' process map and finds their steps in it, and saves the BPMN of
+     the orders and the expenses beside the screenshots.
 A screenshot of each page goes to the screenshot directory. Exits non-zero on any
 failure, after saving a screenshot of where it failed.
 """
@@ -139,6 +141,27 @@ try:
     shot("task-completed")
     decided = api("GET", "/api/v1/instances/e2e-expense/history", tokens["admin"])
     assert any(e["event"] == "TaskCompleted" and e["actor"]["id"] == "april" for e in decided)
+
+    # 4. The process map of the orders, mined from their histories, and its BPMN (saved
+    #    beside the screenshots; scripts/api_checks.sh opens it as modelling tools do).
+    browser.find_element(By.XPATH, "//button[text()='Sign out']").click()
+    sign_in("operator")
+    browser.get(base + "/#/maps/shop_order")
+    drawing = wait.until(ec.presence_of_element_located(
+        (By.CSS_SELECTOR, "[data-testid=process-map]")))
+    drawn = drawing.get_attribute("textContent")
+    for expected in ["Start", "reserve_stock", "charge", "Wait after charge", "ship", "Completed"]:
+        assert expected in drawn, f"the map lacks {expected}: {drawn!r}"
+    steps = browser.find_element(By.XPATH, "//h2[text()='Steps']/..").text
+    assert "reserve_stock" in steps and "ship" in steps, steps
+    shot("process-map")
+    for workflow_type in ["shop_order", "expense"]:
+        request = urllib.request.Request(f"{base}/api/v1/types/{workflow_type}/map.bpmn")
+        request.add_header("authorization", "Bearer " + tokens["operator"])
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.headers["content-type"].startswith("application/xml")
+            with open(os.path.join(SHOTS, f"{workflow_type}.bpmn"), "wb") as out:
+                out.write(response.read())
     print(f"dashboard end to end: ok, {step} screenshots in {SHOTS}")
 except Exception:
     shot("failure")

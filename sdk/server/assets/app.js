@@ -1,7 +1,8 @@
 // The Cairn dashboard: a small single-page app over the HTTP API, with no dependencies
 // and nothing fetched from outside the host. Views: overview, instances (filters kept in
 // the URL, live), one instance (timeline, history, actions its viewer may take), the
-// task inbox and one task (a form drawn from the decision's JSON Schema).
+// task inbox and one task (a form drawn from the decision's JSON Schema), and process
+// maps mined from the histories (with BPMN and SVG downloads).
 "use strict";
 
 const TOKEN_KEY = "cairn-token";
@@ -225,7 +226,7 @@ async function renderOverview() {
       ? h("table", {},
         h("thead", {}, h("tr", {}, ["Type", "Running", "Completed", "Failed", "Terminated", "Parked"].map((c, i) => h("th", { class: i ? "num" : "" }, c)))),
         h("tbody", {}, o.by_type.map((r) => h("tr", {},
-          h("td", {}, h("a", { href: `#/instances?workflow_type=${encodeURIComponent(r.workflow_type)}` }, r.workflow_type)),
+          h("td", {}, h("a", { href: `#/instances?workflow_type=${encodeURIComponent(r.workflow_type)}` }, r.workflow_type), " ", h("a", { class: "chip", href: `#/maps/${encodeURIComponent(r.workflow_type)}` }, "map")),
           ...["running", "completed", "failed", "terminated", "parked"].map((s) => h("td", { class: "num" },
             r[s] ? h("a", { href: `#/instances?workflow_type=${encodeURIComponent(r.workflow_type)}&status=${s}` }, r[s].toLocaleString()) : h("span", { class: "muted" }, "0")))))))
       : h("div", { class: "empty" }, "No instances yet. Start one through the API or your host program.");
@@ -637,6 +638,115 @@ async function renderTask(instance, step) {
   await draw();
 }
 
+// ------------------------------------------------------------------ process maps
+
+async function apiText(path) {
+  const response = await fetch(path, { headers: { authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY) || ""}` } });
+  if (response.status === 401) { signOut(); throw new ApiError(401, null); }
+  if (!response.ok) {
+    let data = null;
+    try { data = await response.json(); } catch (_) { data = null; }
+    throw new ApiError(response.status, data);
+  }
+  return response.text();
+}
+
+async function download(path, name, type) {
+  const text = await apiText(path);
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const a = h("a", { href: url, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+const PERIODS = [["1h", "Last hour", 3600e3], ["24h", "Last 24 hours", 86400e3], ["7d", "Last 7 days", 7 * 86400e3], ["30d", "Last 30 days", 30 * 86400e3], ["all", "All time", 0]];
+
+async function renderMap(type, params) {
+  setActive("maps");
+  let types = [];
+  try { types = (await api("GET", "/api/v1/overview")).by_type.map((r) => r.workflow_type); } catch (err) { fill(main, errorBox(err)); return; }
+  if (!type) {
+    if (!types.length) {
+      fill(main, h("h1", {}, "Process maps"), h("div", { class: "card empty" }, "No instances yet: a map is mined from recorded histories."));
+      return;
+    }
+    go(`maps/${encodeURIComponent(types[0])}`, params);
+    return;
+  }
+  const period = PERIODS.find((p) => p[0] === params.get("period")) || PERIODS[2];
+  const query = new URLSearchParams();
+  if (period[2]) query.set("created_from_ms", String(Date.now() - period[2]));
+  const base = `/api/v1/types/${encodeURIComponent(type)}`;
+  const q = [...query].length ? `?${query}` : "";
+  const typeSelect = h("select", { id: "map-type", onchange: (e) => go(`maps/${encodeURIComponent(e.target.value)}`, params) },
+    (types.includes(type) ? types : [type, ...types]).map((t) => h("option", { value: t, selected: t === type }, t)));
+  const periodSelect = h("select", { id: "map-period", onchange: (e) => { const p = new URLSearchParams(params); p.set("period", e.target.value); go(`maps/${encodeURIComponent(type)}`, p); } },
+    PERIODS.map(([key, label]) => h("option", { value: key, selected: key === period[0] }, label)));
+  const status = h("span", { class: "muted" });
+  const fail = (err) => fill(status, errorBox(err));
+  const box = h("div", {}, h("p", { class: "muted" }, "Mining the recorded histories…"));
+  fill(main,
+    h("div", { class: "row" },
+      h("div", { class: "grow" }, h("h1", {}, "Process map"), h("p", { class: "sub" }, "Mined from the recorded histories: every step as it really runs, with the paths instances took.")),
+      h("div", { class: "actions" },
+        h("button", { "data-testid": "download-bpmn", onclick: () => download(`${base}/map.bpmn${q}`, `${type}.bpmn`, "application/xml").catch(fail) }, "Download BPMN"),
+        h("button", { onclick: () => download(`${base}/map.svg${q}`, `${type}.svg`, "image/svg+xml").catch(fail) }, "Download SVG"))),
+    h("div", { class: "filters" }, h("label", {}, "Workflow type", typeSelect), h("label", {}, "Started", periodSelect), status),
+    box,
+  );
+  let map, drawing;
+  try {
+    [map, drawing] = await Promise.all([api("GET", `${base}/map${q}`), apiText(`${base}/map.svg${q}`)]);
+  } catch (err) { fill(box, errorBox(err)); return; }
+  if (!map.runs) {
+    fill(box, h("div", { class: "card empty" }, `No ${type} instances started in this period.`));
+    return;
+  }
+  const svg = new DOMParser().parseFromString(drawing, "image/svg+xml").documentElement;
+  svg.setAttribute("data-testid", "process-map");
+  const label = (i) => map.nodes[i].label;
+  const dur = (s) => (s ? fmtDur(s.median_ms) : "—");
+  const p95 = (s) => (s ? fmtDur(s.p95_ms) : "—");
+  const slow = map.edges.filter((e) => e.bottleneck).sort((a, b) => b.elapsed.median_ms - a.elapsed.median_ms);
+  const steps = map.nodes.filter((n) => n.kind !== "start");
+  fill(box,
+    h("div", { class: "stats" },
+      h("div", { class: "stat" }, h("div", { class: "n" }, map.runs.toLocaleString()), h("div", { class: "l" }, "instances mined")),
+      h("div", { class: "stat" }, h("div", { class: "n" }, map.finished.toLocaleString()), h("div", { class: "l" }, "finished")),
+      h("div", { class: "stat" }, h("div", { class: "n" }, String(map.distinct_variants)), h("div", { class: "l" }, "distinct paths")),
+      h("div", { class: `stat ${slow.length ? "warn" : ""}` }, h("div", { class: "n" }, slow.length ? fmtDur(slow[0].elapsed.median_ms) : "—"), h("div", { class: "l" }, "slowest hand-over (median)"))),
+    h("div", { class: "card map" }, svg),
+    h("div", { class: "row" },
+      h("div", { class: "card grow" }, h("h2", {}, "Bottlenecks"),
+        slow.length ? h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "From"), h("th", {}, "To"), h("th", { class: "num" }, "Times"), h("th", { class: "num" }, "Median"), h("th", { class: "num" }, "p95"))),
+          h("tbody", {}, slow.map((e) => h("tr", {}, h("td", {}, label(e.from)), h("td", {}, label(e.to)), h("td", { class: "num" }, e.count.toLocaleString()), h("td", { class: "num" }, dur(e.elapsed)), h("td", { class: "num" }, p95(e.elapsed))))))
+          : h("div", { class: "empty" }, "No slow hand-overs.")),
+      h("div", { class: "card grow" }, h("h2", {}, "Paths"),
+        !map.variants.length ? h("div", { class: "empty" }, "No instance has finished yet.") :
+        h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Path"), h("th", { class: "num" }, "Instances"), h("th", { class: "num" }, "Share"))),
+          h("tbody", {}, map.variants.map((v) => h("tr", {},
+            h("td", {}, v.path.slice(1).map(label).join(" → ")),
+            h("td", { class: "num" }, v.count.toLocaleString()),
+            h("td", { class: "num" }, h("span", { class: "share" }, h("span", { class: "share-bar", style: `width:${Math.round(v.share * 100)}%` })), ` ${Math.round(v.share * 100)}%`))))),
+        map.distinct_variants > map.variants.length ? h("p", { class: "muted" }, `and ${map.distinct_variants - map.variants.length} rarer paths`) : null)),
+    h("div", { class: "card" }, h("h2", {}, "Steps"),
+      h("table", {}, h("thead", {}, h("tr", {}, ["Step", "Reached", "Instances", "Median", "p95", "Waiting for a person", "Retried", "Failed", "Escalated", "Waiting now"].map((c, i) => h("th", { class: i ? "num" : "" }, c)))),
+        h("tbody", {}, steps.map((n) => h("tr", {},
+          h("td", {}, n.label),
+          h("td", { class: "num" }, n.count.toLocaleString()),
+          h("td", { class: "num" }, n.runs.toLocaleString()),
+          h("td", { class: "num" }, n.kind.match(/completed|failed|terminated|continued/) ? "—" : dur(n.duration)),
+          h("td", { class: "num" }, n.kind.match(/completed|failed|terminated|continued/) ? "—" : p95(n.duration)),
+          h("td", { class: "num" }, n.waiting ? `${fmtDur(n.waiting.median_ms)} (p95 ${fmtDur(n.waiting.p95_ms)})` : "—"),
+          h("td", { class: "num" }, n.failed_attempts || "—"),
+          h("td", { class: `num ${n.failures ? "bad" : ""}` }, n.failures || "—"),
+          h("td", { class: "num" }, n.escalations || "—"),
+          h("td", { class: "num" }, n.open || "—"))))))
+  );
+}
+
 // ------------------------------------------------------------------ router
 
 async function route() {
@@ -651,6 +761,7 @@ async function route() {
   if (parts[0] === "instances") return renderInstances(params);
   if (parts[0] === "tasks" && parts[2]) return renderTask(parts[1], parts[2]);
   if (parts[0] === "tasks") return renderTasks();
+  if (parts[0] === "maps") return renderMap(parts.slice(1).join("/"), params);
   return renderOverview();
 }
 

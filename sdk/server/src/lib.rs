@@ -29,6 +29,8 @@ mod api;
 mod auth;
 mod dashboard;
 mod error;
+mod maps;
+pub use maps::{MAP_RUNS_DEFAULT, MAP_RUNS_MAX};
 
 pub use api::{IDEMPOTENCY_KEY, OVERVIEW_SCAN_MAX};
 pub use auth::{Tokens, TOKEN_BYTES_MIN};
@@ -81,13 +83,14 @@ pub(crate) struct AppState {
 #[openapi(
     info(
         title = "Cairn HTTP API",
-        description = "Durable workflows: instances, their histories, signals, updates, queries and human tasks. Every route but health, readiness and this document needs `authorization: Bearer <token>`; errors are `{code, message}`.",
+        description = "Durable workflows: instances, their histories, signals, updates, queries, human tasks and process maps. Every route but health, readiness and this document needs `authorization: Bearer <token>`; errors are `{code, message}`.",
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "health", description = "Liveness, readiness, the caller"),
         (name = "instances", description = "Workflow instances"),
         (name = "tasks", description = "Human tasks"),
+        (name = "maps", description = "Process maps mined from recorded histories (JSON, BPMN 2.0, SVG)"),
     )
 )]
 struct ApiDoc;
@@ -226,6 +229,9 @@ impl Server {
             .routes(routes!(api::delegate_task))
             .routes(routes!(api::comment_task))
             .routes(routes!(api::complete_task))
+            .routes(routes!(maps::get_map))
+            .routes(routes!(maps::get_map_bpmn))
+            .routes(routes!(maps::get_map_svg))
             .with_state(self.state.clone())
             .split_for_parts();
         let mut doc = doc;

@@ -1,0 +1,324 @@
+//! Process maps mined from hand-built histories: counts, shares, durations, waiting,
+//! retries, loops, variants and bottlenecks; and the BPMN and SVG drawn from them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cairn_core::codec::Payload;
+use cairn_core::event::{EventKind, EventRecord};
+use cairn_core::journal::StoredEvent;
+use cairn_core::task::{Actor, Candidates, TaskChange, TaskSpec};
+use cairn_insight::{bpmn, svg, Layout, NodeKind, ProcessMap, Shape};
+
+fn payload() -> Payload {
+    Payload {
+        codec: 0,
+        data: b"null".to_vec(),
+    }
+}
+
+/// A history from (time in seconds, event) pairs.
+fn history(id: &str, kinds: Vec<(u64, EventKind)>) -> Vec<StoredEvent> {
+    let mut events = vec![StoredEvent {
+        lsn: 0,
+        hash: [0; 32],
+        record: EventRecord {
+            instance: 1,
+            seq: 0,
+            prev_lsn: None,
+            prev_hash: [0; 32],
+            recorded_at_ms: 0,
+            kind: EventKind::WorkflowStarted {
+                workflow_type: "claim".into(),
+                id: id.into(),
+                input: payload(),
+            },
+            actor: None,
+        },
+    }];
+    for (seq, (at, kind)) in kinds.into_iter().enumerate() {
+        events.push(StoredEvent {
+            lsn: seq as u64 + 1,
+            hash: [0; 32],
+            record: EventRecord {
+                instance: 1,
+                seq: seq as u64 + 1,
+                prev_lsn: None,
+                prev_hash: [0; 32],
+                recorded_at_ms: at * 1000,
+                kind,
+                actor: None,
+            },
+        });
+    }
+    events
+}
+
+fn done(step: u32, activity: &str) -> EventKind {
+    EventKind::ActivityCompleted {
+        step,
+        activity: activity.into(),
+        input: payload(),
+        attempt: 1,
+        output: payload(),
+    }
+}
+
+fn task(step: u32) -> EventKind {
+    EventKind::TaskCreated {
+        step,
+        task: Box::new(TaskSpec {
+            name: "approve".into(),
+            title: "Approve a claim".into(),
+            description: String::new(),
+            input: payload(),
+            decision_schema: "{}".into(),
+            candidates: Candidates {
+                users: vec![],
+                roles: vec!["approver".into()],
+            },
+            assignee: None,
+            priority: 0,
+            due_at_ms: None,
+            follow_up_at_ms: None,
+            escalation: vec![],
+        }),
+    }
+}
+
+fn claimed(step: u32) -> EventKind {
+    EventKind::TaskChanged {
+        step,
+        actor: Actor::new("april", ["approver"]),
+        change: TaskChange::Claimed,
+    }
+}
+
+fn decided(step: u32) -> EventKind {
+    EventKind::TaskCompleted {
+        step,
+        actor: Actor::new("april", ["approver"]),
+        decision: payload(),
+        escalation: None,
+    }
+}
+
+fn completed() -> EventKind {
+    EventKind::WorkflowCompleted { output: payload() }
+}
+
+/// Three approved claims (check, approve, book), one declined (check, approve, end
+/// failed), and one still waiting for a person.
+fn claims() -> Vec<Vec<StoredEvent>> {
+    let mut all = Vec::new();
+    for wait in [60u64, 120, 3600] {
+        all.push(history(
+            &format!("ok-{}", wait),
+            vec![
+                (1, done(0, "check")),
+                (1, task(1)),
+                (1 + wait, claimed(1)),
+                (2 + wait, decided(1)),
+                (
+                    3 + wait,
+                    EventKind::ActivityAttemptFailed {
+                        step: 2,
+                        activity: "book".into(),
+                        attempt: 1,
+                        error: cairn_core::event::ActivityErrorRecord {
+                            kind: "error".into(),
+                            message: "busy".into(),
+                            retryable: true,
+                        },
+                        retry_in_ms: 1000,
+                    },
+                ),
+                (5 + wait, done(2, "book")),
+                (5 + wait, completed()),
+            ],
+        ));
+    }
+    all.push(history(
+        "declined",
+        vec![
+            (2, done(0, "check")),
+            (2, task(1)),
+            (30, claimed(1)),
+            (40, decided(1)),
+            (40, EventKind::WorkflowFailed { error: payload() }),
+        ],
+    ));
+    all.push(history(
+        "waiting",
+        vec![(1, done(0, "check")), (1, task(1))],
+    ));
+    all
+}
+
+fn node(map: &ProcessMap, kind: NodeKind, name: &str) -> usize {
+    map.nodes
+        .iter()
+        .position(|n| n.kind == kind && n.name == name)
+        .unwrap_or_else(|| panic!("no {kind:?} {name}: {:#?}", map.nodes))
+}
+
+#[test]
+fn counts_shares_durations_and_waiting_are_mined() {
+    let histories = claims();
+    let map = ProcessMap::mine("claim", histories.iter().map(Vec::as_slice));
+    assert_eq!((map.runs, map.finished), (5, 4));
+    let check = node(&map, NodeKind::Activity, "check");
+    let approve = node(&map, NodeKind::Task, "approve");
+    let book = node(&map, NodeKind::Activity, "book");
+    let ok = node(&map, NodeKind::Completed, "completed");
+    let failed = node(&map, NodeKind::Failed, "failed");
+    assert_eq!(map.nodes[0].kind, NodeKind::Start);
+    assert_eq!(map.nodes[check].count, 5);
+    assert_eq!(map.nodes[approve].count, 5);
+    assert_eq!(map.nodes[approve].open, 1);
+    // Waiting for a person: created to claimed, 60 s, 120 s, 3600 s, 28 s.
+    let waiting = map.nodes[approve].waiting.unwrap();
+    assert_eq!(waiting.samples, 4);
+    assert_eq!(waiting.median_ms, 60_000);
+    assert_eq!(waiting.p95_ms, 3_600_000);
+    // The booking: asked for at the decision, one retry, done 3 s later.
+    let booking = map.nodes[book].duration.unwrap();
+    assert_eq!(
+        (booking.samples, booking.median_ms),
+        (3, 3_000),
+        "{booking:?}"
+    );
+    assert_eq!(map.nodes[book].failed_attempts, 3);
+    // Ends come last.
+    assert!(ok > book && failed > book);
+
+    let edge = |from: usize, to: usize| {
+        map.edges
+            .iter()
+            .find(|e| e.from == from && e.to == to)
+            .unwrap_or_else(|| panic!("no edge {from}->{to}: {:#?}", map.edges))
+    };
+    assert_eq!(edge(approve, book).count, 3);
+    assert!((edge(approve, book).share - 0.75).abs() < 1e-9);
+    assert_eq!(edge(approve, failed).count, 1);
+    assert_eq!(edge(book, ok).count, 3);
+    // The slowest hand-over is waiting for the decision.
+    let slow = edge(check, approve);
+    assert!(slow.bottleneck, "{:#?}", map.edges);
+    assert!(!edge(book, ok).bottleneck);
+
+    // Paths of finished runs only: 3 approved, 1 declined.
+    assert_eq!(map.distinct_variants, 2);
+    assert_eq!(map.variants[0].count, 3);
+    assert!((map.variants[0].share - 0.75).abs() < 1e-9);
+    assert_eq!(map.variants[0].path, vec![0, check, approve, book, ok]);
+}
+
+#[test]
+fn a_polling_loop_folds_into_one_loop_and_other_types_are_skipped() {
+    let mut kinds = Vec::new();
+    let mut step = 0;
+    for round in 0..4u64 {
+        kinds.push((round * 60, done(step, "poll")));
+        kinds.push((
+            round * 60,
+            EventKind::TimerStarted {
+                step: step + 1,
+                fire_at_ms: (round + 1) * 60_000,
+            },
+        ));
+        kinds.push(((round + 1) * 60, EventKind::TimerFired { step: step + 1 }));
+        step += 2;
+    }
+    kinds.push((300, done(step, "poll")));
+    kinds.push((300, completed()));
+    let polling = history("p-1", kinds);
+    let mut other = history("x", vec![(1, completed())]);
+    if let EventKind::WorkflowStarted { workflow_type, .. } = &mut other[0].record.kind {
+        *workflow_type = "other".into();
+    }
+    let map = ProcessMap::mine("claim", [polling.as_slice(), other.as_slice()]);
+    assert_eq!(map.runs, 1);
+    // start, poll, the wait after poll, completed: a loop, not a chain of 9 nodes.
+    assert_eq!(map.nodes.len(), 4, "{:#?}", map.nodes);
+    let poll = node(&map, NodeKind::Activity, "poll");
+    let wait = node(&map, NodeKind::Timer, "wait after poll");
+    assert_eq!(map.nodes[poll].count, 5);
+    assert_eq!(map.nodes[wait].count, 4);
+    assert_eq!(map.nodes[wait].duration.unwrap().median_ms, 60_000);
+    let back = map
+        .edges
+        .iter()
+        .find(|e| e.from == wait && e.to == poll)
+        .unwrap();
+    assert_eq!(back.count, 4);
+
+    // The layout breaks the loop: one arrow runs back, everything else forwards.
+    let layout = Layout::of(&map);
+    let backs: Vec<_> = layout.routes.iter().filter(|r| r.back).collect();
+    assert_eq!(backs.len(), 1, "{:#?}", layout.routes);
+    for route in layout.routes.iter().filter(|r| !r.back) {
+        assert!(
+            layout.shapes[route.from].column < layout.shapes[route.to].column,
+            "{route:?}"
+        );
+    }
+}
+
+#[test]
+fn the_bpmn_has_gateways_where_paths_split_and_join_and_a_shape_per_element() {
+    let histories = claims();
+    let map = ProcessMap::mine("claim", histories.iter().map(Vec::as_slice));
+    let layout = Layout::of(&map);
+    let approve = node(&map, NodeKind::Task, "approve");
+    // The decision splits (book or fail); nothing joins in this map.
+    assert!(layout
+        .shapes
+        .iter()
+        .any(|s| s.shape == Shape::Split(approve)));
+    let xml = bpmn::to_xml(&map);
+    assert!(xml.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"));
+    assert!(
+        xml.contains("<bpmn:userTask id=\"node2\" name=\"Task: approve\">"),
+        "{xml}"
+    );
+    assert!(xml.contains("<bpmn:serviceTask"));
+    assert!(xml.contains("gatewayDirection=\"Diverging\""));
+    assert!(xml.contains("<bpmn:errorEventDefinition"));
+    assert!(xml.contains("name=\"3 · 75%"), "{xml}");
+    assert!(
+        xml.contains("name=\"5 · 100% · 1 min\""),
+        "the bottleneck shows its median: {xml}"
+    );
+    // Every flow element has exactly one diagram shape or edge.
+    for element in ["node0", "node1", "node2", "node3", "split_node2", "flow0"] {
+        assert_eq!(
+            xml.matches(&format!("bpmnElement=\"{element}\"")).count(),
+            1,
+            "{element}"
+        );
+    }
+    let flows = xml.matches("<bpmn:sequenceFlow").count();
+    assert_eq!(flows, xml.matches("<bpmndi:BPMNEdge").count());
+    assert_eq!(flows, layout.routes.len());
+
+    let drawing = svg::to_svg(&map);
+    assert!(drawing.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+    assert!(drawing.contains(">approve<"));
+    assert!(drawing.contains("#dc2626"), "a bottleneck is drawn in red");
+    assert!(!drawing.contains("style="), "presentation attributes only");
+}
+
+#[test]
+fn names_are_escaped_in_xml_and_svg() {
+    let mut run = history("x", vec![(1, done(0, "a<b & \"c\"")), (2, completed())]);
+    if let EventKind::WorkflowStarted { workflow_type, .. } = &mut run[0].record.kind {
+        *workflow_type = "odd type/é".into();
+    }
+    let map = ProcessMap::mine("odd type/é", [run.as_slice()]);
+    let xml = bpmn::to_xml(&map);
+    assert!(xml.contains("name=\"a&lt;b &amp; &quot;c&quot;\""), "{xml}");
+    assert!(xml.contains("id=\"Process_odd_type__\""), "{xml}");
+    let drawing = svg::to_svg(&map);
+    assert!(drawing.contains("a&lt;b &amp;"));
+    assert!(!drawing.contains("a<b"));
+}
