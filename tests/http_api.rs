@@ -365,6 +365,51 @@ async fn every_documented_operation_answers_as_the_document_says() {
                     calls += 1;
                     continue;
                 }
+                "get_report_csv" => {
+                    seen.insert(id.clone());
+                    let response = host
+                        .http
+                        .get(format!(
+                            "{}{}",
+                            host.base,
+                            template.replace("{workflow_type}", "desk")
+                        ))
+                        .bearer_auth(AUDITOR)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), StatusCode::OK);
+                    let kind = response.headers()["content-type"]
+                        .to_str()
+                        .unwrap()
+                        .to_owned();
+                    assert!(kind.starts_with("text/csv"), "{kind}");
+                    let text = response.text().await.unwrap();
+                    assert!(text.starts_with("period_start_utc,started,"), "{text}");
+                    calls += 1;
+                    continue;
+                }
+                "get_report" => (
+                    template.replace("{workflow_type}", "desk"),
+                    None,
+                    Some(AUDITOR),
+                ),
+                "start_batch" => (
+                    template.clone(),
+                    Some(json!({
+                        "action": "cancel",
+                        "filter": { "workflow_type": "desk" },
+                        "reason": "documented",
+                        "dry_run": true
+                    })),
+                    Some(OPERATOR),
+                ),
+                "list_batches" => (template.clone(), None, Some(AUDITOR)),
+                "get_batch" => (
+                    template.replace("{id}", "no-such-batch"),
+                    None,
+                    Some(AUDITOR),
+                ),
                 "get_map" => (
                     template.replace("{workflow_type}", "desk"),
                     None,
@@ -1208,5 +1253,179 @@ async fn the_dashboard_its_live_feed_and_the_overview_are_served() {
         .collect();
     assert_eq!(ids, ["live-2"]);
     drop(feed);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_counts_first_then_acts_on_what_the_filter_selects_and_says_so_in_each_history() {
+    let host = host().await;
+    for n in 0..3 {
+        let id = format!("sweep-{n}");
+        host.start(&id).await;
+        host.wait_state(&id, "open for Ada").await;
+    }
+    host.start("keep-1").await;
+    let request = |dry_run: bool| {
+        json!({
+            "action": "cancel",
+            "filter": { "workflow_type": "desk", "id_contains": "sweep-" },
+            "reason": "closing the quarter",
+            "dry_run": dry_run
+        })
+    };
+    // The dry run counts what the caller may act on, and changes nothing.
+    let (status, counted) = host
+        .call(
+            Method::POST,
+            "/api/v1/batches",
+            Some(OPERATOR),
+            Some(request(true)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{counted}");
+    assert_eq!(counted["matched"], 3, "{counted}");
+    assert!(counted["id"].is_null());
+    let (_, clerk) = host
+        .call(
+            Method::POST,
+            "/api/v1/batches",
+            Some(CLERK),
+            Some(request(true)),
+        )
+        .await;
+    assert_eq!(clerk["matched"], 0, "the clerk may cancel nothing: {clerk}");
+    let history = |id: &str| {
+        let id = id.to_owned();
+        let host = &host;
+        async move {
+            host.call(
+                Method::GET,
+                &format!("/api/v1/instances/{id}/history"),
+                Some(AUDITOR),
+                None,
+            )
+            .await
+            .1
+        }
+    };
+    let before = history("sweep-0").await;
+    assert!(!before.to_string().contains("CancelRequested"));
+
+    let (status, started) = host
+        .call(
+            Method::POST,
+            "/api/v1/batches",
+            Some(OPERATOR),
+            Some(request(false)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let batch = started["id"].as_str().unwrap().to_owned();
+    let done = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (_, view) = host
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/batches/{batch}"),
+                    Some(AUDITOR),
+                    None,
+                )
+                .await;
+            if view["finished"] == true {
+                return view;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            &done["matched"],
+            &done["done"],
+            &done["failed"],
+            &done["actor"]
+        ),
+        (&json!(3), &json!(3), &json!(0), &json!("olga")),
+        "{done}"
+    );
+    // Each history records the cancellation, by its caller, naming the batch.
+    for n in 0..3 {
+        let events = history(&format!("sweep-{n}")).await;
+        let cancel = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event"] == "CancelRequested")
+            .unwrap_or_else(|| panic!("sweep-{n}: {events}"));
+        assert_eq!(cancel["actor"]["id"], "olga");
+        assert_eq!(
+            cancel["body"]["reason"],
+            format!("batch {batch}: closing the quarter")
+        );
+    }
+    assert!(!history("keep-1")
+        .await
+        .to_string()
+        .contains("CancelRequested"));
+    let (_, all) = host
+        .call(Method::GET, "/api/v1/batches", Some(AUDITOR), None)
+        .await;
+    assert_eq!(all[0]["id"], batch.as_str());
+
+    // Refused before anything is written: no reason, a signal batch without a signal.
+    for bad in [
+        json!({ "action": "terminate", "reason": " " }),
+        json!({ "action": "signal", "reason": "x" }),
+        json!({ "action": "cancel", "reason": "x", "signal": "note" }),
+    ] {
+        let (status, refused) = host
+            .call(Method::POST, "/api/v1/batches", Some(OPERATOR), Some(bad))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    }
+    let (status, _) = host
+        .call(Method::POST, "/api/v1/batches", None, Some(request(true)))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_counts_the_period_and_refuses_one_that_ends_before_it_starts() {
+    let host = host().await;
+    host.start("r-1").await;
+    host.wait_state("r-1", "open for Ada").await;
+    let (status, report) = host
+        .call(
+            Method::GET,
+            "/api/v1/types/desk/report?bucket=hour",
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["totals"]["started"], 1, "{report}");
+    assert_eq!(report["totals"]["open"], 1, "{report}");
+    assert_eq!(report["bucket_ms"], 3_600_000);
+    assert_eq!(report["buckets"].as_array().unwrap().len(), 7 * 24 + 1);
+    let (status, refused) = host
+        .call(
+            Method::GET,
+            "/api/v1/types/desk/report?created_from_ms=10&created_until_ms=5",
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    let (status, _) = host
+        .call(
+            Method::GET,
+            "/api/v1/types/desk/report?bucket=week",
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     host.stop().await;
 }

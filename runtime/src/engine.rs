@@ -894,7 +894,12 @@ impl Engine {
         self.append_to_current_run(id, kind, actor).await
     }
 
-    pub(crate) fn check_signal_name(&self, name: &str) -> Result<()> {
+    /// Checks that `name` may name a signal (not empty, at most
+    /// [`SIGNAL_NAME_BYTES_MAX`] bytes), as every send does before it records anything.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] saying what is wrong with the name.
+    pub fn check_signal_name(&self, name: &str) -> Result<()> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }

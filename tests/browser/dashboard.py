@@ -12,7 +12,10 @@ person would:
      the form empty and sees the validation errors next to the fields, then decides it
      and sees the task completed;
   4. opens the orders' process map and finds their steps in it, and saves the BPMN of
-     the orders and the expenses beside the screenshots.
+     the orders and the expenses beside the screenshots;
+  5. opens the orders' report;
+  6. selects two waiting orders in the list, counts them with a batch dry run, cancels
+     both in one batch, and finds the batch named in each history with its actor.
 A screenshot of each page goes to the screenshot directory. Exits non-zero on any
 failure, after saving a screenshot of where it failed.
 """
@@ -162,6 +165,41 @@ try:
             assert response.headers["content-type"].startswith("application/xml")
             with open(os.path.join(SHOTS, f"{workflow_type}.bpmn"), "wb") as out:
                 out.write(response.read())
+
+    # 5. The orders' report: counts, durations and the per-hour chart.
+    browser.get(base + "/#/reports/shop_order?period=24h")
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".stats .stat")))
+    stats = browser.find_element(By.CSS_SELECTOR, ".stats").text
+    assert "started" in stats and "median duration" in stats, stats
+    assert "Instances per hour" in browser.find_element(By.TAG_NAME, "main").text
+    shot("report")
+
+    # 6. A batch action: two orders waiting for the warehouse, counted, then cancelled.
+    for n in (1, 2):
+        order = {"customer": "Grace Hopper", "region": "south", "items": 1, "cents": 1000,
+                 "warehouse_secs": 600}
+        api("POST", "/api/v1/instances", tokens["operator"],
+            {"workflow_type": "shop_order", "id": f"e2e-batch-{n}", "input": order})
+    browser.get(base + "/#/instances?id=e2e-batch&status=running")
+    WebDriverWait(browser, 30).until(lambda b: len(b.find_elements(
+        By.CSS_SELECTOR, "tr[data-id^='e2e-batch'] td[data-status='running']")) == 2)
+    browser.find_element(By.CSS_SELECTOR, ".batch-card summary").click()
+    browser.find_element(By.ID, "batch-reason").send_keys("customer withdrew")
+    browser.find_element(By.CSS_SELECTOR, "[data-testid=batch-count-button]").click()
+    count = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "[data-testid=batch-count]")))
+    assert count.text == "2", count.text
+    shot("batch-counted")
+    browser.find_element(By.CSS_SELECTOR, "[data-testid=batch-apply]").click()
+    wait.until(ec.text_to_be_present_in_element(
+        (By.CSS_SELECTOR, "[data-testid=batch-result]"), "finished"))
+    result = browser.find_element(By.CSS_SELECTOR, "[data-testid=batch-result]").text
+    assert "2 done" in result, result
+    shot("batch-done")
+    for n in (1, 2):
+        events = api("GET", f"/api/v1/instances/e2e-batch-{n}/history", tokens["admin"])
+        cancel = [e for e in events if e["event"] == "CancelRequested"]
+        assert cancel and cancel[0]["actor"]["id"] == "olga", cancel
+        assert cancel[0]["body"]["reason"].endswith(": customer withdrew"), cancel
     print(f"dashboard end to end: ok, {step} screenshots in {SHOTS}")
 except Exception:
     shot("failure")

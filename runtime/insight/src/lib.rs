@@ -6,6 +6,8 @@
 //!   slowest hand-overs marked as bottlenecks.
 //! - [`bpmn`] writes a map as BPMN 2.0 XML with a diagram (a computed layout), so
 //!   modelling tools open the process as it runs; [`svg`] draws the same layout.
+//! - [`report::Report::build`] counts, per period, runs started and how they ended, their
+//!   durations, overdue tasks and escalations, and why runs failed; as CSV too.
 //!
 //! Everything here is pure computation over [`cairn_core::journal::StoredEvent`]s: no
 //! store, no clock, no tokio. The host decides which histories to read.
@@ -15,6 +17,7 @@
 pub mod bpmn;
 mod layout;
 mod mine;
+pub mod report;
 pub mod svg;
 
 pub use layout::{Layout, Placed, Route, Shape};

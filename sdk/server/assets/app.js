@@ -2,7 +2,8 @@
 // and nothing fetched from outside the host. Views: overview, instances (filters kept in
 // the URL, live), one instance (timeline, history, actions its viewer may take), the
 // task inbox and one task (a form drawn from the decision's JSON Schema), and process
-// maps mined from the histories (with BPMN and SVG downloads).
+// maps mined from the histories (with BPMN and SVG downloads), reports (with CSV), and
+// batch actions over what the instance filters select.
 "use strict";
 
 const TOKEN_KEY = "cairn-token";
@@ -261,16 +262,18 @@ function svgEl(tag, attrs, text) {
   return el;
 }
 
-function throughputChart(series) {
+const timeOfDay = (ms) => new Date(ms).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+
+function throughputChart(series, label = timeOfDay, empty = "No activity in the last hour.") {
   if (!series.length || series.every((b) => !b.started && !b.completed && !b.failed)) {
-    return h("div", { class: "empty" }, "No activity in the last hour.");
+    return h("div", { class: "empty" }, empty);
   }
   const W = 560, H = 170, left = 30, bottom = 22, top = 22;
   const max = Math.max(1, ...series.map((b) => Math.max(b.started, b.completed, b.failed)));
   const slot = (W - left) / series.length;
   const bar = Math.max(2, (slot - 6) / 3);
   const y = (v) => H - bottom - (v * (H - bottom - top)) / max;
-  const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, width: "100%", role: "img", "aria-label": "instances started, completed and failed per five minutes over the last hour" });
+  const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, width: "100%", role: "img", "aria-label": "instances started, completed and failed per period" });
   svg.append(svgEl("line", { x1: left, x2: W, y1: H - bottom, y2: H - bottom, stroke: "#d1d5db" }));
   svg.append(svgEl("text", { x: 0, y: top + 4, "font-size": 11, fill: "#6b7280" }, String(max)));
   svg.append(svgEl("text", { x: 0, y: H - bottom, "font-size": 11, fill: "#6b7280" }, "0"));
@@ -283,9 +286,9 @@ function throughputChart(series) {
       rect.append(svgEl("title", {}, `${b[key]} ${key}`));
       svg.append(rect);
     });
-    if (i % 3 === 0) {
-      const t = new Date(b.at_ms).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
-      svg.append(svgEl("text", { x: left + i * slot + 2, y: H - 6, "font-size": 11, fill: "#6b7280" }, t));
+    const every = Math.max(1, Math.ceil(series.length / 6));
+    if (i % every === 0) {
+      svg.append(svgEl("text", { x: left + i * slot + 2, y: H - 6, "font-size": 11, fill: "#6b7280" }, label(b.at_ms)));
     }
   });
   let x = left;
@@ -328,9 +331,11 @@ async function renderInstances(params) {
     h("button", { type: "button", onclick: () => go("instances") }, "Clear"),
   );
   const table = h("div", {});
+  const batch = h("details", { class: "card batch-card" }, h("summary", {}, "Batch action on these instances…"), batchPanel(filters));
   fill(main, 
     h("div", { class: "row" }, h("div", { class: "grow" }, h("h1", {}, "Instances"), h("p", { class: "sub" }, "Filters are kept in the address: share it, bookmark it.")), liveBadge()),
     h("div", { class: "card" }, form, table),
+    batch,
   );
   const draw = async () => {
     const q = new URLSearchParams();
@@ -363,6 +368,65 @@ async function renderInstances(params) {
   };
   liveRefresh = throttled(draw);
   await draw();
+}
+
+// A batch action over what the list's filters select: count first, then apply, then
+// follow its progress. Only running (and parked) instances are acted on.
+function batchPanel(filters) {
+  const body = { workflow_type: filters.workflow_type || null, attribute: filters.attribute || null, id_contains: filters.id || null, parked_only: filters.status === "parked" };
+  const panel = h("div", { class: "batch", "data-testid": "batch" });
+  if (filters.status && !["running", "parked"].includes(filters.status)) {
+    fill(panel, h("p", { class: "muted" }, "Batch actions apply to running instances; this list shows none."));
+    return panel;
+  }
+  const action = h("select", { id: "batch-action" }, ["cancel", "terminate", "signal"].map((a) => h("option", { value: a }, a)));
+  const signal = h("input", { id: "batch-signal", placeholder: "signal name" });
+  const signalBody = h("input", { id: "batch-body", placeholder: "JSON body, e.g. \"go\"" });
+  const reason = h("input", { id: "batch-reason", placeholder: "why (recorded in every history)", size: 36 });
+  const out = h("div", { "data-testid": "batch-result" });
+  const signalFields = h("span", { class: "filters", style: "display:none;margin:0" }, h("label", {}, "Signal", signal), h("label", {}, "Body", signalBody));
+  action.addEventListener("change", () => { signalFields.style.display = action.value === "signal" ? "flex" : "none"; fill(out); });
+  const request = (dryRun) => {
+    const r = { action: action.value, filter: body, reason: reason.value.trim(), dry_run: dryRun };
+    if (action.value === "signal") {
+      r.signal = signal.value.trim();
+      if (signalBody.value.trim()) r.body = JSON.parse(signalBody.value);
+    }
+    return r;
+  };
+  const follow = async (id) => {
+    for (;;) {
+      let b;
+      try { b = await api("GET", `/api/v1/batches/${encodeURIComponent(id)}`); } catch (err) { fill(out, errorBox(err)); return; }
+      const total = Math.max(b.matched, 1);
+      fill(out,
+        h("div", { class: b.failed ? "error" : b.finished ? "ok" : "note" },
+          `Batch ${b.id}: ${b.action} ${b.finished ? "finished" : "running"} — ${b.done} done, ${b.skipped} skipped, ${b.failed} failed of ${b.matched}.`,
+          b.errors.length ? h("ul", {}, b.errors.map((e) => h("li", {}, e))) : null),
+        h("div", { class: "progress" }, h("span", { style: `width:${Math.round(((b.done + b.skipped + b.failed) / total) * 100)}%` })));
+      if (b.finished) { if (liveRefresh) liveRefresh(); return; }
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+  };
+  const count = async () => {
+    let r;
+    try { r = await api("POST", "/api/v1/batches", request(true)); } catch (err) { fill(out, errorBox(err)); return; }
+    if (!r.matched) { fill(out, h("p", { class: "muted" }, "No running instance you may act on matches these filters.")); return; }
+    fill(out,
+      h("p", {}, h("strong", { "data-testid": "batch-count" }, r.matched.toLocaleString()), ` running instance${r.matched === 1 ? "" : "s"} match. This ${action.value}s every one of them and records your name and the reason in each history.`),
+      h("button", { class: "danger", "data-testid": "batch-apply", onclick: async (e) => {
+        e.target.disabled = true;
+        let started;
+        try { started = await api("POST", "/api/v1/batches", request(false)); } catch (err) { fill(out, errorBox(err)); return; }
+        follow(started.id);
+      } }, `${action.value[0].toUpperCase()}${action.value.slice(1)} ${r.matched.toLocaleString()} instance${r.matched === 1 ? "" : "s"}`));
+  };
+  fill(panel,
+    h("form", { class: "filters", onsubmit: (e) => { e.preventDefault(); count(); } },
+      h("label", {}, "Batch action", action), signalFields, h("label", {}, "Reason", reason),
+      h("button", { type: "submit", "data-testid": "batch-count-button" }, "Count matching")),
+    out);
+  return panel;
 }
 
 // ------------------------------------------------------------------ one instance
@@ -747,6 +811,112 @@ async function renderMap(type, params) {
   );
 }
 
+// ------------------------------------------------------------------ reports
+
+function durationChart(buckets) {
+  const timed = buckets.filter((b) => b.duration);
+  if (!timed.length) return h("div", { class: "empty" }, "No instance finished in this period.");
+  const W = 560, H = 170, left = 44, bottom = 22, top = 22;
+  const max = Math.max(1, ...timed.map((b) => b.duration.p95_ms));
+  const slot = (W - left) / buckets.length;
+  const y = (v) => H - bottom - (v * (H - bottom - top)) / max;
+  const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, width: "100%", role: "img", "aria-label": "median and 95th percentile duration per period" });
+  svg.append(svgEl("line", { x1: left, x2: W, y1: H - bottom, y2: H - bottom, stroke: "#d1d5db" }));
+  svg.append(svgEl("text", { x: 0, y: top + 4, "font-size": 11, fill: "#6b7280" }, fmtDur(max)));
+  const line = (key, colour) => {
+    const points = buckets.map((b, i) => (b.duration ? `${left + i * slot + slot / 2},${y(b.duration[key])}` : null)).filter(Boolean);
+    svg.append(svgEl("polyline", { points: points.join(" "), fill: "none", stroke: colour, "stroke-width": 2 }));
+    buckets.forEach((b, i) => {
+      if (!b.duration) return;
+      const dot = svgEl("circle", { cx: left + i * slot + slot / 2, cy: y(b.duration[key]), r: 3, fill: colour });
+      dot.append(svgEl("title", {}, `${key === "median_ms" ? "median" : "p95"} ${fmtDur(b.duration[key])}`));
+      svg.append(dot);
+    });
+  };
+  line("p95_ms", "#f59e0b");
+  line("median_ms", "#0f766e");
+  let x = left;
+  for (const [label, colour] of [["median", "#0f766e"], ["p95", "#f59e0b"]]) {
+    svg.append(svgEl("rect", { x, y: 4, width: 10, height: 10, fill: colour, rx: 2 }));
+    svg.append(svgEl("text", { x: x + 14, y: 13, "font-size": 11, fill: "#374151" }, label));
+    x += 70;
+  }
+  return svg;
+}
+
+function periodLabel(ms, bucketMs) {
+  const d = new Date(ms);
+  return bucketMs >= 86400e3
+    ? d.toLocaleDateString(undefined, { month: "short", day: "numeric" })
+    : d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+}
+
+async function renderReport(type, params) {
+  setActive("reports");
+  let types = [];
+  try { types = (await api("GET", "/api/v1/overview")).by_type.map((r) => r.workflow_type); } catch (err) { fill(main, errorBox(err)); return; }
+  if (!type) {
+    if (!types.length) {
+      fill(main, h("h1", {}, "Reports"), h("div", { class: "card empty" }, "No instances yet: reports are computed from recorded histories."));
+      return;
+    }
+    go(`reports/${encodeURIComponent(types[0])}`, params);
+    return;
+  }
+  const period = PERIODS.find((p) => p[0] === params.get("period") && p[2]) || PERIODS[2];
+  const now = Date.now();
+  const query = new URLSearchParams({ created_from_ms: String(now - period[2]), created_until_ms: String(now), bucket: period[2] > 2 * 86400e3 ? "day" : "hour" });
+  const base = `/api/v1/types/${encodeURIComponent(type)}`;
+  const typeSelect = h("select", { id: "report-type", onchange: (e) => go(`reports/${encodeURIComponent(e.target.value)}`, params) },
+    (types.includes(type) ? types : [type, ...types]).map((t) => h("option", { value: t, selected: t === type }, t)));
+  const periodSelect = h("select", { id: "report-period", onchange: (e) => { const p = new URLSearchParams(params); p.set("period", e.target.value); go(`reports/${encodeURIComponent(type)}`, p); } },
+    PERIODS.filter((p) => p[2]).map(([key, label]) => h("option", { value: key, selected: key === period[0] }, label)));
+  const status = h("span", {});
+  const fail = (err) => fill(status, errorBox(err));
+  const box = h("div", {}, h("p", { class: "muted" }, "Reading the recorded histories…"));
+  fill(main,
+    h("div", { class: "row" },
+      h("div", { class: "grow" }, h("h1", {}, "Reports"), h("p", { class: "sub" }, "How many instances started and how they ended, how long they took, service levels and failure reasons.")),
+      h("div", { class: "actions" },
+        h("button", { "data-testid": "download-csv", onclick: () => download(`${base}/report.csv?${query}`, `${type}-report.csv`, "text/csv").catch(fail) }, "Download CSV"),
+        h("button", { onclick: () => { const q = new URLSearchParams(query); q.set("table", "failures"); download(`${base}/report.csv?${q}`, `${type}-failures.csv`, "text/csv").catch(fail); } }, "Failures CSV"))),
+    h("div", { class: "filters" }, h("label", {}, "Workflow type", typeSelect), h("label", {}, "Started", periodSelect), status),
+    box,
+  );
+  let r;
+  try { r = await api("GET", `${base}/report?${query}`); } catch (err) { fill(box, errorBox(err)); return; }
+  const t = r.totals;
+  const stat = (n, label, cls) => h("div", { class: `stat ${cls || ""}` }, h("div", { class: "n" }, n), h("div", { class: "l" }, label));
+  const counts = r.buckets.map((b) => ({ at_ms: b.at_ms, started: b.started, completed: b.completed, failed: b.failed }));
+  const chart = throughputChart(counts, (ms) => periodLabel(ms, r.bucket_ms), "No instance started in this period.");
+  fill(box,
+    r.truncated ? h("div", { class: "error" }, "This period holds more instances than a report reads; the figures cover the first ones. Choose a shorter period.") : null,
+    h("div", { class: "stats" },
+      stat(t.started.toLocaleString(), "started"),
+      stat(t.completed.toLocaleString(), "completed"),
+      stat(t.failed.toLocaleString(), "failed", t.failed ? "bad" : ""),
+      stat(t.duration ? fmtDur(t.duration.median_ms) : "—", "median duration"),
+      stat(t.duration ? fmtDur(t.duration.p95_ms) : "—", "p95 duration"),
+      stat(t.overdue_tasks.toLocaleString(), "overdue tasks", t.overdue_tasks ? "warn" : ""),
+      stat(t.escalations.toLocaleString(), "escalations", t.escalations ? "warn" : "")),
+    h("div", { class: "row" },
+      h("div", { class: "card grow" }, h("h2", {}, `Instances per ${r.bucket_ms >= 86400e3 ? "day" : "hour"}`), chart),
+      h("div", { class: "card grow" }, h("h2", {}, "Duration, start to end"), durationChart(r.buckets))),
+    h("div", { class: "row" },
+      h("div", { class: "card grow" }, h("h2", {}, "Failure reasons"),
+        r.failure_reasons.length
+          ? h("table", { "data-testid": "failure-reasons" }, h("thead", {}, h("tr", {}, h("th", {}, "Reason"), h("th", { class: "num" }, "Instances"), h("th", {}, "Example"))),
+            h("tbody", {}, r.failure_reasons.map((f) => h("tr", {}, h("td", {}, f.reason), h("td", { class: "num" }, f.count.toLocaleString()), h("td", {}, h("a", { href: `#/instances/${encodeURIComponent(f.example)}` }, f.example))))))
+          : h("div", { class: "empty" }, "No failures in this period.")),
+      h("div", { class: "card grow" }, h("h2", {}, "Service levels"),
+        h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Period"), h("th", { class: "num" }, "Tasks"), h("th", { class: "num" }, "Overdue"), h("th", { class: "num" }, "Escalations"), h("th", { class: "num" }, "Retries"))),
+          h("tbody", {}, r.buckets.filter((b) => b.started).slice(-12).reverse().map((b) => h("tr", {},
+            h("td", {}, periodLabel(b.at_ms, r.bucket_ms)),
+            h("td", { class: "num" }, b.tasks), h("td", { class: `num ${b.overdue_tasks ? "bad" : ""}` }, b.overdue_tasks),
+            h("td", { class: "num" }, b.escalations), h("td", { class: "num" }, b.retries))))))),
+  );
+}
+
 // ------------------------------------------------------------------ router
 
 async function route() {
@@ -762,6 +932,7 @@ async function route() {
   if (parts[0] === "tasks" && parts[2]) return renderTask(parts[1], parts[2]);
   if (parts[0] === "tasks") return renderTasks();
   if (parts[0] === "maps") return renderMap(parts.slice(1).join("/"), params);
+  if (parts[0] === "reports") return renderReport(parts.slice(1).join("/"), params);
   return renderOverview();
 }
 

@@ -269,7 +269,7 @@ fn parse_statuses(text: &str) -> ApiResult<Vec<StatusKind>> {
         .collect()
 }
 
-fn parse_attribute(text: &str) -> ApiResult<(String, AttrValue)> {
+pub(crate) fn parse_attribute(text: &str) -> ApiResult<(String, AttrValue)> {
     let (name, json) = text
         .split_once(':')
         .ok_or_else(|| bad_query("an attribute filter is `name:json`, like `stage:\"review\"`"))?;

@@ -27,10 +27,12 @@ use utoipa_axum::routes;
 
 mod api;
 mod auth;
+mod batches;
 mod dashboard;
 mod error;
-mod maps;
-pub use maps::{MAP_RUNS_DEFAULT, MAP_RUNS_MAX};
+mod insight;
+pub use batches::{BATCHES_KEPT, BATCH_INSTANCES_MAX};
+pub use insight::{MAP_RUNS_DEFAULT, MAP_RUNS_MAX, REPORT_RUNS_MAX};
 
 pub use api::{IDEMPOTENCY_KEY, OVERVIEW_SCAN_MAX};
 pub use auth::{Tokens, TOKEN_BYTES_MIN};
@@ -77,6 +79,8 @@ pub(crate) struct AppState {
     /// Set when the server stops: ends the event streams, which would otherwise hold
     /// the graceful shutdown open.
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
+    /// The batch actions started since the server was built.
+    pub(crate) batches: batches::Batches,
 }
 
 #[derive(OpenApi)]
@@ -90,7 +94,8 @@ pub(crate) struct AppState {
         (name = "health", description = "Liveness, readiness, the caller"),
         (name = "instances", description = "Workflow instances"),
         (name = "tasks", description = "Human tasks"),
-        (name = "maps", description = "Process maps mined from recorded histories (JSON, BPMN 2.0, SVG)"),
+        (name = "batches", description = "Batch actions over the instances a filter selects"),
+        (name = "maps", description = "Process maps (JSON, BPMN 2.0, SVG) and reports (JSON, CSV) from recorded histories"),
     )
 )]
 struct ApiDoc;
@@ -202,6 +207,7 @@ impl Server {
                 catalog,
                 tokens,
                 closing: tokio::sync::watch::channel(false).0,
+                batches: batches::Batches::default(),
             }),
         }
     }
@@ -229,9 +235,13 @@ impl Server {
             .routes(routes!(api::delegate_task))
             .routes(routes!(api::comment_task))
             .routes(routes!(api::complete_task))
-            .routes(routes!(maps::get_map))
-            .routes(routes!(maps::get_map_bpmn))
-            .routes(routes!(maps::get_map_svg))
+            .routes(routes!(insight::get_map))
+            .routes(routes!(insight::get_map_bpmn))
+            .routes(routes!(insight::get_map_svg))
+            .routes(routes!(insight::get_report))
+            .routes(routes!(insight::get_report_csv))
+            .routes(routes!(batches::start_batch, batches::list_batches))
+            .routes(routes!(batches::get_batch))
             .with_state(self.state.clone())
             .split_for_parts();
         let mut doc = doc;

@@ -1,4 +1,4 @@
-//! Process maps mined from hand-built histories: counts, shares, durations, waiting,
+//! Process maps and reports from hand-built histories: counts, shares, durations, waiting,
 //! retries, loops, variants and bottlenecks; and the BPMN and SVG drawn from them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -7,6 +7,7 @@ use cairn_core::codec::Payload;
 use cairn_core::event::{EventKind, EventRecord};
 use cairn_core::journal::StoredEvent;
 use cairn_core::task::{Actor, Candidates, TaskChange, TaskSpec};
+use cairn_insight::report::Report;
 use cairn_insight::{bpmn, svg, Layout, NodeKind, ProcessMap, Shape};
 
 fn payload() -> Payload {
@@ -321,4 +322,141 @@ fn names_are_escaped_in_xml_and_svg() {
     let drawing = svg::to_svg(&map);
     assert!(drawing.contains("a&lt;b &amp;"));
     assert!(!drawing.contains("a<b"));
+}
+
+#[test]
+fn a_report_counts_ends_durations_service_levels_and_failure_reasons_per_period() {
+    let hour = 3_600_000;
+    // Starts at 0 s, 1 s, 2 s, ... (all in the first hour) from `claims()`, plus two runs
+    // in the second hour: one failed by an activity, one that escalated and went overdue.
+    let mut histories = claims();
+    let shift = |mut run: Vec<StoredEvent>| {
+        for e in &mut run {
+            e.record.recorded_at_ms += hour;
+        }
+        run
+    };
+    histories.push(shift(history(
+        "broke",
+        vec![
+            (
+                5,
+                EventKind::ActivityFailed {
+                    step: 0,
+                    activity: "check".into(),
+                    input: payload(),
+                    attempt: 3,
+                    error: cairn_core::event::ActivityErrorRecord {
+                        kind: "timeout".into(),
+                        message: "the registry did not answer".into(),
+                        retryable: true,
+                    },
+                },
+            ),
+            (
+                5,
+                EventKind::WorkflowFailed {
+                    error: Payload {
+                        codec: 0,
+                        data: br#"{"Activity":{"activity":"check","message":"x"}}"#.to_vec(),
+                    },
+                },
+            ),
+        ],
+    )));
+    histories.push(shift(history(
+        "late",
+        vec![
+            (1, task(0)),
+            (
+                60,
+                EventKind::TaskChanged {
+                    step: 0,
+                    actor: Actor::new("cairn", Vec::<String>::new()),
+                    change: TaskChange::Overdue,
+                },
+            ),
+            (
+                90,
+                EventKind::TaskChanged {
+                    step: 0,
+                    actor: Actor::new("cairn", Vec::<String>::new()),
+                    change: TaskChange::Escalated {
+                        tier: 1,
+                        reassigned: None,
+                    },
+                },
+            ),
+        ],
+    )));
+    let report = Report::build(
+        "claim",
+        0,
+        2 * hour,
+        hour,
+        histories.iter().map(Vec::as_slice),
+    );
+    assert_eq!(report.buckets.len(), 2);
+    let (first, second) = (&report.buckets[0], &report.buckets[1]);
+    assert_eq!(
+        (first.started, first.completed, first.failed, first.open),
+        (5, 3, 1, 1)
+    );
+    assert_eq!(first.retries, 3);
+    assert_eq!(first.tasks, 5);
+    // Start to end of the four finished: 65 s, 125 s, 3605 s, 40 s.
+    let took = first.duration.unwrap();
+    assert_eq!(
+        (took.samples, took.median_ms, took.p95_ms),
+        (4, 65_000, 3_605_000)
+    );
+    assert_eq!((second.started, second.failed, second.open), (2, 1, 1));
+    assert_eq!((second.overdue_tasks, second.escalations), (1, 1));
+    assert_eq!(report.totals.started, 7);
+    // The declined claim names its own error; the broken one the activity that failed.
+    let reasons: Vec<(&str, u64)> = report
+        .failure_reasons
+        .iter()
+        .map(|r| (r.reason.as_str(), r.count))
+        .collect();
+    assert!(
+        reasons.contains(&("activity check: timeout", 1)),
+        "{reasons:?}"
+    );
+    assert!(reasons.contains(&("null", 1)), "{reasons:?}");
+
+    let csv = report.buckets_csv();
+    let mut lines = csv.lines();
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("period_start_utc,started,completed,failed"));
+    assert_eq!(
+        lines.next().unwrap(),
+        "1970-01-01T00:00:00Z,5,3,1,0,0,1,65.000,3605.000,5,0,0,3"
+    );
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("1970-01-01T01:00:00Z,2,0,1,"));
+    let failures = report.reasons_csv();
+    assert!(
+        failures.contains("activity check: timeout,1,broke"),
+        "{failures}"
+    );
+}
+
+#[test]
+fn a_report_has_at_most_its_bucket_limit_and_skips_runs_outside_the_period() {
+    let histories = claims();
+    let report = Report::build(
+        "claim",
+        10_000,
+        10_000 + 5_000_000,
+        1,
+        histories.iter().map(Vec::as_slice),
+    );
+    assert!(report.buckets.len() as u64 <= cairn_insight::report::BUCKETS_MAX);
+    // Every claim started at 0 ms, before the period.
+    assert_eq!(report.totals.started, 0);
 }
