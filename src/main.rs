@@ -4,7 +4,9 @@
 //! instance's history as JSON lines or as a table, exports histories, counts what the
 //! file holds, verifies every hash chain (and, with anchors kept elsewhere, that no chain
 //! was rewritten whole). It opens the file read-only and never writes to it (not even
-//! redb's repair after a crash), so it is refused while a host holds the file.
+//! redb's repair after a crash), so it is refused while a host holds the file; with
+//! `--server URL --token TOKEN` the same commands read a running host through its HTTP
+//! API instead (`remote.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -18,6 +20,10 @@ use cairn::store::{
 };
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+mod remote;
+use remote::{check_links, Remote};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +35,18 @@ struct Cli {
     /// The database file (a stopped host's file or a copy of it).
     #[arg(long, global = true, default_value = "cairn.redb")]
     db: PathBuf,
+    /// Read a running host through its HTTP API instead of a file (`http://127.0.0.1:8080`).
+    #[arg(long, global = true, env = "CAIRN_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// The bearer token for `--server` (a read-only auditor's token is enough).
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -138,6 +156,8 @@ enum Stop {
     /// The reader closed the pipe (`cairn list | head`): a quiet success.
     Closed,
     Failed(cairn::Error),
+    /// A server refused, or could not be reached: what it said.
+    Remote(String),
 }
 
 impl From<cairn::Error> for Stop {
@@ -219,7 +239,10 @@ macro_rules! out {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -231,6 +254,10 @@ fn main() -> ExitCode {
         Err(Stop::Closed) => ExitCode::SUCCESS,
         Err(Stop::Failed(err)) => {
             eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
+        Err(Stop::Remote(message)) => {
+            eprintln!("error: {message}");
             ExitCode::from(2)
         }
     }
@@ -319,6 +346,16 @@ fn utc(ms: u64) -> String {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Stop> {
+    if let Some(server) = &cli.server {
+        let Some(token) = cli.token.clone() else {
+            return Err(Stop::Remote(
+                "--server needs --token (or CAIRN_TOKEN): the API answers no one without one"
+                    .to_owned(),
+            ));
+        };
+        let remote = Remote::new(server, token).map_err(Stop::Remote)?;
+        return run_remote(&remote, cli.command).await;
+    }
     if !cli.db.exists() {
         return Err(cairn::Error::InvalidArgument(format!(
             "`{}` does not exist",
@@ -399,15 +436,23 @@ async fn run(cli: Cli) -> Result<ExitCode, Stop> {
 
 async fn show(journal: &dyn Journal, id: &str) -> Result<(), Stop> {
     let row = row_of(journal, id).await?;
-    let events = history(journal, &row).await?;
+    let events: Vec<Value> = history(journal, &row)
+        .await?
+        .iter()
+        .map(event_json)
+        .collect();
+    let status = format!("{:?}", row.status);
+    show_table(&row.id, &row.workflow_type, &status, &events)
+}
+
+/// A history as a table a person reads, from the events' JSON (the same offline and
+/// over HTTP).
+fn show_table(id: &str, workflow_type: &str, status: &str, events: &[Value]) -> Result<(), Stop> {
     let mut out = Out::new(None)?;
     out!(
         out,
-        "{}  {}  {:?}  {} events",
-        row.id,
-        row.workflow_type,
-        row.status,
-        row.next_seq
+        "{id}  {workflow_type}  {status}  {} events",
+        events.len()
     );
     out!(
         out,
@@ -418,26 +463,31 @@ async fn show(journal: &dyn Journal, id: &str) -> Result<(), Stop> {
         "by"
     );
     for event in events {
-        let json = event_json(&event);
-        let by = event
-            .record
-            .actor
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), |a| a.id.clone());
-        let mut details = json["body"].to_string();
+        let by = event["actor"]["id"].as_str().unwrap_or("-");
+        let mut details = event["body"].to_string();
         if details.chars().count() > 100 {
             details = details.chars().take(99).collect::<String>() + "…";
         }
         out!(
             out,
             "{:>5}  {:<24}  {:<22}  {:<12}  {details}",
-            event.record.seq,
-            utc(event.record.recorded_at_ms),
-            event.record.kind.name(),
+            event["seq"].as_u64().unwrap_or(0),
+            utc(event["recorded_at_ms"].as_u64().unwrap_or(0)),
+            event["event"].as_str().unwrap_or("?"),
             by
         );
     }
     out.finish()
+}
+
+/// An exported event: its JSON with the instance, its workflow type and its run.
+fn export_line(mut event: Value, id: &str, workflow_type: &str, run: &str) -> Value {
+    if let Some(fields) = event.as_object_mut() {
+        fields.insert("instance".into(), id.into());
+        fields.insert("workflow_type".into(), workflow_type.into());
+        fields.insert("run".into(), run.into());
+    }
+    event
 }
 
 async fn stats(journal: &dyn Journal, path: &Path) -> Result<(), Stop> {
@@ -515,12 +565,7 @@ async fn export(
             if since.is_some_and(|since| at < since) || until.is_some_and(|until| at >= until) {
                 continue;
             }
-            let mut line = event_json(event);
-            if let Some(fields) = line.as_object_mut() {
-                fields.insert("instance".into(), row.id.clone().into());
-                fields.insert("workflow_type".into(), row.workflow_type.clone().into());
-                fields.insert("run".into(), run.clone().into());
-            }
+            let line = export_line(event_json(event), &row.id, &row.workflow_type, &run);
             out!(out, "{line}");
             exported += 1;
         }
@@ -674,4 +719,283 @@ async fn export_anchors(journal: &dyn Journal, path: Option<&Path>) -> Result<Ex
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The time range of `--since`/`--until` as the API's query.
+fn created_range(since: Option<u64>, until: Option<u64>) -> Vec<(&'static str, String)> {
+    let mut query = Vec::new();
+    if let Some(since) = since {
+        query.push(("created_from_ms", since.to_string()));
+    }
+    if let Some(until) = until {
+        query.push(("created_until_ms", until.to_string()));
+    }
+    query
+}
+
+/// The commands against a running host.
+async fn run_remote(remote: &Remote, command: Command) -> Result<ExitCode, Stop> {
+    match command {
+        Command::List {
+            workflow_type,
+            status,
+            id_contains,
+            since,
+            until,
+        } => {
+            let mut filters = created_range(since, until);
+            filters.push(("workflow_type", workflow_type.unwrap_or_default()));
+            filters.push(("id_contains", id_contains.unwrap_or_default()));
+            if let Some(status) = status {
+                let name = status
+                    .to_possible_value()
+                    .map(|v| v.get_name().replace('-', "_"))
+                    .unwrap_or_default();
+                filters.push(("status", name));
+            }
+            let rows = remote.list(&filters).await.map_err(Stop::Remote)?;
+            let mut out = Out::new(None)?;
+            for row in rows {
+                out!(
+                    out,
+                    "{}\t{}\t{}\t{} events",
+                    row.id,
+                    row.workflow_type,
+                    row.status,
+                    row.events
+                );
+            }
+            out.finish()?;
+        }
+        Command::History { id } => {
+            let events = remote.history(&id).await.map_err(Stop::Remote)?;
+            let mut out = Out::new(None)?;
+            for event in events {
+                out!(out, "{event}");
+            }
+            out.finish()?;
+        }
+        Command::Show { id } => {
+            let view = remote.instance(&id).await.map_err(Stop::Remote)?;
+            let events = remote.history(&id).await.map_err(Stop::Remote)?;
+            let status = remote::status_word(view["status"].as_str().unwrap_or(""));
+            show_table(
+                &id,
+                view["workflow_type"].as_str().unwrap_or(""),
+                &status,
+                &events,
+            )?;
+        }
+        Command::Export {
+            since,
+            until,
+            workflow_type,
+            out,
+        } => {
+            let mut filters = created_range(None, until);
+            filters.push(("workflow_type", workflow_type.unwrap_or_default()));
+            let rows: Vec<remote::Listed> = remote
+                .list(&filters)
+                .await
+                .map_err(Stop::Remote)?
+                .into_iter()
+                .filter(|row| since.is_none_or(|since| row.updated_at_ms >= since))
+                .collect();
+            let mut out = Out::new(out.as_deref())?;
+            let bar = out.progress(rows.len() as u64, "instances");
+            let (mut exported, mut damaged) = (0u64, 0usize);
+            for row in &rows {
+                bar.inc(1);
+                let events = match remote.history(&row.id).await {
+                    Ok(events) => events,
+                    Err(err) => {
+                        damaged += 1;
+                        bar.suspend(|| eprintln!("error: `{}` not exported: {err}", row.id));
+                        continue;
+                    }
+                };
+                for event in events {
+                    let at = event["recorded_at_ms"].as_u64().unwrap_or(0);
+                    if since.is_some_and(|since| at < since)
+                        || until.is_some_and(|until| at >= until)
+                    {
+                        continue;
+                    }
+                    let line = export_line(event, &row.id, &row.workflow_type, &row.run);
+                    out!(out, "{line}");
+                    exported += 1;
+                }
+                bar.set_message(format!("{exported} events"));
+            }
+            bar.finish_and_clear();
+            out.finish()?;
+            eprintln!(
+                "exported {exported} events of {} instances from {}",
+                rows.len() - damaged,
+                remote.base()
+            );
+            if damaged > 0 {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Stats => {
+            let (by_status, by_type) = remote.counts().await.map_err(Stop::Remote)?;
+            let mut out = Out::new(None)?;
+            out!(out, "server      {}", remote.base());
+            out!(out, "instances   {}", by_status.values().sum::<u64>());
+            for (status, n) in by_status {
+                out!(out, "status      {status:<16} {n}");
+            }
+            for (workflow_type, n) in by_type {
+                out!(out, "type        {workflow_type:<16} {n}");
+            }
+            out.finish()?;
+        }
+        Command::Verify { anchors, quiet } => {
+            let anchors_given = anchors.is_some();
+            let mut anchors = match anchors.as_deref() {
+                Some(path) => Some(read_anchors(path)?),
+                None => None,
+            };
+            let rows = remote.list(&[]).await.map_err(Stop::Remote)?;
+            let mut out = Out::new(None)?;
+            let bar = out.progress(rows.len() as u64, "instances");
+            let (mut intact, mut damaged, mut anchored) = (0usize, 0usize, 0usize);
+            for row in &rows {
+                bar.inc(1);
+                let anchor = u128::from_str_radix(&row.run, 16)
+                    .ok()
+                    .and_then(|key| anchors.as_mut().and_then(|all| all.remove(&key)));
+                let verdict = match remote.history(&row.id).await {
+                    Err(err) => Err(err),
+                    Ok(events) => check_links(&events)
+                        .map_err(|why| format!("history of instance `{}`: {why}", row.id))
+                        .and_then(|()| match &anchor {
+                            Some(anchor) => {
+                                let at = usize::try_from(anchor.seq).ok().and_then(|i| events.get(i));
+                                match at.and_then(|e| e["hash"].as_str()) {
+                                    Some(hash) if hash == anchor.hash => Ok(format!(
+                                        "{} events, anchor #{} matches",
+                                        events.len(),
+                                        anchor.seq
+                                    )),
+                                    Some(hash) => Err(format!(
+                                        "history of instance `{}`: event #{} differs from its anchor: hash {hash} where {} was anchored; the history up to it was rewritten",
+                                        row.id, anchor.seq, anchor.hash
+                                    )),
+                                    None => Err(format!(
+                                        "history of instance `{}`: event #{} is anchored but the history holds only {} events: events were removed",
+                                        row.id, anchor.seq, events.len()
+                                    )),
+                                }
+                            }
+                            None => Ok(format!("{} events", events.len())),
+                        }),
+                };
+                if anchor.is_some() {
+                    anchored += 1;
+                }
+                match verdict {
+                    Ok(what) => {
+                        intact += 1;
+                        if !quiet {
+                            bar.suspend(|| out.line(format_args!("ok    {}  {what}", row.id)))?;
+                        }
+                    }
+                    Err(why) => {
+                        damaged += 1;
+                        bar.suspend(|| out.line(format_args!("FAIL  {}  {why}", row.id)))?;
+                    }
+                }
+            }
+            bar.finish_and_clear();
+            // Anchors of earlier runs (before a continue-as-new) cannot be checked here:
+            // the API serves current runs. Only an anchored instance that is gone fails.
+            let listed: std::collections::HashSet<&str> =
+                rows.iter().map(|r| r.id.as_str()).collect();
+            let left: Vec<Anchor> = anchors
+                .map(|a| a.into_values().collect())
+                .unwrap_or_default();
+            let (mut missing, mut earlier) = (Vec::new(), 0usize);
+            for anchor in left {
+                if listed.contains(anchor.instance.as_str()) {
+                    earlier += 1;
+                } else {
+                    missing.push(anchor);
+                }
+            }
+            missing.sort_by(|a, b| (&a.instance, &a.run).cmp(&(&b.instance, &b.run)));
+            for anchor in &missing {
+                out!(
+                    out,
+                    "FAIL  {}  the anchored instance is missing from the server (run {}, event #{})",
+                    anchor.instance,
+                    anchor.run,
+                    anchor.seq
+                );
+            }
+            let mut summary = format!(
+                "{} instances: {intact} intact, {damaged} damaged",
+                rows.len()
+            );
+            if anchors_given {
+                summary += &format!(
+                    "; {anchored} checked against anchors, {} anchored instances missing",
+                    missing.len()
+                );
+                if earlier > 0 {
+                    summary += &format!(
+                        ", {earlier} anchors of earlier runs not checked (verify a copy of the file for those)"
+                    );
+                }
+            }
+            out!(out, "{summary}");
+            out.finish()?;
+            if damaged + missing.len() > 0 {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Anchors {
+            command: AnchorsCommand::Export { out },
+        } => {
+            let rows = remote.list(&[]).await.map_err(Stop::Remote)?;
+            let mut out = Out::new(out.as_deref())?;
+            let bar = out.progress(rows.len() as u64, "instances");
+            let mut damaged = 0usize;
+            for row in &rows {
+                bar.inc(1);
+                let events = match remote.history(&row.id).await.and_then(|events| {
+                    check_links(&events)
+                        .map(|()| events)
+                        .map_err(|why| format!("history of instance `{}`: {why}", row.id))
+                }) {
+                    Ok(events) => events,
+                    Err(err) => {
+                        damaged += 1;
+                        bar.suspend(|| eprintln!("error: `{}` not anchored: {err}", row.id));
+                        continue;
+                    }
+                };
+                if let Some(last) = events.last() {
+                    let anchor = Anchor {
+                        instance: row.id.clone(),
+                        run: row.run.clone(),
+                        seq: last["seq"].as_u64().unwrap_or(0),
+                        hash: last["hash"].as_str().unwrap_or("").to_owned(),
+                        recorded_at_ms: last["recorded_at_ms"].as_u64().unwrap_or(0),
+                    };
+                    let line = serde_json::to_string(&anchor).map_err(|err| {
+                        cairn::Error::Environment(format!("an anchor does not encode: {err}"))
+                    })?;
+                    out!(out, "{line}");
+                }
+            }
+            bar.finish_and_clear();
+            out.finish()?;
+            if damaged > 0 {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

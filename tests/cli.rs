@@ -1,6 +1,7 @@
 //! The `cairn` binary on a real database file: list, history, show, stats and verify; a
 //! closed pipe;
-//! a missing file; an unknown id; a file a host holds.
+//! a missing file; an unknown id; a file a host holds; and the same commands against the
+//! running host through its HTTP API (`--server --token`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -221,4 +222,133 @@ async fn a_reader_that_stops_early_ends_the_command_quietly() {
         text(&output.stderr)
     );
     assert!(output.status.success(), "{:?}", output.status);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_commands_read_a_running_host_through_its_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("greetings.redb");
+    let rt = populate(&path).await;
+    let mut tokens = cairn::server::Tokens::new();
+    tokens
+        .add(
+            "auditor-token-0123456789",
+            cairn::Actor::new("audrey", ["auditor"]),
+        )
+        .unwrap();
+    let running = rt
+        .http_server(tokens)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let server = format!("http://{}", running.addr());
+    let remote = |args: &[&str]| {
+        let server = server.clone();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Command::new(env!("CARGO_BIN_EXE_cairn"))
+                    .args(["--server", &server, "--token", "auditor-token-0123456789"])
+                    .args(&args)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    // The file is held by the host: offline, the tool is refused; through the API it reads.
+    let list = remote(&["list"]).await;
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    assert_eq!(
+        text(&list.stdout),
+        "g-0\tgreet\tCompleted\t3 events\ng-1\tgreet\tCompleted\t3 events\ng-2\tgreet\tCompleted\t3 events\n"
+    );
+    let filtered = remote(&["list", "--id-contains", "1", "--status", "completed"]).await;
+    assert_eq!(text(&filtered.stdout), "g-1\tgreet\tCompleted\t3 events\n");
+
+    let history = remote(&["history", "g-1"]).await;
+    let events: Vec<serde_json::Value> = text(&history.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[2]["body"]["output"], "hello n1 #7");
+
+    let show = remote(&["show", "g-1"]).await;
+    let shown = text(&show.stdout);
+    assert!(
+        shown.starts_with("g-1  greet  Completed  3 events"),
+        "{shown}"
+    );
+    assert!(shown.contains("WorkflowCompleted"), "{shown}");
+
+    let stats = remote(&["stats"]).await;
+    let counted = text(&stats.stdout);
+    assert!(counted.contains("instances   3"), "{counted}");
+    assert!(
+        counted.contains("status      Completed        3"),
+        "{counted}"
+    );
+
+    let export = remote(&["export"]).await;
+    let lines: Vec<serde_json::Value> = text(&export.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 9);
+    assert!(lines.iter().all(|l| l["run"].as_str().unwrap().len() == 32));
+
+    // Anchors taken through the API verify through the API.
+    let anchors = remote(&["anchors", "export"]).await;
+    assert!(anchors.status.success(), "{}", text(&anchors.stderr));
+    let anchors_file = dir.path().join("anchors.jsonl");
+    std::fs::write(&anchors_file, &anchors.stdout).unwrap();
+    let verify = remote(&["verify", "--anchors", anchors_file.to_str().unwrap()]).await;
+    assert!(verify.status.success(), "{}", text(&verify.stdout));
+    assert!(
+        text(&verify.stdout).ends_with(
+            "3 instances: 3 intact, 0 damaged; 3 checked against anchors, 0 anchored instances missing\n"
+        ),
+        "{}",
+        text(&verify.stdout)
+    );
+
+    // Refusals: a wrong token, no token, an unknown id; each a message and exit code 2.
+    let wrong = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--server", &server, "--token", "nope", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(
+        text(&wrong.stderr).contains("refused the token"),
+        "{}",
+        text(&wrong.stderr)
+    );
+    let tokenless = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .env_remove("CAIRN_TOKEN")
+        .args(["--server", &server, "list"])
+        .output()
+        .unwrap();
+    assert_eq!(tokenless.status.code(), Some(2));
+    assert!(text(&tokenless.stderr).contains("--server needs --token"));
+    let unknown = remote(&["history", "nobody"]).await;
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        text(&unknown.stderr).contains("CAIRN-E0007"),
+        "{}",
+        text(&unknown.stderr)
+    );
+    running.stop().await;
+    rt.shutdown().await;
+    let unreachable = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--server", &server, "--token", "x", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(2));
+    assert!(
+        text(&unreachable.stderr).contains("cannot reach"),
+        "{}",
+        text(&unreachable.stderr)
+    );
 }

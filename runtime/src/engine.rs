@@ -85,6 +85,9 @@ pub enum Status {
 pub struct InstanceInfo {
     /// User id.
     pub id: String,
+    /// The run's internal key (a continue-as-new chain has one per run): what anchors
+    /// and exports name.
+    pub run: u128,
     /// Workflow type.
     pub workflow_type: String,
     /// Status.
@@ -1123,6 +1126,7 @@ impl Engine {
             InstanceStatus::Running => self.running_status(row.key),
         };
         Ok(InstanceInfo {
+            run: row.key,
             id: row.id,
             workflow_type: row.workflow_type,
             status,

@@ -150,6 +150,9 @@ pub(crate) async fn me(Caller(actor): Caller) -> Json<Me> {
 pub(crate) struct InstanceView {
     /// Its id.
     id: String,
+    /// The run listed or shown (an instance that continued as new has one per run), 32
+    /// hexadecimal digits: what `cairn anchors export` and exports name.
+    run: String,
     /// Its workflow type.
     workflow_type: String,
     /// `running`, `completed`, `failed`, `terminated`, `continued_as_new` or `parked`.
@@ -205,6 +208,7 @@ impl From<InstanceInfo> for InstanceView {
                 .iter()
                 .map(|(name, value)| (name.clone(), attr_json(value)))
                 .collect(),
+            run: format!("{:032x}", info.run),
             id: info.id,
             workflow_type: info.workflow_type,
             created_at_ms: info.created_at_ms,
