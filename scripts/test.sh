@@ -4,7 +4,8 @@
 # 2. the same again in always-replay mode (every step reached by replay);
 # 3. the loom models of the hand-written synchronisation, in their own target dir
 #    because `--cfg cairn_loom` changes how the runtime and redb crates compile;
-# 4. the HTTP API and the dashboard from outside (scripts/api_checks.sh): the dashboard
+# 4. the OpenTelemetry export (feature `otel`): its test, doc test and lints;
+# 5. the HTTP API and the dashboard from outside (scripts/api_checks.sh): the dashboard
 #    in headless Chromium and a schema-based fuzzer against the OpenAPI document
 #    (installs Chromium from Debian packages and the Python tools when missing).
 set -euo pipefail
@@ -21,6 +22,11 @@ CAIRN_ALWAYS_REPLAY=1 cargo test --workspace --locked --tests
 echo "== loom models (cfg cairn_loom) =="
 RUSTFLAGS="--cfg cairn_loom" CARGO_TARGET_DIR=target/loom \
   cargo test -p cairn-runtime -p cairn-redb --lib --locked --release -- loom_tests
+
+echo "== OpenTelemetry export (feature otel) =="
+cargo test -p cairn --features otel --locked --test otel
+cargo test -p cairn --features otel --locked --doc telemetry
+cargo clippy -p cairn --features otel --all-targets --locked -- -D warnings
 
 echo "== the dashboard in a real browser, the API fuzzed against its document =="
 bash scripts/api_checks.sh

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use futures::FutureExt;
 
@@ -700,8 +701,19 @@ impl WorkflowContext {
             // Its own task: an activity that blocks its thread cannot keep this run from
             // seeing its deadline or a cancellation, and one that outlives them is aborted.
             let began = std::time::Instant::now();
+            let span = tracing::info_span!(
+                "cairn.activity",
+                instance = %ctx.instance_id,
+                workflow_type = %ctx.workflow_type,
+                step,
+                activity = name,
+                attempt = number,
+                outcome = tracing::field::Empty,
+            );
             let mut running = AbortOnDrop(tokio::spawn(
-                AssertUnwindSafe(attempt(ctx, &input)).catch_unwind(),
+                AssertUnwindSafe(attempt(ctx, &input))
+                    .catch_unwind()
+                    .instrument(span.clone()),
             ));
             let deadline_ms = self
                 .inner
@@ -755,6 +767,7 @@ impl WorkflowContext {
                 AfterAttempt::Retry { .. } => "retried",
                 AfterAttempt::Failed { .. } => "failed",
             };
+            span.record("outcome", outcome);
             self.observe(Observation::Attempt {
                 workflow_type: self.workflow_type(),
                 activity: name,

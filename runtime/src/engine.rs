@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use crate::activity::AppState;
 use crate::clock::{Clock, SystemClock};
@@ -1820,13 +1821,25 @@ fn spawn_locked(
     if matches!(entry.driver, Driver::Running(_)) {
         return;
     }
-    let task = shared.runtime.spawn(run_instance(
-        shared.clone(),
-        key,
-        resume,
-        entry.inbox.clone(),
-        entry.outcome.clone(),
-    ));
+    // One span per driven run; its id and type are filled in once the history is read.
+    // Activity attempts open their spans inside it (see `docs/OPERATIONS.md`, Traces).
+    let span = tracing::info_span!(
+        parent: None,
+        "cairn.instance",
+        run = %format_args!("{key:032x}"),
+        instance = tracing::field::Empty,
+        workflow_type = tracing::field::Empty,
+    );
+    let task = shared.runtime.spawn(
+        run_instance(
+            shared.clone(),
+            key,
+            resume,
+            entry.inbox.clone(),
+            entry.outcome.clone(),
+        )
+        .instrument(span),
+    );
     entry.driver = Driver::Running(task);
     shared.registered.notify_waiters();
 }
@@ -2144,6 +2157,9 @@ async fn run_once(
             (history, row.next_seq)
         }
     };
+    let span = tracing::Span::current();
+    span.record("instance", history.instance.as_str());
+    span.record("workflow_type", history.workflow_type.as_str());
     let factory = factory_for(&shared.workflows, &history)?;
     if history.result.is_some() {
         return Err(Error::Corrupt {

@@ -47,6 +47,8 @@ mod saga;
 pub mod server;
 mod signal;
 mod task;
+#[cfg(feature = "otel")]
+pub mod telemetry;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
