@@ -498,6 +498,14 @@ impl Engine {
         self.shared.applied.subscribe()
     }
 
+    /// Step latency of each activity run on this host: median, 95th and 99th percentile
+    /// of its last [`RECENT_ATTEMPTS`](crate::RECENT_ATTEMPTS) attempts, and its attempts
+    /// and failures since the host started. For dashboards; the Prometheus histograms at
+    /// `/metrics` keep the long view.
+    pub fn step_latencies(&self) -> Vec<crate::StepLatency> {
+        self.shared.metrics.recent.latencies()
+    }
+
     /// The host's metrics in the Prometheus text exposition format: instances started
     /// and ended by type and status, workflow and activity durations, activity attempts
     /// by outcome, commits and their sizes, timers and their lateness, replays, runs in
@@ -1415,6 +1423,9 @@ impl HostPort for Engine {
                         activity: activity.to_owned(),
                     })
                     .observe(seconds);
+                metrics
+                    .recent
+                    .add(workflow_type, activity, outcome, seconds);
             }
             crate::port::Observation::TimerFired { late_ms } => {
                 metrics.timers_fired.inc();

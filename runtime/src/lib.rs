@@ -25,6 +25,7 @@ mod engine;
 pub mod export;
 mod messages;
 mod metrics;
+pub use metrics::{StepLatency, RECENT_ATTEMPTS};
 pub mod notify;
 mod port;
 mod replayer;

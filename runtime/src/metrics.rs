@@ -66,6 +66,8 @@ pub(crate) struct Metrics {
     pub(crate) open_tasks: Gauge,
     pub(crate) overdue_tasks: Gauge,
     pub(crate) outbox_pending: Gauge,
+    /// Recent attempt durations per activity, for the overview.
+    pub(crate) recent: Recent,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -92,6 +94,7 @@ impl Metrics {
             open_tasks: Gauge::default(),
             overdue_tasks: Gauge::default(),
             outbox_pending: Gauge::default(),
+            recent: Recent::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -172,5 +175,119 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// Attempts kept per activity for [`Recent`]'s percentiles.
+pub const RECENT_ATTEMPTS: usize = 512;
+
+/// The latest attempt durations of each activity on this host (the last
+/// [`RECENT_ATTEMPTS`] per workflow type and activity), for the overview's step latency
+/// percentiles; the Prometheus histograms keep the long view.
+#[derive(Debug, Default)]
+pub(crate) struct Recent {
+    steps: std::sync::Mutex<std::collections::BTreeMap<(String, String), Ring>>,
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    seconds: std::collections::VecDeque<f64>,
+    attempts: u64,
+    failed: u64,
+}
+
+/// Step latency of one activity, from its recent attempts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepLatency {
+    /// The workflow type.
+    pub workflow_type: String,
+    /// The activity.
+    pub activity: String,
+    /// Attempts since the host started.
+    pub attempts: u64,
+    /// Of which failed (retried or failed for good).
+    pub failed: u64,
+    /// How many recent attempts the percentiles cover.
+    pub samples: u64,
+    /// Median attempt duration, in milliseconds.
+    pub p50_ms: f64,
+    /// 95th percentile.
+    pub p95_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+}
+
+impl Recent {
+    pub(crate) fn add(&self, workflow_type: &str, activity: &str, outcome: &str, seconds: f64) {
+        let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = steps
+            .entry((workflow_type.to_owned(), activity.to_owned()))
+            .or_default();
+        if ring.seconds.len() >= RECENT_ATTEMPTS {
+            ring.seconds.pop_front();
+        }
+        ring.seconds.push_back(seconds);
+        ring.attempts += 1;
+        if outcome != "completed" {
+            ring.failed += 1;
+        }
+    }
+
+    pub(crate) fn latencies(&self) -> Vec<StepLatency> {
+        let steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        steps
+            .iter()
+            .map(|((workflow_type, activity), ring)| {
+                let mut sorted: Vec<f64> = ring.seconds.iter().copied().collect();
+                sorted.sort_by(f64::total_cmp);
+                // Nearest rank.
+                let rank = |q: f64| {
+                    let n = sorted.len();
+                    let at = ((q * n as f64).ceil() as usize).clamp(1, n.max(1));
+                    sorted.get(at - 1).copied().unwrap_or(0.0) * 1000.0
+                };
+                StepLatency {
+                    workflow_type: workflow_type.clone(),
+                    activity: activity.clone(),
+                    attempts: ring.attempts,
+                    failed: ring.failed,
+                    samples: sorted.len() as u64,
+                    p50_ms: rank(0.5),
+                    p95_ms: rank(0.95),
+                    p99_ms: rank(0.99),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod recent_tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_cover_the_latest_attempts_and_failures_count_all() {
+        let recent = Recent::default();
+        for n in 1..=100 {
+            let outcome = if n % 10 == 0 { "retried" } else { "completed" };
+            recent.add("order", "charge", outcome, f64::from(n) / 1000.0);
+        }
+        let got = recent.latencies();
+        assert_eq!(got.len(), 1);
+        let charge = &got[0];
+        assert_eq!(
+            (charge.attempts, charge.failed, charge.samples),
+            (100, 10, 100)
+        );
+        assert!((charge.p50_ms - 50.0).abs() < 1e-9, "{charge:?}");
+        assert!((charge.p95_ms - 95.0).abs() < 1e-9, "{charge:?}");
+        assert!((charge.p99_ms - 99.0).abs() < 1e-9, "{charge:?}");
+        // Only the last RECENT_ATTEMPTS count for the percentiles.
+        for _ in 0..RECENT_ATTEMPTS {
+            recent.add("order", "charge", "completed", 2.0);
+        }
+        let charge = &recent.latencies()[0];
+        assert_eq!(charge.samples, RECENT_ATTEMPTS as u64);
+        assert!((charge.p50_ms - 2000.0).abs() < 1e-9);
     }
 }

@@ -166,6 +166,12 @@ try:
             with open(os.path.join(SHOTS, f"{workflow_type}.bpmn"), "wb") as out:
                 out.write(response.read())
 
+    # The overview's step latency: the orders' activities, from their recent attempts.
+    browser.get(base + "/#/overview")
+    latency = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "[data-testid=step-latency]")))
+    assert "charge" in latency.text and "reserve_stock" in latency.text, latency.text
+    shot("overview-step-latency")
+
     # 5. The orders' report: counts, durations and the per-hour chart.
     browser.get(base + "/#/reports/shop_order?period=24h")
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".stats .stat")))

@@ -248,6 +248,16 @@ async function renderOverview() {
         h("div", { class: "card grow wide" }, h("h2", {}, "Instances by type"), types),
         h("div", { class: "card grow narrow" }, h("h2", {}, "Throughput, last hour"), throughputChart(o.throughput)),
       ),
+      h("div", { class: "card" }, h("h2", {}, "Step latency ", h("span", { class: "muted" }, "(recent attempts on this host)")),
+        o.step_latency.length
+          ? h("table", { "data-testid": "step-latency" },
+            h("thead", {}, h("tr", {}, ["Type", "Step", "Attempts", "Failed", "p50", "p95", "p99"].map((c, i) => h("th", { class: i > 1 ? "num" : "" }, c)))),
+            h("tbody", {}, o.step_latency.slice(0, 20).map((l) => h("tr", {},
+              h("td", {}, l.workflow_type), h("td", {}, l.activity),
+              h("td", { class: "num" }, l.attempts.toLocaleString()),
+              h("td", { class: `num ${l.failed ? "bad" : ""}` }, l.failed.toLocaleString()),
+              h("td", { class: "num" }, fmtDur(l.p50_ms)), h("td", { class: "num" }, fmtDur(l.p95_ms)), h("td", { class: "num" }, fmtDur(l.p99_ms))))))
+          : h("div", { class: "empty" }, "No activity has run on this host since it started.")),
       h("div", { class: "card" }, h("h2", {}, "Parked instances"), parked),
     );
   };

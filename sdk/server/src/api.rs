@@ -745,10 +745,34 @@ pub(crate) struct Overview {
     parked: Vec<ParkedView>,
     /// Started, completed and failed per five minutes over the last hour.
     throughput: Vec<Bucket>,
+    /// Step latency per activity on this host, slowest (p95) first: its recent attempts'
+    /// percentiles, attempts and failures since the host started.
+    step_latency: Vec<StepLatencyView>,
     /// Instances read to compute this.
     scanned: u64,
     /// Whether there were more than [`OVERVIEW_SCAN_MAX`] (the counts cover the oldest).
     truncated: bool,
+}
+
+/// One activity's latency, from its recent attempts on this host.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct StepLatencyView {
+    /// The workflow type.
+    workflow_type: String,
+    /// The activity.
+    activity: String,
+    /// Attempts since the host started.
+    attempts: u64,
+    /// Of which failed (retried, or failed for good).
+    failed: u64,
+    /// Recent attempts the percentiles cover (at most 512).
+    samples: u64,
+    /// Median attempt duration, ms.
+    p50_ms: f64,
+    /// 95th percentile, ms.
+    p95_ms: f64,
+    /// 99th percentile, ms.
+    p99_ms: f64,
 }
 
 /// Most instances (and tasks) an overview reads.
@@ -877,6 +901,25 @@ pub(crate) async fn overview(
             .collect(),
         open_tasks,
         overdue_tasks,
+        step_latency: {
+            let mut steps: Vec<StepLatencyView> = state
+                .engine
+                .step_latencies()
+                .into_iter()
+                .map(|s| StepLatencyView {
+                    workflow_type: s.workflow_type,
+                    activity: s.activity,
+                    attempts: s.attempts,
+                    failed: s.failed,
+                    samples: s.samples,
+                    p50_ms: s.p50_ms,
+                    p95_ms: s.p95_ms,
+                    p99_ms: s.p99_ms,
+                })
+                .collect();
+            steps.sort_by(|a, b| b.p95_ms.total_cmp(&a.p95_ms));
+            steps
+        },
         parked,
         throughput: buckets,
         scanned,
