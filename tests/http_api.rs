@@ -1429,3 +1429,171 @@ async fn a_report_counts_the_period_and_refuses_one_that_ends_before_it_starts()
     assert_eq!(status, StatusCode::BAD_REQUEST);
     host.stop().await;
 }
+
+/// A test-only P-256 key pair (generated for this test with openssl; signs nothing else).
+const EC_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg3j+N1CdHKSiSEwcH
+HMSKdHXnilYwXYyCyVL2r6etLryhRANCAAQGfDk6Rjz7U4ll4gnfF2rx8ctZSUe4
+Nb4ubLrqY88WWiJmWBCxO4B2VWDKl+MUb7J/rENc4bUTw3NmGrRSJBeH
+-----END PRIVATE KEY-----
+";
+const EC_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEBnw5OkY8+1OJZeIJ3xdq8fHLWUlH
+uDW+Lmy66mPPFloiZlgQsTuAdlVgypfjFG+yf6xDXOG1E8NzZhq0UiQXhw==
+-----END PUBLIC KEY-----
+";
+const SECRET: &[u8] = b"the-shared-secret-of-the-identity-provider";
+
+fn signed(claims: Value, key: &jsonwebtoken::EncodingKey, alg: jsonwebtoken::Algorithm) -> String {
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, key).unwrap()
+}
+
+fn in_an_hour() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_web_tokens_are_verified_against_the_configured_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Roles::new()
+        .allow_any_type(Verb::Start, ["operator"])
+        .allow_any_type(Verb::Read, ["operator", "auditor"]);
+    let rt = Runtime::builder()
+        .workflow(desk)
+        .signal(NOTE)
+        .update(AMOUNT)
+        .policy(Arc::new(policy))
+        .open(dir.path().join("jwt.redb"))
+        .await
+        .unwrap();
+    let jwt = cairn::server::Jwt::hs256(SECRET)
+        .unwrap()
+        .issuer("https://login.example.com")
+        .audience("cairn")
+        .or(cairn::server::Jwt::es256_pem(EC_PUBLIC.as_bytes()).unwrap());
+    let mut tokens = Tokens::new();
+    tokens
+        .add(AUDITOR, Actor::new("audrey", ["auditor"]))
+        .unwrap();
+    let running = rt
+        .http_server(tokens.with_jwt(jwt))
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", running.addr());
+    let http = reqwest::Client::new();
+    let me = |token: String| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let response = http
+                .get(format!("{base}/api/v1/me"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+            (status, body)
+        }
+    };
+    let hs = jsonwebtoken::EncodingKey::from_secret(SECRET);
+    let good = json!({ "sub": "judy", "roles": ["operator"], "exp": in_an_hour(),
+                       "iss": "https://login.example.com", "aud": "cairn" });
+    let (status, who) = me(signed(good.clone(), &hs, jsonwebtoken::Algorithm::HS256)).await;
+    assert_eq!(status, StatusCode::OK, "{who}");
+    assert_eq!(
+        (&who["id"], &who["roles"]),
+        (&json!("judy"), &json!(["operator"]))
+    );
+    // The static tokens still work beside JWTs.
+    assert_eq!(me(AUDITOR.to_owned()).await.0, StatusCode::OK);
+
+    // A write by a JWT's actor records that actor.
+    let response = http
+        .post(format!("{base}/api/v1/instances"))
+        .bearer_auth(signed(good.clone(), &hs, jsonwebtoken::Algorithm::HS256))
+        .header("content-type", "application/json")
+        .body(
+            json!({ "workflow_type": "desk", "id": "jwt-1", "input": { "customer": "Jo", "amount": 1 } })
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let history = rt.engine().history("jwt-1").await.unwrap();
+    assert_eq!(history[0].record.actor.as_ref().unwrap().id, "judy");
+
+    // ES256 from the other configured key; roles as one space-separated string.
+    let es = jsonwebtoken::EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap();
+    let (status, who) = me(signed(
+        json!({ "sub": "erin", "roles": "auditor operator", "exp": in_an_hour() }),
+        &es,
+        jsonwebtoken::Algorithm::ES256,
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{who}");
+    assert_eq!(who["roles"], json!(["auditor", "operator"]));
+
+    // Refused, each with a reason: expired, wrong secret, wrong issuer, wrong audience,
+    // no expiry, no subject, unsigned, garbage.
+    let mut expired = good.clone();
+    expired["exp"] = json!(1_000_000_000u64);
+    let mut other_issuer = good.clone();
+    other_issuer["iss"] = json!("https://evil.example.com");
+    let mut other_audience = good.clone();
+    other_audience["aud"] = json!("billing");
+    let mut no_exp = good.clone();
+    no_exp.as_object_mut().unwrap().remove("exp");
+    let mut no_sub = good.clone();
+    no_sub.as_object_mut().unwrap().remove("sub");
+    let wrong_key = jsonwebtoken::EncodingKey::from_secret(b"another-secret-another-secret-xx");
+    let unsigned = {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(good.to_string())
+        )
+    };
+    for (what, token) in [
+        (
+            "expired",
+            signed(expired, &hs, jsonwebtoken::Algorithm::HS256),
+        ),
+        (
+            "wrong key",
+            signed(good.clone(), &wrong_key, jsonwebtoken::Algorithm::HS256),
+        ),
+        (
+            "issuer",
+            signed(other_issuer, &hs, jsonwebtoken::Algorithm::HS256),
+        ),
+        (
+            "audience",
+            signed(other_audience, &hs, jsonwebtoken::Algorithm::HS256),
+        ),
+        (
+            "no exp",
+            signed(no_exp, &hs, jsonwebtoken::Algorithm::HS256),
+        ),
+        (
+            "no sub",
+            signed(no_sub, &hs, jsonwebtoken::Algorithm::HS256),
+        ),
+        ("unsigned", unsigned),
+        ("garbage", "a.b.c".to_owned()),
+    ] {
+        let (status, refused) = me(token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {refused}");
+        assert_eq!(refused["code"], "unauthenticated", "{what}");
+        assert!(!refused["message"].as_str().unwrap().is_empty(), "{what}");
+    }
+    running.stop().await;
+    rt.shutdown().await;
+}

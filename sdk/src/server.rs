@@ -23,8 +23,9 @@
 use std::sync::Arc;
 
 pub use cairn_server::{
-    ApiError, Catalog, ErrorBody, Running, Server, Tokens, BODY_BYTES_MAX, IDEMPOTENCY_KEY,
-    OPENAPI_PATH, TOKEN_BYTES_MIN,
+    ApiError, Catalog, ErrorBody, Jwt, Running, Server, Tokens, BATCHES_KEPT, BATCH_INSTANCES_MAX,
+    BODY_BYTES_MAX, IDEMPOTENCY_KEY, JWT_SECRET_BYTES_MIN, MAP_RUNS_DEFAULT, MAP_RUNS_MAX,
+    OPENAPI_PATH, REPORT_RUNS_MAX, TOKEN_BYTES_MIN,
 };
 
 use crate::{Error, Runtime};

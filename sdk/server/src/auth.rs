@@ -1,5 +1,6 @@
 //! Who is calling: bearer tokens configured when the server starts, kept only as their
-//! SHA-256, each naming an [`Actor`] (an id and roles). What the actor may do is the
+//! SHA-256, each naming an [`Actor`] (an id and roles); and, when configured, JSON Web
+//! Tokens verified against keys (`jwt.rs`). What the actor may do is the
 //! runtime's policy's to decide; the server only establishes who asks.
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ pub const TOKEN_BYTES_MIN: usize = 16;
 #[derive(Clone, Default)]
 pub struct Tokens {
     by_hash: HashMap<[u8; 32], Actor>,
+    jwt: Option<crate::jwt::Jwt>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -98,9 +100,24 @@ impl Tokens {
         token
     }
 
-    /// The actor `token` authenticates.
-    pub(crate) fn actor(&self, token: &str) -> Option<&Actor> {
-        self.by_hash.get(&digest(token))
+    /// Also accepts JSON Web Tokens that `jwt` verifies (see [`crate::Jwt`]); a bearer
+    /// token that is not one of the configured tokens is tried as a JWT.
+    #[must_use]
+    pub fn with_jwt(mut self, jwt: crate::jwt::Jwt) -> Self {
+        self.jwt = Some(jwt);
+        self
+    }
+
+    /// The actor `token` authenticates, or why it does not.
+    pub(crate) fn actor(&self, token: &str) -> Result<Actor, String> {
+        if let Some(actor) = self.by_hash.get(&digest(token)) {
+            return Ok(actor.clone());
+        }
+        match &self.jwt {
+            // A JWT has three dot-separated parts; a configured token never has dots.
+            Some(jwt) if token.split('.').count() == 3 => jwt.actor(token),
+            _ => Err("the token is not known to this server".to_owned()),
+        }
     }
 
     /// How many tokens are configured.
@@ -141,9 +158,8 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         state
             .tokens
             .actor(token)
-            .cloned()
             .map(Caller)
-            .ok_or_else(|| ApiError::unauthenticated("the token is not known to this server"))
+            .map_err(|why| ApiError::unauthenticated(&why))
     }
 }
 
@@ -165,7 +181,7 @@ mod tests {
             .add("0123456789abcdef", Actor::new("b", ["admin"]))
             .is_err());
         assert_eq!(tokens.actor("0123456789abcdef").unwrap().id, "a");
-        assert!(tokens.actor("0123456789abcdeg").is_none());
+        assert!(tokens.actor("0123456789abcdeg").is_err());
         let fresh = tokens.generate(Actor::new("c", ["auditor"]));
         assert_eq!(fresh.len(), "cairn_".len() + 64);
         assert_eq!(tokens.actor(&fresh).unwrap().id, "c");
