@@ -1294,6 +1294,21 @@ async fn a_batch_counts_first_then_acts_on_what_the_filter_selects_and_says_so_i
         )
         .await;
     assert_eq!(clerk["matched"], 0, "the clerk may cancel nothing: {clerk}");
+    // The list's `waiting` filter narrows a batch too: none of these waits on a person.
+    let (_, waiting) = host
+        .call(
+            Method::POST,
+            "/api/v1/batches",
+            Some(OPERATOR),
+            Some(json!({
+                "action": "cancel",
+                "filter": { "workflow_type": "desk", "id_contains": "sweep-", "waiting": "person" },
+                "reason": "closing the quarter",
+                "dry_run": true
+            })),
+        )
+        .await;
+    assert_eq!(waiting["matched"], 0, "{waiting}");
     let history = |id: &str| {
         let id = id.to_owned();
         let host = &host;
@@ -1596,4 +1611,100 @@ async fn json_web_tokens_are_verified_against_the_configured_keys() {
     }
     running.stop().await;
     rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_waiting_on_a_person_are_listed_from_their_open_steps() {
+    let host = host().await;
+    for n in 0..3 {
+        let id = format!("w-{n}");
+        host.start(&id).await;
+        host.wait_state(&id, "open for Ada").await;
+    }
+    // w-1 goes to review: a task opens for it.
+    host.call(
+        Method::POST,
+        "/api/v1/instances/w-1/signals/note",
+        Some(OPERATOR),
+        Some(json!("review")),
+    )
+    .await;
+    host.task_of("w-1").await;
+    let ids = |page: &Value| -> Vec<String> {
+        page["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, person) = host
+        .call(
+            Method::GET,
+            "/api/v1/instances?waiting=person",
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{person}");
+    assert_eq!(ids(&person), ["w-1"]);
+    let (_, either) = host
+        .call(
+            Method::GET,
+            "/api/v1/instances?waiting=timer,person&id_contains=w-",
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    assert_eq!(ids(&either), ["w-1"]);
+    let (_, none) = host
+        .call(
+            Method::GET,
+            "/api/v1/instances?waiting=timer",
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    assert!(ids(&none).is_empty());
+    // Finished instances wait for nothing.
+    let (_, finished) = host
+        .call(
+            Method::GET,
+            "/api/v1/instances?waiting=person&status=completed",
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    assert!(ids(&finished).is_empty() && finished["next"].is_null());
+    // A page of one continues after the instance it stopped at.
+    let (_, first) = host
+        .call(
+            Method::GET,
+            "/api/v1/instances?waiting=person&limit=1",
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    assert_eq!(ids(&first), ["w-1"]);
+    let next = first["next"].as_str().unwrap();
+    let (_, rest) = host
+        .call(
+            Method::GET,
+            &format!("/api/v1/instances?waiting=person&limit=1&cursor={next}"),
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    assert!(ids(&rest).is_empty(), "{rest}");
+    let (status, refused) = host
+        .call(
+            Method::GET,
+            "/api/v1/instances?waiting=lunch",
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(refused["message"].as_str().unwrap().contains("not a wait"));
+    host.stop().await;
 }

@@ -8,6 +8,8 @@
 //!   modelling tools open the process as it runs; [`svg`] draws the same layout.
 //! - [`report::Report::build`] counts, per period, runs started and how they ended, their
 //!   durations, overdue tasks and escalations, and why runs failed; as CSV too.
+//! - [`waits::waits`] tells what an unfinished run waits for (a person, a timer, a
+//!   signal with a deadline, a child, a retry), for the instance list's filters.
 //!
 //! Everything here is pure computation over [`cairn_core::journal::StoredEvent`]s: no
 //! store, no clock, no tokio. The host decides which histories to read.
@@ -19,6 +21,7 @@ mod layout;
 mod mine;
 pub mod report;
 pub mod svg;
+pub mod waits;
 
 pub use layout::{Layout, Placed, Route, Shape};
 pub use mine::{

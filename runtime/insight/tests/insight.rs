@@ -460,3 +460,106 @@ fn a_report_has_at_most_its_bucket_limit_and_skips_runs_outside_the_period() {
     // Every claim started at 0 ms, before the period.
     assert_eq!(report.totals.started, 0);
 }
+
+#[test]
+fn what_a_run_waits_on_is_read_from_its_open_steps() {
+    use cairn_insight::waits::waits;
+    let due_task = |step: u32, due: u64| {
+        let mut created = task(step);
+        if let EventKind::TaskCreated { task, .. } = &mut created {
+            task.due_at_ms = Some(due);
+        }
+        created
+    };
+    // A task due at 100 s, a timer, a retry, a child and a deadline wait, all open.
+    let open = history(
+        "open",
+        vec![
+            (1, due_task(1, 100_000)),
+            (
+                1,
+                EventKind::TimerStarted {
+                    step: 2,
+                    fire_at_ms: 500_000,
+                },
+            ),
+            (
+                2,
+                EventKind::ActivityAttemptFailed {
+                    step: 3,
+                    activity: "charge".into(),
+                    attempt: 1,
+                    error: cairn_core::event::ActivityErrorRecord {
+                        kind: "error".into(),
+                        message: "busy".into(),
+                        retryable: true,
+                    },
+                    retry_in_ms: 1000,
+                },
+            ),
+            (
+                2,
+                EventKind::ChildStarted {
+                    step: 4,
+                    workflow_type: "shipment".into(),
+                    child_id: "c-1".into(),
+                    input: payload(),
+                },
+            ),
+            (
+                2,
+                EventKind::SignalWaitStarted {
+                    step: 5,
+                    name: "approved".into(),
+                    deadline_ms: 900_000,
+                },
+            ),
+        ],
+    );
+    let early = waits(&open, 50_000);
+    assert!(early.person && !early.overdue);
+    assert!(early.timer && early.retrying && early.child && early.signal);
+    assert!(waits(&open, 100_000).overdue, "due at 100 s");
+
+    // Each closes with its outcome; a cancelled step closes too.
+    let mut closed = open.clone();
+    for (at, kind) in [
+        (3, decided(1)),
+        (4, EventKind::TimerFired { step: 2 }),
+        (5, done(3, "charge")),
+        (
+            6,
+            EventKind::StepCancelled {
+                step: 4,
+                step_kind: "child".into(),
+                name: "shipment".into(),
+                reason: "no longer needed".into(),
+            },
+        ),
+        (
+            7,
+            EventKind::SignalWaitTimedOut {
+                step: 5,
+                name: "approved".into(),
+            },
+        ),
+    ] {
+        let mut next = closed.last().unwrap().clone();
+        next.record.seq += 1;
+        next.record.recorded_at_ms = at * 1000;
+        next.record.kind = kind;
+        closed.push(next);
+    }
+    assert!(
+        waits(&closed, 200_000).none(),
+        "{:?}",
+        waits(&closed, 200_000)
+    );
+
+    // A finished run waits for nothing, whatever it left open.
+    let mut finished = open.clone();
+    let mut end = finished.last().unwrap().clone();
+    end.record.kind = completed();
+    finished.push(end);
+    assert!(waits(&finished, 200_000).none());
+}

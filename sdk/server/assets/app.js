@@ -321,6 +321,7 @@ async function renderInstances(params) {
     status: params.get("status") || "",
     attribute: params.get("attribute") || "",
     id: params.get("id") || "",
+    waiting: params.get("waiting") || "",
   };
   const cursor = params.get("cursor") || "";
   const apply = (changes) => {
@@ -332,10 +333,13 @@ async function renderInstances(params) {
   const typeInput = h("input", { value: filters.workflow_type, placeholder: "any", name: "workflow_type", list: "types" });
   const statusSelect = h("select", { name: "status" }, h("option", { value: "" }, "any"), STATUSES.map((s) => h("option", { value: s, selected: s === filters.status }, s.replace(/_/g, " "))));
   const idInput = h("input", { value: filters.id, placeholder: "contains…", name: "id" });
-  const form = h("form", { class: "filters", onsubmit: (e) => { e.preventDefault(); apply({ workflow_type: typeInput.value.trim(), status: statusSelect.value, id: idInput.value.trim() }); } },
+  const WAITS = [["", "anything"], ["person", "a person"], ["overdue", "an overdue task"], ["timer", "a timer"], ["signal", "a signal (with a deadline)"], ["child", "a child workflow"], ["retrying", "a retry"]];
+  const waitingSelect = h("select", { name: "waiting" }, WAITS.map(([v, label]) => h("option", { value: v, selected: v === filters.waiting }, label)));
+  const form = h("form", { class: "filters", onsubmit: (e) => { e.preventDefault(); apply({ workflow_type: typeInput.value.trim(), status: statusSelect.value, id: idInput.value.trim(), waiting: waitingSelect.value }); } },
     h("label", {}, "Workflow type", typeInput),
     h("label", {}, "Status", statusSelect),
     h("label", {}, "Id", idInput),
+    h("label", {}, "Waiting on", waitingSelect),
     filters.attribute ? h("label", {}, "Attribute", h("span", { class: "chip" }, filters.attribute, " ", h("a", { href: "#", onclick: (e) => { e.preventDefault(); apply({ attribute: "" }); } }, "×"))) : null,
     h("button", { class: "primary", type: "submit" }, "Apply"),
     h("button", { type: "button", onclick: () => go("instances") }, "Clear"),
@@ -383,7 +387,7 @@ async function renderInstances(params) {
 // A batch action over what the list's filters select: count first, then apply, then
 // follow its progress. Only running (and parked) instances are acted on.
 function batchPanel(filters) {
-  const body = { workflow_type: filters.workflow_type || null, attribute: filters.attribute || null, id_contains: filters.id || null, parked_only: filters.status === "parked" };
+  const body = { workflow_type: filters.workflow_type || null, attribute: filters.attribute || null, id_contains: filters.id || null, parked_only: filters.status === "parked", waiting: filters.waiting || null };
   const panel = h("div", { class: "batch", "data-testid": "batch" });
   if (filters.status && !["running", "parked"].includes(filters.status)) {
     fill(panel, h("p", { class: "muted" }, "Batch actions apply to running instances; this list shows none."));

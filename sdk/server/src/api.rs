@@ -237,6 +237,11 @@ pub(crate) struct ListParams {
     attribute: Option<String>,
     /// Only instances whose id contains this text.
     id_contains: Option<String>,
+    /// Only unfinished instances waiting on one of these, comma-separated: `person` (an
+    /// open task), `overdue` (an open task past due), `timer`, `signal` (a wait with a
+    /// deadline), `child`, `retrying` (an activity between attempts). Read from each
+    /// candidate's history, at most 5,000 per request; follow `next` for more.
+    waiting: Option<String>,
     /// At most this many (default 100, at most 1000).
     limit: Option<usize>,
     /// Continue after this cursor (from the previous page's `next`).
@@ -337,11 +342,132 @@ pub(crate) async fn list_instances(
         limit: params.limit,
     };
     let after = params.cursor.as_deref().map(parse_cursor).transpose()?;
+    if let Some(waiting) = params.waiting.as_deref().filter(|w| !w.is_empty()) {
+        let wanted = parse_waiting(waiting)?;
+        return list_waiting(&state, &actor, filter, after, &wanted).await;
+    }
     let (rows, next) = state.engine.list_page_as(&actor, &filter, after).await?;
     Ok(Json(InstancePage {
         instances: rows.into_iter().map(InstanceView::from).collect(),
         next: next.map(cursor_text),
     }))
+}
+
+/// Candidates a `waiting` listing reads at most per request.
+pub const WAITING_SCAN_MAX: usize = 5_000;
+
+/// What an instance may be waiting on, for the `waiting` filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaitingOn {
+    Person,
+    Overdue,
+    Timer,
+    Signal,
+    Child,
+    Retrying,
+}
+
+impl WaitingOn {
+    pub(crate) fn holds(self, waits: &cairn_insight::waits::Waits) -> bool {
+        match self {
+            WaitingOn::Person => waits.person,
+            WaitingOn::Overdue => waits.overdue,
+            WaitingOn::Timer => waits.timer,
+            WaitingOn::Signal => waits.signal,
+            WaitingOn::Child => waits.child,
+            WaitingOn::Retrying => waits.retrying,
+        }
+    }
+}
+
+pub(crate) fn parse_waiting(text: &str) -> ApiResult<Vec<WaitingOn>> {
+    text.split(',')
+        .map(|part| match part.trim() {
+            "person" => Ok(WaitingOn::Person),
+            "overdue" => Ok(WaitingOn::Overdue),
+            "timer" => Ok(WaitingOn::Timer),
+            "signal" => Ok(WaitingOn::Signal),
+            "child" => Ok(WaitingOn::Child),
+            "retrying" => Ok(WaitingOn::Retrying),
+            other => Err(bad_query(format!(
+                "`{other}` is not a wait: use person, overdue, timer, signal, child or retrying"
+            ))),
+        })
+        .collect()
+}
+
+/// A page of the unfinished instances the filter selects that wait on one of `wanted`,
+/// read from their histories: up to the page's limit, or [`WAITING_SCAN_MAX`]
+/// candidates, whichever comes first; `next` continues after the last one read.
+async fn list_waiting(
+    state: &AppState,
+    actor: &Actor,
+    mut filter: ListFilter,
+    mut after: Option<Cursor>,
+    wanted: &[WaitingOn],
+) -> ApiResult<Json<InstancePage>> {
+    let unfinished = [StatusKind::Running, StatusKind::Parked];
+    filter.statuses = if filter.statuses.is_empty() {
+        unfinished.to_vec()
+    } else {
+        filter
+            .statuses
+            .iter()
+            .copied()
+            .filter(|s| unfinished.contains(s))
+            .collect()
+    };
+    let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
+    let mut instances = Vec::new();
+    if filter.statuses.is_empty() {
+        // Only finished statuses asked for: nothing finished waits.
+        return Ok(Json(InstancePage {
+            instances,
+            next: None,
+        }));
+    }
+    filter.limit = Some(200);
+    let now = state.engine.now_ms();
+    let mut read = 0usize;
+    loop {
+        let (rows, next) = state.engine.list_page_as(actor, &filter, after).await?;
+        for info in rows {
+            read += 1;
+            let here = Cursor {
+                created_at_ms: info.created_at_ms,
+                key: info.run,
+            };
+            match state.engine.history_as(actor, &info.id).await {
+                Ok(events) => {
+                    let waits = cairn_insight::waits::waits(&events, now);
+                    if wanted.iter().any(|w| w.holds(&waits)) {
+                        instances.push(InstanceView::from(info));
+                    }
+                }
+                // Ended and gone, or not the caller's since it was listed.
+                Err(
+                    cairn_runtime::Error::InstanceNotFound(_)
+                    | cairn_runtime::Error::Forbidden { .. },
+                ) => {}
+                Err(err) => return Err(err.into()),
+            }
+            if instances.len() >= limit || read >= WAITING_SCAN_MAX {
+                return Ok(Json(InstancePage {
+                    instances,
+                    next: Some(cursor_text(here)),
+                }));
+            }
+        }
+        match next {
+            Some(cursor) => after = Some(cursor),
+            None => {
+                return Ok(Json(InstancePage {
+                    instances,
+                    next: None,
+                }))
+            }
+        }
+    }
 }
 
 /// Starts an instance.

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::api::{parse_attribute, Body, PathArgs};
+use crate::api::{parse_attribute, parse_waiting, Body, PathArgs, WaitingOn};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::AppState;
@@ -66,6 +66,10 @@ pub(crate) struct BatchFilter {
     /// Only parked instances.
     #[serde(default)]
     parked_only: bool,
+    /// Only instances waiting on one of these, comma-separated, as the instance list's
+    /// `waiting` filter (`person`, `overdue`, `timer`, `signal`, `child`, `retrying`).
+    #[serde(default)]
+    waiting: Option<String>,
 }
 
 /// A batch to count or run.
@@ -189,6 +193,25 @@ impl BatchFilter {
     }
 }
 
+/// Whether instance `id` waits on one of `wanted` (always, when nothing is wanted).
+async fn waits_on(
+    engine: &cairn_runtime::Engine,
+    actor: &cairn_runtime::task::Actor,
+    id: &str,
+    wanted: &[WaitingOn],
+) -> bool {
+    if wanted.is_empty() {
+        return true;
+    }
+    match engine.history_as(actor, id).await {
+        Ok(events) => {
+            let waits = cairn_insight::waits::waits(&events, engine.now_ms());
+            wanted.iter().any(|w| w.holds(&waits))
+        }
+        Err(_) => false,
+    }
+}
+
 /// The policy's question for acting on one instance.
 fn action_on<'a>(
     action: BatchAction,
@@ -239,6 +262,10 @@ pub(crate) async fn start_batch(
         ));
     }
     let filter = request.filter.list_filter()?;
+    let wanted = match request.filter.waiting.as_deref().filter(|w| !w.is_empty()) {
+        Some(waiting) => parse_waiting(waiting)?,
+        None => Vec::new(),
+    };
     let (signal, payload) = match (request.action, &request.signal) {
         (BatchAction::Signal, Some(name)) => {
             state.engine.check_signal_name(name)?;
@@ -274,7 +301,9 @@ pub(crate) async fn start_batch(
             let (rows, next) = state.engine.list_page(&filter, after).await?;
             for info in rows {
                 let asked = action_on(request.action, &signal, &info.id, &info.workflow_type);
-                if state.engine.authorize(&actor, &asked).is_ok() {
+                if state.engine.authorize(&actor, &asked).is_ok()
+                    && waits_on(&state.engine, &actor, &info.id, &wanted).await
+                {
                     view.matched += 1;
                     if view.matched >= BATCH_INSTANCES_MAX {
                         break 'pages;
@@ -327,7 +356,9 @@ pub(crate) async fn start_batch(
             };
             for info in rows {
                 let asked = action_on(action, &signal, &info.id, &info.workflow_type);
-                if engine.authorize(&actor, &asked).is_err() {
+                if engine.authorize(&actor, &asked).is_err()
+                    || !waits_on(&engine, &actor, &info.id, &wanted).await
+                {
                     continue;
                 }
                 acted += 1;

@@ -36,7 +36,7 @@ pub use batches::{BATCHES_KEPT, BATCH_INSTANCES_MAX};
 pub use insight::{MAP_RUNS_DEFAULT, MAP_RUNS_MAX, REPORT_RUNS_MAX};
 pub use jwt::{Jwt, JWT_SECRET_BYTES_MIN};
 
-pub use api::{IDEMPOTENCY_KEY, OVERVIEW_SCAN_MAX};
+pub use api::{IDEMPOTENCY_KEY, OVERVIEW_SCAN_MAX, WAITING_SCAN_MAX};
 pub use auth::{Tokens, TOKEN_BYTES_MIN};
 pub use error::{ApiError, ErrorBody};
 
