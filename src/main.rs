@@ -231,6 +231,42 @@ fn write_failed(err: std::io::Error) -> Stop {
     }
 }
 
+/// What `verify` found so far, and its per-run lines.
+#[derive(Default)]
+struct Tally {
+    intact: usize,
+    damaged: usize,
+    anchored: usize,
+}
+
+impl Tally {
+    /// Counts one run's verdict and prints its line (`ok` lines only when not quiet).
+    fn record(
+        &mut self,
+        out: &mut Out,
+        bar: &ProgressBar,
+        id: &str,
+        verdict: Result<String, String>,
+        anchored: bool,
+        quiet: bool,
+    ) -> Result<(), Stop> {
+        self.anchored += usize::from(anchored);
+        match verdict {
+            Ok(what) => {
+                self.intact += 1;
+                if !quiet {
+                    bar.suspend(|| out.line(format_args!("ok    {id}  {what}")))?;
+                }
+            }
+            Err(why) => {
+                self.damaged += 1;
+                bar.suspend(|| out.line(format_args!("FAIL  {id}  {why}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 macro_rules! out {
     ($out:expr, $($arg:tt)*) => {
         $out.line(format_args!($($arg)*))?
@@ -628,7 +664,7 @@ async fn verify(
     let rows = rows(journal, InstanceQuery::default()).await?;
     let mut out = Out::new(None)?;
     let bar = out.progress(rows.len() as u64, "runs");
-    let (mut intact, mut damaged, mut anchored) = (0usize, 0usize, 0usize);
+    let mut tally = Tally::default();
     for row in &rows {
         bar.inc(1);
         let anchor = anchors.as_mut().and_then(|all| all.remove(&row.key));
@@ -642,21 +678,7 @@ async fn verify(
                 None => Ok(format!("{} events", events.len())),
             },
         };
-        if anchor.is_some() {
-            anchored += 1;
-        }
-        match verdict {
-            Ok(what) => {
-                intact += 1;
-                if !quiet {
-                    bar.suspend(|| out.line(format_args!("ok    {}  {what}", row.id)))?;
-                }
-            }
-            Err(why) => {
-                damaged += 1;
-                bar.suspend(|| out.line(format_args!("FAIL  {}  {why}", row.id)))?;
-            }
-        }
+        tally.record(&mut out, &bar, &row.id, verdict, anchor.is_some(), quiet)?;
     }
     bar.finish_and_clear();
     // Anchored runs the file no longer holds were removed (or their rows were).
@@ -673,16 +695,22 @@ async fn verify(
             anchor.seq
         );
     }
-    let mut summary = format!("{} runs: {intact} intact, {damaged} damaged", rows.len());
+    let mut summary = format!(
+        "{} runs: {} intact, {} damaged",
+        rows.len(),
+        tally.intact,
+        tally.damaged
+    );
     if anchors_given {
         summary += &format!(
-            "; {anchored} checked against anchors, {} anchored runs missing",
+            "; {} checked against anchors, {} anchored runs missing",
+            tally.anchored,
             missing.len()
         );
     }
     out!(out, "{summary}");
     out.finish()?;
-    Ok(if damaged + missing.len() > 0 {
+    Ok(if tally.damaged + missing.len() > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -860,7 +888,7 @@ async fn run_remote(remote: &Remote, command: Command) -> Result<ExitCode, Stop>
             let rows = remote.list(&[]).await.map_err(Stop::Remote)?;
             let mut out = Out::new(None)?;
             let bar = out.progress(rows.len() as u64, "instances");
-            let (mut intact, mut damaged, mut anchored) = (0usize, 0usize, 0usize);
+            let mut tally = Tally::default();
             for row in &rows {
                 bar.inc(1);
                 let anchor = u128::from_str_radix(&row.run, 16)
@@ -872,41 +900,27 @@ async fn run_remote(remote: &Remote, command: Command) -> Result<ExitCode, Stop>
                         .map_err(|why| format!("history of instance `{}`: {why}", row.id))
                         .and_then(|()| match &anchor {
                             Some(anchor) => {
-                                let at = usize::try_from(anchor.seq).ok().and_then(|i| events.get(i));
-                                match at.and_then(|e| e["hash"].as_str()) {
-                                    Some(hash) if hash == anchor.hash => Ok(format!(
-                                        "{} events, anchor #{} matches",
-                                        events.len(),
-                                        anchor.seq
-                                    )),
-                                    Some(hash) => Err(format!(
-                                        "history of instance `{}`: event #{} differs from its anchor: hash {hash} where {} was anchored; the history up to it was rewritten",
-                                        row.id, anchor.seq, anchor.hash
-                                    )),
-                                    None => Err(format!(
-                                        "history of instance `{}`: event #{} is anchored but the history holds only {} events: events were removed",
-                                        row.id, anchor.seq, events.len()
-                                    )),
-                                }
+                                let found = usize::try_from(anchor.seq)
+                                    .ok()
+                                    .and_then(|i| events.get(i))
+                                    .map(|e| (e["hash"].as_str().unwrap_or("").to_owned(), None));
+                                anchor
+                                    .check_hash(found, events.len())
+                                    .map(|()| {
+                                        format!(
+                                            "{} events, anchor #{} matches",
+                                            events.len(),
+                                            anchor.seq
+                                        )
+                                    })
+                                    .map_err(|why| {
+                                        format!("history of instance `{}`: {why}", row.id)
+                                    })
                             }
                             None => Ok(format!("{} events", events.len())),
                         }),
                 };
-                if anchor.is_some() {
-                    anchored += 1;
-                }
-                match verdict {
-                    Ok(what) => {
-                        intact += 1;
-                        if !quiet {
-                            bar.suspend(|| out.line(format_args!("ok    {}  {what}", row.id)))?;
-                        }
-                    }
-                    Err(why) => {
-                        damaged += 1;
-                        bar.suspend(|| out.line(format_args!("FAIL  {}  {why}", row.id)))?;
-                    }
-                }
+                tally.record(&mut out, &bar, &row.id, verdict, anchor.is_some(), quiet)?;
             }
             bar.finish_and_clear();
             // Anchors of earlier runs (before a continue-as-new) cannot be checked here:
@@ -935,12 +949,15 @@ async fn run_remote(remote: &Remote, command: Command) -> Result<ExitCode, Stop>
                 );
             }
             let mut summary = format!(
-                "{} instances: {intact} intact, {damaged} damaged",
-                rows.len()
+                "{} instances: {} intact, {} damaged",
+                rows.len(),
+                tally.intact,
+                tally.damaged
             );
             if anchors_given {
                 summary += &format!(
-                    "; {anchored} checked against anchors, {} anchored instances missing",
+                    "; {} checked against anchors, {} anchored instances missing",
+                    tally.anchored,
                     missing.len()
                 );
                 if earlier > 0 {
@@ -951,7 +968,7 @@ async fn run_remote(remote: &Remote, command: Command) -> Result<ExitCode, Stop>
             }
             out!(out, "{summary}");
             out.finish()?;
-            if damaged + missing.len() > 0 {
+            if tally.damaged + missing.len() > 0 {
                 return Ok(ExitCode::from(1));
             }
         }

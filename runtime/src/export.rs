@@ -286,18 +286,32 @@ impl Anchor {
     /// # Errors
     /// A sentence naming the anchored event and what is wrong with it.
     pub fn check(&self, events: &[StoredEvent]) -> Result<(), String> {
-        let Some(event) = usize::try_from(self.seq).ok().and_then(|i| events.get(i)) else {
+        let event = usize::try_from(self.seq).ok().and_then(|i| events.get(i));
+        self.check_hash(event.map(|e| (hex(&e.hash), Some(e.lsn))), events.len())
+    }
+
+    /// [`Anchor::check`] on what a reader has of the history: the hash of the event at
+    /// the anchored sequence number (and its LSN, if known), if the history holds it, and
+    /// how many events it holds.
+    ///
+    /// # Errors
+    /// A sentence naming the anchored event and what is wrong with it.
+    pub fn check_hash(
+        &self,
+        found: Option<(String, Option<u64>)>,
+        held: usize,
+    ) -> Result<(), String> {
+        let Some((hash, lsn)) = found else {
             return Err(format!(
-                "event #{} is anchored but the history holds only {} events: events were removed",
-                self.seq,
-                events.len()
+                "event #{} is anchored but the history holds only {held} events: events were removed",
+                self.seq
             ));
         };
-        let found = hex(&event.hash);
-        if found != self.hash {
+        if hash != self.hash {
+            let at = lsn.map(|lsn| format!(" (LSN {lsn})")).unwrap_or_default();
             return Err(format!(
-                "event #{} (LSN {}) differs from its anchor: hash {} where {} was anchored; the history up to it was rewritten",
-                self.seq, event.lsn, found, self.hash
+                "event #{}{at} differs from its anchor: hash {hash} where {} was anchored; the history up to it was rewritten",
+                self.seq, self.hash
             ));
         }
         Ok(())
