@@ -7,7 +7,8 @@
 //! back to a step on the current path go back), each shape takes the column of its
 //! longest path from the start, ends share the last column, shapes in a column are
 //! ordered by the mean position of their predecessors and successors (a few sweeps),
-//! forward arrows bend once between columns and backward ones run below the drawing.
+//! forward arrows to the next column bend once in the gap between, arrows that skip
+//! columns run in lanes above the drawing and backward ones in lanes below it.
 
 use std::collections::VecDeque;
 
@@ -257,6 +258,16 @@ impl Layout {
         }
 
         let tallest = rows.iter().map(Vec::len).max().unwrap_or(1) as f64;
+        // A forward arrow that skips columns would cross the shapes between; it runs in
+        // a lane of its own above the drawing instead, entering and leaving through the
+        // gaps between columns, which hold no shapes.
+        let skips: Vec<bool> = arrows
+            .iter()
+            .enumerate()
+            .map(|(a, &(from, to, _))| !back[a] && column[to] > column[from] + 1)
+            .collect();
+        let top_lanes = skips.iter().filter(|&&s| s).count();
+        let top = MARGIN + top_lanes as f64 * LANE;
         let mut placed: Vec<Placed> = shapes
             .iter()
             .map(|&shape| Placed {
@@ -276,7 +287,7 @@ impl Layout {
                     Shape::Split(_) | Shape::Join(_) => (GATEWAY, GATEWAY),
                 };
                 let cx = MARGIN + TASK.0 / 2.0 + c as f64 * COLUMN;
-                let cy = MARGIN + ROW / 2.0 + (tallest - 1.0) / 2.0 * ROW + position[s] * ROW;
+                let cy = top + ROW / 2.0 + (tallest - 1.0) / 2.0 * ROW + position[s] * ROW;
                 placed[s] = Placed {
                     shape: shapes[s],
                     x: cx - w / 2.0,
@@ -287,8 +298,12 @@ impl Layout {
                 };
             }
         }
-        let bottom = MARGIN + tallest * ROW;
+        let bottom = top + tallest * ROW;
         let mut lanes = 0usize;
+        let mut over = 0usize;
+        // The middle of the gap right after a shape's column, and right before one's.
+        let gap_after = |p: &Placed| p.x + p.w + (COLUMN - TASK.0) / 2.0 + (TASK.0 - p.w) / 2.0;
+        let gap_before = |p: &Placed| p.x - (COLUMN - TASK.0) / 2.0 - (TASK.0 - p.w) / 2.0;
         let routes: Vec<Route> = arrows
             .iter()
             .enumerate()
@@ -300,11 +315,23 @@ impl Layout {
                     lanes += 1;
                     let lane = bottom + lanes as f64 * LANE;
                     vec![(fx, f.y + f.h), (fx, lane), (tx, lane), (tx, t.y + t.h)]
+                } else if skips[a] {
+                    let lane = MARGIN / 2.0 + over as f64 * LANE + LANE / 2.0;
+                    over += 1;
+                    let (out, into) = (gap_after(&f), gap_before(&t));
+                    vec![
+                        (f.x + f.w, fy),
+                        (out, fy),
+                        (out, lane),
+                        (into, lane),
+                        (into, ty),
+                        (t.x, ty),
+                    ]
                 } else if (fy - ty).abs() < 0.5 {
                     vec![(f.x + f.w, fy), (t.x, ty)]
                 } else {
                     // One bend, in the gap right after the source's column.
-                    let bend = f.x + f.w + (COLUMN - TASK.0) / 2.0 + (TASK.0 - f.w) / 2.0;
+                    let bend = gap_after(&f);
                     vec![(f.x + f.w, fy), (bend, fy), (bend, ty), (t.x, ty)]
                 };
                 Route {

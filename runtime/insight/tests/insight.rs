@@ -563,3 +563,85 @@ fn what_a_run_waits_on_is_read_from_its_open_steps() {
     finished.push(end);
     assert!(waits(&finished, 200_000).none());
 }
+
+/// Tickets: triage, one of three support tiers, sometimes a vendor, verify, sometimes
+/// reopened (back to triage), sometimes a customer notice, close; some fail.
+fn tickets() -> Vec<Vec<StoredEvent>> {
+    (0..200u64)
+        .map(|n| {
+            let mut path: Vec<&str> = vec![
+                "triage",
+                ["l1_fix", "l2_fix", "l3_fix"][(n % 7 % 3) as usize],
+            ];
+            if n % 5 == 0 {
+                path.push("escalate_vendor");
+            }
+            path.push("verify");
+            if n % 6 == 0 {
+                path.extend(["reopen", "triage", "l2_fix", "verify"]);
+            }
+            if n % 4 == 0 {
+                path.push("notify_customer");
+            }
+            path.push("close");
+            let mut kinds: Vec<(u64, EventKind)> = path
+                .iter()
+                .enumerate()
+                .map(|(i, name)| (1 + i as u64 * (1 + n % 17), done(i as u32 + 1, name)))
+                .collect();
+            let end = if n % 9 == 0 {
+                EventKind::WorkflowFailed { error: payload() }
+            } else {
+                completed()
+            };
+            kinds.push((1 + path.len() as u64 * (1 + n % 17), end));
+            history(&format!("ticket-{n}"), kinds)
+        })
+        .collect()
+}
+
+#[test]
+fn no_arrow_of_a_branching_looping_map_runs_through_a_shape() {
+    let histories = tickets();
+    let map = ProcessMap::mine("claim", histories.iter().map(Vec::as_slice));
+    let layout = Layout::of(&map);
+    assert!(
+        layout.routes.iter().any(|r| r.back),
+        "the reopen loop runs back"
+    );
+    // Strictly inside a shape's box (touching its border is how arrows end).
+    let crosses = |(x1, y1): (f64, f64), (x2, y2): (f64, f64), s: &cairn_insight::Placed| {
+        let (left, right, top, bottom) = (s.x + 0.5, s.x + s.w - 0.5, s.y + 0.5, s.y + s.h - 0.5);
+        if (x1 - x2).abs() < 1e-9 {
+            x1 > left && x1 < right && y1.max(y2) > top && y1.min(y2) < bottom
+        } else {
+            y1 > top && y1 < bottom && x1.max(x2) > left && x1.min(x2) < right
+        }
+    };
+    for route in &layout.routes {
+        for pair in route.points.windows(2) {
+            for (i, shape) in layout.shapes.iter().enumerate() {
+                if i == route.from || i == route.to {
+                    continue;
+                }
+                assert!(
+                    !crosses(pair[0], pair[1], shape),
+                    "{:?} -> {:?} crosses {:?}: {route:?}",
+                    layout.shapes[route.from].shape,
+                    layout.shapes[route.to].shape,
+                    shape.shape
+                );
+            }
+        }
+    }
+    // Every segment is horizontal or vertical.
+    for route in &layout.routes {
+        for pair in route.points.windows(2) {
+            let ((x1, y1), (x2, y2)) = (pair[0], pair[1]);
+            assert!(
+                (x1 - x2).abs() < 1e-9 || (y1 - y2).abs() < 1e-9,
+                "{route:?}"
+            );
+        }
+    }
+}
