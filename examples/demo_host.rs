@@ -297,6 +297,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let running = rt
         .http_server(tokens)
+        // The dashboard's saved views, kept beside the database.
+        .views_file(args.db.with_extension("views.json"))?
         .bind(std::net::SocketAddr::from(([127, 0, 0, 1], args.port)))
         .await?;
     println!("Dashboard: http://{}/", running.addr());

@@ -405,6 +405,17 @@ async fn every_documented_operation_answers_as_the_document_says() {
                     Some(OPERATOR),
                 ),
                 "list_batches" => (template.clone(), None, Some(AUDITOR)),
+                "list_views" => (template.clone(), None, Some(AUDITOR)),
+                "create_view" => (
+                    template.clone(),
+                    Some(json!({ "name": "Documented", "query": "workflow_type=desk" })),
+                    Some(OPERATOR),
+                ),
+                "delete_view" => (
+                    template.replace("{id}", "no-such-view"),
+                    None,
+                    Some(OPERATOR),
+                ),
                 "get_batch" => (
                     template.replace("{id}", "no-such-batch"),
                     None,
@@ -1707,4 +1718,161 @@ async fn instances_waiting_on_a_person_are_listed_from_their_open_steps() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(refused["message"].as_str().unwrap().contains("not a wait"));
     host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_views_are_shared_with_roles_and_kept_in_their_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("views.json");
+    let rt = Runtime::builder()
+        .workflow(desk)
+        .open(dir.path().join("views.redb"))
+        .await
+        .unwrap();
+    let serve = |rt: &Runtime| {
+        let mut tokens = Tokens::new();
+        tokens
+            .add(OPERATOR, Actor::new("olga", ["operator", "l1"]))
+            .unwrap();
+        tokens
+            .add(AUDITOR, Actor::new("audrey", ["auditor"]))
+            .unwrap();
+        tokens.add(CLERK, Actor::new("cleo", ["l1"])).unwrap();
+        rt.http_server(tokens).views_file(&file).unwrap()
+    };
+    let running = serve(&rt)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", running.addr());
+    let http = reqwest::Client::new();
+    let call = |method: Method, path: &str, token: &str, body: Option<Value>| {
+        let request = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(token);
+        let request = match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+            None => request,
+        };
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let bytes = response.bytes().await.unwrap();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, view) = call(
+        Method::POST,
+        "/api/v1/views",
+        OPERATOR,
+        Some(json!({ "name": "Overdue reviews", "query": "workflow_type=desk&waiting=overdue", "roles": ["l1"] })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{view}");
+    let (_, private) = call(
+        Method::POST,
+        "/api/v1/views",
+        OPERATOR,
+        Some(json!({ "name": "Mine", "query": "status=running" })),
+    )
+    .await;
+    let names = |views: &Value| -> Vec<String> {
+        views
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // The owner sees both; the clerk (l1) the shared one; the auditor none.
+    assert_eq!(
+        names(&call(Method::GET, "/api/v1/views", OPERATOR, None).await.1),
+        ["Overdue reviews", "Mine"]
+    );
+    assert_eq!(
+        names(&call(Method::GET, "/api/v1/views", CLERK, None).await.1),
+        ["Overdue reviews"]
+    );
+    assert!(names(&call(Method::GET, "/api/v1/views", AUDITOR, None).await.1).is_empty());
+
+    // Refused: a role the owner lacks, a key the list does not have, no name.
+    for (bad, why) in [
+        (
+            json!({ "name": "x", "query": "status=running", "roles": ["admin"] }),
+            "not one of your roles",
+        ),
+        (
+            json!({ "name": "x", "query": "owner=olga" }),
+            "not a filter of the instance list",
+        ),
+        (
+            json!({ "name": " ", "query": "status=running" }),
+            "1 to 80 characters",
+        ),
+    ] {
+        let (status, refused) = call(Method::POST, "/api/v1/views", OPERATOR, Some(bad)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+        assert!(
+            refused["message"].as_str().unwrap().contains(why),
+            "{refused}"
+        );
+    }
+    // Only the owner deletes; someone it is shared with is refused.
+    let shared_id = view["id"].as_str().unwrap();
+    let (status, _) = call(
+        Method::DELETE,
+        &format!("/api/v1/views/{shared_id}"),
+        CLERK,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let private_id = private["id"].as_str().unwrap();
+    let (status, _) = call(
+        Method::DELETE,
+        &format!("/api/v1/views/{private_id}"),
+        CLERK,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "not visible to the clerk");
+    let (status, _) = call(
+        Method::DELETE,
+        &format!("/api/v1/views/{private_id}"),
+        OPERATOR,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    running.stop().await;
+
+    // A new server on the same file has the views that were kept.
+    let again = serve(&rt)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/api/v1/views", again.addr()))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap();
+    let kept: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(names(&kept), ["Overdue reviews"]);
+    again.stop().await;
+    // A damaged file is refused with a message, not silently emptied.
+    std::fs::write(&file, b"{ not views").unwrap();
+    let refused = Runtime::http_server(&rt, Tokens::new())
+        .views_file(&file)
+        .unwrap_err();
+    assert!(
+        refused.contains("is not a file of saved views"),
+        "{refused}"
+    );
+    rt.shutdown().await;
 }

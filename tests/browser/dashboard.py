@@ -15,7 +15,8 @@ person would:
      the orders and the expenses beside the screenshots;
   5. opens the orders' report;
   6. selects two waiting orders in the list, counts them with a batch dry run, cancels
-     both in one batch, and finds the batch named in each history with its actor.
+     both in one batch, and finds the batch named in each history with its actor;
+  7. saves the list's filters as a view shared with the operators.
 A screenshot of each page goes to the screenshot directory. Exits non-zero on any
 failure, after saving a screenshot of where it failed.
 """
@@ -201,6 +202,15 @@ try:
     result = browser.find_element(By.CSS_SELECTOR, "[data-testid=batch-result]").text
     assert "2 done" in result, result
     shot("batch-done")
+    # 7. The same filters saved as a view shared with the operators.
+    browser.find_element(By.CSS_SELECTOR, "[data-testid=save-view]").click()
+    wait.until(ec.presence_of_element_located((By.ID, "view-name"))).send_keys("Orders of the e2e batch")
+    browser.find_element(By.CSS_SELECTOR, ".views input[type=checkbox][value=operator]").click()
+    browser.find_element(By.CSS_SELECTOR, "[data-testid=save-view-submit]").click()
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "[data-view='Orders of the e2e batch']")))
+    shot("view-saved")
+    views = api("GET", "/api/v1/views", tokens["operator"])
+    assert views[0]["roles"] == ["operator"] and "id=e2e-batch" in views[0]["query"], views
     for n in (1, 2):
         events = api("GET", f"/api/v1/instances/e2e-batch-{n}/history", tokens["admin"])
         cancel = [e for e in events if e["event"] == "CancelRequested"]

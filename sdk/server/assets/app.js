@@ -348,7 +348,7 @@ async function renderInstances(params) {
   const batch = h("details", { class: "card batch-card" }, h("summary", {}, "Batch action on these instances…"), batchPanel(filters));
   fill(main, 
     h("div", { class: "row" }, h("div", { class: "grow" }, h("h1", {}, "Instances"), h("p", { class: "sub" }, "Filters are kept in the address: share it, bookmark it.")), liveBadge()),
-    h("div", { class: "card" }, form, table),
+    h("div", { class: "card" }, viewsBar(filters), form, table),
     batch,
   );
   const draw = async () => {
@@ -441,6 +441,46 @@ function batchPanel(filters) {
       h("button", { type: "submit", "data-testid": "batch-count-button" }, "Count matching")),
     out);
   return panel;
+}
+
+// Saved views: named instance-list queries, the viewer's own and those shared with
+// their roles; saving offers the viewer's roles to share with.
+function viewsBar(filters) {
+  const bar = h("div", { class: "views", "data-testid": "views" });
+  const current = new URLSearchParams(Object.entries(filters).filter(([, v]) => v)).toString();
+  const form = h("span", {});
+  const showSave = () => {
+    const name = h("input", { id: "view-name", placeholder: "name of this view", maxlength: 80 });
+    const roles = (me.roles || []).map((r) => h("label", { class: "check" }, h("input", { type: "checkbox", value: r }), ` ${r}`));
+    const status = h("span", {});
+    fill(form, h("form", { class: "filters inline", onsubmit: async (e) => {
+      e.preventDefault();
+      const shared = roles.map((l) => l.querySelector("input")).filter((i) => i.checked).map((i) => i.value);
+      try { await api("POST", "/api/v1/views", { name: name.value, query: current, roles: shared }); } catch (err) { fill(status, errorBox(err)); return; }
+      draw();
+    } }, name, roles.length ? h("span", { class: "muted" }, "share with") : null, roles, h("button", { class: "primary", type: "submit", "data-testid": "save-view-submit" }, "Save"), status));
+    name.focus();
+  };
+  const draw = async () => {
+    let views = [];
+    try { views = await api("GET", "/api/v1/views"); } catch (err) { fill(bar, errorBox(err)); return; }
+    fill(form);
+    fill(bar,
+      h("span", { class: "muted" }, "Saved views:"),
+      views.length
+        ? views.map((v) => h("span", { class: `chip${v.query === current ? " on" : ""}`, "data-view": v.name },
+          h("a", { href: `#/instances?${v.query}`, title: v.roles.length ? `shared with ${v.roles.join(", ")} by ${v.owner}` : "only you" }, v.name),
+          v.owner === me.id ? h("a", { href: "#", class: "x", title: "Delete this view", onclick: async (e) => {
+            e.preventDefault();
+            try { await api("DELETE", `/api/v1/views/${encodeURIComponent(v.id)}`); } catch (err) { fill(form, errorBox(err)); return; }
+            draw();
+          } }, "×") : null))
+        : h("span", { class: "muted" }, "none yet"),
+      current ? h("button", { type: "button", "data-testid": "save-view", onclick: showSave }, "Save this view…") : null,
+      form);
+  };
+  draw();
+  return bar;
 }
 
 // ------------------------------------------------------------------ one instance

@@ -32,9 +32,11 @@ mod dashboard;
 mod error;
 mod insight;
 mod jwt;
+mod views;
 pub use batches::{BATCHES_KEPT, BATCH_INSTANCES_MAX};
 pub use insight::{MAP_RUNS_DEFAULT, MAP_RUNS_MAX, REPORT_RUNS_MAX};
 pub use jwt::{Jwt, JWT_SECRET_BYTES_MIN};
+pub use views::{VIEWS_MAX, VIEW_NAME_CHARS_MAX, VIEW_QUERY_BYTES_MAX};
 
 pub use api::{IDEMPOTENCY_KEY, OVERVIEW_SCAN_MAX, WAITING_SCAN_MAX};
 pub use auth::{Tokens, TOKEN_BYTES_MIN};
@@ -83,6 +85,8 @@ pub(crate) struct AppState {
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
     /// The batch actions started since the server was built.
     pub(crate) batches: batches::Batches,
+    /// Saved views of the instance list.
+    pub(crate) views: views::Views,
 }
 
 #[derive(OpenApi)]
@@ -96,6 +100,7 @@ pub(crate) struct AppState {
         (name = "health", description = "Liveness, readiness, the caller"),
         (name = "instances", description = "Workflow instances"),
         (name = "tasks", description = "Human tasks"),
+        (name = "views", description = "Saved views of the instance list, shared with roles"),
         (name = "batches", description = "Batch actions over the instances a filter selects"),
         (name = "maps", description = "Process maps (JSON, BPMN 2.0, SVG) and reports (JSON, CSV) from recorded histories"),
     )
@@ -210,8 +215,21 @@ impl Server {
                 tokens,
                 closing: tokio::sync::watch::channel(false).0,
                 batches: batches::Batches::default(),
+                views: views::Views::default(),
             }),
         }
+    }
+
+    /// Keeps the dashboard's saved views in `path` (JSON, written on every change, a
+    /// fresh file renamed over the old one), starting with the views it holds; without
+    /// it, views last until the server stops. A host usually puts it beside its
+    /// database.
+    ///
+    /// # Errors
+    /// The file exists and cannot be read or is not a file of views (nothing is changed).
+    pub fn views_file(self, path: impl AsRef<std::path::Path>) -> Result<Self, String> {
+        self.state.views.use_file(path.as_ref())?;
+        Ok(self)
     }
 
     fn parts(&self) -> (axum::Router, utoipa::openapi::OpenApi) {
@@ -244,6 +262,8 @@ impl Server {
             .routes(routes!(insight::get_report_csv))
             .routes(routes!(batches::start_batch, batches::list_batches))
             .routes(routes!(batches::get_batch))
+            .routes(routes!(views::list_views, views::create_view))
+            .routes(routes!(views::delete_view))
             .with_state(self.state.clone())
             .split_for_parts();
         let mut doc = doc;
