@@ -111,6 +111,7 @@ async fn host() -> Host {
         .allow_any_type(Verb::Cancel, ["operator"])
         .allow_any_type(Verb::Terminate, ["operator"])
         .allow_any_type(Verb::Read, ["operator", "auditor"])
+        .allow_any_type(Verb::Attach, ["operator"])
         .allow_anyone(Verb::Task);
     let rt = Runtime::builder()
         .workflow(desk)
@@ -405,6 +406,36 @@ async fn every_documented_operation_answers_as_the_document_says() {
                     Some(OPERATOR),
                 ),
                 "list_batches" => (template.clone(), None, Some(AUDITOR)),
+                "list_documents" => (template.replace("{id}", "doc-1"), None, Some(AUDITOR)),
+                "get_document" => (
+                    template
+                        .replace("{id}", "doc-1")
+                        .replace("{name}", "none.pdf"),
+                    None,
+                    Some(AUDITOR),
+                ),
+                "attach_document" => {
+                    // Bytes, not JSON: its status and the version recorded.
+                    seen.insert(id.clone());
+                    let response = host
+                        .http
+                        .post(format!(
+                            "{}{}",
+                            host.base,
+                            template
+                                .replace("{id}", "doc-1")
+                                .replace("{name}", "scan.pdf")
+                        ))
+                        .bearer_auth(OPERATOR)
+                        .header("content-type", "application/pdf")
+                        .body(b"%PDF-1.7 documented".to_vec())
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), StatusCode::CREATED);
+                    calls += 1;
+                    continue;
+                }
                 "list_views" => (template.clone(), None, Some(AUDITOR)),
                 "create_view" => (
                     template.clone(),
@@ -1875,4 +1906,111 @@ async fn saved_views_are_shared_with_roles_and_kept_in_their_file() {
         "{refused}"
     );
     rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_are_attached_listed_and_downloaded_with_their_type() {
+    let host = host().await;
+    host.start("doc-case").await;
+    host.wait_state("doc-case", "open for Ada").await;
+    let attach = |body: &'static str, token: &'static str| {
+        let request = host
+            .http
+            .post(format!(
+                "{}/api/v1/instances/doc-case/documents/notes.txt",
+                host.base
+            ))
+            .bearer_auth(token)
+            .header("content-type", "text/plain")
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let bytes = response.bytes().await.unwrap();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, first) = attach("first notes", OPERATOR).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(
+        (&first["version"], &first["bytes"]),
+        (&json!(1), &json!(11))
+    );
+    let (_, second) = attach("second notes", OPERATOR).await;
+    assert_eq!(second["version"], 2);
+    // Attaching needs the `attach` verb: the auditor reads, and is refused here.
+    let (status, refused) = attach("sneaky", AUDITOR).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+
+    let (_, listed) = host
+        .call(
+            Method::GET,
+            "/api/v1/instances/doc-case/documents",
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    let versions: Vec<u64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [1, 2]);
+    assert_eq!(listed[0]["content_type"], "text/plain");
+    assert_eq!(listed[0]["sha256"].as_str().unwrap().len(), 64);
+
+    let download = |query: &str| {
+        let request = host
+            .http
+            .get(format!(
+                "{}/api/v1/instances/doc-case/documents/notes.txt{query}",
+                host.base
+            ))
+            .bearer_auth(AUDITOR);
+        async move { request.send().await.unwrap() }
+    };
+    let latest = download("").await;
+    assert_eq!(latest.status(), StatusCode::OK);
+    assert_eq!(latest.headers()["content-type"], "text/plain");
+    assert_eq!(latest.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(latest.headers()["content-security-policy"], "sandbox");
+    assert_eq!(latest.text().await.unwrap(), "second notes");
+    assert_eq!(
+        download("?version=1").await.text().await.unwrap(),
+        "first notes"
+    );
+    assert_eq!(download("?version=9").await.status(), StatusCode::NOT_FOUND);
+    let (status, missing) = host
+        .call(
+            Method::GET,
+            "/api/v1/instances/doc-case/documents/other.pdf",
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+    assert_eq!(missing["code"], "document_not_found");
+
+    // The history names who attached each version.
+    let (_, events) = host
+        .call(
+            Method::GET,
+            "/api/v1/instances/doc-case/history",
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    let attached: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "DocumentAttached")
+        .collect();
+    assert_eq!(attached.len(), 2);
+    assert!(attached.iter().all(|e| e["actor"]["id"] == "olga"));
+    host.stop().await;
 }

@@ -7,7 +7,7 @@ person would:
   1. signs in as the operator, opens the instance list, starts an order through the
      API, and sees it appear and move to `completed` without the page reloading;
   2. opens the order and finds its timeline (stock, payment, the warehouse wait,
-     shipping) and its history;
+     shipping), its history, and a document attached to it through the API;
   3. signs in as an approver, opens an expense task from the inbox, claims it, submits
      the form empty and sees the validation errors next to the fields, then decides it
      and sees the task completed;
@@ -102,6 +102,14 @@ try:
              "warehouse_secs": 2}
     api("POST", "/api/v1/instances", tokens["operator"],
         {"workflow_type": "shop_order", "id": "e2e-order", "input": order})
+    # A document attached through the API while the order runs (an ended instance
+    # takes none).
+    note = urllib.request.Request(base + "/api/v1/instances/e2e-order/documents/delivery-note.txt",
+                                  data=b"2 parcels, signed by A. Lovelace", method="POST")
+    note.add_header("authorization", "Bearer " + tokens["operator"])
+    note.add_header("content-type", "text/plain")
+    with urllib.request.urlopen(note, timeout=10) as response:
+        assert response.status == 201, response.status
     row = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "tr[data-id='e2e-order']")))
     shot("instance-listed")
     WebDriverWait(browser, 30).until(ec.presence_of_element_located(
@@ -109,13 +117,15 @@ try:
     assert browser.execute_script("return window.__notReloaded === true;"), "the page reloaded"
     shot("instance-completed-live")
 
-    # 2. Its timeline and history.
+    # 2. Its timeline, history and documents (a delivery note attached while it ran).
     browser.find_element(By.CSS_SELECTOR, "tr[data-id='e2e-order'] a").click()
     timeline = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "[data-testid=timeline]")))
     names = timeline.text
     for expected in ["reserve_stock", "charge", "sleep", "ship"]:
         assert expected in names, f"the timeline lacks {expected}: {names!r}"
     assert "WorkflowCompleted" in browser.find_element(By.CSS_SELECTOR, "table.events").text
+    documents = browser.find_element(By.CSS_SELECTOR, "[data-testid=documents]").text
+    assert "delivery-note.txt" in documents and "text/plain" in documents, documents
     shot("instance-timeline")
 
     # 3. An approver decides an expense through the form.

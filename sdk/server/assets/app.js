@@ -545,10 +545,22 @@ async function renderInstance(id) {
   const box = h("div", {});
   fill(main, h("p", {}, h("a", { href: "#/instances" }, "← Instances")), box);
   const draw = async () => {
-    let inst, events;
+    let inst, events, docs;
     try {
-      [inst, events] = await Promise.all([api("GET", `/api/v1/instances/${encodeURIComponent(id)}`), api("GET", `/api/v1/instances/${encodeURIComponent(id)}/history`)]);
+      [inst, events, docs] = await Promise.all([
+        api("GET", `/api/v1/instances/${encodeURIComponent(id)}`),
+        api("GET", `/api/v1/instances/${encodeURIComponent(id)}/history`),
+        api("GET", `/api/v1/instances/${encodeURIComponent(id)}/documents`)]);
     } catch (err) { fill(box, errorBox(err)); return; }
+    const docFeedback = h("div", {});
+    const documents = h("div", { class: "card" }, h("h2", {}, "Documents"), docFeedback,
+      docs.length
+        ? h("table", { "data-testid": "documents" }, h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", { class: "num" }, "Version"), h("th", {}, "Type"), h("th", { class: "num" }, "Size"), h("th", { class: "hide-narrow" }, "SHA-256"), h("th", {}, ""))),
+          h("tbody", {}, docs.slice().reverse().map((d) => h("tr", {},
+            h("td", {}, d.name), h("td", { class: "num" }, d.version), h("td", {}, d.content_type),
+            h("td", { class: "num" }, d.bytes.toLocaleString()), h("td", { class: "hide-narrow mono muted" }, `${d.sha256.slice(0, 16)}…`),
+            h("td", {}, h("button", { onclick: () => download(`/api/v1/instances/${encodeURIComponent(id)}/documents/${encodeURIComponent(d.name)}?version=${d.version}`, d.name).catch((err) => fill(docFeedback, errorBox(err))) }, "Download"))))))
+        : h("div", { class: "empty" }, "No documents attached."));
     const feedback = h("div", {});
     const act = async (what, fn) => {
       try { await fn(); fill(feedback, h("div", { class: "ok" }, `${what} recorded.`)); draw(); } catch (err) { fill(feedback, errorBox(err)); }
@@ -581,6 +593,7 @@ async function renderInstance(id) {
           h("dt", {}, "Attributes"), h("dd", {}, attrs.length ? attrs.map(([k, v]) => h("a", { class: "chip", href: `#/instances?attribute=${encodeURIComponent(`${k}:${JSON.stringify(v)}`)}` }, `${k}: ${v}`)) : h("span", { class: "muted" }, "none")))),
         actions ? h("div", { class: "grow" }, actions) : null),
       h("div", { class: "card" }, h("h2", {}, "Timeline"), renderTimeline(events)),
+      documents,
       h("div", { class: "card" }, h("h2", {}, "History"),
         h("table", { class: "events" }, h("thead", {}, h("tr", {}, h("th", {}, "Seq"), h("th", {}, "Event"), h("th", { class: "hide-narrow" }, "When"), h("th", {}, "By"), h("th", {}, "Details"))),
           h("tbody", {}, events.map((e) => h("tr", {},
@@ -758,7 +771,7 @@ async function renderTask(instance, step) {
 
 // ------------------------------------------------------------------ process maps
 
-async function apiText(path) {
+async function apiRaw(path) {
   const response = await fetch(path, { headers: { authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY) || ""}` } });
   if (response.status === 401) { signOut(); throw new ApiError(401, null); }
   if (!response.ok) {
@@ -766,12 +779,17 @@ async function apiText(path) {
     try { data = await response.json(); } catch (_) { data = null; }
     throw new ApiError(response.status, data);
   }
-  return response.text();
+  return response;
 }
 
+async function apiText(path) {
+  return (await apiRaw(path)).text();
+}
+
+// Downloads through the API (the token goes in a header, which a plain link cannot send).
 async function download(path, name, type) {
-  const text = await apiText(path);
-  const url = URL.createObjectURL(new Blob([text], { type }));
+  const blob = await (await apiRaw(path)).blob();
+  const url = URL.createObjectURL(type ? new Blob([blob], { type }) : blob);
   const a = h("a", { href: url, download: name });
   document.body.append(a);
   a.click();

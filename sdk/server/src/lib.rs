@@ -29,6 +29,7 @@ mod api;
 mod auth;
 mod batches;
 mod dashboard;
+mod documents;
 mod error;
 mod insight;
 mod jwt;
@@ -100,6 +101,7 @@ pub(crate) struct AppState {
         (name = "health", description = "Liveness, readiness, the caller"),
         (name = "instances", description = "Workflow instances"),
         (name = "tasks", description = "Human tasks"),
+        (name = "documents", description = "Case documents of an instance"),
         (name = "views", description = "Saved views of the instance list, shared with roles"),
         (name = "batches", description = "Batch actions over the instances a filter selects"),
         (name = "maps", description = "Process maps (JSON, BPMN 2.0, SVG) and reports (JSON, CSV) from recorded histories"),
@@ -248,6 +250,8 @@ impl Server {
             .routes(routes!(api::read_query))
             .routes(routes!(api::cancel_instance))
             .routes(routes!(api::terminate_instance))
+            .routes(routes!(documents::list_documents))
+            .routes(routes!(documents::get_document, documents::attach_document))
             .routes(routes!(api::inbox))
             .routes(routes!(api::get_task))
             .routes(routes!(api::claim_task))
