@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo run --example demo_host                 # demo.redb, port 8080
 //! cargo run --example demo_host -- --port 0     # any free port (printed)
+//! cargo run --example demo_host -- cairn replay demo.redb --all   # the replay gate
 //! ```
 //!
 //! Hosted: `shop_order` (stock, a payment that sometimes needs retries and sometimes is
@@ -263,17 +264,42 @@ async fn stream(rt: Runtime) {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
-    let rt = Runtime::builder()
+/// The workflows this host runs, as the host and its replay gate build them.
+fn builder() -> cairn::RuntimeBuilder {
+    Runtime::builder()
         .workflow(shop_order)
         .workflow(expense)
         .workflow(loan::loan_approval)
         .signal(loan::SIGNED)
         .policy(Arc::new(policy()))
-        .open(&args.db)
-        .await?;
+}
+
+fn main() -> std::process::ExitCode {
+    // `demo_host cairn replay FILE [ID | --all]`: the pre-deploy replay gate, which
+    // replays recorded histories against this build's workflows (it runs its own tokio
+    // runtime, so it comes before the host's).
+    if let Some(code) = cairn::audit::command(builder(), std::env::args()) {
+        return code;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(host()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn host() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let rt = builder().open(&args.db).await?;
     let mut tokens = Tokens::new();
     let people = [
         ("admin", Actor::new("ada", ["admin"])),

@@ -137,15 +137,23 @@ fn run(builder: RuntimeBuilder, args: &[String], out: &mut dyn Write) -> ExitCod
             return ExitCode::from(2);
         }
     };
-    let progress = std::io::stderr().is_terminal();
-    let mut seen = 0usize;
+    // A spinner with the count and the rate on stderr, when a person watches it and the
+    // verdicts go elsewhere (a file, a pipe).
+    let bar = if std::io::stderr().is_terminal() && !std::io::stdout().is_terminal() {
+        let bar = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} {pos} histories replayed ({per_sec}), {elapsed}",
+        ) {
+            bar.set_style(style);
+        }
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let mut closed = false;
     let report = runtime.block_on(replay_file(builder, path, &selection, |verdict| {
-        seen += 1;
-        let every_thousandth = seen % 1000;
-        if progress && every_thousandth == 0 {
-            eprint!("\rreplayed {seen} histories");
-        }
+        bar.inc(1);
         let line = match &verdict.verdict {
             Ok(ReplayVerdict::Matches(outcome)) => {
                 format!("ok          {}  {}", verdict.id, outcome_name(outcome))
@@ -160,9 +168,7 @@ fn run(builder: RuntimeBuilder, args: &[String], out: &mut dyn Write) -> ExitCod
             closed = true;
         }
     }));
-    if progress && seen >= 1000 {
-        eprintln!();
-    }
+    bar.finish_and_clear();
     match report {
         Ok(report) => {
             let _ = writeln!(
