@@ -267,6 +267,24 @@ impl Tally {
     }
 }
 
+impl Tally {
+    /// The last line: `N runs: I intact, D damaged[; A checked against anchors, M
+    /// anchored runs missing]` (`noun` is `runs` for a file, `instances` for a server).
+    fn summary(&self, noun: &str, total: usize, anchors: Option<usize>) -> String {
+        let mut summary = format!(
+            "{total} {noun}: {} intact, {} damaged",
+            self.intact, self.damaged
+        );
+        if let Some(missing) = anchors {
+            summary += &format!(
+                "; {} checked against anchors, {missing} anchored {noun} missing",
+                self.anchored
+            );
+        }
+        summary
+    }
+}
+
 macro_rules! out {
     ($out:expr, $($arg:tt)*) => {
         $out.line(format_args!($($arg)*))?
@@ -695,19 +713,7 @@ async fn verify(
             anchor.seq
         );
     }
-    let mut summary = format!(
-        "{} runs: {} intact, {} damaged",
-        rows.len(),
-        tally.intact,
-        tally.damaged
-    );
-    if anchors_given {
-        summary += &format!(
-            "; {} checked against anchors, {} anchored runs missing",
-            tally.anchored,
-            missing.len()
-        );
-    }
+    let summary = tally.summary("runs", rows.len(), anchors_given.then_some(missing.len()));
     out!(out, "{summary}");
     out.finish()?;
     Ok(if tally.damaged + missing.len() > 0 {
@@ -948,18 +954,12 @@ async fn run_remote(remote: &Remote, command: Command) -> Result<ExitCode, Stop>
                     anchor.seq
                 );
             }
-            let mut summary = format!(
-                "{} instances: {} intact, {} damaged",
+            let mut summary = tally.summary(
+                "instances",
                 rows.len(),
-                tally.intact,
-                tally.damaged
+                anchors_given.then_some(missing.len()),
             );
             if anchors_given {
-                summary += &format!(
-                    "; {} checked against anchors, {} anchored instances missing",
-                    tally.anchored,
-                    missing.len()
-                );
                 if earlier > 0 {
                     summary += &format!(
                         ", {earlier} anchors of earlier runs not checked (verify a copy of the file for those)"

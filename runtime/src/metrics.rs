@@ -186,7 +186,11 @@ pub const RECENT_ATTEMPTS: usize = 512;
 /// percentiles; the Prometheus histograms keep the long view.
 #[derive(Debug, Default)]
 pub(crate) struct Recent {
-    steps: std::sync::Mutex<std::collections::BTreeMap<(String, String), Ring>>,
+    /// By workflow type, then activity: looked up by `&str`, so an attempt of a known
+    /// activity allocates nothing.
+    steps: std::sync::Mutex<
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, Ring>>,
+    >,
 }
 
 #[derive(Debug, Default)]
@@ -220,9 +224,18 @@ pub struct StepLatency {
 impl Recent {
     pub(crate) fn add(&self, workflow_type: &str, activity: &str, outcome: &str, seconds: f64) {
         let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
-        let ring = steps
-            .entry((workflow_type.to_owned(), activity.to_owned()))
-            .or_default();
+        if !steps.contains_key(workflow_type) {
+            steps.insert(workflow_type.to_owned(), Default::default());
+        }
+        let Some(activities) = steps.get_mut(workflow_type) else {
+            return;
+        };
+        if !activities.contains_key(activity) {
+            activities.insert(activity.to_owned(), Ring::default());
+        }
+        let Some(ring) = activities.get_mut(activity) else {
+            return;
+        };
         if ring.seconds.len() >= RECENT_ATTEMPTS {
             ring.seconds.pop_front();
         }
@@ -237,7 +250,12 @@ impl Recent {
         let steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
         steps
             .iter()
-            .map(|((workflow_type, activity), ring)| {
+            .flat_map(|(workflow_type, activities)| {
+                activities
+                    .iter()
+                    .map(move |(activity, ring)| (workflow_type, activity, ring))
+            })
+            .map(|(workflow_type, activity, ring)| {
                 let mut sorted: Vec<f64> = ring.seconds.iter().copied().collect();
                 sorted.sort_by(f64::total_cmp);
                 // Nearest rank.
