@@ -959,12 +959,10 @@ async fn run_remote(remote: &Remote, command: Command) -> Result<ExitCode, Stop>
                 rows.len(),
                 anchors_given.then_some(missing.len()),
             );
-            if anchors_given {
-                if earlier > 0 {
-                    summary += &format!(
-                        ", {earlier} anchors of earlier runs not checked (verify a copy of the file for those)"
-                    );
-                }
+            if anchors_given && earlier > 0 {
+                summary += &format!(
+                    ", {earlier} anchors of earlier runs not checked (verify a copy of the file for those)"
+                );
             }
             out!(out, "{summary}");
             out.finish()?;
