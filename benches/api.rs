@@ -3,7 +3,11 @@
 //! - the first page of 100 instances (no filter, and filtered by type and status) with
 //!   1,000,000 finished instances in the file (written to the journal directly);
 //! - signals over HTTP to 1,000 waiting instances (each a durable commit);
-//! - the dashboard's overview on the same file (it reads at most 200,000 instances).
+//! - the dashboard's overview on the same file (answered from the journal's tallies).
+//!
+//! With `CAIRN_BENCH_SERVE=1` the host keeps serving the file after the figures (it
+//! prints `serving <url> <token>`) until its standard input closes, so that
+//! `scripts/bench_dashboard.sh` can time the dashboard in headless Chromium against it.
 //!
 //! Requests come from 16 concurrent clients on 127.0.0.1 for 10 s each; the figures are
 //! requests per second and the latency p50 and p99. `CAIRN_BENCH_QUICK=1` stores 50,000
@@ -206,10 +210,22 @@ async fn main() {
     }
     times.sort();
     println!(
-        "api   overview with {instances} instances stored (reads at most 200,000): p50 {}, max {}",
+        "api   overview with {instances} instances stored: p50 {}, max {}",
         ms(percentile(&times, 0.5)),
         ms(times[times.len() - 1])
     );
+    if std::env::var("CAIRN_BENCH_SERVE").is_ok_and(|v| v == "1") {
+        println!("serving {base} {TOKEN}");
+        // Until the script that measures closes our standard input.
+        tokio::task::spawn_blocking(|| {
+            let mut sink = String::new();
+            while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {
+                sink.clear();
+            }
+        })
+        .await
+        .unwrap();
+    }
     running.stop().await;
     rt.shutdown().await;
 }

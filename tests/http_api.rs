@@ -15,9 +15,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn::policy::{Roles, Verb};
+use cairn::policy::{Action, Policy, Roles, Verb};
 use cairn::server::{Running, Tokens};
-use cairn::{workflow, Actor, Ctx, Query, Runtime, Signal, TaskKind, Update, WorkflowError};
+use cairn::{
+    workflow, Actor, Ctx, Query, Recurrence, Runtime, Signal, TaskKind, Update, WorkflowError,
+};
 use futures::future::Either;
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -100,6 +102,27 @@ const OPERATOR: &str = "operator-token-0123456789";
 const AUDITOR: &str = "auditor-token-0123456789";
 const CLERK: &str = "clerk-token-0123456789";
 const OUTSIDER: &str = "outsider-token-0123456789";
+/// Reads the instances whose id starts with `live-1` and no others (so never the whole
+/// type: the overview counts for them from the instances themselves).
+const VIEWER: &str = "viewer-token-0123456789";
+
+/// The roles, plus a rule that decides per instance.
+struct PerCase(Roles);
+
+impl Policy for PerCase {
+    fn check(&self, actor: &Actor, action: &Action<'_>) -> Result<(), String> {
+        match action {
+            Action::Read { instance, .. } if actor.has_role("viewer") => {
+                if instance.starts_with("live-1") {
+                    Ok(())
+                } else {
+                    Err(format!("a viewer reads the live-1 cases, not `{instance}`"))
+                }
+            }
+            _ => self.0.check(actor, action),
+        }
+    }
+}
 
 async fn host() -> Host {
     let dir = tempfile::tempdir().unwrap();
@@ -112,12 +135,13 @@ async fn host() -> Host {
         .allow_any_type(Verb::Terminate, ["operator"])
         .allow_any_type(Verb::Read, ["operator", "auditor"])
         .allow_any_type(Verb::Attach, ["operator"])
+        .allow_any_type(Verb::Schedule, ["operator"])
         .allow_anyone(Verb::Task);
     let rt = Runtime::builder()
         .workflow(desk)
         .signal(NOTE)
         .update(AMOUNT)
-        .policy(Arc::new(policy))
+        .policy(Arc::new(PerCase(policy)))
         .open(dir.path().join("api.redb"))
         .await
         .unwrap();
@@ -133,6 +157,7 @@ async fn host() -> Host {
     tokens
         .add(OUTSIDER, Actor::new("mallory", ["visitor"]))
         .unwrap();
+    tokens.add(VIEWER, Actor::new("vic", ["viewer"])).unwrap();
     let running = rt
         .http_server(tokens)
         .bind("127.0.0.1:0".parse().unwrap())
@@ -248,6 +273,23 @@ impl Host {
         .unwrap()
     }
 
+    /// A daily schedule `nightly` of the desk, first due in a day.
+    async fn nightly(&self) {
+        let claim = Claim {
+            customer: "Night".into(),
+            amount: 1,
+        };
+        self.rt
+            .schedule(
+                desk,
+                "nightly",
+                claim,
+                Recurrence::every(Duration::from_secs(86_400)),
+            )
+            .await
+            .unwrap();
+    }
+
     async fn stop(mut self) {
         if let Some(running) = self.running.take() {
             running.stop().await;
@@ -278,6 +320,7 @@ async fn every_documented_operation_answers_as_the_document_says() {
 
     host.start("doc-1").await;
     host.wait_state("doc-1", "open for Ada").await;
+    host.nightly().await;
     host.start("doc-2").await;
     host.wait_state("doc-2", "open for Ada").await;
     host.call(
@@ -436,7 +479,16 @@ async fn every_documented_operation_answers_as_the_document_says() {
                     calls += 1;
                     continue;
                 }
-                "list_views" => (template.clone(), None, Some(AUDITOR)),
+                "list_views" | "list_schedules" => (template.clone(), None, Some(AUDITOR)),
+                "get_schedule" => (template.replace("{id}", "nightly"), None, Some(AUDITOR)),
+                "pause_schedule" => (
+                    template.replace("{id}", "nightly"),
+                    Some(json!({ "reason": "documented" })),
+                    Some(OPERATOR),
+                ),
+                "resume_schedule" | "trigger_schedule" => {
+                    (template.replace("{id}", "nightly"), None, Some(OPERATOR))
+                }
                 "create_view" => (
                     template.clone(),
                     Some(json!({ "name": "Documented", "query": "workflow_type=desk" })),
@@ -1252,6 +1304,24 @@ async fn the_dashboard_its_live_feed_and_the_overview_are_served() {
     assert_eq!(overview["totals"]["running"], 2, "{overview}");
     assert_eq!(overview["by_type"][0]["workflow_type"], "desk");
     assert_eq!(overview["truncated"], false);
+    assert_eq!(
+        overview["scanned"], 0,
+        "a reader of the whole type is answered from the tallies"
+    );
+    let (_, partial) = host
+        .call(Method::GET, "/api/v1/overview", Some(VIEWER), None)
+        .await;
+    assert_eq!(partial["totals"]["running"], 1, "{partial}");
+    assert_eq!(partial["scanned"], 1, "counted from the readable instance");
+    assert_eq!(
+        partial["throughput"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["started"].as_u64().unwrap())
+            .sum::<u64>(),
+        1
+    );
     let started: u64 = overview["throughput"]
         .as_array()
         .unwrap()
@@ -2012,5 +2082,130 @@ async fn documents_are_attached_listed_and_downloaded_with_their_type() {
         .collect();
     assert_eq!(attached.len(), 2);
     assert!(attached.iter().all(|e| e["actor"]["id"] == "olga"));
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_are_listed_paused_resumed_and_triggered_by_the_roles_that_may() {
+    let host = host().await;
+    host.nightly().await;
+    // Who sees what.
+    let (_, none) = host
+        .call(Method::GET, "/api/v1/schedules", Some(OUTSIDER), None)
+        .await;
+    assert_eq!(none["schedules"], json!([]));
+    let (status, refused) = host
+        .call(
+            Method::GET,
+            "/api/v1/schedules/nightly",
+            Some(OUTSIDER),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    let (_, listed) = host
+        .call(Method::GET, "/api/v1/schedules", Some(AUDITOR), None)
+        .await;
+    let nightly = &listed["schedules"][0];
+    assert_eq!(nightly["id"], "nightly");
+    assert_eq!(nightly["workflow_type"], "desk");
+    assert_eq!(nightly["every_ms"], 86_400_000);
+    assert_eq!(nightly["input"]["customer"], "Night");
+    assert_eq!(nightly["paused"], Value::Null);
+    assert_eq!(
+        nightly["allowed_actions"],
+        json!([]),
+        "an auditor only reads"
+    );
+    // An auditor may not act; nothing changes.
+    let (status, _) = host
+        .call(
+            Method::POST,
+            "/api/v1/schedules/nightly/pause",
+            Some(AUDITOR),
+            Some(json!({ "reason": "curious" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(host.rt.schedules()[0].1.paused.is_none());
+    // Bad requests.
+    let (status, unknown) = host
+        .call(
+            Method::POST,
+            "/api/v1/schedules/weekly/pause",
+            Some(OPERATOR),
+            Some(json!({ "reason": "x" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown["code"], "CAIRN-E0027", "{unknown}");
+    let (status, _) = host
+        .call(
+            Method::POST,
+            "/api/v1/schedules/nightly/pause",
+            Some(OPERATOR),
+            Some(json!({ "reason": "  " })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = host
+        .call(
+            Method::POST,
+            "/api/v1/schedules/nightly/pause",
+            Some(OPERATOR),
+            Some(json!({ "reason": "x", "until": "never" })),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown fields are refused"
+    );
+    // An operator pauses it; the pause names them.
+    let (status, paused) = host
+        .call(
+            Method::POST,
+            "/api/v1/schedules/nightly/pause",
+            Some(OPERATOR),
+            Some(json!({ "reason": "ledger migration" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{paused}");
+    assert_eq!(paused["paused"]["by"], "olga");
+    assert_eq!(paused["paused"]["note"], "ledger migration");
+    assert_eq!(paused["allowed_actions"], json!(["resume", "trigger"]));
+    // Started now while paused, by the operator, recorded as theirs.
+    let (status, triggered) = host
+        .call(
+            Method::POST,
+            "/api/v1/schedules/nightly/trigger",
+            Some(OPERATOR),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{triggered}");
+    let instance = triggered["id"].as_str().unwrap();
+    assert!(instance.starts_with("nightly@"), "{instance}");
+    let (_, history) = host
+        .call(
+            Method::GET,
+            &format!("/api/v1/instances/{instance}/history"),
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    assert_eq!(history[0]["actor"]["id"], "olga", "{history}");
+    // Resumed.
+    let (status, resumed) = host
+        .call(
+            Method::POST,
+            "/api/v1/schedules/nightly/resume",
+            Some(OPERATOR),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(resumed["paused"], Value::Null);
+    assert_eq!(resumed["allowed_actions"], json!(["pause", "trigger"]));
     host.stop().await;
 }

@@ -182,4 +182,75 @@ impl Engine {
         })
         .await
     }
+
+    /// Whether `actor` may manage schedule `schedule_id` (the policy's
+    /// [`Action::Schedule`] on the type it starts).
+    ///
+    /// # Errors
+    /// [`Error::ScheduleNotFound`], [`Error::Forbidden`].
+    pub fn authorize_schedule(&self, actor: &Actor, schedule_id: &str) -> Result<()> {
+        let row = self.schedule_row(schedule_id)?;
+        self.authorize(
+            actor,
+            &Action::Schedule {
+                schedule: schedule_id,
+                workflow_type: &row.workflow_type,
+            },
+        )
+    }
+
+    /// [`Engine::pause_schedule`] on behalf of `actor`, who is recorded in the pause.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] (nothing written), and as [`Engine::pause_schedule`].
+    ///
+    /// # Cancel safety
+    /// As [`Engine::pause_schedule`].
+    pub async fn pause_schedule_as(
+        &self,
+        actor: &Actor,
+        schedule_id: &str,
+        note: &str,
+    ) -> Result<crate::schedule::ScheduleRow> {
+        self.authorize_schedule(actor, schedule_id)?;
+        let row = self
+            .pause_schedule_by(schedule_id, note, Some(actor))
+            .await?;
+        tracing::info!(target: "cairn::audit", actor = %actor.id, schedule = %schedule_id, note, "schedule paused");
+        Ok(row)
+    }
+
+    /// [`Engine::resume_schedule`] on behalf of `actor`.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] (nothing written), and as [`Engine::resume_schedule`].
+    ///
+    /// # Cancel safety
+    /// As [`Engine::resume_schedule`].
+    pub async fn resume_schedule_as(
+        &self,
+        actor: &Actor,
+        schedule_id: &str,
+    ) -> Result<crate::schedule::ScheduleRow> {
+        self.authorize_schedule(actor, schedule_id)?;
+        let row = self.resume_schedule(schedule_id).await?;
+        tracing::info!(target: "cairn::audit", actor = %actor.id, schedule = %schedule_id, "schedule resumed");
+        Ok(row)
+    }
+
+    /// [`Engine::trigger_schedule`] on behalf of `actor`, recorded with the start event.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] (nothing written), and as [`Engine::trigger_schedule`].
+    ///
+    /// # Cancel safety
+    /// As [`Engine::start`].
+    pub async fn trigger_schedule_as(
+        &self,
+        actor: &Actor,
+        schedule_id: &str,
+    ) -> Result<(String, StartOutcome)> {
+        self.authorize_schedule(actor, schedule_id)?;
+        self.trigger_schedule_by(schedule_id, Some(actor)).await
+    }
 }

@@ -31,14 +31,14 @@ use crate::redb_journal::RedbJournal;
 use crate::replay::History;
 pub use crate::replayer::ReplayVerdict;
 use crate::replayer::Replayer;
-use crate::schedule::{occurrence_id, Recurrence, ScheduleRow};
+use crate::schedule::{occurrence_id, Paused, Recurrence, ScheduleRow};
 use crate::store::{Attributes, InstanceRow, InstanceStatus, StoredEvent};
 use crate::sync::{lock, AtomicBool, AtomicU64, Mutex, Notify};
 use crate::task::Actor;
 use crate::timers::TimerIndex;
 use cairn_core::journal::{
     verify_history, Attachment, Carried, CarriedSignal, CommitListener, Committed, Cursor, Expect,
-    InstanceQuery, Journal,
+    InstanceQuery, Journal, Tallies,
 };
 
 /// Longest user id accepted, in bytes.
@@ -161,6 +161,19 @@ impl Status {
             Status::Terminated => StatusKind::Terminated,
             Status::ContinuedAsNew => StatusKind::ContinuedAsNew,
             Status::Parked { .. } => StatusKind::Parked,
+        }
+    }
+}
+
+impl From<InstanceStatus> for StatusKind {
+    /// The kind of a stored status (never `Parked`, which is derived).
+    fn from(status: InstanceStatus) -> Self {
+        match status {
+            InstanceStatus::Running => StatusKind::Running,
+            InstanceStatus::Completed => StatusKind::Completed,
+            InstanceStatus::Failed => StatusKind::Failed,
+            InstanceStatus::Terminated => StatusKind::Terminated,
+            InstanceStatus::ContinuedAsNew => StatusKind::ContinuedAsNew,
         }
     }
 }
@@ -806,6 +819,7 @@ impl Engine {
             input,
             recurrence,
             next_fire_ms,
+            paused: None,
         };
         // The commit hands the row to the scheduler (`Dispatch`).
         self.shared
@@ -843,6 +857,130 @@ impl Engine {
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    /// Schedule `schedule_id` as stored now.
+    ///
+    /// # Errors
+    /// [`Error::ScheduleNotFound`].
+    pub fn schedule_row(&self, schedule_id: &str) -> Result<ScheduleRow> {
+        lock(&self.shared.schedules)
+            .get(schedule_id)
+            .cloned()
+            .ok_or_else(|| Error::ScheduleNotFound(schedule_id.to_owned()))
+    }
+
+    /// Replaces schedule `schedule_id` by `change(row)` if nobody replaced it meanwhile
+    /// (the scheduler moves it on at every occurrence): read, change, store only if the
+    /// stored row is still the one read. A lost race means another change committed, and
+    /// changes are few (the scheduler's one per occurrence, at least a second apart), so
+    /// the loop ends.
+    async fn change_schedule(
+        &self,
+        schedule_id: &str,
+        change: impl Fn(&ScheduleRow) -> Result<Option<ScheduleRow>>,
+    ) -> Result<ScheduleRow> {
+        loop {
+            let held = self.schedule_row(schedule_id)?;
+            let Some(changed) = change(&held)? else {
+                return Ok(held);
+            };
+            let stored = self
+                .shared
+                .journal
+                .schedule(schedule_id.to_owned(), Some(changed.clone()), Some(held))
+                .await?;
+            // The map read above is the dispatcher's: wait for it to show this commit.
+            self.applied().await;
+            if stored {
+                return Ok(changed);
+            }
+        }
+    }
+
+    /// Pauses schedule `schedule_id`: it starts nothing until [`Engine::resume_schedule`].
+    /// Pausing a paused schedule keeps its first pause (who, when, why).
+    ///
+    /// # Errors
+    /// [`Error::ScheduleNotFound`], storage errors.
+    ///
+    /// # Durability
+    /// On return the pause is on disk: the schedule stays paused across restarts.
+    ///
+    /// # Cancel safety
+    /// If dropped, the pause may or may not have been stored; once it is, the scheduler
+    /// honours it, whether or not this future is still polled.
+    pub async fn pause_schedule(&self, schedule_id: &str, note: &str) -> Result<ScheduleRow> {
+        self.pause_schedule_by(schedule_id, note, None).await
+    }
+
+    pub(crate) async fn pause_schedule_by(
+        &self,
+        schedule_id: &str,
+        note: &str,
+        actor: Option<&Actor>,
+    ) -> Result<ScheduleRow> {
+        let at_ms = self.shared.clock.now_ms();
+        self.change_schedule(schedule_id, |row| {
+            Ok(row.paused.is_none().then(|| ScheduleRow {
+                paused: Some(Paused {
+                    at_ms,
+                    by: actor.map(|a| a.id.clone()),
+                    note: note.to_owned(),
+                }),
+                ..row.clone()
+            }))
+        })
+        .await
+    }
+
+    /// Resumes schedule `schedule_id`. Occurrences that fell due while it was paused are
+    /// skipped: it next fires at its first occurrence after now (an interval keeps its
+    /// grid). Resuming a running schedule changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::ScheduleNotFound`], storage errors.
+    ///
+    /// # Durability
+    /// On return the schedule is stored as running again.
+    ///
+    /// # Cancel safety
+    /// If dropped, the resumption may or may not have been stored; once it is, the
+    /// scheduler fires it, whether or not this future is still polled.
+    pub async fn resume_schedule(&self, schedule_id: &str) -> Result<ScheduleRow> {
+        let now = self.shared.clock.now_ms();
+        self.change_schedule(schedule_id, |row| match row.paused {
+            Some(_) => row.resumed(now).map(Some),
+            None => Ok(None),
+        })
+        .await
+    }
+
+    /// Starts one occurrence of schedule `schedule_id` now, paused or not, without moving
+    /// its next occurrence: the instance `"{schedule_id}@{now_ms}"`, as the scheduler
+    /// would name it. Returns its id and whether it was created (an occurrence of that
+    /// millisecond may exist already).
+    ///
+    /// # Errors
+    /// [`Error::ScheduleNotFound`], and as [`Engine::start`].
+    ///
+    /// # Cancel safety
+    /// As [`Engine::start`].
+    pub async fn trigger_schedule(&self, schedule_id: &str) -> Result<(String, StartOutcome)> {
+        self.trigger_schedule_by(schedule_id, None).await
+    }
+
+    pub(crate) async fn trigger_schedule_by(
+        &self,
+        schedule_id: &str,
+        actor: Option<&Actor>,
+    ) -> Result<(String, StartOutcome)> {
+        let row = self.schedule_row(schedule_id)?;
+        let id = occurrence_id(schedule_id, self.shared.clock.now_ms());
+        let outcome = self
+            .start_with_parent(&row.workflow_type, &id, row.input, None, actor)
+            .await?;
+        Ok((id, outcome))
     }
 
     /// Requests cooperative cancellation of instance `id`: `CancelRequested { reason }` is
@@ -1165,6 +1303,44 @@ impl Engine {
             },
             None => Status::Running,
         }
+    }
+
+    /// The counts the journal keeps as it commits (runs by type and stored status, runs
+    /// started and ended per five-minute bucket from the one holding `activity_from_ms`),
+    /// or `None` when it keeps none: an overview then counts from [`Engine::list_page`].
+    /// Cheap whatever the number of runs.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn tallies(&self, activity_from_ms: u64) -> Result<Option<Tallies>> {
+        self.shared.journal.tallies(activity_from_ms).await
+    }
+
+    /// The parked instances (by this host, or recorded by an earlier one and not running
+    /// here), oldest first. Reads one row per parked run.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn parked_instances(&self) -> Result<Vec<InstanceInfo>> {
+        let mut keys: Vec<u128> = lock(&self.shared.parked).keys().copied().collect();
+        keys.extend(lock(&self.shared.recorded_parked).keys().copied());
+        keys.sort_unstable();
+        keys.dedup();
+        let mut out = Vec::new();
+        for key in keys {
+            let Some(row) = self.shared.journal.instance(key).await? else {
+                continue;
+            };
+            if row.status.is_finished() {
+                continue;
+            }
+            let info = self.info(row).await?;
+            if matches!(info.status, Status::Parked { .. }) {
+                out.push(info);
+            }
+        }
+        out.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(out)
     }
 
     /// The current status of instance `id`.
@@ -1944,7 +2120,7 @@ async fn run_schedules(weak: std::sync::Weak<Shared>) {
         let now = shared.clock.now_ms();
         let due: Vec<(String, ScheduleRow)> = lock(&shared.schedules)
             .iter()
-            .filter(|(_, row)| row.next_fire_ms <= now)
+            .filter(|(_, row)| row.paused.is_none() && row.next_fire_ms <= now)
             .map(|(id, row)| (id.clone(), row.clone()))
             .collect();
         for (id, row) in due {
@@ -1985,6 +2161,7 @@ async fn run_schedules(weak: std::sync::Weak<Shared>) {
         }
         let next = lock(&shared.schedules)
             .values()
+            .filter(|row| row.paused.is_none())
             .map(|row| row.next_fire_ms)
             .min();
         let sleep = next.map(|at| shared.clock.sleep_until(at));

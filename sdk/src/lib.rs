@@ -73,7 +73,7 @@ pub use schemars;
 pub use signal::{Received, Signal};
 pub use task::{Actor, Deadline, Decided, Escalate, HumanTask, TaskKind};
 
-pub use cairn_runtime::schedule::Recurrence;
+pub use cairn_runtime::schedule::{Paused, Recurrence, ScheduleRow};
 
 /// The event model: what a history holds, as stored and as auditors read it
 /// (`docs/EVENT_FORMAT.md` specifies the bytes).

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use cairn_runtime::codec::{decode, encode};
 use cairn_runtime::event::EventRecord;
 use cairn_runtime::journal::{Journal, StoredEvent};
+use cairn_runtime::schedule::ScheduleRow;
 use cairn_runtime::{
     Codec, Engine, EngineBuilder, Error, InstanceInfo, ListFilter, Outcome, ReplayVerdict,
     Replayer, WorkflowContext, WorkflowFactory, WorkflowResult,
@@ -415,6 +416,75 @@ impl Runtime {
     /// scheduler no longer fires it, whether or not this future is still polled.
     pub async fn unschedule(&self, schedule_id: &str) -> Result<bool, Error> {
         self.engine.unschedule(schedule_id).await
+    }
+
+    /// The schedules, by id: what each starts, when it fires next, and whether it is
+    /// paused (by whom, when, why).
+    pub fn schedules(&self) -> Vec<(String, ScheduleRow)> {
+        self.engine.schedules()
+    }
+
+    /// Pauses a schedule: it starts nothing until [`Runtime::resume_schedule`] (an
+    /// occurrence already being started when the pause lands still starts). Pausing a
+    /// paused schedule keeps its first pause. Returns the schedule as stored.
+    ///
+    /// ```no_run
+    /// # async fn run(rt: cairn::Runtime) -> Result<(), cairn::Error> {
+    /// rt.pause_schedule("report-emea", "ledger migration tonight").await?;
+    /// // ... later
+    /// rt.resume_schedule("report-emea").await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ScheduleNotFound`], storage errors.
+    ///
+    /// # Durability
+    /// On return the pause is on disk: the schedule stays paused across restarts.
+    ///
+    /// # Cancel safety
+    /// If dropped, the pause may or may not have been stored; once it is, the scheduler
+    /// honours it, whether or not this future is still polled.
+    pub async fn pause_schedule(
+        &self,
+        schedule_id: &str,
+        note: &str,
+    ) -> Result<ScheduleRow, Error> {
+        self.engine.pause_schedule(schedule_id, note).await
+    }
+
+    /// Resumes a paused schedule. Occurrences that fell due while it was paused are
+    /// skipped; it next fires at its first occurrence after now. Returns the schedule as
+    /// stored.
+    ///
+    /// # Errors
+    /// [`Error::ScheduleNotFound`], storage errors.
+    ///
+    /// # Durability
+    /// On return the schedule is stored as running again.
+    ///
+    /// # Cancel safety
+    /// If dropped, the resumption may or may not have been stored; once it is, the
+    /// scheduler fires it, whether or not this future is still polled.
+    pub async fn resume_schedule(&self, schedule_id: &str) -> Result<ScheduleRow, Error> {
+        self.engine.resume_schedule(schedule_id).await
+    }
+
+    /// Starts one occurrence of a schedule now (paused or not) without moving its next
+    /// occurrence. Returns the started instance's id (`"{schedule_id}@{now_ms}"`).
+    ///
+    /// # Errors
+    /// [`Error::ScheduleNotFound`], and as [`Runtime::start`].
+    ///
+    /// # Durability
+    /// On return the instance's start is on disk.
+    ///
+    /// # Cancel safety
+    /// If dropped, the start may or may not have been recorded; once it is, the instance
+    /// runs, whether or not this future is still polled.
+    pub async fn trigger_schedule(&self, schedule_id: &str) -> Result<String, Error> {
+        let (id, _) = self.engine.trigger_schedule(schedule_id).await?;
+        Ok(id)
     }
 
     /// Requests cooperative cancellation of instance `id`: its next durable wait ends

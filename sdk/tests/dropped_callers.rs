@@ -197,6 +197,46 @@ async fn a_schedule_dropped_after_its_first_poll_still_fires() {
 }
 
 #[tokio::test]
+async fn a_pause_dropped_after_its_first_poll_still_pauses_the_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let rt = open(&dir.path().join("db.redb"), &clock, None).await;
+    let every_hour = Recurrence::every(Duration::from_secs(3600));
+    rt.schedule(add_one, "hourly", 1, every_hour).await.unwrap();
+    poll_once_and_drop(rt.pause_schedule("hourly", "maintenance")).await;
+    let mut spins = 0u32;
+    while rt.schedules()[0].1.paused.is_none() {
+        spins += 1;
+        assert!(
+            spins < 1_000_000,
+            "the dropped pause never reached the scheduler"
+        );
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..10 {
+        clock.advance(Duration::from_secs(3600));
+        tokio::task::yield_now().await;
+    }
+    assert!(rt.list(&Default::default()).await.unwrap().is_empty());
+    // A dropped resumption is applied too, and the schedule fires again.
+    poll_once_and_drop(rt.resume_schedule("hourly")).await;
+    let mut spins = 0u32;
+    while rt.schedules()[0].1.paused.is_some() {
+        spins += 1;
+        assert!(spins < 1_000_000, "the dropped resumption never landed");
+        tokio::task::yield_now().await;
+    }
+    clock.advance(Duration::from_secs(3600));
+    let mut spins = 0u32;
+    while rt.list(&Default::default()).await.unwrap().is_empty() {
+        spins += 1;
+        assert!(spins < 2_000_000, "the resumed schedule never fired");
+        tokio::task::yield_now().await;
+    }
+    rt.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_unschedule_dropped_after_its_first_poll_still_stops_the_schedule() {
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();

@@ -146,3 +146,71 @@ async fn cron_schedules_fire_at_their_wall_clock_times_and_bad_ones_are_refused(
     assert_eq!(err.code(), "CAIRN-E0014", "{err}");
     rt.shutdown().await;
 }
+
+/// Lets the scheduler run: a paused schedule must start nothing however long it is given.
+async fn settle() {
+    for _ in 0..2_000 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn a_paused_schedule_starts_nothing_even_after_a_restart_and_resumes_on_its_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let clock = VirtualClock::new(UNIX_EPOCH + Duration::from_millis(START_MS));
+    let hour = HOUR.as_millis() as u64;
+    let first = START_MS + hour;
+    {
+        let rt = open(&path, &clock).await;
+        rt.schedule(report, "emea", "emea".to_owned(), Recurrence::every(HOUR))
+            .await
+            .unwrap();
+        let paused = rt.pause_schedule("emea", "ledger migration").await.unwrap();
+        let pause = paused.paused.clone().unwrap();
+        assert_eq!(pause.note, "ledger migration");
+        assert_eq!(pause.at_ms, START_MS);
+        assert_eq!(pause.by, None, "paused by the host's code");
+        let again = rt.pause_schedule("emea", "another reason").await.unwrap();
+        assert_eq!(again, paused, "a second pause keeps the first");
+        clock.advance(3 * HOUR);
+        settle().await;
+        assert!(started(&rt).await.is_empty(), "paused: nothing fired");
+        rt.shutdown().await;
+    }
+    // Still paused after a restart, with occurrences long due.
+    let rt = open(&path, &clock).await;
+    assert!(rt.schedules()[0].1.paused.is_some());
+    clock.advance(HOUR);
+    settle().await;
+    assert!(started(&rt).await.is_empty(), "paused across the restart");
+    // Started by hand while paused: one instance now, the schedule unmoved.
+    let now = clock.now_ms();
+    let id = rt.trigger_schedule("emea").await.unwrap();
+    assert_eq!(id, format!("emea@{now}"));
+    until_started(&rt, 1).await;
+    assert_eq!(rt.schedules()[0].1.next_fire_ms, first);
+    // Resumed at START + 4 h: what fell due is skipped, the next is START + 5 h.
+    let resumed = rt.resume_schedule("emea").await.unwrap();
+    assert_eq!(resumed.paused, None);
+    assert_eq!(resumed.next_fire_ms, START_MS + 5 * hour);
+    assert_eq!(clock.skip_to_next_timer().await, START_MS + 5 * hour);
+    until_started(&rt, 2).await;
+    assert_eq!(
+        started(&rt).await,
+        [
+            format!("emea@{now}"),
+            format!("emea@{}", START_MS + 5 * hour)
+        ]
+    );
+    // Resuming a running schedule changes nothing; an unknown one is named.
+    let running = rt.schedules()[0].1.clone();
+    assert_eq!(rt.resume_schedule("emea").await.unwrap(), running);
+    let unknown = rt.pause_schedule("apac", "x").await.unwrap_err();
+    assert_eq!(unknown.code(), "CAIRN-E0027", "{unknown}");
+    assert_eq!(
+        rt.trigger_schedule("apac").await.unwrap_err().code(),
+        "CAIRN-E0027"
+    );
+    rt.shutdown().await;
+}

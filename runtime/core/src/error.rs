@@ -336,6 +336,10 @@ pub enum Error {
         recorded: String,
     },
 
+    /// No schedule has this id.
+    #[error("[CAIRN-E0027] no schedule with id `{0}`; list the schedules to find its id")]
+    ScheduleNotFound(String),
+
     /// The host environment failed a request Cairn cannot do without (the OS random source).
     #[error("[CAIRN-E0016] the host environment failed: {0}")]
     Environment(String),
@@ -371,6 +375,7 @@ impl Error {
             Error::InvalidDecision { .. } => "CAIRN-E0024",
             Error::Unanswered { .. } => "CAIRN-E0025",
             Error::KeyReused { .. } => "CAIRN-E0026",
+            Error::ScheduleNotFound(_) => "CAIRN-E0027",
         }
     }
 }

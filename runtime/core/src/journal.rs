@@ -25,7 +25,7 @@ use crate::schedule::ScheduleRow;
 pub use crate::task::{Actor, Party, TaskRow};
 
 /// Lifecycle state of an instance as stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum InstanceStatus {
     /// Started and not finished.
     Running,
@@ -352,6 +352,38 @@ pub struct InstancePage {
 /// The largest page a query returns, whatever it asks for.
 pub const PAGE_ROWS_MAX: usize = 1000;
 
+/// Width of the buckets of [`Tallies::activity`].
+pub const TALLY_BUCKET_MS: u64 = 5 * 60 * 1000;
+
+/// Counts a journal keeps up to date in the commits that change them, so that an
+/// overview of a large store reads a few rows instead of every run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tallies {
+    /// Runs by workflow type and stored status (a parked run counts as running here).
+    pub by_status: BTreeMap<(String, InstanceStatus), u64>,
+    /// Runs started and ended per workflow type and [`TALLY_BUCKET_MS`] bucket, from the
+    /// bucket asked for on; buckets where nothing happened are left out.
+    pub activity: Vec<ActivityBucket>,
+}
+
+/// What happened to runs of one workflow type in one bucket of [`TALLY_BUCKET_MS`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ActivityBucket {
+    /// The workflow type.
+    pub workflow_type: String,
+    /// Start of the bucket, ms since the Unix epoch (a multiple of [`TALLY_BUCKET_MS`]).
+    pub at_ms: u64,
+    /// Runs started in it.
+    pub started: u64,
+    /// Runs that ended in it, by how they ended.
+    pub ended: BTreeMap<InstanceStatus, u64>,
+}
+
+/// The start of the [`TALLY_BUCKET_MS`] bucket holding `at_ms`.
+pub fn tally_bucket(at_ms: u64) -> u64 {
+    at_ms - at_ms % TALLY_BUCKET_MS
+}
+
 /// Open human tasks in some inboxes, oldest first (by creation time, run, step), one page
 /// at a time. Answered from the open-task index, never by reading histories.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -580,6 +612,17 @@ pub trait Journal: Send + Sync + 'static {
     /// # Errors
     /// Storage errors.
     async fn parked(&self) -> Result<Vec<(u128, ParkedRow)>>;
+
+    /// The counts this journal keeps as it commits ([`Tallies`]), with activity from the
+    /// bucket holding `activity_from_ms` on; `None` when it keeps none (the caller then
+    /// counts from [`Journal::query`]).
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn tallies(&self, activity_from_ms: u64) -> Result<Option<Tallies>> {
+        let _ = activity_from_ms;
+        Ok(None)
+    }
 
     /// Open tasks matching `query`, from the open-task index (kept in the same commit as
     /// the task's events; no history is read).

@@ -50,9 +50,19 @@ pub enum Action<'a> {
     },
     /// Read an instance: its status, history, attributes and tasks.
     Read {
-        /// The instance.
+        /// The instance, or `*` for every instance of the type: a caller allowed that
+        /// sees counts kept for the whole type (the overview) instead of counts made
+        /// from the instances it may read one by one. A policy that decides per instance
+        /// should refuse `*`.
         instance: &'a str,
         /// Its type.
+        workflow_type: &'a str,
+    },
+    /// Manage a schedule: pause it, resume it, or start an occurrence now.
+    Schedule {
+        /// The schedule.
+        schedule: &'a str,
+        /// The workflow type it starts.
         workflow_type: &'a str,
     },
     /// Attach a document to an instance (or to one of its tasks).
@@ -85,6 +95,7 @@ impl Action<'_> {
             Action::Terminate { .. } => Verb::Terminate,
             Action::Read { .. } => Verb::Read,
             Action::Attach { .. } => Verb::Attach,
+            Action::Schedule { .. } => Verb::Schedule,
             Action::Task { .. } => Verb::Task,
         }
     }
@@ -99,6 +110,7 @@ impl Action<'_> {
             | Action::Terminate { workflow_type, .. }
             | Action::Read { workflow_type, .. }
             | Action::Attach { workflow_type, .. }
+            | Action::Schedule { workflow_type, .. }
             | Action::Task { workflow_type, .. } => workflow_type,
         }
     }
@@ -119,6 +131,7 @@ impl Action<'_> {
             Action::Attach { instance, .. } => {
                 format!("attach a document to instance `{instance}`")
             }
+            Action::Schedule { schedule, .. } => format!("manage schedule `{schedule}`"),
             Action::Task { instance, task, .. } => {
                 format!("act on task `{task}` of instance `{instance}`")
             }
@@ -145,11 +158,13 @@ pub enum Verb {
     Attach,
     /// [`Action::Task`].
     Task,
+    /// [`Action::Schedule`].
+    Schedule,
 }
 
 impl Verb {
     /// Every verb.
-    pub const ALL: [Verb; 8] = [
+    pub const ALL: [Verb; 9] = [
         Verb::Start,
         Verb::Signal,
         Verb::Update,
@@ -158,6 +173,7 @@ impl Verb {
         Verb::Read,
         Verb::Attach,
         Verb::Task,
+        Verb::Schedule,
     ];
 }
 

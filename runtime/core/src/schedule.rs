@@ -115,6 +115,66 @@ pub struct ScheduleRow {
     pub recurrence: Recurrence,
     /// The next occurrence not yet started, ms since the Unix epoch.
     pub next_fire_ms: u64,
+    /// Set while the schedule is paused: it starts nothing until resumed.
+    pub paused: Option<Paused>,
+}
+
+/// Who paused a schedule, when and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Paused {
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The actor's id, when an actor asked (through the API).
+    pub by: Option<String>,
+    /// Why, as given.
+    pub note: String,
+}
+
+impl ScheduleRow {
+    /// The row as it is once resumed at `now_ms`: not paused, and its next occurrence
+    /// the first after `now_ms` when the pause went past the one it had (occurrences
+    /// due while it was paused are skipped, not made up).
+    ///
+    /// # Errors
+    /// As [`Recurrence::next_following`].
+    pub fn resumed(&self, now_ms: u64) -> Result<Self> {
+        let next_fire_ms = if self.next_fire_ms <= now_ms {
+            self.recurrence.next_following(self.next_fire_ms, now_ms)?
+        } else {
+            self.next_fire_ms
+        };
+        Ok(Self {
+            paused: None,
+            next_fire_ms,
+            ..self.clone()
+        })
+    }
+}
+
+/// A schedule row as storage formats before 9 wrote it (no pause); read by stores to
+/// accept their older rows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleRowV1 {
+    /// As [`ScheduleRow::workflow_type`].
+    pub workflow_type: String,
+    /// As [`ScheduleRow::input`].
+    pub input: Payload,
+    /// As [`ScheduleRow::recurrence`].
+    pub recurrence: Recurrence,
+    /// As [`ScheduleRow::next_fire_ms`].
+    pub next_fire_ms: u64,
+}
+
+impl From<ScheduleRowV1> for ScheduleRow {
+    fn from(row: ScheduleRowV1) -> Self {
+        Self {
+            workflow_type: row.workflow_type,
+            input: row.input,
+            recurrence: row.recurrence,
+            next_fire_ms: row.next_fire_ms,
+            paused: None,
+        }
+    }
 }
 
 /// The instance id of occurrence `fire_ms` of schedule `schedule_id`.

@@ -12,7 +12,7 @@ use cairn_core::event::EventKind;
 use cairn_core::journal::{
     Actor, Appended, Attachment, Attributes, Carried, Delivery, DeliveryAttempt, Expect,
     InstancePage, InstanceQuery, InstanceRow, Journal, OutboxRow, Ownership, ParkedRow, RawHistory,
-    Started, Suspension, TaskPage, TaskQuery, TaskRow, TimeSource,
+    Started, Suspension, Tallies, TaskPage, TaskQuery, TaskRow, TimeSource,
 };
 use cairn_core::schedule::ScheduleRow;
 
@@ -216,6 +216,10 @@ impl Journal for RedbJournal {
 
     async fn query(&self, query: &InstanceQuery) -> Result<InstancePage> {
         self.store.query(query)
+    }
+
+    async fn tallies(&self, activity_from_ms: u64) -> Result<Option<Tallies>> {
+        self.store.tallies(activity_from_ms)
     }
 
     async fn schedules(&self) -> Result<Vec<(String, ScheduleRow)>> {

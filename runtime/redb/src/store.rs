@@ -11,6 +11,9 @@
 //! - `attributes`: internal key -> search attributes (an index of the log).
 //! - `running`: internal key of every unfinished run -> its suspension hint.
 //! - `schedules`: schedule id -> [`ScheduleRow`].
+//! - `counts`: (workflow type, status code) -> runs; `activity`: (bucket start, workflow
+//!   type, what) -> runs started (what = 255) or ended with that status in the bucket.
+//!   Both kept in the commit that starts or ends a run (format 9), for the overview.
 
 use std::path::{Path, PathBuf};
 
@@ -20,11 +23,13 @@ use redb::{
 };
 
 use crate::error::{Error, Result, StorageFailure};
+use cairn_core::journal::{
+    tally_bucket, ActivityBucket, Cursor, InstancePage, InstanceQuery, PAGE_ROWS_MAX,
+};
 pub use cairn_core::journal::{
     verify_chain, verify_history, Attributes, InstanceRow, InstanceStatus, ParkedRow, RawEvent,
     RawHistory, StoredEvent, Suspension,
 };
-use cairn_core::journal::{Cursor, InstancePage, InstanceQuery, PAGE_ROWS_MAX};
 
 use crate::event::AttrValue;
 use crate::schedule::ScheduleRow;
@@ -48,9 +53,14 @@ const BY_TYPE: TableDefinition<(&str, u64, u128), ()> = TableDefinition::new("by
 const BY_STATUS: TableDefinition<(u8, u64, u128), ()> = TableDefinition::new("by_status");
 const BY_ATTRIBUTE: TableDefinition<(&str, &[u8], u64, u128), ()> =
     TableDefinition::new("by_attribute");
+/// Tallies, added by storage format 9 (see the module's table list).
+const COUNTS: TableDefinition<(&str, u8), u64> = TableDefinition::new("counts");
+const ACTIVITY: TableDefinition<(u64, &str, u8), u64> = TableDefinition::new("activity");
+/// The `what` of an `activity` key that counts starts (the others are status codes).
+const STARTED_CODE: u8 = 255;
 /// Tables a Cairn file may hold without them all being required (an older format's file
 /// lacks them until its first writable open migrates it).
-const LATER_TABLES: [&str; 10] = [
+const LATER_TABLES: [&str; 12] = [
     "parked",
     "by_start",
     "by_type",
@@ -61,6 +71,8 @@ const LATER_TABLES: [&str; 10] = [
     "outbox",
     "outbox_due",
     "documents",
+    "counts",
+    "activity",
 ];
 const CAIRN_TABLES: [&str; 7] = [
     "log",
@@ -80,11 +92,12 @@ const CAIRN_TABLES: [&str; 7] = [
 /// (`outbox`, `outbox_due`); format 6 envelopes of version 2 (with the actor); format 7
 /// the `DocumentAttached` event and the `documents` table; format 8 the events of keyed
 /// signals, update answers and published values (`KeyedSignalReceived`, `UpdateAnswered`,
-/// `StatePublished`), which only raises the marker so that older builds refuse the file.
+/// `StatePublished`), which only raises the marker so that older builds refuse the file;
+/// format 9 the tallies (`counts`, `activity`) and schedule rows that can be paused.
 /// An older file is migrated by its first writable open (one transaction that builds the
 /// indexes from the rows and the logs of running instances, and raises the marker); a
 /// read-only open leaves it as it is and answers queries by scanning the rows.
-pub const STORAGE_FORMAT: u32 = 8;
+pub const STORAGE_FORMAT: u32 = 9;
 
 /// The first format with the query indexes.
 const INDEXED_FORMAT: u32 = 3;
@@ -94,6 +107,8 @@ const TASKS_FORMAT: u32 = 4;
 const OUTBOX_FORMAT: u32 = 5;
 /// The first format with documents.
 const DOCUMENTS_FORMAT: u32 = 7;
+/// The first format with tallies.
+const TALLIES_FORMAT: u32 = 9;
 
 pub(crate) fn encode_row(row: &InstanceRow) -> Result<Vec<u8>> {
     encode_versioned(row, "instance row")
@@ -144,8 +159,12 @@ pub enum IndexChange {
     Ended {
         /// The run.
         key: u128,
+        /// Its workflow type.
+        workflow_type: String,
         /// Its start time.
         created_at_ms: u64,
+        /// When it ended.
+        ended_at_ms: u64,
         /// Its new status.
         to: InstanceStatus,
     },
@@ -181,6 +200,18 @@ pub fn attribute_bytes(value: &AttrValue) -> Result<Vec<u8>> {
 }
 
 /// The byte a stored status is indexed under.
+fn status_of_code(code: u8) -> Option<InstanceStatus> {
+    [
+        InstanceStatus::Running,
+        InstanceStatus::Completed,
+        InstanceStatus::Failed,
+        InstanceStatus::Terminated,
+        InstanceStatus::ContinuedAsNew,
+    ]
+    .into_iter()
+    .find(|status| status_code(*status) == code)
+}
+
 fn status_code(status: InstanceStatus) -> u8 {
     match status {
         InstanceStatus::Running => 0,
@@ -204,7 +235,14 @@ pub(crate) fn encode_schedule(row: &ScheduleRow) -> Result<Vec<u8>> {
 }
 
 fn decode_schedule(id: &str, bytes: &[u8]) -> Result<ScheduleRow> {
-    decode_versioned(|| format!("schedules table, schedule `{id}`"), bytes)
+    let location = || format!("schedules table, schedule `{id}`");
+    decode_versioned(location, bytes).or_else(|current| {
+        // A row of a format before 9 has no pause: it is one field short of the current
+        // layout, so the current decoding fails on it and never misreads it.
+        decode_versioned::<crate::schedule::ScheduleRowV1>(location, bytes)
+            .map(ScheduleRow::from)
+            .map_err(|_| current)
+    })
 }
 
 pub(crate) fn encode_suspension(suspension: Option<Suspension>) -> Result<Vec<u8>> {
@@ -297,6 +335,12 @@ pub trait Store: Send + Sync + 'static {
     /// The parked instances and why, by key (none for a store that keeps none).
     fn parked(&self) -> Result<Vec<(u128, ParkedRow)>> {
         Ok(Vec::new())
+    }
+    /// The tallies, with activity from the bucket of `activity_from_ms` on; `None` for a
+    /// store (or a file of an older format, opened read-only) that keeps none.
+    fn tallies(&self, activity_from_ms: u64) -> Result<Option<cairn_core::journal::Tallies>> {
+        let _ = activity_from_ms;
+        Ok(None)
     }
     /// Releases the storage (closes the file) once the calls in progress have finished;
     /// every later call fails with [`Error::ShutDown`].
@@ -613,6 +657,10 @@ impl RedbStore {
                 .map_err(|err| open_error(&self.path, err))?;
             txn.open_table(DOCUMENTS)
                 .map_err(|err| open_error(&self.path, err))?;
+            txn.open_table(COUNTS)
+                .map_err(|err| open_error(&self.path, err))?;
+            txn.open_table(ACTIVITY)
+                .map_err(|err| open_error(&self.path, err))?;
         }
         txn.commit().map_err(|err| open_error(&self.path, err))
     }
@@ -672,6 +720,9 @@ impl RedbStore {
         txn.open_table(OUTBOX).map_err(storage)?;
         txn.open_table(OUTBOX_DUE).map_err(storage)?;
         txn.open_table(DOCUMENTS).map_err(storage)?;
+        if found < TALLIES_FORMAT {
+            recount(&txn)?;
+        }
         {
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert("format", STORAGE_FORMAT.to_le_bytes().as_slice())
@@ -890,6 +941,16 @@ impl Store for RedbStore {
                 out.push((key, decode_parked(key, bytes.value())?));
             }
             Ok(out)
+        })
+    }
+
+    fn tallies(&self, activity_from_ms: u64) -> Result<Option<cairn_core::journal::Tallies>> {
+        if self.format_found() < TALLIES_FORMAT {
+            return Ok(None);
+        }
+        self.contain("tallies", || {
+            let txn = self.read()?;
+            read_tallies(&txn, activity_from_ms).map(Some)
         })
     }
 
@@ -1120,6 +1181,7 @@ fn apply_index(txn: &redb::WriteTransaction, changes: &[IndexChange]) -> Result<
     let mut by_status = txn.open_table(BY_STATUS).map_err(storage)?;
     let mut by_attribute = txn.open_table(BY_ATTRIBUTE).map_err(storage)?;
     let mut tasks = crate::tasks::TaskTables::open(txn)?;
+    let mut tally = Tally::default();
     for change in changes {
         match change {
             IndexChange::Task(change) => tasks.apply(change)?,
@@ -1138,12 +1200,16 @@ fn apply_index(txn: &redb::WriteTransaction, changes: &[IndexChange]) -> Result<
                 by_status
                     .insert((running, *created_at_ms, *key), ())
                     .map_err(storage)?;
+                tally.started(workflow_type, *created_at_ms);
             }
             IndexChange::Ended {
                 key,
+                workflow_type,
                 created_at_ms,
+                ended_at_ms,
                 to,
             } => {
+                tally.ended(workflow_type, *ended_at_ms, *to);
                 let running = status_code(InstanceStatus::Running);
                 by_status
                     .remove((running, *created_at_ms, *key))
@@ -1170,7 +1236,164 @@ fn apply_index(txn: &redb::WriteTransaction, changes: &[IndexChange]) -> Result<
             }
         }
     }
-    Ok(())
+    tally.write(txn)
+}
+
+/// Changes to the tallies, summed over a whole commit first: a batch of a thousand
+/// starts of one type then costs one read and one write of its count.
+#[derive(Default)]
+struct Tally<'a> {
+    counts: std::collections::BTreeMap<(&'a str, u8), i64>,
+    activity: std::collections::BTreeMap<(u64, &'a str, u8), u64>,
+}
+
+impl<'a> Tally<'a> {
+    fn started(&mut self, workflow_type: &'a str, at_ms: u64) {
+        *self
+            .counts
+            .entry((workflow_type, status_code(InstanceStatus::Running)))
+            .or_default() += 1;
+        *self
+            .activity
+            .entry((tally_bucket(at_ms), workflow_type, STARTED_CODE))
+            .or_default() += 1;
+    }
+
+    fn ended(&mut self, workflow_type: &'a str, at_ms: u64, to: InstanceStatus) {
+        *self
+            .counts
+            .entry((workflow_type, status_code(InstanceStatus::Running)))
+            .or_default() -= 1;
+        *self
+            .counts
+            .entry((workflow_type, status_code(to)))
+            .or_default() += 1;
+        *self
+            .activity
+            .entry((tally_bucket(at_ms), workflow_type, status_code(to)))
+            .or_default() += 1;
+    }
+
+    fn write(&self, txn: &redb::WriteTransaction) -> Result<()> {
+        if self.counts.is_empty() {
+            return Ok(());
+        }
+        let mut counts = txn.open_table(COUNTS).map_err(storage)?;
+        for (key, delta) in &self.counts {
+            if *delta == 0 {
+                continue;
+            }
+            let held = counts.get(*key).map_err(storage)?.map_or(0, |n| n.value());
+            // Never below zero: a count is derived, and one run's events cannot end it
+            // twice; saturating keeps a damaged tally from wrapping round.
+            let count = if *delta < 0 {
+                held.saturating_sub(delta.unsigned_abs())
+            } else {
+                held.saturating_add(delta.unsigned_abs())
+            };
+            counts.insert(*key, count).map_err(storage)?;
+        }
+        let mut activity = txn.open_table(ACTIVITY).map_err(storage)?;
+        for (key, added) in &self.activity {
+            let held = activity
+                .get(*key)
+                .map_err(storage)?
+                .map_or(0, |n| n.value());
+            activity
+                .insert(*key, held.saturating_add(*added))
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+}
+
+/// Rebuilds the tallies from the instance rows (a run's end time is its row's last
+/// update), replacing whatever they held.
+fn recount(txn: &redb::WriteTransaction) -> Result<()> {
+    txn.delete_table(COUNTS).map_err(storage)?;
+    txn.delete_table(ACTIVITY).map_err(storage)?;
+    let instances = txn.open_table(INSTANCES).map_err(storage)?;
+    let mut rows = Vec::new();
+    for entry in instances.iter().map_err(storage)? {
+        let (key, bytes) = entry.map_err(storage)?;
+        let row = decode_row(key.value(), bytes.value())?;
+        rows.push((
+            row.workflow_type,
+            row.created_at_ms,
+            row.updated_at_ms,
+            row.status,
+        ));
+        // Written in slices so a million-run file does not hold every row at once.
+        if rows.len() == 10_000 {
+            recount_rows(txn, &rows)?;
+            rows.clear();
+        }
+    }
+    recount_rows(txn, &rows)
+}
+
+fn recount_rows(
+    txn: &redb::WriteTransaction,
+    rows: &[(String, u64, u64, InstanceStatus)],
+) -> Result<()> {
+    let mut tally = Tally::default();
+    for (workflow_type, created_at_ms, updated_at_ms, status) in rows {
+        tally.started(workflow_type, *created_at_ms);
+        if status.is_finished() {
+            tally.ended(workflow_type, *updated_at_ms, *status);
+        }
+    }
+    // The tables exist even when there is nothing to count.
+    txn.open_table(COUNTS).map_err(storage)?;
+    txn.open_table(ACTIVITY).map_err(storage)?;
+    tally.write(txn)
+}
+
+fn read_tallies(
+    txn: &redb::ReadTransaction,
+    activity_from_ms: u64,
+) -> Result<cairn_core::journal::Tallies> {
+    let mut tallies = cairn_core::journal::Tallies::default();
+    let counts = txn.open_table(COUNTS).map_err(storage)?;
+    for entry in counts.iter().map_err(storage)? {
+        let (key, count) = entry.map_err(storage)?;
+        let (workflow_type, code) = key.value();
+        let status = status_of_code(code).ok_or_else(|| Error::Corrupt {
+            location: format!("counts table, type `{workflow_type}`"),
+            message: format!("unknown status code {code}"),
+        })?;
+        if count.value() > 0 {
+            tallies
+                .by_status
+                .insert((workflow_type.to_owned(), status), count.value());
+        }
+    }
+    let activity = txn.open_table(ACTIVITY).map_err(storage)?;
+    let from = (tally_bucket(activity_from_ms), "", 0u8);
+    let mut buckets: std::collections::BTreeMap<(u64, String), ActivityBucket> =
+        std::collections::BTreeMap::new();
+    for entry in activity.range(from..).map_err(storage)? {
+        let (key, count) = entry.map_err(storage)?;
+        let (at_ms, workflow_type, code) = key.value();
+        let bucket = buckets
+            .entry((at_ms, workflow_type.to_owned()))
+            .or_insert_with(|| ActivityBucket {
+                workflow_type: workflow_type.to_owned(),
+                at_ms,
+                ..ActivityBucket::default()
+            });
+        if code == STARTED_CODE {
+            bucket.started += count.value();
+        } else {
+            let status = status_of_code(code).ok_or_else(|| Error::Corrupt {
+                location: format!("activity table, bucket {at_ms}, type `{workflow_type}`"),
+                message: format!("unknown status code {code}"),
+            })?;
+            *bucket.ended.entry(status).or_default() += count.value();
+        }
+    }
+    tallies.activity = buckets.into_values().collect();
+    Ok(tallies)
 }
 
 /// Collects the rows of one page from index entries given in start order.

@@ -984,6 +984,7 @@ impl WriterLoop {
         };
         let parent = row.parent;
         let created_at_ms = row.created_at_ms;
+        let ended_type = terminal.map(|to| (row.workflow_type.clone(), to));
         let started_type = match &kind {
             EventKind::WorkflowStarted { workflow_type, .. } => Some(workflow_type.clone()),
             _ => None,
@@ -1070,10 +1071,12 @@ impl WriterLoop {
                 workflow_type,
             });
         }
-        if let Some(to) = terminal {
+        if let Some((workflow_type, to)) = ended_type {
             batch.index.push(IndexChange::Ended {
                 key,
+                workflow_type,
                 created_at_ms,
+                ended_at_ms: now,
                 to,
             });
             batch
@@ -1271,6 +1274,7 @@ mod tests {
             input: payload(),
             recurrence: crate::schedule::Recurrence::every(std::time::Duration::from_secs(60)),
             next_fire_ms,
+            paused: None,
         }
     }
 

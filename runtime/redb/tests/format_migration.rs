@@ -290,3 +290,112 @@ async fn the_open_task_index_is_rebuilt_from_the_log() {
     drop(rebuilt);
     assert_eq!(format_of(&path), STORAGE_FORMAT);
 }
+
+/// Makes a current file look like one written by format 8: no tallies, marker 8.
+fn make_format_8(path: &Path) {
+    let db = redb::Database::create(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    assert!(txn
+        .delete_table(redb::TableDefinition::<(&str, u8), u64>::new("counts"))
+        .unwrap());
+    assert!(txn
+        .delete_table(redb::TableDefinition::<(u64, &str, u8), u64>::new(
+            "activity"
+        ))
+        .unwrap());
+    txn.open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
+        .unwrap()
+        .insert("format", 8u32.to_le_bytes().as_slice())
+        .unwrap();
+    txn.commit().unwrap();
+}
+
+#[tokio::test]
+async fn the_tallies_of_an_older_file_are_counted_by_its_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.redb");
+    let journal = RedbJournal::open(&path).unwrap();
+    for n in 0..9u32 {
+        let kind = if n % 3 == 0 { "loan" } else { "permit" };
+        let started = journal
+            .start(
+                format!("{kind}-{n}"),
+                kind.into(),
+                Payload::new(0, vec![]),
+                None,
+            )
+            .await
+            .unwrap();
+        let end = match n % 4 {
+            0 => Some(EventKind::WorkflowCompleted {
+                output: Payload::new(0, vec![]),
+            }),
+            1 => Some(EventKind::WorkflowTerminated {
+                reason: "duplicate".into(),
+            }),
+            _ => None,
+        };
+        if let Some(end) = end {
+            journal.append(started.key, end, Expect::End).await.unwrap();
+        }
+    }
+    let kept = journal
+        .tallies(0)
+        .await
+        .unwrap()
+        .expect("format 9 keeps tallies");
+    let running: u64 = kept
+        .by_status
+        .iter()
+        .filter(|((_, status), _)| *status == InstanceStatus::Running)
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(running, 4, "n = 2, 3, 6, 7 still run");
+    journal.close();
+    drop(journal);
+
+    make_format_8(&path);
+    // A schedule as format 8 wrote it: no pause.
+    let old_row = cairn_core::schedule::ScheduleRowV1 {
+        workflow_type: "loan".into(),
+        input: Payload::new(0, vec![]),
+        recurrence: cairn_core::schedule::Recurrence::EveryMs(60_000),
+        next_fire_ms: 42,
+    };
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(redb::TableDefinition::<&str, &[u8]>::new("schedules"))
+            .unwrap()
+            .insert(
+                "old",
+                postcard::to_extend(&old_row, vec![1u8]).unwrap().as_slice(),
+            )
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let read_only = RedbJournal::open_read_only(&path).unwrap();
+    assert_eq!(
+        read_only.schedules().await.unwrap(),
+        vec![("old".to_owned(), old_row.clone().into())],
+        "an older schedule row reads as not paused"
+    );
+    assert_eq!(
+        read_only.tallies(0).await.unwrap(),
+        None,
+        "an older file opened read-only keeps no tallies: the caller counts"
+    );
+    read_only.close();
+    drop(read_only);
+    assert_eq!(format_of(&path), 8, "a read-only open wrote nothing");
+
+    let migrated = RedbJournal::open(&path).unwrap();
+    assert_eq!(
+        migrated.tallies(0).await.unwrap(),
+        Some(kept),
+        "recounted from the rows: the same counts and buckets"
+    );
+    migrated.close();
+    drop(migrated);
+    assert_eq!(format_of(&path), STORAGE_FORMAT);
+}

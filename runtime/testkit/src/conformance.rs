@@ -20,7 +20,7 @@ use cairn_core::journal::{
     verify_history, Attachment, Carried, CommitListener, Committed, Cursor, Expect, InstanceQuery,
     InstanceRow, InstanceStatus, Journal, StoredEvent,
 };
-use cairn_core::journal::{CarriedSignal, Delivery, DeliveryAttempt, TaskQuery};
+use cairn_core::journal::{CarriedSignal, Delivery, DeliveryAttempt, TaskQuery, TALLY_BUCKET_MS};
 use cairn_core::schedule::{Recurrence, ScheduleRow};
 use cairn_core::step::task;
 use cairn_core::task::{Actor, Candidates, EscalationAction, EscalationTier, TaskChange, TaskSpec};
@@ -442,6 +442,7 @@ pub async fn schedules_compare_and_set(subject: &dyn Subject) {
         input: payload("daily"),
         recurrence: Recurrence::EveryMs(86_400_000),
         next_fire_ms,
+        paused: None,
     };
     assert!(journal
         .schedule("nightly".into(), Some(row(1)), None)
@@ -656,6 +657,81 @@ pub async fn queries_filter_and_page(subject: &dyn Subject) {
     journal.close();
 }
 
+/// A journal that keeps tallies ([`Journal::tallies`]) keeps them equal to what its
+/// queries count, in the commits that start and end runs; one that keeps none says so.
+pub async fn tallies_agree_with_the_runs(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    for n in 0..12 {
+        let kind = if n % 4 == 0 { "audit" } else { "order" };
+        let row = start(journal.as_ref(), &format!("{kind}-{n:02}"), kind).await;
+        let end = match n % 3 {
+            0 => Some(EventKind::WorkflowFailed {
+                error: payload("no stock"),
+            }),
+            1 => Some(EventKind::WorkflowCompleted {
+                output: payload("shipped"),
+            }),
+            _ => None,
+        };
+        if let Some(end) = end {
+            journal.append(row.key, end, Expect::End).await.unwrap();
+        }
+    }
+    let Some(tallies) = journal.tallies(0).await.unwrap() else {
+        journal.close();
+        return;
+    };
+    let mut counted = std::collections::BTreeMap::new();
+    let mut query = InstanceQuery::default();
+    loop {
+        let page = journal.query(&query).await.unwrap();
+        for row in &page.rows {
+            *counted
+                .entry((row.workflow_type.clone(), row.status))
+                .or_insert(0u64) += 1;
+        }
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(tallies.by_status, counted, "counts by type and status");
+    let bucket = cairn_core::journal::tally_bucket(NOW_MS);
+    let bucket_of = |workflow_type: &str, started: u64, completed: u64, failed: u64| {
+        cairn_core::journal::ActivityBucket {
+            workflow_type: workflow_type.to_owned(),
+            at_ms: bucket,
+            started,
+            ended: [
+                (InstanceStatus::Completed, completed),
+                (InstanceStatus::Failed, failed),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    };
+    assert_eq!(
+        tallies.activity,
+        vec![bucket_of("audit", 3, 1, 1), bucket_of("order", 9, 3, 3)],
+        "runs started and ended in the one bucket of NOW_MS"
+    );
+    let later = journal
+        .tallies(NOW_MS + TALLY_BUCKET_MS)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        later.activity.is_empty(),
+        "no activity asked before the bucket"
+    );
+    assert_eq!(
+        later.by_status, counted,
+        "counts do not depend on the bucket"
+    );
+    journal.close();
+}
+
 /// The listener hears every commit's effects in commit order, numbered like
 /// [`Journal::commits`], before the write's future returns.
 pub async fn the_listener_hears_every_commit_in_order(subject: &dyn Subject) {
@@ -711,6 +787,7 @@ pub async fn acknowledged_writes_survive_a_reopen(subject: &dyn Subject) {
         input: payload("x"),
         recurrence: Recurrence::EveryMs(1_000),
         next_fire_ms: 5,
+        paused: None,
     };
     journal
         .schedule("s".into(), Some(schedule.clone()), None)
@@ -1166,6 +1243,7 @@ macro_rules! journal_conformance {
             parking_is_indexed_until_the_next_event,
             attributes_merge_and_are_queried,
             queries_filter_and_page,
+            tallies_agree_with_the_runs,
             the_listener_hears_every_commit_in_order,
             acknowledged_writes_survive_a_reopen,
             a_closed_journal_refuses_writes,

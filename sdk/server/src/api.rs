@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use cairn_runtime::event::AttrValue;
 use cairn_runtime::export::{event_json, payload_json};
-use cairn_runtime::journal::{Cursor, TaskCursor, TaskQuery};
+use cairn_runtime::journal::{Cursor, InstanceStatus, TaskCursor, TaskQuery};
 use cairn_runtime::policy::Action;
 use cairn_runtime::task::{Actor, TaskOp};
 use cairn_runtime::{InstanceInfo, ListFilter, Status, StatusKind};
@@ -809,16 +809,24 @@ pub(crate) struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, kind: StatusKind) {
-        let slot = match kind {
+    fn slot(&mut self, kind: StatusKind) -> &mut u64 {
+        match kind {
             StatusKind::Running => &mut self.running,
             StatusKind::Completed => &mut self.completed,
             StatusKind::Failed => &mut self.failed,
             StatusKind::Terminated => &mut self.terminated,
             StatusKind::ContinuedAsNew => &mut self.continued_as_new,
             StatusKind::Parked => &mut self.parked,
-        };
-        *slot += 1;
+        }
+    }
+
+    fn add(&mut self, kind: StatusKind) {
+        self.add_n(kind, 1);
+    }
+
+    fn add_n(&mut self, kind: StatusKind, n: u64) {
+        let slot = self.slot(kind);
+        *slot = slot.saturating_add(n);
     }
 }
 
@@ -874,9 +882,12 @@ pub(crate) struct Overview {
     /// Step latency per activity on this host, slowest (p95) first: its recent attempts'
     /// percentiles, attempts and failures since the host started.
     step_latency: Vec<StepLatencyView>,
-    /// Instances read to compute this.
+    /// Instances read one by one to compute this: none when the caller may read every
+    /// type whole and the journal keeps tallies (then the counts cost a few rows whatever
+    /// is stored); otherwise the readable instances of the other types.
     scanned: u64,
-    /// Whether there were more than [`OVERVIEW_SCAN_MAX`] (the counts cover the oldest).
+    /// Whether the instances read one by one were more than [`OVERVIEW_SCAN_MAX`] (their
+    /// counts then cover the oldest).
     truncated: bool,
 }
 
@@ -936,28 +947,73 @@ pub(crate) async fn overview(
     let mut by_type: BTreeMap<String, Counts> = BTreeMap::new();
     let mut parked = Vec::new();
     let mut scanned = 0u64;
-    let mut after = None;
-    let filter = ListFilter {
-        limit: Some(1000),
-        ..ListFilter::default()
+    // Types the caller may read whole are answered from the journal's tallies (a few
+    // rows whatever the number of runs); the others, or all of them on a journal that
+    // keeps none, by listing the runs the caller may read.
+    let tallies = state.engine.tallies(first_bucket).await?;
+    let whole = |workflow_type: &str| {
+        state
+            .engine
+            .authorize(
+                &actor,
+                &Action::Read {
+                    instance: "*",
+                    workflow_type,
+                },
+            )
+            .is_ok()
     };
-    let truncated = loop {
-        let (rows, next) = state.engine.list_page_as(&actor, &filter, after).await?;
-        for info in rows {
-            scanned += 1;
-            let kind = info.status.kind();
-            totals.add(kind);
-            by_type
-                .entry(info.workflow_type.clone())
-                .or_default()
-                .add(kind);
-            if let Some(n) = bucket(info.created_at_ms) {
-                buckets[n].started += 1;
+    let mut scan: Vec<Option<String>> = vec![None];
+    if let Some(tallies) = &tallies {
+        let types: std::collections::BTreeSet<&str> = tallies
+            .by_status
+            .keys()
+            .map(|(workflow_type, _)| workflow_type.as_str())
+            .chain(tallies.activity.iter().map(|b| b.workflow_type.as_str()))
+            .collect();
+        let (read_whole, partly): (Vec<&str>, Vec<&str>) =
+            types.into_iter().partition(|t| whole(t));
+        scan = partly.into_iter().map(|t| Some(t.to_owned())).collect();
+        for ((workflow_type, status), n) in &tallies.by_status {
+            if read_whole.contains(&workflow_type.as_str()) {
+                let kind = StatusKind::from(*status);
+                totals.add_n(kind, *n);
+                by_type
+                    .entry(workflow_type.clone())
+                    .or_default()
+                    .add_n(kind, *n);
             }
-            match (&info.status, bucket(info.updated_at_ms)) {
-                (Status::Completed, Some(n)) => buckets[n].completed += 1,
-                (Status::Failed, Some(n)) => buckets[n].failed += 1,
-                _ => {}
+        }
+        for activity in &tallies.activity {
+            if !read_whole.contains(&activity.workflow_type.as_str()) {
+                continue;
+            }
+            if let Some(n) = bucket(activity.at_ms) {
+                buckets[n].started += activity.started;
+                buckets[n].completed += activity
+                    .ended
+                    .get(&InstanceStatus::Completed)
+                    .copied()
+                    .unwrap_or(0);
+                buckets[n].failed += activity
+                    .ended
+                    .get(&InstanceStatus::Failed)
+                    .copied()
+                    .unwrap_or(0);
+            }
+        }
+        // Parked is derived (a running run whose last attempt was parked), so the tallies
+        // count it as running: move it across.
+        for info in state.engine.parked_instances().await? {
+            if !read_whole.contains(&info.workflow_type.as_str()) {
+                continue;
+            }
+            for counts in [
+                &mut totals,
+                by_type.entry(info.workflow_type.clone()).or_default(),
+            ] {
+                counts.running = counts.running.saturating_sub(1);
+                counts.parked += 1;
             }
             if let Status::Parked { reason, code } = &info.status {
                 if parked.len() < 100 {
@@ -970,12 +1026,54 @@ pub(crate) async fn overview(
                 }
             }
         }
-        match next {
-            Some(cursor) if scanned < OVERVIEW_SCAN_MAX => after = Some(cursor),
-            Some(_) => break true,
-            None => break false,
+    }
+    let mut truncated = false;
+    for workflow_type in scan {
+        let mut after = None;
+        let filter = ListFilter {
+            workflow_type,
+            limit: Some(1000),
+            ..ListFilter::default()
+        };
+        truncated = loop {
+            let (rows, next) = state.engine.list_page_as(&actor, &filter, after).await?;
+            for info in rows {
+                scanned += 1;
+                let kind = info.status.kind();
+                totals.add(kind);
+                by_type
+                    .entry(info.workflow_type.clone())
+                    .or_default()
+                    .add(kind);
+                if let Some(n) = bucket(info.created_at_ms) {
+                    buckets[n].started += 1;
+                }
+                match (&info.status, bucket(info.updated_at_ms)) {
+                    (Status::Completed, Some(n)) => buckets[n].completed += 1,
+                    (Status::Failed, Some(n)) => buckets[n].failed += 1,
+                    _ => {}
+                }
+                if let Status::Parked { reason, code } = &info.status {
+                    if parked.len() < 100 {
+                        parked.push(ParkedView {
+                            id: info.id.clone(),
+                            workflow_type: info.workflow_type.clone(),
+                            code: code.clone(),
+                            message: reason.clone(),
+                        });
+                    }
+                }
+            }
+            match next {
+                Some(cursor) if scanned < OVERVIEW_SCAN_MAX => after = Some(cursor),
+                Some(_) => break true,
+                None => break false,
+            }
+        };
+        if truncated {
+            break;
         }
-    };
+    }
     let (mut open_tasks, mut overdue_tasks) = (0u64, 0u64);
     let mut query = TaskQuery {
         limit: 1000,

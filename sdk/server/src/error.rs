@@ -58,7 +58,9 @@ impl ApiError {
 /// store's own failures (damage, I/O) are 5xx.
 fn status_of(err: &Error) -> StatusCode {
     match err {
-        Error::InstanceNotFound(_) | Error::TaskNotFound { .. } => StatusCode::NOT_FOUND,
+        Error::InstanceNotFound(_) | Error::TaskNotFound { .. } | Error::ScheduleNotFound(_) => {
+            StatusCode::NOT_FOUND
+        }
         Error::Forbidden { .. } => StatusCode::FORBIDDEN,
         Error::InvalidArgument(_)
         | Error::InvalidDecision { .. }

@@ -33,10 +33,12 @@ mod documents;
 mod error;
 mod insight;
 mod jwt;
+mod schedules;
 mod views;
 pub use batches::{BATCHES_KEPT, BATCH_INSTANCES_MAX};
 pub use insight::{MAP_RUNS_DEFAULT, MAP_RUNS_MAX, REPORT_RUNS_MAX};
 pub use jwt::{Jwt, JWT_SECRET_BYTES_MIN};
+pub use schedules::PAUSE_REASON_BYTES_MAX;
 pub use views::{VIEWS_MAX, VIEW_NAME_CHARS_MAX, VIEW_QUERY_BYTES_MAX};
 
 pub use api::{IDEMPOTENCY_KEY, OVERVIEW_SCAN_MAX, WAITING_SCAN_MAX};
@@ -102,6 +104,7 @@ pub(crate) struct AppState {
         (name = "instances", description = "Workflow instances"),
         (name = "tasks", description = "Human tasks"),
         (name = "documents", description = "Case documents of an instance"),
+        (name = "schedules", description = "Recurring starts: list, pause, resume, start one now"),
         (name = "views", description = "Saved views of the instance list, shared with roles"),
         (name = "batches", description = "Batch actions over the instances a filter selects"),
         (name = "maps", description = "Process maps (JSON, BPMN 2.0, SVG) and reports (JSON, CSV) from recorded histories"),
@@ -268,6 +271,11 @@ impl Server {
             .routes(routes!(batches::get_batch))
             .routes(routes!(views::list_views, views::create_view))
             .routes(routes!(views::delete_view))
+            .routes(routes!(schedules::list_schedules))
+            .routes(routes!(schedules::get_schedule))
+            .routes(routes!(schedules::pause_schedule))
+            .routes(routes!(schedules::resume_schedule))
+            .routes(routes!(schedules::trigger_schedule))
             .with_state(self.state.clone())
             .split_for_parts();
         let mut doc = doc;
