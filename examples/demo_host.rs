@@ -11,7 +11,8 @@
 //! Hosted: `shop_order` (stock, a payment that sometimes needs retries and sometimes is
 //! declined, a wait for the warehouse, shipping), `expense` (an approver's task due in
 //! two minutes, escalating to a manager, declined by the runtime after five) and the
-//! `loan_approval` seed process (its underwriter tasks appear in the inbox).
+//! `loan_approval` seed process (its underwriter tasks appear in the inbox); and three
+//! schedules of `settlement` (every ten minutes, weekdays at 18:00 UTC, and a paused one).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,8 +21,8 @@ use std::time::Duration;
 use cairn::policy::{Roles, Verb};
 use cairn::server::Tokens;
 use cairn::{
-    activity, workflow, ActivityCtx, ActivityError, Actor, Ctx, Escalate, Runtime, TaskKind,
-    WorkflowError,
+    activity, workflow, ActivityCtx, ActivityError, Actor, Ctx, Escalate, Recurrence, Runtime,
+    TaskKind, WorkflowError,
 };
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -189,6 +190,36 @@ async fn expense(ctx: Ctx, claim: Expense) -> Result<String, WorkflowError> {
     ))
 }
 
+/// A region's settlement, started by the schedules.
+#[workflow]
+async fn settlement(_ctx: Ctx, region: String) -> Result<String, WorkflowError> {
+    Ok(format!("settled the {region} region"))
+}
+
+/// The demo's schedules, created once (a restart keeps what operators did to them).
+async fn schedules(rt: &Runtime) -> Result<(), cairn::Error> {
+    let held = rt.schedules();
+    let missing = |id: &str| !held.iter().any(|(held, _)| held == id);
+    if missing("settle-north") {
+        let every = Recurrence::every(Duration::from_secs(600));
+        rt.schedule(settlement, "settle-north", "north".into(), every)
+            .await?;
+    }
+    if missing("settle-south") {
+        let weekdays = Recurrence::cron("0 18 * * MON-FRI");
+        rt.schedule(settlement, "settle-south", "south".into(), weekdays)
+            .await?;
+    }
+    if missing("settle-archive") {
+        let sundays = Recurrence::cron("0 3 * * SUN");
+        rt.schedule(settlement, "settle-archive", "archive".into(), sundays)
+            .await?;
+        rt.pause_schedule("settle-archive", "archive store migration in progress")
+            .await?;
+    }
+    Ok(())
+}
+
 fn policy() -> Roles {
     Roles::new()
         .admin("admin")
@@ -198,6 +229,7 @@ fn policy() -> Roles {
         .allow_any_type(Verb::Cancel, ["operator"])
         .allow_any_type(Verb::Terminate, ["operator"])
         .allow_any_type(Verb::Attach, ["operator"])
+        .allow_any_type(Verb::Schedule, ["operator"])
         .allow_any_type(Verb::Read, ["operator", "auditor"])
         .allow_anyone(Verb::Task)
 }
@@ -270,6 +302,7 @@ fn builder() -> cairn::RuntimeBuilder {
         .workflow(shop_order)
         .workflow(expense)
         .workflow(loan::loan_approval)
+        .workflow(settlement)
         .signal(loan::SIGNED)
         .policy(Arc::new(policy()))
 }
@@ -300,6 +333,7 @@ fn main() -> std::process::ExitCode {
 async fn host() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let rt = builder().open(&args.db).await?;
+    schedules(&rt).await?;
     let mut tokens = Tokens::new();
     let people = [
         ("admin", Actor::new("ada", ["admin"])),

@@ -116,6 +116,119 @@ enum Command {
         #[command(subcommand)]
         command: AnchorsCommand,
     },
+    /// Schedules: list them (from a file or a host); pause, resume or start one now
+    /// (a running host only, with `--server`).
+    Schedules {
+        #[command(subcommand)]
+        command: Option<SchedulesCommand>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchedulesCommand {
+    /// One line per schedule: id, workflow type, when it fires, next occurrence, state.
+    List,
+    /// Pauses a schedule: it starts nothing until resumed (needs `--server`).
+    Pause {
+        /// The schedule.
+        id: String,
+        /// Why, kept with the pause.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Resumes a paused schedule; occurrences due while paused are skipped (needs
+    /// `--server`).
+    Resume {
+        /// The schedule.
+        id: String,
+    },
+    /// Starts one occurrence now, paused or not (needs `--server`).
+    Trigger {
+        /// The schedule.
+        id: String,
+    },
+}
+
+/// One schedule as `cairn schedules` prints it, from a file or from a host.
+struct ScheduleLine {
+    id: String,
+    workflow_type: String,
+    every_ms: Option<u64>,
+    cron: Option<String>,
+    next_fire_ms: u64,
+    /// Who (if an actor), when, why.
+    paused: Option<(Option<String>, u64, String)>,
+}
+
+impl ScheduleLine {
+    fn from_row(id: String, row: cairn::ScheduleRow) -> Self {
+        let (every_ms, cron) = match row.recurrence {
+            cairn::Recurrence::EveryMs(ms) => (Some(ms), None),
+            cairn::Recurrence::Cron(expression) => (None, Some(expression)),
+        };
+        Self {
+            id,
+            workflow_type: row.workflow_type,
+            every_ms,
+            cron,
+            next_fire_ms: row.next_fire_ms,
+            paused: row.paused.map(|p| (p.by, p.at_ms, p.note)),
+        }
+    }
+
+    fn from_json(view: &Value) -> Self {
+        let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+        let paused = &view["paused"];
+        Self {
+            id: text(&view["id"]),
+            workflow_type: text(&view["workflow_type"]),
+            every_ms: view["every_ms"].as_u64(),
+            cron: view["cron"].as_str().map(str::to_owned),
+            next_fire_ms: view["next_fire_ms"].as_u64().unwrap_or(0),
+            paused: paused.is_object().then(|| {
+                (
+                    paused["by"].as_str().map(str::to_owned),
+                    paused["at_ms"].as_u64().unwrap_or(0),
+                    text(&paused["note"]),
+                )
+            }),
+        }
+    }
+
+    fn print(&self, out: &mut Out) -> Result<(), Stop> {
+        let when = match (&self.every_ms, &self.cron) {
+            (Some(ms), _) => format!("every {}", every(*ms)),
+            (None, Some(cron)) => format!("cron `{cron}` UTC"),
+            (None, None) => String::new(),
+        };
+        let state = match &self.paused {
+            None => format!("next {} UTC", utc(self.next_fire_ms)),
+            Some((by, at, note)) => format!(
+                "paused by {} at {} UTC: {note}",
+                by.as_deref().unwrap_or("the host"),
+                utc(*at)
+            ),
+        };
+        out.line(format_args!(
+            "{}\t{}\t{when}\t{state}",
+            self.id, self.workflow_type
+        ))
+    }
+}
+
+/// `3600000` -> `1h`, `90000` -> `90s`.
+fn every(ms: u64) -> String {
+    for (size, unit) in [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "min"),
+        (1000, "s"),
+    ] {
+        if ms >= size && (ms / size) * size == ms {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
 }
 
 #[derive(Subcommand)]
@@ -484,6 +597,21 @@ async fn run(cli: Cli) -> Result<ExitCode, Stop> {
         Command::Anchors {
             command: AnchorsCommand::Export { out },
         } => return export_anchors(&journal, out.as_deref()).await,
+        Command::Schedules { command } => match command {
+            None | Some(SchedulesCommand::List) => {
+                let mut out = Out::new(None)?;
+                for (id, row) in journal.schedules().await? {
+                    ScheduleLine::from_row(id, row).print(&mut out)?;
+                }
+                out.finish()?;
+            }
+            Some(_) => {
+                return Err(Stop::Remote(
+                    "pause, resume and trigger change a running host's schedules: give --server URL and --token (this tool opens a file read-only)"
+                        .to_owned(),
+                ))
+            }
+        },
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1010,6 +1138,38 @@ async fn run_remote(remote: &Remote, command: Command) -> Result<ExitCode, Stop>
             if damaged > 0 {
                 return Ok(ExitCode::from(1));
             }
+        }
+        Command::Schedules { command } => {
+            let mut out = Out::new(None)?;
+            let done = |view: Value| ScheduleLine::from_json(&view);
+            match command {
+                None | Some(SchedulesCommand::List) => {
+                    let list = remote
+                        .get("/api/v1/schedules")
+                        .await
+                        .map_err(Stop::Remote)?;
+                    for view in list["schedules"].as_array().into_iter().flatten() {
+                        ScheduleLine::from_json(view).print(&mut out)?;
+                    }
+                }
+                Some(SchedulesCommand::Pause { id, reason }) => {
+                    let body = serde_json::json!({ "reason": reason });
+                    let path = format!("/api/v1/schedules/{}/pause", remote::path_segment(&id));
+                    let view = remote.post(&path, Some(body)).await.map_err(Stop::Remote)?;
+                    done(view).print(&mut out)?;
+                }
+                Some(SchedulesCommand::Resume { id }) => {
+                    let path = format!("/api/v1/schedules/{}/resume", remote::path_segment(&id));
+                    let view = remote.post(&path, None).await.map_err(Stop::Remote)?;
+                    done(view).print(&mut out)?;
+                }
+                Some(SchedulesCommand::Trigger { id }) => {
+                    let path = format!("/api/v1/schedules/{}/trigger", remote::path_segment(&id));
+                    let started = remote.post(&path, None).await.map_err(Stop::Remote)?;
+                    out!(out, "started {}", started["id"].as_str().unwrap_or(""));
+                }
+            }
+            out.finish()?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -61,11 +61,28 @@ impl Remote {
 
     /// GETs `path` and decodes the JSON answer; a refusal becomes its `code: message`.
     pub(crate) async fn get(&self, path: &str) -> Result<Value, String> {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    /// POSTs `body` (JSON, or nothing) to `path` and decodes the JSON answer.
+    pub(crate) async fn post(&self, path: &str, body: Option<Value>) -> Result<Value, String> {
+        self.send(reqwest::Method::POST, path, body).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
         let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .bearer_auth(&self.token)
+        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request
             .send()
             .await
             .map_err(|err| format!("cannot reach {}: {err}", self.base))?;
@@ -228,7 +245,7 @@ fn encode(pairs: &[(&str, String)]) -> String {
 }
 
 /// Percent-encodes everything but unreserved characters (RFC 3986).
-fn path_segment(text: &str) -> String {
+pub(crate) fn path_segment(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {

@@ -37,6 +37,10 @@ async fn populate(path: &Path) -> Runtime {
             .unwrap()
             .unwrap();
     }
+    let daily = cairn::Recurrence::every(std::time::Duration::from_secs(86_400));
+    rt.schedule(greet, "daily-hello", "world".to_owned(), daily)
+        .await
+        .unwrap();
     rt
 }
 
@@ -69,6 +73,24 @@ async fn list_history_and_verify_read_a_closed_file() {
             "g-1\tgreet\tCompleted\t3 events",
             "g-2\tgreet\tCompleted\t3 events"
         ]
+    );
+
+    let schedules = cairn(&path, &["schedules"]);
+    assert!(schedules.status.success(), "{}", text(&schedules.stderr));
+    let listed = text(&schedules.stdout);
+    assert!(
+        listed.starts_with("daily-hello\tgreet\tevery 1d\tnext 20") && listed.ends_with(" UTC\n"),
+        "{listed}"
+    );
+    let offline_pause = cairn(
+        &path,
+        &["schedules", "pause", "daily-hello", "--reason", "x"],
+    );
+    assert_eq!(offline_pause.status.code(), Some(2));
+    assert!(
+        text(&offline_pause.stderr).contains("give --server"),
+        "{}",
+        text(&offline_pause.stderr)
     );
 
     let history = cairn(&path, &["history", "g-1"]);
@@ -312,6 +334,45 @@ async fn the_same_commands_read_a_running_host_through_its_api() {
         ),
         "{}",
         text(&verify.stdout)
+    );
+
+    // Schedules: listed, paused (the pause names the token's actor), started now, resumed.
+    let listed = remote(&["schedules"]).await;
+    assert!(
+        text(&listed.stdout).starts_with("daily-hello\tgreet\tevery 1d\tnext 20"),
+        "{}",
+        text(&listed.stdout)
+    );
+    let paused = remote(&[
+        "schedules",
+        "pause",
+        "daily-hello",
+        "--reason",
+        "quiet week",
+    ])
+    .await;
+    assert!(paused.status.success(), "{}", text(&paused.stderr));
+    let paused = text(&paused.stdout);
+    assert!(paused.contains("\tpaused by audrey at 20"), "{paused}");
+    assert!(paused.ends_with(" UTC: quiet week\n"), "{paused}");
+    let triggered = remote(&["schedules", "trigger", "daily-hello"]).await;
+    assert!(
+        text(&triggered.stdout).starts_with("started daily-hello@"),
+        "{}",
+        text(&triggered.stderr)
+    );
+    let resumed = remote(&["schedules", "resume", "daily-hello"]).await;
+    assert!(
+        text(&resumed.stdout).contains("\tnext 20"),
+        "{}",
+        text(&resumed.stdout)
+    );
+    let unknown = remote(&["schedules", "pause", "weekly", "--reason", "x"]).await;
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        text(&unknown.stderr).contains("CAIRN-E0027"),
+        "{}",
+        text(&unknown.stderr)
     );
 
     // Refusals: a wrong token, no token, an unknown id; each a message and exit code 2.

@@ -226,6 +226,27 @@ try:
         cancel = [e for e in events if e["event"] == "CancelRequested"]
         assert cancel and cancel[0]["actor"]["id"] == "olga", cancel
         assert cancel[0]["body"]["reason"].endswith(": customer withdrew"), cancel
+    # 8. Schedules: an operator pauses one (the prompt asks why), resumes it, runs it now.
+    browser.get(base + "/#/schedules")
+    row = "tr[data-schedule='settle-north']"
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, row)))
+    archive = browser.find_element(By.CSS_SELECTOR, "tr[data-schedule='settle-archive']").text
+    assert "paused" in archive and "archive store migration" in archive, archive
+    browser.find_element(By.XPATH, f"//tr[@data-schedule='settle-north']//button[text()='Pause…']").click()
+    prompt = wait.until(ec.alert_is_present())
+    prompt.send_keys("month-end close")
+    prompt.accept()
+    wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, row), "month-end close"))
+    shot("schedule-paused")
+    paused = api("GET", "/api/v1/schedules/settle-north", tokens["auditor"])
+    assert paused["paused"]["by"] == "olga" and paused["paused"]["note"] == "month-end close", paused
+    browser.find_element(By.XPATH, f"//tr[@data-schedule='settle-north']//button[text()='Run now']").click()
+    started = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".ok a")))
+    assert started.text.startswith("settle-north@"), started.text
+    browser.find_element(By.XPATH, f"//tr[@data-schedule='settle-north']//button[text()='Resume']").click()
+    wait.until(lambda b: "active" in b.find_element(By.CSS_SELECTOR, row).text)
+    assert api("GET", "/api/v1/schedules/settle-north", tokens["auditor"])["paused"] is None
+    shot("schedules")
     print(f"dashboard end to end: ok, {step} screenshots in {SHOTS}")
 except Exception:
     shot("failure")

@@ -230,19 +230,28 @@ fn decode_parked(key: u128, bytes: &[u8]) -> Result<ParkedRow> {
     decode_versioned(|| format!("parked table, key {key:032x}"), bytes)
 }
 
+/// The version byte of a `schedules` value written since format 9 (with the pause); the
+/// rows of older formats carry [`ROW_VERSION`](crate::tables) 1 and no pause.
+const SCHEDULE_ROW_VERSION: u8 = 2;
+
 pub(crate) fn encode_schedule(row: &ScheduleRow) -> Result<Vec<u8>> {
-    encode_versioned(row, "schedule")
+    postcard::to_extend(row, vec![SCHEDULE_ROW_VERSION])
+        .map_err(|err| Error::Storage(StorageFailure::caused_by("schedule does not encode", err)))
 }
 
 fn decode_schedule(id: &str, bytes: &[u8]) -> Result<ScheduleRow> {
     let location = || format!("schedules table, schedule `{id}`");
-    decode_versioned(location, bytes).or_else(|current| {
-        // A row of a format before 9 has no pause: it is one field short of the current
-        // layout, so the current decoding fails on it and never misreads it.
-        decode_versioned::<crate::schedule::ScheduleRowV1>(location, bytes)
-            .map(ScheduleRow::from)
-            .map_err(|_| current)
-    })
+    match bytes.split_first() {
+        Some((&SCHEDULE_ROW_VERSION, body)) => {
+            postcard::from_bytes(body).map_err(|err| Error::Corrupt {
+                location: location(),
+                message: err.to_string(),
+            })
+        }
+        // Written before format 9: the same fields but the pause.
+        _ => decode_versioned::<crate::schedule::ScheduleRowV1>(location, bytes)
+            .map(ScheduleRow::from),
+    }
 }
 
 pub(crate) fn encode_suspension(suspension: Option<Suspension>) -> Result<Vec<u8>> {

@@ -2,8 +2,9 @@
 // and nothing fetched from outside the host. Views: overview, instances (filters kept in
 // the URL, live), one instance (timeline, history, actions its viewer may take), the
 // task inbox and one task (a form drawn from the decision's JSON Schema), and process
-// maps mined from the histories (with BPMN and SVG downloads), reports (with CSV), and
-// batch actions over what the instance filters select.
+// maps mined from the histories (with BPMN and SVG downloads), reports (with CSV),
+// schedules (pause, resume, run now), and batch actions over what the instance filters
+// select.
 "use strict";
 
 const TOKEN_KEY = "cairn-token";
@@ -991,6 +992,71 @@ async function renderReport(type, params) {
 
 // ------------------------------------------------------------------ router
 
+// ------------------------------------------------------------------ schedules
+
+function fmtEvery(ms) {
+  const units = [[86400000, "day"], [3600000, "hour"], [60000, "minute"], [1000, "second"]];
+  for (const [size, name] of units) {
+    if (ms % size === 0) {
+      const n = ms / size;
+      return n === 1 ? `every ${name}` : `every ${n} ${name}s`;
+    }
+  }
+  return `every ${fmtDur(ms)}`;
+}
+
+function fmtIn(ms) {
+  const d = ms - Date.now();
+  return d <= 0 ? "due now" : `in ${fmtDur(d)}`;
+}
+
+async function renderSchedules() {
+  setActive("schedules");
+  const box = h("div", {});
+  const feedback = h("div", {});
+  fill(main,
+    h("div", { class: "row" }, h("div", { class: "grow" }, h("h1", {}, "Schedules"), h("p", { class: "sub" }, "Recurring starts defined by the host's code: pause one, resume it, or start an occurrence now.")), liveBadge()),
+    feedback, box);
+  const act = async (what, fn) => {
+    try { await fn(); fill(feedback, h("div", { class: "ok" }, what)); draw(); } catch (err) { fill(feedback, errorBox(err)); }
+  };
+  const draw = async () => {
+    let list;
+    try { list = (await api("GET", "/api/v1/schedules")).schedules; } catch (err) { fill(box, errorBox(err)); return; }
+    if (!list.length) {
+      fill(box, h("div", { class: "card" }, h("div", { class: "empty" }, "No schedules you may see. A host creates them in code (Runtime::schedule).")));
+      return;
+    }
+    fill(box, h("div", { class: "card" }, h("table", { "data-testid": "schedules" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Schedule"), h("th", {}, "Starts"), h("th", {}, "When"), h("th", {}, "Next"), h("th", {}, "State"), h("th", {}, ""))),
+      h("tbody", {}, list.map((sc) => {
+        const allowed = new Set(sc.allowed_actions);
+        const path = `/api/v1/schedules/${encodeURIComponent(sc.id)}`;
+        const when = sc.every_ms ? fmtEvery(sc.every_ms) : h("span", {}, h("code", {}, sc.cron), " UTC");
+        const state = sc.paused
+          ? h("div", {}, h("span", { class: "badge parked" }, "paused"), h("div", { class: "muted small" }, `${sc.paused.by ? `by ${sc.paused.by}` : "by the host"}, ${fmtTime(sc.paused.at_ms)}: ${sc.paused.note}`))
+          : h("span", { class: "badge running" }, "active");
+        return h("tr", { "data-schedule": sc.id },
+          h("td", {}, h("strong", {}, sc.id), h("div", {}, h("a", { class: "small", href: `#/instances?workflow_type=${encodeURIComponent(sc.workflow_type)}&id=${encodeURIComponent(`${sc.id}@`)}` }, "its instances"))),
+          h("td", {}, sc.workflow_type),
+          h("td", {}, when),
+          h("td", {}, sc.paused ? h("span", { class: "muted" }, "—") : h("span", { title: fmtTime(sc.next_fire_ms) }, fmtTime(sc.next_fire_ms), h("div", { class: "muted small" }, fmtIn(sc.next_fire_ms)))),
+          h("td", {}, state),
+          h("td", {}, h("div", { class: "actions" },
+            allowed.has("pause") ? h("button", { onclick: () => { const reason = prompt(`Why pause ${sc.id}? Nothing starts until it is resumed.`); if (reason && reason.trim()) act(`${sc.id} paused.`, () => api("POST", `${path}/pause`, { reason })); } }, "Pause…") : null,
+            allowed.has("resume") ? h("button", { onclick: () => act(`${sc.id} resumed.`, () => api("POST", `${path}/resume`)) }, "Resume") : null,
+            allowed.has("trigger") ? h("button", { onclick: async () => {
+              try {
+                const started = await api("POST", `${path}/trigger`);
+                fill(feedback, h("div", { class: "ok" }, "Started ", h("a", { href: `#/instances/${encodeURIComponent(started.id)}` }, started.id), "."));
+              } catch (err) { fill(feedback, errorBox(err)); }
+            } }, "Run now") : null)));
+      })))));
+  };
+  liveRefresh = throttled(draw);
+  await draw();
+}
+
 async function route() {
   if (!sessionStorage.getItem(TOKEN_KEY)) { renderLogin(); return; }
   if (!me) {
@@ -1005,6 +1071,7 @@ async function route() {
   if (parts[0] === "tasks") return renderTasks();
   if (parts[0] === "maps") return renderMap(parts.slice(1).join("/"), params);
   if (parts[0] === "reports") return renderReport(parts.slice(1).join("/"), params);
+  if (parts[0] === "schedules") return renderSchedules();
   return renderOverview();
 }
 
