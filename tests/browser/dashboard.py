@@ -31,6 +31,7 @@ import time
 import urllib.request
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
@@ -81,6 +82,17 @@ def shot(name):
     step += 1
     time.sleep(0.3)
     browser.save_screenshot(os.path.join(SHOTS, f"{step:02d}-{name}.png"))
+
+
+def click(xpath):
+    """Clicks what `xpath` finds, finding it again if a live refresh replaced it."""
+    for _ in range(20):
+        try:
+            wait.until(ec.element_to_be_clickable((By.XPATH, xpath))).click()
+            return
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    raise AssertionError(f"{xpath} kept being replaced")
 
 
 def sign_in(role):
@@ -232,7 +244,7 @@ try:
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, row)))
     archive = browser.find_element(By.CSS_SELECTOR, "tr[data-schedule='settle-archive']").text
     assert "paused" in archive and "archive store migration" in archive, archive
-    browser.find_element(By.XPATH, f"//tr[@data-schedule='settle-north']//button[text()='Pause…']").click()
+    click("//tr[@data-schedule='settle-north']//button[text()='Pause…']")
     prompt = wait.until(ec.alert_is_present())
     prompt.send_keys("month-end close")
     prompt.accept()
@@ -240,11 +252,13 @@ try:
     shot("schedule-paused")
     paused = api("GET", "/api/v1/schedules/settle-north", tokens["auditor"])
     assert paused["paused"]["by"] == "olga" and paused["paused"]["note"] == "month-end close", paused
-    browser.find_element(By.XPATH, f"//tr[@data-schedule='settle-north']//button[text()='Run now']").click()
+    click("//tr[@data-schedule='settle-north']//button[text()='Run now']")
     started = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".ok a")))
     assert started.text.startswith("settle-north@"), started.text
-    browser.find_element(By.XPATH, f"//tr[@data-schedule='settle-north']//button[text()='Resume']").click()
-    wait.until(lambda b: "active" in b.find_element(By.CSS_SELECTOR, row).text)
+    click("//tr[@data-schedule='settle-north']//button[text()='Resume']")
+    # Read in the page: a live refresh may replace the row between a find and a read.
+    wait.until(lambda b: "active" in b.execute_script(
+        "const r = document.querySelector(arguments[0]); return r ? r.textContent : '';", row))
     assert api("GET", "/api/v1/schedules/settle-north", tokens["auditor"])["paused"] is None
     shot("schedules")
     print(f"dashboard end to end: ok, {step} screenshots in {SHOTS}")
