@@ -450,7 +450,10 @@ impl EngineBuilder {
         // far less time than the writer takes to commit the next one.
         let (batches, received) = tokio::sync::mpsc::unbounded_channel();
         shared.journal.attach(Attachment {
-            listener: Arc::new(Dispatch(batches)),
+            listener: Arc::new(Dispatch {
+                batches,
+                commit_seconds: shared.metrics.commit_seconds.clone(),
+            }),
             now_ms,
         });
         let dispatch_task = shared
@@ -565,6 +568,32 @@ impl Engine {
         metrics
             .outbox_pending
             .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+        metrics
+            .timers_pending
+            .set(i64::try_from(self.shared.timers.len()).unwrap_or(i64::MAX));
+        metrics
+            .parked
+            .set(i64::try_from(self.parked_instances().await?.len()).unwrap_or(i64::MAX));
+        if let Some(tallies) = self.tallies(self.now_ms()).await? {
+            // A count that fell to zero is left out of the tallies: start afresh.
+            metrics.instances.clear();
+            for ((workflow_type, status), count) in tallies.by_status {
+                let status = match status {
+                    InstanceStatus::Running => "running",
+                    InstanceStatus::Completed => "completed",
+                    InstanceStatus::Failed => "failed",
+                    InstanceStatus::Terminated => "terminated",
+                    InstanceStatus::ContinuedAsNew => "continued_as_new",
+                };
+                metrics
+                    .instances
+                    .get_or_create(&crate::metrics::StatusLabels {
+                        workflow_type,
+                        status: status.to_owned(),
+                    })
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+        }
         Ok(metrics.encode())
     }
 
@@ -1694,12 +1723,21 @@ fn spawn_driver(shared: &Arc<Shared>, key: u128, resume: Resume) {
 /// stopping terminated runs and waking parents. None of it depends on the task that
 /// asked for the write still being there. The writer thread only queues the batch: the
 /// work, and the wake-ups it causes, happen on the runtime's own threads.
-struct Dispatch(tokio::sync::mpsc::UnboundedSender<(u64, Vec<Committed>)>);
+struct Dispatch {
+    batches: tokio::sync::mpsc::UnboundedSender<(u64, Vec<Committed>)>,
+    /// The metrics' commit latency (a handle on the histogram, not on the engine, which
+    /// owns the journal that owns this).
+    commit_seconds: prometheus_client::metrics::histogram::Histogram,
+}
 
 impl CommitListener for Dispatch {
     fn committed(&self, batch: u64, effects: Vec<Committed>) {
         // Closed only when the engine is gone: nothing is left to apply them to.
-        let _ = self.0.send((batch, effects));
+        let _ = self.batches.send((batch, effects));
+    }
+
+    fn commit_took(&self, took: std::time::Duration) {
+        self.commit_seconds.observe(took.as_secs_f64());
     }
 }
 

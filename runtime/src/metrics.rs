@@ -20,6 +20,14 @@ pub(crate) struct TypeLabels {
     pub(crate) workflow_type: String,
 }
 
+/// Labels of the stored count of instances.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StatusLabels {
+    pub(crate) workflow_type: String,
+    /// `running`, `completed`, `failed`, `terminated` or `continued_as_new`.
+    pub(crate) status: String,
+}
+
 /// Labels of an instance's end.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct EndLabels {
@@ -59,6 +67,10 @@ pub(crate) struct Metrics {
     pub(crate) activity_seconds: Family<ActivityLabels, Histogram, fn() -> Histogram>,
     pub(crate) commits: Counter,
     pub(crate) commit_events: Histogram,
+    pub(crate) commit_seconds: Histogram,
+    pub(crate) instances: Family<StatusLabels, Gauge>,
+    pub(crate) parked: Gauge,
+    pub(crate) timers_pending: Gauge,
     pub(crate) timers_fired: Counter,
     pub(crate) timer_lateness_seconds: Histogram,
     pub(crate) replays: Counter,
@@ -94,6 +106,11 @@ impl Metrics {
             open_tasks: Gauge::default(),
             overdue_tasks: Gauge::default(),
             outbox_pending: Gauge::default(),
+            // 0.1 ms to about 18 s: an fsync on a fast disk to a stalled one.
+            commit_seconds: Histogram::new(exponential_buckets(0.0001, 3.0, 12)),
+            instances: Family::default(),
+            parked: Gauge::default(),
+            timers_pending: Gauge::default(),
             recent: Recent::default(),
             registry: Registry::default(),
         };
@@ -131,6 +148,26 @@ impl Metrics {
             "commit_events",
             "Events per commit (group commit batch size)",
             metrics.commit_events.clone(),
+        );
+        registry.register(
+            "commit_duration_seconds",
+            "How long the store took to make one commit durable",
+            metrics.commit_seconds.clone(),
+        );
+        registry.register(
+            "instances",
+            "Instances stored, by workflow type and stored status (parked ones count as running; see cairn_parked_instances)",
+            metrics.instances.clone(),
+        );
+        registry.register(
+            "parked_instances",
+            "Instances parked (running, but set aside until their reason is fixed)",
+            metrics.parked.clone(),
+        );
+        registry.register(
+            "timers_pending",
+            "Durable timers this host waits on",
+            metrics.timers_pending.clone(),
         );
         registry.register(
             "timers_fired",

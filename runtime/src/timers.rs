@@ -28,6 +28,11 @@ pub(crate) struct Round<'a> {
 }
 
 impl TimerIndex {
+    /// Number of timers waiting.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.entries).len()
+    }
+
     pub(crate) fn new() -> Self {
         Self::default()
     }

@@ -114,6 +114,29 @@ async fn metrics_count_what_happened_with_bounded_labels() {
         "{text}"
     );
     assert_eq!(value(&text, "cairn_open_tasks"), Some(1.0), "{text}");
+    // From the store's tallies: one run of each type, one ended and one waiting.
+    assert_eq!(
+        value(
+            &text,
+            r#"cairn_instances{workflow_type="counted",status="completed"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"cairn_instances{workflow_type="asks",status="running"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(value(&text, "cairn_parked_instances"), Some(0.0), "{text}");
+    assert_eq!(value(&text, "cairn_timers_pending"), Some(0.0), "{text}");
+    assert!(
+        value(&text, "cairn_commit_duration_seconds_count").unwrap() >= 4.0,
+        "{text}"
+    );
     assert!(
         value(&text, "cairn_commits_total").unwrap() >= 4.0,
         "{text}"
@@ -136,6 +159,22 @@ async fn metrics_count_what_happened_with_bounded_labels() {
     assert!(asking.result().await.unwrap().unwrap());
     let text = rt.engine().metrics_text().await.unwrap();
     assert_eq!(value(&text, "cairn_open_tasks"), Some(0.0), "{text}");
+    assert_eq!(
+        value(
+            &text,
+            r#"cairn_instances{workflow_type="asks",status="running"}"#
+        ),
+        None,
+        "a count that fell to zero is not kept at its old value: {text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"cairn_instances{workflow_type="asks",status="completed"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
     assert_eq!(
         value(
             &text,

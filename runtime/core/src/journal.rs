@@ -266,6 +266,12 @@ pub fn reported(kind: &EventKind) -> Option<EventKind> {
 pub trait CommitListener: Send + Sync {
     /// Called once per commit, in commit order.
     fn committed(&self, batch: u64, effects: Vec<Committed>);
+
+    /// Called once per commit, before [`CommitListener::committed`], with the time the
+    /// store took to make it durable (for the host's metrics).
+    fn commit_took(&self, took: std::time::Duration) {
+        let _ = took;
+    }
 }
 
 /// Milliseconds since the Unix epoch on the host's clock: the time a journal records in

@@ -441,8 +441,10 @@ impl WriterLoop {
                 self.fail(err, &mut replies);
                 continue;
             }
+            let began = std::time::Instant::now();
             match self.store.commit(&batch) {
                 Ok(()) => {
+                    let took = began.elapsed();
                     // Memory first, answers second: a caller that hears back (or one
                     // that went away) finds the effect already applied.
                     // Counted first: a caller that hears back reads a number at least its
@@ -451,6 +453,7 @@ impl WriterLoop {
                     let number = self.stats.commits.fetch_add(1, Ordering::SeqCst) + 1;
                     let effects = std::mem::take(&mut self.effects);
                     if let Some(listener) = self.listener.get() {
+                        listener.commit_took(took);
                         listener.committed(number, effects);
                     }
                     self.stats
