@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (README): runs on a brand-new machine with only rustup's toolchain.
+# 0. the PostgreSQL server binaries, installed from Debian packages when missing: the
+#    PostgreSQL store's tests start a throwaway cluster of their own on 127.0.0.1, in a
+#    temporary directory, and stop it (cairn-testkit's `postgres` module);
 # 1. the whole workspace suite (unit, integration, crash, doc and compile-fail tests);
 # 2. the same again in always-replay mode (every step reached by replay);
 # 3. the loom models of the hand-written synchronisation, in their own target dir
@@ -10,6 +13,20 @@
 #    (installs Chromium from Debian packages and the Python tools when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+  echo "== installing PostgreSQL (Debian packages) =="
+  sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then sudo="sudo"; fi
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q postgresql
+  # The package may start a cluster of its own; the tests never use it.
+  if command -v pg_lsclusters >/dev/null; then
+    pg_lsclusters -h | while read -r version name _; do
+      $sudo pg_ctlcluster "$version" "$name" stop || true
+    done
+  fi
+fi
 
 echo "== workspace tests =="
 cargo test --workspace --locked

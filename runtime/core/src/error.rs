@@ -340,6 +340,21 @@ pub enum Error {
     #[error("[CAIRN-E0027] no schedule with id `{0}`; list the schedules to find its id")]
     ScheduleNotFound(String),
 
+    /// This host no longer holds the lease of the instance's shard: another host took it
+    /// over (its lease expired, judged by the database's clock). Nothing was written; the
+    /// host must stop driving the instance.
+    #[error("[CAIRN-E0028] this host no longer holds the lease of instance `{instance}` (shard {shard}: it held epoch {held}, the store is at epoch {current}); nothing was written. Another host drives it now")]
+    LeaseLost {
+        /// User id of the instance.
+        instance: String,
+        /// Its shard.
+        shard: u32,
+        /// The lease epoch this host held.
+        held: u64,
+        /// The shard's epoch in the store.
+        current: u64,
+    },
+
     /// The host environment failed a request Cairn cannot do without (the OS random source).
     #[error("[CAIRN-E0016] the host environment failed: {0}")]
     Environment(String),
@@ -376,6 +391,7 @@ impl Error {
             Error::Unanswered { .. } => "CAIRN-E0025",
             Error::KeyReused { .. } => "CAIRN-E0026",
             Error::ScheduleNotFound(_) => "CAIRN-E0027",
+            Error::LeaseLost { .. } => "CAIRN-E0028",
         }
     }
 }

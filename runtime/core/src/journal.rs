@@ -40,6 +40,31 @@ pub enum InstanceStatus {
 }
 
 impl InstanceStatus {
+    /// The status's number in stores and indexes: 0 running, 1 completed, 2 failed, 3
+    /// terminated, 4 continued as new (`docs/EVENT_FORMAT.md`).
+    pub fn code(self) -> u8 {
+        match self {
+            InstanceStatus::Running => 0,
+            InstanceStatus::Completed => 1,
+            InstanceStatus::Failed => 2,
+            InstanceStatus::Terminated => 3,
+            InstanceStatus::ContinuedAsNew => 4,
+        }
+    }
+
+    /// The status numbered `code` ([`InstanceStatus::code`]).
+    pub fn from_code(code: u8) -> Option<Self> {
+        [
+            InstanceStatus::Running,
+            InstanceStatus::Completed,
+            InstanceStatus::Failed,
+            InstanceStatus::Terminated,
+            InstanceStatus::ContinuedAsNew,
+        ]
+        .into_iter()
+        .find(|status| status.code() == code)
+    }
+
     /// Whether the instance has finished.
     pub fn is_finished(self) -> bool {
         !matches!(self, InstanceStatus::Running)

@@ -201,25 +201,11 @@ pub fn attribute_bytes(value: &AttrValue) -> Result<Vec<u8>> {
 
 /// The byte a stored status is indexed under.
 fn status_of_code(code: u8) -> Option<InstanceStatus> {
-    [
-        InstanceStatus::Running,
-        InstanceStatus::Completed,
-        InstanceStatus::Failed,
-        InstanceStatus::Terminated,
-        InstanceStatus::ContinuedAsNew,
-    ]
-    .into_iter()
-    .find(|status| status_code(*status) == code)
+    InstanceStatus::from_code(code)
 }
 
 fn status_code(status: InstanceStatus) -> u8 {
-    match status {
-        InstanceStatus::Running => 0,
-        InstanceStatus::Completed => 1,
-        InstanceStatus::Failed => 2,
-        InstanceStatus::Terminated => 3,
-        InstanceStatus::ContinuedAsNew => 4,
-    }
+    status.code()
 }
 
 pub(crate) fn encode_parked(row: &ParkedRow) -> Result<Vec<u8>> {

@@ -864,6 +864,23 @@ pub(crate) struct ParkedView {
     message: String,
 }
 
+/// Parked instances an overview lists at most.
+const PARKED_LISTED: usize = 100;
+
+impl ParkedView {
+    fn of(info: &InstanceInfo) -> Option<Self> {
+        match &info.status {
+            Status::Parked { reason, code } => Some(Self {
+                id: info.id.clone(),
+                workflow_type: info.workflow_type.clone(),
+                code: code.clone(),
+                message: reason.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// What is running, stuck or late, among the instances the caller may read.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct Overview {
@@ -1015,15 +1032,8 @@ pub(crate) async fn overview(
                 counts.running = counts.running.saturating_sub(1);
                 counts.parked += 1;
             }
-            if let Status::Parked { reason, code } = &info.status {
-                if parked.len() < 100 {
-                    parked.push(ParkedView {
-                        id: info.id.clone(),
-                        workflow_type: info.workflow_type.clone(),
-                        code: code.clone(),
-                        message: reason.clone(),
-                    });
-                }
+            if parked.len() < PARKED_LISTED {
+                parked.extend(ParkedView::of(&info));
             }
         }
     }
@@ -1053,15 +1063,8 @@ pub(crate) async fn overview(
                     (Status::Failed, Some(n)) => buckets[n].failed += 1,
                     _ => {}
                 }
-                if let Status::Parked { reason, code } = &info.status {
-                    if parked.len() < 100 {
-                        parked.push(ParkedView {
-                            id: info.id.clone(),
-                            workflow_type: info.workflow_type.clone(),
-                            code: code.clone(),
-                            message: reason.clone(),
-                        });
-                    }
+                if parked.len() < PARKED_LISTED {
+                    parked.extend(ParkedView::of(&info));
                 }
             }
             match next {

@@ -75,7 +75,8 @@ fn status_of(err: &Error) -> StatusCode {
         | Error::Contended { .. }
         | Error::Unanswered { .. }
         | Error::Parked { .. }
-        | Error::Terminated { .. } => StatusCode::CONFLICT,
+        | Error::Terminated { .. }
+        | Error::LeaseLost { .. } => StatusCode::CONFLICT,
         Error::ShutDown => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -1,0 +1,625 @@
+//! Cairn's journal on PostgreSQL, for several hosts sharing one database. **In progress**
+//! (see `docs/DEPLOYMENT.md`): this crate holds the schema and its migrations, the
+//! shards and their leases, and the write path every later piece builds on; the
+//! `Journal` implementation the engine uses comes next.
+//!
+//! What is decided here:
+//! - **Ownership per shard.** A run belongs to shard `key % SHARDS`; a host drives the
+//!   runs of the shards it holds a lease on. Shards, not instances, because a host then
+//!   renews a few hundred leases in one statement whatever the number of instances, and
+//!   a takeover moves a whole shard at once (its runs are then found by one index range).
+//! - **Time decides liveness, never safety.** A lease's expiry is judged by the
+//!   database's clock (`now()`), so host clocks may be skewed at will. Every append of a
+//!   run's owner carries its lease epoch and is checked against the shard's row in the
+//!   same transaction (`FOR SHARE`: a takeover, which raises the epoch, waits for appends
+//!   in flight and is seen by every later one), so a host that was paused past its lease
+//!   cannot write after the takeover: [`Error::LeaseLost`].
+//! - **The sequence's arbiter is a constraint.** An event is the row `(run, seq)` of
+//!   `cairn_events`, its primary key: two writers can never both record step `seq`.
+//!   Appends to one run are also serialised by the run row's lock, which keeps the chain
+//!   (`prev_hash`, `prev_lsn`) in step.
+//! - **LSNs** come from one sequence: unique and increasing per run, not gap-free and
+//!   not in commit order across runs (nothing needs that: `verify_chain` checks each
+//!   run's links).
+
+#![deny(unsafe_code)]
+
+mod schema;
+
+pub use schema::SCHEMA_VERSION;
+
+use cairn_core::codec::Payload;
+use cairn_core::error::{Error, Result, StorageFailure};
+use cairn_core::event::{hash_envelope, DecodeError, EventKind, EventRecord, EVENT_BYTES_MAX};
+use cairn_core::journal::{
+    Appended, Expect, InstanceRow, InstanceStatus, RawEvent, RawHistory, Started, Suspension,
+};
+use cairn_core::task::Actor;
+use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, Row};
+use uuid::Uuid;
+
+/// Number of shards runs are spread over (fixed by the schema).
+pub const SHARDS: u32 = 256;
+
+/// Connections a store keeps at most, unless told otherwise.
+pub const POOL_SIZE_DEFAULT: usize = 16;
+
+/// The shard of run `key`. Keys are UUIDv7: their low bits are random, so shards fill
+/// evenly.
+pub fn shard_of(key: u128) -> u32 {
+    u32::try_from(key % u128::from(SHARDS)).unwrap_or(0)
+}
+
+/// A lease a host holds on a shard: until it expires (on the database's clock), only
+/// this host appends to the shard's runs, and each of its appends is checked against
+/// `epoch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The shard.
+    pub shard: u32,
+    /// The host holding it (a fresh identity per host process).
+    pub host: u128,
+    /// The epoch it was granted at: raised by every takeover, never lowered.
+    pub epoch: u64,
+}
+
+/// A PostgreSQL database holding Cairn's tables, through a connection pool.
+pub struct PostgresStore {
+    pool: Pool,
+    /// Where it is, for messages: `host:port/database`, never the password.
+    place: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("place", &self.place)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A PostgreSQL error as a storage failure, kept as its source.
+pub(crate) fn pg_error(context: &str, err: &tokio_postgres::Error) -> Error {
+    Error::Storage(StorageFailure::new(format!("{context}: {}", describe(err))))
+}
+
+/// The server's own message when there is one (tokio-postgres prints only "db error").
+fn describe(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => err.to_string(),
+    }
+}
+
+fn status_code(status: InstanceStatus) -> i16 {
+    i16::from(status.code())
+}
+
+fn status_of(code: i16) -> Option<InstanceStatus> {
+    u8::try_from(code).ok().and_then(InstanceStatus::from_code)
+}
+
+fn db_i64(value: u64, what: &str) -> Result<i64> {
+    i64::try_from(value)
+        .map_err(|_| Error::InvalidArgument(format!("{what} {value} is out of range")))
+}
+
+const RUN_COLUMNS: &str = "key, id, workflow_type, status, created_at_ms, updated_at_ms, next_seq, head_lsn, head_hash, parent, suspended, wake_at_ms";
+
+/// A `cairn_runs` row (selected with [`RUN_COLUMNS`]) as an [`InstanceRow`].
+fn run_row(row: &Row) -> Result<InstanceRow> {
+    let key: Uuid = row.get(0);
+    let corrupt = |message: String| Error::Corrupt {
+        location: format!("cairn_runs, key {:032x}", key.as_u128()),
+        message,
+    };
+    let unsigned = |index: usize, what: &str| -> Result<u64> {
+        let value: i64 = row.get(index);
+        u64::try_from(value).map_err(|_| corrupt(format!("{what} is negative ({value})")))
+    };
+    let code: i16 = row.get(3);
+    let hash: Vec<u8> = row.get(8);
+    let parent: Option<Uuid> = row.get(9);
+    let suspended: bool = row.get(10);
+    let wake_at_ms: Option<i64> = row.get(11);
+    Ok(InstanceRow {
+        key: key.as_u128(),
+        id: row.get(1),
+        workflow_type: row.get(2),
+        status: status_of(code).ok_or_else(|| corrupt(format!("unknown status {code}")))?,
+        created_at_ms: unsigned(4, "created_at_ms")?,
+        updated_at_ms: unsigned(5, "updated_at_ms")?,
+        next_seq: unsigned(6, "next_seq")?,
+        head_lsn: unsigned(7, "head_lsn")?,
+        head_hash: hash
+            .try_into()
+            .map_err(|_| corrupt("head_hash is not 32 bytes".into()))?,
+        parent: parent.map(|p| p.as_u128()),
+        suspended: suspended.then(|| Suspension {
+            wake_at_ms: wake_at_ms.and_then(|ms| u64::try_from(ms).ok()),
+        }),
+    })
+}
+
+impl PostgresStore {
+    /// Opens the database at `url` (`postgres://user:password@host:port/database`) with
+    /// a pool of [`POOL_SIZE_DEFAULT`] connections, creating Cairn's tables on first open
+    /// and migrating older ones.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a string that is not a connection string;
+    /// [`Error::Open`] when the server cannot be reached or refuses the login, or when
+    /// the database's schema is newer than this build (nothing is changed then).
+    pub async fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, POOL_SIZE_DEFAULT).await
+    }
+
+    /// [`PostgresStore::open`] with a pool of `pool_size` connections.
+    ///
+    /// # Errors
+    /// As [`PostgresStore::open`].
+    pub async fn open_with(url: &str, pool_size: usize) -> Result<Self> {
+        let config: tokio_postgres::Config = url.parse().map_err(|err| {
+            Error::InvalidArgument(format!("not a PostgreSQL connection string: {err}"))
+        })?;
+        let place = place_of(&config);
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .build()
+            .map_err(|err| Error::Open {
+                path: place.clone().into(),
+                message: format!("cannot make a connection pool: {err}"),
+                remedy: "Check the pool size.",
+            })?;
+        let mut client = pool.get().await.map_err(|err| Error::Open {
+            path: place.clone().into(),
+            message: format!("cannot connect: {err}"),
+            remedy: "Check that the server runs and listens there, and the user, password and database in the connection string.",
+        })?;
+        schema::migrate(&mut client, &place).await?;
+        Ok(Self { pool, place })
+    }
+
+    /// Where the database is (`host:port/database`), for messages.
+    pub fn place(&self) -> &str {
+        &self.place
+    }
+
+    async fn client(&self) -> Result<Client> {
+        self.pool.get().await.map_err(|err| {
+            Error::Storage(StorageFailure::new(format!(
+                "no connection to {}: {err}",
+                self.place
+            )))
+        })
+    }
+
+    /// Takes shard `shard` for `host` for `ttl_ms` if nobody holds it or its lease has
+    /// expired (on the database's clock), raising its epoch; `None` while another host
+    /// holds it.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn acquire(&self, shard: u32, host: u128, ttl_ms: u64) -> Result<Option<Lease>> {
+        let client = self.client().await?;
+        let shard_i = i32::try_from(shard)
+            .map_err(|_| Error::InvalidArgument(format!("shard {shard} is out of range")))?;
+        let ttl = db_i64(ttl_ms, "lease duration")?;
+        let row = client
+            .query_opt(
+                "UPDATE cairn_shards
+                 SET owner = $2, epoch = epoch + 1,
+                     expires_at = now() + make_interval(secs => $3::bigint / 1000.0)
+                 WHERE shard = $1 AND (owner IS NULL OR expires_at < now())
+                 RETURNING epoch",
+                &[&shard_i, &Uuid::from_u128(host), &ttl],
+            )
+            .await
+            .map_err(|err| pg_error("acquire a shard", &err))?;
+        Ok(row.map(|row| {
+            let epoch: i64 = row.get(0);
+            Lease {
+                shard,
+                host,
+                epoch: u64::try_from(epoch).unwrap_or(0),
+            }
+        }))
+    }
+
+    /// Extends `lease` by `ttl_ms` from now (the database's clock); `false` if the
+    /// shard was taken over meanwhile (the host must then stop driving its runs).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn renew(&self, lease: Lease, ttl_ms: u64) -> Result<bool> {
+        let client = self.client().await?;
+        let shard = i32::try_from(lease.shard).unwrap_or(i32::MAX);
+        let updated = client
+            .execute(
+                "UPDATE cairn_shards
+                 SET expires_at = now() + make_interval(secs => $4::bigint / 1000.0)
+                 WHERE shard = $1 AND owner = $2 AND epoch = $3",
+                &[
+                    &shard,
+                    &Uuid::from_u128(lease.host),
+                    &db_i64(lease.epoch, "epoch")?,
+                    &db_i64(ttl_ms, "lease duration")?,
+                ],
+            )
+            .await
+            .map_err(|err| pg_error("renew a lease", &err))?;
+        Ok(updated == 1)
+    }
+
+    /// Starts run `id` of `workflow_type` if no instance has that id (its first event,
+    /// `WorkflowStarted`, in the same transaction), or returns the existing one.
+    ///
+    /// # Errors
+    /// Encoding errors of the first event, storage errors.
+    ///
+    /// # Durability
+    /// On return the start is committed.
+    pub async fn start(
+        &self,
+        id: &str,
+        workflow_type: &str,
+        input: Payload,
+        parent: Option<u128>,
+        actor: Option<Actor>,
+        now_ms: u64,
+    ) -> Result<Started> {
+        let mut client = self.client().await?;
+        let txn = client
+            .transaction()
+            .await
+            .map_err(|err| pg_error("begin a start", &err))?;
+        let key = Uuid::now_v7();
+        let claimed = txn
+            .query_opt(
+                "INSERT INTO cairn_ids (id, key) VALUES ($1, $2)
+                 ON CONFLICT (id) DO NOTHING RETURNING key",
+                &[&id, &key],
+            )
+            .await
+            .map_err(|err| pg_error("claim an id", &err))?;
+        if claimed.is_none() {
+            drop(txn);
+            let key = self
+                .key_of(id)
+                .await?
+                .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))?;
+            let row = self
+                .instance(key)
+                .await?
+                .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))?;
+            return Ok(Started {
+                key,
+                created: false,
+                row,
+            });
+        }
+        let lsn: i64 = txn
+            .query_one("SELECT nextval('cairn_lsn')", &[])
+            .await
+            .map_err(|err| pg_error("take an LSN", &err))?
+            .get(0);
+        let record = EventRecord {
+            instance: key.as_u128(),
+            seq: 0,
+            prev_lsn: None,
+            prev_hash: cairn_core::event::GENESIS_HASH,
+            recorded_at_ms: now_ms,
+            kind: EventKind::WorkflowStarted {
+                workflow_type: workflow_type.to_owned(),
+                id: id.to_owned(),
+                input,
+            },
+            actor,
+        };
+        let envelope = encode(&record, id)?;
+        let hash = hash_envelope(&envelope);
+        let now = db_i64(now_ms, "time")?;
+        let shard = i32::try_from(shard_of(key.as_u128())).unwrap_or(0);
+        let parent = parent.map(Uuid::from_u128);
+        txn.execute(
+            "INSERT INTO cairn_runs (key, id, workflow_type, status, created_at_ms, updated_at_ms, next_seq, head_lsn, head_hash, parent, shard)
+             VALUES ($1, $2, $3, 0, $4, $4, 1, $5, $6, $7, $8)",
+            &[&key, &id, &workflow_type, &now, &lsn, &hash.as_slice(), &parent, &shard],
+        )
+        .await
+        .map_err(|err| pg_error("insert a run", &err))?;
+        txn.execute(
+            "INSERT INTO cairn_events (run, seq, lsn, epoch, envelope) VALUES ($1, 0, $2, 0, $3)",
+            &[&key, &lsn, &envelope],
+        )
+        .await
+        .map_err(|err| pg_error("insert a start event", &err))?;
+        txn.commit()
+            .await
+            .map_err(|err| pg_error("commit a start", &err))?;
+        let lsn = u64::try_from(lsn).unwrap_or(0);
+        Ok(Started {
+            key: key.as_u128(),
+            created: true,
+            row: InstanceRow {
+                key: key.as_u128(),
+                id: id.to_owned(),
+                workflow_type: workflow_type.to_owned(),
+                status: InstanceStatus::Running,
+                created_at_ms: now_ms,
+                updated_at_ms: now_ms,
+                head_lsn: lsn,
+                next_seq: 1,
+                head_hash: hash,
+                parent: parent.map(|p| p.as_u128()),
+                suspended: None,
+            },
+        })
+    }
+
+    /// Appends `kind` to run `key` under `expect`. With `fence`, only while that lease
+    /// is the shard's current one (the run's owner appending); without, as a message
+    /// from outside (a signal, a cancellation), ordered by the database.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when `expect` does not hold (another writer recorded that step
+    /// first), [`Error::LeaseLost`] when `fence` is stale, [`Error::InstanceFinished`],
+    /// [`Error::InstanceNotFound`], [`Error::PayloadTooLarge`] and encoding errors,
+    /// storage errors. In each case nothing was written.
+    ///
+    /// # Durability
+    /// On return the event is committed.
+    pub async fn append(
+        &self,
+        key: u128,
+        kind: EventKind,
+        expect: Expect,
+        actor: Option<Actor>,
+        fence: Option<Lease>,
+        now_ms: u64,
+    ) -> Result<Appended> {
+        let mut client = self.client().await?;
+        let txn = client
+            .transaction()
+            .await
+            .map_err(|err| pg_error("begin an append", &err))?;
+        let run = Uuid::from_u128(key);
+        let row = txn
+            .query_opt(
+                &format!("SELECT {RUN_COLUMNS} FROM cairn_runs WHERE key = $1 FOR UPDATE"),
+                &[&run],
+            )
+            .await
+            .map_err(|err| pg_error("lock a run", &err))?
+            .ok_or_else(|| Error::InstanceNotFound(format!("{key:032x}")))?;
+        let row = run_row(&row)?;
+        if row.status.is_finished() {
+            return Err(Error::InstanceFinished(row.id));
+        }
+        if let Expect::Seq(expected) = expect {
+            if expected != row.next_seq {
+                return Err(Error::Conflict {
+                    instance: row.id,
+                    expected,
+                    actual: row.next_seq,
+                });
+            }
+        }
+        let epoch = match fence {
+            None => 0,
+            Some(lease) => {
+                // `FOR SHARE`: a takeover's update of this row waits for this commit,
+                // and once it commits, this read sees its epoch.
+                let held = txn
+                    .query_opt(
+                        "SELECT owner, epoch FROM cairn_shards WHERE shard = $1 FOR SHARE",
+                        &[&i32::try_from(lease.shard).unwrap_or(i32::MAX)],
+                    )
+                    .await
+                    .map_err(|err| pg_error("check a lease", &err))?;
+                let (owner, current) = held.map_or((None, -1), |r| {
+                    (r.get::<_, Option<Uuid>>(0), r.get::<_, i64>(1))
+                });
+                if owner != Some(Uuid::from_u128(lease.host)) {
+                    return Err(Error::LeaseLost {
+                        instance: row.id,
+                        shard: lease.shard,
+                        held: lease.epoch,
+                        current: u64::try_from(current).unwrap_or(0),
+                    });
+                }
+                if current != db_i64(lease.epoch, "epoch")? {
+                    return Err(Error::LeaseLost {
+                        instance: row.id,
+                        shard: lease.shard,
+                        held: lease.epoch,
+                        current: u64::try_from(current).unwrap_or(0),
+                    });
+                }
+                current
+            }
+        };
+        let terminal = InstanceStatus::ended_by(&kind);
+        let lsn: i64 = txn
+            .query_one("SELECT nextval('cairn_lsn')", &[])
+            .await
+            .map_err(|err| pg_error("take an LSN", &err))?
+            .get(0);
+        let record = EventRecord {
+            instance: key,
+            seq: row.next_seq,
+            prev_lsn: Some(row.head_lsn),
+            prev_hash: row.head_hash,
+            recorded_at_ms: now_ms,
+            kind,
+            actor,
+        };
+        let envelope = encode(&record, &row.id)?;
+        let hash = hash_envelope(&envelope);
+        let seq = db_i64(row.next_seq, "sequence number")?;
+        let inserted = txn
+            .execute(
+                "INSERT INTO cairn_events (run, seq, lsn, epoch, envelope) VALUES ($1, $2, $3, $4, $5)",
+                &[&run, &seq, &lsn, &epoch, &envelope],
+            )
+            .await;
+        if let Err(err) = inserted {
+            // The arbiter: another writer holds `(run, seq)`.
+            return Err(if err.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                Error::Conflict {
+                    instance: row.id,
+                    expected: row.next_seq,
+                    actual: row.next_seq + 1,
+                }
+            } else {
+                pg_error("insert an event", &err)
+            });
+        }
+        let status = status_code(terminal.unwrap_or(InstanceStatus::Running));
+        txn.execute(
+            "UPDATE cairn_runs SET next_seq = $2, head_lsn = $3, head_hash = $4, updated_at_ms = $5,
+                 status = $6, suspended = false, wake_at_ms = NULL
+             WHERE key = $1",
+            &[&run, &(seq + 1), &lsn, &hash.as_slice(), &db_i64(now_ms, "time")?, &status],
+        )
+        .await
+        .map_err(|err| pg_error("update a run", &err))?;
+        txn.commit()
+            .await
+            .map_err(|err| pg_error("commit an append", &err))?;
+        Ok(Appended { seq: row.next_seq })
+    }
+
+    /// Internal key of the current run of instance `id`.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn key_of(&self, id: &str) -> Result<Option<u128>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT key FROM cairn_ids WHERE id = $1", &[&id])
+            .await
+            .map_err(|err| pg_error("read an id", &err))?;
+        Ok(row.map(|row| row.get::<_, Uuid>(0).as_u128()))
+    }
+
+    /// The row of run `key`.
+    ///
+    /// # Errors
+    /// Storage errors; [`Error::Corrupt`] for a row out of range.
+    pub async fn instance(&self, key: u128) -> Result<Option<InstanceRow>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {RUN_COLUMNS} FROM cairn_runs WHERE key = $1"),
+                &[&Uuid::from_u128(key)],
+            )
+            .await
+            .map_err(|err| pg_error("read a run", &err))?;
+        row.as_ref().map(run_row).transpose()
+    }
+
+    /// Run `key`'s row and events from one snapshot (a repeatable-read transaction), as
+    /// stored: check them with `cairn_core::journal::verify_history`.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn history(&self, key: u128) -> Result<Option<RawHistory>> {
+        let mut client = self.client().await?;
+        let txn = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|err| pg_error("begin a read", &err))?;
+        let run = Uuid::from_u128(key);
+        let Some(row) = txn
+            .query_opt(
+                &format!("SELECT {RUN_COLUMNS} FROM cairn_runs WHERE key = $1"),
+                &[&run],
+            )
+            .await
+            .map_err(|err| pg_error("read a run", &err))?
+        else {
+            return Ok(None);
+        };
+        let row = run_row(&row)?;
+        let events = txn
+            .query(
+                "SELECT lsn, envelope FROM cairn_events WHERE run = $1 ORDER BY seq",
+                &[&run],
+            )
+            .await
+            .map_err(|err| pg_error("read a history", &err))?
+            .into_iter()
+            .map(|event| RawEvent {
+                lsn: u64::try_from(event.get::<_, i64>(0)).unwrap_or(0),
+                envelope: event.get(1),
+            })
+            .collect();
+        Ok(Some(RawHistory { row, events }))
+    }
+
+    /// The lease epochs recorded with run `key`'s events, in sequence order (0 for
+    /// events from outside and starts): an auditor's check that they never decrease.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn epochs(&self, key: u128) -> Result<Vec<u64>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT epoch FROM cairn_events WHERE run = $1 ORDER BY seq",
+                &[&Uuid::from_u128(key)],
+            )
+            .await
+            .map_err(|err| pg_error("read epochs", &err))?;
+        Ok(rows
+            .iter()
+            .map(|row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+            .collect())
+    }
+}
+
+fn encode(record: &EventRecord, id: &str) -> Result<Vec<u8>> {
+    record.encode().map_err(|err| match err {
+        DecodeError::TooLarge { len, .. } => Error::PayloadTooLarge {
+            instance: id.to_owned(),
+            position: record.kind.name().to_owned(),
+            bytes: len,
+            max: EVENT_BYTES_MAX,
+        },
+        other => Error::PayloadEncode {
+            instance: id.to_owned(),
+            position: record.kind.name().to_owned(),
+            message: other.to_string(),
+        },
+    })
+}
+
+/// `host:port/database` of a connection string, without user or password.
+fn place_of(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{host}:{port}/{}",
+        config.get_dbname().unwrap_or("")
+    )
+}

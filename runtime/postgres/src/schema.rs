@@ -1,0 +1,128 @@
+//! The schema and its migrations. `cairn_meta['schema']` holds the version; opening a
+//! database applies the missing migrations in one transaction under an advisory lock (so
+//! hosts starting together migrate once) and refuses a database whose schema is newer
+//! than this build.
+
+use deadpool_postgres::Client;
+
+use cairn_core::error::{Error, Result};
+
+use crate::{pg_error, SHARDS};
+
+/// The schema this build reads and writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Key of the advisory lock taken while migrating (any fixed number of Cairn's).
+const MIGRATION_LOCK: i64 = 0x6361_6972_6e00_0001;
+
+/// Version 1: runs (one row per run; the columns the queries filter on), the ids, the
+/// log (the primary key `(run, seq)` is the arbiter of who records step `seq`), the LSN
+/// sequence, and the shards with their lease (owner, epoch, expiry on the database's
+/// clock).
+const V1: &str = "
+CREATE SEQUENCE cairn_lsn;
+CREATE TABLE cairn_runs (
+    key uuid PRIMARY KEY,
+    id text NOT NULL,
+    workflow_type text NOT NULL,
+    status smallint NOT NULL,
+    created_at_ms bigint NOT NULL,
+    updated_at_ms bigint NOT NULL,
+    next_seq bigint NOT NULL,
+    head_lsn bigint NOT NULL,
+    head_hash bytea NOT NULL,
+    parent uuid,
+    suspended boolean NOT NULL DEFAULT false,
+    wake_at_ms bigint,
+    shard integer NOT NULL
+);
+CREATE INDEX cairn_runs_by_start ON cairn_runs (created_at_ms, key);
+CREATE INDEX cairn_runs_by_type ON cairn_runs (workflow_type, created_at_ms, key);
+CREATE INDEX cairn_runs_by_status ON cairn_runs (status, created_at_ms, key);
+CREATE INDEX cairn_runs_running ON cairn_runs (shard, key) WHERE status = 0;
+CREATE TABLE cairn_ids (
+    id text PRIMARY KEY,
+    key uuid NOT NULL
+);
+CREATE TABLE cairn_events (
+    run uuid NOT NULL,
+    seq bigint NOT NULL,
+    lsn bigint NOT NULL UNIQUE,
+    epoch bigint NOT NULL,
+    envelope bytea NOT NULL,
+    PRIMARY KEY (run, seq)
+);
+CREATE TABLE cairn_shards (
+    shard integer PRIMARY KEY,
+    owner uuid,
+    epoch bigint NOT NULL,
+    expires_at timestamptz
+);
+";
+
+/// The migrations, version `n` at index `n - 1`.
+const MIGRATIONS: [&str; 1] = [V1];
+
+/// Brings the database to [`SCHEMA_VERSION`]; returns the version it found (0 for an
+/// empty database).
+pub(crate) async fn migrate(client: &mut Client, place: &str) -> Result<i64> {
+    let txn = client
+        .transaction()
+        .await
+        .map_err(|err| pg_error("begin the migration", &err))?;
+    txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(|err| pg_error("lock the schema", &err))?;
+    txn.batch_execute(
+        "CREATE TABLE IF NOT EXISTS cairn_meta (key text PRIMARY KEY, value bigint NOT NULL)",
+    )
+    .await
+    .map_err(|err| pg_error("create cairn_meta", &err))?;
+    let found: i64 = txn
+        .query_opt("SELECT value FROM cairn_meta WHERE key = 'schema'", &[])
+        .await
+        .map_err(|err| pg_error("read the schema version", &err))?
+        .map_or(0, |row| row.get(0));
+    if found > SCHEMA_VERSION {
+        return Err(Error::Open {
+            path: place.into(),
+            message: format!(
+                "its Cairn schema is version {found}, newer than this build's {SCHEMA_VERSION}"
+            ),
+            remedy: "Run a build of Cairn at least as new as the one that migrated the database; nothing was changed.",
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i64::try_from(index).unwrap_or(i64::MAX) + 1;
+        if version <= found {
+            continue;
+        }
+        txn.batch_execute(sql)
+            .await
+            .map_err(|err| pg_error(&format!("apply schema version {version}"), &err))?;
+        if version == 1 {
+            let shards = i32::try_from(SHARDS).unwrap_or(i32::MAX);
+            txn.execute(
+                "INSERT INTO cairn_shards (shard, owner, epoch, expires_at)
+                 SELECT s, NULL, 0, NULL FROM generate_series(0, $1 - 1) AS s",
+                &[&shards],
+            )
+            .await
+            .map_err(|err| pg_error("create the shards", &err))?;
+        }
+    }
+    txn.execute(
+        "INSERT INTO cairn_meta (key, value) VALUES ('schema', $1)
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+        &[&SCHEMA_VERSION],
+    )
+    .await
+    .map_err(|err| pg_error("record the schema version", &err))?;
+    txn.commit()
+        .await
+        .map_err(|err| pg_error("commit the migration", &err))?;
+    if found < SCHEMA_VERSION {
+        tracing::info!(from = found, to = SCHEMA_VERSION, %place, "migrated the PostgreSQL schema");
+    }
+    Ok(found)
+}

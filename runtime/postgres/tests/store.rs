@@ -1,0 +1,248 @@
+//! The PostgreSQL store against a real server (a throwaway cluster of this test binary,
+//! on 127.0.0.1): the schema is made once and a newer one refused; starts are idempotent
+//! by id; appends chain and verify; the `(run, seq)` constraint lets exactly one of two
+//! racing writers record a step; a host whose lease was taken over cannot append.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use cairn_core::codec::Payload;
+use cairn_core::event::EventKind;
+use cairn_core::journal::{verify_history, Expect, InstanceStatus};
+use cairn_postgres::{shard_of, PostgresStore, SCHEMA_VERSION, SHARDS};
+use cairn_testkit::postgres::TestDb;
+
+const NOW: u64 = 1_764_000_000_000;
+
+fn payload(text: &str) -> Payload {
+    Payload::new(0, format!("\"{text}\"").into_bytes())
+}
+
+fn step(n: u32) -> EventKind {
+    EventKind::SideEffect {
+        step: n,
+        label: "random".into(),
+        value: payload("x"),
+    }
+}
+
+async fn raw(db: &TestDb, sql: &str) -> Vec<tokio_postgres::Row> {
+    let (client, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client.query(sql, &[]).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_schema_is_made_once_and_a_newer_one_is_refused_unchanged() {
+    let db = TestDb::new().await.unwrap();
+    let store = PostgresStore::open(&db.url()).await.unwrap();
+    assert!(
+        store.place().starts_with("postgres://127.0.0.1:"),
+        "{}",
+        store.place()
+    );
+    assert!(!store.place().contains("cairn@"), "no user in messages");
+    drop(store);
+    // Again: nothing to do.
+    PostgresStore::open(&db.url()).await.unwrap();
+    let version: i64 =
+        raw(&db, "SELECT value FROM cairn_meta WHERE key = 'schema'").await[0].get(0);
+    assert_eq!(version, SCHEMA_VERSION);
+    let shards: i64 = raw(&db, "SELECT count(*) FROM cairn_shards").await[0].get(0);
+    assert_eq!(shards, i64::from(SHARDS));
+
+    raw(&db, "UPDATE cairn_meta SET value = 99 WHERE key = 'schema'").await;
+    let err = PostgresStore::open(&db.url()).await.unwrap_err();
+    assert_eq!(err.code(), "CAIRN-E0005", "{err}");
+    assert!(
+        err.to_string()
+            .contains("schema is version 99, newer than this build's"),
+        "{err}"
+    );
+    let version: i64 =
+        raw(&db, "SELECT value FROM cairn_meta WHERE key = 'schema'").await[0].get(0);
+    assert_eq!(version, 99, "nothing was changed");
+}
+
+#[tokio::test]
+async fn bad_connection_strings_and_unreachable_servers_are_named() {
+    let err = PostgresStore::open("not a url at all").await.unwrap_err();
+    assert_eq!(err.code(), "CAIRN-E0014", "{err}");
+    // A port nobody listens on (the cluster's own port plus nothing: bind one and drop it).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = PostgresStore::open(&format!(
+        "postgres://cairn:secret@127.0.0.1:{port}/nothing?connect_timeout=2"
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), "CAIRN-E0005", "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("127.0.0.1:{port}/nothing")),
+        "{text}"
+    );
+    assert!(!text.contains("secret"), "the password never shows: {text}");
+}
+
+#[tokio::test]
+async fn starts_are_idempotent_by_id_and_appends_make_a_verified_chain() {
+    let db = TestDb::new().await.unwrap();
+    let store = PostgresStore::open(&db.url()).await.unwrap();
+    let started = store
+        .start("order-1", "order", payload("in"), None, None, NOW)
+        .await
+        .unwrap();
+    assert!(started.created);
+    let again = store
+        .start("order-1", "order", payload("other"), None, None, NOW + 5)
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.key, started.key);
+    for n in 1..=3u32 {
+        let appended = store
+            .append(
+                started.key,
+                step(n),
+                Expect::Seq(u64::from(n)),
+                None,
+                None,
+                NOW + u64::from(n),
+            )
+            .await
+            .unwrap();
+        assert_eq!(appended.seq, u64::from(n));
+    }
+    store
+        .append(
+            started.key,
+            EventKind::WorkflowCompleted {
+                output: payload("done"),
+            },
+            Expect::End,
+            None,
+            None,
+            NOW + 9,
+        )
+        .await
+        .unwrap();
+    let raw = store.history(started.key).await.unwrap().unwrap();
+    let (row, events) = verify_history(raw).unwrap();
+    assert_eq!(events.len(), 5);
+    assert_eq!(row.status, InstanceStatus::Completed);
+    assert_eq!(row.next_seq, 5);
+    assert_eq!(row.updated_at_ms, NOW + 9);
+    assert_eq!(store.key_of("order-1").await.unwrap(), Some(started.key));
+    // An ended run takes nothing more.
+    let err = store
+        .append(started.key, step(9), Expect::End, None, None, NOW + 10)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "CAIRN-E0017", "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_writers_at_the_same_step_exactly_one_records_it() {
+    let db = TestDb::new().await.unwrap();
+    let store = Arc::new(PostgresStore::open(&db.url()).await.unwrap());
+    for round in 0..20 {
+        let id = format!("race-{round}");
+        let key = store
+            .start(&id, "race", payload("in"), None, None, NOW)
+            .await
+            .unwrap()
+            .key;
+        let writers: Vec<_> = (0..2)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .append(key, step(1), Expect::Seq(1), None, None, NOW + 1)
+                        .await
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for writer in writers {
+            match writer.await.unwrap() {
+                Ok(appended) => {
+                    assert_eq!(appended.seq, 1);
+                    won += 1;
+                }
+                Err(err) => assert_eq!(err.code(), "CAIRN-E0020", "{err}"),
+            }
+        }
+        assert_eq!(won, 1, "round {round}");
+        let (_, events) = verify_history(store.history(key).await.unwrap().unwrap()).unwrap();
+        assert_eq!(events.len(), 2, "step 1 recorded once");
+    }
+}
+
+#[tokio::test]
+async fn a_host_whose_lease_was_taken_over_cannot_append() {
+    let db = TestDb::new().await.unwrap();
+    let store = PostgresStore::open(&db.url()).await.unwrap();
+    let key = store
+        .start("case-1", "case", payload("in"), None, None, NOW)
+        .await
+        .unwrap()
+        .key;
+    let shard = shard_of(key);
+    let (old_host, new_host) = (
+        uuid::Uuid::new_v4().as_u128(),
+        uuid::Uuid::new_v4().as_u128(),
+    );
+    // A short lease, not renewed: the old host "pauses" past it.
+    let old = store.acquire(shard, old_host, 200).await.unwrap().unwrap();
+    assert!(
+        store
+            .acquire(shard, new_host, 60_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "held: not taken"
+    );
+    store
+        .append(key, step(1), Expect::Seq(1), None, Some(old), NOW + 1)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let new = store
+        .acquire(shard, new_host, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(new.epoch > old.epoch);
+    assert!(
+        !store.renew(old, 60_000).await.unwrap(),
+        "the old lease is gone"
+    );
+    // The old host wakes up and tries to record its next step.
+    let err = store
+        .append(key, step(2), Expect::Seq(2), None, Some(old), NOW + 2)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "CAIRN-E0028", "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("it held epoch {}", old.epoch)),
+        "{err}"
+    );
+    // The new owner records it; the epochs along the history never decrease.
+    store
+        .append(key, step(2), Expect::Seq(2), None, Some(new), NOW + 3)
+        .await
+        .unwrap();
+    assert!(store.renew(new, 60_000).await.unwrap());
+    let epochs = store.epochs(key).await.unwrap();
+    assert_eq!(epochs, [0, old.epoch, new.epoch]);
+    let (_, events) = verify_history(store.history(key).await.unwrap().unwrap()).unwrap();
+    assert_eq!(events.len(), 3, "nothing of the stale host landed");
+}
