@@ -1778,6 +1778,17 @@ async fn instances_waiting_on_a_person_are_listed_from_their_open_steps() {
         )
         .await;
     assert!(ids(&none).is_empty());
+    // The others wait in `select!` on a note or an amount change: a signal wait without
+    // a deadline, which the history does not show; the host knows.
+    let (_, messages) = host
+        .call(
+            Method::GET,
+            "/api/v1/instances?waiting=signal&id_contains=w-",
+            Some(AUDITOR),
+            None,
+        )
+        .await;
+    assert_eq!(ids(&messages), ["w-0", "w-2"]);
     // Finished instances wait for nothing.
     let (_, finished) = host
         .call(

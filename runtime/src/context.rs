@@ -140,6 +140,13 @@ struct InboxState {
     entries: std::collections::BTreeMap<u64, InboxEntry>,
     /// The reason of a cancellation request, once one is recorded.
     cancel: Option<String>,
+    /// Signal waits (`receive`, updates) in progress: what the run waits on that its
+    /// history does not show until the message comes.
+    message_waits: u32,
+    /// Polls of the workflow so far, and the one in which a signal wait last stayed
+    /// pending: it waits on a message now if that was the latest poll.
+    polls: u64,
+    message_polled: Option<u64>,
 }
 
 /// What one instance has received and how long its history is, kept in memory across
@@ -153,7 +160,48 @@ pub(crate) struct Inbox {
     arrived: Notify,
 }
 
+/// A signal wait in progress, counted in its inbox until dropped.
+pub(crate) struct MessageWait<'a>(&'a Inbox);
+
+impl Drop for MessageWait<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.0.state);
+        state.message_waits = state.message_waits.saturating_sub(1);
+    }
+}
+
 impl Inbox {
+    /// Counts a signal wait until the guard is dropped.
+    pub(crate) fn awaiting_message(&self) -> MessageWait<'_> {
+        lock(&self.state).message_waits += 1;
+        MessageWait(self)
+    }
+
+    /// Whether the run waits on a signal or an update now: one is in progress and
+    /// stayed pending in the workflow's latest poll.
+    pub(crate) fn awaits_message(&self) -> bool {
+        let state = lock(&self.state);
+        state.message_waits > 0 && state.message_polled == Some(state.polls)
+    }
+
+    /// A poll of the workflow begins.
+    fn polled(&self) {
+        lock(&self.state).polls += 1;
+    }
+
+    /// A signal wait stayed pending in the current poll. Returns whether that is new
+    /// (no signal wait stayed pending in the poll before): the workflow should then be
+    /// polled once more, because a `select!` may have left this wait behind later in
+    /// the same poll, and only a poll that no longer reaches it shows that.
+    fn message_polled(&self) -> bool {
+        let mut state = lock(&self.state);
+        let new = state
+            .message_polled
+            .is_none_or(|polled| polled.saturating_add(1) < state.polls);
+        state.message_polled = Some(state.polls);
+        new
+    }
+
     /// Marks a change the run must look at (a child it waits for has ended).
     pub(crate) fn touch(&self) {
         lock(&self.state).mark.generation += 1;
@@ -542,6 +590,7 @@ impl WorkflowContext {
 
     /// Remembers the inbox's mark at the start of a poll of the workflow.
     pub(crate) fn note_poll(&self) {
+        self.inner.inbox.polled();
         let mark = self.inner.inbox.mark();
         lock(&self.inner.state).poll_mark = mark;
     }
@@ -1214,7 +1263,8 @@ impl WorkflowContext {
             }
             Decision::Run { deadline_ms, .. } => deadline_ms,
         };
-        self.live(step, async move {
+        let inbox = &self.inner.inbox;
+        let wait = std::pin::pin!(self.live(step, async move {
             let (deadline_ms, start) = signal::deadline(recorded_deadline, step, name, deadline_ms);
             if let Some(start) = start {
                 self.record(start).await;
@@ -1224,6 +1274,7 @@ impl WorkflowContext {
             }
             let inbox = &self.inner.inbox;
             let _waiting = self.waiting(step, deadline_ms);
+            let _message = inbox.awaiting_message();
             let mut deadline = deadline_ms.map(|at| self.inner.clock.sleep_until(at));
             loop {
                 let arrived = inbox.arrived.notified();
@@ -1263,6 +1314,16 @@ impl WorkflowContext {
                     None => arrived.await,
                 }
             }
+        }));
+        // Only a wait the workflow still polls counts as waiting: one left behind by a
+        // `select!` that went on with the other branch exists, but nobody awaits it.
+        let mut wait = wait;
+        std::future::poll_fn(|cx| {
+            let polled = wait.as_mut().poll(cx);
+            if polled.is_pending() && inbox.message_polled() {
+                cx.waker().wake_by_ref();
+            }
+            polled
         })
         .await
     }

@@ -1345,6 +1345,21 @@ impl Engine {
         self.shared.journal.tallies(activity_from_ms).await
     }
 
+    /// Whether run `run` (an [`InstanceInfo::run`]) waits on a signal or an update now,
+    /// which its history does not show until the message comes: `Some` for a run in
+    /// memory on this host, `None` for one that is not (evicted while waiting, parked,
+    /// or not yet loaded).
+    pub fn waits_on_message(&self, run: u128) -> Option<bool> {
+        match lock(&self.shared.active).get(&run) {
+            Some(Active {
+                driver: Driver::Running(_),
+                inbox,
+                ..
+            }) => Some(inbox.awaits_message()),
+            _ => None,
+        }
+    }
+
     /// The parked instances (by this host, or recorded by an earlier one and not running
     /// here), oldest first. Reads one row per parked run.
     ///

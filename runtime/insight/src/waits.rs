@@ -18,7 +18,8 @@ pub struct Waits {
     /// A durable timer not fired yet.
     pub timer: bool,
     /// A signal wait with a deadline (`signal_or_timeout`) not answered yet. A wait
-    /// without a deadline records nothing until its signal comes, so it does not show.
+    /// without a deadline records nothing until its signal comes, so it does not show
+    /// here; the host knows it (`Engine::waits_on_message`).
     pub signal: bool,
     /// A child workflow not finished yet.
     pub child: bool,

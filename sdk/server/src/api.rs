@@ -439,7 +439,15 @@ async fn list_waiting(
             };
             match state.engine.history_as(actor, &info.id).await {
                 Ok(events) => {
-                    let waits = cairn_insight::waits::waits(&events, now);
+                    let mut waits = cairn_insight::waits::waits(&events, now);
+                    // A signal wait without a deadline records nothing until its
+                    // signal comes: ask the host's memory, and for a run evicted while
+                    // waiting, infer it (it waits durably on something, and nothing
+                    // else goes unrecorded).
+                    waits.signal |= match state.engine.waits_on_message(info.run) {
+                        Some(waiting) => waiting,
+                        None => matches!(info.status, Status::Running) && waits.none(),
+                    };
                     if wanted.iter().any(|w| w.holds(&waits)) {
                         instances.push(InstanceView::from(info));
                     }
