@@ -51,7 +51,12 @@ pub(crate) fn decode_row(key: u128, bytes: &[u8]) -> Result<InstanceRow> {
 
 /// Encodes an index row: the row version byte, then postcard.
 pub(crate) fn encode_versioned<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<Vec<u8>> {
-    postcard::to_extend(value, vec![ROW_VERSION]).map_err(|err| {
+    // Room for an instance row (about 120 bytes with a short id and type) up front: the
+    // writer encodes one per touched run per commit, and growing from one byte cost it
+    // several reallocations each.
+    let mut out = Vec::with_capacity(160);
+    out.push(ROW_VERSION);
+    postcard::to_extend(value, out).map_err(|err| {
         Error::Storage(StorageFailure::caused_by(
             format!("{what} does not encode"),
             err,
