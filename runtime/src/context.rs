@@ -184,9 +184,12 @@ impl Inbox {
         state.message_waits > 0 && state.message_polled == Some(state.polls)
     }
 
-    /// A poll of the workflow begins.
-    fn polled(&self) {
-        lock(&self.state).polls += 1;
+    /// A poll of the workflow begins: counts it and returns the mark it may see, under
+    /// one lock (this runs on every poll of every run).
+    fn begin_poll(&self) -> InboxMark {
+        let mut state = lock(&self.state);
+        state.polls += 1;
+        state.mark
     }
 
     /// A signal wait stayed pending in the current poll. Returns whether that is new
@@ -590,8 +593,7 @@ impl WorkflowContext {
 
     /// Remembers the inbox's mark at the start of a poll of the workflow.
     pub(crate) fn note_poll(&self) {
-        self.inner.inbox.polled();
-        let mark = self.inner.inbox.mark();
+        let mark = self.inner.inbox.begin_poll();
         lock(&self.inner.state).poll_mark = mark;
     }
 
