@@ -18,6 +18,10 @@
 //!   `cairn_events`, its primary key: two writers can never both record step `seq`.
 //!   Appends to one run are also serialised by the run row's lock, which keeps the chain
 //!   (`prev_hash`, `prev_lsn`) in step.
+//! - **Group commit.** [`PostgresStore::append_batch`] writes the appends of many runs
+//!   in one transaction (one multi-row insert of the events, one update of the runs),
+//!   deciding each against its run's head as the batch leaves it; a refused append writes
+//!   nothing and does not stop the others.
 //! - **LSNs** come from one sequence: unique and increasing per run, not gap-free and
 //!   not in commit order across runs (nothing needs that: `verify_chain` checks each
 //!   run's links).
@@ -36,7 +40,6 @@ use cairn_core::journal::{
 };
 use cairn_core::task::Actor;
 use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
@@ -63,6 +66,62 @@ pub struct Lease {
     pub host: u128,
     /// The epoch it was granted at: raised by every takeover, never lowered.
     pub epoch: u64,
+}
+
+/// One append of a batch ([`PostgresStore::append_batch`]).
+#[derive(Clone, Debug)]
+pub struct AppendRequest {
+    /// The run.
+    pub key: u128,
+    /// The event.
+    pub kind: EventKind,
+    /// The condition it is made under.
+    pub expect: Expect,
+    /// Who caused it from outside, if someone did.
+    pub actor: Option<Actor>,
+    /// The lease of the run's owner; `None` for a message from outside.
+    pub fence: Option<Lease>,
+}
+
+/// Whether `request` may land on `head` (its run as the batch has left it so far): on
+/// acceptance, its sequence number and the lease epoch to record with it.
+fn decide(
+    request: &AppendRequest,
+    head: Option<&InstanceRow>,
+    leases: &std::collections::HashMap<u32, (Option<Uuid>, i64)>,
+) -> Result<(u64, i64)> {
+    let Some(head) = head else {
+        return Err(Error::InstanceNotFound(format!("{:032x}", request.key)));
+    };
+    if head.status.is_finished() {
+        return Err(Error::InstanceFinished(head.id.clone()));
+    }
+    if let Expect::Seq(expected) = request.expect {
+        if expected != head.next_seq {
+            return Err(Error::Conflict {
+                instance: head.id.clone(),
+                expected,
+                actual: head.next_seq,
+            });
+        }
+    }
+    let epoch = match request.fence {
+        None => 0,
+        Some(lease) => {
+            let (owner, current) = leases.get(&lease.shard).copied().unwrap_or((None, -1));
+            let held = i64::try_from(lease.epoch).unwrap_or(i64::MAX);
+            if owner != Some(Uuid::from_u128(lease.host)) || current != held {
+                return Err(Error::LeaseLost {
+                    instance: head.id.clone(),
+                    shard: lease.shard,
+                    held: lease.epoch,
+                    current: u64::try_from(current).unwrap_or(0),
+                });
+            }
+            current
+        }
+    };
+    Ok((head.next_seq, epoch))
 }
 
 /// A PostgreSQL database holding Cairn's tables, through a connection pool.
@@ -366,15 +425,10 @@ impl PostgresStore {
         })
     }
 
-    /// Appends `kind` to run `key` under `expect`. With `fence`, only while that lease
-    /// is the shard's current one (the run's owner appending); without, as a message
-    /// from outside (a signal, a cancellation), ordered by the database.
+    /// Appends `kind` to run `key` under `expect`: [`PostgresStore::append_batch`] of one.
     ///
     /// # Errors
-    /// [`Error::Conflict`] when `expect` does not hold (another writer recorded that step
-    /// first), [`Error::LeaseLost`] when `fence` is stale, [`Error::InstanceFinished`],
-    /// [`Error::InstanceNotFound`], [`Error::PayloadTooLarge`] and encoding errors,
-    /// storage errors. In each case nothing was written.
+    /// As [`PostgresStore::append_batch`], the refusal of this append included.
     ///
     /// # Durability
     /// On return the event is committed.
@@ -387,116 +441,203 @@ impl PostgresStore {
         fence: Option<Lease>,
         now_ms: u64,
     ) -> Result<Appended> {
+        let request = AppendRequest {
+            key,
+            kind,
+            expect,
+            actor,
+            fence,
+        };
+        self.append_batch(vec![request], now_ms)
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(Error::InstanceNotFound(format!("{key:032x}"))))
+    }
+
+    /// Appends a batch, in order, in **one transaction**: the group commit of a host.
+    /// Each append is decided against its run's head as the batch leaves it (two appends
+    /// to one run chain), and is refused alone, writing nothing of itself, when its
+    /// `expect` does not hold ([`Error::Conflict`]), its `fence` is not the shard's
+    /// current lease ([`Error::LeaseLost`]; without a fence it is a message from
+    /// outside, ordered by the database), its run has ended
+    /// ([`Error::InstanceFinished`]) or is unknown, or its event does not encode. The
+    /// runs are locked in key order, so concurrent batches of several hosts cannot
+    /// deadlock; the shards' rows are read `FOR SHARE`, so a takeover waits for the batch
+    /// and every later batch sees it.
+    ///
+    /// # Errors
+    /// The outer error is a storage failure: then nothing of the batch was written. The
+    /// inner results are each append's outcome.
+    ///
+    /// # Durability
+    /// On `Ok` every accepted append is committed.
+    pub async fn append_batch(
+        &self,
+        requests: Vec<AppendRequest>,
+        now_ms: u64,
+    ) -> Result<Vec<Result<Appended>>> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut client = self.client().await?;
         let txn = client
             .transaction()
             .await
-            .map_err(|err| pg_error("begin an append", &err))?;
-        let run = Uuid::from_u128(key);
-        let row = txn
-            .query_opt(
-                &format!("SELECT {RUN_COLUMNS} FROM cairn_runs WHERE key = $1 FOR UPDATE"),
-                &[&run],
+            .map_err(|err| pg_error("begin a batch", &err))?;
+        let mut keys: Vec<Uuid> = requests.iter().map(|r| Uuid::from_u128(r.key)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut heads: std::collections::HashMap<u128, InstanceRow> = txn
+            .query(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM cairn_runs WHERE key = ANY($1) ORDER BY key FOR UPDATE"
+                ),
+                &[&keys],
             )
             .await
-            .map_err(|err| pg_error("lock a run", &err))?
-            .ok_or_else(|| Error::InstanceNotFound(format!("{key:032x}")))?;
-        let row = run_row(&row)?;
-        if row.status.is_finished() {
-            return Err(Error::InstanceFinished(row.id));
-        }
-        if let Expect::Seq(expected) = expect {
-            if expected != row.next_seq {
-                return Err(Error::Conflict {
-                    instance: row.id,
-                    expected,
-                    actual: row.next_seq,
-                });
-            }
-        }
-        let epoch = match fence {
-            None => 0,
-            Some(lease) => {
-                // `FOR SHARE`: a takeover's update of this row waits for this commit,
-                // and once it commits, this read sees its epoch.
-                let held = txn
-                    .query_opt(
-                        "SELECT owner, epoch FROM cairn_shards WHERE shard = $1 FOR SHARE",
-                        &[&i32::try_from(lease.shard).unwrap_or(i32::MAX)],
-                    )
-                    .await
-                    .map_err(|err| pg_error("check a lease", &err))?;
-                let (owner, current) = held.map_or((None, -1), |r| {
-                    (r.get::<_, Option<Uuid>>(0), r.get::<_, i64>(1))
-                });
-                if owner != Some(Uuid::from_u128(lease.host)) {
-                    return Err(Error::LeaseLost {
-                        instance: row.id,
-                        shard: lease.shard,
-                        held: lease.epoch,
-                        current: u64::try_from(current).unwrap_or(0),
-                    });
-                }
-                if current != db_i64(lease.epoch, "epoch")? {
-                    return Err(Error::LeaseLost {
-                        instance: row.id,
-                        shard: lease.shard,
-                        held: lease.epoch,
-                        current: u64::try_from(current).unwrap_or(0),
-                    });
-                }
-                current
-            }
-        };
-        let terminal = InstanceStatus::ended_by(&kind);
-        let lsn: i64 = txn
-            .query_one("SELECT nextval('cairn_lsn')", &[])
-            .await
-            .map_err(|err| pg_error("take an LSN", &err))?
-            .get(0);
-        let record = EventRecord {
-            instance: key,
-            seq: row.next_seq,
-            prev_lsn: Some(row.head_lsn),
-            prev_hash: row.head_hash,
-            recorded_at_ms: now_ms,
-            kind,
-            actor,
-        };
-        let envelope = encode(&record, &row.id)?;
-        let hash = hash_envelope(&envelope);
-        let seq = db_i64(row.next_seq, "sequence number")?;
-        let inserted = txn
-            .execute(
-                "INSERT INTO cairn_events (run, seq, lsn, epoch, envelope) VALUES ($1, $2, $3, $4, $5)",
-                &[&run, &seq, &lsn, &epoch, &envelope],
+            .map_err(|err| pg_error("lock the runs", &err))?
+            .iter()
+            .map(|row| run_row(row).map(|row| (row.key, row)))
+            .collect::<Result<_>>()?;
+        let mut shards: Vec<i32> = requests
+            .iter()
+            .filter_map(|r| r.fence)
+            .map(|lease| i32::try_from(lease.shard).unwrap_or(i32::MAX))
+            .collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let leases: std::collections::HashMap<u32, (Option<Uuid>, i64)> = if shards.is_empty() {
+            std::collections::HashMap::new()
+        } else {
+            txn.query(
+                "SELECT shard, owner, epoch FROM cairn_shards WHERE shard = ANY($1) ORDER BY shard FOR SHARE",
+                &[&shards],
             )
-            .await;
-        if let Err(err) = inserted {
-            // The arbiter: another writer holds `(run, seq)`.
-            return Err(if err.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-                Error::Conflict {
-                    instance: row.id,
-                    expected: row.next_seq,
-                    actual: row.next_seq + 1,
+            .await
+            .map_err(|err| pg_error("check the leases", &err))?
+            .iter()
+            .map(|row| {
+                let shard: i32 = row.get(0);
+                (
+                    u32::try_from(shard).unwrap_or(u32::MAX),
+                    (row.get(1), row.get(2)),
+                )
+            })
+            .collect()
+        };
+        // One LSN per request, taken up front (a refused one leaves a gap, which is
+        // allowed); then each append is decided, encoded and applied to its run's head in
+        // order, so the next append of the same run chains on it, and a refused one
+        // leaves the head as it was.
+        let mut lsns: Vec<i64> = txn
+            .query(
+                "SELECT nextval('cairn_lsn') FROM generate_series(1, $1::bigint)",
+                &[&i64::try_from(requests.len()).unwrap_or(0)],
+            )
+            .await
+            .map_err(|err| pg_error("take LSNs", &err))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        lsns.sort_unstable();
+        let (mut runs, mut seqs, mut event_lsns, mut epochs, mut envelopes) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut results = Vec::with_capacity(requests.len());
+        for (request, lsn) in requests.into_iter().zip(lsns) {
+            let head = heads.get_mut(&request.key);
+            let (seq, epoch) = match decide(&request, head.as_deref(), &leases) {
+                Ok(decided) => decided,
+                Err(err) => {
+                    results.push(Err(err));
+                    continue;
                 }
-            } else {
-                pg_error("insert an event", &err)
-            });
+            };
+            let Some(head) = head else {
+                results.push(Err(Error::InstanceNotFound(format!(
+                    "{:032x}",
+                    request.key
+                ))));
+                continue;
+            };
+            let terminal = InstanceStatus::ended_by(&request.kind);
+            let record = EventRecord {
+                instance: request.key,
+                seq,
+                prev_lsn: Some(head.head_lsn),
+                prev_hash: head.head_hash,
+                recorded_at_ms: now_ms,
+                kind: request.kind,
+                actor: request.actor,
+            };
+            let envelope = match encode(&record, &head.id) {
+                Ok(envelope) => envelope,
+                Err(err) => {
+                    results.push(Err(err));
+                    continue;
+                }
+            };
+            head.head_hash = hash_envelope(&envelope);
+            head.head_lsn = u64::try_from(lsn).unwrap_or(0);
+            head.next_seq = seq + 1;
+            head.updated_at_ms = now_ms;
+            if let Some(status) = terminal {
+                head.status = status;
+            }
+            runs.push(Uuid::from_u128(request.key));
+            seqs.push(db_i64(seq, "sequence number")?);
+            event_lsns.push(lsn);
+            epochs.push(epoch);
+            envelopes.push(envelope);
+            results.push(Ok(Appended { seq }));
         }
-        let status = status_code(terminal.unwrap_or(InstanceStatus::Running));
-        txn.execute(
-            "UPDATE cairn_runs SET next_seq = $2, head_lsn = $3, head_hash = $4, updated_at_ms = $5,
-                 status = $6, suspended = false, wake_at_ms = NULL
-             WHERE key = $1",
-            &[&run, &(seq + 1), &lsn, &hash.as_slice(), &db_i64(now_ms, "time")?, &status],
-        )
-        .await
-        .map_err(|err| pg_error("update a run", &err))?;
+        if !runs.is_empty() {
+            txn.execute(
+                "INSERT INTO cairn_events (run, seq, lsn, epoch, envelope)
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[])",
+                &[&runs, &seqs, &event_lsns, &epochs, &envelopes],
+            )
+            .await
+            .map_err(|err| pg_error("insert the events", &err))?;
+            let touched: Vec<&InstanceRow> = {
+                let mut touched: Vec<u128> = runs.iter().map(|r| r.as_u128()).collect();
+                touched.sort_unstable();
+                touched.dedup();
+                touched.iter().filter_map(|key| heads.get(key)).collect()
+            };
+            let keys: Vec<Uuid> = touched.iter().map(|r| Uuid::from_u128(r.key)).collect();
+            let next: Vec<i64> = touched
+                .iter()
+                .map(|r| db_i64(r.next_seq, "sequence number"))
+                .collect::<Result<_>>()?;
+            let head_lsns: Vec<i64> = touched
+                .iter()
+                .map(|r| db_i64(r.head_lsn, "LSN"))
+                .collect::<Result<_>>()?;
+            let hashes: Vec<&[u8]> = touched.iter().map(|r| r.head_hash.as_slice()).collect();
+            let statuses: Vec<i16> = touched.iter().map(|r| status_code(r.status)).collect();
+            txn.execute(
+                "UPDATE cairn_runs AS r
+                 SET next_seq = u.next_seq, head_lsn = u.head_lsn, head_hash = u.head_hash,
+                     updated_at_ms = $6, status = u.status, suspended = false, wake_at_ms = NULL
+                 FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bytea[], $5::smallint[])
+                     AS u(key, next_seq, head_lsn, head_hash, status)
+                 WHERE r.key = u.key",
+                &[
+                    &keys,
+                    &next,
+                    &head_lsns,
+                    &hashes,
+                    &statuses,
+                    &db_i64(now_ms, "time")?,
+                ],
+            )
+            .await
+            .map_err(|err| pg_error("update the runs", &err))?;
+        }
         txn.commit()
             .await
-            .map_err(|err| pg_error("commit an append", &err))?;
-        Ok(Appended { seq: row.next_seq })
+            .map_err(|err| pg_error("commit a batch", &err))?;
+        Ok(results)
     }
 
     /// Internal key of the current run of instance `id`.

@@ -246,3 +246,101 @@ async fn a_host_whose_lease_was_taken_over_cannot_append() {
     let (_, events) = verify_history(store.history(key).await.unwrap().unwrap()).unwrap();
     assert_eq!(events.len(), 3, "nothing of the stale host landed");
 }
+
+#[tokio::test]
+async fn a_batch_from_many_runs_is_one_transaction_and_its_refusals_write_nothing() {
+    use cairn_postgres::AppendRequest;
+    let db = TestDb::new().await.unwrap();
+    let store = PostgresStore::open(&db.url()).await.unwrap();
+    let mut keys = Vec::new();
+    for n in 0..40 {
+        let started = store
+            .start(&format!("b-{n}"), "batch", payload("in"), None, None, NOW)
+            .await
+            .unwrap();
+        keys.push(started.key);
+    }
+    let host = uuid::Uuid::new_v4().as_u128();
+    let lease = store
+        .acquire(shard_of(keys[0]), host, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let stale = cairn_postgres::Lease {
+        epoch: lease.epoch + 5,
+        ..lease
+    };
+    let request = |key: u128, kind: EventKind, expect: Expect| AppendRequest {
+        key,
+        kind,
+        expect,
+        actor: None,
+        fence: None,
+    };
+    let mut batch = Vec::new();
+    // Two chained steps on each run.
+    for key in &keys {
+        batch.push(request(*key, step(1), Expect::Seq(1)));
+        batch.push(request(*key, step(2), Expect::Seq(2)));
+    }
+    // Refusals, each alone: a wrong expectation, an unknown run, a stale lease, and a step
+    // after the run's end in the same batch.
+    batch.push(request(keys[1], step(9), Expect::Seq(7)));
+    batch.push(request(u128::MAX, step(1), Expect::End));
+    batch.push(AppendRequest {
+        fence: Some(stale),
+        ..request(keys[0], step(3), Expect::Seq(3))
+    });
+    batch.push(AppendRequest {
+        fence: Some(lease),
+        ..request(keys[0], step(3), Expect::Seq(3))
+    });
+    batch.push(request(
+        keys[2],
+        EventKind::WorkflowCompleted {
+            output: payload("done"),
+        },
+        Expect::End,
+    ));
+    batch.push(request(keys[2], step(4), Expect::End));
+    let results = store.append_batch(batch, NOW + 1).await.unwrap();
+    assert_eq!(results.len(), 86);
+    let codes: Vec<&str> = results[80..]
+        .iter()
+        .map(|r| r.as_ref().map_or_else(|e| e.code(), |_| "ok"))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "CAIRN-E0020",
+            "CAIRN-E0007",
+            "CAIRN-E0028",
+            "ok",
+            "ok",
+            "CAIRN-E0017"
+        ]
+    );
+    assert!(results[..80].iter().all(Result::is_ok));
+    // One transaction wrote every accepted event.
+    let writers = raw(
+        &db,
+        "SELECT count(DISTINCT xmin::text) FROM cairn_events WHERE seq > 0",
+    )
+    .await;
+    assert_eq!(writers[0].get::<_, i64>(0), 1, "one transaction");
+    // Every history chains; the refused appends left nothing.
+    for (n, key) in keys.iter().enumerate() {
+        let (row, events) = verify_history(store.history(*key).await.unwrap().unwrap()).unwrap();
+        let expected = match n {
+            0 | 2 => 4,
+            _ => 3,
+        };
+        assert_eq!(events.len(), expected, "run {n}");
+        assert_eq!(row.next_seq, expected as u64);
+    }
+    assert_eq!(
+        store.instance(keys[2]).await.unwrap().unwrap().status,
+        InstanceStatus::Completed
+    );
+    assert_eq!(store.epochs(keys[0]).await.unwrap(), [0, 0, 0, lease.epoch]);
+}
