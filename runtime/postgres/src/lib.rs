@@ -8,6 +8,9 @@
 //!   runs of the shards it holds a lease on. Shards, not instances, because a host then
 //!   renews a few hundred leases in one statement whatever the number of instances, and
 //!   a takeover moves a whole shard at once (its runs are then found by one index range).
+//! - **Fair shares.** Hosts send heartbeats (`cairn_hosts`), claim free or expired
+//!   shards up to the shards divided by the live hosts, and give back their surplus, so a
+//!   host that joins gets its part and one that stops loses its part to the others.
 //! - **Time decides liveness, never safety.** A lease's expiry is judged by the
 //!   database's clock (`now()`), so host clocks may be skewed at will. Every append of a
 //!   run's owner carries its lease epoch and is checked against the shard's row in the
@@ -66,6 +69,20 @@ pub struct Lease {
     pub host: u128,
     /// The epoch it was granted at: raised by every takeover, never lowered.
     pub epoch: u64,
+}
+
+/// Leases of `host` from rows of `(shard, epoch)`.
+fn leases(host: u128, rows: &[Row]) -> Vec<Lease> {
+    let mut out: Vec<Lease> = rows
+        .iter()
+        .map(|row| Lease {
+            shard: u32::try_from(row.get::<_, i32>(0)).unwrap_or(u32::MAX),
+            host,
+            epoch: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+        })
+        .collect();
+    out.sort_by_key(|lease| lease.shard);
+    out
 }
 
 /// One append of a batch ([`PostgresStore::append_batch`]).
@@ -317,6 +334,131 @@ impl PostgresStore {
             .await
             .map_err(|err| pg_error("renew a lease", &err))?;
         Ok(updated == 1)
+    }
+
+    /// Says `host` is alive for `ttl_ms` more (on the database's clock) and renews every
+    /// lease it still holds, in one transaction; returns those leases. A shard missing
+    /// from the answer was taken over: the host must stop driving its runs.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn heartbeat(&self, host: u128, ttl_ms: u64) -> Result<Vec<Lease>> {
+        let mut client = self.client().await?;
+        let txn = client
+            .transaction()
+            .await
+            .map_err(|err| pg_error("begin a heartbeat", &err))?;
+        let ttl = db_i64(ttl_ms, "lease duration")?;
+        let id = Uuid::from_u128(host);
+        txn.execute(
+            "INSERT INTO cairn_hosts (host, expires_at)
+             VALUES ($1, now() + make_interval(secs => $2::bigint / 1000.0))
+             ON CONFLICT (host) DO UPDATE SET expires_at = EXCLUDED.expires_at",
+            &[&id, &ttl],
+        )
+        .await
+        .map_err(|err| pg_error("record a heartbeat", &err))?;
+        let rows = txn
+            .query(
+                "UPDATE cairn_shards
+                 SET expires_at = now() + make_interval(secs => $2::bigint / 1000.0)
+                 WHERE owner = $1
+                 RETURNING shard, epoch",
+                &[&id, &ttl],
+            )
+            .await
+            .map_err(|err| pg_error("renew the leases", &err))?;
+        txn.commit()
+            .await
+            .map_err(|err| pg_error("commit a heartbeat", &err))?;
+        Ok(leases(host, &rows))
+    }
+
+    /// Takes free shards (nobody's, or their lease expired) for `host`, up to its fair
+    /// share: the shards divided by the live hosts (those whose heartbeat has not expired,
+    /// itself included), rounded up, less what it holds. Concurrent claims skip each
+    /// other's rows, so no shard is granted twice. Returns the new leases.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn claim(&self, host: u128, ttl_ms: u64) -> Result<Vec<Lease>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "WITH live AS (
+                     SELECT count(*) FILTER (WHERE host <> $1) + 1 AS hosts
+                     FROM cairn_hosts WHERE expires_at >= now()
+                 ), mine AS (
+                     SELECT count(*) AS held FROM cairn_shards
+                     WHERE owner = $1 AND expires_at >= now()
+                 ), free AS (
+                     SELECT shard FROM cairn_shards
+                     WHERE owner IS NULL OR expires_at < now()
+                     ORDER BY shard
+                     LIMIT GREATEST(0, ceil(($3::bigint)::numeric / (SELECT hosts FROM live))::bigint - (SELECT held FROM mine))
+                     FOR UPDATE SKIP LOCKED
+                 )
+                 UPDATE cairn_shards AS s
+                 SET owner = $1, epoch = s.epoch + 1,
+                     expires_at = now() + make_interval(secs => $2::bigint / 1000.0)
+                 FROM free WHERE s.shard = free.shard
+                 RETURNING s.shard, s.epoch",
+                &[
+                    &Uuid::from_u128(host),
+                    &db_i64(ttl_ms, "lease duration")?,
+                    &i64::from(SHARDS),
+                ],
+            )
+            .await
+            .map_err(|err| pg_error("claim shards", &err))?;
+        Ok(leases(host, &rows))
+    }
+
+    /// The leases `host` holds beyond its fair share (the highest shards first), to give
+    /// back with [`PostgresStore::release`] once it has stopped driving their runs, so
+    /// that a host that joined gets its share.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn surplus(&self, host: u128) -> Result<Vec<Lease>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "WITH live AS (
+                     SELECT count(*) FILTER (WHERE host <> $1) + 1 AS hosts
+                     FROM cairn_hosts WHERE expires_at >= now()
+                 )
+                 SELECT shard, epoch FROM cairn_shards
+                 WHERE owner = $1
+                 ORDER BY shard DESC
+                 OFFSET (SELECT ceil(($2::bigint)::numeric / hosts)::bigint FROM live)",
+                &[&Uuid::from_u128(host), &i64::from(SHARDS)],
+            )
+            .await
+            .map_err(|err| pg_error("find surplus shards", &err))?;
+        Ok(leases(host, &rows))
+    }
+
+    /// Gives `lease` back (its runs may be taken by another host at once); `false` if it
+    /// was no longer this host's.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn release(&self, lease: Lease) -> Result<bool> {
+        let client = self.client().await?;
+        let released = client
+            .execute(
+                "UPDATE cairn_shards SET owner = NULL, expires_at = NULL
+                 WHERE shard = $1 AND owner = $2 AND epoch = $3",
+                &[
+                    &i32::try_from(lease.shard).unwrap_or(i32::MAX),
+                    &Uuid::from_u128(lease.host),
+                    &db_i64(lease.epoch, "epoch")?,
+                ],
+            )
+            .await
+            .map_err(|err| pg_error("release a shard", &err))?;
+        Ok(released == 1)
     }
 
     /// Starts run `id` of `workflow_type` if no instance has that id (its first event,

@@ -10,7 +10,7 @@ use cairn_core::error::{Error, Result};
 use crate::{pg_error, SHARDS};
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Key of the advisory lock taken while migrating (any fixed number of Cairn's).
 const MIGRATION_LOCK: i64 = 0x6361_6972_6e00_0001;
@@ -60,8 +60,17 @@ CREATE TABLE cairn_shards (
 );
 ";
 
+/// Version 2: the live hosts, each with the expiry of its last heartbeat (on the
+/// database's clock), so that a host that holds no shard yet counts in the fair share.
+const V2: &str = "
+CREATE TABLE cairn_hosts (
+    host uuid PRIMARY KEY,
+    expires_at timestamptz NOT NULL
+);
+";
+
 /// The migrations, version `n` at index `n - 1`.
-const MIGRATIONS: [&str; 1] = [V1];
+const MIGRATIONS: [&str; 2] = [V1, V2];
 
 /// Brings the database to [`SCHEMA_VERSION`]; returns the version it found (0 for an
 /// empty database).

@@ -344,3 +344,71 @@ async fn a_batch_from_many_runs_is_one_transaction_and_its_refusals_write_nothin
     );
     assert_eq!(store.epochs(keys[0]).await.unwrap(), [0, 0, 0, lease.epoch]);
 }
+
+#[tokio::test]
+async fn hosts_share_the_shards_and_take_over_those_of_a_host_that_stops() {
+    let db = TestDb::new().await.unwrap();
+    let store = PostgresStore::open(&db.url()).await.unwrap();
+    let (a, b) = (
+        uuid::Uuid::new_v4().as_u128(),
+        uuid::Uuid::new_v4().as_u128(),
+    );
+    // Alone, A takes every shard.
+    assert!(store.heartbeat(a, 60_000).await.unwrap().is_empty());
+    let first = store.claim(a, 60_000).await.unwrap();
+    assert_eq!(first.len(), SHARDS as usize);
+    assert!(
+        store.claim(a, 60_000).await.unwrap().is_empty(),
+        "nothing more"
+    );
+    // B joins: nothing is free until A gives back its surplus.
+    store.heartbeat(b, 60_000).await.unwrap();
+    assert!(store.claim(b, 60_000).await.unwrap().is_empty());
+    let surplus = store.surplus(a).await.unwrap();
+    assert_eq!(surplus.len(), SHARDS as usize / 2);
+    for lease in &surplus {
+        assert!(store.release(*lease).await.unwrap());
+    }
+    let taken = store.claim(b, 60_000).await.unwrap();
+    assert_eq!(taken.len(), SHARDS as usize / 2);
+    let mine: std::collections::BTreeSet<u32> = taken.iter().map(|l| l.shard).collect();
+    let given: std::collections::BTreeSet<u32> = surplus.iter().map(|l| l.shard).collect();
+    assert_eq!(mine, given, "B holds what A gave back");
+    assert!(
+        taken.iter().all(|l| l.epoch == 2),
+        "each takeover raises the epoch"
+    );
+    assert!(store.surplus(a).await.unwrap().is_empty(), "shared evenly");
+    assert_eq!(store.heartbeat(a, 60_000).await.unwrap().len(), 128);
+    // A stops (a pause, a crash): its heartbeat and leases lapse; B takes everything.
+    store.heartbeat(a, 100).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(store.heartbeat(b, 60_000).await.unwrap().len(), 128);
+    let rest = store.claim(b, 60_000).await.unwrap();
+    assert_eq!(rest.len(), 128, "A's shards, expired");
+    assert!(rest.iter().all(|l| l.epoch == 2));
+    // A wakes up: it holds nothing any more, and learns it from its next heartbeat.
+    assert!(store.heartbeat(a, 60_000).await.unwrap().is_empty());
+    let stale = first[0];
+    assert!(!store.release(stale).await.unwrap(), "not A's to give back");
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_migrated_to_the_current_schema() {
+    let db = TestDb::new().await.unwrap();
+    let store = PostgresStore::open(&db.url()).await.unwrap();
+    store
+        .start("kept-1", "kept", payload("in"), None, None, NOW)
+        .await
+        .unwrap();
+    drop(store);
+    // As a build of schema 1 left it.
+    raw(&db, "DROP TABLE cairn_hosts").await;
+    raw(&db, "UPDATE cairn_meta SET value = 1 WHERE key = 'schema'").await;
+    let store = PostgresStore::open(&db.url()).await.unwrap();
+    let version: i64 =
+        raw(&db, "SELECT value FROM cairn_meta WHERE key = 'schema'").await[0].get(0);
+    assert_eq!(version, SCHEMA_VERSION);
+    assert!(store.key_of("kept-1").await.unwrap().is_some(), "data kept");
+    store.heartbeat(1, 1_000).await.unwrap();
+}
