@@ -805,7 +805,9 @@ impl Engine {
     /// Creates or replaces schedule `schedule_id`: from `first_fire_ms` (default: the
     /// recurrence's next occurrence from now) it starts one instance of `workflow_type`
     /// with `input` per occurrence, with id `"{schedule_id}@{fire_ms}"`. Occurrences
-    /// missed while the host was down collapse into one start when it comes back.
+    /// missed while the host was down collapse into one start when it comes back. A
+    /// paused schedule stays paused when replaced (resume it with
+    /// [`Engine::resume_schedule`]).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a bad id or recurrence, [`Error::UnknownWorkflowType`],
@@ -848,7 +850,11 @@ impl Engine {
             input,
             recurrence,
             next_fire_ms,
-            paused: None,
+            // A host that declares its schedules at every start must not undo an
+            // operator's pause: a replaced schedule stays paused.
+            paused: lock(&self.shared.schedules)
+                .get(schedule_id)
+                .and_then(|held| held.paused.clone()),
         };
         // The commit hands the row to the scheduler (`Dispatch`).
         self.shared

@@ -368,7 +368,8 @@ impl Runtime {
 
     /// Starts workflow `W` with `input` on every occurrence of `recurrence`, as instance
     /// `"{schedule_id}@{fire_ms}"`, across restarts, never twice for one occurrence
-    /// (starts are idempotent by id). Replaces an existing schedule of that id.
+    /// (starts are idempotent by id). Replaces an existing schedule of that id; a paused one
+    /// stays paused, so a host may declare its schedules at every start.
     ///
     /// ```no_run
     /// # use cairn::{workflow, Ctx, Runtime, WorkflowError};

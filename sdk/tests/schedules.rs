@@ -160,7 +160,6 @@ async fn a_paused_schedule_starts_nothing_even_after_a_restart_and_resumes_on_it
     let path = dir.path().join("db.redb");
     let clock = VirtualClock::new(UNIX_EPOCH + Duration::from_millis(START_MS));
     let hour = HOUR.as_millis() as u64;
-    let first = START_MS + hour;
     {
         let rt = open(&path, &clock).await;
         rt.schedule(report, "emea", "emea".to_owned(), Recurrence::every(HOUR))
@@ -178,18 +177,31 @@ async fn a_paused_schedule_starts_nothing_even_after_a_restart_and_resumes_on_it
         assert!(started(&rt).await.is_empty(), "paused: nothing fired");
         rt.shutdown().await;
     }
-    // Still paused after a restart, with occurrences long due.
+    // Still paused after a restart, with occurrences long due, and when the host
+    // declares its schedules again as it starts.
     let rt = open(&path, &clock).await;
     assert!(rt.schedules()[0].1.paused.is_some());
+    rt.schedule(report, "emea", "emea".to_owned(), Recurrence::every(HOUR))
+        .await
+        .unwrap();
+    assert!(
+        rt.schedules()[0].1.paused.is_some(),
+        "a re-declaration keeps the pause"
+    );
     clock.advance(HOUR);
     settle().await;
     assert!(started(&rt).await.is_empty(), "paused across the restart");
     // Started by hand while paused: one instance now, the schedule unmoved.
     let now = clock.now_ms();
+    let before = rt.schedules()[0].1.next_fire_ms;
     let id = rt.trigger_schedule("emea").await.unwrap();
     assert_eq!(id, format!("emea@{now}"));
     until_started(&rt, 1).await;
-    assert_eq!(rt.schedules()[0].1.next_fire_ms, first);
+    assert_eq!(
+        rt.schedules()[0].1.next_fire_ms,
+        before,
+        "trigger moves nothing"
+    );
     // Resumed at START + 4 h: what fell due is skipped, the next is START + 5 h.
     let resumed = rt.resume_schedule("emea").await.unwrap();
     assert_eq!(resumed.paused, None);

@@ -52,6 +52,9 @@ pub const SHARDS: u32 = 256;
 /// Connections a store keeps at most, unless told otherwise.
 pub const POOL_SIZE_DEFAULT: usize = 16;
 
+/// How long a request waits for a free connection before it fails as a storage error.
+pub const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The shard of run `key`. Keys are UUIDv7: their low bits are random, so shards fill
 /// evenly.
 pub fn shard_of(key: u128) -> u32 {
@@ -127,7 +130,9 @@ fn decide(
         Some(lease) => {
             let (owner, current) = leases.get(&lease.shard).copied().unwrap_or((None, -1));
             let held = i64::try_from(lease.epoch).unwrap_or(i64::MAX);
-            if owner != Some(Uuid::from_u128(lease.host)) || current != held {
+            // A lease fences only the runs of its own shard.
+            let theirs = lease.shard == shard_of(request.key);
+            if !theirs || owner != Some(Uuid::from_u128(lease.host)) || current != held {
                 return Err(Error::LeaseLost {
                     instance: head.id.clone(),
                     shard: lease.shard,
@@ -159,6 +164,20 @@ impl std::fmt::Debug for PostgresStore {
 /// A PostgreSQL error as a storage failure, kept as its source.
 pub(crate) fn pg_error(context: &str, err: &tokio_postgres::Error) -> Error {
     Error::Storage(StorageFailure::new(format!("{context}: {}", describe(err))))
+}
+
+/// A failed `COMMIT`: unless the server said why it refused, the connection may have
+/// broken after the server committed, so the outcome is unknown and must be resolved
+/// (read back) before anything is retried.
+fn commit_error(what: &str, err: &tokio_postgres::Error) -> Error {
+    if err.as_db_error().is_some() {
+        pg_error(&format!("commit {what} (refused, nothing written)"), err)
+    } else {
+        pg_error(
+            &format!("commit {what}: outcome unknown (the server may have committed it; read it back before retrying)"),
+            err,
+        )
+    }
 }
 
 /// The server's own message when there is one (tokio-postgres prints only "db error").
@@ -250,6 +269,8 @@ impl PostgresStore {
         );
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|err| Error::Open {
                 path: place.clone().into(),
@@ -360,9 +381,14 @@ impl PostgresStore {
         .map_err(|err| pg_error("record a heartbeat", &err))?;
         let rows = txn
             .query(
+                // Locked in shard order, as group commits lock them (`FOR SHARE`), so
+                // the two never wait on each other in a circle.
                 "UPDATE cairn_shards
                  SET expires_at = now() + make_interval(secs => $2::bigint / 1000.0)
-                 WHERE owner = $1
+                 WHERE shard IN (
+                     SELECT shard FROM cairn_shards WHERE owner = $1
+                     ORDER BY shard FOR NO KEY UPDATE
+                 )
                  RETURNING shard, epoch",
                 &[&id, &ttl],
             )
@@ -493,17 +519,22 @@ impl PostgresStore {
             .await
             .map_err(|err| pg_error("claim an id", &err))?;
         if claimed.is_none() {
-            drop(txn);
-            let key = self
-                .key_of(id)
-                .await?
+            // Read in the same transaction, on the same connection: asking the pool for
+            // another one while holding this one could wait for ever with the pool full.
+            let row = txn
+                .query_opt(
+                    &format!(
+                        "SELECT {RUN_COLUMNS} FROM cairn_runs
+                         WHERE key = (SELECT key FROM cairn_ids WHERE id = $1)"
+                    ),
+                    &[&id],
+                )
+                .await
+                .map_err(|err| pg_error("read an existing run", &err))?
                 .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))?;
-            let row = self
-                .instance(key)
-                .await?
-                .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))?;
+            let row = run_row(&row)?;
             return Ok(Started {
-                key,
+                key: row.key,
                 created: false,
                 row,
             });
@@ -546,7 +577,7 @@ impl PostgresStore {
         .map_err(|err| pg_error("insert a start event", &err))?;
         txn.commit()
             .await
-            .map_err(|err| pg_error("commit a start", &err))?;
+            .map_err(|err| commit_error("a start", &err))?;
         let lsn = u64::try_from(lsn).unwrap_or(0);
         Ok(Started {
             key: key.as_u128(),
@@ -608,8 +639,10 @@ impl PostgresStore {
     /// and every later batch sees it.
     ///
     /// # Errors
-    /// The outer error is a storage failure: then nothing of the batch was written. The
-    /// inner results are each append's outcome.
+    /// The outer error is a storage failure: nothing of the batch was written, except
+    /// when it says the commit's outcome is unknown (the connection broke during
+    /// `COMMIT`): then all of it may have been, and the caller reads the runs back
+    /// before retrying. The inner results are each append's outcome.
     ///
     /// # Durability
     /// On `Ok` every accepted append is committed.
@@ -778,7 +811,7 @@ impl PostgresStore {
         }
         txn.commit()
             .await
-            .map_err(|err| pg_error("commit a batch", &err))?;
+            .map_err(|err| commit_error("a batch", &err))?;
         Ok(results)
     }
 

@@ -412,3 +412,39 @@ async fn a_version_1_database_is_migrated_to_the_current_schema() {
     assert!(store.key_of("kept-1").await.unwrap().is_some(), "data kept");
     store.heartbeat(1, 1_000).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_lease_fences_only_its_own_shard_and_a_repeated_start_needs_no_second_connection() {
+    let db = TestDb::new().await.unwrap();
+    // One connection: a repeated start must answer on it.
+    let store = PostgresStore::open_with(&db.url(), 1).await.unwrap();
+    let first = store
+        .start("one-1", "one", payload("in"), None, None, NOW)
+        .await
+        .unwrap();
+    let again = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        store.start("one-1", "one", payload("in"), None, None, NOW),
+    )
+    .await
+    .expect("a repeated start must not wait for a second connection")
+    .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.row, first.row);
+    // A lease on another shard than the run's does not let a host append to it.
+    let host = uuid::Uuid::new_v4().as_u128();
+    let other = (shard_of(first.key) + 1) % SHARDS;
+    let lease = store.acquire(other, host, 60_000).await.unwrap().unwrap();
+    let err = store
+        .append(
+            first.key,
+            step(1),
+            Expect::Seq(1),
+            None,
+            Some(lease),
+            NOW + 1,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "CAIRN-E0028", "{err}");
+}
