@@ -574,7 +574,11 @@ impl Engine {
         metrics
             .parked
             .set(i64::try_from(self.parked_instances().await?.len()).unwrap_or(i64::MAX));
-        if let Some(tallies) = self.tallies(self.now_ms()).await? {
+        let tallies = self.tallies(self.now_ms()).await?;
+        // Refilled and encoded under one lock: a second scrape must not clear the counts
+        // between this one's refill and its encoding.
+        let _scrape = metrics.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tallies) = tallies {
             // A count that fell to zero is left out of the tallies: start afresh.
             metrics.instances.clear();
             for ((workflow_type, status), count) in tallies.by_status {

@@ -80,6 +80,8 @@ pub(crate) struct Metrics {
     pub(crate) outbox_pending: Gauge,
     /// Recent attempt durations per activity, for the overview.
     pub(crate) recent: Recent,
+    /// Held while a scrape refills the gauges it clears and encodes them.
+    pub(crate) scrape: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -112,6 +114,7 @@ impl Metrics {
             parked: Gauge::default(),
             timers_pending: Gauge::default(),
             recent: Recent::default(),
+            scrape: std::sync::Mutex::new(()),
             registry: Registry::default(),
         };
         registry.register(
