@@ -200,14 +200,6 @@ pub fn attribute_bytes(value: &AttrValue) -> Result<Vec<u8>> {
 }
 
 /// The byte a stored status is indexed under.
-fn status_of_code(code: u8) -> Option<InstanceStatus> {
-    InstanceStatus::from_code(code)
-}
-
-fn status_code(status: InstanceStatus) -> u8 {
-    status.code()
-}
-
 pub(crate) fn encode_parked(row: &ParkedRow) -> Result<Vec<u8>> {
     encode_versioned(row, "parked entry")
 }
@@ -694,7 +686,7 @@ impl RedbStore {
                     .insert((row.workflow_type.as_str(), at.0, at.1), ())
                     .map_err(storage)?;
                 by_status
-                    .insert((status_code(row.status), at.0, at.1), ())
+                    .insert((row.status.code(), at.0, at.1), ())
                     .map_err(storage)?;
                 if let Some(held) = attributes.get(row.key).map_err(storage)? {
                     for (name, value) in decode_attributes(row.key, held.value())? {
@@ -1191,7 +1183,7 @@ fn apply_index(txn: &redb::WriteTransaction, changes: &[IndexChange]) -> Result<
                 by_type
                     .insert((workflow_type.as_str(), *created_at_ms, *key), ())
                     .map_err(storage)?;
-                let running = status_code(InstanceStatus::Running);
+                let running = InstanceStatus::Running.code();
                 by_status
                     .insert((running, *created_at_ms, *key), ())
                     .map_err(storage)?;
@@ -1205,12 +1197,12 @@ fn apply_index(txn: &redb::WriteTransaction, changes: &[IndexChange]) -> Result<
                 to,
             } => {
                 tally.ended(workflow_type, *ended_at_ms, *to);
-                let running = status_code(InstanceStatus::Running);
+                let running = InstanceStatus::Running.code();
                 by_status
                     .remove((running, *created_at_ms, *key))
                     .map_err(storage)?;
                 by_status
-                    .insert((status_code(*to), *created_at_ms, *key), ())
+                    .insert((to.code(), *created_at_ms, *key), ())
                     .map_err(storage)?;
             }
             IndexChange::Attribute {
@@ -1246,7 +1238,7 @@ impl<'a> Tally<'a> {
     fn started(&mut self, workflow_type: &'a str, at_ms: u64) {
         *self
             .counts
-            .entry((workflow_type, status_code(InstanceStatus::Running)))
+            .entry((workflow_type, InstanceStatus::Running.code()))
             .or_default() += 1;
         *self
             .activity
@@ -1257,15 +1249,12 @@ impl<'a> Tally<'a> {
     fn ended(&mut self, workflow_type: &'a str, at_ms: u64, to: InstanceStatus) {
         *self
             .counts
-            .entry((workflow_type, status_code(InstanceStatus::Running)))
+            .entry((workflow_type, InstanceStatus::Running.code()))
             .or_default() -= 1;
-        *self
-            .counts
-            .entry((workflow_type, status_code(to)))
-            .or_default() += 1;
+        *self.counts.entry((workflow_type, to.code())).or_default() += 1;
         *self
             .activity
-            .entry((tally_bucket(at_ms), workflow_type, status_code(to)))
+            .entry((tally_bucket(at_ms), workflow_type, to.code()))
             .or_default() += 1;
     }
 
@@ -1353,7 +1342,7 @@ fn read_tallies(
     for entry in counts.iter().map_err(storage)? {
         let (key, count) = entry.map_err(storage)?;
         let (workflow_type, code) = key.value();
-        let status = status_of_code(code).ok_or_else(|| Error::Corrupt {
+        let status = InstanceStatus::from_code(code).ok_or_else(|| Error::Corrupt {
             location: format!("counts table, type `{workflow_type}`"),
             message: format!("unknown status code {code}"),
         })?;
@@ -1380,7 +1369,7 @@ fn read_tallies(
         if code == STARTED_CODE {
             bucket.started += count.value();
         } else {
-            let status = status_of_code(code).ok_or_else(|| Error::Corrupt {
+            let status = InstanceStatus::from_code(code).ok_or_else(|| Error::Corrupt {
                 location: format!("activity table, bucket {at_ms}, type `{workflow_type}`"),
                 message: format!("unknown status code {code}"),
             })?;
@@ -1524,7 +1513,7 @@ fn query_indexed(txn: &redb::ReadTransaction, query: &InstanceQuery) -> Result<I
             }
         }
     } else if let [status] = query.statuses.as_slice() {
-        let code = status_code(*status);
+        let code = status.code();
         let table = txn.open_table(BY_STATUS).map_err(storage)?;
         let range = (code, from_ms, from_key)..=(code, u64::MAX, u128::MAX);
         for entry in table.range(range).map_err(storage)? {
