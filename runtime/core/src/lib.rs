@@ -3,7 +3,7 @@
 //! The event model and its on-disk envelope ([`event`]), payloads and codecs
 //! ([`codec`]), the errors every layer reports ([`error`]), what an activity call is
 //! ([`activity`]), schedules ([`schedule`]), decision tables ([`decision`]), business time ([`calendar`]), human tasks ([`task`]), notifications ([`notify`]), who may do what ([`policy`]), the journal boundary every store
-//! implements ([`journal`]), one state machine per step kind ([`step`])
+//! implements ([`journal`]) and what one event puts in a commit ([`commit`]), one state machine per step kind ([`step`])
 //! and the replay rules that turn a history and the requests of workflow code into
 //! decisions ([`replay`]).
 //!
@@ -16,6 +16,7 @@
 pub mod activity;
 pub mod calendar;
 pub mod codec;
+pub mod commit;
 pub mod decision;
 pub mod document;
 pub mod error;

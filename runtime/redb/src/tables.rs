@@ -4,7 +4,6 @@
 //! build on it, and it imports none of them.
 
 use redb::{ReadableTable, TableDefinition};
-use serde::Serialize;
 
 use cairn_core::event::EventRecord;
 use cairn_core::journal::{InstanceRow, RawEvent};
@@ -32,9 +31,6 @@ pub(crate) const OUTBOX_DUE: TableDefinition<(u64, u64), ()> = TableDefinition::
 /// Document content by SHA-256, stored once however many versions or instances name it.
 pub(crate) const DOCUMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("documents");
 
-/// Version byte in front of every encoded [`InstanceRow`].
-pub(crate) const ROW_VERSION: u8 = 1;
-
 pub(crate) fn decode_row(key: u128, bytes: &[u8]) -> Result<InstanceRow> {
     {
         let location = || format!("instances table, key {key:032x}");
@@ -49,41 +45,7 @@ pub(crate) fn decode_row(key: u128, bytes: &[u8]) -> Result<InstanceRow> {
     }
 }
 
-/// Encodes an index row: the row version byte, then postcard.
-pub(crate) fn encode_versioned<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<Vec<u8>> {
-    // Room for an instance row (about 120 bytes with a short id and type) up front: the
-    // writer encodes one per touched run per commit, and growing from one byte cost it
-    // several reallocations each.
-    let mut out = Vec::with_capacity(160);
-    out.push(ROW_VERSION);
-    postcard::to_extend(value, out).map_err(|err| {
-        Error::Storage(StorageFailure::caused_by(
-            format!("{what} does not encode"),
-            err,
-        ))
-    })
-}
-
-/// Decodes an index row written by [`encode_versioned`]; damage is reported at `location`.
-pub(crate) fn decode_versioned<T: serde::de::DeserializeOwned>(
-    location: impl FnOnce() -> String,
-    bytes: &[u8],
-) -> Result<T> {
-    let problem = match bytes.split_first() {
-        None => "empty row".to_owned(),
-        Some((&version, _)) if version != ROW_VERSION => {
-            format!("row version {version} is not {ROW_VERSION}")
-        }
-        Some((_, body)) => match postcard::from_bytes(body) {
-            Ok(value) => return Ok(value),
-            Err(err) => err.to_string(),
-        },
-    };
-    Err(Error::Corrupt {
-        location: location(),
-        message: problem,
-    })
-}
+pub(crate) use cairn_core::commit::{decode_versioned, encode_versioned};
 
 /// A redb error as a storage failure, kept as its source (an I/O error as itself, so a
 /// host can read its kind); `contain` names the file.

@@ -11,7 +11,7 @@ use redb::{ReadableTable, ReadableTableMetadata};
 use cairn_core::journal::PAGE_ROWS_MAX;
 use cairn_core::journal::{verify_history, RawHistory, TaskCursor, TaskPage, TaskQuery};
 use cairn_core::replay::History;
-use cairn_core::task::{Actor, Party, TaskChange, TaskRow};
+use cairn_core::task::{Party, TaskRow};
 
 use crate::error::{Error, Result};
 use crate::tables::{
@@ -25,35 +25,7 @@ type InboxRange<'t> = std::iter::Peekable<redb::Range<'t, (&'static str, u64, u1
 /// A page when the query names none.
 const PAGE_ROWS_DEFAULT: usize = 50;
 
-/// One change to the open-task index, derived from an event by the writer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TaskIndexChange {
-    /// A task was created.
-    Opened(Box<TaskRow>),
-    /// An open task changed hands (or was commented on, which lists nothing new).
-    Changed {
-        /// Its run.
-        key: u128,
-        /// Its step.
-        step: u32,
-        /// Who changed it.
-        actor: Actor,
-        /// What changed.
-        change: TaskChange,
-    },
-    /// The task of `step` ended (completed, cancelled, abandoned); nothing if it had none.
-    Closed {
-        /// Its run.
-        key: u128,
-        /// Its step.
-        step: u32,
-    },
-    /// Run `key` ended: whatever tasks it had open are closed with it.
-    RunEnded {
-        /// The run.
-        key: u128,
-    },
-}
+pub(crate) use cairn_core::commit::TaskIndexChange;
 
 pub(crate) fn decode_row(key: u128, step: u32, bytes: &[u8]) -> Result<TaskRow> {
     decode_versioned(

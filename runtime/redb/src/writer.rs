@@ -13,26 +13,23 @@ use tokio::sync::oneshot;
 use crate::codec::Payload;
 use crate::error::{Error, Result, StorageFailure};
 use crate::event::AttrValue;
-use crate::event::{
-    hash_envelope, DecodeError, EventKind, EventRecord, EVENT_BYTES_MAX, GENESIS_HASH,
-};
+use crate::event::{EventKind, EVENT_BYTES_MAX, GENESIS_HASH};
 use crate::queue::{Closed, CommitQueue};
 use crate::schedule::ScheduleRow;
 use crate::store::{
     attribute_bytes, encode_attributes, encode_parked, encode_row, encode_schedule,
-    encode_suspension, Attributes, IndexChange, InstanceRow, InstanceStatus, ParkedRow, Store,
-    Suspension, WriteBatch,
+    encode_suspension, Attributes, IndexChange, InstanceRow, InstanceStatus, Store, Suspension,
+    WriteBatch,
 };
 use crate::sync::{lock, Arc, AtomicU64, Mutex};
+use cairn_core::commit::{plan_event, TaskIndexChange};
 use cairn_core::journal::{
-    reported, Appended, Carried, CommitListener, Committed, Expect, RunEnded, Started, TimeSource,
+    Appended, Carried, CommitListener, Committed, Expect, Started, TimeSource,
 };
-use cairn_core::step::StepKind;
-use cairn_core::task::{Actor, TaskRow};
+use cairn_core::task::Actor;
 
 use crate::outbox::OutboxWrite;
-use crate::tasks::TaskIndexChange;
-use cairn_core::notify::{self, Delivery, DeliveryAttempt, Notification, OutboxRow};
+use cairn_core::notify::{Delivery, DeliveryAttempt};
 
 /// Room an event needs beyond its payloads and names (header, hashes, varints).
 const STEP_HEADROOM_BYTES: usize = 1024;
@@ -959,105 +956,37 @@ impl WriterLoop {
             )))
         })?;
         let row = self.head(key)?;
-        if row.status.is_finished() {
-            return Err(Error::InstanceFinished(row.id.clone()));
-        }
-        let terminal = match &kind {
-            EventKind::WorkflowCompleted { .. } => Some(InstanceStatus::Completed),
-            EventKind::WorkflowFailed { .. } => Some(InstanceStatus::Failed),
-            EventKind::WorkflowTerminated { .. } => Some(InstanceStatus::Terminated),
-            EventKind::WorkflowContinuedAsNew { .. } => Some(InstanceStatus::ContinuedAsNew),
-            _ => None,
-        };
-        let position = kind.name();
-        let report = reported(&kind);
-        let reported_actor = report.as_ref().and(actor.clone());
-        let ended = kind.is_terminal().then(|| RunEnded {
-            workflow_type: row.workflow_type.clone(),
-            started_at_ms: row.created_at_ms,
-            ended_at_ms: now,
-        });
-        let parking = match &kind {
-            EventKind::WorkflowParked { code, reason } => Some(encode_parked(&ParkedRow {
-                code: code.clone(),
-                reason: reason.clone(),
-                at_ms: now,
-            })?),
-            _ => None,
-        };
-        let parent = row.parent;
         let created_at_ms = row.created_at_ms;
-        let ended_type = terminal.map(|to| (row.workflow_type.clone(), to));
-        let started_type = match &kind {
-            EventKind::WorkflowStarted { workflow_type, .. } => Some(workflow_type.clone()),
-            _ => None,
-        };
-        let attributes = match &kind {
-            EventKind::AttributesSet { attributes, .. } => Some(attributes.clone()),
-            _ => None,
-        };
-        let task = task_index_change(key, row, &kind, now);
-        let notification = notify::derive(&kind).map(|draft| {
-            OutboxRow::new(Notification {
-                id: lsn,
-                topic: draft.topic,
-                instance: row.id.clone(),
-                workflow_type: row.workflow_type.clone(),
-                step: draft.step,
-                seq: row.next_seq,
-                at_ms: now,
-                body: draft.body,
-            })
-        });
-        let record = EventRecord {
-            instance: key,
-            seq: row.next_seq,
-            prev_lsn: (row.next_seq > 0).then_some(row.head_lsn),
-            prev_hash: row.head_hash,
-            recorded_at_ms: now,
-            kind,
-            actor,
-        };
-        let envelope = record.encode().map_err(|err| match err {
-            DecodeError::TooLarge { len, .. } => Error::PayloadTooLarge {
-                instance: row.id.clone(),
-                position: position.to_owned(),
-                bytes: len,
-                max: EVENT_BYTES_MAX,
-            },
-            other => Error::PayloadEncode {
-                instance: row.id.clone(),
-                position: position.to_owned(),
-                message: other.to_string(),
-            },
-        })?;
+        let workflow_type = row.workflow_type.clone();
         // Encoded before anything changes, so a failure leaves row and batch untouched.
         let cleared_suspension = match row.suspended {
             Some(_) => Some(encode_suspension(None)?),
             None => None,
         };
-        let seq = row.next_seq;
-        row.head_hash = hash_envelope(&envelope);
-        row.head_lsn = lsn;
-        row.next_seq += 1;
-        row.updated_at_ms = now;
-        if let Some(status) = terminal {
-            row.status = status;
-        }
-        row.suspended = None;
-        self.children_ended.remove(&key);
-        batch.events.push((lsn, envelope));
-        if terminal.is_some() {
+        let plan = plan_event(row, kind, actor, now, lsn)?;
+        batch.events.push((lsn, plan.envelope));
+        if let Some(to) = plan.ended {
             batch.finished.push(key);
+            batch.index.push(IndexChange::Ended {
+                key,
+                workflow_type: workflow_type.clone(),
+                created_at_ms,
+                ended_at_ms: now,
+                to,
+            });
+            batch
+                .index
+                .push(IndexChange::Task(TaskIndexChange::RunEnded { key }));
         } else if let Some(entry) = cleared_suspension {
             // Something happened to an evicted instance: it must be replayed at start.
             batch.running.push((key, entry));
         }
+        self.children_ended.remove(&key);
         self.next_lsn = next_lsn;
-        match parking {
-            Some(entry) => {
+        match plan.parked {
+            Some(parked) => {
                 self.parked.insert(key);
-                batch.parked.push((key, Some(entry)));
+                batch.parked.push((key, Some(encode_parked(&parked)?)));
             }
             // Anything else the instance records (its next step, its end) means it runs
             // again, or is over.
@@ -1067,33 +996,21 @@ impl WriterLoop {
                 }
             }
         }
-        if let Some(workflow_type) = started_type {
+        if plan.starts {
             batch.index.push(IndexChange::Started {
                 key,
                 created_at_ms,
                 workflow_type,
             });
         }
-        if let Some((workflow_type, to)) = ended_type {
-            batch.index.push(IndexChange::Ended {
-                key,
-                workflow_type,
-                created_at_ms,
-                ended_at_ms: now,
-                to,
-            });
-            batch
-                .index
-                .push(IndexChange::Task(TaskIndexChange::RunEnded { key }));
-        }
-        if let Some(task) = task {
+        if let Some(task) = plan.task {
             batch.index.push(IndexChange::Task(task));
         }
-        if let Some(notification) = notification {
+        if let Some(notification) = plan.notification {
             batch.outbox.push(OutboxWrite::New(Box::new(notification)));
             self.effects.push(Committed::Outbox);
         }
-        if let Some(attributes) = attributes {
+        if let Some(attributes) = plan.attributes {
             // One at a time: a name given twice replaces its own earlier value.
             for (name, value) in attributes {
                 let held = self.attributes.get(&key);
@@ -1120,48 +1037,9 @@ impl WriterLoop {
                 self.merge_attributes(key, vec![(name, value)]);
             }
         }
-        self.effects.push(Committed::Event {
-            key,
-            seq,
-            parent,
-            kind: report,
-            actor: reported_actor,
-            ended,
-        });
+        let seq = plan.seq;
+        self.effects.push(plan.effect);
         Ok(Appended { seq })
-    }
-}
-
-/// What a step event changes in the open-task index, if anything.
-fn task_index_change(
-    key: u128,
-    row: &InstanceRow,
-    kind: &EventKind,
-    now: u64,
-) -> Option<TaskIndexChange> {
-    match kind {
-        EventKind::TaskCreated { step, task } => Some(TaskIndexChange::Opened(Box::new(
-            TaskRow::opened(key, &row.id, &row.workflow_type, *step, task, now),
-        ))),
-        EventKind::TaskChanged {
-            step,
-            actor,
-            change,
-        } => Some(TaskIndexChange::Changed {
-            key,
-            step: *step,
-            actor: actor.clone(),
-            change: change.clone(),
-        }),
-        EventKind::TaskCompleted { step, .. } | EventKind::StepAbandoned { step } => {
-            Some(TaskIndexChange::Closed { key, step: *step })
-        }
-        EventKind::StepCancelled {
-            step, step_kind, ..
-        } if step_kind == StepKind::Task.label() => {
-            Some(TaskIndexChange::Closed { key, step: *step })
-        }
-        _ => None,
     }
 }
 
