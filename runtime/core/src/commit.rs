@@ -66,6 +66,30 @@ pub fn decode_versioned<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// The bytes an attribute value is indexed under (postcard): equal values, equal bytes.
+///
+/// # Errors
+/// [`Error::Storage`] if the value does not encode.
+pub fn attribute_bytes(value: &AttrValue) -> Result<Vec<u8>> {
+    postcard::to_allocvec(value).map_err(|err| {
+        Error::Storage(StorageFailure::caused_by(
+            "attribute value does not encode",
+            err,
+        ))
+    })
+}
+
+/// An attribute value from its [`attribute_bytes`]; damage is reported at `location`.
+///
+/// # Errors
+/// [`Error::Corrupt`] for bytes that do not decode.
+pub fn decode_attribute(location: impl FnOnce() -> String, bytes: &[u8]) -> Result<AttrValue> {
+    postcard::from_bytes(bytes).map_err(|err| Error::Corrupt {
+        location: location(),
+        message: err.to_string(),
+    })
+}
+
 /// One change to an open-task index, derived from an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskIndexChange {

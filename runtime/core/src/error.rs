@@ -417,6 +417,9 @@ impl From<Box<NonDeterminism>> for Error {
 pub struct StorageFailure {
     context: String,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    /// Whether the same request may succeed if made again (a dropped connection, a
+    /// conflict the store broke); nothing was written.
+    transient: bool,
 }
 
 impl StorageFailure {
@@ -425,6 +428,7 @@ impl StorageFailure {
         Self {
             context: message.into(),
             source: None,
+            transient: false,
         }
     }
 
@@ -436,7 +440,20 @@ impl StorageFailure {
         Self {
             context: context.into(),
             source: Some(Arc::new(source)),
+            transient: false,
         }
+    }
+
+    /// The same failure, marked transient: nothing was written, and the same request may
+    /// succeed if made again (a server store's dropped connection or broken deadlock).
+    pub fn transient(mut self) -> Self {
+        self.transient = true;
+        self
+    }
+
+    /// Whether it is transient ([`StorageFailure::transient`]).
+    pub fn is_transient(&self) -> bool {
+        self.transient
     }
 
     /// The same failure, placed: `prefix` (a file, an operation) goes in front of its

@@ -1,7 +1,7 @@
-//! Cairn's journal on PostgreSQL, for several hosts sharing one database. **In progress**
-//! (see `docs/DEPLOYMENT.md`): this crate holds the schema and its migrations, the
-//! shards and their leases, and the write path every later piece builds on; the
-//! `Journal` implementation the engine uses comes next.
+//! Cairn's journal on PostgreSQL, for several hosts sharing one database
+//! ([`PostgresJournal`], passing the store conformance suite), with the schema and its
+//! migrations, the shards and their leases ([`PostgresStore`]). See
+//! `docs/DEPLOYMENT.md`.
 //!
 //! What is decided here:
 //! - **Ownership per shard.** A run belongs to shard `key % SHARDS`; a host drives the
@@ -21,23 +21,36 @@
 //!   `cairn_events`, its primary key: two writers can never both record step `seq`.
 //!   Appends to one run are also serialised by the run row's lock, which keeps the chain
 //!   (`prev_hash`, `prev_lsn`) in step.
-//! - **Group commit.** [`PostgresStore::append_batch`] writes the appends of many runs
-//!   in one transaction (one multi-row insert of the events, one update of the runs),
-//!   deciding each against its run's head as the batch leaves it; a refused append writes
-//!   nothing and does not stop the others.
+//! - **Group commit.** A host's writer task writes whatever its runs queued meanwhile in
+//!   one transaction (one multi-row insert of the events, one update of the runs, one
+//!   upsert per index), deciding each operation against its run's head as the batch
+//!   leaves it with the same `cairn_core::commit::plan_event` as the redb store; a
+//!   refused operation writes nothing and does not stop the others.
+//! - **Unknown outcomes are resolved, never guessed.** A batch reads its transaction id
+//!   first; when `COMMIT` goes unanswered, the host asks the server (`txid_status`) on a
+//!   new connection until it says committed or aborted, and only then answers or decides
+//!   the batch again. A deadlock or serialization conflict the server broke, or a
+//!   connection lost before `COMMIT`, is retried as a whole batch (nothing was written).
 //! - **LSNs** come from one sequence: unique and increasing per run, not gap-free and
 //!   not in commit order across runs (nothing needs that: `verify_chain` checks each
 //!   run's links).
 
 #![deny(unsafe_code)]
 
+mod batch;
+mod journal;
+mod reads;
 mod schema;
+
+pub use journal::{PostgresJournal, PostgresOptions, BATCH_OPS_MAX};
+
+use batch::{Answer, Op, Outcome};
 
 pub use schema::SCHEMA_VERSION;
 
 use cairn_core::codec::Payload;
 use cairn_core::error::{Error, Result, StorageFailure};
-use cairn_core::event::{hash_envelope, DecodeError, EventKind, EventRecord, EVENT_BYTES_MAX};
+use cairn_core::event::EventKind;
 use cairn_core::journal::{
     Appended, Expect, InstanceRow, InstanceStatus, RawEvent, RawHistory, Started, Suspension,
 };
@@ -103,49 +116,6 @@ pub struct AppendRequest {
     pub fence: Option<Lease>,
 }
 
-/// Whether `request` may land on `head` (its run as the batch has left it so far): on
-/// acceptance, its sequence number and the lease epoch to record with it.
-fn decide(
-    request: &AppendRequest,
-    head: Option<&InstanceRow>,
-    leases: &std::collections::HashMap<u32, (Option<Uuid>, i64)>,
-) -> Result<(u64, i64)> {
-    let Some(head) = head else {
-        return Err(Error::InstanceNotFound(format!("{:032x}", request.key)));
-    };
-    if head.status.is_finished() {
-        return Err(Error::InstanceFinished(head.id.clone()));
-    }
-    if let Expect::Seq(expected) = request.expect {
-        if expected != head.next_seq {
-            return Err(Error::Conflict {
-                instance: head.id.clone(),
-                expected,
-                actual: head.next_seq,
-            });
-        }
-    }
-    let epoch = match request.fence {
-        None => 0,
-        Some(lease) => {
-            let (owner, current) = leases.get(&lease.shard).copied().unwrap_or((None, -1));
-            let held = i64::try_from(lease.epoch).unwrap_or(i64::MAX);
-            // A lease fences only the runs of its own shard.
-            let theirs = lease.shard == shard_of(request.key);
-            if !theirs || owner != Some(Uuid::from_u128(lease.host)) || current != held {
-                return Err(Error::LeaseLost {
-                    instance: head.id.clone(),
-                    shard: lease.shard,
-                    held: lease.epoch,
-                    current: u64::try_from(current).unwrap_or(0),
-                });
-            }
-            current
-        }
-    };
-    Ok((head.next_seq, epoch))
-}
-
 /// A PostgreSQL database holding Cairn's tables, through a connection pool.
 pub struct PostgresStore {
     pool: Pool,
@@ -161,9 +131,58 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-/// A PostgreSQL error as a storage failure, kept as its source.
+/// A PostgreSQL error as a storage failure. Failures worth trying again (a broken
+/// connection, a deadlock or serialization conflict the server broke, the server
+/// shutting down) are marked retryable.
 pub(crate) fn pg_error(context: &str, err: &tokio_postgres::Error) -> Error {
-    Error::Storage(StorageFailure::new(format!("{context}: {}", describe(err))))
+    let failure = StorageFailure::new(format!("{context}: {}", describe(err)));
+    let retry = match err.as_db_error() {
+        None => true,
+        Some(db) => matches!(
+            db.code().code(),
+            "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006"
+        ),
+    };
+    Error::Storage(if retry { failure.transient() } else { failure })
+}
+
+/// A batch that was not committed, or whose outcome could not be learnt (`unknown`:
+/// the caller must assume neither).
+#[derive(Debug)]
+pub(crate) struct CommitFailure {
+    pub(crate) error: Error,
+    pub(crate) unknown: bool,
+}
+
+/// How a batch failed.
+enum Failed {
+    /// Before `COMMIT` (or refused by it): nothing written; whether to try again.
+    Before(Error, bool),
+    /// `COMMIT` sent and unanswered: transaction `xid` may have committed `outcome`.
+    Unknown {
+        xid: i64,
+        outcome: Box<Outcome>,
+        err: Error,
+    },
+}
+
+impl Failed {
+    fn before(context: &str, err: &tokio_postgres::Error) -> Self {
+        let err = pg_error(context, err);
+        let retry = matches!(&err, Error::Storage(failure) if failure.is_transient());
+        Failed::Before(err, retry)
+    }
+}
+
+/// Attempts a batch gets before its error is returned.
+pub const RETRIES: u32 = 5;
+
+/// How long the outcome of an unanswered `COMMIT` is asked for before giving up.
+pub const RESOLVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// 20 ms, doubling, at most 1 s.
+fn backoff(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis((20u64 << attempt.min(6)).min(1_000))
 }
 
 /// A failed `COMMIT`: unless the server said why it refused, the connection may have
@@ -188,23 +207,23 @@ fn describe(err: &tokio_postgres::Error) -> String {
     }
 }
 
-fn status_code(status: InstanceStatus) -> i16 {
+pub(crate) fn status_code(status: InstanceStatus) -> i16 {
     i16::from(status.code())
 }
 
-fn status_of(code: i16) -> Option<InstanceStatus> {
+pub(crate) fn status_of(code: i16) -> Option<InstanceStatus> {
     u8::try_from(code).ok().and_then(InstanceStatus::from_code)
 }
 
-fn db_i64(value: u64, what: &str) -> Result<i64> {
+pub(crate) fn db_i64(value: u64, what: &str) -> Result<i64> {
     i64::try_from(value)
         .map_err(|_| Error::InvalidArgument(format!("{what} {value} is out of range")))
 }
 
-const RUN_COLUMNS: &str = "key, id, workflow_type, status, created_at_ms, updated_at_ms, next_seq, head_lsn, head_hash, parent, suspended, wake_at_ms";
+pub(crate) const RUN_COLUMNS: &str = "key, id, workflow_type, status, created_at_ms, updated_at_ms, next_seq, head_lsn, head_hash, parent, suspended, wake_at_ms";
 
 /// A `cairn_runs` row (selected with [`RUN_COLUMNS`]) as an [`InstanceRow`].
-fn run_row(row: &Row) -> Result<InstanceRow> {
+pub(crate) fn run_row(row: &Row) -> Result<InstanceRow> {
     let key: Uuid = row.get(0);
     let corrupt = |message: String| Error::Corrupt {
         location: format!("cairn_runs, key {:032x}", key.as_u128()),
@@ -465,6 +484,22 @@ impl PostgresStore {
         Ok(leases(host, &rows))
     }
 
+    /// Removes `host`'s heartbeat row (it stopped): the others' fair shares grow at once.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn leave(&self, host: u128) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM cairn_hosts WHERE host = $1",
+                &[&Uuid::from_u128(host)],
+            )
+            .await
+            .map_err(|err| pg_error("remove a host", &err))?;
+        Ok(())
+    }
+
     /// Gives `lease` back (its runs may be taken by another host at once); `false` if it
     /// was no longer this host's.
     ///
@@ -504,98 +539,24 @@ impl PostgresStore {
         actor: Option<Actor>,
         now_ms: u64,
     ) -> Result<Started> {
-        let mut client = self.client().await?;
-        let txn = client
-            .transaction()
-            .await
-            .map_err(|err| pg_error("begin a start", &err))?;
-        let key = Uuid::now_v7();
-        let claimed = txn
-            .query_opt(
-                "INSERT INTO cairn_ids (id, key) VALUES ($1, $2)
-                 ON CONFLICT (id) DO NOTHING RETURNING key",
-                &[&id, &key],
-            )
-            .await
-            .map_err(|err| pg_error("claim an id", &err))?;
-        if claimed.is_none() {
-            // Read in the same transaction, on the same connection: asking the pool for
-            // another one while holding this one could wait for ever with the pool full.
-            let row = txn
-                .query_opt(
-                    &format!(
-                        "SELECT {RUN_COLUMNS} FROM cairn_runs
-                         WHERE key = (SELECT key FROM cairn_ids WHERE id = $1)"
-                    ),
-                    &[&id],
-                )
-                .await
-                .map_err(|err| pg_error("read an existing run", &err))?
-                .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))?;
-            let row = run_row(&row)?;
-            return Ok(Started {
-                key: row.key,
-                created: false,
-                row,
-            });
-        }
-        let lsn: i64 = txn
-            .query_one("SELECT nextval('cairn_lsn')", &[])
-            .await
-            .map_err(|err| pg_error("take an LSN", &err))?
-            .get(0);
-        let record = EventRecord {
-            instance: key.as_u128(),
-            seq: 0,
-            prev_lsn: None,
-            prev_hash: cairn_core::event::GENESIS_HASH,
-            recorded_at_ms: now_ms,
-            kind: EventKind::WorkflowStarted {
-                workflow_type: workflow_type.to_owned(),
-                id: id.to_owned(),
-                input,
-            },
+        let op = Op::Start {
+            id: id.to_owned(),
+            workflow_type: workflow_type.to_owned(),
+            input,
+            parent,
             actor,
         };
-        let envelope = encode(&record, id)?;
-        let hash = hash_envelope(&envelope);
-        let now = db_i64(now_ms, "time")?;
-        let shard = i32::try_from(shard_of(key.as_u128())).unwrap_or(0);
-        let parent = parent.map(Uuid::from_u128);
-        txn.execute(
-            "INSERT INTO cairn_runs (key, id, workflow_type, status, created_at_ms, updated_at_ms, next_seq, head_lsn, head_hash, parent, shard)
-             VALUES ($1, $2, $3, 0, $4, $4, 1, $5, $6, $7, $8)",
-            &[&key, &id, &workflow_type, &now, &lsn, &hash.as_slice(), &parent, &shard],
-        )
-        .await
-        .map_err(|err| pg_error("insert a run", &err))?;
-        txn.execute(
-            "INSERT INTO cairn_events (run, seq, lsn, epoch, envelope) VALUES ($1, 0, $2, 0, $3)",
-            &[&key, &lsn, &envelope],
-        )
-        .await
-        .map_err(|err| pg_error("insert a start event", &err))?;
-        txn.commit()
+        match self
+            .commit(&[op], now_ms)
             .await
-            .map_err(|err| commit_error("a start", &err))?;
-        let lsn = u64::try_from(lsn).unwrap_or(0);
-        Ok(Started {
-            key: key.as_u128(),
-            created: true,
-            row: InstanceRow {
-                key: key.as_u128(),
-                id: id.to_owned(),
-                workflow_type: workflow_type.to_owned(),
-                status: InstanceStatus::Running,
-                created_at_ms: now_ms,
-                updated_at_ms: now_ms,
-                head_lsn: lsn,
-                next_seq: 1,
-                head_hash: hash,
-                parent: parent.map(|p| p.as_u128()),
-                suspended: None,
-            },
-        })
+            .map_err(|f| f.error)?
+            .answers
+            .pop()
+        {
+            Some(Ok(Answer::Started(started))) => Ok(*started),
+            Some(Err(err)) => Err(err),
+            _ => Err(Error::InstanceNotFound(id.to_owned())),
+        }
     }
 
     /// Appends `kind` to run `key` under `expect`: [`PostgresStore::append_batch`] of one.
@@ -633,16 +594,12 @@ impl PostgresStore {
     /// `expect` does not hold ([`Error::Conflict`]), its `fence` is not the shard's
     /// current lease ([`Error::LeaseLost`]; without a fence it is a message from
     /// outside, ordered by the database), its run has ended
-    /// ([`Error::InstanceFinished`]) or is unknown, or its event does not encode. The
-    /// runs are locked in key order, so concurrent batches of several hosts cannot
-    /// deadlock; the shards' rows are read `FOR SHARE`, so a takeover waits for the batch
-    /// and every later batch sees it.
+    /// ([`Error::InstanceFinished`]) or is unknown, or its event does not encode.
     ///
     /// # Errors
-    /// The outer error is a storage failure: nothing of the batch was written, except
-    /// when it says the commit's outcome is unknown (the connection broke during
-    /// `COMMIT`): then all of it may have been, and the caller reads the runs back
-    /// before retrying. The inner results are each append's outcome.
+    /// The outer error is a storage failure: nothing of the batch was written (a commit
+    /// whose outcome was unknown is resolved first; see [`PostgresStore::commit`]). The
+    /// inner results are each append's outcome.
     ///
     /// # Durability
     /// On `Ok` every accepted append is committed.
@@ -654,165 +611,154 @@ impl PostgresStore {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        let mut client = self.client().await?;
+        let ops: Vec<Op> = requests
+            .into_iter()
+            .map(|request| Op::Append {
+                key: request.key,
+                kind: request.kind,
+                expect: request.expect,
+                actor: request.actor,
+                fence: request.fence,
+                document: None,
+            })
+            .collect();
+        let outcome = self.commit(&ops, now_ms).await.map_err(|f| f.error)?;
+        Ok(outcome
+            .answers
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(Answer::Appended(appended)) => Ok(appended),
+                Ok(_) => Err(Error::ShutDown),
+                Err(err) => Err(err),
+            })
+            .collect())
+    }
+
+    /// Decides and commits `ops` in one transaction, retrying the whole batch when the
+    /// server broke a deadlock or a serialization conflict, or the connection failed
+    /// before `COMMIT` (nothing was written then).
+    ///
+    /// A `COMMIT` whose answer never came (the connection broke after it was sent) is
+    /// **resolved, never guessed**: the transaction's id was read at its start, and its
+    /// status is asked on a new connection until the server says committed or aborted;
+    /// committed, the batch's answers stand; aborted, the batch is decided again.
+    ///
+    /// # Errors
+    /// A storage error when the batch cannot be written after [`RETRIES`] attempts, or
+    /// its outcome cannot be learnt within [`RESOLVE_WITHIN`] (the error says so: the
+    /// caller must not assume either).
+    pub(crate) async fn commit(
+        &self,
+        ops: &[Op],
+        now_ms: u64,
+    ) -> std::result::Result<Outcome, CommitFailure> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let failure = match self.try_commit(ops, now_ms).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(failure) => failure,
+            };
+            let err = match failure {
+                Failed::Before(err, retry) => {
+                    if retry && attempt < RETRIES {
+                        tracing::debug!(%err, attempt, "batch not written; trying again");
+                        tokio::time::sleep(backoff(attempt)).await;
+                        continue;
+                    }
+                    err
+                }
+                Failed::Unknown { xid, outcome, err } => {
+                    tracing::warn!(%err, xid, "a COMMIT went unanswered; asking the server how it ended");
+                    match self.resolve(xid).await {
+                        Ok(true) => return Ok(*outcome),
+                        Ok(false) => {}
+                        Err(error) => {
+                            return Err(CommitFailure {
+                                error,
+                                unknown: true,
+                            })
+                        }
+                    }
+                    if attempt < RETRIES {
+                        continue;
+                    }
+                    err
+                }
+            };
+            return Err(CommitFailure {
+                error: err,
+                unknown: false,
+            });
+        }
+    }
+
+    async fn try_commit(&self, ops: &[Op], now_ms: u64) -> std::result::Result<Outcome, Failed> {
+        let mut client = self
+            .client()
+            .await
+            .map_err(|err| Failed::Before(err, true))?;
         let txn = client
             .transaction()
             .await
-            .map_err(|err| pg_error("begin a batch", &err))?;
-        let mut keys: Vec<Uuid> = requests.iter().map(|r| Uuid::from_u128(r.key)).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let mut heads: std::collections::HashMap<u128, InstanceRow> = txn
-            .query(
-                &format!(
-                    "SELECT {RUN_COLUMNS} FROM cairn_runs WHERE key = ANY($1) ORDER BY key FOR UPDATE"
-                ),
-                &[&keys],
-            )
+            .map_err(|err| Failed::before("begin a batch", &err))?;
+        let xid: i64 = txn
+            .query_one("SELECT txid_current()", &[])
             .await
-            .map_err(|err| pg_error("lock the runs", &err))?
-            .iter()
-            .map(|row| run_row(row).map(|row| (row.key, row)))
-            .collect::<Result<_>>()?;
-        let mut shards: Vec<i32> = requests
-            .iter()
-            .filter_map(|r| r.fence)
-            .map(|lease| i32::try_from(lease.shard).unwrap_or(i32::MAX))
-            .collect();
-        shards.sort_unstable();
-        shards.dedup();
-        let leases: std::collections::HashMap<u32, (Option<Uuid>, i64)> = if shards.is_empty() {
-            std::collections::HashMap::new()
-        } else {
-            txn.query(
-                "SELECT shard, owner, epoch FROM cairn_shards WHERE shard = ANY($1) ORDER BY shard FOR SHARE",
-                &[&shards],
-            )
-            .await
-            .map_err(|err| pg_error("check the leases", &err))?
-            .iter()
-            .map(|row| {
-                let shard: i32 = row.get(0);
-                (
-                    u32::try_from(shard).unwrap_or(u32::MAX),
-                    (row.get(1), row.get(2)),
-                )
-            })
-            .collect()
-        };
-        // One LSN per request, taken up front (a refused one leaves a gap, which is
-        // allowed); then each append is decided, encoded and applied to its run's head in
-        // order, so the next append of the same run chains on it, and a refused one
-        // leaves the head as it was.
-        let mut lsns: Vec<i64> = txn
-            .query(
-                "SELECT nextval('cairn_lsn') FROM generate_series(1, $1::bigint)",
-                &[&i64::try_from(requests.len()).unwrap_or(0)],
-            )
-            .await
-            .map_err(|err| pg_error("take LSNs", &err))?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        lsns.sort_unstable();
-        let (mut runs, mut seqs, mut event_lsns, mut epochs, mut envelopes) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut results = Vec::with_capacity(requests.len());
-        for (request, lsn) in requests.into_iter().zip(lsns) {
-            let head = heads.get_mut(&request.key);
-            let (seq, epoch) = match decide(&request, head.as_deref(), &leases) {
-                Ok(decided) => decided,
-                Err(err) => {
-                    results.push(Err(err));
-                    continue;
-                }
-            };
-            let Some(head) = head else {
-                results.push(Err(Error::InstanceNotFound(format!(
-                    "{:032x}",
-                    request.key
-                ))));
-                continue;
-            };
-            let terminal = InstanceStatus::ended_by(&request.kind);
-            let record = EventRecord {
-                instance: request.key,
-                seq,
-                prev_lsn: Some(head.head_lsn),
-                prev_hash: head.head_hash,
-                recorded_at_ms: now_ms,
-                kind: request.kind,
-                actor: request.actor,
-            };
-            let envelope = match encode(&record, &head.id) {
-                Ok(envelope) => envelope,
-                Err(err) => {
-                    results.push(Err(err));
-                    continue;
-                }
-            };
-            head.head_hash = hash_envelope(&envelope);
-            head.head_lsn = u64::try_from(lsn).unwrap_or(0);
-            head.next_seq = seq + 1;
-            head.updated_at_ms = now_ms;
-            if let Some(status) = terminal {
-                head.status = status;
+            .map_err(|err| Failed::before("begin a batch", &err))?
+            .get(0);
+        let outcome = match batch::write(&txn, ops, now_ms).await {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                // A statement failed: the transaction is aborted with nothing written.
+                let retry = matches!(&err, Error::Storage(failure) if failure.is_transient());
+                return Err(Failed::Before(err, retry));
             }
-            runs.push(Uuid::from_u128(request.key));
-            seqs.push(db_i64(seq, "sequence number")?);
-            event_lsns.push(lsn);
-            epochs.push(epoch);
-            envelopes.push(envelope);
-            results.push(Ok(Appended { seq }));
+        };
+        match txn.commit().await {
+            Ok(()) => Ok(outcome),
+            Err(err) if err.as_db_error().is_some() => Err(Failed::before("commit a batch", &err)),
+            Err(err) => Err(Failed::Unknown {
+                xid,
+                outcome: Box::new(outcome),
+                err: commit_error("a batch", &err),
+            }),
         }
-        if !runs.is_empty() {
-            txn.execute(
-                "INSERT INTO cairn_events (run, seq, lsn, epoch, envelope)
-                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[])",
-                &[&runs, &seqs, &event_lsns, &epochs, &envelopes],
-            )
-            .await
-            .map_err(|err| pg_error("insert the events", &err))?;
-            let touched: Vec<&InstanceRow> = {
-                let mut touched: Vec<u128> = runs.iter().map(|r| r.as_u128()).collect();
-                touched.sort_unstable();
-                touched.dedup();
-                touched.iter().filter_map(|key| heads.get(key)).collect()
-            };
-            let keys: Vec<Uuid> = touched.iter().map(|r| Uuid::from_u128(r.key)).collect();
-            let next: Vec<i64> = touched
-                .iter()
-                .map(|r| db_i64(r.next_seq, "sequence number"))
-                .collect::<Result<_>>()?;
-            let head_lsns: Vec<i64> = touched
-                .iter()
-                .map(|r| db_i64(r.head_lsn, "LSN"))
-                .collect::<Result<_>>()?;
-            let hashes: Vec<&[u8]> = touched.iter().map(|r| r.head_hash.as_slice()).collect();
-            let statuses: Vec<i16> = touched.iter().map(|r| status_code(r.status)).collect();
-            txn.execute(
-                "UPDATE cairn_runs AS r
-                 SET next_seq = u.next_seq, head_lsn = u.head_lsn, head_hash = u.head_hash,
-                     updated_at_ms = $6, status = u.status, suspended = false, wake_at_ms = NULL
-                 FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bytea[], $5::smallint[])
-                     AS u(key, next_seq, head_lsn, head_hash, status)
-                 WHERE r.key = u.key",
-                &[
-                    &keys,
-                    &next,
-                    &head_lsns,
-                    &hashes,
-                    &statuses,
-                    &db_i64(now_ms, "time")?,
-                ],
-            )
-            .await
-            .map_err(|err| pg_error("update the runs", &err))?;
+    }
+
+    /// Whether transaction `xid` committed, asked on fresh connections until the server
+    /// knows (a transaction whose connection broke is aborted once its backend notices).
+    async fn resolve(&self, xid: i64) -> Result<bool> {
+        let began = std::time::Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let asked = async {
+                let client = self.client().await?;
+                let row = client
+                    .query_one("SELECT txid_status($1)", &[&xid])
+                    .await
+                    .map_err(|err| pg_error("ask how a transaction ended", &err))?;
+                Ok::<Option<String>, Error>(row.get(0))
+            }
+            .await;
+            match asked {
+                Ok(Some(status)) if status == "committed" => return Ok(true),
+                Ok(Some(status)) if status == "aborted" => return Ok(false),
+                Ok(status) => {
+                    tracing::debug!(xid, ?status, "transaction still in progress");
+                }
+                Err(err) => tracing::warn!(%err, xid, "cannot ask yet how a transaction ended"),
+            }
+            if began.elapsed() > RESOLVE_WITHIN {
+                return Err(Error::Storage(StorageFailure::new(format!(
+                    "the outcome of transaction {xid} on {} is still unknown after {} s: it may or may not have committed; read the runs back before retrying",
+                    self.place,
+                    RESOLVE_WITHIN.as_secs()
+                ))));
+            }
+            tokio::time::sleep(backoff(attempt)).await;
         }
-        txn.commit()
-            .await
-            .map_err(|err| commit_error("a batch", &err))?;
-        Ok(results)
     }
 
     /// Internal key of the current run of instance `id`.
@@ -905,22 +851,6 @@ impl PostgresStore {
             .map(|row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
             .collect())
     }
-}
-
-fn encode(record: &EventRecord, id: &str) -> Result<Vec<u8>> {
-    record.encode().map_err(|err| match err {
-        DecodeError::TooLarge { len, .. } => Error::PayloadTooLarge {
-            instance: id.to_owned(),
-            position: record.kind.name().to_owned(),
-            bytes: len,
-            max: EVENT_BYTES_MAX,
-        },
-        other => Error::PayloadEncode {
-            instance: id.to_owned(),
-            position: record.kind.name().to_owned(),
-            message: other.to_string(),
-        },
-    })
 }
 
 /// `host:port/database` of a connection string, without user or password.

@@ -10,7 +10,7 @@ use cairn_core::error::{Error, Result};
 use crate::{pg_error, SHARDS};
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Key of the advisory lock taken while migrating (any fixed number of Cairn's).
 const MIGRATION_LOCK: i64 = 0x6361_6972_6e00_0001;
@@ -69,8 +69,81 @@ CREATE TABLE cairn_hosts (
 );
 ";
 
+/// Version 3: what a journal keeps beside the log, each row written in the commit of the
+/// event it derives from: search attributes (indexed by value), parked runs, schedules,
+/// open tasks and their inboxes, the notification outbox (indexed by when it is due),
+/// documents by SHA-256, and the tallies (runs by type and status per shard; starts and
+/// ends per five-minute bucket per stripe of 16 shards), so hosts owning different
+/// shards never update one row. A run also says whether a child of it ended since its
+/// own last event (`child_ended`: its eviction is refused until then).
+const V3: &str = "
+ALTER TABLE cairn_runs ADD COLUMN child_ended boolean NOT NULL DEFAULT false;
+CREATE TABLE cairn_attributes (
+    run uuid NOT NULL,
+    name text NOT NULL,
+    value bytea NOT NULL,
+    created_at_ms bigint NOT NULL,
+    PRIMARY KEY (run, name)
+);
+CREATE INDEX cairn_attributes_by_value ON cairn_attributes (name, value, created_at_ms, run);
+CREATE TABLE cairn_parked (
+    run uuid PRIMARY KEY,
+    row bytea NOT NULL
+);
+CREATE TABLE cairn_schedules (
+    id text PRIMARY KEY,
+    row bytea NOT NULL
+);
+CREATE TABLE cairn_tasks (
+    run uuid NOT NULL,
+    step integer NOT NULL,
+    created_at_ms bigint NOT NULL,
+    workflow_type text NOT NULL,
+    name text NOT NULL,
+    due_at_ms bigint,
+    row bytea NOT NULL,
+    PRIMARY KEY (run, step)
+);
+CREATE INDEX cairn_tasks_by_start ON cairn_tasks (created_at_ms, run, step);
+CREATE TABLE cairn_task_inbox (
+    party text NOT NULL,
+    created_at_ms bigint NOT NULL,
+    run uuid NOT NULL,
+    step integer NOT NULL,
+    PRIMARY KEY (party, created_at_ms, run, step)
+);
+CREATE INDEX cairn_task_inbox_by_task ON cairn_task_inbox (run, step);
+CREATE TABLE cairn_outbox (
+    id bigint PRIMARY KEY,
+    row bytea NOT NULL,
+    due_ms bigint
+);
+CREATE INDEX cairn_outbox_due ON cairn_outbox (due_ms, id) WHERE due_ms IS NOT NULL;
+CREATE TABLE cairn_documents (
+    sha256 bytea PRIMARY KEY,
+    bytes bytea NOT NULL
+);
+CREATE TABLE cairn_counts (
+    workflow_type text NOT NULL,
+    status smallint NOT NULL,
+    shard integer NOT NULL,
+    runs bigint NOT NULL,
+    PRIMARY KEY (workflow_type, status, shard)
+);
+CREATE TABLE cairn_activity (
+    bucket_ms bigint NOT NULL,
+    workflow_type text NOT NULL,
+    what smallint NOT NULL,
+    stripe integer NOT NULL,
+    runs bigint NOT NULL,
+    PRIMARY KEY (bucket_ms, workflow_type, what, stripe)
+);
+INSERT INTO cairn_counts (workflow_type, status, shard, runs)
+    SELECT workflow_type, status, shard, count(*) FROM cairn_runs GROUP BY 1, 2, 3;
+";
+
 /// The migrations, version `n` at index `n - 1`.
-const MIGRATIONS: [&str; 2] = [V1, V2];
+const MIGRATIONS: [&str; 3] = [V1, V2, V3];
 
 /// Brings the database to [`SCHEMA_VERSION`]; returns the version it found (0 for an
 /// empty database).

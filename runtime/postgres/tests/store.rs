@@ -402,8 +402,14 @@ async fn a_version_1_database_is_migrated_to_the_current_schema() {
         .await
         .unwrap();
     drop(store);
-    // As a build of schema 1 left it.
-    raw(&db, "DROP TABLE cairn_hosts").await;
+    // As a build of schema 1 left it: without what versions 2 and 3 added.
+    raw(
+        &db,
+        "DROP TABLE cairn_hosts, cairn_attributes, cairn_parked, cairn_schedules, cairn_tasks,
+             cairn_task_inbox, cairn_outbox, cairn_documents, cairn_counts, cairn_activity",
+    )
+    .await;
+    raw(&db, "ALTER TABLE cairn_runs DROP COLUMN child_ended").await;
     raw(&db, "UPDATE cairn_meta SET value = 1 WHERE key = 'schema'").await;
     let store = PostgresStore::open(&db.url()).await.unwrap();
     let version: i64 =
@@ -411,6 +417,14 @@ async fn a_version_1_database_is_migrated_to_the_current_schema() {
     assert_eq!(version, SCHEMA_VERSION);
     assert!(store.key_of("kept-1").await.unwrap().is_some(), "data kept");
     store.heartbeat(1, 1_000).await.unwrap();
+    // The runs already there are counted by the migration.
+    let tallies = store.tallies(0).await.unwrap();
+    assert_eq!(
+        tallies
+            .by_status
+            .get(&("kept".to_owned(), InstanceStatus::Running)),
+        Some(&1)
+    );
 }
 
 #[tokio::test]

@@ -31,7 +31,6 @@ pub use cairn_core::journal::{
     RawHistory, StoredEvent, Suspension,
 };
 
-use crate::event::AttrValue;
 use crate::schedule::ScheduleRow;
 use crate::sync::{read, write, AtomicBool, RwLock, RwLockReadGuard};
 pub(crate) use crate::tables::{
@@ -186,18 +185,7 @@ pub enum IndexChange {
     Task(crate::tasks::TaskIndexChange),
 }
 
-/// The bytes an attribute value is indexed under.
-///
-/// # Errors
-/// [`Error::Storage`] if postcard fails (it does not for these types).
-pub fn attribute_bytes(value: &AttrValue) -> Result<Vec<u8>> {
-    postcard::to_allocvec(value).map_err(|err| {
-        Error::Storage(StorageFailure::caused_by(
-            "attribute value does not encode",
-            err,
-        ))
-    })
-}
+pub use cairn_core::commit::attribute_bytes;
 
 /// The byte a stored status is indexed under.
 pub(crate) fn encode_parked(row: &ParkedRow) -> Result<Vec<u8>> {

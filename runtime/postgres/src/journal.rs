@@ -1,0 +1,658 @@
+//! [`PostgresJournal`]: the journal boundary on PostgreSQL for one host process among
+//! several. A writer task gathers the host's operations into group commits; a lease task
+//! sends heartbeats, keeps the host's shard leases and claims its fair share.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use cairn_core::codec::Payload;
+use cairn_core::document::DocumentVersion;
+use cairn_core::error::{Error, Result};
+use cairn_core::event::EventKind;
+use cairn_core::journal::{
+    Actor, Appended, Attachment, Attributes, Carried, CommitListener, Delivery, DeliveryAttempt,
+    Expect, InstancePage, InstanceQuery, InstanceRow, Journal, OutboxRow, Ownership, ParkedRow,
+    RawHistory, Started, Suspension, Tallies, TaskPage, TaskQuery, TaskRow, TimeSource,
+};
+use cairn_core::schedule::ScheduleRow;
+use tokio::sync::{mpsc, oneshot, Notify};
+use uuid::Uuid;
+
+use crate::batch::{Answer, Op};
+use crate::{shard_of, CommitFailure, Lease, PostgresStore, POOL_SIZE_DEFAULT};
+
+/// Most operations one group commit takes; the rest wait for the next.
+pub const BATCH_OPS_MAX: usize = 2048;
+
+/// How a host process uses a PostgreSQL database.
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    /// Connections the host keeps at most.
+    pub pool_size: usize,
+    /// How long a shard lease lasts without a heartbeat. A host that dies holds its
+    /// shards this long before another takes them; a host paused longer (a long GC
+    /// pause, `SIGSTOP`) loses them, and its late appends are refused.
+    pub lease_ttl: Duration,
+    /// How often the host renews its leases and claims its share (a third of the lease
+    /// by default, so two heartbeats may fail before a lease lapses).
+    pub heartbeat_every: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        let lease_ttl = Duration::from_secs(15);
+        Self {
+            pool_size: POOL_SIZE_DEFAULT,
+            lease_ttl,
+            heartbeat_every: lease_ttl / 3,
+        }
+    }
+}
+
+struct Request {
+    op: Op,
+    reply: Option<oneshot::Sender<Result<Answer>>>,
+}
+
+/// What the writer and lease tasks share with the handle.
+struct Inner {
+    /// This host process's identity: fresh per open.
+    host: u128,
+    ttl_ms: u64,
+    /// The leases this host holds, by shard.
+    leases: RwLock<HashMap<u32, Lease>>,
+    listener: OnceLock<Arc<dyn CommitListener>>,
+    now_ms: OnceLock<TimeSource>,
+    commits: AtomicU64,
+    /// Set when a commit's outcome could not be learnt: the host's memory may then
+    /// disagree with the database, so every later write is refused until it reopens.
+    failed: Mutex<Option<Error>>,
+    closed: AtomicBool,
+    /// Woken when the writer has drained its queue and the leases are given back.
+    done: Notify,
+    finished: AtomicBool,
+}
+
+impl Inner {
+    fn now(&self) -> u64 {
+        self.now_ms.get().map_or_else(system_ms, |now| now())
+    }
+
+    fn lease(&self, key: u128) -> Option<Lease> {
+        self.leases
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(&shard_of(key))
+            .copied()
+    }
+
+    fn shards(&self) -> Vec<u32> {
+        let mut shards: Vec<u32> = self
+            .leases
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        shards.sort_unstable();
+        shards
+    }
+}
+
+fn system_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+/// The journal on a PostgreSQL database shared by several host processes.
+///
+/// Runs are owned per shard ([`crate::SHARDS`] of them): this host drives the runs of the
+/// shards it holds a lease on, and every operation of a run's owner (its steps through
+/// [`Journal::append`] and [`Journal::append_detached`], its eviction, its hand-over) is
+/// fenced by the lease's epoch in the same transaction. Messages from outside
+/// ([`Journal::append_by`]: signals, cancellations, task decisions, documents) and starts
+/// are taken from any host and ordered by the database.
+///
+/// # Example
+/// ```no_run
+/// # async fn demo() -> cairn_core::Result<()> {
+/// use cairn_postgres::PostgresJournal;
+/// let journal = PostgresJournal::open("postgres://cairn:secret@10.0.0.5/orders").await?;
+/// # Ok(()) }
+/// ```
+pub struct PostgresJournal {
+    store: Arc<PostgresStore>,
+    inner: Arc<Inner>,
+    queue: Mutex<Option<mpsc::UnboundedSender<Request>>>,
+    lease_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for PostgresJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresJournal")
+            .field("place", &self.store.place())
+            .field("host", &Uuid::from_u128(self.inner.host))
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresJournal {
+    /// Opens the database at `url` with [`PostgresOptions::default`].
+    ///
+    /// # Errors
+    /// As [`PostgresJournal::open_with`].
+    pub async fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, PostgresOptions::default()).await
+    }
+
+    /// Opens the database at `url` (migrating its schema), starts this host's writer and
+    /// lease tasks under a fresh host identity, and claims the host's share of the shards
+    /// before returning.
+    ///
+    /// # Errors
+    /// As [`PostgresStore::open`]; storage errors of the first heartbeat.
+    pub async fn open_with(url: &str, options: PostgresOptions) -> Result<Self> {
+        let store = Arc::new(PostgresStore::open_with(url, options.pool_size).await?);
+        let ttl_ms = u64::try_from(options.lease_ttl.as_millis()).unwrap_or(u64::MAX);
+        let inner = Arc::new(Inner {
+            host: Uuid::now_v7().as_u128(),
+            ttl_ms,
+            leases: RwLock::new(HashMap::new()),
+            listener: OnceLock::new(),
+            now_ms: OnceLock::new(),
+            commits: AtomicU64::new(0),
+            failed: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            done: Notify::new(),
+            finished: AtomicBool::new(false),
+        });
+        refresh_leases(&store, &inner).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(store.clone(), inner.clone(), rx));
+        let lease_task = tokio::spawn(lease_loop(
+            store.clone(),
+            inner.clone(),
+            options.heartbeat_every.max(Duration::from_millis(10)),
+        ));
+        Ok(Self {
+            store,
+            inner,
+            queue: Mutex::new(Some(tx)),
+            lease_task: Mutex::new(Some(lease_task)),
+        })
+    }
+
+    /// The store underneath (leases, audit reads).
+    pub fn store(&self) -> &Arc<PostgresStore> {
+        &self.store
+    }
+
+    /// This host process's identity (fresh per open).
+    pub fn host(&self) -> u128 {
+        self.inner.host
+    }
+
+    /// The shards this host holds a lease on, in order.
+    pub fn shards(&self) -> Vec<u32> {
+        self.inner.shards()
+    }
+
+    /// Closes the journal ([`Journal::close`]) and waits until what was queued is
+    /// committed and the host's leases are given back, so another host (or this process
+    /// reopening) can take its shards at once.
+    pub async fn shutdown(&self) {
+        self.close();
+        loop {
+            let notified = self.inner.done.notified();
+            if self.inner.finished.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    async fn request(&self, op: Op) -> Result<Answer> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(op, Some(reply))?;
+        answer.await.map_err(|_| Error::ShutDown)?
+    }
+
+    fn submit(&self, op: Op, reply: Option<oneshot::Sender<Result<Answer>>>) -> Result<()> {
+        if let Some(err) = self
+            .inner
+            .failed
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+        {
+            return Err(err);
+        }
+        let queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        match queue.as_ref() {
+            Some(tx) => tx.send(Request { op, reply }).map_err(|_| Error::ShutDown),
+            None => Err(Error::ShutDown),
+        }
+    }
+
+    /// The lease that fences an operation of run `key`'s owner: this host must hold
+    /// the run's shard.
+    fn owner_fence(&self, key: u128) -> Result<Lease> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::ShutDown);
+        }
+        self.inner.lease(key).ok_or_else(|| Error::LeaseLost {
+            instance: format!("{key:032x}"),
+            shard: shard_of(key),
+            held: 0,
+            current: 0,
+        })
+    }
+}
+
+fn unexpected(answer: Answer) -> Error {
+    Error::Storage(cairn_core::error::StorageFailure::new(format!(
+        "the writer answered {answer:?} to another kind of request (a bug: please report it)"
+    )))
+}
+
+/// The group-commit loop: whatever is queued when a commit ends is the next batch.
+async fn write_loop(
+    store: Arc<PostgresStore>,
+    inner: Arc<Inner>,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+) {
+    let mut requests: Vec<Request> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        requests.push(first);
+        while requests.len() < BATCH_OPS_MAX {
+            match rx.try_recv() {
+                Ok(request) => requests.push(request),
+                Err(_) => break,
+            }
+        }
+        let (ops, replies): (Vec<Op>, Vec<_>) = requests
+            .drain(..)
+            .map(|request| (request.op, request.reply))
+            .unzip();
+        let failed = inner
+            .failed
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        if let Some(err) = failed {
+            for reply in replies.into_iter().flatten() {
+                drop(reply.send(Err(err.clone())));
+            }
+            continue;
+        }
+        let began = std::time::Instant::now();
+        match store.commit(&ops, inner.now()).await {
+            Ok(outcome) => {
+                if outcome.wrote {
+                    // Memory first, answers second: a caller that hears back (or one that
+                    // went away) finds the effects already applied.
+                    let number = inner.commits.fetch_add(1, Ordering::SeqCst) + 1;
+                    if let Some(listener) = inner.listener.get() {
+                        listener.commit_took(began.elapsed());
+                        listener.committed(number, outcome.effects);
+                    }
+                }
+                for (reply, answer) in replies.into_iter().zip(outcome.answers) {
+                    if let Some(reply) = reply {
+                        drop(reply.send(answer));
+                    } else if let Err(err) = answer {
+                        tracing::warn!(%err, "a detached append was refused");
+                    }
+                }
+            }
+            Err(CommitFailure { error, unknown }) => {
+                if unknown {
+                    tracing::error!(%error, "a commit's outcome is unknown; this journal refuses further writes until reopened");
+                    *inner
+                        .failed
+                        .lock()
+                        .unwrap_or_else(|poison| poison.into_inner()) = Some(error.clone());
+                } else {
+                    tracing::warn!(%error, "a batch was not written");
+                }
+                for reply in replies.into_iter().flatten() {
+                    drop(reply.send(Err(error.clone())));
+                }
+            }
+        }
+    }
+    // The queue is closed and drained: give the shards back for the next host.
+    let leases: Vec<Lease> = inner
+        .leases
+        .write()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .drain()
+        .map(|(_, lease)| lease)
+        .collect();
+    for lease in leases {
+        if let Err(err) = store.release(lease).await {
+            tracing::warn!(%err, shard = lease.shard, "could not give a shard back; it frees itself when its lease expires");
+        }
+    }
+    if let Err(err) = store.leave(inner.host).await {
+        tracing::debug!(%err, "could not remove the host's heartbeat row");
+    }
+    inner.finished.store(true, Ordering::SeqCst);
+    inner.done.notify_waiters();
+}
+
+/// Renews this host's leases and claims its share; records what it holds.
+async fn refresh_leases(store: &PostgresStore, inner: &Inner) -> Result<()> {
+    let held = store.heartbeat(inner.host, inner.ttl_ms).await?;
+    let claimed = store.claim(inner.host, inner.ttl_ms).await?;
+    let mut leases = inner
+        .leases
+        .write()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let before: Vec<u32> = leases.keys().copied().collect();
+    let now: HashMap<u32, Lease> = held
+        .into_iter()
+        .chain(claimed)
+        .map(|lease| (lease.shard, lease))
+        .collect();
+    for shard in before {
+        if !now.contains_key(&shard) {
+            tracing::warn!(shard, "this host lost its lease on a shard to another host");
+        }
+    }
+    *leases = now;
+    Ok(())
+}
+
+async fn lease_loop(store: Arc<PostgresStore>, inner: Arc<Inner>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if inner.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Err(err) = refresh_leases(&store, &inner).await {
+            tracing::warn!(%err, "heartbeat failed; the leases lapse unless a later one succeeds");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Journal for PostgresJournal {
+    fn attach(&self, attachment: Attachment) {
+        let _ = self.inner.now_ms.set(attachment.now_ms);
+        let _ = self.inner.listener.set(attachment.listener);
+    }
+
+    fn ownership(&self) -> Ownership {
+        Ownership::Leased {
+            ttl_ms: self.inner.ttl_ms,
+        }
+    }
+
+    async fn start_by(
+        &self,
+        id: String,
+        workflow_type: String,
+        input: Payload,
+        parent: Option<u128>,
+        actor: Option<Actor>,
+    ) -> Result<Started> {
+        let op = Op::Start {
+            id,
+            workflow_type,
+            input,
+            parent,
+            actor,
+        };
+        match self.request(op).await? {
+            Answer::Started(started) => Ok(*started),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn append_by(
+        &self,
+        key: u128,
+        kind: EventKind,
+        expect: Expect,
+        actor: Option<Actor>,
+    ) -> Result<Appended> {
+        let op = Op::Append {
+            key,
+            kind,
+            expect,
+            actor,
+            fence: None,
+            document: None,
+        };
+        match self.request(op).await? {
+            Answer::Appended(appended) => Ok(appended),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The run's owner's append: fenced by this host's lease on the run's shard.
+    async fn append(&self, key: u128, kind: EventKind, expect: Expect) -> Result<Appended> {
+        let op = Op::Append {
+            key,
+            kind,
+            expect,
+            actor: None,
+            fence: Some(self.owner_fence(key)?),
+            document: None,
+        };
+        match self.request(op).await? {
+            Answer::Appended(appended) => Ok(appended),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn append_detached(&self, key: u128, kind: EventKind) {
+        let fence = match self.owner_fence(key) {
+            Ok(fence) => fence,
+            Err(err) => {
+                tracing::warn!(%err, "a detached append of a run this host does not own was dropped");
+                return;
+            }
+        };
+        let op = Op::Append {
+            key,
+            kind,
+            expect: Expect::End,
+            actor: None,
+            fence: Some(fence),
+            document: None,
+        };
+        if self.submit(op, None).is_err() {
+            tracing::debug!("journal closed; a detached append was dropped");
+        }
+    }
+
+    async fn suspend(
+        &self,
+        key: u128,
+        expected_next_seq: u64,
+        wake_at_ms: Option<u64>,
+    ) -> Result<bool> {
+        let op = Op::Suspend {
+            key,
+            expected_next_seq,
+            wake_at_ms,
+            fence: Some(self.owner_fence(key)?),
+        };
+        match self.request(op).await? {
+            Answer::Flag(marked) => Ok(marked),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn continue_as_new(
+        &self,
+        key: u128,
+        input: Payload,
+        carried: Carried,
+    ) -> Result<Option<u128>> {
+        let op = Op::ContinueAsNew {
+            key,
+            input,
+            carried,
+            fence: Some(self.owner_fence(key)?),
+        };
+        match self.request(op).await? {
+            Answer::Next(next) => Ok(next),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn schedule(
+        &self,
+        id: String,
+        row: Option<ScheduleRow>,
+        only_if: Option<ScheduleRow>,
+    ) -> Result<bool> {
+        match self.request(Op::Schedule { id, row, only_if }).await? {
+            Answer::Flag(changed) => Ok(changed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn commits(&self) -> u64 {
+        self.inner.commits.load(Ordering::SeqCst)
+    }
+
+    async fn key_of(&self, id: &str) -> Result<Option<u128>> {
+        self.store.key_of(id).await
+    }
+
+    async fn instance(&self, key: u128) -> Result<Option<InstanceRow>> {
+        self.store.instance(key).await
+    }
+
+    async fn history(&self, key: u128) -> Result<Option<RawHistory>> {
+        self.store.history(key).await
+    }
+
+    async fn envelope(&self, lsn: u64) -> Result<Option<Vec<u8>>> {
+        self.store.envelope(lsn).await
+    }
+
+    async fn attributes(&self, key: u128) -> Result<Attributes> {
+        self.store.attributes(key).await
+    }
+
+    /// The unfinished runs of the shards this host holds.
+    async fn running(&self) -> Result<Vec<(u128, Option<Suspension>)>> {
+        let shards = self.inner.shards();
+        self.store.running(Some(&shards)).await
+    }
+
+    async fn query(&self, query: &InstanceQuery) -> Result<InstancePage> {
+        self.store.query(query).await
+    }
+
+    async fn schedules(&self) -> Result<Vec<(String, ScheduleRow)>> {
+        self.store.schedules().await
+    }
+
+    async fn parked(&self) -> Result<Vec<(u128, ParkedRow)>> {
+        self.store.parked().await
+    }
+
+    async fn tallies(&self, activity_from_ms: u64) -> Result<Option<Tallies>> {
+        self.store.tallies(activity_from_ms).await.map(Some)
+    }
+
+    async fn tasks(&self, query: &TaskQuery) -> Result<TaskPage> {
+        self.store.tasks(query).await
+    }
+
+    async fn task(&self, key: u128, step: u32) -> Result<Option<TaskRow>> {
+        self.store.task(key, step).await
+    }
+
+    async fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<(Vec<OutboxRow>, Option<u64>)> {
+        self.store.outbox_due(now_ms, limit).await
+    }
+
+    async fn outbox_attempted(
+        &self,
+        id: u64,
+        attempt: DeliveryAttempt,
+        delivery: Delivery,
+    ) -> Result<()> {
+        let op = Op::OutboxAttempt {
+            id,
+            attempt,
+            delivery,
+        };
+        self.request(op).await.map(drop)
+    }
+
+    async fn outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<OutboxRow>> {
+        self.store.outbox(after, limit).await
+    }
+
+    async fn attach_document(
+        &self,
+        key: u128,
+        document: DocumentVersion,
+        bytes: Vec<u8>,
+        expect: Expect,
+        actor: Option<Actor>,
+    ) -> Result<Appended> {
+        if cairn_core::document::sha256(&bytes) != document.sha256 {
+            return Err(Error::InvalidArgument(format!(
+                "the bytes of document `{}` do not hash to the SHA-256 it names",
+                document.name
+            )));
+        }
+        let sha256 = document.sha256;
+        let op = Op::Append {
+            key,
+            kind: EventKind::DocumentAttached { document },
+            expect,
+            actor,
+            fence: None,
+            document: Some((sha256, bytes)),
+        };
+        match self.request(op).await? {
+            Answer::Appended(appended) => Ok(appended),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn document_bytes(&self, sha256: [u8; 32]) -> Result<Option<Vec<u8>>> {
+        self.store.document_bytes(sha256).await
+    }
+
+    fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        // Dropping the sender lets the writer commit what is queued and stop.
+        self.queue
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take();
+        if let Some(task) = self
+            .lease_task
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for PostgresJournal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
