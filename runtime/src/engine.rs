@@ -1623,6 +1623,7 @@ impl Engine {
         if closed.is_err() {
             tracing::error!("closing the writer or the store panicked");
         }
+        self.shared.journal.closed().await;
     }
 }
 

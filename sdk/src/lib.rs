@@ -102,9 +102,15 @@ pub mod policy {
     pub use cairn_runtime::policy::{Action, AllowAll, Policy, Roles, Verb, ANYONE};
 }
 
-/// Storage: the journal boundary every store implements ([`store::Journal`]), and the
-/// embedded redb journal ([`store::RedbJournal`]) with the file store under it.
+/// Storage: the journal boundary every store implements ([`store::Journal`]), the
+/// embedded redb journal ([`store::RedbJournal`]) with the file store under it, and with
+/// feature `postgres` the journal on PostgreSQL shared by several hosts.
 pub mod store {
+    /// The journal on PostgreSQL, shared by several hosts (feature `postgres`).
+    #[cfg(feature = "postgres")]
+    pub use cairn_postgres::{
+        Lease, PostgresJournal, PostgresOptions, PostgresStore, SCHEMA_VERSION, SHARDS,
+    };
     pub use cairn_runtime::journal::{
         verify_chain, verify_history, Appended, Attachment, Attributes, Carried, CommitListener,
         Committed, Cursor, Expect, InstancePage, InstanceQuery, InstanceRow, InstanceStatus,

@@ -236,6 +236,51 @@ impl RuntimeBuilder {
         Ok(self.inner.replayer())
     }
 
+    /// Opens the runtime on the PostgreSQL database at `url`
+    /// (`postgres://user:password@host:port/database`) as one host among any number
+    /// sharing it, with [`PostgresOptions::default`](crate::store::PostgresOptions)
+    /// (feature `postgres`). Cairn's tables are created on first open and migrated when
+    /// older; this host claims its share of the instances and resumes those unfinished.
+    ///
+    /// ```no_run
+    /// # use cairn::{workflow, Ctx, WorkflowError};
+    /// # #[workflow] async fn fulfil_order(_ctx: Ctx, n: u32) -> Result<u32, WorkflowError> { Ok(n) }
+    /// # async fn host() -> Result<(), cairn::Error> {
+    /// let rt = cairn::Runtime::builder()
+    ///     .workflow(fulfil_order)
+    ///     .open_postgres("postgres://cairn:secret@10.0.0.5/orders")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`RuntimeBuilder::open`]; [`Error::InvalidArgument`] for a string that is not a
+    /// connection string; [`Error::Open`] when the server cannot be reached, refuses the
+    /// login, or holds a newer Cairn schema (nothing is changed then).
+    #[cfg(feature = "postgres")]
+    pub async fn open_postgres(self, url: &str) -> Result<Runtime, Error> {
+        self.open_postgres_with(url, crate::store::PostgresOptions::default())
+            .await
+    }
+
+    /// [`RuntimeBuilder::open_postgres`] with a pool size and lease timings of its own
+    /// (`docs/DEPLOYMENT.md` says what they trade).
+    ///
+    /// # Errors
+    /// As [`RuntimeBuilder::open_postgres`].
+    #[cfg(feature = "postgres")]
+    pub async fn open_postgres_with(
+        self,
+        url: &str,
+        options: crate::store::PostgresOptions,
+    ) -> Result<Runtime, Error> {
+        if let Some(err) = self.error {
+            return Err(err);
+        }
+        let journal = crate::store::PostgresJournal::open_with(url, options).await?;
+        self.open_journal(Arc::new(journal)).await
+    }
+
     /// Opens the runtime on any [`Journal`] (another store, or the redb journal on a
     /// custom backend) and resumes every unfinished instance.
     ///

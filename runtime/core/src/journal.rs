@@ -520,7 +520,10 @@ pub trait Journal: Send + Sync + 'static {
         self.start_by(id, workflow_type, input, parent, None).await
     }
 
-    /// Appends one event to run `key` under `expect`, recording `actor` as its cause.
+    /// Appends one event to run `key` under `expect`, recording `actor` as its cause: a
+    /// **message from outside** the run (a signal, a cancellation, a task's decision, a
+    /// document). A store shared by several hosts takes it from any host and orders it
+    /// with the run's own events; it needs no ownership of the run.
     ///
     /// # Errors
     /// [`Error::InstanceFinished`] if the run has ended; [`Error::Conflict`] if `expect`
@@ -533,17 +536,21 @@ pub trait Journal: Send + Sync + 'static {
         actor: Option<Actor>,
     ) -> Result<Appended>;
 
-    /// [`Journal::append_by`] with no actor (the run's own events).
+    /// Appends one of the run's **own** events, by the host that drives it. A store
+    /// shared by several hosts ([`Ownership::Leased`]) fences it with this host's
+    /// ownership of the run, checked in the same commit. The default is
+    /// [`Journal::append_by`] with no actor, for a store whose host owns every run.
     ///
     /// # Errors
-    /// As [`Journal::append_by`].
+    /// As [`Journal::append_by`]; [`Error::LeaseLost`] when another host has taken the
+    /// run over (the caller must stop driving it).
     async fn append(&self, key: u128, kind: EventKind, expect: Expect) -> Result<Appended> {
         self.append_by(key, kind, expect, None).await
     }
 
-    /// Queues one event at the end of run `key` without waiting: for code that cannot
-    /// wait (a `Drop`). Committed in order with the run's other appends; a refusal is
-    /// logged.
+    /// Queues one of the run's own events at the end of run `key` without waiting: for
+    /// code that cannot wait (a `Drop`). Committed in order with the run's other appends
+    /// and fenced like [`Journal::append`]; a refusal is logged.
     fn append_detached(&self, key: u128, kind: EventKind);
 
     /// Marks run `key` evicted while waiting (the hint of [`Suspension`]) unless its
@@ -719,6 +726,12 @@ pub trait Journal: Send + Sync + 'static {
     /// Commits what is queued, then refuses every later call with [`Error::ShutDown`] and
     /// releases the storage. May block while the last commit finishes.
     fn close(&self);
+
+    /// After [`Journal::close`], waits until the journal has finished: what was queued is
+    /// committed and what it held for this host (a shared store's leases) is given back,
+    /// so another host can take over at once. The default returns at once, for a journal
+    /// whose `close` does all of it.
+    async fn closed(&self) {}
 }
 
 fn chain_error(row: &InstanceRow, event: Option<(u64, u64)>, message: &str) -> Error {

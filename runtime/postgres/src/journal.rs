@@ -207,6 +207,10 @@ impl PostgresJournal {
     /// reopening) can take its shards at once.
     pub async fn shutdown(&self) {
         self.close();
+        self.closed().await;
+    }
+
+    async fn finished(&self) {
         loop {
             let notified = self.inner.done.notified();
             if self.inner.finished.load(Ordering::SeqCst) {
@@ -631,6 +635,10 @@ impl Journal for PostgresJournal {
 
     async fn document_bytes(&self, sha256: [u8; 32]) -> Result<Option<Vec<u8>>> {
         self.store.document_bytes(sha256).await
+    }
+
+    async fn closed(&self) {
+        self.finished().await;
     }
 
     fn close(&self) {

@@ -568,6 +568,92 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Checks the whole database as an auditor would, and returns what is wrong, in
+    /// words (nothing when all holds): every run's events are numbered `0..next_seq`,
+    /// each written once; no event belongs to no run; every id names a run of that id;
+    /// along each history the lease epochs of fenced appends never decrease. (Each
+    /// history's hash chain is checked by `verify_history` on its raw events.)
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn invariants(&self) -> Result<Vec<String>> {
+        let client = self.client().await?;
+        let mut found = Vec::new();
+        for row in client
+            .query(
+                "SELECT r.id, r.next_seq, count(e.seq), coalesce(max(e.seq), -1)
+                 FROM cairn_runs r LEFT JOIN cairn_events e ON e.run = r.key
+                 GROUP BY r.key, r.id, r.next_seq
+                 HAVING count(e.seq) <> r.next_seq OR coalesce(max(e.seq), -1) <> r.next_seq - 1
+                 LIMIT 20",
+                &[],
+            )
+            .await
+            .map_err(|err| pg_error("check sequence numbers", &err))?
+        {
+            let id: String = row.get(0);
+            let next: i64 = row.get(1);
+            let count: i64 = row.get(2);
+            let max: i64 = row.get(3);
+            found.push(format!(
+                "run of `{id}`: its row counts {next} events, the log holds {count} numbered up to {max}"
+            ));
+        }
+        for row in client
+            .query(
+                "SELECT DISTINCT e.run FROM cairn_events e LEFT JOIN cairn_runs r ON r.key = e.run
+                 WHERE r.key IS NULL LIMIT 20",
+                &[],
+            )
+            .await
+            .map_err(|err| pg_error("check orphan events", &err))?
+        {
+            let run: Uuid = row.get(0);
+            found.push(format!(
+                "events of run {:032x}, which has no row",
+                run.as_u128()
+            ));
+        }
+        for row in client
+            .query(
+                "SELECT i.id FROM cairn_ids i LEFT JOIN cairn_runs r ON r.key = i.key
+                 WHERE r.key IS NULL OR r.id <> i.id LIMIT 20",
+                &[],
+            )
+            .await
+            .map_err(|err| pg_error("check ids", &err))?
+        {
+            let id: String = row.get(0);
+            found.push(format!("id `{id}` names no run of that id"));
+        }
+        for row in client
+            .query(
+                "SELECT run, seq, epoch, before FROM (
+                     SELECT run, seq, epoch, max(epoch) OVER (
+                         PARTITION BY run ORDER BY seq
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+                     ) AS before
+                     FROM cairn_events WHERE epoch > 0
+                 ) AS fenced WHERE epoch < before LIMIT 20",
+                &[],
+            )
+            .await
+            .map_err(|err| pg_error("check lease epochs", &err))?
+        {
+            let run: Uuid = row.get(0);
+            let seq: i64 = row.get(1);
+            let epoch: i64 = row.get(2);
+            let before: i64 = row.get(3);
+            found.push(format!(
+                "run {:032x}, event #{seq}: lease epoch {epoch} after epoch {before}",
+                run.as_u128()
+            ));
+        }
+        Ok(found)
+    }
+}
+
 fn decode_outbox(id: i64, bytes: &[u8]) -> Result<OutboxRow> {
     decode_versioned(|| format!("cairn_outbox, notification {id}"), bytes)
 }

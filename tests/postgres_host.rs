@@ -1,0 +1,235 @@
+//! The runtime on PostgreSQL, as a host program uses it: a mixed workload (activities,
+//! timers, children, signals, human tasks) gives the same results as on redb; a host that
+//! shuts down mid-way hands its instances to the next, which finishes them without running
+//! a completed step again; every history verifies and the database's invariants hold.
+//! Each test runs on a fresh database of this binary's throwaway cluster on 127.0.0.1.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cairn::store::{verify_history, Journal, PostgresJournal, PostgresOptions};
+use cairn::{
+    activity, workflow, ActivityCtx, ActivityError, Actor, Ctx, Runtime, TaskKind, TaskQuery,
+    WorkflowError,
+};
+use cairn_testkit::postgres::TestDb;
+
+/// Executions of `price` by input (the tests of this binary use inputs of their own).
+static PRICED: Mutex<Option<HashMap<u32, u32>>> = Mutex::new(None);
+
+#[activity]
+async fn price(_ctx: ActivityCtx, n: u32) -> Result<u32, ActivityError> {
+    *PRICED
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .entry(n)
+        .or_default() += 1;
+    Ok(n * 3)
+}
+
+/// Executions of `price` with an input in `range`, by input.
+fn priced(range: std::ops::Range<u32>) -> HashMap<u32, u32> {
+    PRICED
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .iter()
+        .filter(|(n, _)| range.contains(n))
+        .map(|(n, count)| (*n, *count))
+        .collect()
+}
+
+#[workflow]
+async fn part(ctx: Ctx, n: u32) -> Result<u32, WorkflowError> {
+    let priced = ctx.activity(price, n + 100).await?;
+    Ok(priced + 1)
+}
+
+const REVIEW: TaskKind<u32, String> = TaskKind::new("review");
+
+#[workflow]
+async fn case(ctx: Ctx, n: u32) -> Result<String, WorkflowError> {
+    let priced = ctx.activity(price, n).await?;
+    ctx.sleep(Duration::from_millis(30)).await?;
+    let child_id = format!("{}/part", ctx.instance_id());
+    let child = ctx.child(part, &child_id, n).await?;
+    let note: String = ctx.signal("go").await?;
+    let decided = ctx.human_task(REVIEW.task(n).roles(["clerk"])).await?;
+    Ok(format!(
+        "{priced}/{child}/{note}/{} by {}",
+        decided.decision, decided.by.id
+    ))
+}
+
+fn clerk() -> Actor {
+    Actor::new("cleo", ["clerk"])
+}
+
+fn builder() -> cairn::RuntimeBuilder {
+    Runtime::builder().workflow(case).workflow(part)
+}
+
+/// Sends `go` to every case and decides every task until `n` cases are done; returns
+/// their results in id order.
+async fn drive(rt: &Runtime, ids: &[String]) -> Vec<String> {
+    for id in ids {
+        rt.signal(id, "go", &format!("go-{id}")).await.unwrap();
+    }
+    let mut decided = 0;
+    for _ in 0..4000 {
+        let page = rt.tasks(&TaskQuery::for_actor(&clerk())).await.unwrap();
+        for row in &page.rows {
+            let task = row.id();
+            rt.claim(&clerk(), &task).await.unwrap();
+            rt.complete(&clerk(), &task, &format!("ok-{}", task.instance))
+                .await
+                .unwrap();
+            decided += 1;
+        }
+        if decided == ids.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(decided, ids.len(), "every case reached its task");
+    let mut results = Vec::new();
+    for id in ids {
+        let outcome = rt.handle(case, id).result().await.unwrap().unwrap();
+        results.push(outcome);
+    }
+    results
+}
+
+fn ids(prefix: &str, n: u32) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i:02}")).collect()
+}
+
+async fn start_all(rt: &Runtime, ids: &[String], base: u32) {
+    for (n, id) in ids.iter().enumerate() {
+        let created = rt
+            .start(case, id, base + u32::try_from(n).unwrap())
+            .await
+            .unwrap()
+            .created();
+        assert!(created, "{id} is new");
+    }
+}
+
+/// Every history on the database verifies, and the invariants hold.
+async fn audit(url: &str) -> usize {
+    let journal = PostgresJournal::open_with(
+        url,
+        PostgresOptions {
+            pool_size: 2,
+            ..PostgresOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let violations = journal.store().invariants().await.unwrap();
+    assert!(violations.is_empty(), "{violations:#?}");
+    let mut checked = 0;
+    let mut page = journal
+        .query(&cairn::store::InstanceQuery::default())
+        .await
+        .unwrap();
+    loop {
+        for row in &page.rows {
+            let raw = journal.history(row.key).await.unwrap().unwrap();
+            verify_history(raw).unwrap();
+            checked += 1;
+        }
+        let Some(next) = page.next else { break };
+        page = journal
+            .query(&cairn::store::InstanceQuery {
+                after: Some(next),
+                ..cairn::store::InstanceQuery::default()
+            })
+            .await
+            .unwrap();
+    }
+    journal.shutdown().await;
+    checked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_workload_gives_on_postgres_what_it_gives_on_redb() {
+    let ids = ids("order", 12);
+
+    let dir = tempfile::tempdir().unwrap();
+    let on_redb = builder().open(dir.path().join("db.redb")).await.unwrap();
+    start_all(&on_redb, &ids, 0).await;
+    let expected = drive(&on_redb, &ids).await;
+    on_redb.shutdown().await;
+
+    let db = TestDb::new().await.unwrap();
+    let on_postgres = builder().open_postgres(&db.url()).await.unwrap();
+    start_all(&on_postgres, &ids, 0).await;
+    let got = drive(&on_postgres, &ids).await;
+    assert_eq!(got, expected);
+    assert!(
+        got[3].starts_with("9/310/go-order-03/ok-order-03 by cleo"),
+        "{}",
+        got[3]
+    );
+    // Starting an id again finds it, on PostgreSQL as on redb.
+    let again = on_postgres.start(case, &ids[0], 0).await.unwrap();
+    assert!(!again.created());
+    on_postgres.shutdown().await;
+
+    // Each case and its child: 24 runs, each history verified.
+    assert_eq!(audit(&db.url()).await, 24);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_stops_mid_way_hands_its_instances_to_the_next() {
+    const BASE: u32 = 1000;
+    let db = TestDb::new().await.unwrap();
+    let ids = ids("ticket", 10);
+    let first = builder().open_postgres(&db.url()).await.unwrap();
+    start_all(&first, &ids, BASE).await;
+    // Let them reach their signal wait: activity, timer and child done.
+    for id in &ids {
+        let mut spins = 0;
+        while !first
+            .history(id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|event| event.record.kind.name() == "ChildCompleted")
+        {
+            spins += 1;
+            assert!(spins < 2000, "{id} did not reach its signal wait");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    first.shutdown().await;
+
+    // A new host process on the same database: a fresh identity, the shards given back
+    // by the first, its instances resumed by replay.
+    let second = builder().open_postgres(&db.url()).await.unwrap();
+    let results = drive(&second, &ids).await;
+    for (n, result) in results.iter().enumerate() {
+        let input = BASE + u32::try_from(n).unwrap();
+        assert_eq!(
+            result,
+            &format!(
+                "{}/{}/go-{}/ok-{} by cleo",
+                input * 3,
+                (input + 100) * 3 + 1,
+                ids[n],
+                ids[n]
+            )
+        );
+    }
+    // Each step ran once: the case's and its child's, none again after the hand-over.
+    let runs = priced(BASE..BASE + 200);
+    assert_eq!(runs.len(), 20, "{runs:?}");
+    assert!(runs.values().all(|count| *count == 1), "{runs:?}");
+    second.shutdown().await;
+    assert_eq!(audit(&db.url()).await, 20);
+}
