@@ -233,3 +233,109 @@ async fn a_host_that_stops_mid_way_hands_its_instances_to_the_next() {
     second.shutdown().await;
     assert_eq!(audit(&db.url()).await, 20);
 }
+
+fn quick() -> PostgresOptions {
+    PostgresOptions {
+        pool_size: 4,
+        lease_ttl: Duration::from_millis(1500),
+        heartbeat_every: Duration::from_millis(200),
+        poll_every: Duration::from_millis(50),
+    }
+}
+
+/// Two hosts on one database split the shards; signals sent through one host reach runs
+/// the other drives, tasks decided through either reach their run, children's ends reach
+/// parents across hosts, and results are read through either. When one host stops, the
+/// other takes its shards and finishes its runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_share_the_runs_and_one_takes_over_when_the_other_stops() {
+    const BASE: u32 = 2000;
+    let db = TestDb::new().await.unwrap();
+    let ids = ids("shared", 24);
+    let a = builder()
+        .open_postgres_with(&db.url(), quick())
+        .await
+        .unwrap();
+    start_all(&a, &ids, BASE).await;
+    let b = builder()
+        .open_postgres_with(&db.url(), quick())
+        .await
+        .unwrap();
+    // Within a few heartbeats the first gives the second its half.
+    let journal_a = a.engine().journal();
+    let mut spins = 0;
+    while journal_a
+        .query(&cairn::store::InstanceQuery::default())
+        .await
+        .unwrap()
+        .rows
+        .iter()
+        .all(|row| journal_a.owns(row.key))
+    {
+        spins += 1;
+        assert!(spins < 200, "the second host never got a share");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Half the messages go through the host that does not drive the run.
+    for (n, id) in ids.iter().enumerate() {
+        let via = if n % 2 == 0 { &a } else { &b };
+        via.signal(id, "go", &format!("go-{id}")).await.unwrap();
+    }
+    let mut decided = 0;
+    for round in 0..4000 {
+        let via = if round % 2 == 0 { &a } else { &b };
+        let page = via.tasks(&TaskQuery::for_actor(&clerk())).await.unwrap();
+        for row in &page.rows {
+            let task = row.id();
+            via.claim(&clerk(), &task).await.unwrap();
+            via.complete(&clerk(), &task, &format!("ok-{}", task.instance))
+                .await
+                .unwrap();
+            decided += 1;
+        }
+        if decided >= ids.len() / 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Half decided; the first host stops (its shards are given back) and the second
+    // finishes everything.
+    a.shutdown().await;
+    for _ in 0..4000 {
+        let page = b.tasks(&TaskQuery::for_actor(&clerk())).await.unwrap();
+        for row in &page.rows {
+            let task = row.id();
+            b.claim(&clerk(), &task).await.unwrap();
+            b.complete(&clerk(), &task, &format!("ok-{}", task.instance))
+                .await
+                .unwrap();
+            decided += 1;
+        }
+        if decided == ids.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(decided, ids.len());
+    for (n, id) in ids.iter().enumerate() {
+        let input = BASE + u32::try_from(n).unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(30), b.handle(case, id).result())
+            .await
+            .expect("finished in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            result,
+            format!(
+                "{}/{}/go-{id}/ok-{id} by cleo",
+                input * 3,
+                (input + 100) * 3 + 1
+            )
+        );
+    }
+    let runs = priced(BASE..BASE + 200);
+    assert_eq!(runs.len(), 48, "{runs:?}");
+    assert!(runs.values().all(|count| *count == 1), "{runs:?}");
+    b.shutdown().await;
+    assert_eq!(audit(&db.url()).await, 48);
+}

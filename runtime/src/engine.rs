@@ -38,7 +38,7 @@ use crate::task::Actor;
 use crate::timers::TimerIndex;
 use cairn_core::journal::{
     verify_history, Attachment, Carried, CarriedSignal, CommitListener, Committed, Cursor, Expect,
-    InstanceQuery, Journal, Tallies,
+    Handover, InstanceQuery, Journal, Suspension, Tallies,
 };
 
 /// Longest user id accepted, in bytes.
@@ -617,6 +617,12 @@ impl Engine {
         self.shared.replays.load(Ordering::Relaxed)
     }
 
+    /// The journal this engine writes through (to read it as the engine does, or to ask
+    /// a shared store which runs this host drives: [`Journal::owns`]).
+    pub fn journal(&self) -> &Arc<dyn Journal> {
+        &self.shared.journal
+    }
+
     /// Number of instances with a run in memory (not evicted).
     pub fn resident_runs(&self) -> usize {
         lock(&self.shared.active)
@@ -629,45 +635,8 @@ impl Engine {
     /// dormant entries (with their wake-up time in the timer index) without reading or
     /// replaying their history; the others are replayed.
     async fn recover(&self) -> Result<()> {
-        let mut resume = Vec::new();
-        let mut dormant = 0usize;
         let running = self.shared.journal.running().await?;
-        {
-            let mut active = lock(&self.shared.active);
-            for (key, suspension) in running {
-                match suspension {
-                    Some(suspension) => {
-                        active.insert(key, Active::dormant());
-                        if let Some(at) = suspension.wake_at_ms {
-                            self.shared.timers.insert(at, key);
-                        }
-                        dormant += 1;
-                    }
-                    None => resume.push(key),
-                }
-            }
-        }
-        tracing::info!(
-            replayed = resume.len(),
-            dormant,
-            "resuming unfinished instances"
-        );
-        for key in resume {
-            // Parking for an unknown type is decided here, before `open` returns, so the
-            // host sees it at once; the rest replay in their own tasks.
-            if let Some(row) = self.shared.journal.instance(key).await? {
-                if !self.shared.workflows.contains_key(&row.workflow_type) {
-                    let err = Error::UnknownWorkflowType {
-                        workflow_type: row.workflow_type.clone(),
-                        instance: Some(row.id.clone()),
-                    };
-                    park(&self.shared, key, err);
-                    continue;
-                }
-            }
-            spawn_driver(&self.shared, key, Resume::Load);
-        }
-        Ok(())
+        resume_runs(&self.shared, running).await
     }
 
     /// Starts instance `id` of `workflow_type` with `input`; if `id` exists, returns it
@@ -1214,6 +1183,9 @@ impl Engine {
 
     /// Waits for run `key` of `id` to end.
     async fn wait_run(&self, id: &str, key: u128) -> Result<Outcome> {
+        if !self.shared.journal.owns(key) {
+            return self.wait_elsewhere(key).await;
+        }
         // One bound for the whole wait, not one per wake-up: other instances' drivers
         // register all the time and must not keep a damaged one waiting for ever.
         let give_up = tokio::time::Instant::now() + DRIVER_REGISTRATION_WAIT;
@@ -1259,6 +1231,10 @@ impl Engine {
             if self.shared.closed.load(Ordering::Acquire) {
                 return Err(Error::ShutDown);
             }
+            if !self.shared.journal.owns(key) {
+                // Taken over by another host while this one drove it.
+                return self.wait_elsewhere(key).await;
+            }
         }
         if let Some(err) = lock(&self.shared.parked).get(&key) {
             return Err(Error::Parked {
@@ -1271,6 +1247,29 @@ impl Engine {
             return Err(Error::ShutDown);
         }
         self.recorded_outcome(&row).await
+    }
+
+    /// Waits for run `key`, driven by another host, to end: its row is read again and
+    /// again (every 20 ms at first, backing off to a second), since this host hears
+    /// nothing of a run it does not own.
+    async fn wait_elsewhere(&self, key: u128) -> Result<Outcome> {
+        let mut pause = std::time::Duration::from_millis(20);
+        loop {
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Err(Error::ShutDown);
+            }
+            let row = self
+                .shared
+                .journal
+                .instance(key)
+                .await?
+                .ok_or_else(|| Error::InstanceNotFound(format!("{key:032x}")))?;
+            if row.status.is_finished() {
+                return self.recorded_outcome(&row).await;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(1));
+        }
     }
 
     async fn recorded_outcome(&self, row: &InstanceRow) -> Result<Outcome> {
@@ -1737,6 +1736,85 @@ impl Active {
     }
 }
 
+/// Resumes unfinished runs from the running index only: evicted ones become dormant
+/// entries (with their wake-up time in the timer index) without reading or replaying
+/// their history; the others are replayed. A run already resident is left as it is (a
+/// shared store names its runs again when this host takes them over, and as a safety
+/// net).
+async fn resume_runs(shared: &Arc<Shared>, running: Vec<(u128, Option<Suspension>)>) -> Result<()> {
+    let mut resume = Vec::new();
+    let mut dormant = 0usize;
+    {
+        let mut active = lock(&shared.active);
+        let parked = lock(&shared.parked);
+        for (key, suspension) in running {
+            if active.contains_key(&key) || parked.contains_key(&key) {
+                continue;
+            }
+            match suspension {
+                Some(suspension) => {
+                    active.insert(key, Active::dormant());
+                    if let Some(at) = suspension.wake_at_ms {
+                        shared.timers.insert(at, key);
+                    }
+                    dormant += 1;
+                }
+                None => resume.push(key),
+            }
+        }
+    }
+    if resume.is_empty() && dormant == 0 {
+        return Ok(());
+    }
+    tracing::info!(
+        replayed = resume.len(),
+        dormant,
+        "resuming unfinished instances"
+    );
+    for key in resume {
+        // Parking for an unknown type is decided here, before `open` returns, so the
+        // host sees it at once; the rest replay in their own tasks.
+        if let Some(row) = shared.journal.instance(key).await? {
+            if !shared.workflows.contains_key(&row.workflow_type) {
+                let err = Error::UnknownWorkflowType {
+                    workflow_type: row.workflow_type.clone(),
+                    instance: Some(row.id.clone()),
+                };
+                park(shared, key, err);
+                continue;
+            }
+        }
+        spawn_driver(shared, key, Resume::Load);
+    }
+    Ok(())
+}
+
+/// Stops every resident run this host no longer owns (another host took it over): its
+/// driver is aborted and its entry dropped, so its waiters look for the result in the
+/// store.
+fn drop_lost_runs(shared: &Shared) {
+    let mut active = lock(&shared.active);
+    let lost: Vec<u128> = active
+        .keys()
+        .copied()
+        .filter(|key| !shared.journal.owns(*key))
+        .collect();
+    for key in &lost {
+        if let Some(entry) = active.remove(key) {
+            if let Driver::Running(task) = entry.driver {
+                task.abort();
+            }
+        }
+    }
+    if !lost.is_empty() {
+        tracing::warn!(
+            runs = lost.len(),
+            "stopped driving runs another host took over"
+        );
+        shared.registered.notify_waiters();
+    }
+}
+
 /// Starts a driver for `key`: for a new instance, or to wake a dormant one.
 fn spawn_driver(shared: &Arc<Shared>, key: u128, resume: Resume) {
     let mut active = lock(&shared.active);
@@ -1750,16 +1828,28 @@ fn spawn_driver(shared: &Arc<Shared>, key: u128, resume: Resume) {
 /// asked for the write still being there. The writer thread only queues the batch: the
 /// work, and the wake-ups it causes, happen on the runtime's own threads.
 struct Dispatch {
-    batches: tokio::sync::mpsc::UnboundedSender<(u64, Vec<Committed>)>,
+    batches: tokio::sync::mpsc::UnboundedSender<Dispatched>,
     /// The metrics' commit latency (a handle on the histogram, not on the engine, which
     /// owns the journal that owns this).
     commit_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
+/// What the commit path hands the dispatcher, in order.
+enum Dispatched {
+    /// A commit's number and effects.
+    Commit(u64, Vec<Committed>),
+    /// A change in which runs this host drives.
+    Handover(Handover),
+}
+
 impl CommitListener for Dispatch {
     fn committed(&self, batch: u64, effects: Vec<Committed>) {
         // Closed only when the engine is gone: nothing is left to apply them to.
-        let _ = self.batches.send((batch, effects));
+        let _ = self.batches.send(Dispatched::Commit(batch, effects));
+    }
+
+    fn handover(&self, change: Handover) {
+        let _ = self.batches.send(Dispatched::Handover(change));
     }
 
     fn commit_took(&self, took: std::time::Duration) {
@@ -1772,11 +1862,29 @@ impl CommitListener for Dispatch {
 /// callers read their own writes.
 async fn run_dispatch(
     weak: std::sync::Weak<Shared>,
-    mut batches: tokio::sync::mpsc::UnboundedReceiver<(u64, Vec<Committed>)>,
+    mut batches: tokio::sync::mpsc::UnboundedReceiver<Dispatched>,
 ) {
-    while let Some((batch, effects)) = batches.recv().await {
+    while let Some(dispatched) = batches.recv().await {
         let Some(shared) = weak.upgrade() else {
             return;
+        };
+        let (batch, effects) = match dispatched {
+            Dispatched::Commit(batch, effects) => (batch, effects),
+            Dispatched::Handover(Handover::Lost) => {
+                drop_lost_runs(&shared);
+                continue;
+            }
+            Dispatched::Handover(Handover::Adopted(runs)) => {
+                if !shared.closed.load(Ordering::Acquire) {
+                    let resuming = shared.clone();
+                    shared.runtime.spawn(async move {
+                        if let Err(err) = resume_runs(&resuming, runs).await {
+                            tracing::warn!(%err, "could not resume runs taken over; the next hand-over tries again");
+                        }
+                    });
+                }
+                continue;
+            }
         };
         // A bug here must not stop every later commit from reaching memory, nor leave
         // the callers waiting for `applied` hanging.
@@ -1961,6 +2069,11 @@ fn apply_event(
         }) => {
             // Shutting down: the instance starts at the next open, from its history.
             if shared.closed.load(Ordering::Acquire) {
+                return;
+            }
+            // Driven by the host that owns it; and a run already resident (taken over
+            // and replayed before its start was heard of) carries on from its history.
+            if !shared.journal.owns(key) || active.contains_key(&key) {
                 return;
             }
             if !shared.workflows.contains_key(workflow_type) {
@@ -2320,6 +2433,22 @@ async fn run_instance(
         Err(err) => Err(err),
     };
     match &result {
+        // Another host took the run over (this one lapsed): it drives it from here on.
+        // Nothing is published: this host's waiters look for the result in the store.
+        Err(err @ Error::LeaseLost { .. }) => {
+            tracing::warn!(%err, "stopped driving a run another host took over");
+            lock(&shared.active).remove(&key);
+            shared.registered.notify_waiters();
+            return;
+        }
+        // A shared store that failed for a while: the run resumes when the store names
+        // it again (its owner's safety net), not at the next open only.
+        Err(Error::Storage(failure)) if failure.is_transient() => {
+            tracing::warn!(%failure, "instance stopped; it resumes when its store is back");
+            lock(&shared.active).remove(&key);
+            shared.registered.notify_waiters();
+            return;
+        }
         // Not the instance's fault: it resumes when the runtime is reopened.
         Err(err @ (Error::Storage(_) | Error::ShutDown)) => {
             tracing::warn!(%err, "instance stopped");

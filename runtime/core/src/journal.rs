@@ -285,6 +285,20 @@ pub fn reported(kind: &EventKind) -> Option<EventKind> {
     }
 }
 
+/// A change in which runs this host drives, told by a store shared by several hosts
+/// ([`Ownership::Leased`]) to its listener, in order with its commits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handover {
+    /// This host now drives these unfinished runs, with their suspension hints: it took
+    /// their part of the store over (from a host that stopped or lapsed), or the store
+    /// names them again as a safety net. Resume those not already resident, as at start.
+    Adopted(Vec<(u128, Option<Suspension>)>),
+    /// This host no longer drives some runs (another host took them over): stop every
+    /// resident run for which [`Journal::owns`] is now `false`; its appends would be
+    /// refused.
+    Lost,
+}
+
 /// Receives every commit's effects before the replies go out: `batch` is the commit's
 /// number ([`Journal::commits`] once it is counted). It must not call back into the
 /// journal and should only hand the effects on: the next commit waits for it.
@@ -296,6 +310,12 @@ pub trait CommitListener: Send + Sync {
     /// store took to make it durable (for the host's metrics).
     fn commit_took(&self, took: std::time::Duration) {
         let _ = took;
+    }
+
+    /// Called when this host starts or stops driving some runs (see [`Handover`]). The
+    /// default ignores it, for a host that owns every run.
+    fn handover(&self, change: Handover) {
+        let _ = change;
     }
 }
 
@@ -491,6 +511,15 @@ pub trait Journal: Send + Sync + 'static {
 
     /// How runs are owned (see [`Ownership`]).
     fn ownership(&self) -> Ownership;
+
+    /// Whether this host drives run `key` now: always for [`Ownership::Exclusive`]; for a
+    /// shared store, while it holds the run's lease. A run this host does not own is
+    /// driven elsewhere: its effects here only reach waiters, and the owner hears of them
+    /// through the store.
+    fn owns(&self, key: u128) -> bool {
+        let _ = key;
+        true
+    }
 
     /// Starts instance `id` with a `WorkflowStarted` event recording `actor`, or finds the
     /// existing one (`created == false`, nothing written): atomic and idempotent by id.

@@ -141,6 +141,8 @@ pub(crate) struct Outcome {
     pub(crate) witness: Option<i64>,
     /// Whether anything at all was written.
     pub(crate) wrote: bool,
+    /// Whether it left wake-ups for other hosts (their owners are then nudged).
+    pub(crate) woke_others: bool,
 }
 
 /// A run as the batch holds it: its row, whether a child of it ended since its own last
@@ -167,10 +169,21 @@ struct Writes {
     schedules: Vec<(String, Option<Vec<u8>>)>,
     counts: BTreeMap<(String, i16, i32), i64>,
     activity: BTreeMap<(i64, String, i16, i32), i64>,
+    /// Wake-ups for other hosts: (shard, run, seq).
+    wakes: BTreeSet<(i32, u128, i64)>,
 }
 
 /// Decides and writes `ops` in the open transaction `txn` (the caller commits).
-pub(crate) async fn write(txn: &Transaction<'_>, ops: &[Op], now_ms: u64) -> Result<Outcome> {
+///
+/// `owned` is the set of shards this host holds, when it is one host among several: an
+/// event on a run of another shard (a message, a start), or the end of a child whose
+/// parent is of another shard, leaves a wake-up for that shard's owner (`cairn_wakes`).
+pub(crate) async fn write(
+    txn: &Transaction<'_>,
+    ops: &[Op],
+    now_ms: u64,
+    owned: Option<&HashSet<u32>>,
+) -> Result<Outcome> {
     let mut outcome = Outcome::default();
     let mut answers: Vec<Option<Result<Answer>>> = vec![None; ops.len()];
 
@@ -486,6 +499,10 @@ pub(crate) async fn write(txn: &Transaction<'_>, ops: &[Op], now_ms: u64) -> Res
         || !writes.touched.is_empty()
         || !writes.schedules.is_empty()
         || !writes.attempts.is_empty();
+    if let Some(owned) = owned {
+        gather_wakes(&mut writes, &heads, owned);
+    }
+    outcome.woke_others = !writes.wakes.is_empty();
     let refused_attempts = apply(txn, &writes, &heads).await?;
     // An attempt at a notification the outbox does not hold is refused alone.
     let mut attempt_index = 0;
@@ -915,6 +932,32 @@ impl Decider<'_> {
     }
 }
 
+/// The wake-ups the batch's events call for: each event on a run of a shard not in
+/// `owned`, and each end of a run whose parent is of a shard not in `owned`.
+fn gather_wakes(writes: &mut Writes, heads: &HashMap<u128, Head>, owned: &HashSet<u32>) {
+    for (run, seq, _, _, _) in &writes.events {
+        let key = run.as_u128();
+        let shard = shard_of(key);
+        if !owned.contains(&shard) {
+            writes
+                .wakes
+                .insert((i32::try_from(shard).unwrap_or(0), key, *seq));
+        }
+        let ended = heads.get(&key).is_some_and(|head| {
+            head.row.status.is_finished()
+                && head.row.next_seq == u64::try_from(*seq).unwrap_or(0) + 1
+        });
+        if let Some(parent) = heads.get(&key).and_then(|head| head.row.parent) {
+            let parent_shard = shard_of(parent);
+            if ended && !owned.contains(&parent_shard) {
+                writes
+                    .wakes
+                    .insert((i32::try_from(parent_shard).unwrap_or(0), key, *seq));
+            }
+        }
+    }
+}
+
 /// Writes what the batch decided; returns the indexes (among the batch's outbox
 /// attempts) of attempts at notifications the outbox does not hold.
 async fn apply(
@@ -1086,6 +1129,18 @@ async fn apply(
         )
         .await
         .map_err(|err| pg_error("add notifications", &err))?;
+    }
+    if !writes.wakes.is_empty() {
+        let shards: Vec<i32> = writes.wakes.iter().map(|w| w.0).collect();
+        let runs: Vec<Uuid> = writes.wakes.iter().map(|w| Uuid::from_u128(w.1)).collect();
+        let seqs: Vec<i64> = writes.wakes.iter().map(|w| w.2).collect();
+        txn.execute(
+            "INSERT INTO cairn_wakes (shard, run, seq)
+             SELECT * FROM unnest($1::integer[], $2::uuid[], $3::bigint[]) ON CONFLICT DO NOTHING",
+            &[&shards, &runs, &seqs],
+        )
+        .await
+        .map_err(|err| pg_error("leave wake-ups", &err))?;
     }
     let mut refused = HashSet::new();
     for (index, (id, attempt, delivery)) in writes.attempts.iter().enumerate() {

@@ -12,9 +12,10 @@ use cairn_core::document::DocumentVersion;
 use cairn_core::error::{Error, Result};
 use cairn_core::event::EventKind;
 use cairn_core::journal::{
-    Actor, Appended, Attachment, Attributes, Carried, CommitListener, Delivery, DeliveryAttempt,
-    Expect, InstancePage, InstanceQuery, InstanceRow, Journal, OutboxRow, Ownership, ParkedRow,
-    RawHistory, Started, Suspension, Tallies, TaskPage, TaskQuery, TaskRow, TimeSource,
+    Actor, Appended, Attachment, Attributes, Carried, CommitListener, Committed, Delivery,
+    DeliveryAttempt, Expect, Handover, InstancePage, InstanceQuery, InstanceRow, Journal,
+    OutboxRow, Ownership, ParkedRow, RawHistory, RunEnded, Started, Suspension, Tallies, TaskPage,
+    TaskQuery, TaskRow, TimeSource,
 };
 use cairn_core::schedule::ScheduleRow;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -38,6 +39,10 @@ pub struct PostgresOptions {
     /// How often the host renews its leases and claims its share (a third of the lease
     /// by default, so two heartbeats may fail before a lease lapses).
     pub heartbeat_every: Duration,
+    /// How often the host looks for wake-ups other hosts left for its runs, besides
+    /// being nudged (`NOTIFY`) when they leave some: the longest a lost nudge delays a
+    /// signal, a start or a child's end recorded by another host.
+    pub poll_every: Duration,
 }
 
 impl Default for PostgresOptions {
@@ -47,14 +52,31 @@ impl Default for PostgresOptions {
             pool_size: POOL_SIZE_DEFAULT,
             lease_ttl,
             heartbeat_every: lease_ttl / 3,
+            poll_every: Duration::from_millis(500),
         }
     }
 }
 
-struct Request {
-    op: Op,
-    reply: Option<oneshot::Sender<Result<Answer>>>,
+/// What the writer task is asked, in order.
+enum Request {
+    /// An operation to commit, and where its answer goes.
+    Op {
+        op: Box<Op>,
+        reply: Option<oneshot::Sender<Result<Answer>>>,
+    },
+    /// Events other hosts recorded that this host must apply, and runs it now drives:
+    /// handed to the listener in order with this host's own commits.
+    Deliver {
+        effects: Vec<Committed>,
+        adopted: Vec<(u128, Option<Suspension>)>,
+    },
+    /// This host stopped driving some runs.
+    Lost,
 }
+
+/// Heartbeats between two full reports of the runs this host drives (the safety net
+/// that resumes a run whose driver stopped on a store failure).
+const SAFETY_NET_EVERY: u32 = 6;
 
 /// What the writer and lease tasks share with the handle.
 struct Inner {
@@ -73,6 +95,8 @@ struct Inner {
     /// Woken when the writer has drained its queue and the leases are given back.
     done: Notify,
     finished: AtomicBool,
+    /// Set while a nudge to the other hosts is on its way (at most one at a time).
+    nudging: AtomicBool,
 }
 
 impl Inner {
@@ -86,6 +110,15 @@ impl Inner {
             .unwrap_or_else(|poison| poison.into_inner())
             .get(&shard_of(key))
             .copied()
+    }
+
+    fn owned(&self) -> std::collections::HashSet<u32> {
+        self.leases
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .keys()
+            .copied()
+            .collect()
     }
 
     fn shards(&self) -> Vec<u32> {
@@ -129,7 +162,8 @@ pub struct PostgresJournal {
     store: Arc<PostgresStore>,
     inner: Arc<Inner>,
     queue: Mutex<Option<mpsc::UnboundedSender<Request>>>,
-    lease_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The lease and wake-up tasks, aborted at close.
+    lease_task: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for PostgresJournal {
@@ -170,6 +204,7 @@ impl PostgresJournal {
             closed: AtomicBool::new(false),
             done: Notify::new(),
             finished: AtomicBool::new(false),
+            nudging: AtomicBool::new(false),
         });
         refresh_leases(&store, &inner).await?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -178,12 +213,19 @@ impl PostgresJournal {
             store.clone(),
             inner.clone(),
             options.heartbeat_every.max(Duration::from_millis(10)),
+            tx.downgrade(),
+        ));
+        let wake_task = tokio::spawn(wake_loop(
+            store.clone(),
+            inner.clone(),
+            options.poll_every.max(Duration::from_millis(10)),
+            tx.downgrade(),
         ));
         Ok(Self {
             store,
             inner,
             queue: Mutex::new(Some(tx)),
-            lease_task: Mutex::new(Some(lease_task)),
+            lease_task: Mutex::new(vec![lease_task, wake_task]),
         })
     }
 
@@ -241,7 +283,12 @@ impl PostgresJournal {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         match queue.as_ref() {
-            Some(tx) => tx.send(Request { op, reply }).map_err(|_| Error::ShutDown),
+            Some(tx) => tx
+                .send(Request::Op {
+                    op: Box::new(op),
+                    reply,
+                })
+                .map_err(|_| Error::ShutDown),
             None => Err(Error::ShutDown),
         }
     }
@@ -267,71 +314,61 @@ fn unexpected(answer: Answer) -> Error {
     )))
 }
 
-/// The group-commit loop: whatever is queued when a commit ends is the next batch.
+/// The group-commit loop: whatever is queued when a commit ends is the next batch. A
+/// delivery or a hand-over ends the batch before it, so the listener hears everything in
+/// queue order.
 async fn write_loop(
     store: Arc<PostgresStore>,
     inner: Arc<Inner>,
     mut rx: mpsc::UnboundedReceiver<Request>,
 ) {
-    let mut requests: Vec<Request> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        requests.push(first);
-        while requests.len() < BATCH_OPS_MAX {
+    let mut ops: Vec<Op> = Vec::new();
+    let mut replies: Vec<Option<oneshot::Sender<Result<Answer>>>> = Vec::new();
+    let mut pending: Option<Request> = None;
+    loop {
+        let first = match pending.take() {
+            Some(request) => request,
+            None => match rx.recv().await {
+                Some(request) => request,
+                None => break,
+            },
+        };
+        match first {
+            Request::Deliver { effects, adopted } => {
+                deliver(&inner, effects, adopted);
+                continue;
+            }
+            Request::Lost => {
+                if let Some(listener) = inner.listener.get() {
+                    listener.handover(Handover::Lost);
+                }
+                continue;
+            }
+            Request::Op { op, reply } => {
+                ops.push(*op);
+                replies.push(reply);
+            }
+        }
+        while ops.len() < BATCH_OPS_MAX {
             match rx.try_recv() {
-                Ok(request) => requests.push(request),
+                Ok(Request::Op { op, reply }) => {
+                    ops.push(*op);
+                    replies.push(reply);
+                }
+                Ok(other) => {
+                    pending = Some(other);
+                    break;
+                }
                 Err(_) => break,
             }
         }
-        let (ops, replies): (Vec<Op>, Vec<_>) = requests
-            .drain(..)
-            .map(|request| (request.op, request.reply))
-            .unzip();
-        let failed = inner
-            .failed
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone();
-        if let Some(err) = failed {
-            for reply in replies.into_iter().flatten() {
-                drop(reply.send(Err(err.clone())));
-            }
-            continue;
-        }
-        let began = std::time::Instant::now();
-        match store.commit(&ops, inner.now()).await {
-            Ok(outcome) => {
-                if outcome.wrote {
-                    // Memory first, answers second: a caller that hears back (or one that
-                    // went away) finds the effects already applied.
-                    let number = inner.commits.fetch_add(1, Ordering::SeqCst) + 1;
-                    if let Some(listener) = inner.listener.get() {
-                        listener.commit_took(began.elapsed());
-                        listener.committed(number, outcome.effects);
-                    }
-                }
-                for (reply, answer) in replies.into_iter().zip(outcome.answers) {
-                    if let Some(reply) = reply {
-                        drop(reply.send(answer));
-                    } else if let Err(err) = answer {
-                        tracing::warn!(%err, "a detached append was refused");
-                    }
-                }
-            }
-            Err(CommitFailure { error, unknown }) => {
-                if unknown {
-                    tracing::error!(%error, "a commit's outcome is unknown; this journal refuses further writes until reopened");
-                    *inner
-                        .failed
-                        .lock()
-                        .unwrap_or_else(|poison| poison.into_inner()) = Some(error.clone());
-                } else {
-                    tracing::warn!(%error, "a batch was not written");
-                }
-                for reply in replies.into_iter().flatten() {
-                    drop(reply.send(Err(error.clone())));
-                }
-            }
-        }
+        commit_batch(
+            &store,
+            &inner,
+            std::mem::take(&mut ops),
+            std::mem::take(&mut replies),
+        )
+        .await;
     }
     // The queue is closed and drained: give the shards back for the next host.
     let leases: Vec<Lease> = inner
@@ -353,39 +390,239 @@ async fn write_loop(
     inner.done.notify_waiters();
 }
 
-/// Renews this host's leases and claims its share; records what it holds.
-async fn refresh_leases(store: &PostgresStore, inner: &Inner) -> Result<()> {
-    let held = store.heartbeat(inner.host, inner.ttl_ms).await?;
-    let claimed = store.claim(inner.host, inner.ttl_ms).await?;
-    let mut leases = inner
-        .leases
-        .write()
-        .unwrap_or_else(|poison| poison.into_inner());
-    let before: Vec<u32> = leases.keys().copied().collect();
-    let now: HashMap<u32, Lease> = held
-        .into_iter()
-        .chain(claimed)
-        .map(|lease| (lease.shard, lease))
-        .collect();
-    for shard in before {
-        if !now.contains_key(&shard) {
-            tracing::warn!(shard, "this host lost its lease on a shard to another host");
-        }
+/// Hands events recorded by other hosts, and runs taken over, to the listener.
+fn deliver(inner: &Inner, effects: Vec<Committed>, adopted: Vec<(u128, Option<Suspension>)>) {
+    let Some(listener) = inner.listener.get() else {
+        return;
+    };
+    if !adopted.is_empty() {
+        listener.handover(Handover::Adopted(adopted));
     }
-    *leases = now;
-    Ok(())
+    if !effects.is_empty() {
+        let number = inner.commits.fetch_add(1, Ordering::SeqCst) + 1;
+        listener.committed(number, effects);
+    }
 }
 
-async fn lease_loop(store: Arc<PostgresStore>, inner: Arc<Inner>, every: Duration) {
+async fn commit_batch(
+    store: &Arc<PostgresStore>,
+    inner: &Arc<Inner>,
+    ops: Vec<Op>,
+    replies: Vec<Option<oneshot::Sender<Result<Answer>>>>,
+) {
+    let failed = inner
+        .failed
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .clone();
+    if let Some(err) = failed {
+        for reply in replies.into_iter().flatten() {
+            drop(reply.send(Err(err.clone())));
+        }
+        return;
+    }
+    let began = std::time::Instant::now();
+    let owned = inner.owned();
+    match store.commit(&ops, inner.now(), Some(&owned)).await {
+        Ok(outcome) => {
+            if outcome.wrote {
+                // Memory first, answers second: a caller that hears back (or one that
+                // went away) finds the effects already applied.
+                let number = inner.commits.fetch_add(1, Ordering::SeqCst) + 1;
+                if let Some(listener) = inner.listener.get() {
+                    listener.commit_took(began.elapsed());
+                    listener.committed(number, outcome.effects);
+                }
+            }
+            if outcome.woke_others && !inner.nudging.swap(true, Ordering::SeqCst) {
+                let (store, inner) = (store.clone(), inner.clone());
+                tokio::spawn(async move {
+                    if let Err(err) = store.nudge().await {
+                        tracing::debug!(%err, "could not nudge the other hosts; they poll");
+                    }
+                    inner.nudging.store(false, Ordering::SeqCst);
+                });
+            }
+            for (reply, answer) in replies.into_iter().zip(outcome.answers) {
+                if let Some(reply) = reply {
+                    drop(reply.send(answer));
+                } else if let Err(err) = answer {
+                    tracing::warn!(%err, "a detached append was refused");
+                }
+            }
+        }
+        Err(CommitFailure { error, unknown }) => {
+            if unknown {
+                tracing::error!(%error, "a commit's outcome is unknown; this journal refuses further writes until reopened");
+                *inner
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner()) = Some(error.clone());
+            } else {
+                tracing::warn!(%error, "a batch was not written");
+            }
+            for reply in replies.into_iter().flatten() {
+                drop(reply.send(Err(error.clone())));
+            }
+        }
+    }
+}
+
+/// Renews this host's leases, gives back its surplus and claims its share; records
+/// what it holds and returns the shards it gained and whether it lost any.
+async fn refresh_leases(store: &PostgresStore, inner: &Inner) -> Result<(Vec<u32>, bool)> {
+    let held = store.heartbeat(inner.host, inner.ttl_ms).await?;
+    let before: std::collections::HashSet<u32> = inner.owned();
+    let mut now: HashMap<u32, Lease> = held.into_iter().map(|lease| (lease.shard, lease)).collect();
+    // A host that joined gets its share: this one stops counting the surplus as its own
+    // first (its runs' later appends are refused), then gives it back.
+    let surplus = store.surplus(inner.host).await?;
+    for lease in &surplus {
+        now.remove(&lease.shard);
+    }
+    let claimed = store.claim(inner.host, inner.ttl_ms).await?;
+    now.extend(claimed.into_iter().map(|lease| (lease.shard, lease)));
+    let lost = before.iter().any(|shard| !now.contains_key(shard));
+    let gained: Vec<u32> = now
+        .keys()
+        .copied()
+        .filter(|shard| !before.contains(shard))
+        .collect();
+    *inner
+        .leases
+        .write()
+        .unwrap_or_else(|poison| poison.into_inner()) = now;
+    for lease in surplus {
+        if let Err(err) = store.release(lease).await {
+            tracing::warn!(%err, shard = lease.shard, "could not give a surplus shard back");
+        }
+    }
+    if lost {
+        tracing::info!(
+            held = inner.owned().len(),
+            "this host gave up or lost shards"
+        );
+    }
+    Ok((gained, lost))
+}
+
+async fn lease_loop(
+    store: Arc<PostgresStore>,
+    inner: Arc<Inner>,
+    every: Duration,
+    queue: mpsc::WeakUnboundedSender<Request>,
+) {
+    let mut beats = 0u32;
     loop {
         tokio::time::sleep(every).await;
         if inner.closed.load(Ordering::SeqCst) {
             return;
         }
-        if let Err(err) = refresh_leases(&store, &inner).await {
-            tracing::warn!(%err, "heartbeat failed; the leases lapse unless a later one succeeds");
+        beats = beats.wrapping_add(1);
+        let (gained, lost) = match refresh_leases(&store, &inner).await {
+            Ok(changed) => changed,
+            Err(err) => {
+                tracing::warn!(%err, "heartbeat failed; the leases lapse unless a later one succeeds");
+                continue;
+            }
+        };
+        let Some(queue) = queue.upgrade() else {
+            return;
+        };
+        if lost {
+            let _ = queue.send(Request::Lost);
+        }
+        // The runs of shards taken over, and now and then all of this host's (the safety
+        // net for a run whose driver stopped on a store failure).
+        let shards = if (beats / SAFETY_NET_EVERY) * SAFETY_NET_EVERY == beats {
+            inner.shards()
+        } else {
+            gained
+        };
+        if shards.is_empty() {
+            continue;
+        }
+        match store.running(Some(&shards)).await {
+            Ok(adopted) if !adopted.is_empty() => {
+                let _ = queue.send(Request::Deliver {
+                    effects: Vec::new(),
+                    adopted,
+                });
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(%err, "could not list the runs of shards taken over"),
         }
     }
+}
+
+/// Applies the wake-ups other hosts leave for this host's runs: when nudged, and every
+/// `every` in any case.
+async fn wake_loop(
+    store: Arc<PostgresStore>,
+    inner: Arc<Inner>,
+    every: Duration,
+    queue: mpsc::WeakUnboundedSender<Request>,
+) {
+    let (nudges, mut nudged) = mpsc::unbounded_channel();
+    let listening = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(err) = store.listen(nudges.clone()).await {
+                    tracing::debug!(%err, "not listening for nudges; polling only");
+                }
+                if nudges.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = nudged.recv() => {}
+        }
+        if inner.closed.load(Ordering::SeqCst) {
+            break;
+        }
+        let foreign = match store.take_wakes(&inner.shards()).await {
+            Ok(foreign) => foreign,
+            Err(err) => {
+                tracing::warn!(%err, "could not take wake-ups; trying again");
+                continue;
+            }
+        };
+        if foreign.is_empty() {
+            continue;
+        }
+        let mut effects = Vec::new();
+        let mut adopted = Vec::new();
+        for event in foreign {
+            let record = event.record;
+            if matches!(record.kind, EventKind::WorkflowStarted { .. }) {
+                // Started by another host: replayed from its history like a run taken over.
+                adopted.push((record.instance, None));
+                continue;
+            }
+            let report = cairn_core::journal::reported(&record.kind);
+            let actor = report.as_ref().and(record.actor.clone());
+            effects.push(Committed::Event {
+                key: record.instance,
+                seq: record.seq,
+                parent: event.parent,
+                kind: report,
+                actor,
+                // Counted in the metrics of the host that recorded it.
+                ended: None::<RunEnded>,
+            });
+        }
+        let Some(queue) = queue.upgrade() else {
+            break;
+        };
+        let _ = queue.send(Request::Deliver { effects, adopted });
+    }
+    listening.abort();
 }
 
 #[async_trait::async_trait]
@@ -399,6 +636,10 @@ impl Journal for PostgresJournal {
         Ownership::Leased {
             ttl_ms: self.inner.ttl_ms,
         }
+    }
+
+    fn owns(&self, key: u128) -> bool {
+        self.inner.lease(key).is_some()
     }
 
     async fn start_by(
@@ -648,11 +889,11 @@ impl Journal for PostgresJournal {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .take();
-        if let Some(task) = self
+        for task in self
             .lease_task
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-            .take()
+            .drain(..)
         {
             task.abort();
         }

@@ -41,6 +41,7 @@ mod batch;
 mod journal;
 mod reads;
 mod schema;
+mod wakes;
 
 pub use journal::{PostgresJournal, PostgresOptions, BATCH_OPS_MAX};
 
@@ -121,6 +122,8 @@ pub struct PostgresStore {
     pool: Pool,
     /// Where it is, for messages: `host:port/database`, never the password.
     place: String,
+    /// The connection settings, for connections outside the pool (`LISTEN`).
+    config: tokio_postgres::Config,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -280,7 +283,7 @@ impl PostgresStore {
         })?;
         let place = place_of(&config);
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -302,7 +305,11 @@ impl PostgresStore {
             remedy: "Check that the server runs and listens there, and the user, password and database in the connection string.",
         })?;
         schema::migrate(&mut client, &place).await?;
-        Ok(Self { pool, place })
+        Ok(Self {
+            pool,
+            place,
+            config,
+        })
     }
 
     /// Where the database is (`host:port/database`), for messages.
@@ -547,7 +554,7 @@ impl PostgresStore {
             actor,
         };
         match self
-            .commit(&[op], now_ms)
+            .commit(&[op], now_ms, None)
             .await
             .map_err(|f| f.error)?
             .answers
@@ -622,7 +629,7 @@ impl PostgresStore {
                 document: None,
             })
             .collect();
-        let outcome = self.commit(&ops, now_ms).await.map_err(|f| f.error)?;
+        let outcome = self.commit(&ops, now_ms, None).await.map_err(|f| f.error)?;
         Ok(outcome
             .answers
             .into_iter()
@@ -651,11 +658,12 @@ impl PostgresStore {
         &self,
         ops: &[Op],
         now_ms: u64,
+        owned: Option<&std::collections::HashSet<u32>>,
     ) -> std::result::Result<Outcome, CommitFailure> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let failure = match self.try_commit(ops, now_ms).await {
+            let failure = match self.try_commit(ops, now_ms, owned).await {
                 Ok(outcome) => return Ok(outcome),
                 Err(failure) => failure,
             };
@@ -693,7 +701,12 @@ impl PostgresStore {
         }
     }
 
-    async fn try_commit(&self, ops: &[Op], now_ms: u64) -> std::result::Result<Outcome, Failed> {
+    async fn try_commit(
+        &self,
+        ops: &[Op],
+        now_ms: u64,
+        owned: Option<&std::collections::HashSet<u32>>,
+    ) -> std::result::Result<Outcome, Failed> {
         let mut client = self
             .client()
             .await
@@ -707,7 +720,7 @@ impl PostgresStore {
             .await
             .map_err(|err| Failed::before("begin a batch", &err))?
             .get(0);
-        let outcome = match batch::write(&txn, ops, now_ms).await {
+        let outcome = match batch::write(&txn, ops, now_ms, owned).await {
             Ok(outcome) => outcome,
             Err(err) => {
                 // A statement failed: the transaction is aborted with nothing written.

@@ -10,7 +10,7 @@ use cairn_core::error::{Error, Result};
 use crate::{pg_error, SHARDS};
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Key of the advisory lock taken while migrating (any fixed number of Cairn's).
 const MIGRATION_LOCK: i64 = 0x6361_6972_6e00_0001;
@@ -142,8 +142,23 @@ INSERT INTO cairn_counts (workflow_type, status, shard, runs)
     SELECT workflow_type, status, shard, count(*) FROM cairn_runs GROUP BY 1, 2, 3;
 ";
 
+/// Version 4: wake-ups across hosts. A host that records an event its owner must hear of
+/// (a message to, or the start of, a run of a shard it does not hold; the end of a child
+/// whose parent it does not hold) leaves `(shard, run, seq)` here in the same
+/// transaction; the owner of `shard` takes the rows and applies the events. Not a
+/// `NOTIFY` in the append transaction: that would serialise every commit of every host on
+/// the server's notification lock.
+const V4: &str = "
+CREATE TABLE cairn_wakes (
+    shard integer NOT NULL,
+    run uuid NOT NULL,
+    seq bigint NOT NULL,
+    PRIMARY KEY (shard, run, seq)
+);
+";
+
 /// The migrations, version `n` at index `n - 1`.
-const MIGRATIONS: [&str; 3] = [V1, V2, V3];
+const MIGRATIONS: [&str; 4] = [V1, V2, V3, V4];
 
 /// Brings the database to [`SCHEMA_VERSION`]; returns the version it found (0 for an
 /// empty database).

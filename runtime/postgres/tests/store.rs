@@ -402,11 +402,12 @@ async fn a_version_1_database_is_migrated_to_the_current_schema() {
         .await
         .unwrap();
     drop(store);
-    // As a build of schema 1 left it: without what versions 2 and 3 added.
+    // As a build of schema 1 left it: without what versions 2 to 4 added.
     raw(
         &db,
         "DROP TABLE cairn_hosts, cairn_attributes, cairn_parked, cairn_schedules, cairn_tasks,
-             cairn_task_inbox, cairn_outbox, cairn_documents, cairn_counts, cairn_activity",
+             cairn_task_inbox, cairn_outbox, cairn_documents, cairn_counts, cairn_activity,
+             cairn_wakes",
     )
     .await;
     raw(&db, "ALTER TABLE cairn_runs DROP COLUMN child_ended").await;
