@@ -15,6 +15,11 @@
 //! the order's history shows it was sent before a restart. With `--acks FILE` it appends
 //! `order token` to FILE once the signal is durable, and with `--counts FILE` every
 //! activity execution appends `instance step activity`; the crash test checks both.
+//!
+//! With `--db postgres://user:password@host/database` it runs on PostgreSQL as one host
+//! among any number started on the same database: each starts every order (starts are
+//! idempotent by id), drives its share, and prints every order's result. Give
+//! `--no-approvals` to all hosts but one, so each approval is sent once.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -59,6 +64,12 @@ struct Args {
     /// Print nothing but the final results.
     #[arg(long)]
     quiet: bool,
+    /// Do not play the warehouse (another host sends the approvals).
+    #[arg(long)]
+    no_approvals: bool,
+    /// On PostgreSQL: how long this host's leases last without a heartbeat, in ms.
+    #[arg(long, default_value_t = 15_000)]
+    lease_ms: u64,
 }
 
 /// A customer order.
@@ -371,15 +382,26 @@ async fn run(args: Args) -> Result<(), cairn::Error> {
         args.counts.clone(),
         args.quiet,
     );
-    let rt = Runtime::builder()
+    let builder = Runtime::builder()
         .workflow(fulfil_order)
-        .workflow(ship_parcel)
-        .open(&args.db)
-        .await?;
+        .workflow(ship_parcel);
+    let db = args.db.to_string_lossy();
+    let rt = if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        let lease_ttl = Duration::from_millis(args.lease_ms);
+        let options = cairn::store::PostgresOptions {
+            lease_ttl,
+            heartbeat_every: lease_ttl / 3,
+            poll_every: Duration::from_millis(100),
+            ..cairn::store::PostgresOptions::default()
+        };
+        builder.open_postgres_with(&db, options).await?
+    } else {
+        builder.open(&args.db).await?
+    };
     // The warehouse approves dispatches while orders are still being started and run, so
     // some approvals wait in an order's history and others reach an order already
     // waiting for them.
-    let warehouse = (args.lines > 0).then(|| {
+    let warehouse = (args.lines > 0 && !args.no_approvals).then(|| {
         let ids = (1..=args.orders).map(|n| sample_order(n).id).collect();
         tokio::spawn(approve_dispatches(rt.clone(), ids, args.acks.clone()))
     });

@@ -24,11 +24,13 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use cairn::events::EventKind;
-use cairn::store::{verify_history, InstanceStatus, RedbStore, Store};
+use cairn::store::{verify_history, RedbStore, Store};
+
+mod support;
+use support::{example_binary, Summary};
 
 /// Orders per run: 200 in the suite; `CAIRN_ORDERS` raises it so a long run has work
 /// left for 1,000 kills.
@@ -45,57 +47,6 @@ const STEPS_PER_ORDER: usize = 20;
 /// Every tenth order's carrier refuses the parcel: the order is compensated (two
 /// compensation activities, last first), notifies, and ends failed.
 const REFUSE_EVERY: u32 = 10;
-
-fn example_binary() -> PathBuf {
-    // target/<profile>/deps/crash_recovery-<hash> -> target/<profile>/examples/order_fulfillment
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("order_fulfillment{}", std::env::consts::EXE_SUFFIX));
-    if !bin.exists() || is_stale(&bin) {
-        // `cargo test` builds examples, but `cargo test --test crash_recovery` does not,
-        // and a binary left from an older build would test old code.
-        let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "--example", "order_fulfillment"]);
-        if profile_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        let status = build
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(
-            status.success() && bin.exists(),
-            "cannot build {}",
-            bin.display()
-        );
-    }
-    bin
-}
-
-/// Whether any source the example is built from changed after `bin` was built.
-fn is_stale(bin: &Path) -> bool {
-    fn newest(dir: &Path) -> std::time::SystemTime {
-        let mut latest = std::time::SystemTime::UNIX_EPOCH;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let entry = entry.unwrap();
-            let meta = entry.metadata().unwrap();
-            let modified = if meta.is_dir() {
-                newest(&entry.path())
-            } else {
-                meta.modified().unwrap()
-            };
-            latest = latest.max(modified);
-        }
-        latest
-    }
-    let built = std::fs::metadata(bin).unwrap().modified().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    ["examples", "sdk/src", "runtime/src", "macros/src"]
-        .iter()
-        .any(|dir| newest(&root.join(dir)) > built)
-}
 
 fn spawn(db: &Path, counts: Option<&Path>, acks: &Path, delay_ms: u64) -> Child {
     let mut cmd = Command::new(example_binary());
@@ -143,20 +94,8 @@ fn run_until(mut child: Child, kill_after: Option<usize>) -> bool {
     true
 }
 
-/// What one finished instance recorded, in a form two runs can be compared by.
-#[derive(Debug, PartialEq)]
-struct Summary {
-    result: Vec<u8>,
-    /// Each step's outcome event: step number and what it was.
-    steps: Vec<(u32, String)>,
-    /// Bodies of the signals received.
-    signals: Vec<Vec<u8>>,
-    /// Steps that ran an activity.
-    activity_steps: usize,
-}
-
-/// Every finished instance's summary, after checking its chain, its sequence numbers,
-/// that each step's outcome is recorded once and each signal delivered once.
+/// Every finished instance's summary (see `support::summarize`), after checking that
+/// it ended as expected: refused orders failed after compensating, the rest completed.
 fn summaries(db: &Path) -> HashMap<String, Summary> {
     let store = RedbStore::open(db).unwrap();
     let mut rows = Vec::new();
@@ -168,101 +107,16 @@ fn summaries(db: &Path) -> HashMap<String, Summary> {
         .unwrap();
     let mut out = HashMap::new();
     for row in rows {
-        // Refused orders end failed after compensating; everything else completes.
-        let refused = row
-            .id
-            .strip_prefix("order-")
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_some_and(|n| n % REFUSE_EVERY == 0);
-        let expected = if refused {
-            InstanceStatus::Failed
-        } else {
-            InstanceStatus::Completed
-        };
-        assert_eq!(row.status, expected, "{} ended {:?}", row.id, row.status);
+        assert_eq!(
+            row.status,
+            support::expected_status(&row.id, REFUSE_EVERY),
+            "{} ended {:?}",
+            row.id,
+            row.status
+        );
         let raw = store.raw_history(row.key).unwrap().expect("its row exists");
         let (_, history) = verify_history(raw).expect("hash chain verifies");
-        let first = history[0].record.seq;
-        let mut steps = Vec::new();
-        let mut received = HashMap::new();
-        let mut delivered = Vec::new();
-        let mut result = None;
-        for (n, event) in history.iter().enumerate() {
-            assert_eq!(event.record.seq, first + n as u64, "{}: seq gap", row.id);
-            let kind = &event.record.kind;
-            match kind {
-                EventKind::SignalReceived { payload, .. } => {
-                    received.insert(event.record.seq, payload.data.clone());
-                }
-                EventKind::SignalDelivered { signal_seq, .. } => delivered.push(*signal_seq),
-                EventKind::WorkflowCompleted { output } => result = Some(output.data.clone()),
-                EventKind::WorkflowFailed { error } => result = Some(error.data.clone()),
-                _ => {}
-            }
-            let outcome = matches!(
-                kind,
-                EventKind::ActivityCompleted { .. }
-                    | EventKind::ActivityFailed { .. }
-                    | EventKind::SideEffect { .. }
-                    | EventKind::TimerFired { .. }
-                    | EventKind::SignalDelivered { .. }
-                    | EventKind::SignalWaitTimedOut { .. }
-                    | EventKind::PatchMarker { .. }
-                    | EventKind::AttributesSet { .. }
-                    | EventKind::StepCancelled { .. }
-                    | EventKind::ChildCompleted { .. }
-                    | EventKind::Notified { .. }
-            );
-            if outcome {
-                let step = kind.step().unwrap();
-                let what = match kind {
-                    EventKind::ActivityCompleted { activity, .. } => activity.clone(),
-                    other => other.name().to_owned(),
-                };
-                steps.push((step, what));
-            }
-        }
-        // Steps that ran an activity to its outcome, a refused shipment included.
-        let activity_steps = history
-            .iter()
-            .filter(|e| {
-                matches!(
-                    e.record.kind,
-                    EventKind::ActivityCompleted { .. } | EventKind::ActivityFailed { .. }
-                )
-            })
-            .count();
-        let numbers: Vec<u32> = steps.iter().map(|(s, _)| *s).collect();
-        assert!(
-            numbers.windows(2).all(|w| w[0] < w[1]),
-            "{}: each step's outcome recorded once, in order: {numbers:?}",
-            row.id
-        );
-        let mut unique = delivered.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        assert_eq!(
-            unique.len(),
-            delivered.len(),
-            "{}: a signal delivered twice",
-            row.id
-        );
-        assert!(
-            delivered.iter().all(|seq| received.contains_key(seq)),
-            "{}: delivered a signal it never received",
-            row.id
-        );
-        let mut signals: Vec<_> = received.into_iter().collect();
-        signals.sort();
-        out.insert(
-            row.id.clone(),
-            Summary {
-                result: result.unwrap(),
-                steps,
-                signals: signals.into_iter().map(|(_, body)| body).collect(),
-                activity_steps,
-            },
-        );
+        out.insert(row.id.clone(), support::summarize(&row.id, &history));
     }
     out
 }
@@ -367,15 +221,7 @@ fn kill_nine_mid_workflow_resumes_without_loss_or_duplicate_records() {
     }
     assert_eq!(acked_orders.len(), orders, "every approval acknowledged");
 
-    let mut executions: HashMap<(String, u32), u32> = HashMap::new();
-    for line in std::fs::read_to_string(&counts).unwrap().lines() {
-        let mut parts = line.split(' ');
-        let (instance, step) = (
-            parts.next().unwrap().to_owned(),
-            parts.next().unwrap().parse().unwrap(),
-        );
-        *executions.entry((instance, step)).or_default() += 1;
-    }
+    let executions = support::executions(&[&counts]);
     assert_eq!(
         executions.len(),
         activity_steps,
