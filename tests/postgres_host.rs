@@ -339,3 +339,43 @@ async fn two_hosts_share_the_runs_and_one_takes_over_when_the_other_stops() {
     b.shutdown().await;
     assert_eq!(audit(&db.url()).await, 48);
 }
+
+/// The host's connections break in the middle of transactions and right after `COMMIT`
+/// was sent (the server commits, the host never hears): each unanswered `COMMIT` is
+/// resolved by asking the server, each broken batch is written again whole, and nothing
+/// acknowledged is lost or recorded twice; no activity runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_connections_lose_nothing_and_record_nothing_twice() {
+    const BASE: u32 = 3000;
+    let db = TestDb::new().await.unwrap();
+    let proxy = cairn_testkit::postgres::CuttingProxy::start(&db)
+        .await
+        .unwrap();
+    let rt = builder()
+        .open_postgres_with(&proxy.url(&db), quick())
+        .await
+        .unwrap();
+    let ids = ids("flaky", 16);
+    proxy.cut_after_commit(4);
+    proxy.cut_mid_transaction(4);
+    start_all(&rt, &ids, BASE).await;
+    let results = drive(&rt, &ids).await;
+    for (n, result) in results.iter().enumerate() {
+        let input = BASE + u32::try_from(n).unwrap();
+        let id = &ids[n];
+        assert_eq!(
+            result,
+            &format!(
+                "{}/{}/go-{id}/ok-{id} by cleo",
+                input * 3,
+                (input + 100) * 3 + 1
+            )
+        );
+    }
+    assert_eq!(proxy.cuts(), (4, 4), "every break asked for happened");
+    let runs = priced(BASE..BASE + 200);
+    assert_eq!(runs.len(), 32, "{runs:?}");
+    assert!(runs.values().all(|count| *count == 1), "{runs:?}");
+    rt.shutdown().await;
+    assert_eq!(audit(&db.url()).await, 32);
+}

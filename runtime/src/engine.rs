@@ -2185,6 +2185,15 @@ fn spawn_locked(
     if matches!(entry.driver, Driver::Running(_)) {
         return;
     }
+    if !shared.journal.owns(key) {
+        // This host's hold on the run may have lapsed (it was paused, or its store was
+        // unreachable): it does not drive it until the hold is renewed. Looked at again
+        // in a second; if another host took it over, the hand-over drops it first.
+        shared
+            .timers
+            .insert(shared.clock.now_ms().saturating_add(1000), key);
+        return;
+    }
     // One span per driven run; its id and type are filled in once the history is read.
     // Activity attempts open their spans inside it (see `docs/OPERATIONS.md`, Traces).
     let span = tracing::info_span!(

@@ -74,6 +74,9 @@ enum Request {
     Lost,
 }
 
+/// Most wake-ups applied in one round.
+const WAKES_MAX: usize = 4096;
+
 /// Heartbeats between two full reports of the runs this host drives (the safety net
 /// that resumes a run whose driver stopped on a store failure).
 const SAFETY_NET_EVERY: u32 = 6;
@@ -85,6 +88,11 @@ struct Inner {
     ttl_ms: u64,
     /// The leases this host holds, by shard.
     leases: RwLock<HashMap<u32, Lease>>,
+    /// Until when they surely hold, on this process's monotonic clock: the start of the
+    /// last heartbeat that renewed them plus their length. Past it (a long pause, a store
+    /// out of reach) the host drives nothing until a heartbeat renews them; the database
+    /// still decides (every append is fenced), this only spares work it would refuse.
+    valid_until: Mutex<std::time::Instant>,
     listener: OnceLock<Arc<dyn CommitListener>>,
     now_ms: OnceLock<TimeSource>,
     commits: AtomicU64,
@@ -110,6 +118,15 @@ impl Inner {
             .unwrap_or_else(|poison| poison.into_inner())
             .get(&shard_of(key))
             .copied()
+    }
+
+    /// Whether the leases surely still hold ([`Inner::valid_until`]).
+    fn current(&self) -> bool {
+        std::time::Instant::now()
+            < *self
+                .valid_until
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn owned(&self) -> std::collections::HashSet<u32> {
@@ -197,6 +214,7 @@ impl PostgresJournal {
             host: Uuid::now_v7().as_u128(),
             ttl_ms,
             leases: RwLock::new(HashMap::new()),
+            valid_until: Mutex::new(std::time::Instant::now()),
             listener: OnceLock::new(),
             now_ms: OnceLock::new(),
             commits: AtomicU64::new(0),
@@ -471,6 +489,7 @@ async fn commit_batch(
 /// Renews this host's leases, gives back its surplus and claims its share; records
 /// what it holds and returns the shards it gained and whether it lost any.
 async fn refresh_leases(store: &PostgresStore, inner: &Inner) -> Result<(Vec<u32>, bool)> {
+    let sent = std::time::Instant::now();
     let held = store.heartbeat(inner.host, inner.ttl_ms).await?;
     let before: std::collections::HashSet<u32> = inner.owned();
     let mut now: HashMap<u32, Lease> = held.into_iter().map(|lease| (lease.shard, lease)).collect();
@@ -492,6 +511,10 @@ async fn refresh_leases(store: &PostgresStore, inner: &Inner) -> Result<(Vec<u32
         .leases
         .write()
         .unwrap_or_else(|poison| poison.into_inner()) = now;
+    *inner
+        .valid_until
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner()) = sent + Duration::from_millis(inner.ttl_ms);
     for lease in surplus {
         if let Err(err) = store.release(lease).await {
             tracing::warn!(%err, shard = lease.shard, "could not give a surplus shard back");
@@ -586,10 +609,10 @@ async fn wake_loop(
         if inner.closed.load(Ordering::SeqCst) {
             break;
         }
-        let foreign = match store.take_wakes(&inner.shards()).await {
-            Ok(foreign) => foreign,
+        let (foreign, taken) = match store.wakes(&inner.shards(), WAKES_MAX).await {
+            Ok(found) => found,
             Err(err) => {
-                tracing::warn!(%err, "could not take wake-ups; trying again");
+                tracing::warn!(%err, "could not read wake-ups; trying again");
                 continue;
             }
         };
@@ -621,6 +644,10 @@ async fn wake_loop(
             break;
         };
         let _ = queue.send(Request::Deliver { effects, adopted });
+        drop(queue);
+        if let Err(err) = store.clear_wakes(&taken).await {
+            tracing::warn!(%err, "could not clear applied wake-ups; they are applied again");
+        }
     }
     listening.abort();
 }
@@ -639,7 +666,7 @@ impl Journal for PostgresJournal {
     }
 
     fn owns(&self, key: u128) -> bool {
-        self.inner.lease(key).is_some()
+        self.inner.lease(key).is_some() && self.inner.current()
     }
 
     async fn start_by(

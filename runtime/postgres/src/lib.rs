@@ -444,8 +444,11 @@ impl PostgresStore {
                      SELECT count(*) AS held FROM cairn_shards
                      WHERE owner = $1 AND expires_at >= now()
                  ), free AS (
+                     -- Its own lapsed shards are the heartbeat's to renew at the same
+                     -- epoch (nobody else wrote meanwhile): claiming them again would
+                     -- raise the epoch and fence its own appends in flight.
                      SELECT shard FROM cairn_shards
-                     WHERE owner IS NULL OR expires_at < now()
+                     WHERE (owner IS NULL OR expires_at < now()) AND owner IS DISTINCT FROM $1
                      ORDER BY shard
                      LIMIT GREATEST(0, ceil(($3::bigint)::numeric / (SELECT hosts FROM live))::bigint - (SELECT held FROM mine))
                      FOR UPDATE SKIP LOCKED

@@ -17,6 +17,14 @@ use crate::{pg_error, PostgresStore};
 /// The channel hosts nudge each other on.
 const CHANNEL: &str = "cairn_wakes";
 
+/// A wake-up row, to clear once applied.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Wake {
+    shard: i32,
+    run: Uuid,
+    seq: i64,
+}
+
 /// An event recorded by another host that this host must apply.
 #[derive(Debug)]
 pub(crate) struct Foreign {
@@ -27,53 +35,80 @@ pub(crate) struct Foreign {
 }
 
 impl PostgresStore {
-    /// Takes the wake-ups left for `shards` and reads the events they name, in log order,
-    /// in one transaction (a host that stops before applying them loses nothing: whoever
-    /// takes its shards over replays their runs).
-    pub(crate) async fn take_wakes(&self, shards: &[u32]) -> Result<Vec<Foreign>> {
+    /// The wake-ups left for `shards` (at most `limit`), with the events they name in log
+    /// order. They stay until [`PostgresStore::clear_wakes`]: a host applies them first,
+    /// so one whose connection breaks in between applies them again (applying an event
+    /// twice changes nothing: a run's inbox is keyed by sequence number), and one that
+    /// stops loses nothing (whoever takes its shards over replays their runs).
+    pub(crate) async fn wakes(
+        &self,
+        shards: &[u32],
+        limit: usize,
+    ) -> Result<(Vec<Foreign>, Vec<Wake>)> {
         if shards.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let shards: Vec<i32> = shards
             .iter()
             .map(|shard| i32::try_from(*shard).unwrap_or(i32::MAX))
             .collect();
-        let mut client = self.client().await?;
-        let txn = client
-            .transaction()
-            .await
-            .map_err(|err| pg_error("begin taking wake-ups", &err))?;
-        let rows = txn
+        let client = self.client().await?;
+        let rows = client
             .query(
-                "WITH taken AS (
-                     DELETE FROM cairn_wakes WHERE shard = ANY($1) RETURNING run, seq
+                "WITH w AS (
+                     SELECT shard, run, seq FROM cairn_wakes WHERE shard = ANY($1)
+                     ORDER BY shard, run, seq LIMIT $2
                  )
-                 SELECT e.envelope, r.parent
-                 FROM (SELECT DISTINCT run, seq FROM taken) AS w
+                 SELECT w.shard, w.run, w.seq, e.envelope, r.parent
+                 FROM w
                  JOIN cairn_events e ON e.run = w.run AND e.seq = w.seq
                  JOIN cairn_runs r ON r.key = e.run
                  ORDER BY e.lsn",
-                &[&shards],
+                &[&shards, &i64::try_from(limit).unwrap_or(i64::MAX)],
             )
             .await
-            .map_err(|err| pg_error("take wake-ups", &err))?;
-        txn.commit()
+            .map_err(|err| pg_error("read wake-ups", &err))?;
+        let mut foreign = Vec::with_capacity(rows.len());
+        let mut taken = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let run: Uuid = row.get(1);
+            taken.push(Wake {
+                shard: row.get(0),
+                run,
+                seq: row.get(2),
+            });
+            let envelope: Vec<u8> = row.get(3);
+            let parent: Option<Uuid> = row.get(4);
+            let record = EventRecord::decode(&envelope).map_err(|err| Error::Corrupt {
+                location: format!("cairn_events, run {:032x}", run.as_u128()),
+                message: err.to_string(),
+            })?;
+            foreign.push(Foreign {
+                parent: parent.map(|p| p.as_u128()),
+                record,
+            });
+        }
+        Ok((foreign, taken))
+    }
+
+    /// Removes wake-ups once applied.
+    pub(crate) async fn clear_wakes(&self, wakes: &[Wake]) -> Result<()> {
+        if wakes.is_empty() {
+            return Ok(());
+        }
+        let shards: Vec<i32> = wakes.iter().map(|w| w.shard).collect();
+        let runs: Vec<Uuid> = wakes.iter().map(|w| w.run).collect();
+        let seqs: Vec<i64> = wakes.iter().map(|w| w.seq).collect();
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM cairn_wakes w USING unnest($1::integer[], $2::uuid[], $3::bigint[]) AS d(shard, run, seq)
+                 WHERE w.shard = d.shard AND w.run = d.run AND w.seq = d.seq",
+                &[&shards, &runs, &seqs],
+            )
             .await
-            .map_err(|err| pg_error("commit taking wake-ups", &err))?;
-        rows.iter()
-            .map(|row| {
-                let envelope: Vec<u8> = row.get(0);
-                let parent: Option<Uuid> = row.get(1);
-                let record = EventRecord::decode(&envelope).map_err(|err| Error::Corrupt {
-                    location: "cairn_events, an event named by a wake-up".into(),
-                    message: err.to_string(),
-                })?;
-                Ok(Foreign {
-                    parent: parent.map(|p| p.as_u128()),
-                    record,
-                })
-            })
-            .collect()
+            .map_err(|err| pg_error("clear wake-ups", &err))?;
+        Ok(())
     }
 
     /// Nudges the other hosts to take their wake-ups now.

@@ -241,3 +241,196 @@ impl TestDb {
         &self.cluster
     }
 }
+
+/// A TCP proxy on 127.0.0.1 in front of a test cluster that breaks connections on
+/// request, the way a network or a server restart does: in the middle of a transaction,
+/// or right after a `COMMIT` was passed on and before its answer comes back (the server
+/// commits; the client never hears).
+#[derive(Debug)]
+pub struct CuttingProxy {
+    port: u16,
+    target: u16,
+    control: Arc<CutControl>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a [`CuttingProxy`] is asked to break, and what it broke.
+#[derive(Debug, Default)]
+struct CutControl {
+    after_commit: std::sync::atomic::AtomicU32,
+    mid_transaction: std::sync::atomic::AtomicU32,
+    commits_cut: std::sync::atomic::AtomicU32,
+    transactions_cut: std::sync::atomic::AtomicU32,
+}
+
+impl CuttingProxy {
+    /// Starts a proxy to the cluster of `db`.
+    ///
+    /// # Errors
+    /// The listening socket cannot be bound.
+    pub async fn start(db: &TestDb) -> Result<Self, String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|err| err.to_string())?;
+        let port = listener.local_addr().map_err(|err| err.to_string())?.port();
+        let target = db.cluster().port();
+        let control = Arc::new(CutControl::default());
+        let shared = control.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let control = shared.clone();
+                tokio::spawn(async move {
+                    if let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    {
+                        relay(client, server, control).await;
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            port,
+            target,
+            control,
+            task,
+        })
+    }
+
+    /// The connection string of `db` through this proxy.
+    pub fn url(&self, db: &TestDb) -> String {
+        db.url()
+            .replace(&format!(":{}/", self.target), &format!(":{}/", self.port))
+    }
+
+    /// Breaks the connection of each of the next `n` `COMMIT`s after passing it on,
+    /// before its answer comes back.
+    pub fn cut_after_commit(&self, n: u32) {
+        use std::sync::atomic::Ordering;
+        self.control.after_commit.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// Breaks the connection of each of the next `n` transactions after a few of their
+    /// statements.
+    pub fn cut_mid_transaction(&self, n: u32) {
+        use std::sync::atomic::Ordering;
+        self.control.mid_transaction.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// The `COMMIT`s and the transactions broken so far.
+    pub fn cuts(&self) -> (u32, u32) {
+        use std::sync::atomic::Ordering;
+        (
+            self.control.commits_cut.load(Ordering::SeqCst),
+            self.control.transactions_cut.load(Ordering::SeqCst),
+        )
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Takes one pending cut from `counter`, if there is one.
+fn take(counter: &std::sync::atomic::AtomicU32) -> bool {
+    use std::sync::atomic::Ordering;
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+/// Relays one client connection, reading the client's messages (the protocol's framing:
+/// an untyped start-up message, then a type byte and a length) to know where
+/// transactions begin and commit.
+async fn relay(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    control: Arc<CutControl>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Each message goes on as it comes: no waiting to fill a segment.
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    // Set before a doomed COMMIT goes on: its answer is never relayed.
+    let mute = Arc::new(AtomicBool::new(false));
+    let muted = mute.clone();
+    let back = tokio::spawn(async move {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let Ok(read) = server_read.read(&mut buffer).await else {
+                return;
+            };
+            if read == 0 || muted.load(Ordering::SeqCst) {
+                return;
+            }
+            if client_write.write_all(&buffer[..read]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut started = false;
+    let mut in_transaction = false;
+    let mut statements = 0u32;
+    let mut doomed = false;
+    loop {
+        // One message: untyped until the start-up message (a TLS request is answered by
+        // the server and followed by the start-up message), typed after.
+        let mut head = [0u8; 5];
+        let typed = started;
+        let head_len = if typed { 5 } else { 4 };
+        if client_read.read_exact(&mut head[..head_len]).await.is_err() {
+            break;
+        }
+        let length_at = usize::from(typed);
+        let length = u32::from_be_bytes([
+            head[length_at],
+            head[length_at + 1],
+            head[length_at + 2],
+            head[length_at + 3],
+        ]) as usize;
+        let mut body = vec![0u8; length.saturating_sub(4)];
+        if client_read.read_exact(&mut body).await.is_err() {
+            break;
+        }
+        if !typed {
+            // 80877103: a TLS request; anything else starts the session.
+            started = !(length == 8 && body.starts_with(&80_877_103u32.to_be_bytes()));
+        }
+        let text = String::from_utf8_lossy(&body).to_ascii_uppercase();
+        let simple_query = typed && head[0] == b'Q';
+        if simple_query && (text.starts_with("BEGIN") || text.starts_with("START TRANSACTION")) {
+            in_transaction = true;
+            statements = 0;
+            doomed = take(&control.mid_transaction);
+        } else if in_transaction && typed {
+            statements += 1;
+            if doomed && statements == 4 {
+                control.transactions_cut.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+        }
+        let commit = simple_query && text.starts_with("COMMIT");
+        let cut = commit && take(&control.after_commit);
+        if cut {
+            mute.store(true, Ordering::SeqCst);
+        }
+        let mut message = head[..head_len].to_vec();
+        message.extend_from_slice(&body);
+        if server_write.write_all(&message).await.is_err() {
+            break;
+        }
+        if commit {
+            in_transaction = false;
+        }
+        if cut {
+            // Let the server commit, then break the connection before the answer.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            control.commits_cut.fetch_add(1, Ordering::SeqCst);
+            break;
+        }
+    }
+    back.abort();
+}
