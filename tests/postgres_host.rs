@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn::store::{verify_history, Journal, PostgresJournal, PostgresOptions};
@@ -240,6 +240,7 @@ fn quick() -> PostgresOptions {
         lease_ttl: Duration::from_millis(1500),
         heartbeat_every: Duration::from_millis(200),
         poll_every: Duration::from_millis(50),
+        ..PostgresOptions::default()
     }
 }
 
@@ -378,4 +379,92 @@ async fn broken_connections_lose_nothing_and_record_nothing_twice() {
     assert!(runs.values().all(|count| *count == 1), "{runs:?}");
     rt.shutdown().await;
     assert_eq!(audit(&db.url()).await, 32);
+}
+
+/// A host whose clock is `skew_ms` off (ahead when positive).
+struct SkewedClock {
+    skew_ms: i64,
+}
+
+impl cairn::testing::Clock for SkewedClock {
+    fn now_ms(&self) -> u64 {
+        let system = cairn::testing::SystemClock.now_ms();
+        if self.skew_ms >= 0 {
+            system + self.skew_ms.unsigned_abs()
+        } else {
+            system - self.skew_ms.unsigned_abs()
+        }
+    }
+
+    fn sleep_until(&self, at_ms: u64) -> futures::future::BoxFuture<'static, ()> {
+        let wait = Duration::from_millis(at_ms.saturating_sub(self.now_ms()));
+        Box::pin(tokio::time::sleep(wait))
+    }
+}
+
+#[workflow]
+async fn nap(ctx: Ctx, ms: u64) -> Result<u64, WorkflowError> {
+    ctx.sleep(Duration::from_millis(ms)).await?;
+    Ok(ms)
+}
+
+/// Host clocks minutes apart from the database's: a timer set on a host five minutes
+/// behind and fired by one five minutes ahead, after a takeover, fires when it is due,
+/// not at once; and neither host ever drives the other's runs (the leases are judged by
+/// the database's clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_fire_on_time_across_hosts_whose_clocks_are_minutes_apart() {
+    const NAP_MS: u64 = 3000;
+    let db = TestDb::new().await.unwrap();
+    let behind = Runtime::builder()
+        .workflow(nap)
+        .clock(Arc::new(SkewedClock {
+            skew_ms: -5 * 60_000,
+        }))
+        .open_postgres_with(&db.url(), quick())
+        .await
+        .unwrap();
+    let set = std::time::Instant::now();
+    let naps: Vec<String> = (0..6).map(|n| format!("nap-{n}")).collect();
+    for id in &naps {
+        behind.start(nap, id, NAP_MS).await.unwrap();
+    }
+    for id in &naps {
+        let mut spins = 0;
+        while !behind
+            .history(id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|event| event.record.kind.name() == "TimerStarted")
+        {
+            spins += 1;
+            assert!(spins < 500, "{id} set no timer");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    behind.shutdown().await;
+    let ahead = Runtime::builder()
+        .workflow(nap)
+        .clock(Arc::new(SkewedClock {
+            skew_ms: 5 * 60_000,
+        }))
+        .open_postgres_with(&db.url(), quick())
+        .await
+        .unwrap();
+    for id in &naps {
+        let slept = ahead.handle(nap, id).result().await.unwrap().unwrap();
+        assert_eq!(slept, NAP_MS);
+    }
+    let elapsed = set.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(NAP_MS - 100),
+        "fired {elapsed:?} after being set for {NAP_MS} ms"
+    );
+    assert!(
+        elapsed < Duration::from_millis(NAP_MS + 5000),
+        "{elapsed:?}"
+    );
+    ahead.shutdown().await;
+    assert_eq!(audit(&db.url()).await, 6);
 }

@@ -67,6 +67,62 @@ impl Clock for SystemClock {
     }
 }
 
+/// A clock that follows another's time source: `local`'s ticks plus an offset someone
+/// keeps measuring (a store shared by several hosts measures its own clock against the
+/// host's at each heartbeat), so that every host records and waits on one time whatever
+/// its own clock says.
+pub struct CorrectedClock {
+    local: std::sync::Arc<dyn Clock>,
+    offset_ms: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl std::fmt::Debug for CorrectedClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CorrectedClock")
+            .field("offset_ms", &self.offset())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CorrectedClock {
+    /// `local`'s time plus `offset_ms` (read at every use).
+    pub fn new(
+        local: std::sync::Arc<dyn Clock>,
+        offset_ms: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    ) -> Self {
+        Self { local, offset_ms }
+    }
+
+    fn offset(&self) -> i64 {
+        self.offset_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn shift(at_ms: u64, by: i64) -> u64 {
+        if by >= 0 {
+            at_ms.saturating_add(by.unsigned_abs())
+        } else {
+            at_ms.saturating_sub(by.unsigned_abs())
+        }
+    }
+}
+
+impl Clock for CorrectedClock {
+    fn now_ms(&self) -> u64 {
+        Self::shift(self.local.now_ms(), self.offset())
+    }
+
+    fn sleep_until(&self, at_ms: u64) -> BoxFuture<'static, ()> {
+        // The deadline in the local clock's time, as the offset stands now; a later
+        // change of the offset moves deadlines set after it.
+        self.local
+            .sleep_until(Self::shift(at_ms, self.offset().saturating_neg()))
+    }
+
+    fn hold(&self) -> ClockHold {
+        self.local.hold()
+    }
+}
+
 #[derive(Debug)]
 struct VirtualState {
     now_ms: u64,

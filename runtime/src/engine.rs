@@ -350,6 +350,11 @@ impl EngineBuilder {
         self
     }
 
+    /// The clock set so far (the system clock unless [`EngineBuilder::clock`] set one).
+    pub fn configured_clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
     /// Decides what actors may do through the `*_as` calls (default [`AllowAll`]). Calls
     /// without an actor are the hosting program's own and are not checked.
     pub fn policy(&mut self, policy: Arc<dyn Policy>) -> &mut Self {

@@ -266,18 +266,35 @@ impl RuntimeBuilder {
     /// [`RuntimeBuilder::open_postgres`] with a pool size and lease timings of its own
     /// (`docs/DEPLOYMENT.md` says what they trade).
     ///
+    /// On PostgreSQL the runtime keeps the database's time: its clock (the system clock,
+    /// or [`RuntimeBuilder::clock`]) gives the ticks, corrected by the offset to the
+    /// database's clock measured at each heartbeat, so a timer one host sets fires on
+    /// time on any other, whatever their clocks say.
+    ///
     /// # Errors
     /// As [`RuntimeBuilder::open_postgres`].
     #[cfg(feature = "postgres")]
     pub async fn open_postgres_with(
-        self,
+        mut self,
         url: &str,
         options: crate::store::PostgresOptions,
     ) -> Result<Runtime, Error> {
         if let Some(err) = self.error {
             return Err(err);
         }
+        // Every host keeps the database's time: the configured clock gives the ticks,
+        // the journal measures how far the database's clock is from it.
+        let local = self.inner.configured_clock();
+        let ticks = local.clone();
+        let options = crate::store::PostgresOptions {
+            local_time: options
+                .local_time
+                .or_else(|| Some(Arc::new(move || ticks.now_ms()))),
+            ..options
+        };
         let journal = crate::store::PostgresJournal::open_with(url, options).await?;
+        let corrected = cairn_runtime::clock::CorrectedClock::new(local, journal.clock_offset());
+        self.inner.clock(Arc::new(corrected));
         self.open_journal(Arc::new(journal)).await
     }
 

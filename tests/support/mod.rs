@@ -58,9 +58,18 @@ pub(crate) fn is_stale(bin: &Path) -> bool {
     }
     let built = std::fs::metadata(bin).unwrap().modified().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    ["examples", "sdk/src", "runtime/src", "macros/src"]
-        .iter()
-        .any(|dir| newest(&root.join(dir)) > built)
+    [
+        "examples",
+        "sdk/src",
+        "sdk/server/src",
+        "runtime/src",
+        "runtime/core/src",
+        "runtime/redb/src",
+        "runtime/postgres/src",
+        "macros/src",
+    ]
+    .iter()
+    .any(|dir| newest(&root.join(dir)) > built)
 }
 
 /// How order `id` must end: every `refuse_every`-th order's carrier refuses the parcel,

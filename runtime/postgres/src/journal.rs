@@ -28,7 +28,7 @@ use crate::{shard_of, CommitFailure, Lease, PostgresStore, POOL_SIZE_DEFAULT};
 pub const BATCH_OPS_MAX: usize = 2048;
 
 /// How a host process uses a PostgreSQL database.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PostgresOptions {
     /// Connections the host keeps at most.
     pub pool_size: usize,
@@ -43,6 +43,20 @@ pub struct PostgresOptions {
     /// being nudged (`NOTIFY`) when they leave some: the longest a lost nudge delays a
     /// signal, a start or a child's end recorded by another host.
     pub poll_every: Duration,
+    /// The host's own clock, which the journal measures against the database's at each
+    /// heartbeat ([`PostgresJournal::clock_offset`]); `None`: the system clock.
+    pub local_time: Option<TimeSource>,
+}
+
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("pool_size", &self.pool_size)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("heartbeat_every", &self.heartbeat_every)
+            .field("poll_every", &self.poll_every)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for PostgresOptions {
@@ -53,6 +67,7 @@ impl Default for PostgresOptions {
             lease_ttl,
             heartbeat_every: lease_ttl / 3,
             poll_every: Duration::from_millis(500),
+            local_time: None,
         }
     }
 }
@@ -88,6 +103,10 @@ struct Inner {
     ttl_ms: u64,
     /// The leases this host holds, by shard.
     leases: RwLock<HashMap<u32, Lease>>,
+    /// The host's clock, and how far the database's is ahead of it (ms; negative when
+    /// behind), measured at each heartbeat.
+    local: TimeSource,
+    offset_ms: Arc<std::sync::atomic::AtomicI64>,
     /// Until when they surely hold, on this process's monotonic clock: the start of the
     /// last heartbeat that renewed them plus their length. Past it (a long pause, a store
     /// out of reach) the host drives nothing until a heartbeat renews them; the database
@@ -215,6 +234,11 @@ impl PostgresJournal {
             ttl_ms,
             leases: RwLock::new(HashMap::new()),
             valid_until: Mutex::new(std::time::Instant::now()),
+            local: options
+                .local_time
+                .clone()
+                .unwrap_or_else(|| Arc::new(system_ms)),
+            offset_ms: Arc::new(std::sync::atomic::AtomicI64::new(0)),
             listener: OnceLock::new(),
             now_ms: OnceLock::new(),
             commits: AtomicU64::new(0),
@@ -255,6 +279,15 @@ impl PostgresJournal {
     /// This host process's identity (fresh per open).
     pub fn host(&self) -> u128 {
         self.inner.host
+    }
+
+    /// How far the database's clock is ahead of this host's (ms; negative when behind),
+    /// measured at each heartbeat: a runtime on this journal keeps its time with
+    /// `cairn_runtime::clock::CorrectedClock`, so every host records and waits on the
+    /// database's time (a timer set by one host fires on time on another, whatever their
+    /// clocks say).
+    pub fn clock_offset(&self) -> Arc<std::sync::atomic::AtomicI64> {
+        self.inner.offset_ms.clone()
     }
 
     /// The shards this host holds a lease on, in order.
@@ -490,6 +523,15 @@ async fn commit_batch(
 /// what it holds and returns the shards it gained and whether it lost any.
 async fn refresh_leases(store: &PostgresStore, inner: &Inner) -> Result<(Vec<u32>, bool)> {
     let sent = std::time::Instant::now();
+    let before = (inner.local)();
+    let database = store.now_ms().await?;
+    let after = (inner.local)();
+    // The database read its clock about half-way through the round trip.
+    let midpoint = i64::try_from(before / 2 + after / 2).unwrap_or(i64::MAX);
+    inner.offset_ms.store(
+        database.saturating_sub(midpoint),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let held = store.heartbeat(inner.host, inner.ttl_ms).await?;
     let before: std::collections::HashSet<u32> = inner.owned();
     let mut now: HashMap<u32, Lease> = held.into_iter().map(|lease| (lease.shard, lease)).collect();

@@ -494,6 +494,22 @@ impl PostgresStore {
         Ok(leases(host, &rows))
     }
 
+    /// The database's clock, ms since the Unix epoch.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn now_ms(&self) -> Result<i64> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+                &[],
+            )
+            .await
+            .map_err(|err| pg_error("read the database's clock", &err))?;
+        Ok(row.get(0))
+    }
+
     /// Removes `host`'s heartbeat row (it stopped): the others' fair shares grow at once.
     ///
     /// # Errors
