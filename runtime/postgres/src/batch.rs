@@ -44,6 +44,39 @@ pub(crate) const STARTED_CODE: i16 = 255;
 /// Shards per stripe of `cairn_activity`.
 pub(crate) const STRIPE_SHARDS: u32 = 16;
 
+/// Runs `sql` with a statement prepared once per connection (a batch then costs one round
+/// trip per statement, and statements sent together share one).
+async fn rows(
+    txn: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    what: &str,
+) -> Result<Vec<tokio_postgres::Row>> {
+    let statement = txn
+        .prepare_cached(sql)
+        .await
+        .map_err(|err| pg_error(what, &err))?;
+    txn.query(&statement, params)
+        .await
+        .map_err(|err| pg_error(what, &err))
+}
+
+/// [`rows`] for a statement whose rows are not needed.
+async fn exec(
+    txn: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    what: &str,
+) -> Result<u64> {
+    let statement = txn
+        .prepare_cached(sql)
+        .await
+        .map_err(|err| pg_error(what, &err))?;
+    txn.execute(&statement, params)
+        .await
+        .map_err(|err| pg_error(what, &err))
+}
+
 /// One operation of a batch.
 #[derive(Clone, Debug)]
 pub(crate) enum Op {
@@ -234,8 +267,67 @@ pub(crate) async fn write(
     // key order; then the parents of runs that may end.
     let mut keys: BTreeSet<u128> = ops.iter().filter_map(Op::run).collect();
     keys.extend(found.values().copied());
+    // The runs first (their locks in key order), then the shards of fenced operations,
+    // the LSNs and the parked runs: sent together, answered in order.
+    let run_keys: Vec<Uuid> = keys.iter().map(|key| Uuid::from_u128(*key)).collect();
+    let shards: Vec<i32> = ops
+        .iter()
+        .filter_map(Op::fence)
+        .map(|lease| i32::try_from(lease.shard).unwrap_or(i32::MAX))
+        .collect::<BTreeSet<i32>>()
+        .into_iter()
+        .collect();
+    let wanted =
+        i64::try_from(ops.iter().map(Op::events_at_most).sum::<usize>()).unwrap_or(i64::MAX);
+    let lock_sql = format!(
+        "SELECT {RUN_COLUMNS}, child_ended FROM cairn_runs WHERE key = ANY($1) ORDER BY key FOR UPDATE"
+    );
+    let (locked, lease_rows, lsn_rows, parked_rows) = futures::try_join!(
+        async {
+            if run_keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            rows(txn, &lock_sql, &[&run_keys], "lock the runs").await
+        },
+        async {
+            if shards.is_empty() {
+                return Ok(Vec::new());
+            }
+            rows(
+                txn,
+                "SELECT shard, owner, epoch FROM cairn_shards WHERE shard = ANY($1) ORDER BY shard FOR SHARE",
+                &[&shards],
+                "check the leases",
+            )
+            .await
+        },
+        async {
+            if wanted == 0 {
+                return Ok(Vec::new());
+            }
+            rows(
+                txn,
+                "SELECT nextval('cairn_lsn') FROM generate_series(1, $1::bigint)",
+                &[&wanted],
+                "take LSNs",
+            )
+            .await
+        },
+        async {
+            if run_keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            rows(
+                txn,
+                "SELECT run FROM cairn_parked WHERE run = ANY($1)",
+                &[&run_keys],
+                "read parked runs",
+            )
+            .await
+        },
+    )?;
     let mut heads: HashMap<u128, Head> = HashMap::new();
-    lock_runs(txn, &keys, &mut heads).await?;
+    put_heads(&locked, &mut heads)?;
     let parents: BTreeSet<u128> = ops
         .iter()
         .filter_map(|op| match op {
@@ -247,46 +339,20 @@ pub(crate) async fn write(
         .filter(|parent| !heads.contains_key(parent))
         .collect();
     lock_runs(txn, &parents, &mut heads).await?;
-
-    let shards: BTreeSet<i32> = ops
-        .iter()
-        .filter_map(Op::fence)
-        .map(|lease| i32::try_from(lease.shard).unwrap_or(i32::MAX))
-        .collect();
     let mut leases: HashMap<u32, (Option<Uuid>, i64)> = HashMap::new();
-    if !shards.is_empty() {
-        let shards: Vec<i32> = shards.into_iter().collect();
-        for row in txn
-            .query(
-                "SELECT shard, owner, epoch FROM cairn_shards WHERE shard = ANY($1) ORDER BY shard FOR SHARE",
-                &[&shards],
-            )
-            .await
-            .map_err(|err| pg_error("check the leases", &err))?
-        {
-            let shard: i32 = row.get(0);
-            leases.insert(
-                u32::try_from(shard).unwrap_or(u32::MAX),
-                (row.get(1), row.get(2)),
-            );
-        }
+    for row in &lease_rows {
+        let shard: i32 = row.get(0);
+        leases.insert(
+            u32::try_from(shard).unwrap_or(u32::MAX),
+            (row.get(1), row.get(2)),
+        );
     }
-
-    let wanted: usize = ops.iter().map(Op::events_at_most).sum();
-    let mut lsns: Vec<i64> = if wanted == 0 {
-        Vec::new()
-    } else {
-        txn.query(
-            "SELECT nextval('cairn_lsn') FROM generate_series(1, $1::bigint)",
-            &[&i64::try_from(wanted).unwrap_or(i64::MAX)],
-        )
-        .await
-        .map_err(|err| pg_error("take LSNs", &err))?
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
-    };
+    let mut lsns: Vec<i64> = lsn_rows.iter().map(|row| row.get(0)).collect();
     lsns.sort_unstable_by(|a, b| b.cmp(a));
+    let parked_before: HashSet<u128> = parked_rows
+        .iter()
+        .map(|row| row.get::<_, Uuid>(0).as_u128())
+        .collect();
 
     let schedule_ids: Vec<&str> = ops
         .iter()
@@ -353,19 +419,7 @@ pub(crate) async fn write(
     }
 
     let mut writes = Writes::default();
-    let mut parked_before: HashSet<u128> = HashSet::new();
-    {
-        let keys: Vec<Uuid> = heads.keys().map(|key| Uuid::from_u128(*key)).collect();
-        if !keys.is_empty() {
-            for row in txn
-                .query("SELECT run FROM cairn_parked WHERE run = ANY($1)", &[&keys])
-                .await
-                .map_err(|err| pg_error("read parked runs", &err))?
-            {
-                parked_before.insert(row.get::<_, Uuid>(0).as_u128());
-            }
-        }
-    }
+    let mut parked_before = parked_before;
     let mut decider = Decider {
         heads: &mut heads,
         writes: &mut writes,
@@ -532,18 +586,23 @@ async fn lock_runs(
         return Ok(());
     }
     let keys: Vec<Uuid> = keys.iter().map(|key| Uuid::from_u128(*key)).collect();
-    for row in txn
-        .query(
-            &format!(
-                "SELECT {RUN_COLUMNS}, child_ended FROM cairn_runs WHERE key = ANY($1) ORDER BY key FOR UPDATE"
-            ),
-            &[&keys],
-        )
-        .await
-        .map_err(|err| pg_error("lock the runs", &err))?
-    {
+    let locked = rows(
+        txn,
+        &format!(
+            "SELECT {RUN_COLUMNS}, child_ended FROM cairn_runs WHERE key = ANY($1) ORDER BY key FOR UPDATE"
+        ),
+        &[&keys],
+        "lock the runs",
+    )
+    .await?;
+    put_heads(&locked, heads)
+}
+
+/// The heads of locked runs' rows.
+fn put_heads(locked: &[tokio_postgres::Row], heads: &mut HashMap<u128, Head>) -> Result<()> {
+    for row in locked {
         let child_ended: bool = row.get(12);
-        let run = run_row(&row)?;
+        let run = run_row(row)?;
         heads.insert(
             run.key,
             Head {
@@ -975,50 +1034,142 @@ async fn apply(
             }
         }
     }
-    if !new_runs.is_empty() {
-        let columns = RunColumns::of(&new_runs)?;
-        txn.execute(
+    // The statements below touch different rows and tables: sent together, one round
+    // trip for all of them.
+    let new_columns = RunColumns::of(&new_runs)?;
+    let old_columns = RunColumns::of(&old_runs)?;
+    let event_runs: Vec<Uuid> = writes.events.iter().map(|e| e.0).collect();
+    let event_seqs: Vec<i64> = writes.events.iter().map(|e| e.1).collect();
+    let event_lsns: Vec<i64> = writes.events.iter().map(|e| e.2).collect();
+    let event_epochs: Vec<i64> = writes.events.iter().map(|e| e.3).collect();
+    let envelopes: Vec<&[u8]> = writes.events.iter().map(|e| e.4.as_slice()).collect();
+    let counts: Vec<_> = writes
+        .counts
+        .iter()
+        .filter(|(_, delta)| **delta != 0)
+        .collect();
+    let count_types: Vec<&str> = counts.iter().map(|((t, _, _), _)| t.as_str()).collect();
+    let count_statuses: Vec<i16> = counts.iter().map(|((_, s, _), _)| *s).collect();
+    let count_shards: Vec<i32> = counts.iter().map(|((_, _, shard), _)| *shard).collect();
+    let count_deltas: Vec<i64> = counts.iter().map(|(_, delta)| **delta).collect();
+    let activity_buckets: Vec<i64> = writes.activity.keys().map(|(b, _, _, _)| *b).collect();
+    let activity_types: Vec<&str> = writes
+        .activity
+        .keys()
+        .map(|(_, t, _, _)| t.as_str())
+        .collect();
+    let activity_whats: Vec<i16> = writes.activity.keys().map(|(_, _, w, _)| *w).collect();
+    let activity_stripes: Vec<i32> = writes.activity.keys().map(|(_, _, _, s)| *s).collect();
+    let activity_deltas: Vec<i64> = writes.activity.values().copied().collect();
+    let wake_shards: Vec<i32> = writes.wakes.iter().map(|w| w.0).collect();
+    let wake_runs: Vec<Uuid> = writes.wakes.iter().map(|w| Uuid::from_u128(w.1)).collect();
+    let wake_seqs: Vec<i64> = writes.wakes.iter().map(|w| w.2).collect();
+    let attribute_runs: Vec<Uuid> = writes
+        .attributes
+        .keys()
+        .map(|(run, _)| Uuid::from_u128(*run))
+        .collect();
+    let attribute_names: Vec<&str> = writes
+        .attributes
+        .keys()
+        .map(|(_, name)| name.as_str())
+        .collect();
+    let attribute_values: Vec<&[u8]> = writes
+        .attributes
+        .values()
+        .map(|(value, _)| value.as_slice())
+        .collect();
+    let attribute_created: Vec<i64> = writes.attributes.values().map(|(_, at)| *at).collect();
+    let parked_cleared: Vec<Uuid> = writes
+        .parked
+        .iter()
+        .filter(|(_, row)| row.is_none())
+        .map(|(key, _)| Uuid::from_u128(*key))
+        .collect();
+    let parked_set: Vec<Uuid> = writes
+        .parked
+        .iter()
+        .filter(|(_, row)| row.is_some())
+        .map(|(key, _)| Uuid::from_u128(*key))
+        .collect();
+    let parked_rows: Vec<&[u8]> = writes
+        .parked
+        .values()
+        .filter_map(|row| row.as_deref())
+        .collect();
+    type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
+    let new_params: [Param<'_>; 14] = [
+        &new_columns.keys,
+        &new_columns.ids,
+        &new_columns.types,
+        &new_columns.statuses,
+        &new_columns.created,
+        &new_columns.updated,
+        &new_columns.next_seq,
+        &new_columns.head_lsn,
+        &new_columns.hashes,
+        &new_columns.parents,
+        &new_columns.suspended,
+        &new_columns.wake_at,
+        &new_columns.child_ended,
+        &new_columns.shards,
+    ];
+    let old_params: [Param<'_>; 9] = [
+        &old_columns.keys,
+        &old_columns.statuses,
+        &old_columns.updated,
+        &old_columns.next_seq,
+        &old_columns.head_lsn,
+        &old_columns.hashes,
+        &old_columns.suspended,
+        &old_columns.wake_at,
+        &old_columns.child_ended,
+    ];
+    let event_params: [Param<'_>; 5] = [
+        &event_runs,
+        &event_seqs,
+        &event_lsns,
+        &event_epochs,
+        &envelopes,
+    ];
+    let count_params: [Param<'_>; 4] =
+        [&count_types, &count_statuses, &count_shards, &count_deltas];
+    let activity_params: [Param<'_>; 5] = [
+        &activity_buckets,
+        &activity_types,
+        &activity_whats,
+        &activity_stripes,
+        &activity_deltas,
+    ];
+    let wake_params: [Param<'_>; 3] = [&wake_shards, &wake_runs, &wake_seqs];
+    let attribute_params: [Param<'_>; 4] = [
+        &attribute_runs,
+        &attribute_names,
+        &attribute_values,
+        &attribute_created,
+    ];
+    let cleared_params: [Param<'_>; 1] = [&parked_cleared];
+    let set_params: [Param<'_>; 2] = [&parked_set, &parked_rows];
+    let unclaimed_params: [Param<'_>; 1] = [&writes.unclaimed];
+    let statements: [(bool, &str, &[Param<'_>], &str); 10] = [
+        (
+            !new_runs.is_empty(),
             "INSERT INTO cairn_runs (key, id, workflow_type, status, created_at_ms, updated_at_ms, next_seq, head_lsn, head_hash, parent, suspended, wake_at_ms, child_ended, shard)
              SELECT key, id, workflow_type, status, created_at_ms, updated_at_ms, next_seq, head_lsn, head_hash, parent, suspended, wake_at_ms, child_ended, shard
              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bytea[], $10::uuid[], $11::boolean[], $12::bigint[], $13::boolean[], $14::integer[])
                  AS u(key, id, workflow_type, status, created_at_ms, updated_at_ms, next_seq, head_lsn, head_hash, parent, suspended, wake_at_ms, child_ended, shard)",
-            &[
-                &columns.keys,
-                &columns.ids,
-                &columns.types,
-                &columns.statuses,
-                &columns.created,
-                &columns.updated,
-                &columns.next_seq,
-                &columns.head_lsn,
-                &columns.hashes,
-                &columns.parents,
-                &columns.suspended,
-                &columns.wake_at,
-                &columns.child_ended,
-                &columns.shards,
-            ],
-        )
-        .await
-        .map_err(|err| pg_error("insert runs", &err))?;
-    }
-    if !writes.events.is_empty() {
-        let runs: Vec<Uuid> = writes.events.iter().map(|e| e.0).collect();
-        let seqs: Vec<i64> = writes.events.iter().map(|e| e.1).collect();
-        let lsns: Vec<i64> = writes.events.iter().map(|e| e.2).collect();
-        let epochs: Vec<i64> = writes.events.iter().map(|e| e.3).collect();
-        let envelopes: Vec<&[u8]> = writes.events.iter().map(|e| e.4.as_slice()).collect();
-        txn.execute(
+            &new_params,
+            "insert runs",
+        ),
+        (
+            !writes.events.is_empty(),
             "INSERT INTO cairn_events (run, seq, lsn, epoch, envelope)
              SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[])",
-            &[&runs, &seqs, &lsns, &epochs, &envelopes],
-        )
-        .await
-        .map_err(|err| pg_error("insert the events", &err))?;
-    }
-    if !old_runs.is_empty() {
-        let columns = RunColumns::of(&old_runs)?;
-        txn.execute(
+            &event_params,
+            "insert the events",
+        ),
+        (
+            !old_runs.is_empty(),
             "UPDATE cairn_runs AS r
              SET status = u.status, updated_at_ms = u.updated_at_ms, next_seq = u.next_seq,
                  head_lsn = u.head_lsn, head_hash = u.head_hash, suspended = u.suspended,
@@ -1026,83 +1177,71 @@ async fn apply(
              FROM unnest($1::uuid[], $2::smallint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bytea[], $7::boolean[], $8::bigint[], $9::boolean[])
                  AS u(key, status, updated_at_ms, next_seq, head_lsn, head_hash, suspended, wake_at_ms, child_ended)
              WHERE r.key = u.key",
-            &[
-                &columns.keys,
-                &columns.statuses,
-                &columns.updated,
-                &columns.next_seq,
-                &columns.head_lsn,
-                &columns.hashes,
-                &columns.suspended,
-                &columns.wake_at,
-                &columns.child_ended,
-            ],
-        )
-        .await
-        .map_err(|err| pg_error("update the runs", &err))?;
-    }
-    if !writes.unclaimed.is_empty() {
-        txn.execute(
+            &old_params,
+            "update the runs",
+        ),
+        (
+            !writes.unclaimed.is_empty(),
             "DELETE FROM cairn_ids WHERE id = ANY($1)",
-            &[&writes.unclaimed],
-        )
-        .await
-        .map_err(|err| pg_error("give back unused ids", &err))?;
-    }
+            &unclaimed_params,
+            "give back unused ids",
+        ),
+        (
+            !attribute_runs.is_empty(),
+            "INSERT INTO cairn_attributes (run, name, value, created_at_ms)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bigint[])
+             ON CONFLICT (run, name) DO UPDATE SET value = EXCLUDED.value",
+            &attribute_params,
+            "write attributes",
+        ),
+        (
+            !parked_cleared.is_empty(),
+            "DELETE FROM cairn_parked WHERE run = ANY($1)",
+            &cleared_params,
+            "clear parked runs",
+        ),
+        (
+            !parked_set.is_empty(),
+            "INSERT INTO cairn_parked (run, row) SELECT * FROM unnest($1::uuid[], $2::bytea[])
+             ON CONFLICT (run) DO UPDATE SET row = EXCLUDED.row",
+            &set_params,
+            "record parked runs",
+        ),
+        (
+            !counts.is_empty(),
+            "INSERT INTO cairn_counts (workflow_type, status, shard, runs)
+             SELECT * FROM unnest($1::text[], $2::smallint[], $3::integer[], $4::bigint[])
+             ON CONFLICT (workflow_type, status, shard) DO UPDATE SET runs = cairn_counts.runs + EXCLUDED.runs",
+            &count_params,
+            "count runs",
+        ),
+        (
+            !activity_buckets.is_empty(),
+            "INSERT INTO cairn_activity (bucket_ms, workflow_type, what, stripe, runs)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::smallint[], $4::integer[], $5::bigint[])
+             ON CONFLICT (bucket_ms, workflow_type, what, stripe) DO UPDATE SET runs = cairn_activity.runs + EXCLUDED.runs",
+            &activity_params,
+            "count activity",
+        ),
+        (
+            !wake_shards.is_empty(),
+            "INSERT INTO cairn_wakes (shard, run, seq)
+             SELECT * FROM unnest($1::integer[], $2::uuid[], $3::bigint[]) ON CONFLICT DO NOTHING",
+            &wake_params,
+            "leave wake-ups",
+        ),
+    ];
+    futures::future::try_join_all(
+        statements
+            .iter()
+            .filter(|(wanted, ..)| *wanted)
+            .map(|(_, sql, params, what)| exec(txn, sql, params, what)),
+    )
+    .await?;
     for (id, key) in &writes.moved_ids {
         txn.execute("UPDATE cairn_ids SET key = $2 WHERE id = $1", &[id, key])
             .await
             .map_err(|err| pg_error("move an id to its next run", &err))?;
-    }
-    if !writes.attributes.is_empty() {
-        let runs: Vec<Uuid> = writes
-            .attributes
-            .keys()
-            .map(|(run, _)| Uuid::from_u128(*run))
-            .collect();
-        let names: Vec<&str> = writes
-            .attributes
-            .keys()
-            .map(|(_, name)| name.as_str())
-            .collect();
-        let values: Vec<&[u8]> = writes
-            .attributes
-            .values()
-            .map(|(value, _)| value.as_slice())
-            .collect();
-        let created: Vec<i64> = writes.attributes.values().map(|(_, at)| *at).collect();
-        txn.execute(
-            "INSERT INTO cairn_attributes (run, name, value, created_at_ms)
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bigint[])
-             ON CONFLICT (run, name) DO UPDATE SET value = EXCLUDED.value",
-            &[&runs, &names, &values, &created],
-        )
-        .await
-        .map_err(|err| pg_error("write attributes", &err))?;
-    }
-    if !writes.parked.is_empty() {
-        let (set, cleared): (Vec<_>, Vec<_>) =
-            writes.parked.iter().partition(|(_, row)| row.is_some());
-        let cleared: Vec<Uuid> = cleared
-            .iter()
-            .map(|(key, _)| Uuid::from_u128(**key))
-            .collect();
-        if !cleared.is_empty() {
-            txn.execute("DELETE FROM cairn_parked WHERE run = ANY($1)", &[&cleared])
-                .await
-                .map_err(|err| pg_error("clear parked runs", &err))?;
-        }
-        let keys: Vec<Uuid> = set.iter().map(|(key, _)| Uuid::from_u128(**key)).collect();
-        let rows: Vec<&[u8]> = set.iter().filter_map(|(_, row)| row.as_deref()).collect();
-        if !keys.is_empty() {
-            txn.execute(
-                "INSERT INTO cairn_parked (run, row) SELECT * FROM unnest($1::uuid[], $2::bytea[])
-                 ON CONFLICT (run) DO UPDATE SET row = EXCLUDED.row",
-                &[&keys, &rows],
-            )
-            .await
-            .map_err(|err| pg_error("record parked runs", &err))?;
-        }
     }
     for change in &writes.tasks {
         crate::reads::apply_task(txn, change).await?;
@@ -1129,18 +1268,6 @@ async fn apply(
         )
         .await
         .map_err(|err| pg_error("add notifications", &err))?;
-    }
-    if !writes.wakes.is_empty() {
-        let shards: Vec<i32> = writes.wakes.iter().map(|w| w.0).collect();
-        let runs: Vec<Uuid> = writes.wakes.iter().map(|w| Uuid::from_u128(w.1)).collect();
-        let seqs: Vec<i64> = writes.wakes.iter().map(|w| w.2).collect();
-        txn.execute(
-            "INSERT INTO cairn_wakes (shard, run, seq)
-             SELECT * FROM unnest($1::integer[], $2::uuid[], $3::bigint[]) ON CONFLICT DO NOTHING",
-            &[&shards, &runs, &seqs],
-        )
-        .await
-        .map_err(|err| pg_error("leave wake-ups", &err))?;
     }
     let mut refused = HashSet::new();
     for (index, (id, attempt, delivery)) in writes.attempts.iter().enumerate() {
@@ -1197,44 +1324,6 @@ async fn apply(
                 .await
                 .map_err(|err| pg_error("delete a schedule", &err))?,
         };
-    }
-    let counts: Vec<_> = writes
-        .counts
-        .iter()
-        .filter(|(_, delta)| **delta != 0)
-        .collect();
-    if !counts.is_empty() {
-        let types: Vec<&str> = counts.iter().map(|((t, _, _), _)| t.as_str()).collect();
-        let statuses: Vec<i16> = counts.iter().map(|((_, s, _), _)| *s).collect();
-        let shards: Vec<i32> = counts.iter().map(|((_, _, shard), _)| *shard).collect();
-        let deltas: Vec<i64> = counts.iter().map(|(_, delta)| **delta).collect();
-        txn.execute(
-            "INSERT INTO cairn_counts (workflow_type, status, shard, runs)
-             SELECT * FROM unnest($1::text[], $2::smallint[], $3::integer[], $4::bigint[])
-             ON CONFLICT (workflow_type, status, shard) DO UPDATE SET runs = cairn_counts.runs + EXCLUDED.runs",
-            &[&types, &statuses, &shards, &deltas],
-        )
-        .await
-        .map_err(|err| pg_error("count runs", &err))?;
-    }
-    if !writes.activity.is_empty() {
-        let buckets: Vec<i64> = writes.activity.keys().map(|(b, _, _, _)| *b).collect();
-        let types: Vec<&str> = writes
-            .activity
-            .keys()
-            .map(|(_, t, _, _)| t.as_str())
-            .collect();
-        let whats: Vec<i16> = writes.activity.keys().map(|(_, _, w, _)| *w).collect();
-        let stripes: Vec<i32> = writes.activity.keys().map(|(_, _, _, s)| *s).collect();
-        let deltas: Vec<i64> = writes.activity.values().copied().collect();
-        txn.execute(
-            "INSERT INTO cairn_activity (bucket_ms, workflow_type, what, stripe, runs)
-             SELECT * FROM unnest($1::bigint[], $2::text[], $3::smallint[], $4::integer[], $5::bigint[])
-             ON CONFLICT (bucket_ms, workflow_type, what, stripe) DO UPDATE SET runs = cairn_activity.runs + EXCLUDED.runs",
-            &[&buckets, &types, &whats, &stripes, &deltas],
-        )
-        .await
-        .map_err(|err| pg_error("count activity", &err))?;
     }
     Ok(refused)
 }

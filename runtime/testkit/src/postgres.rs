@@ -112,9 +112,14 @@ impl Cluster {
             ],
         )?;
         // 127.0.0.1 only, a socket directory of its own, and no fsync: the tests kill
-        // hosts, never this server.
+        // hosts, never this server. A benchmark sets `CAIRN_PG_DURABLE` to keep fsync on.
+        let fsync = if std::env::var_os("CAIRN_PG_DURABLE").is_some() {
+            ""
+        } else {
+            "-c fsync=off "
+        };
         let options = format!(
-            "-h 127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=200",
+            "-h 127.0.0.1 -p {} -k {} {fsync}-c max_connections=200",
             cluster.port,
             cluster.dir.display()
         );
