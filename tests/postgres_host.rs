@@ -234,6 +234,18 @@ async fn a_host_that_stops_mid_way_hands_its_instances_to_the_next() {
     assert_eq!(audit(&db.url()).await, 20);
 }
 
+/// Deliveries by notification id, across every host that shares it.
+#[derive(Default)]
+struct Deliveries(Mutex<HashMap<u64, u32>>);
+
+#[async_trait::async_trait]
+impl cairn::notify::Notifier for Deliveries {
+    async fn notify(&self, notification: &cairn::notify::Notification) -> Result<(), String> {
+        *self.0.lock().unwrap().entry(notification.id).or_default() += 1;
+        Ok(())
+    }
+}
+
 fn quick() -> PostgresOptions {
     PostgresOptions {
         pool_size: 4,
@@ -253,12 +265,15 @@ async fn two_hosts_share_the_runs_and_one_takes_over_when_the_other_stops() {
     const BASE: u32 = 2000;
     let db = TestDb::new().await.unwrap();
     let ids = ids("shared", 24);
+    let deliveries = Arc::new(Deliveries::default());
     let a = builder()
+        .notifier(deliveries.clone())
         .open_postgres_with(&db.url(), quick())
         .await
         .unwrap();
     start_all(&a, &ids, BASE).await;
     let b = builder()
+        .notifier(deliveries.clone())
         .open_postgres_with(&db.url(), quick())
         .await
         .unwrap();
@@ -337,6 +352,16 @@ async fn two_hosts_share_the_runs_and_one_takes_over_when_the_other_stops() {
     let runs = priced(BASE..BASE + 200);
     assert_eq!(runs.len(), 48, "{runs:?}");
     assert!(runs.values().all(|count| *count == 1), "{runs:?}");
+    // Each task's notification went out once, by the host that drives its run.
+    let mut spins = 0;
+    while deliveries.0.lock().unwrap().len() < ids.len() {
+        spins += 1;
+        assert!(spins < 500, "not every notification went out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let delivered = deliveries.0.lock().unwrap().clone();
+    assert_eq!(delivered.len(), ids.len(), "{delivered:?}");
+    assert!(delivered.values().all(|n| *n == 1), "{delivered:?}");
     b.shutdown().await;
     assert_eq!(audit(&db.url()).await, 48);
 }

@@ -196,7 +196,8 @@ struct Writes {
     attributes: BTreeMap<(u128, String), (Vec<u8>, i64)>,
     parked: BTreeMap<u128, Option<Vec<u8>>>,
     tasks: Vec<TaskIndexChange>,
-    outbox: Vec<OutboxRow>,
+    /// New notifications, with the shard of their run.
+    outbox: Vec<(i32, OutboxRow)>,
     attempts: Vec<(u64, DeliveryAttempt, Delivery)>,
     documents: BTreeMap<[u8; 32], Vec<u8>>,
     schedules: Vec<(String, Option<Vec<u8>>)>,
@@ -232,14 +233,14 @@ pub(crate) async fn write(
     if !claims.is_empty() {
         let ids: Vec<&str> = claims.keys().copied().collect();
         let keys: Vec<Uuid> = claims.values().copied().collect();
-        for row in txn
-            .query(
-                "INSERT INTO cairn_ids (id, key) SELECT * FROM unnest($1::text[], $2::uuid[])
+        for row in rows(
+            txn,
+            "INSERT INTO cairn_ids (id, key) SELECT * FROM unnest($1::text[], $2::uuid[])
                  ON CONFLICT (id) DO NOTHING RETURNING id, key",
-                &[&ids, &keys],
-            )
-            .await
-            .map_err(|err| pg_error("claim ids", &err))?
+            &[&ids, &keys],
+            "claim ids",
+        )
+        .await?
         {
             created.insert(row.get(0), row.get::<_, Uuid>(1).as_u128());
         }
@@ -251,13 +252,13 @@ pub(crate) async fn write(
         .collect();
     let mut found: HashMap<String, u128> = HashMap::new();
     if !existing_ids.is_empty() {
-        for row in txn
-            .query(
-                "SELECT id, key FROM cairn_ids WHERE id = ANY($1)",
-                &[&existing_ids],
-            )
-            .await
-            .map_err(|err| pg_error("read ids", &err))?
+        for row in rows(
+            txn,
+            "SELECT id, key FROM cairn_ids WHERE id = ANY($1)",
+            &[&existing_ids],
+            "read ids",
+        )
+        .await?
         {
             found.insert(row.get(0), row.get::<_, Uuid>(1).as_u128());
         }
@@ -369,13 +370,13 @@ pub(crate) async fn write(
         for id in &sorted {
             schedules.insert((*id).to_owned(), None);
         }
-        for row in txn
-            .query(
-                "SELECT id, row FROM cairn_schedules WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                &[&sorted],
-            )
-            .await
-            .map_err(|err| pg_error("read schedules", &err))?
+        for row in rows(
+            txn,
+            "SELECT id, row FROM cairn_schedules WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            &[&sorted],
+            "read schedules",
+        )
+        .await?
         {
             let id: String = row.get(0);
             let bytes: Vec<u8> = row.get(1);
@@ -397,13 +398,13 @@ pub(crate) async fn write(
         })
         .collect();
     if !attribute_runs.is_empty() {
-        for row in txn
-            .query(
-                "SELECT run, name, value FROM cairn_attributes WHERE run = ANY($1)",
-                &[&attribute_runs],
-            )
-            .await
-            .map_err(|err| pg_error("read attributes", &err))?
+        for row in rows(
+            txn,
+            "SELECT run, name, value FROM cairn_attributes WHERE run = ANY($1)",
+            &[&attribute_runs],
+            "read attributes",
+        )
+        .await?
         {
             let run: Uuid = row.get(0);
             let bytes: Vec<u8> = row.get(2);
@@ -966,7 +967,7 @@ impl Decider<'_> {
             writes.tasks.push(task);
         }
         if let Some(notification) = plan.notification {
-            writes.outbox.push(notification);
+            writes.outbox.push((shard, notification));
             self.effects.push(Committed::Outbox);
         }
         if let Some(set) = plan.attributes {
@@ -1250,21 +1251,23 @@ async fn apply(
         let ids: Vec<i64> = writes
             .outbox
             .iter()
-            .map(|row| db_i64(row.notification.id, "notification id"))
+            .map(|(_, row)| db_i64(row.notification.id, "notification id"))
             .collect::<Result<_>>()?;
         let rows: Vec<Vec<u8>> = writes
             .outbox
             .iter()
-            .map(|row| encode_versioned(row, "outbox row"))
+            .map(|(_, row)| encode_versioned(row, "outbox row"))
             .collect::<Result<_>>()?;
         let due: Vec<Option<i64>> = writes
             .outbox
             .iter()
-            .map(|row| due_of(row.delivery))
+            .map(|(_, row)| due_of(row.delivery))
             .collect();
+        let shards: Vec<i32> = writes.outbox.iter().map(|(shard, _)| *shard).collect();
         txn.execute(
-            "INSERT INTO cairn_outbox (id, row, due_ms) SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[])",
-            &[&ids, &rows, &due],
+            "INSERT INTO cairn_outbox (id, row, due_ms, shard)
+             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::integer[])",
+            &[&ids, &rows, &due, &shards],
         )
         .await
         .map_err(|err| pg_error("add notifications", &err))?;

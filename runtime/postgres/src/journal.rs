@@ -892,8 +892,10 @@ impl Journal for PostgresJournal {
         self.store.task(key, step).await
     }
 
+    /// The due notifications of the runs this host drives: each is delivered by one host.
     async fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<(Vec<OutboxRow>, Option<u64>)> {
-        self.store.outbox_due(now_ms, limit).await
+        let shards = self.inner.shards();
+        self.store.outbox_due(Some(&shards), now_ms, limit).await
     }
 
     async fn outbox_attempted(

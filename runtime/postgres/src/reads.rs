@@ -499,25 +499,45 @@ impl PostgresStore {
     }
 
     /// The notifications due at `now_ms` (most overdue first, at most `limit`) and when
-    /// the next one after them is due.
+    /// the next one after them is due; with `shards`, only those of runs of these shards
+    /// (and those written before schema 5, which name none).
     ///
     /// # Errors
     /// Storage errors.
     pub async fn outbox_due(
         &self,
+        shards: Option<&[u32]>,
         now_ms: u64,
         limit: usize,
     ) -> Result<(Vec<OutboxRow>, Option<u64>)> {
         let client = self.client().await?;
         let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
-        let rows = client
-            .query(
-                "SELECT id, row, due_ms FROM cairn_outbox WHERE due_ms IS NOT NULL
-                 ORDER BY due_ms, id LIMIT $1",
-                &[&fetch],
-            )
-            .await
-            .map_err(|err| pg_error("read due notifications", &err))?;
+        let rows = match shards {
+            None => {
+                client
+                    .query(
+                        "SELECT id, row, due_ms FROM cairn_outbox WHERE due_ms IS NOT NULL
+                         ORDER BY due_ms, id LIMIT $1",
+                        &[&fetch],
+                    )
+                    .await
+            }
+            Some(shards) => {
+                let shards: Vec<i32> = shards
+                    .iter()
+                    .map(|shard| i32::try_from(*shard).unwrap_or(i32::MAX))
+                    .collect();
+                client
+                    .query(
+                        "SELECT id, row, due_ms FROM cairn_outbox
+                         WHERE due_ms IS NOT NULL AND (shard = ANY($2) OR shard IS NULL)
+                         ORDER BY due_ms, id LIMIT $1",
+                        &[&fetch, &shards],
+                    )
+                    .await
+            }
+        }
+        .map_err(|err| pg_error("read due notifications", &err))?;
         let mut out = Vec::new();
         let mut next = None;
         for row in &rows {

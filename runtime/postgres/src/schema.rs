@@ -10,7 +10,7 @@ use cairn_core::error::{Error, Result};
 use crate::{pg_error, SHARDS};
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Key of the advisory lock taken while migrating (any fixed number of Cairn's).
 const MIGRATION_LOCK: i64 = 0x6361_6972_6e00_0001;
@@ -157,8 +157,16 @@ CREATE TABLE cairn_wakes (
 );
 ";
 
+/// Version 5: each notification names the shard of its run, so only the shard's owner
+/// delivers it (hosts no longer each deliver every notification). Rows written before
+/// name none and are delivered by any host, as before.
+const V5: &str = "
+ALTER TABLE cairn_outbox ADD COLUMN shard integer;
+CREATE INDEX cairn_outbox_due_by_shard ON cairn_outbox (shard, due_ms, id) WHERE due_ms IS NOT NULL;
+";
+
 /// The migrations, version `n` at index `n - 1`.
-const MIGRATIONS: [&str; 4] = [V1, V2, V3, V4];
+const MIGRATIONS: [&str; 5] = [V1, V2, V3, V4, V5];
 
 /// Brings the database to [`SCHEMA_VERSION`]; returns the version it found (0 for an
 /// empty database).
