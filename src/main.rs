@@ -32,7 +32,8 @@ use remote::{check_links, Remote};
     about = "Inspect, export and verify Cairn workflow databases"
 )]
 struct Cli {
-    /// The database file (a stopped host's file or a copy of it).
+    /// The database: a redb file (a stopped host's file or a copy of it) or a PostgreSQL
+    /// connection string (`postgres://user@host/db`), read beside the running hosts.
     #[arg(long, global = true, default_value = "cairn.redb")]
     db: PathBuf,
     /// Read a running host through its HTTP API instead of a file (`http://127.0.0.1:8080`).
@@ -512,6 +513,11 @@ fn utc(ms: u64) -> String {
         )
 }
 
+/// Whether `db` names a PostgreSQL database rather than a file.
+fn is_postgres(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
 async fn run(cli: Cli) -> Result<ExitCode, Stop> {
     if let Some(server) = &cli.server {
         let Some(token) = cli.token.clone() else {
@@ -523,14 +529,21 @@ async fn run(cli: Cli) -> Result<ExitCode, Stop> {
         let remote = Remote::new(server, token).map_err(Stop::Remote)?;
         return run_remote(&remote, cli.command).await;
     }
-    if !cli.db.exists() {
-        return Err(cairn::Error::InvalidArgument(format!(
-            "`{}` does not exist",
-            cli.db.display()
-        ))
-        .into());
-    }
-    let journal = RedbJournal::open_read_only(&cli.db)?;
+    let place = cli.db.to_string_lossy().into_owned();
+    let journal: Box<dyn Journal> = if is_postgres(&place) {
+        // Read beside the running hosts: no shard taken, every write refused.
+        Box::new(cairn::store::PostgresReader::open(&place).await?)
+    } else {
+        if !cli.db.exists() {
+            return Err(cairn::Error::InvalidArgument(format!(
+                "`{}` does not exist",
+                cli.db.display()
+            ))
+            .into());
+        }
+        Box::new(RedbJournal::open_read_only(&cli.db)?)
+    };
+    let journal = journal.as_ref();
     match cli.command {
         Command::List {
             workflow_type,
@@ -548,7 +561,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Stop> {
                 ..InstanceQuery::default()
             };
             let mut out = Out::new(None)?;
-            for row in rows(&journal, query).await? {
+            for row in rows(journal, query).await? {
                 if id_contains
                     .as_deref()
                     .is_some_and(|text| !row.id.contains(text))
@@ -576,27 +589,27 @@ async fn run(cli: Cli) -> Result<ExitCode, Stop> {
             out.finish()?;
         }
         Command::History { id } => {
-            let row = row_of(&journal, &id).await?;
+            let row = row_of(journal, &id).await?;
             let mut out = Out::new(None)?;
-            for event in history(&journal, &row).await? {
+            for event in history(journal, &row).await? {
                 out!(out, "{}", event_json(&event));
             }
             out.finish()?;
         }
-        Command::Show { id } => show(&journal, &id).await?,
+        Command::Show { id } => show(journal, &id).await?,
         Command::Export {
             since,
             until,
             workflow_type,
             out,
-        } => return export(&journal, since, until, workflow_type, out.as_deref()).await,
-        Command::Stats => stats(&journal, &cli.db).await?,
+        } => return export(journal, since, until, workflow_type, out.as_deref()).await,
+        Command::Stats => stats(journal, &cli.db).await?,
         Command::Verify { anchors, quiet } => {
-            return verify(&journal, anchors.as_deref(), quiet).await;
+            return verify(journal, anchors.as_deref(), quiet).await;
         }
         Command::Anchors {
             command: AnchorsCommand::Export { out },
-        } => return export_anchors(&journal, out.as_deref()).await,
+        } => return export_anchors(journal, out.as_deref()).await,
         Command::Schedules { command } => match command {
             None | Some(SchedulesCommand::List) => {
                 let mut out = Out::new(None)?;
@@ -693,9 +706,19 @@ async fn stats(journal: &dyn Journal, path: &Path) -> Result<(), Stop> {
         *by_type.entry(row.workflow_type.clone()).or_default() += 1;
         events += row.next_seq;
     }
-    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let mut out = Out::new(None)?;
-    out!(out, "file        {} ({bytes} bytes)", path.display());
+    let place = path.to_string_lossy();
+    if is_postgres(&place) {
+        // The connection string without its password.
+        let shown = match (place.find("://"), place.rfind('@')) {
+            (Some(scheme), Some(at)) => format!("{}{}", &place[..scheme + 3], &place[at + 1..]),
+            _ => place.into_owned(),
+        };
+        out!(out, "database    {shown}");
+    } else {
+        let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        out!(out, "file        {} ({bytes} bytes)", path.display());
+    }
     out!(out, "runs        {}", rows.len());
     out!(out, "events      {events}");
     for (status, n) in by_status {

@@ -183,6 +183,37 @@ async fn a_mixed_workload_gives_on_postgres_what_it_gives_on_redb() {
 
     // Each case and its child: 24 runs, each history verified.
     assert_eq!(audit(&db.url()).await, 24);
+
+    // The auditor's CLI reads the database as it reads a file.
+    let cairn = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("--db")
+            .arg(db.url())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = cairn(&["verify"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("24 runs: 24 intact, 0 damaged"), "{stdout}");
+    let (code, stdout, stderr) = cairn(&["list", "--type", "case"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout.matches("order-").count(), 12, "{stdout}");
+    let (code, stdout, stderr) = cairn(&["export"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let events: usize = stdout.lines().count();
+    assert!(events > 24 * 3, "{events} events exported");
+    let (code, stdout, _) = cairn(&["stats"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("database    postgres://") && !stdout.contains('@'),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

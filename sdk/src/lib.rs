@@ -109,7 +109,8 @@ pub mod store {
     /// The journal on PostgreSQL, shared by several hosts (feature `postgres`).
     #[cfg(feature = "postgres")]
     pub use cairn_postgres::{
-        Lease, PostgresJournal, PostgresOptions, PostgresStore, SCHEMA_VERSION, SHARDS,
+        Lease, PostgresJournal, PostgresOptions, PostgresReader, PostgresStore, SCHEMA_VERSION,
+        SHARDS,
     };
     pub use cairn_runtime::journal::{
         verify_chain, verify_history, Appended, Attachment, Attributes, Carried, CommitListener,

@@ -39,11 +39,13 @@
 
 mod batch;
 mod journal;
+mod reader;
 mod reads;
 mod schema;
 mod wakes;
 
 pub use journal::{PostgresJournal, PostgresOptions, BATCH_OPS_MAX};
+pub use reader::PostgresReader;
 
 use batch::{Answer, Op, Outcome};
 
