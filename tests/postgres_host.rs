@@ -214,6 +214,12 @@ async fn a_mixed_workload_gives_on_postgres_what_it_gives_on_redb() {
         stdout.contains("database    postgres://") && !stdout.contains('@'),
         "{stdout}"
     );
+    // And the replay gate replays every recorded history against the current code.
+    let report =
+        cairn::audit::replay_file(builder(), db.url(), &cairn::audit::Selection::All, |_| {})
+            .await
+            .unwrap();
+    assert_eq!((report.matched, report.diverged.len()), (24, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,7 +39,8 @@ pub enum Selection {
     Id(String),
 }
 
-/// Replays the histories of the file at `path` (read-only; no host may hold it) against
+/// Replays the histories of the file at `path` (read-only; no host may hold it), or with
+/// feature `postgres` of the PostgreSQL database a `postgres://` string names, against
 /// the workflow types registered on `builder`, calling `each` with every verdict as it
 /// comes.
 ///
@@ -57,9 +58,9 @@ pub async fn replay_file(
     mut each: impl FnMut(&StoredVerdict),
 ) -> Result<ReplayReport, Error> {
     let replayer = builder.replayer()?;
-    let journal = crate::audit::open_read_only(path)?;
+    let journal: Box<dyn cairn_runtime::journal::Journal> = open_for_replay(path.as_ref()).await?;
     let mut report = ReplayReport::default();
-    for verdict in replayer.replay_journal(&journal).await? {
+    for verdict in replayer.replay_journal(journal.as_ref()).await? {
         if let Selection::Id(id) = selection {
             if &verdict.id != id {
                 continue;
@@ -78,6 +79,19 @@ pub async fn replay_file(
         }
     }
     Ok(report)
+}
+
+/// The file at `path`, read-only; with feature `postgres`, a `postgres://` connection
+/// string opens that database read-only instead (beside its running hosts).
+async fn open_for_replay(path: &Path) -> Result<Box<dyn cairn_runtime::journal::Journal>, Error> {
+    #[cfg(feature = "postgres")]
+    {
+        let text = path.to_string_lossy();
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(Box::new(crate::store::PostgresReader::open(&text).await?));
+        }
+    }
+    Ok(Box::new(crate::audit::open_read_only(path)?))
 }
 
 const USAGE: &str = "usage: <program> cairn replay FILE [ID | --all]";
