@@ -34,7 +34,8 @@ mod loan;
 #[derive(Parser, Debug)]
 #[command(about = "Cairn demo host: example processes, the HTTP API and the dashboard")]
 struct Args {
-    /// The redb database file.
+    /// The redb database file, or a PostgreSQL connection string (`postgres://...`):
+    /// then this host is one of any number sharing it.
     #[arg(long, default_value = "demo.redb")]
     db: PathBuf,
     /// The port on 127.0.0.1 (0: any free port).
@@ -332,7 +333,12 @@ fn main() -> std::process::ExitCode {
 
 async fn host() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let rt = builder().open(&args.db).await?;
+    let db = args.db.to_string_lossy();
+    let rt = if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        builder().open_postgres(&db).await?
+    } else {
+        builder().open(&args.db).await?
+    };
     schedules(&rt).await?;
     let mut tokens = Tokens::new();
     let people = [

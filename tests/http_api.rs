@@ -95,6 +95,8 @@ struct Host {
     base: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
+    /// The database, when the host runs on PostgreSQL.
+    _db: Option<cairn_testkit::postgres::TestDb>,
 }
 
 const ADMIN: &str = "admin-token-0123456789";
@@ -125,6 +127,11 @@ impl Policy for PerCase {
 }
 
 async fn host() -> Host {
+    host_on(false).await
+}
+
+/// A host on redb, or on a fresh PostgreSQL database.
+async fn host_on(postgres: bool) -> Host {
     let dir = tempfile::tempdir().unwrap();
     let policy = Roles::new()
         .admin("admin")
@@ -137,14 +144,19 @@ async fn host() -> Host {
         .allow_any_type(Verb::Attach, ["operator"])
         .allow_any_type(Verb::Schedule, ["operator"])
         .allow_anyone(Verb::Task);
-    let rt = Runtime::builder()
+    let builder = Runtime::builder()
         .workflow(desk)
         .signal(NOTE)
         .update(AMOUNT)
-        .policy(Arc::new(PerCase(policy)))
-        .open(dir.path().join("api.redb"))
-        .await
-        .unwrap();
+        .policy(Arc::new(PerCase(policy)));
+    let (rt, db) = if postgres {
+        let db = cairn_testkit::postgres::TestDb::new().await.unwrap();
+        let rt = builder.open_postgres(&db.url()).await.unwrap();
+        (rt, Some(db))
+    } else {
+        let rt = builder.open(dir.path().join("api.redb")).await.unwrap();
+        (rt, None)
+    };
     let mut tokens = Tokens::new();
     tokens.add(ADMIN, Actor::new("ada", ["admin"])).unwrap();
     tokens
@@ -170,6 +182,7 @@ async fn host() -> Host {
         base,
         http: reqwest::Client::new(),
         _dir: dir,
+        _db: db,
     }
 }
 
@@ -312,7 +325,17 @@ fn validator(doc: &Value, schema: &Value) -> jsonschema::Validator {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_answers_as_the_document_says() {
-    let host = host().await;
+    every_operation(host().await).await;
+}
+
+/// The same on a host whose store is PostgreSQL: the API and its answers do not depend
+/// on the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_operation_answers_the_same_on_postgres() {
+    every_operation(host_on(true).await).await;
+}
+
+async fn every_operation(host: Host) {
     // The document is public.
     let (status, doc) = host.call(Method::GET, "/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
@@ -1027,7 +1050,15 @@ async fn hostile_input_gets_a_4xx_with_a_code_and_never_a_5xx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_case_through_the_api() {
-    let host = host().await;
+    whole_case(host().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_case_through_the_api_on_postgres() {
+    whole_case(host_on(true).await).await;
+}
+
+async fn whole_case(host: Host) {
     host.start("case-1").await;
     // Starting again is idempotent: 200, not created.
     let (status, answer) = host
