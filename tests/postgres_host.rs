@@ -530,3 +530,36 @@ async fn timers_fire_on_time_across_hosts_whose_clocks_are_minutes_apart() {
     ahead.shutdown().await;
     assert_eq!(audit(&db.url()).await, 6);
 }
+
+/// On virtual time, with the database's time turned off: a day-long timer on PostgreSQL
+/// is skipped through like on redb.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_on_virtual_time_skips_a_long_timer_on_postgres() {
+    let db = TestDb::new().await.unwrap();
+    let clock = cairn::testing::VirtualClock::new(std::time::SystemTime::now());
+    let rt = Runtime::builder()
+        .workflow(nap)
+        .clock(Arc::new(clock.clone()))
+        .open_postgres_with(
+            &db.url(),
+            PostgresOptions {
+                database_time: false,
+                ..quick()
+            },
+        )
+        .await
+        .unwrap();
+    let day = 24 * 3600 * 1000;
+    let handle = rt.start(nap, "long-nap", day).await.unwrap();
+    let mut skips = 0;
+    let slept = loop {
+        clock.skip_to_next_timer().await;
+        if let Ok(done) = tokio::time::timeout(Duration::from_millis(50), handle.result()).await {
+            break done.unwrap().unwrap();
+        }
+        skips += 1;
+        assert!(skips < 200, "the timer never fired");
+    };
+    assert_eq!(slept, day);
+    rt.shutdown().await;
+}

@@ -269,7 +269,8 @@ impl RuntimeBuilder {
     /// On PostgreSQL the runtime keeps the database's time: its clock (the system clock,
     /// or [`RuntimeBuilder::clock`]) gives the ticks, corrected by the offset to the
     /// database's clock measured at each heartbeat, so a timer one host sets fires on
-    /// time on any other, whatever their clocks say.
+    /// time on any other, whatever their clocks say. A test on virtual time turns this
+    /// off (`PostgresOptions { database_time: false, .. }`).
     ///
     /// # Errors
     /// As [`RuntimeBuilder::open_postgres`].
@@ -292,9 +293,13 @@ impl RuntimeBuilder {
                 .or_else(|| Some(Arc::new(move || ticks.now_ms()))),
             ..options
         };
+        let database_time = options.database_time;
         let journal = crate::store::PostgresJournal::open_with(url, options).await?;
-        let corrected = cairn_runtime::clock::CorrectedClock::new(local, journal.clock_offset());
-        self.inner.clock(Arc::new(corrected));
+        if database_time {
+            let corrected =
+                cairn_runtime::clock::CorrectedClock::new(local, journal.clock_offset());
+            self.inner.clock(Arc::new(corrected));
+        }
         self.open_journal(Arc::new(journal)).await
     }
 

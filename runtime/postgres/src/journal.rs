@@ -46,6 +46,12 @@ pub struct PostgresOptions {
     /// The host's own clock, which the journal measures against the database's at each
     /// heartbeat ([`PostgresJournal::clock_offset`]); `None`: the system clock.
     pub local_time: Option<TimeSource>,
+    /// Whether a runtime on this journal keeps the database's time (the default): its
+    /// clock corrected by the measured offset, so that hosts agree on when timers are due
+    /// whatever their own clocks say. Off, the runtime keeps its configured clock as is:
+    /// for tests on virtual time (a `VirtualClock` corrected to the database's clock
+    /// would no longer skip), never for hosts whose clocks may differ.
+    pub database_time: bool,
 }
 
 impl std::fmt::Debug for PostgresOptions {
@@ -55,6 +61,7 @@ impl std::fmt::Debug for PostgresOptions {
             .field("lease_ttl", &self.lease_ttl)
             .field("heartbeat_every", &self.heartbeat_every)
             .field("poll_every", &self.poll_every)
+            .field("database_time", &self.database_time)
             .finish_non_exhaustive()
     }
 }
@@ -68,6 +75,7 @@ impl Default for PostgresOptions {
             heartbeat_every: lease_ttl / 3,
             poll_every: Duration::from_millis(500),
             local_time: None,
+            database_time: true,
         }
     }
 }
