@@ -732,18 +732,6 @@ impl WorkflowContext {
         }
         let mut number = failed_attempts + 1;
         loop {
-            // Handed over to another host: the step in flight (if any) is recorded, and
-            // no new attempt starts here; the new owner runs it.
-            if let Some(host) = &self.inner.host {
-                if !host.owns(self.inner.key) {
-                    return self.abort(Error::LeaseLost {
-                        instance: self.instance_id().to_owned(),
-                        shard: 0,
-                        held: 0,
-                        current: 0,
-                    }).await;
-                }
-            }
             let ctx = ActivityContext {
                 instance_id: self.instance_id().to_owned(),
                 workflow_type: self.workflow_type().to_owned(),

@@ -1687,10 +1687,6 @@ impl HostPort for Engine {
         self.shared.always_replay
     }
 
-    fn owns(&self, key: u128) -> bool {
-        self.shared.journal.owns(key)
-    }
-
     fn app_state(&self) -> AppState {
         self.shared.app.clone()
     }

@@ -111,10 +111,6 @@ struct Inner {
     ttl_ms: u64,
     /// The leases this host holds, by shard.
     leases: RwLock<HashMap<u32, Lease>>,
-    /// Leases being handed over to a host that joined: still held (appends in flight
-    /// land), but this host starts nothing on their runs; given back at the next
-    /// heartbeat.
-    draining: Mutex<HashMap<u32, Lease>>,
     /// The host's clock, and how far the database's is ahead of it (ms; negative when
     /// behind), measured at each heartbeat.
     local: TimeSource,
@@ -245,7 +241,6 @@ impl PostgresJournal {
             host: Uuid::now_v7().as_u128(),
             ttl_ms,
             leases: RwLock::new(HashMap::new()),
-            draining: Mutex::new(HashMap::new()),
             valid_until: Mutex::new(std::time::Instant::now()),
             local: options
                 .local_time
@@ -548,24 +543,12 @@ async fn refresh_leases(store: &PostgresStore, inner: &Inner) -> Result<(Vec<u32
     let held = store.heartbeat(inner.host, inner.ttl_ms).await?;
     let before: std::collections::HashSet<u32> = inner.owned();
     let mut now: HashMap<u32, Lease> = held.into_iter().map(|lease| (lease.shard, lease)).collect();
-    // A host that joined gets its share, handed over in two heartbeats: the surplus is
-    // first drained (still leased, so the steps in flight on its runs are recorded, but
-    // no new step starts: `owns` says no), and given back at the next heartbeat.
-    let drained: Vec<Lease> = std::mem::take(
-        &mut *inner
-            .draining
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner()),
-    )
-    .into_values()
-    .collect();
-    for lease in &drained {
-        now.remove(&lease.shard);
-        if let Err(err) = store.release(*lease).await {
-            tracing::warn!(%err, shard = lease.shard, "could not give a surplus shard back");
-        }
-    }
+    // A host that joined gets its share: this one stops counting the surplus as its own
+    // first (its runs' later appends are refused), then gives it back.
     let surplus = store.surplus(inner.host).await?;
+    for lease in &surplus {
+        now.remove(&lease.shard);
+    }
     let claimed = store.claim(inner.host, inner.ttl_ms).await?;
     now.extend(claimed.into_iter().map(|lease| (lease.shard, lease)));
     let lost = before.iter().any(|shard| !now.contains_key(shard));
@@ -575,14 +558,6 @@ async fn refresh_leases(store: &PostgresStore, inner: &Inner) -> Result<(Vec<u32
         .filter(|shard| !before.contains(shard))
         .collect();
     *inner
-        .draining
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner()) = surplus
-        .into_iter()
-        .filter(|lease| now.contains_key(&lease.shard))
-        .map(|lease| (lease.shard, lease))
-        .collect();
-    *inner
         .leases
         .write()
         .unwrap_or_else(|poison| poison.into_inner()) = now;
@@ -590,6 +565,11 @@ async fn refresh_leases(store: &PostgresStore, inner: &Inner) -> Result<(Vec<u32
         .valid_until
         .lock()
         .unwrap_or_else(|poison| poison.into_inner()) = sent + Duration::from_millis(inner.ttl_ms);
+    for lease in surplus {
+        if let Err(err) = store.release(lease).await {
+            tracing::warn!(%err, shard = lease.shard, "could not give a surplus shard back");
+        }
+    }
     if lost {
         tracing::info!(
             held = inner.owned().len(),
@@ -736,14 +716,7 @@ impl Journal for PostgresJournal {
     }
 
     fn owns(&self, key: u128) -> bool {
-        self.inner.lease(key).is_some()
-            && self.inner.current()
-            && !self
-                .inner
-                .draining
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .contains_key(&shard_of(key))
+        self.inner.lease(key).is_some() && self.inner.current()
     }
 
     async fn start_by(
