@@ -33,13 +33,11 @@ use cairn_core::task::Actor;
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
+use crate::reads::STARTED_CODE;
 use crate::{db_i64, pg_error, run_row, shard_of, status_code, Lease, RUN_COLUMNS};
 
 /// Room an event needs beyond its payloads and names (header, hashes, varints).
 const STEP_HEADROOM_BYTES: usize = 1024;
-
-/// The `what` of a `cairn_activity` row that counts starts (the others are status codes).
-pub(crate) const STARTED_CODE: i16 = 255;
 
 /// Shards per stripe of `cairn_activity`.
 pub(crate) const STRIPE_SHARDS: u32 = 16;

@@ -18,8 +18,10 @@ use cairn_core::task::{Party, TaskRow};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use crate::batch::STARTED_CODE;
 use crate::{db_i64, pg_error, run_row, status_of, PostgresStore, RUN_COLUMNS};
+
+/// The `what` of a `cairn_activity` row that counts starts (the others are status codes).
+pub(crate) const STARTED_CODE: i16 = 255;
 
 /// A page of tasks when the query names none.
 const TASK_PAGE_DEFAULT: usize = 50;
