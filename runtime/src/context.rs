@@ -147,6 +147,11 @@ struct InboxState {
     /// pending: it waits on a message now if that was the latest poll.
     polls: u64,
     message_polled: Option<u64>,
+    /// Steps begun or finished so far, and the count when the current poll began: a
+    /// poll in which the workflow moved on may have left a signal wait behind after
+    /// polling it (see `WorkflowContext::poll_done`).
+    progress: u64,
+    progress_at_poll: u64,
 }
 
 /// What one instance has received and how long its history is, kept in memory across
@@ -189,20 +194,30 @@ impl Inbox {
     fn begin_poll(&self) -> InboxMark {
         let mut state = lock(&self.state);
         state.polls += 1;
+        state.progress_at_poll = state.progress;
         state.mark
     }
 
-    /// A signal wait stayed pending in the current poll. Returns whether that is new
-    /// (no signal wait stayed pending in the poll before): the workflow should then be
-    /// polled once more, because a `select!` may have left this wait behind later in
-    /// the same poll, and only a poll that no longer reaches it shows that.
-    fn message_polled(&self) -> bool {
+    /// A signal wait stayed pending in the current poll.
+    fn message_polled(&self) {
         let mut state = lock(&self.state);
-        let new = state
-            .message_polled
-            .is_none_or(|polled| polled.saturating_add(1) < state.polls);
         state.message_polled = Some(state.polls);
-        new
+    }
+
+    /// A step began or finished in the current poll.
+    fn progressed(&self) {
+        lock(&self.state).progress += 1;
+    }
+
+    /// Whether a poll that stayed pending must be confirmed by one more: a signal wait
+    /// was polled in it and the workflow also moved on. A `select!` may have polled the
+    /// wait and then gone on with another branch that finished in the same poll (an
+    /// append acknowledged before its future was first polled does), leaving the wait
+    /// behind; only a poll that no longer reaches it shows that. A poll in which nothing
+    /// moved leaves the workflow where it was, so confirming stops there.
+    fn confirm_poll(&self) -> bool {
+        let state = lock(&self.state);
+        state.message_polled == Some(state.polls) && state.progress != state.progress_at_poll
     }
 
     /// Marks a change the run must look at (a child it waits for has ended).
@@ -597,6 +612,12 @@ impl WorkflowContext {
         lock(&self.inner.state).poll_mark = mark;
     }
 
+    /// A poll of the workflow stayed pending: whether the driver must poll once more to
+    /// learn if a signal wait polled in it is still awaited (see `Inbox::confirm_poll`).
+    pub(crate) fn poll_done(&self) -> bool {
+        self.inner.inbox.confirm_poll()
+    }
+
     /// The inbox's mark the workflow was last polled with: the events and arrivals that
     /// poll could have seen.
     pub(crate) fn poll_mark(&self) -> InboxMark {
@@ -620,6 +641,7 @@ impl WorkflowContext {
         if lock(&self.inner.state).stop.is_some() {
             return std::future::pending().await;
         }
+        self.inner.inbox.progressed();
         let decision = self.inner.history.check(step, request);
         if decision.is_ok() && self.inner.history.is_abandoned(step) {
             // The recorded run dropped this step unfinished (it lost a race): it must not
@@ -1318,12 +1340,13 @@ impl WorkflowContext {
             }
         }));
         // Only a wait the workflow still polls counts as waiting: one left behind by a
-        // `select!` that went on with the other branch exists, but nobody awaits it.
+        // `select!` that went on with the other branch exists, but nobody awaits it
+        // (the driver confirms with one more poll, see `poll_done`).
         let mut wait = wait;
         std::future::poll_fn(|cx| {
             let polled = wait.as_mut().poll(cx);
-            if polled.is_pending() && inbox.message_polled() {
-                cx.waker().wake_by_ref();
+            if polled.is_pending() {
+                inbox.message_polled();
             }
             polled
         })
@@ -1640,6 +1663,7 @@ struct LiveGuard<'a> {
 impl LiveGuard<'_> {
     fn finish(mut self) {
         self.armed = false;
+        self.ctx.inner.inbox.progressed();
     }
 }
 

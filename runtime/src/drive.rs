@@ -74,6 +74,9 @@ pub(crate) async fn drive(
         if let Some(stop) = ctx.take_stop() {
             return Poll::Ready(Err(stop));
         }
+        if polled.is_pending() && ctx.poll_done() {
+            cx.waker().wake_by_ref();
+        }
         polled.map(Ok)
     })
     .await

@@ -54,10 +54,17 @@ async fn run_of(rt: &Runtime, id: &str) -> u128 {
     rt.status(id).await.unwrap().run
 }
 
-/// Lets the runs settle into their waits.
-async fn settle() {
-    for _ in 0..200 {
-        tokio::task::yield_now().await;
+/// What the host says of run `run` once the run has settled: the commit that the test
+/// saw in the history reaches the run from the writer's thread, and the run's next poll
+/// comes after it, so the answer is awaited (for up to 10 s), not sampled once.
+async fn settled_wait(rt: &Runtime, run: u128, expected: bool) -> Option<bool> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = rt.engine().waits_on_message(run);
+        if now == Some(expected) || std::time::Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -70,20 +77,18 @@ async fn a_resident_run_waits_on_a_message_only_while_it_awaits_one() {
     let napping = rt.start(napper, "n-1", ()).await.unwrap();
     // n-1 records its timer (start, timer started): two events.
     wait_for_events(&rt, "n-1", 2).await;
-    settle().await;
     let (r, n) = (run_of(&rt, "r-1").await, run_of(&rt, "n-1").await);
-    assert_eq!(rt.engine().waits_on_message(r), Some(true));
+    assert_eq!(settled_wait(&rt, r, true).await, Some(true));
     assert_eq!(
-        rt.engine().waits_on_message(n),
+        settled_wait(&rt, n, true).await,
         Some(true),
         "racing the signal against the timer"
     );
     // The hour passes: the timer wins, the run sleeps on with the signal's wait unawaited.
     clock.skip_to_next_timer().await;
     wait_for_events(&rt, "n-1", 4).await;
-    settle().await;
     assert_eq!(
-        rt.engine().waits_on_message(n),
+        settled_wait(&rt, n, false).await,
         Some(false),
         "a wait nobody awaits any more"
     );
