@@ -51,6 +51,9 @@ pub(crate) enum Stop {
     ContinueAsNew(Payload),
     /// Always-replay mode: a step just became durable; rebuild the run from the log.
     Replay,
+    /// The host is handing the run to another host (its store is shared): what was in
+    /// flight is recorded, nothing new starts here; the next owner replays the run.
+    HandedOver,
 }
 
 struct CtxState {
@@ -754,6 +757,14 @@ impl WorkflowContext {
         }
         let mut number = failed_attempts + 1;
         loop {
+            // Being handed over to another host: the step in flight (if any) was
+            // recorded, and no new attempt starts here; the next owner runs it.
+            if let Some(host) = &self.inner.host {
+                if !host.owns(self.inner.key) {
+                    self.set_stop(Stop::HandedOver);
+                    return std::future::pending().await;
+                }
+            }
             let ctx = ActivityContext {
                 instance_id: self.instance_id().to_owned(),
                 workflow_type: self.workflow_type().to_owned(),

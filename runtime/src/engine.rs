@@ -1687,6 +1687,10 @@ impl HostPort for Engine {
         self.shared.always_replay
     }
 
+    fn owns(&self, key: u128) -> bool {
+        self.shared.journal.owns(key)
+    }
+
     fn app_state(&self) -> AppState {
         self.shared.app.clone()
     }
@@ -2433,6 +2437,13 @@ async fn run_instance(
 ) {
     let result = match run_instance_inner(&shared, key, resume, inbox).await {
         Ok(RunEnd::Evicted) => return,
+        // Not evicted: this host keeps no entry, the run is the next owner's.
+        Ok(RunEnd::HandedOver) => {
+            tracing::info!("handed a run over to the host taking its shard");
+            lock(&shared.active).remove(&key);
+            shared.registered.notify_waiters();
+            return;
+        }
         Ok(RunEnd::Finished(finished)) => Ok(finished),
         // Someone else ended this run while its driver ran (a termination committed
         // before the commit path could stop this task). The record wins; it is not a
@@ -2491,6 +2502,8 @@ async fn run_instance(
 enum RunEnd {
     Finished(Outcome),
     Evicted,
+    /// Given to another host sharing the store: it replays the run from the log.
+    HandedOver,
 }
 
 async fn other_instance(shared: &Shared, key: u128) -> String {
@@ -2577,6 +2590,7 @@ async fn run_once(
         Ok(DriveEnd::Finished(result)) => result,
         Ok(DriveEnd::Evicted) => return Ok(Once::End(RunEnd::Evicted)),
         Err(Stop::Replay) => return Ok(Once::Replay),
+        Err(Stop::HandedOver) => return Ok(Once::End(RunEnd::HandedOver)),
         Err(Stop::Fatal(err)) => return Err(err),
         Err(Stop::EndOfHistory(_)) => return Err(Error::ShutDown),
         Err(Stop::ContinueAsNew(input)) => {
@@ -2638,6 +2652,10 @@ async fn run_once(
 /// At most this many notifications are delivered at once.
 const DELIVERIES_AT_ONCE: usize = 16;
 
+/// How long a shared store holds a notification for the host delivering it: twice the
+/// longest attempt, so the attempt is recorded well before another host may try.
+const DELIVERY_HOLD_MS: u64 = DELIVERY_TIMEOUT.as_secs() * 2_000;
+
 /// The delivery task: delivers what is due, records each attempt, sleeps on the runtime
 /// clock until the next attempt is due or a commit adds a notification. Holds only a weak
 /// reference between rounds.
@@ -2651,7 +2669,11 @@ pub(crate) async fn run_outbox(weak: std::sync::Weak<Shared>) {
         tokio::pin!(woken);
         woken.as_mut().enable();
         let now_ms = shared.clock.now_ms();
-        let (due, next_ms) = match shared.journal.outbox_due(now_ms, DELIVERIES_AT_ONCE).await {
+        let claimed = shared
+            .journal
+            .outbox_claim(now_ms, DELIVERIES_AT_ONCE, DELIVERY_HOLD_MS)
+            .await;
+        let (due, next_ms) = match claimed {
             Ok(found) => found,
             Err(err) => {
                 tracing::error!(%err, "reading the notification outbox failed; trying again in a second");

@@ -126,10 +126,10 @@ impl Replayer {
                 return Ok(ReplayVerdict::Unfinished { next_step })
             }
             Err(Stop::ContinueAsNew(input)) => Outcome::ContinuedAsNew(input),
-            // Only a run with a host asks for it; a replay has none.
-            Err(Stop::Replay) => {
+            // Only a run with a host asks for these; a replay has none.
+            Err(Stop::Replay | Stop::HandedOver) => {
                 return Err(Error::Storage(StorageFailure::new(
-                    "a replay asked to be rebuilt from a store it does not have",
+                    "a replay asked its host for something only a live host does",
                 )))
             }
             Ok(WorkflowResult::Fatal(err)) => return Err(err),

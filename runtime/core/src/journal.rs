@@ -711,6 +711,24 @@ pub trait Journal: Send + Sync + 'static {
     /// Storage errors.
     async fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<(Vec<OutboxRow>, Option<u64>)>;
 
+    /// As [`Journal::outbox_due`], for the host about to deliver what it returns: a store
+    /// shared by several hosts holds each returned notification for this host for
+    /// `hold_ms` (another host's claim skips it until the attempt is recorded or the
+    /// hold lapses), so a notification is not delivered twice because the run it belongs
+    /// to changed hands meanwhile. A store with one host returns the due rows.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn outbox_claim(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        hold_ms: u64,
+    ) -> Result<(Vec<OutboxRow>, Option<u64>)> {
+        let _ = hold_ms;
+        self.outbox_due(now_ms, limit).await
+    }
+
     /// Records a delivery attempt of notification `id` and where its delivery stands
     /// after it, durably.
     ///

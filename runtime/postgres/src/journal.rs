@@ -111,6 +111,10 @@ struct Inner {
     ttl_ms: u64,
     /// The leases this host holds, by shard.
     leases: RwLock<HashMap<u32, Lease>>,
+    /// Leases being handed over to a host that joined: still held (appends in flight
+    /// land), but this host starts nothing on their runs; given back at the next
+    /// heartbeat.
+    draining: Mutex<HashMap<u32, Lease>>,
     /// The host's clock, and how far the database's is ahead of it (ms; negative when
     /// behind), measured at each heartbeat.
     local: TimeSource,
@@ -241,6 +245,7 @@ impl PostgresJournal {
             host: Uuid::now_v7().as_u128(),
             ttl_ms,
             leases: RwLock::new(HashMap::new()),
+            draining: Mutex::new(HashMap::new()),
             valid_until: Mutex::new(std::time::Instant::now()),
             local: options
                 .local_time
@@ -543,12 +548,24 @@ async fn refresh_leases(store: &PostgresStore, inner: &Inner) -> Result<(Vec<u32
     let held = store.heartbeat(inner.host, inner.ttl_ms).await?;
     let before: std::collections::HashSet<u32> = inner.owned();
     let mut now: HashMap<u32, Lease> = held.into_iter().map(|lease| (lease.shard, lease)).collect();
-    // A host that joined gets its share: this one stops counting the surplus as its own
-    // first (its runs' later appends are refused), then gives it back.
-    let surplus = store.surplus(inner.host).await?;
-    for lease in &surplus {
+    // A host that joined gets its share, handed over in two heartbeats: the surplus is
+    // first drained (still leased, so the steps in flight on its runs are recorded, but
+    // no new step starts: `owns` says no), and given back at the next heartbeat.
+    let drained: Vec<Lease> = std::mem::take(
+        &mut *inner
+            .draining
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()),
+    )
+    .into_values()
+    .collect();
+    for lease in &drained {
         now.remove(&lease.shard);
+        if let Err(err) = store.release(*lease).await {
+            tracing::warn!(%err, shard = lease.shard, "could not give a surplus shard back");
+        }
     }
+    let surplus = store.surplus(inner.host).await?;
     let claimed = store.claim(inner.host, inner.ttl_ms).await?;
     now.extend(claimed.into_iter().map(|lease| (lease.shard, lease)));
     let lost = before.iter().any(|shard| !now.contains_key(shard));
@@ -558,6 +575,14 @@ async fn refresh_leases(store: &PostgresStore, inner: &Inner) -> Result<(Vec<u32
         .filter(|shard| !before.contains(shard))
         .collect();
     *inner
+        .draining
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner()) = surplus
+        .into_iter()
+        .filter(|lease| now.contains_key(&lease.shard))
+        .map(|lease| (lease.shard, lease))
+        .collect();
+    *inner
         .leases
         .write()
         .unwrap_or_else(|poison| poison.into_inner()) = now;
@@ -565,11 +590,6 @@ async fn refresh_leases(store: &PostgresStore, inner: &Inner) -> Result<(Vec<u32
         .valid_until
         .lock()
         .unwrap_or_else(|poison| poison.into_inner()) = sent + Duration::from_millis(inner.ttl_ms);
-    for lease in surplus {
-        if let Err(err) = store.release(lease).await {
-            tracing::warn!(%err, shard = lease.shard, "could not give a surplus shard back");
-        }
-    }
     if lost {
         tracing::info!(
             held = inner.owned().len(),
@@ -607,6 +627,7 @@ async fn lease_loop(
         }
         // The runs of shards taken over, and now and then all of this host's (the safety
         // net for a run whose driver stopped on a store failure).
+        let fresh: std::collections::HashSet<u32> = gained.iter().copied().collect();
         let shards = if (beats / SAFETY_NET_EVERY) * SAFETY_NET_EVERY == beats {
             inner.shards()
         } else {
@@ -617,6 +638,22 @@ async fn lease_loop(
         }
         match store.running(Some(&shards)).await {
             Ok(adopted) if !adopted.is_empty() => {
+                // The runs of shards just taken over are replayed, not trusted to be
+                // asleep until their hint: an event recorded for one between this
+                // listing and its adoption here finds no run to wake (the previous
+                // owner had it, or its wake-up came first), and the replay reads the
+                // history as it is by then.
+                let adopted = adopted
+                    .into_iter()
+                    .map(|(key, hint)| {
+                        let hint = if fresh.contains(&shard_of(key)) {
+                            None
+                        } else {
+                            hint
+                        };
+                        (key, hint)
+                    })
+                    .collect();
                 let _ = queue.send(Request::Deliver {
                     effects: Vec::new(),
                     adopted,
@@ -716,7 +753,14 @@ impl Journal for PostgresJournal {
     }
 
     fn owns(&self, key: u128) -> bool {
-        self.inner.lease(key).is_some() && self.inner.current()
+        self.inner.lease(key).is_some()
+            && self.inner.current()
+            && !self
+                .inner
+                .draining
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .contains_key(&shard_of(key))
     }
 
     async fn start_by(
@@ -900,10 +944,25 @@ impl Journal for PostgresJournal {
         self.store.task(key, step).await
     }
 
-    /// The due notifications of the runs this host drives: each is delivered by one host.
+    /// The due notifications of the runs this host drives.
     async fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<(Vec<OutboxRow>, Option<u64>)> {
         let shards = self.inner.shards();
         self.store.outbox_due(Some(&shards), now_ms, limit).await
+    }
+
+    /// The due notifications of the runs this host drives, each held for this host for
+    /// `hold_ms`: a shard changing hands while one is delivered does not let the next
+    /// owner deliver it again before this host records the attempt.
+    async fn outbox_claim(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        hold_ms: u64,
+    ) -> Result<(Vec<OutboxRow>, Option<u64>)> {
+        let shards = self.inner.shards();
+        self.store
+            .outbox_claim(&shards, now_ms, limit, hold_ms)
+            .await
     }
 
     async fn outbox_attempted(

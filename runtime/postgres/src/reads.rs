@@ -553,6 +553,62 @@ impl PostgresStore {
         Ok((out, next))
     }
 
+    /// The notifications of runs of `shards` due at `now_ms` (the oldest first, at most
+    /// `limit`), each held for the caller until `now_ms + hold_ms` in the same statement
+    /// (its due time moves there; recording the attempt sets it anew), and when the next
+    /// one is due. Rows another host is claiming or recording at that moment are
+    /// skipped, not waited for: two hosts never get the same notification from one due
+    /// time.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn outbox_claim(
+        &self,
+        shards: &[u32],
+        now_ms: u64,
+        limit: usize,
+        hold_ms: u64,
+    ) -> Result<(Vec<OutboxRow>, Option<u64>)> {
+        let client = self.client().await?;
+        let shards: Vec<i32> = shards
+            .iter()
+            .map(|shard| i32::try_from(*shard).unwrap_or(i32::MAX))
+            .collect();
+        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let until = i64::try_from(now_ms.saturating_add(hold_ms)).unwrap_or(i64::MAX);
+        let fetch = i64::try_from(limit).unwrap_or(i64::MAX);
+        let claimed = client
+            .query(
+                "WITH due AS (
+                     SELECT id FROM cairn_outbox
+                     WHERE due_ms IS NOT NULL AND due_ms <= $1
+                       AND (shard = ANY($2) OR shard IS NULL)
+                     ORDER BY due_ms, id LIMIT $3
+                     FOR UPDATE SKIP LOCKED
+                 )
+                 UPDATE cairn_outbox SET due_ms = $4 FROM due WHERE cairn_outbox.id = due.id
+                 RETURNING cairn_outbox.id, cairn_outbox.row",
+                &[&now, &shards, &fetch, &until],
+            )
+            .await
+            .map_err(|err| pg_error("claim due notifications", &err))?;
+        let next: Option<i64> = client
+            .query_one(
+                "SELECT min(due_ms) FROM cairn_outbox
+                 WHERE due_ms IS NOT NULL AND (shard = ANY($1) OR shard IS NULL)",
+                &[&shards],
+            )
+            .await
+            .map_err(|err| pg_error("read when the next notification is due", &err))?
+            .get(0);
+        let mut out = claimed
+            .iter()
+            .map(|row| decode_outbox(row.get(0), &row.get::<_, Vec<u8>>(1)))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|row| row.notification.id);
+        Ok((out, next.map(unsigned)))
+    }
+
     /// The outbox in id order after `after`, at most `limit` rows.
     ///
     /// # Errors

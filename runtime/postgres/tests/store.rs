@@ -463,3 +463,63 @@ async fn a_lease_fences_only_its_own_shard_and_a_repeated_start_needs_no_second_
         .unwrap_err();
     assert_eq!(err.code(), "CAIRN-E0028", "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_notification_is_claimed_by_one_host_until_its_hold_lapses() {
+    let db = TestDb::new().await.unwrap();
+    let store = Arc::new(PostgresStore::open(&db.url()).await.unwrap());
+    let key = store
+        .start("case-1", "case", payload("in"), None, None, NOW)
+        .await
+        .unwrap()
+        .key;
+    let notified = EventKind::Notified {
+        step: 1,
+        topic: "case.noticed".into(),
+        body: payload("hello"),
+    };
+    store
+        .append(key, notified, Expect::Seq(1), None, None, NOW)
+        .await
+        .unwrap();
+    let shards = [shard_of(key)];
+    // Two hosts look at the same moment: one gets it.
+    let at = NOW + 1;
+    let (first, second) = tokio::join!(
+        store.outbox_claim(&shards, at, 16, 60_000),
+        store.outbox_claim(&shards, at, 16, 60_000)
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(
+        first.0.len() + second.0.len(),
+        1,
+        "claimed once: {first:?} {second:?}"
+    );
+    let claimed = first.0.iter().chain(&second.0).next().unwrap();
+    assert_eq!(claimed.notification.topic.name(), "case.noticed");
+    // Held: not due for anyone until the hold lapses, and the next due time says when.
+    let (again, next) = store
+        .outbox_claim(&shards, at + 1, 16, 60_000)
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+    assert_eq!(next, Some(at + 60_000));
+    // The holder died without recording an attempt: due again once the hold lapses.
+    let (retried, _) = store
+        .outbox_claim(&shards, at + 60_000, 16, 60_000)
+        .await
+        .unwrap();
+    assert_eq!(retried.len(), 1);
+    // Reading what is due (the metrics do) claims nothing.
+    for _ in 0..2 {
+        let (due, _) = store.outbox_due(None, u64::MAX, 16).await.unwrap();
+        assert_eq!(due.len(), 1);
+    }
+    // A host that drives none of the run's shard claims nothing of it.
+    let other = [(shard_of(key) + 1) % SHARDS];
+    let (none, _) = store
+        .outbox_claim(&other, u64::MAX / 2, 16, 60_000)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
