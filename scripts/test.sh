@@ -4,7 +4,8 @@
 #    PostgreSQL store's tests start a throwaway cluster of their own on 127.0.0.1, in a
 #    temporary directory, and stop it (cairn-testkit's `postgres` module);
 # 1. the whole workspace suite (unit, integration, crash, doc and compile-fail tests);
-# 2. the same again in always-replay mode (every step reached by replay);
+# 2. the same again in always-replay mode (every step reached by replay), then the
+#    engine's integration suite on PostgreSQL (one throwaway server for the pass);
 # 3. the loom models of the hand-written synchronisation, in their own target dir
 #    because `--cfg cairn_loom` changes how the runtime and redb crates compile;
 # 4. the OpenTelemetry export (feature `otel`): its test, doc test and lints;
@@ -35,6 +36,28 @@ echo "== workspace tests again, every run rebuilt from the log after each step =
 # Always-replay mode (EngineBuilder::always_replay): results and histories must not
 # depend on runs being kept in memory. Doc tests are the same code paths as the first pass.
 CAIRN_ALWAYS_REPLAY=1 cargo test --workspace --locked --tests
+
+echo "== the engine's integration suite again, on PostgreSQL =="
+# The store-agnostic SDK suites with CAIRN_TEST_STORE naming a throwaway server (one
+# cluster for the whole pass, 127.0.0.1 only, stopped when its stdin closes): each test's
+# store is a database named after the path it would have opened (sdk/tests/common).
+# The suites about redb files themselves (corruption, power loss, offline replay of
+# files, the replay gate on files) run on redb only.
+PG_SUITES=(activity_state actors always_replay business_time cancellation composition
+  continue_as_new decisions documents dropped_callers durable_steps eviction human_tasks
+  messages metrics notifications one_clock parked_durably raced_steps recovery_errors
+  sagas schedules search_attributes typed_signals versioning_and_termination waiting
+  waiting_on_messages)
+cargo build -q -p cairn-testkit --bin throwaway-postgres --locked
+coproc PG { ./target/debug/throwaway-postgres; }
+pg_in=${PG[1]}
+trap 'exec {pg_in}>&- 2>/dev/null || true' EXIT
+read -r pg_server <&"${PG[0]}"
+CAIRN_TEST_STORE="$pg_server" cargo test -p cairn --features postgres --locked \
+  $(printf -- '--test %s ' "${PG_SUITES[@]}")
+exec {pg_in}>&-
+wait "$PG_PID" 2>/dev/null || true
+trap - EXIT
 
 echo "== loom models (cfg cairn_loom) =="
 RUSTFLAGS="--cfg cairn_loom" CARGO_TARGET_DIR=target/loom \

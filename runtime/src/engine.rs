@@ -765,9 +765,9 @@ impl Engine {
     /// On return the termination is on disk; the instance never runs again.
     ///
     /// # Cancel safety
-    /// If dropped, the termination may or may not have been recorded; once it is, the run
-    /// is stopped and its waiters answered by the commit itself, whether or not this
-    /// future is still polled.
+    /// Dropped after its first poll, the termination is still recorded (unless refused)
+    /// by a task of the runtime; once it is, the run is stopped and its waiters answered
+    /// by the commit itself. Dropped before it was polled, nothing was sent.
     pub async fn terminate(&self, id: &str, reason: &str) -> Result<()> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
@@ -1008,8 +1008,9 @@ impl Engine {
     /// On return the request is on disk; it is delivered after a restart too.
     ///
     /// # Cancel safety
-    /// If dropped, the request may or may not have been recorded; once it is, it reaches
-    /// the run by the commit itself, whether or not this future is still polled.
+    /// Dropped after its first poll, the request is still recorded (unless refused) by a
+    /// task of the runtime; once it is, it reaches the run by the commit itself. Dropped
+    /// before it was polled, nothing was sent.
     pub async fn cancel(&self, id: &str, reason: &str) -> Result<()> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
@@ -1032,9 +1033,9 @@ impl Engine {
     /// On return the signal is on disk: it is delivered even if the host crashes next.
     ///
     /// # Cancel safety
-    /// If dropped, the signal may or may not have been recorded; once it is, it reaches
-    /// the run (in commit order) by the commit itself, whether or not this future is
-    /// still polled.
+    /// Dropped after its first poll, the signal is still recorded (unless refused) by a
+    /// task of the runtime; once it is, it reaches the run (in commit order) by the
+    /// commit itself. Dropped before it was polled, nothing was sent.
     pub async fn signal(&self, id: &str, name: &str, payload: Payload) -> Result<()> {
         self.signal_by(id, name, payload, None).await
     }
@@ -1093,7 +1094,28 @@ impl Engine {
 
     /// Appends `kind` to the current run of `id`. A run that continued as new in the
     /// meantime refuses it as finished; the id then names a newer run, which gets it.
+    ///
+    /// Carried on by a task of its own once called: a caller that stops waiting after
+    /// the first poll (an HTTP client that hung up) does not stop the message between
+    /// finding the run (a read that waits on a shared store) and recording it, so a
+    /// message sent is recorded unless refused, on every store.
     pub(crate) async fn append_to_current_run(
+        &self,
+        id: &str,
+        kind: EventKind,
+        actor: Option<&Actor>,
+    ) -> Result<()> {
+        let engine = self.clone();
+        let (id, actor) = (id.to_owned(), actor.cloned());
+        carried_on(async move {
+            engine
+                .append_to_current_run_now(&id, kind, actor.as_ref())
+                .await
+        })
+        .await
+    }
+
+    async fn append_to_current_run_now(
         &self,
         id: &str,
         kind: EventKind,
@@ -2647,6 +2669,21 @@ async fn run_once(
     };
     shared.journal.append(key, kind, Expect::End).await?;
     Ok(Once::End(RunEnd::Finished(outcome)))
+}
+
+/// Runs `work` (a request from outside that reads before it writes: a message, a task
+/// decision) in a task of its own and waits for it: once the caller's future has been
+/// polled, dropping it does not stop the request half-way, so what was sent is recorded
+/// unless refused, whatever the store's reads wait on.
+pub(crate) async fn carried_on<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(work).await.map_err(|err| {
+        Error::Storage(StorageFailure::caused_by(
+            "the task carrying a request",
+            err,
+        ))
+    })?
 }
 
 /// At most this many notifications are delivered at once.

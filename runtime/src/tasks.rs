@@ -144,9 +144,24 @@ impl Engine {
     /// On `Ok` the change is on disk, with the actor.
     ///
     /// # Cancel safety
-    /// If dropped, the change may or may not have been recorded (never twice); once it
-    /// is, it is listed like any other.
+    /// Dropped after its first poll, the change is still decided and recorded (unless
+    /// refused; never twice) by a task of the runtime; once it is, it is listed like any
+    /// other. Dropped before it was polled, nothing was sent.
     pub async fn act_on_task(
+        &self,
+        actor: &Actor,
+        instance: &str,
+        step: StepNo,
+        op: TaskOp,
+    ) -> Result<()> {
+        let (engine, actor, instance) = (self.clone(), actor.clone(), instance.to_owned());
+        crate::engine::carried_on(async move {
+            engine.act_on_task_now(&actor, &instance, step, op).await
+        })
+        .await
+    }
+
+    async fn act_on_task_now(
         &self,
         actor: &Actor,
         instance: &str,
@@ -179,9 +194,26 @@ impl Engine {
     /// next.
     ///
     /// # Cancel safety
-    /// If dropped, the decision may or may not have been recorded (never twice); once it
-    /// is, it reaches the run by the commit itself.
+    /// Dropped after its first poll, the decision is still checked and recorded (unless
+    /// refused; never twice) by a task of the runtime; once it is, it reaches the run by
+    /// the commit itself. Dropped before it was polled, nothing was sent.
     pub async fn complete_task(
+        &self,
+        actor: &Actor,
+        instance: &str,
+        step: StepNo,
+        decision: serde_json::Value,
+    ) -> Result<()> {
+        let (engine, actor, instance) = (self.clone(), actor.clone(), instance.to_owned());
+        crate::engine::carried_on(async move {
+            engine
+                .complete_task_now(&actor, &instance, step, decision)
+                .await
+        })
+        .await
+    }
+
+    async fn complete_task_now(
         &self,
         actor: &Actor,
         instance: &str,

@@ -221,7 +221,8 @@ impl Runtime {
     /// On return the signal is on disk and will be delivered, crash or not.
     ///
     /// # Cancel safety
-    /// If dropped, the signal may or may not have been recorded.
+    /// Dropped after its first poll, the signal is still recorded (unless refused) and
+    /// reaches the run; dropped before it was polled, nothing was sent.
     pub async fn send<T: Payload>(
         &self,
         id: &str,
@@ -245,7 +246,8 @@ impl Runtime {
     /// On return the signal is on disk and will be delivered, crash or not.
     ///
     /// # Cancel safety
-    /// If dropped, the signal may or may not have been recorded.
+    /// Dropped after its first poll, the signal is still recorded (unless refused) and
+    /// reaches the run; dropped before it was polled, nothing was sent.
     pub async fn send_json(
         &self,
         id: &str,

@@ -3,6 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -64,7 +68,7 @@ async fn activities_use_the_state_the_host_registered() {
     let rt = Runtime::builder()
         .workflow(order)
         .state(Inventory::default())
-        .open(dir.path().join("db.redb"))
+        .open_store(dir.path().join("db.redb"))
         .await
         .unwrap();
     let first = rt
@@ -94,7 +98,7 @@ async fn missing_state_is_a_terminal_error_naming_the_type() {
     let dir = tempfile::tempdir().unwrap();
     let rt = Runtime::builder()
         .workflow(order)
-        .open(dir.path().join("db.redb"))
+        .open_store(dir.path().join("db.redb"))
         .await
         .unwrap();
     let result = rt
@@ -123,7 +127,7 @@ async fn options_declared_on_the_activity_apply_to_its_calls() {
     let dir = tempfile::tempdir().unwrap();
     let rt = Runtime::builder()
         .workflow(attempts)
-        .open(dir.path().join("db.redb"))
+        .open_store(dir.path().join("db.redb"))
         .await
         .unwrap();
     FLAKY_ATTEMPTS.store(0, Ordering::SeqCst);

@@ -5,6 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +50,7 @@ async fn open(dir: &tempfile::TempDir) -> Runtime {
         .workflow(permit)
         .signal(DOCUMENTS)
         .policy(Arc::new(policy()))
-        .open(dir.path().join("db.redb"))
+        .open_store(dir.path().join("db.redb"))
         .await
         .unwrap()
 }

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::OpenStore;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -133,7 +135,7 @@ async fn run(always_replay: bool, id: &str) -> Run {
         .workflow(payout)
         .clock(Arc::new(clock.clone()))
         .always_replay(always_replay)
-        .open(dir.path().join("db.redb"))
+        .open_store(dir.path().join("db.redb"))
         .await
         .unwrap();
     let handle = rt.start(claim, id, 1_000).await.unwrap();

@@ -3,6 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -41,7 +45,7 @@ async fn two_business_days_from_friday_afternoon_end_on_wednesday_after_a_holida
     let rt = Runtime::builder()
         .workflow(review)
         .clock(Arc::new(clock.clone()))
-        .open(dir.path().join("db.redb"))
+        .open_store(dir.path().join("db.redb"))
         .await
         .unwrap();
     let handle = rt.start(review, "case-1", "c".to_owned()).await.unwrap();

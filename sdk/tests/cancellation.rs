@@ -6,7 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+
 use common::wait_for_events;
+use common::OpenStore;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -73,7 +75,7 @@ async fn a_waiting_workflow_sees_the_cancellation_and_compensates() {
     let dir = tempfile::tempdir().unwrap();
     let rt = Runtime::builder()
         .workflow(checkout)
-        .open(dir.path().join("db.redb"))
+        .open_store(dir.path().join("db.redb"))
         .await
         .unwrap();
     let handle = rt.start(checkout, "k-1", "sku-9".into()).await.unwrap();
@@ -122,7 +124,7 @@ async fn an_activity_in_flight_is_abandoned_and_reports_cancellation() {
     let dir = tempfile::tempdir().unwrap();
     let rt = Runtime::builder()
         .workflow(checkout_charging)
-        .open(dir.path().join("db.redb"))
+        .open_store(dir.path().join("db.redb"))
         .await
         .unwrap();
     let handle = rt
@@ -146,7 +148,7 @@ async fn a_cancellation_requested_while_the_host_is_down_is_delivered_after_star
     {
         let rt = Runtime::builder()
             .workflow(checkout)
-            .open(&path)
+            .open_store(&path)
             .await
             .unwrap();
         rt.start(checkout, "k-3", "sku-1".into()).await.unwrap();
@@ -154,13 +156,13 @@ async fn a_cancellation_requested_while_the_host_is_down_is_delivered_after_star
         rt.shutdown().await;
     }
     {
-        let tool = Runtime::builder().open(&path).await.unwrap();
+        let tool = Runtime::builder().open_store(&path).await.unwrap();
         tool.cancel("k-3", "order expired").await.unwrap();
         tool.shutdown().await;
     }
     let rt = Runtime::builder()
         .workflow(checkout)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     let Err(WorkflowError::Cancelled(cancelled)) =

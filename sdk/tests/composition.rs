@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use cairn::audit::ReplayVerdict;
@@ -82,7 +86,7 @@ async fn children_run_as_instances_and_their_typed_failures_reach_the_parent() {
     let rt = Runtime::builder()
         .workflow(permit)
         .workflow(review)
-        .open(dir.path().join("db.redb"))
+        .open_store(dir.path().join("db.redb"))
         .await
         .unwrap();
     let departments = vec!["zoning".to_owned(), "fire".to_owned()];
@@ -138,7 +142,7 @@ async fn a_parent_waiting_on_a_child_resumes_after_restart_and_cancellation_reac
         let rt = Runtime::builder()
             .workflow(permit)
             .workflow(review)
-            .open(&path)
+            .open_store(&path)
             .await
             .unwrap();
         rt.start(permit, "p-2", vec!["archive".to_owned()])
@@ -156,7 +160,7 @@ async fn a_parent_waiting_on_a_child_resumes_after_restart_and_cancellation_reac
     let rt = Runtime::builder()
         .workflow(permit)
         .workflow(review)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     rt.signal("p-2/archive", "filed", &"archived in box 7".to_owned())
@@ -196,7 +200,7 @@ async fn fan_out_respects_its_limit_and_replays_in_call_order() {
     let dir = tempfile::tempdir().unwrap();
     let rt = Runtime::builder()
         .workflow(fan_out)
-        .open(dir.path().join("db.redb"))
+        .open_store(dir.path().join("db.redb"))
         .await
         .unwrap();
     let results = rt

@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use cairn::{workflow, Ctx, ListFilter, Runtime, Status, WorkflowError};
 
 /// Adds up readings, one run per reading, until the total reaches `limit`.
@@ -35,7 +39,7 @@ async fn each_run_starts_fresh_and_the_id_answers_with_the_final_result() {
     {
         let rt = Runtime::builder()
             .workflow(meter)
-            .open(&path)
+            .open_store(&path)
             .await
             .unwrap();
         rt.start(meter, "m-1", (0, 100)).await.unwrap();
@@ -53,7 +57,7 @@ async fn each_run_starts_fresh_and_the_id_answers_with_the_final_result() {
     }
     let rt = Runtime::builder()
         .workflow(meter)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     rt.signal("m-1", "reading", &50u64).await.unwrap();

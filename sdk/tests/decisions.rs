@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::LazyLock;
 
@@ -82,7 +86,7 @@ async fn a_recorded_decision_names_its_rules_and_version_and_survives_a_table_ch
     let open = || async {
         Runtime::builder()
             .workflow(price_loan)
-            .open(&path)
+            .open_store(&path)
             .await
             .unwrap()
     };
@@ -166,7 +170,7 @@ async fn an_input_the_table_cannot_decide_is_recorded_as_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let rt = Runtime::builder()
         .workflow(partial)
-        .open(dir.path().join("p.redb"))
+        .open_store(dir.path().join("p.redb"))
         .await
         .unwrap();
     let handle = rt.start(partial, "p-1", 700).await.unwrap();

@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use std::sync::Arc;
 
 use cairn::document::DOCUMENT_BYTES_MAX;
@@ -27,7 +31,7 @@ async fn open(path: &std::path::Path) -> Runtime {
                 .allow(Verb::Attach, "case", ["citizen"])
                 .allow(Verb::Read, "case", ["citizen", "clerk"]),
         ))
-        .open(path)
+        .open_store(path)
         .await
         .unwrap()
 }

@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+
+use common::OpenStore;
 use common::{until_evicted, until_resident_at_most, wait_for_events};
 
 use std::future::Future;
@@ -61,7 +63,7 @@ async fn open(path: &std::path::Path, clock: &VirtualClock, idle: Option<Duratio
         .workflow(parent_of)
         .clock(Arc::new(clock.clone()))
         .eviction_idle(idle)
-        .open(path)
+        .open_store(path)
         .await
         .unwrap()
 }

@@ -12,6 +12,7 @@ use cairn::{
     activity, workflow, ActivityCtx, ActivityError, Ctx, ListFilter, RetryPolicy, Runtime, Status,
     WorkflowError,
 };
+use common::OpenStore;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,7 +58,7 @@ async fn steps_run_in_order_and_history_is_a_verified_chain() {
     let (_dir, path) = db();
     let rt = Runtime::builder()
         .workflow(order_flow)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     let handle = rt
@@ -105,7 +106,7 @@ async fn starting_an_existing_id_returns_it_and_starts_nothing() {
     let (_dir, path) = db();
     let rt = Runtime::builder()
         .workflow(order_flow)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     let (a, b) = tokio::join!(
@@ -168,7 +169,7 @@ async fn failed_attempts_are_recorded_and_terminal_errors_are_not_retried() {
     let (_dir, path) = db();
     let rt = Runtime::builder()
         .workflow(retrying)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     let outcome = rt
@@ -248,7 +249,7 @@ async fn recorded_values_replay_identically() {
     let (_dir, path) = db();
     let rt = Runtime::builder()
         .workflow(recorded_values)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     let first = rt
@@ -283,7 +284,7 @@ async fn results_survive_a_restart() {
     let (_dir, path) = db();
     let rt = Runtime::builder()
         .workflow(order_flow)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     let expected = rt
@@ -297,7 +298,7 @@ async fn results_survive_a_restart() {
     drop(rt);
     let rt = Runtime::builder()
         .workflow(order_flow)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     assert_eq!(
@@ -340,7 +341,7 @@ async fn concurrent_steps_are_numbered_in_call_order_and_replay_identically() {
     let (_dir, path) = db();
     let rt = Runtime::builder()
         .workflow(fan_out)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     let result = rt
@@ -419,7 +420,7 @@ async fn timeouts_and_panics_are_recorded_failures_with_their_kind() {
     let (_dir, path) = db();
     let rt = Runtime::builder()
         .workflow(failure_paths)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     let Err(WorkflowError::Activity(timeout)) = rt
@@ -479,7 +480,7 @@ async fn a_panicking_workflow_is_parked_with_its_message() {
     let rt = Runtime::builder()
         .workflow(buggy)
         .workflow(order_flow)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     let err = rt
@@ -555,7 +556,7 @@ async fn patient(ctx: Ctx, n: u32) -> Result<u32, WorkflowError> {
 async fn a_retry_backoff_is_kept_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db.redb");
-    let open = || Runtime::builder().workflow(patient).open(&path);
+    let open = || Runtime::builder().workflow(patient).open_store(&path);
     let rt = open().await.unwrap();
     rt.start(patient, "p-1", 7).await.unwrap();
     common::wait_for_events(&rt, "p-1", 2).await;

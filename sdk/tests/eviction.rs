@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+
 use common::until_evicted;
+use common::OpenStore;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -47,7 +49,7 @@ async fn open(path: &std::path::Path, clock: &VirtualClock) -> Runtime {
         // These tests count the replays eviction causes; always-replay mode adds one per
         // step by design, so this file pins it off.
         .always_replay(false)
-        .open(path)
+        .open_store(path)
         .await
         .unwrap()
 }

@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -131,7 +135,7 @@ async fn open(path: &std::path::Path, clock: Option<&VirtualClock>) -> Runtime {
     if let Some(clock) = clock {
         builder = builder.clock(Arc::new(clock.clone()));
     }
-    builder.open(path).await.unwrap()
+    builder.open_store(path).await.unwrap()
 }
 
 /// Waits until `actor`'s inbox lists `n` tasks, and returns their ids.

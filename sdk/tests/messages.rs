@@ -6,6 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use std::time::Duration;
 
 use cairn::events::EventKind;
@@ -99,7 +103,7 @@ async fn open(path: &std::path::Path) -> Runtime {
         .workflow(delivery)
         .workflow(invoice)
         .workflow(deaf)
-        .open(path)
+        .open_store(path)
         .await
         .unwrap()
 }
@@ -305,7 +309,7 @@ async fn updates_and_queries_reach_an_instance_across_a_restart_and_queries_neve
     let rt = Runtime::builder()
         .workflow(delivery)
         .eviction_idle(Some(Duration::from_millis(20)))
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     assert_eq!(
@@ -341,7 +345,7 @@ async fn an_update_from_an_actor_without_the_role_is_refused_and_the_request_nam
     let rt = Runtime::builder()
         .workflow(delivery)
         .policy(std::sync::Arc::new(policy))
-        .open(dir.path().join("db.redb"))
+        .open_store(dir.path().join("db.redb"))
         .await
         .unwrap();
     rt.start(delivery, "d-5", home()).await.unwrap();

@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -58,7 +62,7 @@ async fn metrics_count_what_happened_with_bounded_labels() {
     let rt = Runtime::builder()
         .workflow(counted)
         .workflow(asks)
-        .open(dir.path().join("m.redb"))
+        .open_store(dir.path().join("m.redb"))
         .await
         .unwrap();
     let done = rt.start(counted, "secret-instance-id-1", 21).await.unwrap();

@@ -5,6 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -75,7 +79,7 @@ async fn open(
         .workflow(claim)
         .clock(Arc::new(clock.clone()))
         .notifier(notifier)
-        .open(path)
+        .open_store(path)
         .await
         .unwrap()
 }

@@ -5,6 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -68,7 +72,7 @@ async fn a_six_hour_retry_backoff_is_skipped_on_the_virtual_clock() {
     let rt = Runtime::builder()
         .workflow(patient)
         .clock(Arc::new(clock.clone()))
-        .open(dir.path().join("db.redb"))
+        .open_store(dir.path().join("db.redb"))
         .await
         .unwrap();
     let handle = rt.start(patient, "p-1", ()).await.unwrap();
@@ -101,7 +105,7 @@ async fn an_activity_that_blocks_its_thread_still_times_out() {
     let dir = tempfile::tempdir().unwrap();
     let rt = Runtime::builder()
         .workflow(bounded)
-        .open(dir.path().join("db.redb"))
+        .open_store(dir.path().join("db.redb"))
         .await
         .unwrap();
     let handle = rt.start(bounded, "b-1", ()).await.unwrap();

@@ -5,10 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use cairn::audit::{open_read_only, EventKind};
-use cairn::store::Journal;
+use cairn::audit::EventKind;
 use cairn::{activity, workflow, ActivityCtx, ActivityError, Ctx, Runtime, Status, WorkflowError};
 
 /// Until a fix is deployed, the workflow panics after its first step.
@@ -29,7 +32,7 @@ async fn fragile(ctx: Ctx, sku: String) -> Result<String, WorkflowError> {
 async fn open(path: &std::path::Path) -> Runtime {
     Runtime::builder()
         .workflow(fragile)
-        .open(path)
+        .open_store(path)
         .await
         .unwrap()
 }
@@ -73,7 +76,7 @@ async fn a_parked_instance_is_recorded_once_per_reason_and_cleared_when_it_runs_
 
     // A tool, with no host, sees why it is parked.
     {
-        let store = open_read_only(&path).unwrap();
+        let store = common::open_tool(&path).await;
         let parked = store.parked().await.unwrap();
         assert_eq!(parked.len(), 1);
         assert_eq!(parked[0].1.code, "CAIRN-E0015");
@@ -107,7 +110,7 @@ async fn a_parked_instance_is_recorded_once_per_reason_and_cleared_when_it_runs_
     assert_eq!(done, "rsv-sku-9");
     assert_eq!(rt.status("f-1").await.unwrap().status, Status::Completed);
     rt.shutdown().await;
-    let store = open_read_only(&path).unwrap();
+    let store = common::open_tool(&path).await;
     assert!(
         store.parked().await.unwrap().is_empty(),
         "its end cleared the parking"

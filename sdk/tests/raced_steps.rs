@@ -6,6 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -105,7 +109,7 @@ async fn open(path: &std::path::Path) -> Runtime {
         .workflow(chain)
         .workflow(either_then_other)
         .eviction_idle(None)
-        .open(path)
+        .open_store(path)
         .await
         .unwrap()
 }

@@ -1,8 +1,13 @@
 //! After a restart, what cannot run is parked with a clear, typed error and everything
 //! else runs: an unknown workflow type, workflow code that no longer matches its
-//! history, a recorded payload that no longer decodes, and damaged database files.
+//! history, a recorded payload that no longer decodes, and damaged database files (those
+//! are redb files on every run: the file is what they damage).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::OpenStore;
 
 use std::time::Duration;
 
@@ -78,7 +83,7 @@ async fn leave_unfinished(path: &std::path::Path, id: &str) {
     let mut reached = at_gate().subscribe();
     let rt = Runtime::builder()
         .workflow(approval_v1)
-        .open(path)
+        .open_store(path)
         .await
         .unwrap();
     rt.start(approval_v1, id, 5).await.unwrap();
@@ -108,7 +113,7 @@ async fn unknown_type_at_recovery_parks_that_instance_and_the_rest_runs() {
 
     let rt = Runtime::builder()
         .workflow(other_work)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     let Status::Parked { reason, code } = rt.status("a-1").await.unwrap().status else {
@@ -133,7 +138,7 @@ async fn unknown_type_at_recovery_parks_that_instance_and_the_rest_runs() {
     // Registering the type again lets it carry on from where it stopped.
     let rt = Runtime::builder()
         .workflow(approval_v1)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     assert_eq!(rt.status("a-1").await.unwrap().status, Status::Running);
@@ -146,7 +151,7 @@ async fn changed_workflow_code_is_reported_as_non_determinism_at_the_first_diver
     let path = dir.path().join("db.redb");
     leave_unfinished(&path, "a-2").await;
     let events_before = {
-        let rt = Runtime::builder().open(&path).await.unwrap();
+        let rt = Runtime::builder().open_store(&path).await.unwrap();
         let n = step_events(&rt, "a-2").await;
         rt.shutdown().await;
         n
@@ -154,7 +159,7 @@ async fn changed_workflow_code_is_reported_as_non_determinism_at_the_first_diver
 
     let rt = Runtime::builder()
         .workflow(approval_v2)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     let err = parked_error(&rt, "a-2").await;
@@ -207,7 +212,7 @@ async fn non_determinism_error_is_a_structured_diff() {
     leave_unfinished(&path, "a-3").await;
     let rt = Runtime::builder()
         .workflow(approval_v2)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     let records: Vec<_> = rt
@@ -250,7 +255,7 @@ async fn a_recorded_payload_that_no_longer_decodes_names_instance_step_and_type(
     leave_unfinished(&path, "a-4").await;
     let rt = Runtime::builder()
         .workflow(approval_v3)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     let message = parked_error(&rt, "a-4").await.to_string();

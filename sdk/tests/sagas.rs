@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -122,7 +126,7 @@ async fn open(path: &std::path::Path) -> Runtime {
     Runtime::builder()
         .workflow(fulfil)
         .workflow(hold)
-        .open(path)
+        .open_store(path)
         .await
         .unwrap()
 }

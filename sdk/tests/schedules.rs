@@ -3,6 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -23,7 +27,7 @@ async fn open(path: &std::path::Path, clock: &VirtualClock) -> Runtime {
     Runtime::builder()
         .workflow(report)
         .clock(Arc::new(clock.clone()))
-        .open(path)
+        .open_store(path)
         .await
         .unwrap()
 }

@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use cairn::{workflow, AttrValue, Ctx, ListFilter, Runtime, StatusKind, WorkflowError};
 
 #[workflow]
@@ -50,7 +54,7 @@ async fn instances_are_found_by_attributes_stage_status_and_time() {
     let path = dir.path().join("db.redb");
     let rt = Runtime::builder()
         .workflow(claim)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     for (id, customer, amount) in [
@@ -121,7 +125,7 @@ async fn instances_are_found_by_attributes_stage_status_and_time() {
     rt.shutdown().await;
 
     // The index is on disk: a host without the workflow code can still query it.
-    let rt = Runtime::builder().open(&path).await.unwrap();
+    let rt = Runtime::builder().open_store(&path).await.unwrap();
     assert_eq!(
         ids(&rt, &by(&[("stage", "paid".into())])).await,
         ["c-1", "c-2", "c-3"]

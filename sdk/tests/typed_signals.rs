@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use cairn::events::EventKind;
 use cairn::{workflow, Ctx, Received, Runtime, Signal, WorkflowError};
 use serde::{Deserialize, Serialize};
@@ -34,7 +38,7 @@ async fn open(path: &std::path::Path) -> Runtime {
         .workflow(deliver)
         .signal(NEW_ADDRESS)
         .signal(APPROVED)
-        .open(path)
+        .open_store(path)
         .await
         .unwrap()
 }
@@ -107,7 +111,7 @@ async fn one_name_declared_with_two_types_is_refused_at_build() {
         .workflow(deliver)
         .signal(APPROVED)
         .signal(APPROVED_TEXT)
-        .open(dir.path().join("db.redb"))
+        .open_store(dir.path().join("db.redb"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), "CAIRN-E0014");
@@ -135,7 +139,7 @@ async fn a_wait_on_either_signal_takes_the_first_and_leaves_the_other() {
     let path = dir.path().join("db.redb");
     let rt = Runtime::builder()
         .workflow(review)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     rt.start(review, "c-1", "c-1".to_owned()).await.unwrap();
@@ -158,7 +162,7 @@ async fn a_wait_on_either_signal_takes_the_first_and_leaves_the_other() {
     rt.shutdown().await;
     let rt = Runtime::builder()
         .workflow(review)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     rt.send("c-1", APPROVED, &true).await.unwrap();

@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+
 use common::wait_for_events;
+use common::OpenStore;
 
 use cairn::audit::ReplayVerdict;
 use cairn::{
@@ -56,7 +58,7 @@ async fn patched_keeps_old_histories_on_the_old_path_and_new_runs_on_the_new() {
     {
         let rt = Runtime::builder()
             .workflow(loan_v1)
-            .open(&path)
+            .open_store(&path)
             .await
             .unwrap();
         rt.start(loan_v1, "old", 5_000).await.unwrap();
@@ -65,7 +67,7 @@ async fn patched_keeps_old_histories_on_the_old_path_and_new_runs_on_the_new() {
     }
     let rt = Runtime::builder()
         .workflow(loan_v2)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     rt.start(loan_v2, "new", 7_000).await.unwrap();
@@ -113,7 +115,7 @@ async fn removing_a_patch_branch_too_early_is_caught_as_non_determinism() {
     let path = dir.path().join("db.redb");
     let rt = Runtime::builder()
         .workflow(loan_v2)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     rt.start(loan_v2, "patched", 100).await.unwrap();
@@ -137,7 +139,7 @@ async fn removing_a_patch_branch_too_early_is_caught_as_non_determinism() {
     // v1 does not know the marker its history holds at step 2.
     let rt = Runtime::builder()
         .workflow(loan_v1)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     let Err(Error::NonDeterminism(diff)) = rt.replay(&records).await else {
@@ -156,7 +158,7 @@ async fn terminate_stops_an_instance_for_good_and_records_why() {
     let path = dir.path().join("db.redb");
     let rt = Runtime::builder()
         .workflow(loan_v2)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     let handle = rt.start(loan_v2, "t-1", 900).await.unwrap();
@@ -189,7 +191,7 @@ async fn terminate_stops_an_instance_for_good_and_records_why() {
 
     let rt = Runtime::builder()
         .workflow(loan_v2)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     assert_eq!(
@@ -211,7 +213,7 @@ async fn an_audit_replay_of_a_history_recorded_before_the_patch_takes_the_old_pa
     let records = {
         let rt = Runtime::builder()
             .workflow(loan_v1)
-            .open(&path)
+            .open_store(&path)
             .await
             .unwrap();
         rt.start(loan_v1, "before", 300).await.unwrap();
@@ -235,7 +237,7 @@ async fn an_audit_replay_of_a_history_recorded_before_the_patch_takes_the_old_pa
     };
     let rt = Runtime::builder()
         .workflow(loan_v2)
-        .open(&path)
+        .open_store(&path)
         .await
         .unwrap();
     assert!(matches!(
@@ -256,7 +258,7 @@ async fn terminate_racing_a_hand_over_terminates_the_current_run() {
     let dir = tempfile::tempdir().unwrap();
     let rt = Runtime::builder()
         .workflow(relay)
-        .open(dir.path().join("db.redb"))
+        .open_store(dir.path().join("db.redb"))
         .await
         .unwrap();
     // Each instance hands over every commit or so; `terminate` lands at a different point

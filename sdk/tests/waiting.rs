@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -62,7 +66,7 @@ async fn open(path: &std::path::Path, clock: &VirtualClock) -> Runtime {
         .workflow(collect)
         .workflow(approval)
         .clock(Arc::new(clock.clone()))
-        .open(path)
+        .open_store(path)
         .await
         .unwrap()
 }
@@ -213,7 +217,7 @@ async fn a_signal_sent_while_the_host_is_down_is_delivered_after_it_starts() {
     // The service is down; an operator tool opens the file without the workflow code and
     // records a signal.
     {
-        let tool = Runtime::builder().open(&path).await.unwrap();
+        let tool = Runtime::builder().open_store(&path).await.unwrap();
         tool.signal("c-2", "item", &"while down".to_owned())
             .await
             .unwrap();

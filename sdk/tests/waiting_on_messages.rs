@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::OpenStore;
+
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -45,7 +47,7 @@ async fn open(path: &std::path::Path, clock: &VirtualClock, idle: Option<Duratio
         .workflow(napper)
         .clock(Arc::new(clock.clone()))
         .eviction_idle(idle)
-        .open(path)
+        .open_store(path)
         .await
         .unwrap()
 }

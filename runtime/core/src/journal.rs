@@ -552,7 +552,11 @@ pub trait Journal: Send + Sync + 'static {
     /// Appends one event to run `key` under `expect`, recording `actor` as its cause: a
     /// **message from outside** the run (a signal, a cancellation, a task's decision, a
     /// document). A store shared by several hosts takes it from any host and orders it
-    /// with the run's own events; it needs no ownership of the run.
+    /// with the run's own events; it needs no ownership of the run. Under
+    /// [`Expect::End`], a store may give the event to the run's successor when the run
+    /// continued as new in the same commit (as a caller would on the refusal: the
+    /// successor is the run the id names by then); the event's effect names the run
+    /// that got it.
     ///
     /// # Errors
     /// [`Error::InstanceFinished`] if the run has ended; [`Error::Conflict`] if `expect`

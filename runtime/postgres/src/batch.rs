@@ -338,6 +338,7 @@ pub(crate) async fn write(
         .filter(|parent| !heads.contains_key(parent))
         .collect();
     lock_runs(txn, &parents, &mut heads).await?;
+    let forward = follow_ids(txn, ops, &mut heads).await?;
     let mut leases: HashMap<u32, (Option<Uuid>, i64)> = HashMap::new();
     for row in &lease_rows {
         let shard: i32 = row.get(0);
@@ -428,6 +429,7 @@ pub(crate) async fn write(
         attributes: &mut attributes_held,
         parked: &mut parked_before,
         now_ms,
+        successors: forward,
     };
     let mut started_here: HashMap<String, u128> = HashMap::new();
     for (index, op) in ops.iter().enumerate() {
@@ -576,6 +578,61 @@ pub(crate) async fn write(
     Ok(outcome)
 }
 
+/// Messages from outside (`append_by` under `Expect::End`) for runs that continued as
+/// new before this batch go to the run their id names now, locked here: the sender
+/// looked the id up before the hand-over, and sending it back to look again lets a chain
+/// that hands over at every commit win that race each time. Returns each such run's
+/// current run.
+async fn follow_ids(
+    txn: &Transaction<'_>,
+    ops: &[Op],
+    heads: &mut HashMap<u128, Head>,
+) -> Result<HashMap<u128, u128>> {
+    let mut moved: HashMap<String, u128> = HashMap::new();
+    for op in ops {
+        if let Op::Append {
+            key,
+            expect: Expect::End,
+            fence: None,
+            ..
+        } = op
+        {
+            if let Some(head) = heads.get(key) {
+                if head.row.status == InstanceStatus::ContinuedAsNew {
+                    moved.insert(head.row.id.clone(), *key);
+                }
+            }
+        }
+    }
+    let mut forward = HashMap::new();
+    if moved.is_empty() {
+        return Ok(forward);
+    }
+    let ids: Vec<&str> = moved.keys().map(String::as_str).collect();
+    let mut current = BTreeSet::new();
+    for row in rows(
+        txn,
+        "SELECT id, key FROM cairn_ids WHERE id = ANY($1)",
+        &[&ids],
+        "read the current runs of ids",
+    )
+    .await?
+    {
+        let id: String = row.get(0);
+        let now = row.get::<_, Uuid>(1).as_u128();
+        if let Some(old) = moved.get(&id) {
+            if *old != now {
+                forward.insert(*old, now);
+                if !heads.contains_key(&now) {
+                    current.insert(now);
+                }
+            }
+        }
+    }
+    lock_runs(txn, &current, heads).await?;
+    Ok(forward)
+}
+
 async fn lock_runs(
     txn: &Transaction<'_>,
     keys: &BTreeSet<u128>,
@@ -625,6 +682,8 @@ struct Decider<'b> {
     attributes: &'b mut HashMap<u128, HashMap<String, AttrValue>>,
     parked: &'b mut HashSet<u128>,
     now_ms: u64,
+    /// The runs that continued as new in this batch, and their successors.
+    successors: HashMap<u128, u128>,
 }
 
 impl Decider<'_> {
@@ -715,6 +774,14 @@ impl Decider<'_> {
         actor: Option<Actor>,
         fence: Option<Lease>,
     ) -> Result<Appended> {
+        // A message from outside for a run that continued as new earlier in this batch
+        // goes to its successor, the run its id names once the batch commits. Refusing
+        // it instead would send the sender back to look the id up again, and a chain
+        // that hands over at every commit would win that race each time.
+        let key = match (fence, expect) {
+            (None, Expect::End) => self.current(key),
+            _ => key,
+        };
         let head = self.head(key)?;
         if head.row.status.is_finished() {
             return Err(Error::InstanceFinished(head.row.id.clone()));
@@ -736,6 +803,15 @@ impl Decider<'_> {
             self.wake_parent(key);
         }
         Ok(appended)
+    }
+
+    /// The run that `key`'s id names after this batch's continue-as-news.
+    fn current(&self, key: u128) -> u128 {
+        let mut key = key;
+        while let Some(next) = self.successors.get(&key) {
+            key = *next;
+        }
+        key
     }
 
     /// A child that ends must wake its parent after a restart too: the parent's
@@ -874,6 +950,7 @@ impl Decider<'_> {
             self.push(next, kind, actor, next_epoch)?;
         }
         self.writes.moved_ids.push((row.id, Uuid::from_u128(next)));
+        self.successors.insert(key, next);
         Ok(Some(next))
     }
 

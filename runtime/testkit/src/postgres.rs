@@ -204,6 +204,34 @@ impl Drop for Cluster {
     }
 }
 
+/// The connection string of database `name` on the server at `server` (a URL without a
+/// database: `postgres://user@host:port`), created if absent. For a test suite run
+/// against a server started for the whole run (`throwaway-postgres`); the same name gives
+/// the same database again, so a test that reopens its store finds what it wrote.
+///
+/// # Errors
+/// The server cannot be reached, or the database cannot be created.
+pub async fn database_on(server: &str, name: &str) -> Result<String, String> {
+    let server = server.trim_end_matches('/');
+    let (client, connection) =
+        tokio_postgres::connect(&format!("{server}/postgres"), tokio_postgres::NoTls)
+            .await
+            .map_err(|err| format!("connecting to {server}: {err}"))?;
+    let driver = tokio::spawn(connection);
+    let created = client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await;
+    drop(client);
+    let _ = driver.await;
+    match created {
+        Ok(()) => {}
+        // Made by an earlier open of the same store (or by a racing one).
+        Err(err) if err.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+        Err(err) => return Err(format!("creating {name}: {err}")),
+    }
+    Ok(format!("{server}/{name}"))
+}
+
 /// A fresh, empty database on this binary's cluster, for one test. The cluster runs while
 /// any `TestDb` lives.
 #[derive(Debug)]
