@@ -760,7 +760,7 @@ impl WorkflowContext {
             // Being handed over to another host: the step in flight (if any) was
             // recorded, and no new attempt starts here; the next owner runs it.
             if let Some(host) = &self.inner.host {
-                if !host.owns(self.inner.key) {
+                if host.handing_over(self.inner.key) {
                     self.set_stop(Stop::HandedOver);
                     return std::future::pending().await;
                 }

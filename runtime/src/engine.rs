@@ -1241,6 +1241,15 @@ impl Engine {
             // without a driver means the indexes disagree (damage), and waiting for it
             // would wait forever.
             if tokio::time::timeout_at(give_up, registered).await.is_err() {
+                // On a shared store a run may be without a driver here for a while and
+                // be fine: stopped on a store failure until the safety net names it
+                // again, or given to another host meanwhile. Its row tells when it ends.
+                if !matches!(
+                    self.shared.journal.ownership(),
+                    cairn_core::journal::Ownership::Exclusive
+                ) {
+                    return self.wait_elsewhere(key).await;
+                }
                 return Err(Error::Corrupt {
                     location: format!("instance `{id}`"),
                     message: "its row says unfinished but no run of it exists; the running index may be damaged".into(),
@@ -1709,8 +1718,8 @@ impl HostPort for Engine {
         self.shared.always_replay
     }
 
-    fn owns(&self, key: u128) -> bool {
-        self.shared.journal.owns(key)
+    fn handing_over(&self, key: u128) -> bool {
+        self.shared.journal.handing_over(key)
     }
 
     fn app_state(&self) -> AppState {

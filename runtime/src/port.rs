@@ -90,11 +90,11 @@ pub(crate) trait HostPort: Send + Sync {
     /// Whether every run is rebuilt from the log after each durable step.
     fn always_replay(&self) -> bool;
 
-    /// Whether this host still drives run `key`: a host handing the run over (its store
-    /// is shared by several hosts) lets the step in flight finish and starts no other.
-    fn owns(&self, key: u128) -> bool {
+    /// Whether this host is handing run `key` over to another host (its store is shared
+    /// by several hosts): the step in flight finishes, and no other starts here.
+    fn handing_over(&self, key: u128) -> bool {
         let _ = key;
-        true
+        false
     }
 
     /// What the host registered for its activities.

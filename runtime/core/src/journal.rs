@@ -521,6 +521,16 @@ pub trait Journal: Send + Sync + 'static {
         true
     }
 
+    /// Whether this host is handing run `key` over to another host now (a shared store
+    /// giving a newcomer its share): the step in flight may finish, and the run stops
+    /// before it starts an activity attempt, which the next owner runs. Not the same as
+    /// `!owns`: a host unsure of its lease for a moment (a late heartbeat) goes on, as
+    /// the fence refuses its appends if the lease was really lost.
+    fn handing_over(&self, key: u128) -> bool {
+        let _ = key;
+        false
+    }
+
     /// Starts instance `id` with a `WorkflowStarted` event recording `actor`, or finds the
     /// existing one (`created == false`, nothing written): atomic and idempotent by id.
     ///

@@ -752,15 +752,18 @@ impl Journal for PostgresJournal {
         }
     }
 
+    /// Held, not in doubt, and not being handed over: a run of a draining shard is the
+    /// next owner's to wait on and to start.
     fn owns(&self, key: u128) -> bool {
-        self.inner.lease(key).is_some()
-            && self.inner.current()
-            && !self
-                .inner
-                .draining
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .contains_key(&shard_of(key))
+        self.inner.lease(key).is_some() && self.inner.current() && !self.handing_over(key)
+    }
+
+    fn handing_over(&self, key: u128) -> bool {
+        self.inner
+            .draining
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .contains_key(&shard_of(key))
     }
 
     async fn start_by(
