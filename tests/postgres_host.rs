@@ -374,7 +374,22 @@ async fn two_hosts_share_the_runs_and_one_takes_over_when_the_other_stops() {
         let input = BASE + u32::try_from(n).unwrap();
         let result = tokio::time::timeout(Duration::from_secs(30), b.handle(case, id).result())
             .await
-            .expect("finished in time")
+            .unwrap_or_else(|_| {
+                // Say where the run stands: its history, its row, whether this host
+                // drives it and holds it in memory.
+                let key = futures::executor::block_on(b.status(id)).unwrap().run;
+                let history: Vec<String> = futures::executor::block_on(b.history(id))
+                    .unwrap()
+                    .iter()
+                    .map(|event| format!("{}:{}", event.record.seq, event.record.kind.name()))
+                    .collect();
+                let row = futures::executor::block_on(b.engine().journal().instance(key));
+                panic!(
+                    "{id} did not finish in time: owned here {}, in memory {}, row {row:?}, history {history:?}",
+                    b.engine().journal().owns(key),
+                    b.engine().waits_on_message(key).is_some()
+                )
+            })
             .unwrap()
             .unwrap();
         assert_eq!(

@@ -169,6 +169,22 @@ impl Inner {
             .collect()
     }
 
+    /// The shards held and not being handed over: a commit leaves no wake-up for their
+    /// runs (this host drives them), and only their wake-ups are this host's to apply.
+    /// Those being handed over are the next owner's: their wake-ups wait for it.
+    fn driving(&self) -> std::collections::HashSet<u32> {
+        let draining = self
+            .draining
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .keys()
+            .copied()
+            .collect::<std::collections::HashSet<u32>>();
+        let mut held = self.owned();
+        held.retain(|shard| !draining.contains(shard));
+        held
+    }
+
     fn shards(&self) -> Vec<u32> {
         let mut shards: Vec<u32> = self
             .leases
@@ -486,7 +502,7 @@ async fn commit_batch(
         return;
     }
     let began = std::time::Instant::now();
-    let owned = inner.owned();
+    let owned = inner.driving();
     match store.commit(&ops, inner.now(), Some(&owned)).await {
         Ok(outcome) => {
             if outcome.wrote {
@@ -559,6 +575,18 @@ async fn refresh_leases(store: &PostgresStore, inner: &Inner) -> Result<(Vec<u32
     )
     .into_values()
     .collect();
+    if !drained.is_empty() {
+        // Not this host's from here on, before the database hears it: a commit that
+        // still counted one of them as held would leave no wake-up for the next owner,
+        // which may claim it the moment it is given back.
+        let mut leases = inner
+            .leases
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for lease in &drained {
+            leases.remove(&lease.shard);
+        }
+    }
     for lease in &drained {
         now.remove(&lease.shard);
         if let Err(err) = store.release(*lease).await {
@@ -568,7 +596,7 @@ async fn refresh_leases(store: &PostgresStore, inner: &Inner) -> Result<(Vec<u32
     let surplus = store.surplus(inner.host).await?;
     let claimed = store.claim(inner.host, inner.ttl_ms).await?;
     now.extend(claimed.into_iter().map(|lease| (lease.shard, lease)));
-    let lost = before.iter().any(|shard| !now.contains_key(shard));
+    let lost = !drained.is_empty() || before.iter().any(|shard| !now.contains_key(shard));
     let gained: Vec<u32> = now
         .keys()
         .copied()
@@ -696,7 +724,9 @@ async fn wake_loop(
         if inner.closed.load(Ordering::SeqCst) {
             break;
         }
-        let (foreign, taken) = match store.wakes(&inner.shards(), WAKES_MAX).await {
+        let mut driving: Vec<u32> = inner.driving().into_iter().collect();
+        driving.sort_unstable();
+        let (foreign, taken) = match store.wakes(&driving, WAKES_MAX).await {
             Ok(found) => found,
             Err(err) => {
                 tracing::warn!(%err, "could not read wake-ups; trying again");
