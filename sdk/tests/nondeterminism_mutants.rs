@@ -11,6 +11,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::OpenStore;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -162,7 +166,7 @@ async fn twenty_mutants_are_caught_at_their_first_divergent_step_and_ten_benign_
     let rt = Runtime::builder()
         .workflow(base)
         .clock(std::sync::Arc::new(clock.clone()))
-        .open(dir.path().join("db.redb"))
+        .open_store(dir.path().join("db.redb"))
         .await
         .unwrap();
     let skipper = {
