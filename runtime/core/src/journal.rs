@@ -733,6 +733,9 @@ pub trait Journal: Send + Sync + 'static {
     ///
     /// # Errors
     /// Storage errors.
+    ///
+    /// # Cancel safety
+    /// Dropped, what it claimed is due again when the hold lapses: delayed, never lost.
     async fn outbox_claim(
         &self,
         now_ms: u64,

@@ -562,6 +562,10 @@ impl PostgresStore {
     ///
     /// # Errors
     /// Storage errors.
+    ///
+    /// # Cancel safety
+    /// Dropped, the rows may have been claimed without the caller seeing them: they are
+    /// due again when the hold lapses, so nothing is lost, only delayed.
     pub async fn outbox_claim(
         &self,
         shards: &[u32],
