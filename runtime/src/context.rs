@@ -500,19 +500,28 @@ impl WorkflowContext {
         }
     }
 
-    async fn append(&self, kind: EventKind) -> Result<(), Error> {
+    fn append(&self, kind: EventKind) -> impl Future<Output = Result<(), Error>> + '_ {
         // Another branch of this run (a `join!` sibling polled in the same poll) may have
         // stopped the instance; nothing may be appended after that.
-        if lock(&self.inner.state).stop.is_some() {
-            return std::future::pending().await;
-        }
-        let Some(host) = &self.inner.host else {
-            return Ok(());
+        let stopped = lock(&self.inner.state).stop.is_some();
+        // The host's future is made here, so the event moves into it once instead of
+        // being carried in this future's state too (a step's future is boxed per step).
+        let sent = match (&self.inner.host, stopped) {
+            (Some(host), false) => Some((self.busy(), host.append(self.inner.key, kind))),
+            _ => None,
         };
-        let _busy = self.busy();
-        // The commit itself moves the inbox's count of events (`engine::Dispatch`): a
-        // branch dropped while its append is in flight leaves nothing behind in memory.
-        host.append(self.inner.key, kind).await
+        async move {
+            if stopped {
+                return std::future::pending().await;
+            }
+            let Some((_busy, sent)) = sent else {
+                return Ok(());
+            };
+            // The commit itself moves the inbox's count of events (`engine::Dispatch`):
+            // a branch dropped while its append is in flight leaves nothing behind in
+            // memory.
+            sent.await.map(drop)
+        }
     }
 
     /// Always-replay mode: stops the run right after a step became durable and before
@@ -539,11 +548,14 @@ impl WorkflowContext {
 
     /// Records a step's event (an outcome or the start of a wait), parking the run if
     /// that fails, then lets always-replay mode rebuild the run (see `settle`).
-    async fn record(&self, kind: EventKind) {
-        if let Err(err) = self.append(kind).await {
-            return self.abort(err).await;
+    fn record(&self, kind: EventKind) -> impl Future<Output = ()> + '_ {
+        let appended = self.append(kind);
+        async move {
+            if let Err(err) = appended.await {
+                return self.abort(err).await;
+            }
+            self.settle().await;
         }
-        self.settle().await;
     }
 
     fn changed(&self, state: &mut CtxState) {
@@ -808,7 +820,10 @@ impl WorkflowContext {
             // A cancellation abandons the attempt in flight (the activity may have had
             // part of its effect; its idempotency key lets compensation find it).
             let finished = loop {
+                // In this order, without drawing a random number per poll: a result
+                // that is in counts even if the deadline passed in the same instant.
                 tokio::select! {
+                    biased;
                     joined = &mut running.0 => break Some(joined),
                     () = &mut deadline => break None,
                     () = self.cancel_requested() => {
@@ -964,7 +979,9 @@ impl WorkflowContext {
             name: name.to_owned(),
             reason: reason.clone(),
         };
-        self.record(cancelled).await;
+        // Boxed: every step checks for a cancellation, few record one, and the record's
+        // state would otherwise sit inline in every step's future.
+        Box::pin(self.record(cancelled)).await;
         Some(reason)
     }
 

@@ -1674,24 +1674,7 @@ impl HostPort for Engine {
                 outcome,
                 seconds,
             } => {
-                metrics
-                    .attempts
-                    .get_or_create(&crate::metrics::AttemptLabels {
-                        workflow_type: workflow_type.to_owned(),
-                        activity: activity.to_owned(),
-                        outcome: outcome.to_owned(),
-                    })
-                    .inc();
-                metrics
-                    .activity_seconds
-                    .get_or_create(&crate::metrics::ActivityLabels {
-                        workflow_type: workflow_type.to_owned(),
-                        activity: activity.to_owned(),
-                    })
-                    .observe(seconds);
-                metrics
-                    .recent
-                    .add(workflow_type, activity, outcome, seconds);
+                metrics.attempt(workflow_type, activity, outcome, seconds);
             }
             crate::port::Observation::TimerFired { late_ms } => {
                 metrics.timers_fired.inc();
@@ -1702,12 +1685,8 @@ impl HostPort for Engine {
         }
     }
 
-    async fn append(&self, key: u128, kind: EventKind) -> Result<()> {
-        self.shared
-            .journal
-            .append(key, kind, Expect::End)
-            .await
-            .map(drop)
+    fn append(&self, key: u128, kind: EventKind) -> crate::port::AppendFuture<'_> {
+        self.shared.journal.append(key, kind, Expect::End)
     }
 
     fn append_detached(&self, key: u128, kind: EventKind) {

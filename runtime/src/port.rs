@@ -73,6 +73,11 @@ pub(crate) enum Observation<'a> {
     },
 }
 
+/// What [`HostPort::append`] returns.
+pub(crate) type AppendFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<cairn_core::journal::Appended>> + Send + 'a>,
+>;
+
 /// What a run asks of its host.
 #[async_trait]
 pub(crate) trait HostPort: Send + Sync {
@@ -80,8 +85,9 @@ pub(crate) trait HostPort: Send + Sync {
     fn observe(&self, observation: Observation<'_>);
 
     /// Appends `kind` to instance `key`'s history and returns once it is durable (and
-    /// its effects are in memory).
-    async fn append(&self, key: u128, kind: EventKind) -> Result<()>;
+    /// its effects are in memory). The journal's own future, not one boxed around it:
+    /// every step of every run comes this way.
+    fn append(&self, key: u128, kind: EventKind) -> AppendFuture<'_>;
 
     /// Queues `kind` for instance `key` without waiting: for code that cannot wait (a
     /// `Drop`). It is committed in queue order, before anything queued after it.
