@@ -329,6 +329,44 @@ async fn two_hosts_share_the_runs_and_one_takes_over_when_the_other_stops() {
         assert!(spins < 200, "the second host never got a share");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The hand-over shows in both hosts' membership and metrics (first claims, then
+    // the surplus given back).
+    let mut spins = 0;
+    let (ma, mb) = loop {
+        let (ma, mb) = (
+            a.engine().membership().unwrap(),
+            b.engine().membership().unwrap(),
+        );
+        if ma.held + mb.held == cairn::store::SHARDS && ma.draining == 0 && ma.released > 0 {
+            break (ma, mb);
+        }
+        spins += 1;
+        assert!(spins < 200, "no settled split: {ma:?} {mb:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(ma.host, mb.host);
+    assert_eq!(
+        (ma.claimed_free, ma.taken_over, ma.lost),
+        (u64::from(cairn::store::SHARDS), 0, 0),
+        "{ma:?}"
+    );
+    assert_eq!(u64::from(mb.held), mb.claimed_free, "{mb:?}");
+    assert_eq!(ma.released, mb.claimed_free, "{ma:?} {mb:?}");
+    let text = a.engine().metrics_text().await.unwrap();
+    for line in [
+        format!("cairn_host_shards_held {}", ma.held),
+        "cairn_host_shards_draining 0".to_owned(),
+        format!(
+            "cairn_host_shard_claims_total{{how=\"free\"}} {}",
+            cairn::store::SHARDS
+        ),
+        "cairn_host_shard_claims_total{how=\"takeover\"} 0".to_owned(),
+        format!("cairn_host_shards_released_total {}", ma.released),
+        "cairn_host_shards_lost_total 0".to_owned(),
+    ] {
+        assert!(text.contains(&line), "{line} missing from:\n{text}");
+    }
+    assert!(text.contains("cairn_host_clock_offset_seconds "), "{text}");
     // Half the messages go through the host that does not drive the run.
     for (n, id) in ids.iter().enumerate() {
         let via = if n % 2 == 0 { &a } else { &b };

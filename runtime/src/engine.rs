@@ -402,6 +402,7 @@ impl EngineBuilder {
     /// # Errors
     /// [`Error::Storage`] or [`Error::Corrupt`] when the instance index cannot be read.
     pub async fn open_journal(self, journal: Arc<dyn Journal>) -> Result<Engine> {
+        let shared_store = journal.membership().is_some();
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::Environment(
                 "the engine must be opened inside a tokio runtime (it spawns its tasks there)"
@@ -447,7 +448,7 @@ impl EngineBuilder {
             outbox_task: Mutex::new(None),
             registered: Notify::new(),
             answers: Arc::default(),
-            metrics: crate::metrics::Metrics::new(),
+            metrics: crate::metrics::Metrics::new(shared_store),
             storage_failed: Mutex::new(None),
         });
         // Before anything is queued: every commit from now on reaches memory through it.
@@ -579,6 +580,9 @@ impl Engine {
         metrics
             .parked
             .set(i64::try_from(self.parked_instances().await?.len()).unwrap_or(i64::MAX));
+        if let (Some(host), Some(membership)) = (&metrics.host, self.membership()) {
+            host.update(&membership);
+        }
         let tallies = self.tallies(self.now_ms()).await?;
         // Refilled and encoded under one lock: a second scrape must not clear the counts
         // between this one's refill and its encoding.
@@ -604,6 +608,13 @@ impl Engine {
             }
         }
         Ok(metrics.encode())
+    }
+
+    /// How this host stands among the hosts sharing its store (its leases, what happened
+    /// to them since it opened, the database's clock against its own); `None` on a
+    /// store of its own (redb).
+    pub fn membership(&self) -> Option<crate::journal::Membership> {
+        self.shared.journal.membership()
     }
 
     /// The runtime clock's time, ms since the Unix epoch (virtual under a virtual clock).

@@ -45,6 +45,13 @@ pub(crate) struct AttemptLabels {
     pub(crate) outcome: String,
 }
 
+/// How a shard was claimed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ClaimLabels {
+    /// `free` (nobody held it) or `takeover` (another host's lease had expired).
+    pub(crate) how: String,
+}
+
 /// Labels of an activity.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ActivityLabels {
@@ -82,6 +89,96 @@ pub(crate) struct Metrics {
     pub(crate) recent: Recent,
     /// Held while a scrape refills the gauges it clears and encodes them.
     pub(crate) scrape: std::sync::Mutex<()>,
+    /// This host among the hosts sharing its store; `None` on a store of its own.
+    pub(crate) host: Option<HostMetrics>,
+}
+
+/// How a host sharing its store stands: its leases, read from the journal when scraped.
+pub(crate) struct HostMetrics {
+    shards_held: Gauge,
+    shards_draining: Gauge,
+    clock_offset: Gauge<f64, std::sync::atomic::AtomicU64>,
+    claims: Family<ClaimLabels, Counter>,
+    released: Counter,
+    lost: Counter,
+    heartbeat_failures: Counter,
+    /// The journal's counts at the last scrape: counters move by the difference.
+    last: std::sync::Mutex<crate::journal::Membership>,
+}
+
+impl HostMetrics {
+    fn new(registry: &mut Registry) -> Self {
+        let host = Self {
+            shards_held: Gauge::default(),
+            shards_draining: Gauge::default(),
+            clock_offset: Gauge::default(),
+            claims: Family::default(),
+            released: Counter::default(),
+            lost: Counter::default(),
+            heartbeat_failures: Counter::default(),
+            last: std::sync::Mutex::default(),
+        };
+        registry.register(
+            "host_shards_held",
+            "Shards this host holds a lease on (the store's runs are spread over a fixed number of shards)",
+            host.shards_held.clone(),
+        );
+        registry.register(
+            "host_shards_draining",
+            "Shards this host is handing over to a host that joined",
+            host.shards_draining.clone(),
+        );
+        registry.register(
+            "host_clock_offset_seconds",
+            "How far the database's clock is ahead of this host's (negative: behind), at the last heartbeat",
+            host.clock_offset.clone(),
+        );
+        registry.register(
+            "host_shard_claims",
+            "Shards this host claimed, by how (free: nobody held it; takeover: another host's lease had expired)",
+            host.claims.clone(),
+        );
+        registry.register(
+            "host_shards_released",
+            "Shards this host gave back to make room for a host that joined",
+            host.released.clone(),
+        );
+        registry.register(
+            "host_shards_lost",
+            "Shards taken from this host while it counted them as its own (its lease lapsed)",
+            host.lost.clone(),
+        );
+        registry.register(
+            "host_heartbeat_failures",
+            "Heartbeats of this host that failed (lease renewals that did not happen)",
+            host.heartbeat_failures.clone(),
+        );
+        host
+    }
+
+    /// Brings the metrics up to `now`, the journal's membership.
+    pub(crate) fn update(&self, now: &crate::journal::Membership) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        self.shards_held.set(i64::from(now.held));
+        self.shards_draining.set(i64::from(now.draining));
+        self.clock_offset.set(now.clock_offset_ms as f64 / 1000.0);
+        let moved = |now: u64, then: u64| now.saturating_sub(then);
+        self.claims
+            .get_or_create(&ClaimLabels {
+                how: "free".to_owned(),
+            })
+            .inc_by(moved(now.claimed_free, last.claimed_free));
+        self.claims
+            .get_or_create(&ClaimLabels {
+                how: "takeover".to_owned(),
+            })
+            .inc_by(moved(now.taken_over, last.taken_over));
+        self.released.inc_by(moved(now.released, last.released));
+        self.lost.inc_by(moved(now.lost, last.lost));
+        self.heartbeat_failures
+            .inc_by(moved(now.heartbeat_failures, last.heartbeat_failures));
+        *last = *now;
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -91,7 +188,9 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Self {
+    /// `shared`: the store is shared by several hosts (the host's lease metrics are
+    /// kept too).
+    pub(crate) fn new(shared: bool) -> Self {
         let mut registry = Registry::with_prefix("cairn");
         let metrics = Self {
             started: Family::default(),
@@ -116,7 +215,9 @@ impl Metrics {
             recent: Recent::default(),
             scrape: std::sync::Mutex::new(()),
             registry: Registry::default(),
+            host: None,
         };
+        let host = shared.then(|| HostMetrics::new(&mut registry));
         registry.register(
             "instances_started",
             "Instances started, by workflow type",
@@ -205,6 +306,7 @@ impl Metrics {
         );
         Self {
             registry,
+            host,
             ..metrics
         }
     }

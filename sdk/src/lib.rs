@@ -115,8 +115,9 @@ pub mod store {
     pub use cairn_runtime::journal::{
         verify_chain, verify_history, Appended, Attachment, Attributes, Carried, CommitListener,
         Committed, Cursor, Expect, InstancePage, InstanceQuery, InstanceRow, InstanceStatus,
-        Journal, Ownership, ParkedRow, Party, RawEvent, RawHistory, Started, StoredEvent,
-        Suspension, TaskCursor, TaskPage, TaskQuery, TaskRow, TimeSource, PAGE_ROWS_MAX,
+        Journal, Membership, Ownership, ParkedRow, Party, RawEvent, RawHistory, Started,
+        StoredEvent, Suspension, TaskCursor, TaskPage, TaskQuery, TaskRow, TimeSource,
+        PAGE_ROWS_MAX,
     };
     pub use cairn_runtime::redb_journal::RedbJournal;
     pub use cairn_runtime::store::{RedbStore, Store, WriteBatch, STORAGE_FORMAT};

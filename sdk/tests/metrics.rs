@@ -157,6 +157,17 @@ async fn metrics_count_what_happened_with_bounded_labels() {
         !text.contains("secret-instance-id"),
         "an instance id leaked into a label"
     );
+    // A host's lease metrics exist where it shares its store, and only there.
+    assert_eq!(
+        rt.engine().membership().is_some(),
+        common::on_postgres(),
+        "{text}"
+    );
+    assert_eq!(
+        text.contains("# HELP cairn_host_shards_held"),
+        common::on_postgres(),
+        "{text}"
+    );
     rt.complete(&checker, &task, &Ok_ { ok: true })
         .await
         .unwrap();

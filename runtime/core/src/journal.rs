@@ -352,6 +352,34 @@ pub enum Ownership {
     },
 }
 
+/// How this host stands among the hosts sharing a store ([`Journal::membership`]), for
+/// monitoring: what it holds now and what happened to its leases since it opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// This host process's identity (fresh per open).
+    pub host: u128,
+    /// Shards the store's runs are spread over.
+    pub shards: u32,
+    /// Shards this host holds a lease on now (draining ones included).
+    pub held: u32,
+    /// Of those, shards being handed over to a host that joined.
+    pub draining: u32,
+    /// Shards claimed that nobody held (a fresh store, or given back by another host).
+    pub claimed_free: u64,
+    /// Shards taken over from a host whose lease expired (it died, or was cut off).
+    pub taken_over: u64,
+    /// Shards given back to make room for a host that joined.
+    pub released: u64,
+    /// Shards lost: taken by another host while this one counted them as its own (its
+    /// lease lapsed: a long pause, the store out of reach).
+    pub lost: u64,
+    /// Heartbeats that failed (each one a lease renewal that did not happen).
+    pub heartbeat_failures: u64,
+    /// How far the database's clock is ahead of this host's, in ms (negative: behind),
+    /// as measured at the last heartbeat.
+    pub clock_offset_ms: i64,
+}
+
 /// Instances matching all of the given conditions, oldest first (by start time, then
 /// key), one page at a time.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -529,6 +557,12 @@ pub trait Journal: Send + Sync + 'static {
     fn handing_over(&self, key: u128) -> bool {
         let _ = key;
         false
+    }
+
+    /// How this host stands among the hosts sharing the store: `None` for an
+    /// [`Ownership::Exclusive`] journal, which shares nothing.
+    fn membership(&self) -> Option<Membership> {
+        None
     }
 
     /// Starts instance `id` with a `WorkflowStarted` event recording `actor`, or finds the

@@ -14,8 +14,8 @@ use cairn_core::event::EventKind;
 use cairn_core::journal::{
     Actor, Appended, Attachment, Attributes, Carried, CommitListener, Committed, Delivery,
     DeliveryAttempt, Expect, Handover, InstancePage, InstanceQuery, InstanceRow, Journal,
-    OutboxRow, Ownership, ParkedRow, RawHistory, RunEnded, Started, Suspension, Tallies, TaskPage,
-    TaskQuery, TaskRow, TimeSource,
+    Membership, OutboxRow, Ownership, ParkedRow, RawHistory, RunEnded, Started, Suspension,
+    Tallies, TaskPage, TaskQuery, TaskRow, TimeSource,
 };
 use cairn_core::schedule::ScheduleRow;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -136,6 +136,18 @@ struct Inner {
     finished: AtomicBool,
     /// Set while a nudge to the other hosts is on its way (at most one at a time).
     nudging: AtomicBool,
+    /// What happened to this host's leases since it opened ([`Membership`]).
+    counts: LeaseCounts,
+}
+
+/// Counts behind [`Journal::membership`].
+#[derive(Default)]
+struct LeaseCounts {
+    claimed_free: AtomicU64,
+    taken_over: AtomicU64,
+    released: AtomicU64,
+    lost: AtomicU64,
+    heartbeat_failures: AtomicU64,
 }
 
 impl Inner {
@@ -276,6 +288,7 @@ impl PostgresJournal {
             done: Notify::new(),
             finished: AtomicBool::new(false),
             nudging: AtomicBool::new(false),
+            counts: LeaseCounts::default(),
         });
         refresh_leases(&store, &inner).await?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -589,13 +602,34 @@ async fn refresh_leases(store: &PostgresStore, inner: &Inner) -> Result<(Vec<u32
     }
     for lease in &drained {
         now.remove(&lease.shard);
-        if let Err(err) = store.release(*lease).await {
-            tracing::warn!(%err, shard = lease.shard, "could not give a surplus shard back");
+        match store.release(*lease).await {
+            Ok(true) => {
+                inner.counts.released.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(false) => {}
+            Err(err) => {
+                tracing::warn!(%err, shard = lease.shard, "could not give a surplus shard back");
+            }
         }
     }
+    let taken = before
+        .iter()
+        .filter(|shard| !now.contains_key(shard) && !drained.iter().any(|d| d.shard == **shard))
+        .count();
+    inner.counts.lost.fetch_add(taken as u64, Ordering::Relaxed);
     let surplus = store.surplus(inner.host).await?;
-    let claimed = store.claim(inner.host, inner.ttl_ms).await?;
-    now.extend(claimed.into_iter().map(|lease| (lease.shard, lease)));
+    let claimed = store.claim_counted(inner.host, inner.ttl_ms).await?;
+    let granted = claimed.leases.len() as u64;
+    let taken_over = u64::from(claimed.taken_over);
+    inner
+        .counts
+        .taken_over
+        .fetch_add(taken_over, Ordering::Relaxed);
+    inner
+        .counts
+        .claimed_free
+        .fetch_add(granted.saturating_sub(taken_over), Ordering::Relaxed);
+    now.extend(claimed.leases.into_iter().map(|lease| (lease.shard, lease)));
     let lost = !drained.is_empty() || before.iter().any(|shard| !now.contains_key(shard));
     let gained: Vec<u32> = now
         .keys()
@@ -643,6 +677,10 @@ async fn lease_loop(
         let (gained, lost) = match refresh_leases(&store, &inner).await {
             Ok(changed) => changed,
             Err(err) => {
+                inner
+                    .counts
+                    .heartbeat_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%err, "heartbeat failed; the leases lapse unless a later one succeeds");
                 continue;
             }
@@ -780,6 +818,33 @@ impl Journal for PostgresJournal {
         Ownership::Leased {
             ttl_ms: self.inner.ttl_ms,
         }
+    }
+
+    fn membership(&self) -> Option<Membership> {
+        let inner = &self.inner;
+        let held = inner
+            .leases
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .len();
+        let draining = inner
+            .draining
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .len();
+        let counts = &inner.counts;
+        Some(Membership {
+            host: inner.host,
+            shards: crate::SHARDS,
+            held: u32::try_from(held).unwrap_or(u32::MAX),
+            draining: u32::try_from(draining).unwrap_or(u32::MAX),
+            claimed_free: counts.claimed_free.load(Ordering::Relaxed),
+            taken_over: counts.taken_over.load(Ordering::Relaxed),
+            released: counts.released.load(Ordering::Relaxed),
+            lost: counts.lost.load(Ordering::Relaxed),
+            heartbeat_failures: counts.heartbeat_failures.load(Ordering::Relaxed),
+            clock_offset_ms: inner.offset_ms.load(Ordering::Relaxed),
+        })
     }
 
     /// Held, not in doubt, and not being handed over: a run of a draining shard is the

@@ -104,6 +104,15 @@ fn leases(host: u128, rows: &[Row]) -> Vec<Lease> {
     out
 }
 
+/// What [`PostgresStore::claim_counted`] granted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimed {
+    /// The new leases.
+    pub leases: Vec<Lease>,
+    /// How many of them were another host's, whose lease had expired.
+    pub taken_over: u32,
+}
+
 /// One append of a batch ([`PostgresStore::append_batch`]).
 #[derive(Clone, Debug)]
 pub struct AppendRequest {
@@ -436,6 +445,17 @@ impl PostgresStore {
     /// # Errors
     /// Storage errors.
     pub async fn claim(&self, host: u128, ttl_ms: u64) -> Result<Vec<Lease>> {
+        self.claim_counted(host, ttl_ms)
+            .await
+            .map(|claimed| claimed.leases)
+    }
+
+    /// [`PostgresStore::claim`], saying how many of the new leases were taken over from
+    /// a host whose lease expired (the others nobody held).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn claim_counted(&self, host: u128, ttl_ms: u64) -> Result<Claimed> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -449,7 +469,7 @@ impl PostgresStore {
                      -- Its own lapsed shards are the heartbeat's to renew at the same
                      -- epoch (nobody else wrote meanwhile): claiming them again would
                      -- raise the epoch and fence its own appends in flight.
-                     SELECT shard FROM cairn_shards
+                     SELECT shard, owner FROM cairn_shards
                      WHERE (owner IS NULL OR expires_at < now()) AND owner IS DISTINCT FROM $1
                      ORDER BY shard
                      LIMIT GREATEST(0, ceil(($3::bigint)::numeric / (SELECT hosts FROM live))::bigint - (SELECT held FROM mine))
@@ -459,7 +479,7 @@ impl PostgresStore {
                  SET owner = $1, epoch = s.epoch + 1,
                      expires_at = now() + make_interval(secs => $2::bigint / 1000.0)
                  FROM free WHERE s.shard = free.shard
-                 RETURNING s.shard, s.epoch",
+                 RETURNING s.shard, s.epoch, free.owner IS NOT NULL",
                 &[
                     &Uuid::from_u128(host),
                     &db_i64(ttl_ms, "lease duration")?,
@@ -468,7 +488,11 @@ impl PostgresStore {
             )
             .await
             .map_err(|err| pg_error("claim shards", &err))?;
-        Ok(leases(host, &rows))
+        let taken_over = rows.iter().filter(|row| row.get::<_, bool>(2)).count();
+        Ok(Claimed {
+            leases: leases(host, &rows),
+            taken_over: u32::try_from(taken_over).unwrap_or(u32::MAX),
+        })
     }
 
     /// The leases `host` holds beyond its fair share (the highest shards first), to give

@@ -369,7 +369,9 @@ async fn hosts_share_the_shards_and_take_over_those_of_a_host_that_stops() {
     for lease in &surplus {
         assert!(store.release(*lease).await.unwrap());
     }
-    let taken = store.claim(b, 60_000).await.unwrap();
+    let given_back = store.claim_counted(b, 60_000).await.unwrap();
+    assert_eq!(given_back.taken_over, 0, "given back, not taken over");
+    let taken = given_back.leases;
     assert_eq!(taken.len(), SHARDS as usize / 2);
     let mine: std::collections::BTreeSet<u32> = taken.iter().map(|l| l.shard).collect();
     let given: std::collections::BTreeSet<u32> = surplus.iter().map(|l| l.shard).collect();
@@ -384,7 +386,9 @@ async fn hosts_share_the_shards_and_take_over_those_of_a_host_that_stops() {
     store.heartbeat(a, 100).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(store.heartbeat(b, 60_000).await.unwrap().len(), 128);
-    let rest = store.claim(b, 60_000).await.unwrap();
+    let rest = store.claim_counted(b, 60_000).await.unwrap();
+    assert_eq!(rest.taken_over, 128, "each one taken over from A");
+    let rest = rest.leases;
     assert_eq!(rest.len(), 128, "A's shards, expired");
     assert!(rest.iter().all(|l| l.epoch == 2));
     // A wakes up: it holds nothing any more, and learns it from its next heartbeat.
