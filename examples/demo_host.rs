@@ -334,7 +334,8 @@ fn main() -> std::process::ExitCode {
 async fn host() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let db = args.db.to_string_lossy();
-    let rt = if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+    let postgres = db.starts_with("postgres://") || db.starts_with("postgresql://");
+    let rt = if postgres {
         builder().open_postgres(&db).await?
     } else {
         builder().open(&args.db).await?
@@ -361,10 +362,15 @@ async fn host() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = &args.tokens_out {
         std::fs::write(path, serde_json::to_vec_pretty(&printed)?)?;
     }
-    let running = rt
-        .http_server(tokens)
-        // The dashboard's saved views, kept beside the database.
-        .views_file(args.db.with_extension("views.json"))?
+    let server = rt.http_server(tokens);
+    // The dashboard's saved views: beside a database file; a PostgreSQL database keeps
+    // them itself, for every host.
+    let server = if postgres {
+        server
+    } else {
+        server.views_file(args.db.with_extension("views.json"))?
+    };
+    let running = server
         .bind(std::net::SocketAddr::from(([127, 0, 0, 1], args.port)))
         .await?;
     println!("Dashboard: http://{}/", running.addr());

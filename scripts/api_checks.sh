@@ -2,7 +2,8 @@
 # The HTTP API and the dashboard from the outside, against the demo host
 # (examples/demo_host.rs) on 127.0.0.1:
 # 1. the dashboard end to end in real headless Chromium (tests/browser/dashboard.py);
-#    screenshots of each page go to target/dashboard-screenshots;
+#    screenshots of each page go to target/dashboard-screenshots; then the same on
+#    PostgreSQL (screenshots in target/dashboard-screenshots/postgres);
 # 2. the BPMN exported by the process map, parsed as BPMN modelling tools parse it
 #    (tests/bpmn/check.mjs with bpmn-moddle from npm, into target/npm);
 # 3. a schema-based fuzzer (schemathesis) against the served OpenAPI document, a bounded
@@ -35,6 +36,19 @@ host=target/debug/examples/demo_host
 echo "-- the dashboard in headless Chromium"
 rm -rf target/dashboard-screenshots
 "$py/bin/python" tests/browser/dashboard.py "$host" target/dashboard-screenshots
+
+echo "-- the dashboard again, on PostgreSQL (the demo host on a throwaway cluster)"
+# The same walk through with the demo host on an empty database of a throwaway cluster
+# (127.0.0.1 only, stopped when its stdin closes): the dashboard must work the same on
+# a shared store (saved views, for one, are kept in the database there).
+cargo build --locked -q -p cairn-testkit --bin throwaway-postgres
+coproc PG { ./target/debug/throwaway-postgres; }
+pg_in=${PG[1]}
+read -r pg_server <&"${PG[0]}"
+CAIRN_DEMO_DB="$pg_server/postgres" "$py/bin/python" tests/browser/dashboard.py "$host" \
+  target/dashboard-screenshots/postgres
+exec {pg_in}>&-
+wait "$PG_PID" 2>/dev/null || true
 
 echo "-- the mined BPMN opened as modelling tools open it (bpmn-moddle, the model layer of bpmn-js)"
 if [ ! -d target/npm/node_modules/bpmn-moddle ]; then

@@ -616,3 +616,80 @@ async fn a_test_on_virtual_time_skips_a_long_timer_on_postgres() {
     assert_eq!(slept, day);
     rt.shutdown().await;
 }
+
+/// The dashboard's saved views on PostgreSQL are kept in the database, so every host
+/// shows the same ones: views saved at once through two hosts all land (each change is
+/// made at the version it read, and again on what the other host wrote), and one deleted
+/// through one host is gone on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_views_are_kept_in_the_database_for_every_host() {
+    const OPERATOR: &str = "operator-token-0123456789abcdef";
+    let db = TestDb::new().await.unwrap();
+    let mut bases = Vec::new();
+    let mut hosts = Vec::new();
+    for _ in 0..2 {
+        let rt = builder()
+            .open_postgres_with(&db.url(), quick())
+            .await
+            .unwrap();
+        let mut tokens = cairn::server::Tokens::new();
+        tokens
+            .add(OPERATOR, Actor::new("olga", ["operator"]))
+            .unwrap();
+        let running = rt
+            .http_server(tokens)
+            .bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        bases.push(format!("http://{}/api/v1/views", running.addr()));
+        hosts.push((rt, running));
+    }
+    let http = reqwest::Client::new();
+    let save = |base: String, n: usize| {
+        let request = http
+            .post(base)
+            .bearer_auth(OPERATOR)
+            .header("content-type", "application/json")
+            .body(
+                serde_json::json!({ "name": format!("view {n}"), "query": "status=running" })
+                    .to_string(),
+            );
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 201, "{:?}", response.text().await);
+        }
+    };
+    futures::future::join_all((0..20).map(|n| save(bases[n % 2].clone(), n))).await;
+    let list = |base: &str| {
+        let request = http.get(base).bearer_auth(OPERATOR);
+        async move {
+            let bytes = request.send().await.unwrap().bytes().await.unwrap();
+            let views: Vec<serde_json::Value> = serde_json::from_slice(&bytes).unwrap();
+            let mut names: Vec<String> = views
+                .iter()
+                .map(|v| v["name"].as_str().unwrap().to_owned())
+                .collect();
+            names.sort();
+            (views, names)
+        }
+    };
+    let (on_a, names_a) = list(&bases[0]).await;
+    let (_, names_b) = list(&bases[1]).await;
+    assert_eq!(names_a.len(), 20, "{names_a:?}");
+    assert_eq!(names_a, names_b);
+    let gone = on_a[0]["id"].as_str().unwrap().to_owned();
+    let deleted = http
+        .delete(format!("{}/{gone}", bases[1]))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let (after, _) = list(&bases[0]).await;
+    assert_eq!(after.len(), 19);
+    assert!(after.iter().all(|v| v["id"] != gone.as_str()));
+    for (rt, running) in hosts {
+        running.stop().await;
+        rt.shutdown().await;
+    }
+}

@@ -2,8 +2,8 @@
 
     python3 tests/browser/dashboard.py <demo_host binary> <screenshot dir>
 
-It starts the demo host on a fresh file and a free port (no sample stream), and as a
-person would:
+It starts the demo host on a fresh file (or on the empty PostgreSQL database that
+CAIRN_DEMO_DB names) and a free port (no sample stream), and as a person would:
   1. signs in as the operator, opens the instance list, starts an order through the
      API, and sees it appear and move to `completed` without the page reloading;
   2. opens the order and finds its timeline (stock, payment, the warehouse wait,
@@ -41,8 +41,10 @@ HOST, SHOTS = sys.argv[1], sys.argv[2]
 os.makedirs(SHOTS, exist_ok=True)
 work = tempfile.mkdtemp(prefix="cairn-dashboard-")
 tokens_file = os.path.join(work, "tokens.json")
+# CAIRN_DEMO_DB: a PostgreSQL connection string to run the host on instead of a file.
+database = os.environ.get("CAIRN_DEMO_DB") or os.path.join(work, "demo.redb")
 host = subprocess.Popen(
-    [HOST, "--db", os.path.join(work, "demo.redb"), "--port", "0", "--quiet",
+    [HOST, "--db", database, "--port", "0", "--quiet",
      "--tokens-out", tokens_file],
     stdout=subprocess.PIPE, text=True)
 base = None

@@ -565,6 +565,34 @@ pub trait Journal: Send + Sync + 'static {
         None
     }
 
+    /// Shared value `name` and its version (0: never set), kept in the store for every
+    /// host sharing it (the dashboard's saved views); `Ok(None)` from a journal that keeps
+    /// no such values (the store of one host, which keeps them itself).
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn shared_value(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>> {
+        let _ = name;
+        Ok(None)
+    }
+
+    /// Sets shared value `name` to `value` if it is still at `version` (as
+    /// [`Journal::shared_value`] read it); `false`, with nothing written, if another host
+    /// changed it meanwhile.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] from a journal that keeps no shared values; storage
+    /// errors.
+    ///
+    /// # Durability
+    /// On `Ok(true)` the value is committed.
+    async fn put_shared_value(&self, name: &str, value: Vec<u8>, version: u64) -> Result<bool> {
+        let _ = (value, version);
+        Err(Error::InvalidArgument(format!(
+            "this journal keeps no shared values (`{name}`): its host keeps them itself"
+        )))
+    }
+
     /// Starts instance `id` with a `WorkflowStarted` event recording `actor`, or finds the
     /// existing one (`created == false`, nothing written): atomic and idempotent by id.
     ///

@@ -992,6 +992,17 @@ impl Journal for PostgresJournal {
         self.inner.commits.load(Ordering::SeqCst)
     }
 
+    async fn shared_value(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>> {
+        // Kept: a value never set reads as version 0.
+        Ok(Some(
+            self.store.shared_value(name).await?.unwrap_or_default(),
+        ))
+    }
+
+    async fn put_shared_value(&self, name: &str, value: Vec<u8>, version: u64) -> Result<bool> {
+        self.store.put_shared_value(name, &value, version).await
+    }
+
     async fn key_of(&self, id: &str) -> Result<Option<u128>> {
         self.store.key_of(id).await
     }

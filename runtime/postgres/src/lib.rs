@@ -520,6 +520,58 @@ impl PostgresStore {
         Ok(leases(host, &rows))
     }
 
+    /// Shared value `name` and its version (`None`: never set).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn shared_value(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT version, value FROM cairn_shared_values WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|err| pg_error("read a shared value", &err))?;
+        Ok(row.map(|row| {
+            (
+                u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+                row.get::<_, Vec<u8>>(1),
+            )
+        }))
+    }
+
+    /// Sets shared value `name` to `value` if it is still at `version` (0: never set);
+    /// `false`, with nothing written, if another host changed it meanwhile.
+    ///
+    /// # Errors
+    /// Storage errors.
+    ///
+    /// # Durability
+    /// On `Ok(true)` the value is committed.
+    pub async fn put_shared_value(&self, name: &str, value: &[u8], version: u64) -> Result<bool> {
+        let client = self.client().await?;
+        let written = if version == 0 {
+            client
+                .execute(
+                    "INSERT INTO cairn_shared_values (name, version, value) VALUES ($1, 1, $2)
+                     ON CONFLICT (name) DO NOTHING",
+                    &[&name, &value],
+                )
+                .await
+        } else {
+            client
+                .execute(
+                    "UPDATE cairn_shared_values SET version = version + 1, value = $2
+                     WHERE name = $1 AND version = $3",
+                    &[&name, &value, &db_i64(version, "version")?],
+                )
+                .await
+        }
+        .map_err(|err| pg_error("write a shared value", &err))?;
+        Ok(written == 1)
+    }
+
     /// The database's clock, ms since the Unix epoch.
     ///
     /// # Errors

@@ -10,7 +10,7 @@ use cairn_core::error::{Error, Result};
 use crate::{pg_error, SHARDS};
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Key of the advisory lock taken while migrating (any fixed number of Cairn's).
 const MIGRATION_LOCK: i64 = 0x6361_6972_6e00_0001;
@@ -165,8 +165,19 @@ ALTER TABLE cairn_outbox ADD COLUMN shard integer;
 CREATE INDEX cairn_outbox_due_by_shard ON cairn_outbox (shard, due_ms, id) WHERE due_ms IS NOT NULL;
 ";
 
+/// Version 6: values the hosts keep for all of them (the dashboard's saved views), each
+/// with a version that every change raises (a change is made only at the version its
+/// writer read).
+const V6: &str = "
+CREATE TABLE cairn_shared_values (
+    name text PRIMARY KEY,
+    version bigint NOT NULL,
+    value bytea NOT NULL
+);
+";
+
 /// The migrations, version `n` at index `n - 1`.
-const MIGRATIONS: [&str; 5] = [V1, V2, V3, V4, V5];
+const MIGRATIONS: [&str; 6] = [V1, V2, V3, V4, V5, V6];
 
 /// Brings the database to [`SCHEMA_VERSION`]; returns the version it found (0 for an
 /// empty database).

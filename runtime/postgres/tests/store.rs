@@ -406,12 +406,12 @@ async fn a_version_1_database_is_migrated_to_the_current_schema() {
         .await
         .unwrap();
     drop(store);
-    // As a build of schema 1 left it: without what versions 2 to 4 added.
+    // As a build of schema 1 left it: without what versions 2 to 6 added.
     raw(
         &db,
         "DROP TABLE cairn_hosts, cairn_attributes, cairn_parked, cairn_schedules, cairn_tasks,
              cairn_task_inbox, cairn_outbox, cairn_documents, cairn_counts, cairn_activity,
-             cairn_wakes",
+             cairn_wakes, cairn_shared_values",
     )
     .await;
     raw(&db, "ALTER TABLE cairn_runs DROP COLUMN child_ended").await;
@@ -422,6 +422,7 @@ async fn a_version_1_database_is_migrated_to_the_current_schema() {
     assert_eq!(version, SCHEMA_VERSION);
     assert!(store.key_of("kept-1").await.unwrap().is_some(), "data kept");
     store.heartbeat(1, 1_000).await.unwrap();
+    assert!(store.put_shared_value("views", b"[]", 0).await.unwrap());
     // The runs already there are counted by the migration.
     let tallies = store.tallies(0).await.unwrap();
     assert_eq!(
@@ -526,4 +527,25 @@ async fn a_due_notification_is_claimed_by_one_host_until_its_hold_lapses() {
         .await
         .unwrap();
     assert!(none.is_empty());
+}
+
+#[tokio::test]
+async fn a_shared_value_changes_only_at_the_version_its_writer_read() {
+    let db = TestDb::new().await.unwrap();
+    let store = PostgresStore::open(&db.url()).await.unwrap();
+    assert_eq!(store.shared_value("views").await.unwrap(), None);
+    assert!(store.put_shared_value("views", b"one", 0).await.unwrap());
+    // A second first write, and a write at a version already passed, change nothing.
+    assert!(!store.put_shared_value("views", b"other", 0).await.unwrap());
+    assert_eq!(
+        store.shared_value("views").await.unwrap(),
+        Some((1, b"one".to_vec()))
+    );
+    assert!(store.put_shared_value("views", b"two", 1).await.unwrap());
+    assert!(!store.put_shared_value("views", b"stale", 1).await.unwrap());
+    assert_eq!(
+        store.shared_value("views").await.unwrap(),
+        Some((2, b"two".to_vec()))
+    );
+    assert_eq!(store.shared_value("other").await.unwrap(), None);
 }

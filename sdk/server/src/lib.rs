@@ -228,7 +228,8 @@ impl Server {
     /// Keeps the dashboard's saved views in `path` (JSON, written on every change, a
     /// fresh file renamed over the old one), starting with the views it holds; without
     /// it, views last until the server stops. A host usually puts it beside its
-    /// database.
+    /// database. On a store shared by several hosts (PostgreSQL) views are kept in the
+    /// store for all of them and the file is not used.
     ///
     /// # Errors
     /// The file exists and cannot be read or is not a file of views (nothing is changed).

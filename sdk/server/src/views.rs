@@ -2,7 +2,10 @@
 //! dashboard's address), kept by the host and shared with roles.
 //!
 //! A view belongs to whoever saved it and is visible to them and to the roles it is
-//! shared with (only roles its owner holds). Views are kept in memory and, when the host
+//! shared with (only roles its owner holds). On a store shared by several hosts
+//! (PostgreSQL) views are kept in the store, so every host shows the same ones: each
+//! change is written at the version it read, and made again on what another host wrote
+//! meanwhile. On a store of one host (redb) they are kept in memory and, when the host
 //! names a file (`Server::views_file`), written to it on every change (a new file, then
 //! renamed over the old one), so they survive restarts.
 
@@ -19,6 +22,7 @@ use crate::api::{Body, PathArgs};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::AppState;
+use cairn_runtime::journal::Journal;
 
 type Shared = State<Arc<AppState>>;
 
@@ -62,11 +66,20 @@ pub(crate) struct NewView {
     roles: Vec<String>,
 }
 
-/// The views a host keeps, and the file they go to.
+/// The views a host keeps, and the file they go to (a store of one host).
 #[derive(Default)]
 pub(crate) struct Views {
     state: Mutex<(Option<PathBuf>, Vec<SavedView>)>,
+    /// Held through a change to views kept in the store: this host's changes wait for
+    /// each other instead of racing, so only other hosts' changes make one try again.
+    writing: tokio::sync::Mutex<()>,
 }
+
+/// Name of the shared value the views are kept in on a shared store.
+const SHARED_VIEWS: &str = "dashboard.views";
+
+/// Times a change is tried when other hosts keep changing the views under it.
+const SHARED_TRIES: usize = 16;
 
 impl Views {
     /// Keeps views in `path` from now on, starting with the ones it holds.
@@ -86,10 +99,70 @@ impl Views {
         Ok(())
     }
 
-    /// Applies `change` and writes the file; a change that cannot be written is undone.
-    fn change(
+    /// The views as the store keeps them, with their version; `None` when the store
+    /// keeps none (this host does).
+    async fn shared(journal: &dyn Journal) -> Result<Option<(u64, Vec<SavedView>)>, ApiError> {
+        let Some((version, bytes)) = journal.shared_value(SHARED_VIEWS).await? else {
+            return Ok(None);
+        };
+        if bytes.is_empty() {
+            return Ok(Some((version, Vec::new())));
+        }
+        let views = serde_json::from_slice(&bytes).map_err(|err| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "views_unreadable",
+                format!("the saved views in the store cannot be read: {err}"),
+            )
+        })?;
+        Ok(Some((version, views)))
+    }
+
+    /// Applies `change`: in the store when it keeps the views (again on what another
+    /// host wrote meanwhile), otherwise here and in the file; a change that cannot be
+    /// written is undone.
+    async fn change(
         &self,
-        change: impl FnOnce(&mut Vec<SavedView>) -> Result<(), ApiError>,
+        journal: &dyn Journal,
+        change: impl Fn(&mut Vec<SavedView>) -> Result<(), ApiError>,
+    ) -> Result<(), ApiError> {
+        let _writing = self.writing.lock().await;
+        for tried in 0..SHARED_TRIES {
+            if tried > 0 {
+                // Another host changed them meanwhile: let it finish, at a jittered pace
+                // so that hosts retrying together do not collide again.
+                let jitter = uuid::Uuid::new_v4().as_u128() % 20;
+                let pause = 5 * u64::from(u8::try_from(tried).unwrap_or(u8::MAX)) + jitter as u64;
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
+            let Some((version, mut views)) = Self::shared(journal).await? else {
+                return self.change_here(change);
+            };
+            change(&mut views)?;
+            let bytes = serde_json::to_vec(&views).map_err(|err| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "views_not_saved",
+                    err.to_string(),
+                )
+            })?;
+            if journal
+                .put_shared_value(SHARED_VIEWS, bytes, version)
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "views_busy",
+            "other hosts kept changing the saved views; try again",
+        ))
+    }
+
+    fn change_here(
+        &self,
+        change: impl Fn(&mut Vec<SavedView>) -> Result<(), ApiError>,
     ) -> Result<(), ApiError> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let before = state.1.clone();
@@ -110,14 +183,24 @@ impl Views {
         Ok(())
     }
 
-    fn visible_to(&self, actor: &cairn_runtime::task::Actor) -> Vec<SavedView> {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state
-            .1
-            .iter()
+    async fn visible_to(
+        &self,
+        journal: &dyn Journal,
+        actor: &cairn_runtime::task::Actor,
+    ) -> Result<Vec<SavedView>, ApiError> {
+        let views = match Self::shared(journal).await? {
+            Some((_, views)) => views,
+            None => self
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .1
+                .clone(),
+        };
+        Ok(views
+            .into_iter()
             .filter(|v| v.owner == actor.id || v.roles.iter().any(|r| actor.has_role(r)))
-            .cloned()
-            .collect()
+            .collect())
     }
 }
 
@@ -167,8 +250,11 @@ fn check_query(query: &str) -> Result<(), ApiError> {
 pub(crate) async fn list_views(
     State(state): Shared,
     Caller(actor): Caller,
-) -> Json<Vec<SavedView>> {
-    Json(state.views.visible_to(&actor))
+) -> Result<Json<Vec<SavedView>>, ApiError> {
+    let journal = state.engine.journal().clone();
+    Ok(Json(
+        state.views.visible_to(journal.as_ref(), &actor).await?,
+    ))
 }
 
 /// Saves a view of the instance list, shared with some of the caller's roles.
@@ -176,6 +262,7 @@ pub(crate) async fn list_views(
     security(("bearer" = [])),
     responses(
         (status = 201, description = "Saved", body = SavedView),
+        (status = 409, description = "Other hosts kept changing the views meanwhile: try again", body = ErrorBody),
         (status = 422, description = "A bad name or query, a role the caller does not hold, or too many views", body = ErrorBody)))]
 pub(crate) async fn create_view(
     State(state): Shared,
@@ -202,16 +289,19 @@ pub(crate) async fn create_view(
         owner: actor.id.clone(),
         created_at_ms: state.engine.now_ms(),
     };
-    let saved = view.clone();
-    state.views.change(move |views| {
-        if views.len() >= VIEWS_MAX {
-            return Err(unprocessable(&format!(
-                "this host keeps at most {VIEWS_MAX} views; delete some first"
-            )));
-        }
-        views.push(saved);
-        Ok(())
-    })?;
+    let journal = state.engine.journal().clone();
+    state
+        .views
+        .change(journal.as_ref(), |views| {
+            if views.len() >= VIEWS_MAX {
+                return Err(unprocessable(&format!(
+                    "at most {VIEWS_MAX} views are kept; delete some first"
+                )));
+            }
+            views.push(view.clone());
+            Ok(())
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -222,31 +312,36 @@ pub(crate) async fn create_view(
     responses(
         (status = 204, description = "Deleted"),
         (status = 403, description = "Not the view's owner", body = ErrorBody),
-        (status = 404, description = "No such view visible to the caller", body = ErrorBody)))]
+        (status = 404, description = "No such view visible to the caller", body = ErrorBody),
+        (status = 409, description = "Other hosts kept changing the views meanwhile: try again", body = ErrorBody)))]
 pub(crate) async fn delete_view(
     State(state): Shared,
     Caller(actor): Caller,
     PathArgs(id): PathArgs<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.views.change(|views| {
-        let Some(at) = views.iter().position(|v| {
-            v.id == id && (v.owner == actor.id || v.roles.iter().any(|r| actor.has_role(r)))
-        }) else {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "view_not_found",
-                "no such view visible to you",
-            ));
-        };
-        if views[at].owner != actor.id {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "not_the_owner",
-                "only the view's owner may delete it",
-            ));
-        }
-        views.remove(at);
-        Ok(())
-    })?;
+    let journal = state.engine.journal().clone();
+    state
+        .views
+        .change(journal.as_ref(), |views| {
+            let Some(at) = views.iter().position(|v| {
+                v.id == id && (v.owner == actor.id || v.roles.iter().any(|r| actor.has_role(r)))
+            }) else {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "view_not_found",
+                    "no such view visible to you",
+                ));
+            };
+            if views[at].owner != actor.id {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "not_the_owner",
+                    "only the view's owner may delete it",
+                ));
+            }
+            views.remove(at);
+            Ok(())
+        })
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
