@@ -241,6 +241,8 @@ impl RuntimeBuilder {
     /// sharing it, with [`PostgresOptions::default`](crate::store::PostgresOptions)
     /// (feature `postgres`). Cairn's tables are created on first open and migrated when
     /// older; this host claims its share of the instances and resumes those unfinished.
+    /// `?sslmode=verify-full&sslrootcert=/path/ca.pem` encrypts the connections and checks
+    /// the server's certificate (`docs/DEPLOYMENT.md`).
     ///
     /// ```no_run
     /// # use cairn::{workflow, Ctx, WorkflowError};
@@ -255,8 +257,10 @@ impl RuntimeBuilder {
     ///
     /// # Errors
     /// As [`RuntimeBuilder::open`]; [`Error::InvalidArgument`] for a string that is not a
-    /// connection string; [`Error::Open`] when the server cannot be reached, refuses the
-    /// login, or holds a newer Cairn schema (nothing is changed then).
+    /// connection string or TLS settings that cannot be used (an unknown `sslmode`, an
+    /// unreadable `sslrootcert`); [`Error::Open`] when the server cannot be reached,
+    /// refuses the login or the connection's encryption, presents a certificate that does
+    /// not check out, or holds a newer Cairn schema (nothing is changed then).
     #[cfg(feature = "postgres")]
     pub async fn open_postgres(self, url: &str) -> Result<Runtime, Error> {
         self.open_postgres_with(url, crate::store::PostgresOptions::default())

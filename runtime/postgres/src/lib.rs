@@ -31,6 +31,10 @@
 //!   new connection until it says committed or aborted, and only then answers or decides
 //!   the batch again. A deadlock or serialization conflict the server broke, or a
 //!   connection lost before `COMMIT`, is retried as a whole batch (nothing was written).
+//! - **TLS when asked, always verified.** `sslmode=require`, `verify-ca` or
+//!   `verify-full` encrypt every connection with rustls and check the server's
+//!   certificate and host name (against `sslrootcert`, or the public roots); the other
+//!   modes connect in the clear (`tls.rs`).
 //! - **LSNs** come from one sequence: unique and increasing per run, not gap-free and
 //!   not in commit order across runs (nothing needs that: `verify_chain` checks each
 //!   run's links).
@@ -42,6 +46,7 @@ mod journal;
 mod reader;
 mod reads;
 mod schema;
+mod tls;
 mod wakes;
 
 pub use journal::{PostgresJournal, PostgresOptions, BATCH_OPS_MAX};
@@ -135,6 +140,8 @@ pub struct PostgresStore {
     place: String,
     /// The connection settings, for connections outside the pool (`LISTEN`).
     config: tokio_postgres::Config,
+    /// In the clear or over TLS.
+    transport: tls::Transport,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -289,17 +296,17 @@ impl PostgresStore {
     /// # Errors
     /// As [`PostgresStore::open`].
     pub async fn open_with(url: &str, pool_size: usize) -> Result<Self> {
-        let config: tokio_postgres::Config = url.parse().map_err(|err| {
-            Error::InvalidArgument(format!("not a PostgreSQL connection string: {err}"))
-        })?;
+        let (config, transport) = tls::settings(url)?;
         let place = place_of(&config);
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &transport {
+            tls::Transport::Plain => Manager::from_config(config.clone(), NoTls, manager_config),
+            tls::Transport::Tls(tls) => {
+                Manager::from_config(config.clone(), tls.clone(), manager_config)
+            }
+        };
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(1))
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -312,14 +319,19 @@ impl PostgresStore {
             })?;
         let mut client = pool.get().await.map_err(|err| Error::Open {
             path: place.clone().into(),
-            message: format!("cannot connect: {err}"),
-            remedy: "Check that the server runs and listens there, and the user, password and database in the connection string.",
+            message: format!("cannot connect: {}", error_chain(&err)),
+            remedy: if transport.encrypted() {
+                "Check that the server runs and listens there, that it offers TLS with a certificate for that host name signed by a CA of `sslrootcert` (or a public one), and the user, password and database in the connection string."
+            } else {
+                "Check that the server runs and listens there, and the user, password and database in the connection string (a server that accepts only encrypted connections needs `sslmode=verify-full`)."
+            },
         })?;
         schema::migrate(&mut client, &place).await?;
         Ok(Self {
             pool,
             place,
             config,
+            transport,
         })
     }
 
@@ -964,6 +976,22 @@ impl PostgresStore {
 }
 
 /// `host:port/database` of a connection string, without user or password.
+/// An error and its sources, one after the other: a pool's error says "db error" and
+/// keeps the server's reason (or the TLS failure) in its source.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn place_of(config: &tokio_postgres::Config) -> String {
     let host = config
         .get_hosts()

@@ -124,35 +124,61 @@ impl PostgresStore {
     /// `()` to `nudges` per notification; returns when the connection ends or `nudges`
     /// is closed.
     pub(crate) async fn listen(&self, nudges: mpsc::UnboundedSender<()>) -> Result<()> {
-        let (client, mut connection) = self
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(|err| pg_error("open the listening connection", &err))?;
-        let driver = tokio::spawn(async move {
-            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(AsyncMessage::Notification(_)) => {
-                        if nudges.send(()).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(err) => {
-                        tracing::debug!(%err, "the listening connection ended");
+        match &self.transport {
+            crate::tls::Transport::Plain => {
+                let (client, connection) = self
+                    .config
+                    .connect(NoTls)
+                    .await
+                    .map_err(|err| pg_error("open the listening connection", &err))?;
+                listen_on(client, connection, nudges).await
+            }
+            crate::tls::Transport::Tls(tls) => {
+                let (client, connection) = self
+                    .config
+                    .connect(tls.clone())
+                    .await
+                    .map_err(|err| pg_error("open the listening connection", &err))?;
+                listen_on(client, connection, nudges).await
+            }
+        }
+    }
+}
+
+/// Sends `LISTEN` on `client` and forwards each notification of `connection` as a `()`
+/// to `nudges`, until the connection ends or `nudges` is closed.
+async fn listen_on<S, T>(
+    client: tokio_postgres::Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+    nudges: mpsc::UnboundedSender<()>,
+) -> Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(_)) => {
+                    if nudges.send(()).is_err() {
                         return;
                     }
                 }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::debug!(%err, "the listening connection ended");
+                    return;
+                }
             }
-        });
-        client
-            .batch_execute(&format!("LISTEN {CHANNEL}"))
-            .await
-            .map_err(|err| pg_error("listen for nudges", &err))?;
-        // The client keeps the connection open while the driver reads from it.
-        let _ = driver.await;
-        drop(client);
-        Ok(())
-    }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .await
+        .map_err(|err| pg_error("listen for nudges", &err))?;
+    // The client keeps the connection open while the driver reads from it.
+    let _ = driver.await;
+    drop(client);
+    Ok(())
 }

@@ -82,7 +82,20 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// A cluster of its own (not shared) that accepts only TLS connections, with the
+    /// server certificate `certificates` holds (see [`test_certificates`]).
+    ///
+    /// # Errors
+    /// As [`Cluster::shared`], and the certificate files cannot be written.
+    pub fn start_tls(certificates: &TestCertificates) -> Result<Self, String> {
+        Self::start_with(Some(certificates))
+    }
+
     fn start() -> Result<Self, String> {
+        Self::start_with(None)
+    }
+
+    fn start_with(tls: Option<&TestCertificates>) -> Result<Self, String> {
         let bin = bin_dir()?;
         let dir = std::env::temp_dir().join(format!("cairn-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).map_err(|err| format!("{}: {err}", dir.display()))?;
@@ -118,11 +131,43 @@ impl Cluster {
         } else {
             "-c fsync=off "
         };
-        let options = format!(
+        let mut options = format!(
             "-h 127.0.0.1 -p {} -k {} {fsync}-c max_connections=200",
             cluster.port,
             cluster.dir.display()
         );
+        if let Some(tls) = tls {
+            // Encrypted connections only: a plain one is refused by pg_hba.conf.
+            let (cert, key) = (
+                cluster.dir.join("server.crt"),
+                cluster.dir.join("server.key"),
+            );
+            let write = |path: &Path, text: &str| {
+                std::fs::write(path, text).map_err(|err| format!("{}: {err}", path.display()))
+            };
+            write(&cert, &tls.cert_pem)?;
+            write(&key, &tls.key_pem)?;
+            write(
+                &data.join("pg_hba.conf"),
+                "hostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\nlocal all all trust\n",
+            )?;
+            run(Command::new("chmod").arg("600").arg(&key), "chmod")?;
+            if let Some(user) = &cluster.run_as {
+                run(
+                    Command::new("chown")
+                        .arg(user)
+                        .arg(&cert)
+                        .arg(&key)
+                        .arg(data.join("pg_hba.conf")),
+                    "chown",
+                )?;
+            }
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            ));
+        }
         let log = cluster.dir.join("server.log");
         cluster.pg(
             "pg_ctl",
@@ -168,6 +213,47 @@ impl Cluster {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// A test certificate authority and a server certificate it signed, in PEM.
+#[derive(Clone, Debug)]
+pub struct TestCertificates {
+    /// The authority's certificate: what a client trusts (`sslrootcert`).
+    pub ca_pem: String,
+    /// The server's certificate, for `localhost` and 127.0.0.1.
+    pub cert_pem: String,
+    /// The server's private key.
+    pub key_pem: String,
+}
+
+/// A fresh certificate authority named `authority` and a server certificate it signed
+/// for `localhost` and 127.0.0.1.
+///
+/// # Errors
+/// Key generation or signing failed.
+pub fn test_certificates(authority: &str) -> Result<TestCertificates, String> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let failed = |err: rcgen::Error| format!("test certificates: {err}");
+    let ca_key = KeyPair::generate().map_err(failed)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, authority);
+    let ca_cert = ca.self_signed(&ca_key).map_err(failed)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().map_err(failed)?;
+    let mut server = CertificateParams::new(vec!["localhost".to_owned()]).map_err(failed)?;
+    server
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let cert = server.signed_by(&key, &issuer).map_err(failed)?;
+    Ok(TestCertificates {
+        ca_pem: ca_cert.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 fn run(command: &mut Command, what: &str) -> Result<(), String> {
