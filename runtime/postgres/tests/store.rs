@@ -549,3 +549,155 @@ async fn a_shared_value_changes_only_at_the_version_its_writer_read() {
     );
     assert_eq!(store.shared_value("other").await.unwrap(), None);
 }
+
+/// Full scans of the tables that grow with the instances (`pg_stat_user_tables`) made by
+/// `read`, run on a store of its own whose connection is closed before the counters are
+/// read (a server process reports its counts when it ends).
+async fn full_scans_of<F, Fut>(db: &TestDb, read: F) -> Vec<(String, i64)>
+where
+    F: FnOnce(PostgresStore) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    const GROWING: &str =
+        "('cairn_runs', 'cairn_attributes', 'cairn_tasks', 'cairn_task_inbox', 'cairn_events')";
+    let counts = || async {
+        // Only once no other connection to the database is left (its counts are in).
+        for _ in 0..200 {
+            let others: i64 = raw(
+                db,
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .await[0]
+                .get(0);
+            if others == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        raw(
+            db,
+            &format!(
+                "SELECT relname::text, coalesce(seq_scan, 0) FROM pg_stat_user_tables
+                 WHERE relname IN {GROWING} ORDER BY relname"
+            ),
+        )
+        .await
+        .iter()
+        .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1)))
+        .collect::<Vec<_>>()
+    };
+    let before = counts().await;
+    let store = PostgresStore::open_with(&db.url(), 1).await.unwrap();
+    read(store).await;
+    let after = counts().await;
+    after
+        .into_iter()
+        .zip(before)
+        .filter(|((_, now), (_, then))| now > then)
+        .map(|((table, now), (_, then))| (table, now - then))
+        .collect()
+}
+
+/// The queries of the instance list, the task inbox and a takeover read indexes, never a
+/// whole table, on a database of 20,000 runs (with an attribute each) and 5,000 open
+/// tasks: the planner, given the tables' statistics, picks an index for every one.
+#[tokio::test]
+async fn the_queries_read_indexes_not_whole_tables() {
+    use cairn_core::event::AttrValue;
+    use cairn_core::journal::{InstanceQuery, TaskQuery};
+    use cairn_core::task::Party;
+    let db = TestDb::new().await.unwrap();
+    drop(PostgresStore::open(&db.url()).await.unwrap());
+    let (client, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute(
+            "INSERT INTO cairn_runs (key, id, workflow_type, status, created_at_ms, updated_at_ms,
+             next_seq, head_lsn, head_hash, shard)
+         SELECT gen_random_uuid(), 'run-' || n, 'type-' || (n % 4), (n % 10 = 0)::int,
+             1700000000000 + n * 1000, 1700000000000 + n * 1000, 1, n,
+             decode(repeat('00', 32), 'hex'), n % 256
+         FROM generate_series(1, 20000) AS n;
+         INSERT INTO cairn_attributes (run, name, value, created_at_ms)
+         SELECT key, 'customer', convert_to('c-' || (head_lsn % 1000), 'UTF8'), created_at_ms
+         FROM cairn_runs;
+         INSERT INTO cairn_tasks (run, step, created_at_ms, workflow_type, name, row)
+         SELECT key, 1, created_at_ms, workflow_type, 'review', '\\x00'
+         FROM cairn_runs WHERE head_lsn <= 5000;
+         INSERT INTO cairn_task_inbox (party, created_at_ms, run, step)
+         SELECT 'role:clerk-' || (head_lsn % 50), created_at_ms, key, 1
+         FROM cairn_runs WHERE head_lsn <= 5000;
+         ANALYZE",
+        )
+        .await
+        .unwrap();
+    drop(client);
+    driver.await.unwrap().unwrap();
+    let page = |query: InstanceQuery| InstanceQuery { limit: 50, ..query };
+    let checks: Vec<(&str, InstanceQuery)> = vec![
+        ("all, newest page", page(InstanceQuery::default())),
+        (
+            "by type",
+            page(InstanceQuery {
+                workflow_type: Some("absent-type".into()),
+                ..InstanceQuery::default()
+            }),
+        ),
+        (
+            "by status",
+            page(InstanceQuery {
+                statuses: vec![InstanceStatus::Terminated],
+                ..InstanceQuery::default()
+            }),
+        ),
+        (
+            "by time",
+            page(InstanceQuery {
+                created_from_ms: Some(1_800_000_000_000),
+                ..InstanceQuery::default()
+            }),
+        ),
+        (
+            "by attribute",
+            page(InstanceQuery {
+                attributes: vec![("customer".into(), AttrValue::Text("nobody".into()))],
+                ..InstanceQuery::default()
+            }),
+        ),
+    ];
+    for (what, query) in checks {
+        let scans = full_scans_of(&db, |store| async move {
+            store.query(&query).await.unwrap();
+        })
+        .await;
+        assert!(scans.is_empty(), "{what}: full scans {scans:?}");
+    }
+    let scans = full_scans_of(&db, |store| async move {
+        let query = TaskQuery {
+            parties: vec![Party::Role("nobody".into())],
+            limit: 50,
+            ..TaskQuery::default()
+        };
+        store.tasks(&query).await.unwrap();
+    })
+    .await;
+    assert!(scans.is_empty(), "open tasks by role: full scans {scans:?}");
+    let scans = full_scans_of(&db, |store| async move {
+        let running = store.running(Some(&[3])).await.unwrap();
+        assert!(!running.is_empty());
+    })
+    .await;
+    assert!(
+        scans.is_empty(),
+        "running runs of a shard: full scans {scans:?}"
+    );
+    // And the counters do see a full scan where one is made.
+    let scans = full_scans_of(&db, |store| async move {
+        store.invariants().await.unwrap();
+    })
+    .await;
+    assert!(!scans.is_empty(), "the check reads everything: {scans:?}");
+}
