@@ -486,10 +486,13 @@ impl WorkflowContext {
     }
 
     /// Stops the instance with `err` (it is parked and nothing more is appended) and
-    /// never resolves: the engine drops the workflow future at its next poll check.
-    pub async fn abort<T>(&self, err: Error) -> T {
+    /// never resolves: the engine drops the workflow future at its next poll check. The
+    /// stop is set when this is called; the future only parks the caller (an empty one:
+    /// every step's future has several of these await points, and an error held in
+    /// each would make it larger for a path it rarely takes).
+    pub fn abort<T>(&self, err: Error) -> std::future::Pending<T> {
         self.set_stop(Stop::Fatal(err));
-        std::future::pending().await
+        std::future::pending()
     }
 
     fn set_stop(&self, stop: Stop) {
@@ -578,15 +581,23 @@ impl WorkflowContext {
     /// it finishes (a `select!` it lost, the rest of a `try_join!` after an error), the
     /// step is recorded as abandoned, so replay never lets it win or run again. Dropping
     /// the whole run (eviction, a stop, shutdown) abandons nothing.
-    async fn live<T>(&self, step: StepNo, work: impl Future<Output = T>) -> T {
+    fn live<'a, T: 'a>(
+        &'a self,
+        step: StepNo,
+        work: impl Future<Output = T> + 'a,
+    ) -> impl Future<Output = T> + 'a {
+        use futures::FutureExt as _;
         let guard = LiveGuard {
             ctx: self,
             step,
             armed: true,
         };
-        let out = work.await;
-        guard.finish();
-        out
+        // A combinator polls `work` in place: an `async fn` kept it twice, as its
+        // argument and as the future it awaited (the step's whole state, boxed per step).
+        work.map(move |out| {
+            guard.finish();
+            out
+        })
     }
 
     /// Keeps the run in memory until the guard is dropped.
@@ -764,7 +775,9 @@ impl WorkflowContext {
             let left =
                 activity::remaining_backoff(due_ms, now_ms, failed_attempts, &options.retry);
             if !left.is_zero() {
-                self.backoff(left, step, name, failed_attempts, None).await?;
+                // Boxed: a rare path whose timer and select would otherwise sit in every
+                // step's future.
+                Box::pin(self.backoff(left, step, name, failed_attempts, None)).await?;
             }
         }
         let mut number = failed_attempts + 1;
@@ -885,7 +898,7 @@ impl WorkflowContext {
                     if let Err(err) = self.append(record).await {
                         return self.abort(err).await;
                     }
-                    self.backoff(backoff, step, name, number, Some(held)).await?;
+                    Box::pin(self.backoff(backoff, step, name, number, Some(held))).await?;
                     number += 1;
                 }
                 AfterAttempt::Failed { record, failure } => {
