@@ -53,7 +53,9 @@ coproc PG { ./target/debug/throwaway-postgres; }
 pg_in=${PG[1]}
 trap 'exec {pg_in}>&- 2>/dev/null || true' EXIT
 read -r pg_server <&"${PG[0]}"
-CAIRN_TEST_STORE="$pg_server" cargo test -p cairn --features postgres --locked \
+# Through the workspace, whose build already has `cairn` with `postgres` (the root crate
+# enables it): the first pass's test binaries are run again, not rebuilt.
+CAIRN_TEST_STORE="$pg_server" cargo test --workspace --locked \
   $(printf -- '--test %s ' "${PG_SUITES[@]}")
 exec {pg_in}>&-
 wait "$PG_PID" 2>/dev/null || true
