@@ -586,6 +586,10 @@ pub trait Journal: Send + Sync + 'static {
     ///
     /// # Durability
     /// On `Ok(true)` the value is committed.
+    ///
+    /// # Cancel safety
+    /// Dropped before it resolves, the value was written whole or not at all;
+    /// [`Journal::shared_value`] says which.
     async fn put_shared_value(&self, name: &str, value: Vec<u8>, version: u64) -> Result<bool> {
         let _ = (value, version);
         Err(Error::InvalidArgument(format!(

@@ -612,6 +612,7 @@ async fn refresh_leases(store: &PostgresStore, inner: &Inner) -> Result<(Vec<u32
             }
         }
     }
+    // Held before, not renewed now and not given back: another host took it.
     let taken = before
         .iter()
         .filter(|shard| !now.contains_key(shard) && !drained.iter().any(|d| d.shard == **shard))
@@ -630,7 +631,7 @@ async fn refresh_leases(store: &PostgresStore, inner: &Inner) -> Result<(Vec<u32
         .claimed_free
         .fetch_add(granted.saturating_sub(taken_over), Ordering::Relaxed);
     now.extend(claimed.leases.into_iter().map(|lease| (lease.shard, lease)));
-    let lost = !drained.is_empty() || before.iter().any(|shard| !now.contains_key(shard));
+    let lost = !drained.is_empty() || taken > 0;
     let gained: Vec<u32> = now
         .keys()
         .copied()

@@ -561,6 +561,10 @@ impl PostgresStore {
     ///
     /// # Durability
     /// On `Ok(true)` the value is committed.
+    ///
+    /// # Cancel safety
+    /// One statement: dropped before it resolves, the value was written whole or not at
+    /// all; [`PostgresStore::shared_value`] says which.
     pub async fn put_shared_value(&self, name: &str, value: &[u8], version: u64) -> Result<bool> {
         let client = self.client().await?;
         let written = if version == 0 {
@@ -975,7 +979,6 @@ impl PostgresStore {
     }
 }
 
-/// `host:port/database` of a connection string, without user or password.
 /// An error and its sources, one after the other: a pool's error says "db error" and
 /// keeps the server's reason (or the TLS failure) in its source.
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -992,6 +995,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// `host:port/database` of a connection string, without user or password.
 fn place_of(config: &tokio_postgres::Config) -> String {
     let host = config
         .get_hosts()

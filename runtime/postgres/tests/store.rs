@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::future::Future;
 use std::sync::Arc;
 
 use cairn_core::codec::Payload;
@@ -548,6 +549,29 @@ async fn a_shared_value_changes_only_at_the_version_its_writer_read() {
         Some((2, b"two".to_vec()))
     );
     assert_eq!(store.shared_value("other").await.unwrap(), None);
+    // A write dropped after its first poll lands whole or not at all, and the next
+    // write at the version read then lands.
+    {
+        let mut dropped = Box::pin(store.put_shared_value("views", b"three", 2));
+        let waker = futures::task::noop_waker();
+        let _ = dropped
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker));
+    }
+    let (version, value) = store.shared_value("views").await.unwrap().unwrap();
+    match version {
+        2 => assert_eq!(value, b"two"),
+        3 => assert_eq!(value, b"three"),
+        other => panic!("version {other}"),
+    }
+    assert!(store
+        .put_shared_value("views", b"four", version)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.shared_value("views").await.unwrap(),
+        Some((version + 1, b"four".to_vec()))
+    );
 }
 
 /// Full scans of the tables that grow with the instances (`pg_stat_user_tables`) made by

@@ -132,8 +132,11 @@ impl Views {
                 // Another host changed them meanwhile: let it finish, at a jittered pace
                 // so that hosts retrying together do not collide again.
                 let jitter = uuid::Uuid::new_v4().as_u128() % 20;
-                let pause = 5 * u64::from(u8::try_from(tried).unwrap_or(u8::MAX)) + jitter as u64;
-                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                let pause = 5 * tried as u128 + jitter;
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    u64::try_from(pause).unwrap_or(u64::MAX),
+                ))
+                .await;
             }
             let Some((version, mut views)) = Self::shared(journal).await? else {
                 return self.change_here(change);
