@@ -926,6 +926,9 @@ function periodLabel(ms, bucketMs) {
 
 async function renderReport(type, params) {
   setActive("reports");
+  // At once, so the page left behind is never shown under the Reports tab while the
+  // types are read.
+  fill(main, h("h1", {}, "Reports"), h("p", { class: "muted" }, "Reading the recorded histories…"));
   let types = [];
   try { types = (await api("GET", "/api/v1/overview")).by_type.map((r) => r.workflow_type); } catch (err) { fill(main, errorBox(err)); return; }
   if (!type) {
