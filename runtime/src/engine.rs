@@ -40,6 +40,7 @@ use cairn_core::journal::{
     verify_history, Attachment, Carried, CarriedSignal, CommitListener, Committed, Cursor, Expect,
     Handover, InstanceQuery, Journal, Suspension, Tallies,
 };
+use cairn_core::keymap::KeyMap;
 
 /// Longest user id accepted, in bytes.
 pub const INSTANCE_ID_BYTES_MAX: usize = 256;
@@ -214,7 +215,7 @@ pub(crate) struct Shared {
     pub(crate) codec: Arc<dyn Codec>,
     pub(crate) clock: Arc<dyn Clock>,
     workflows: Arc<HashMap<String, WorkflowFactory>>,
-    active: Mutex<HashMap<u128, Active>>,
+    active: Mutex<KeyMap<Active>>,
     parked: Mutex<HashMap<u128, Error>>,
     /// What the `parked` index holds (code and reason by key), kept by the commit path:
     /// parking is recorded once per reason, and an instance parked by an earlier host
@@ -428,7 +429,7 @@ impl EngineBuilder {
             codec: self.codec,
             clock: self.clock,
             workflows: Arc::new(self.workflows),
-            active: Mutex::new(HashMap::new()),
+            active: Mutex::new(KeyMap::default()),
             parked: Mutex::new(HashMap::new()),
             recorded_parked: Mutex::new(recorded_parked),
             applied: watch::channel(0).0,
@@ -1938,7 +1939,7 @@ fn apply_effects(shared: &Arc<Shared>, effects: &[Committed]) {
     let mut outbox_changed = false;
     // A continued run's number follows its start in the same commit; its run needs it
     // from the start (activity keys).
-    let runs: HashMap<u128, u32> = effects
+    let runs: KeyMap<u32> = effects
         .iter()
         .filter_map(|effect| match effect {
             Committed::Event {
@@ -2075,7 +2076,7 @@ struct CommittedEvent {
 /// eviction in progress either sees the change or is woken by it.
 fn apply_event(
     shared: &Arc<Shared>,
-    active: &mut HashMap<u128, Active>,
+    active: &mut KeyMap<Active>,
     event: CommittedEvent,
     kind: Option<&EventKind>,
     actor: Option<&Actor>,
@@ -2205,12 +2206,7 @@ fn park(shared: &Shared, key: u128, err: Error) {
 
 /// Holding the map's lock across the spawn makes the entry exist before anyone can look
 /// for it, and makes "dormant -> running" one step for signals and evictions alike.
-fn spawn_locked(
-    shared: &Arc<Shared>,
-    active: &mut HashMap<u128, Active>,
-    key: u128,
-    resume: Resume,
-) {
+fn spawn_locked(shared: &Arc<Shared>, active: &mut KeyMap<Active>, key: u128, resume: Resume) {
     let entry = active.entry(key).or_insert_with(Active::dormant);
     if matches!(entry.driver, Driver::Running(_)) {
         return;
@@ -2264,7 +2260,7 @@ fn wake(shared: &Arc<Shared>, key: u128) {
 /// the entry dormant (and is woken here).
 fn deliver_locked(
     shared: &Arc<Shared>,
-    active: &mut HashMap<u128, Active>,
+    active: &mut KeyMap<Active>,
     key: u128,
     put: impl FnOnce(&Inbox),
 ) {

@@ -22,6 +22,7 @@ pub mod document;
 pub mod error;
 pub mod event;
 pub mod journal;
+pub mod keymap;
 pub mod notify;
 pub mod policy;
 pub mod replay;

@@ -3,7 +3,7 @@
 //! with `Durability::Immediate`, and only then answers each request. Many instances thus
 //! share one fsync, and a step is never acknowledged before it is durable.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::thread::JoinHandle;
@@ -26,6 +26,7 @@ use cairn_core::commit::{plan_event, TaskIndexChange};
 use cairn_core::journal::{
     Appended, Carried, CommitListener, Committed, Expect, Started, TimeSource,
 };
+use cairn_core::keymap::{KeyMap, KeySet};
 use cairn_core::task::Actor;
 
 use crate::outbox::OutboxWrite;
@@ -149,11 +150,11 @@ impl Writer {
             effects: Vec::new(),
             schedules,
             parked,
-            heads: HashMap::new(),
-            attributes: HashMap::new(),
-            attributes_touched: HashSet::new(),
+            heads: KeyMap::default(),
+            attributes: KeyMap::default(),
+            attributes_touched: KeySet::default(),
             suspended_in_batch: Vec::new(),
-            children_ended: HashSet::new(),
+            children_ended: KeySet::default(),
             next_lsn,
             failed: None,
         };
@@ -381,14 +382,14 @@ struct WriterLoop {
     /// The stored schedules, as of the last commit and the current batch.
     schedules: HashMap<String, ScheduleRow>,
     /// Instances the `parked` index holds: their next event clears their entry.
-    parked: HashSet<u128>,
+    parked: KeySet,
     /// Rows of the instances this writer has touched. The writer is the only one that
     /// writes rows, so its copy is the truth; finished instances are dropped from it.
-    heads: HashMap<u128, InstanceRow>,
+    heads: KeyMap<InstanceRow>,
     /// Search attributes of running instances that set some, for the same reason.
-    attributes: HashMap<u128, Attributes>,
+    attributes: KeyMap<Attributes>,
     /// Instances whose attributes the current batch changed.
-    attributes_touched: HashSet<u128>,
+    attributes_touched: KeySet,
     /// Instances evicted in the current batch: their rows leave `heads` after the commit,
     /// so a host with many sleeping instances does not keep all their rows in memory.
     suspended_in_batch: Vec<u128>,
@@ -397,7 +398,7 @@ struct WriterLoop {
     /// the child ended and committed after the child's terminal commit cleared the
     /// parent's hint, which would set the hint again with nothing left to wake it after a
     /// restart. The parent's next event (its `ChildCompleted`) takes it out.
-    children_ended: HashSet<u128>,
+    children_ended: KeySet,
     next_lsn: u64,
     /// Set after a failed commit: the writer then refuses everything until the runtime is
     /// reopened, because after a failed fsync the file's state is unknown and retrying
@@ -411,7 +412,14 @@ impl WriterLoop {
         let mut replies = Vec::new();
         while self.queue.take(&mut commands, BATCH_REQUESTS_MAX) {
             let mut batch = WriteBatch::default();
-            let mut touched: HashSet<u128> = HashSet::new();
+            // Most commands append one event: sized once instead of grown by doubling
+            // (the effects are large, and move to the listener with every commit).
+            batch.events.reserve(commands.len());
+            self.effects.reserve(commands.len());
+            // Sized for the batch: growing it one rehash at a time was a visible part of
+            // the writer's time at a thousand instances per commit.
+            let mut touched =
+                KeySet::with_capacity_and_hasher(commands.len(), cairn_core::keymap::KeyHash);
             let mut new_ids: HashMap<String, u128> = HashMap::new();
             let now = (self.now_ms)();
             for command in commands.drain(..) {
@@ -504,7 +512,8 @@ impl WriterLoop {
         self.failed = Some(err);
     }
 
-    fn finish_batch(&mut self, batch: &mut WriteBatch, touched: &HashSet<u128>) -> Result<()> {
+    fn finish_batch(&mut self, batch: &mut WriteBatch, touched: &KeySet) -> Result<()> {
+        batch.rows.reserve(touched.len());
         for key in touched {
             if let Some(row) = self.heads.get(key) {
                 batch.rows.push((*key, encode_row(row)?));
@@ -521,12 +530,7 @@ impl WriterLoop {
     /// A child that ends must wake its parent after a restart too: the parent's
     /// suspension hint is cleared in the same commit, so a host that stops before the
     /// parent records the outcome replays the parent at start.
-    fn wake_parent_hint(
-        &mut self,
-        child: u128,
-        batch: &mut WriteBatch,
-        touched: &mut HashSet<u128>,
-    ) {
+    fn wake_parent_hint(&mut self, child: u128, batch: &mut WriteBatch, touched: &mut KeySet) {
         let Some(parent) = self.heads.get(&child).and_then(|row| row.parent) else {
             return;
         };
@@ -551,7 +555,7 @@ impl WriterLoop {
         expected_next_seq: u64,
         wake_at_ms: Option<u64>,
         batch: &mut WriteBatch,
-        touched: &mut HashSet<u128>,
+        touched: &mut KeySet,
     ) -> Result<bool> {
         if self.children_ended.contains(&key) {
             return Ok(false);
@@ -574,7 +578,7 @@ impl WriterLoop {
         carried: Carried,
         now: u64,
         batch: &mut WriteBatch,
-        touched: &mut HashSet<u128>,
+        touched: &mut KeySet,
     ) -> Result<Option<u128>> {
         let row = self.head(key)?.clone();
         if row.status.is_finished() {
@@ -723,7 +727,7 @@ impl WriterLoop {
         command: Command,
         now: u64,
         batch: &mut WriteBatch,
-        touched: &mut HashSet<u128>,
+        touched: &mut KeySet,
         new_ids: &mut HashMap<String, u128>,
         replies: &mut Vec<Reply>,
     ) {
@@ -955,9 +959,17 @@ impl WriterLoop {
                 "the log has used every sequence number up to {lsn}; it cannot take another event"
             )))
         })?;
+        // Only the events that enter or leave the query indexes need the type: a clone
+        // per step was an allocation on the writer's thread for nothing.
+        let indexed = matches!(kind, EventKind::WorkflowStarted { .. })
+            || InstanceStatus::ended_by(&kind).is_some();
         let row = self.head(key)?;
         let created_at_ms = row.created_at_ms;
-        let workflow_type = row.workflow_type.clone();
+        let workflow_type = if indexed {
+            row.workflow_type.clone()
+        } else {
+            String::new()
+        };
         // Encoded before anything changes, so a failure leaves row and batch untouched.
         let cleared_suspension = match row.suspended {
             Some(_) => Some(encode_suspension(None)?),
