@@ -554,8 +554,18 @@ impl WorkflowContext {
     fn record(&self, kind: EventKind) -> impl Future<Output = ()> + '_ {
         let appended = self.append(kind);
         async move {
-            if let Err(err) = appended.await {
-                return self.abort(err).await;
+            // The result is consumed in a statement of its own: a `Result` matched in an
+            // `if let` around an await would be kept in this future (every step's) for
+            // the whole await.
+            let failed = match appended.await {
+                Ok(()) => false,
+                Err(err) => {
+                    self.set_stop(Stop::Fatal(err));
+                    true
+                }
+            };
+            if failed {
+                return std::future::pending().await;
             }
             self.settle().await;
         }
@@ -755,6 +765,9 @@ impl WorkflowContext {
                 deadline_ms,
             } => (failed_attempts, deadline_ms),
         };
+        // Borrowed by the step's work rather than moved into it: the payload is then
+        // kept once in the step's future, not twice.
+        let input = &input;
         self.live(step, async move {
         if let Some(reason) = self.take_cancel(step, StepKind::Activity, name).await {
             return Err(ActivityFailure::cancelled(
@@ -790,123 +803,140 @@ impl WorkflowContext {
                     return std::future::pending().await;
                 }
             }
-            let ctx = ActivityContext {
-                instance_id: self.instance_id().to_owned(),
-                workflow_type: self.workflow_type().to_owned(),
-                activity: name.to_owned(),
-                step,
-                attempt: number,
-                run: self.inner.history.run,
-                app: self
-                    .inner
-                    .host
-                    .as_ref()
-                    .map(|host| host.app_state())
-                    .unwrap_or_default(),
-            };
             // Virtual time does not skip while an attempt runs or its outcome is being
             // recorded (see `Clock::hold`); a retry releases it once its backoff is set.
             let held = self.inner.clock.hold();
-            // Its own task: an activity that blocks its thread cannot keep this run from
-            // seeing its deadline or a cancellation, and one that outlives them is aborted.
-            let began = std::time::Instant::now();
-            let span = tracing::info_span!(
-                "cairn.activity",
-                instance = %ctx.instance_id,
-                workflow_type = %ctx.workflow_type,
-                step,
-                activity = name,
-                attempt = number,
-                outcome = tracing::field::Empty,
-            );
-            let mut running = AbortOnDrop(tokio::spawn(
-                AssertUnwindSafe(attempt(ctx, &input))
-                    .catch_unwind()
-                    .instrument(span.clone()),
-            ));
-            let deadline_ms = self
-                .inner
-                .clock
-                .now_ms()
-                .saturating_add(millis(options.start_to_close));
-            let mut deadline = self.inner.clock.sleep_until(deadline_ms);
-            // A cancellation abandons the attempt in flight (the activity may have had
-            // part of its effect; its idempotency key lets compensation find it).
-            let finished = loop {
-                // In this order, without drawing a random number per poll: a result
-                // that is in counts even if the deadline passed in the same instant.
-                tokio::select! {
-                    biased;
-                    joined = &mut running.0 => break Some(joined),
-                    () = &mut deadline => break None,
-                    () = self.cancel_requested() => {
-                        if let Some(reason) = self.take_cancel(step, StepKind::Activity, name).await {
-                            return Err(ActivityFailure::cancelled(name, step, number, &reason));
+            // In a block: what only the attempt needs (its context, its span, the
+            // deadline, the join result) is gone before the outcome is recorded, so it
+            // takes no room in the step's future at the record's await. The step's
+            // future is boxed per step, and every byte over glibc's 1 KiB fast size
+            // makes that allocation a slow one.
+            let (record, next) = {
+                let began = std::time::Instant::now();
+                let (span, mut running) = {
+                    let ctx = ActivityContext {
+                        instance_id: self.instance_id().to_owned(),
+                        workflow_type: self.workflow_type().to_owned(),
+                        activity: name.to_owned(),
+                        step,
+                        attempt: number,
+                        run: self.inner.history.run,
+                        app: self
+                            .inner
+                            .host
+                            .as_ref()
+                            .map(|host| host.app_state())
+                            .unwrap_or_default(),
+                    };
+                    let span = tracing::info_span!(
+                        "cairn.activity",
+                        instance = %ctx.instance_id,
+                        workflow_type = %ctx.workflow_type,
+                        step,
+                        activity = name,
+                        attempt = number,
+                        outcome = tracing::field::Empty,
+                    );
+                    // Its own task: an activity that blocks its thread cannot keep this
+                    // run from seeing its deadline or a cancellation, and one that
+                    // outlives them is aborted.
+                    let running = AbortOnDrop(tokio::spawn(
+                        AssertUnwindSafe(attempt(ctx, input))
+                            .catch_unwind()
+                            .instrument(span.clone()),
+                    ));
+                    (span, running)
+                };
+                let deadline_ms = self
+                    .inner
+                    .clock
+                    .now_ms()
+                    .saturating_add(millis(options.start_to_close));
+                let mut deadline = self.inner.clock.sleep_until(deadline_ms);
+                // A cancellation abandons the attempt in flight (the activity may have had
+                // part of its effect; its idempotency key lets compensation find it).
+                let finished = loop {
+                    // In this order, without drawing a random number per poll: a result
+                    // that is in counts even if the deadline passed in the same instant.
+                    tokio::select! {
+                        biased;
+                        joined = &mut running.0 => break Some(joined),
+                        () = &mut deadline => break None,
+                        () = self.cancel_requested() => {
+                            if let Some(reason) = self.take_cancel(step, StepKind::Activity, name).await {
+                                return Err(ActivityFailure::cancelled(name, step, number, &reason));
+                            }
                         }
                     }
+                };
+                // Gone before the hold is: a test skipping time must not meet this deadline.
+                drop(deadline);
+                drop(running);
+                let result = match finished {
+                    None => Err(ActivityError::retryable(format!(
+                        "attempt exceeded its start-to-close timeout of {:?}",
+                        options.start_to_close
+                    ))
+                    .with_kind("timeout")),
+                    Some(Ok(Err(panic))) => Err(ActivityError::retryable(format!(
+                        "activity panicked: {}",
+                        crate::error::panic_message(&panic)
+                    ))
+                    .with_kind("panic")),
+                    Some(Ok(Ok(result))) => result,
+                    // Panics are caught inside the task; this is its abort at shutdown.
+                    Some(Err(join)) => Err(ActivityError::retryable(format!(
+                        "the attempt's task ended without a result: {join}"
+                    ))
+                    .with_kind("aborted")),
+                };
+                let call = activity::Call {
+                    step,
+                    name,
+                    input,
+                    retry: &options.retry,
+                };
+                let after = activity::after_attempt(call, number, result);
+                let outcome = match &after {
+                    AfterAttempt::Completed { .. } => "completed",
+                    AfterAttempt::Retry { .. } => "retried",
+                    AfterAttempt::Failed { .. } => "failed",
+                };
+                span.record("outcome", outcome);
+                self.observe(Observation::Attempt {
+                    workflow_type: self.workflow_type(),
+                    activity: name,
+                    outcome,
+                    seconds: began.elapsed().as_secs_f64(),
+                });
+                match after {
+                    AfterAttempt::Completed { record, output } => (record, Next::Completed(output)),
+                    AfterAttempt::Failed { record, failure } => {
+                        (record, Next::Failed(Box::new(failure)))
+                    }
+                    AfterAttempt::Retry { record, backoff } => (record, Next::Retry(backoff)),
                 }
             };
-            // Gone before the hold is: a test skipping time must not meet this deadline.
-            drop(deadline);
-            drop(running);
-            let result = match finished {
-                None => Err(ActivityError::retryable(format!(
-                    "attempt exceeded its start-to-close timeout of {:?}",
-                    options.start_to_close
-                ))
-                .with_kind("timeout")),
-                Some(Ok(Err(panic))) => Err(ActivityError::retryable(format!(
-                    "activity panicked: {}",
-                    crate::error::panic_message(&panic)
-                ))
-                .with_kind("panic")),
-                Some(Ok(Ok(result))) => result,
-                // Panics are caught inside the task; this is its abort at shutdown.
-                Some(Err(join)) => Err(ActivityError::retryable(format!(
-                    "the attempt's task ended without a result: {join}"
-                ))
-                .with_kind("aborted")),
-            };
-            let call = activity::Call {
-                step,
-                name,
-                input: &input,
-                retry: &options.retry,
-            };
-            let after = activity::after_attempt(call, number, result);
-            let outcome = match &after {
-                AfterAttempt::Completed { .. } => "completed",
-                AfterAttempt::Retry { .. } => "retried",
-                AfterAttempt::Failed { .. } => "failed",
-            };
-            span.record("outcome", outcome);
-            self.observe(Observation::Attempt {
-                workflow_type: self.workflow_type(),
-                activity: name,
-                outcome,
-                seconds: began.elapsed().as_secs_f64(),
-            });
-            match after {
-                AfterAttempt::Completed { record, output } => {
+            match next {
+                Next::Completed(output) => {
                     // The append holds the run busy itself until the outcome is durable.
                     drop(busy);
                     self.record(record).await;
                     drop(held);
                     return Ok(output);
                 }
-                AfterAttempt::Retry { record, backoff } => {
+                Next::Failed(failure) => {
+                    drop(busy);
+                    self.record(record).await;
+                    drop(held);
+                    return Err(*failure);
+                }
+                Next::Retry(backoff) => {
                     if let Err(err) = self.append(record).await {
                         return self.abort(err).await;
                     }
                     Box::pin(self.backoff(backoff, step, name, number, Some(held))).await?;
                     number += 1;
-                }
-                AfterAttempt::Failed { record, failure } => {
-                    // The append holds the run busy itself until the outcome is durable.
-                    drop(busy);
-                    self.record(record).await;
-                    drop(held);
-                    return Err(failure);
                 }
             }
         }
@@ -1672,6 +1702,17 @@ impl WorkflowContext {
 /// Whole milliseconds of `duration`, saturating.
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What an activity step does once an attempt's outcome is recorded.
+enum Next {
+    /// Returns the output to the workflow.
+    Completed(Payload),
+    /// Returns the failure to the workflow (boxed: a rare path, and kept small in every
+    /// step's future).
+    Failed(Box<ActivityFailure>),
+    /// Waits this long, then makes the next attempt.
+    Retry(Duration),
 }
 
 /// Aborts an activity attempt's task when the step stops waiting for it.

@@ -625,14 +625,17 @@ impl<A: Activity> ActivityCall<A> {
     fn start(&mut self) -> BoxFuture<'static, Result<A::Output, ActivityFailure>> {
         let ctx = self.ctx.clone();
         let step = self.step;
-        let input = std::mem::replace(&mut self.input, Err(Error::ShutDown));
+        // Settled before the step's future is made, so that future carries the payload
+        // alone, not the error it might have been (the future is boxed per step).
+        let input = match std::mem::replace(&mut self.input, Err(Error::ShutDown)) {
+            Ok(input) => input,
+            // The stop is set by this call (this is the step's first poll); the future
+            // only parks the step.
+            Err(err) => return Box::pin(ctx.raw.abort(err)),
+        };
         let options = std::mem::take(&mut self.options);
         Box::pin(async move {
             let raw = &ctx.raw;
-            let input = match input {
-                Ok(input) => input,
-                Err(err) => return raw.abort(err).await,
-            };
             let codec_raw = raw.clone();
             let output = raw
                 .activity(step, A::NAME, input, &options, |actx, input| {
