@@ -557,15 +557,12 @@ impl WorkflowContext {
             // The result is consumed in a statement of its own: a `Result` matched in an
             // `if let` around an await would be kept in this future (every step's) for
             // the whole await.
-            let failed = match appended.await {
-                Ok(()) => false,
-                Err(err) => {
-                    self.set_stop(Stop::Fatal(err));
-                    true
-                }
+            let parked = match appended.await {
+                Ok(()) => None,
+                Err(err) => Some(self.abort(err)),
             };
-            if failed {
-                return std::future::pending().await;
+            if let Some(parked) = parked {
+                return parked.await;
             }
             self.settle().await;
         }

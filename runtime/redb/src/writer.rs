@@ -26,7 +26,7 @@ use cairn_core::commit::{plan_event, TaskIndexChange};
 use cairn_core::journal::{
     Appended, Carried, CommitListener, Committed, Expect, Started, TimeSource,
 };
-use cairn_core::keymap::{KeyMap, KeySet};
+use cairn_core::keymap::{KeyHash, KeyMap, KeySet};
 use cairn_core::task::Actor;
 
 use crate::outbox::OutboxWrite;
@@ -418,8 +418,7 @@ impl WriterLoop {
             self.effects.reserve(commands.len());
             // Sized for the batch: growing it one rehash at a time was a visible part of
             // the writer's time at a thousand instances per commit.
-            let mut touched =
-                KeySet::with_capacity_and_hasher(commands.len(), cairn_core::keymap::KeyHash);
+            let mut touched = KeySet::with_capacity_and_hasher(commands.len(), KeyHash);
             let mut new_ids: HashMap<String, u128> = HashMap::new();
             let now = (self.now_ms)();
             for command in commands.drain(..) {
