@@ -48,7 +48,7 @@ echo "== the engine's integration suite again, on PostgreSQL =="
 # The suites about redb files themselves (corruption, power loss, offline replay of
 # files, the replay gate on files) run on redb only.
 PG_SUITES=(activity_state actors always_replay business_time cancellation composition
-  continue_as_new decisions documents dropped_callers durable_steps eviction human_tasks
+  continue_as_new decisions documents dropped_callers durable_steps eviction held_results human_tasks
   messages metrics nondeterminism_mutants notifications one_clock parked_durably raced_steps recovery_errors
   sagas schedules search_attributes typed_signals versioning_and_termination waiting
   waiting_on_messages)

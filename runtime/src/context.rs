@@ -82,7 +82,17 @@ struct CtxState {
     ending: bool,
     /// Signal waits whose delivery is being recorded: step -> the signal's `seq`.
     reserved: std::collections::BTreeMap<StepNo, u64>,
+    /// An activity result not sent to the store yet, with the hold that keeps virtual
+    /// time still until it is durable (see `record_queued`).
+    held: Option<(EventKind, ClockHold)>,
+    /// The latest activity result queued but maybe not durable yet: the next step
+    /// waits for it before it starts.
+    queued: Option<Queued>,
 }
+
+/// An event a run queued and went on without waiting for: resolves once it is durable.
+/// Shared, because every branch of the run that starts a step must wait for it.
+type Queued = futures::future::Shared<cairn_core::journal::AppendTicket>;
 
 impl CtxState {
     fn blocked(&self) -> Option<Option<u64>> {
@@ -419,6 +429,8 @@ impl WorkflowContext {
                     poll_mark: InboxMark::default(),
                     ending: false,
                     reserved: std::collections::BTreeMap::new(),
+                    held: None,
+                    queued: None,
                 }),
                 state_changed: Notify::new(),
             }),
@@ -509,6 +521,13 @@ impl WorkflowContext {
         // Another branch of this run (a `join!` sibling polled in the same poll) may have
         // stopped the instance; nothing may be appended after that.
         let stopped = lock(&self.inner.state).stop.is_some();
+        // An activity result held in this poll goes first: the history keeps the order
+        // in which the workflow took its steps (a patch marker or search attributes set
+        // right after an activity need no `decide`), and this append's success then
+        // means the result is durable too.
+        if !stopped {
+            self.flush_held();
+        }
         // The host's future is made here, so the event moves into it once instead of
         // being carried in this future's state too (a step's future is boxed per step).
         let sent = match (&self.inner.host, stopped) {
@@ -568,6 +587,122 @@ impl WorkflowContext {
             }
             self.settle().await;
         }
+    }
+
+    /// Records an activity's result without waiting for it to be durable, where the
+    /// store can queue it: the result is held, and the workflow goes on at once. The
+    /// driver sends it when this poll of the workflow ends (`flush_held`), or with the
+    /// run's end in one commit when the workflow returned in it (`take_held`), which
+    /// saves a commit per workflow.
+    ///
+    /// Safe because what runs before the next step starts is the workflow's own
+    /// deterministic code, which nobody outside sees: every step first waits for the
+    /// held result to be durable (`decide`), so no activity runs, no timer or wait
+    /// starts and no message leaves on a result that is not; the run's end and a
+    /// continue-as-new are ordered after it, and the store refuses them if it refused
+    /// the result. Virtual time does not skip until it is durable (`hold`). Where the
+    /// store does not queue, or every step must be replayed, it is the plain `record`.
+    fn record_queued(&self, kind: EventKind, hold: ClockHold) -> impl Future<Output = ()> + '_ {
+        let holds = match &self.inner.host {
+            Some(host) => host.queues_appends() && !host.always_replay(),
+            None => false,
+        };
+        let waits = {
+            let mut state = lock(&self.inner.state);
+            if holds && state.stop.is_none() {
+                // Two results in one poll (a `join!`): the older one goes first.
+                let older = state.held.replace((kind, hold));
+                drop(state);
+                if let Some((older, hold)) = older {
+                    self.send_queued(older, hold);
+                }
+                None
+            } else {
+                Some((kind, hold))
+            }
+        };
+        async move {
+            if let Some((kind, hold)) = waits {
+                self.record(kind).await;
+                drop(hold);
+            }
+        }
+    }
+
+    /// Queues `kind` in the store; the next step waits for it (`queued_durable`).
+    fn send_queued(&self, kind: EventKind, hold: ClockHold) {
+        let Some(host) = &self.inner.host else {
+            return;
+        };
+        let ticket = host.append_queued(self.inner.key, kind);
+        let ticket: cairn_core::journal::AppendTicket = Box::pin(async move {
+            let appended = ticket.await;
+            drop(hold);
+            appended
+        });
+        let queued = ticket.shared();
+        // Driven to its end whether or not a step waits for it, so the hold on virtual
+        // time ends once the result is durable even if the run now only waits (a
+        // signal, a timer) and a test skips time. Rare: only a poll that ends with a
+        // result held (a `join!` whose other branch still runs) comes here.
+        drop(tokio::spawn(queued.clone()));
+        // A later queued event is ordered after this one, so waiting for the later one
+        // is enough.
+        lock(&self.inner.state).queued = Some(queued);
+    }
+
+    /// Sends the held activity result, if any, to the store (see `record_queued`).
+    pub(crate) fn flush_held(&self) {
+        let held = lock(&self.inner.state).held.take();
+        if let Some((kind, hold)) = held {
+            self.send_queued(kind, hold);
+        }
+    }
+
+    /// Takes the held activity result, to be committed with the run's end.
+    pub(crate) fn take_held(&self) -> Option<EventKind> {
+        lock(&self.inner.state)
+            .held
+            .take()
+            .map(|(kind, _hold)| kind)
+    }
+
+    /// Makes the held result durable, and waits for what this run queued before it:
+    /// what a step does before it starts. The held result is appended the plain way
+    /// (the usual case: one activity after another), not queued.
+    ///
+    /// # Errors
+    /// The error that refused it (the run must stop).
+    async fn held_durable(&self) -> Result<(), Error> {
+        let held = lock(&self.inner.state).held.take();
+        if let Some((kind, hold)) = held {
+            // Ordered after anything queued before it, and refused if that was: its
+            // success means everything before it is durable too.
+            self.append(kind).await?;
+            drop(hold);
+        }
+        self.queued_durable().await
+    }
+
+    /// Sends the held result and waits until what this run queued last is durable.
+    ///
+    /// # Errors
+    /// The error that refused it (the run must stop).
+    pub(crate) async fn queued_durable(&self) -> Result<(), Error> {
+        self.flush_held();
+        let Some(queued) = lock(&self.inner.state).queued.clone() else {
+            return Ok(());
+        };
+        let appended = queued.clone().await;
+        let mut state = lock(&self.inner.state);
+        if state
+            .queued
+            .as_ref()
+            .is_some_and(|latest| latest.ptr_eq(&queued))
+        {
+            state.queued = None;
+        }
+        appended.map(drop)
     }
 
     fn changed(&self, state: &mut CtxState) {
@@ -673,8 +808,23 @@ impl WorkflowContext {
         // A branch polled after a sibling stopped the run (a divergence, a hand-over, an
         // always-replay rebuild) in the same poll must not start anything: its work
         // would be abandoned, or worse, done by code that no longer matches the record.
-        if lock(&self.inner.state).stop.is_some() {
+        let (stopped, queued) = {
+            let state = lock(&self.inner.state);
+            (
+                state.stop.is_some(),
+                state.held.is_some() || state.queued.is_some(),
+            )
+        };
+        if stopped {
             return std::future::pending().await;
+        }
+        // Nothing starts on a result that is not durable yet (see `record_queued`).
+        // Boxed: most steps find nothing queued, and the wait would otherwise take room
+        // in every step's future.
+        if queued {
+            if let Err(err) = Box::pin(self.held_durable()).await {
+                return self.abort(err).await;
+            }
         }
         self.inner.inbox.progressed();
         let decision = self.inner.history.check(step, request);
@@ -932,10 +1082,8 @@ impl WorkflowContext {
             };
             match next {
                 Next::Completed(output) => {
-                    // The append holds the run busy itself until the outcome is durable.
                     drop(busy);
-                    self.record(record).await;
-                    drop(held);
+                    self.record_queued(record, held).await;
                     return Ok(output);
                 }
                 Next::Failed(failure) => {
@@ -1809,6 +1957,9 @@ impl Drop for LiveGuard<'_> {
         // Queued now, from inside the poll that dropped the step, so it is committed no
         // later than anything the workflow does next.
         let abandoned = EventKind::StepAbandoned { step: self.step };
+        // After an activity result held in this poll (the race's winner, often): the
+        // history keeps the order the workflow saw.
+        self.ctx.flush_held();
         host.append_detached(inner.key, abandoned);
     }
 }

@@ -1701,6 +1701,14 @@ impl HostPort for Engine {
         self.shared.journal.append(key, kind, Expect::End)
     }
 
+    fn append_queued(&self, key: u128, kind: EventKind) -> cairn_core::journal::AppendTicket {
+        self.shared.journal.append_queued(key, kind)
+    }
+
+    fn queues_appends(&self) -> bool {
+        self.shared.journal.queues_appends()
+    }
+
     fn append_detached(&self, key: u128, kind: EventKind) {
         self.shared.journal.append_detached(key, kind);
     }
@@ -2608,9 +2616,17 @@ async fn run_once(
         Ok(DriveEnd::Evicted) => return Ok(Once::End(RunEnd::Evicted)),
         Err(Stop::Replay) => return Ok(Once::Replay),
         Err(Stop::HandedOver) => return Ok(Once::End(RunEnd::HandedOver)),
-        Err(Stop::Fatal(err)) => return Err(err),
+        Err(Stop::Fatal(err)) => {
+            // A result the workflow got before it failed is a step it took: durable
+            // before the failure is reported (its own error, if any, is secondary).
+            let _ = ctx.queued_durable().await;
+            return Err(err);
+        }
         Err(Stop::EndOfHistory(_)) => return Err(Error::ShutDown),
         Err(Stop::ContinueAsNew(input)) => {
+            // The hand-over counts the run's events from memory, which a queued result
+            // reaches only once it is durable.
+            ctx.queued_durable().await?;
             let mut tries = 0u32;
             loop {
                 let hand_over = ctx.hand_over();
@@ -2645,7 +2661,15 @@ async fn run_once(
             return Ok(Once::End(RunEnd::Finished(Outcome::ContinuedAsNew(input))));
         }
     };
-    let outcome = finished_outcome(&ctx, result)?;
+    let outcome = match finished_outcome(&ctx, result) {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            // The workflow cannot end (its result does not encode, or its history says
+            // more): a result it got before is still a step it took, recorded first.
+            let _ = ctx.queued_durable().await;
+            return Err(err);
+        }
+    };
     let kind = match &outcome {
         Outcome::Completed(output) => EventKind::WorkflowCompleted {
             output: output.clone(),
@@ -2662,7 +2686,12 @@ async fn run_once(
             next_run: 0,
         },
     };
-    shared.journal.append(key, kind, Expect::End).await?;
+    // The last activity's result, if the workflow returned in the poll that got it,
+    // goes with the end: one commit instead of two.
+    match ctx.take_held() {
+        Some(held) => shared.journal.append_after(key, held, kind).await?,
+        None => shared.journal.append(key, kind, Expect::End).await?,
+    };
     Ok(Once::End(RunEnd::Finished(outcome)))
 }
 

@@ -89,6 +89,16 @@ pub(crate) trait HostPort: Send + Sync {
     /// every step of every run comes this way.
     fn append(&self, key: u128, kind: EventKind) -> AppendFuture<'_>;
 
+    /// Queues `kind`, one of run `key`'s own events, and returns at once with what
+    /// resolves once it is durable (see `Journal::append_queued`); only where
+    /// [`HostPort::queues_appends`] says so.
+    fn append_queued(&self, key: u128, kind: EventKind) -> cairn_core::journal::AppendTicket;
+
+    /// Whether [`HostPort::append_queued`] queues.
+    fn queues_appends(&self) -> bool {
+        false
+    }
+
     /// Queues `kind` for instance `key` without waiting: for code that cannot wait (a
     /// `Drop`). It is committed in queue order, before anything queued after it.
     fn append_detached(&self, key: u128, kind: EventKind);

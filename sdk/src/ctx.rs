@@ -80,7 +80,10 @@ impl Ctx {
     }
 
     /// Calls activity `activity` with `input`. Await the returned call (after setting
-    /// options on it if needed) to get the result once it is durable.
+    /// options on it if needed) to get the result. On a store that queues appends (the
+    /// embedded one) a completed result may reach the workflow while its commit is on
+    /// the way; the next durable call and the workflow's end wait for it, so nothing
+    /// outside the workflow ever acts on a result that is not durable.
     ///
     /// ```
     /// use std::time::Duration;

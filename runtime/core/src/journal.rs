@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::Payload;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StorageFailure};
 use crate::event::{hash_envelope, AttrValue, EventHash, EventKind, EventRecord, GENESIS_HASH};
 pub use crate::notify::{Delivery, DeliveryAttempt, OutboxRow};
 use crate::schedule::ScheduleRow;
@@ -174,6 +174,10 @@ pub struct Started {
     /// The instance's row after the commit.
     pub row: InstanceRow,
 }
+
+/// What [`Journal::append_queued`] returns: resolves once the queued event is durable.
+pub type AppendTicket =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Appended>> + Send + 'static>>;
 
 /// Answer to an append: where the event landed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -655,6 +659,44 @@ pub trait Journal: Send + Sync + 'static {
     /// run over (the caller must stop driving it).
     async fn append(&self, key: u128, kind: EventKind, expect: Expect) -> Result<Appended> {
         self.append_by(key, kind, expect, None).await
+    }
+
+    /// Queues one of the run's own events at the end of run `key` and returns at once
+    /// with a ticket that resolves as [`Journal::append`] would: once the event is
+    /// durable, or with the error that refused it. The event is ordered before anything
+    /// the run appends after this returns, so a later append that succeeds means this
+    /// one is durable; and once such an event is refused, the store refuses every later
+    /// event of the run until it is reopened. A run uses it for an activity's result
+    /// when it goes on before the result is durable. Only a store whose
+    /// [`Journal::queues_appends`] is true queues; the default ticket refuses at once
+    /// and writes nothing.
+    ///
+    /// # Durability
+    /// Nothing is durable until the ticket resolves `Ok`. Dropping the ticket does not
+    /// withdraw the event.
+    fn append_queued(&self, key: u128, kind: EventKind) -> AppendTicket {
+        let _ = (key, kind);
+        Box::pin(std::future::ready(Err(Error::Storage(
+            StorageFailure::new("this store does not queue appends"),
+        ))))
+    }
+
+    /// Whether [`Journal::append_queued`] queues (the default: no).
+    fn queues_appends(&self) -> bool {
+        false
+    }
+
+    /// Appends `first` and then `then`, both the run's own events, as
+    /// [`Journal::append`] would one after the other: `then` is refused if `first` is.
+    /// A store may commit both at once (a run's last activity result and its end).
+    /// Returns where `then` landed.
+    ///
+    /// # Errors
+    /// As [`Journal::append`], for either event. Nothing of `then` is written on error;
+    /// `first` may be, if only `then` was refused.
+    async fn append_after(&self, key: u128, first: EventKind, then: EventKind) -> Result<Appended> {
+        self.append(key, first, Expect::End).await?;
+        self.append(key, then, Expect::End).await
     }
 
     /// Queues one of the run's own events at the end of run `key` without waiting: for

@@ -10,9 +10,9 @@ use cairn_core::codec::Payload;
 use cairn_core::error::{Error, Result};
 use cairn_core::event::EventKind;
 use cairn_core::journal::{
-    Actor, Appended, Attachment, Attributes, Carried, Delivery, DeliveryAttempt, Expect,
-    InstancePage, InstanceQuery, InstanceRow, Journal, OutboxRow, Ownership, ParkedRow, RawHistory,
-    Started, Suspension, Tallies, TaskPage, TaskQuery, TaskRow, TimeSource,
+    Actor, AppendTicket, Appended, Attachment, Attributes, Carried, Delivery, DeliveryAttempt,
+    Expect, InstancePage, InstanceQuery, InstanceRow, Journal, OutboxRow, Ownership, ParkedRow,
+    RawHistory, Started, Suspension, Tallies, TaskPage, TaskQuery, TaskRow, TimeSource,
 };
 use cairn_core::schedule::ScheduleRow;
 
@@ -149,6 +149,22 @@ impl Journal for RedbJournal {
     // comes this way.
     async fn append(&self, key: u128, kind: EventKind, expect: Expect) -> Result<Appended> {
         self.writer()?.append(key, kind, expect, None).await
+    }
+
+    fn append_queued(&self, key: u128, kind: EventKind) -> AppendTicket {
+        match self.writer() {
+            Ok(writer) => writer.append_queued(key, kind),
+            Err(err) => Box::pin(std::future::ready(Err(err))),
+        }
+    }
+
+    fn queues_appends(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    // One command, so both land in one commit.
+    async fn append_after(&self, key: u128, first: EventKind, then: EventKind) -> Result<Appended> {
+        self.writer()?.append_after(key, first, then).await
     }
 
     fn append_detached(&self, key: u128, kind: EventKind) {

@@ -24,7 +24,7 @@ use crate::store::{
 use crate::sync::{lock, Arc, AtomicU64, Mutex};
 use cairn_core::commit::{plan_event, TaskIndexChange};
 use cairn_core::journal::{
-    Appended, Carried, CommitListener, Committed, Expect, Started, TimeSource,
+    AppendTicket, Appended, Carried, CommitListener, Committed, Expect, Started, TimeSource,
 };
 use cairn_core::keymap::{KeyHash, KeyMap, KeySet};
 use cairn_core::task::Actor;
@@ -77,6 +77,12 @@ enum Command {
         kind: EventKind,
         expect: Expect,
         actor: Option<Actor>,
+        /// Queued by a run that goes on before it is durable (`append_queued`): if it is
+        /// refused, so is every later event of the run (see `refused`).
+        queued: bool,
+        /// An event of the run's own to append first, in the same commit; `kind` is
+        /// refused if it is (`append_after`).
+        before: Option<EventKind>,
         reply: oneshot::Sender<Result<Appended>>,
     },
     /// Appends `DocumentAttached` and stores the document's bytes, in one commit.
@@ -155,6 +161,7 @@ impl Writer {
             attributes_touched: KeySet::default(),
             suspended_in_batch: Vec::new(),
             children_ended: KeySet::default(),
+            refused: KeyMap::default(),
             next_lsn,
             failed: None,
         };
@@ -308,9 +315,52 @@ impl Writer {
             kind,
             expect,
             actor,
+            queued: false,
+            before: None,
             reply,
         })
         .await
+    }
+
+    /// Appends `first` and then `then` (run `key`'s own events) in one command, so they
+    /// share a commit; answers for `then`.
+    pub(crate) async fn append_after(
+        &self,
+        key: u128,
+        first: EventKind,
+        then: EventKind,
+    ) -> Result<Appended> {
+        self.request(|reply| Command::Append {
+            key,
+            kind: then,
+            expect: Expect::End,
+            actor: None,
+            queued: false,
+            before: Some(first),
+            reply,
+        })
+        .await
+    }
+
+    /// Queues one of a run's own events and returns at once with the answer's future
+    /// (see `Journal::append_queued`): the queue orders it before anything the run
+    /// queues after it.
+    pub(crate) fn append_queued(&self, key: u128, kind: EventKind) -> AppendTicket {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Append {
+            key,
+            kind,
+            expect: Expect::End,
+            actor: None,
+            queued: true,
+            before: None,
+            reply,
+        };
+        let submitted = self.submit(command);
+        Box::pin(async move {
+            submitted?;
+            answer.await.map_err(|_| Error::ShutDown)?
+        })
     }
 
     /// Queues one event without waiting for it: for code that cannot wait (a `Drop`).
@@ -322,6 +372,8 @@ impl Writer {
             kind,
             expect: Expect::End,
             actor: None,
+            queued: false,
+            before: None,
             reply,
         };
         if self.submit(command).is_err() {
@@ -399,6 +451,12 @@ struct WriterLoop {
     /// parent's hint, which would set the hint again with nothing left to wake it after a
     /// restart. The parent's next event (its `ChildCompleted`) takes it out.
     children_ended: KeySet,
+    /// Runs whose queued event was refused, with why. The run went on as if it were
+    /// durable, so nothing it appends later may commit (its end would claim a result
+    /// the log cannot explain); the run stops at its next append. Only a refusal that
+    /// does not last (an event over the size limit, which the run checks beforehand)
+    /// makes this matter; kept until the store is reopened.
+    refused: KeyMap<Error>,
     next_lsn: u64,
     /// Set after a failed commit: the writer then refuses everything until the runtime is
     /// reopened, because after a failed fsync the file's state is unknown and retrying
@@ -904,12 +962,18 @@ impl WriterLoop {
                 kind,
                 expect,
                 actor,
+                queued,
+                before,
                 reply,
             } => {
                 let ends = kind.is_terminal();
-                let appended = self
-                    .expect(key, expect)
-                    .and_then(|()| self.push_event(key, kind, now, batch, actor));
+                let appended = self.expect(key, expect).and_then(|()| {
+                    if let Some(first) = before {
+                        self.push_event(key, first, now, batch, None)?;
+                        touched.insert(key);
+                    }
+                    self.push_event(key, kind, now, batch, actor)
+                });
                 match appended {
                     Ok(appended) => {
                         touched.insert(key);
@@ -918,7 +982,12 @@ impl WriterLoop {
                         }
                         replies.push(Reply::Append(reply, appended));
                     }
-                    Err(err) => replies.push(Reply::AppendRefused(reply, err)),
+                    Err(err) => {
+                        if queued {
+                            self.refused.insert(key, err.clone());
+                        }
+                        replies.push(Reply::AppendRefused(reply, err));
+                    }
                 }
             }
         }
@@ -949,6 +1018,9 @@ impl WriterLoop {
         batch: &mut WriteBatch,
         actor: Option<Actor>,
     ) -> Result<Appended> {
+        if let Some(err) = self.refused.get(&key) {
+            return Err(err.clone());
+        }
         if matches!(kind, EventKind::AttributesSet { .. }) {
             self.load_attributes(key)?;
         }

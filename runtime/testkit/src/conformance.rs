@@ -84,6 +84,14 @@ pub fn attach(journal: &dyn Journal) -> Heard {
     heard
 }
 
+/// An event over the size limit: every store refuses it whole.
+fn oversized() -> EventKind {
+    EventKind::SignalReceived {
+        name: "document".into(),
+        payload: Payload::new(0, vec![7; EVENT_BYTES_MAX + 1]),
+    }
+}
+
 fn payload(text: &str) -> Payload {
     Payload::new(0, text.as_bytes().to_vec())
 }
@@ -272,15 +280,96 @@ pub async fn an_ended_run_takes_no_more_events(subject: &dyn Subject) {
     journal.close();
 }
 
+/// `append_after` writes both events in order and answers for the second; when the
+/// first is refused, nothing is written (the engine commits a run's last activity
+/// result and its end this way: an end must never be recorded without its result).
+pub async fn append_after_writes_both_or_neither(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    let row = start(journal.as_ref(), "quote-1", "price").await;
+    let done = |text: &str| EventKind::WorkflowCompleted {
+        output: payload(text),
+    };
+    let appended = journal
+        .append_after(row.key, step_done(1, "priced"), done("quoted"))
+        .await
+        .unwrap();
+    assert_eq!(appended.seq, 2);
+    let (head, events) = history(journal.as_ref(), row.key).await;
+    assert_eq!(events.len(), 3);
+    assert_eq!(head.status, InstanceStatus::Completed);
+    match journal
+        .append_after(row.key, step_done(2, "late"), done("again"))
+        .await
+    {
+        Err(Error::InstanceFinished(id)) => assert_eq!(id, "quote-1"),
+        other => panic!("expected InstanceFinished, got {other:?}"),
+    }
+    let other = start(journal.as_ref(), "quote-2", "price").await;
+    let huge = oversized();
+    match journal.append_after(other.key, huge, done("cheap")).await {
+        Err(Error::PayloadTooLarge { instance, .. }) => assert_eq!(instance, "quote-2"),
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    assert_eq!(journal.instance(other.key).await.unwrap(), Some(other));
+    journal.close();
+}
+
+/// A store that queues appends orders a queued event before the run's later events,
+/// answers it once durable, and after refusing one refuses the run's later events (a
+/// run goes on before its queued result is durable, so nothing it appends later may
+/// land without it). A store that does not queue refuses at once and writes nothing.
+pub async fn queued_appends_keep_order_and_a_refusal_lasts(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    let row = start(journal.as_ref(), "batch-1", "ship").await;
+    if !journal.queues_appends() {
+        assert!(journal
+            .append_queued(row.key, step_done(1, "one"))
+            .await
+            .is_err());
+        assert_eq!(journal.instance(row.key).await.unwrap(), Some(row));
+        journal.close();
+        return;
+    }
+    let first = journal.append_queued(row.key, step_done(1, "one"));
+    let second = journal
+        .append(row.key, step_done(2, "two"), Expect::End)
+        .await
+        .unwrap();
+    assert_eq!(second.seq, 2);
+    assert_eq!(first.await.unwrap().seq, 1);
+
+    let huge = oversized();
+    let refused = journal.append_queued(row.key, huge);
+    let later = journal
+        .append(row.key, step_done(3, "three"), Expect::End)
+        .await;
+    assert!(
+        matches!(refused.await, Err(Error::PayloadTooLarge { .. })),
+        "the oversized event is refused"
+    );
+    assert!(
+        matches!(later, Err(Error::PayloadTooLarge { .. })),
+        "so is the run's next event: {later:?}"
+    );
+    let (_, events) = history(journal.as_ref(), row.key).await;
+    assert_eq!(events.len(), 3);
+    // Other runs are not affected.
+    let other = start(journal.as_ref(), "batch-2", "ship").await;
+    journal
+        .append(other.key, step_done(1, "fine"), Expect::End)
+        .await
+        .unwrap();
+    journal.close();
+}
+
 /// A payload over the event limit is refused with a typed error and nothing is written.
 pub async fn an_oversized_event_is_refused_whole(subject: &dyn Subject) {
     let journal = subject.create().await;
     attach(journal.as_ref());
     let row = start(journal.as_ref(), "doc-1", "archive").await;
-    let huge = EventKind::SignalReceived {
-        name: "document".into(),
-        payload: Payload::new(0, vec![7; EVENT_BYTES_MAX + 1]),
-    };
+    let huge = oversized();
     match journal.append(row.key, huge, Expect::End).await {
         Err(Error::PayloadTooLarge { instance, .. }) => assert_eq!(instance, "doc-1"),
         other => panic!("expected PayloadTooLarge, got {other:?}"),
@@ -1237,6 +1326,8 @@ macro_rules! journal_conformance {
             a_conditional_append_conflicts_when_another_writer_was_first,
             an_ended_run_takes_no_more_events,
             an_oversized_event_is_refused_whole,
+            append_after_writes_both_or_neither,
+            queued_appends_keep_order_and_a_refusal_lasts,
             suspension_is_conditional_and_cleared_by_the_next_event,
             continue_as_new_hands_over_atomically,
             schedules_compare_and_set,
