@@ -177,3 +177,26 @@ async fn virtual_time_skips_once_a_held_result_is_durable() {
     assert_eq!(handle.result().await.unwrap().unwrap(), 1);
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_run_that_waits_after_a_held_result_is_still_evicted() {
+    let (_dir, path) = db();
+    let clock = VirtualClock::new(UNIX_EPOCH + Duration::from_secs(1_764_000_000));
+    let rt = Runtime::builder()
+        .workflow(fast_then_an_hour)
+        .clock(Arc::new(clock.clone()))
+        .eviction_idle(Some(Duration::ZERO))
+        .open_store(&path)
+        .await
+        .unwrap();
+    let handle = rt.start(fast_then_an_hour, "hour-2", ()).await.unwrap();
+    // The result was queued after the poll that got it, so that poll did not count it;
+    // its commit must still let the run be evicted while it waits out the hour.
+    tokio::time::timeout(Duration::from_secs(20), common::until_evicted(&rt))
+        .await
+        .expect("the waiting run was evicted");
+    assert_eq!(durable_results(&rt, "hour-2").await, 1);
+    clock.skip_to_next_timer().await;
+    assert_eq!(handle.result().await.unwrap().unwrap(), 1);
+    rt.shutdown().await;
+}
