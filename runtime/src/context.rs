@@ -5,7 +5,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 use tracing::Instrument as _;
 
@@ -88,6 +88,9 @@ struct CtxState {
     /// The latest activity result queued but maybe not durable yet: the next step
     /// waits for it before it starts.
     queued: Option<Queued>,
+    /// Steps waiting for a held result they sent (`held_durable`): a sibling step waits
+    /// until none is.
+    flushing: u32,
 }
 
 /// An event a run queued and went on without waiting for: resolves once it is durable.
@@ -361,6 +364,8 @@ fn undelivered(state: &InboxState) -> Vec<CarriedSignal> {
 struct Inner {
     /// Notified when the run becomes idle (blocked) or stops being so.
     state_changed: Notify,
+    /// Notified when a step's wait for a held result ends (see `held_durable`).
+    flushed: Notify,
     key: u128,
     clock: Arc<dyn Clock>,
     inbox: Arc<Inbox>,
@@ -431,8 +436,10 @@ impl WorkflowContext {
                     reserved: std::collections::BTreeMap::new(),
                     held: None,
                     queued: None,
+                    flushing: 0,
                 }),
                 state_changed: Notify::new(),
+                flushed: Notify::new(),
             }),
         }
     }
@@ -526,7 +533,7 @@ impl WorkflowContext {
         // right after an activity need no `decide`), and this append's success then
         // means the result is durable too.
         if !stopped {
-            self.flush_held();
+            self.flush_held(None);
         }
         // The host's future is made here, so the event moves into it once instead of
         // being carried in this future's state too (a step's future is boxed per step).
@@ -600,8 +607,9 @@ impl WorkflowContext {
     /// held result to be durable (`decide`), so no activity runs, no timer or wait
     /// starts and no message leaves on a result that is not; the run's end and a
     /// continue-as-new are ordered after it, and the store refuses them if it refused
-    /// the result. Virtual time does not skip until it is durable (`hold`). Where the
-    /// store does not queue, or every step must be replayed, it is the plain `record`.
+    /// the result. Virtual time does not skip until it is durable (`hold`), or, when it
+    /// goes with the end, until it is sent. Where the store does not queue, or every
+    /// step must be replayed, it is the plain `record`.
     fn record_queued(&self, kind: EventKind, hold: ClockHold) -> impl Future<Output = ()> + '_ {
         let holds = match &self.inner.host {
             Some(host) => host.queues_appends() && !host.always_replay(),
@@ -614,7 +622,7 @@ impl WorkflowContext {
                 let older = state.held.replace((kind, hold));
                 drop(state);
                 if let Some((older, hold)) = older {
-                    self.send_queued(older, hold);
+                    self.send_queued(older, hold, Some(Waker::noop().clone()));
                 }
                 None
             } else {
@@ -629,33 +637,42 @@ impl WorkflowContext {
         }
     }
 
-    /// Queues `kind` in the store; the next step waits for it (`queued_durable`).
-    fn send_queued(&self, kind: EventKind, hold: ClockHold) {
+    /// Queues `kind` in the store and keeps its ticket where every step of the run waits
+    /// for it (`queued_durable`). With `driven`, nobody is about to wait: a task drives
+    /// the ticket to its end, ends the hold on virtual time then, and on a refusal stops
+    /// the run and wakes it with `driven`'s waker (else a run that only waits would
+    /// never learn that the result it went on with was refused).
+    fn send_queued(&self, kind: EventKind, hold: ClockHold, driven: Option<Waker>) {
         let Some(host) = &self.inner.host else {
             return;
         };
-        let ticket = host.append_queued(self.inner.key, kind);
-        let ticket: cairn_core::journal::AppendTicket = Box::pin(async move {
-            let appended = ticket.await;
+        let queued = host.append_queued(self.inner.key, kind).shared();
+        lock(&self.inner.state).queued = Some(queued.clone());
+        let Some(waker) = driven else {
+            // The caller waits for it at once and then ends the hold.
             drop(hold);
-            appended
-        });
-        let queued = ticket.shared();
-        // Driven to its end whether or not a step waits for it, so the hold on virtual
-        // time ends once the result is durable even if the run now only waits (a
-        // signal, a timer) and a test skips time. Rare: only a poll that ends with a
-        // result held (a `join!` whose other branch still runs) comes here.
-        drop(tokio::spawn(queued.clone()));
-        // A later queued event is ordered after this one, so waiting for the later one
-        // is enough.
-        lock(&self.inner.state).queued = Some(queued);
+            return;
+        };
+        let ctx = self.clone();
+        drop(tokio::spawn(async move {
+            let appended = queued.await;
+            drop(hold);
+            if let Err(err) = appended {
+                ctx.set_stop(Stop::Fatal(err));
+                ctx.inner.state_changed.notify_waiters();
+                waker.wake();
+            }
+        }));
     }
 
-    /// Sends the held activity result, if any, to the store (see `record_queued`).
-    pub(crate) fn flush_held(&self) {
+    /// Sends the held activity result, if any, to the store (see `record_queued`), to be
+    /// waited for by the run's next step; `waker` (the driver's, at the end of a poll)
+    /// is woken if the store refuses it.
+    pub(crate) fn flush_held(&self, waker: Option<&Waker>) {
         let held = lock(&self.inner.state).held.take();
         if let Some((kind, hold)) = held {
-            self.send_queued(kind, hold);
+            let driven = waker.cloned().or_else(|| Some(Waker::noop().clone()));
+            self.send_queued(kind, hold, driven);
         }
     }
 
@@ -674,14 +691,47 @@ impl WorkflowContext {
     /// # Errors
     /// The error that refused it (the run must stop).
     async fn held_durable(&self) -> Result<(), Error> {
-        let held = lock(&self.inner.state).held.take();
+        let held = {
+            let mut state = lock(&self.inner.state);
+            let held = state.held.take();
+            if held.is_some() {
+                state.flushing += 1;
+            }
+            held
+        };
         if let Some((kind, hold)) = held {
-            // Ordered after anything queued before it, and refused if that was: its
-            // success means everything before it is durable too.
-            self.append(kind).await?;
+            let _flushing = Flushing(self);
+            // Queued (a refusal lasts, so nothing the run appends after it can land
+            // without it), and waited for here without a shared ticket: the usual case,
+            // one activity after another, pays for no more. A sibling step that starts
+            // meanwhile waits for `flushing` to fall back to 0.
+            let appended = match &self.inner.host {
+                Some(host) => host.append_queued(self.inner.key, kind).await,
+                None => Ok(cairn_core::journal::Appended { seq: 0 }),
+            };
             drop(hold);
+            if let Err(err) = appended {
+                // Set while `flushing` is still up, so a waiting sibling sees it.
+                self.set_stop(Stop::Fatal(err.clone()));
+                return Err(err);
+            }
+        } else {
+            self.wait_flushed().await;
         }
         self.queued_durable().await
+    }
+
+    /// Waits until no step of the run waits for a held result it sent.
+    async fn wait_flushed(&self) {
+        loop {
+            let flushed = self.inner.flushed.notified();
+            tokio::pin!(flushed);
+            flushed.as_mut().enable();
+            if lock(&self.inner.state).flushing == 0 {
+                return;
+            }
+            flushed.await;
+        }
     }
 
     /// Sends the held result and waits until what this run queued last is durable.
@@ -689,7 +739,10 @@ impl WorkflowContext {
     /// # Errors
     /// The error that refused it (the run must stop).
     pub(crate) async fn queued_durable(&self) -> Result<(), Error> {
-        self.flush_held();
+        let held = lock(&self.inner.state).held.take();
+        if let Some((kind, hold)) = held {
+            self.send_queued(kind, hold, None);
+        }
         let Some(queued) = lock(&self.inner.state).queued.clone() else {
             return Ok(());
         };
@@ -812,7 +865,7 @@ impl WorkflowContext {
             let state = lock(&self.inner.state);
             (
                 state.stop.is_some(),
-                state.held.is_some() || state.queued.is_some(),
+                state.held.is_some() || state.queued.is_some() || state.flushing > 0,
             )
         };
         if stopped {
@@ -824,6 +877,10 @@ impl WorkflowContext {
         if queued {
             if let Err(err) = Box::pin(self.held_durable()).await {
                 return self.abort(err).await;
+            }
+            // A sibling may have stopped the run while this step waited.
+            if lock(&self.inner.state).stop.is_some() {
+                return std::future::pending().await;
             }
         }
         self.inner.inbox.progressed();
@@ -1715,6 +1772,8 @@ impl WorkflowContext {
                 }
                 let busy = self.busy();
                 let is_overdue = matches!(change, RunTaskChange::Overdue);
+                // The task's event is the run's own: after a result held in this poll.
+                self.flush_held(None);
                 let answer = host.task_change(self.inner.key, step, change).await;
                 drop(busy);
                 match answer {
@@ -1842,6 +1901,7 @@ impl WorkflowContext {
             reason
         };
         let busy = self.busy();
+        self.flush_held(None);
         let answer = host
             .task_change(self.inner.key, step, RunTaskChange::Cancel(reason.clone()))
             .await;
@@ -1959,8 +2019,23 @@ impl Drop for LiveGuard<'_> {
         let abandoned = EventKind::StepAbandoned { step: self.step };
         // After an activity result held in this poll (the race's winner, often): the
         // history keeps the order the workflow saw.
-        self.ctx.flush_held();
+        self.ctx.flush_held(None);
         host.append_detached(inner.key, abandoned);
+    }
+}
+
+/// A step's wait for a held result it sent (see `WorkflowContext::held_durable`): ends,
+/// and wakes the siblings waiting for it, however the wait ends.
+struct Flushing<'a>(&'a WorkflowContext);
+
+impl Drop for Flushing<'_> {
+    fn drop(&mut self) {
+        let inner = &self.0.inner;
+        {
+            let mut state = lock(&inner.state);
+            state.flushing = state.flushing.saturating_sub(1);
+        }
+        inner.flushed.notify_waiters();
     }
 }
 

@@ -64,7 +64,7 @@ pub(crate) async fn drive(
                 // The future is not polled again after a panic, so its state does not matter.
                 Err(panic) => {
                     // A result the workflow got before it panicked is a step it took.
-                    ctx.flush_held();
+                    ctx.flush_held(None);
                     return Poll::Ready(Err(Stop::Fatal(Error::WorkflowPanicked {
                         instance: ctx.instance_id().to_owned(),
                         message: crate::error::panic_message(&panic),
@@ -76,14 +76,14 @@ pub(crate) async fn drive(
         if let Some(stop) = ctx.take_stop() {
             // A result held in this poll was taken before whatever stopped the run: it
             // is recorded, as it would have been had the step waited for its commit.
-            ctx.flush_held();
+            ctx.flush_held(None);
             return Poll::Ready(Err(stop));
         }
         if polled.is_pending() {
             // An activity result held in this poll goes to the store now (see
             // `WorkflowContext::record_queued`); only a run that returned takes it
             // with its end.
-            ctx.flush_held();
+            ctx.flush_held(Some(cx.waker()));
             if ctx.poll_done() {
                 cx.waker().wake_by_ref();
             }

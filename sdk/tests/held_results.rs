@@ -83,6 +83,42 @@ async fn the_next_activity_starts_only_once_the_previous_result_is_durable() {
     rt.shutdown().await;
 }
 
+static SIBLINGS: OnceLock<Runtime> = OnceLock::new();
+
+#[activity]
+async fn count_sibling_results(ctx: ActivityCtx) -> Result<usize, ActivityError> {
+    let rt = SIBLINGS.get().expect("set before the start");
+    Ok(durable_results(rt, &ctx.instance_id).await)
+}
+
+#[workflow]
+async fn one_then_two_together(ctx: Ctx) -> Result<(usize, usize, usize), WorkflowError> {
+    let a = ctx.activity(count_sibling_results, ()).await?;
+    // Both siblings start in the poll that got `a`: neither may run before it is durable.
+    let (b, c) = futures::join!(
+        ctx.activity(count_sibling_results, ()),
+        ctx.activity(count_sibling_results, ())
+    );
+    Ok((a, b?, c?))
+}
+
+#[tokio::test]
+async fn sibling_steps_both_wait_for_the_held_result() {
+    let (_dir, path) = db();
+    let rt = Runtime::builder()
+        .workflow(one_then_two_together)
+        .open_store(&path)
+        .await
+        .unwrap();
+    SIBLINGS.set(rt.clone()).unwrap();
+    let handle = rt
+        .start(one_then_two_together, "siblings-1", ())
+        .await
+        .unwrap();
+    assert_eq!(handle.result().await.unwrap().unwrap(), (0, 1, 1));
+    rt.shutdown().await;
+}
+
 static RELEASE_SLOW: Mutex<Option<tokio::sync::oneshot::Receiver<()>>> = Mutex::new(None);
 
 #[activity]
@@ -162,7 +198,7 @@ async fn virtual_time_skips_once_a_held_result_is_durable() {
         .workflow(fast_then_an_hour)
         .clock(Arc::new(clock.clone()))
         // Never evicted while it waits: dropping the run would end the hold too, and
-        // hide a result nobody drives to durability.
+        // hide a hold that only the run's own ticket task ends.
         .eviction_idle(None)
         .open_store(&path)
         .await

@@ -854,6 +854,17 @@ impl WriterLoop {
                 expected_next_seq,
                 wake_at_ms,
                 reply,
+            } if self.refused.contains_key(&key) => {
+                // Not evicted: the run went on with a result that was refused, and must
+                // stop (and be parked) rather than sleep on it.
+                let _ = (expected_next_seq, wake_at_ms);
+                replies.push(Reply::Flag(reply, false));
+            }
+            Command::Suspend {
+                key,
+                expected_next_seq,
+                wake_at_ms,
+                reply,
             } => match self.suspend(key, expected_next_seq, wake_at_ms, batch, touched) {
                 Ok(marked) => {
                     if marked {
@@ -1019,7 +1030,9 @@ impl WriterLoop {
         actor: Option<Actor>,
     ) -> Result<Appended> {
         if let Some(err) = self.refused.get(&key) {
-            return Err(err.clone());
+            if !outside_the_runs_steps(&kind) {
+                return Err(err.clone());
+            }
         }
         if matches!(kind, EventKind::AttributesSet { .. }) {
             self.load_attributes(key)?;
@@ -1310,4 +1323,20 @@ mod tests {
             .expect("no writer on a full log");
         assert_eq!(err.code(), "CAIRN-E0004", "{err}");
     }
+}
+
+/// Events a refused queued result does not hold back (see `WriterLoop::refused`): what
+/// comes from outside the run (messages, documents, a person's decision), and what stops
+/// or parks it. None of them claims a step the run took after the refused result.
+fn outside_the_runs_steps(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::SignalReceived { .. }
+            | EventKind::KeyedSignalReceived { .. }
+            | EventKind::CancelRequested { .. }
+            | EventKind::WorkflowTerminated { .. }
+            | EventKind::WorkflowParked { .. }
+            | EventKind::DocumentAttached { .. }
+            | EventKind::TaskCompleted { .. }
+    )
 }

@@ -355,6 +355,30 @@ pub async fn queued_appends_keep_order_and_a_refusal_lasts(subject: &dyn Subject
     );
     let (_, events) = history(journal.as_ref(), row.key).await;
     assert_eq!(events.len(), 3);
+    // Nor may the run be put to sleep on it: it must stop and be parked.
+    assert!(!journal.suspend(row.key, 3, None).await.unwrap());
+    // What comes from outside, or stops the run, is still taken.
+    journal
+        .append(
+            row.key,
+            EventKind::SignalReceived {
+                name: "nudge".into(),
+                payload: payload("now"),
+            },
+            Expect::End,
+        )
+        .await
+        .unwrap();
+    journal
+        .append(
+            row.key,
+            EventKind::WorkflowTerminated {
+                reason: "refused result".into(),
+            },
+            Expect::End,
+        )
+        .await
+        .unwrap();
     // Other runs are not affected.
     let other = start(journal.as_ref(), "batch-2", "ship").await;
     journal
