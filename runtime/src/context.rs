@@ -669,9 +669,14 @@ impl WorkflowContext {
     /// waited for by the run's next step; `waker` (the driver's, at the end of a poll)
     /// is woken if the store refuses it.
     pub(crate) fn flush_held(&self, waker: Option<&Waker>) {
+        let waker = waker.map_or_else(|| Waker::noop().clone(), Waker::clone);
+        self.send_held(Some(waker));
+    }
+
+    /// Sends the held result, if any (see `send_queued` for `driven`).
+    fn send_held(&self, driven: Option<Waker>) {
         let held = lock(&self.inner.state).held.take();
         if let Some((kind, hold)) = held {
-            let driven = waker.cloned().or_else(|| Some(Waker::noop().clone()));
             self.send_queued(kind, hold, driven);
         }
     }
@@ -685,8 +690,9 @@ impl WorkflowContext {
     }
 
     /// Makes the held result durable, and waits for what this run queued before it:
-    /// what a step does before it starts. The held result is appended the plain way
-    /// (the usual case: one activity after another), not queued.
+    /// what a step does before it starts. The step that finds the result held sends
+    /// it and waits for its own ticket; a sibling that starts meanwhile waits for that
+    /// step (`flushing`), then for anything queued.
     ///
     /// # Errors
     /// The error that refused it (the run must stop).
@@ -705,9 +711,10 @@ impl WorkflowContext {
             // without it), and waited for here without a shared ticket: the usual case,
             // one activity after another, pays for no more. A sibling step that starts
             // meanwhile waits for `flushing` to fall back to 0.
+            // Only a run with a host holds results.
             let appended = match &self.inner.host {
-                Some(host) => host.append_queued(self.inner.key, kind).await,
-                None => Ok(cairn_core::journal::Appended { seq: 0 }),
+                Some(host) => host.append_queued(self.inner.key, kind).await.map(drop),
+                None => Ok(()),
             };
             drop(hold);
             if let Err(err) = appended {
@@ -739,10 +746,7 @@ impl WorkflowContext {
     /// # Errors
     /// The error that refused it (the run must stop).
     pub(crate) async fn queued_durable(&self) -> Result<(), Error> {
-        let held = lock(&self.inner.state).held.take();
-        if let Some((kind, hold)) = held {
-            self.send_queued(kind, hold, None);
-        }
+        self.send_held(None);
         let Some(queued) = lock(&self.inner.state).queued.clone() else {
             return Ok(());
         };
@@ -1936,7 +1940,6 @@ enum Next {
     Retry(Duration),
 }
 
-/// Aborts an activity attempt's task when the step stops waiting for it.
 /// Polls `future` once; if it is not ready, wakes the task and gives it another look
 /// at its next poll. `Some` with the output if either look found it ready.
 ///
@@ -1959,6 +1962,7 @@ async fn first_look<F: Future + Unpin>(future: &mut F) -> Option<F::Output> {
     .await
 }
 
+/// Aborts an activity attempt's task when the step stops waiting for it.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {

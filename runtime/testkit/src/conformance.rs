@@ -339,11 +339,30 @@ pub async fn queued_appends_keep_order_and_a_refusal_lasts(subject: &dyn Subject
         .unwrap();
     assert_eq!(second.seq, 2);
     assert_eq!(first.await.unwrap().seq, 1);
+    // A ticket dropped unpolled, and an `append_after` dropped after its first poll,
+    // withdraw nothing: the queue has them, and the next append lands after them.
+    drop(journal.append_queued(row.key, step_done(3, "dropped ticket")));
+    {
+        let after = journal.append_after(
+            row.key,
+            step_done(4, "dropped pair"),
+            step_done(5, "dropped pair"),
+        );
+        futures::pin_mut!(after);
+        assert!(futures::poll!(after.as_mut()).is_pending());
+    }
+    let sixth = journal
+        .append(row.key, step_done(6, "six"), Expect::End)
+        .await
+        .unwrap();
+    assert_eq!(sixth.seq, 6);
+    let (_, events) = history(journal.as_ref(), row.key).await;
+    assert_eq!(events.len(), 7);
 
     let huge = oversized();
     let refused = journal.append_queued(row.key, huge);
     let later = journal
-        .append(row.key, step_done(3, "three"), Expect::End)
+        .append(row.key, step_done(7, "seven"), Expect::End)
         .await;
     assert!(
         matches!(refused.await, Err(Error::PayloadTooLarge { .. })),
@@ -354,9 +373,9 @@ pub async fn queued_appends_keep_order_and_a_refusal_lasts(subject: &dyn Subject
         "so is the run's next event: {later:?}"
     );
     let (_, events) = history(journal.as_ref(), row.key).await;
-    assert_eq!(events.len(), 3);
+    assert_eq!(events.len(), 7);
     // Nor may the run be put to sleep on it: it must stop and be parked.
-    assert!(!journal.suspend(row.key, 3, None).await.unwrap());
+    assert!(!journal.suspend(row.key, 7, None).await.unwrap());
     // What comes from outside, or stops the run, is still taken.
     journal
         .append(
