@@ -374,7 +374,17 @@ struct Inner {
     codec: Arc<dyn Codec>,
     history: History,
     state: Mutex<CtxState>,
+    /// Where this run's activity attempts execute.
+    attempts: crate::attempts::Attempts,
+    /// The instance's id and workflow type, shared with every attempt's context.
+    names: (Arc<str>, Arc<str>),
+    /// The activities this run called, shared the same way (see `activity_name`).
+    activities: Mutex<Vec<Arc<str>>>,
 }
+
+/// Activity names a run keeps for its attempts' contexts; a workflow that calls more
+/// distinct ones (names made at run time) gets a fresh copy for the rest.
+const SHARED_ACTIVITY_NAMES_MAX: usize = 64;
 
 /// The engine's handle for one run of one instance. Cheap to clone.
 #[derive(Clone)]
@@ -413,6 +423,10 @@ impl WorkflowContext {
         if let Some((seq, reason)) = &history.cancel_requested {
             inbox.request_cancel(*seq, reason.clone());
         }
+        let names = (
+            Arc::from(history.instance.as_str()),
+            Arc::from(history.workflow_type.as_str()),
+        );
         inbox.known(known_next_seq);
         let cancel_delivered = history.cancel_delivered;
         Self {
@@ -440,6 +454,9 @@ impl WorkflowContext {
                 }),
                 state_changed: Notify::new(),
                 flushed: Notify::new(),
+                attempts: crate::attempts::Attempts::default(),
+                names,
+                activities: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -454,6 +471,19 @@ impl WorkflowContext {
         if let Some(host) = &self.inner.host {
             host.observe(observation);
         }
+    }
+
+    /// `name` shared: an attempt's context then takes no allocation of its own.
+    fn activity_name(&self, name: &str) -> Arc<str> {
+        let mut names = lock(&self.inner.activities);
+        if let Some(known) = names.iter().find(|known| ***known == *name) {
+            return known.clone();
+        }
+        let shared: Arc<str> = Arc::from(name);
+        if names.len() < SHARED_ACTIVITY_NAMES_MAX {
+            names.push(shared.clone());
+        }
+        shared
     }
 
     /// Workflow type of the instance.
@@ -723,9 +753,18 @@ impl WorkflowContext {
                 return Err(err);
             }
         } else {
-            self.wait_flushed().await;
+            // Boxed, as below: rare, and this future is part of every step's.
+            Box::pin(self.wait_flushed()).await;
         }
-        self.queued_durable().await
+        let more = {
+            let state = lock(&self.inner.state);
+            state.held.is_some() || state.queued.is_some()
+        };
+        if more {
+            Box::pin(self.queued_durable()).await
+        } else {
+            Ok(())
+        }
     }
 
     /// Waits until no step of the run waits for a held result it sent.
@@ -876,10 +915,8 @@ impl WorkflowContext {
             return std::future::pending().await;
         }
         // Nothing starts on a result that is not durable yet (see `record_queued`).
-        // Boxed: most steps find nothing queued, and the wait would otherwise take room
-        // in every step's future.
         if queued {
-            if let Err(err) = Box::pin(self.held_durable()).await {
+            if let Err(err) = self.held_durable().await {
                 return self.abort(err).await;
             }
             // A sibling may have stopped the run while this step waited.
@@ -975,10 +1012,9 @@ impl WorkflowContext {
                 deadline_ms,
             } => (failed_attempts, deadline_ms),
         };
-        // Borrowed by the step's work rather than moved into it: the payload is then
-        // kept once in the step's future, not twice.
-        let input = &input;
         self.live(step, async move {
+        // Moved into the outcome's event when there is one (see `after_attempt`).
+        let mut input = input;
         if let Some(reason) = self.take_cancel(step, StepKind::Activity, name).await {
             return Err(ActivityFailure::cancelled(
                 name,
@@ -1025,9 +1061,9 @@ impl WorkflowContext {
                 let began = std::time::Instant::now();
                 let (span, mut running) = {
                     let ctx = ActivityContext {
-                        instance_id: self.instance_id().to_owned(),
-                        workflow_type: self.workflow_type().to_owned(),
-                        activity: name.to_owned(),
+                        instance_id: self.inner.names.0.clone(),
+                        workflow_type: self.inner.names.1.clone(),
+                        activity: self.activity_name(name),
                         step,
                         attempt: number,
                         run: self.inner.history.run,
@@ -1049,12 +1085,12 @@ impl WorkflowContext {
                     );
                     // Its own task: an activity that blocks its thread cannot keep this
                     // run from seeing its deadline or a cancellation, and one that
-                    // outlives them is aborted.
-                    let running = AbortOnDrop(tokio::spawn(
-                        AssertUnwindSafe(attempt(ctx, input))
+                    // outlives them is dropped.
+                    let running = self.inner.attempts.start(
+                        AssertUnwindSafe(attempt(ctx, &input))
                             .catch_unwind()
                             .instrument(span.clone()),
-                    ));
+                    );
                     (span, running)
                 };
                 let deadline_ms = self
@@ -1074,7 +1110,7 @@ impl WorkflowContext {
                 // part of its effect; its idempotency key lets compensation find it).
                 let finished = loop {
                     let Some(timer) = deadline.as_mut() else {
-                        if let Some(joined) = first_look(&mut running.0).await {
+                        if let Some(joined) = first_look(&mut running).await {
                             break Some(joined);
                         }
                         deadline = Some(self.inner.clock.sleep_until(deadline_ms));
@@ -1084,7 +1120,7 @@ impl WorkflowContext {
                     // that is in counts even if the deadline passed in the same instant.
                     tokio::select! {
                         biased;
-                        joined = &mut running.0 => break Some(joined),
+                        joined = &mut running => break Some(joined),
                         () = timer => break None,
                         () = self.cancel_requested() => {
                             if let Some(reason) = self.take_cancel(step, StepKind::Activity, name).await {
@@ -1108,19 +1144,18 @@ impl WorkflowContext {
                     ))
                     .with_kind("panic")),
                     Some(Ok(Ok(result))) => result,
-                    // Panics are caught inside the task; this is its abort at shutdown.
-                    Some(Err(join)) => Err(ActivityError::retryable(format!(
-                        "the attempt's task ended without a result: {join}"
-                    ))
+                    // Panics are caught inside the task; this is its end at shutdown.
+                    Some(Err(crate::attempts::Gone)) => Err(ActivityError::retryable(
+                        "the attempt's task ended without a result: the runtime is shutting down",
+                    )
                     .with_kind("aborted")),
                 };
                 let call = activity::Call {
                     step,
                     name,
-                    input,
                     retry: &options.retry,
                 };
-                let after = activity::after_attempt(call, number, result);
+                let after = activity::after_attempt(call, input, number, result);
                 let outcome = match &after {
                     AfterAttempt::Completed { .. } => "completed",
                     AfterAttempt::Retry { .. } => "retried",
@@ -1138,7 +1173,11 @@ impl WorkflowContext {
                     AfterAttempt::Failed { record, failure } => {
                         (record, Next::Failed(Box::new(failure)))
                     }
-                    AfterAttempt::Retry { record, backoff } => (record, Next::Retry(backoff)),
+                    AfterAttempt::Retry {
+                        record,
+                        backoff,
+                        input,
+                    } => (record, Next::Retry(backoff, input)),
                 }
             };
             match next {
@@ -1153,7 +1192,8 @@ impl WorkflowContext {
                     drop(held);
                     return Err(*failure);
                 }
-                Next::Retry(backoff) => {
+                Next::Retry(backoff, handed_back) => {
+                    input = handed_back;
                     if let Err(err) = self.append(record).await {
                         return self.abort(err).await;
                     }
@@ -1936,8 +1976,8 @@ enum Next {
     /// Returns the failure to the workflow (boxed: a rare path, and kept small in every
     /// step's future).
     Failed(Box<ActivityFailure>),
-    /// Waits this long, then makes the next attempt.
-    Retry(Duration),
+    /// Waits this long, then makes the next attempt with this input.
+    Retry(Duration, Payload),
 }
 
 /// Polls `future` once; if it is not ready, wakes the task and gives it another look
@@ -1960,15 +2000,6 @@ async fn first_look<F: Future + Unpin>(future: &mut F) -> Option<F::Output> {
         Poll::Pending
     })
     .await
-}
-
-/// Aborts an activity attempt's task when the step stops waiting for it.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Keeps the run busy while alive.

@@ -17,6 +17,7 @@ pub use cairn_core::{
 
 mod acting;
 mod answers;
+mod attempts;
 pub mod clock;
 mod context;
 mod documents;

@@ -35,7 +35,7 @@ async fn add(ctx: ActivityCtx, acc: u64, k: u64) -> Result<u64, ActivityError> {
         ACKED
             .lock()
             .unwrap()
-            .insert((ctx.instance_id.clone(), ctx.step - 1));
+            .insert((ctx.instance_id.to_string(), ctx.step - 1));
     }
     Ok(acc * 3 + k)
 }

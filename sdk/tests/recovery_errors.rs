@@ -46,7 +46,7 @@ fn at_gate() -> &'static tokio::sync::broadcast::Sender<String> {
 /// Never finishes: holds an instance mid-run so the host can stop with it unfinished.
 #[activity]
 async fn gate(ctx: ActivityCtx) -> Result<(), ActivityError> {
-    let _ = at_gate().send(ctx.instance_id.clone());
+    let _ = at_gate().send(ctx.instance_id.to_string());
     std::future::pending().await
 }
 

@@ -330,14 +330,18 @@ impl std::fmt::Debug for AppState {
 }
 
 /// What an activity knows about the call it serves.
+///
+/// The names are shared with the calling run (`Arc<str>`: cloning one is a reference
+/// count, and making a context per attempt allocates nothing); they read as `&str`
+/// (`&*ctx.instance_id`, or `ctx.instance_id.to_string()` for an owned copy).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ActivityContext {
     /// User id of the calling instance.
-    pub instance_id: String,
+    pub instance_id: Arc<str>,
     /// Workflow type of the caller.
-    pub workflow_type: String,
+    pub workflow_type: Arc<str>,
     /// Activity name.
-    pub activity: String,
+    pub activity: Arc<str>,
     /// The step of the call in the workflow.
     pub step: StepNo,
     /// This attempt (1 for the first). Continues after a crash: recorded failures count.
@@ -406,7 +410,7 @@ impl ActivityContext {
     /// flight across an upgrade keeps its key.
     fn step_prefix(&self) -> String {
         if self.run <= 1 {
-            self.instance_id.clone()
+            self.instance_id.to_string()
         } else {
             format!("{}/run-{}", self.instance_id, self.run)
         }

@@ -78,8 +78,6 @@ pub struct Call<'a> {
     pub step: StepNo,
     /// The activity's name.
     pub name: &'a str,
-    /// Its input.
-    pub input: &'a Payload,
     /// Its retry policy.
     pub retry: &'a RetryPolicy,
 }
@@ -100,6 +98,8 @@ pub enum AfterAttempt {
         record: EventKind,
         /// The wait before the next attempt.
         backoff: Duration,
+        /// The input, handed back for the next attempt.
+        input: Payload,
     },
     /// Record the step's failure and return it.
     Failed {
@@ -114,13 +114,16 @@ pub enum AfterAttempt {
 /// output too large for one event becomes a terminal failure (`payload_too_large`):
 /// parking would re-run the activity at every start and fail the same way, while a
 /// recorded failure lets the workflow handle it once.
+///
+/// The outcome's event takes `input` (no copy per step); a retry hands it back.
 pub fn after_attempt(
     call: Call<'_>,
+    input: Payload,
     attempt: u32,
     result: Result<Payload, ActivityError>,
 ) -> AfterAttempt {
     let result = result.and_then(|output| {
-        let bytes = output.data.len() + call.input.data.len() + call.name.len();
+        let bytes = output.data.len() + input.data.len() + call.name.len();
         if bytes + STEP_EVENT_HEADROOM_BYTES > EVENT_BYTES_MAX {
             return Err(ActivityError::terminal(
                 "payload_too_large",
@@ -134,7 +137,7 @@ pub fn after_attempt(
             record: EventKind::ActivityCompleted {
                 step: call.step,
                 activity: call.name.to_owned(),
-                input: call.input.clone(),
+                input,
                 attempt,
                 output: output.clone(),
             },
@@ -151,6 +154,7 @@ pub fn after_attempt(
                     retry_in_ms: u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
                 },
                 backoff,
+                input,
             }
         }
         Err(error) => {
@@ -160,7 +164,7 @@ pub fn after_attempt(
                 record: EventKind::ActivityFailed {
                     step: call.step,
                     activity: call.name.to_owned(),
-                    input: call.input.clone(),
+                    input,
                     attempt,
                     error: record,
                 },
@@ -185,11 +189,10 @@ pub fn remaining_backoff(
 mod tests {
     use super::*;
 
-    fn call<'a>(input: &'a Payload, retry: &'a RetryPolicy) -> Call<'a> {
+    fn call(retry: &RetryPolicy) -> Call<'_> {
         Call {
             step: 4,
             name: "charge",
-            input,
             retry,
         }
     }
@@ -201,20 +204,29 @@ mod tests {
             .max_attempts(2)
             .initial_backoff(Duration::from_secs(3));
         let busy = || Err(ActivityError::retryable("busy"));
-        match after_attempt(call(&input, &retry), 1, busy()) {
+        let input = match after_attempt(call(&retry), input.clone(), 1, busy()) {
             AfterAttempt::Retry {
                 backoff,
                 record: EventKind::ActivityAttemptFailed { retry_in_ms, .. },
+                input: handed_back,
             } => {
                 assert_eq!(backoff, Duration::from_secs(3));
                 assert_eq!(retry_in_ms, 3000);
+                assert_eq!(handed_back, input, "the next attempt gets the same input");
+                handed_back
             }
             other => panic!("{other:?}"),
+        };
+        match after_attempt(call(&retry), input.clone(), 2, busy()) {
+            AfterAttempt::Failed {
+                record:
+                    EventKind::ActivityFailed {
+                        input: recorded, ..
+                    },
+                ..
+            } => assert_eq!(recorded, input),
+            other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            after_attempt(call(&input, &retry), 2, busy()),
-            AfterAttempt::Failed { .. }
-        ));
     }
 
     #[test]
@@ -222,7 +234,7 @@ mod tests {
         let input = Payload::new(0, b"1".to_vec());
         let retry = RetryPolicy::default();
         let huge = Payload::new(0, vec![b'x'; EVENT_BYTES_MAX]);
-        match after_attempt(call(&input, &retry), 1, Ok(huge)) {
+        match after_attempt(call(&retry), input, 1, Ok(huge)) {
             AfterAttempt::Failed { failure, .. } => assert_eq!(failure.kind, "payload_too_large"),
             other => panic!("{other:?}"),
         }
