@@ -85,18 +85,34 @@ async fn work(mut jobs: mpsc::UnboundedReceiver<Job>) {
 }
 
 /// Runs `attempt` and sends its output, unless the run stops waiting first: then the
-/// attempt is dropped at once, as an aborted task's would be.
+/// attempt is dropped without another poll, as an aborted task's would be. An attempt
+/// the run gave up before this task got to it never starts.
 async fn run_job<T, F>(attempt: F, mut reply: oneshot::Sender<std::thread::Result<T>>)
 where
     F: Future<Output = std::thread::Result<T>>,
 {
-    tokio::pin!(attempt);
-    let output = tokio::select! {
-        biased;
-        output = &mut attempt => output,
-        () = reply.closed() => return,
-    };
-    let _ = reply.send(output);
+    let mut attempt = std::pin::pin!(Some(attempt));
+    let output = std::future::poll_fn(|cx| {
+        // Checked before every poll of the attempt, not after: an abandoned attempt must
+        // not take one more step.
+        if reply.is_closed() {
+            return Poll::Ready(None);
+        }
+        let Some(running) = attempt.as_mut().as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(output) = running.poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        reply.poll_closed(cx).map(|()| None)
+    })
+    .await;
+    // Dropped before the output is sent, as a task's future is before its output is
+    // published: what the attempt holds is released by the time the run goes on.
+    attempt.set(None);
+    if let Some(output) = output {
+        let _ = reply.send(output);
+    }
 }
 
 /// An attempt in flight. Dropping it before its output arrives abandons the attempt: it
@@ -207,6 +223,62 @@ mod tests {
         assert!(lock(&attempts.idle).is_none(), "an abandoned task was kept");
         let next = attempts.start(async { ok(3) }).await;
         assert!(matches!(next, Ok(Ok(3))));
+    }
+
+    #[tokio::test]
+    async fn an_attempt_given_up_before_its_task_ran_never_starts() {
+        let attempts = Attempts::default();
+        let started = Arc::new(AtomicUsize::new(0));
+        let seen = started.clone();
+        let given_up = attempts.start(async move {
+            seen.fetch_add(1, Ordering::SeqCst);
+            ok(())
+        });
+        // Dropped unpolled, before the worker task had a turn (one thread: it has not).
+        drop(given_up);
+        let next = attempts.start(async { ok(5) }).await;
+        assert!(matches!(next, Ok(Ok(5))));
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            started.load(Ordering::SeqCst),
+            0,
+            "an abandoned attempt ran"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_attempt_is_dropped_before_the_run_gets_its_output() {
+        // Slow to drop, on the worker's thread: sent first, the output would reach this
+        // (other) thread while the drop is still under way.
+        struct Flag(Arc<AtomicUsize>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                std::thread::sleep(Duration::from_millis(50));
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        // Keeps what it holds after it is done, as a span or a combinator does, until it
+        // is dropped.
+        struct Holding {
+            _flag: Flag,
+        }
+        impl Future for Holding {
+            type Output = std::thread::Result<u32>;
+            fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+                Poll::Ready(Ok(6))
+            }
+        }
+        let attempts = Attempts::default();
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let output = attempts
+            .start(Holding {
+                _flag: Flag(dropped.clone()),
+            })
+            .await;
+        assert!(matches!(output, Ok(Ok(6))));
+        assert_eq!(dropped.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

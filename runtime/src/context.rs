@@ -1144,9 +1144,10 @@ impl WorkflowContext {
                     ))
                     .with_kind("panic")),
                     Some(Ok(Ok(result))) => result,
-                    // Panics are caught inside the task; this is its end at shutdown.
+                    // Panics are caught inside the attempt; this is its task's end at
+                    // shutdown (or a failure outside the activity's own code).
                     Some(Err(crate::attempts::Gone)) => Err(ActivityError::retryable(
-                        "the attempt's task ended without a result: the runtime is shutting down",
+                        "the attempt's task ended without a result (the runtime is shutting down, or the task failed outside the activity)",
                     )
                     .with_kind("aborted")),
                 };
