@@ -2423,13 +2423,17 @@ async fn drive_evictable(
         let changed = ctx.state_changed();
         tokio::pin!(changed);
         changed.as_mut().enable();
+        // Biased: the order does not matter here (the run is polled either way), and an
+        // unbiased select draws a random number at every poll of every run.
         if ctx.blocked().is_none() {
             tokio::select! {
+                biased;
                 result = &mut run => return result.map(DriveEnd::Finished),
                 () = &mut changed => continue,
             }
         }
         tokio::select! {
+            biased;
             result = &mut run => return result.map(DriveEnd::Finished),
             () = &mut changed => continue,
             () = tokio::time::sleep(idle) => {

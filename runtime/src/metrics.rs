@@ -361,6 +361,38 @@ struct Ring {
 }
 
 impl Ring {
+    fn count(
+        &mut self,
+        families: &AttemptFamilies<'_>,
+        workflow_type: &str,
+        activity: &str,
+        outcome: &str,
+        seconds: f64,
+    ) {
+        if self.seconds.len() >= RECENT_ATTEMPTS {
+            self.seconds.pop_front();
+        }
+        self.seconds.push_back(seconds);
+        self.attempts += 1;
+        if outcome != "completed" {
+            self.failed += 1;
+        }
+        self.duration.observe(seconds);
+        match outcome {
+            "completed" => self.completed.inc(),
+            "retried" => self.retried.inc(),
+            "failed" => self.failed_for_good.inc(),
+            other => families
+                .attempts
+                .get_or_create(&AttemptLabels {
+                    workflow_type: workflow_type.to_owned(),
+                    activity: activity.to_owned(),
+                    outcome: other.to_owned(),
+                })
+                .inc(),
+        };
+    }
+
     fn new(families: &AttemptFamilies<'_>, workflow_type: &str, activity: &str) -> Self {
         let counter = |outcome: &str| {
             families
@@ -427,43 +459,20 @@ impl Recent {
         seconds: f64,
     ) {
         let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
-        if !steps.contains_key(workflow_type) {
-            steps.insert(workflow_type.to_owned(), Default::default());
-        }
-        let Some(activities) = steps.get_mut(workflow_type) else {
+        // A known activity (the usual case) takes one lookup per level.
+        if let Some(ring) = steps
+            .get_mut(workflow_type)
+            .and_then(|activities| activities.get_mut(activity))
+        {
+            ring.count(families, workflow_type, activity, outcome, seconds);
             return;
-        };
-        if !activities.contains_key(activity) {
-            activities.insert(
-                activity.to_owned(),
-                Ring::new(families, workflow_type, activity),
-            );
         }
-        let Some(ring) = activities.get_mut(activity) else {
-            return;
-        };
-        if ring.seconds.len() >= RECENT_ATTEMPTS {
-            ring.seconds.pop_front();
-        }
-        ring.seconds.push_back(seconds);
-        ring.attempts += 1;
-        if outcome != "completed" {
-            ring.failed += 1;
-        }
-        ring.duration.observe(seconds);
-        match outcome {
-            "completed" => ring.completed.inc(),
-            "retried" => ring.retried.inc(),
-            "failed" => ring.failed_for_good.inc(),
-            other => families
-                .attempts
-                .get_or_create(&AttemptLabels {
-                    workflow_type: workflow_type.to_owned(),
-                    activity: activity.to_owned(),
-                    outcome: other.to_owned(),
-                })
-                .inc(),
-        };
+        steps
+            .entry(workflow_type.to_owned())
+            .or_default()
+            .entry(activity.to_owned())
+            .or_insert_with(|| Ring::new(families, workflow_type, activity))
+            .count(families, workflow_type, activity, outcome, seconds);
     }
 
     pub(crate) fn latencies(&self) -> Vec<StepLatency> {
