@@ -119,3 +119,51 @@ async fn an_activity_that_blocks_its_thread_still_times_out() {
     release.send(()).unwrap();
     rt.shutdown().await;
 }
+
+/// Blocks its thread on its first attempt only, until released.
+static BLOCK_ONCE: Mutex<Option<std::sync::mpsc::Receiver<()>>> = Mutex::new(None);
+
+#[activity]
+async fn blocks_once(ctx: ActivityCtx, _x: ()) -> Result<u32, ActivityError> {
+    let release = BLOCK_ONCE.lock().unwrap().take();
+    if let Some(release) = release {
+        let _ = release.recv();
+    }
+    Ok(ctx.attempt)
+}
+
+#[workflow]
+async fn retried_after_a_block(ctx: Ctx) -> Result<u32, WorkflowError> {
+    Ok(ctx
+        .activity(blocks_once, ())
+        .retry(
+            RetryPolicy::default()
+                .max_attempts(2)
+                .initial_backoff(Duration::from_millis(10)),
+        )
+        .start_to_close(Duration::from_millis(200))
+        .await?)
+}
+
+/// The run reuses its last attempt's task for the next attempt, but never one whose
+/// attempt it gave up: a retry queued behind the blocked attempt would wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_runs_while_the_attempt_that_timed_out_still_blocks_its_thread() {
+    let (release, blocked) = std::sync::mpsc::channel();
+    *BLOCK_ONCE.lock().unwrap() = Some(blocked);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder()
+        .workflow(retried_after_a_block)
+        .open_store(dir.path().join("db.redb"))
+        .await
+        .unwrap();
+    let handle = rt.start(retried_after_a_block, "r-1", ()).await.unwrap();
+    let attempt = tokio::time::timeout(Duration::from_secs(20), handle.result())
+        .await
+        .expect("the retry waited for the blocked attempt")
+        .unwrap()
+        .unwrap();
+    assert_eq!(attempt, 2, "the second attempt gave the result");
+    release.send(()).unwrap();
+    rt.shutdown().await;
+}
