@@ -49,32 +49,31 @@ impl Attempts {
         T: Send + 'static,
     {
         let (reply, output) = oneshot::channel();
-        let mut job: Job = Box::pin(run_job(attempt, reply));
+        let job: Job = Box::pin(run_job(attempt, reply));
         let idle = lock(&self.idle).take();
-        if let Some(worker) = idle {
-            match worker.send(job) {
-                Ok(()) => {
-                    return Running {
-                        attempts: self,
-                        output,
-                        worker: Some(worker),
-                    }
-                }
+        let worker = match idle {
+            Some(worker) => match worker.send(job) {
+                Ok(()) => worker,
                 // The task is gone (it cannot be while its queue is held here, short of
                 // a shutdown); a new one takes the job.
-                Err(mpsc::error::SendError(returned)) => job = returned,
-            }
-        }
-        let (worker, jobs) = mpsc::unbounded_channel();
-        // Sent before the task starts: it never waits for its first job.
-        let _ = worker.send(job);
-        drop(tokio::spawn(work(jobs)));
+                Err(mpsc::error::SendError(job)) => spawn_worker(job),
+            },
+            None => spawn_worker(job),
+        };
         Running {
             attempts: self,
             output,
             worker: Some(worker),
         }
     }
+}
+
+/// A new worker task, with `job` already queued: it never waits for its first job.
+fn spawn_worker(job: Job) -> Worker {
+    let (worker, jobs) = mpsc::unbounded_channel();
+    let _ = worker.send(job);
+    drop(tokio::spawn(work(jobs)));
+    worker
 }
 
 /// A worker task: runs its jobs one after another until its queue is dropped.

@@ -330,16 +330,8 @@ impl Writer {
         first: EventKind,
         then: EventKind,
     ) -> Result<Appended> {
-        self.request(|reply| Command::Append {
-            key,
-            kind: then,
-            expect: Expect::End,
-            actor: None,
-            queued: false,
-            before: Some(first),
-            reply,
-        })
-        .await
+        self.request(|reply| own_append(key, then, false, Some(first), reply))
+            .await
     }
 
     /// Queues one of a run's own events and returns at once with the answer's future
@@ -347,16 +339,7 @@ impl Writer {
     /// queues after it.
     pub(crate) fn append_queued(&self, key: u128, kind: EventKind) -> AppendTicket {
         let (reply, answer) = oneshot::channel();
-        let command = Command::Append {
-            key,
-            kind,
-            expect: Expect::End,
-            actor: None,
-            queued: true,
-            before: None,
-            reply,
-        };
-        let submitted = self.submit(command);
+        let submitted = self.submit(own_append(key, kind, true, None, reply));
         Box::pin(async move {
             submitted?;
             answer.await.map_err(|_| Error::ShutDown)?
@@ -367,16 +350,10 @@ impl Writer {
     /// It is committed in queue order like any other; a refusal or failure is logged.
     pub(crate) fn append_detached(&self, key: u128, kind: EventKind) {
         let (reply, _answer) = oneshot::channel();
-        let command = Command::Append {
-            key,
-            kind,
-            expect: Expect::End,
-            actor: None,
-            queued: false,
-            before: None,
-            reply,
-        };
-        if self.submit(command).is_err() {
+        if self
+            .submit(own_append(key, kind, false, None, reply))
+            .is_err()
+        {
             tracing::debug!("writer closed; a detached append was dropped");
         }
     }
@@ -1136,6 +1113,26 @@ impl WriterLoop {
         let seq = plan.seq;
         self.effects.push(plan.effect);
         Ok(Appended { seq })
+    }
+}
+
+/// An append of a run's own event (at the end of its history, no actor), as the run
+/// makes them: `queued` and `before` as in `Command::Append`.
+fn own_append(
+    key: u128,
+    kind: EventKind,
+    queued: bool,
+    before: Option<EventKind>,
+    reply: oneshot::Sender<Result<Appended>>,
+) -> Command {
+    Command::Append {
+        key,
+        kind,
+        expect: Expect::End,
+        actor: None,
+        queued,
+        before,
+        reply,
     }
 }
 
