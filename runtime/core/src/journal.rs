@@ -52,17 +52,18 @@ impl InstanceStatus {
         }
     }
 
+    /// Every status, in the order of their codes.
+    pub const ALL: [InstanceStatus; 5] = [
+        InstanceStatus::Running,
+        InstanceStatus::Completed,
+        InstanceStatus::Failed,
+        InstanceStatus::Terminated,
+        InstanceStatus::ContinuedAsNew,
+    ];
+
     /// The status numbered `code` ([`InstanceStatus::code`]).
     pub fn from_code(code: u8) -> Option<Self> {
-        [
-            InstanceStatus::Running,
-            InstanceStatus::Completed,
-            InstanceStatus::Failed,
-            InstanceStatus::Terminated,
-            InstanceStatus::ContinuedAsNew,
-        ]
-        .into_iter()
-        .find(|status| status.code() == code)
+        Self::ALL.into_iter().find(|status| status.code() == code)
     }
 
     /// Whether the instance has finished.

@@ -9,7 +9,8 @@
 //!   rewritten only by a continue-as-new hand-over.
 //! - `meta`: `"format"` -> storage format version (`u32`, little endian).
 //! - `attributes`: internal key -> search attributes (an index of the log).
-//! - `running`: internal key of every unfinished run -> its suspension hint.
+//! - `open_runs`: (start time, internal key) of every unfinished run -> its suspension
+//!   hint (format 10; `running`, by key alone, before).
 //! - `schedules`: schedule id -> [`ScheduleRow`].
 //! - `counts`: (workflow type, status code) -> runs; `activity`: (bucket start, workflow
 //!   type, what) -> runs started (what = 255) or ended with that status in the bucket.
@@ -33,9 +34,10 @@ pub use cairn_core::journal::{
 
 use crate::schedule::ScheduleRow;
 use crate::sync::{read, write, AtomicBool, RwLock, RwLockReadGuard};
+use crate::tables::LEGACY_RUNNING;
 pub(crate) use crate::tables::{
     decode_row, decode_versioned, encode_versioned, read_events, storage, DOCUMENTS, INSTANCES,
-    LOG, OPEN_TASKS, OUTBOX, OUTBOX_DUE, RUNNING, TASK_INBOX,
+    LOG, OPEN_RUNS, OPEN_TASKS, OUTBOX, OUTBOX_DUE, TASK_INBOX,
 };
 
 const IDS: TableDefinition<&str, u128> = TableDefinition::new("ids");
@@ -44,12 +46,16 @@ const ATTRIBUTES: TableDefinition<u128, &[u8]> = TableDefinition::new("attribute
 const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
 /// Added by storage format 2.
 const PARKED: TableDefinition<u128, &[u8]> = TableDefinition::new("parked");
-/// Query indexes, added by storage format 3: every run by start time; by type; by stored
-/// status; by attribute value (postcard of the `AttrValue`). Each key ends with the run's
-/// start time and key, so a range of one is in start order and pages by cursor.
-const BY_START: TableDefinition<(u64, u128), ()> = TableDefinition::new("by_start");
+/// Query indexes, added by storage format 3: every run by type; every ended run by its
+/// final status; by attribute value (postcard of the `AttrValue`). Each key ends with the
+/// run's start time and key, so a range of one is in start order and pages by cursor.
+/// The running runs are `open_runs`, keyed the same way; "every run" merges the status
+/// ranges. Before format 10 `by_status` also held the running runs (status 0), and
+/// `by_start` listed every run: five index writes per run, now two.
 const BY_TYPE: TableDefinition<(&str, u64, u128), ()> = TableDefinition::new("by_type");
 const BY_STATUS: TableDefinition<(u8, u64, u128), ()> = TableDefinition::new("by_status");
+/// Every run by start time (formats 3 to 9; dropped by the migration to format 10).
+const LEGACY_BY_START: TableDefinition<(u64, u128), ()> = TableDefinition::new("by_start");
 const BY_ATTRIBUTE: TableDefinition<(&str, &[u8], u64, u128), ()> =
     TableDefinition::new("by_attribute");
 /// Tallies, added by storage format 9 (see the module's table list).
@@ -59,9 +65,11 @@ const ACTIVITY: TableDefinition<(u64, &str, u8), u64> = TableDefinition::new("ac
 const STARTED_CODE: u8 = 255;
 /// Tables a Cairn file may hold without them all being required (an older format's file
 /// lacks them until its first writable open migrates it).
-const LATER_TABLES: [&str; 12] = [
+const LATER_TABLES: [&str; 14] = [
     "parked",
     "by_start",
+    "running",
+    "open_runs",
     "by_type",
     "by_status",
     "by_attribute",
@@ -73,15 +81,9 @@ const LATER_TABLES: [&str; 12] = [
     "counts",
     "activity",
 ];
-const CAIRN_TABLES: [&str; 7] = [
-    "log",
-    "instances",
-    "ids",
-    "meta",
-    "attributes",
-    "running",
-    "schedules",
-];
+/// Tables every format has. A complete file also has its list of unfinished runs:
+/// `running` up to format 9, `open_runs` from format 10.
+const CAIRN_TABLES: [&str; 6] = ["log", "instances", "ids", "meta", "attributes", "schedules"];
 
 /// Storage format of the whole file (tables and row encodings). Bumped on any change a
 /// previous build could misread. Format 2 added the event kinds `StepAbandoned`,
@@ -92,11 +94,13 @@ const CAIRN_TABLES: [&str; 7] = [
 /// the `DocumentAttached` event and the `documents` table; format 8 the events of keyed
 /// signals, update answers and published values (`KeyedSignalReceived`, `UpdateAnswered`,
 /// `StatePublished`), which only raises the marker so that older builds refuse the file;
-/// format 9 the tallies (`counts`, `activity`) and schedule rows that can be paused.
+/// format 9 the tallies (`counts`, `activity`) and schedule rows that can be paused;
+/// format 10 `open_runs` (unfinished runs by start time, replacing `running`), with
+/// `by_status` holding ended runs only and `by_start` gone.
 /// An older file is migrated by its first writable open (one transaction that builds the
 /// indexes from the rows and the logs of running instances, and raises the marker); a
 /// read-only open leaves it as it is and answers queries by scanning the rows.
-pub const STORAGE_FORMAT: u32 = 9;
+pub const STORAGE_FORMAT: u32 = 10;
 
 /// The first format with the query indexes.
 const INDEXED_FORMAT: u32 = 3;
@@ -108,6 +112,8 @@ const OUTBOX_FORMAT: u32 = 5;
 const DOCUMENTS_FORMAT: u32 = 7;
 /// The first format with tallies.
 const TALLIES_FORMAT: u32 = 9;
+/// The first format with `open_runs`, and with `by_status` for ended runs only.
+const OPEN_RUNS_FORMAT: u32 = 10;
 
 pub(crate) fn encode_row(row: &InstanceRow) -> Result<Vec<u8>> {
     encode_versioned(row, "instance row")
@@ -124,11 +130,11 @@ pub struct WriteBatch {
     pub ids: Vec<(String, u128)>,
     /// Search attributes to insert or overwrite (the whole map of an instance).
     pub attributes: Vec<(u128, Vec<u8>)>,
-    /// Entries of the running index to insert or overwrite (value: encoded
-    /// `Option<Suspension>`).
-    pub running: Vec<(u128, Vec<u8>)>,
-    /// Instances that finished: removed from the running index.
-    pub finished: Vec<u128>,
+    /// Entries of `open_runs` to insert or overwrite, by (start time, key) (value:
+    /// encoded `Option<Suspension>`).
+    pub running: Vec<((u64, u128), Vec<u8>)>,
+    /// Instances that finished, by (start time, key): removed from `open_runs`.
+    pub finished: Vec<(u64, u128)>,
     /// Schedules to store (`Some(row)`, version byte + postcard `ScheduleRow`) or delete.
     pub schedules: Vec<(String, Option<Vec<u8>>)>,
     /// Parked instances to record (`Some(row)`, version byte + postcard `ParkedRow`) or
@@ -145,7 +151,7 @@ pub struct WriteBatch {
 /// One change to the query indexes, derived from an event by the writer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IndexChange {
-    /// Run `key` started: indexed by start time, type and status `Running`.
+    /// Run `key` started: indexed by type (and counted).
     Started {
         /// The run.
         key: u128,
@@ -154,7 +160,7 @@ pub enum IndexChange {
         /// Its workflow type.
         workflow_type: String,
     },
-    /// Run `key` ended with status `to`.
+    /// Run `key` ended with status `to`: indexed by it (and counted).
     Ended {
         /// The run.
         key: u128,
@@ -224,8 +230,8 @@ pub(crate) fn encode_suspension(suspension: Option<Suspension>) -> Result<Vec<u8
     encode_versioned(&suspension, "running entry")
 }
 
-fn decode_suspension(key: u128, bytes: &[u8]) -> Result<Option<Suspension>> {
-    decode_versioned(|| format!("running table, key {key:032x}"), bytes)
+fn decode_suspension(table: &str, key: u128, bytes: &[u8]) -> Result<Option<Suspension>> {
+    decode_versioned(|| format!("{table} table, key {key:032x}"), bytes)
 }
 
 pub(crate) fn encode_attributes(attributes: &Attributes) -> Result<Vec<u8>> {
@@ -505,7 +511,8 @@ impl RedbStore {
             }
         }
         self.refuse_foreign_tables(&names)?;
-        Ok(CAIRN_TABLES.iter().all(|t| names.iter().any(|n| n == t)))
+        let has = |table: &str| names.iter().any(|n| n == table);
+        Ok(CAIRN_TABLES.iter().all(|t| has(t)) && (has("open_runs") || has("running")))
     }
 
     /// The storage format a file's `meta` marker names, refused if it is newer than
@@ -608,13 +615,11 @@ impl RedbStore {
                 .map_err(|err| open_error(&self.path, err))?;
             txn.open_table(ATTRIBUTES)
                 .map_err(|err| open_error(&self.path, err))?;
-            txn.open_table(RUNNING)
+            txn.open_table(OPEN_RUNS)
                 .map_err(|err| open_error(&self.path, err))?;
             txn.open_table(SCHEDULES)
                 .map_err(|err| open_error(&self.path, err))?;
             txn.open_table(PARKED)
-                .map_err(|err| open_error(&self.path, err))?;
-            txn.open_table(BY_START)
                 .map_err(|err| open_error(&self.path, err))?;
             txn.open_table(BY_TYPE)
                 .map_err(|err| open_error(&self.path, err))?;
@@ -661,7 +666,6 @@ impl RedbStore {
         if found < INDEXED_FORMAT {
             let instances = txn.open_table(INSTANCES).map_err(storage)?;
             let attributes = txn.open_table(ATTRIBUTES).map_err(storage)?;
-            let mut by_start = txn.open_table(BY_START).map_err(storage)?;
             let mut by_type = txn.open_table(BY_TYPE).map_err(storage)?;
             let mut by_status = txn.open_table(BY_STATUS).map_err(storage)?;
             let mut by_attribute = txn.open_table(BY_ATTRIBUTE).map_err(storage)?;
@@ -669,13 +673,14 @@ impl RedbStore {
                 let (key, bytes) = entry.map_err(storage)?;
                 let row = decode_row(key.value(), bytes.value())?;
                 let at = (row.created_at_ms, row.key);
-                by_start.insert(at, ()).map_err(storage)?;
                 by_type
                     .insert((row.workflow_type.as_str(), at.0, at.1), ())
                     .map_err(storage)?;
-                by_status
-                    .insert((row.status.code(), at.0, at.1), ())
-                    .map_err(storage)?;
+                if row.status.is_finished() {
+                    by_status
+                        .insert((row.status.code(), at.0, at.1), ())
+                        .map_err(storage)?;
+                }
                 if let Some(held) = attributes.get(row.key).map_err(storage)? {
                     for (name, value) in decode_attributes(row.key, held.value())? {
                         let value = attribute_bytes(&value)?;
@@ -686,6 +691,9 @@ impl RedbStore {
                 }
                 runs += 1;
             }
+        }
+        if found < OPEN_RUNS_FORMAT {
+            move_to_open_runs(&txn)?;
         }
         // The task index is rebuilt whatever the older format: it is derived, and a
         // rebuild also repairs one that was dropped.
@@ -859,12 +867,12 @@ impl Store for RedbStore {
                     }
                 }
                 if !batch.running.is_empty() || !batch.finished.is_empty() {
-                    let mut running = txn.open_table(RUNNING).map_err(storage)?;
-                    for (key, bytes) in &batch.running {
-                        running.insert(*key, bytes.as_slice()).map_err(storage)?;
+                    let mut open_runs = txn.open_table(OPEN_RUNS).map_err(storage)?;
+                    for (at, bytes) in &batch.running {
+                        open_runs.insert(*at, bytes.as_slice()).map_err(storage)?;
                     }
-                    for key in &batch.finished {
-                        running.remove(*key).map_err(storage)?;
+                    for at in &batch.finished {
+                        open_runs.remove(*at).map_err(storage)?;
                     }
                 }
                 if !batch.parked.is_empty() {
@@ -949,10 +957,22 @@ impl Store for RedbStore {
             let mut entries = Vec::new();
             {
                 let txn = self.read()?;
-                let running = txn.open_table(RUNNING).map_err(storage)?;
-                for entry in running.iter().map_err(storage)? {
-                    let (key, bytes) = entry.map_err(storage)?;
-                    entries.push((key.value(), decode_suspension(key.value(), bytes.value())?));
+                if self.format_found() >= OPEN_RUNS_FORMAT {
+                    let open_runs = txn.open_table(OPEN_RUNS).map_err(storage)?;
+                    for entry in open_runs.iter().map_err(storage)? {
+                        let (at, bytes) = entry.map_err(storage)?;
+                        let (_, key) = at.value();
+                        let suspension = decode_suspension("open_runs", key, bytes.value())?;
+                        entries.push((key, suspension));
+                    }
+                } else {
+                    // An older file opened read-only (a writable open has migrated it).
+                    let running = txn.open_table(LEGACY_RUNNING).map_err(storage)?;
+                    for entry in running.iter().map_err(storage)? {
+                        let (key, bytes) = entry.map_err(storage)?;
+                        let key = key.value();
+                        entries.push((key, decode_suspension("running", key, bytes.value())?));
+                    }
                 }
             }
             // Visit after the read ends, so the visitor may use the store.
@@ -1011,7 +1031,7 @@ impl Store for RedbStore {
     fn query(&self, query: &InstanceQuery) -> Result<InstancePage> {
         self.contain("query", || {
             let txn = self.read()?;
-            if self.format_found() >= INDEXED_FORMAT {
+            if self.format_found() >= OPEN_RUNS_FORMAT {
                 query_indexed(&txn, query)
             } else {
                 query_by_scan(&txn, query)
@@ -1151,7 +1171,6 @@ impl Store for RedbStore {
 
 /// Applies index changes inside a commit's transaction.
 fn apply_index(txn: &redb::WriteTransaction, changes: &[IndexChange]) -> Result<()> {
-    let mut by_start = txn.open_table(BY_START).map_err(storage)?;
     let mut by_type = txn.open_table(BY_TYPE).map_err(storage)?;
     let mut by_status = txn.open_table(BY_STATUS).map_err(storage)?;
     let mut by_attribute = txn.open_table(BY_ATTRIBUTE).map_err(storage)?;
@@ -1165,15 +1184,10 @@ fn apply_index(txn: &redb::WriteTransaction, changes: &[IndexChange]) -> Result<
                 created_at_ms,
                 workflow_type,
             } => {
-                by_start
-                    .insert((*created_at_ms, *key), ())
-                    .map_err(storage)?;
+                // Its `open_runs` entry (written with the run's other rows) lists it as
+                // running.
                 by_type
                     .insert((workflow_type.as_str(), *created_at_ms, *key), ())
-                    .map_err(storage)?;
-                let running = InstanceStatus::Running.code();
-                by_status
-                    .insert((running, *created_at_ms, *key), ())
                     .map_err(storage)?;
                 tally.started(workflow_type, *created_at_ms);
             }
@@ -1185,10 +1199,6 @@ fn apply_index(txn: &redb::WriteTransaction, changes: &[IndexChange]) -> Result<
                 to,
             } => {
                 tally.ended(workflow_type, *ended_at_ms, *to);
-                let running = InstanceStatus::Running.code();
-                by_status
-                    .remove((running, *created_at_ms, *key))
-                    .map_err(storage)?;
                 by_status
                     .insert((to.code(), *created_at_ms, *key), ())
                     .map_err(storage)?;
@@ -1212,6 +1222,41 @@ fn apply_index(txn: &redb::WriteTransaction, changes: &[IndexChange]) -> Result<
         }
     }
     tally.write(txn)
+}
+
+/// The migration to format 10: the unfinished runs move from `running` (by key) to
+/// `open_runs` (by start time and key), which also serves the queries for status
+/// `Running`; `by_status` drops its running entries and `by_start` goes.
+fn move_to_open_runs(txn: &redb::WriteTransaction) -> Result<()> {
+    {
+        let instances = txn.open_table(INSTANCES).map_err(storage)?;
+        let running = txn.open_table(LEGACY_RUNNING).map_err(storage)?;
+        let mut open_runs = txn.open_table(OPEN_RUNS).map_err(storage)?;
+        for entry in running.iter().map_err(storage)? {
+            let (key, bytes) = entry.map_err(storage)?;
+            let key = key.value();
+            let Some(row) = instances.get(key).map_err(storage)? else {
+                return Err(Error::Corrupt {
+                    location: format!("running table, key {key:032x}"),
+                    message: "it lists a run the instances table does not hold".into(),
+                });
+            };
+            let row = decode_row(key, row.value())?;
+            open_runs
+                .insert((row.created_at_ms, key), bytes.value())
+                .map_err(storage)?;
+        }
+        let mut by_status = txn.open_table(BY_STATUS).map_err(storage)?;
+        let running = InstanceStatus::Running.code();
+        by_status
+            .retain_in((running, 0, 0)..=(running, u64::MAX, u128::MAX), |_, ()| {
+                false
+            })
+            .map_err(storage)?;
+    }
+    txn.delete_table(LEGACY_RUNNING).map_err(storage)?;
+    txn.delete_table(LEGACY_BY_START).map_err(storage)?;
+    Ok(())
 }
 
 /// Changes to the tallies, summed over a whole commit first: a batch of a thousand
@@ -1470,59 +1515,111 @@ fn matches(query: &InstanceQuery, row: &InstanceRow) -> bool {
 }
 
 /// A query answered from the most selective index it names: the first attribute, else the
-/// type, else a single status, else start time. Only the entries in the query's start
-/// range are read, and reading stops once the page is full.
+/// type, else the statuses it names (every status when none): `open_runs` for running
+/// runs, a `by_status` range for each final status, merged in start order. Only the
+/// entries in the query's start range are read, and reading stops once the page is full.
 fn query_indexed(txn: &redb::ReadTransaction, query: &InstanceQuery) -> Result<InstancePage> {
     let instances = txn.open_table(INSTANCES).map_err(storage)?;
     let attributes = txn.open_table(ATTRIBUTES).map_err(storage)?;
     let mut pages = PageCollector::new(query);
     let (from_ms, from_key) = pages.from;
+    let mut visit = |entries: &mut dyn Iterator<Item = Result<(u64, u128)>>| -> Result<()> {
+        for entry in entries {
+            let (created, key) = entry?;
+            if !pages.visit(created, key, &instances, &attributes)? {
+                break;
+            }
+        }
+        Ok(())
+    };
     if let Some((name, value)) = query.attributes.first() {
         let value = attribute_bytes(value)?;
         let table = txn.open_table(BY_ATTRIBUTE).map_err(storage)?;
         let start = (name.as_str(), value.as_slice(), from_ms, from_key);
         let end = (name.as_str(), value.as_slice(), u64::MAX, u128::MAX);
-        for entry in table.range(start..=end).map_err(storage)? {
-            let (entry, ()) = entry.map(|(k, _)| (k, ())).map_err(storage)?;
-            let (_, _, created, key) = entry.value();
-            if !pages.visit(created, key, &instances, &attributes)? {
-                break;
-            }
-        }
+        let range = table.range(start..=end).map_err(storage)?;
+        visit(&mut range.map(|entry| {
+            let (_, _, created, key) = entry.map_err(storage)?.0.value();
+            Ok((created, key))
+        }))?;
     } else if let Some(workflow_type) = &query.workflow_type {
         let table = txn.open_table(BY_TYPE).map_err(storage)?;
         let start = (workflow_type.as_str(), from_ms, from_key);
         let end = (workflow_type.as_str(), u64::MAX, u128::MAX);
-        for entry in table.range(start..=end).map_err(storage)? {
-            let (entry, ()) = entry.map(|(k, _)| (k, ())).map_err(storage)?;
-            let (_, created, key) = entry.value();
-            if !pages.visit(created, key, &instances, &attributes)? {
-                break;
-            }
-        }
-    } else if let [status] = query.statuses.as_slice() {
-        let code = status.code();
-        let table = txn.open_table(BY_STATUS).map_err(storage)?;
-        let range = (code, from_ms, from_key)..=(code, u64::MAX, u128::MAX);
-        for entry in table.range(range).map_err(storage)? {
-            let (entry, ()) = entry.map(|(k, _)| (k, ())).map_err(storage)?;
-            let (_, created, key) = entry.value();
-            if !pages.visit(created, key, &instances, &attributes)? {
-                break;
-            }
-        }
+        let range = table.range(start..=end).map_err(storage)?;
+        visit(&mut range.map(|entry| {
+            let (_, created, key) = entry.map_err(storage)?.0.value();
+            Ok((created, key))
+        }))?;
     } else {
-        let table = txn.open_table(BY_START).map_err(storage)?;
-        let range = (from_ms, from_key)..=(u64::MAX, u128::MAX);
-        for entry in table.range(range).map_err(storage)? {
-            let (entry, ()) = entry.map(|(k, _)| (k, ())).map_err(storage)?;
-            let (created, key) = entry.value();
-            if !pages.visit(created, key, &instances, &attributes)? {
-                break;
+        let open_runs = txn.open_table(OPEN_RUNS).map_err(storage)?;
+        let by_status = txn.open_table(BY_STATUS).map_err(storage)?;
+        let mut ranges: Vec<StartRange<'_>> = Vec::new();
+        for status in InstanceStatus::ALL {
+            if !(query.statuses.is_empty() || query.statuses.contains(&status)) {
+                continue;
+            }
+            if status == InstanceStatus::Running {
+                let range = open_runs
+                    .range((from_ms, from_key)..=(u64::MAX, u128::MAX))
+                    .map_err(storage)?;
+                ranges.push(Box::new(
+                    range.map(|entry| Ok(entry.map_err(storage)?.0.value())),
+                ));
+            } else {
+                let code = status.code();
+                let range = by_status
+                    .range((code, from_ms, from_key)..=(code, u64::MAX, u128::MAX))
+                    .map_err(storage)?;
+                ranges.push(Box::new(range.map(|entry| {
+                    let (_, created, key) = entry.map_err(storage)?.0.value();
+                    Ok((created, key))
+                })));
             }
         }
+        visit(&mut MergedStarts::new(ranges))?;
     }
     Ok(pages.page)
+}
+
+/// One index range's (start time, key) entries, in order.
+type StartRange<'a> = Box<dyn Iterator<Item = Result<(u64, u128)>> + 'a>;
+
+/// Several start-ordered ranges read as one, in (start time, key) order: a run is in one
+/// status at a time, so the ranges are disjoint; an entry found in two (a damaged index)
+/// is still listed once.
+struct MergedStarts<'a> {
+    ranges: Vec<std::iter::Peekable<StartRange<'a>>>,
+}
+
+impl<'a> MergedStarts<'a> {
+    fn new(ranges: Vec<StartRange<'a>>) -> Self {
+        Self {
+            ranges: ranges.into_iter().map(Iterator::peekable).collect(),
+        }
+    }
+}
+
+impl Iterator for MergedStarts<'_> {
+    type Item = Result<(u64, u128)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut smallest: Option<(u64, u128)> = None;
+        for range in &mut self.ranges {
+            match range.peek() {
+                Some(Ok(at)) => smallest = Some(smallest.map_or(*at, |s| s.min(*at))),
+                Some(Err(_)) => return range.next(),
+                None => {}
+            }
+        }
+        let at = smallest?;
+        for range in &mut self.ranges {
+            if matches!(range.peek(), Some(Ok(head)) if *head == at) {
+                range.next();
+            }
+        }
+        Some(Ok(at))
+    }
 }
 
 /// A query on a file without indexes (an older format opened read-only): every row is
@@ -1626,10 +1723,18 @@ mod tests {
         {
             let db = Database::create(&path).unwrap();
             let txn = db.begin_write().unwrap();
-            for table in ["parked", "by_start", "by_type", "by_status", "by_attribute"] {
+            for table in [
+                "parked",
+                "by_type",
+                "by_status",
+                "by_attribute",
+                "open_runs",
+            ] {
                 txn.delete_table(redb::TableDefinition::<u128, &[u8]>::new(table))
                     .unwrap();
             }
+            // Format 1 listed the unfinished runs by key (none here).
+            txn.open_table(LEGACY_RUNNING).unwrap();
             txn.open_table(META)
                 .unwrap()
                 .insert("format", 1u32.to_le_bytes().as_slice())
@@ -1650,7 +1755,12 @@ mod tests {
         assert_eq!(stored_format(&path), STORAGE_FORMAT);
         let db = Database::create(&path).unwrap();
         let txn = db.begin_read().unwrap();
-        txn.open_table(BY_START).unwrap();
+        txn.open_table(BY_TYPE).unwrap();
+        txn.open_table(OPEN_RUNS).unwrap();
         txn.open_table(PARKED).unwrap();
+        assert!(
+            txn.open_table(LEGACY_RUNNING).is_err(),
+            "moved to open_runs"
+        );
     }
 }

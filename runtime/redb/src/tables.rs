@@ -14,7 +14,14 @@ pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 
 pub(crate) const INSTANCES: TableDefinition<u128, &[u8]> = TableDefinition::new("instances");
 
-pub(crate) const RUNNING: TableDefinition<u128, &[u8]> = TableDefinition::new("running");
+/// Every unfinished run by (start time in ms, internal key) -> its suspension hint:
+/// recovery's list of what to resume, and the query index of status `Running` (storage
+/// format 10; keyed by start time, a page of running runs is one range read).
+pub(crate) const OPEN_RUNS: TableDefinition<(u64, u128), &[u8]> = TableDefinition::new("open_runs");
+
+/// What `open_runs` replaced: the unfinished runs by internal key alone (storage formats
+/// 1 to 9). Read only from an older file opened read-only, and by its migration.
+pub(crate) const LEGACY_RUNNING: TableDefinition<u128, &[u8]> = TableDefinition::new("running");
 
 /// Open human tasks by (run, step): version byte + postcard [`TaskRow`].
 pub(crate) const OPEN_TASKS: TableDefinition<(u128, u32), &[u8]> =

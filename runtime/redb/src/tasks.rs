@@ -16,7 +16,7 @@ use cairn_core::task::{Party, TaskRow};
 use crate::error::{Error, Result};
 use crate::tables::{
     decode_row as decode_instance, decode_versioned, encode_versioned, read_events, storage,
-    INSTANCES, LOG, OPEN_TASKS, RUNNING, TASK_INBOX,
+    INSTANCES, LOG, OPEN_RUNS, OPEN_TASKS, TASK_INBOX,
 };
 
 /// One party's range of the inbox table, with a look at its next entry.
@@ -122,7 +122,7 @@ pub(crate) fn rebuild(txn: &redb::WriteTransaction) -> Result<usize> {
     txn.delete_table(OPEN_TASKS).map_err(storage)?;
     txn.delete_table(TASK_INBOX).map_err(storage)?;
     let mut tables = TaskTables::open(txn)?;
-    let running = txn.open_table(RUNNING).map_err(storage)?;
+    let running = txn.open_table(OPEN_RUNS).map_err(storage)?;
     let instances = txn.open_table(INSTANCES).map_err(storage)?;
     let log = txn.open_table(LOG).map_err(storage)?;
     if running.len().map_err(storage)? == 0 {
@@ -130,8 +130,8 @@ pub(crate) fn rebuild(txn: &redb::WriteTransaction) -> Result<usize> {
     }
     let mut found = 0;
     for entry in running.iter().map_err(storage)? {
-        let (key, _) = entry.map_err(storage)?;
-        let key = key.value();
+        let (at, _) = entry.map_err(storage)?;
+        let (_, key) = at.value();
         let Some(bytes) = instances.get(key).map_err(storage)? else {
             continue;
         };

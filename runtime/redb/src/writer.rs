@@ -572,9 +572,10 @@ impl WriterLoop {
             return;
         };
         let parent_finished = row.status.is_finished();
+        let at = (row.created_at_ms, parent);
         if row.suspended.take().is_some() {
             if let Ok(entry) = encode_suspension(None) {
-                batch.running.push((parent, entry));
+                batch.running.push((at, entry));
                 touched.insert(parent);
             }
         }
@@ -600,7 +601,8 @@ impl WriterLoop {
         }
         let suspension = Some(Suspension { wake_at_ms });
         row.suspended = suspension;
-        batch.running.push((key, encode_suspension(suspension)?));
+        let at = (row.created_at_ms, key);
+        batch.running.push((at, encode_suspension(suspension)?));
         touched.insert(key);
         Ok(true)
     }
@@ -695,7 +697,7 @@ impl WriterLoop {
         }
         touched.insert(next);
         batch.ids.push((row.id, next));
-        batch.running.push((next, running_entry));
+        batch.running.push(((now, next), running_entry));
         Ok(Some(next))
     }
 
@@ -923,7 +925,7 @@ impl WriterLoop {
                                 // Encoding `None` cannot fail; an error would only leave
                                 // the instance out of the start-up scan's fast path.
                                 if let Ok(entry) = encode_suspension(None) {
-                                    batch.running.push((key, entry));
+                                    batch.running.push(((now, key), entry));
                                 }
                                 let row = self.heads.get(&key).cloned();
                                 if let Some(row) = row {
@@ -1039,7 +1041,7 @@ impl WriterLoop {
         let plan = plan_event(row, kind, actor, now, lsn)?;
         batch.events.push((lsn, plan.envelope));
         if let Some(to) = plan.ended {
-            batch.finished.push(key);
+            batch.finished.push((created_at_ms, key));
             batch.index.push(IndexChange::Ended {
                 key,
                 workflow_type: workflow_type.clone(),
@@ -1052,7 +1054,7 @@ impl WriterLoop {
                 .push(IndexChange::Task(TaskIndexChange::RunEnded { key }));
         } else if let Some(entry) = cleared_suspension {
             // Something happened to an evicted instance: it must be replayed at start.
-            batch.running.push((key, entry));
+            batch.running.push(((created_at_ms, key), entry));
         }
         self.children_ended.remove(&key);
         self.next_lsn = next_lsn;

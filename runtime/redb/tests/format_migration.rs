@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use redb::ReadableDatabase;
+use redb::{ReadableDatabase, ReadableTable};
 
 use cairn_core::codec::Payload;
 use cairn_core::event::{AttrValue, EventKind};
@@ -26,8 +26,48 @@ fn format_of(path: &Path) -> u32 {
     u32::from_le_bytes(value.value().try_into().unwrap())
 }
 
+const OPEN_RUNS: redb::TableDefinition<(u64, u128), &[u8]> =
+    redb::TableDefinition::new("open_runs");
+const RUNNING: redb::TableDefinition<u128, &[u8]> = redb::TableDefinition::new("running");
+const BY_START: redb::TableDefinition<(u64, u128), ()> = redb::TableDefinition::new("by_start");
+const BY_TYPE: redb::TableDefinition<(&str, u64, u128), ()> = redb::TableDefinition::new("by_type");
+const BY_STATUS: redb::TableDefinition<(u8, u64, u128), ()> =
+    redb::TableDefinition::new("by_status");
+
+/// Makes a current file look like one written by format 9: the unfinished runs in
+/// `running` by key (not `open_runs`), every run in `by_start`, the running ones in
+/// `by_status` under status 0; marker 9.
+fn make_format_9(path: &Path) {
+    let db = redb::Database::create(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let open_runs = txn.open_table(OPEN_RUNS).unwrap();
+        let mut running = txn.open_table(RUNNING).unwrap();
+        let mut by_status = txn.open_table(BY_STATUS).unwrap();
+        for entry in open_runs.iter().unwrap() {
+            let (at, hint) = entry.unwrap();
+            let (created, key) = at.value();
+            running.insert(key, hint.value()).unwrap();
+            by_status.insert((0, created, key), ()).unwrap();
+        }
+        let by_type = txn.open_table(BY_TYPE).unwrap();
+        let mut by_start = txn.open_table(BY_START).unwrap();
+        for entry in by_type.iter().unwrap() {
+            let (_, created, key) = entry.unwrap().0.value();
+            by_start.insert((created, key), ()).unwrap();
+        }
+    }
+    assert!(txn.delete_table(OPEN_RUNS).unwrap());
+    txn.open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
+        .unwrap()
+        .insert("format", 9u32.to_le_bytes().as_slice())
+        .unwrap();
+    txn.commit().unwrap();
+}
+
 /// Makes a current file look like one written by format 2: no index tables, marker 2.
 fn make_format_2(path: &Path) {
+    make_format_9(path);
     let db = redb::Database::create(path).unwrap();
     let txn = db.begin_write().unwrap();
     for table in ["by_start", "by_type", "by_status", "by_attribute"] {
@@ -187,6 +227,7 @@ fn spec(name: &str) -> TaskSpec {
 /// Marks a current file as format 3 and drops its open-task index, as the index would be
 /// missing from a file the migration has not reached (or damaged and dropped).
 fn drop_task_index(path: &Path) {
+    make_format_9(path);
     let db = redb::Database::create(path).unwrap();
     let txn = db.begin_write().unwrap();
     for table in ["open_tasks", "task_inbox"] {
@@ -293,6 +334,7 @@ async fn the_open_task_index_is_rebuilt_from_the_log() {
 
 /// Makes a current file look like one written by format 8: no tallies, marker 8.
 fn make_format_8(path: &Path) {
+    make_format_9(path);
     let db = redb::Database::create(path).unwrap();
     let txn = db.begin_write().unwrap();
     assert!(txn
@@ -398,4 +440,139 @@ async fn the_tallies_of_an_older_file_are_counted_by_its_migration() {
     migrated.close();
     drop(migrated);
     assert_eq!(format_of(&path), STORAGE_FORMAT);
+}
+
+/// The status index of a file.
+#[derive(Debug, PartialEq)]
+struct StatusIndex {
+    /// The keys of `open_runs`.
+    open: Vec<(u64, u128)>,
+    /// The keys of `by_status`.
+    ended: Vec<(u8, u64, u128)>,
+    /// Whether it still has a table of format 9 (`running`, `by_start`).
+    old_tables: bool,
+}
+
+fn status_index(path: &Path) -> StatusIndex {
+    let db = redb::Database::create(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let open_runs = txn.open_table(OPEN_RUNS).unwrap();
+    let open = open_runs
+        .iter()
+        .unwrap()
+        .map(|entry| entry.unwrap().0.value())
+        .collect();
+    let by_status = txn.open_table(BY_STATUS).unwrap();
+    let ended = by_status
+        .iter()
+        .unwrap()
+        .map(|entry| entry.unwrap().0.value())
+        .collect();
+    let old_tables = txn.open_table(RUNNING).is_ok() || txn.open_table(BY_START).is_ok();
+    StatusIndex {
+        open,
+        ended,
+        old_tables,
+    }
+}
+
+#[tokio::test]
+async fn a_format_9_file_moves_its_running_runs_to_open_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nine.redb");
+    let journal = RedbJournal::open(&path).unwrap();
+    let mut keys = Vec::new();
+    for n in 0..6u32 {
+        let started = journal
+            .start(
+                format!("case-{n}"),
+                if n < 3 { "loan" } else { "permit" }.into(),
+                Payload::new(0, vec![]),
+                None,
+            )
+            .await
+            .unwrap();
+        keys.push(started.key);
+        let end = match n {
+            1 => Some(EventKind::WorkflowCompleted {
+                output: Payload::new(0, vec![]),
+            }),
+            4 => Some(EventKind::WorkflowTerminated { reason: "x".into() }),
+            _ => None,
+        };
+        if let Some(end) = end {
+            journal.append(started.key, end, Expect::End).await.unwrap();
+        }
+    }
+    // case-2 is evicted, waiting for a timer: its hint must survive the move.
+    assert!(journal.suspend(keys[2], 1, Some(99)).await.unwrap());
+    let running = sorted(journal.running().await.unwrap());
+    let expected = answers_by_status(&journal).await;
+    assert_eq!(
+        expected,
+        [
+            vec!["case-0", "case-1", "case-2", "case-3", "case-4", "case-5"],
+            vec!["case-0", "case-2", "case-3", "case-5"],
+            vec!["case-1"],
+            vec!["case-1", "case-4"],
+        ]
+    );
+    journal.close();
+    drop(journal);
+    let index = status_index(&path);
+    assert_eq!(index.open.len(), 4);
+    assert_eq!(index.ended.len(), 2, "only ended runs are in by_status");
+    assert!(!index.old_tables);
+
+    make_format_9(&path);
+    let read_only = RedbJournal::open_read_only(&path).unwrap();
+    assert_eq!(
+        sorted(read_only.running().await.unwrap()),
+        running,
+        "read from `running`"
+    );
+    assert_eq!(answers_by_status(&read_only).await, expected, "by scanning");
+    read_only.close();
+    drop(read_only);
+    assert_eq!(format_of(&path), 9, "a read-only open wrote nothing");
+
+    let migrated = RedbJournal::open(&path).unwrap();
+    assert_eq!(
+        sorted(migrated.running().await.unwrap()),
+        running,
+        "hints kept"
+    );
+    assert_eq!(answers_by_status(&migrated).await, expected);
+    migrated.close();
+    drop(migrated);
+    assert_eq!(format_of(&path), STORAGE_FORMAT);
+    assert_eq!(status_index(&path), index);
+}
+
+/// The unfinished runs by key: `running` listed them by key, `open_runs` by start time.
+fn sorted(
+    mut runs: Vec<(u128, Option<cairn_core::journal::Suspension>)>,
+) -> Vec<(u128, Option<cairn_core::journal::Suspension>)> {
+    runs.sort_by_key(|(key, _)| *key);
+    runs
+}
+
+/// Every run, the running ones, the completed ones, and the ended ones (two statuses
+/// merged), each paged two at a time.
+async fn answers_by_status(journal: &dyn Journal) -> Vec<Vec<String>> {
+    let by = |statuses: Vec<InstanceStatus>| InstanceQuery {
+        statuses,
+        limit: 2,
+        ..InstanceQuery::default()
+    };
+    vec![
+        ids(journal, by(vec![])).await,
+        ids(journal, by(vec![InstanceStatus::Running])).await,
+        ids(journal, by(vec![InstanceStatus::Completed])).await,
+        ids(
+            journal,
+            by(vec![InstanceStatus::Terminated, InstanceStatus::Completed]),
+        )
+        .await,
+    ]
 }

@@ -786,7 +786,63 @@ pub async fn queries_filter_and_page(subject: &dyn Subject) {
         .await
         .unwrap();
     assert_eq!(all_now.rows.len(), 25);
+
+    // Several statuses, and none (every status), read as one list in start order, paged.
+    let every = every_page(
+        journal.as_ref(),
+        InstanceQuery {
+            limit: 4,
+            ..InstanceQuery::default()
+        },
+    )
+    .await;
+    assert_eq!(every.len(), 25);
+    assert!(
+        every
+            .windows(2)
+            .all(|pair| Cursor::after(&pair[0]) < Cursor::after(&pair[1])),
+        "oldest first, each run once"
+    );
+    let either = every_page(
+        journal.as_ref(),
+        InstanceQuery {
+            statuses: vec![InstanceStatus::Failed, InstanceStatus::Running],
+            limit: 4,
+            ..InstanceQuery::default()
+        },
+    )
+    .await;
+    assert_eq!(either, every, "running or failed: every run here");
+    let ended = every_page(
+        journal.as_ref(),
+        InstanceQuery {
+            statuses: vec![InstanceStatus::Completed, InstanceStatus::Failed],
+            limit: 2,
+            ..InstanceQuery::default()
+        },
+    )
+    .await;
+    let failed: Vec<_> = every
+        .iter()
+        .filter(|row| row.status == InstanceStatus::Failed)
+        .cloned()
+        .collect();
+    assert_eq!(ended, failed, "none completed");
     journal.close();
+}
+
+/// Every row `query` matches, page after page.
+async fn every_page(journal: &dyn Journal, mut query: InstanceQuery) -> Vec<InstanceRow> {
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        let page = journal.query(&query).await.unwrap();
+        rows.extend(page.rows);
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => return rows,
+        }
+    }
+    panic!("paging did not end");
 }
 
 /// A journal that keeps tallies ([`Journal::tallies`]) keeps them equal to what its
