@@ -99,7 +99,8 @@ const CAIRN_TABLES: [&str; 6] = ["log", "instances", "ids", "meta", "attributes"
 /// `by_status` holding ended runs only and `by_start` gone.
 /// An older file is migrated by its first writable open (one transaction that builds the
 /// indexes from the rows and the logs of running instances, and raises the marker); a
-/// read-only open leaves it as it is and answers queries by scanning the rows.
+/// read-only open leaves it as it is and answers queries from the indexes it has (by
+/// scanning the rows before format 3).
 pub const STORAGE_FORMAT: u32 = 10;
 
 /// The first format with the query indexes.
@@ -1031,8 +1032,11 @@ impl Store for RedbStore {
     fn query(&self, query: &InstanceQuery) -> Result<InstancePage> {
         self.contain("query", || {
             let txn = self.read()?;
-            if self.format_found() >= OPEN_RUNS_FORMAT {
-                query_indexed(&txn, query)
+            let format = self.format_found();
+            if format >= INDEXED_FORMAT {
+                // A file of formats 3 to 9 opened read-only keeps its running runs in
+                // `by_status` (status 0); a writable open has migrated it.
+                query_indexed(&txn, query, format < OPEN_RUNS_FORMAT)
             } else {
                 query_by_scan(&txn, query)
             }
@@ -1518,7 +1522,13 @@ fn matches(query: &InstanceQuery, row: &InstanceRow) -> bool {
 /// type, else the statuses it names (every status when none): `open_runs` for running
 /// runs, a `by_status` range for each final status, merged in start order. Only the
 /// entries in the query's start range are read, and reading stops once the page is full.
-fn query_indexed(txn: &redb::ReadTransaction, query: &InstanceQuery) -> Result<InstancePage> {
+/// `legacy`: the file is of a format before 10, whose `by_status` also lists the running
+/// runs (status 0) and which has no `open_runs`.
+fn query_indexed(
+    txn: &redb::ReadTransaction,
+    query: &InstanceQuery,
+    legacy: bool,
+) -> Result<InstancePage> {
     let instances = txn.open_table(INSTANCES).map_err(storage)?;
     let attributes = txn.open_table(ATTRIBUTES).map_err(storage)?;
     let mut pages = PageCollector::new(query);
@@ -1552,14 +1562,18 @@ fn query_indexed(txn: &redb::ReadTransaction, query: &InstanceQuery) -> Result<I
             Ok((created, key))
         }))?;
     } else {
-        let open_runs = txn.open_table(OPEN_RUNS).map_err(storage)?;
+        let open_runs = if legacy {
+            None
+        } else {
+            Some(txn.open_table(OPEN_RUNS).map_err(storage)?)
+        };
         let by_status = txn.open_table(BY_STATUS).map_err(storage)?;
         let mut ranges: Vec<StartRange<'_>> = Vec::new();
         for status in InstanceStatus::ALL {
             if !(query.statuses.is_empty() || query.statuses.contains(&status)) {
                 continue;
             }
-            if status == InstanceStatus::Running {
+            if let (InstanceStatus::Running, Some(open_runs)) = (status, &open_runs) {
                 let range = open_runs
                     .range((from_ms, from_key)..=(u64::MAX, u128::MAX))
                     .map_err(storage)?;

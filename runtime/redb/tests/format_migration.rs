@@ -531,7 +531,11 @@ async fn a_format_9_file_moves_its_running_runs_to_open_runs() {
         running,
         "read from `running`"
     );
-    assert_eq!(answers_by_status(&read_only).await, expected, "by scanning");
+    assert_eq!(
+        answers_by_status(&read_only).await,
+        expected,
+        "from the format-9 indexes (running runs under status 0)"
+    );
     read_only.close();
     drop(read_only);
     assert_eq!(format_of(&path), 9, "a read-only open wrote nothing");
