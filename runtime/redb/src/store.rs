@@ -498,6 +498,7 @@ impl RedbStore {
             .map_err(|err| open_error(&self.path, err))?
             .map(|table| table.name().to_owned())
             .collect();
+        let mut marker = None;
         if names.iter().any(|n| n == "meta") {
             let meta = txn
                 .open_table(META)
@@ -506,14 +507,29 @@ impl RedbStore {
                 .get("format")
                 .map_err(|err| open_error(&self.path, err))?
             {
-                let found = self.format_marker(value.value())?;
-                self.format
-                    .store(found, std::sync::atomic::Ordering::Release);
+                marker = Some(self.format_marker(value.value())?);
             }
         }
         self.refuse_foreign_tables(&names)?;
         let has = |table: &str| names.iter().any(|n| n == table);
-        Ok(CAIRN_TABLES.iter().all(|t| has(t)) && (has("open_runs") || has("running")))
+        if !CAIRN_TABLES.iter().all(|t| has(t)) {
+            return Ok(false);
+        }
+        // A complete file without a marker predates it: format 1, migrated like one.
+        let found = marker.unwrap_or(1);
+        // The list of unfinished runs its format keeps; without it, the file is damaged
+        // (or half of something else), never guessed at.
+        let runs_table = if found >= OPEN_RUNS_FORMAT {
+            "open_runs"
+        } else {
+            "running"
+        };
+        if !has(runs_table) {
+            return Ok(false);
+        }
+        self.format
+            .store(found, std::sync::atomic::Ordering::Release);
+        Ok(true)
     }
 
     /// The storage format a file's `meta` marker names, refused if it is newer than
@@ -1240,10 +1256,14 @@ fn move_to_open_runs(txn: &redb::WriteTransaction) -> Result<()> {
             let (key, bytes) = entry.map_err(storage)?;
             let key = key.value();
             let Some(row) = instances.get(key).map_err(storage)? else {
-                return Err(Error::Corrupt {
-                    location: format!("running table, key {key:032x}"),
-                    message: "it lists a run the instances table does not hold".into(),
-                });
+                // An index entry naming nothing: there is no run to resume, and older
+                // builds skipped it too. Said loudly, not carried over; the histories
+                // are untouched, and `cairn verify` reads them.
+                tracing::error!(
+                    key = format_args!("{key:032x}"),
+                    "the running table lists a run the instances table does not hold; left out of open_runs"
+                );
+                continue;
             };
             let row = decode_row(key, row.value())?;
             open_runs
@@ -1676,6 +1696,91 @@ mod tests {
         let err = RedbStore::open(&path).unwrap_err();
         assert_eq!(err.code(), "CAIRN-E0005", "{err}");
         assert!(err.to_string().contains("notes.txt"), "{err}");
+    }
+
+    /// Rewrites the file at `path`: its list of unfinished runs as the table `to` (its
+    /// entries dropped), and its marker as `marker` (none if `None`).
+    fn relist(path: &Path, to: &str, marker: Option<u32>) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.delete_table(OPEN_RUNS).unwrap();
+        txn.delete_table(LEGACY_RUNNING).unwrap();
+        match to {
+            "open_runs" => drop(txn.open_table(OPEN_RUNS).unwrap()),
+            _ => drop(txn.open_table(LEGACY_RUNNING).unwrap()),
+        }
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            match marker {
+                Some(format) => {
+                    meta.insert("format", format.to_le_bytes().as_slice())
+                        .unwrap();
+                }
+                None => {
+                    meta.remove("format").unwrap();
+                }
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_list_of_runs_that_does_not_match_the_marker_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        for (table, marker) in [("running", STORAGE_FORMAT), ("open_runs", 9)] {
+            RedbStore::open(&path).unwrap().close();
+            relist(&path, table, Some(marker));
+            let err = RedbStore::open(&path).unwrap_err();
+            assert_eq!(err.code(), "CAIRN-E0005", "{table}, format {marker}: {err}");
+            assert!(
+                err.to_string().contains("not a complete Cairn database"),
+                "{err}"
+            );
+            assert_eq!(stored_format(&path), marker, "nothing written");
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_running_entry_without_a_row_is_left_out_by_the_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        RedbStore::open(&path).unwrap().close();
+        relist(&path, "running", Some(9));
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            let entry = encode_suspension(None).unwrap();
+            txn.open_table(LEGACY_RUNNING)
+                .unwrap()
+                .insert(7u128, entry.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        let mut listed = Vec::new();
+        store.scan_running(&mut |key, _| listed.push(key)).unwrap();
+        assert!(listed.is_empty(), "{listed:?}");
+        store.close();
+        assert_eq!(stored_format(&path), STORAGE_FORMAT);
+    }
+
+    #[test]
+    fn a_complete_file_without_a_marker_is_migrated_as_format_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        RedbStore::open(&path).unwrap().close();
+        relist(&path, "running", None);
+        RedbStore::open(&path).unwrap().close();
+        assert_eq!(stored_format(&path), STORAGE_FORMAT);
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        txn.open_table(OPEN_RUNS).unwrap();
+        assert!(
+            txn.open_table(LEGACY_RUNNING).is_err(),
+            "moved to open_runs"
+        );
     }
 
     #[test]

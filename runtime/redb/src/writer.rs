@@ -917,16 +917,17 @@ impl WriterLoop {
                             id: id.clone(),
                             input,
                         };
-                        match self.push_event(key, kind, now, batch, actor) {
-                            Ok(_) => {
+                        // Its `open_runs` entry, encoded first: a run left out of it would
+                        // be neither resumed after a restart nor listed as running.
+                        let planned = encode_suspension(None).and_then(|entry| {
+                            self.push_event(key, kind, now, batch, actor).map(|_| entry)
+                        });
+                        match planned {
+                            Ok(entry) => {
+                                batch.running.push(((now, key), entry));
                                 touched.insert(key);
                                 new_ids.insert(id.clone(), key);
                                 batch.ids.push((id, key));
-                                // Encoding `None` cannot fail; an error would only leave
-                                // the instance out of the start-up scan's fast path.
-                                if let Ok(entry) = encode_suspension(None) {
-                                    batch.running.push(((now, key), entry));
-                                }
                                 let row = self.heads.get(&key).cloned();
                                 if let Some(row) = row {
                                     replies.push(Reply::Start(
