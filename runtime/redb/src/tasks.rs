@@ -122,14 +122,14 @@ pub(crate) fn rebuild(txn: &redb::WriteTransaction) -> Result<usize> {
     txn.delete_table(OPEN_TASKS).map_err(storage)?;
     txn.delete_table(TASK_INBOX).map_err(storage)?;
     let mut tables = TaskTables::open(txn)?;
-    let running = txn.open_table(OPEN_RUNS).map_err(storage)?;
+    let open_runs = txn.open_table(OPEN_RUNS).map_err(storage)?;
     let instances = txn.open_table(INSTANCES).map_err(storage)?;
     let log = txn.open_table(LOG).map_err(storage)?;
-    if running.len().map_err(storage)? == 0 {
+    if open_runs.len().map_err(storage)? == 0 {
         return Ok(0);
     }
     let mut found = 0;
-    for entry in running.iter().map_err(storage)? {
+    for entry in open_runs.iter().map_err(storage)? {
         let (at, _) = entry.map_err(storage)?;
         let (_, key) = at.value();
         let Some(bytes) = instances.get(key).map_err(storage)? else {
