@@ -83,7 +83,7 @@ struct CtxState {
     /// Signal waits whose delivery is being recorded: step -> the signal's `seq`.
     reserved: std::collections::BTreeMap<StepNo, u64>,
     /// An activity result not sent to the store yet, with the hold that keeps virtual
-    /// time still until it is durable (see `record_queued`).
+    /// time still until it is durable (see `hold_result`).
     held: Option<(EventKind, ClockHold)>,
     /// The latest activity result queued but maybe not durable yet: the next step
     /// waits for it before it starts.
@@ -626,7 +626,7 @@ impl WorkflowContext {
         }
     }
 
-    /// Records an activity's result without waiting for it to be durable, where the
+    /// Holds an activity's result without waiting for it to be durable, where the
     /// store can queue it: the result is held, and the workflow goes on at once. The
     /// driver sends it when this poll of the workflow ends (`flush_held`), or with the
     /// run's end in one commit when the workflow returned in it (`take_held`), which
@@ -640,30 +640,54 @@ impl WorkflowContext {
     /// the result. Virtual time does not skip until it is durable (`hold`), or, when it
     /// goes with the end, until it is sent. Where the store does not queue, or every
     /// step must be replayed, it is the plain `record`.
-    fn record_queued(&self, kind: EventKind, hold: ClockHold) -> impl Future<Output = ()> + '_ {
-        let holds = match &self.inner.host {
+    ///
+    /// Only where [`Self::holds_results`] says the host can; `false` when the run has
+    /// stopped meanwhile: then nothing may be recorded, and the step must not return.
+    #[must_use = "a step whose result is not held must not return"]
+    fn hold_result(&self, kind: EventKind, hold: ClockHold) -> bool {
+        let mut state = lock(&self.inner.state);
+        if state.stop.is_some() {
+            return false;
+        }
+        // Two results in one poll (a `join!`): the older one goes first.
+        let older = state.held.replace((kind, hold));
+        drop(state);
+        if let Some((older, hold)) = older {
+            self.send_queued(older, hold, Some(Waker::noop().clone()));
+        }
+        true
+    }
+
+    /// A completed step where results are held: reads the workflow's value, then holds
+    /// the outcome. `None` when the step must park instead: the run stopped, or the
+    /// output does not decode (the stop is set here).
+    fn complete_held<T, D>(
+        &self,
+        done: activity::Completed,
+        hold: ClockHold,
+        decode: D,
+    ) -> Option<T>
+    where
+        D: FnOnce(&WorkflowContext, &Payload) -> Result<T, Error>,
+    {
+        // Read before the event takes the output, which is never copied.
+        let decoded = decode(self, done.output());
+        match (self.hold_result(done.into_record(), hold), decoded) {
+            (true, Ok(value)) => Some(value),
+            (true, Err(err)) => {
+                drop(self.abort::<()>(err));
+                None
+            }
+            // Stopped meanwhile: nothing may be recorded.
+            (false, _) => None,
+        }
+    }
+
+    /// Whether results are held (`hold_result`) rather than recorded and waited for.
+    fn holds_results(&self) -> bool {
+        match &self.inner.host {
             Some(host) => host.queues_appends() && !host.always_replay(),
             None => false,
-        };
-        let waits = {
-            let mut state = lock(&self.inner.state);
-            if holds && state.stop.is_none() {
-                // Two results in one poll (a `join!`): the older one goes first.
-                let older = state.held.replace((kind, hold));
-                drop(state);
-                if let Some((older, hold)) = older {
-                    self.send_queued(older, hold, Some(Waker::noop().clone()));
-                }
-                None
-            } else {
-                Some((kind, hold))
-            }
-        };
-        async move {
-            if let Some((kind, hold)) = waits {
-                self.record(kind).await;
-                drop(hold);
-            }
         }
     }
 
@@ -695,7 +719,7 @@ impl WorkflowContext {
         }));
     }
 
-    /// Sends the held activity result, if any, to the store (see `record_queued`), to be
+    /// Sends the held activity result, if any, to the store (see `hold_result`), to be
     /// waited for by the run's next step; `waker` (the driver's, at the end of a poll)
     /// is woken if the store refuses it.
     pub(crate) fn flush_held(&self, waker: Option<&Waker>) {
@@ -914,7 +938,7 @@ impl WorkflowContext {
         if stopped {
             return std::future::pending().await;
         }
-        // Nothing starts on a result that is not durable yet (see `record_queued`).
+        // Nothing starts on a result that is not durable yet (see `hold_result`).
         if queued {
             if let Err(err) = self.held_durable().await {
                 return self.abort(err).await;
@@ -971,51 +995,67 @@ impl WorkflowContext {
     ///
     /// `attempt` is called once per attempt with the recorded input and must start a
     /// fresh execution of the activity. The step is acknowledged only after its outcome is durable; failed
-    /// attempts are recorded too, and retries follow `options.retry`.
+    /// attempts are recorded too, and retries follow `options.retry`. `decode` turns
+    /// the output (recorded or just made) into the workflow's value; if it fails, the
+    /// run is parked with its error (the outcome stays recorded).
     ///
     /// # Cancel safety
     /// Dropping the future abandons the attempt in flight; it runs again when the
     /// instance is next replayed (activities are at-least-once).
-    pub async fn activity<F, Fut>(
-        &self,
+    // Not an `async fn` on purpose: see the comment in the body.
+    #[allow(clippy::manual_async_fn)]
+    pub fn activity<F, Fut, D, T>(
+        self,
         step: StepNo,
-        name: &str,
-        input: Payload,
-        options: &ActivityOptions,
+        name: &'static str,
+        mut input: Payload,
+        options: ActivityOptions,
         mut attempt: F,
-    ) -> Result<Payload, ActivityFailure>
+        decode: D,
+    ) -> impl Future<Output = Result<T, ActivityFailure>>
     where
         F: FnMut(ActivityContext, &Payload) -> Fut,
         Fut: Future<Output = Result<Payload, ActivityError>> + Send + 'static,
+        D: FnOnce(&WorkflowContext, &Payload) -> Result<T, Error>,
     {
-        let request = StepRequest {
-            kind: StepKind::Activity,
-            name,
-            input: Some(&input),
-        };
-        let (failed_attempts, next_attempt_due_ms) = match self.decide(step, request).await {
-            Decision::Replay(RecordedOutcome::ActivityCompleted { output, .. }) => {
-                return Ok(output.clone())
-            }
-            Decision::Replay(RecordedOutcome::ActivityFailed { error, attempt }) => {
-                return Err(ActivityFailure::from_record(name, step, *attempt, error))
-            }
-            Decision::Replay(RecordedOutcome::Cancelled { reason }) => {
-                return Err(ActivityFailure::cancelled(name, step, 0, reason))
-            }
-            Decision::Replay(_) => {
-                let err = self.mismatched_outcome(step, "an activity");
-                return self.abort(err).await;
-            }
-            Decision::Run {
-                failed_attempts,
-                deadline_ms,
-            } => (failed_attempts, deadline_ms),
-        };
-        self.live(step, async move {
-        // Moved into the outcome's event when there is one (see `after_attempt`).
-        let mut input = input;
-        if let Some(reason) = self.take_cancel(step, StepKind::Activity, name).await {
+        // Owned, so that the step's future is the whole step, with nothing wrapped
+        // around it to hold the context and options (the SDK boxes it per step). Not an
+        // `async fn`: its arguments would be kept twice, as captures and as locals.
+        async move {
+            let this = &self;
+            let options = &options;
+            let request = StepRequest {
+                kind: StepKind::Activity,
+                name,
+                input: Some(&input),
+            };
+            let (failed_attempts, next_attempt_due_ms) = match this.decide(step, request).await {
+                Decision::Replay(RecordedOutcome::ActivityCompleted { output, .. }) => {
+                    // No await while the value or its error is held: either would take room
+                    // in every step's future (as would a `match` awaiting in an arm).
+                    match decode(this, output) {
+                        Ok(value) => return Ok(value),
+                        Err(err) => drop(this.abort::<()>(err)),
+                    }
+                    return std::future::pending().await;
+                }
+                Decision::Replay(RecordedOutcome::ActivityFailed { error, attempt }) => {
+                    return Err(ActivityFailure::from_record(name, step, *attempt, error))
+                }
+                Decision::Replay(RecordedOutcome::Cancelled { reason }) => {
+                    return Err(ActivityFailure::cancelled(name, step, 0, reason))
+                }
+                Decision::Replay(_) => {
+                    let err = this.mismatched_outcome(step, "an activity");
+                    return this.abort(err).await;
+                }
+                Decision::Run {
+                    failed_attempts,
+                    deadline_ms,
+                } => (failed_attempts, deadline_ms),
+            };
+            this.live(step, async move {
+        if let Some(reason) = this.take_cancel(step, StepKind::Activity, name).await {
             return Err(ActivityFailure::cancelled(
                 name,
                 step,
@@ -1025,49 +1065,50 @@ impl WorkflowContext {
         }
         // Attempts and backoff keep the run in memory: an evicted run would lose the
         // backoff and could not run the attempt.
-        let busy = self.busy();
+        let busy = this.busy();
         if let (true, Some(due_ms)) = (failed_attempts > 0, next_attempt_due_ms) {
             // A restart (or always-replay) between a recorded failure and the next attempt
             // waits out what is left of the recorded backoff, on the runtime clock that
             // stamped the failure, and never longer than the policy's backoff now.
-            let now_ms = self.inner.clock.now_ms();
+            let now_ms = this.inner.clock.now_ms();
             let left =
                 activity::remaining_backoff(due_ms, now_ms, failed_attempts, &options.retry);
             if !left.is_zero() {
                 // Boxed: a rare path whose timer and select would otherwise sit in every
                 // step's future.
-                Box::pin(self.backoff(left, step, name, failed_attempts, None)).await?;
+                Box::pin(this.backoff(left, step, name, failed_attempts, None)).await?;
             }
         }
         let mut number = failed_attempts + 1;
         loop {
             // Being handed over to another host: the step in flight (if any) was
             // recorded, and no new attempt starts here; the next owner runs it.
-            if let Some(host) = &self.inner.host {
-                if host.handing_over(self.inner.key) {
-                    self.set_stop(Stop::HandedOver);
+            if let Some(host) = &this.inner.host {
+                if host.handing_over(this.inner.key) {
+                    this.set_stop(Stop::HandedOver);
                     return std::future::pending().await;
                 }
             }
             // Virtual time does not skip while an attempt runs or its outcome is being
             // recorded (see `Clock::hold`); a retry releases it once its backoff is set.
-            let held = self.inner.clock.hold();
+            let held = this.inner.clock.hold();
             // In a block: what only the attempt needs (its context, its span, the
             // deadline, the join result) is gone before the outcome is recorded, so it
             // takes no room in the step's future at the record's await. The step's
             // future is boxed per step, and every byte over glibc's 1 KiB fast size
             // makes that allocation a slow one.
-            let (record, next) = {
+            let (record, then) = {
+            let next = {
                 let began = std::time::Instant::now();
                 let (span, mut running) = {
                     let ctx = ActivityContext {
-                        instance_id: self.inner.names.0.clone(),
-                        workflow_type: self.inner.names.1.clone(),
-                        activity: self.activity_name(name),
+                        instance_id: this.inner.names.0.clone(),
+                        workflow_type: this.inner.names.1.clone(),
+                        activity: this.activity_name(name),
                         step,
                         attempt: number,
-                        run: self.inner.history.run,
-                        app: self
+                        run: this.inner.history.run,
+                        app: this
                             .inner
                             .host
                             .as_ref()
@@ -1086,14 +1127,14 @@ impl WorkflowContext {
                     // Its own task: an activity that blocks its thread cannot keep this
                     // run from seeing its deadline or a cancellation, and one that
                     // outlives them is dropped.
-                    let running = self.inner.attempts.start(
+                    let running = this.inner.attempts.start(
                         AssertUnwindSafe(attempt(ctx, &input))
                             .catch_unwind()
                             .instrument(span.clone()),
                     );
                     (span, running)
                 };
-                let deadline_ms = self
+                let deadline_ms = this
                     .inner
                     .clock
                     .now_ms()
@@ -1113,7 +1154,7 @@ impl WorkflowContext {
                         if let Some(joined) = first_look(&mut running).await {
                             break Some(joined);
                         }
-                        deadline = Some(self.inner.clock.sleep_until(deadline_ms));
+                        deadline = Some(this.inner.clock.sleep_until(deadline_ms));
                         continue;
                     };
                     // In this order, without drawing a random number per poll: a result
@@ -1122,8 +1163,8 @@ impl WorkflowContext {
                         biased;
                         joined = &mut running => break Some(joined),
                         () = timer => break None,
-                        () = self.cancel_requested() => {
-                            if let Some(reason) = self.take_cancel(step, StepKind::Activity, name).await {
+                        () = this.cancel_requested() => {
+                            if let Some(reason) = this.take_cancel(step, StepKind::Activity, name).await {
                                 return Err(ActivityFailure::cancelled(name, step, number, &reason));
                             }
                         }
@@ -1163,48 +1204,80 @@ impl WorkflowContext {
                     AfterAttempt::Failed { .. } => "failed",
                 };
                 span.record("outcome", outcome);
-                self.observe(Observation::Attempt {
-                    workflow_type: self.workflow_type(),
+                this.observe(Observation::Attempt {
+                    workflow_type: this.workflow_type(),
                     activity: name,
                     outcome,
                     seconds: began.elapsed().as_secs_f64(),
                 });
                 match after {
-                    AfterAttempt::Completed { record, output } => (record, Next::Completed(output)),
+                    AfterAttempt::Completed(done) => Next::Completed(done),
                     AfterAttempt::Failed { record, failure } => {
-                        (record, Next::Failed(Box::new(failure)))
+                        Next::Failed(record, Box::new(failure))
                     }
                     AfterAttempt::Retry {
                         record,
                         backoff,
                         input,
-                    } => (record, Next::Retry(backoff, input)),
+                    } => Next::Retry(record, backoff, input),
                 }
             };
+            // No await from here to the end of this block, and `next` ends with it: a
+            // local kept across more than one await gets room of its own in the step's
+            // future, and so does one borrowed (or partly moved) before an await.
             match next {
-                Next::Completed(output) => {
-                    drop(busy);
-                    self.record_queued(record, held).await;
-                    return Ok(output);
-                }
-                Next::Failed(failure) => {
-                    drop(busy);
-                    self.record(record).await;
-                    drop(held);
-                    return Err(*failure);
-                }
-                Next::Retry(backoff, handed_back) => {
-                    input = handed_back;
-                    if let Err(err) = self.append(record).await {
-                        return self.abort(err).await;
+                Next::Completed(done) => {
+                    if this.holds_results() {
+                        drop(busy);
+                        match this.complete_held(done, held, decode) {
+                            Some(value) => return Ok(value),
+                            None => break,
+                        }
                     }
-                    Box::pin(self.backoff(backoff, step, name, number, Some(held))).await?;
-                    number += 1;
+                    let output = done.output().clone();
+                    (done.into_record(), Then::Decode(output))
+                }
+                Next::Failed(record, failure) => (record, Then::Fail(failure)),
+                Next::Retry(record, backoff, handed_back) => {
+                    (record, Then::Retry(backoff, handed_back))
                 }
             }
+        };
+        match then {
+            Then::Decode(output) => {
+                // Rare (see `hold_result`): recorded and waited for, then decoded from a
+                // copy. Boxed, so that every step's future has no room for it.
+                drop(busy);
+                Box::pin(this.record(record)).await;
+                drop(held);
+                match decode(this, &output) {
+                    Ok(value) => return Ok(value),
+                    Err(err) => drop(this.abort::<()>(err)),
+                }
+                break;
+            }
+            Then::Fail(failure) => {
+                drop(busy);
+                // Boxed, as above: a failed step is the rare path.
+                Box::pin(this.record(record)).await;
+                drop(held);
+                return Err(*failure);
+            }
+            Then::Retry(backoff, handed_back) => {
+                input = handed_back;
+                if let Err(err) = this.append(record).await {
+                    return this.abort(err).await;
+                }
+                Box::pin(this.backoff(backoff, step, name, number, Some(held))).await?;
+                number += 1;
+            }
         }
+        }
+        // The step parks: the run stopped, or its output did not decode (the stop is set).
+        std::future::pending().await
         })
         .await
+        }
     }
 
     /// Records (or replays) a value produced outside the workflow's determinism: the
@@ -1970,15 +2043,26 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// What an activity step does once an attempt's outcome is recorded.
-enum Next {
-    /// Returns the output to the workflow.
-    Completed(Payload),
-    /// Returns the failure to the workflow (boxed: a rare path, and kept small in every
-    /// step's future).
-    Failed(Box<ActivityFailure>),
+/// What an activity step does once its outcome is recorded (the held path aside).
+enum Then {
+    /// Decodes this output and returns it to the workflow.
+    Decode(Payload),
+    /// Returns the failure to the workflow.
+    Fail(Box<ActivityFailure>),
     /// Waits this long, then makes the next attempt with this input.
     Retry(Duration, Payload),
+}
+
+/// What an activity step records and does once an attempt is over.
+enum Next {
+    /// Records the outcome and returns the output to the workflow.
+    Completed(activity::Completed),
+    /// Records the outcome and returns the failure to the workflow (boxed: a rare path,
+    /// and kept small in every step's future).
+    Failed(EventKind, Box<ActivityFailure>),
+    /// Records the failed attempt, waits this long, then makes the next attempt with
+    /// this input.
+    Retry(EventKind, Duration, Payload),
 }
 
 /// Polls `future` once; if it is not ready, wakes the task and gives it another look
@@ -2422,5 +2506,68 @@ mod cancel_loom_tests {
                 "a requested cancellation was left with the run evicted and not woken"
             );
         });
+    }
+}
+
+#[cfg(all(test, not(cairn_loom)))]
+mod tests {
+    use super::*;
+
+    fn run() -> WorkflowContext {
+        let history = History::fresh(
+            "order-1".into(),
+            "fulfil".into(),
+            Payload::new(0, b"null".to_vec()),
+        );
+        WorkflowContext::new(
+            1,
+            None,
+            Arc::new(crate::codec::JsonCodec),
+            Arc::new(crate::clock::VirtualClock::new(std::time::UNIX_EPOCH)),
+            Arc::new(Inbox::default()),
+            history,
+            1,
+        )
+    }
+
+    /// The size of an activity step's future whose workflow value is a `T`, with an
+    /// attempt closure holding what the SDK's holds (the context, for the codec).
+    fn step_future_size<T: Default>() -> usize {
+        let ctx = run();
+        let codec = ctx.clone();
+        let attempt = move |_: ActivityContext, input: &Payload| {
+            let output = input.clone();
+            let _ = codec.codec();
+            async move { Ok(output) }
+        };
+        let decode = |_: &WorkflowContext, _: &Payload| Ok::<T, Error>(T::default());
+        let step = ctx.clone().activity(
+            1,
+            "reserve_stock",
+            Payload::new(0, b"1".to_vec()),
+            ActivityOptions::default(),
+            attempt,
+            decode,
+        );
+        std::mem::size_of_val(&step)
+    }
+
+    /// The SDK boxes one of these per step. glibc serves a request of up to 1,032
+    /// bytes from its per-thread cache and a larger one from its shared bins, several
+    /// times slower: over that size, every step of every run pays for it (it did, at
+    /// 1,168 bytes, before this was pinned). The margin leaves room for what a change
+    /// adds; the workflow's value must not count, however large.
+    #[test]
+    fn an_activity_steps_future_stays_within_the_allocators_fast_size() {
+        let small = step_future_size::<u32>();
+        assert!(
+            small <= 960,
+            "an activity step's future takes {small} bytes; keep it at 960 or less"
+        );
+        let large = step_future_size::<[[u64; 32]; 2]>();
+        assert!(
+            large <= small + 16,
+            "a 512-byte workflow value grows the step's future from {small} to {large} bytes"
+        );
     }
 }

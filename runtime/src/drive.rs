@@ -81,7 +81,7 @@ pub(crate) async fn drive(
         }
         if polled.is_pending() {
             // An activity result held in this poll goes to the store now (see
-            // `WorkflowContext::record_queued`); only a run that returned takes it
+            // `WorkflowContext::hold_result`); only a run that returned takes it
             // with its end.
             ctx.flush_held(Some(cx.waker()));
             if ctx.poll_done() {

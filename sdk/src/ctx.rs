@@ -114,7 +114,7 @@ impl Ctx {
             step,
             input,
             options: A::options(),
-            running: None,
+            state: CallState::New,
             activity: PhantomData,
         }
     }
@@ -569,8 +569,21 @@ pub struct ActivityCall<A: Activity> {
     step: u32,
     input: Result<Bytes, Error>,
     options: ActivityOptions,
-    running: Option<BoxFuture<'static, Result<A::Output, ActivityFailure>>>,
+    state: CallState<A>,
     activity: PhantomData<fn() -> A>,
+}
+
+/// Where an [`ActivityCall`] is.
+enum CallState<A: Activity> {
+    /// Not polled yet.
+    New,
+    /// The step, as the runtime runs it (it decodes the output too): the boxed future is
+    /// the runtime's own and nothing wraps it, since every wrapping layer would add its
+    /// captures to an allocation made per step.
+    Running(BoxFuture<'static, Result<A::Output, ActivityFailure>>),
+    /// Done, or stopped: the run is being parked (the stop is set), and the call stays
+    /// pending until the driver drops the workflow.
+    Over,
 }
 
 impl<A: Activity> ActivityCall<A> {
@@ -613,52 +626,56 @@ impl<A: Activity> Future for ActivityCall<A> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        if this.running.is_none() {
-            let future = this.start();
-            this.running = Some(future);
+        if matches!(this.state, CallState::New) {
+            this.state = this.start();
         }
-        match &mut this.running {
-            Some(running) => running.as_mut().poll(cx),
-            None => Poll::Pending,
-        }
+        let CallState::Running(running) = &mut this.state else {
+            return Poll::Pending;
+        };
+        let output = std::task::ready!(running.as_mut().poll(cx));
+        this.state = CallState::Over;
+        Poll::Ready(output)
     }
 }
 
 impl<A: Activity> ActivityCall<A> {
-    fn start(&mut self) -> BoxFuture<'static, Result<A::Output, ActivityFailure>> {
-        let ctx = self.ctx.clone();
-        let step = self.step;
-        // Settled before the step's future is made, so that future carries the payload
-        // alone, not the error it might have been (the future is boxed per step).
+    fn start(&mut self) -> CallState<A> {
+        let raw = &self.ctx.raw;
         let input = match std::mem::replace(&mut self.input, Err(Error::ShutDown)) {
             Ok(input) => input,
-            // The stop is set by this call (this is the step's first poll); the future
+            // The stop is set by this call (this is the step's first poll); the call
             // only parks the step.
-            Err(err) => return Box::pin(ctx.raw.abort(err)),
+            Err(err) => {
+                let _parked = raw.abort::<()>(err);
+                return CallState::Over;
+            }
         };
         let options = std::mem::take(&mut self.options);
-        Box::pin(async move {
-            let raw = &ctx.raw;
-            let codec_raw = raw.clone();
-            let output = raw
-                .activity(step, A::NAME, input, &options, |actx, input| {
-                    let decoded = decode::<A::Input>(codec_raw.codec(), input);
-                    let encoder = codec_raw.clone();
-                    async move {
-                        let input = decoded.map_err(|err| {
-                            cairn_runtime::ActivityError::terminal("input_decode", err.to_string())
-                        })?;
-                        let output = A::run(actx, input).await?;
-                        encode(encoder.codec(), &output).map_err(|err| {
-                            cairn_runtime::ActivityError::terminal("output_encode", err.to_string())
-                        })
-                    }
+        let codec_raw = raw.clone();
+        let step = self.step;
+        let attempt = move |actx, input: &Bytes| {
+            let decoded = decode::<A::Input>(codec_raw.codec(), input);
+            let encoder = codec_raw.clone();
+            async move {
+                let input = decoded.map_err(|err| {
+                    cairn_runtime::ActivityError::terminal("input_decode", err.to_string())
+                })?;
+                let output = A::run(actx, input).await?;
+                encode(encoder.codec(), &output).map_err(|err| {
+                    cairn_runtime::ActivityError::terminal("output_encode", err.to_string())
                 })
-                .await?;
-            match decode_step::<A::Output>(raw, step, &output) {
-                Ok(value) => Ok(value),
-                Err(err) => raw.abort(err).await,
             }
-        })
+        };
+        let decode = move |raw: &WorkflowContext, output: &Bytes| {
+            decode_step::<A::Output>(raw, step, output)
+        };
+        CallState::Running(Box::pin(raw.clone().activity(
+            step,
+            A::NAME,
+            input,
+            options,
+            attempt,
+            decode,
+        )))
     }
 }

@@ -86,12 +86,7 @@ pub struct Call<'a> {
 #[derive(Debug)]
 pub enum AfterAttempt {
     /// Record the outcome and return the output.
-    Completed {
-        /// The outcome event.
-        record: EventKind,
-        /// The output the workflow gets.
-        output: Payload,
-    },
+    Completed(Completed),
     /// Record the failed attempt, wait `backoff`, then make attempt `attempt + 1`.
     Retry {
         /// The failed attempt's event.
@@ -108,6 +103,35 @@ pub enum AfterAttempt {
         /// The failure the workflow gets.
         failure: ActivityFailure,
     },
+}
+
+/// A completed attempt: the workflow reads its output ([`Completed::output`]) before the
+/// outcome's event takes it ([`Completed::into_record`]), so the output is never copied.
+#[derive(Debug)]
+pub struct Completed {
+    step: StepNo,
+    activity: String,
+    input: Payload,
+    attempt: u32,
+    output: Payload,
+}
+
+impl Completed {
+    /// The output the workflow gets.
+    pub fn output(&self) -> &Payload {
+        &self.output
+    }
+
+    /// The outcome event (`ActivityCompleted`).
+    pub fn into_record(self) -> EventKind {
+        EventKind::ActivityCompleted {
+            step: self.step,
+            activity: self.activity,
+            input: self.input,
+            attempt: self.attempt,
+            output: self.output,
+        }
+    }
 }
 
 /// Decides, from attempt `attempt`'s result, what the run records and does next. An
@@ -133,16 +157,13 @@ pub fn after_attempt(
         Ok(output)
     });
     match result {
-        Ok(output) => AfterAttempt::Completed {
-            record: EventKind::ActivityCompleted {
-                step: call.step,
-                activity: call.name.to_owned(),
-                input,
-                attempt,
-                output: output.clone(),
-            },
+        Ok(output) => AfterAttempt::Completed(Completed {
+            step: call.step,
+            activity: call.name.to_owned(),
+            input,
+            attempt,
             output,
-        },
+        }),
         Err(error) if call.retry.should_retry(&error, attempt) => {
             let backoff = call.retry.backoff(attempt);
             AfterAttempt::Retry {
@@ -225,6 +246,33 @@ mod tests {
                     },
                 ..
             } => assert_eq!(recorded, input),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_completed_attempt_records_the_output_the_workflow_reads() {
+        let input = Payload::new(0, b"1".to_vec());
+        let output = Payload::new(0, b"2".to_vec());
+        let retry = RetryPolicy::default();
+        let AfterAttempt::Completed(done) =
+            after_attempt(call(&retry), input.clone(), 3, Ok(output.clone()))
+        else {
+            panic!("a successful attempt did not complete the step");
+        };
+        assert_eq!(done.output(), &output);
+        match done.into_record() {
+            EventKind::ActivityCompleted {
+                step,
+                activity,
+                input: recorded_input,
+                attempt,
+                output: recorded,
+            } => {
+                assert_eq!((step, activity.as_str(), attempt), (4, "charge", 3));
+                assert_eq!(recorded_input, input);
+                assert_eq!(recorded, output);
+            }
             other => panic!("{other:?}"),
         }
     }
