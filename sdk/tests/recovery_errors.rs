@@ -248,6 +248,82 @@ async fn non_determinism_error_is_a_structured_diff() {
     rt.shutdown().await;
 }
 
+/// Written as a number, read back only from a string: an activity output that cannot make
+/// the round trip through the codec.
+#[derive(Debug)]
+struct OneWay;
+
+impl serde::Serialize for OneWay {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u32(7)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for OneWay {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <String as serde::Deserialize>::deserialize(deserializer).map(|_| OneWay)
+    }
+}
+
+#[activity]
+async fn one_way(_ctx: ActivityCtx, _n: u32) -> Result<OneWay, ActivityError> {
+    Ok(OneWay)
+}
+
+#[workflow]
+async fn reads_one_way(ctx: Ctx, n: u32) -> Result<u32, WorkflowError> {
+    ctx.activity(one_way, n).await?;
+    Ok(n)
+}
+
+/// The output is decoded inside the step, after the attempt and before its event is
+/// recorded: one that does not decode parks the run with a typed error, and the
+/// completed attempt is kept, not run again.
+#[tokio::test]
+async fn an_activity_output_that_does_not_decode_parks_the_run_and_its_outcome_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let rt = Runtime::builder()
+        .workflow(reads_one_way)
+        .open_store(&path)
+        .await
+        .unwrap();
+    let handle = rt.start(reads_one_way, "o-1", 3).await.unwrap();
+    let err = handle.result().await.unwrap_err();
+    assert_eq!(err.code(), "CAIRN-E0008", "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("CAIRN-E0002")
+            && message.contains("`o-1`")
+            && message.contains("step 1")
+            && message.contains("OneWay"),
+        "{message}"
+    );
+    assert!(matches!(
+        rt.status("o-1").await.unwrap().status,
+        Status::Parked { .. }
+    ));
+    // The parking is recorded without the run waiting for it; the bound is against a
+    // hang, not a timing assumption.
+    let kinds = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let history = rt.history("o-1").await.unwrap();
+            let kinds: Vec<_> = history.iter().map(|e| e.record.kind.name()).collect();
+            if kinds.len() >= 3 {
+                return kinds;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the parking was recorded");
+    assert_eq!(
+        kinds,
+        ["WorkflowStarted", "ActivityCompleted", "WorkflowParked"]
+    );
+    rt.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_recorded_payload_that_no_longer_decodes_names_instance_step_and_type() {
     let dir = tempfile::tempdir().unwrap();
