@@ -2008,6 +2008,7 @@ fn apply_effects(shared: &Arc<Shared>, effects: &[Committed]) {
 fn count(shared: &Shared, effects: &[Committed]) {
     let metrics = &shared.metrics;
     metrics.commits.inc();
+    let mut types = metrics.starts_and_ends();
     let mut events = 0u32;
     for effect in effects {
         let Committed::Event { kind, ended, .. } = effect else {
@@ -2015,34 +2016,22 @@ fn count(shared: &Shared, effects: &[Committed]) {
         };
         events += 1;
         if let Some(EventKind::WorkflowStarted { workflow_type, .. }) = kind {
-            metrics
-                .started
-                .get_or_create(&crate::metrics::TypeLabels {
-                    workflow_type: workflow_type.clone(),
-                })
-                .inc();
+            types.count(workflow_type, |series| {
+                series.started.inc();
+            });
         }
         if let (Some(end), Some(kind)) = (ended, kind) {
-            let status = match kind {
-                EventKind::WorkflowCompleted { .. } => "completed",
-                EventKind::WorkflowFailed { .. } => "failed",
-                EventKind::WorkflowTerminated { .. } => "terminated",
-                _ => "continued_as_new",
-            };
-            metrics
-                .ended
-                .get_or_create(&crate::metrics::EndLabels {
-                    workflow_type: end.workflow_type.clone(),
-                    status: status.to_owned(),
-                })
-                .inc();
-            let millis = end.ended_at_ms.saturating_sub(end.started_at_ms);
-            metrics
-                .workflow_seconds
-                .get_or_create(&crate::metrics::TypeLabels {
-                    workflow_type: end.workflow_type.clone(),
-                })
-                .observe(millis as f64 / 1000.0);
+            let seconds = end.ended_at_ms.saturating_sub(end.started_at_ms) as f64 / 1000.0;
+            types.count(&end.workflow_type, |series| {
+                let status = match kind {
+                    EventKind::WorkflowCompleted { .. } => &series.completed,
+                    EventKind::WorkflowFailed { .. } => &series.failed,
+                    EventKind::WorkflowTerminated { .. } => &series.terminated,
+                    _ => &series.continued_as_new,
+                };
+                status.inc();
+                series.seconds.observe(seconds);
+            });
         }
     }
     if events > 0 {

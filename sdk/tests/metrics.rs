@@ -96,6 +96,15 @@ async fn metrics_count_what_happened_with_bounded_labels() {
         Some(1.0),
         "{text}"
     );
+    // The other end statuses are there at 0 (docs/OPERATIONS.md, Metrics).
+    assert_eq!(
+        value(
+            &text,
+            r#"cairn_instances_ended_total{workflow_type="counted",status="failed"}"#
+        ),
+        Some(0.0),
+        "{text}"
+    );
     assert_eq!(
         value(
             &text,
