@@ -2190,6 +2190,25 @@ impl Drop for WaitGuard<'_> {
     }
 }
 
+/// A resident run with a fresh history, no store and nothing cancelled yet (tests).
+#[cfg(test)]
+fn resident_run(inbox: &std::sync::Arc<Inbox>) -> WorkflowContext {
+    let history = History::fresh(
+        "order-1".into(),
+        "fulfil".into(),
+        Payload::new(0, b"null".to_vec()),
+    );
+    WorkflowContext::new(
+        1,
+        None,
+        std::sync::Arc::new(crate::codec::JsonCodec),
+        std::sync::Arc::new(crate::clock::VirtualClock::new(std::time::UNIX_EPOCH)),
+        inbox.clone(),
+        history,
+        1,
+    )
+}
+
 #[cfg(all(test, cairn_loom))]
 mod loom_tests {
     //! The eviction/delivery hand-off (`engine::mark_dormant` against `engine::deliver`)
@@ -2360,24 +2379,6 @@ mod cancel_loom_tests {
 
     const REASON: &str = "stop";
 
-    /// A resident run with a fresh history, no store and nothing cancelled yet.
-    fn resident_run(inbox: &std::sync::Arc<Inbox>) -> WorkflowContext {
-        let history = History::fresh(
-            "order-1".into(),
-            "fulfil".into(),
-            Payload::new(0, b"null".to_vec()),
-        );
-        WorkflowContext::new(
-            1,
-            None,
-            std::sync::Arc::new(crate::codec::JsonCodec),
-            std::sync::Arc::new(crate::clock::VirtualClock::new(std::time::UNIX_EPOCH)),
-            inbox.clone(),
-            history,
-            1,
-        )
-    }
-
     /// `Engine::cancel` once `CancelRequested` (history seq 3) is committed.
     fn cancel(inbox: &Inbox) {
         inbox.request_cancel(3, REASON.into());
@@ -2513,27 +2514,10 @@ mod cancel_loom_tests {
 mod tests {
     use super::*;
 
-    fn run() -> WorkflowContext {
-        let history = History::fresh(
-            "order-1".into(),
-            "fulfil".into(),
-            Payload::new(0, b"null".to_vec()),
-        );
-        WorkflowContext::new(
-            1,
-            None,
-            Arc::new(crate::codec::JsonCodec),
-            Arc::new(crate::clock::VirtualClock::new(std::time::UNIX_EPOCH)),
-            Arc::new(Inbox::default()),
-            history,
-            1,
-        )
-    }
-
     /// The size of an activity step's future whose workflow value is a `T`, with an
     /// attempt closure holding what the SDK's holds (the context, for the codec).
     fn step_future_size<T: Default>() -> usize {
-        let ctx = run();
+        let ctx = resident_run(&Arc::new(Inbox::default()));
         let codec = ctx.clone();
         let attempt = move |_: ActivityContext, input: &Payload| {
             let output = input.clone();
