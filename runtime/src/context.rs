@@ -994,10 +994,14 @@ impl WorkflowContext {
     /// Runs (or replays) activity step `step`.
     ///
     /// `attempt` is called once per attempt with the recorded input and must start a
-    /// fresh execution of the activity. The step is acknowledged only after its outcome is durable; failed
-    /// attempts are recorded too, and retries follow `options.retry`. `decode` turns
-    /// the output (recorded or just made) into the workflow's value; if it fails, the
-    /// run is parked with its error (the outcome stays recorded).
+    /// fresh execution of the activity. The step is acknowledged only after its outcome
+    /// is durable; failed attempts are recorded too, and retries follow `options.retry`.
+    /// `decode` turns the output (recorded or just made) into the workflow's value; if it
+    /// fails, the run is parked with its error (the outcome stays recorded).
+    ///
+    /// # Errors
+    /// The step's failure: its last attempt's error once retries are spent or the error
+    /// is terminal, or its cancellation.
     ///
     /// # Cancel safety
     /// Dropping the future abandons the attempt in flight; it runs again when the
@@ -1098,180 +1102,180 @@ impl WorkflowContext {
             // future is boxed per step, and every byte over glibc's 1 KiB fast size
             // makes that allocation a slow one.
             let (record, then) = {
-            let next = {
-                let began = std::time::Instant::now();
-                let (span, mut running) = {
-                    let ctx = ActivityContext {
-                        instance_id: this.inner.names.0.clone(),
-                        workflow_type: this.inner.names.1.clone(),
-                        activity: this.activity_name(name),
-                        step,
-                        attempt: number,
-                        run: this.inner.history.run,
-                        app: this
-                            .inner
-                            .host
-                            .as_ref()
-                            .map(|host| host.app_state())
-                            .unwrap_or_default(),
+                let next = {
+                    let began = std::time::Instant::now();
+                    let (span, mut running) = {
+                        let ctx = ActivityContext {
+                            instance_id: this.inner.names.0.clone(),
+                            workflow_type: this.inner.names.1.clone(),
+                            activity: this.activity_name(name),
+                            step,
+                            attempt: number,
+                            run: this.inner.history.run,
+                            app: this
+                                .inner
+                                .host
+                                .as_ref()
+                                .map(|host| host.app_state())
+                                .unwrap_or_default(),
+                        };
+                        let span = tracing::info_span!(
+                            "cairn.activity",
+                            instance = %ctx.instance_id,
+                            workflow_type = %ctx.workflow_type,
+                            step,
+                            activity = name,
+                            attempt = number,
+                            outcome = tracing::field::Empty,
+                        );
+                        // Its own task: an activity that blocks its thread cannot keep this
+                        // run from seeing its deadline or a cancellation, and one that
+                        // outlives them is dropped.
+                        let running = this.inner.attempts.start(
+                            AssertUnwindSafe(attempt(ctx, &input))
+                                .catch_unwind()
+                                .instrument(span.clone()),
+                        );
+                        (span, running)
                     };
-                    let span = tracing::info_span!(
-                        "cairn.activity",
-                        instance = %ctx.instance_id,
-                        workflow_type = %ctx.workflow_type,
-                        step,
-                        activity = name,
-                        attempt = number,
-                        outcome = tracing::field::Empty,
-                    );
-                    // Its own task: an activity that blocks its thread cannot keep this
-                    // run from seeing its deadline or a cancellation, and one that
-                    // outlives them is dropped.
-                    let running = this.inner.attempts.start(
-                        AssertUnwindSafe(attempt(ctx, &input))
-                            .catch_unwind()
-                            .instrument(span.clone()),
-                    );
-                    (span, running)
-                };
-                let deadline_ms = this
-                    .inner
-                    .clock
-                    .now_ms()
-                    .saturating_add(millis(options.start_to_close));
-                // Armed at the run's second look, not its first: most attempts are done
-                // by then (the attempt's task runs next on this thread), and a timer
-                // registered and removed, and a cancellation waiter added and taken off,
-                // for every such step was about a tenth of the workers' instructions per
-                // step in the durability bench. The second look comes whatever the
-                // attempt does, since the first wakes the run itself; the deadline is
-                // absolute, so arming it later does not move it.
-                let mut deadline = None;
-                // A cancellation abandons the attempt in flight (the activity may have had
-                // part of its effect; its idempotency key lets compensation find it).
-                let finished = loop {
-                    let Some(timer) = deadline.as_mut() else {
-                        if let Some(joined) = first_look(&mut running).await {
-                            break Some(joined);
-                        }
-                        deadline = Some(this.inner.clock.sleep_until(deadline_ms));
-                        continue;
-                    };
-                    // In this order, without drawing a random number per poll: a result
-                    // that is in counts even if the deadline passed in the same instant.
-                    tokio::select! {
-                        biased;
-                        joined = &mut running => break Some(joined),
-                        () = timer => break None,
-                        () = this.cancel_requested() => {
-                            if let Some(reason) = this.take_cancel(step, StepKind::Activity, name).await {
-                                return Err(ActivityFailure::cancelled(name, step, number, &reason));
+                    let deadline_ms = this
+                        .inner
+                        .clock
+                        .now_ms()
+                        .saturating_add(millis(options.start_to_close));
+                    // Armed at the run's second look, not its first: most attempts are done
+                    // by then (the attempt's task runs next on this thread), and a timer
+                    // registered and removed, and a cancellation waiter added and taken off,
+                    // for every such step was about a tenth of the workers' instructions per
+                    // step in the durability bench. The second look comes whatever the
+                    // attempt does, since the first wakes the run itself; the deadline is
+                    // absolute, so arming it later does not move it.
+                    let mut deadline = None;
+                    // A cancellation abandons the attempt in flight (the activity may have had
+                    // part of its effect; its idempotency key lets compensation find it).
+                    let finished = loop {
+                        let Some(timer) = deadline.as_mut() else {
+                            if let Some(joined) = first_look(&mut running).await {
+                                break Some(joined);
+                            }
+                            deadline = Some(this.inner.clock.sleep_until(deadline_ms));
+                            continue;
+                        };
+                        // In this order, without drawing a random number per poll: a result
+                        // that is in counts even if the deadline passed in the same instant.
+                        tokio::select! {
+                            biased;
+                            joined = &mut running => break Some(joined),
+                            () = timer => break None,
+                            () = this.cancel_requested() => {
+                                if let Some(reason) = this.take_cancel(step, StepKind::Activity, name).await {
+                                    return Err(ActivityFailure::cancelled(name, step, number, &reason));
+                                }
                             }
                         }
+                    };
+                    // Gone before the hold is: a test skipping time must not meet this deadline.
+                    drop(deadline);
+                    drop(running);
+                    let result = match finished {
+                        None => Err(ActivityError::retryable(format!(
+                            "attempt exceeded its start-to-close timeout of {:?}",
+                            options.start_to_close
+                        ))
+                        .with_kind("timeout")),
+                        Some(Ok(Err(panic))) => Err(ActivityError::retryable(format!(
+                            "activity panicked: {}",
+                            crate::error::panic_message(&panic)
+                        ))
+                        .with_kind("panic")),
+                        Some(Ok(Ok(result))) => result,
+                        // Panics are caught inside the attempt; this is its task's end at
+                        // shutdown (or a failure outside the activity's own code).
+                        Some(Err(crate::attempts::Gone)) => Err(ActivityError::retryable(
+                            "the attempt's task ended without a result (the runtime is shutting down, or the task failed outside the activity)",
+                        )
+                        .with_kind("aborted")),
+                    };
+                    let call = activity::Call {
+                        step,
+                        name,
+                        retry: &options.retry,
+                    };
+                    let after = activity::after_attempt(call, input, number, result);
+                    let outcome = match &after {
+                        AfterAttempt::Completed { .. } => "completed",
+                        AfterAttempt::Retry { .. } => "retried",
+                        AfterAttempt::Failed { .. } => "failed",
+                    };
+                    span.record("outcome", outcome);
+                    this.observe(Observation::Attempt {
+                        workflow_type: this.workflow_type(),
+                        activity: name,
+                        outcome,
+                        seconds: began.elapsed().as_secs_f64(),
+                    });
+                    match after {
+                        AfterAttempt::Completed(done) => Next::Completed(done),
+                        AfterAttempt::Failed { record, failure } => {
+                            Next::Failed(record, Box::new(failure))
+                        }
+                        AfterAttempt::Retry {
+                            record,
+                            backoff,
+                            input,
+                        } => Next::Retry(record, backoff, input),
                     }
                 };
-                // Gone before the hold is: a test skipping time must not meet this deadline.
-                drop(deadline);
-                drop(running);
-                let result = match finished {
-                    None => Err(ActivityError::retryable(format!(
-                        "attempt exceeded its start-to-close timeout of {:?}",
-                        options.start_to_close
-                    ))
-                    .with_kind("timeout")),
-                    Some(Ok(Err(panic))) => Err(ActivityError::retryable(format!(
-                        "activity panicked: {}",
-                        crate::error::panic_message(&panic)
-                    ))
-                    .with_kind("panic")),
-                    Some(Ok(Ok(result))) => result,
-                    // Panics are caught inside the attempt; this is its task's end at
-                    // shutdown (or a failure outside the activity's own code).
-                    Some(Err(crate::attempts::Gone)) => Err(ActivityError::retryable(
-                        "the attempt's task ended without a result (the runtime is shutting down, or the task failed outside the activity)",
-                    )
-                    .with_kind("aborted")),
-                };
-                let call = activity::Call {
-                    step,
-                    name,
-                    retry: &options.retry,
-                };
-                let after = activity::after_attempt(call, input, number, result);
-                let outcome = match &after {
-                    AfterAttempt::Completed { .. } => "completed",
-                    AfterAttempt::Retry { .. } => "retried",
-                    AfterAttempt::Failed { .. } => "failed",
-                };
-                span.record("outcome", outcome);
-                this.observe(Observation::Attempt {
-                    workflow_type: this.workflow_type(),
-                    activity: name,
-                    outcome,
-                    seconds: began.elapsed().as_secs_f64(),
-                });
-                match after {
-                    AfterAttempt::Completed(done) => Next::Completed(done),
-                    AfterAttempt::Failed { record, failure } => {
-                        Next::Failed(record, Box::new(failure))
+                // No await from here to the end of this block, and `next` ends with it: a
+                // local kept across more than one await gets room of its own in the step's
+                // future, and so does one borrowed (or partly moved) before an await.
+                match next {
+                    Next::Completed(done) => {
+                        if this.holds_results() {
+                            drop(busy);
+                            match this.complete_held(done, held, decode) {
+                                Some(value) => return Ok(value),
+                                None => break,
+                            }
+                        }
+                        let output = done.output().clone();
+                        (done.into_record(), Then::Decode(output))
                     }
-                    AfterAttempt::Retry {
-                        record,
-                        backoff,
-                        input,
-                    } => Next::Retry(record, backoff, input),
+                    Next::Failed(record, failure) => (record, Then::Fail(failure)),
+                    Next::Retry(record, backoff, handed_back) => {
+                        (record, Then::Retry(backoff, handed_back))
+                    }
                 }
             };
-            // No await from here to the end of this block, and `next` ends with it: a
-            // local kept across more than one await gets room of its own in the step's
-            // future, and so does one borrowed (or partly moved) before an await.
-            match next {
-                Next::Completed(done) => {
-                    if this.holds_results() {
-                        drop(busy);
-                        match this.complete_held(done, held, decode) {
-                            Some(value) => return Ok(value),
-                            None => break,
-                        }
+            match then {
+                Then::Decode(output) => {
+                    // Rare (see `hold_result`): recorded and waited for, then decoded from a
+                    // copy. Boxed, so that every step's future has no room for it.
+                    drop(busy);
+                    Box::pin(this.record(record)).await;
+                    drop(held);
+                    match decode(this, &output) {
+                        Ok(value) => return Ok(value),
+                        Err(err) => drop(this.abort::<()>(err)),
                     }
-                    let output = done.output().clone();
-                    (done.into_record(), Then::Decode(output))
+                    break;
                 }
-                Next::Failed(record, failure) => (record, Then::Fail(failure)),
-                Next::Retry(record, backoff, handed_back) => {
-                    (record, Then::Retry(backoff, handed_back))
+                Then::Fail(failure) => {
+                    drop(busy);
+                    // Boxed, as above: a failed step is the rare path.
+                    Box::pin(this.record(record)).await;
+                    drop(held);
+                    return Err(*failure);
+                }
+                Then::Retry(backoff, handed_back) => {
+                    input = handed_back;
+                    if let Err(err) = this.append(record).await {
+                        return this.abort(err).await;
+                    }
+                    Box::pin(this.backoff(backoff, step, name, number, Some(held))).await?;
+                    number += 1;
                 }
             }
-        };
-        match then {
-            Then::Decode(output) => {
-                // Rare (see `hold_result`): recorded and waited for, then decoded from a
-                // copy. Boxed, so that every step's future has no room for it.
-                drop(busy);
-                Box::pin(this.record(record)).await;
-                drop(held);
-                match decode(this, &output) {
-                    Ok(value) => return Ok(value),
-                    Err(err) => drop(this.abort::<()>(err)),
-                }
-                break;
-            }
-            Then::Fail(failure) => {
-                drop(busy);
-                // Boxed, as above: a failed step is the rare path.
-                Box::pin(this.record(record)).await;
-                drop(held);
-                return Err(*failure);
-            }
-            Then::Retry(backoff, handed_back) => {
-                input = handed_back;
-                if let Err(err) = this.append(record).await {
-                    return this.abort(err).await;
-                }
-                Box::pin(this.backoff(backoff, step, name, number, Some(held))).await?;
-                number += 1;
-            }
-        }
         }
         // The step parks: the run stopped, or its output did not decode (the stop is set).
         std::future::pending().await
