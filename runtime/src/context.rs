@@ -14,6 +14,7 @@ use futures::FutureExt;
 use crate::activity::{
     ActivityContext, ActivityError, ActivityFailure, ActivityOptions, Cancelled,
 };
+use crate::attempts::Attempted;
 use crate::clock::{Clock, ClockHold};
 use crate::codec::{Codec, Payload};
 use crate::error::{Error, StepDescriptor};
@@ -760,7 +761,7 @@ impl WorkflowContext {
             held
         };
         if let Some((kind, hold)) = held {
-            let _flushing = Flushing(self);
+            let _flushing = Flushing(self.clone());
             // Queued (a refusal lasts, so nothing the run appends after it can land
             // without it), and waited for here without a shared ticket: the usual case,
             // one activity after another, pays for no more. A sibling step that starts
@@ -789,6 +790,41 @@ impl WorkflowContext {
         } else {
             Ok(())
         }
+    }
+
+    /// What an activity attempt about to start must wait for: the run's held result,
+    /// sent to the store now, or a sibling's wait for one (`wait_flushed`). The attempt's
+    /// task waits for it (`Before::settle`), not the run: the commit then wakes that
+    /// task, which starts the attempt, and the run is polled once per step, when the
+    /// output is in.
+    ///
+    /// The held result's commit covers everything the run queued before it (the store
+    /// commits a run's appends in order, and a refusal lasts). `Err(())` in the one case
+    /// left to the step itself (`held_durable`): a result queued without a wait of its
+    /// own (`flush_held`), and nothing held.
+    fn take_prior(&self) -> Result<Option<Before>, ()> {
+        let Some(host) = &self.inner.host else {
+            return Ok(None);
+        };
+        let (kind, hold) = {
+            let mut state = lock(&self.inner.state);
+            let Some(held) = state.held.take() else {
+                return match (state.queued.is_some(), state.flushing > 0) {
+                    (true, _) => Err(()),
+                    (false, true) => Ok(Some(Before::Sibling(self.clone()))),
+                    (false, false) => Ok(None),
+                };
+            };
+            state.flushing += 1;
+            held
+        };
+        // Counted before it is queued: a sibling that starts now waits for it.
+        let flushing = Flushing(self.clone());
+        Ok(Some(Before::Held {
+            ticket: host.append_queued(self.inner.key, kind),
+            hold,
+            flushing,
+        }))
     }
 
     /// Waits until no step of the run waits for a held result it sent.
@@ -924,7 +960,23 @@ impl WorkflowContext {
     }
 
     /// Decides a step against history; parks the instance on divergence.
-    async fn decide(&self, step: StepNo, request: StepRequest<'_>) -> Decision<'_> {
+    fn decide<'a>(
+        &'a self,
+        step: StepNo,
+        request: StepRequest<'a>,
+    ) -> impl Future<Output = Decision<'a>> + 'a {
+        self.decide_then(step, request, false)
+    }
+
+    /// As `decide`; with `attempt`, for a step that starts an attempt: what the run has
+    /// in flight is not waited for here, but by the attempt before it starts
+    /// (`take_prior`).
+    async fn decide_then(
+        &self,
+        step: StepNo,
+        request: StepRequest<'_>,
+        attempt: bool,
+    ) -> Decision<'_> {
         // A branch polled after a sibling stopped the run (a divergence, a hand-over, an
         // always-replay rebuild) in the same poll must not start anything: its work
         // would be abandoned, or worse, done by code that no longer matches the record.
@@ -932,7 +984,7 @@ impl WorkflowContext {
             let state = lock(&self.inner.state);
             (
                 state.stop.is_some(),
-                state.held.is_some() || state.queued.is_some() || state.flushing > 0,
+                !attempt && (state.held.is_some() || state.queued.is_some() || state.flushing > 0),
             )
         };
         if stopped {
@@ -1033,254 +1085,261 @@ impl WorkflowContext {
                 name,
                 input: Some(&input),
             };
-            let (failed_attempts, next_attempt_due_ms) = match this.decide(step, request).await {
-                Decision::Replay(RecordedOutcome::ActivityCompleted { output, .. }) => {
-                    // No await while the value or its error is held: either would take room
-                    // in every step's future (as would a `match` awaiting in an arm).
-                    match decode(this, output) {
-                        Ok(value) => return Ok(value),
-                        Err(err) => drop(this.abort::<()>(err)),
-                    }
-                    return std::future::pending().await;
-                }
-                Decision::Replay(RecordedOutcome::ActivityFailed { error, attempt }) => {
-                    return Err(ActivityFailure::from_record(name, step, *attempt, error))
-                }
-                Decision::Replay(RecordedOutcome::Cancelled { reason }) => {
-                    return Err(ActivityFailure::cancelled(name, step, 0, reason))
-                }
-                Decision::Replay(_) => {
-                    let err = this.mismatched_outcome(step, "an activity");
-                    return this.abort(err).await;
-                }
-                Decision::Run {
-                    failed_attempts,
-                    deadline_ms,
-                } => (failed_attempts, deadline_ms),
-            };
-            this.live(step, async move {
-        if let Some(reason) = this.take_cancel(step, StepKind::Activity, name).await {
-            return Err(ActivityFailure::cancelled(
-                name,
-                step,
-                failed_attempts,
-                &reason,
-            ));
-        }
-        // Attempts and backoff keep the run in memory: an evicted run would lose the
-        // backoff and could not run the attempt.
-        let busy = this.busy();
-        if let (true, Some(due_ms)) = (failed_attempts > 0, next_attempt_due_ms) {
-            // A restart (or always-replay) between a recorded failure and the next attempt
-            // waits out what is left of the recorded backoff, on the runtime clock that
-            // stamped the failure, and never longer than the policy's backoff now.
-            let now_ms = this.inner.clock.now_ms();
-            let left =
-                activity::remaining_backoff(due_ms, now_ms, failed_attempts, &options.retry);
-            if !left.is_zero() {
-                // Boxed: a rare path whose timer and select would otherwise sit in every
-                // step's future.
-                Box::pin(this.backoff(left, step, name, failed_attempts, None)).await?;
-            }
-        }
-        let mut number = failed_attempts + 1;
-        loop {
-            // Being handed over to another host: the step in flight (if any) was
-            // recorded, and no new attempt starts here; the next owner runs it.
-            if let Some(host) = &this.inner.host {
-                if host.handing_over(this.inner.key) {
-                    this.set_stop(Stop::HandedOver);
-                    return std::future::pending().await;
-                }
-            }
-            // Virtual time does not skip while an attempt runs or its outcome is being
-            // recorded (see `Clock::hold`); a retry releases it once its backoff is set.
-            let held = this.inner.clock.hold();
-            // In a block: what only the attempt needs (its context, its span, the
-            // deadline, the join result) is gone before the outcome is recorded, so it
-            // takes no room in the step's future at the record's await. The step's
-            // future is boxed per step, and every byte over glibc's 1 KiB fast size
-            // makes that allocation a slow one.
-            let (record, then) = {
-                let next = {
-                    let began = std::time::Instant::now();
-                    let (span, mut running) = {
-                        let ctx = ActivityContext {
-                            instance_id: this.inner.names.0.clone(),
-                            workflow_type: this.inner.names.1.clone(),
-                            activity: this.activity_name(name),
-                            step,
-                            attempt: number,
-                            run: this.inner.history.run,
-                            app: this
-                                .inner
-                                .host
-                                .as_ref()
-                                .map(|host| host.app_state())
-                                .unwrap_or_default(),
-                        };
-                        let span = tracing::info_span!(
-                            "cairn.activity",
-                            instance = %ctx.instance_id,
-                            workflow_type = %ctx.workflow_type,
-                            step,
-                            activity = name,
-                            attempt = number,
-                            outcome = tracing::field::Empty,
-                        );
-                        // Its own task: an activity that blocks its thread cannot keep this
-                        // run from seeing its deadline or a cancellation, and one that
-                        // outlives them is dropped.
-                        let running = this.inner.attempts.start(
-                            AssertUnwindSafe(attempt(ctx, &input))
-                                .catch_unwind()
-                                .instrument(span.clone()),
-                        );
-                        (span, running)
-                    };
-                    let deadline_ms = this
-                        .inner
-                        .clock
-                        .now_ms()
-                        .saturating_add(millis(options.start_to_close));
-                    // Armed at the run's second look, not its first: most attempts are done
-                    // by then (the attempt's task runs next on this thread), and a timer
-                    // registered and removed, and a cancellation waiter added and taken off,
-                    // for every such step was about a tenth of the workers' instructions per
-                    // step in the durability bench. The second look comes whatever the
-                    // attempt does, since the first wakes the run itself; the deadline is
-                    // absolute, so arming it later does not move it.
-                    let mut deadline = None;
-                    // A cancellation abandons the attempt in flight (the activity may have had
-                    // part of its effect; its idempotency key lets compensation find it).
-                    let finished = loop {
-                        let Some(timer) = deadline.as_mut() else {
-                            if let Some(joined) = first_look(&mut running).await {
-                                break Some(joined);
-                            }
-                            deadline = Some(this.inner.clock.sleep_until(deadline_ms));
-                            continue;
-                        };
-                        // In this order, without drawing a random number per poll: a result
-                        // that is in counts even if the deadline passed in the same instant.
-                        tokio::select! {
-                            biased;
-                            joined = &mut running => break Some(joined),
-                            () = timer => break None,
-                            () = this.cancel_requested() => {
-                                if let Some(reason) = this.take_cancel(step, StepKind::Activity, name).await {
-                                    return Err(ActivityFailure::cancelled(name, step, number, &reason));
-                                }
-                            }
+            let (failed_attempts, next_attempt_due_ms) =
+                match this.decide_then(step, request, true).await {
+                    Decision::Replay(RecordedOutcome::ActivityCompleted { output, .. }) => {
+                        // No await while the value or its error is held: either would take room
+                        // in every step's future (as would a `match` awaiting in an arm).
+                        match decode(this, output) {
+                            Ok(value) => return Ok(value),
+                            Err(err) => drop(this.abort::<()>(err)),
                         }
-                    };
-                    // Gone before the hold is: a test skipping time must not meet this deadline.
-                    drop(deadline);
-                    drop(running);
-                    let result = match finished {
-                        None => Err(ActivityError::retryable(format!(
-                            "attempt exceeded its start-to-close timeout of {:?}",
-                            options.start_to_close
-                        ))
-                        .with_kind("timeout")),
-                        Some(Ok(Err(panic))) => Err(ActivityError::retryable(format!(
-                            "activity panicked: {}",
-                            crate::error::panic_message(&panic)
-                        ))
-                        .with_kind("panic")),
-                        Some(Ok(Ok(result))) => result,
-                        // Panics are caught inside the attempt; this is its task's end at
-                        // shutdown (or a failure outside the activity's own code).
-                        Some(Err(crate::attempts::Gone)) => Err(ActivityError::retryable(
-                            "the attempt's task ended without a result (the runtime is shutting down, or the task failed outside the activity)",
-                        )
-                        .with_kind("aborted")),
-                    };
-                    let call = activity::Call {
-                        step,
-                        name,
-                        retry: &options.retry,
-                    };
-                    let after = activity::after_attempt(call, input, number, result);
-                    let outcome = match &after {
-                        AfterAttempt::Completed { .. } => "completed",
-                        AfterAttempt::Retry { .. } => "retried",
-                        AfterAttempt::Failed { .. } => "failed",
-                    };
-                    span.record("outcome", outcome);
-                    this.observe(Observation::Attempt {
-                        workflow_type: this.workflow_type(),
-                        activity: name,
-                        outcome,
-                        seconds: began.elapsed().as_secs_f64(),
-                    });
-                    match after {
-                        AfterAttempt::Completed(done) => Next::Completed(done),
-                        AfterAttempt::Failed { record, failure } => {
-                            Next::Failed(record, Box::new(failure))
-                        }
-                        AfterAttempt::Retry {
-                            record,
-                            backoff,
-                            input,
-                        } => Next::Retry(record, backoff, input),
+                        return std::future::pending().await;
                     }
-                };
-                // No await from here to the end of this block, and `next` ends with it: a
-                // local kept across more than one await gets room of its own in the step's
-                // future, and so does one borrowed (or partly moved) before an await.
-                match next {
-                    Next::Completed(done) => {
-                        if this.holds_results() {
-                            drop(busy);
-                            match this.complete_held(done, held, decode) {
-                                Some(value) => return Ok(value),
-                                None => break,
-                            }
-                        }
-                        let output = done.output().clone();
-                        (done.into_record(), Then::Decode(output))
+                    Decision::Replay(RecordedOutcome::ActivityFailed { error, attempt }) => {
+                        return Err(ActivityFailure::from_record(name, step, *attempt, error))
                     }
-                    Next::Failed(record, failure) => (record, Then::Fail(failure)),
-                    Next::Retry(record, backoff, handed_back) => {
-                        (record, Then::Retry(backoff, handed_back))
+                    Decision::Replay(RecordedOutcome::Cancelled { reason }) => {
+                        return Err(ActivityFailure::cancelled(name, step, 0, reason))
                     }
-                }
-            };
-            match then {
-                Then::Decode(output) => {
-                    // Rare (see `hold_result`): recorded and waited for, then decoded from a
-                    // copy. Boxed, so that every step's future has no room for it.
-                    drop(busy);
-                    Box::pin(this.record(record)).await;
-                    drop(held);
-                    match decode(this, &output) {
-                        Ok(value) => return Ok(value),
-                        Err(err) => drop(this.abort::<()>(err)),
-                    }
-                    break;
-                }
-                Then::Fail(failure) => {
-                    drop(busy);
-                    // Boxed, as above: a failed step is the rare path.
-                    Box::pin(this.record(record)).await;
-                    drop(held);
-                    return Err(*failure);
-                }
-                Then::Retry(backoff, handed_back) => {
-                    input = handed_back;
-                    if let Err(err) = this.append(record).await {
+                    Decision::Replay(_) => {
+                        let err = this.mismatched_outcome(step, "an activity");
                         return this.abort(err).await;
                     }
-                    Box::pin(this.backoff(backoff, step, name, number, Some(held))).await?;
-                    number += 1;
+                    Decision::Run {
+                        failed_attempts,
+                        deadline_ms,
+                    } => (failed_attempts, deadline_ms),
+                };
+            this.live(step, async move {
+                if let Some(reason) = this.take_cancel(step, StepKind::Activity, name).await {
+                    return Err(ActivityFailure::cancelled(
+                        name,
+                        step,
+                        failed_attempts,
+                        &reason,
+                    ));
                 }
-            }
-        }
-        // The step parks: the run stopped, or its output did not decode (the stop is set).
-        std::future::pending().await
-        })
-        .await
+                // Attempts and backoff keep the run in memory: an evicted run would lose the
+                // backoff and could not run the attempt.
+                let busy = this.busy();
+                if let (true, Some(due_ms)) = (failed_attempts > 0, next_attempt_due_ms) {
+                    // A restart (or always-replay) between a recorded failure and the next attempt
+                    // waits out what is left of the recorded backoff, on the runtime clock that
+                    // stamped the failure, and never longer than the policy's backoff now.
+                    let now_ms = this.inner.clock.now_ms();
+                    let left = activity::remaining_backoff(
+                        due_ms,
+                        now_ms,
+                        failed_attempts,
+                        &options.retry,
+                    );
+                    if !left.is_zero() {
+                        // Boxed: a rare path whose timer and select would otherwise sit in every
+                        // step's future.
+                        Box::pin(this.backoff(left, step, name, failed_attempts, None)).await?;
+                    }
+                }
+                let mut number = failed_attempts + 1;
+                loop {
+                    // Being handed over to another host: the step in flight (if any) was
+                    // recorded, and no new attempt starts here; the next owner runs it.
+                    if let Some(host) = &this.inner.host {
+                        if host.handing_over(this.inner.key) {
+                            this.set_stop(Stop::HandedOver);
+                            return std::future::pending().await;
+                        }
+                    }
+                    // Virtual time does not skip while an attempt runs or its outcome is being
+                    // recorded (see `Clock::hold`); a retry releases it once its backoff is set.
+                    let held = this.inner.clock.hold();
+                    // In a block: what only the attempt needs (its context, its span, the
+                    // deadline, the join result) is gone before the outcome is recorded, so it
+                    // takes no room in the step's future at the record's await. The step's
+                    // future is boxed per step, and every byte over glibc's 1 KiB fast size
+                    // makes that allocation a slow one.
+                    let (record, then) = {
+                        let next = {
+                            let (span, mut running) = {
+                                // What the attempt waits for before it starts: the previous step's
+                                // result, if it is still held (the usual case: `decide_then` left
+                                // it).
+                                let prior = match this.take_prior() {
+                                    Ok(prior) => prior,
+                                    Err(()) => {
+                                        // Waited for here, as every other step kind does. Boxed:
+                                        // rare.
+                                        if let Err(err) = Box::pin(this.held_durable()).await {
+                                            return this.abort(err).await;
+                                        }
+                                        // A sibling may have stopped the run meanwhile.
+                                        if lock(&this.inner.state).stop.is_some() {
+                                            return std::future::pending().await;
+                                        }
+                                        None
+                                    }
+                                };
+                                let ctx = ActivityContext {
+                                    instance_id: this.inner.names.0.clone(),
+                                    workflow_type: this.inner.names.1.clone(),
+                                    activity: this.activity_name(name),
+                                    step,
+                                    attempt: number,
+                                    run: this.inner.history.run,
+                                    app: this
+                                        .inner
+                                        .host
+                                        .as_ref()
+                                        .map(|host| host.app_state())
+                                        .unwrap_or_default(),
+                                };
+                                let span = tracing::info_span!(
+                                    "cairn.activity",
+                                    instance = %ctx.instance_id,
+                                    workflow_type = %ctx.workflow_type,
+                                    step,
+                                    activity = name,
+                                    attempt = number,
+                                    outcome = tracing::field::Empty,
+                                );
+                                // Its own task: an activity that blocks its thread cannot keep this
+                                // run from seeing its deadline or a cancellation, and one that
+                                // outlives them is dropped. The task waits for the previous
+                                // result's commit, if it is not durable yet, before it starts it.
+                                let running = this.inner.attempts.start(
+                                    &this.inner.clock,
+                                    prior.map(Before::settle),
+                                    AssertUnwindSafe(attempt(ctx, &input))
+                                        .catch_unwind()
+                                        .instrument(span.clone()),
+                                    options.start_to_close,
+                                );
+                                (span, running)
+                            };
+                            // A cancellation abandons the attempt in flight (the activity may have had
+                            // part of its effect; its idempotency key lets compensation find it).
+                            let attempted = loop {
+                                // In a block: neither the notice nor what the wait returned is
+                                // kept in the step's future while the cancellation is taken.
+                                {
+                                    let cancelled = this.cancel_requested();
+                                    let mut cancelled = std::pin::pin!(cancelled);
+                                    // The attempt first: an output that is in counts even if a
+                                    // cancellation came in the same instant. The cancellation's
+                                    // notice is only registered once the attempt is found not done.
+                                    if let Some(attempted) = std::future::poll_fn(|cx| {
+                                        if let Poll::Ready(attempted) =
+                                            Pin::new(&mut running).poll(cx)
+                                        {
+                                            return Poll::Ready(Some(attempted));
+                                        }
+                                        cancelled.as_mut().poll(cx).map(|()| None)
+                                    })
+                                    .await
+                                    {
+                                        break attempted;
+                                    }
+                                }
+                                if let Some(reason) =
+                                    this.take_cancel(step, StepKind::Activity, name).await
+                                {
+                                    return Err(ActivityFailure::cancelled(
+                                        name, step, number, &reason,
+                                    ));
+                                }
+                            };
+                            drop(running);
+                            // `None`: the previous step's result was refused; the run stops
+                            // (`settle` set it), and this step records nothing.
+                            let Some((result, seconds)) = attempt_outcome(attempted, options)
+                            else {
+                                break;
+                            };
+                            let call = activity::Call {
+                                step,
+                                name,
+                                retry: &options.retry,
+                            };
+                            let after = activity::after_attempt(call, input, number, result);
+                            let outcome = match &after {
+                                AfterAttempt::Completed { .. } => "completed",
+                                AfterAttempt::Retry { .. } => "retried",
+                                AfterAttempt::Failed { .. } => "failed",
+                            };
+                            span.record("outcome", outcome);
+                            this.observe(Observation::Attempt {
+                                workflow_type: this.workflow_type(),
+                                activity: name,
+                                outcome,
+                                seconds,
+                            });
+                            match after {
+                                AfterAttempt::Completed(done) => Next::Completed(done),
+                                AfterAttempt::Failed { record, failure } => {
+                                    Next::Failed(record, Box::new(failure))
+                                }
+                                AfterAttempt::Retry {
+                                    record,
+                                    backoff,
+                                    input,
+                                } => Next::Retry(record, backoff, input),
+                            }
+                        };
+                        // No await from here to the end of this block, and `next` ends with it: a
+                        // local kept across more than one await gets room of its own in the step's
+                        // future, and so does one borrowed (or partly moved) before an await.
+                        match next {
+                            Next::Completed(done) => {
+                                if this.holds_results() {
+                                    drop(busy);
+                                    match this.complete_held(done, held, decode) {
+                                        Some(value) => return Ok(value),
+                                        None => break,
+                                    }
+                                }
+                                let output = done.output().clone();
+                                (done.into_record(), Then::Decode(output))
+                            }
+                            Next::Failed(record, failure) => (record, Then::Fail(failure)),
+                            Next::Retry(record, backoff, handed_back) => {
+                                (record, Then::Retry(backoff, handed_back))
+                            }
+                        }
+                    };
+                    match then {
+                        Then::Decode(output) => {
+                            // Rare (see `hold_result`): recorded and waited for, then decoded from a
+                            // copy. Boxed, so that every step's future has no room for it.
+                            drop(busy);
+                            Box::pin(this.record(record)).await;
+                            drop(held);
+                            match decode(this, &output) {
+                                Ok(value) => return Ok(value),
+                                Err(err) => drop(this.abort::<()>(err)),
+                            }
+                            break;
+                        }
+                        Then::Fail(failure) => {
+                            drop(busy);
+                            // Boxed, as above: a failed step is the rare path.
+                            Box::pin(this.record(record)).await;
+                            drop(held);
+                            return Err(*failure);
+                        }
+                        Then::Retry(backoff, handed_back) => {
+                            input = handed_back;
+                            if let Err(err) = this.append(record).await {
+                                return this.abort(err).await;
+                            }
+                            Box::pin(this.backoff(backoff, step, name, number, Some(held))).await?;
+                            number += 1;
+                        }
+                    }
+                }
+                // The step parks: the run stopped, or its output did not decode (the stop is set).
+                std::future::pending().await
+            })
+            .await
         }
     }
 
@@ -2057,6 +2116,44 @@ enum Then {
     Retry(Duration, Payload),
 }
 
+/// An attempt's result as the step records it, and how long it took (for the metrics),
+/// from how it ended; `None` if it never started because the previous step's result was
+/// refused.
+fn attempt_outcome(
+    attempted: Attempted<Result<Payload, ActivityError>, ()>,
+    options: &ActivityOptions,
+) -> Option<(Result<Payload, ActivityError>, f64)> {
+    Some(match attempted {
+        Attempted::Done(Ok(result), took) => (result, took.as_secs_f64()),
+        Attempted::Done(Err(panic), took) => (
+            Err(ActivityError::retryable(format!(
+                "activity panicked: {}",
+                crate::error::panic_message(&panic)
+            ))
+            .with_kind("panic")),
+            took.as_secs_f64(),
+        ),
+        Attempted::TimedOut => (
+            Err(ActivityError::retryable(format!(
+                "attempt exceeded its start-to-close timeout of {:?}",
+                options.start_to_close
+            ))
+            .with_kind("timeout")),
+            options.start_to_close.as_secs_f64(),
+        ),
+        // Panics are caught inside the attempt; this is its task's end at shutdown (or a
+        // failure outside the activity's own code).
+        Attempted::Gone => (
+            Err(ActivityError::retryable(
+                "the attempt's task ended without a result (the runtime is shutting down, or the task failed outside the activity)",
+            )
+            .with_kind("aborted")),
+            0.0,
+        ),
+        Attempted::Refused(()) => return None,
+    })
+}
+
 /// What an activity step records and does once an attempt is over.
 enum Next {
     /// Records the outcome and returns the output to the workflow.
@@ -2067,28 +2164,6 @@ enum Next {
     /// Records the failed attempt, waits this long, then makes the next attempt with
     /// this input.
     Retry(EventKind, Duration, Payload),
-}
-
-/// Polls `future` once; if it is not ready, wakes the task and gives it another look
-/// at its next poll. `Some` with the output if either look found it ready.
-///
-/// The wake is immediate (not deferred until the worker idles, as `yield_now`'s is), so
-/// the second look comes soon even on a busy worker, and on another worker if this one
-/// is blocked.
-async fn first_look<F: Future + Unpin>(future: &mut F) -> Option<F::Output> {
-    let mut looked = false;
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(output) = Pin::new(&mut *future).poll(cx) {
-            return Poll::Ready(Some(output));
-        }
-        if looked {
-            return Poll::Ready(None);
-        }
-        looked = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    })
-    .await
 }
 
 /// Keeps the run busy while alive.
@@ -2148,11 +2223,59 @@ impl Drop for LiveGuard<'_> {
     }
 }
 
+/// What an activity attempt waits for before it starts (see
+/// `WorkflowContext::take_prior`).
+enum Before {
+    /// The previous step's result, queued in the store and not durable yet.
+    Held {
+        ticket: cairn_core::journal::AppendTicket,
+        hold: ClockHold,
+        flushing: Flushing,
+    },
+    /// A sibling step's wait for it (a `join!` of activities): both attempts start once
+    /// it is durable, neither waits for the other's outcome.
+    Sibling(WorkflowContext),
+}
+
+impl Before {
+    /// Waits until it is durable; for a held result, then lets virtual time move and the
+    /// run's siblings go on (also if dropped first).
+    ///
+    /// # Errors
+    /// `Err(())` if the store refused it: the run is stopped (with the store's error, set
+    /// here for a held result before the siblings are let go, as in `held_durable`), and
+    /// the attempt must not start.
+    async fn settle(self) -> Result<(), ()> {
+        match self {
+            Before::Held {
+                ticket,
+                hold,
+                flushing,
+            } => {
+                let appended = ticket.await;
+                drop(hold);
+                if let Err(err) = appended {
+                    flushing.0.set_stop(Stop::Fatal(err));
+                    return Err(());
+                }
+                Ok(())
+            }
+            Before::Sibling(ctx) => {
+                ctx.wait_flushed().await;
+                if lock(&ctx.inner.state).stop.is_some() {
+                    return Err(());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A step's wait for a held result it sent (see `WorkflowContext::held_durable`): ends,
 /// and wakes the siblings waiting for it, however the wait ends.
-struct Flushing<'a>(&'a WorkflowContext);
+struct Flushing(WorkflowContext);
 
-impl Drop for Flushing<'_> {
+impl Drop for Flushing {
     fn drop(&mut self) {
         let inner = &self.0.inner;
         {
@@ -2354,6 +2477,57 @@ mod loom_tests {
                 saw_it || !asleep || woken.load(Ordering::SeqCst),
                 "a committed signal was left with the run evicted and not woken"
             );
+        });
+    }
+}
+
+#[cfg(all(test, cairn_loom))]
+mod sibling_loom_tests {
+    //! A sibling attempt's wait (`Before::Sibling`, on the attempt's task) for the held
+    //! result another step of the run sent: that step's `Flushing` ends when the commit
+    //! is in, after a refusal has stopped the run. Whatever the interleaving, the sibling
+    //! starts once the result is durable, and never after a refusal.
+    //!
+    //! Real code: `Before::settle`, `wait_flushed`, `Flushing`'s drop and `set_stop`, on
+    //! loom's mutex and the shim's `Notify`. A wait that misses the end of the flush
+    //! blocks with no thread left to wake it, and loom reports a deadlock.
+    use super::*;
+
+    /// What `take_prior` counts before it sends the held result.
+    fn sending(ctx: &WorkflowContext) -> Flushing {
+        lock(&ctx.inner.state).flushing += 1;
+        Flushing(ctx.clone())
+    }
+
+    fn sibling(ctx: &WorkflowContext) -> loom::thread::JoinHandle<Result<(), ()>> {
+        let ctx = ctx.clone();
+        loom::thread::spawn(move || loom::future::block_on(Before::Sibling(ctx).settle()))
+    }
+
+    #[test]
+    fn a_sibling_attempt_starts_once_the_held_result_is_durable() {
+        loom::model(|| {
+            let inbox = std::sync::Arc::new(Inbox::default());
+            let ctx = resident_run(&inbox);
+            let flushing = sending(&ctx);
+            let waiting = sibling(&ctx);
+            // The commit is in.
+            drop(flushing);
+            assert_eq!(waiting.join().unwrap(), Ok(()));
+        });
+    }
+
+    #[test]
+    fn a_sibling_attempt_never_starts_after_the_held_result_was_refused() {
+        loom::model(|| {
+            let inbox = std::sync::Arc::new(Inbox::default());
+            let ctx = resident_run(&inbox);
+            let flushing = sending(&ctx);
+            let waiting = sibling(&ctx);
+            // As `Before::settle` on a refusal: the stop first, then the flush ends.
+            flushing.0.set_stop(Stop::Fatal(Error::ShutDown));
+            drop(flushing);
+            assert_eq!(waiting.join().unwrap(), Err(()));
         });
     }
 }
