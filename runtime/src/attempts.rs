@@ -30,7 +30,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::clock::Clock;
 use crate::sync::{lock, AtomicU64, Mutex};
@@ -55,16 +55,82 @@ pub(crate) enum Attempted<T, E> {
     Gone,
 }
 
-/// A worker task: its queue (dropping it ends the task once its current job is done),
-/// and what the watcher reads of it.
+/// The run's handle on a worker task. Dropping it ends the task once its current job
+/// (and one handed to it, if any) is done.
 struct Worker {
-    jobs: mpsc::UnboundedSender<Job>,
     watched: std::sync::Arc<Watched>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let parked = {
+            let mut queue = lock(&self.watched.queue);
+            queue.closed = true;
+            queue.parked.take()
+        };
+        if let Some(parked) = parked {
+            parked.wake();
+        }
+    }
+}
+
+/// A worker task's one-job queue. Not a channel: a channel wakes the task when it is
+/// handed a job, and a job that first waits for a commit would then be polled once for
+/// nothing. The run polls what the job waits for with the task's waker instead
+/// (`Worker::hand`), so the commit is what wakes the task.
+#[derive(Default)]
+struct Queue {
+    job: Option<Job>,
+    /// The task's waker, from the last time it found nothing to do.
+    parked: Option<Waker>,
+    /// The run dropped its handle: the task ends once the queue is empty.
+    closed: bool,
+    /// The task is gone (the runtime is shutting down): nothing is handed to it.
+    gone: bool,
+}
+
+impl Worker {
+    /// Hands the task its next job, or gives it back if the task is gone.
+    ///
+    /// Under the queue's lock, so that the task cannot look at the queue in between:
+    /// the job goes in, and what it waits for first is polled with the task's waker.
+    /// If that is not ready, whatever it waits for (a commit) wakes the task; if it is,
+    /// the task is woken here. A task that never parked is still running, and looks at
+    /// the queue before it parks.
+    fn hand<B, F, T, E>(&self, mut work: Pin<Box<RunJob<B, F, T, E>>>) -> Result<(), Job>
+    where
+        B: Future<Output = Result<(), E>> + Send + 'static,
+        F: Future<Output = std::thread::Result<T>> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let wake = {
+            let mut queue = lock(&self.watched.queue);
+            if queue.gone {
+                return Err(work);
+            }
+            let wake = match &queue.parked {
+                Some(parked) => {
+                    let waited = work.as_mut().poll_before(&mut Context::from_waker(parked));
+                    waited.is_ready().then(|| parked.clone())
+                }
+                None => None,
+            };
+            queue.job = Some(work);
+            wake
+        };
+        if let Some(parked) = wake {
+            parked.wake();
+        }
+        Ok(())
+    }
 }
 
 /// What the watcher reads of one worker task, and how it reaches the run.
 pub(crate) struct Watched {
     clock: std::sync::Arc<dyn Clock>,
+    /// The task's queue (not the watcher's business: kept here to share one allocation).
+    queue: Mutex<Queue>,
     /// `job << DEADLINE_BITS | deadline_ms` while an attempt is being polled, else 0:
     /// packed into one word so that the watcher never pairs one job's number with
     /// another's deadline.
@@ -94,6 +160,7 @@ impl Watched {
     fn new(clock: std::sync::Arc<dyn Clock>) -> Self {
         Watched {
             clock,
+            queue: Mutex::new(Queue::default()),
             polled: AtomicU64::new(0),
             run: Mutex::new(RunSide::default()),
         }
@@ -252,7 +319,7 @@ impl Attempts {
             }
         };
         let job = watched.next_job();
-        let work: Job = Box::pin(RunJob {
+        let work = Box::pin(RunJob {
             before,
             attempt: Some(attempt),
             reply: Some(reply),
@@ -263,11 +330,14 @@ impl Attempts {
             timer: None,
         });
         let worker = match idle {
-            Some(worker) => match worker.jobs.send(work) {
+            Some(worker) => match worker.hand(work) {
                 Ok(()) => worker,
-                // The task is gone (it cannot be while its queue is held here, short of
+                // The task is gone (it cannot be while its handle is held here, short of
                 // a shutdown); a new one takes the job, under the same watch.
-                Err(mpsc::error::SendError(work)) => spawn_worker(watched, work),
+                Err(work) => {
+                    drop(worker);
+                    spawn_worker(watched, work)
+                }
             },
             None => spawn_worker(watched, work),
         };
@@ -282,17 +352,60 @@ impl Attempts {
 
 /// A new worker task, with `work` already queued: it never waits for its first job.
 fn spawn_worker(watched: std::sync::Arc<Watched>, work: Job) -> Worker {
-    let (jobs, queue) = mpsc::unbounded_channel();
-    let _ = jobs.send(work);
-    drop(tokio::spawn(serve(queue)));
-    Worker { jobs, watched }
+    {
+        let mut queue = lock(&watched.queue);
+        *queue = Queue {
+            job: Some(work),
+            ..Queue::default()
+        };
+    }
+    drop(tokio::spawn(serve(Serving(watched.clone()))));
+    Worker { watched }
 }
 
-/// A worker task: runs its jobs one after another until its queue is dropped.
-async fn serve(mut queue: mpsc::UnboundedReceiver<Job>) {
-    while let Some(work) = queue.recv().await {
-        work.await;
+/// A worker task's hold on its queue; marks the task gone when it is dropped (the task
+/// ended, or the runtime dropped it), and drops the job it was handed, if any, so that
+/// its run learns it is gone.
+struct Serving(std::sync::Arc<Watched>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let job = {
+            let mut queue = lock(&self.0.queue);
+            queue.gone = true;
+            queue.parked = None;
+            queue.job.take()
+        };
+        drop(job);
     }
+}
+
+/// A worker task: runs the jobs it is handed one after another until its run drops its
+/// handle.
+async fn serve(serving: Serving) {
+    let mut current: Option<Job> = None;
+    std::future::poll_fn(|cx| loop {
+        if let Some(work) = current.as_mut() {
+            if work.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            current = None;
+        }
+        let mut queue = lock(&serving.0.queue);
+        if let Some(work) = queue.job.take() {
+            current = Some(work);
+            continue;
+        }
+        if queue.closed {
+            return Poll::Ready(());
+        }
+        match &queue.parked {
+            Some(parked) if parked.will_wake(cx.waker()) => {}
+            _ => queue.parked = Some(cx.waker().clone()),
+        }
+        return Poll::Pending;
+    })
+    .await;
 }
 
 pin_project_lite::pin_project! {
@@ -321,6 +434,32 @@ pin_project_lite::pin_project! {
     }
 }
 
+impl<B, F, T, E> RunJob<B, F, T, E>
+where
+    B: Future<Output = Result<(), E>>,
+{
+    /// Waits for `before`; ready once it is done (on a refusal, the refusal is sent and
+    /// the attempt dropped unstarted).
+    fn poll_before(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        let Some(before) = this.before.as_mut().as_pin_mut() else {
+            return Poll::Ready(());
+        };
+        let waited = match before.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(waited) => waited,
+        };
+        this.before.set(None);
+        if let Err(err) = waited {
+            this.attempt.set(None);
+            if let Some(reply) = this.reply.take() {
+                let _ = reply.send(Attempted::Refused(err));
+            }
+        }
+        Poll::Ready(())
+    }
+}
+
 impl<B, F, T, E> Future for RunJob<B, F, T, E>
 where
     B: Future<Output = Result<(), E>>,
@@ -328,22 +467,11 @@ where
 {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
-        if let Some(before) = this.before.as_mut().as_pin_mut() {
-            let waited = match before.poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(waited) => waited,
-            };
-            this.before.set(None);
-            if let Err(err) = waited {
-                this.attempt.set(None);
-                if let Some(reply) = this.reply.take() {
-                    let _ = reply.send(Attempted::Refused(err));
-                }
-                return Poll::Ready(());
-            }
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.as_mut().poll_before(cx).is_pending() {
+            return Poll::Pending;
         }
+        let mut this = self.project();
         let Some(reply) = this.reply.as_mut() else {
             return Poll::Ready(());
         };
@@ -465,10 +593,11 @@ mod tests {
         attempts.start(&clock(), before, attempt, Duration::from_secs(60))
     }
 
-    fn idle_queue(attempts: &Attempts) -> Option<mpsc::UnboundedSender<Job>> {
+    /// The task the run keeps for its next attempt, if any.
+    fn idle_queue(attempts: &Attempts) -> Option<std::sync::Arc<Watched>> {
         lock(&attempts.idle)
             .as_ref()
-            .map(|worker| worker.jobs.clone())
+            .map(|worker| worker.watched.clone())
     }
 
     #[tokio::test]
@@ -484,7 +613,7 @@ mod tests {
             panic!("no task was kept after a finished attempt");
         };
         assert!(
-            kept.same_channel(&again),
+            std::sync::Arc::ptr_eq(&kept, &again),
             "the second attempt used a new task"
         );
     }
@@ -858,6 +987,103 @@ mod loom_tests {
             let second = watched.next_job();
             watcher.join().unwrap();
             assert!(!watched.expired_or_register(second, Waker::noop()));
+        });
+    }
+}
+
+#[cfg(all(test, cairn_loom))]
+mod queue_loom_tests {
+    //! The hand-off of a job to a parked worker task (`Worker::hand` against `serve`),
+    //! with the commit the job waits for landing at any point: the run polls what the job
+    //! waits for with the task's waker and puts the job in the queue under its lock, so
+    //! that the commit, not the hand-off, wakes the task. Whatever the interleaving, the
+    //! task runs the job, then ends once the run dropped its handle.
+    //!
+    //! Real code: `hand`, `serve` (driven by `loom::future::block_on`, which reports a
+    //! deadlock if nothing wakes it), `RunJob`, `Worker`'s drop; the commit is a
+    //! loom-visible flag with a waker.
+    use super::*;
+    use crate::sync::{AtomicBool, Mutex};
+
+    const PREEMPTIONS_MAX: usize = 3;
+
+    /// A commit the job waits for: done once `land` is called.
+    #[derive(Default)]
+    struct Commit {
+        landed: AtomicBool,
+        waker: Mutex<Option<Waker>>,
+    }
+
+    impl Commit {
+        fn land(&self) {
+            self.landed.store(true, Ordering::SeqCst);
+            let waker = lock(&self.waker).take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+
+        fn wait(self: std::sync::Arc<Self>) -> impl Future<Output = Result<(), ()>> {
+            std::future::poll_fn(move |cx| {
+                *lock(&self.waker) = Some(cx.waker().clone());
+                if self.landed.load(Ordering::SeqCst) {
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending
+            })
+        }
+    }
+
+    /// Three threads: bounded to `PREEMPTIONS_MAX` preemptions (`LOOM_MAX_PREEMPTIONS`
+    /// overrides it), as the timer model is. The mutations it was checked against are
+    /// caught within the bound: the job put in the queue after the lock is let go, and
+    /// no wake when what it waits for is already done.
+    #[test]
+    fn a_job_handed_to_a_parked_task_runs_once_its_commit_lands() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound.get_or_insert(PREEMPTIONS_MAX);
+        builder.check(|| {
+            let watched = std::sync::Arc::new(Watched::new(std::sync::Arc::new(
+                crate::clock::VirtualClock::new(std::time::UNIX_EPOCH + Duration::from_secs(1)),
+            )));
+            let commit = std::sync::Arc::new(Commit::default());
+            let worker = Worker {
+                watched: watched.clone(),
+            };
+            // The task, parked on its empty queue until a job or its end wakes it.
+            let task = {
+                let serving = Serving(watched.clone());
+                loom::thread::spawn(move || loom::future::block_on(serve(serving)))
+            };
+            let landing = {
+                let commit = commit.clone();
+                loom::thread::spawn(move || commit.land())
+            };
+            let (reply, output) = oneshot::channel::<Attempted<(), ()>>();
+            let job = watched.next_job();
+            worker
+                .hand(Box::pin(RunJob {
+                    before: Some(commit.clone().wait()),
+                    attempt: Some(async { Ok(()) }),
+                    reply: Some(reply),
+                    watched: watched.clone(),
+                    job,
+                    budget: Duration::from_secs(60),
+                    started: None,
+                    timer: None,
+                }))
+                .map_err(drop)
+                .unwrap();
+            // The run waits for the output with its handle held: only the commit (or the
+            // hand-off itself, if the commit came first) can wake the task.
+            let ended = loom::future::block_on(output);
+            assert!(
+                matches!(ended, Ok(Attempted::Done(Ok(()), _))),
+                "the handed job did not run"
+            );
+            drop(worker);
+            landing.join().unwrap();
+            task.join().unwrap();
         });
     }
 }
