@@ -455,6 +455,12 @@ where
             if let Some(reply) = this.reply.take() {
                 let _ = reply.send(Attempted::Refused(err));
             }
+            // The run learns of it even if its step stopped waiting (a `select!` it
+            // lost): the refusal stopped the run, which its driver sees when polled.
+            let waiting = lock(&this.watched.run).waker.take();
+            if let Some(waiting) = waiting {
+                waiting.wake();
+            }
         }
         Poll::Ready(())
     }
@@ -552,7 +558,9 @@ impl<T, E> Future for Running<'_, T, E> {
                     return Poll::Pending;
                 }
                 // Polled past its deadline, and maybe still holding its thread: its task
-                // is never handed another attempt.
+                // is never handed another attempt, and the attempt is dropped at its next
+                // poll, even if this is polled no more.
+                this.output.close();
                 this.worker = None;
                 return Poll::Ready(Attempted::TimedOut);
             }
@@ -799,6 +807,55 @@ mod tests {
         commit.send(()).unwrap();
         assert!(matches!(running.await, Attempted::Done(Ok(7), _)));
         assert_eq!(started.load(Ordering::SeqCst), 1);
+    }
+
+    /// As above, on the run's kept task: the job is handed over with its commit still
+    /// out (`Worker::hand`), and the commit is what gets the attempt going.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kept_task_starts_its_next_attempt_once_the_commit_is_in() {
+        let attempts = Attempts::default();
+        assert!(matches!(
+            go(&attempts, async { ok(1) }).await,
+            Attempted::Done(Ok(1), _)
+        ));
+        let kept = idle_queue(&attempts).expect("the first attempt's task was kept");
+        // Until the task parks, a job handed to it is found, not woken for.
+        while lock(&kept.queue).parked.is_none() {
+            tokio::task::yield_now().await;
+        }
+        let started = Arc::new(AtomicUsize::new(0));
+        let seen = started.clone();
+        let (commit, committed) = tokio::sync::oneshot::channel::<()>();
+        let running = attempts.start(
+            &clock(),
+            Some(async move { committed.await.map_err(drop) }),
+            async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+                ok(2)
+            },
+            Duration::from_secs(60),
+        );
+        let again = idle_queue(&attempts);
+        assert!(
+            again.is_none(),
+            "the kept task is handed the job, not kept idle"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            started.load(Ordering::SeqCst),
+            0,
+            "started before its commit"
+        );
+        commit.send(()).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("the commit did not wake the kept task");
+        assert!(matches!(ended, Attempted::Done(Ok(2), _)));
+        let reused = idle_queue(&attempts).expect("the task was kept again");
+        assert!(
+            std::sync::Arc::ptr_eq(&kept, &reused),
+            "a new task ran the job"
+        );
     }
 
     #[tokio::test]
@@ -1064,7 +1121,16 @@ mod queue_loom_tests {
             worker
                 .hand(Box::pin(RunJob {
                     before: Some(commit.clone().wait()),
-                    attempt: Some(async { Ok(()) }),
+                    attempt: Some({
+                        let commit = commit.clone();
+                        async move {
+                            assert!(
+                                commit.landed.load(Ordering::SeqCst),
+                                "the attempt started before its commit"
+                            );
+                            Ok(())
+                        }
+                    }),
                     reply: Some(reply),
                     watched: watched.clone(),
                     job,

@@ -62,6 +62,9 @@ pub(crate) enum Stop {
 struct CtxState {
     next_step: StepNo,
     stop: Option<Stop>,
+    /// A stop was set, also once the driver has taken it (`take_stop`): an attempt
+    /// whose task waited for a commit meanwhile must not start (`Before::settle`).
+    stopped: bool,
     /// A step already ended because of the cancellation request (recorded or replayed);
     /// later steps run normally, so cleanup can use activities.
     cancel_delivered: bool,
@@ -441,6 +444,7 @@ impl WorkflowContext {
                 state: Mutex::new(CtxState {
                     next_step: 1,
                     stop: None,
+                    stopped: false,
                     cancel_delivered,
                     busy: 0,
                     pinned: 0,
@@ -547,12 +551,20 @@ impl WorkflowContext {
         std::future::pending()
     }
 
+    /// The store refused a result this run went on with: stops the run and wakes what
+    /// waits on it, as a driven ticket does (`send_queued`).
+    fn refused(&self, err: Error) {
+        self.set_stop(Stop::Fatal(err));
+        self.inner.state_changed.notify_waiters();
+    }
+
     fn set_stop(&self, stop: Stop) {
         let mut state = lock(&self.inner.state);
         // The first reason wins: it is the one at the earliest step.
         if state.stop.is_none() {
             state.stop = Some(stop);
         }
+        state.stopped = true;
     }
 
     fn append(&self, kind: EventKind) -> impl Future<Output = Result<(), Error>> + '_ {
@@ -604,6 +616,7 @@ impl WorkflowContext {
                 return;
             }
             state.stop = Some(Stop::Replay);
+            state.stopped = true;
         }
         std::future::pending().await
     }
@@ -635,8 +648,10 @@ impl WorkflowContext {
     ///
     /// Safe because what runs before the next step starts is the workflow's own
     /// deterministic code, which nobody outside sees: every step first waits for the
-    /// held result to be durable (`decide`), so no activity runs, no timer or wait
-    /// starts and no message leaves on a result that is not; the run's end and a
+    /// held result to be durable (in `decide`; an activity step's attempt waits on its
+    /// task, see `take_prior`), so no activity runs, no timer or wait starts and no
+    /// message leaves on a result that is not (an activity step records only after its
+    /// attempt, or a cancellation, which the store commits after the result); the run's end and a
     /// continue-as-new are ordered after it, and the store refuses them if it refused
     /// the result. Virtual time does not skip until it is durable (`hold`), or, when it
     /// goes with the end, until it is sent. Where the store does not queue, or every
@@ -845,6 +860,11 @@ impl WorkflowContext {
     /// # Errors
     /// The error that refused it (the run must stop).
     pub(crate) async fn queued_durable(&self) -> Result<(), Error> {
+        // A result an attempt's task waits for (`take_prior`) is not in `queued`: waited
+        // for here too, so that what follows (the end, a continue-as-new) comes after it.
+        if lock(&self.inner.state).flushing > 0 {
+            Box::pin(self.wait_flushed()).await;
+        }
         self.send_held(None);
         let Some(queued) = lock(&self.inner.state).queued.clone() else {
             return Ok(());
@@ -2246,7 +2266,10 @@ impl Before {
     /// here for a held result before the siblings are let go, as in `held_durable`), and
     /// the attempt must not start.
     async fn settle(self) -> Result<(), ()> {
-        match self {
+        // The run may have stopped while the commit was waited for (a sibling diverged,
+        // the instance is handed over), and the driver may have taken the stop already:
+        // hence `stopped`, not `stop`.
+        let stopped = match self {
             Before::Held {
                 ticket,
                 hold,
@@ -2255,19 +2278,20 @@ impl Before {
                 let appended = ticket.await;
                 drop(hold);
                 if let Err(err) = appended {
-                    flushing.0.set_stop(Stop::Fatal(err));
+                    flushing.0.refused(err);
                     return Err(());
                 }
-                Ok(())
+                lock(&flushing.0.inner.state).stopped
             }
             Before::Sibling(ctx) => {
                 ctx.wait_flushed().await;
-                if lock(&ctx.inner.state).stop.is_some() {
-                    return Err(());
-                }
-                Ok(())
+                lock(&ctx.inner.state).stopped
             }
+        };
+        if stopped {
+            return Err(());
         }
+        Ok(())
     }
 }
 
@@ -2499,9 +2523,13 @@ mod sibling_loom_tests {
         Flushing(ctx.clone())
     }
 
-    fn sibling(ctx: &WorkflowContext) -> loom::thread::JoinHandle<Result<(), ()>> {
+    /// The sibling's wait, and whether the flush had ended when it returned.
+    fn sibling(ctx: &WorkflowContext) -> loom::thread::JoinHandle<(Result<(), ()>, bool)> {
         let ctx = ctx.clone();
-        loom::thread::spawn(move || loom::future::block_on(Before::Sibling(ctx).settle()))
+        loom::thread::spawn(move || {
+            let settled = loom::future::block_on(Before::Sibling(ctx.clone()).settle());
+            (settled, lock(&ctx.inner.state).flushing == 0)
+        })
     }
 
     #[test]
@@ -2513,7 +2541,9 @@ mod sibling_loom_tests {
             let waiting = sibling(&ctx);
             // The commit is in.
             drop(flushing);
-            assert_eq!(waiting.join().unwrap(), Ok(()));
+            let (settled, flushed) = waiting.join().unwrap();
+            assert_eq!(settled, Ok(()));
+            assert!(flushed, "the sibling went on before the flush ended");
         });
     }
 
@@ -2524,10 +2554,12 @@ mod sibling_loom_tests {
             let ctx = resident_run(&inbox);
             let flushing = sending(&ctx);
             let waiting = sibling(&ctx);
-            // As `Before::settle` on a refusal: the stop first, then the flush ends.
-            flushing.0.set_stop(Stop::Fatal(Error::ShutDown));
+            // As `Before::settle` on a refusal: the stop first, then the flush ends; and
+            // the driver, woken by the refusal, takes the stop before the sibling looks.
+            flushing.0.refused(Error::ShutDown);
             drop(flushing);
-            assert_eq!(waiting.join().unwrap(), Err(()));
+            assert!(ctx.take_stop().is_some());
+            assert_eq!(waiting.join().unwrap().0, Err(()));
         });
     }
 }

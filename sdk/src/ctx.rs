@@ -599,7 +599,9 @@ impl<A: Activity> ActivityCall<A> {
         self
     }
 
-    /// Bounds each attempt to `timeout`.
+    /// Bounds each attempt to `timeout`, counted from the attempt's start (once the
+    /// previous step is durable). An attempt over it fails with the retryable kind
+    /// `timeout`, also if it blocks its thread (then up to 20 ms late).
     pub fn start_to_close(mut self, timeout: Duration) -> Self {
         self.options.start_to_close = timeout;
         self
