@@ -999,12 +999,17 @@ mod loom_tests {
         }
     }
 
+    /// A worker task's watch, on a virtual clock that reads 1 s.
+    fn watched_at_one_second() -> Watched {
+        Watched::new(std::sync::Arc::new(crate::clock::VirtualClock::new(
+            std::time::UNIX_EPOCH + Duration::from_secs(1),
+        )))
+    }
+
     #[test]
     fn an_expiry_is_seen_by_the_run_or_wakes_it() {
         loom::model(|| {
-            let watched = Arc::new(Watched::new(std::sync::Arc::new(
-                crate::clock::VirtualClock::new(std::time::UNIX_EPOCH + Duration::from_secs(1)),
-            )));
+            let watched = Arc::new(watched_at_one_second());
             let job = watched.next_job();
             // Polled with a deadline already passed on the clock (it reads 1 s).
             watched.polling(job, 1);
@@ -1027,9 +1032,7 @@ mod loom_tests {
     #[test]
     fn a_next_job_is_never_expired_for_the_one_before() {
         loom::model(|| {
-            let watched = Arc::new(Watched::new(std::sync::Arc::new(
-                crate::clock::VirtualClock::new(std::time::UNIX_EPOCH + Duration::from_secs(1)),
-            )));
+            let watched = Arc::new(watched_at_one_second());
             let first = watched.next_job();
             watched.polling(first, 1);
             let watcher = {

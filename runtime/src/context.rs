@@ -2523,8 +2523,10 @@ mod sibling_loom_tests {
         Flushing(ctx.clone())
     }
 
-    /// The sibling's wait, and whether the flush had ended when it returned.
-    fn sibling(ctx: &WorkflowContext) -> loom::thread::JoinHandle<(Result<(), ()>, bool)> {
+    /// The sibling's wait: how it ended, and whether the flush had ended by then.
+    type Waiting = loom::thread::JoinHandle<(Result<(), ()>, bool)>;
+
+    fn sibling(ctx: &WorkflowContext) -> Waiting {
         let ctx = ctx.clone();
         loom::thread::spawn(move || {
             let settled = loom::future::block_on(Before::Sibling(ctx.clone()).settle());
@@ -2532,13 +2534,19 @@ mod sibling_loom_tests {
         })
     }
 
+    /// A run with a held result being committed, and a sibling attempt waiting for it.
+    fn a_flush_and_a_sibling() -> (WorkflowContext, Flushing, Waiting) {
+        let inbox = std::sync::Arc::new(Inbox::default());
+        let ctx = resident_run(&inbox);
+        let flushing = sending(&ctx);
+        let waiting = sibling(&ctx);
+        (ctx, flushing, waiting)
+    }
+
     #[test]
     fn a_sibling_attempt_starts_once_the_held_result_is_durable() {
         loom::model(|| {
-            let inbox = std::sync::Arc::new(Inbox::default());
-            let ctx = resident_run(&inbox);
-            let flushing = sending(&ctx);
-            let waiting = sibling(&ctx);
+            let (_ctx, flushing, waiting) = a_flush_and_a_sibling();
             // The commit is in.
             drop(flushing);
             let (settled, flushed) = waiting.join().unwrap();
@@ -2550,10 +2558,7 @@ mod sibling_loom_tests {
     #[test]
     fn a_sibling_attempt_never_starts_after_the_held_result_was_refused() {
         loom::model(|| {
-            let inbox = std::sync::Arc::new(Inbox::default());
-            let ctx = resident_run(&inbox);
-            let flushing = sending(&ctx);
-            let waiting = sibling(&ctx);
+            let (ctx, flushing, waiting) = a_flush_and_a_sibling();
             // As `Before::settle` on a refusal: the stop first, then the flush ends; and
             // the driver, woken by the refusal, takes the stop before the sibling looks.
             flushing.0.refused(Error::ShutDown);
