@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
-use crate::clock::Clock;
+use crate::clock::{millis, Clock};
 use crate::sync::{lock, AtomicU64, Mutex};
 
 /// How often the watcher looks at the attempts being polled.
@@ -494,10 +494,9 @@ where
         let watched = &**this.watched;
         let budget = *this.budget;
         let (began, deadline_ms) = *this.started.get_or_insert_with(|| {
-            let budget_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
             (
                 Instant::now(),
-                watched.clock.now_ms().saturating_add(budget_ms),
+                watched.clock.now_ms().saturating_add(millis(budget)),
             )
         });
         watched.polling(*this.job, deadline_ms);

@@ -51,9 +51,12 @@ pub struct SystemClock;
 
 /// Milliseconds since the Unix epoch of `time` (0 before the epoch).
 pub fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    time.duration_since(UNIX_EPOCH).map(millis).unwrap_or(0)
+}
+
+/// Whole milliseconds of `duration`, saturating.
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Clock for SystemClock {
@@ -179,9 +182,7 @@ impl VirtualClock {
     pub fn advance(&self, by: Duration) {
         let to = {
             let state = lock(&self.inner.state);
-            state
-                .now_ms
-                .saturating_add(u64::try_from(by.as_millis()).unwrap_or(u64::MAX))
+            state.now_ms.saturating_add(millis(by))
         };
         self.advance_to_ms(to);
     }

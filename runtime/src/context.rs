@@ -15,7 +15,7 @@ use crate::activity::{
     ActivityContext, ActivityError, ActivityFailure, ActivityOptions, Cancelled,
 };
 use crate::attempts::Attempted;
-use crate::clock::{Clock, ClockHold};
+use crate::clock::{millis, Clock, ClockHold};
 use crate::codec::{Codec, Payload};
 use crate::error::{Error, StepDescriptor};
 use crate::event::{AttrValue, ChildOutcome, EventKind, StepNo};
@@ -2119,11 +2119,6 @@ impl WorkflowContext {
             Err(err) => self.abort(err).await,
         }
     }
-}
-
-/// Whole milliseconds of `duration`, saturating.
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// What an activity step does once its outcome is recorded (the held path aside).
