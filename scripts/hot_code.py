@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How much machine code a thread runs over and over: the instruction-cache footprint.
 
-    python3 scripts/hot_code.py MIN_EXECUTIONS FILE... [--top N]
+    python3 scripts/hot_code.py MIN_EXECUTIONS FILE... [--top=N]
 
 FILE is a callgrind profile of one thread, written with `--dump-instr=yes`
 (`--separate-threads=yes` writes one per thread). An instruction is hot if it ran at
