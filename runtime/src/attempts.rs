@@ -809,8 +809,10 @@ mod tests {
     }
 
     /// As above, on the run's kept task: the job is handed over with its commit still
-    /// out (`Worker::hand`), and the commit is what gets the attempt going.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    /// out (`Worker::hand`), and the commit is what gets the attempt going. On one
+    /// thread, so that "not started yet" is a fact, not a race: every yield below lets
+    /// each task that is ready (the kept one, had anything woken it) run first.
+    #[tokio::test]
     async fn a_kept_task_starts_its_next_attempt_once_the_commit_is_in() {
         let attempts = Attempts::default();
         assert!(matches!(
@@ -839,12 +841,14 @@ mod tests {
             again.is_none(),
             "the kept task is handed the job, not kept idle"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(
-            started.load(Ordering::SeqCst),
-            0,
-            "started before its commit"
-        );
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+            assert_eq!(
+                started.load(Ordering::SeqCst),
+                0,
+                "started before its commit"
+            );
+        }
         commit.send(()).unwrap();
         let ended = tokio::time::timeout(Duration::from_secs(5), running)
             .await
