@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::codec::Payload;
-use crate::engine::{Engine, InstanceInfo, ListFilter, StartOutcome};
+use crate::engine::{carried_on, Engine, InstanceInfo, ListFilter, StartOutcome};
 use crate::error::{Error, Result};
 use crate::event::EventKind;
 use crate::journal::Cursor;
@@ -68,16 +68,25 @@ impl Engine {
         name: &str,
         payload: Payload,
     ) -> Result<()> {
-        let workflow_type = self.type_of(id).await?;
-        self.authorize(
-            actor,
-            &Action::Signal {
-                instance: id,
-                workflow_type: &workflow_type,
-                signal: name,
-            },
-        )?;
-        self.signal_by(id, name, payload, Some(actor)).await
+        let (engine, actor, id, name) =
+            (self.clone(), actor.clone(), id.to_owned(), name.to_owned());
+        // Carried on from the first poll, the policy's read included (see `carried_on`).
+        carried_on(async move {
+            let workflow_type = engine.type_of(&id).await?;
+            engine.authorize(
+                &actor,
+                &Action::Signal {
+                    instance: &id,
+                    workflow_type: &workflow_type,
+                    signal: &name,
+                },
+            )?;
+            let kind = engine.signal_event(&name, payload)?;
+            engine
+                .append_to_current_run_now(&id, kind, Some(&actor))
+                .await
+        })
+        .await
     }
 
     /// [`Engine::cancel`] on behalf of `actor`, recorded with the request.
@@ -88,21 +97,10 @@ impl Engine {
     /// # Cancel safety
     /// As [`Engine::cancel`].
     pub async fn cancel_as(&self, actor: &Actor, id: &str, reason: &str) -> Result<()> {
-        let workflow_type = self.type_of(id).await?;
-        self.authorize(
-            actor,
-            &Action::Cancel {
-                instance: id,
-                workflow_type: &workflow_type,
-            },
-        )?;
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(Error::ShutDown);
-        }
         let kind = EventKind::CancelRequested {
             reason: reason.to_owned(),
         };
-        self.append_to_current_run(id, kind, Some(actor)).await
+        self.end_request_as(actor, id, kind).await
     }
 
     /// [`Engine::terminate`] on behalf of `actor`, recorded with the termination.
@@ -113,21 +111,37 @@ impl Engine {
     /// # Cancel safety
     /// As [`Engine::terminate`].
     pub async fn terminate_as(&self, actor: &Actor, id: &str, reason: &str) -> Result<()> {
-        let workflow_type = self.type_of(id).await?;
-        self.authorize(
-            actor,
-            &Action::Terminate {
-                instance: id,
-                workflow_type: &workflow_type,
-            },
-        )?;
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(Error::ShutDown);
-        }
         let kind = EventKind::WorkflowTerminated {
             reason: reason.to_owned(),
         };
-        self.append_to_current_run(id, kind, Some(actor)).await
+        self.end_request_as(actor, id, kind).await
+    }
+
+    /// A cancellation or termination on behalf of `actor`, carried on from the first
+    /// poll, the policy's read included (see `carried_on`).
+    async fn end_request_as(&self, actor: &Actor, id: &str, kind: EventKind) -> Result<()> {
+        let (engine, actor, id) = (self.clone(), actor.clone(), id.to_owned());
+        carried_on(async move {
+            let workflow_type = engine.type_of(&id).await?;
+            let action = match &kind {
+                EventKind::WorkflowTerminated { .. } => Action::Terminate {
+                    instance: &id,
+                    workflow_type: &workflow_type,
+                },
+                _ => Action::Cancel {
+                    instance: &id,
+                    workflow_type: &workflow_type,
+                },
+            };
+            engine.authorize(&actor, &action)?;
+            if engine.shared.closed.load(Ordering::Acquire) {
+                return Err(Error::ShutDown);
+            }
+            engine
+                .append_to_current_run_now(&id, kind, Some(&actor))
+                .await
+        })
+        .await
     }
 
     /// [`Engine::status`] if `actor` may read instance `id`.

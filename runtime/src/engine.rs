@@ -1049,25 +1049,20 @@ impl Engine {
     /// task of the runtime; once it is, it reaches the run (in commit order) by the
     /// commit itself. Dropped before it was polled, nothing was sent.
     pub async fn signal(&self, id: &str, name: &str, payload: Payload) -> Result<()> {
-        self.signal_by(id, name, payload, None).await
+        let kind = self.signal_event(name, payload)?;
+        self.append_to_current_run(id, kind, None).await
     }
 
-    pub(crate) async fn signal_by(
-        &self,
-        id: &str,
-        name: &str,
-        payload: Payload,
-        actor: Option<&Actor>,
-    ) -> Result<()> {
+    /// The event that records signal `name`, once the name is checked.
+    pub(crate) fn signal_event(&self, name: &str, payload: Payload) -> Result<EventKind> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
         self.check_signal_name(name)?;
-        let kind = EventKind::SignalReceived {
+        Ok(EventKind::SignalReceived {
             name: name.to_owned(),
             payload,
-        };
-        self.append_to_current_run(id, kind, actor).await
+        })
     }
 
     /// Checks that `name` may name a signal (not empty, at most
@@ -1127,7 +1122,7 @@ impl Engine {
         .await
     }
 
-    async fn append_to_current_run_now(
+    pub(crate) async fn append_to_current_run_now(
         &self,
         id: &str,
         kind: EventKind,

@@ -114,6 +114,9 @@ impl Acting<'_> {
     ///
     /// # Errors
     /// [`Error::Forbidden`], and as [`Runtime::send_json`]; nothing is written.
+    ///
+    /// # Cancel safety
+    /// As [`Runtime::signal`], once the body is checked (before the first await).
     pub async fn send_json(
         &self,
         id: &str,
@@ -131,6 +134,10 @@ impl Acting<'_> {
     ///
     /// # Errors
     /// [`Error::Forbidden`] (nothing written), and as [`Runtime::cancel`].
+    ///
+    /// # Cancel safety
+    /// As [`Runtime::cancel`]: dropped after its first poll, the request is still checked
+    /// and recorded (unless refused) by a task of the runtime.
     pub async fn cancel(&self, id: &str, reason: &str) -> Result<(), Error> {
         self.rt.engine().cancel_as(&self.actor, id, reason).await
     }
@@ -139,6 +146,10 @@ impl Acting<'_> {
     ///
     /// # Errors
     /// [`Error::Forbidden`] (nothing written), and as [`Runtime::terminate`].
+    ///
+    /// # Cancel safety
+    /// As [`Runtime::terminate`]: dropped after its first poll, the termination is still
+    /// checked and recorded (unless refused) by a task of the runtime.
     pub async fn terminate(&self, id: &str, reason: &str) -> Result<(), Error> {
         self.rt.engine().terminate_as(&self.actor, id, reason).await
     }

@@ -18,7 +18,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use cairn::events::EventKind;
 use cairn::testing::VirtualClock;
 use cairn::Recurrence;
-use cairn::{workflow, Ctx, Error, Runtime, StatusKind, WorkflowError};
+use cairn::{workflow, Actor, Ctx, Error, Runtime, Signal, StatusKind, WorkflowError};
 
 /// Long enough for any honest run here, short enough that a lost effect fails the test
 /// instead of hanging the suite.
@@ -168,6 +168,107 @@ async fn a_terminate_dropped_after_its_first_poll_still_ends_the_instance() {
         rt.status("t-1").await.unwrap().status.kind(),
         StatusKind::Terminated
     );
+    rt.shutdown().await;
+}
+
+/// The signal `await_go` waits for, declared for the typed send of an actor.
+const GO: Signal<String> = Signal::new("go");
+
+fn clerk() -> Actor {
+    Actor::new("clerk", ["support"])
+}
+
+// An actor's call first reads the instance's type for the policy's check; a caller that
+// goes away while that read waits must not take the request with it.
+
+#[tokio::test]
+async fn an_actors_signal_dropped_after_its_first_poll_is_still_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = open(&dir.path().join("db.redb"), &clock(), None).await;
+    let handle = rt.start(await_go, "as-1", ()).await.unwrap();
+    let clerk = clerk();
+    poll_once_and_drop(rt.acting_as(&clerk).send("as-1", GO, &"now".to_owned())).await;
+
+    let result = patiently("the actor's dropped signal", handle.result()).await;
+    assert_eq!(result.unwrap().unwrap(), "now");
+    let history = rt.history("as-1").await.unwrap();
+    let sent = history
+        .iter()
+        .find(|event| matches!(event.record.kind, EventKind::SignalReceived { .. }))
+        .expect("the signal is in the history");
+    assert_eq!(
+        sent.record.actor.as_ref().map(|actor| actor.id.as_str()),
+        Some("clerk"),
+        "recorded with its actor"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_actors_cancel_dropped_after_its_first_poll_still_cancels_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = open(&dir.path().join("db.redb"), &clock(), None).await;
+    let handle = rt.start(await_go, "ac-1", ()).await.unwrap();
+    wait_for_events(&rt, "ac-1", 1).await;
+    let clerk = clerk();
+    poll_once_and_drop(rt.acting_as(&clerk).cancel("ac-1", "customer left")).await;
+
+    let result = patiently("the actor's dropped cancellation", handle.result()).await;
+    let err = result.unwrap().unwrap_err();
+    assert!(
+        format!("{err:?}").contains("customer left"),
+        "the workflow ended by the cancellation: {err:?}"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_actors_terminate_dropped_after_its_first_poll_still_ends_the_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = open(&dir.path().join("db.redb"), &clock(), None).await;
+    let handle = rt.start(await_go, "at-1", ()).await.unwrap();
+    wait_for_events(&rt, "at-1", 1).await;
+    let clerk = clerk();
+    poll_once_and_drop(rt.acting_as(&clerk).terminate("at-1", "duplicate order")).await;
+
+    let result = patiently("the actor's dropped termination", handle.result()).await;
+    match result {
+        Err(Error::Terminated { reason, .. }) => assert_eq!(reason, "duplicate order"),
+        other => panic!("expected a termination, got {other:?}"),
+    }
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_trigger_dropped_after_its_first_poll_still_starts_the_occurrence() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let rt = open(&dir.path().join("db.redb"), &clock, None).await;
+    // A day away: only the trigger starts an occurrence here (virtual time stands still).
+    let daily = Recurrence::every(Duration::from_secs(86_400));
+    rt.schedule(add_one, "daily", 1, daily).await.unwrap();
+    poll_once_and_drop(rt.trigger_schedule("daily")).await;
+
+    let mut spins = 0u32;
+    let occurrence = loop {
+        let listed = rt.list(&Default::default()).await.unwrap();
+        if let Some(info) = listed.first() {
+            break info.id.clone();
+        }
+        spins += 1;
+        assert!(
+            spins < 2_000_000,
+            "the dropped trigger never started its occurrence"
+        );
+        tokio::task::yield_now().await;
+    };
+    assert!(occurrence.starts_with("daily@"), "{occurrence}");
+    let mut spins = 0u32;
+    while rt.status(&occurrence).await.unwrap().status.kind() != StatusKind::Completed {
+        spins += 1;
+        assert!(spins < 2_000_000, "the triggered occurrence never ran");
+        tokio::task::yield_now().await;
+    }
     rt.shutdown().await;
 }
 
