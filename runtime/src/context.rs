@@ -1076,8 +1076,10 @@ impl WorkflowContext {
     /// is terminal, or its cancellation.
     ///
     /// # Cancel safety
-    /// Dropping the future abandons the attempt in flight; it runs again when the
-    /// instance is next replayed (activities are at-least-once).
+    /// Dropped by the workflow once started (a `select!` it lost), the step is recorded
+    /// as abandoned (`live`): replay never runs it again or lets it win. Dropped with the
+    /// whole run (eviction, a stop, shutdown, a crash), the attempt in flight runs again
+    /// when the instance is next replayed (activities are at-least-once).
     // Not an `async fn` on purpose: see the comment in the body.
     #[allow(clippy::manual_async_fn)]
     pub fn activity<F, Fut, D, T>(

@@ -10,7 +10,7 @@
 //! keys).
 
 use crate::codec::Payload;
-use crate::engine::Engine;
+use crate::engine::{carried_on, Engine};
 use crate::error::{Error, Result};
 use crate::event::EventKind;
 use crate::policy::Action;
@@ -44,6 +44,13 @@ fn check_key(key: &str) -> Result<()> {
     Ok(())
 }
 
+/// What an actor's keyed message is checked as by the host's policy.
+#[derive(Debug, Clone, Copy)]
+enum Asked {
+    Signal,
+    Update,
+}
+
 impl Engine {
     /// Sends signal `name` with body `payload` to instance `id` under dedupe key `key`:
     /// recorded once however often it is sent while the instance's current run holds it
@@ -59,8 +66,10 @@ impl Engine {
     /// On return the signal is on disk (this call's or the earlier one's).
     ///
     /// # Cancel safety
-    /// If dropped, the signal may or may not have been recorded; sending it again with
-    /// the same key records it at most once.
+    /// Dropped after its first poll, the signal is still recorded (unless refused, and
+    /// at most once per key) by a task of the runtime; once it is, it reaches the run by
+    /// the commit itself. Dropped before it was polled, nothing was sent. Sending it
+    /// again with the same key records it at most once either way.
     pub async fn signal_once(
         &self,
         id: &str,
@@ -86,19 +95,8 @@ impl Engine {
         payload: Payload,
         key: &str,
     ) -> Result<Sent> {
-        let workflow_type = self.row_of(id).await?.1.workflow_type;
-        self.authorize(
-            actor,
-            &Action::Signal {
-                instance: id,
-                workflow_type: &workflow_type,
-                signal: name,
-            },
-        )?;
-        Ok(self
-            .signal_once_by(id, name, payload, key, Some(actor))
-            .await?
-            .0)
+        let asked = Some((actor, Asked::Signal));
+        Ok(self.signal_once_by(id, name, payload, key, asked).await?.0)
     }
 
     /// Run `run` of `id`: its row and verified events.
@@ -117,7 +115,50 @@ impl Engine {
     }
 
     /// The send and the run that holds the key.
+    ///
+    /// Carried on by a task of its own once polled, with the policy's check of `asked`
+    /// (which reads the instance first): a caller that goes away while a read waits on
+    /// the store does not take the message with it.
     async fn signal_once_by(
+        &self,
+        id: &str,
+        name: &str,
+        payload: Payload,
+        key: &str,
+        asked: Option<(&Actor, Asked)>,
+    ) -> Result<(Sent, u128)> {
+        let (engine, id, name, key) =
+            (self.clone(), id.to_owned(), name.to_owned(), key.to_owned());
+        let asked = asked.map(|(actor, asked)| (actor.clone(), asked));
+        carried_on(async move {
+            let actor = match &asked {
+                Some((actor, asked)) => {
+                    let workflow_type = engine.row_of(&id).await?.1.workflow_type;
+                    let action = match asked {
+                        Asked::Signal => Action::Signal {
+                            instance: &id,
+                            workflow_type: &workflow_type,
+                            signal: &name,
+                        },
+                        Asked::Update => Action::Update {
+                            instance: &id,
+                            workflow_type: &workflow_type,
+                            update: &name,
+                        },
+                    };
+                    engine.authorize(actor, &action)?;
+                    Some(actor)
+                }
+                None => None,
+            };
+            engine
+                .signal_once_now(&id, &name, payload, &key, actor)
+                .await
+        })
+        .await
+    }
+
+    async fn signal_once_now(
         &self,
         id: &str,
         name: &str,
@@ -200,9 +241,10 @@ impl Engine {
     /// The request is on disk before the wait begins; the answer returned is on disk.
     ///
     /// # Cancel safety
-    /// If dropped, the request may or may not have been recorded; once it is, the
-    /// workflow receives and answers it whether or not anyone waits. Ask again with the
-    /// same key to get the answer.
+    /// Dropped after its first poll, the request is still recorded (unless refused, and
+    /// at most once per key) by a task of the runtime; once it is, the workflow receives
+    /// and answers it whether or not anyone waits. Ask again with the same key to get the
+    /// answer.
     pub async fn update(
         &self,
         id: &str,
@@ -228,16 +270,8 @@ impl Engine {
         payload: Payload,
         key: &str,
     ) -> Result<std::result::Result<Payload, String>> {
-        let workflow_type = self.row_of(id).await?.1.workflow_type;
-        self.authorize(
-            actor,
-            &Action::Update {
-                instance: id,
-                workflow_type: &workflow_type,
-                update: name,
-            },
-        )?;
-        self.update_by(id, name, payload, key, Some(actor)).await
+        self.update_by(id, name, payload, key, Some((actor, Asked::Update)))
+            .await
     }
 
     async fn update_by(
@@ -246,11 +280,11 @@ impl Engine {
         name: &str,
         payload: Payload,
         key: &str,
-        actor: Option<&Actor>,
+        asked: Option<(&Actor, Asked)>,
     ) -> Result<std::result::Result<Payload, String>> {
         // Followed from the run that holds the request: a run that hands over without
         // answering carries it to the next.
-        let (_, mut run) = self.signal_once_by(id, name, payload, key, actor).await?;
+        let (_, mut run) = self.signal_once_by(id, name, payload, key, asked).await?;
         let mut wait = self.shared.answers.register(run);
         loop {
             let notify = wait.notify.clone();

@@ -622,7 +622,12 @@ impl<A: Activity> ActivityCall<A> {
 /// can be joined (`futures::join!`) or raced.
 ///
 /// # Cancel safety
-/// Dropping it abandons the attempt in flight; the step runs again on replay.
+/// Dropped by the workflow once it has started (the branch that lost a `select!`, the
+/// rest of a `try_join!` after an error), the step is recorded as abandoned: the attempt
+/// in flight is given up, and replay never runs it again or lets it win. Dropped with the
+/// whole run (eviction, a crash, shutdown), nothing is abandoned: the attempt in flight
+/// runs again when the instance is replayed (activities run at least once; use the
+/// attempt's idempotency key).
 impl<A: Activity> Future for ActivityCall<A> {
     type Output = Result<A::Output, ActivityFailure>;
 

@@ -290,8 +290,9 @@ impl Runtime {
     /// On return the signal is on disk.
     ///
     /// # Cancel safety
-    /// If dropped, the signal may or may not have been recorded; send it again with the
-    /// same key.
+    /// Dropped after its first poll, the signal is still recorded (unless refused, and
+    /// at most once per key) and reaches the run; dropped before it was polled, nothing
+    /// was sent. Sending it again with the same key records it at most once either way.
     pub async fn send_once<T: Payload>(
         &self,
         id: &str,
@@ -318,8 +319,10 @@ impl Runtime {
     /// The answer returned is on disk.
     ///
     /// # Cancel safety
-    /// If dropped, the request may or may not have been recorded; once it is, the
-    /// workflow answers it whether or not anyone waits.
+    /// Dropped after its first poll, the request is still recorded (unless refused), and
+    /// the workflow answers it whether or not anyone waits; with a fresh update id, the
+    /// answer can only be read from the history. Use [`Runtime::update_with_key`] to ask
+    /// again.
     pub async fn update<I: Payload, O: Payload>(
         &self,
         id: &str,
@@ -341,8 +344,9 @@ impl Runtime {
     /// The request is on disk before the wait begins; the answer returned is on disk.
     ///
     /// # Cancel safety
-    /// If dropped, the request may or may not have been recorded; ask again with the same
-    /// key for its answer.
+    /// Dropped after its first poll, the request is still recorded (unless refused, and
+    /// at most once per key), and the workflow answers it whether or not anyone waits;
+    /// ask again with the same key for its answer.
     pub async fn update_with_key<I: Payload, O: Payload>(
         &self,
         id: &str,

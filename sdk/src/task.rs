@@ -392,7 +392,10 @@ impl Runtime {
     /// On `Ok` the claim is on disk, with the actor.
     ///
     /// # Cancel safety
-    /// If dropped, the claim may or may not have been recorded, never twice.
+    /// Dropped after its first poll, the claim is still checked and recorded (unless
+    /// refused; never twice) by a task of the runtime. Dropped before it was polled,
+    /// nothing was sent. The same holds for [`Runtime::release`], [`Runtime::delegate`]
+    /// and [`Runtime::comment`].
     pub async fn claim(&self, actor: &Actor, task: &TaskId) -> Result<(), Error> {
         self.engine()
             .act_on_task(actor, &task.instance, task.step, TaskOp::Claim)

@@ -1,8 +1,11 @@
-//! Committed effects never depend on the caller. Every public async call of the host API
-//! is polled once and dropped here (an HTTP handler whose client hung up does exactly
-//! that); whatever its first poll got committed must still happen: a start runs, a
-//! signal or cancellation reaches the run, a termination ends it, a schedule fires. And
-//! what is committed reaches a run in commit order, whoever is still listening.
+//! Committed effects never depend on the caller. The host API's calls that write are
+//! polled once and dropped here (an HTTP handler whose client hung up does exactly that);
+//! whatever the call was asked to do must still happen: a start runs, a signal or
+//! cancellation reaches the run, a termination ends it, a schedule fires, also when an
+//! actor asks and the policy's check reads first. And what is committed reaches a run in
+//! commit order, whoever is still listening. The same check for the other writing calls
+//! lives with their features: typed sends (`typed_signals`), keyed sends and updates
+//! (`messages`), task decisions and claims (`human_tasks`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -504,6 +504,37 @@ async fn a_decision_dropped_after_its_first_poll_still_reaches_the_workflow() {
     rt.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_claim_and_a_comment_dropped_after_their_first_poll_are_still_recorded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = open(&dir.path().join("db.redb"), None).await;
+    rt.start(loan, "loan-5", application()).await.unwrap();
+    let id = inbox(&rt, &TaskQuery::for_actor(&alice()), 1)
+        .await
+        .remove(0);
+    poll_once_and_drop(rt.claim(&alice(), &id)).await;
+    poll_once_and_drop(rt.comment(&alice(), &id, "looking at it")).await;
+    let state = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let state = rt.task(&id).await.unwrap().state;
+            if state.assignee.is_some() && !state.comments.is_empty() {
+                return state;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the dropped claim and comment are recorded");
+    assert_eq!(state.assignee.as_deref(), Some("alice"));
+    assert_eq!(
+        state.comments.len(),
+        1,
+        "recorded once: {:?}",
+        state.comments
+    );
+    rt.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inboxes_page_in_creation_order_without_repeats() {
     let dir = tempfile::tempdir().unwrap();

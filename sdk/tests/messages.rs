@@ -108,6 +108,27 @@ async fn open(path: &std::path::Path) -> Runtime {
         .unwrap()
 }
 
+/// Waits (ten seconds at most) until instance `id` has recorded `what` under `key`,
+/// with nobody asking again.
+async fn until_keyed(rt: &Runtime, id: &str, what: &str, key: &str) {
+    let found = |history: &[cairn::store::StoredEvent]| {
+        history.iter().any(|e| match &e.record.kind {
+            EventKind::KeyedSignalReceived { key: held, .. } => {
+                what == "KeyedSignalReceived" && held == key
+            }
+            EventKind::UpdateAnswered { key: held, .. } => what == "UpdateAnswered" && held == key,
+            _ => false,
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !found(&rt.history(id).await.unwrap()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{id}: no {what} for {key} within 10 s"));
+}
+
 fn count(history: &[cairn::store::StoredEvent], what: &str) -> usize {
     history
         .iter()
@@ -227,6 +248,8 @@ async fn an_update_whose_caller_went_away_is_still_answered() {
         let mut call = Box::pin(call);
         let _ = futures::poll!(call.as_mut());
     }
+    // Recorded and answered with nobody asking again.
+    until_keyed(&rt, "d-3", "UpdateAnswered", "u-dropped").await;
     // Dropped while waiting for the answer, its request recorded.
     let caller = {
         let rt = rt.clone();
@@ -266,6 +289,30 @@ async fn an_update_whose_caller_went_away_is_still_answered() {
     assert_eq!(count(&history, "KeyedSignalReceived"), 2);
     assert_eq!(count(&history, "UpdateAnswered"), 2);
     assert_eq!(rt.query("d-3", PARCEL).await.unwrap().unwrap().changes, 2);
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_update_dropped_after_its_first_poll_is_still_recorded_and_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = open(&dir.path().join("db.redb")).await;
+    rt.start(delivery, "d-5", home()).await.unwrap();
+    {
+        let to = office();
+        let call = rt.update("d-5", CHANGE_ADDRESS, &to);
+        let mut call = Box::pin(call);
+        let _ = futures::poll!(call.as_mut());
+    }
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while count(&rt.history("d-5").await.unwrap(), "UpdateAnswered") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the dropped update was never recorded and answered");
+    let history = rt.history("d-5").await.unwrap();
+    assert_eq!(count(&history, "KeyedSignalReceived"), 1);
+    assert_eq!(rt.query("d-5", PARCEL).await.unwrap().unwrap().changes, 1);
     rt.shutdown().await;
 }
 
@@ -387,7 +434,7 @@ async fn an_update_from_an_actor_without_the_role_is_refused_and_the_request_nam
 }
 
 #[tokio::test]
-async fn a_keyed_send_dropped_after_its_first_poll_is_recorded_at_most_once() {
+async fn a_keyed_send_dropped_after_its_first_poll_is_still_recorded_once() {
     let dir = tempfile::tempdir().unwrap();
     let rt = open(&dir.path().join("db.redb")).await;
     let handle = rt.start(invoice, "inv-4", "o-4".into()).await.unwrap();
@@ -396,9 +443,13 @@ async fn a_keyed_send_dropped_after_its_first_poll_is_recorded_at_most_once() {
         let mut call = Box::pin(call);
         let _ = futures::poll!(call.as_mut());
     }
-    // Whether or not the dropped send committed, the retry leaves exactly one record,
-    // and what was committed reaches the run.
-    rt.send_once("inv-4", PAYMENT, &40, "pay-1").await.unwrap();
+    // Recorded with nobody sending it again; a retry then records nothing more.
+    until_keyed(&rt, "inv-4", "KeyedSignalReceived", "pay-1").await;
+    let again = rt.send_once("inv-4", PAYMENT, &40, "pay-1").await.unwrap();
+    assert!(
+        !again.recorded,
+        "the dropped send was recorded, not the retry"
+    );
     rt.send_once("inv-4", PAYMENT, &2, "pay-2").await.unwrap();
     assert_eq!(handle.result().await.unwrap().unwrap(), 42);
     let history = rt.history("inv-4").await.unwrap();
