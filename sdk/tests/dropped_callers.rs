@@ -21,7 +21,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use cairn::events::EventKind;
 use cairn::testing::VirtualClock;
 use cairn::Recurrence;
-use cairn::{workflow, Actor, Ctx, Error, Runtime, Signal, StatusKind, WorkflowError};
+use cairn::{
+    workflow, Actor, Ctx, Error, InstanceHandle, Runtime, Signal, StatusKind, WorkflowError,
+};
 
 /// Long enough for any honest run here, short enough that a lost effect fails the test
 /// instead of hanging the suite.
@@ -137,36 +139,47 @@ async fn a_signal_dropped_after_its_first_poll_lets_the_run_be_evicted_and_woken
     rt.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_cancel_dropped_after_its_first_poll_still_cancels_a_resident_run() {
+/// A run of `await_go` as `id`, waiting for its signal, on a store of its own.
+async fn waiting(id: &str) -> (tempfile::TempDir, Runtime, InstanceHandle<await_go>) {
     let dir = tempfile::tempdir().unwrap();
     let rt = open(&dir.path().join("db.redb"), &clock(), None).await;
-    let handle = rt.start(await_go, "c-1", ()).await.unwrap();
-    wait_for_events(&rt, "c-1", 1).await;
-    poll_once_and_drop(rt.cancel("c-1", "customer left")).await;
+    let handle = rt.start(await_go, id, ()).await.unwrap();
+    wait_for_events(&rt, id, 1).await;
+    (dir, rt, handle)
+}
 
+/// `handle`'s run ends cancelled with `reason`.
+async fn ends_cancelled(handle: InstanceHandle<await_go>, reason: &str) {
     let result = patiently("the dropped cancellation", handle.result()).await;
     let err = result.unwrap().unwrap_err();
     assert!(
-        format!("{err:?}").contains("customer left"),
+        format!("{err:?}").contains(reason),
         "the workflow ended by the cancellation: {err:?}"
     );
+}
+
+/// `handle`'s run ends terminated with `reason`.
+async fn ends_terminated(handle: InstanceHandle<await_go>, reason: &str) {
+    let result = patiently("the dropped termination", handle.result()).await;
+    match result {
+        Err(Error::Terminated { reason: got, .. }) => assert_eq!(got, reason),
+        other => panic!("expected a termination, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_cancel_dropped_after_its_first_poll_still_cancels_a_resident_run() {
+    let (_dir, rt, handle) = waiting("c-1").await;
+    poll_once_and_drop(rt.cancel("c-1", "customer left")).await;
+    ends_cancelled(handle, "customer left").await;
     rt.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_terminate_dropped_after_its_first_poll_still_ends_the_instance() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = open(&dir.path().join("db.redb"), &clock(), None).await;
-    let handle = rt.start(await_go, "t-1", ()).await.unwrap();
-    wait_for_events(&rt, "t-1", 1).await;
+    let (_dir, rt, handle) = waiting("t-1").await;
     poll_once_and_drop(rt.terminate("t-1", "duplicate order")).await;
-
-    let result = patiently("the dropped termination", handle.result()).await;
-    match result {
-        Err(Error::Terminated { reason, .. }) => assert_eq!(reason, "duplicate order"),
-        other => panic!("expected a termination, got {other:?}"),
-    }
+    ends_terminated(handle, "duplicate order").await;
     assert_eq!(
         rt.status("t-1").await.unwrap().status.kind(),
         StatusKind::Terminated
@@ -209,36 +222,19 @@ async fn an_actors_signal_dropped_after_its_first_poll_is_still_delivered() {
 
 #[tokio::test]
 async fn an_actors_cancel_dropped_after_its_first_poll_still_cancels_the_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = open(&dir.path().join("db.redb"), &clock(), None).await;
-    let handle = rt.start(await_go, "ac-1", ()).await.unwrap();
-    wait_for_events(&rt, "ac-1", 1).await;
+    let (_dir, rt, handle) = waiting("ac-1").await;
     let clerk = clerk();
     poll_once_and_drop(rt.acting_as(&clerk).cancel("ac-1", "customer left")).await;
-
-    let result = patiently("the actor's dropped cancellation", handle.result()).await;
-    let err = result.unwrap().unwrap_err();
-    assert!(
-        format!("{err:?}").contains("customer left"),
-        "the workflow ended by the cancellation: {err:?}"
-    );
+    ends_cancelled(handle, "customer left").await;
     rt.shutdown().await;
 }
 
 #[tokio::test]
 async fn an_actors_terminate_dropped_after_its_first_poll_still_ends_the_instance() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = open(&dir.path().join("db.redb"), &clock(), None).await;
-    let handle = rt.start(await_go, "at-1", ()).await.unwrap();
-    wait_for_events(&rt, "at-1", 1).await;
+    let (_dir, rt, handle) = waiting("at-1").await;
     let clerk = clerk();
     poll_once_and_drop(rt.acting_as(&clerk).terminate("at-1", "duplicate order")).await;
-
-    let result = patiently("the actor's dropped termination", handle.result()).await;
-    match result {
-        Err(Error::Terminated { reason, .. }) => assert_eq!(reason, "duplicate order"),
-        other => panic!("expected a termination, got {other:?}"),
-    }
+    ends_terminated(handle, "duplicate order").await;
     rt.shutdown().await;
 }
 
