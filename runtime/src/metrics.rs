@@ -407,7 +407,7 @@ impl TypeCounter<'_> {
     }
 }
 
-/// Attempts kept per activity for [`Recent`]'s percentiles.
+/// Attempts kept per activity for the overview's step latency percentiles.
 pub const RECENT_ATTEMPTS: usize = 512;
 
 /// The latest attempt durations of each activity on this host (the last

@@ -2,7 +2,7 @@
 //! or escalated; an instance failed or parked; a workflow's own `ctx.notify`), derived
 //! from the events that record it, kept in a durable outbox written in the same commit,
 //! and delivered at least once by the host with retries and backoff. Pure: the stores
-//! derive entries with [`derive`], the host schedules attempts with [`retry_after`].
+//! derive entries with [`derive()`], the host schedules attempts with [`retry_after`].
 
 use serde::{Deserialize, Serialize};
 

@@ -5,9 +5,10 @@
 //! A task is one step of its workflow. The run records `TaskCreated` and then waits; the
 //! people it names act on it from outside (claim, release, delegate, comment: a
 //! `TaskChanged` each; complete: `TaskCompleted`, the step's outcome), and the run itself
-//! records the escalations its policy schedules. Every change is decided here against
-//! the state the history builds ([`decide`], [`escalate`]) and appended only if the
-//! history has not moved meanwhile, so two people cannot both complete a task.
+//! records the escalations its policy schedules. Every change is decided against the
+//! state the history builds ([`decide`](crate::step::task::decide),
+//! [`escalate`](crate::step::task::escalate)) and appended only if the history has not
+//! moved meanwhile, so two people cannot both complete a task.
 
 use serde::{Deserialize, Serialize};
 

@@ -718,7 +718,7 @@ impl PostgresStore {
     ///
     /// # Errors
     /// The outer error is a storage failure: nothing of the batch was written (a commit
-    /// whose outcome was unknown is resolved first; see [`PostgresStore::commit`]). The
+    /// whose outcome was unknown is resolved first; see the store's `commit`). The
     /// inner results are each append's outcome.
     ///
     /// # Durability
