@@ -3,7 +3,8 @@
 # 0. the PostgreSQL server binaries, installed from Debian packages when missing: the
 #    PostgreSQL store's tests start a throwaway cluster of their own on 127.0.0.1, in a
 #    temporary directory, and stop it (cairn-testkit's `postgres` module);
-# 1. the whole workspace suite (unit, integration, crash, doc and compile-fail tests);
+# 1. the whole workspace suite (unit, integration, crash, doc and compile-fail tests),
+#    and the API docs, whose links must all resolve;
 # 2. the same again in always-replay mode (every step reached by replay), then the
 #    engine's integration suite on PostgreSQL (one throwaway server for the pass);
 # 3. the loom models of the hand-written synchronisation, in their own target dir
@@ -35,6 +36,9 @@ fi
 
 echo "== workspace tests =="
 cargo test --workspace --locked
+
+echo "== API docs (every link resolves) =="
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 echo "== workspace tests again, every run rebuilt from the log after each step =="
 # Always-replay mode (EngineBuilder::always_replay): results and histories must not
