@@ -1,7 +1,8 @@
 //! Steps raced against each other (`select!`, the rest of a `try_join!` after an error)
 //! are recorded deterministically: the branch that won is the one replay takes, a losing
 //! step is recorded as abandoned and never resolves or runs again, even when its outcome
-//! was committed while it was being dropped, and such a run can still continue as new.
+//! was committed while it was being dropped, and such a run can still continue as new;
+//! a child whose wait lost keeps running.
 //! Also here: activity idempotency keys are unique across the runs of a chain.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -102,8 +103,26 @@ async fn chain(ctx: Ctx, run: u32) -> Result<u32, WorkflowError> {
     Ok(done)
 }
 
+/// A child that waits for its own signal.
+#[workflow]
+async fn kid(ctx: Ctx) -> Result<String, WorkflowError> {
+    let word: String = ctx.signal("go").await?;
+    Ok(format!("kid said {word}"))
+}
+
+/// Waits for its child or for "stop", whichever comes first.
+#[workflow]
+async fn child_or_stop(ctx: Ctx, child: String) -> Result<String, WorkflowError> {
+    Ok(tokio::select! {
+        said = ctx.child(kid, &child, ()) => said?,
+        () = async { ctx.signal::<()>("stop").await.unwrap_or(()) } => "stopped".to_owned(),
+    })
+}
+
 async fn open(path: &std::path::Path) -> Runtime {
     Runtime::builder()
+        .workflow(kid)
+        .workflow(child_or_stop)
         .workflow(race)
         .workflow(signal_or_slow)
         .workflow(chain)
@@ -313,5 +332,40 @@ async fn a_signal_taken_by_a_losing_wait_goes_back_to_the_inbox() {
         given_back, 8,
         "the losing wait took its signal in every round"
     );
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_child_whose_wait_lost_a_race_keeps_running_and_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let rt = open(&path).await;
+    let parent = rt
+        .start(child_or_stop, "parent-1", "kid-1".to_owned())
+        .await
+        .unwrap();
+    // The child is started (its start is the parent's step) before the parent stops.
+    let mut spins = 0u32;
+    while rt.status("kid-1").await.is_err() {
+        spins += 1;
+        assert!(spins < 1_000_000, "the child was never started");
+        tokio::task::yield_now().await;
+    }
+    rt.signal("parent-1", "stop", &()).await.unwrap();
+    let stopped = tokio::time::timeout(PATIENCE, parent.result())
+        .await
+        .expect("the parent ends once its other branch wins");
+    assert_eq!(stopped.unwrap().unwrap(), "stopped");
+    rt.shutdown().await;
+
+    // The parent's abandoned wait did not take its child with it, across a restart too.
+    let rt = open(&path).await;
+    rt.signal("kid-1", "go", &"hello".to_owned()).await.unwrap();
+    let child = rt.start(kid, "kid-1", ()).await.unwrap();
+    assert!(!child.created(), "the same child, not a new one");
+    let said = tokio::time::timeout(PATIENCE, child.result())
+        .await
+        .expect("the child finishes");
+    assert_eq!(said.unwrap().unwrap(), "kid said hello");
     rt.shutdown().await;
 }
