@@ -1247,6 +1247,29 @@ async fn whole_case(host: Host) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_dropped_after_its_first_poll_still_stops_the_server() {
+    let mut host = host().await;
+    let (status, _) = host.call(Method::GET, "/api/v1/health", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let running = host.running.take().unwrap();
+    let addr = running.addr();
+    {
+        let stop = running.stop();
+        let mut stop = Box::pin(stop);
+        let _ = futures::poll!(stop.as_mut());
+    }
+    // The listener closes once the server has stopped: new connections are refused.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the server still accepts connections after its stop was dropped");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_page_with_a_cursor_and_no_row_cap() {
     let host = host().await;
     for n in 0..25 {
