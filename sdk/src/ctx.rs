@@ -22,6 +22,14 @@ use crate::{Activity, ChildFailure, Payload, Workflow};
 /// Each call gets its step number when it is *made*, not when it is awaited, so
 /// `futures::join!(ctx.activity(a, x), ctx.activity(b, y))` numbers `a` before `b` on
 /// every run.
+///
+/// # Dropping a step's future
+/// A step the workflow drops once it has started (the branch that lost a `select!`, the
+/// rest of a `try_join!` after an error) is recorded as abandoned: replay never runs it
+/// again, lets it win or returns its value, and a signal it took goes back to the inbox.
+/// A run dropped whole (eviction, a stop, shutdown, a crash) abandons nothing: a step
+/// not recorded yet is taken again when replay reaches it, and an activity attempt in
+/// flight runs again (activities run at least once).
 #[derive(Clone, Debug)]
 pub struct Ctx {
     raw: WorkflowContext,
@@ -122,8 +130,8 @@ impl Ctx {
     /// The current time, recorded on first execution and replayed afterwards.
     ///
     /// # Cancel safety
-    /// The step number is taken when `now` is called; drop the future and that step is
-    /// produced again on replay.
+    /// The step number is taken when `now` is called; see [dropping a step's
+    /// future](Ctx#dropping-a-steps-future).
     pub fn now(&self) -> impl Future<Output = SystemTime> + Send + 'static {
         let raw = self.raw.clone();
         let value = self.side_effect("now", move || raw.clock_now_ms());
@@ -432,8 +440,8 @@ impl Ctx {
     /// ```
     ///
     /// # Cancel safety
-    /// The step number is taken when `notify` is called; dropped before it is recorded,
-    /// it is recorded on replay.
+    /// The step number is taken when `notify` is called; see [dropping a step's
+    /// future](Ctx#dropping-a-steps-future).
     pub fn notify<T: Payload>(
         &self,
         topic: &str,
@@ -490,8 +498,8 @@ impl Ctx {
     /// ```
     ///
     /// # Cancel safety
-    /// Dropping the future before it resolves may leave the decision unrecorded; it is
-    /// then made again on replay.
+    /// See [dropping a step's future](Ctx#dropping-a-steps-future): a decision not
+    /// recorded when the whole run is dropped is made again on replay.
     pub fn decide<I: serde::Serialize + ?Sized>(
         &self,
         table: &crate::decision::DecisionTable,

@@ -114,8 +114,8 @@ impl<I: Payload, O: Payload> UpdateRequest<I, O> {
     /// it is durable.
     ///
     /// # Cancel safety
-    /// The step number is taken when this is called; dropped before it is recorded, it
-    /// is recorded on replay.
+    /// The step number is taken when this is called; see [dropping a step's
+    /// future](Ctx#dropping-a-steps-future).
     pub fn accept(
         self,
         ctx: &Ctx,
@@ -257,8 +257,8 @@ impl Ctx {
     /// the latest value from the history, without running the workflow.
     ///
     /// # Cancel safety
-    /// The step number is taken when `publish` is called; dropped before it is recorded,
-    /// it is recorded on replay.
+    /// The step number is taken when `publish` is called; see [dropping a step's
+    /// future](Ctx#dropping-a-steps-future).
     pub fn publish<T: Payload>(
         &self,
         query: Query<T>,
