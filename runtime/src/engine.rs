@@ -2684,18 +2684,23 @@ async fn run_once(
 }
 
 /// Runs `work` (a request from outside that reads before it writes: a message, a task
-/// decision) in a task of its own and waits for it: once the caller's future has been
-/// polled, dropping it does not stop the request half-way, so what was sent is recorded
-/// unless refused, whatever the store's reads wait on.
+/// decision, an actor's call and its policy check) in a task of its own and waits for
+/// it: once the caller's future has been polled, dropping it does not stop the request
+/// half-way, so what was sent is recorded unless refused, whatever the store's reads
+/// wait on. To a caller that waits, it is as if `work` ran in its own task: a panic
+/// (a host's policy that panicked, say) unwinds into the caller, and the caller's span
+/// is the work's.
 pub(crate) async fn carried_on<T: Send + 'static>(
     work: impl std::future::Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
-    tokio::spawn(work).await.map_err(|err| {
-        Error::Storage(StorageFailure::caused_by(
-            "the task carrying a request",
-            err,
-        ))
-    })?
+    match tokio::spawn(work.in_current_span()).await {
+        Ok(done) => done,
+        Err(err) => match err.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only the runtime itself cancels the task: it is shutting down.
+            Err(_) => Err(Error::ShutDown),
+        },
+    }
 }
 
 /// At most this many notifications are delivered at once.
@@ -2788,5 +2793,30 @@ async fn deliver(shared: &Shared, notifier: Arc<dyn Notifier>, row: OutboxRow) {
     {
         // Not recorded: the notification stays due and is delivered again.
         tracing::error!(id = notification.id, %err, "recording a delivery attempt failed");
+    }
+}
+
+#[cfg(all(test, not(cairn_loom)))]
+mod tests {
+    use super::*;
+    use futures::FutureExt as _;
+
+    #[tokio::test]
+    async fn a_carried_request_answers_its_caller_and_unwinds_its_panic_into_it() {
+        assert_eq!(carried_on(async { Ok(7) }).await.unwrap(), 7);
+        assert!(matches!(
+            carried_on(async { Err::<(), _>(Error::ShutDown) }).await,
+            Err(Error::ShutDown)
+        ));
+        let panicked = AssertUnwindSafe(carried_on(async {
+            if std::hint::black_box(true) {
+                panic!("the policy panicked");
+            }
+            Ok(())
+        }))
+        .catch_unwind()
+        .await;
+        let payload = panicked.expect_err("the panic reaches the caller");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"the policy panicked"));
     }
 }

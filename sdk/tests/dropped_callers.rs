@@ -248,26 +248,23 @@ async fn a_trigger_dropped_after_its_first_poll_still_starts_the_occurrence() {
     rt.schedule(add_one, "daily", 1, daily).await.unwrap();
     poll_once_and_drop(rt.trigger_schedule("daily")).await;
 
-    let mut spins = 0u32;
-    let occurrence = loop {
-        let listed = rt.list(&Default::default()).await.unwrap();
-        if let Some(info) = listed.first() {
-            break info.id.clone();
+    let occurrence = patiently("the dropped trigger's occurrence", async {
+        loop {
+            let listed = rt.list(&Default::default()).await.unwrap();
+            if let Some(info) = listed.first() {
+                return info.id.clone();
+            }
+            tokio::task::yield_now().await;
         }
-        spins += 1;
-        assert!(
-            spins < 2_000_000,
-            "the dropped trigger never started its occurrence"
-        );
-        tokio::task::yield_now().await;
-    };
+    })
+    .await;
     assert!(occurrence.starts_with("daily@"), "{occurrence}");
-    let mut spins = 0u32;
-    while rt.status(&occurrence).await.unwrap().status.kind() != StatusKind::Completed {
-        spins += 1;
-        assert!(spins < 2_000_000, "the triggered occurrence never ran");
-        tokio::task::yield_now().await;
-    }
+    patiently("the triggered occurrence's run", async {
+        while rt.status(&occurrence).await.unwrap().status.kind() != StatusKind::Completed {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     rt.shutdown().await;
 }
 
