@@ -4,7 +4,7 @@
 //! checked.
 
 use crate::document::{DocumentVersion, NewDocument};
-use crate::engine::Engine;
+use crate::engine::{carried_on, Engine};
 use crate::error::{Error, Result};
 use crate::journal::{verify_history, Expect};
 use crate::policy::Action;
@@ -28,8 +28,25 @@ impl Engine {
     /// On `Ok` the version and its bytes are on disk, in one commit.
     ///
     /// # Cancel safety
-    /// If dropped, the version may or may not have been recorded (never twice).
+    /// Dropped after its first poll, the version is still checked and recorded (unless
+    /// refused), once, by a task of the runtime; dropped before it was polled, nothing
+    /// was sent. Attaching again records the next version.
     pub async fn attach_document(
+        &self,
+        actor: Option<&Actor>,
+        id: &str,
+        document: NewDocument,
+    ) -> Result<DocumentVersion> {
+        let (engine, actor, id) = (self.clone(), actor.cloned(), id.to_owned());
+        carried_on(async move {
+            engine
+                .attach_document_now(actor.as_ref(), &id, document)
+                .await
+        })
+        .await
+    }
+
+    async fn attach_document_now(
         &self,
         actor: Option<&Actor>,
         id: &str,

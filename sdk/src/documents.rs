@@ -58,7 +58,9 @@ impl Runtime {
     /// On `Ok` the version and its bytes are on disk.
     ///
     /// # Cancel safety
-    /// If dropped, the version may or may not have been recorded, never twice.
+    /// Dropped after its first poll, the version is still recorded (unless refused),
+    /// once; dropped before it was polled, nothing was sent. Attaching again records the
+    /// next version.
     pub async fn attach(&self, id: &str, document: Document) -> Result<DocumentVersion, Error> {
         self.engine().attach_document(None, id, document.0).await
     }
@@ -93,6 +95,9 @@ impl Acting<'_> {
     ///
     /// # Errors
     /// [`Error::Forbidden`] (nothing written), and as [`Runtime::attach`].
+    ///
+    /// # Cancel safety
+    /// As [`Runtime::attach`], the policy's check included.
     pub async fn attach(&self, id: &str, document: Document) -> Result<DocumentVersion, Error> {
         self.runtime()
             .engine()

@@ -155,3 +155,52 @@ async fn documents_over_a_limit_are_refused_before_anything_is_written() {
     ));
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_attach_dropped_after_its_first_poll_is_still_recorded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = open(&dir.path().join("db.redb")).await;
+    let citizen = Actor::new("cem", ["citizen"]);
+    rt.acting_as(&citizen)
+        .start(case, "C-9", "extension".into())
+        .await
+        .unwrap();
+    {
+        let desk = rt.acting_as(&citizen);
+        let plan = Document::new("plan.pdf", "application/pdf", b"plan v1".to_vec());
+        let call = desk.attach("C-9", plan);
+        let mut call = Box::pin(call);
+        let _ = futures::poll!(call.as_mut());
+    }
+    // Recorded with nobody attaching again (an upload whose client hung up).
+    let listed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let listed = rt.documents("C-9").await.unwrap();
+            if !listed.is_empty() {
+                return listed;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the dropped attach was never recorded");
+    assert_eq!(listed.len(), 1);
+    let (version, bytes) = rt.document("C-9", "plan.pdf", None).await.unwrap();
+    assert_eq!(bytes, b"plan v1".to_vec());
+    let history = rt.history("C-9").await.unwrap();
+    let attached = history
+        .iter()
+        .find(|event| matches!(event.record.kind, EventKind::DocumentAttached { .. }))
+        .expect("the attach is in the history");
+    assert_eq!(
+        attached
+            .record
+            .actor
+            .as_ref()
+            .map(|actor| actor.id.as_str()),
+        Some("cem"),
+        "recorded with its actor"
+    );
+    assert_eq!(version.version, 1);
+    rt.shutdown().await;
+}
