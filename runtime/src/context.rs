@@ -269,12 +269,27 @@ impl Inbox {
     }
 
     pub(crate) fn add(&self, seq: u64, signal: CarriedSignal, taken: bool) {
+        self.put(seq, signal, taken, false);
+    }
+
+    /// A signal as a run's history holds it, at the start of an incarnation of the run:
+    /// the history says whether it was delivered, whatever memory says. A wait of the
+    /// run before (always-replay's rebuild, an eviction) may have taken it without its
+    /// delivery being recorded: the run stopped in between, and nothing gave it back.
+    pub(crate) fn load(&self, seq: u64, signal: CarriedSignal, delivered: bool) {
+        self.put(seq, signal, delivered, true);
+    }
+
+    fn put(&self, seq: u64, signal: CarriedSignal, taken: bool, from_history: bool) {
         {
             let mut state = lock(&self.state);
-            state
+            let entry = state
                 .entries
                 .entry(seq)
                 .or_insert(InboxEntry { signal, taken });
+            if from_history {
+                entry.taken = taken;
+            }
             // One lock for the entry and the mark: a reader that sees the new mark also
             // finds the signal (the loom model below found the reverse order losing it).
             state.mark.next_seq = state.mark.next_seq.max(seq.saturating_add(1));
@@ -422,7 +437,7 @@ impl WorkflowContext {
                 key: signal.key.clone(),
                 actor: signal.actor.clone(),
             };
-            inbox.add(*seq, arrived, signal.delivered);
+            inbox.load(*seq, arrived, signal.delivered);
         }
         if let Some((seq, reason)) = &history.cancel_requested {
             inbox.request_cancel(*seq, reason.clone());
@@ -2725,6 +2740,46 @@ mod cancel_loom_tests {
 #[cfg(all(test, not(cairn_loom)))]
 mod tests {
     use super::*;
+
+    fn stop_signal() -> CarriedSignal {
+        CarriedSignal {
+            name: "stop".into(),
+            payload: Payload::new(0, b"null".to_vec()),
+            key: None,
+            actor: None,
+        }
+    }
+
+    /// Always-replay's rebuild keeps the instance's inbox: a signal a wait took just
+    /// before the run stopped, its delivery unrecorded, must be there for the rebuilt
+    /// run (it waited for ever: `raced_steps`, 6 runs in 80 in always-replay mode).
+    #[test]
+    fn a_signal_taken_but_not_delivered_is_back_for_the_next_incarnation() {
+        let inbox = Inbox::default();
+        inbox.add(1, stop_signal(), false);
+        assert!(
+            inbox.take("stop").is_some(),
+            "the first run's wait takes it"
+        );
+        // The run stops before recording the delivery; the next one loads its history.
+        inbox.load(1, stop_signal(), false);
+        assert!(
+            inbox.take("stop").is_some(),
+            "the rebuilt run's wait finds it"
+        );
+        // A delivery the history holds stays taken, whatever memory says.
+        inbox.add(2, stop_signal(), false);
+        inbox.load(2, stop_signal(), true);
+        assert!(
+            inbox.take("stop").is_none(),
+            "a delivered signal is never taken again"
+        );
+        // The commit path never gives back what a live run took.
+        inbox.add(3, stop_signal(), false);
+        assert!(inbox.take("stop").is_some());
+        inbox.add(3, stop_signal(), false);
+        assert!(inbox.take("stop").is_none());
+    }
 
     /// The size of an activity step's future whose workflow value is a `T`, with an
     /// attempt closure holding what the SDK's holds (the context, for the codec).
