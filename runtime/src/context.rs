@@ -2372,6 +2372,17 @@ fn resident_run(inbox: &std::sync::Arc<Inbox>) -> WorkflowContext {
     )
 }
 
+/// A signal named `name` with a small body (tests).
+#[cfg(test)]
+fn test_signal(name: &str) -> CarriedSignal {
+    CarriedSignal {
+        name: name.into(),
+        payload: Payload::new(0, b"1".to_vec()),
+        key: None,
+        actor: None,
+    }
+}
+
 #[cfg(all(test, cairn_loom))]
 mod loom_tests {
     //! The eviction/delivery hand-off (`engine::mark_dormant` against `engine::deliver`)
@@ -2384,12 +2395,7 @@ mod loom_tests {
     use std::sync::atomic::Ordering;
 
     fn go() -> CarriedSignal {
-        CarriedSignal {
-            name: "go".into(),
-            payload: Payload::new(0, b"1".to_vec()),
-            key: None,
-            actor: None,
-        }
+        test_signal("go")
     }
 
     #[test]
@@ -2742,12 +2748,7 @@ mod tests {
     use super::*;
 
     fn stop_signal() -> CarriedSignal {
-        CarriedSignal {
-            name: "stop".into(),
-            payload: Payload::new(0, b"null".to_vec()),
-            key: None,
-            actor: None,
-        }
+        test_signal("stop")
     }
 
     /// Always-replay's rebuild keeps the instance's inbox: a signal a wait took just
