@@ -72,19 +72,17 @@ impl Engine {
             (self.clone(), actor.clone(), id.to_owned(), name.to_owned());
         // Carried on from the first poll, the policy's read included (see `carried_on`).
         carried_on(async move {
-            let workflow_type = engine.type_of(&id).await?;
+            let (key, row) = engine.row_of(&id).await?;
             engine.authorize(
                 &actor,
                 &Action::Signal {
                     instance: &id,
-                    workflow_type: &workflow_type,
+                    workflow_type: &row.workflow_type,
                     signal: &name,
                 },
             )?;
             let kind = engine.signal_event(&name, payload)?;
-            engine
-                .append_to_current_run_now(&id, kind, Some(&actor))
-                .await
+            engine.append_to_run_now(&id, key, kind, Some(&actor)).await
         })
         .await
     }
@@ -122,7 +120,8 @@ impl Engine {
     async fn end_request_as(&self, actor: &Actor, id: &str, kind: EventKind) -> Result<()> {
         let (engine, actor, id) = (self.clone(), actor.clone(), id.to_owned());
         carried_on(async move {
-            let workflow_type = engine.type_of(&id).await?;
+            let (key, row) = engine.row_of(&id).await?;
+            let workflow_type = row.workflow_type;
             let action = match &kind {
                 EventKind::WorkflowTerminated { .. } => Action::Terminate {
                     instance: &id,
@@ -137,9 +136,7 @@ impl Engine {
             if engine.shared.closed.load(Ordering::Acquire) {
                 return Err(Error::ShutDown);
             }
-            engine
-                .append_to_current_run_now(&id, kind, Some(&actor))
-                .await
+            engine.append_to_run_now(&id, key, kind, Some(&actor)).await
         })
         .await
     }

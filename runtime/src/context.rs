@@ -1027,7 +1027,26 @@ impl WorkflowContext {
         }
         // Nothing starts on a result that is not durable yet (see `hold_result`).
         if queued {
-            if let Err(err) = self.held_durable().await {
+            // A step dropped while it waits here has lost a race (a sibling won with a
+            // result held meanwhile): recorded as abandoned like one dropped later, or a
+            // replay, which does not wait, could start it before its sibling resolves
+            // and do what the recorded run never did (a notification, a child, a task).
+            // Not a step the recorded run finished or dropped: it starts nothing.
+            let open = !self.inner.history.is_abandoned(step)
+                && matches!(
+                    self.inner.history.check(step, request),
+                    Ok(Decision::Run { .. })
+                );
+            let guard = open.then_some(LiveGuard {
+                ctx: self,
+                step,
+                armed: true,
+            });
+            let waited = self.held_durable().await;
+            if let Some(guard) = guard {
+                guard.finish();
+            }
+            if let Err(err) = waited {
                 return self.abort(err).await;
             }
             // A sibling may have stopped the run while this step waited.

@@ -1128,7 +1128,20 @@ impl Engine {
         kind: EventKind,
         actor: Option<&Actor>,
     ) -> Result<()> {
-        let mut key = self.key_of(id).await?;
+        let key = self.key_of(id).await?;
+        self.append_to_run_now(id, key, kind, actor).await
+    }
+
+    /// As `append_to_current_run_now`, for a caller that has already read the id's
+    /// current run `key` (a policy's check reads the row first); a run that has since
+    /// ended is followed to its successor as there.
+    pub(crate) async fn append_to_run_now(
+        &self,
+        id: &str,
+        mut key: u128,
+        kind: EventKind,
+        actor: Option<&Actor>,
+    ) -> Result<()> {
         let what = kind.name();
         loop {
             match self

@@ -24,7 +24,7 @@ use crate::{Activity, ChildFailure, Payload, Workflow};
 /// every run.
 ///
 /// # Dropping a step's future
-/// A step the workflow drops once it has started (the branch that lost a `select!`, the
+/// A step the workflow drops after polling it (the branch that lost a `select!`, the
 /// rest of a `try_join!` after an error) is recorded as abandoned: replay never runs it
 /// again, lets it win or returns its value, and a signal it took goes back to the inbox.
 /// A run dropped whole (eviction, a stop, shutdown, a crash) abandons nothing: a step

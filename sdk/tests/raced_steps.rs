@@ -119,6 +119,21 @@ async fn child_or_stop(ctx: Ctx, child: String) -> Result<String, WorkflowError>
     })
 }
 
+/// A notification raced against an activity, after an activity whose result the run
+/// holds: the notification's step waits for that result to be durable before it starts,
+/// and the second activity can win (its own result held) while it still waits. Then the
+/// run waits for "end", so the next host replays it.
+#[workflow]
+async fn activity_or_notice(ctx: Ctx) -> Result<String, WorkflowError> {
+    let first = ctx.activity(left, ()).await?;
+    let won = tokio::select! {
+        r = ctx.activity(right, ()) => r?,
+        () = ctx.notify("raced.notice", &()) => "notice".to_owned(),
+    };
+    let tail: String = ctx.signal("end").await?;
+    Ok(format!("{first} {won} {tail}"))
+}
+
 async fn open(path: &std::path::Path) -> Runtime {
     Runtime::builder()
         .workflow(kid)
@@ -127,6 +142,7 @@ async fn open(path: &std::path::Path) -> Runtime {
         .workflow(signal_or_slow)
         .workflow(chain)
         .workflow(either_then_other)
+        .workflow(activity_or_notice)
         .eviction_idle(None)
         .open_store(path)
         .await
@@ -367,5 +383,105 @@ async fn a_child_whose_wait_lost_a_race_keeps_running_and_finishes() {
         .await
         .expect("the child finishes");
     assert_eq!(said.unwrap().unwrap(), "kid said hello");
+    rt.shutdown().await;
+}
+
+/// Which branch of `activity_or_notice` the history says won: the select's step that
+/// holds an outcome and is not recorded as abandoned (`None` while undecided).
+fn recorded_winner(records: &[cairn::events::EventRecord]) -> Option<&'static str> {
+    let abandoned: Vec<u32> = records
+        .iter()
+        .filter_map(|r| match r.kind {
+            EventKind::StepAbandoned { step } => Some(step),
+            _ => None,
+        })
+        .collect();
+    let activity = records.iter().any(|r| {
+        matches!(&r.kind, EventKind::ActivityCompleted { step, .. }
+            if *step > 1 && !abandoned.contains(step))
+    });
+    let notice = records
+        .iter()
+        .any(|r| matches!(&r.kind, EventKind::Notified { step, .. } if !abandoned.contains(step)));
+    match (activity, notice) {
+        (true, false) => Some("activity"),
+        (false, true) => Some("notice"),
+        // Undecided, or the loser's abandonment not committed yet.
+        _ => None,
+    }
+}
+
+async fn records_of(rt: &Runtime, id: &str) -> Vec<cairn::events::EventRecord> {
+    rt.history(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.record)
+        .collect()
+}
+
+fn notices(records: &[cairn::events::EventRecord]) -> usize {
+    records
+        .iter()
+        .filter(|r| matches!(r.kind, EventKind::Notified { .. }))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_lost_before_it_started_does_nothing_when_the_run_is_replayed() {
+    // `select!` polls its branches in a random order. A branch can lose while it still
+    // waits to start (here, for the result before it to be durable), before it recorded
+    // anything. The next host, replaying the run, must not let it start then: no
+    // notification the run never asked for, no other branch.
+    const INSTANCES: u32 = 24;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let rt = open(&path).await;
+    for n in 0..INSTANCES {
+        rt.start(activity_or_notice, &format!("notice-{n}"), ())
+            .await
+            .unwrap();
+    }
+    for n in 0..INSTANCES {
+        let id = format!("notice-{n}");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while recorded_winner(&records_of(&rt, &id).await).is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id}: no branch won"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // What a losing branch records goes with the next commit; let it land.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut before = Vec::new();
+    for n in 0..INSTANCES {
+        before.push(records_of(&rt, &format!("notice-{n}")).await);
+    }
+    rt.shutdown().await;
+
+    let rt = open(&path).await;
+    for n in 0..INSTANCES {
+        let id = format!("notice-{n}");
+        let recorded = &before[n as usize];
+        let won = recorded_winner(recorded).unwrap();
+        rt.signal(&id, "end", &"end".to_owned()).await.unwrap();
+        let said = tokio::time::timeout(PATIENCE, rt.handle(activity_or_notice, &id).result())
+            .await
+            .expect("the run finishes")
+            .unwrap()
+            .unwrap();
+        let expected = match won {
+            "activity" => "left right end",
+            _ => "left notice end",
+        };
+        assert_eq!(said, expected, "{id}: the replay took another branch");
+        assert_eq!(
+            notices(&records_of(&rt, &id).await),
+            notices(recorded),
+            "{id} (won by the {won}): the replay recorded a notification the run never asked for"
+        );
+    }
     rt.shutdown().await;
 }
