@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::codec::Payload;
-use crate::engine::{carried_on, Engine, InstanceInfo, ListFilter, StartOutcome};
+use crate::engine::{carried_on, Engine, InstanceInfo, ListFilter, ListPage, StartOutcome};
 use crate::error::{Error, Result};
 use crate::event::EventKind;
 use crate::journal::Cursor;
@@ -95,6 +95,7 @@ impl Engine {
     /// # Cancel safety
     /// As [`Engine::cancel`].
     pub async fn cancel_as(&self, actor: &Actor, id: &str, reason: &str) -> Result<()> {
+        crate::engine::check_reason(reason)?;
         let kind = EventKind::CancelRequested {
             reason: reason.to_owned(),
         };
@@ -109,6 +110,7 @@ impl Engine {
     /// # Cancel safety
     /// As [`Engine::terminate`].
     pub async fn terminate_as(&self, actor: &Actor, id: &str, reason: &str) -> Result<()> {
+        crate::engine::check_reason(reason)?;
         let kind = EventKind::WorkflowTerminated {
             reason: reason.to_owned(),
         };
@@ -171,7 +173,9 @@ impl Engine {
     }
 
     /// [`Engine::list_page`] for `actor`: only the instances the policy lets them read
-    /// (a page may hold fewer rows than asked; continue from the cursor).
+    /// (a page may hold fewer rows than asked, even none; continue from the cursor). The
+    /// rows the policy refuses count as examined, so a scan bounded by
+    /// [`ListPage::examined`] stays bounded for a caller who may read nothing.
     ///
     /// # Errors
     /// As [`Engine::list_page`].
@@ -183,7 +187,7 @@ impl Engine {
         actor: &Actor,
         filter: &ListFilter,
         after: Option<Cursor>,
-    ) -> Result<(Vec<InstanceInfo>, Option<Cursor>)> {
+    ) -> Result<ListPage> {
         self.list_page_where(filter, after, |info| {
             let read = Action::Read {
                 instance: &info.id,

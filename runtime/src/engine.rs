@@ -60,6 +60,21 @@ const METRICS_PAGES_MAX: usize = 100;
 /// Longest signal name accepted, in bytes.
 pub const SIGNAL_NAME_BYTES_MAX: usize = 128;
 
+/// Longest reason a cancellation or termination records, in bytes.
+pub const REASON_BYTES_MAX: usize = 4096;
+
+/// Refuses a cancellation's or termination's reason longer than [`REASON_BYTES_MAX`]:
+/// it is recorded in the history, and a batch records it in every history it changes.
+pub(crate) fn check_reason(reason: &str) -> Result<()> {
+    if reason.len() > REASON_BYTES_MAX {
+        return Err(Error::InvalidArgument(format!(
+            "a reason must be at most {REASON_BYTES_MAX} bytes, got {}",
+            reason.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Status of an instance as the host sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -102,6 +117,21 @@ pub struct InstanceInfo {
     pub events: u64,
     /// Search attributes it published (`ctx.set_attributes`, `ctx.set_stage`).
     pub attributes: Attributes,
+}
+
+/// How many pages of the instance index one [`Engine::list_page`] examines at most.
+pub const LIST_PAGES_PER_CALL: usize = 4;
+
+/// One page of a listing ([`Engine::list_page`], [`Engine::list_page_as`]).
+#[derive(Clone, Debug, Default)]
+pub struct ListPage {
+    /// The instances, oldest first.
+    pub rows: Vec<InstanceInfo>,
+    /// Where to continue; `None` at the end.
+    pub next: Option<Cursor>,
+    /// How many instance rows this page examined, kept or not: what a caller that
+    /// scans page after page bounds its work by.
+    pub examined: usize,
 }
 
 /// Filter of [`Engine::list`]. Empty fields match everything.
@@ -771,7 +801,7 @@ impl Engine {
     ///
     /// # Errors
     /// [`Error::InstanceNotFound`], [`Error::InstanceFinished`] if it had already ended,
-    /// storage errors.
+    /// [`Error::InvalidArgument`] for a reason over [`REASON_BYTES_MAX`], storage errors.
     ///
     /// # Durability
     /// On return the termination is on disk; the instance never runs again.
@@ -784,6 +814,7 @@ impl Engine {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
+        check_reason(reason)?;
         // The writer refuses anything the run appends after this, so nothing follows the
         // termination in its history; the commit stops the run (`Dispatch`).
         let kind = EventKind::WorkflowTerminated {
@@ -1014,7 +1045,8 @@ impl Engine {
     /// cleanup or compensation, which may use further steps, and returns.
     ///
     /// # Errors
-    /// [`Error::InstanceNotFound`], [`Error::InstanceFinished`], storage errors.
+    /// [`Error::InstanceNotFound`], [`Error::InstanceFinished`], [`Error::InvalidArgument`]
+    /// for a reason over [`REASON_BYTES_MAX`], storage errors.
     ///
     /// # Durability
     /// On return the request is on disk; it is delivered after a restart too.
@@ -1027,6 +1059,7 @@ impl Engine {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
+        check_reason(reason)?;
         let kind = EventKind::CancelRequested {
             reason: reason.to_owned(),
         };
@@ -1463,28 +1496,33 @@ impl Engine {
 
     /// One page of the instances matching `filter`, oldest first, after `after` (a
     /// cursor from the previous page), at most `filter.limit` of them (100 if unset, at
-    /// most [`crate::journal::PAGE_ROWS_MAX`]); the cursor to continue from, `None` at the end.
+    /// most [`crate::journal::PAGE_ROWS_MAX`]), with the cursor to continue from (`None`
+    /// at the end) and how many instance rows it examined.
+    ///
+    /// A call examines at most [`LIST_PAGES_PER_CALL`] pages of `limit` rows of the
+    /// instance index: where a filter the index cannot serve (a derived status such as
+    /// `Parked`) keeps few rows, a page may hold fewer rows than asked, even none, with
+    /// a cursor; continue from it.
     ///
     /// # Errors
     /// Storage errors or a corrupt index row.
     ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    ///
     /// Reads the instance index and the attribute index; no history is read or replayed.
-    pub async fn list_page(
-        &self,
-        filter: &ListFilter,
-        after: Option<Cursor>,
-    ) -> Result<(Vec<InstanceInfo>, Option<Cursor>)> {
+    pub async fn list_page(&self, filter: &ListFilter, after: Option<Cursor>) -> Result<ListPage> {
         self.list_page_where(filter, after, |_| true).await
     }
 
     /// [`Engine::list_page`], keeping only the instances `keep` accepts (a page may then
-    /// hold fewer rows; the cursor still moves past what was read).
+    /// hold fewer rows; the cursor still moves past what was examined).
     pub(crate) async fn list_page_where(
         &self,
         filter: &ListFilter,
         after: Option<Cursor>,
         mut keep: impl FnMut(&InstanceInfo) -> bool,
-    ) -> Result<(Vec<InstanceInfo>, Option<Cursor>)> {
+    ) -> Result<ListPage> {
         let limit = filter
             .limit
             .unwrap_or(100)
@@ -1492,31 +1530,40 @@ impl Engine {
         let mut query = self.instance_query(filter);
         query.after = after;
         query.limit = limit;
-        let mut out = Vec::new();
-        loop {
+        let mut page_out = ListPage {
+            rows: Vec::new(),
+            next: None,
+            examined: 0,
+        };
+        // Bounded work per call, whatever the filter keeps: a caller the policy lets read
+        // little must not make one request read the whole index.
+        for _ in 0..LIST_PAGES_PER_CALL {
             let page = self.shared.journal.query(&query).await?;
-            let mut last = None;
             for row in page.rows {
                 let cursor = Cursor::after(&row);
+                page_out.examined += 1;
                 let info = self.info(row).await?;
                 if filter.matches(&info) && keep(&info) {
-                    out.push(info);
+                    page_out.rows.push(info);
                 }
-                last = Some(cursor);
-                if out.len() >= limit {
+                if page_out.rows.len() >= limit {
                     // More may follow: the caller asks again from here.
-                    return Ok((out, last));
+                    page_out.next = Some(cursor);
+                    return Ok(page_out);
                 }
             }
             match page.next {
-                Some(next) => query.after = Some(next),
-                None => return Ok((out, None)),
-            }
-            // Bounded work per page: a filter that keeps little ends the page early.
-            if out.is_empty() && last.is_some() {
-                return Ok((out, last));
+                Some(next) => {
+                    page_out.next = Some(next);
+                    query.after = Some(next);
+                }
+                None => {
+                    page_out.next = None;
+                    return Ok(page_out);
+                }
             }
         }
+        Ok(page_out)
     }
 
     fn instance_query(&self, filter: &ListFilter) -> InstanceQuery {

@@ -42,9 +42,10 @@ pub use cairn_redb::{store, WriterStats, BATCH_REQUESTS_MAX};
 pub use codec::{Codec, CodecError, JsonCodec, Payload};
 pub use context::{PatchPlan, WorkflowContext};
 pub use engine::{
-    Engine, EngineBuilder, InstanceInfo, ListFilter, Outcome, ReplayVerdict, StartOutcome, Status,
-    StatusKind, WorkflowFactory, WorkflowResult, ALWAYS_REPLAY_ENV, EVICTION_IDLE_DEFAULT,
-    INSTANCE_ID_BYTES_MAX, SIGNAL_NAME_BYTES_MAX,
+    Engine, EngineBuilder, InstanceInfo, ListFilter, ListPage, Outcome, ReplayVerdict,
+    StartOutcome, Status, StatusKind, WorkflowFactory, WorkflowResult, ALWAYS_REPLAY_ENV,
+    EVICTION_IDLE_DEFAULT, INSTANCE_ID_BYTES_MAX, LIST_PAGES_PER_CALL, REASON_BYTES_MAX,
+    SIGNAL_NAME_BYTES_MAX,
 };
 pub use error::{Error, NonDeterminism, Result, StepDescriptor, StorageFailure};
 pub use messages::{Sent, MESSAGE_KEY_BYTES_MAX};

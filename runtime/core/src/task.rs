@@ -322,6 +322,9 @@ pub enum Refusal {
 /// Longest comment a task takes, in bytes.
 pub const COMMENT_BYTES_MAX: usize = 16 * 1024;
 
+/// Longest user id a task is delegated to, in bytes.
+pub const USER_ID_BYTES_MAX: usize = 256;
+
 /// Why `actor` may not act on `state` as its holder ([`TaskState::may_act`] is false).
 pub fn refusal_for(state: &TaskState, actor: &Actor) -> Refusal {
     match &state.assignee {

@@ -2,11 +2,14 @@
 //! router and the served document are built from the same list, so they cannot disagree.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse as _;
 use axum::Json;
 use cairn_runtime::event::AttrValue;
 use cairn_runtime::export::{event_json, payload_json};
@@ -346,14 +349,15 @@ pub(crate) async fn list_instances(
         let wanted = parse_waiting(waiting)?;
         return list_waiting(&state, &actor, filter, after, &wanted).await;
     }
-    let (rows, next) = state.engine.list_page_as(&actor, &filter, after).await?;
+    let page = state.engine.list_page_as(&actor, &filter, after).await?;
     Ok(Json(InstancePage {
-        instances: rows.into_iter().map(InstanceView::from).collect(),
-        next: next.map(cursor_text),
+        instances: page.rows.into_iter().map(InstanceView::from).collect(),
+        next: page.next.map(cursor_text),
     }))
 }
 
-/// Candidates a `waiting` listing reads at most per request.
+/// Instance rows a `waiting` listing examines at most per request (counted whether the
+/// caller may read them or not; the histories it reads are among them).
 pub const WAITING_SCAN_MAX: usize = 5_000;
 
 /// What an instance may be waiting on, for the `waiting` filter.
@@ -397,8 +401,9 @@ pub(crate) fn parse_waiting(text: &str) -> ApiResult<Vec<WaitingOn>> {
 }
 
 /// A page of the unfinished instances the filter selects that wait on one of `wanted`,
-/// read from their histories: up to the page's limit, or [`WAITING_SCAN_MAX`]
-/// candidates, whichever comes first; `next` continues after the last one read.
+/// read from their histories: up to the page's limit, or until [`WAITING_SCAN_MAX`]
+/// instance rows were examined, whichever comes first; `next` continues after the last
+/// one read.
 async fn list_waiting(
     state: &AppState,
     actor: &Actor,
@@ -428,11 +433,11 @@ async fn list_waiting(
     }
     filter.limit = Some(200);
     let now = state.engine.now_ms();
-    let mut read = 0usize;
+    let mut examined = 0usize;
     loop {
-        let (rows, next) = state.engine.list_page_as(actor, &filter, after).await?;
-        for info in rows {
-            read += 1;
+        let page = state.engine.list_page_as(actor, &filter, after).await?;
+        examined += page.examined;
+        for info in page.rows {
             let here = Cursor {
                 created_at_ms: info.created_at_ms,
                 key: info.run,
@@ -459,14 +464,20 @@ async fn list_waiting(
                 ) => {}
                 Err(err) => return Err(err.into()),
             }
-            if instances.len() >= limit || read >= WAITING_SCAN_MAX {
+            if instances.len() >= limit {
                 return Ok(Json(InstancePage {
                     instances,
                     next: Some(cursor_text(here)),
                 }));
             }
         }
-        match next {
+        match page.next {
+            Some(cursor) if examined >= WAITING_SCAN_MAX => {
+                return Ok(Json(InstancePage {
+                    instances,
+                    next: Some(cursor_text(cursor)),
+                }))
+            }
             Some(cursor) => after = Some(cursor),
             None => {
                 return Ok(Json(InstancePage {
@@ -676,7 +687,20 @@ pub(crate) struct UpdateAnswer {
     reason: Option<String>,
 }
 
-/// Sends an update and waits for the workflow's answer, durable before it is returned.
+/// An update recorded but not answered yet.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct UpdatePending {
+    /// The update's id (the `idempotency-key` sent, or a fresh one): ask again with it
+    /// for the answer.
+    id: String,
+    /// Why the answer is not here.
+    message: String,
+}
+
+/// Sends an update and waits for the workflow's answer, durable before it is returned;
+/// a workflow that does not answer within the server's wait (30 s unless the host
+/// set another), or a server that stops meanwhile, gets 202: the update is recorded,
+/// and asking again with its `idempotency-key` returns its answer once there is one.
 #[utoipa::path(post, path = "/api/v1/instances/{id}/updates/{name}", tag = "instances",
     params(
         ("id" = String, Path, description = "The instance's id"),
@@ -686,6 +710,7 @@ pub(crate) struct UpdateAnswer {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Answered", body = UpdateAnswer),
+        (status = 202, description = "Recorded, not answered yet: ask again with the same idempotency-key", body = UpdatePending),
         (status = 403, description = "The policy refuses", body = ErrorBody),
         (status = 404, description = "No such instance", body = ErrorBody),
         (status = 409, description = "The instance ended without answering", body = ErrorBody),
@@ -696,13 +721,40 @@ pub(crate) async fn send_update(
     PathArgs((id, name)): PathArgs<(String, String)>,
     headers: HeaderMap,
     Body(body): Body<Value>,
-) -> ApiResult<Json<UpdateAnswer>> {
+) -> ApiResult<axum::response::Response> {
     let key = idempotency_key(&headers)?.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let payload = state.catalog.update_body(&name, body)?;
-    let answer = state
-        .engine
-        .update_as(&actor, &id, &name, payload, &key)
-        .await?;
+    let wait = Duration::from_millis(state.update_wait_ms.load(Ordering::Relaxed));
+    let mut closing = state.closing.subscribe();
+    // Dropping the wait leaves the update recorded (it is carried on from the first
+    // poll, see `Engine::update_as`); only the answer is not waited for here.
+    let asked = state.engine.update_as(&actor, &id, &name, payload, &key);
+    let pending = |message: String| {
+        (
+            StatusCode::ACCEPTED,
+            Json(UpdatePending {
+                id: key.clone(),
+                message,
+            }),
+        )
+            .into_response()
+    };
+    let answer = tokio::select! {
+        answer = asked => answer?,
+        () = tokio::time::sleep(wait) => {
+            return Ok(pending(format!(
+                "recorded; the workflow has not answered within {} ms: ask again with \
+                 idempotency-key `{key}` for its answer",
+                wait.as_millis()
+            )));
+        }
+        _ = closing.wait_for(|closing| *closing) => {
+            return Ok(pending(format!(
+                "recorded; the server is stopping: ask again with idempotency-key `{key}` \
+                 for its answer"
+            )));
+        }
+    };
     Ok(Json(match answer {
         Ok(response) => UpdateAnswer {
             id: key,
@@ -716,7 +768,8 @@ pub(crate) async fn send_update(
             response: None,
             reason: Some(reason),
         },
-    }))
+    })
+    .into_response())
 }
 
 /// A query's value.
@@ -907,11 +960,11 @@ pub(crate) struct Overview {
     /// Step latency per activity on this host, slowest (p95) first: its recent attempts'
     /// percentiles, attempts and failures since the host started.
     step_latency: Vec<StepLatencyView>,
-    /// Instances read one by one to compute this: none when the caller may read every
-    /// type whole and the journal keeps tallies (then the counts cost a few rows whatever
-    /// is stored); otherwise the readable instances of the other types.
+    /// Instance rows examined one by one to compute this: none when the caller may read
+    /// every type whole and the journal keeps tallies (then the counts cost a few rows
+    /// whatever is stored); otherwise the rows of the other types, readable or not.
     scanned: u64,
-    /// Whether the instances read one by one were more than [`OVERVIEW_SCAN_MAX`] (their
+    /// Whether the rows to examine one by one were more than [`OVERVIEW_SCAN_MAX`] (the
     /// counts then cover the oldest).
     truncated: bool,
 }
@@ -1054,9 +1107,9 @@ pub(crate) async fn overview(
             ..ListFilter::default()
         };
         truncated = loop {
-            let (rows, next) = state.engine.list_page_as(&actor, &filter, after).await?;
-            for info in rows {
-                scanned += 1;
+            let page = state.engine.list_page_as(&actor, &filter, after).await?;
+            scanned += page.examined as u64;
+            for info in page.rows {
                 let kind = info.status.kind();
                 totals.add(kind);
                 by_type
@@ -1075,7 +1128,7 @@ pub(crate) async fn overview(
                     parked.extend(ParkedView::of(&info));
                 }
             }
-            match next {
+            match page.next {
                 Some(cursor) if scanned < OVERVIEW_SCAN_MAX => after = Some(cursor),
                 Some(_) => break true,
                 None => break false,
@@ -1518,7 +1571,10 @@ async fn act(
     op: TaskOp,
 ) -> ApiResult<Json<TaskView>> {
     state.engine.act_on_task(actor, instance, step, op).await?;
-    Ok(Json(task_for(state, actor, instance, step).await?.into()))
+    // The task as the change left it, without asking again whether the caller may see
+    // it: they just acted on it, and one who handed it on (a delegate who is neither a
+    // candidate nor a reader) would otherwise get a refusal for a change that was made.
+    Ok(Json(state.engine.task(instance, step).await?.into()))
 }
 
 /// Claims a task (the caller must be a candidate).

@@ -31,6 +31,11 @@ type Shared = State<Arc<AppState>>;
 pub const BATCH_INSTANCES_MAX: u64 = 100_000;
 /// Batches the host remembers (the oldest finished ones are forgotten first).
 pub const BATCHES_KEPT: usize = 100;
+/// Batches one caller may have running at once; more are refused (429) until one ends.
+pub const BATCHES_RUNNING_PER_CALLER: usize = 4;
+/// Instance rows one batch (or dry run) examines at most, whether the caller may act on
+/// them or not; a batch that reaches it stops and says so in its errors.
+pub const BATCH_EXAMINED_MAX: usize = 1_000_000;
 
 /// What a batch does to each instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
@@ -137,8 +142,29 @@ pub(crate) struct Batches {
 }
 
 impl Batches {
-    fn remember(&self, batch: Arc<Mutex<BatchView>>) {
+    /// Keeps `batch`, unless its caller already runs [`BATCHES_RUNNING_PER_CALLER`]
+    /// batches or the host keeps [`BATCHES_KEPT`] running ones.
+    fn remember(&self, batch: Arc<Mutex<BatchView>>, actor: &str) -> Result<(), ApiError> {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let running: Vec<String> = kept
+            .iter()
+            .filter_map(|b| {
+                let b = b.lock().unwrap_or_else(|e| e.into_inner());
+                (!b.finished).then(|| b.actor.clone())
+            })
+            .collect();
+        let mine = running.iter().filter(|by| by.as_str() == actor).count();
+        if mine >= BATCHES_RUNNING_PER_CALLER || running.len() >= BATCHES_KEPT {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "batches_running",
+                format!(
+                    "{} batches are running ({mine} of them yours; at most \
+                     {BATCHES_RUNNING_PER_CALLER} per caller): start this one when one has finished",
+                    running.len()
+                ),
+            ));
+        }
         if kept.len() >= BATCHES_KEPT {
             // Forget the oldest finished one; a running one is never forgotten.
             if let Some(at) = kept
@@ -149,23 +175,47 @@ impl Batches {
             }
         }
         kept.push_back(batch);
+        Ok(())
     }
 
-    fn find(&self, id: &str) -> Option<BatchView> {
+    fn find(&self, id: &str, seen: impl Fn(&BatchView) -> bool) -> Option<BatchView> {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         kept.iter().find_map(|b| {
             let b = b.lock().unwrap_or_else(|e| e.into_inner());
-            (b.id.as_deref() == Some(id)).then(|| b.clone())
+            (b.id.as_deref() == Some(id) && seen(&b)).then(|| b.clone())
         })
     }
 
-    fn all(&self) -> Vec<BatchView> {
+    fn all(&self, seen: impl Fn(&BatchView) -> bool) -> Vec<BatchView> {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         kept.iter()
             .rev()
             .map(|b| b.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .filter(|b| seen(b))
             .collect()
     }
+}
+
+/// Whether `actor` may see `batch`: they ran it, or it names a workflow type they may
+/// read whole (its filter, reason and errors name instances of that type).
+fn seen_by(
+    engine: &cairn_runtime::Engine,
+    actor: &cairn_runtime::task::Actor,
+    batch: &BatchView,
+) -> bool {
+    batch.actor == actor.id
+        || batch.filter.workflow_type.as_deref().is_some_and(|t| {
+            !t.is_empty()
+                && engine
+                    .authorize(
+                        actor,
+                        &Action::Read {
+                            instance: "*",
+                            workflow_type: t,
+                        },
+                    )
+                    .is_ok()
+        })
 }
 
 impl BatchFilter {
@@ -191,6 +241,14 @@ impl BatchFilter {
             limit: Some(1000),
         })
     }
+}
+
+/// Why a batch stopped before the end of what its filter selects.
+fn examined_too_many(examined: usize) -> String {
+    format!(
+        "stopped after examining {examined} instances (at most {BATCH_EXAMINED_MAX} per \
+         batch): narrow the filter by type or start time, and run it again for the rest"
+    )
 }
 
 /// Whether instance `id` waits on one of `wanted` (always, when nothing is wanted).
@@ -249,7 +307,8 @@ fn now_ms(state: &AppState) -> u64 {
     responses(
         (status = 200, description = "Dry run: how many instances it would act on", body = BatchView),
         (status = 202, description = "Started", body = BatchView),
-        (status = 422, description = "No reason, a signal batch without a signal, or a body its type refuses", body = ErrorBody)))]
+        (status = 422, description = "No reason, a signal batch without a signal, or a body its type refuses", body = ErrorBody),
+        (status = 429, description = "The caller already runs the most batches one caller may run at once", body = ErrorBody)))]
 pub(crate) async fn start_batch(
     State(state): Shared,
     Caller(actor): Caller,
@@ -260,6 +319,14 @@ pub(crate) async fn start_batch(
         return Err(invalid(
             "a batch needs a reason: it is recorded in every history it changes",
         ));
+    }
+    // Recorded after `batch <id>: ` (a UUID) in each history.
+    let reason_max = cairn_runtime::REASON_BYTES_MAX - 64;
+    if request.reason.len() > reason_max {
+        return Err(invalid(&format!(
+            "a batch's reason must be at most {reason_max} bytes, got {}",
+            request.reason.len()
+        )));
     }
     let filter = request.filter.list_filter()?;
     let wanted = match request.filter.waiting.as_deref().filter(|w| !w.is_empty()) {
@@ -297,9 +364,11 @@ pub(crate) async fn start_batch(
     };
     if request.dry_run {
         let mut after = None;
+        let mut examined = 0usize;
         'pages: loop {
-            let (rows, next) = state.engine.list_page(&filter, after).await?;
-            for info in rows {
+            let page = state.engine.list_page(&filter, after).await?;
+            examined += page.examined;
+            for info in page.rows {
                 let asked = action_on(request.action, &signal, &info.id, &info.workflow_type);
                 if state.engine.authorize(&actor, &asked).is_ok()
                     && waits_on(&state.engine, &actor, &info.id, &wanted).await
@@ -310,7 +379,11 @@ pub(crate) async fn start_batch(
                     }
                 }
             }
-            match next {
+            match page.next {
+                Some(_) if examined >= BATCH_EXAMINED_MAX => {
+                    view.errors.push(examined_too_many(examined));
+                    break;
+                }
                 Some(cursor) => after = Some(cursor),
                 None => break,
             }
@@ -332,7 +405,7 @@ pub(crate) async fn start_batch(
         "batch started"
     );
     let shared = Arc::new(Mutex::new(view.clone()));
-    state.batches.remember(shared.clone());
+    state.batches.remember(shared.clone(), &actor.id)?;
     let engine = state.engine.clone();
     let reason = format!("batch {id}: {}", request.reason);
     let action = request.action;
@@ -343,8 +416,9 @@ pub(crate) async fn start_batch(
         };
         let mut after = None;
         let mut acted = 0u64;
+        let mut examined = 0usize;
         'pages: loop {
-            let (rows, next) = match engine.list_page(&filter, after).await {
+            let page = match engine.list_page(&filter, after).await {
                 Ok(page) => page,
                 Err(err) => {
                     record(&|v| {
@@ -354,7 +428,8 @@ pub(crate) async fn start_batch(
                     break;
                 }
             };
-            for info in rows {
+            examined += page.examined;
+            for info in page.rows {
                 let asked = action_on(action, &signal, &info.id, &info.workflow_type);
                 if engine.authorize(&actor, &asked).is_err()
                     || !waits_on(&engine, &actor, &info.id, &wanted).await
@@ -400,7 +475,11 @@ pub(crate) async fn start_batch(
                     break 'pages;
                 }
             }
-            match next {
+            match page.next {
+                Some(_) if examined >= BATCH_EXAMINED_MAX => {
+                    record(&|v| v.errors.push(examined_too_many(examined)));
+                    break;
+                }
                 Some(cursor) => after = Some(cursor),
                 None => break,
             }
@@ -425,7 +504,8 @@ pub(crate) async fn start_batch(
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
 
-/// One batch and how far it got.
+/// One batch and how far it got (as the list, only a batch the caller ran or may read
+/// whole).
 #[utoipa::path(get, path = "/api/v1/batches/{id}", tag = "batches",
     params(("id" = String, Path, description = "The batch's id")),
     security(("bearer" = [])),
@@ -434,10 +514,12 @@ pub(crate) async fn start_batch(
         (status = 404, description = "No such batch on this host (batches are kept until the host stops)", body = ErrorBody)))]
 pub(crate) async fn get_batch(
     State(state): Shared,
-    Caller(_actor): Caller,
+    Caller(actor): Caller,
     PathArgs(id): PathArgs<String>,
 ) -> Result<Json<BatchView>, ApiError> {
-    state.batches.find(&id).map(Json).ok_or_else(|| {
+    let seen = |b: &BatchView| seen_by(&state.engine, &actor, b);
+    // Another caller's batch is as absent as one never run: its id tells nothing.
+    state.batches.find(&id, seen).map(Json).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "batch_not_found",
@@ -446,13 +528,58 @@ pub(crate) async fn get_batch(
     })
 }
 
-/// The batches this host ran since it started, newest first.
+/// The batches this host ran since it started that the caller ran, or that name a
+/// workflow type the caller may read whole, newest first.
 #[utoipa::path(get, path = "/api/v1/batches", tag = "batches",
     security(("bearer" = [])),
     responses((status = 200, description = "The batches", body = [BatchView])))]
 pub(crate) async fn list_batches(
     State(state): Shared,
-    Caller(_actor): Caller,
+    Caller(actor): Caller,
 ) -> Json<Vec<BatchView>> {
-    Json(state.batches.all())
+    Json(state.batches.all(|b| seen_by(&state.engine, &actor, b)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn running(actor: &str) -> Arc<Mutex<BatchView>> {
+        Arc::new(Mutex::new(BatchView {
+            id: Some(format!("{actor}-batch")),
+            action: BatchAction::Cancel,
+            filter: BatchFilter::default(),
+            reason: "x".into(),
+            signal: None,
+            actor: actor.into(),
+            dry_run: false,
+            matched: 0,
+            done: 0,
+            skipped: 0,
+            failed: 0,
+            errors: Vec::new(),
+            finished: false,
+            started_at_ms: 0,
+            finished_at_ms: None,
+        }))
+    }
+
+    #[test]
+    fn a_caller_runs_a_bounded_number_of_batches_at_once() {
+        let batches = Batches::default();
+        for _ in 0..BATCHES_RUNNING_PER_CALLER {
+            batches.remember(running("olga"), "olga").unwrap();
+        }
+        let refused = batches.remember(running("olga"), "olga").unwrap_err();
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.body.code, "batches_running");
+        // Another caller is not held up by olga's, and once one of hers ends she may
+        // start another.
+        batches.remember(running("ada"), "ada").unwrap();
+        let first = batches.kept.lock().unwrap()[0].clone();
+        first.lock().unwrap().finished = true;
+        batches.remember(running("olga"), "olga").unwrap();
+    }
 }

@@ -18,6 +18,34 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::AppState;
 
+/// A document's bytes; a body over the limit (also one sent without a length) or cut
+/// short is refused as JSON `{code, message}` like every other refusal.
+pub(crate) struct RawBody(Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(request, state)
+            .await
+            .map(Self)
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        format!(
+                            "the body is over the limit of {} bytes",
+                            crate::BODY_BYTES_MAX
+                        ),
+                    )
+                } else {
+                    ApiError::new(rejection.status(), "bad_body", rejection.body_text())
+                }
+            })
+    }
+}
+
 type Shared = State<Arc<AppState>>;
 
 /// One version of a document.
@@ -178,7 +206,7 @@ pub(crate) async fn attach_document(
     PathArgs((id, name)): PathArgs<(String, String)>,
     QueryArgs(params): QueryArgs<AttachParams>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<DocumentView>), ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)

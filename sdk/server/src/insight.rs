@@ -40,8 +40,12 @@ pub(crate) struct MapParams {
     limit: Option<usize>,
 }
 
+/// Instance rows a map or report examines at most per run it may return.
+const INSIGHT_EXAMINED_PER_RUN: usize = 4;
+
 /// The histories of the runs of `workflow_type` started in the range that the caller
-/// may read, the first `limit` of them; and whether more were left unread.
+/// may read, the first `limit` of them (examining at most four rows per run it may
+/// return); and whether more were left unread.
 async fn histories(
     state: &AppState,
     actor: &cairn_runtime::task::Actor,
@@ -59,9 +63,14 @@ async fn histories(
     };
     let mut histories: Vec<Vec<StoredEvent>> = Vec::new();
     let mut after = None;
+    // The rows the caller may not read count too: a caller who may read few runs of a
+    // large type must not make one request examine them all.
+    let examined_max = limit.saturating_mul(INSIGHT_EXAMINED_PER_RUN);
+    let mut examined = 0usize;
     loop {
-        let (rows, next) = state.engine.list_page_as(actor, &filter, after).await?;
-        for info in rows {
+        let page = state.engine.list_page_as(actor, &filter, after).await?;
+        examined += page.examined;
+        for info in page.rows {
             if histories.len() >= limit {
                 return Ok((histories, true));
             }
@@ -72,7 +81,8 @@ async fn histories(
                 Err(err) => return Err(err.into()),
             }
         }
-        match next {
+        match page.next {
+            Some(_) if examined >= examined_max => return Ok((histories, true)),
             Some(cursor) => after = Some(cursor),
             None => return Ok((histories, false)),
         }

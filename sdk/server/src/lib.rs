@@ -35,11 +35,13 @@ mod insight;
 mod jwt;
 mod schedules;
 mod views;
-pub use batches::{BATCHES_KEPT, BATCH_INSTANCES_MAX};
+pub use batches::{
+    BATCHES_KEPT, BATCHES_RUNNING_PER_CALLER, BATCH_EXAMINED_MAX, BATCH_INSTANCES_MAX,
+};
 pub use insight::{MAP_RUNS_DEFAULT, MAP_RUNS_MAX, REPORT_RUNS_MAX};
 pub use jwt::{Jwt, JWT_SECRET_BYTES_MIN};
 pub use schedules::PAUSE_REASON_BYTES_MAX;
-pub use views::{VIEWS_MAX, VIEW_NAME_CHARS_MAX, VIEW_QUERY_BYTES_MAX};
+pub use views::{VIEWS_MAX, VIEWS_PER_OWNER_MAX, VIEW_NAME_CHARS_MAX, VIEW_QUERY_BYTES_MAX};
 
 pub use api::{IDEMPOTENCY_KEY, OVERVIEW_SCAN_MAX, WAITING_SCAN_MAX};
 pub use auth::{Tokens, TOKEN_BYTES_MIN};
@@ -90,7 +92,14 @@ pub(crate) struct AppState {
     pub(crate) batches: batches::Batches,
     /// Saved views of the instance list.
     pub(crate) views: views::Views,
+    /// How long an update request waits for the workflow's answer, in milliseconds.
+    pub(crate) update_wait_ms: std::sync::atomic::AtomicU64,
 }
+
+/// How long an update request waits for the workflow's answer before the server
+/// answers 202 (the update is recorded; ask again with its key), unless
+/// [`Server::update_wait`] says otherwise.
+pub const UPDATE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(OpenApi)]
 #[openapi(
@@ -221,8 +230,26 @@ impl Server {
                 closing: tokio::sync::watch::channel(false).0,
                 batches: batches::Batches::default(),
                 views: views::Views::default(),
+                update_wait_ms: std::sync::atomic::AtomicU64::new(
+                    u64::try_from(UPDATE_WAIT.as_millis()).unwrap_or(u64::MAX),
+                ),
             }),
         }
+    }
+
+    /// How long `POST /api/v1/instances/{id}/updates/{name}` waits for the workflow's
+    /// answer ([`UPDATE_WAIT`] unless set): past it, or when the server stops, the
+    /// request is answered 202 with the update's id. The update stays recorded and is
+    /// answered when the workflow takes it; asking again with the same
+    /// `idempotency-key` returns that answer. Keep it under the timeout of the clients
+    /// and proxies in front of the server.
+    #[must_use]
+    pub fn update_wait(self, wait: std::time::Duration) -> Self {
+        self.state.update_wait_ms.store(
+            u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self
     }
 
     /// Keeps the dashboard's saved views in `path` (JSON, written on every change, a

@@ -28,6 +28,8 @@ type Shared = State<Arc<AppState>>;
 
 /// Views a host keeps at most.
 pub const VIEWS_MAX: usize = 500;
+/// Views one owner keeps at most, so that one caller cannot take the others' room.
+pub const VIEWS_PER_OWNER_MAX: usize = 50;
 /// Longest view name, in characters.
 pub const VIEW_NAME_CHARS_MAX: usize = 80;
 /// Longest view query, in bytes.
@@ -284,11 +286,15 @@ pub(crate) async fn create_view(
             "`{role}` is not one of your roles: a view is shared only with roles you hold"
         )));
     }
+    // Each role once: the roles are the caller's own, so the list stays short.
+    let mut roles = new.roles;
+    roles.sort_unstable();
+    roles.dedup();
     let view = SavedView {
         id: uuid::Uuid::now_v7().to_string(),
         name,
         query: new.query.trim_start_matches('?').to_owned(),
-        roles: new.roles,
+        roles,
         owner: actor.id.clone(),
         created_at_ms: state.engine.now_ms(),
     };
@@ -296,6 +302,12 @@ pub(crate) async fn create_view(
     state
         .views
         .change(journal.as_ref(), |views| {
+            if views.iter().filter(|v| v.owner == view.owner).count() >= VIEWS_PER_OWNER_MAX {
+                return Err(unprocessable(&format!(
+                    "at most {VIEWS_PER_OWNER_MAX} views are kept per owner; delete some of \
+                     yours first"
+                )));
+            }
             if views.len() >= VIEWS_MAX {
                 return Err(unprocessable(&format!(
                     "at most {VIEWS_MAX} views are kept; delete some first"

@@ -9,7 +9,7 @@ use super::{unexpected, RecordedOutcome, RecordedStep, Route, StepKind};
 use crate::event::{EventKind, StepNo};
 use crate::task::{
     refusal_for, Actor, EscalationAction, Refusal, TaskChange, TaskOp, TaskSpec, TaskState,
-    COMMENT_BYTES_MAX,
+    COMMENT_BYTES_MAX, USER_ID_BYTES_MAX,
 };
 
 pub(crate) fn route(event: &EventKind) -> Option<Route<'_>> {
@@ -123,8 +123,11 @@ pub fn decide(
             _ => Err(Refusal::NotHolder),
         },
         TaskOp::Delegate { to } => {
-            if to.trim().is_empty() {
-                return Err(Refusal::Invalid("the user to delegate to is empty".into()));
+            if to.trim().is_empty() || to.len() > USER_ID_BYTES_MAX {
+                return Err(Refusal::Invalid(format!(
+                    "the user to delegate to must be 1 to {USER_ID_BYTES_MAX} bytes, got {}",
+                    to.len()
+                )));
             }
             if !state.may_act(actor) {
                 return Err(refusal_for(state, actor));
@@ -473,6 +476,11 @@ mod rules {
         let alice = Actor::new("alice", ["underwriter"]);
         assert!(matches!(
             decide(&state, 1, &alice, TaskOp::Delegate { to: " ".into() }),
+            Err(Refusal::Invalid(_))
+        ));
+        let long = "u".repeat(USER_ID_BYTES_MAX + 1);
+        assert!(matches!(
+            decide(&state, 1, &alice, TaskOp::Delegate { to: long }),
             Err(Refusal::Invalid(_))
         ));
         assert!(matches!(
