@@ -358,14 +358,25 @@ async function renderInstances(params) {
     if (cursor) q.set("cursor", cursor);
     q.set("limit", "50");
     let page;
-    try { page = await api("GET", `/api/v1/instances?${q}`); } catch (err) { fill(table, errorBox(err)); return; }
+    try {
+      page = await api("GET", `/api/v1/instances?${q}`);
+      // A page examines a bounded part of the index, so a filter that keeps few rows
+      // (parked, say) can give an empty page that is not the end: look a little further.
+      for (let hops = 0; !page.instances.length && page.next && hops < 10; hops++) {
+        q.set("cursor", page.next);
+        page = await api("GET", `/api/v1/instances?${q}`);
+      }
+    } catch (err) { fill(table, errorBox(err)); return; }
+    const next = page.next ? new URLSearchParams([...Object.entries(filters).filter(([, v]) => v), ["cursor", page.next]]) : null;
     if (!page.instances.length) {
-      fill(table, h("div", { class: "empty" }, cursor ? "No more instances." : "No instance matches these filters."));
+      fill(table, next
+        ? h("div", { class: "empty" }, "None matched among the instances looked at so far. ",
+            h("button", { onclick: () => go("instances", next) }, "Look further →"))
+        : h("div", { class: "empty" }, cursor ? "No more instances." : "No instance matches these filters."));
       return;
     }
     const attrChips = (attrs) => Object.entries(attrs).map(([k, v]) =>
       h("a", { class: "chip", href: "#", title: "List the instances that share this value", onclick: (e) => { e.preventDefault(); apply({ attribute: `${k}:${JSON.stringify(v)}` }); } }, `${k}: ${v}`));
-    const next = page.next ? new URLSearchParams([...Object.entries(filters).filter(([, v]) => v), ["cursor", page.next]]) : null;
     fill(table, 
       h("table", { "data-testid": "instances" },
         h("thead", {}, h("tr", {}, h("th", {}, "Id"), h("th", {}, "Type"), h("th", {}, "Status"), h("th", { class: "hide-narrow" }, "Attributes"), h("th", { class: "hide-narrow" }, "Started"), h("th", {}, "Updated"))),
