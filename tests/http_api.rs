@@ -682,6 +682,18 @@ async fn every_write_needs_a_token_and_the_right_role_and_a_refusal_writes_nothi
             "/api/v1/instances/auth-1/updates/change_amount".into(),
             json!(0),
         ),
+        // A body the declared type refuses: a refused caller hears 403 first, and
+        // nothing of the declared types.
+        (
+            "signal with a bad body",
+            "/api/v1/instances/auth-1/signals/note".into(),
+            json!(42),
+        ),
+        (
+            "update with a bad body",
+            "/api/v1/instances/auth-1/updates/change_amount".into(),
+            json!("many"),
+        ),
     ];
     let before = host.rt.history("auth-1").await.unwrap().len();
     for (what, path, body) in &writes {

@@ -657,6 +657,16 @@ pub(crate) async fn send_signal(
     Body(body): Body<Value>,
 ) -> ApiResult<(StatusCode, Json<SignalSent>)> {
     let key = idempotency_key(&headers)?;
+    // The policy first: a refused caller learns nothing of the declared types.
+    let workflow_type = state.engine.status(&id).await?.workflow_type;
+    state.engine.authorize(
+        &actor,
+        &Action::Signal {
+            instance: &id,
+            workflow_type: &workflow_type,
+            signal: &name,
+        },
+    )?;
     let payload = state.catalog.signal_body(&name, body)?;
     let recorded = match key {
         Some(key) => {
@@ -723,6 +733,16 @@ pub(crate) async fn send_update(
     Body(body): Body<Value>,
 ) -> ApiResult<axum::response::Response> {
     let key = idempotency_key(&headers)?.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // The policy first: a refused caller learns nothing of the declared types.
+    let workflow_type = state.engine.status(&id).await?.workflow_type;
+    state.engine.authorize(
+        &actor,
+        &Action::Update {
+            instance: &id,
+            workflow_type: &workflow_type,
+            update: &name,
+        },
+    )?;
     let payload = state.catalog.update_body(&name, body)?;
     let wait = Duration::from_millis(state.update_wait_ms.load(Ordering::Relaxed));
     let mut closing = state.closing.subscribe();

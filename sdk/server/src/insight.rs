@@ -43,9 +43,14 @@ pub(crate) struct MapParams {
 /// Instance rows a map or report examines at most per run it may return.
 const INSIGHT_EXAMINED_PER_RUN: usize = 4;
 
+/// Events a map or report holds in memory at most: the runs it reads are capped by
+/// number, and this caps them by size (a type of long histories stops sooner).
+pub const INSIGHT_EVENTS_MAX: usize = 2_000_000;
+
 /// The histories of the runs of `workflow_type` started in the range that the caller
 /// may read, the first `limit` of them (examining at most four rows per run it may
-/// return); and whether more were left unread.
+/// return, holding at most [`INSIGHT_EVENTS_MAX`] events); and whether more were left
+/// unread.
 async fn histories(
     state: &AppState,
     actor: &cairn_runtime::task::Actor,
@@ -67,15 +72,19 @@ async fn histories(
     // large type must not make one request examine them all.
     let examined_max = limit.saturating_mul(INSIGHT_EXAMINED_PER_RUN);
     let mut examined = 0usize;
+    let mut events = 0usize;
     loop {
         let page = state.engine.list_page_as(actor, &filter, after).await?;
         examined += page.examined;
         for info in page.rows {
-            if histories.len() >= limit {
+            if histories.len() >= limit || events >= INSIGHT_EVENTS_MAX {
                 return Ok((histories, true));
             }
             match state.engine.history_as(actor, &info.id).await {
-                Ok(events) => histories.push(events),
+                Ok(history) => {
+                    events += history.len();
+                    histories.push(history);
+                }
                 // Listed, then gone or unreadable to this caller: not part of the result.
                 Err(Error::InstanceNotFound(_) | Error::Forbidden { .. }) => {}
                 Err(err) => return Err(err.into()),
