@@ -18,7 +18,8 @@ use cairn::audit::{event_json, Anchor};
 use cairn::store::{
     verify_history, InstanceQuery, InstanceRow, InstanceStatus, Journal, RedbJournal, StoredEvent,
 };
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
@@ -94,9 +95,12 @@ enum Command {
         /// Only this workflow type.
         #[arg(long = "type", value_name = "TYPE")]
         workflow_type: Option<String>,
-        /// Write to this file instead of standard output.
+        /// Write to this file instead of standard output (a new file: see --force).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Replace the --out file if it exists (never the database being read).
+        #[arg(long, requires = "out")]
+        force: bool,
     },
     /// Runs by status and workflow type, events, and the file's size.
     Stats,
@@ -236,9 +240,12 @@ fn every(ms: u64) -> String {
 enum AnchorsCommand {
     /// Writes one JSON line per run: id, run key, last sequence number and its hash.
     Export {
-        /// Write to this file instead of standard output.
+        /// Write to this file instead of standard output (a new file: see --force).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Replace the --out file if it exists (never the database being read).
+        #[arg(long, requires = "out")]
+        force: bool,
     },
 }
 
@@ -288,17 +295,31 @@ struct Out {
 }
 
 impl Out {
-    fn new(path: Option<&Path>) -> Result<Self, cairn::Error> {
+    /// Standard output, or a new file at `path` (an existing one only with `force`).
+    fn new(path: Option<&Path>, force: bool) -> Result<Self, cairn::Error> {
         let (writer, terminal): (Box<dyn Write>, bool) = match path {
-            Some(path) => (
-                Box::new(std::fs::File::create(path).map_err(|err| {
-                    cairn::Error::InvalidArgument(format!(
-                        "cannot create `{}`: {err}",
-                        path.display()
-                    ))
-                })?),
-                false,
-            ),
+            Some(path) => {
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true);
+                if force {
+                    options.create(true).truncate(true);
+                } else {
+                    options.create_new(true);
+                }
+                let file = options.open(path).map_err(|err| {
+                    cairn::Error::InvalidArgument(
+                        if err.kind() == std::io::ErrorKind::AlreadyExists {
+                            format!(
+                                "`{}` exists: give a new file, or --force to replace it",
+                                path.display()
+                            )
+                        } else {
+                            format!("cannot create `{}`: {err}", path.display())
+                        },
+                    )
+                })?;
+                (Box::new(file), false)
+            }
             None => (Box::new(std::io::stdout()), std::io::stdout().is_terminal()),
         };
         Ok(Self {
@@ -385,14 +406,25 @@ impl Tally {
     /// The last line: `N runs: I intact, D damaged[; A checked against anchors, M
     /// anchored runs missing]` (`noun` is `runs` for a file, `instances` for a server).
     fn summary(&self, noun: &str, total: usize, anchors: Option<usize>) -> String {
+        // `noun` is a plural ending in `s`: one run, one instance.
+        let counted = |n: usize| {
+            if n == 1 {
+                noun.trim_end_matches('s')
+            } else {
+                noun
+            }
+        };
         let mut summary = format!(
-            "{total} {noun}: {} intact, {} damaged",
-            self.intact, self.damaged
+            "{total} {}: {} intact, {} damaged",
+            counted(total),
+            self.intact,
+            self.damaged
         );
         if let Some(missing) = anchors {
             summary += &format!(
-                "; {} checked against anchors, {missing} anchored {noun} missing",
-                self.anchored
+                "; {} checked against anchors, {missing} anchored {} missing",
+                self.anchored,
+                counted(missing)
             );
         }
         summary
@@ -406,7 +438,32 @@ macro_rules! out {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // On some damaged files redb panics; the store contains that and reports it as an
+    // error naming the file, which is printed below. redb's own panic message (and a
+    // backtrace) before it would read as a crash of this tool.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info
+            .location()
+            .is_some_and(|at| at.file().replace('\\', "/").contains("/redb-"))
+        {
+            return;
+        }
+        report(info);
+    }));
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    // A file named on the command line is what the user asked to read: a server taken
+    // from the environment (CAIRN_SERVER) does not override it, and an empty variable
+    // counts as unset.
+    let db_given = matches.value_source("db") == Some(ValueSource::CommandLine);
+    let server_from_env = matches.value_source("server") == Some(ValueSource::EnvVariable);
+    if cli.server.as_deref().is_some_and(|s| s.trim().is_empty()) || (db_given && server_from_env) {
+        cli.server = None;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -518,7 +575,29 @@ fn is_postgres(db: &str) -> bool {
     db.starts_with("postgres://") || db.starts_with("postgresql://")
 }
 
+/// The file a command writes with `--out`, if it writes one.
+fn out_file(command: &Command) -> Option<&Path> {
+    match command {
+        Command::Export { out, .. }
+        | Command::Anchors {
+            command: AnchorsCommand::Export { out, .. },
+        } => out.as_deref(),
+        _ => None,
+    }
+}
+
 async fn run(cli: Cli) -> Result<ExitCode, Stop> {
+    // Even with --force: the tool never writes to the database it reads.
+    if let Some(out) = out_file(&cli.command) {
+        let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+        if same(out, &cli.db) {
+            return Err(cairn::Error::InvalidArgument(format!(
+                "`{}` is the database being read: give --out another file",
+                out.display()
+            ))
+            .into());
+        }
+    }
     if let Some(server) = &cli.server {
         let Some(token) = cli.token.clone() else {
             return Err(Stop::Remote(
@@ -560,7 +639,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Stop> {
                 created_until_ms: until,
                 ..InstanceQuery::default()
             };
-            let mut out = Out::new(None)?;
+            let mut out = Out::new(None, false)?;
             for row in rows(journal, query).await? {
                 if id_contains
                     .as_deref()
@@ -590,7 +669,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Stop> {
         }
         Command::History { id } => {
             let row = row_of(journal, &id).await?;
-            let mut out = Out::new(None)?;
+            let mut out = Out::new(None, false)?;
             for event in history(journal, &row).await? {
                 out!(out, "{}", event_json(&event));
             }
@@ -602,17 +681,18 @@ async fn run(cli: Cli) -> Result<ExitCode, Stop> {
             until,
             workflow_type,
             out,
-        } => return export(journal, since, until, workflow_type, out.as_deref()).await,
+            force,
+        } => return export(journal, since, until, workflow_type, out.as_deref(), force).await,
         Command::Stats => stats(journal, &cli.db).await?,
         Command::Verify { anchors, quiet } => {
             return verify(journal, anchors.as_deref(), quiet).await;
         }
         Command::Anchors {
-            command: AnchorsCommand::Export { out },
-        } => return export_anchors(journal, out.as_deref()).await,
+            command: AnchorsCommand::Export { out, force },
+        } => return export_anchors(journal, out.as_deref(), force).await,
         Command::Schedules { command } => match command {
             None | Some(SchedulesCommand::List) => {
-                let mut out = Out::new(None)?;
+                let mut out = Out::new(None, false)?;
                 for (id, row) in journal.schedules().await? {
                     ScheduleLine::from_row(id, row).print(&mut out)?;
                 }
@@ -643,7 +723,7 @@ async fn show(journal: &dyn Journal, id: &str) -> Result<(), Stop> {
 /// A history as a table a person reads, from the events' JSON (the same offline and
 /// over HTTP).
 fn show_table(id: &str, workflow_type: &str, status: &str, events: &[Value]) -> Result<(), Stop> {
-    let mut out = Out::new(None)?;
+    let mut out = Out::new(None, false)?;
     out!(
         out,
         "{id}  {workflow_type}  {status}  {} events",
@@ -706,7 +786,7 @@ async fn stats(journal: &dyn Journal, path: &Path) -> Result<(), Stop> {
         *by_type.entry(row.workflow_type.clone()).or_default() += 1;
         events += row.next_seq;
     }
-    let mut out = Out::new(None)?;
+    let mut out = Out::new(None, false)?;
     let place = path.to_string_lossy();
     if is_postgres(&place) {
         // The connection string without its password.
@@ -736,6 +816,7 @@ async fn export(
     until: Option<u64>,
     workflow_type: Option<String>,
     path: Option<&Path>,
+    force: bool,
 ) -> Result<ExitCode, Stop> {
     // A run started at or after `until` has no event before it; one last touched before
     // `since` has none after it.
@@ -749,7 +830,7 @@ async fn export(
         .into_iter()
         .filter(|row| since.is_none_or(|since| row.updated_at_ms >= since))
         .collect();
-    let mut out = Out::new(path)?;
+    let mut out = Out::new(path, force)?;
     let bar = out.progress(rows.len() as u64, "runs");
     let mut exported = 0u64;
     let mut damaged = 0usize;
@@ -794,7 +875,19 @@ async fn export(
     })
 }
 
-/// Reads an anchors file: one JSON anchor per line, blank lines skipped.
+/// What `verify` says of a run it could not read: the damage itself, without the
+/// advice to run `cairn verify` that the error carries for a host's log.
+fn damage(err: &cairn::Error) -> String {
+    match err {
+        cairn::Error::Corrupt { location, message } => {
+            format!("[{}] corrupt data in {location}: {message}", err.code())
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Reads an anchors file: one JSON anchor per line, blank lines skipped; a file that
+/// holds none is refused (checked against it, nothing would be checked).
 fn read_anchors(path: &Path) -> Result<HashMap<u128, Anchor>, cairn::Error> {
     let refused = |what: String| {
         cairn::Error::InvalidArgument(format!("anchors file `{}`: {what}", path.display()))
@@ -817,6 +910,13 @@ fn read_anchors(path: &Path) -> Result<HashMap<u128, Anchor>, cairn::Error> {
         })?;
         anchors.insert(key, anchor);
     }
+    if anchors.is_empty() {
+        return Err(refused(
+            "it holds no anchors, so nothing could be checked against it: give the file \
+             `cairn anchors export` wrote"
+                .to_owned(),
+        ));
+    }
     Ok(anchors)
 }
 
@@ -831,19 +931,21 @@ async fn verify(
         None => None,
     };
     let rows = rows(journal, InstanceQuery::default()).await?;
-    let mut out = Out::new(None)?;
+    let mut out = Out::new(None, false)?;
     let bar = out.progress(rows.len() as u64, "runs");
     let mut tally = Tally::default();
     for row in &rows {
         bar.inc(1);
         let anchor = anchors.as_mut().and_then(|all| all.remove(&row.key));
         let verdict = match history(journal, row).await {
-            Err(err) => Err(err.to_string()),
+            Err(err) => Err(damage(&err)),
             Ok(events) => match &anchor {
                 Some(anchor) => anchor
                     .check(&events)
                     .map(|()| format!("{} events, anchor #{} matches", events.len(), anchor.seq))
-                    .map_err(|why| format!("CAIRN-E0004 history of instance `{}`: {why}", row.id)),
+                    .map_err(|why| {
+                        format!("[CAIRN-E0004] history of instance `{}`: {why}", row.id)
+                    }),
                 None => Ok(format!("{} events", events.len())),
             },
         };
@@ -874,9 +976,13 @@ async fn verify(
     })
 }
 
-async fn export_anchors(journal: &dyn Journal, path: Option<&Path>) -> Result<ExitCode, Stop> {
+async fn export_anchors(
+    journal: &dyn Journal,
+    path: Option<&Path>,
+    force: bool,
+) -> Result<ExitCode, Stop> {
     let rows = rows(journal, InstanceQuery::default()).await?;
-    let mut out = Out::new(path)?;
+    let mut out = Out::new(path, force)?;
     let bar = out.progress(rows.len() as u64, "runs");
     let mut damaged = 0usize;
     for row in &rows {
@@ -939,7 +1045,7 @@ async fn run_remote(remote: &Remote, command: Command) -> Result<ExitCode, Stop>
                 filters.push(("status", name));
             }
             let rows = remote.list(&filters).await.map_err(Stop::Remote)?;
-            let mut out = Out::new(None)?;
+            let mut out = Out::new(None, false)?;
             for row in rows {
                 out!(
                     out,
@@ -954,7 +1060,7 @@ async fn run_remote(remote: &Remote, command: Command) -> Result<ExitCode, Stop>
         }
         Command::History { id } => {
             let events = remote.history(&id).await.map_err(Stop::Remote)?;
-            let mut out = Out::new(None)?;
+            let mut out = Out::new(None, false)?;
             for event in events {
                 out!(out, "{event}");
             }
@@ -976,6 +1082,7 @@ async fn run_remote(remote: &Remote, command: Command) -> Result<ExitCode, Stop>
             until,
             workflow_type,
             out,
+            force,
         } => {
             let mut filters = created_range(None, until);
             filters.push(("workflow_type", workflow_type.unwrap_or_default()));
@@ -986,7 +1093,7 @@ async fn run_remote(remote: &Remote, command: Command) -> Result<ExitCode, Stop>
                 .into_iter()
                 .filter(|row| since.is_none_or(|since| row.updated_at_ms >= since))
                 .collect();
-            let mut out = Out::new(out.as_deref())?;
+            let mut out = Out::new(out.as_deref(), force)?;
             let bar = out.progress(rows.len() as u64, "instances");
             let (mut exported, mut damaged) = (0u64, 0usize);
             for row in &rows {
@@ -1025,7 +1132,7 @@ async fn run_remote(remote: &Remote, command: Command) -> Result<ExitCode, Stop>
         }
         Command::Stats => {
             let (by_status, by_type) = remote.counts().await.map_err(Stop::Remote)?;
-            let mut out = Out::new(None)?;
+            let mut out = Out::new(None, false)?;
             out!(out, "server      {}", remote.base());
             out!(out, "instances   {}", by_status.values().sum::<u64>());
             for (status, n) in by_status {
@@ -1043,7 +1150,7 @@ async fn run_remote(remote: &Remote, command: Command) -> Result<ExitCode, Stop>
                 None => None,
             };
             let rows = remote.list(&[]).await.map_err(Stop::Remote)?;
-            let mut out = Out::new(None)?;
+            let mut out = Out::new(None, false)?;
             let bar = out.progress(rows.len() as u64, "instances");
             let mut tally = Tally::default();
             for row in &rows {
@@ -1122,10 +1229,10 @@ async fn run_remote(remote: &Remote, command: Command) -> Result<ExitCode, Stop>
             }
         }
         Command::Anchors {
-            command: AnchorsCommand::Export { out },
+            command: AnchorsCommand::Export { out, force },
         } => {
             let rows = remote.list(&[]).await.map_err(Stop::Remote)?;
-            let mut out = Out::new(out.as_deref())?;
+            let mut out = Out::new(out.as_deref(), force)?;
             let bar = out.progress(rows.len() as u64, "instances");
             let mut damaged = 0usize;
             for row in &rows {
@@ -1163,7 +1270,7 @@ async fn run_remote(remote: &Remote, command: Command) -> Result<ExitCode, Stop>
             }
         }
         Command::Schedules { command } => {
-            let mut out = Out::new(None)?;
+            let mut out = Out::new(None, false)?;
             let done = |view: Value| ScheduleLine::from_json(&view);
             match command {
                 None | Some(SchedulesCommand::List) => {

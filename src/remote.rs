@@ -31,6 +31,22 @@ pub(crate) struct Listed {
     pub(crate) run: String,
 }
 
+/// An error and its causes, outermost first: "error sending request" alone does not say
+/// that the connection was refused.
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// `completed` -> `Completed`, `continued_as_new` -> `ContinuedAsNew`.
 pub(crate) fn status_word(status: &str) -> String {
     status
@@ -51,6 +67,18 @@ impl Remote {
             return Err(format!(
                 "`{base}` is not a server address: give http://HOST:PORT"
             ));
+        }
+        // Refused here rather than sent: an empty token is refused by every host, and
+        // one with a control character cannot go in a header at all.
+        if token.trim().is_empty() {
+            return Err("the token is empty: give the one the host issued to you".to_owned());
+        }
+        if token.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(
+                "the token holds a space or a control character (a stray newline?): give it \
+                 as the host issued it"
+                    .to_owned(),
+            );
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
@@ -85,23 +113,31 @@ impl Remote {
         let response = request
             .send()
             .await
-            .map_err(|err| format!("cannot reach {}: {err}", self.base))?;
+            .map_err(|err| format!("cannot reach {}: {}", self.base, causes(&err)))?;
         let status = response.status();
         let bytes = response
             .bytes()
             .await
-            .map_err(|err| format!("{url}: the answer broke off: {err}"))?;
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if !status.is_success() {
-            let code = body["code"].as_str().unwrap_or("");
-            let message = body["message"].as_str().unwrap_or("");
-            return Err(match status.as_u16() {
-                401 => format!("the server refused the token ({code}: {message})"),
-                _ if code.is_empty() => format!("{url}: HTTP {status}"),
-                _ => format!("{code}: {message}"),
+            .map_err(|err| format!("{url}: the answer broke off: {}", causes(&err)))?;
+        let parsed = serde_json::from_slice::<Value>(&bytes);
+        if status.is_success() {
+            // Something else answered (a proxy's page, another service): reading on
+            // would print nothing and let `verify` pass having checked nothing.
+            return parsed.map_err(|err| {
+                format!(
+                    "{url}: the answer is not JSON from a Cairn host ({err}): check the \
+                     server address"
+                )
             });
         }
-        Ok(body)
+        let body = parsed.unwrap_or(Value::Null);
+        let code = body["code"].as_str().unwrap_or("");
+        let message = body["message"].as_str().unwrap_or("");
+        Err(match status.as_u16() {
+            401 => format!("the server refused the token ({code}: {message})"),
+            _ if code.is_empty() => format!("{url}: HTTP {status}"),
+            _ => format!("{code}: {message}"),
+        })
     }
 
     /// Every instance the filters select that the token may read, oldest first.
@@ -117,7 +153,13 @@ impl Remote {
             let page = self
                 .get(&format!("/api/v1/instances?{}", encode(&query)))
                 .await?;
-            for row in page["instances"].as_array().into_iter().flatten() {
+            let Some(instances) = page["instances"].as_array() else {
+                return Err(format!(
+                    "{}: the answer is not a page of instances: check the server address",
+                    self.base
+                ));
+            };
+            for row in instances {
                 let status = row["status"].as_str().unwrap_or("");
                 let status = match (&row["parked"], status) {
                     (Value::Object(why), "parked") => format!(

@@ -413,3 +413,201 @@ async fn the_same_commands_read_a_running_host_through_its_api() {
         text(&unreachable.stderr)
     );
 }
+
+#[tokio::test]
+async fn the_tool_never_writes_over_the_database_or_an_existing_file_and_reads_what_it_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("greetings.redb");
+    populate(&path).await.shutdown().await;
+    let size = std::fs::metadata(&path).unwrap().len();
+    let db = path.to_str().unwrap();
+
+    // `--out` naming the database read is refused, even with --force, and the file is
+    // untouched (it was emptied before).
+    for args in [
+        vec!["export", "--out", db],
+        vec!["export", "--out", db, "--force"],
+        vec!["anchors", "export", "--out", db, "--force"],
+    ] {
+        let refused = cairn(&path, &args);
+        assert_eq!(refused.status.code(), Some(2), "{args:?}");
+        assert!(
+            text(&refused.stderr).contains("is the database being read"),
+            "{args:?}: {}",
+            text(&refused.stderr)
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), size, "{args:?}");
+    }
+    // An existing file (say, anchors kept as evidence) is replaced only with --force.
+    let anchors = dir.path().join("anchors.jsonl");
+    let anchors_arg = anchors.to_str().unwrap();
+    assert!(cairn(&path, &["anchors", "export", "--out", anchors_arg])
+        .status
+        .success());
+    let kept = std::fs::read(&anchors).unwrap();
+    let again = cairn(&path, &["anchors", "export", "--out", anchors_arg]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        text(&again.stderr).contains("--force"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert_eq!(std::fs::read(&anchors).unwrap(), kept);
+    assert!(cairn(
+        &path,
+        &["anchors", "export", "--out", anchors_arg, "--force"]
+    )
+    .status
+    .success());
+
+    // An anchors file with no anchors checks nothing: refused, not passed.
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "\n").unwrap();
+    let nothing = cairn(&path, &["verify", "--anchors", empty.to_str().unwrap()]);
+    assert_eq!(nothing.status.code(), Some(2), "{}", text(&nothing.stdout));
+    assert!(
+        text(&nothing.stderr).contains("holds no anchors"),
+        "{}",
+        text(&nothing.stderr)
+    );
+
+    // A file named on the command line is read even when CAIRN_SERVER names a host,
+    // and an empty CAIRN_SERVER counts as unset.
+    for server in ["http://127.0.0.1:1", ""] {
+        let read = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .env("CAIRN_SERVER", server)
+            .env("CAIRN_TOKEN", "some-token")
+            .args(["--db", db, "verify", "--quiet"])
+            .output()
+            .unwrap();
+        assert!(
+            read.status.success(),
+            "CAIRN_SERVER={server:?}: {}",
+            text(&read.stderr)
+        );
+        assert!(
+            text(&read.stdout).starts_with("3 runs: 3 intact"),
+            "{}",
+            text(&read.stdout)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_or_short_file_gets_its_own_reason_and_no_panic_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("greetings.redb");
+    populate(&path).await.shutdown().await;
+    let bytes = std::fs::read(&path).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty", Vec::new(), "the file is empty"),
+        ("short", bytes[..100].to_vec(), "ends before"),
+        (
+            "cut short",
+            bytes[..bytes.len() / 2].to_vec(),
+            "a copy cut short",
+        ),
+    ];
+    for (what, content, says) in cases {
+        let copy = dir.path().join(format!("{}.redb", what.replace(' ', "-")));
+        std::fs::write(&copy, &content).unwrap();
+        let refused = cairn(&copy, &["list"]);
+        assert_eq!(refused.status.code(), Some(2), "{what}");
+        let stderr = text(&refused.stderr);
+        assert!(stderr.contains(says), "{what}: {stderr}");
+    }
+    let directory = cairn(dir.path(), &["list"]);
+    assert!(
+        text(&directory.stderr).contains("is a directory"),
+        "{}",
+        text(&directory.stderr)
+    );
+    // Single-byte flips in the recorded audit file (some of these offsets make redb
+    // panic): whatever each does, the tool answers with its own error or verdict, never
+    // redb's panic message or a backtrace.
+    let golden = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/audit.redb"),
+    )
+    .unwrap();
+    let flipped = dir.path().join("flipped.redb");
+    let mut contained = 0;
+    let offsets = [4096, 12288, 16384, 57352, 61442]
+        .into_iter()
+        .chain((4096..golden.len().min(64 * 1024)).step_by(1021));
+    for offset in offsets {
+        let mut damaged = golden.clone();
+        damaged[offset] ^= 0xff;
+        std::fs::write(&flipped, &damaged).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .env("RUST_BACKTRACE", "1")
+            .args(["--db", flipped.to_str().unwrap(), "verify"])
+            .output()
+            .unwrap();
+        let stderr = text(&output.stderr);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("stack backtrace"),
+            "byte {offset}: {stderr}"
+        );
+        assert_ne!(output.status.code(), None, "byte {offset}: killed");
+        contained += usize::from(stderr.contains("redb failed on the file's contents"));
+    }
+    assert!(
+        contained > 0,
+        "no flip made redb panic: the check above checked nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_not_a_cairn_host_fails_verify_instead_of_passing_it() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // Answers every request 200 with a web page, as a proxy's login page would.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let page = "<html>sign in</html>";
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let server = format!("http://{addr}");
+    for command in [&["verify"][..], &["list"], &["anchors", "export"]] {
+        let output = tokio::task::spawn_blocking({
+            let server = server.clone();
+            let command = command.to_vec();
+            move || {
+                Command::new(env!("CARGO_BIN_EXE_cairn"))
+                    .args(["--server", &server, "--token", "auditor-token-0123"])
+                    .args(&command)
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{command:?}");
+        assert!(
+            text(&output.stderr).contains("not JSON from a Cairn host"),
+            "{command:?}: {}",
+            text(&output.stderr)
+        );
+    }
+    // A token with a stray newline is refused before anything is sent.
+    let output = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--server", &server, "--token", "abc\n", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).contains("control character"),
+        "{}",
+        text(&output.stderr)
+    );
+}

@@ -375,10 +375,19 @@ impl RedbStore {
     /// [`Error::UnsupportedFormat`] for a newer Cairn's file.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        if !std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() > 0) {
+        let refused = match std::fs::metadata(&path) {
+            Err(_) => Some("no such database file"),
+            Ok(found) if found.is_dir() => Some("it is a directory, not a database file"),
+            Ok(found) if !found.is_file() => Some("it is not a regular file"),
+            Ok(found) if found.len() == 0 => {
+                Some("the file is empty (a copy that failed, or not a database)")
+            }
+            Ok(_) => None,
+        };
+        if let Some(message) = refused {
             return Err(Error::Open {
                 path,
-                message: "no such database file".into(),
+                message: message.into(),
                 remedy: "Check the path; a read-only open creates nothing.",
             });
         }
@@ -567,7 +576,7 @@ impl RedbStore {
                 "it is a redb database of another program (tables: {})",
                 foreign.join(", ")
             ),
-            remedy: "Check the path: Cairn only opens files it created.",
+            remedy: "Check the path: Cairn only opens files it created. If it is the right file, its table names are damaged: restore it from a backup.",
         })
     }
 
@@ -814,8 +823,8 @@ fn open_error(path: &Path, err: impl Into<redb::Error>) -> Error {
             "Stop that host first. A read-only open beside a running host is refused too: it could read pages the host is rewriting.",
         ),
         redb::Error::RepairAborted => (
-            "it was not closed cleanly, and a read-only open cannot make the repair that needs".to_owned(),
-            "Open it once with a host (that open repairs it), or read a copy opened by one.",
+            "it needs the repair made after an unclean stop, which a read-only open does not make; a copy cut short, or taken while a host was writing, looks the same".to_owned(),
+            "If it is a copy, copy the file again while its host is stopped and compare the sizes. If it is a host's own file, open it once with a host (that open repairs it, and writes to the file: work on a copy if the file is evidence).",
         ),
         redb::Error::Corrupted(msg) => (
             format!("the file is not a valid redb database or is damaged ({msg})"),
@@ -827,11 +836,15 @@ fn open_error(path: &Path, err: impl Into<redb::Error>) -> Error {
         ),
         redb::Error::TableTypeMismatch { .. } | redb::Error::TableIsMultimap(_) | redb::Error::TableIsNotMultimap(_) => (
             err.to_string(),
-            "The file is a redb database of another program, not a Cairn database; check the path.",
+            "The file is a redb database of another program, or a damaged Cairn file; check the path, and if it is the right file restore it from a backup.",
+        ),
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => (
+            "the file ends before the structure it holds says it should (cut short, damaged, or not a database)".to_owned(),
+            "If it is a copy, copy it again and compare the sizes; if it is the right file, restore it from a backup.",
         ),
         redb::Error::Io(io) => (
             format!("I/O error: {io}"),
-            "Check that the path exists, is a regular file and is readable and writable.",
+            "Check that the path is a regular file this process may read (and write, for a host).",
         ),
         _ => (err.to_string(), "Check the path and the file's integrity; restore from a backup if it is damaged."),
     };
