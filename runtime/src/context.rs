@@ -84,7 +84,8 @@ struct CtxState {
     /// The driver is dropping the workflow's future: steps dropped now are not abandoned
     /// by the workflow.
     ending: bool,
-    /// Signal waits whose delivery is being recorded: step -> the signal's `seq`.
+    /// Signal waits that took a signal the workflow has not received yet (its delivery
+    /// being recorded, or recorded): step -> the signal's `seq`.
     reserved: std::collections::BTreeMap<StepNo, u64>,
     /// An activity result not sent to the store yet, with the hold that keeps virtual
     /// time still until it is durable (see `hold_result`).
@@ -929,9 +930,19 @@ impl WorkflowContext {
         };
         // A combinator polls `work` in place: an `async fn` kept it twice, as its
         // argument and as the future it awaited (the step's whole state, boxed per step).
-        work.map(move |out| {
+        work.then(move |out| {
+            // A sibling branch stopped the run meanwhile (a continue-as-new, a failure):
+            // the workflow sees nothing more. The step stays unfinished, so its guard,
+            // dropped with the run, gives back a signal it took (a hand-over then
+            // carries it) instead of the workflow taking it on a path that cannot go on.
+            if lock(&guard.ctx.inner.state).stop.is_some() {
+                return futures::future::Either::Right(async move {
+                    let _unfinished = guard;
+                    std::future::pending().await
+                });
+            }
             guard.finish();
-            out
+            futures::future::Either::Left(std::future::ready(out))
         })
     }
 
@@ -1830,14 +1841,21 @@ impl WorkflowContext {
                 let arrived = inbox.arrived.notified();
                 tokio::pin!(arrived);
                 arrived.as_mut().enable();
+                // A sibling branch stopped the run in this poll (a continue-as-new, say):
+                // a signal taken now could never be recorded, and the hand-over, which
+                // carries only what is not taken, would lose it.
+                if lock(&self.inner.state).stop.is_some() {
+                    return std::future::pending().await;
+                }
                 if let Some((signal_seq, payload, key)) = inbox.take(name) {
                     let delivered = signal::delivered(step, name, signal_seq);
                     // Should the workflow drop this wait now (it lost a `select!`), the
                     // signal goes back to the inbox with the step's abandonment.
+                    // Kept until the workflow has the body (`LiveGuard::finish`).
                     lock(&self.inner.state).reserved.insert(step, signal_seq);
                     let appended = self.append(delivered).await;
-                    lock(&self.inner.state).reserved.remove(&step);
                     if let Err(err) = appended {
+                        lock(&self.inner.state).reserved.remove(&step);
                         inbox.untake(signal_seq);
                         return self.abort(err).await;
                     }
@@ -2238,6 +2256,8 @@ struct LiveGuard<'a> {
 impl LiveGuard<'_> {
     fn finish(mut self) {
         self.armed = false;
+        // A signal the step took is the workflow's now.
+        lock(&self.ctx.inner.state).reserved.remove(&self.step);
         self.ctx.inner.inbox.progressed();
     }
 }
@@ -2251,14 +2271,23 @@ impl Drop for LiveGuard<'_> {
         let Some(host) = &inner.host else {
             return;
         };
-        let released = {
+        let (released, ending) = {
             let mut state = lock(&inner.state);
-            // The run itself is ending (evicted, stopped, shut down): not a lost race.
-            if state.stop.is_some() || state.ending {
-                return;
-            }
-            state.reserved.remove(&self.step)
+            let released = state.reserved.remove(&self.step);
+            // The run itself is ending (evicted, stopped, shut down, handed over): not a
+            // lost race, so nothing is recorded.
+            (released, state.stop.is_some() || state.ending)
         };
+        if ending {
+            // A signal this wait took and had not returned yet goes back in memory, so
+            // that a hand-over carries it to the next run (its delivery, if it still
+            // commits, is to a step this run never finished). After an eviction or a
+            // rebuild the history sets it again (`Inbox::load`).
+            if let Some(signal_seq) = released {
+                inner.inbox.untake(signal_seq);
+            }
+            return;
+        }
         // A signal this wait took goes back to the inbox: the abandonment that follows
         // its delivery gives it back in the history too (`History::apply`).
         if let Some(signal_seq) = released {

@@ -84,3 +84,50 @@ async fn each_run_starts_fresh_and_the_id_answers_with_the_final_result() {
     assert!(all.iter().all(|(_, events)| *events <= 6), "{all:?}");
     rt.shutdown().await;
 }
+
+/// Takes at most one "cmd" per run, racing it against a short timer whose branch hands
+/// over itself: while that branch stops the run, the signal's branch is still polled in
+/// the same `select!`. Commands only all arrive if none is lost at a hand-over.
+#[workflow]
+async fn commands(ctx: Ctx, state: (u32, u32)) -> Result<u32, WorkflowError> {
+    let (counted, wanted) = state;
+    if counted >= wanted {
+        return Ok(counted);
+    }
+    tokio::select! {
+        cmd = ctx.signal::<u32>("cmd") => {
+            cmd?;
+            ctx.continue_as_new((counted + 1, wanted)).await
+        }
+        handed = async {
+            ctx.sleep(std::time::Duration::from_millis(1)).await?;
+            ctx.continue_as_new((counted, wanted)).await
+        } => handed,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_that_meets_a_hand_over_from_a_sibling_branch_is_never_lost() {
+    // A wait could take a signal in the poll where its sibling branch continued as new
+    // (or have its delivery in flight then): the run ended, the signal was marked taken
+    // in memory, and the hand-over did not carry it. The chain then never counted it.
+    const COMMANDS: u32 = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder()
+        .workflow(commands)
+        .open_store(&dir.path().join("db.redb"))
+        .await
+        .unwrap();
+    let handle = rt.start(commands, "c-1", (0, COMMANDS)).await.unwrap();
+    for n in 0..COMMANDS {
+        rt.signal("c-1", "cmd", &n).await.unwrap();
+        if n % 3 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    let counted = tokio::time::timeout(std::time::Duration::from_secs(30), handle.result())
+        .await
+        .expect("every command was counted (a lost one leaves the chain waiting)");
+    assert_eq!(counted.unwrap().unwrap(), COMMANDS);
+    rt.shutdown().await;
+}
