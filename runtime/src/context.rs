@@ -68,6 +68,9 @@ struct CtxState {
     /// A step already ended because of the cancellation request (recorded or replayed);
     /// later steps run normally, so cleanup can use activities.
     cancel_delivered: bool,
+    /// The step that took the cancellation and has not returned it to the workflow yet:
+    /// dropped unfinished, it gives the cancellation back (`LiveGuard`).
+    cancel_holder: Option<StepNo>,
     /// Operations that are doing work (an activity attempt, an append in flight); while
     /// any is, the run is not idle and must stay in memory.
     busy: u32,
@@ -462,6 +465,7 @@ impl WorkflowContext {
                     stop: None,
                     stopped: false,
                     cancel_delivered,
+                    cancel_holder: None,
                     busy: 0,
                     pinned: 0,
                     waits: std::collections::BTreeMap::new(),
@@ -1480,6 +1484,7 @@ impl WorkflowContext {
             }
             let reason = self.inner.inbox.cancel_reason()?;
             state.cancel_delivered = true;
+            state.cancel_holder = Some(step);
             reason
         };
         let cancelled = EventKind::StepCancelled {
@@ -2153,6 +2158,7 @@ impl WorkflowContext {
             }
             let reason = self.inner.inbox.cancel_reason()?;
             state.cancel_delivered = true;
+            state.cancel_holder = Some(step);
             reason
         };
         let busy = self.busy();
@@ -2167,7 +2173,9 @@ impl WorkflowContext {
                 Some(reason)
             }
             Ok(_) => {
-                lock(&self.inner.state).cancel_delivered = false;
+                let mut state = lock(&self.inner.state);
+                state.cancel_delivered = false;
+                state.cancel_holder = None;
                 None
             }
             Err(err) => self.abort(err).await,
@@ -2256,8 +2264,14 @@ struct LiveGuard<'a> {
 impl LiveGuard<'_> {
     fn finish(mut self) {
         self.armed = false;
-        // A signal the step took is the workflow's now.
-        lock(&self.ctx.inner.state).reserved.remove(&self.step);
+        // A signal or the cancellation the step took is the workflow's now.
+        {
+            let mut state = lock(&self.ctx.inner.state);
+            state.reserved.remove(&self.step);
+            if state.cancel_holder == Some(self.step) {
+                state.cancel_holder = None;
+            }
+        }
         self.ctx.inner.inbox.progressed();
     }
 }
@@ -2274,6 +2288,14 @@ impl Drop for LiveGuard<'_> {
         let (released, ending) = {
             let mut state = lock(&inner.state);
             let released = state.reserved.remove(&self.step);
+            // A cancellation the step took and the workflow never saw ends the next wait
+            // instead (a hand-over carries it); the abandonment gives it back in the
+            // history too (`History::apply`).
+            if state.cancel_holder == Some(self.step) {
+                state.cancel_holder = None;
+                state.cancel_delivered = false;
+                inner.inbox.arrived.notify_waiters();
+            }
             // The run itself is ending (evicted, stopped, shut down, handed over): not a
             // lost race, so nothing is recorded.
             (released, state.stop.is_some() || state.ending)

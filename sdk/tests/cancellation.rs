@@ -178,3 +178,79 @@ async fn a_cancellation_requested_while_the_host_is_down_is_delivered_after_star
     ));
     rt.shutdown().await;
 }
+
+/// Waits for "ok" or an hour, whichever comes first, then an hour more.
+#[workflow]
+async fn ok_or_hour(ctx: Ctx) -> Result<String, WorkflowError> {
+    let hour = std::time::Duration::from_secs(3600);
+    let first = tokio::select! {
+        ok = ctx.signal::<()>("ok") => ok.map(|()| "ok"),
+        slept = ctx.sleep(hour) => slept.map(|()| "hour"),
+    };
+    if first.is_err() {
+        return Ok("cancelled at the race".into());
+    }
+    match ctx.sleep(hour).await {
+        Ok(()) => Ok("an hour later".into()),
+        Err(_) => Ok("cancelled after the race".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_taken_by_a_step_that_lost_the_race_ends_the_next_wait() {
+    // "ok" and the cancellation arrive together: the timer branch may take the
+    // cancellation while the signal branch wins. The cancellation was then delivered
+    // to a step the workflow never saw, and the next wait slept its hour.
+    const INSTANCES: u32 = 30;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder()
+        .workflow(ok_or_hour)
+        .open_store(&dir.path().join("db.redb"))
+        .await
+        .unwrap();
+    for n in 0..INSTANCES {
+        rt.start(ok_or_hour, &format!("race-{n}"), ())
+            .await
+            .unwrap();
+    }
+    for n in 0..INSTANCES {
+        let id = format!("race-{n}");
+        rt.signal(&id, "ok", &()).await.unwrap();
+        rt.cancel(&id, "no longer needed").await.unwrap();
+    }
+    for n in 0..INSTANCES {
+        let id = format!("race-{n}");
+        let said = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            rt.handle(ok_or_hour, &id).result(),
+        )
+        .await;
+        if said.is_err() {
+            let kinds: Vec<String> = rt
+                .history(&id)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| format!("{:?}", e.record.kind))
+                .collect();
+            panic!("{id}: the cancellation was swallowed: {kinds:#?}");
+        }
+        let said = said.unwrap().unwrap().unwrap();
+        assert!(said.starts_with("cancelled"), "{id}: {said}");
+        let records: Vec<_> = rt
+            .history(&id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.record)
+            .collect();
+        assert!(
+            matches!(
+                rt.replay(&records).await.unwrap(),
+                ReplayVerdict::Matches(_)
+            ),
+            "{id}"
+        );
+    }
+    rt.shutdown().await;
+}

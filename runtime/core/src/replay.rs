@@ -242,6 +242,14 @@ impl History {
                 if let Some(signal) = taken.and_then(|seq| self.signals.get_mut(&seq)) {
                     signal.delivered = false;
                 }
+                // So is a cancellation it took: the workflow never saw it, and the next
+                // wait takes it.
+                let cancelled = self.steps.get(step).is_some_and(|entry| {
+                    matches!(entry.outcome, Some(RecordedOutcome::Cancelled { .. }))
+                });
+                if cancelled {
+                    self.cancel_delivered = false;
+                }
             }
             EventKind::RunContinued { run, .. } => {
                 // Only right after the start, once, and never as the chain's first run.
@@ -804,5 +812,52 @@ mod tests {
                 deadline_ms: Some(99)
             })
         );
+    }
+
+    #[test]
+    fn a_cancellation_taken_by_an_abandoned_step_is_delivered_again() {
+        let start = record(
+            0,
+            EventKind::WorkflowStarted {
+                workflow_type: "order".into(),
+                id: "o-1".into(),
+                input: json("1"),
+            },
+        );
+        let requested = record(
+            1,
+            EventKind::CancelRequested {
+                reason: "stop".into(),
+            },
+        );
+        let cancelled = record(
+            2,
+            EventKind::StepCancelled {
+                step: 2,
+                step_kind: "timer".into(),
+                name: "sleep".into(),
+                reason: "stop".into(),
+            },
+        );
+        let taken =
+            History::from_records(&[start.clone(), requested.clone(), cancelled.clone()]).unwrap();
+        assert!(taken.cancel_delivered);
+        // The workflow dropped that step (a `select!` it lost): it never saw the
+        // cancellation, which is the next wait's.
+        let abandoned = record(3, EventKind::StepAbandoned { step: 2 });
+        let given_back =
+            History::from_records(&[start.clone(), requested.clone(), cancelled, abandoned])
+                .unwrap();
+        assert!(!given_back.cancel_delivered);
+        // A step abandoned with another outcome leaves the cancellation where it was.
+        let fired = record(2, EventKind::TimerFired { step: 2 });
+        let other = History::from_records(&[
+            start,
+            requested,
+            fired,
+            record(3, EventKind::StepAbandoned { step: 2 }),
+        ])
+        .unwrap();
+        assert!(!other.cancel_delivered);
     }
 }
