@@ -23,8 +23,7 @@ use crate::port::{HostPort, Observation, Outcome};
 
 use crate::port::{RunTaskAnswer, RunTaskChange};
 use crate::replay::{
-    requested, Decision, History, PatchDecision, RecordedOutcome, RecordedResult, StepKind,
-    StepRequest,
+    requested, Decision, History, PatchDecision, RecordedOutcome, StepKind, StepRequest,
 };
 use crate::step::activity::{self, AfterAttempt};
 use crate::step::{answer, attributes, child, notice, patch, publish, signal, task, timer, value};
@@ -48,8 +47,6 @@ pub enum PatchPlan {
 pub(crate) enum Stop {
     /// An error that parks the instance (non-determinism, undecodable payload, storage).
     Fatal(Error),
-    /// Replay-only mode reached a step history does not hold.
-    EndOfHistory(StepNo),
     /// The workflow asked to continue as a new run with this input.
     ContinueAsNew(Payload),
     /// Always-replay mode: a step just became durable; rebuild the run from the log.
@@ -61,6 +58,10 @@ pub(crate) enum Stop {
 
 struct CtxState {
     next_step: StepNo,
+    /// Offline replay (no host): the steps the code asked for that the history does not
+    /// hold and that it still waits for (a dropped one leaves). They never resolve; the
+    /// replayer reads them once the workflow is stuck.
+    beyond: std::collections::BTreeMap<StepNo, StepDescriptor>,
     stop: Option<Stop>,
     /// A stop was set, also once the driver has taken it (`take_stop`): an attempt
     /// whose task waited for a commit meanwhile must not start (`Before::settle`).
@@ -462,6 +463,7 @@ impl WorkflowContext {
                 history,
                 state: Mutex::new(CtxState {
                     next_step: 1,
+                    beyond: std::collections::BTreeMap::new(),
                     stop: None,
                     stopped: false,
                     cancel_delivered,
@@ -540,6 +542,16 @@ impl WorkflowContext {
     /// Whether the next step is still covered by recorded history.
     pub fn is_replaying(&self) -> bool {
         lock(&self.inner.state).next_step <= self.inner.history.last_step()
+    }
+
+    /// Offline replay: the steps the code asked for that the history does not hold and
+    /// still waits for, by step number (see `decide_then`).
+    pub(crate) fn beyond_history(&self) -> Vec<(StepNo, StepDescriptor)> {
+        lock(&self.inner.state)
+            .beyond
+            .iter()
+            .map(|(step, asked)| (*step, asked.clone()))
+            .collect()
     }
 
     pub(crate) fn last_requested_step(&self) -> StepNo {
@@ -1082,24 +1094,18 @@ impl WorkflowContext {
                 deadline_ms,
             }) => {
                 if self.inner.host.is_none() {
-                    // A finished history must explain the whole run; a terminated one
-                    // simply stops here.
-                    if matches!(
-                        self.inner.history.result,
-                        Some(RecordedResult::Completed(_) | RecordedResult::Failed(_))
-                    ) {
-                        let recorded = StepDescriptor {
-                            kind: "end of history",
-                            name: "(the recorded run ended here)".into(),
-                            input: None,
-                        };
-                        let err = self
-                            .inner
-                            .history
-                            .divergence(step, recorded, requested(request));
-                        return self.abort(err.into()).await;
-                    }
-                    self.set_stop(Stop::EndOfHistory(step));
+                    // Offline, a step the history does not hold never resolves. It is not
+                    // a divergence yet: it may be the branch of a `select!` that lost
+                    // before it was ever polled (the recorded run took the other branch
+                    // on its first poll), and the winner resolves now. The replayer
+                    // judges once the workflow can go no further (`beyond_history`).
+                    lock(&self.inner.state)
+                        .beyond
+                        .entry(step)
+                        .or_insert_with(|| requested(request));
+                    // Dropped (a `select!` went on with its other branch), the step is
+                    // not where the code waits.
+                    let _waiting = BeyondGuard { ctx: self, step };
                     return std::future::pending().await;
                 }
                 Decision::Run {
@@ -2251,6 +2257,19 @@ impl Drop for BusyGuard<'_> {
         let mut state = lock(&self.0.inner.state);
         state.busy = state.busy.saturating_sub(1);
         self.0.changed(&mut state);
+    }
+}
+
+/// Offline replay: takes its step off the steps the code waits for beyond the history
+/// when the workflow drops it.
+struct BeyondGuard<'a> {
+    ctx: &'a WorkflowContext,
+    step: StepNo,
+}
+
+impl Drop for BeyondGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.ctx.inner.state).beyond.remove(&self.step);
     }
 }
 

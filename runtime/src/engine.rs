@@ -2670,7 +2670,6 @@ async fn run_once(
             let _ = ctx.queued_durable().await;
             return Err(err);
         }
-        Err(Stop::EndOfHistory(_)) => return Err(Error::ShutDown),
         Err(Stop::ContinueAsNew(input)) => {
             // The hand-over counts the run's events from memory, which a queued result
             // reaches only once it is durable.

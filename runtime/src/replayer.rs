@@ -13,7 +13,7 @@ use crate::codec::Codec;
 use crate::context::{Inbox, Stop, WorkflowContext};
 use crate::drive::{drive, factory_for, finished_outcome, WorkflowFactory, WorkflowResult};
 use crate::error::{Error, Result, StepDescriptor, StorageFailure};
-use crate::event::EventRecord;
+use crate::event::{EventRecord, StepNo};
 use crate::port::Outcome;
 use crate::replay::{History, RecordedResult};
 use cairn_core::journal::{verify_history, InstanceQuery, Journal};
@@ -120,11 +120,12 @@ impl Replayer {
             records.len() as u64,
         );
         let input = ctx.history().input.clone();
-        let outcome = match drive(&ctx, factory(ctx.clone(), input)).await {
+        let driven = match until_stuck(&ctx, drive(&ctx, factory(ctx.clone(), input))).await {
+            Ok(driven) => driven,
+            Err(waiting) => return stuck(&ctx, &waiting),
+        };
+        let outcome = match driven {
             Err(Stop::Fatal(err)) => return Err(err),
-            Err(Stop::EndOfHistory(next_step)) => {
-                return Ok(ReplayVerdict::Unfinished { next_step })
-            }
             Err(Stop::ContinueAsNew(input)) => Outcome::ContinuedAsNew(input),
             // Only a run with a host asks for these; a replay has none.
             Err(Stop::Replay | Stop::HandedOver) => {
@@ -213,5 +214,66 @@ pub(crate) fn result_descriptor(outcome: &Outcome) -> StepDescriptor {
         kind: "workflow result",
         name: name.into(),
         input: Some(input),
+    }
+}
+
+/// Polls `future` until it is ready, or until a poll leaves it pending with nothing
+/// woken: then the steps beyond the history the workflow waits for (read while it is
+/// still alive). Offline, every recorded step resolves within the poll that asks for
+/// it, so a workflow that pends without waking itself can go no further.
+async fn until_stuck<F: std::future::Future>(
+    ctx: &WorkflowContext,
+    future: F,
+) -> std::result::Result<F::Output, Vec<(StepNo, StepDescriptor)>> {
+    struct Woken(std::sync::atomic::AtomicBool);
+    impl futures::task::ArcWake for Woken {
+        fn wake_by_ref(this: &Arc<Self>) {
+            this.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let woken = Arc::new(Woken(std::sync::atomic::AtomicBool::new(false)));
+    let waker = futures::task::waker(woken.clone());
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(move |_| loop {
+        woken.0.store(false, std::sync::atomic::Ordering::Relaxed);
+        let mut here = std::task::Context::from_waker(&waker);
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut here) {
+            return std::task::Poll::Ready(Ok(out));
+        }
+        if !woken.0.load(std::sync::atomic::Ordering::Relaxed) {
+            return std::task::Poll::Ready(Err(ctx.beyond_history()));
+        }
+    })
+    .await
+}
+
+/// The verdict on a workflow that went as far as its history takes it and then waited
+/// for steps the history does not hold: an unfinished (or terminated) run agrees with
+/// everything recorded; a finished one should have reached its result.
+fn stuck(ctx: &WorkflowContext, waiting: &[(StepNo, StepDescriptor)]) -> Result<ReplayVerdict> {
+    // The first step the code waits for that the history does not hold.
+    let next = waiting.first().cloned();
+    match &ctx.history().result {
+        Some(RecordedResult::Completed(_) | RecordedResult::Failed(_)) => {
+            let (step, asked) = next.unwrap_or_else(|| {
+                (
+                    ctx.last_requested_step() + 1,
+                    StepDescriptor {
+                        kind: "wait",
+                        name: "(the code waits on something that is not a durable step)".into(),
+                        input: None,
+                    },
+                )
+            });
+            let recorded = StepDescriptor {
+                kind: "end of history",
+                name: "(the recorded run ended here)".into(),
+                input: None,
+            };
+            Err(ctx.history().divergence(step, recorded, asked).into())
+        }
+        _ => Ok(ReplayVerdict::Unfinished {
+            next_step: next.map_or(ctx.last_requested_step() + 1, |(step, _)| step),
+        }),
     }
 }

@@ -23,6 +23,14 @@ use crate::{Activity, ChildFailure, Payload, Workflow};
 /// `futures::join!(ctx.activity(a, x), ctx.activity(b, y))` numbers `a` before `b` on
 /// every run.
 ///
+/// # One durable call per concurrent branch
+/// A branch of a `join!` or `select!` that makes a second call after awaiting its first
+/// gets that number only when the first finishes, and a replay, where recorded steps
+/// finish at once, numbers it otherwise: such a run is parked with `CAIRN-E0001` when it
+/// is next rebuilt from its log (an eviction, a restart), and the error says so. Give
+/// each concurrent branch one durable call, and run a sequence that must go on beside
+/// another as a child workflow ([`Ctx::child`]), which has its own history.
+///
 /// # Dropping a step's future
 /// A step the workflow drops after polling it (the branch that lost a `select!`, the
 /// rest of a `try_join!` after an error) is recorded as abandoned: replay never runs it

@@ -154,3 +154,201 @@ async fn a_read_only_open_of_a_missing_file_creates_nothing() {
     assert_eq!(err.code(), "CAIRN-E0005", "{err}");
     assert!(!path.exists(), "no file was created");
 }
+
+/// A signal or an hour, then (for an unfinished run) one more signal.
+#[workflow]
+async fn ok_or_hour(ctx: Ctx, more: bool) -> Result<String, WorkflowError> {
+    let won = tokio::select! {
+        ok = ctx.signal::<()>("ok") => ok.map(|()| "ok"),
+        slept = ctx.sleep(Duration::from_secs(3600)) => slept.map(|()| "hour"),
+    }?;
+    if more {
+        let _: () = ctx.signal("more").await?;
+    }
+    Ok(won.to_owned())
+}
+
+fn recorded(seq: u64, kind: cairn::events::EventKind) -> cairn::events::EventRecord {
+    cairn::events::EventRecord {
+        instance: 7,
+        seq,
+        prev_lsn: None,
+        prev_hash: cairn::events::GENESIS_HASH,
+        recorded_at_ms: 0,
+        kind,
+        actor: None,
+    }
+}
+
+fn json(text: &str) -> cairn::events::Payload {
+    cairn::events::Payload::new(0, text.as_bytes().to_vec())
+}
+
+#[tokio::test]
+async fn a_select_whose_loser_was_never_polled_replays_to_its_recorded_end() {
+    // A run rebuilt from its log (after a crash, an eviction, or in always-replay mode)
+    // can resolve a `select!` on its first poll with the recorded winner and never poll
+    // the other branch: the loser has no record at all. An audit replay that polled the
+    // loser first called that the end of the history, at random.
+    use cairn::events::EventKind;
+    let replayer = Runtime::builder().workflow(ok_or_hour).replayer().unwrap();
+    let history = |more: bool| {
+        let mut records = vec![
+            recorded(
+                0,
+                EventKind::WorkflowStarted {
+                    workflow_type: "ok_or_hour".into(),
+                    id: "race-1".into(),
+                    input: json(if more { "true" } else { "false" }),
+                },
+            ),
+            recorded(
+                1,
+                EventKind::SignalReceived {
+                    name: "ok".into(),
+                    payload: json("null"),
+                },
+            ),
+            recorded(
+                2,
+                EventKind::SignalDelivered {
+                    step: 1,
+                    name: "ok".into(),
+                    signal_seq: 1,
+                },
+            ),
+        ];
+        if !more {
+            records.push(recorded(
+                3,
+                EventKind::WorkflowCompleted {
+                    output: json("\"ok\""),
+                },
+            ));
+        }
+        records
+    };
+    let finished = history(false);
+    let unfinished = history(true);
+    for _ in 0..32 {
+        match replayer.replay(&finished).await {
+            Ok(ReplayVerdict::Matches(_)) => {}
+            other => panic!("the finished run: {other:?}"),
+        }
+        // The run went on at step 3 (the "more" wait), not at the loser's step 2.
+        match replayer.replay(&unfinished).await {
+            Ok(ReplayVerdict::Unfinished { next_step: 3 }) => {}
+            other => panic!("the unfinished run: {other:?}"),
+        }
+    }
+    // A finished run the code cannot reach the end of is still a divergence: here the
+    // code waits for "more", which the record never gave.
+    let mut reached = finished.clone();
+    reached[0] = recorded(
+        0,
+        EventKind::WorkflowStarted {
+            workflow_type: "ok_or_hour".into(),
+            id: "race-1".into(),
+            input: json("true"),
+        },
+    );
+    match replayer.replay(&reached).await {
+        Err(Error::NonDeterminism(divergence)) => {
+            assert_eq!(divergence.step, 3, "{divergence}");
+            assert_eq!(divergence.recorded.kind, "end of history", "{divergence}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[activity]
+async fn fetch(
+    _ctx: ActivityCtx,
+    (what, delay_ms): (String, u64),
+) -> Result<String, ActivityError> {
+    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    Ok(what)
+}
+
+#[activity]
+async fn keep(_ctx: ActivityCtx, what: String) -> Result<String, ActivityError> {
+    Ok(format!("kept {what}"))
+}
+
+/// Two concurrent branches of two calls each: the second call of each is numbered when
+/// it is made, which depends on which branch's first call finished first.
+#[workflow]
+async fn two_sequences(ctx: Ctx) -> Result<String, WorkflowError> {
+    let (a, b) = futures::join!(
+        async {
+            let x = ctx.activity(fetch, ("x".to_owned(), 300)).await?;
+            ctx.activity(keep, x).await
+        },
+        async {
+            let y = ctx.activity(fetch, ("y".to_owned(), 0)).await?;
+            ctx.activity(keep, y).await
+        },
+    );
+    Ok(format!("{} {}", a?, b?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_numbered_in_another_order_are_named_as_such() {
+    // Live, both fetches are steps 1 and 2, and the second branch's finishes first, so
+    // its `keep` is step 3. A replay resolves the first branch's recorded fetch at once,
+    // and that branch asks for its `keep` as step 2. Not replayable (GUARANTEES says
+    // so); the error must say why and what to do.
+    let dir = tempfile::tempdir().unwrap();
+    // Run once live without a rebuild (whatever CAIRN_ALWAYS_REPLAY says), to record it.
+    let rt = Runtime::builder()
+        .workflow(two_sequences)
+        .always_replay(false)
+        .open(dir.path().join("db.redb"))
+        .await
+        .unwrap();
+    let said = rt
+        .start(two_sequences, "seq-1", ())
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(said, "kept x kept y");
+    let records: Vec<_> = rt
+        .history("seq-1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.record)
+        .collect();
+    match rt.replay(&records).await {
+        Err(Error::NonDeterminism(divergence)) => {
+            assert_eq!(divergence.step, 2, "{divergence}");
+            assert_eq!(divergence.recorded_at, Some(4), "{divergence}");
+            let said = divergence.to_string();
+            assert!(said.contains("recorded as step 4"), "{said}");
+            assert!(said.contains("child workflow"), "{said}");
+        }
+        other => panic!("{other:?}"),
+    }
+    rt.shutdown().await;
+
+    // A run rebuilt from its log (after an eviction or a restart; here after every step)
+    // meets the same divergence and is parked with it, not run on a wrong path.
+    let rt = Runtime::builder()
+        .workflow(two_sequences)
+        .always_replay(true)
+        .open(dir.path().join("rebuilt.redb"))
+        .await
+        .unwrap();
+    let parked = rt
+        .start(two_sequences, "seq-2", ())
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap_err();
+    assert!(parked.to_string().contains("CAIRN-E0001"), "{parked}");
+    rt.shutdown().await;
+}

@@ -48,6 +48,11 @@ pub struct NonDeterminism {
     /// The full encoded inputs differ (their shortened previews in `recorded` and
     /// `requested` may still be equal when they differ only further on).
     pub inputs_differ: bool,
+    /// Another step of the history records exactly the call the code requested (kind,
+    /// name and input): the code made the same calls, numbered in another order, as
+    /// concurrent branches that each make more than one durable call do when their steps
+    /// finish in another order than on the first run.
+    pub recorded_at: Option<StepNo>,
 }
 
 impl NonDeterminism {
@@ -91,6 +96,18 @@ impl fmt::Display for NonDeterminism {
         )?;
         for line in self.diff() {
             write!(f, "; {line}")?;
+        }
+        if let Some(other) = self.recorded_at {
+            return write!(
+                f,
+                ". The requested call is recorded as step {other}: the code made the same calls \
+                 in another order. Steps are numbered when called, so where concurrent \
+                 branches (`join!`, `select!`) each make more than one durable call, a \
+                 branch's later calls are numbered by when its earlier ones finished, and \
+                 a replay, where recorded steps finish at once, numbers them otherwise. \
+                 Make one durable call per concurrent branch, or run each sequence as a \
+                 child workflow (`ctx.child`)"
+            );
         }
         write!(f, ". Restore the previous code path for instances started before the change, or let them finish on the build that started them")
     }

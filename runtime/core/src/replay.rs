@@ -431,6 +431,7 @@ impl History {
         if recorded.kind != request.kind || recorded.name != request.name || input_differs {
             let mut divergence = self.divergence(step, recorded.descriptor(), requested(request));
             divergence.inputs_differ = input_differs;
+            divergence.recorded_at = self.recorded_elsewhere(step, request);
             return Err(divergence);
         }
         Ok(match &recorded.outcome {
@@ -498,6 +499,21 @@ impl History {
         }
     }
 
+    /// Another step that records exactly `request` (kind, name and the full input), if
+    /// one does: the code then made the same calls in another order.
+    fn recorded_elsewhere(&self, step: StepNo, request: StepRequest<'_>) -> Option<StepNo> {
+        let input = request.input?;
+        self.steps
+            .iter()
+            .find(|(other, entry)| {
+                **other != step
+                    && entry.kind == request.kind
+                    && entry.name == request.name
+                    && entry.input.as_ref() == Some(input)
+            })
+            .map(|(other, _)| *other)
+    }
+
     /// Builds the divergence error for `step`.
     pub fn divergence(
         &self,
@@ -512,6 +528,7 @@ impl History {
             recorded,
             requested,
             inputs_differ: false,
+            recorded_at: None,
         })
     }
 }
