@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use cairn_core::error::error_chain;
 use serde_json::Value;
 
 /// A host's API, with the caller's token.
@@ -29,22 +30,6 @@ pub(crate) struct Listed {
     pub(crate) updated_at_ms: u64,
     /// The current run's key, 32 hexadecimal digits.
     pub(crate) run: String,
-}
-
-/// An error and its causes, outermost first: "error sending request" alone does not say
-/// that the connection was refused.
-fn causes(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let said = cause.to_string();
-        if !text.contains(&said) {
-            text.push_str(": ");
-            text.push_str(&said);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// `completed` -> `Completed`, `continued_as_new` -> `ContinuedAsNew`.
@@ -113,12 +98,12 @@ impl Remote {
         let response = request
             .send()
             .await
-            .map_err(|err| format!("cannot reach {}: {}", self.base, causes(&err)))?;
+            .map_err(|err| format!("cannot reach {}: {}", self.base, error_chain(&err)))?;
         let status = response.status();
         let bytes = response
             .bytes()
             .await
-            .map_err(|err| format!("{url}: the answer broke off: {}", causes(&err)))?;
+            .map_err(|err| format!("{url}: the answer broke off: {}", error_chain(&err)))?;
         let parsed = serde_json::from_slice::<Value>(&bytes);
         if status.is_success() {
             // Something else answered (a proxy's page, another service): reading on

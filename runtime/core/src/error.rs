@@ -511,6 +511,23 @@ impl std::error::Error for StorageFailure {
 /// Result alias of the runtime.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// An error and its sources, outermost first, each said once: a client's error often
+/// says only "error sending request" or "db error" and keeps the reason (connection
+/// refused, the server's message, a TLS failure) in its source.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// The message a panic carried, if it was a string.
 pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(text) = panic.downcast_ref::<&str>() {

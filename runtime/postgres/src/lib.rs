@@ -57,7 +57,7 @@ use batch::{Answer, Op, Outcome};
 pub use schema::SCHEMA_VERSION;
 
 use cairn_core::codec::Payload;
-use cairn_core::error::{Error, Result, StorageFailure};
+use cairn_core::error::{error_chain, Error, Result, StorageFailure};
 use cairn_core::event::EventKind;
 use cairn_core::journal::{
     Appended, Expect, InstanceRow, InstanceStatus, RawEvent, RawHistory, Started, Suspension,
@@ -977,22 +977,6 @@ impl PostgresStore {
             .map(|row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
             .collect())
     }
-}
-
-/// An error and its sources, one after the other: a pool's error says "db error" and
-/// keeps the server's reason (or the TLS failure) in its source.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let said = cause.to_string();
-        if !text.contains(&said) {
-            text.push_str(": ");
-            text.push_str(&said);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// `host:port/database` of a connection string, without user or password.
