@@ -767,6 +767,24 @@ impl WorkflowContext {
         }));
     }
 
+    /// Sends the abandonment of step `step` from inside the poll that dropped it, where
+    /// every later step of the run waits for it (`queued`): nothing the workflow does
+    /// next, not even an activity attempt that records nothing before it runs, starts
+    /// before the history says which branch lost (a crash in between would let a replay
+    /// take the other one). A task drives it; a refusal stops the run.
+    fn queue_abandoned(&self, host: &Arc<dyn HostPort>, step: StepNo) {
+        let queued = host
+            .append_sent(self.inner.key, EventKind::StepAbandoned { step })
+            .shared();
+        lock(&self.inner.state).queued = Some(queued.clone());
+        let ctx = self.clone();
+        drop(tokio::spawn(async move {
+            if let Err(err) = queued.await {
+                ctx.refused(err);
+            }
+        }));
+    }
+
     /// Sends the held activity result, if any, to the store (see `hold_result`), to be
     /// waited for by the run's next step; `waker` (the driver's, at the end of a poll)
     /// is woken if the store refuses it.
@@ -1064,7 +1082,9 @@ impl WorkflowContext {
                     self.inner.history.check(step, request),
                     Ok(Decision::Run { .. })
                 );
-            let guard = open.then_some(LiveGuard {
+            // Made only for an open step: a guard made and dropped at once records an
+            // abandonment (so not `then_some`, which builds its argument either way).
+            let guard = open.then(|| LiveGuard {
                 ctx: self,
                 step,
                 armed: true,
@@ -2334,13 +2354,10 @@ impl Drop for LiveGuard<'_> {
         if let Some(signal_seq) = released {
             inner.inbox.untake(signal_seq);
         }
-        // Queued now, from inside the poll that dropped the step, so it is committed no
-        // later than anything the workflow does next.
-        let abandoned = EventKind::StepAbandoned { step: self.step };
         // After an activity result held in this poll (the race's winner, often): the
         // history keeps the order the workflow saw.
         self.ctx.flush_held(None);
-        host.append_detached(inner.key, abandoned);
+        self.ctx.queue_abandoned(host, self.step);
     }
 }
 

@@ -1764,8 +1764,8 @@ impl HostPort for Engine {
         self.shared.journal.queues_appends()
     }
 
-    fn append_detached(&self, key: u128, kind: EventKind) {
-        self.shared.journal.append_detached(key, kind);
+    fn append_sent(&self, key: u128, kind: EventKind) -> cairn_core::journal::AppendTicket {
+        self.shared.journal.append_sent(key, kind)
     }
 
     fn always_replay(&self) -> bool {

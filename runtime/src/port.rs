@@ -99,9 +99,9 @@ pub(crate) trait HostPort: Send + Sync {
         false
     }
 
-    /// Queues `kind` for instance `key` without waiting: for code that cannot wait (a
-    /// `Drop`). It is committed in queue order, before anything queued after it.
-    fn append_detached(&self, key: u128, kind: EventKind);
+    /// Sends `kind`, one of run `key`'s own events, now, in order with the run's other
+    /// appends, and returns what resolves once it is durable (`Journal::append_sent`).
+    fn append_sent(&self, key: u128, kind: EventKind) -> cairn_core::journal::AppendTicket;
 
     /// Whether every run is rebuilt from the log after each durable step.
     fn always_replay(&self) -> bool;

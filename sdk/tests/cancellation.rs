@@ -244,12 +244,14 @@ async fn a_cancellation_taken_by_a_step_that_lost_the_race_ends_the_next_wait() 
             .into_iter()
             .map(|e| e.record)
             .collect();
+        let verdict = rt.replay(&records).await;
         assert!(
-            matches!(
-                rt.replay(&records).await.unwrap(),
-                ReplayVerdict::Matches(_)
-            ),
-            "{id}"
+            matches!(verdict, Ok(ReplayVerdict::Matches(_))),
+            "{id}: {verdict:?}: {:#?}",
+            records
+                .iter()
+                .map(|r| format!("{:?}", r.kind))
+                .collect::<Vec<_>>()
         );
     }
     rt.shutdown().await;

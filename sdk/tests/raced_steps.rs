@@ -134,6 +134,41 @@ async fn activity_or_notice(ctx: Ctx) -> Result<String, WorkflowError> {
     Ok(format!("{first} {won} {tail}"))
 }
 
+/// Each run's id, and whether its history held the loser's abandonment when the step
+/// after the race started.
+static SEEN_ABANDONED: Mutex<Vec<(String, bool)>> = Mutex::new(Vec::new());
+/// The runtime, for the activity below to read histories with.
+static RUNTIME: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
+
+/// Records whether the run's history already holds a `StepAbandoned` as it starts.
+#[activity]
+async fn after_race(ctx: ActivityCtx, id: String) -> Result<(), ActivityError> {
+    let _ = ctx;
+    let Some(rt) = RUNTIME.get() else {
+        return Err(ActivityError::terminal("setup", "no runtime to read with"));
+    };
+    let history = rt
+        .history(&id)
+        .await
+        .map_err(|err| ActivityError::terminal("read", err.to_string()))?;
+    let abandoned = history
+        .iter()
+        .any(|e| matches!(e.record.kind, EventKind::StepAbandoned { .. }));
+    SEEN_ABANDONED.lock().unwrap().push((id, abandoned));
+    Ok(())
+}
+
+/// A signal against an hour; whichever wins, an activity follows.
+#[workflow]
+async fn ok_then_act(ctx: Ctx, id: String) -> Result<(), WorkflowError> {
+    tokio::select! {
+        ok = ctx.signal::<()>("ok") => ok?,
+        slept = ctx.sleep(Duration::from_secs(3600)) => slept?,
+    }
+    ctx.activity(after_race, id).await?;
+    Ok(())
+}
+
 async fn open(path: &std::path::Path) -> Runtime {
     Runtime::builder()
         .workflow(kid)
@@ -143,6 +178,7 @@ async fn open(path: &std::path::Path) -> Runtime {
         .workflow(chain)
         .workflow(either_then_other)
         .workflow(activity_or_notice)
+        .workflow(ok_then_act)
         .eviction_idle(None)
         .open_store(path)
         .await
@@ -483,5 +519,57 @@ async fn a_step_that_lost_before_it_started_does_nothing_when_the_run_is_replaye
             "{id} (won by the {won}): the replay recorded a notification the run never asked for"
         );
     }
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_step_after_a_race_starts_only_once_the_losers_abandonment_is_durable() {
+    // The loser's abandonment was queued without anyone waiting for it, and the next
+    // activity could start (and do its work) before it was committed: a crash then left
+    // two outcomes and no abandonment, and a replay could take the other branch after
+    // the activity had already run.
+    const INSTANCES: u32 = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = open(&dir.path().join("db.redb")).await;
+    assert!(RUNTIME.set(rt.clone()).is_ok());
+    for n in 0..INSTANCES {
+        let id = format!("act-{n}");
+        rt.start(ok_then_act, &id, id.clone()).await.unwrap();
+    }
+    for n in 0..INSTANCES {
+        rt.signal(&format!("act-{n}"), "ok", &()).await.unwrap();
+    }
+    for n in 0..INSTANCES {
+        let id = format!("act-{n}");
+        tokio::time::timeout(PATIENCE, rt.handle(ok_then_act, &id).result())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+    // Where the history records the loser's abandonment before the next step's outcome,
+    // that step saw it durable when it started. (A run rebuilt from its log, as in
+    // always-replay mode, can take the recorded winner without polling the loser, which
+    // a later rebuild then records as abandoned, after the next step.)
+    let seen = SEEN_ABANDONED.lock().unwrap().clone();
+    assert_eq!(seen.len(), INSTANCES as usize);
+    let mut abandoned = 0;
+    for (id, held) in &seen {
+        let records = records_of(&rt, id).await;
+        let at = |wanted: fn(&EventKind) -> bool| records.iter().position(|r| wanted(&r.kind));
+        let loser = at(|k| matches!(k, EventKind::StepAbandoned { step: 2 }));
+        let next = at(|k| matches!(k, EventKind::ActivityCompleted { step: 3, .. }));
+        if let (Some(loser), Some(next)) = (loser, next) {
+            if loser > next {
+                continue;
+            }
+            abandoned += 1;
+            assert!(held, "{id}: started before the abandonment was durable");
+        }
+    }
+    assert!(
+        abandoned > 0,
+        "no run recorded an abandonment: nothing was checked"
+    );
     rt.shutdown().await;
 }

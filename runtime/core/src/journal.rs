@@ -705,6 +705,25 @@ pub trait Journal: Send + Sync + 'static {
     /// and fenced like [`Journal::append`]; a refusal is logged.
     fn append_detached(&self, key: u128, kind: EventKind);
 
+    /// As [`Journal::append_detached`], sent before this returns, with a ticket that
+    /// resolves once the event is durable (or with the error that refused it), so that
+    /// what the run does next can wait for it. A run uses it for a step it drops (its
+    /// abandonment). The default is [`Journal::append_queued`] where the store queues;
+    /// a store that does not must provide it.
+    ///
+    /// # Durability
+    /// Nothing is durable until the ticket resolves `Ok`. Dropping the ticket does not
+    /// withdraw the event.
+    fn append_sent(&self, key: u128, kind: EventKind) -> AppendTicket {
+        if self.queues_appends() {
+            return self.append_queued(key, kind);
+        }
+        let _ = (key, kind);
+        Box::pin(std::future::ready(Err(Error::Storage(
+            StorageFailure::new("this store cannot send an append it does not wait for"),
+        ))))
+    }
+
     /// Marks run `key` evicted while waiting (the hint of [`Suspension`]) unless its
     /// history no longer has `expected_next_seq` events, or a child of it ended since its
     /// own last event. Returns whether it was marked.

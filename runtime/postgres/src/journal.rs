@@ -12,8 +12,8 @@ use cairn_core::document::DocumentVersion;
 use cairn_core::error::{Error, Result};
 use cairn_core::event::EventKind;
 use cairn_core::journal::{
-    Actor, Appended, Attachment, Attributes, Carried, CommitListener, Committed, Delivery,
-    DeliveryAttempt, Expect, Handover, InstancePage, InstanceQuery, InstanceRow, Journal,
+    Actor, AppendTicket, Appended, Attachment, Attributes, Carried, CommitListener, Committed,
+    Delivery, DeliveryAttempt, Expect, Handover, InstancePage, InstanceQuery, InstanceRow, Journal,
     Membership, OutboxRow, Ownership, ParkedRow, RawHistory, RunEnded, Started, Suspension,
     Tallies, TaskPage, TaskQuery, TaskRow, TimeSource,
 };
@@ -918,6 +918,32 @@ impl Journal for PostgresJournal {
             Answer::Appended(appended) => Ok(appended),
             other => Err(unexpected(other)),
         }
+    }
+
+    fn append_sent(&self, key: u128, kind: EventKind) -> AppendTicket {
+        let fence = match self.owner_fence(key) {
+            Ok(fence) => fence,
+            Err(err) => return Box::pin(std::future::ready(Err(err))),
+        };
+        let op = Op::Append {
+            key,
+            kind,
+            expect: Expect::End,
+            actor: None,
+            fence: Some(fence),
+            document: None,
+        };
+        // Sent now, in order with the run's other appends; the ticket only waits.
+        let (reply, answer) = oneshot::channel();
+        if let Err(err) = self.submit(op, Some(reply)) {
+            return Box::pin(std::future::ready(Err(err)));
+        }
+        Box::pin(async move {
+            match answer.await.map_err(|_| Error::ShutDown)?? {
+                Answer::Appended(appended) => Ok(appended),
+                other => Err(unexpected(other)),
+            }
+        })
     }
 
     fn append_detached(&self, key: u128, kind: EventKind) {

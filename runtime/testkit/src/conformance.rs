@@ -200,6 +200,50 @@ pub async fn appends_chain_in_order(subject: &dyn Subject) {
     journal.close();
 }
 
+/// An event sent without waiting (`append_sent`, a dropped step's abandonment) is
+/// ordered before what the run appends next, and its ticket resolves once it is
+/// durable, with where it landed; a dropped ticket withdraws nothing; an ended run
+/// refuses it.
+pub async fn sent_appends_keep_order_and_resolve_once_durable(subject: &dyn Subject) {
+    let journal = subject.create().await;
+    attach(journal.as_ref());
+    let row = start(journal.as_ref(), "loan-1", "approve").await;
+    let sent = journal.append_sent(row.key, EventKind::StepAbandoned { step: 1 });
+    drop(journal.append_sent(row.key, EventKind::StepAbandoned { step: 2 }));
+    let next = journal
+        .append(row.key, step_done(3, "after"), Expect::End)
+        .await
+        .unwrap();
+    assert_eq!(next.seq, 3, "both sent events landed before it");
+    let landed = sent.await.unwrap();
+    assert_eq!(landed.seq, 1);
+    let (_, events) = history(journal.as_ref(), row.key).await;
+    assert_eq!(
+        kinds(&events),
+        [
+            "WorkflowStarted",
+            "StepAbandoned",
+            "StepAbandoned",
+            "ActivityCompleted"
+        ]
+    );
+    journal
+        .append(
+            row.key,
+            EventKind::WorkflowCompleted {
+                output: payload("done"),
+            },
+            Expect::End,
+        )
+        .await
+        .unwrap();
+    let refused = journal
+        .append_sent(row.key, EventKind::StepAbandoned { step: 4 })
+        .await;
+    assert!(refused.is_err(), "an ended run takes no more events");
+    journal.close();
+}
+
 /// An append conditioned on the history's length lands only at that length; otherwise it
 /// is refused with a typed conflict and nothing is written.
 pub async fn a_conditional_append_conflicts_when_another_writer_was_first(subject: &dyn Subject) {
@@ -1427,6 +1471,7 @@ macro_rules! journal_conformance {
             an_oversized_event_is_refused_whole,
             append_after_writes_both_or_neither,
             queued_appends_keep_order_and_a_refusal_lasts,
+            sent_appends_keep_order_and_resolve_once_durable,
             suspension_is_conditional_and_cleared_by_the_next_event,
             continue_as_new_hands_over_atomically,
             schedules_compare_and_set,
