@@ -693,7 +693,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Stop> {
         Command::Schedules { command } => match command {
             None | Some(SchedulesCommand::List) => {
                 let mut out = Out::new(None, false)?;
-                for (id, row) in journal.schedules().await? {
+                let schedules = journal.schedules().await?;
+                if schedules.is_empty() {
+                    // On standard error: a script reading the list still reads nothing.
+                    eprintln!("no schedules");
+                }
+                for (id, row) in schedules {
                     ScheduleLine::from_row(id, row).print(&mut out)?;
                 }
                 out.finish()?;
@@ -1278,7 +1283,16 @@ async fn run_remote(remote: &Remote, command: Command) -> Result<ExitCode, Stop>
                         .get("/api/v1/schedules")
                         .await
                         .map_err(Stop::Remote)?;
-                    for view in list["schedules"].as_array().into_iter().flatten() {
+                    let Some(schedules) = list["schedules"].as_array() else {
+                        return Err(Stop::Remote(
+                            "the answer is not a list of schedules: check the server address"
+                                .to_owned(),
+                        ));
+                    };
+                    if schedules.is_empty() {
+                        eprintln!("no schedules");
+                    }
+                    for view in schedules {
                         ScheduleLine::from_json(view).print(&mut out)?;
                     }
                 }

@@ -611,3 +611,23 @@ async fn a_server_that_is_not_a_cairn_host_fails_verify_instead_of_passing_it() 
         text(&output.stderr)
     );
 }
+
+#[tokio::test]
+async fn schedules_says_when_there_are_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.redb");
+    let rt = Runtime::builder()
+        .workflow(greet)
+        .open(&path)
+        .await
+        .unwrap();
+    rt.shutdown().await;
+    let listed = cairn(&path, &["schedules"]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    assert_eq!(
+        text(&listed.stdout),
+        "",
+        "a script still reads an empty list"
+    );
+    assert_eq!(text(&listed.stderr), "no schedules\n");
+}
