@@ -85,6 +85,8 @@ struct CtxState {
     was_blocked: bool,
     /// The inbox's mark when the workflow was last polled (see `drive`).
     poll_mark: InboxMark,
+    /// The waker of the driver's last poll of the workflow.
+    driver: Option<Waker>,
     /// The driver is dropping the workflow's future: steps dropped now are not abandoned
     /// by the workflow.
     ending: bool,
@@ -473,6 +475,7 @@ impl WorkflowContext {
                     waits: std::collections::BTreeMap::new(),
                     was_blocked: false,
                     poll_mark: InboxMark::default(),
+                    driver: None,
                     ending: false,
                     reserved: std::collections::BTreeMap::new(),
                     held: None,
@@ -583,11 +586,15 @@ impl WorkflowContext {
         std::future::pending()
     }
 
-    /// The store refused a result this run went on with: stops the run and wakes what
-    /// waits on it, as a driven ticket does (`send_queued`).
+    /// The store refused something this run went on without waiting for (an
+    /// abandonment): stops the run and wakes what waits on it, the driver included.
     fn refused(&self, err: Error) {
         self.set_stop(Stop::Fatal(err));
         self.inner.state_changed.notify_waiters();
+        let driver = lock(&self.inner.state).driver.clone();
+        if let Some(driver) = driver {
+            driver.wake();
+        }
     }
 
     fn set_stop(&self, stop: Stop) {
@@ -1013,9 +1020,18 @@ impl WorkflowContext {
     }
 
     /// Remembers the inbox's mark at the start of a poll of the workflow.
-    pub(crate) fn note_poll(&self) {
+    pub(crate) fn note_poll(&self, waker: &Waker) {
         let mark = self.inner.inbox.begin_poll();
-        lock(&self.inner.state).poll_mark = mark;
+        let mut state = lock(&self.inner.state);
+        state.poll_mark = mark;
+        // Kept for `refused`: a refusal that comes from a task must reach the driver.
+        if !state
+            .driver
+            .as_ref()
+            .is_some_and(|held| held.will_wake(waker))
+        {
+            state.driver = Some(waker.clone());
+        }
     }
 
     /// A poll of the workflow stayed pending: whether the driver must poll once more to
@@ -1801,8 +1817,9 @@ impl WorkflowContext {
     /// the same branch; a signal is delivered to exactly one wait.
     ///
     /// # Cancel safety
-    /// Dropping the future before it resolves leaves the signal in the inbox for the next
-    /// wait, unless its delivery was already being recorded.
+    /// Dropping the future before it resolves leaves the signal for the next wait: a
+    /// delivery already recorded is given back by the step's abandonment, or, when the
+    /// whole run is dropped, in memory (a hand-over then carries it).
     pub async fn wait_signal(
         &self,
         step: StepNo,
@@ -2817,7 +2834,7 @@ mod cancel_loom_tests {
                 let dormant = dormant.clone();
                 loom::thread::spawn(move || {
                     // `drive`: the mark is noted, then the workflow is polled once.
-                    ctx.note_poll();
+                    ctx.note_poll(Waker::noop());
                     if wait_until_cancelled(&ctx, 1).now_or_never().is_some() {
                         return true;
                     }

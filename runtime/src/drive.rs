@@ -57,7 +57,7 @@ pub(crate) async fn drive(
     std::future::poll_fn(|cx| {
         // Read before the poll: a signal or cancellation delivered from here on must
         // stop an eviction, because this poll may not have seen it.
-        ctx.note_poll();
+        ctx.note_poll(cx.waker());
         let polled =
             match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut future).poll(cx))) {
                 Ok(polled) => polled,

@@ -2662,8 +2662,17 @@ async fn run_once(
     let result = match drive_evictable(shared, key, &ctx, factory(ctx.clone(), input)).await {
         Ok(DriveEnd::Finished(result)) => result,
         Ok(DriveEnd::Evicted) => return Ok(Once::End(RunEnd::Evicted)),
-        Err(Stop::Replay) => return Ok(Once::Replay),
-        Err(Stop::HandedOver) => return Ok(Once::End(RunEnd::HandedOver)),
+        // What the run sent without waiting (a loser's abandonment) is durable before
+        // the log is read again or another host takes the run over.
+        Err(Stop::Replay) => {
+            ctx.queued_durable().await?;
+            return Ok(Once::Replay);
+        }
+        Err(Stop::HandedOver) => {
+            // Refused once this host lost the run: the next owner replays without it.
+            let _ = ctx.queued_durable().await;
+            return Ok(Once::End(RunEnd::HandedOver));
+        }
         Err(Stop::Fatal(err)) => {
             // A result the workflow got before it failed is a step it took: durable
             // before the failure is reported (its own error, if any, is secondary).

@@ -120,7 +120,10 @@ impl Replayer {
             records.len() as u64,
         );
         let input = ctx.history().input.clone();
-        let driven = match until_stuck(&ctx, drive(&ctx, factory(ctx.clone(), input))).await {
+        // Unconstrained: a wake tokio defers (its cooperative budget spent) would look
+        // like a workflow that can go no further.
+        let driving = tokio::task::unconstrained(drive(&ctx, factory(ctx.clone(), input)));
+        let driven = match until_stuck(&ctx, driving).await {
             Ok(driven) => driven,
             Err(waiting) => return stuck(&ctx, &waiting),
         };

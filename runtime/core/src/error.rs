@@ -48,7 +48,7 @@ pub struct NonDeterminism {
     /// The full encoded inputs differ (their shortened previews in `recorded` and
     /// `requested` may still be equal when they differ only further on).
     pub inputs_differ: bool,
-    /// Another step of the history records exactly the call the code requested (kind,
+    /// A later step of the history records exactly the call the code requested (kind,
     /// name and input): the code made the same calls, numbered in another order, as
     /// concurrent branches that each make more than one durable call do when their steps
     /// finish in another order than on the first run.
@@ -106,7 +106,8 @@ impl fmt::Display for NonDeterminism {
                  branch's later calls are numbered by when its earlier ones finished, and \
                  a replay, where recorded steps finish at once, numbers them otherwise. \
                  Make one durable call per concurrent branch, or run each sequence as a \
-                 child workflow (`ctx.child`)"
+                 child workflow (`ctx.child`). If the code changed instead, restore the \
+                 previous code path for instances started before the change"
             );
         }
         write!(f, ". Restore the previous code path for instances started before the change, or let them finish on the build that started them")

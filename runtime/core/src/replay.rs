@@ -499,14 +499,16 @@ impl History {
         }
     }
 
-    /// Another step that records exactly `request` (kind, name and the full input), if
+    /// A later step that records exactly `request` (kind, name and the full input), if
     /// one does: the code then made the same calls in another order.
     fn recorded_elsewhere(&self, step: StepNo, request: StepRequest<'_>) -> Option<StepNo> {
         let input = request.input?;
         self.steps
             .iter()
             .find(|(other, entry)| {
-                **other != step
+                // Calls made in another order leave the requested one recorded later;
+                // one recorded earlier is a call the code repeats, a plain change.
+                **other > step
                     && entry.kind == request.kind
                     && entry.name == request.name
                     && entry.input.as_ref() == Some(input)
@@ -876,5 +878,44 @@ mod tests {
         ])
         .unwrap();
         assert!(!other.cancel_delivered);
+    }
+
+    #[test]
+    fn a_divergence_names_a_later_step_holding_the_requested_call_and_only_that() {
+        let done = |seq: u64, step: u32, activity: &str| {
+            record(
+                seq,
+                EventKind::ActivityCompleted {
+                    step,
+                    activity: activity.into(),
+                    input: json("10"),
+                    attempt: 1,
+                    output: json("true"),
+                },
+            )
+        };
+        let start = record(
+            0,
+            EventKind::WorkflowStarted {
+                workflow_type: "order".into(),
+                id: "o-1".into(),
+                input: json("1"),
+            },
+        );
+        let h = History::from_records(&[start, done(1, 1, "charge"), done(2, 2, "email")]).unwrap();
+        let ten = json("10");
+        // Asked at step 1 for what step 2 holds: the same calls in another order.
+        let swapped = h.check(1, activity("email", &ten)).unwrap_err();
+        assert_eq!(swapped.recorded_at, Some(2));
+        assert!(
+            swapped.to_string().contains("recorded as step 2"),
+            "{swapped}"
+        );
+        // Asked at step 2 for what step 1 already did: a repeated call, a plain change.
+        let repeated = h.check(2, activity("charge", &ten)).unwrap_err();
+        assert_eq!(repeated.recorded_at, None);
+        assert!(repeated
+            .to_string()
+            .contains("Restore the previous code path"));
     }
 }
