@@ -974,7 +974,9 @@ impl WriterLoop {
                         replies.push(Reply::Append(reply, appended));
                     }
                     Err(err) => {
-                        if queued {
+                        // A run that has ended refuses everything anyway (a dropped step's
+                        // abandonment sent after the end, say): nothing to remember.
+                        if queued && !matches!(err, Error::InstanceFinished(_)) {
                             self.refused.insert(key, err.clone());
                         }
                         replies.push(Reply::AppendRefused(reply, err));
