@@ -361,6 +361,18 @@ impl PostgresJournal {
         answer.await.map_err(|_| Error::ShutDown)?
     }
 
+    /// An append of one of run `key`'s own events, fenced by this host's lease on it.
+    fn owner_append(&self, key: u128, kind: EventKind, expect: Expect) -> Result<Op> {
+        Ok(Op::Append {
+            key,
+            kind,
+            expect,
+            actor: None,
+            fence: Some(self.owner_fence(key)?),
+            document: None,
+        })
+    }
+
     fn submit(&self, op: Op, reply: Option<oneshot::Sender<Result<Answer>>>) -> Result<()> {
         if let Some(err) = self
             .inner
@@ -906,14 +918,7 @@ impl Journal for PostgresJournal {
 
     /// The run's owner's append: fenced by this host's lease on the run's shard.
     async fn append(&self, key: u128, kind: EventKind, expect: Expect) -> Result<Appended> {
-        let op = Op::Append {
-            key,
-            kind,
-            expect,
-            actor: None,
-            fence: Some(self.owner_fence(key)?),
-            document: None,
-        };
+        let op = self.owner_append(key, kind, expect)?;
         match self.request(op).await? {
             Answer::Appended(appended) => Ok(appended),
             other => Err(unexpected(other)),
@@ -921,17 +926,9 @@ impl Journal for PostgresJournal {
     }
 
     fn append_sent(&self, key: u128, kind: EventKind) -> AppendTicket {
-        let fence = match self.owner_fence(key) {
-            Ok(fence) => fence,
+        let op = match self.owner_append(key, kind, Expect::End) {
+            Ok(op) => op,
             Err(err) => return Box::pin(std::future::ready(Err(err))),
-        };
-        let op = Op::Append {
-            key,
-            kind,
-            expect: Expect::End,
-            actor: None,
-            fence: Some(fence),
-            document: None,
         };
         // Sent now, in order with the run's other appends; the ticket only waits.
         let (reply, answer) = oneshot::channel();
@@ -947,20 +944,12 @@ impl Journal for PostgresJournal {
     }
 
     fn append_detached(&self, key: u128, kind: EventKind) {
-        let fence = match self.owner_fence(key) {
-            Ok(fence) => fence,
+        let op = match self.owner_append(key, kind, Expect::End) {
+            Ok(op) => op,
             Err(err) => {
                 tracing::warn!(%err, "a detached append of a run this host does not own was dropped");
                 return;
             }
-        };
-        let op = Op::Append {
-            key,
-            kind,
-            expect: Expect::End,
-            actor: None,
-            fence: Some(fence),
-            document: None,
         };
         if self.submit(op, None).is_err() {
             tracing::debug!("journal closed; a detached append was dropped");
