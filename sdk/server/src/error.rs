@@ -82,11 +82,52 @@ fn status_of(err: &Error) -> StatusCode {
     }
 }
 
+/// What a failure of the host is, said without its particulars: a store's message names
+/// files, keys and payloads, which are for the operator, not for whoever sent the request.
+fn failure_summary(err: &Error) -> &'static str {
+    match err {
+        Error::Storage(_) => "the host's store failed",
+        Error::Corrupt { .. } => "the host found damaged data in its store",
+        Error::Open { .. } | Error::UnsupportedFormat { .. } => "the host could not open its store",
+        Error::NonDeterminism(_) => "the workflow's code no longer matches the instance's history",
+        Error::PayloadDecode { .. } => {
+            "a recorded payload no longer decodes as the workflow's type"
+        }
+        Error::WorkflowPanicked { .. } => "the workflow's code panicked",
+        _ => "the host failed to serve this request",
+    }
+}
+
+/// A short random name for one failure, said to the caller and logged with the error, so
+/// that an operator finds the details a 5xx answer leaves out.
+fn incident_id() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Only the log line's correlation is lost: the time of day still tells them apart.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = nanos.to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl From<Error> for ApiError {
     fn from(err: Error) -> Self {
         let status = status_of(&err);
-        if status.is_server_error() {
-            tracing::error!(code = err.code(), error = %err, "request failed in the runtime");
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            let incident = incident_id();
+            tracing::error!(
+                code = err.code(),
+                incident = %incident,
+                error = %err,
+                "request failed in the runtime"
+            );
+            let message = format!(
+                "{}; the host's log has the details under incident {incident}",
+                failure_summary(&err)
+            );
+            return Self::new(status, err.code(), message);
         }
         Self::new(status, err.code(), err.to_string())
     }
@@ -164,5 +205,53 @@ mod tests {
             message: "y".into(),
         });
         assert_eq!(corrupt.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn a_host_failure_keeps_its_code_but_not_its_particulars() {
+        let err = Error::Open {
+            path: "/srv/cairn/secret-tenant.redb".into(),
+            message: "permission denied".into(),
+            remedy: "fix the mode".into(),
+        };
+        let api = ApiError::from(err);
+        assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(api.body.code, "CAIRN-E0005");
+        assert!(
+            !api.body.message.contains("secret-tenant"),
+            "{}",
+            api.body.message
+        );
+        assert!(
+            api.body
+                .message
+                .starts_with("the host could not open its store; "),
+            "{}",
+            api.body.message
+        );
+        let incident = api
+            .body
+            .message
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(incident.len(), 16, "{}", api.body.message);
+        assert!(incident.bytes().all(|b| b.is_ascii_hexdigit()));
+        let again = ApiError::from(Error::Storage(cairn_runtime::StorageFailure::new(
+            "disk full at /srv/cairn",
+        )));
+        assert!(
+            !again.body.message.contains("/srv"),
+            "{}",
+            again.body.message
+        );
+        assert_ne!(
+            again.body.message.rsplit(' ').next(),
+            Some(incident.as_str())
+        );
+        // A refusal is the caller's to act on, so it keeps its words.
+        let refused = ApiError::from(Error::InstanceNotFound("order-7".into()));
+        assert!(refused.body.message.contains("order-7"));
     }
 }
