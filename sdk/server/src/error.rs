@@ -212,7 +212,7 @@ mod tests {
         let err = Error::Open {
             path: "/srv/cairn/secret-tenant.redb".into(),
             message: "permission denied".into(),
-            remedy: "fix the mode".into(),
+            remedy: "fix the mode",
         };
         let api = ApiError::from(err);
         assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
