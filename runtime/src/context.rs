@@ -102,6 +102,11 @@ struct CtxState {
     /// Steps waiting for a held result they sent (`held_durable`): a sibling step waits
     /// until none is.
     flushing: u32,
+    /// How many of the history's outcomes have been handed back, in the order the
+    /// recorded run took them (see `History::outcome_rank` and `drive`).
+    released: usize,
+    /// Steps waiting for their outcome's turn, or for every outcome to be handed back.
+    release_waiters: Vec<Waker>,
 }
 
 /// An event a run queued and went on without waiting for: resolves once it is durable.
@@ -481,6 +486,8 @@ impl WorkflowContext {
                     held: None,
                     queued: None,
                     flushing: 0,
+                    released: 0,
+                    release_waiters: Vec::new(),
                 }),
                 state_changed: Notify::new(),
                 flushed: Notify::new(),
@@ -1055,6 +1062,54 @@ impl WorkflowContext {
             .hand_over(cancel_delivered, self.inner.history.run)
     }
 
+    /// Whether recorded outcomes are still to be handed back (see `release_next`).
+    pub(crate) fn releasing(&self) -> bool {
+        let total = self.inner.history.outcomes();
+        total > 0 && lock(&self.inner.state).released < total
+    }
+
+    /// Hands back the next recorded outcome in the order the recorded run took them:
+    /// what the driver does when the workflow can go no further with those handed back
+    /// so far. Returns whether there was one.
+    ///
+    /// Why one at a time: a recorded step would otherwise resolve the moment it is
+    /// asked for, and a branch whose first step finished later in the recorded run
+    /// could go on first and number its next call differently, or a deadline awaited
+    /// across a loop could win before the signals that came before it.
+    pub(crate) fn release_next(&self) -> bool {
+        let waiters = {
+            let mut state = lock(&self.inner.state);
+            if state.released >= self.inner.history.outcomes() {
+                return false;
+            }
+            state.released += 1;
+            std::mem::take(&mut state.release_waiters)
+        };
+        for waker in waiters {
+            waker.wake();
+        }
+        true
+    }
+
+    /// Resolves once the outcome of `rank` (or every outcome, with `None`) is handed back.
+    fn released(&self, rank: Option<usize>) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            let mut state = lock(&self.inner.state);
+            let due = rank.unwrap_or_else(|| self.inner.history.outcomes().saturating_sub(1));
+            if state.released > due {
+                return std::task::Poll::Ready(());
+            }
+            if !state
+                .release_waiters
+                .iter()
+                .any(|waker| waker.will_wake(cx.waker()))
+            {
+                state.release_waiters.push(cx.waker().clone());
+            }
+            std::task::Poll::Pending
+        })
+    }
+
     /// Decides a step against history; parks the instance on divergence.
     fn decide<'a>(
         &'a self,
@@ -1144,12 +1199,28 @@ impl WorkflowContext {
                     let _waiting = BeyondGuard { ctx: self, step };
                     return std::future::pending().await;
                 }
+                // Nothing new starts before the recorded run is caught up with: the
+                // step's own outcome, live, comes after every recorded one.
+                if self.releasing() {
+                    self.released(None).await;
+                    if lock(&self.inner.state).stop.is_some() {
+                        return std::future::pending().await;
+                    }
+                }
                 Decision::Run {
                     failed_attempts,
                     deadline_ms,
                 }
             }
-            Ok(replay) => replay,
+            Ok(replay) => {
+                if self.releasing() {
+                    self.released(self.inner.history.outcome_rank(step)).await;
+                    if lock(&self.inner.state).stop.is_some() {
+                        return std::future::pending().await;
+                    }
+                }
+                replay
+            }
             Err(divergence) => self.abort(divergence.into()).await,
         }
     }

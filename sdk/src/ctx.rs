@@ -23,13 +23,16 @@ use crate::{Activity, ChildFailure, Payload, Workflow};
 /// `futures::join!(ctx.activity(a, x), ctx.activity(b, y))` numbers `a` before `b` on
 /// every run.
 ///
-/// # One durable call per concurrent branch
-/// A branch of a `join!` or `select!` that makes a second call after awaiting its first
-/// gets that number only when the first finishes, and a replay, where recorded steps
-/// finish at once, numbers it otherwise: such a run is parked with `CAIRN-E0001` when it
-/// is next rebuilt from its log (an eviction, a restart), and the error says so. Give
-/// each concurrent branch one durable call, and run a sequence that must go on beside
-/// another as a child workflow ([`Ctx::child`]), which has its own history.
+/// # Concurrent branches
+/// A branch of a `join!` or `select!` may make several calls: the number of a call made
+/// after awaiting another depends on when that one finished, and replay (a restart, an
+/// eviction, an audit) hands recorded outcomes back in the order the recorded run took
+/// them, so the numbers come out the same. For branches that go on after timers, signals
+/// or children, prefer a `join!` that polls its branches in one order
+/// (`futures::join!`, `tokio::join!(biased; ...)`): two such branches going on in the
+/// same poll in another order than their outcomes were recorded in are not told apart
+/// yet (docs/GUARANTEES.md, "Replayed in the order ..."), and such a run is parked with
+/// `CAIRN-E0001` when it is next rebuilt.
 ///
 /// # Dropping a step's future
 /// A step the workflow drops after polling it (the branch that lost a `select!`, the

@@ -50,8 +50,8 @@ pub struct NonDeterminism {
     pub inputs_differ: bool,
     /// A later step of the history records exactly the call the code requested (kind,
     /// name and input): the code made the same calls, numbered in another order, as
-    /// concurrent branches that each make more than one durable call do when their steps
-    /// finish in another order than on the first run.
+    /// concurrent branches can when they went on in the same poll in an order other than
+    /// the one their outcomes were recorded in.
     pub recorded_at: Option<StepNo>,
 }
 
@@ -101,13 +101,13 @@ impl fmt::Display for NonDeterminism {
             return write!(
                 f,
                 ". The requested call is recorded as step {other}: the code made the same calls \
-                 in another order. Steps are numbered when called, so where concurrent \
-                 branches (`join!`, `select!`) each make more than one durable call, a \
-                 branch's later calls are numbered by when its earlier ones finished, and \
-                 a replay, where recorded steps finish at once, numbers them otherwise. \
-                 Make one durable call per concurrent branch, or run each sequence as a \
-                 child workflow (`ctx.child`). If the code changed instead, restore the \
-                 previous code path for instances started before the change"
+                 in another order. Steps are numbered when called, and replay hands outcomes \
+                 back in the order they were recorded; concurrent branches (`join!`) that \
+                 went on in the same poll in another order (`tokio::join!` changes its order \
+                 every poll) are numbered otherwise. Use `futures::join!` or \
+                 `tokio::join!(biased; ...)`, or run each sequence as a child workflow \
+                 (`ctx.child`). If the code changed instead, restore the previous code path \
+                 for instances started before the change"
             );
         }
         write!(f, ". Restore the previous code path for instances started before the change, or let them finish on the build that started them")

@@ -67,6 +67,9 @@ pub struct History {
     /// Steps the workflow dropped before they finished (`StepAbandoned`): replay never
     /// resolves them.
     abandoned: BTreeSet<StepNo>,
+    /// Each step that has an outcome, by its place in the order the outcomes were
+    /// recorded (see [`History::outcome_rank`]).
+    outcome_ranks: BTreeMap<StepNo, usize>,
     /// This run's position in its continue-as-new chain, from 1 (`RunContinued`).
     pub run: u32,
     /// Signals received, by the `seq` of their event: name, body, and whether a wait
@@ -113,6 +116,7 @@ impl History {
             input,
             steps: BTreeMap::new(),
             abandoned: BTreeSet::new(),
+            outcome_ranks: BTreeMap::new(),
             run: 1,
             signals: BTreeMap::new(),
             result: None,
@@ -215,6 +219,7 @@ impl History {
                     reason: reason.clone(),
                 });
                 self.cancel_delivered = true;
+                self.ranked(*step, kind);
             }
             EventKind::SignalReceived { .. } | EventKind::KeyedSignalReceived { .. } => {
                 if let Some((name, payload, key)) = record.kind.received_signal() {
@@ -304,9 +309,42 @@ impl History {
                 step::apply(entry, kind, record.recorded_at_ms, delivered).map_err(|problem| {
                     corrupt(&id, seq, format!("step {}: {problem}", route.step))
                 })?;
+                if entry.outcome.is_some() {
+                    // `open_step` refuses an event after an outcome, so this is the event
+                    // that gave it one.
+                    self.ranked(route.step, route.kind);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Gives `step`, whose outcome was just recorded, the next place in the order of
+    /// outcomes. Not a patch marker: `ctx.patched` answers at once, with nothing to wait
+    /// for.
+    fn ranked(&mut self, step: StepNo, kind: StepKind) {
+        if kind != StepKind::Patch {
+            let rank = self.outcome_ranks.len();
+            self.outcome_ranks.insert(step, rank);
+        }
+    }
+
+    /// Where `step`'s outcome stands in the order the recorded run took its outcomes, from
+    /// 0; `None` for a step without one (or a patch marker).
+    ///
+    /// Every outcome but a person's task decision is recorded by the run itself at the
+    /// moment the workflow takes it, so this is the order in which the recorded run saw
+    /// them. Replay hands them back in this order, one at a time, each once the workflow
+    /// can go no further without it: so a branch of `join!` that awaits one step and
+    /// then calls another numbers its calls as the recorded run did, and a deadline
+    /// awaited across a loop does not win before the signals that came before it.
+    pub fn outcome_rank(&self, step: StepNo) -> Option<usize> {
+        self.outcome_ranks.get(&step).copied()
+    }
+
+    /// How many steps have an outcome to hand back (see [`History::outcome_rank`]).
+    pub fn outcomes(&self) -> usize {
+        self.outcome_ranks.len()
     }
 
     /// Marks the signal a `SignalDelivered` at `seq` takes as delivered and returns its
@@ -917,5 +955,84 @@ mod tests {
         assert!(repeated
             .to_string()
             .contains("Restore the previous code path"));
+    }
+
+    #[test]
+    fn outcomes_are_ranked_in_the_order_they_were_recorded_not_by_step() {
+        // A deadline (step 1) awaited across a loop: the signal it raced (step 2) and
+        // the activity after it (step 3) were taken before it fired.
+        let h = History::from_records(&[
+            record(
+                0,
+                EventKind::WorkflowStarted {
+                    workflow_type: "collect".into(),
+                    id: "c-1".into(),
+                    input: json("1"),
+                },
+            ),
+            record(
+                1,
+                EventKind::TimerStarted {
+                    step: 1,
+                    fire_at_ms: 10,
+                },
+            ),
+            record(
+                2,
+                EventKind::SignalReceived {
+                    name: "item".into(),
+                    payload: json("1"),
+                },
+            ),
+            record(
+                3,
+                EventKind::SignalDelivered {
+                    step: 2,
+                    name: "item".into(),
+                    signal_seq: 2,
+                },
+            ),
+            record(
+                4,
+                EventKind::PatchMarker {
+                    step: 3,
+                    patch_id: "p".into(),
+                },
+            ),
+            record(
+                5,
+                EventKind::ActivityAttemptFailed {
+                    step: 4,
+                    activity: "note".into(),
+                    attempt: 1,
+                    error: ActivityErrorRecord {
+                        kind: "busy".into(),
+                        message: "busy".into(),
+                        retryable: true,
+                    },
+                    retry_in_ms: 1,
+                },
+            ),
+            record(
+                6,
+                EventKind::ActivityCompleted {
+                    step: 4,
+                    activity: "note".into(),
+                    input: json("1"),
+                    attempt: 2,
+                    output: json("10"),
+                },
+            ),
+            record(7, EventKind::TimerFired { step: 1 }),
+        ])
+        .unwrap();
+        assert_eq!(h.outcome_rank(2), Some(0));
+        // A patch marker answers at once: nothing to hand back in order.
+        assert_eq!(h.outcome_rank(3), None);
+        // Ranked by its outcome, not by its failed attempt.
+        assert_eq!(h.outcome_rank(4), Some(1));
+        assert_eq!(h.outcome_rank(1), Some(2));
+        assert_eq!(h.outcomes(), 3);
+        assert_eq!(h.outcome_rank(5), None);
     }
 }

@@ -1,0 +1,266 @@
+//! Replay hands recorded outcomes back in the order the recorded run took them, one at a
+//! time, each once the workflow can go no further without it. So a deadline awaited
+//! across a loop does not win before the signals that came before it, and the branches
+//! of a `join!` that each await a call and then make another number their calls as the
+//! recorded run did: after a restart, in always-replay mode and in an audit replay.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::OpenStore;
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use cairn::audit::ReplayVerdict;
+use cairn::events::{EventKind, EventRecord};
+use cairn::testing::VirtualClock;
+use cairn::{activity, workflow, ActivityCtx, ActivityError, Ctx, Runtime, WorkflowError};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+#[activity]
+async fn note(_ctx: ActivityCtx, item: u32) -> Result<u32, ActivityError> {
+    Ok(item * 10)
+}
+
+/// Collects items until a deadline set once, before the loop: the deadline's future is
+/// raced against a fresh signal wait in every round. Then waits for "close", so the run
+/// is still unfinished when its history already holds the deadline.
+#[workflow]
+async fn collect(ctx: Ctx) -> Result<u32, WorkflowError> {
+    let deadline = ctx.sleep(Duration::from_secs(3600));
+    let mut deadline = std::pin::pin!(deadline);
+    let mut total = 0;
+    loop {
+        tokio::select! {
+            fired = &mut deadline => {
+                fired?;
+                break;
+            }
+            item = ctx.signal::<u32>("item") => {
+                let item = item?;
+                total += ctx.activity(note, item).await?;
+            }
+        }
+    }
+    ctx.signal::<()>("close").await?;
+    Ok(total)
+}
+
+async fn records_of(rt: &Runtime, id: &str) -> Vec<EventRecord> {
+    rt.history(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.record)
+        .collect()
+}
+
+async fn count_of(rt: &Runtime, id: &str, name: &str) -> usize {
+    records_of(rt, id)
+        .await
+        .iter()
+        .filter(|r| r.kind.name() == name)
+        .count()
+}
+
+async fn until_count(rt: &Runtime, id: &str, name: &str, count: usize) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while count_of(rt, id, name).await < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} never recorded {count} {name}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_awaited_across_a_loop_does_not_win_before_the_signals_it_raced() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = VirtualClock::new(UNIX_EPOCH + Duration::from_secs(1_764_000_000));
+    let open = || {
+        Runtime::builder()
+            .workflow(collect)
+            .always_replay(false)
+            .clock(Arc::new(clock.clone()))
+            .open_store(dir.path().join("db.redb"))
+    };
+    let rt = open().await.unwrap();
+    rt.start(collect, "c-1", ()).await.unwrap();
+    for item in 1..=3u32 {
+        rt.signal("c-1", "item", &item).await.unwrap();
+        until_count(&rt, "c-1", "ActivityCompleted", item as usize).await;
+    }
+    // The deadline passes while the run waits for a fourth item.
+    clock.skip_to_next_timer().await;
+    until_count(&rt, "c-1", "TimerFired", 1).await;
+    let unfinished = records_of(&rt, "c-1").await;
+    let fired_at = unfinished
+        .iter()
+        .position(|r| matches!(r.kind, EventKind::TimerFired { .. }))
+        .unwrap();
+    let taken_before = unfinished[..fired_at]
+        .iter()
+        .filter(|r| matches!(r.kind, EventKind::SignalDelivered { .. }))
+        .count();
+    assert_eq!(taken_before, 3, "{unfinished:#?}");
+    // Without the order, the first round's `select!` finds both the deadline and the
+    // first signal recorded and takes either (tokio picks at random): 16 replays would
+    // all but surely take the deadline at least once.
+    for _ in 0..16 {
+        match rt.replay(&unfinished).await {
+            Ok(ReplayVerdict::Unfinished { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // A restart rebuilds the run from its log, up to its wait for "close".
+    rt.shutdown().await;
+    let rt = open().await.unwrap();
+    rt.signal("c-1", "close", &()).await.unwrap();
+    let total = tokio::time::timeout(PATIENCE, rt.handle(collect, "c-1").result())
+        .await
+        .expect("the rebuilt run went on")
+        .unwrap();
+    assert_eq!(total, Ok(60));
+    let finished = records_of(&rt, "c-1").await;
+    for _ in 0..16 {
+        match rt.replay(&finished).await {
+            Ok(ReplayVerdict::Matches(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    rt.shutdown().await;
+}
+
+#[activity]
+async fn fetch(
+    _ctx: ActivityCtx,
+    (what, delay_ms): (String, u64),
+) -> Result<String, ActivityError> {
+    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    Ok(what)
+}
+
+#[activity]
+async fn keep(_ctx: ActivityCtx, what: String) -> Result<String, ActivityError> {
+    Ok(format!("kept {what}"))
+}
+
+/// Two branches of two calls each, joined by `futures::join!` (the same order every
+/// poll): the first branch's first call finishes last, so the second branch makes its
+/// second call first.
+#[workflow]
+async fn two_sequences(ctx: Ctx) -> Result<String, WorkflowError> {
+    let (a, b) = futures::join!(
+        async {
+            let x = ctx.activity(fetch, ("x".to_owned(), 300)).await?;
+            ctx.activity(keep, x).await
+        },
+        async {
+            let y = ctx.activity(fetch, ("y".to_owned(), 0)).await?;
+            ctx.activity(keep, y).await
+        },
+    );
+    Ok(format!("{} {}", a?, b?))
+}
+
+/// The same with `tokio::join!`, which starts each poll with another branch.
+#[workflow]
+async fn two_sequences_rotating(ctx: Ctx) -> Result<String, WorkflowError> {
+    let (a, b, c) = tokio::join!(
+        async {
+            let x = ctx.activity(fetch, ("x".to_owned(), 300)).await?;
+            ctx.activity(keep, x).await
+        },
+        async {
+            let y = ctx.activity(fetch, ("y".to_owned(), 0)).await?;
+            ctx.activity(keep, y).await
+        },
+        async {
+            let z = ctx.activity(fetch, ("z".to_owned(), 150)).await?;
+            let kept = ctx.activity(keep, z).await?;
+            ctx.activity(keep, kept).await
+        },
+    );
+    Ok(format!("{} {} {}", a?, b?, c?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_branches_of_a_join_number_their_later_calls_as_the_recorded_run_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder()
+        .workflow(two_sequences)
+        .workflow(two_sequences_rotating)
+        .always_replay(false)
+        .open_store(dir.path().join("db.redb"))
+        .await
+        .unwrap();
+    let said = rt
+        .start(two_sequences, "seq-1", ())
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
+    assert_eq!(said, Ok("kept x kept y".to_owned()));
+    let said = rt
+        .start(two_sequences_rotating, "rot-1", ())
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
+    assert_eq!(said, Ok("kept x kept y kept kept z".to_owned()));
+    for id in ["seq-1", "rot-1"] {
+        let records = records_of(&rt, id).await;
+        // Live, the second branch's `keep` is step 4 (the first branch's is later).
+        let keeps: Vec<_> = records
+            .iter()
+            .filter_map(|r| match &r.kind {
+                EventKind::ActivityCompleted { step, activity, .. } if activity == "keep" => {
+                    Some(*step)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(keeps.first(), Some(&(if id == "seq-1" { 3 } else { 4 })));
+        for _ in 0..8 {
+            match rt.replay(&records).await {
+                Ok(ReplayVerdict::Matches(_)) => {}
+                other => panic!("{id}: {other:?}"),
+            }
+        }
+    }
+    rt.shutdown().await;
+
+    // A run rebuilt from its log after every step numbers its calls the same way, and
+    // is not parked.
+    let rt = Runtime::builder()
+        .workflow(two_sequences)
+        .workflow(two_sequences_rotating)
+        .always_replay(true)
+        .open_store(dir.path().join("rebuilt.redb"))
+        .await
+        .unwrap();
+    let said = rt
+        .start(two_sequences, "seq-2", ())
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
+    assert_eq!(said, Ok("kept x kept y".to_owned()));
+    let said = rt
+        .start(two_sequences_rotating, "rot-2", ())
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
+    assert_eq!(said, Ok("kept x kept y kept kept z".to_owned()));
+    rt.shutdown().await;
+}
