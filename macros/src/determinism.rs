@@ -138,6 +138,12 @@ const RULES: &[Rule] = &[
         instead: SLEEP,
     },
     Rule {
+        suffix: &["yield_now"],
+        what:
+            "`yield_now` wakes the workflow only after its poll, so replay would take it for stuck",
+        instead: "leave it out: a workflow only waits on `ctx` calls",
+    },
+    Rule {
         suffix: &["thread", "sleep"],
         what: "`thread::sleep` blocks on the wall clock",
         instead: SLEEP,

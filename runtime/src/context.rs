@@ -1091,6 +1091,12 @@ impl WorkflowContext {
         true
     }
 
+    /// Whether the outcome of `rank` (every outcome, with `None`) is handed back.
+    fn is_released(&self, rank: Option<usize>) -> bool {
+        let due = rank.unwrap_or_else(|| self.inner.history.outcomes().saturating_sub(1));
+        lock(&self.inner.state).released > due
+    }
+
     /// Resolves once the outcome of `rank` (or every outcome, with `None`) is handed back.
     fn released(&self, rank: Option<usize>) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| {
@@ -1202,10 +1208,19 @@ impl WorkflowContext {
                 // Nothing new starts before the recorded run is caught up with: the
                 // step's own outcome, live, comes after every recorded one.
                 if self.releasing() {
+                    // Dropped while it waits here, the step lost a race (a sibling's
+                    // outcome came first): recorded as abandoned, as it would be live.
+                    let guard = LiveGuard {
+                        ctx: self,
+                        step,
+                        armed: true,
+                    };
                     self.released(None).await;
                     if lock(&self.inner.state).stop.is_some() {
+                        // Dropped with the run, not by the workflow.
                         return std::future::pending().await;
                     }
+                    guard.finish();
                 }
                 Decision::Run {
                     failed_attempts,
@@ -1213,11 +1228,34 @@ impl WorkflowContext {
                 }
             }
             Ok(replay) => {
-                if self.releasing() {
-                    self.released(self.inner.history.outcome_rank(step)).await;
+                let rank = self.inner.history.outcome_rank(step);
+                if self.releasing() && !self.is_released(rank) {
+                    // Until it is handed back, the outcome is not the workflow's: a
+                    // signal or cancellation it took goes back if the step is dropped
+                    // (with its abandonment if the workflow dropped it, in memory if
+                    // the run ended, so a hand-over carries it).
+                    {
+                        let mut state = lock(&self.inner.state);
+                        match replay {
+                            Decision::Replay(RecordedOutcome::Signal { signal_seq, .. }) => {
+                                state.reserved.insert(step, *signal_seq);
+                            }
+                            Decision::Replay(RecordedOutcome::Cancelled { .. }) => {
+                                state.cancel_holder = Some(step);
+                            }
+                            _ => {}
+                        }
+                    }
+                    let guard = LiveGuard {
+                        ctx: self,
+                        step,
+                        armed: true,
+                    };
+                    self.released(rank).await;
                     if lock(&self.inner.state).stop.is_some() {
                         return std::future::pending().await;
                     }
+                    guard.finish();
                 }
                 replay
             }
@@ -1682,6 +1720,11 @@ impl WorkflowContext {
     /// # Cancel safety
     /// Dropping the future may leave the marker unrecorded; it is recorded on replay.
     pub async fn record_patch(&self, step: StepNo, patch_id: &str) {
+        // A marker is new work like any step the history lacks: not before the recorded
+        // run is caught up with.
+        if self.releasing() {
+            self.released(None).await;
+        }
         self.record(patch::marker(step, patch_id)).await;
     }
 

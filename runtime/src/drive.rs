@@ -65,12 +65,16 @@ pub(crate) async fn drive(
         let polled = loop {
             let replaying = replay_waker.as_ref().filter(|_| ctx.releasing());
             let watched = replaying.map(|waker| waker.watch(cx.waker()));
-            let mut poll = |cx: &mut std::task::Context<'_>| {
-                std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut future).poll(cx)))
-            };
             let polled = match &watched {
-                Some(waker) => poll(&mut std::task::Context::from_waker(waker)),
-                None => poll(cx),
+                // Unconstrained: a tokio resource out of its task's budget defers its
+                // wake-up until after the poll, which would look like a stuck workflow.
+                Some(waker) => std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    Pin::new(&mut tokio::task::coop::unconstrained(&mut future))
+                        .poll(&mut std::task::Context::from_waker(waker))
+                })),
+                None => {
+                    std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut future).poll(cx)))
+                }
             };
             let polled = match polled {
                 Ok(polled) => polled,

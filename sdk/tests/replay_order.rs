@@ -16,7 +16,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use cairn::audit::ReplayVerdict;
 use cairn::events::{EventKind, EventRecord};
 use cairn::testing::VirtualClock;
-use cairn::{activity, workflow, ActivityCtx, ActivityError, Ctx, Runtime, WorkflowError};
+use cairn::{
+    activity, workflow, ActivityCtx, ActivityError, Ctx, Runtime, TaskKind, TaskQuery,
+    WorkflowError,
+};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -262,5 +265,71 @@ async fn the_branches_of_a_join_number_their_later_calls_as_the_recorded_run_did
         .await
         .unwrap();
     assert_eq!(said, Ok("kept x kept y kept kept z".to_owned()));
+    rt.shutdown().await;
+}
+
+const REVIEW: TaskKind<String, bool> = TaskKind::new("review");
+
+/// A review raced against its deadline, the deadline polled first; then a wait, so the
+/// run lives on after the race.
+#[workflow]
+async fn review_or_deadline(ctx: Ctx) -> Result<String, WorkflowError> {
+    let review = ctx.human_task(REVIEW.task("the plan".to_owned()).roles(["reviewer"]));
+    let deadline = ctx.sleep(Duration::from_secs(60));
+    let said = tokio::select! {
+        biased;
+        slept = deadline => {
+            slept?;
+            "too late".to_owned()
+        }
+        decided = review => decided?.decision.to_string(),
+    };
+    ctx.signal::<()>("end").await?;
+    Ok(said)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_dropped_while_it_waits_for_the_recorded_run_to_be_caught_up_is_abandoned() {
+    // Always-replay mode rebuilds the run once the deadline's firing is durable and
+    // before the workflow sees it. The rebuilt run hands the firing back; the review,
+    // recorded as created and not decided, waits for that before it goes on live, and
+    // is dropped there when the deadline wins. It must be withdrawn as it is live.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = VirtualClock::new(UNIX_EPOCH + Duration::from_secs(1_764_000_000));
+    let rt = Runtime::builder()
+        .workflow(review_or_deadline)
+        .always_replay(true)
+        .clock(Arc::new(clock.clone()))
+        .open_store(dir.path().join("db.redb"))
+        .await
+        .unwrap();
+    let handle = rt.start(review_or_deadline, "r-1", ()).await.unwrap();
+    until_count(&rt, "r-1", "TaskCreated", 1).await;
+    until_count(&rt, "r-1", "TimerStarted", 1).await;
+    clock.skip_to_next_timer().await;
+    until_count(&rt, "r-1", "StepAbandoned", 1).await;
+    let records = records_of(&rt, "r-1").await;
+    let task_step = records
+        .iter()
+        .find_map(|r| match &r.kind {
+            EventKind::TaskCreated { step, .. } => Some(*step),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        records
+            .iter()
+            .any(|r| matches!(r.kind, EventKind::StepAbandoned { step } if step == task_step)),
+        "{records:#?}"
+    );
+    // Withdrawn: no inbox lists it while the run waits for "end".
+    let open = rt.tasks(&TaskQuery::default()).await.unwrap();
+    assert!(open.rows.is_empty(), "{:?}", open.rows);
+    rt.signal("r-1", "end", &()).await.unwrap();
+    let said = tokio::time::timeout(PATIENCE, handle.result())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(said, Ok("too late".to_owned()));
     rt.shutdown().await;
 }

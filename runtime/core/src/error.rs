@@ -104,9 +104,9 @@ impl fmt::Display for NonDeterminism {
                  in another order. Steps are numbered when called, and replay hands outcomes \
                  back in the order they were recorded; concurrent branches (`join!`) that \
                  went on in the same poll in another order (`tokio::join!` changes its order \
-                 every poll) are numbered otherwise. Use `futures::join!` or \
-                 `tokio::join!(biased; ...)`, or run each sequence as a child workflow \
-                 (`ctx.child`). If the code changed instead, restore the previous code path \
+                 every poll) are numbered otherwise. `futures::join!` or \
+                 `tokio::join!(biased; ...)` make this rarer; a child workflow per sequence \
+                 (`ctx.child`) avoids it. If the code changed instead, restore the previous code path \
                  for instances started before the change"
             );
         }

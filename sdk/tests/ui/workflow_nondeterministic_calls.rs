@@ -17,6 +17,7 @@ async fn tasks_and_sleeps(ctx: Ctx) -> Result<(), WorkflowError> {
     tokio::spawn(async {});
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     std::thread::sleep(std::time::Duration::from_secs(1));
+    tokio::task::yield_now().await;
     Ok(())
 }
 
