@@ -27,12 +27,12 @@ use crate::{Activity, ChildFailure, Payload, Workflow};
 /// A branch of a `join!` or `select!` may make several calls: the number of a call made
 /// after awaiting another depends on when that one finished, and replay (a restart, an
 /// eviction, an audit) hands recorded outcomes back in the order the recorded run took
-/// them, so the numbers come out the same. Not yet covered: two branches that go on in
-/// the same poll, after timers, signals or children, in another order than their
-/// outcomes were recorded in (docs/GUARANTEES.md, "Replayed in the order ..."); such a
-/// run is parked with `CAIRN-E0001` when it is next rebuilt. A `join!` that polls its
-/// branches in one order (`futures::join!`, `tokio::join!(biased; ...)`) makes this
-/// rarer; a child workflow per sequence ([`Ctx::child`]) avoids it.
+/// them, so the numbers come out the same. Not yet covered: branches that go on after
+/// outcomes recorded before they are handed over (timers, signals, children; every
+/// activity result on PostgreSQL), in another order than they were recorded in
+/// (docs/GUARANTEES.md, "Replayed in the order ..."); such a run is parked with
+/// `CAIRN-E0001` when it is next rebuilt. Run a sequence that goes on beside another
+/// as a child workflow ([`Ctx::child`]), which has its own history.
 ///
 /// # Dropping a step's future
 /// A step the workflow drops after polling it (the branch that lost a `select!`, the

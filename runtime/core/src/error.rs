@@ -103,10 +103,8 @@ impl fmt::Display for NonDeterminism {
                 ". The requested call is recorded as step {other}: the code made the same calls \
                  in another order. Steps are numbered when called, and replay hands outcomes \
                  back in the order they were recorded; concurrent branches (`join!`) that \
-                 went on in the same poll in another order (`tokio::join!` changes its order \
-                 every poll) are numbered otherwise. `futures::join!` or \
-                 `tokio::join!(biased; ...)` make this rarer; a child workflow per sequence \
-                 (`ctx.child`) avoids it. If the code changed instead, restore the previous code path \
+                 went on in another order than their outcomes were recorded in are numbered \
+                 otherwise. Run each sequence as a child workflow (`ctx.child`). If the code changed instead, restore the previous code path \
                  for instances started before the change"
             );
         }
