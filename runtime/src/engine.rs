@@ -930,28 +930,33 @@ impl Engine {
     /// (the scheduler moves it on at every occurrence): read, change, store only if the
     /// stored row is still the one read. A lost race means another change committed, and
     /// changes are few (the scheduler's one per occurrence, at least a second apart), so
-    /// the loop ends.
+    /// the loop ends. Carried on by a task of the runtime from the first poll: a caller
+    /// that goes away after a lost race would otherwise leave the change unmade.
     async fn change_schedule(
         &self,
         schedule_id: &str,
-        change: impl Fn(&ScheduleRow) -> Result<Option<ScheduleRow>>,
+        change: impl Fn(&ScheduleRow) -> Result<Option<ScheduleRow>> + Send + 'static,
     ) -> Result<ScheduleRow> {
-        loop {
-            let held = self.schedule_row(schedule_id)?;
-            let Some(changed) = change(&held)? else {
-                return Ok(held);
-            };
-            let stored = self
-                .shared
-                .journal
-                .schedule(schedule_id.to_owned(), Some(changed.clone()), Some(held))
-                .await?;
-            // The map read above is the dispatcher's: wait for it to show this commit.
-            self.applied().await;
-            if stored {
-                return Ok(changed);
+        let (engine, schedule_id) = (self.clone(), schedule_id.to_owned());
+        carried_on(async move {
+            loop {
+                let held = engine.schedule_row(&schedule_id)?;
+                let Some(changed) = change(&held)? else {
+                    return Ok(held);
+                };
+                let stored = engine
+                    .shared
+                    .journal
+                    .schedule(schedule_id.clone(), Some(changed.clone()), Some(held))
+                    .await?;
+                // The map read above is the dispatcher's: wait for it to show this commit.
+                engine.applied().await;
+                if stored {
+                    return Ok(changed);
+                }
             }
-        }
+        })
+        .await
     }
 
     /// Pauses schedule `schedule_id`: it starts nothing until [`Engine::resume_schedule`].
@@ -964,8 +969,9 @@ impl Engine {
     /// On return the pause is on disk: the schedule stays paused across restarts.
     ///
     /// # Cancel safety
-    /// If dropped, the pause may or may not have been stored; once it is, the scheduler
-    /// honours it, whether or not this future is still polled.
+    /// Dropped after its first poll, the pause is still stored by a task of the runtime,
+    /// also when the scheduler moved the schedule on meanwhile (the change is made again
+    /// on the row it left). Dropped before it was polled, nothing was sent.
     pub async fn pause_schedule(&self, schedule_id: &str, note: &str) -> Result<ScheduleRow> {
         self.pause_schedule_by(schedule_id, note, None).await
     }
@@ -977,12 +983,13 @@ impl Engine {
         actor: Option<&Actor>,
     ) -> Result<ScheduleRow> {
         let at_ms = self.shared.clock.now_ms();
-        self.change_schedule(schedule_id, |row| {
+        let (by, note) = (actor.map(|a| a.id.clone()), note.to_owned());
+        self.change_schedule(schedule_id, move |row| {
             Ok(row.paused.is_none().then(|| ScheduleRow {
                 paused: Some(Paused {
                     at_ms,
-                    by: actor.map(|a| a.id.clone()),
-                    note: note.to_owned(),
+                    by: by.clone(),
+                    note: note.clone(),
                 }),
                 ..row.clone()
             }))
@@ -1001,11 +1008,12 @@ impl Engine {
     /// On return the schedule is stored as running again.
     ///
     /// # Cancel safety
-    /// If dropped, the resumption may or may not have been stored; once it is, the
-    /// scheduler fires it, whether or not this future is still polled.
+    /// Dropped after its first poll, the resumption is still stored by a task of the
+    /// runtime, and the scheduler fires it. Dropped before it was polled, nothing was
+    /// sent.
     pub async fn resume_schedule(&self, schedule_id: &str) -> Result<ScheduleRow> {
         let now = self.shared.clock.now_ms();
-        self.change_schedule(schedule_id, |row| match row.paused {
+        self.change_schedule(schedule_id, move |row| match row.paused {
             Some(_) => row.resumed(now).map(Some),
             None => Ok(None),
         })

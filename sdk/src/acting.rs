@@ -188,6 +188,9 @@ impl Acting<'_> {
     ///
     /// # Errors
     /// As [`Runtime::claim`].
+    ///
+    /// # Cancel safety
+    /// As [`Runtime::claim`].
     pub async fn claim(&self, task: &TaskId) -> Result<(), Error> {
         self.rt.claim(&self.actor, task).await
     }
@@ -195,6 +198,9 @@ impl Acting<'_> {
     /// Completes `task` with `decision` (see [`Runtime::complete`]).
     ///
     /// # Errors
+    /// As [`Runtime::complete`].
+    ///
+    /// # Cancel safety
     /// As [`Runtime::complete`].
     pub async fn complete<D: Payload>(&self, task: &TaskId, decision: &D) -> Result<(), Error> {
         self.rt.complete(&self.actor, task, decision).await

@@ -516,8 +516,9 @@ impl Runtime {
     /// On return the pause is on disk: the schedule stays paused across restarts.
     ///
     /// # Cancel safety
-    /// If dropped, the pause may or may not have been stored; once it is, the scheduler
-    /// honours it, whether or not this future is still polled.
+    /// Dropped after its first poll, the pause is still stored by a task of the runtime,
+    /// also when the scheduler moved the schedule on meanwhile. Dropped before it was
+    /// polled, nothing was sent.
     pub async fn pause_schedule(
         &self,
         schedule_id: &str,
@@ -537,8 +538,9 @@ impl Runtime {
     /// On return the schedule is stored as running again.
     ///
     /// # Cancel safety
-    /// If dropped, the resumption may or may not have been stored; once it is, the
-    /// scheduler fires it, whether or not this future is still polled.
+    /// Dropped after its first poll, the resumption is still stored by a task of the
+    /// runtime, and the scheduler fires it. Dropped before it was polled, nothing was
+    /// sent.
     pub async fn resume_schedule(&self, schedule_id: &str) -> Result<ScheduleRow, Error> {
         self.engine.resume_schedule(schedule_id).await
     }
@@ -570,6 +572,11 @@ impl Runtime {
     ///
     /// # Durability
     /// On return the request is on disk.
+    ///
+    /// # Cancel safety
+    /// Dropped after its first poll, the request is still recorded (unless refused) by a
+    /// task of the runtime; once it is, it reaches the run by the commit itself. Dropped
+    /// before it was polled, nothing was sent.
     pub async fn cancel(&self, id: &str, reason: &str) -> Result<(), Error> {
         self.engine.cancel(id, reason).await
     }
@@ -582,6 +589,11 @@ impl Runtime {
     ///
     /// # Durability
     /// On return the termination is on disk.
+    ///
+    /// # Cancel safety
+    /// Dropped after its first poll, the termination is still recorded (unless refused)
+    /// by a task of the runtime; once it is, the run is stopped and its waiters answered
+    /// by the commit itself. Dropped before it was polled, nothing was sent.
     pub async fn terminate(&self, id: &str, reason: &str) -> Result<(), Error> {
         self.engine.terminate(id, reason).await
     }

@@ -449,8 +449,9 @@ impl Runtime {
     /// On `Ok` the decision is on disk; the workflow carries on even after a crash.
     ///
     /// # Cancel safety
-    /// If dropped, the decision may or may not have been recorded, never twice; once it
-    /// is, it reaches the workflow by the commit itself.
+    /// Dropped after its first poll, the decision is still checked and recorded (unless
+    /// refused; never twice) by a task of the runtime; once it is, it reaches the
+    /// workflow by the commit itself. Dropped before it was polled, nothing was sent.
     pub async fn complete<D: Payload>(
         &self,
         actor: &Actor,
@@ -466,6 +467,9 @@ impl Runtime {
     /// [`Runtime::complete`] with a JSON decision (from a form, an HTTP request).
     ///
     /// # Errors
+    /// As [`Runtime::complete`].
+    ///
+    /// # Cancel safety
     /// As [`Runtime::complete`].
     pub async fn complete_json(
         &self,

@@ -335,6 +335,62 @@ async fn a_pause_dropped_after_its_first_poll_still_pauses_the_schedule() {
     rt.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_dropped_while_the_scheduler_moves_the_schedule_on_still_lands() {
+    // The pause stores its row only if the stored one is still the one it read; the
+    // scheduler replaces the row at every occurrence. A pause that loses that race is
+    // made again on the new row, also when its caller has gone.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let rt = open(&dir.path().join("db.redb"), &clock, None).await;
+    let every_second = Recurrence::every(Duration::from_secs(1));
+    rt.schedule(add_one, "tick", 1, every_second).await.unwrap();
+    for round in 0..120 {
+        clock.advance(Duration::from_secs(1));
+        // A few yields, a different number each round, so the pause meets the
+        // scheduler's commit at different points.
+        for _ in 0..round % 6 {
+            tokio::task::yield_now().await;
+        }
+        poll_once_and_drop(rt.pause_schedule("tick", "maintenance")).await;
+        patiently("the dropped pause", async {
+            while rt.schedules()[0].1.paused.is_none() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        rt.resume_schedule("tick").await.unwrap();
+        assert!(rt.schedules()[0].1.paused.is_none(), "round {round}");
+    }
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_actors_start_dropped_after_its_first_poll_still_runs_the_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = open(&dir.path().join("db.redb"), &clock(), None).await;
+    let clerk = clerk();
+    poll_once_and_drop(rt.acting_as(&clerk).start(add_one, "as-s", 41)).await;
+    until_started(&rt, "as-s").await;
+    let result = patiently(
+        "the actor's dropped start",
+        rt.handle(add_one, "as-s").result(),
+    )
+    .await;
+    assert_eq!(result.unwrap().unwrap(), 42);
+    let history = rt.history("as-s").await.unwrap();
+    assert_eq!(
+        history[0]
+            .record
+            .actor
+            .as_ref()
+            .map(|actor| actor.id.as_str()),
+        Some("clerk"),
+        "the start is recorded with its actor"
+    );
+    rt.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_unschedule_dropped_after_its_first_poll_still_stops_the_schedule() {
     let dir = tempfile::tempdir().unwrap();

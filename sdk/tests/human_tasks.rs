@@ -505,6 +505,48 @@ async fn a_decision_dropped_after_its_first_poll_still_reaches_the_workflow() {
 }
 
 #[tokio::test]
+async fn a_delegation_and_a_release_dropped_after_their_first_poll_are_still_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = open(&dir.path().join("db.redb"), None).await;
+    rt.start(loan, "loan-6", application()).await.unwrap();
+    let id = inbox(&rt, &TaskQuery::for_actor(&alice()), 1)
+        .await
+        .remove(0);
+    rt.claim(&alice(), &id).await.unwrap();
+    poll_once_and_drop(rt.delegate(&alice(), &id, "carol")).await;
+    let until = |holder: Option<&'static str>| {
+        let (rt, id) = (&rt, &id);
+        async move {
+            tokio::time::timeout(Duration::from_secs(20), async {
+                while rt.task(id).await.unwrap().state.assignee.as_deref() != holder {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("the task never came to be held by {holder:?}"));
+        }
+    };
+    until(Some("carol")).await;
+    let carol = Actor::new("carol", ["underwriter"]);
+    poll_once_and_drop(rt.release(&carol, &id)).await;
+    until(None).await;
+    let changes: Vec<_> = events(&rt, "loan-6")
+        .await
+        .into_iter()
+        .filter_map(|kind| match kind {
+            EventKind::TaskChanged { change, .. } => Some(change),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        changes.len(),
+        3,
+        "claim, delegation, release once each: {changes:?}"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_claim_and_a_comment_dropped_after_their_first_poll_are_still_recorded_once() {
     let dir = tempfile::tempdir().unwrap();
     let rt = open(&dir.path().join("db.redb"), None).await;

@@ -434,6 +434,50 @@ async fn an_update_from_an_actor_without_the_role_is_refused_and_the_request_nam
 }
 
 #[tokio::test]
+async fn an_actors_update_dropped_after_its_first_poll_is_still_recorded_once_and_answered() {
+    use cairn::policy::{Roles, Verb};
+    use cairn::Actor;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Roles::new()
+        .allow(Verb::Update, "delivery", ["customer"])
+        .allow(Verb::Read, "delivery", ["customer"])
+        .admin("admin");
+    let rt = Runtime::builder()
+        .workflow(delivery)
+        .policy(std::sync::Arc::new(policy))
+        .open_store(dir.path().join("db.redb"))
+        .await
+        .unwrap();
+    rt.start(delivery, "d-6", home()).await.unwrap();
+    let carol = Actor::new("carol", ["customer"]);
+    // The policy's check reads the instance first; the caller goes away meanwhile.
+    {
+        let desk = rt.acting_as(&carol);
+        let to = office();
+        let call = desk.update_with_key("d-6", CHANGE_ADDRESS, &to, "u-gone");
+        let mut call = Box::pin(call);
+        let _ = futures::poll!(call.as_mut());
+    }
+    until_keyed(&rt, "d-6", "UpdateAnswered", "u-gone").await;
+    // Asking again with the key returns the one answer recorded, and records nothing.
+    let again = rt
+        .acting_as(&carol)
+        .update_with_key("d-6", CHANGE_ADDRESS, &office(), "u-gone")
+        .await
+        .unwrap();
+    assert_eq!(again, Ok(1));
+    let history = rt.history("d-6").await.unwrap();
+    assert_eq!(count(&history, "KeyedSignalReceived"), 1);
+    assert_eq!(count(&history, "UpdateAnswered"), 1);
+    let request = history
+        .iter()
+        .find(|e| e.record.kind.name() == "KeyedSignalReceived")
+        .unwrap();
+    assert_eq!(request.record.actor.as_ref().unwrap().id, "carol");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_keyed_send_dropped_after_its_first_poll_is_still_recorded_once() {
     let dir = tempfile::tempdir().unwrap();
     let rt = open(&dir.path().join("db.redb")).await;

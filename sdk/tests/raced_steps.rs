@@ -79,6 +79,20 @@ async fn either_then_other(ctx: Ctx) -> Result<String, WorkflowError> {
     Ok(format!("{first} then {other}:{second}"))
 }
 
+/// The same with waits that have a deadline (`signal_or_timeout`), which record it
+/// before they wait: a signal the losing one took goes back too.
+#[workflow]
+async fn either_then_other_timed(ctx: Ctx) -> Result<String, WorkflowError> {
+    ctx.signal::<()>("go").await?;
+    let hour = Duration::from_secs(3600);
+    let (first, other) = tokio::select! {
+        a = ctx.signal_or_timeout::<String>("a", hour) => (format!("a:{:?}", a?), "b"),
+        b = ctx.signal_or_timeout::<String>("b", hour) => (format!("b:{:?}", b?), "a"),
+    };
+    let second = ctx.signal_or_timeout::<String>(other, hour).await?;
+    Ok(format!("{first} then {other}:{second:?}"))
+}
+
 static KEYS: Mutex<Vec<(u32, String, String)>> = Mutex::new(Vec::new());
 
 /// Fails its first attempt in every run, so each run shows two attempts of one step.
@@ -177,12 +191,51 @@ async fn open(path: &std::path::Path) -> Runtime {
         .workflow(signal_or_slow)
         .workflow(chain)
         .workflow(either_then_other)
+        .workflow(either_then_other_timed)
         .workflow(activity_or_notice)
         .workflow(ok_then_act)
         .eviction_idle(None)
         .open_store(path)
         .await
         .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_taken_by_a_losing_wait_with_a_deadline_goes_back_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let rt = open(&path).await;
+    for n in 0..8 {
+        let id = format!("timed-{n}");
+        let handle = rt.start(either_then_other_timed, &id, ()).await.unwrap();
+        rt.signal(&id, "a", &"yes".to_owned()).await.unwrap();
+        rt.signal(&id, "b", &"no".to_owned()).await.unwrap();
+        rt.signal(&id, "go", &()).await.unwrap();
+        let said = tokio::time::timeout(PATIENCE, handle.result())
+            .await
+            .expect("no signal was lost: the second wait did not sit out its hour")
+            .unwrap()
+            .unwrap();
+        assert!(
+            said == r#"a:Some("yes") then b:Some("no")"#
+                || said == r#"b:Some("no") then a:Some("yes")"#,
+            "{id}: {said}"
+        );
+        let records: Vec<_> = rt
+            .history(&id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.record)
+            .collect();
+        for _ in 0..8 {
+            assert!(matches!(
+                rt.replay(&records).await.unwrap(),
+                ReplayVerdict::Matches(_)
+            ));
+        }
+    }
+    rt.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
