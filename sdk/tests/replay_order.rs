@@ -333,3 +333,46 @@ async fn a_step_dropped_while_it_waits_for_the_recorded_run_to_be_caught_up_is_a
     assert_eq!(said, Ok("too late".to_owned()));
     rt.shutdown().await;
 }
+
+/// A long sequence, then a wait: a rebuild hands back more outcomes than one poll of the
+/// run's task does (`RELEASE_ROUNDS_PER_POLL`), so it yields and comes back.
+#[workflow]
+async fn long_then_wait(ctx: Ctx, steps: u32) -> Result<u32, WorkflowError> {
+    let mut total = 0u32;
+    for i in 0..steps {
+        total = total.wrapping_add(ctx.activity(note, i % 7).await?);
+    }
+    ctx.signal::<()>("end").await?;
+    Ok(total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_history_is_handed_back_over_several_polls_of_the_runs_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Runtime::builder()
+            .workflow(long_then_wait)
+            .always_replay(false)
+            .open_store(dir.path().join("db.redb"))
+    };
+    let steps = 2_500u32;
+    let want = (0..steps).fold(0u32, |t, i| t.wrapping_add((i % 7) * 10));
+    let rt = open().await.unwrap();
+    rt.start(long_then_wait, "l-1", steps).await.unwrap();
+    until_count(&rt, "l-1", "ActivityCompleted", steps as usize).await;
+    rt.shutdown().await;
+    // Rebuilt from its log: 2,500 outcomes handed back, then the wait goes on live.
+    let rt = open().await.unwrap();
+    rt.signal("l-1", "end", &()).await.unwrap();
+    let total = tokio::time::timeout(PATIENCE, rt.handle(long_then_wait, "l-1").result())
+        .await
+        .expect("the rebuilt run went on")
+        .unwrap();
+    assert_eq!(total, Ok(want));
+    let records = records_of(&rt, "l-1").await;
+    match rt.replay(&records).await {
+        Ok(ReplayVerdict::Matches(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    rt.shutdown().await;
+}
