@@ -380,21 +380,26 @@ async fn updates_and_queries_reach_an_instance_across_a_restart_and_queries_neve
     rt.shutdown().await;
 }
 
-#[tokio::test]
-async fn an_update_from_an_actor_without_the_role_is_refused_and_the_request_names_its_sender() {
+/// A host whose policy lets customers update and read deliveries.
+async fn open_for_customers(path: &std::path::Path) -> Runtime {
     use cairn::policy::{Roles, Verb};
-    use cairn::Actor;
-    let dir = tempfile::tempdir().unwrap();
     let policy = Roles::new()
         .allow(Verb::Update, "delivery", ["customer"])
         .allow(Verb::Read, "delivery", ["customer"])
         .admin("admin");
-    let rt = Runtime::builder()
+    Runtime::builder()
         .workflow(delivery)
         .policy(std::sync::Arc::new(policy))
-        .open_store(dir.path().join("db.redb"))
+        .open_store(path)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_update_from_an_actor_without_the_role_is_refused_and_the_request_names_its_sender() {
+    use cairn::Actor;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = open_for_customers(&dir.path().join("db.redb")).await;
     rt.start(delivery, "d-5", home()).await.unwrap();
     // The run publishes first and then only waits: the history stands still.
     while rt.query("d-5", PARCEL).await.unwrap().is_none() {
@@ -435,19 +440,9 @@ async fn an_update_from_an_actor_without_the_role_is_refused_and_the_request_nam
 
 #[tokio::test]
 async fn an_actors_update_dropped_after_its_first_poll_is_still_recorded_once_and_answered() {
-    use cairn::policy::{Roles, Verb};
     use cairn::Actor;
     let dir = tempfile::tempdir().unwrap();
-    let policy = Roles::new()
-        .allow(Verb::Update, "delivery", ["customer"])
-        .allow(Verb::Read, "delivery", ["customer"])
-        .admin("admin");
-    let rt = Runtime::builder()
-        .workflow(delivery)
-        .policy(std::sync::Arc::new(policy))
-        .open_store(dir.path().join("db.redb"))
-        .await
-        .unwrap();
+    let rt = open_for_customers(&dir.path().join("db.redb")).await;
     rt.start(delivery, "d-6", home()).await.unwrap();
     let carol = Actor::new("carol", ["customer"]);
     // The policy's check reads the instance first; the caller goes away meanwhile.

@@ -192,18 +192,20 @@ async fn two_sequences_rotating(ctx: Ctx) -> Result<String, WorkflowError> {
     Ok(format!("{} {} {}", a?, b?, c?))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_branches_of_a_join_number_their_later_calls_as_the_recorded_run_did() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::builder()
+async fn open_joins(path: std::path::PathBuf, always_replay: bool) -> Runtime {
+    Runtime::builder()
         .workflow(two_sequences)
         .workflow(two_sequences_rotating)
-        .always_replay(false)
-        .open_store(dir.path().join("db.redb"))
+        .always_replay(always_replay)
+        .open_store(path)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs both join shapes as `seq-{n}` and `rot-{n}` and checks what they return.
+async fn run_joins(rt: &Runtime, n: u32) {
     let said = rt
-        .start(two_sequences, "seq-1", ())
+        .start(two_sequences, &format!("seq-{n}"), ())
         .await
         .unwrap()
         .result()
@@ -211,16 +213,24 @@ async fn the_branches_of_a_join_number_their_later_calls_as_the_recorded_run_did
         .unwrap();
     assert_eq!(said, Ok("kept x kept y".to_owned()));
     let said = rt
-        .start(two_sequences_rotating, "rot-1", ())
+        .start(two_sequences_rotating, &format!("rot-{n}"), ())
         .await
         .unwrap()
         .result()
         .await
         .unwrap();
     assert_eq!(said, Ok("kept x kept y kept kept z".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_branches_of_a_join_number_their_later_calls_as_the_recorded_run_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = open_joins(dir.path().join("db.redb"), false).await;
+    run_joins(&rt, 1).await;
     for id in ["seq-1", "rot-1"] {
         let records = records_of(&rt, id).await;
-        // Live, the second branch's `keep` is step 4 (the first branch's is later).
+        // Live, the `keep` of the branch whose fetch took no time comes first: step 3
+        // of two sequences, step 4 of three.
         let keeps: Vec<_> = records
             .iter()
             .filter_map(|r| match &r.kind {
@@ -242,29 +252,8 @@ async fn the_branches_of_a_join_number_their_later_calls_as_the_recorded_run_did
 
     // A run rebuilt from its log after every step numbers its calls the same way, and
     // is not parked.
-    let rt = Runtime::builder()
-        .workflow(two_sequences)
-        .workflow(two_sequences_rotating)
-        .always_replay(true)
-        .open_store(dir.path().join("rebuilt.redb"))
-        .await
-        .unwrap();
-    let said = rt
-        .start(two_sequences, "seq-2", ())
-        .await
-        .unwrap()
-        .result()
-        .await
-        .unwrap();
-    assert_eq!(said, Ok("kept x kept y".to_owned()));
-    let said = rt
-        .start(two_sequences_rotating, "rot-2", ())
-        .await
-        .unwrap()
-        .result()
-        .await
-        .unwrap();
-    assert_eq!(said, Ok("kept x kept y kept kept z".to_owned()));
+    let rt = open_joins(dir.path().join("rebuilt.redb"), true).await;
+    run_joins(&rt, 2).await;
     rt.shutdown().await;
 }
 
