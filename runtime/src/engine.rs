@@ -1320,10 +1320,30 @@ impl Engine {
         if let Some(mut receiver) = receiver {
             // An error means the driver went away without a result: shut down, or
             // terminated (then the stored row below has the answer).
-            if let Ok(slot) = receiver.wait_for(Option::is_some).await {
-                if let Some(result) = slot.as_ref() {
+            loop {
+                // A store that failed for good (any commit, not only this run's) ends
+                // the wait: the run cannot record anything more until the runtime is
+                // reopened, and a caller waiting for its result would wait for ever.
+                let failed = self.shared.registered.notified();
+                tokio::pin!(failed);
+                failed.as_mut().enable();
+                if let Some(result) = receiver.borrow().as_ref() {
                     return result.clone();
                 }
+                if let Some(err) = lock(&self.shared.storage_failed).clone() {
+                    return Err(err);
+                }
+                tokio::select! {
+                    changed = receiver.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                    }
+                    () = &mut failed => {}
+                }
+            }
+            if let Some(result) = receiver.borrow().as_ref() {
+                return result.clone();
             }
             if self.shared.closed.load(Ordering::Acquire) {
                 return Err(Error::ShutDown);
@@ -1942,6 +1962,8 @@ enum Dispatched {
     Commit(u64, Vec<Committed>),
     /// A change in which runs this host drives.
     Handover(Handover),
+    /// The store failed for good: it refuses every write until the runtime is reopened.
+    Failed(Error),
 }
 
 impl CommitListener for Dispatch {
@@ -1956,6 +1978,10 @@ impl CommitListener for Dispatch {
 
     fn commit_took(&self, took: std::time::Duration) {
         self.commit_seconds.observe(took.as_secs_f64());
+    }
+
+    fn failed(&self, err: &Error) {
+        let _ = self.batches.send(Dispatched::Failed(err.clone()));
     }
 }
 
@@ -1974,6 +2000,11 @@ async fn run_dispatch(
             Dispatched::Commit(batch, effects) => (batch, effects),
             Dispatched::Handover(Handover::Lost) => {
                 drop_lost_runs(&shared);
+                continue;
+            }
+            Dispatched::Failed(err) => {
+                lock(&shared.storage_failed).get_or_insert(err);
+                shared.registered.notify_waiters();
                 continue;
             }
             Dispatched::Handover(Handover::Adopted(runs)) => {

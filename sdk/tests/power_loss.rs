@@ -228,3 +228,93 @@ async fn acknowledged_work_survives_power_loss_at_any_sync() {
         "most seeds must lose power mid-run to test anything"
     );
 }
+
+/// Never finishes: it loses the race below.
+#[activity]
+async fn slow(_ctx: ActivityCtx, _x: ()) -> Result<u64, ActivityError> {
+    std::future::pending().await
+}
+
+/// A race whose loser is dropped (its abandonment is sent without anyone waiting for
+/// it) beside a wait that started before: if the store refuses the abandonment, nothing
+/// the workflow does next would learn of it.
+#[workflow]
+async fn race_beside_a_wait(ctx: Ctx) -> Result<String, WorkflowError> {
+    let (won, other) = futures::join!(
+        async {
+            tokio::select! {
+                said = ctx.signal::<String>("a") => said.map_err(WorkflowError::from),
+                done = ctx.activity(slow, ()) => done.map(|n| n.to_string()).map_err(WorkflowError::from),
+            }
+        },
+        ctx.signal::<String>("b"),
+    );
+    Ok(format!("{} {}", won?, other?))
+}
+
+async fn open_race(disk: &FaultDisk) -> Runtime {
+    let store = disk.open_store("race-disk").unwrap();
+    let journal = RedbJournal::on(Arc::new(store)).unwrap();
+    Runtime::builder()
+        .workflow(race_beside_a_wait)
+        .open_journal(Arc::new(journal))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_around_a_race_ends_the_run_instead_of_leaving_it_hanging() {
+    // How many syncs the signal and the race after it take, on a disk that does not fail.
+    let disk = FaultDisk::new();
+    let rt = open_race(&disk).await;
+    rt.start(race_beside_a_wait, "r-1", ()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let before = disk.sync_calls();
+    rt.signal("r-1", "a", &"yes".to_owned()).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !rt
+        .history("r-1")
+        .await
+        .unwrap()
+        .iter()
+        .any(|e| matches!(e.record.kind, EventKind::StepAbandoned { .. }))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the loser was never abandoned"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let syncs = disk.sync_calls() - before;
+    assert!(
+        syncs >= 2,
+        "the signal and the abandonment are two commits at least"
+    );
+    rt.shutdown().await;
+
+    // Whichever of them fails (the signal's receipt, its delivery, the loser's
+    // abandonment, which nobody waits for), whoever waits for the run's result hears
+    // of the failure within moments instead of waiting for ever.
+    for k in 1..=syncs {
+        let disk = FaultDisk::new();
+        let rt = open_race(&disk).await;
+        let handle = rt.start(race_beside_a_wait, "r-1", ()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        disk.set_fault(Fault::FailSyncAt(
+            disk.sync_calls() + k,
+            std::io::ErrorKind::Other,
+        ));
+        let _ = rt.signal("r-1", "a", &"yes".to_owned()).await;
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), handle.result())
+            .await
+            .unwrap_or_else(|_| panic!("sync {k} of {syncs} failed and the wait hung"));
+        assert!(disk.failed(), "sync {k}: the fault never fired");
+        let err = match ended {
+            Err(err) => err.to_string(),
+            Ok(Err(err)) => format!("{err:?}"),
+            Ok(Ok(said)) => panic!("sync {k}: the run finished past a failed commit: {said}"),
+        };
+        assert!(err.contains("CAIRN-E0006"), "sync {k}: {err}");
+        rt.shutdown().await;
+    }
+}

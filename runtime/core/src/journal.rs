@@ -322,6 +322,14 @@ pub trait CommitListener: Send + Sync {
     fn handover(&self, change: Handover) {
         let _ = change;
     }
+
+    /// Called once when the store fails for good: a commit failed, and it refuses every
+    /// write until it is reopened. The host answers whoever waits on a run with `err`,
+    /// since no run can record anything more. The default ignores it, for a store whose
+    /// failures pass.
+    fn failed(&self, err: &Error) {
+        let _ = err;
+    }
 }
 
 /// Milliseconds since the Unix epoch on the host's clock: the time a journal records in

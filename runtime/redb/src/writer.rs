@@ -528,6 +528,11 @@ impl WriterLoop {
 
     fn fail(&mut self, err: Error, replies: &mut Vec<Reply>) {
         tracing::error!(%err, "group commit failed; the writer refuses further appends until reopened");
+        if self.failed.is_none() {
+            if let Some(listener) = self.listener.get() {
+                listener.failed(&err);
+            }
+        }
         for reply in replies.drain(..) {
             match reply {
                 Reply::Start(tx, _) => drop(tx.send(Err(err.clone()))),
