@@ -1091,17 +1091,22 @@ impl WorkflowContext {
         true
     }
 
+    /// The place among the recorded outcomes that must be handed back for `rank` to be:
+    /// its own, or with `None` the last one.
+    fn due(&self, rank: Option<usize>) -> usize {
+        rank.unwrap_or_else(|| self.inner.history.outcomes().saturating_sub(1))
+    }
+
     /// Whether the outcome of `rank` (every outcome, with `None`) is handed back.
     fn is_released(&self, rank: Option<usize>) -> bool {
-        let due = rank.unwrap_or_else(|| self.inner.history.outcomes().saturating_sub(1));
-        lock(&self.inner.state).released > due
+        lock(&self.inner.state).released > self.due(rank)
     }
 
     /// Resolves once the outcome of `rank` (or every outcome, with `None`) is handed back.
     fn released(&self, rank: Option<usize>) -> impl Future<Output = ()> + '_ {
+        let due = self.due(rank);
         std::future::poll_fn(move |cx| {
             let mut state = lock(&self.inner.state);
-            let due = rank.unwrap_or_else(|| self.inner.history.outcomes().saturating_sub(1));
             if state.released > due {
                 return std::task::Poll::Ready(());
             }
@@ -1114,6 +1119,23 @@ impl WorkflowContext {
             }
             std::task::Poll::Pending
         })
+    }
+
+    /// Waits, as step `step`, until the outcome of `rank` (every recorded outcome, with
+    /// `None`) is handed back. Dropped meanwhile by the workflow, the step lost a race (a
+    /// sibling's outcome came first) and is recorded as abandoned, as it would be live;
+    /// never returns once a sibling stopped the run, which then drops it as its own.
+    async fn await_turn(&self, step: StepNo, rank: Option<usize>) {
+        let guard = LiveGuard {
+            ctx: self,
+            step,
+            armed: true,
+        };
+        self.released(rank).await;
+        if lock(&self.inner.state).stop.is_some() {
+            return std::future::pending().await;
+        }
+        guard.finish();
     }
 
     /// Decides a step against history; parks the instance on divergence.
@@ -1208,19 +1230,7 @@ impl WorkflowContext {
                 // Nothing new starts before the recorded run is caught up with: the
                 // step's own outcome, live, comes after every recorded one.
                 if self.releasing() {
-                    // Dropped while it waits here, the step lost a race (a sibling's
-                    // outcome came first): recorded as abandoned, as it would be live.
-                    let guard = LiveGuard {
-                        ctx: self,
-                        step,
-                        armed: true,
-                    };
-                    self.released(None).await;
-                    if lock(&self.inner.state).stop.is_some() {
-                        // Dropped with the run, not by the workflow.
-                        return std::future::pending().await;
-                    }
-                    guard.finish();
+                    self.await_turn(step, None).await;
                 }
                 Decision::Run {
                     failed_attempts,
@@ -1246,16 +1256,7 @@ impl WorkflowContext {
                             _ => {}
                         }
                     }
-                    let guard = LiveGuard {
-                        ctx: self,
-                        step,
-                        armed: true,
-                    };
-                    self.released(rank).await;
-                    if lock(&self.inner.state).stop.is_some() {
-                        return std::future::pending().await;
-                    }
-                    guard.finish();
+                    self.await_turn(step, rank).await;
                 }
                 replay
             }

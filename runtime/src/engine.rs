@@ -285,6 +285,9 @@ pub(crate) struct Shared {
     /// it, so waits for unfinished instances end with it instead of waiting for runs
     /// that will not come until the runtime is reopened.
     storage_failed: Mutex<Option<Error>>,
+    /// Notified when the store fails for good (`CommitListener::failed`): only then, so
+    /// the waits for results it ends are not woken by every start.
+    store_failed: Notify,
 }
 
 /// Configures and opens an [`Engine`].
@@ -481,6 +484,7 @@ impl EngineBuilder {
             answers: Arc::default(),
             metrics: crate::metrics::Metrics::new(shared_store),
             storage_failed: Mutex::new(None),
+            store_failed: Notify::new(),
         });
         // Before anything is queued: every commit from now on reaches memory through it.
         // Unbounded: the writer never waits for the dispatcher, which applies a batch in
@@ -1324,7 +1328,7 @@ impl Engine {
                 // A store that failed for good (any commit, not only this run's) ends
                 // the wait: the run cannot record anything more until the runtime is
                 // reopened, and a caller waiting for its result would wait for ever.
-                let failed = self.shared.registered.notified();
+                let failed = self.shared.store_failed.notified();
                 tokio::pin!(failed);
                 failed.as_mut().enable();
                 if let Some(result) = receiver.borrow().as_ref() {
@@ -2004,6 +2008,7 @@ async fn run_dispatch(
             }
             Dispatched::Failed(err) => {
                 lock(&shared.storage_failed).get_or_insert(err);
+                shared.store_failed.notify_waiters();
                 shared.registered.notify_waiters();
                 continue;
             }
