@@ -54,7 +54,7 @@ echo "== the engine's integration suite again, on PostgreSQL =="
 PG_SUITES=(activity_state actors always_replay business_time cancellation composition
   continue_as_new decisions documents dropped_callers durable_steps eviction held_results human_tasks
   messages metrics nondeterminism_mutants notifications one_clock parked_durably raced_steps recovery_errors
-  replay_order
+  join_shapes replay_order
   sagas schedules search_attributes typed_signals versioning_and_termination waiting
   waiting_on_messages)
 cargo build -q -p cairn-testkit --bin throwaway-postgres --locked

@@ -107,6 +107,20 @@ struct CtxState {
     released: usize,
     /// Steps waiting for their outcome's turn, or for every outcome to be handed back.
     release_waiters: Vec<Waker>,
+    /// Outcomes this run sent to the store live and has not handed over yet, in the
+    /// order it sent them, which is the order the history holds them in (see
+    /// `record_outcome`).
+    sent: std::collections::VecDeque<cairn_core::journal::AppendTicket>,
+    /// Outcomes of this run given a place live (sent, or taken from an attempt that
+    /// finished), and how many of them are handed over: live, outcomes are handed over
+    /// in the order they are recorded too, as replay will hand them back.
+    live_ranked: u64,
+    live_released: u64,
+    /// An outcome was handed over since the workflow was last found stuck (see
+    /// `WorkflowContext::unstick`).
+    fresh: bool,
+    /// Steps with an attempt's output to take that wait until nothing is before it.
+    take_waiters: Vec<Waker>,
 }
 
 /// An event a run queued and went on without waiting for: resolves once it is durable.
@@ -488,6 +502,11 @@ impl WorkflowContext {
                     flushing: 0,
                     released: 0,
                     release_waiters: Vec::new(),
+                    sent: std::collections::VecDeque::new(),
+                    live_ranked: 0,
+                    live_released: 0,
+                    fresh: false,
+                    take_waiters: Vec::new(),
                 }),
                 state_changed: Notify::new(),
                 flushed: Notify::new(),
@@ -686,6 +705,146 @@ impl WorkflowContext {
         }
     }
 
+    /// Records a step's outcome and returns once it is handed over: durable, and its
+    /// turn come. Never returns if the store refuses it or the run stops meanwhile (the
+    /// driver parks the run); then lets always-replay mode rebuild the run (`settle`).
+    ///
+    /// Why not as soon as it is durable: the history holds outcomes in the order the run
+    /// sent them, and replay hands them back in that order, one whenever the workflow
+    /// can go no further (see `drive`). Two outcomes durable by the same poll would
+    /// otherwise reach the workflow in the order its `join!` polls their branches, and a
+    /// branch that went on first would number its next call otherwise than a replay.
+    /// The driver hands the oldest over once the workflow is stuck (`unstick`), so the
+    /// live run and every replay of it see the same order.
+    fn record_outcome(&self, kind: EventKind) -> impl Future<Output = ()> + '_ {
+        // As in `append`: nothing after a sibling stopped the run, and a result held in
+        // this poll goes first.
+        let stopped = lock(&self.inner.state).stop.is_some();
+        if !stopped {
+            self.flush_held(None);
+        }
+        let rank = match (&self.inner.host, stopped) {
+            (Some(host), false) => {
+                // Sent now, so the store orders it with the run's other appends in the
+                // order the run made them; the driver keeps the ticket, because the step
+                // may never be polled again (the rest of a `select` kept for later) and
+                // the outcomes after it must not wait for it for ever.
+                let ticket = host.append_sent(self.inner.key, kind);
+                let mut state = lock(&self.inner.state);
+                let rank = state.live_ranked;
+                state.live_ranked += 1;
+                state.sent.push_back(ticket);
+                // In flight: the run is not idle until the driver hands it over.
+                state.busy += 1;
+                self.changed(&mut state);
+                Some(rank)
+            }
+            _ => None,
+        };
+        async move {
+            if stopped {
+                return std::future::pending().await;
+            }
+            // Offline, nothing is recorded.
+            let Some(rank) = rank else {
+                return;
+            };
+            std::future::poll_fn(|cx| {
+                let mut state = lock(&self.inner.state);
+                if state.live_released > rank {
+                    return Poll::Ready(());
+                }
+                if !state
+                    .release_waiters
+                    .iter()
+                    .any(|waker| waker.will_wake(cx.waker()))
+                {
+                    state.release_waiters.push(cx.waker().clone());
+                }
+                Poll::Pending
+            })
+            .await;
+            // Refused (the driver stopped the run with the store's error), or a sibling
+            // stopped it: the workflow sees nothing more.
+            if lock(&self.inner.state).stop.is_some() {
+                return std::future::pending().await;
+            }
+            self.settle().await;
+        }
+    }
+
+    /// The workflow is stuck (a poll left it pending with nothing woken): hands over the
+    /// next outcome, if one can go. Returns whether one did, or whether a step waiting to
+    /// take an attempt's output may now (`take_turn`); the driver then polls again.
+    ///
+    /// The order is the history's: the recorded outcomes of a rebuilt run first, in the
+    /// order the recorded run took them (`History::outcome_rank`), then the oldest
+    /// outcome the run sent, once it is durable. Its ticket is polled here with the
+    /// driver's waker, so its commit wakes the driver.
+    ///
+    /// Why one at a time: a recorded step would otherwise resolve the moment it is
+    /// asked for, and a branch whose first step finished later in the recorded run
+    /// could go on first and number its next call differently, or a deadline awaited
+    /// across a loop could win before the signals that came before it.
+    pub(crate) fn unstick(&self, cx: &mut std::task::Context<'_>) -> bool {
+        let total = self.inner.history.outcomes();
+        let mut state = lock(&self.inner.state);
+        state.fresh = false;
+        let waiters = if state.released < total {
+            state.released += 1;
+            state.fresh = true;
+            std::mem::take(&mut state.release_waiters)
+        } else if let Some(ticket) = state.sent.front_mut() {
+            let Poll::Ready(appended) = ticket.as_mut().poll(cx) else {
+                return false;
+            };
+            state.sent.pop_front();
+            state.live_released += 1;
+            state.busy = state.busy.saturating_sub(1);
+            state.fresh = true;
+            if let Err(err) = appended {
+                // The step it belongs to sees the stop and goes no further.
+                if state.stop.is_none() {
+                    state.stop = Some(Stop::Fatal(err));
+                }
+                state.stopped = true;
+            }
+            self.changed(&mut state);
+            std::mem::take(&mut state.release_waiters)
+        } else if !state.take_waiters.is_empty() {
+            std::mem::take(&mut state.take_waiters)
+        } else {
+            return false;
+        };
+        drop(state);
+        for waker in waiters {
+            waker.wake();
+        }
+        true
+    }
+
+    /// Whether a step may take its attempt's output now, where results are held: only
+    /// when no outcome is before it (none sent and not handed over, none of a rebuilt
+    /// run's left to hand back), and none was handed over since the workflow was last
+    /// stuck. So a take is where a replay hands the output back: when the workflow is
+    /// stuck, after everything recorded before it. Otherwise registers `cx` to be woken
+    /// when it may (`unstick`).
+    fn take_turn(&self, cx: &mut std::task::Context<'_>) -> bool {
+        let total = self.inner.history.outcomes();
+        let mut state = lock(&self.inner.state);
+        if state.sent.is_empty() && !state.fresh && state.released >= total {
+            return true;
+        }
+        if !state
+            .take_waiters
+            .iter()
+            .any(|waker| waker.will_wake(cx.waker()))
+        {
+            state.take_waiters.push(cx.waker().clone());
+        }
+        false
+    }
+
     /// Holds an activity's result without waiting for it to be durable, where the
     /// store can queue it: the result is held, and the workflow goes on at once. The
     /// driver sends it when this poll of the workflow ends (`flush_held`), or with the
@@ -711,6 +870,10 @@ impl WorkflowContext {
         if state.stop.is_some() {
             return false;
         }
+        // Taken now (`take_turn` let it): its place among the outcomes, handed over.
+        state.live_ranked += 1;
+        state.live_released += 1;
+        state.fresh = true;
         // Two results in one poll (a `join!`): the older one goes first.
         let older = state.held.replace((kind, hold));
         drop(state);
@@ -787,9 +950,14 @@ impl WorkflowContext {
     /// before the history says which branch lost (a crash in between would let a replay
     /// take the other one). A task drives it; a refusal stops the run.
     fn queue_abandoned(&self, host: &Arc<dyn HostPort>, step: StepNo) {
-        let queued = host
-            .append_sent(self.inner.key, EventKind::StepAbandoned { step })
-            .shared();
+        self.send_ahead(host, EventKind::StepAbandoned { step });
+    }
+
+    /// Sends `kind`, one of the run's own events, without waiting for it: every later
+    /// step of the run waits for it (`queued`), and so does the run's end. A task drives
+    /// it; a refusal stops the run.
+    fn send_ahead(&self, host: &Arc<dyn HostPort>, kind: EventKind) {
+        let queued = host.append_sent(self.inner.key, kind).shared();
         lock(&self.inner.state).queued = Some(queued.clone());
         let ctx = self.clone();
         drop(tokio::spawn(async move {
@@ -1062,33 +1230,10 @@ impl WorkflowContext {
             .hand_over(cancel_delivered, self.inner.history.run)
     }
 
-    /// Whether recorded outcomes are still to be handed back (see `release_next`).
+    /// Whether recorded outcomes are still to be handed back (see `unstick`).
     pub(crate) fn releasing(&self) -> bool {
         let total = self.inner.history.outcomes();
         total > 0 && lock(&self.inner.state).released < total
-    }
-
-    /// Hands back the next recorded outcome in the order the recorded run took them:
-    /// what the driver does when the workflow can go no further with those handed back
-    /// so far. Returns whether there was one.
-    ///
-    /// Why one at a time: a recorded step would otherwise resolve the moment it is
-    /// asked for, and a branch whose first step finished later in the recorded run
-    /// could go on first and number its next call differently, or a deadline awaited
-    /// across a loop could win before the signals that came before it.
-    pub(crate) fn release_next(&self) -> bool {
-        let waiters = {
-            let mut state = lock(&self.inner.state);
-            if state.released >= self.inner.history.outcomes() {
-                return false;
-            }
-            state.released += 1;
-            std::mem::take(&mut state.release_waiters)
-        };
-        for waker in waiters {
-            waker.wake();
-        }
-        true
     }
 
     /// The place among the recorded outcomes that must be handed back for `rank` to be:
@@ -1451,6 +1596,11 @@ impl WorkflowContext {
                                     // cancellation came in the same instant. The cancellation's
                                     // notice is only registered once the attempt is found not done.
                                     if let Some(attempted) = std::future::poll_fn(|cx| {
+                                        // A held output is taken where a replay hands it
+                                        // back: nothing recorded before it is pending.
+                                        if this.holds_results() && !this.take_turn(cx) {
+                                            return Poll::Pending;
+                                        }
                                         if let Poll::Ready(attempted) =
                                             Pin::new(&mut running).poll(cx)
                                         {
@@ -1534,7 +1684,7 @@ impl WorkflowContext {
                             // Rare (see `hold_result`): recorded and waited for, then decoded from a
                             // copy. Boxed, so that every step's future has no room for it.
                             drop(busy);
-                            Box::pin(this.record(record)).await;
+                            Box::pin(this.record_outcome(record)).await;
                             drop(held);
                             match decode(this, &output) {
                                 Ok(value) => return Ok(value),
@@ -1545,7 +1695,7 @@ impl WorkflowContext {
                         Then::Fail(failure) => {
                             drop(busy);
                             // Boxed, as above: a failed step is the rare path.
-                            Box::pin(this.record(record)).await;
+                            Box::pin(this.record_outcome(record)).await;
                             drop(held);
                             return Err(*failure);
                         }
@@ -1594,7 +1744,7 @@ impl WorkflowContext {
                         Ok(value) => value,
                         Err(err) => return self.abort(err).await,
                     };
-                    self.record(value::recorded(step, label, value.clone()))
+                    self.record_outcome(value::recorded(step, label, value.clone()))
                         .await;
                     value
                 })
@@ -1647,7 +1797,7 @@ impl WorkflowContext {
         };
         // Boxed: every step checks for a cancellation, few record one, and the record's
         // state would otherwise sit inline in every step's future.
-        Box::pin(self.record(cancelled)).await;
+        Box::pin(self.record_outcome(cancelled)).await;
         Some(reason)
     }
 
@@ -1718,6 +1868,10 @@ impl WorkflowContext {
 
     /// Records the marker of patch `patch_id` at `step` before the new path runs.
     ///
+    /// The workflow goes on at once, as a replay does once the marker is recorded: a
+    /// wait for its commit would let outcomes of sibling branches be handed over first.
+    /// Every later step waits for it instead, as for a held result (`queued`).
+    ///
     /// # Cancel safety
     /// Dropping the future may leave the marker unrecorded; it is recorded on replay.
     pub async fn record_patch(&self, step: StepNo, patch_id: &str) {
@@ -1726,7 +1880,16 @@ impl WorkflowContext {
         if self.releasing() {
             self.released(None).await;
         }
-        self.record(patch::marker(step, patch_id)).await;
+        let Some(host) = &self.inner.host else {
+            return;
+        };
+        // As in `append`: nothing after a sibling stopped the run, and a result held in
+        // this poll goes first.
+        if lock(&self.inner.state).stop.is_some() {
+            return std::future::pending().await;
+        }
+        self.flush_held(None);
+        self.send_ahead(host, patch::marker(step, patch_id));
     }
 
     /// Publishes search attributes at step `step` (recorded, then indexed so hosts can
@@ -1749,7 +1912,7 @@ impl WorkflowContext {
                 self.abort(err).await
             }
             Decision::Run { .. } => {
-                self.live(step, self.record(attributes::set(step, attributes)))
+                self.live(step, self.record_outcome(attributes::set(step, attributes)))
                     .await;
             }
         }
@@ -1861,7 +2024,7 @@ impl WorkflowContext {
             }
             Err(err) => return self.abort(err).await,
         };
-        self.record(child::completed(step, child_id, outcome.clone()))
+        self.record_outcome(child::completed(step, child_id, outcome.clone()))
             .await;
         Ok(outcome)
         })
@@ -1920,7 +2083,7 @@ impl WorkflowContext {
         self.observe(Observation::TimerFired {
             late_ms: self.inner.clock.now_ms().saturating_sub(fire_at_ms),
         });
-        self.record(timer::fired(step)).await;
+        self.record_outcome(timer::fired(step)).await;
         Ok(())
         })
         .await
@@ -2016,13 +2179,9 @@ impl WorkflowContext {
                     // signal goes back to the inbox with the step's abandonment.
                     // Kept until the workflow has the body (`LiveGuard::finish`).
                     lock(&self.inner.state).reserved.insert(step, signal_seq);
-                    let appended = self.append(delivered).await;
-                    if let Err(err) = appended {
-                        lock(&self.inner.state).reserved.remove(&step);
-                        inbox.untake(signal_seq);
-                        return self.abort(err).await;
-                    }
-                    self.settle().await;
+                    // Refused, the run stops, and the step's guard, dropped with it,
+                    // gives the signal back in memory.
+                    self.record_outcome(delivered).await;
                     return Ok(Some((payload, key)));
                 }
                 // Signals win over a cancellation that arrives in the same instant: a signal
@@ -2037,7 +2196,7 @@ impl WorkflowContext {
                         tokio::select! {
                             () = &mut arrived => {}
                             () = timer => {
-                                self.record(signal::timed_out(step, name)).await;
+                                self.record_outcome(signal::timed_out(step, name)).await;
                                 return Ok(None);
                             }
                         }
@@ -2241,8 +2400,11 @@ impl WorkflowContext {
                 self.abort(err).await
             }
             Decision::Run { .. } => {
-                self.live(step, self.record(notice::notified(step, topic, body)))
-                    .await;
+                self.live(
+                    step,
+                    self.record_outcome(notice::notified(step, topic, body)),
+                )
+                .await;
             }
         }
     }
@@ -2275,7 +2437,7 @@ impl WorkflowContext {
             Decision::Run { .. } => {
                 self.live(
                     step,
-                    self.record(answer::answered(step, name, key, response)),
+                    self.record_outcome(answer::answered(step, name, key, response)),
                 )
                 .await;
             }
@@ -2300,8 +2462,11 @@ impl WorkflowContext {
                 self.abort(err).await
             }
             Decision::Run { .. } => {
-                self.live(step, self.record(publish::published(step, name, value)))
-                    .await;
+                self.live(
+                    step,
+                    self.record_outcome(publish::published(step, name, value)),
+                )
+                .await;
             }
         }
     }

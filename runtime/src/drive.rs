@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -54,28 +55,31 @@ pub(crate) async fn drive(
     // Dropped before `future` (locals drop in reverse order), however this ends: steps
     // dropped with the run are not steps the workflow abandoned.
     let _ending = EndingGuard(ctx);
-    // While recorded outcomes are handed back (a run rebuilt from its log), the workflow
-    // is polled through this waker, which says whether anything woke it during a poll.
-    let replay_waker = ctx.releasing().then(|| Arc::new(ReplayWaker::default()));
+    // The workflow is polled through this waker, which says whether anything woke it
+    // during a poll: one that woke nothing left it stuck, and only then is the next
+    // outcome handed over (`WorkflowContext::unstick`), live as in a replay.
+    let waker = Arc::new(PollWaker::default());
     std::future::poll_fn(|cx| {
         // Read before the poll: a signal or cancellation delivered from here on must
         // stop an eviction, because this poll may not have seen it.
         ctx.note_poll(cx.waker());
+        let watching = waker.watch(cx.waker());
         let mut rounds = 0;
         let polled = loop {
-            let replaying = replay_waker.as_ref().filter(|_| ctx.releasing());
-            let watched = replaying.map(|waker| waker.watch(cx.waker()));
-            let polled = match &watched {
-                // Unconstrained: a tokio resource out of its task's budget defers its
-                // wake-up until after the poll, which would look like a stuck workflow.
-                Some(waker) => std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    Pin::new(&mut tokio::task::coop::unconstrained(&mut future))
-                        .poll(&mut std::task::Context::from_waker(waker))
-                })),
-                None => {
-                    std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut future).poll(cx)))
+            // Handing back a rebuilt run's recorded outcomes, which needs no wait.
+            let replaying = ctx.releasing();
+            waker.begin();
+            let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let mut workflow = std::task::Context::from_waker(&watching);
+                if replaying {
+                    // Unconstrained: a tokio resource out of its task's budget defers
+                    // its wake-up until after the poll, which would look like a stuck
+                    // workflow.
+                    Pin::new(&mut tokio::task::coop::unconstrained(&mut future)).poll(&mut workflow)
+                } else {
+                    Pin::new(&mut future).poll(&mut workflow)
                 }
-            };
+            }));
             let polled = match polled {
                 Ok(polled) => polled,
                 // The future is not polled again after a panic, so its state does not matter.
@@ -97,24 +101,28 @@ pub(crate) async fn drive(
                 ctx.flush_held(None);
                 return Poll::Ready(Err(stop));
             }
-            let Some(replaying) = replaying else {
-                break polled;
-            };
             if polled.is_ready() {
                 break polled;
             }
+            if waker.woken() {
+                // Live, the worker polls again (`finish` wakes it): what woke the
+                // workflow may be out of tokio's budget for this task. Replaying, it can
+                // go further with what it has been handed.
+                if !replaying {
+                    break polled;
+                }
+            } else if !ctx.unstick(cx) {
+                // Stuck, and nothing to hand over yet.
+                break polled;
+            }
             rounds += 1;
-            if rounds >= RELEASE_ROUNDS_PER_POLL {
+            if rounds >= ROUNDS_PER_POLL {
                 // A long history: let the worker serve other tasks, and come back.
                 cx.waker().wake_by_ref();
                 break polled;
             }
-            // Woken during the poll: it can go further with what it has; else it is
-            // stuck without the next recorded outcome, which is handed back now.
-            if !replaying.woken() && !ctx.release_next() {
-                break polled;
-            }
         };
+        waker.finish();
         if polled.is_pending() {
             // An activity result held in this poll goes to the store now (see
             // `WorkflowContext::hold_result`); only a run that returned takes it
@@ -129,21 +137,24 @@ pub(crate) async fn drive(
     .await
 }
 
-/// How many times one poll of the driver polls a run that is handed its recorded
-/// outcomes back before it yields to the other tasks of its worker.
-const RELEASE_ROUNDS_PER_POLL: u32 = 1024;
+/// How many times one poll of the driver polls the workflow, handing it one outcome
+/// each time, before it yields to the other tasks of its worker.
+const ROUNDS_PER_POLL: u32 = 1024;
 
-/// The waker a replaying run is polled with: it passes every wake-up on to the driver's
-/// own, and notes whether one came during the poll.
+/// The waker the workflow is polled with: notes whether a wake-up came during a poll,
+/// and passes it on to the driver's own waker, except while the driver is polling,
+/// which then polls again itself (a hand-over wakes the step it hands to: passed on,
+/// every hand-over would make the worker poll the driver once more for nothing).
 #[derive(Default)]
-struct ReplayWaker {
-    woken: std::sync::atomic::AtomicBool,
+struct PollWaker {
+    woken: AtomicBool,
+    polling: AtomicBool,
     driver: std::sync::Mutex<Option<std::task::Waker>>,
 }
 
-impl ReplayWaker {
-    /// Starts a poll for `driver`: forgets earlier wake-ups and returns the waker to
-    /// poll with.
+impl PollWaker {
+    /// Starts a poll of the driver by `driver`: wake-ups are held back until `finish`.
+    /// Returns the waker to poll the workflow with.
     fn watch(self: &Arc<Self>, driver: &std::task::Waker) -> std::task::Waker {
         {
             let mut slot = self.driver.lock().unwrap_or_else(|e| e.into_inner());
@@ -151,25 +162,47 @@ impl ReplayWaker {
                 *slot = Some(driver.clone());
             }
         }
-        self.woken.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.polling.store(true, Ordering::SeqCst);
         futures::task::waker(self.clone())
     }
 
-    fn woken(&self) -> bool {
-        self.woken.load(std::sync::atomic::Ordering::SeqCst)
+    /// A poll of the workflow begins: forgets earlier wake-ups, which it covers.
+    fn begin(&self) {
+        self.woken.store(false, Ordering::SeqCst);
     }
-}
 
-impl futures::task::ArcWake for ReplayWaker {
-    fn wake_by_ref(this: &Arc<Self>) {
-        this.woken.store(true, std::sync::atomic::Ordering::SeqCst);
-        let driver = this
+    fn woken(&self) -> bool {
+        self.woken.load(Ordering::SeqCst)
+    }
+
+    /// The driver's poll ends: a wake-up held back since the last poll of the
+    /// workflow wakes the driver now, and later ones go straight to it.
+    fn finish(&self) {
+        self.polling.store(false, Ordering::SeqCst);
+        if self.woken() {
+            self.wake_driver();
+        }
+    }
+
+    fn wake_driver(&self) {
+        let driver = self
             .driver
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         if let Some(driver) = driver {
             driver.wake();
+        }
+    }
+}
+
+impl futures::task::ArcWake for PollWaker {
+    fn wake_by_ref(this: &Arc<Self>) {
+        // Stored before `polling` is read, and `finish` clears `polling` before it reads
+        // this: one of the two sees the other, so no wake-up is lost between them.
+        this.woken.store(true, Ordering::SeqCst);
+        if !this.polling.load(Ordering::SeqCst) {
+            this.wake_driver();
         }
     }
 }

@@ -1,18 +1,21 @@
-//! Property: a workflow that joins several branches, each a sequence of activities that
-//! finish after random delays, replays to the same result from the history it recorded.
-//! The branches' later calls are numbered by when their earlier ones finished; replay
-//! hands the recorded results back in the order the run took them, so it numbers them
-//! the same, whatever the join (`join_all`, `tokio::join!`, `FuturesUnordered`).
+//! Property: a workflow that joins several branches, each a sequence of steps (activities
+//! and timers) that finish after random delays, replays to the same result from the
+//! history it recorded. The branches' later calls are numbered by when their earlier
+//! ones finished; the run hands outcomes over in the order they are recorded, live and in
+//! replay, so a replay numbers them the same, whatever the join (`join_all`,
+//! `tokio::join!`, `FuturesUnordered`).
 //!
-//! On redb with runs kept in memory, where an activity's result goes to the workflow the
-//! moment it is taken and is recorded in that order. Where a result is first recorded
-//! and then handed over (PostgreSQL; always-replay mode; timers, signals and children
-//! everywhere), two branches can go on in another order than their results were
-//! recorded in, which this does not hold yet (docs/GUARANTEES.md, "Replayed in the
-//! order ..."). 24 cases by default; `CAIRN_SHAPE_CASES=<n>` runs more and
-//! `CAIRN_SEED=<n>` picks the seed (printed either way).
+//! Both ways a run takes an outcome: on redb with runs kept in memory, an activity's
+//! result goes to the workflow the moment it is taken (it is held) and a timer's is
+//! recorded first; in always-replay mode and on PostgreSQL everything is recorded first
+//! (and always-replay rebuilds the run after every step). 24 cases per mode by default; `CAIRN_SHAPE_CASES=<n>` runs
+//! more and `CAIRN_SEED=<n>` picks the seed (printed either way).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::OpenStore;
 
 use std::time::Duration;
 
@@ -22,9 +25,18 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 
-/// One branch: the delays, in milliseconds, of its activities, called one after another.
+/// One branch: its steps, called one after another.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct Branch(Vec<u64>);
+struct Branch(Vec<Step>);
+
+/// One step of a branch, and how long it takes, in milliseconds.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+enum Step {
+    /// An activity that sleeps that long.
+    Activity(u64),
+    /// A durable timer.
+    Timer(u64),
+}
 
 /// How the branches are joined.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
@@ -43,11 +55,17 @@ async fn mix(_ctx: ActivityCtx, acc: u64, k: u64, delay_ms: u64) -> Result<u64, 
     Ok(acc.wrapping_mul(31).wrapping_add(k))
 }
 
-fn branch(ctx: &Ctx, index: u64, delays: Vec<u64>) -> BoxFuture<'_, Result<u64, WorkflowError>> {
+fn branch(ctx: &Ctx, index: u64, steps: Vec<Step>) -> BoxFuture<'_, Result<u64, WorkflowError>> {
     async move {
         let mut acc = index;
-        for (k, delay) in delays.into_iter().enumerate() {
-            acc = ctx.activity(mix, (acc, k as u64, delay)).await?;
+        for (k, step) in steps.into_iter().enumerate() {
+            acc = match step {
+                Step::Activity(delay) => ctx.activity(mix, (acc, k as u64, delay)).await?,
+                Step::Timer(delay) => {
+                    ctx.sleep(Duration::from_millis(delay)).await?;
+                    acc.wrapping_mul(31).wrapping_add(k as u64)
+                }
+            };
         }
         Ok(acc)
     }
@@ -122,9 +140,16 @@ fn shape(rng: &mut Rng) -> (Join, Vec<Branch>) {
         Join::Rotating => 3,
         _ => 2 + rng.next(3) as usize,
     };
-    // Delays of 0 to 3 ms, so that branches often finish in the same instant.
+    // Delays of 0 to 3 ms, so that branches often finish in the same instant; one step
+    // in three a timer.
     let branches = (0..count)
-        .map(|_| Branch((0..1 + rng.next(4)).map(|_| rng.next(4)).collect()))
+        .map(|_| {
+            let steps = (0..1 + rng.next(4)).map(|_| match (rng.next(3), rng.next(4)) {
+                (0, delay) => Step::Timer(delay),
+                (_, delay) => Step::Activity(delay),
+            });
+            Branch(steps.collect())
+        })
         .collect();
     (join, branches)
 }
@@ -148,37 +173,40 @@ async fn joined_sequences_replay_to_what_they_did() {
     println!("CAIRN_SEED={seed} CAIRN_SHAPE_CASES={cases}");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
-    let live = Runtime::builder()
-        .workflow(joined)
-        .always_replay(false)
-        .open(dir.path().join("live.redb"))
-        .await
-        .unwrap();
-    for case in 0..cases {
-        let shape = shape(&mut rng);
-        let want = expected(&shape.1);
-        let id = format!("case-{case}");
-        let got = live
-            .start(joined, &id, shape.clone())
-            .await
-            .unwrap()
-            .result()
+    for always_replay in [false, true] {
+        let rt = Runtime::builder()
+            .workflow(joined)
+            .always_replay(always_replay)
+            .open_store(dir.path().join(format!("{always_replay}.redb")))
             .await
             .unwrap();
-        assert_eq!(got.as_ref().ok(), Some(&want), "{shape:?}");
-        let records: Vec<_> = live
-            .history(&id)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.record)
-            .collect();
-        for _ in 0..3 {
-            match live.replay(&records).await {
-                Ok(ReplayVerdict::Matches(_)) => {}
-                other => panic!("case {case} (seed {seed}) {shape:?}: {other:?}"),
+        for case in 0..cases {
+            let shape = shape(&mut rng);
+            let want = expected(&shape.1);
+            let id = format!("case-{case}");
+            let at = format!("case {case} (seed {seed}, always replay: {always_replay}) {shape:?}");
+            let got = rt
+                .start(joined, &id, shape.clone())
+                .await
+                .unwrap()
+                .result()
+                .await
+                .unwrap_or_else(|err| panic!("{at}: {err}"));
+            assert_eq!(got.as_ref().ok(), Some(&want), "{at}");
+            let records: Vec<_> = rt
+                .history(&id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.record)
+                .collect();
+            for _ in 0..3 {
+                match rt.replay(&records).await {
+                    Ok(ReplayVerdict::Matches(_)) => {}
+                    other => panic!("{at}: {other:?}"),
+                }
             }
         }
+        rt.shutdown().await;
     }
-    live.shutdown().await;
 }

@@ -257,6 +257,68 @@ async fn the_branches_of_a_join_number_their_later_calls_as_the_recorded_run_did
     rt.shutdown().await;
 }
 
+/// Two branches that each wait for a signal and then keep it, joined by `tokio::join!`,
+/// which starts each poll with another branch.
+#[workflow]
+async fn two_signals(ctx: Ctx) -> Result<String, WorkflowError> {
+    let (a, b) = tokio::join!(
+        async {
+            let got = ctx.signal::<String>("a").await?;
+            Ok::<_, WorkflowError>(ctx.activity(keep, got).await?)
+        },
+        async {
+            let got = ctx.signal::<String>("b").await?;
+            Ok::<_, WorkflowError>(ctx.activity(keep, got).await?)
+        },
+    );
+    Ok(format!("{} {}", a?, b?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_recorded_before_the_workflow_sees_them_reach_it_in_the_order_recorded() {
+    // Both signals reach the inbox together (sent at once, most often in one commit, and
+    // before or right after the waits start), so the two waits take them in the same
+    // poll, the one its join polls first recording its delivery first. Both deliveries
+    // are durable by the next poll, which the join starts with the other branch: had
+    // that branch gone on first, its `keep` would be step 3 live and step 4 in every
+    // replay, which hands the deliveries back in the order they were recorded.
+    let dir = tempfile::tempdir().unwrap();
+    for always_replay in [false, true] {
+        let rt = Runtime::builder()
+            .workflow(two_signals)
+            .always_replay(always_replay)
+            .open_store(dir.path().join(format!("signals-{always_replay}.redb")))
+            .await
+            .unwrap();
+        for n in 0..8 {
+            let id = format!("s-{n}");
+            let run = rt.start(two_signals, &id, ()).await.unwrap();
+            let (one, two) = ("one".to_owned(), "two".to_owned());
+            let (a, b) = tokio::join!(rt.signal(&id, "a", &one), rt.signal(&id, "b", &two));
+            a.unwrap();
+            b.unwrap();
+            let said = tokio::time::timeout(PATIENCE, run.result())
+                .await
+                .expect("the run went on")
+                .unwrap();
+            assert_eq!(said, Ok("kept one kept two".to_owned()), "{id}");
+            let records = records_of(&rt, &id).await;
+            let delivered = records
+                .iter()
+                .filter(|r| matches!(r.kind, EventKind::SignalDelivered { .. }))
+                .count();
+            assert_eq!(delivered, 2, "{records:#?}");
+            for _ in 0..4 {
+                match rt.replay(&records).await {
+                    Ok(ReplayVerdict::Matches(_)) => {}
+                    other => panic!("{id} (always replay: {always_replay}): {other:?}"),
+                }
+            }
+        }
+        rt.shutdown().await;
+    }
+}
+
 const REVIEW: TaskKind<String, bool> = TaskKind::new("review");
 
 /// A review raced against its deadline, the deadline polled first; then a wait, so the
