@@ -140,7 +140,7 @@ const RULES: &[Rule] = &[
     Rule {
         suffix: &["yield_now"],
         what:
-            "`yield_now` wakes the workflow only after its poll, so replay would take it for stuck",
+            "`yield_now` wakes the workflow only after its poll, so the run and its replays would take it for stuck",
         instead: "leave it out: a workflow only waits on `ctx` calls",
     },
     Rule {

@@ -25,14 +25,13 @@ use crate::{Activity, ChildFailure, Payload, Workflow};
 ///
 /// # Concurrent branches
 /// A branch of a `join!` or `select!` may make several calls: the number of a call made
-/// after awaiting another depends on when that one finished, and replay (a restart, an
-/// eviction, an audit) hands recorded outcomes back in the order the recorded run took
-/// them, so the numbers come out the same. Not yet covered: branches that go on after
-/// outcomes recorded before they are handed over (timers, signals, children; every
-/// activity result on PostgreSQL), in another order than they were recorded in
-/// (docs/GUARANTEES.md, "Replayed in the order ..."); such a run is parked with
-/// `CAIRN-E0001` when it is next rebuilt. Run a sequence that goes on beside another
-/// as a child workflow ([`Ctx::child`]), which has its own history.
+/// after awaiting another depends on when that one finished. The run hands outcomes to
+/// the workflow in the order they are recorded, one whenever it can go no further, and
+/// replay (a restart, an eviction, an audit) hands them back in that order too, so the
+/// numbers come out the same. Not yet covered: a person's decision of a human task,
+/// ordered where it was recorded rather than where the workflow took it
+/// (docs/GUARANTEES.md, "Handed over in the order ..."). Run a human task that goes on
+/// beside other steps as a child workflow ([`Ctx::child`]), which has its own history.
 ///
 /// # Dropping a step's future
 /// A step the workflow drops after polling it (the branch that lost a `select!`, the

@@ -1,8 +1,9 @@
-//! Replay hands recorded outcomes back in the order the recorded run took them, one at a
-//! time, each once the workflow can go no further without it. So a deadline awaited
-//! across a loop does not win before the signals that came before it, and the branches
-//! of a `join!` that each await a call and then make another number their calls as the
-//! recorded run did: after a restart, in always-replay mode and in an audit replay.
+//! The run hands outcomes to the workflow in the order it records them, and replay hands
+//! them back in that order, one at a time, each once the workflow can go no further
+//! without it. So a deadline awaited across a loop does not win before the signals that
+//! came before it, and the branches of a `join!` that each await a call and then make
+//! another number their calls as the recorded run did: after a restart, in always-replay
+//! mode and in an audit replay.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -332,10 +332,12 @@ impl History {
     /// Where `step`'s outcome stands in the order the recorded run took its outcomes, from
     /// 0; `None` for a step without one (or a patch marker).
     ///
-    /// Every outcome but a person's task decision is recorded by the run itself at the
-    /// moment the workflow takes it, so this is the order in which the recorded run saw
-    /// them. Replay hands them back in this order, one at a time, each once the workflow
-    /// can go no further without it: so a branch of `join!` that awaits one step and
+    /// Every outcome but a person's task decision is recorded by the run itself, and the
+    /// run hands its outcomes to the workflow in the order it records them (a held
+    /// activity result is recorded right after it is taken, with nothing recorded in
+    /// between), so this is the order in which the recorded run saw them. Replay hands
+    /// them back in this order, one at a time, each once the workflow can go no further
+    /// without it, as the live run did: so a branch of `join!` that awaits one step and
     /// then calls another numbers its calls as the recorded run did, and a deadline
     /// awaited across a loop does not win before the signals that came before it.
     pub fn outcome_rank(&self, step: StepNo) -> Option<usize> {
