@@ -105,8 +105,10 @@ struct CtxState {
     /// How many of the history's outcomes have been handed back, in the order the
     /// recorded run took them (see `History::outcome_rank` and `drive`).
     released: usize,
-    /// Steps waiting for their outcome's turn, or for every outcome to be handed back.
-    release_waiters: Vec<Waker>,
+    /// Steps waiting for an outcome's turn, by the turn: each hand-over wakes only the
+    /// steps waiting for it (a join of many would otherwise poll every branch again at
+    /// every hand-over).
+    release_waiters: std::collections::BTreeMap<Turn, Vec<Waker>>,
     /// Outcomes this run sent to the store live and has not handed over yet, in the
     /// order it sent them, which is the order the history holds them in (see
     /// `record_outcome`).
@@ -121,6 +123,16 @@ struct CtxState {
     fresh: bool,
     /// Steps with an attempt's output to take that wait until nothing is before it.
     take_waiters: Vec<Waker>,
+}
+
+/// A place in the order outcomes are handed over in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Turn {
+    /// The recorded outcome of this rank in a rebuilt run's history
+    /// (`History::outcome_rank`).
+    Recorded(usize),
+    /// The outcome this run sent live as its n-th (`record_outcome`).
+    Live(u64),
 }
 
 /// An event a run queued and went on without waiting for: resolves once it is durable.
@@ -501,7 +513,7 @@ impl WorkflowContext {
                     queued: None,
                     flushing: 0,
                     released: 0,
-                    release_waiters: Vec::new(),
+                    release_waiters: std::collections::BTreeMap::new(),
                     sent: std::collections::VecDeque::new(),
                     live_ranked: 0,
                     live_released: 0,
@@ -749,21 +761,7 @@ impl WorkflowContext {
             let Some(rank) = rank else {
                 return;
             };
-            std::future::poll_fn(|cx| {
-                let mut state = lock(&self.inner.state);
-                if state.live_released > rank {
-                    return Poll::Ready(());
-                }
-                if !state
-                    .release_waiters
-                    .iter()
-                    .any(|waker| waker.will_wake(cx.waker()))
-                {
-                    state.release_waiters.push(cx.waker().clone());
-                }
-                Poll::Pending
-            })
-            .await;
+            self.turn(Turn::Live(rank)).await;
             // Refused (the driver stopped the run with the store's error), or a sibling
             // stopped it: the workflow sees nothing more.
             if lock(&self.inner.state).stop.is_some() {
@@ -791,14 +789,16 @@ impl WorkflowContext {
         let mut state = lock(&self.inner.state);
         state.fresh = false;
         let waiters = if state.released < total {
+            let turn = Turn::Recorded(state.released);
             state.released += 1;
             state.fresh = true;
-            std::mem::take(&mut state.release_waiters)
+            state.release_waiters.remove(&turn).unwrap_or_default()
         } else if let Some(ticket) = state.sent.front_mut() {
             let Poll::Ready(appended) = ticket.as_mut().poll(cx) else {
                 return false;
             };
             state.sent.pop_front();
+            let turn = Turn::Live(state.live_released);
             state.live_released += 1;
             state.busy = state.busy.saturating_sub(1);
             state.fresh = true;
@@ -810,7 +810,7 @@ impl WorkflowContext {
                 state.stopped = true;
             }
             self.changed(&mut state);
-            std::mem::take(&mut state.release_waiters)
+            state.release_waiters.remove(&turn).unwrap_or_default()
         } else if !state.take_waiters.is_empty() {
             std::mem::take(&mut state.take_waiters)
         } else {
@@ -1113,6 +1113,19 @@ impl WorkflowContext {
         appended.map(drop)
     }
 
+    /// Waits until what the run sent without waiting for it (`send_ahead`) is durable,
+    /// without sending the held result, which may go with the run's end.
+    ///
+    /// # Errors
+    /// The error that refused it (the run must not end).
+    pub(crate) async fn sent_ahead_durable(&self) -> Result<(), Error> {
+        let queued = lock(&self.inner.state).queued.clone();
+        match queued {
+            Some(queued) => queued.await.map(drop),
+            None => Ok(()),
+        }
+    }
+
     fn changed(&self, state: &mut CtxState) {
         let blocked = state.blocked().is_some();
         if blocked != state.was_blocked {
@@ -1249,20 +1262,25 @@ impl WorkflowContext {
 
     /// Resolves once the outcome of `rank` (or every outcome, with `None`) is handed back.
     fn released(&self, rank: Option<usize>) -> impl Future<Output = ()> + '_ {
-        let due = self.due(rank);
+        self.turn(Turn::Recorded(self.due(rank)))
+    }
+
+    /// Resolves once the outcome at `turn` is handed over.
+    fn turn(&self, turn: Turn) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| {
             let mut state = lock(&self.inner.state);
-            if state.released > due {
-                return std::task::Poll::Ready(());
+            let come = match turn {
+                Turn::Recorded(due) => state.released > due,
+                Turn::Live(rank) => state.live_released > rank,
+            };
+            if come {
+                return Poll::Ready(());
             }
-            if !state
-                .release_waiters
-                .iter()
-                .any(|waker| waker.will_wake(cx.waker()))
-            {
-                state.release_waiters.push(cx.waker().clone());
+            let waiting = state.release_waiters.entry(turn).or_default();
+            if !waiting.iter().any(|waker| waker.will_wake(cx.waker())) {
+                waiting.push(cx.waker().clone());
             }
-            std::task::Poll::Pending
+            Poll::Pending
         })
     }
 
@@ -1721,8 +1739,10 @@ impl WorkflowContext {
     /// is not recorded yet, and the value is returned only once it is durable.
     ///
     /// # Cancel safety
-    /// Dropping the future before it resolves may leave the value unrecorded; it is then
-    /// produced again on replay.
+    /// Dropped by the workflow after its first poll, the step is recorded as abandoned and
+    /// never resolves on replay: a value sent before the drop stays recorded, unused.
+    /// Dropped with the whole run before the value is durable, it is produced again when
+    /// the run is next replayed.
     pub async fn recorded_value<F>(&self, step: StepNo, label: &str, produce: F) -> Payload
     where
         F: FnOnce() -> Result<Payload, Error>,
@@ -1873,7 +1893,8 @@ impl WorkflowContext {
     /// Every later step waits for it instead, as for a held result (`queued`).
     ///
     /// # Cancel safety
-    /// Dropping the future may leave the marker unrecorded; it is recorded on replay.
+    /// The marker is sent at the first poll that finds the recorded run caught up with;
+    /// dropped before that, it is recorded on replay.
     pub async fn record_patch(&self, step: StepNo, patch_id: &str) {
         // A marker is new work like any step the history lacks: not before the recorded
         // run is caught up with.
@@ -1897,7 +1918,9 @@ impl WorkflowContext {
     /// activity's input.
     ///
     /// # Cancel safety
-    /// Dropping the future may leave the attributes unrecorded; they are recorded on replay.
+    /// Dropped by the workflow after its first poll, the step is recorded as abandoned:
+    /// attributes sent before the drop stay recorded and indexed. Dropped with the whole
+    /// run before they are durable, they are recorded when the run is next replayed.
     pub async fn set_attributes(&self, step: StepNo, attributes: Vec<(String, AttrValue)>) {
         let input = attributes::identity(&attributes);
         let request = StepRequest {
@@ -2037,7 +2060,9 @@ impl WorkflowContext {
     /// `fire_at_ms` is only used the first time.
     ///
     /// # Cancel safety
-    /// Dropping the future stops waiting; the timer is not recorded as fired.
+    /// Dropping the future stops waiting. A firing already sent (the drop came while it
+    /// waited for its turn) stays recorded, and the step's abandonment after it keeps
+    /// replay from ever resolving it.
     pub async fn sleep_until(&self, step: StepNo, fire_at_ms: u64) -> Result<(), Cancelled> {
         let request = StepRequest {
             kind: StepKind::Timer,
@@ -2385,8 +2410,9 @@ impl WorkflowContext {
     /// Replay compares topic and body like an activity's name and input.
     ///
     /// # Cancel safety
-    /// Dropping the future may leave the notification unrecorded; it is recorded on
-    /// replay.
+    /// Dropped by the workflow after its first poll, the step is recorded as abandoned: a
+    /// notification sent before the drop is still delivered. Dropped with the whole run
+    /// before it is durable, it is recorded when the run is next replayed.
     pub async fn notify(&self, step: StepNo, topic: &str, body: Payload) {
         let request = StepRequest {
             kind: StepKind::Notice,
@@ -2414,7 +2440,9 @@ impl WorkflowContext {
     /// host gets it once it is durable. Replay compares name, key and answer.
     ///
     /// # Cancel safety
-    /// Dropping the future may leave the answer unrecorded; it is recorded on replay.
+    /// Dropped by the workflow after its first poll, the step is recorded as abandoned: an
+    /// answer sent before the drop still reaches its caller. Dropped with the whole run
+    /// before it is durable, it is recorded when the run is next replayed.
     pub async fn answer(
         &self,
         step: StepNo,
@@ -2448,7 +2476,9 @@ impl WorkflowContext {
     /// query of `name` reads from the history. Replay compares name and value.
     ///
     /// # Cancel safety
-    /// Dropping the future may leave the value unrecorded; it is recorded on replay.
+    /// Dropped by the workflow after its first poll, the step is recorded as abandoned: a
+    /// value sent before the drop can still be read. Dropped with the whole run before it
+    /// is durable, it is recorded when the run is next replayed.
     pub async fn publish(&self, step: StepNo, name: &str, value: Payload) {
         let request = StepRequest {
             kind: StepKind::Publish,

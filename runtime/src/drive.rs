@@ -69,16 +69,13 @@ pub(crate) async fn drive(
             // Handing back a rebuilt run's recorded outcomes, which needs no wait.
             let replaying = ctx.releasing();
             waker.begin();
+            // Unconstrained, live too: a tokio resource out of its task's budget defers
+            // its wake-up until after the poll, which would look like a stuck workflow,
+            // and an outcome would be handed over where a replay (never out of budget)
+            // lets the deferred branch go on first.
             let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                let mut workflow = std::task::Context::from_waker(&watching);
-                if replaying {
-                    // Unconstrained: a tokio resource out of its task's budget defers
-                    // its wake-up until after the poll, which would look like a stuck
-                    // workflow.
-                    Pin::new(&mut tokio::task::coop::unconstrained(&mut future)).poll(&mut workflow)
-                } else {
-                    Pin::new(&mut future).poll(&mut workflow)
-                }
+                Pin::new(&mut tokio::task::coop::unconstrained(&mut future))
+                    .poll(&mut std::task::Context::from_waker(&watching))
             }));
             let polled = match polled {
                 Ok(polled) => polled,
@@ -105,9 +102,9 @@ pub(crate) async fn drive(
                 break polled;
             }
             if waker.woken() {
-                // Live, the worker polls again (`finish` wakes it): what woke the
-                // workflow may be out of tokio's budget for this task. Replaying, it can
-                // go further with what it has been handed.
+                // Live, the worker polls again (`finish` wakes it), so its other tasks
+                // get their turn. Replaying, it can go further with what it has been
+                // handed.
                 if !replaying {
                     break polled;
                 }

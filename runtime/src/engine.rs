@@ -2786,6 +2786,12 @@ async fn run_once(
             next_run: 0,
         },
     };
+    // What the run sent without waiting (a patch marker, an abandonment) lands before the
+    // end, which claims a result computed after it. A store that queues refuses the end
+    // once it refused one of them; another may commit a later batch after refusing one.
+    if !shared.journal.queues_appends() {
+        ctx.sent_ahead_durable().await?;
+    }
     // The last activity's result, if the workflow returned in the poll that got it,
     // goes with the end: one commit instead of two.
     match ctx.take_held() {

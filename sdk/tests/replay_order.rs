@@ -387,7 +387,7 @@ async fn a_step_dropped_while_it_waits_for_the_recorded_run_to_be_caught_up_is_a
 }
 
 /// A long sequence, then a wait: a rebuild hands back more outcomes than one poll of the
-/// run's task does (`RELEASE_ROUNDS_PER_POLL`), so it yields and comes back.
+/// run's task does (`ROUNDS_PER_POLL`), so it yields and comes back.
 #[workflow]
 async fn long_then_wait(ctx: Ctx, steps: u32) -> Result<u32, WorkflowError> {
     let mut total = 0u32;
