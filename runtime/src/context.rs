@@ -1113,6 +1113,20 @@ impl WorkflowContext {
         appended.map(drop)
     }
 
+    /// Once the run has stopped: waits until the outcomes it sent and never handed over
+    /// (`record_outcome`) are durable, so that what follows (a continue-as-new, which
+    /// counts the run's events) comes after them.
+    ///
+    /// # Errors
+    /// The error that refused one of them.
+    pub(crate) async fn sent_durable(&self) -> Result<(), Error> {
+        let sent = std::mem::take(&mut lock(&self.inner.state).sent);
+        for ticket in sent {
+            ticket.await?;
+        }
+        Ok(())
+    }
+
     /// Waits until what the run sent without waiting for it (`send_ahead`) is durable,
     /// without sending the held result, which may go with the run's end.
     ///
@@ -1886,6 +1900,19 @@ impl WorkflowContext {
         })
     }
 
+    /// A human task's end in the history that the recorded run had not taken (it was
+    /// decided or cancelled while the run was down, or rebuilt before it took it; or the
+    /// history is older than `TaskTaken`): the run takes it now, after every outcome the
+    /// history places (`decide` waited for those), and records where. Offline, the end is
+    /// only handed back.
+    async fn take_recorded_end(&self, step: StepNo) {
+        if self.inner.host.is_none() || self.inner.history.outcome_rank(step).is_some() {
+            return;
+        }
+        self.live(step, self.record_outcome(task::taken(step)))
+            .await;
+    }
+
     /// Records the marker of patch `patch_id` at `step` before the new path runs.
     ///
     /// The workflow goes on at once, as a replay does once the marker is recorded: a
@@ -2272,17 +2299,19 @@ impl WorkflowContext {
                 actor,
                 escalation,
             }) => {
+                self.take_recorded_end(step).await;
                 return Ok(TaskDecision {
                     decision: decision.clone(),
                     actor: actor.clone(),
                     escalation: *escalation,
-                })
+                });
             }
             Decision::Replay(RecordedOutcome::Cancelled { reason }) => {
+                self.take_recorded_end(step).await;
                 return Err(Cancelled {
                     step,
                     reason: reason.clone(),
-                })
+                });
             }
             Decision::Replay(_) => {
                 let err = self.mismatched_outcome(step, "a human task");
@@ -2331,12 +2360,19 @@ impl WorkflowContext {
                 tokio::pin!(arrived);
                 arrived.as_mut().enable();
                 if let Some(decided) = inbox.task_decision(step) {
-                    self.settle().await;
+                    // Recorded by a person whenever they acted: taken here, in the
+                    // order of the run's outcomes, and that place recorded.
+                    self.record_outcome(task::taken(step)).await;
                     return Ok(decided);
                 }
                 if !cancel_refused && self.pending_cancel().is_some() {
                     match self.cancel_task(&host, step).await {
-                        Some(reason) => return Err(Cancelled { step, reason }),
+                        Some(reason) => {
+                            // Recorded by the host's check that the task is still
+                            // open, outside the line: taken here, like a decision.
+                            self.record_outcome(task::taken(step)).await;
+                            return Err(Cancelled { step, reason });
+                        }
                         None => {
                             cancel_refused = true;
                             continue;

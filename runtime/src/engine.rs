@@ -2725,8 +2725,9 @@ async fn run_once(
         }
         Err(Stop::ContinueAsNew(input)) => {
             // The hand-over counts the run's events from memory, which a queued result
-            // reaches only once it is durable.
+            // or an outcome still in the run's line reaches only once it is durable.
             ctx.queued_durable().await?;
+            ctx.sent_durable().await?;
             let mut tries = 0u32;
             loop {
                 let hand_over = ctx.hand_over();

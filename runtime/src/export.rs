@@ -187,6 +187,7 @@ pub fn event_json(event: &StoredEvent) -> Value {
         EventKind::StatePublished { step, name, value } => {
             json!({ "step": step, "name": name, "value": payload_json(value) })
         }
+        EventKind::TaskTaken { step } => json!({ "step": step }),
         EventKind::WorkflowParked { code, reason } => json!({ "code": code, "reason": reason }),
         EventKind::RunContinued { previous_run, run } => {
             json!({ "previous_run": format!("{previous_run:032x}"), "run": run })

@@ -28,10 +28,9 @@ use crate::{Activity, ChildFailure, Payload, Workflow};
 /// after awaiting another depends on when that one finished. The run hands outcomes to
 /// the workflow in the order they are recorded, one whenever it can go no further, and
 /// replay (a restart, an eviction, an audit) hands them back in that order too, so the
-/// numbers come out the same. Not yet covered: a person's decision of a human task,
-/// ordered where it was recorded rather than where the workflow took it
-/// (docs/GUARANTEES.md, "Handed over in the order ..."). Run a human task that goes on
-/// beside other steps as a child workflow ([`Ctx::child`]), which has its own history.
+/// numbers come out the same; a human task's decision, which a person records whenever
+/// they act, has its place where the run took it (docs/GUARANTEES.md, "Handed over in
+/// the order ...").
 ///
 /// # Dropping a step's future
 /// A step the workflow drops after polling it (the branch that lost a `select!`, the

@@ -386,6 +386,86 @@ async fn a_step_dropped_while_it_waits_for_the_recorded_run_to_be_caught_up_is_a
     rt.shutdown().await;
 }
 
+/// A review beside a reminder timer, each followed by a call, joined by `tokio::join!`.
+#[workflow]
+async fn review_beside_a_timer(ctx: Ctx) -> Result<String, WorkflowError> {
+    let (a, b) = tokio::join!(
+        async {
+            let said = ctx
+                .human_task(REVIEW.task("roads".to_owned()).roles(["reviewer"]))
+                .await?;
+            Ok::<_, WorkflowError>(
+                ctx.activity(keep, format!("roads {}", said.decision))
+                    .await?,
+            )
+        },
+        async {
+            ctx.sleep(Duration::from_secs(60)).await?;
+            Ok::<_, WorkflowError>(ctx.activity(keep, "reminder".to_owned()).await?)
+        },
+    );
+    Ok(format!("{} {}", a?, b?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_reaches_the_workflow_where_it_took_it_among_its_outcomes() {
+    // The reviewer decides as the timer fires. The firing is the run's own outcome, in
+    // its line; the decision is recorded by the host, outside it, whenever the reviewer
+    // acts: taken straight away, it could reach the workflow before a firing recorded
+    // earlier, and the two branches' later calls would be numbered otherwise than in
+    // any replay. The run records where it took the decision (`TaskTaken`), in its line.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = VirtualClock::new(UNIX_EPOCH + Duration::from_secs(1_764_000_000));
+    let reviewer = cairn::Actor::new("rita", ["reviewer"]);
+    for always_replay in [false, true] {
+        let rt = Runtime::builder()
+            .workflow(review_beside_a_timer)
+            .always_replay(always_replay)
+            .clock(Arc::new(clock.clone()))
+            .open_store(dir.path().join(format!("reviews-{always_replay}.redb")))
+            .await
+            .unwrap();
+        for n in 0..12 {
+            let id = format!("p-{n}");
+            let run = rt.start(review_beside_a_timer, &id, ()).await.unwrap();
+            until_count(&rt, &id, "TaskCreated", 1).await;
+            until_count(&rt, &id, "TimerStarted", 1).await;
+            let task = rt
+                .tasks(&TaskQuery::default())
+                .await
+                .unwrap()
+                .rows
+                .iter()
+                .map(|row| row.id())
+                .find(|task| task.instance == id)
+                .unwrap();
+            let (_, decided) = tokio::join!(
+                clock.skip_to_next_timer(),
+                rt.complete(&reviewer, &task, &true)
+            );
+            decided.unwrap();
+            let said = tokio::time::timeout(PATIENCE, run.result())
+                .await
+                .expect("the run went on")
+                .unwrap();
+            assert_eq!(said, Ok("kept roads true kept reminder".to_owned()), "{id}");
+            let records = records_of(&rt, &id).await;
+            let taken = records
+                .iter()
+                .filter(|r| matches!(r.kind, EventKind::TaskTaken { .. }))
+                .count();
+            assert_eq!(taken, 1, "{records:#?}");
+            for _ in 0..4 {
+                match rt.replay(&records).await {
+                    Ok(ReplayVerdict::Matches(_)) => {}
+                    other => panic!("{id} (always replay: {always_replay}): {other:?}"),
+                }
+            }
+        }
+        rt.shutdown().await;
+    }
+}
+
 /// A long sequence, then a wait: a rebuild hands back more outcomes than one poll of the
 /// run's task does (`ROUNDS_PER_POLL`), so it yields and comes back.
 #[workflow]

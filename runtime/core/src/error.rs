@@ -102,12 +102,10 @@ impl fmt::Display for NonDeterminism {
                 f,
                 ". The requested call is recorded as step {other}: the code made the same calls \
                  in another order. Steps are numbered when called, and the run and its \
-                 replays hand outcomes over in the order they were recorded; a human \
-                 task's decision is ordered where it was recorded, which a branch beside it \
-                 (`join!`) can see otherwise: run such a task as a child workflow \
-                 (`ctx.child`). A history recorded before this build may also hold a \
-                 concurrent branch that went on out of order. If the code changed instead, \
-                 restore the previous code path for instances started before the change"
+                 replays hand outcomes over in the order they were recorded, so this \
+                 history was recorded by an earlier build with concurrent branches (`join!`) \
+                 that went on out of order, or the code changed: then restore the previous \
+                 code path for instances started before the change"
             );
         }
         write!(f, ". Restore the previous code path for instances started before the change, or let them finish on the build that started them")

@@ -360,6 +360,15 @@ pub enum EventKind {
         /// The value.
         value: Payload,
     },
+    /// The workflow took the end of the human task of step `step`: its decision
+    /// ([`EventKind::TaskCompleted`]) or its cancellation ([`EventKind::StepCancelled`]),
+    /// both recorded before. Written by the run, where the end reached the workflow in
+    /// the order of its outcomes; replay hands the end back at this place, not at the
+    /// decision's, which a person recorded whenever they acted.
+    TaskTaken {
+        /// The step.
+        step: StepNo,
+    },
 }
 
 /// How a child workflow ended, as its parent recorded it.
@@ -442,7 +451,8 @@ impl EventKind {
             | EventKind::TaskCompleted { step, .. }
             | EventKind::Notified { step, .. }
             | EventKind::UpdateAnswered { step, .. }
-            | EventKind::StatePublished { step, .. } => Some(*step),
+            | EventKind::StatePublished { step, .. }
+            | EventKind::TaskTaken { step } => Some(*step),
             EventKind::WorkflowStarted { .. }
             | EventKind::WorkflowCompleted { .. }
             | EventKind::WorkflowFailed { .. }
@@ -503,6 +513,7 @@ impl EventKind {
             EventKind::KeyedSignalReceived { .. } => "KeyedSignalReceived",
             EventKind::UpdateAnswered { .. } => "UpdateAnswered",
             EventKind::StatePublished { .. } => "StatePublished",
+            EventKind::TaskTaken { .. } => "TaskTaken",
         }
     }
 

@@ -218,8 +218,13 @@ impl History {
                 entry.finish(RecordedOutcome::Cancelled {
                     reason: reason.clone(),
                 });
+                // An open task's cancellation is recorded by the host's check that the task
+                // is still open, not in the run's line of outcomes: `TaskTaken` places it.
+                let open_task = entry.task.is_some();
                 self.cancel_delivered = true;
-                self.ranked(*step, kind);
+                if !open_task {
+                    self.ranked(*step, kind);
+                }
             }
             EventKind::SignalReceived { .. } | EventKind::KeyedSignalReceived { .. } => {
                 if let Some((name, payload, key)) = record.kind.received_signal() {
@@ -271,6 +276,34 @@ impl History {
             }
             // A host's note; the run it stopped continues from the same history.
             EventKind::WorkflowParked { .. } => {}
+            EventKind::TaskTaken { step } => {
+                let ended = self.steps.get(step).is_some_and(|entry| {
+                    entry.kind == StepKind::Task
+                        && matches!(
+                            entry.outcome,
+                            Some(
+                                RecordedOutcome::TaskCompleted { .. }
+                                    | RecordedOutcome::Cancelled { .. }
+                            )
+                        )
+                });
+                if !ended {
+                    return Err(corrupt(
+                        &id,
+                        seq,
+                        format!("step {step} took the end of a task that has not ended"),
+                    ));
+                }
+                if self.outcome_ranks.contains_key(step) {
+                    return Err(corrupt(
+                        &id,
+                        seq,
+                        format!("step {step} took its task's end twice"),
+                    ));
+                }
+                let rank = self.outcome_ranks.len();
+                self.outcome_ranks.insert(*step, rank);
+            }
             EventKind::DocumentAttached { document } => {
                 let versions = self.documents.entry(document.name.clone()).or_default();
                 let expected = u32::try_from(versions.len())
@@ -309,9 +342,10 @@ impl History {
                 step::apply(entry, kind, record.recorded_at_ms, delivered).map_err(|problem| {
                     corrupt(&id, seq, format!("step {}: {problem}", route.step))
                 })?;
-                if entry.outcome.is_some() {
-                    // `open_step` refuses an event after an outcome, so this is the event
-                    // that gave it one.
+                // `open_step` refuses an event after an outcome, so this is the event that
+                // gave it one. A task's decision is recorded whenever a person acts:
+                // `TaskTaken` places it.
+                if entry.outcome.is_some() && route.kind != StepKind::Task {
                     self.ranked(route.step, route.kind);
                 }
             }
@@ -321,7 +355,7 @@ impl History {
 
     /// Gives `step`, whose outcome was just recorded, the next place in the order of
     /// outcomes. Not a patch marker: `ctx.patched` answers at once, with nothing to wait
-    /// for.
+    /// for. Not called for a human task's end (`TaskTaken` places it).
     fn ranked(&mut self, step: StepNo, kind: StepKind) {
         if kind != StepKind::Patch {
             let rank = self.outcome_ranks.len();
@@ -330,12 +364,15 @@ impl History {
     }
 
     /// Where `step`'s outcome stands in the order the recorded run took its outcomes, from
-    /// 0; `None` for a step without one (or a patch marker).
+    /// 0; `None` for a step without one (or a patch marker, or a task's end not taken).
     ///
-    /// Every outcome but a person's task decision is recorded by the run itself, and the
-    /// run hands its outcomes to the workflow in the order it records them (a held
-    /// activity result is recorded right after it is taken, with nothing recorded in
-    /// between), so this is the order in which the recorded run saw them. Replay hands
+    /// Every outcome is recorded by the run itself, and the run hands its outcomes to the
+    /// workflow in the order it records them (a held activity result is recorded right
+    /// after it is taken, with nothing recorded in between), so this is the order in which
+    /// the recorded run saw them. A human task's end (a person's decision, a cancellation)
+    /// is placed where the run recorded taking it (`TaskTaken`); one not taken yet has no
+    /// place, and is handed back after every outcome that has one (so is every task's
+    /// end in a history written before `TaskTaken` existed). Replay hands
     /// them back in this order, one at a time, each once the workflow can go no further
     /// without it, as the live run did: so a branch of `join!` that awaits one step and
     /// then calls another numbers its calls as the recorded run did, and a deadline
@@ -1036,5 +1073,106 @@ mod tests {
         assert_eq!(h.outcome_rank(1), Some(2));
         assert_eq!(h.outcomes(), 3);
         assert_eq!(h.outcome_rank(5), None);
+    }
+
+    fn review(step: StepNo) -> EventKind {
+        crate::step::task::created(
+            step,
+            crate::task::TaskSpec {
+                name: "review".into(),
+                title: "Review".into(),
+                description: String::new(),
+                input: json("1"),
+                decision_schema: "{}".into(),
+                candidates: crate::task::Candidates {
+                    users: vec![],
+                    roles: vec!["l1".into()],
+                },
+                assignee: None,
+                priority: 0,
+                due_at_ms: None,
+                follow_up_at_ms: None,
+                escalation: vec![],
+            },
+        )
+    }
+
+    fn decided(step: StepNo) -> EventKind {
+        EventKind::TaskCompleted {
+            step,
+            actor: crate::task::Actor::new("ann", ["l1"]),
+            decision: json("true"),
+            escalation: None,
+        }
+    }
+
+    fn started() -> EventKind {
+        EventKind::WorkflowStarted {
+            workflow_type: "reviews".into(),
+            id: "r-1".into(),
+            input: json("1"),
+        }
+    }
+
+    #[test]
+    fn a_tasks_end_is_ranked_where_the_run_took_it_not_where_it_was_recorded() {
+        // Two reviews (steps 1 and 2) decided back to back; the run took the second one
+        // first, and a timer (step 3) fired in between.
+        let h = History::from_records(&[
+            record(0, started()),
+            record(1, review(1)),
+            record(2, review(2)),
+            record(
+                3,
+                EventKind::TimerStarted {
+                    step: 3,
+                    fire_at_ms: 10,
+                },
+            ),
+            record(4, decided(1)),
+            record(5, decided(2)),
+            record(6, EventKind::TaskTaken { step: 2 }),
+            record(7, EventKind::TimerFired { step: 3 }),
+            record(8, EventKind::TaskTaken { step: 1 }),
+        ])
+        .unwrap();
+        assert_eq!(h.outcome_rank(2), Some(0));
+        assert_eq!(h.outcome_rank(3), Some(1));
+        assert_eq!(h.outcome_rank(1), Some(2));
+        assert!(matches!(
+            h.step(1).and_then(|entry| entry.outcome.clone()),
+            Some(RecordedOutcome::TaskCompleted { .. })
+        ));
+    }
+
+    #[test]
+    fn a_tasks_end_not_taken_yet_has_no_rank_and_taking_it_is_checked() {
+        // Decided, not taken (a history written before `TaskTaken`, or a run stopped
+        // before it took the decision): no place, so replay hands it back last.
+        let h = History::from_records(&[
+            record(0, started()),
+            record(1, review(1)),
+            record(2, decided(1)),
+        ])
+        .unwrap();
+        assert_eq!(h.outcome_rank(1), None);
+        assert_eq!(h.outcomes(), 0);
+        // Taken before it ended, or twice: the history is corrupt.
+        let early = History::from_records(&[
+            record(0, started()),
+            record(1, review(1)),
+            record(2, EventKind::TaskTaken { step: 1 }),
+        ])
+        .unwrap_err();
+        assert!(early.to_string().contains("has not ended"), "{early}");
+        let twice = History::from_records(&[
+            record(0, started()),
+            record(1, review(1)),
+            record(2, decided(1)),
+            record(3, EventKind::TaskTaken { step: 1 }),
+            record(4, EventKind::TaskTaken { step: 1 }),
+        ])
+        .unwrap_err();
+        assert!(twice.to_string().contains("twice"), "{twice}");
     }
 }

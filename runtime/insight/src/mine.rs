@@ -331,7 +331,8 @@ fn trace_of(events: &[StoredEvent]) -> Trace {
             | EventKind::PatchMarker { .. }
             | EventKind::AttributesSet { .. }
             | EventKind::RunContinued { .. }
-            | EventKind::StatePublished { .. } => {}
+            | EventKind::StatePublished { .. }
+            | EventKind::TaskTaken { .. } => {}
         }
         if reacted {
             ready_ms = at;

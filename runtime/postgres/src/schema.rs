@@ -10,7 +10,7 @@ use cairn_core::error::{Error, Result};
 use crate::{pg_error, SHARDS};
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Key of the advisory lock taken while migrating (any fixed number of Cairn's).
 const MIGRATION_LOCK: i64 = 0x6361_6972_6e00_0001;
@@ -176,8 +176,12 @@ CREATE TABLE cairn_shared_values (
 );
 ";
 
+/// Version 7: the event kind `TaskTaken`. No table changes: the version only rises so
+/// that older builds, which cannot read the event, refuse the database.
+const V7: &str = "SELECT 1";
+
 /// The migrations, version `n` at index `n - 1`.
-const MIGRATIONS: [&str; 6] = [V1, V2, V3, V4, V5, V6];
+const MIGRATIONS: [&str; 7] = [V1, V2, V3, V4, V5, V6, V7];
 
 /// Brings the database to [`SCHEMA_VERSION`]; returns the version it found (0 for an
 /// empty database).

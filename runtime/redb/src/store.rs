@@ -96,12 +96,13 @@ const CAIRN_TABLES: [&str; 6] = ["log", "instances", "ids", "meta", "attributes"
 /// `StatePublished`), which only raises the marker so that older builds refuse the file;
 /// format 9 the tallies (`counts`, `activity`) and schedule rows that can be paused;
 /// format 10 `open_runs` (unfinished runs by start time, replacing `running`), with
-/// `by_status` holding ended runs only and `by_start` gone.
+/// `by_status` holding ended runs only and `by_start` gone; format 11 the `TaskTaken`
+/// event, which only raises the marker so that older builds refuse the file.
 /// An older file is migrated by its first writable open (one transaction that builds the
 /// indexes from the rows and the logs of running instances, and raises the marker); a
 /// read-only open leaves it as it is and answers queries from the indexes it has (by
 /// scanning the rows before format 3).
-pub const STORAGE_FORMAT: u32 = 10;
+pub const STORAGE_FORMAT: u32 = 11;
 
 /// The first format with the query indexes.
 const INDEXED_FORMAT: u32 = 3;

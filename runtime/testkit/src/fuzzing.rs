@@ -42,7 +42,7 @@ pub const HISTORY_EVENTS_MAX: usize = u8::MAX as usize;
 pub const WALK_STEPS_MAX: StepNo = 512;
 
 /// Number of event kinds [`synthetic_event`] builds, one per [`EventKind`] variant.
-pub const SYNTHETIC_KINDS: u8 = 32;
+pub const SYNTHETIC_KINDS: u8 = 33;
 
 /// Names made-up events and requests draw from: a few that real workflows use (so
 /// recorded steps and requests meet) and the empty string.
@@ -392,7 +392,8 @@ pub fn synthetic_event(kind: u8, step: StepNo, name: &str, extra: u8) -> EventKi
                 Err("refused".to_owned())
             },
         },
-        _ => EventKind::StatePublished { step, name, value },
+        31 => EventKind::StatePublished { step, name, value },
+        _ => EventKind::TaskTaken { step },
     }
 }
 
@@ -432,6 +433,7 @@ pub fn synthetic_kind(kind: &EventKind) -> u8 {
         EventKind::KeyedSignalReceived { .. } => 29,
         EventKind::UpdateAnswered { .. } => 30,
         EventKind::StatePublished { .. } => 31,
+        EventKind::TaskTaken { .. } => 32,
     }
 }
 

@@ -1,7 +1,9 @@
 //! A human task (`ctx.human_task`): `TaskCreated` records the task (its name and input
 //! are the step's identity for replay checks); `TaskChanged` events (claims, delegations,
 //! comments, escalations) change who holds it; `TaskCompleted` is the outcome, whoever
-//! recorded it. The rules for who may do what live in [`crate::task`].
+//! recorded it; `TaskTaken`, written by the run, places the end (decision or cancellation)
+//! where the workflow took it (the history reads it). The rules for who may do what live
+//! in [`crate::task`].
 //!
 //! States: open (held or not, escalated so far) -> completed | cancelled | abandoned.
 
@@ -83,6 +85,12 @@ pub(crate) fn apply(
         }
         other => Err(unexpected(entry.kind, other)),
     }
+}
+
+/// The event recording that the workflow took the end (decision or cancellation) of the
+/// task of step `step`.
+pub fn taken(step: StepNo) -> EventKind {
+    EventKind::TaskTaken { step }
 }
 
 /// The event creating the task of step `step`.
