@@ -1900,19 +1900,6 @@ impl WorkflowContext {
         })
     }
 
-    /// A human task's end in the history that the recorded run had not taken (it was
-    /// decided or cancelled while the run was down, or rebuilt before it took it; or the
-    /// history is older than `TaskTaken`): the run takes it now, after every outcome the
-    /// history places (`decide` waited for those), and records where. Offline, the end is
-    /// only handed back.
-    async fn take_recorded_end(&self, step: StepNo) {
-        if self.inner.host.is_none() || self.inner.history.outcome_rank(step).is_some() {
-            return;
-        }
-        self.live(step, self.record_outcome(task::taken(step)))
-            .await;
-    }
-
     /// Records the marker of patch `patch_id` at `step` before the new path runs.
     ///
     /// The workflow goes on at once, as a replay does once the marker is recorded: a
@@ -2299,7 +2286,6 @@ impl WorkflowContext {
                 actor,
                 escalation,
             }) => {
-                self.take_recorded_end(step).await;
                 return Ok(TaskDecision {
                     decision: decision.clone(),
                     actor: actor.clone(),
@@ -2307,7 +2293,6 @@ impl WorkflowContext {
                 });
             }
             Decision::Replay(RecordedOutcome::Cancelled { reason }) => {
-                self.take_recorded_end(step).await;
                 return Err(Cancelled {
                     step,
                     reason: reason.clone(),

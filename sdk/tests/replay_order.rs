@@ -454,7 +454,13 @@ async fn a_decision_reaches_the_workflow_where_it_took_it_among_its_outcomes() {
                 .iter()
                 .filter(|r| matches!(r.kind, EventKind::TaskTaken { .. }))
                 .count();
-            assert_eq!(taken, 1, "{records:#?}");
+            // Once, where the live run took the decision; none where always-replay
+            // rebuilt the run after the decision was recorded and before it was taken
+            // (the rebuilt run then has it from the history, at its recorded place).
+            assert!(taken <= 1, "{records:#?}");
+            if !always_replay && std::env::var_os("CAIRN_ALWAYS_REPLAY").is_none() {
+                assert_eq!(taken, 1, "{records:#?}");
+            }
             for _ in 0..4 {
                 match rt.replay(&records).await {
                     Ok(ReplayVerdict::Matches(_)) => {}

@@ -102,10 +102,12 @@ impl fmt::Display for NonDeterminism {
                 f,
                 ". The requested call is recorded as step {other}: the code made the same calls \
                  in another order. Steps are numbered when called, and the run and its \
-                 replays hand outcomes over in the order they were recorded, so this \
-                 history was recorded by an earlier build with concurrent branches (`join!`) \
-                 that went on out of order, or the code changed: then restore the previous \
-                 code path for instances started before the change"
+                 replays hand outcomes over in the order they were recorded: a history \
+                 written by an earlier build may hold concurrent branches (`join!`) that went \
+                 on out of order, and a run stopped between a task's decision and taking it \
+                 replays the decision earlier; let such an instance finish on the build that \
+                 started it, or terminate it. If the code changed instead, restore the \
+                 previous code path for instances started before the change"
             );
         }
         write!(f, ". Restore the previous code path for instances started before the change, or let them finish on the build that started them")

@@ -70,6 +70,8 @@ pub struct History {
     /// Each step that has an outcome, by its place in the order the outcomes were
     /// recorded (see [`History::outcome_rank`]).
     outcome_ranks: BTreeMap<StepNo, usize>,
+    /// Task steps whose end the run recorded taking (`TaskTaken`).
+    taken: BTreeSet<StepNo>,
     /// This run's position in its continue-as-new chain, from 1 (`RunContinued`).
     pub run: u32,
     /// Signals received, by the `seq` of their event: name, body, and whether a wait
@@ -117,6 +119,7 @@ impl History {
             steps: BTreeMap::new(),
             abandoned: BTreeSet::new(),
             outcome_ranks: BTreeMap::new(),
+            taken: BTreeSet::new(),
             run: 1,
             signals: BTreeMap::new(),
             result: None,
@@ -218,13 +221,8 @@ impl History {
                 entry.finish(RecordedOutcome::Cancelled {
                     reason: reason.clone(),
                 });
-                // An open task's cancellation is recorded by the host's check that the task
-                // is still open, not in the run's line of outcomes: `TaskTaken` places it.
-                let open_task = entry.task.is_some();
                 self.cancel_delivered = true;
-                if !open_task {
-                    self.ranked(*step, kind);
-                }
+                self.ranked(*step, kind);
             }
             EventKind::SignalReceived { .. } | EventKind::KeyedSignalReceived { .. } => {
                 if let Some((name, payload, key)) = record.kind.received_signal() {
@@ -294,12 +292,21 @@ impl History {
                         format!("step {step} took the end of a task that has not ended"),
                     ));
                 }
-                if self.outcome_ranks.contains_key(step) {
+                if !self.taken.insert(*step) {
                     return Err(corrupt(
                         &id,
                         seq,
                         format!("step {step} took its task's end twice"),
                     ));
+                }
+                // Placed again, last so far: the outcomes after its own place and before
+                // this one each move up one.
+                if let Some(was) = self.outcome_ranks.remove(step) {
+                    for rank in self.outcome_ranks.values_mut() {
+                        if *rank > was {
+                            *rank -= 1;
+                        }
+                    }
                 }
                 let rank = self.outcome_ranks.len();
                 self.outcome_ranks.insert(*step, rank);
@@ -343,9 +350,9 @@ impl History {
                     corrupt(&id, seq, format!("step {}: {problem}", route.step))
                 })?;
                 // `open_step` refuses an event after an outcome, so this is the event that
-                // gave it one. A task's decision is recorded whenever a person acts:
-                // `TaskTaken` places it.
-                if entry.outcome.is_some() && route.kind != StepKind::Task {
+                // gave it one. (A task's decision is placed again where the run took it,
+                // `TaskTaken`.)
+                if entry.outcome.is_some() {
                     self.ranked(route.step, route.kind);
                 }
             }
@@ -355,7 +362,7 @@ impl History {
 
     /// Gives `step`, whose outcome was just recorded, the next place in the order of
     /// outcomes. Not a patch marker: `ctx.patched` answers at once, with nothing to wait
-    /// for. Not called for a human task's end (`TaskTaken` places it).
+    /// for.
     fn ranked(&mut self, step: StepNo, kind: StepKind) {
         if kind != StepKind::Patch {
             let rank = self.outcome_ranks.len();
@@ -364,15 +371,16 @@ impl History {
     }
 
     /// Where `step`'s outcome stands in the order the recorded run took its outcomes, from
-    /// 0; `None` for a step without one (or a patch marker, or a task's end not taken).
+    /// 0; `None` for a step without one (or a patch marker).
     ///
     /// Every outcome is recorded by the run itself, and the run hands its outcomes to the
     /// workflow in the order it records them (a held activity result is recorded right
     /// after it is taken, with nothing recorded in between), so this is the order in which
-    /// the recorded run saw them. A human task's end (a person's decision, a cancellation)
-    /// is placed where the run recorded taking it (`TaskTaken`); one not taken yet has no
-    /// place, and is handed back after every outcome that has one (so is every task's
-    /// end in a history written before `TaskTaken` existed). Replay hands
+    /// the recorded run saw them. A human task's end (a person's decision, a cancellation
+    /// the host recorded) comes from outside the run's line: it is placed again where the
+    /// run recorded taking it (`TaskTaken`). One the run had not taken when the history
+    /// was read, and every task's end in a history written before `TaskTaken` existed,
+    /// keeps the place where it was recorded, as before. Replay hands
     /// them back in this order, one at a time, each once the workflow can go no further
     /// without it, as the live run did: so a branch of `join!` that awaits one step and
     /// then calls another numbers its calls as the recorded run did, and a deadline
@@ -1146,17 +1154,26 @@ mod tests {
     }
 
     #[test]
-    fn a_tasks_end_not_taken_yet_has_no_rank_and_taking_it_is_checked() {
-        // Decided, not taken (a history written before `TaskTaken`, or a run stopped
-        // before it took the decision): no place, so replay hands it back last.
+    fn a_tasks_end_not_taken_keeps_its_place_and_taking_it_is_checked() {
+        // Decided, not taken: a history written before `TaskTaken` (whose run took the
+        // decision soon after it was recorded, as a rule), or a run stopped before it
+        // took it. It keeps the place where it was recorded, before the timer.
         let h = History::from_records(&[
             record(0, started()),
             record(1, review(1)),
-            record(2, decided(1)),
+            record(
+                2,
+                EventKind::TimerStarted {
+                    step: 2,
+                    fire_at_ms: 10,
+                },
+            ),
+            record(3, decided(1)),
+            record(4, EventKind::TimerFired { step: 2 }),
         ])
         .unwrap();
-        assert_eq!(h.outcome_rank(1), None);
-        assert_eq!(h.outcomes(), 0);
+        assert_eq!(h.outcome_rank(1), Some(0));
+        assert_eq!(h.outcome_rank(2), Some(1));
         // Taken before it ended, or twice: the history is corrupt.
         let early = History::from_records(&[
             record(0, started()),

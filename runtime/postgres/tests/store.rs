@@ -407,7 +407,7 @@ async fn a_version_1_database_is_migrated_to_the_current_schema() {
         .await
         .unwrap();
     drop(store);
-    // As a build of schema 1 left it: without what versions 2 to 6 added.
+    // As a build of schema 1 left it: without what versions 2 to 7 added.
     raw(
         &db,
         "DROP TABLE cairn_hosts, cairn_attributes, cairn_parked, cairn_schedules, cairn_tasks,
