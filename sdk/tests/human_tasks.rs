@@ -449,6 +449,36 @@ async fn cancelling_the_instance_closes_its_open_task() {
         .await
         .unwrap_err();
     assert!(matches!(closed, Error::TaskClosed { .. }), "{closed}");
+    // The host recorded the cancellation while checking that the task was open, outside
+    // the run's line of outcomes; the run then recorded where it took it, once, and a
+    // replay of the history hands it back there. (Always-replay mode rebuilds the run
+    // right after the cancellation, before the workflow sees it: the rebuilt run has it
+    // from the history, at its recorded place, and records no take.)
+    let records: Vec<_> = rt
+        .history("loan-3")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| event.record)
+        .collect();
+    let cancelled = records
+        .iter()
+        .position(|r| matches!(r.kind, EventKind::StepCancelled { step: 1, .. }))
+        .expect("the task's cancellation is recorded");
+    let taken: Vec<_> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r.kind, EventKind::TaskTaken { step: 1 }))
+        .map(|(at, _)| at)
+        .collect();
+    let always_replay = std::env::var("CAIRN_ALWAYS_REPLAY")
+        .is_ok_and(|on| on == "1" || on.eq_ignore_ascii_case("true"));
+    assert_eq!(taken.len(), usize::from(!always_replay), "{records:#?}");
+    assert!(taken.iter().all(|at| *at > cancelled), "{records:#?}");
+    assert!(matches!(
+        rt.replay(&records).await.unwrap(),
+        cairn::audit::ReplayVerdict::Matches(_)
+    ));
     rt.shutdown().await;
 }
 
