@@ -1627,16 +1627,25 @@ impl WorkflowContext {
                                     // The attempt first: an output that is in counts even if a
                                     // cancellation came in the same instant. The cancellation's
                                     // notice is only registered once the attempt is found not done.
+                                    let mut early = None;
                                     if let Some(attempted) = std::future::poll_fn(|cx| {
-                                        // A held output is taken where a replay hands it
-                                        // back: nothing recorded before it is pending.
-                                        if this.holds_results() && !this.take_turn(cx) {
-                                            return Poll::Pending;
+                                        if early.is_none() {
+                                            if let Poll::Ready(attempted) =
+                                                Pin::new(&mut running).poll(cx)
+                                            {
+                                                early = Some(attempted);
+                                            }
                                         }
-                                        if let Poll::Ready(attempted) =
-                                            Pin::new(&mut running).poll(cx)
-                                        {
-                                            return Poll::Ready(Some(attempted));
+                                        if early.is_some() {
+                                            // A held output is taken where a replay hands
+                                            // it back: nothing recorded before it is
+                                            // pending. Asked only once it is in, so the
+                                            // usual step costs no poll of the workflow
+                                            // more; kept here meanwhile.
+                                            if this.holds_results() && !this.take_turn(cx) {
+                                                return Poll::Pending;
+                                            }
+                                            return Poll::Ready(early.take());
                                         }
                                         cancelled.as_mut().poll(cx).map(|()| None)
                                     })
