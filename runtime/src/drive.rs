@@ -59,11 +59,14 @@ pub(crate) async fn drive(
     // during a poll: one that woke nothing left it stuck, and only then is the next
     // outcome handed over (`WorkflowContext::unstick`), live as in a replay.
     let waker = Arc::new(PollWaker::default());
+    // Made once: the workflow's futures keep clones of it, and `will_wake` then spares
+    // them a new clone at every poll.
+    let watching = futures::task::waker(waker.clone());
     std::future::poll_fn(|cx| {
         // Read before the poll: a signal or cancellation delivered from here on must
         // stop an eviction, because this poll may not have seen it.
         ctx.note_poll(cx.waker());
-        let watching = waker.watch(cx.waker());
+        waker.watch(cx.waker());
         let mut rounds = 0;
         let polled = loop {
             // Handing back a rebuilt run's recorded outcomes, which needs no wait.
@@ -146,21 +149,14 @@ const ROUNDS_PER_POLL: u32 = 1024;
 struct PollWaker {
     woken: AtomicBool,
     polling: AtomicBool,
-    driver: std::sync::Mutex<Option<std::task::Waker>>,
+    driver: futures::task::AtomicWaker,
 }
 
 impl PollWaker {
     /// Starts a poll of the driver by `driver`: wake-ups are held back until `finish`.
-    /// Returns the waker to poll the workflow with.
-    fn watch(self: &Arc<Self>, driver: &std::task::Waker) -> std::task::Waker {
-        {
-            let mut slot = self.driver.lock().unwrap_or_else(|e| e.into_inner());
-            if !slot.as_ref().is_some_and(|w| w.will_wake(driver)) {
-                *slot = Some(driver.clone());
-            }
-        }
+    fn watch(&self, driver: &std::task::Waker) {
+        self.driver.register(driver);
         self.polling.store(true, Ordering::SeqCst);
-        futures::task::waker(self.clone())
     }
 
     /// A poll of the workflow begins: forgets earlier wake-ups, which it covers.
@@ -182,14 +178,7 @@ impl PollWaker {
     }
 
     fn wake_driver(&self) {
-        let driver = self
-            .driver
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(driver) = driver {
-            driver.wake();
-        }
+        self.driver.wake();
     }
 }
 
