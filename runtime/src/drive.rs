@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -17,6 +17,7 @@ use crate::context::{EndingGuard, Stop, WorkflowContext};
 use crate::error::{Error, Result};
 use crate::port::Outcome;
 use crate::replay::History;
+use crate::sync::AtomicBool;
 
 /// How a workflow function ended, as seen by the engine.
 #[derive(Debug)]
@@ -149,7 +150,30 @@ const ROUNDS_PER_POLL: u32 = 1024;
 struct PollWaker {
     woken: AtomicBool,
     polling: AtomicBool,
-    driver: futures::task::AtomicWaker,
+    driver: DriverWaker,
+}
+
+/// Where the driver's waker is kept: `futures`' `AtomicWaker`, which is made for this;
+/// in the loom models, a loom mutex, so that they check the hand-off around it (and
+/// trust `futures`, which tests its own).
+#[cfg(not(cairn_loom))]
+type DriverWaker = futures::task::AtomicWaker;
+#[cfg(cairn_loom)]
+#[derive(Default)]
+struct DriverWaker(crate::sync::Mutex<Option<std::task::Waker>>);
+
+#[cfg(cairn_loom)]
+impl DriverWaker {
+    fn register(&self, waker: &std::task::Waker) {
+        *crate::sync::lock(&self.0) = Some(waker.clone());
+    }
+
+    fn wake(&self) {
+        let waker = crate::sync::lock(&self.0).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
 }
 
 impl PollWaker {
@@ -199,5 +223,58 @@ pub(crate) fn finished_outcome(ctx: &WorkflowContext, result: WorkflowResult) ->
         WorkflowResult::Completed(p) => Ok(Outcome::Completed(p)),
         WorkflowResult::Failed(p) => Ok(Outcome::Failed(p)),
         WorkflowResult::Fatal(err) => Err(err),
+    }
+}
+
+#[cfg(all(test, cairn_loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::AtomicU64;
+
+    /// The driver's waker: counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicU64);
+
+    impl futures::task::ArcWake for Count {
+        fn wake_by_ref(this: &Arc<Self>) {
+            this.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A wake-up that comes while the driver polls (from an attempt's task, a commit) is
+    /// held back from the driver; it must still reach it, whichever side runs first: the
+    /// driver's `finish`, or the wake-up's check of `polling`.
+    #[test]
+    fn a_wake_up_held_back_during_the_drivers_poll_still_reaches_it() {
+        loom::model(|| {
+            let poll_waker = Arc::new(PollWaker::default());
+            let count = Arc::new(Count::default());
+            let driver = futures::task::waker(count.clone());
+            let workflow = futures::task::waker(poll_waker.clone());
+            poll_waker.watch(&driver);
+            poll_waker.begin();
+            let other = loom::thread::spawn(move || workflow.wake_by_ref());
+            // The poll of the workflow ends here; the driver's poll with it.
+            poll_waker.finish();
+            other.join().unwrap();
+            assert!(count.0.load(Ordering::SeqCst) >= 1);
+        });
+    }
+
+    /// After the driver's poll, a wake-up goes straight to it.
+    #[test]
+    fn a_wake_up_after_the_drivers_poll_goes_straight_to_it() {
+        loom::model(|| {
+            let poll_waker = Arc::new(PollWaker::default());
+            let count = Arc::new(Count::default());
+            let driver = futures::task::waker(count.clone());
+            let workflow = futures::task::waker(poll_waker.clone());
+            poll_waker.watch(&driver);
+            poll_waker.begin();
+            poll_waker.finish();
+            let other = loom::thread::spawn(move || workflow.wake_by_ref());
+            other.join().unwrap();
+            assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        });
     }
 }
