@@ -241,40 +241,38 @@ mod loom_tests {
         }
     }
 
+    /// Wakes the workflow's waker from another thread, `early` while the driver polls
+    /// (before its `finish`) or else after it; returns how often the driver was woken.
+    fn wake_from_another_thread(early: bool) -> u64 {
+        let poll_waker = Arc::new(PollWaker::default());
+        let count = Arc::new(Count::default());
+        let driver = futures::task::waker(count.clone());
+        let workflow = futures::task::waker(poll_waker.clone());
+        poll_waker.watch(&driver);
+        poll_waker.begin();
+        if !early {
+            poll_waker.finish();
+        }
+        let other = loom::thread::spawn(move || workflow.wake_by_ref());
+        if early {
+            // The poll of the workflow ends here; the driver's poll with it.
+            poll_waker.finish();
+        }
+        other.join().unwrap();
+        count.0.load(Ordering::SeqCst)
+    }
+
     /// A wake-up that comes while the driver polls (from an attempt's task, a commit) is
     /// held back from the driver; it must still reach it, whichever side runs first: the
     /// driver's `finish`, or the wake-up's check of `polling`.
     #[test]
     fn a_wake_up_held_back_during_the_drivers_poll_still_reaches_it() {
-        loom::model(|| {
-            let poll_waker = Arc::new(PollWaker::default());
-            let count = Arc::new(Count::default());
-            let driver = futures::task::waker(count.clone());
-            let workflow = futures::task::waker(poll_waker.clone());
-            poll_waker.watch(&driver);
-            poll_waker.begin();
-            let other = loom::thread::spawn(move || workflow.wake_by_ref());
-            // The poll of the workflow ends here; the driver's poll with it.
-            poll_waker.finish();
-            other.join().unwrap();
-            assert!(count.0.load(Ordering::SeqCst) >= 1);
-        });
+        loom::model(|| assert!(wake_from_another_thread(true) >= 1));
     }
 
     /// After the driver's poll, a wake-up goes straight to it.
     #[test]
     fn a_wake_up_after_the_drivers_poll_goes_straight_to_it() {
-        loom::model(|| {
-            let poll_waker = Arc::new(PollWaker::default());
-            let count = Arc::new(Count::default());
-            let driver = futures::task::waker(count.clone());
-            let workflow = futures::task::waker(poll_waker.clone());
-            poll_waker.watch(&driver);
-            poll_waker.begin();
-            poll_waker.finish();
-            let other = loom::thread::spawn(move || workflow.wake_by_ref());
-            other.join().unwrap();
-            assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        });
+        loom::model(|| assert_eq!(wake_from_another_thread(false), 1));
     }
 }

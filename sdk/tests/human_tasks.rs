@@ -454,13 +454,7 @@ async fn cancelling_the_instance_closes_its_open_task() {
     // replay of the history hands it back there. (Always-replay mode rebuilds the run
     // right after the cancellation, before the workflow sees it: the rebuilt run has it
     // from the history, at its recorded place, and records no take.)
-    let records: Vec<_> = rt
-        .history("loan-3")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|event| event.record)
-        .collect();
+    let records = common::records_of(&rt, "loan-3").await;
     let cancelled = records
         .iter()
         .position(|r| matches!(r.kind, EventKind::StepCancelled { step: 1, .. }))

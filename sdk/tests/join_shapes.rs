@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::OpenStore;
+use common::{records_of, OpenStore};
 
 use std::time::Duration;
 
@@ -193,13 +193,7 @@ async fn joined_sequences_replay_to_what_they_did() {
                 .await
                 .unwrap_or_else(|err| panic!("{at}: {err}"));
             assert_eq!(got.as_ref().ok(), Some(&want), "{at}");
-            let records: Vec<_> = rt
-                .history(&id)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|e| e.record)
-                .collect();
+            let records = records_of(&rt, &id).await;
             for _ in 0..3 {
                 match rt.replay(&records).await {
                     Ok(ReplayVerdict::Matches(_)) => {}

@@ -9,13 +9,13 @@
 
 mod common;
 
-use common::OpenStore;
+use common::{records_of, OpenStore};
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use cairn::audit::ReplayVerdict;
-use cairn::events::{EventKind, EventRecord};
+use cairn::events::EventKind;
 use cairn::testing::VirtualClock;
 use cairn::{
     activity, workflow, ActivityCtx, ActivityError, Ctx, Runtime, TaskKind, TaskQuery,
@@ -51,15 +51,6 @@ async fn collect(ctx: Ctx) -> Result<u32, WorkflowError> {
     }
     ctx.signal::<()>("close").await?;
     Ok(total)
-}
-
-async fn records_of(rt: &Runtime, id: &str) -> Vec<EventRecord> {
-    rt.history(id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.record)
-        .collect()
 }
 
 async fn count_of(rt: &Runtime, id: &str, name: &str) -> usize {

@@ -133,3 +133,13 @@ pub(crate) async fn until_resident_at_most(rt: &Runtime, runs: usize) {
 pub(crate) async fn until_evicted(rt: &Runtime) {
     until_resident_at_most(rt, 0).await;
 }
+
+/// Instance `id`'s history as the records a replay or an auditor reads.
+pub(crate) async fn records_of(rt: &Runtime, id: &str) -> Vec<cairn::events::EventRecord> {
+    rt.history(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| event.record)
+        .collect()
+}
