@@ -113,10 +113,10 @@ struct CtxState {
     /// order it sent them, which is the order the history holds them in (see
     /// `record_outcome`).
     sent: std::collections::VecDeque<cairn_core::journal::AppendTicket>,
-    /// Outcomes of this run given a place live (sent, or taken from an attempt that
-    /// finished), and how many of them are handed over: live, outcomes are handed over
-    /// in the order they are recorded too, as replay will hand them back.
-    live_ranked: u64,
+    /// How many outcomes of this run were handed over live (sent, or taken from an
+    /// attempt that finished): live, outcomes are handed over in the order they are
+    /// recorded too, as replay will hand them back. The next one sent takes the place
+    /// after those handed over and those still in `sent`.
     live_released: u64,
     /// An outcome was handed over since the workflow was last found stuck (see
     /// `WorkflowContext::unstick`).
@@ -515,7 +515,6 @@ impl WorkflowContext {
                     released: 0,
                     release_waiters: std::collections::BTreeMap::new(),
                     sent: std::collections::VecDeque::new(),
-                    live_ranked: 0,
                     live_released: 0,
                     fresh: false,
                     take_waiters: Vec::new(),
@@ -743,8 +742,7 @@ impl WorkflowContext {
                 // the outcomes after it must not wait for it for ever.
                 let ticket = host.append_sent(self.inner.key, kind);
                 let mut state = lock(&self.inner.state);
-                let rank = state.live_ranked;
-                state.live_ranked += 1;
+                let rank = state.live_released + state.sent.len() as u64;
                 state.sent.push_back(ticket);
                 // In flight: the run is not idle until the driver hands it over.
                 state.busy += 1;
@@ -871,7 +869,6 @@ impl WorkflowContext {
             return false;
         }
         // Taken now (`take_turn` let it): its place among the outcomes, handed over.
-        state.live_ranked += 1;
         state.live_released += 1;
         state.fresh = true;
         // Two results in one poll (a `join!`): the older one goes first.
