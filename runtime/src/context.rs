@@ -2292,6 +2292,7 @@ impl WorkflowContext {
                 actor,
                 escalation,
             }) => {
+                self.take_deferred(step).await;
                 return Ok(TaskDecision {
                     decision: decision.clone(),
                     actor: actor.clone(),
@@ -2299,6 +2300,7 @@ impl WorkflowContext {
                 });
             }
             Decision::Replay(RecordedOutcome::Cancelled { reason }) => {
+                self.take_deferred(step).await;
                 return Err(Cancelled {
                     step,
                     reason: reason.clone(),
@@ -2430,6 +2432,16 @@ impl WorkflowContext {
             }
         })
         .await
+    }
+
+    /// A task's end that this replay handed back after every other recorded outcome,
+    /// because the run that recorded them never took it (`History::defer_untaken_ends`):
+    /// the workflow takes it now, and that place is recorded (`TaskTaken`) as a live
+    /// take would be, so the next replay finds it there without trying twice.
+    async fn take_deferred(&self, step: StepNo) {
+        if self.inner.history.is_deferred(step) {
+            self.record_outcome(task::taken(step)).await;
+        }
     }
 
     /// Records notification `topic` with `body` at step `step`, for the host to deliver

@@ -1850,6 +1850,9 @@ enum Resume {
     Fresh(Box<History>),
     /// Read the row and the history from the store and replay.
     Load,
+    /// The same, with the task ends the run never took handed back after its other
+    /// outcomes: the recorded order did not replay (`History::defer_untaken_ends`).
+    LoadDeferring,
 }
 
 impl Active {
@@ -2641,6 +2644,7 @@ async fn run_instance_inner(
             // Always-replay mode: the same driver rebuilds the run from the log, so the
             // instance keeps its entry, inbox and waiters throughout.
             Once::Replay => resume = Resume::Load,
+            Once::ReplayDeferring => resume = Resume::LoadDeferring,
             Once::End(end) => return Ok(end),
         }
     }
@@ -2651,6 +2655,8 @@ enum Once {
     End(RunEnd),
     /// Rebuild from the log.
     Replay,
+    /// Rebuild from the log, deferring the task ends never taken (`Resume::LoadDeferring`).
+    ReplayDeferring,
 }
 
 async fn run_once(
@@ -2659,9 +2665,10 @@ async fn run_once(
     resume: Resume,
     inbox: Arc<Inbox>,
 ) -> Result<Once> {
-    let (history, known_next_seq) = match resume {
+    let deferring = matches!(resume, Resume::LoadDeferring);
+    let (mut history, known_next_seq) = match resume {
         Resume::Fresh(history) => (*history, 1),
-        Resume::Load => {
+        Resume::Load | Resume::LoadDeferring => {
             let raw = shared
                 .journal
                 .history(key)
@@ -2692,6 +2699,14 @@ async fn run_once(
             message: "its row says running but its history holds a result".into(),
         });
     }
+    // Whether a replay that parts from the record may be tried once more with the task
+    // ends the run never took handed back last (a stop between a decision and its take).
+    let may_defer = if deferring {
+        history.defer_untaken_ends();
+        false
+    } else {
+        history.can_defer_untaken_ends()
+    };
     let host: Arc<dyn HostPort> = Arc::new(Engine::from_shared(shared.clone()));
     let ctx = WorkflowContext::new(
         key,
@@ -2721,7 +2736,7 @@ async fn run_once(
             // A result the workflow got before it failed is a step it took: durable
             // before the failure is reported (its own error, if any, is secondary).
             let _ = ctx.queued_durable().await;
-            return Err(err);
+            return defer_or_fail(err, may_defer, &ctx);
         }
         Err(Stop::ContinueAsNew(input)) => {
             // The hand-over counts the run's events from memory, which a queued result
@@ -2768,7 +2783,7 @@ async fn run_once(
             // The workflow cannot end (its result does not encode, or its history says
             // more): a result it got before is still a step it took, recorded first.
             let _ = ctx.queued_durable().await;
-            return Err(err);
+            return defer_or_fail(err, may_defer, &ctx);
         }
     };
     let kind = match &outcome {
@@ -2800,6 +2815,23 @@ async fn run_once(
         None => shared.journal.append(key, kind, Expect::End).await?,
     };
     Ok(Once::End(RunEnd::Finished(outcome)))
+}
+
+/// A replay that parted from the record (`CAIRN-E0001`) in a history holding a task's
+/// end the run never took, recorded before outcomes the run recorded after it: the run
+/// stopped (or lost its lease) between a person's decision and its take, so it never
+/// saw the decision there. It is rebuilt once with such ends handed back last; any
+/// other failure, or the same one again, parks it as before.
+fn defer_or_fail(err: Error, may_defer: bool, ctx: &WorkflowContext) -> Result<Once> {
+    if may_defer && matches!(err, Error::NonDeterminism(_)) {
+        tracing::info!(
+            instance = ctx.instance_id(),
+            %err,
+            "the recorded order did not replay; replaying again with the task ends the run never took handed back last"
+        );
+        return Ok(Once::ReplayDeferring);
+    }
+    Err(err)
 }
 
 /// Runs `work` (a request from outside that reads before it writes: a message, a task

@@ -108,6 +108,33 @@ impl Replayer {
     /// Cancel safe: it reads and writes nothing outside itself.
     pub async fn replay(&self, records: &[EventRecord]) -> Result<ReplayVerdict> {
         let history = History::from_records(records)?;
+        // A task's end the run never took, recorded before outcomes the run recorded
+        // after it (it stopped between a person's decision and its take), is tried last
+        // once the recorded order has failed, as the host does when it resumes the run.
+        let deferred = history.can_defer_untaken_ends().then(|| {
+            let mut deferred = history.clone();
+            deferred.defer_untaken_ends();
+            deferred
+        });
+        match self.replay_history(records, history).await {
+            Err(err @ Error::NonDeterminism(_)) => match deferred {
+                Some(deferred) => match self.replay_history(records, deferred).await {
+                    Ok(verdict) => Ok(verdict),
+                    // The first failure is the one to report: the recorded order is
+                    // what the history says.
+                    Err(_) => Err(err),
+                },
+                None => Err(err),
+            },
+            other => other,
+        }
+    }
+
+    async fn replay_history(
+        &self,
+        records: &[EventRecord],
+        history: History,
+    ) -> Result<ReplayVerdict> {
         let factory = factory_for(&self.workflows, &history)?;
         let key = records.first().map(|r| r.instance).unwrap_or(0);
         let ctx = WorkflowContext::new(

@@ -14,8 +14,9 @@ use common::{records_of, OpenStore};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use cairn::audit::ReplayVerdict;
+use cairn::audit::{EventRecord, Journal, ReplayVerdict};
 use cairn::events::EventKind;
+use cairn::store::{Expect, RedbJournal};
 use cairn::testing::VirtualClock;
 use cairn::{
     activity, workflow, ActivityCtx, ActivityError, Ctx, Runtime, TaskKind, TaskQuery,
@@ -463,6 +464,145 @@ async fn a_decision_reaches_the_workflow_where_it_took_it_among_its_outcomes() {
         }
         rt.shutdown().await;
     }
+}
+
+/// The history a run leaves when it stops between a person's decision and its take: the
+/// reviewer decided while the reminder timer ran, the firing was recorded right after
+/// the decision, the run took the firing first (the reminder's call is step 3) and
+/// stopped before it took the decision. Built from a run where the two came apart in
+/// that order: its decision is moved up to just before the firing, and the history cut
+/// before the decision's `TaskTaken`.
+async fn stopped_before_the_take(dir: &std::path::Path) -> Vec<EventRecord> {
+    let clock = VirtualClock::new(UNIX_EPOCH + Duration::from_secs(1_764_000_000));
+    let rt = Runtime::builder()
+        .workflow(review_beside_a_timer)
+        .clock(Arc::new(clock.clone()))
+        .open_store(dir.join("source.redb"))
+        .await
+        .unwrap();
+    let run = rt.start(review_beside_a_timer, "s-1", ()).await.unwrap();
+    until_count(&rt, "s-1", "TaskCreated", 1).await;
+    until_count(&rt, "s-1", "TimerStarted", 1).await;
+    clock.skip_to_next_timer().await;
+    until_count(&rt, "s-1", "ActivityCompleted", 1).await;
+    let task = rt.tasks(&TaskQuery::default()).await.unwrap().rows[0].id();
+    rt.complete(&cairn::Actor::new("rita", ["reviewer"]), &task, &true)
+        .await
+        .unwrap();
+    tokio::time::timeout(PATIENCE, run.result())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let mut records = records_of(&rt, "s-1").await;
+    rt.shutdown().await;
+    let at = |records: &[EventRecord], name: &str| {
+        records
+            .iter()
+            .position(|r| r.kind.name() == name)
+            .unwrap_or_else(|| panic!("no {name} in {records:#?}"))
+    };
+    records.truncate(at(&records, "TaskTaken"));
+    let decision = records.remove(at(&records, "TaskCompleted"));
+    records.insert(at(&records, "TimerFired"), decision);
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stopped_between_a_decision_and_its_take_resumes_without_parking() {
+    // Replayed in recorded order, the decision would reach the workflow before the
+    // firing, and its branch would make step 3 a call the recorded run never made
+    // (CAIRN-E0001). The run never saw the decision there: a build that records
+    // `TaskTaken` hands a decision over only once that is durable. The host and the
+    // auditor's replay both hand such an end back after the run's other outcomes.
+    let dir = tempfile::tempdir().unwrap();
+    let records = stopped_before_the_take(dir.path()).await;
+    let names: Vec<&str> = records.iter().map(|r| r.kind.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "WorkflowStarted",
+            "TaskCreated",
+            "TimerStarted",
+            "TaskCompleted",
+            "TimerFired",
+            "ActivityCompleted"
+        ],
+        "{records:#?}"
+    );
+
+    // The auditor's replay: the code agrees with the history, and goes on at step 4.
+    let replayer = Runtime::builder()
+        .workflow(review_beside_a_timer)
+        .replayer()
+        .unwrap();
+    match replayer.replay(&records).await {
+        Ok(ReplayVerdict::Unfinished { next_step: 4 }) => {}
+        other => panic!("{other:?}"),
+    }
+
+    // The same history in a database, as a host left it: the run resumes at open.
+    let journal = Arc::new(RedbJournal::open(dir.path().join("stopped.redb")).unwrap());
+    {
+        let (first, rest) = records.split_first().unwrap();
+        let EventKind::WorkflowStarted {
+            workflow_type,
+            id,
+            input,
+        } = &first.kind
+        else {
+            panic!("{first:?}")
+        };
+        let started = journal
+            .start_by(id.clone(), workflow_type.clone(), input.clone(), None, None)
+            .await
+            .unwrap();
+        for record in rest {
+            journal
+                .append_by(
+                    started.key,
+                    record.kind.clone(),
+                    Expect::End,
+                    record.actor.clone(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let clock = VirtualClock::new(UNIX_EPOCH + Duration::from_secs(1_764_000_100));
+    let rt = Runtime::builder()
+        .workflow(review_beside_a_timer)
+        .clock(Arc::new(clock))
+        .open_journal(journal)
+        .await
+        .unwrap();
+    let handle = rt.handle(review_beside_a_timer, "s-1");
+    let said = tokio::time::timeout(PATIENCE, handle.result())
+        .await
+        .expect("the run went on")
+        .unwrap();
+    assert_eq!(said, Ok("kept roads true kept reminder".to_owned()));
+    let after = records_of(&rt, "s-1").await;
+    let tail: Vec<&str> = after[records.len()..]
+        .iter()
+        .map(|r| r.kind.name())
+        .collect();
+    // Taken where the resumed run handed it over: after the firing and the reminder's
+    // call, before the call it leads to.
+    assert_eq!(
+        tail,
+        ["TaskTaken", "ActivityCompleted", "WorkflowCompleted"],
+        "{after:#?}"
+    );
+    assert_eq!(count_of(&rt, "s-1", "WorkflowParked").await, 0);
+    // The finished history replays as it is, with no second try.
+    for _ in 0..3 {
+        match rt.replay(&after).await {
+            Ok(ReplayVerdict::Matches(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    rt.shutdown().await;
 }
 
 /// A long sequence, then a wait: a rebuild hands back more outcomes than one poll of the

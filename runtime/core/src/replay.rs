@@ -72,6 +72,8 @@ pub struct History {
     outcome_ranks: BTreeMap<StepNo, usize>,
     /// Task steps whose end the run recorded taking (`TaskTaken`).
     taken: BTreeSet<StepNo>,
+    /// Task ends moved behind the other outcomes ([`History::defer_untaken_ends`]).
+    deferred: BTreeSet<StepNo>,
     /// This run's position in its continue-as-new chain, from 1 (`RunContinued`).
     pub run: u32,
     /// Signals received, by the `seq` of their event: name, body, and whether a wait
@@ -120,6 +122,7 @@ impl History {
             abandoned: BTreeSet::new(),
             outcome_ranks: BTreeMap::new(),
             taken: BTreeSet::new(),
+            deferred: BTreeSet::new(),
             run: 1,
             signals: BTreeMap::new(),
             result: None,
@@ -380,13 +383,92 @@ impl History {
     /// the host recorded) comes from outside the run's line: it is placed again where the
     /// run recorded taking it (`TaskTaken`). One the run had not taken when the history
     /// was read, and every task's end in a history written before `TaskTaken` existed,
-    /// keeps the place where it was recorded, as before. Replay hands
+    /// keeps the place where it was recorded, as before, unless that order does not
+    /// replay ([`History::defer_untaken_ends`]). Replay hands
     /// them back in this order, one at a time, each once the workflow can go no further
     /// without it, as the live run did: so a branch of `join!` that awaits one step and
     /// then calls another numbers its calls as the recorded run did, and a deadline
     /// awaited across a loop does not win before the signals that came before it.
     pub fn outcome_rank(&self, step: StepNo) -> Option<usize> {
         self.outcome_ranks.get(&step).copied()
+    }
+
+    /// Moves the end of every human task that a person or the host recorded and the run
+    /// never took (no `TaskTaken`) behind all the other outcomes, keeping their order
+    /// among themselves, and returns whether any outcome moved.
+    ///
+    /// A replay uses it once the recorded order has failed (`CAIRN-E0001`): a build that
+    /// records `TaskTaken` hands a task's end to the workflow only once that event is
+    /// durable, so an end without one was never seen by the run that recorded the
+    /// outcomes after it, however early it was recorded (the run stopped, or lost its
+    /// lease, between the decision and its take). Histories written before `TaskTaken`
+    /// existed hold no such events at all, so their ends keep the recorded place first,
+    /// as they always did; only a run whose recorded order does not replay is tried
+    /// this way.
+    pub fn defer_untaken_ends(&mut self) -> bool {
+        let Some(untaken) = self.untaken_out_of_place() else {
+            return false;
+        };
+        for (_, step) in &untaken {
+            self.outcome_ranks.remove(step);
+        }
+        // The others close up in their order, then the deferred ends follow.
+        let mut rest: Vec<(usize, StepNo)> = self
+            .outcome_ranks
+            .iter()
+            .map(|(step, rank)| (*rank, *step))
+            .collect();
+        rest.sort_unstable();
+        for (rank, (_, step)) in rest.iter().chain(untaken.iter()).enumerate() {
+            self.outcome_ranks.insert(*step, rank);
+            if rank >= rest.len() {
+                self.deferred.insert(*step);
+            }
+        }
+        true
+    }
+
+    /// Whether [`History::defer_untaken_ends`] would move anything.
+    pub fn can_defer_untaken_ends(&self) -> bool {
+        self.untaken_out_of_place().is_some()
+    }
+
+    /// The untaken task ends by rank, when they are not already the last outcomes.
+    fn untaken_out_of_place(&self) -> Option<Vec<(usize, StepNo)>> {
+        let mut untaken: Vec<(usize, StepNo)> = self
+            .outcome_ranks
+            .iter()
+            .filter(|(step, _)| {
+                !self.taken.contains(step)
+                    && !self.abandoned.contains(step)
+                    && self.steps.get(step).is_some_and(|entry| {
+                        entry.kind == StepKind::Task
+                            && entry.task.is_some()
+                            && matches!(
+                                entry.outcome,
+                                Some(
+                                    RecordedOutcome::TaskCompleted { .. }
+                                        | RecordedOutcome::Cancelled { .. }
+                                )
+                            )
+                    })
+            })
+            .map(|(step, rank)| (*rank, *step))
+            .collect();
+        untaken.sort_unstable();
+        let total = self.outcome_ranks.len();
+        // Already the last ones, in order: nothing to move.
+        let at_back = untaken
+            .iter()
+            .enumerate()
+            .all(|(i, (rank, _))| *rank == total - untaken.len() + i);
+        (!at_back).then_some(untaken)
+    }
+
+    /// Whether `step` is a task's end that [`History::defer_untaken_ends`] moved: the
+    /// run records taking it (`TaskTaken`) when the workflow does, as it would have live.
+    pub fn is_deferred(&self, step: StepNo) -> bool {
+        self.deferred.contains(&step)
     }
 
     /// How many steps have an outcome to hand back (see [`History::outcome_rank`]).
@@ -1153,12 +1235,9 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_tasks_end_not_taken_keeps_its_place_and_taking_it_is_checked() {
-        // Decided, not taken: a history written before `TaskTaken` (whose run took the
-        // decision soon after it was recorded, as a rule), or a run stopped before it
-        // took it. It keeps the place where it was recorded, before the timer.
-        let h = History::from_records(&[
+    /// A review (step 1) beside a timer (step 2), decided, then the timer's firing.
+    fn decided_then_fired() -> Vec<EventRecord> {
+        vec![
             record(0, started()),
             record(1, review(1)),
             record(
@@ -1170,8 +1249,15 @@ mod tests {
             ),
             record(3, decided(1)),
             record(4, EventKind::TimerFired { step: 2 }),
-        ])
-        .unwrap();
+        ]
+    }
+
+    #[test]
+    fn a_tasks_end_not_taken_keeps_its_place_and_taking_it_is_checked() {
+        // Decided, not taken: a history written before `TaskTaken` (whose run took the
+        // decision soon after it was recorded, as a rule), or a run stopped before it
+        // took it. It keeps the place where it was recorded, before the timer.
+        let h = History::from_records(&decided_then_fired()).unwrap();
         assert_eq!(h.outcome_rank(1), Some(0));
         assert_eq!(h.outcome_rank(2), Some(1));
         // Taken before it ended, or twice: the history is corrupt.
@@ -1191,5 +1277,48 @@ mod tests {
         ])
         .unwrap_err();
         assert!(twice.to_string().contains("twice"), "{twice}");
+    }
+
+    #[test]
+    fn an_end_never_taken_can_be_handed_back_after_every_other_outcome() {
+        // Decided while the timer ran, the timer's firing recorded next, and the run
+        // stopped before it took the decision: the run saw the firing, never the decision.
+        let mut records = decided_then_fired();
+        records.extend([
+            record(5, review(3)),
+            record(6, decided(3)),
+            record(7, EventKind::TaskTaken { step: 3 }),
+        ]);
+        let mut h = History::from_records(&records).unwrap();
+        assert_eq!(h.outcome_rank(1), Some(0));
+        assert!(!h.is_deferred(1));
+        assert!(h.defer_untaken_ends());
+        // The taken one keeps its order; the untaken one goes last.
+        assert_eq!(h.outcome_rank(2), Some(0));
+        assert_eq!(h.outcome_rank(3), Some(1));
+        assert_eq!(h.outcome_rank(1), Some(2));
+        assert!(h.is_deferred(1) && !h.is_deferred(3));
+        assert_eq!(h.outcomes(), 3);
+        // Already last: nothing moves the second time.
+        assert!(!h.defer_untaken_ends());
+    }
+
+    #[test]
+    fn deferring_leaves_a_history_without_untaken_ends_as_it_is() {
+        let mut records = decided_then_fired();
+        records.push(record(5, EventKind::TaskTaken { step: 1 }));
+        let mut h = History::from_records(&records).unwrap();
+        assert!(!h.defer_untaken_ends());
+        assert_eq!(h.outcome_rank(2), Some(0));
+        assert_eq!(h.outcome_rank(1), Some(1));
+        // A decision recorded last is where deferring would put it.
+        let mut last = History::from_records(&[
+            record(0, started()),
+            record(1, review(1)),
+            record(2, decided(1)),
+        ])
+        .unwrap();
+        assert!(!last.defer_untaken_ends());
+        assert!(!last.is_deferred(1));
     }
 }
