@@ -2292,7 +2292,7 @@ impl WorkflowContext {
                 actor,
                 escalation,
             }) => {
-                self.take_deferred(step).await;
+                self.take_replayed_end(step).await;
                 return Ok(TaskDecision {
                     decision: decision.clone(),
                     actor: actor.clone(),
@@ -2300,7 +2300,7 @@ impl WorkflowContext {
                 });
             }
             Decision::Replay(RecordedOutcome::Cancelled { reason }) => {
-                self.take_deferred(step).await;
+                self.take_replayed_end(step).await;
                 return Err(Cancelled {
                     step,
                     reason: reason.clone(),
@@ -2434,12 +2434,13 @@ impl WorkflowContext {
         .await
     }
 
-    /// A task's end that this replay handed back after every other recorded outcome,
-    /// because the run that recorded them never took it (`History::defer_untaken_ends`):
-    /// the workflow takes it now, and that place is recorded (`TaskTaken`) as a live
-    /// take would be, so the next replay finds it there without trying twice.
-    async fn take_deferred(&self, step: StepNo) {
-        if self.inner.history.is_deferred(step) {
+    /// A task's end this replay hands back with nothing the run recorded after it: a
+    /// decision made while the run was asleep or down, or one a stopped run never took
+    /// (`History::defer_untaken_ends`). The workflow takes it here, and that place is
+    /// recorded (`TaskTaken`) as a live take would be, so that a later stop before the
+    /// next outcome cannot make it look like an end never taken.
+    async fn take_replayed_end(&self, step: StepNo) {
+        if self.inner.history.takes_when_handed_back(step) {
             self.record_outcome(task::taken(step)).await;
         }
     }

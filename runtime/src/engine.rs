@@ -1851,8 +1851,9 @@ enum Resume {
     /// Read the row and the history from the store and replay.
     Load,
     /// The same, with the task ends the run never took handed back after its other
-    /// outcomes: the recorded order did not replay (`History::defer_untaken_ends`).
-    LoadDeferring,
+    /// outcomes: the recorded order did not replay (`History::defer_untaken_ends`), and
+    /// failed with this error, the one to report if this replay fails too.
+    LoadDeferring(Box<Error>),
 }
 
 impl Active {
@@ -2644,7 +2645,7 @@ async fn run_instance_inner(
             // Always-replay mode: the same driver rebuilds the run from the log, so the
             // instance keeps its entry, inbox and waiters throughout.
             Once::Replay => resume = Resume::Load,
-            Once::ReplayDeferring => resume = Resume::LoadDeferring,
+            Once::ReplayDeferring(first) => resume = Resume::LoadDeferring(first),
             Once::End(end) => return Ok(end),
         }
     }
@@ -2656,7 +2657,7 @@ enum Once {
     /// Rebuild from the log.
     Replay,
     /// Rebuild from the log, deferring the task ends never taken (`Resume::LoadDeferring`).
-    ReplayDeferring,
+    ReplayDeferring(Box<Error>),
 }
 
 async fn run_once(
@@ -2665,10 +2666,13 @@ async fn run_once(
     resume: Resume,
     inbox: Arc<Inbox>,
 ) -> Result<Once> {
-    let deferring = matches!(resume, Resume::LoadDeferring);
+    let mut deferral = match resume {
+        Resume::LoadDeferring(ref first) => Deferral::Retried(first.clone()),
+        _ => Deferral::No,
+    };
     let (mut history, known_next_seq) = match resume {
         Resume::Fresh(history) => (*history, 1),
-        Resume::Load | Resume::LoadDeferring => {
+        Resume::Load | Resume::LoadDeferring(_) => {
             let raw = shared
                 .journal
                 .history(key)
@@ -2701,12 +2705,11 @@ async fn run_once(
     }
     // Whether a replay that parts from the record may be tried once more with the task
     // ends the run never took handed back last (a stop between a decision and its take).
-    let may_defer = if deferring {
+    if matches!(deferral, Deferral::Retried(_)) {
         history.defer_untaken_ends();
-        false
-    } else {
-        history.can_defer_untaken_ends()
-    };
+    } else if history.can_defer_untaken_ends() {
+        deferral = Deferral::May;
+    }
     let host: Arc<dyn HostPort> = Arc::new(Engine::from_shared(shared.clone()));
     let ctx = WorkflowContext::new(
         key,
@@ -2736,7 +2739,7 @@ async fn run_once(
             // A result the workflow got before it failed is a step it took: durable
             // before the failure is reported (its own error, if any, is secondary).
             let _ = ctx.queued_durable().await;
-            return defer_or_fail(err, may_defer, &ctx);
+            return defer_or_fail(shared, key, known_next_seq, &ctx, err, deferral).await;
         }
         Err(Stop::ContinueAsNew(input)) => {
             // The hand-over counts the run's events from memory, which a queued result
@@ -2783,7 +2786,7 @@ async fn run_once(
             // The workflow cannot end (its result does not encode, or its history says
             // more): a result it got before is still a step it took, recorded first.
             let _ = ctx.queued_durable().await;
-            return defer_or_fail(err, may_defer, &ctx);
+            return defer_or_fail(shared, key, known_next_seq, &ctx, err, deferral).await;
         }
     };
     let kind = match &outcome {
@@ -2817,21 +2820,61 @@ async fn run_once(
     Ok(Once::End(RunEnd::Finished(outcome)))
 }
 
-/// A replay that parted from the record (`CAIRN-E0001`) in a history holding a task's
-/// end the run never took, recorded before outcomes the run recorded after it: the run
-/// stopped (or lost its lease) between a person's decision and its take, so it never
-/// saw the decision there. It is rebuilt once with such ends handed back last; any
-/// other failure, or the same one again, parks it as before.
-fn defer_or_fail(err: Error, may_defer: bool, ctx: &WorkflowContext) -> Result<Once> {
-    if may_defer && matches!(err, Error::NonDeterminism(_)) {
-        tracing::info!(
-            instance = ctx.instance_id(),
-            %err,
-            "the recorded order did not replay; replaying again with the task ends the run never took handed back last"
-        );
-        return Ok(Once::ReplayDeferring);
+/// Whether a run's replay may be tried again with the task ends it never took handed
+/// back last (`History::defer_untaken_ends`).
+enum Deferral {
+    /// Nothing would move.
+    No,
+    /// Something would, if the recorded order fails.
+    May,
+    /// This is the second try; the first failed with this error.
+    Retried(Box<Error>),
+}
+
+/// A replay that parted from the record (`CAIRN-E0001`) while it was still handing back
+/// recorded outcomes, in a history holding a task's end the run never took recorded
+/// before outcomes the run recorded after it: the run stopped (or lost its lease)
+/// between a person's decision and its take, and never saw the decision there. It is
+/// rebuilt once with such ends handed back last, provided the failed try added nothing
+/// to the history (an abandonment made in the wrong order would stay in it). If the
+/// second try fails too, the run is parked with the first error, which is what the
+/// recorded order says; a store's failure stays what it is.
+async fn defer_or_fail(
+    shared: &Shared,
+    key: u128,
+    loaded_next_seq: u64,
+    ctx: &WorkflowContext,
+    err: Error,
+    deferral: Deferral,
+) -> Result<Once> {
+    match deferral {
+        Deferral::May if matches!(err, Error::NonDeterminism(_)) && ctx.releasing() => {
+            // What the failed try sent is settled before the history is read again.
+            let _ = ctx.sent_durable().await;
+            let _ = ctx.sent_ahead_durable().await;
+            let untouched = matches!(
+                shared.journal.instance(key).await,
+                Ok(Some(row)) if row.next_seq == loaded_next_seq
+            );
+            if !untouched {
+                return Err(err);
+            }
+            tracing::info!(
+                instance = ctx.instance_id(),
+                %err,
+                "the recorded order did not replay; replaying again with the task ends the run never took handed back last"
+            );
+            Ok(Once::ReplayDeferring(Box::new(err)))
+        }
+        Deferral::Retried(first) => match err {
+            err @ (Error::Storage(_)
+            | Error::ShutDown
+            | Error::LeaseLost { .. }
+            | Error::InstanceFinished(_)) => Err(err),
+            _ => Err(*first),
+        },
+        _ => Err(err),
     }
-    Err(err)
 }
 
 /// Runs `work` (a request from outside that reads before it writes: a message, a task

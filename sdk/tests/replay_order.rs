@@ -446,9 +446,11 @@ async fn a_decision_reaches_the_workflow_where_it_took_it_among_its_outcomes() {
                 .iter()
                 .filter(|r| matches!(r.kind, EventKind::TaskTaken { .. }))
                 .count();
-            // Once, where the live run took the decision; none where always-replay
-            // rebuilt the run after the decision was recorded and before it was taken
-            // (the rebuilt run then has it from the history, at its recorded place).
+            // Once, where the live run took the decision. Where always-replay rebuilt
+            // the run after the decision was recorded and before it was taken, the
+            // rebuilt run has it from the history: it records the take if nothing came
+            // after the decision, and none if the firing did (the decision then keeps
+            // its recorded place, where that run took it).
             assert!(taken <= 1, "{records:#?}");
             let forced = std::env::var("CAIRN_ALWAYS_REPLAY")
                 .is_ok_and(|on| on == "1" || on.eq_ignore_ascii_case("true"));
@@ -601,6 +603,55 @@ async fn a_run_stopped_between_a_decision_and_its_take_resumes_without_parking()
             Ok(ReplayVerdict::Matches(_)) => {}
             other => panic!("{other:?}"),
         }
+    }
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_made_while_the_run_was_asleep_is_taken_where_the_replay_hands_it_back() {
+    // The run waits only for the review, so it is evicted; the decision wakes it, and the
+    // rebuilt run has the decision from its history, with nothing recorded after it. It
+    // records the take there: were it to stop before a later task's take, that end is
+    // then the only one never taken, and deferring it moves nothing else.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = VirtualClock::new(UNIX_EPOCH + Duration::from_secs(1_764_000_000));
+    let rt = Runtime::builder()
+        .workflow(review_beside_a_timer)
+        .eviction_idle(Some(Duration::ZERO))
+        .clock(Arc::new(clock.clone()))
+        .open_store(dir.path().join("asleep.redb"))
+        .await
+        .unwrap();
+    let run = rt.start(review_beside_a_timer, "z-1", ()).await.unwrap();
+    until_count(&rt, "z-1", "TaskCreated", 1).await;
+    until_count(&rt, "z-1", "TimerStarted", 1).await;
+    clock.skip_to_next_timer().await;
+    until_count(&rt, "z-1", "ActivityCompleted", 1).await;
+    common::until_evicted(&rt).await;
+    let task = rt.tasks(&TaskQuery::default()).await.unwrap().rows[0].id();
+    rt.complete(&cairn::Actor::new("rita", ["reviewer"]), &task, &true)
+        .await
+        .unwrap();
+    let said = tokio::time::timeout(PATIENCE, run.result())
+        .await
+        .expect("the decision woke the run")
+        .unwrap();
+    assert_eq!(said, Ok("kept roads true kept reminder".to_owned()));
+    let records = records_of(&rt, "z-1").await;
+    let names: Vec<&str> = records.iter().map(|r| r.kind.name()).collect();
+    assert_eq!(
+        names[names.len() - 4..],
+        [
+            "TaskCompleted",
+            "TaskTaken",
+            "ActivityCompleted",
+            "WorkflowCompleted"
+        ],
+        "{records:#?}"
+    );
+    match rt.replay(&records).await {
+        Ok(ReplayVerdict::Matches(_)) => {}
+        other => panic!("{other:?}"),
     }
     rt.shutdown().await;
 }

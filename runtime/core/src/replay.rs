@@ -72,8 +72,6 @@ pub struct History {
     outcome_ranks: BTreeMap<StepNo, usize>,
     /// Task steps whose end the run recorded taking (`TaskTaken`).
     taken: BTreeSet<StepNo>,
-    /// Task ends moved behind the other outcomes ([`History::defer_untaken_ends`]).
-    deferred: BTreeSet<StepNo>,
     /// This run's position in its continue-as-new chain, from 1 (`RunContinued`).
     pub run: u32,
     /// Signals received, by the `seq` of their event: name, body, and whether a wait
@@ -122,7 +120,6 @@ impl History {
             abandoned: BTreeSet::new(),
             outcome_ranks: BTreeMap::new(),
             taken: BTreeSet::new(),
-            deferred: BTreeSet::new(),
             run: 1,
             signals: BTreeMap::new(),
             result: None,
@@ -394,17 +391,16 @@ impl History {
     }
 
     /// Moves the end of every human task that a person or the host recorded and the run
-    /// never took (no `TaskTaken`) behind all the other outcomes, keeping their order
+    /// did not take (no `TaskTaken`) behind all the other outcomes, keeping their order
     /// among themselves, and returns whether any outcome moved.
     ///
-    /// A replay uses it once the recorded order has failed (`CAIRN-E0001`): a build that
-    /// records `TaskTaken` hands a task's end to the workflow only once that event is
-    /// durable, so an end without one was never seen by the run that recorded the
-    /// outcomes after it, however early it was recorded (the run stopped, or lost its
-    /// lease, between the decision and its take). Histories written before `TaskTaken`
-    /// existed hold no such events at all, so their ends keep the recorded place first,
-    /// as they always did; only a run whose recorded order does not replay is tried
-    /// this way.
+    /// A host uses it once the recorded order has failed to replay (`CAIRN-E0001`). This
+    /// build hands a task's end to the workflow live only once its `TaskTaken` is
+    /// durable, and records one when a replay hands back an end with nothing recorded
+    /// after it ([`History::takes_when_handed_back`]). So an end without one, followed by
+    /// outcomes the run recorded, was never seen by that run: it stopped, or lost its
+    /// lease, between the decision and its take. In a history written before `TaskTaken`
+    /// existed, every end lacks one, and the recorded place is tried first, as always.
     pub fn defer_untaken_ends(&mut self) -> bool {
         let Some(untaken) = self.untaken_out_of_place() else {
             return false;
@@ -421,9 +417,6 @@ impl History {
         rest.sort_unstable();
         for (rank, (_, step)) in rest.iter().chain(untaken.iter()).enumerate() {
             self.outcome_ranks.insert(*step, rank);
-            if rank >= rest.len() {
-                self.deferred.insert(*step);
-            }
         }
         true
     }
@@ -433,26 +426,47 @@ impl History {
         self.untaken_out_of_place().is_some()
     }
 
+    /// Whether handing back `step`'s outcome is where the run takes a task's end: it is
+    /// an end the run has not recorded taking, and nothing the run recorded comes after
+    /// it (every outcome ranked after it is such an end too). The run then records
+    /// `TaskTaken`, which leaves its rank where it is; the end no longer counts as one
+    /// never taken if a later stop makes the next replay part from the record.
+    pub fn takes_when_handed_back(&self, step: StepNo) -> bool {
+        let Some(rank) = self.outcome_rank(step) else {
+            return false;
+        };
+        self.is_untaken_end(step)
+            && self
+                .outcome_ranks
+                .iter()
+                .all(|(other, at)| *at <= rank || self.is_untaken_end(*other))
+    }
+
+    /// A human task's end (decision or cancellation) recorded and not taken
+    /// (`TaskTaken`), of a task that was created (a cancellation before that is the
+    /// run's own outcome) and not withdrawn.
+    fn is_untaken_end(&self, step: StepNo) -> bool {
+        !self.taken.contains(&step)
+            && !self.abandoned.contains(&step)
+            && self.steps.get(&step).is_some_and(|entry| {
+                entry.kind == StepKind::Task
+                    && entry.task.is_some()
+                    && matches!(
+                        entry.outcome,
+                        Some(
+                            RecordedOutcome::TaskCompleted { .. }
+                                | RecordedOutcome::Cancelled { .. }
+                        )
+                    )
+            })
+    }
+
     /// The untaken task ends by rank, when they are not already the last outcomes.
     fn untaken_out_of_place(&self) -> Option<Vec<(usize, StepNo)>> {
         let mut untaken: Vec<(usize, StepNo)> = self
             .outcome_ranks
             .iter()
-            .filter(|(step, _)| {
-                !self.taken.contains(step)
-                    && !self.abandoned.contains(step)
-                    && self.steps.get(step).is_some_and(|entry| {
-                        entry.kind == StepKind::Task
-                            && entry.task.is_some()
-                            && matches!(
-                                entry.outcome,
-                                Some(
-                                    RecordedOutcome::TaskCompleted { .. }
-                                        | RecordedOutcome::Cancelled { .. }
-                                )
-                            )
-                    })
-            })
+            .filter(|(step, _)| self.is_untaken_end(**step))
             .map(|(step, rank)| (*rank, *step))
             .collect();
         untaken.sort_unstable();
@@ -463,12 +477,6 @@ impl History {
             .enumerate()
             .all(|(i, (rank, _))| *rank == total - untaken.len() + i);
         (!at_back).then_some(untaken)
-    }
-
-    /// Whether `step` is a task's end that [`History::defer_untaken_ends`] moved: the
-    /// run records taking it (`TaskTaken`) when the workflow does, as it would have live.
-    pub fn is_deferred(&self, step: StepNo) -> bool {
-        self.deferred.contains(&step)
     }
 
     /// How many steps have an outcome to hand back (see [`History::outcome_rank`]).
@@ -1291,13 +1299,15 @@ mod tests {
         ]);
         let mut h = History::from_records(&records).unwrap();
         assert_eq!(h.outcome_rank(1), Some(0));
-        assert!(!h.is_deferred(1));
+        // Outcomes the run recorded follow it: handing it back is not where it was taken.
+        assert!(!h.takes_when_handed_back(1));
         assert!(h.defer_untaken_ends());
         // The taken one keeps its order; the untaken one goes last.
         assert_eq!(h.outcome_rank(2), Some(0));
         assert_eq!(h.outcome_rank(3), Some(1));
         assert_eq!(h.outcome_rank(1), Some(2));
-        assert!(h.is_deferred(1) && !h.is_deferred(3));
+        assert!(h.takes_when_handed_back(1));
+        assert!(!h.takes_when_handed_back(3) && !h.takes_when_handed_back(2));
         assert_eq!(h.outcomes(), 3);
         // Already last: nothing moves the second time.
         assert!(!h.defer_untaken_ends());
@@ -1319,6 +1329,8 @@ mod tests {
         ])
         .unwrap();
         assert!(!last.defer_untaken_ends());
-        assert!(!last.is_deferred(1));
+        // Handed back with nothing after it (the run was asleep when it was decided, or
+        // stopped before it took it): where the replaying run takes it.
+        assert!(last.takes_when_handed_back(1));
     }
 }
