@@ -2292,7 +2292,7 @@ impl WorkflowContext {
                 actor,
                 escalation,
             }) => {
-                self.take_replayed_end(step).await;
+                self.take_replayed_end(step, false).await;
                 return Ok(TaskDecision {
                     decision: decision.clone(),
                     actor: actor.clone(),
@@ -2300,7 +2300,7 @@ impl WorkflowContext {
                 });
             }
             Decision::Replay(RecordedOutcome::Cancelled { reason }) => {
-                self.take_replayed_end(step).await;
+                self.take_replayed_end(step, true).await;
                 return Err(Cancelled {
                     step,
                     reason: reason.clone(),
@@ -2436,13 +2436,19 @@ impl WorkflowContext {
 
     /// A task's end this replay hands back with nothing the run recorded after it: a
     /// decision made while the run was asleep or down, or one a stopped run never took
-    /// (`History::defer_untaken_ends`). The workflow takes it here, and that place is
-    /// recorded (`TaskTaken`) as a live take would be, so that a later stop before the
-    /// next outcome cannot make it look like an end never taken.
-    async fn take_replayed_end(&self, step: StepNo) {
-        if self.inner.history.takes_when_handed_back(step) {
-            self.record_outcome(task::taken(step)).await;
+    /// (`History::defer_latest_untaken_ends`). The workflow takes it here, and that place
+    /// is recorded (`TaskTaken`) as a live take is, so that a later stop before the next
+    /// outcome cannot make it look like an end never taken. Dropped before its turn, the
+    /// step is abandoned, and a cancellation it ended with goes back, as in a live take.
+    async fn take_replayed_end(&self, step: StepNo, cancelled: bool) {
+        if !self.inner.history.takes_when_handed_back(step) {
+            return;
         }
+        if cancelled {
+            lock(&self.inner.state).cancel_holder = Some(step);
+        }
+        self.live(step, self.record_outcome(task::taken(step)))
+            .await;
     }
 
     /// Records notification `topic` with `body` at step `step`, for the host to deliver

@@ -1850,10 +1850,13 @@ enum Resume {
     Fresh(Box<History>),
     /// Read the row and the history from the store and replay.
     Load,
-    /// The same, with the task ends the run never took handed back after its other
-    /// outcomes: the recorded order did not replay (`History::defer_untaken_ends`), and
-    /// failed with this error, the one to report if this replay fails too.
-    LoadDeferring(Box<Error>),
+    /// The same, with the `latest` task ends the run never took handed back after its
+    /// other outcomes (`History::defer_latest_untaken_ends`): the recorded order failed
+    /// with `first`, the error to report if this replay parts from the record too.
+    LoadDeferring {
+        first: Box<Error>,
+        latest: usize,
+    },
 }
 
 impl Active {
@@ -2645,7 +2648,9 @@ async fn run_instance_inner(
             // Always-replay mode: the same driver rebuilds the run from the log, so the
             // instance keeps its entry, inbox and waiters throughout.
             Once::Replay => resume = Resume::Load,
-            Once::ReplayDeferring(first) => resume = Resume::LoadDeferring(first),
+            Once::ReplayDeferring { first, latest } => {
+                resume = Resume::LoadDeferring { first, latest }
+            }
             Once::End(end) => return Ok(end),
         }
     }
@@ -2656,8 +2661,11 @@ enum Once {
     End(RunEnd),
     /// Rebuild from the log.
     Replay,
-    /// Rebuild from the log, deferring the task ends never taken (`Resume::LoadDeferring`).
-    ReplayDeferring(Box<Error>),
+    /// Rebuild from the log, deferring task ends never taken (`Resume::LoadDeferring`).
+    ReplayDeferring {
+        first: Box<Error>,
+        latest: usize,
+    },
 }
 
 async fn run_once(
@@ -2666,13 +2674,13 @@ async fn run_once(
     resume: Resume,
     inbox: Arc<Inbox>,
 ) -> Result<Once> {
-    let mut deferral = match resume {
-        Resume::LoadDeferring(ref first) => Deferral::Retried(first.clone()),
-        _ => Deferral::No,
+    let (mut deferral, latest) = match resume {
+        Resume::LoadDeferring { ref first, latest } => (Deferral::Retried(first.clone()), latest),
+        _ => (Deferral::No, 0),
     };
     let (mut history, known_next_seq) = match resume {
         Resume::Fresh(history) => (*history, 1),
-        Resume::Load | Resume::LoadDeferring(_) => {
+        Resume::Load | Resume::LoadDeferring { .. } => {
             let raw = shared
                 .journal
                 .history(key)
@@ -2706,8 +2714,8 @@ async fn run_once(
     // Whether a replay that parts from the record may be tried once more with the task
     // ends the run never took handed back last (a stop between a decision and its take).
     if matches!(deferral, Deferral::Retried(_)) {
-        history.defer_untaken_ends();
-    } else if history.can_defer_untaken_ends() {
+        history.defer_latest_untaken_ends(latest);
+    } else if history.untaken_ends_out_of_place() > 0 {
         deferral = Deferral::May;
     }
     let host: Arc<dyn HostPort> = Arc::new(Engine::from_shared(shared.clone()));
@@ -2739,7 +2747,7 @@ async fn run_once(
             // A result the workflow got before it failed is a step it took: durable
             // before the failure is reported (its own error, if any, is secondary).
             let _ = ctx.queued_durable().await;
-            return defer_or_fail(shared, key, known_next_seq, &ctx, err, deferral).await;
+            return defer_or_fail(shared, key, &ctx, err, deferral).await;
         }
         Err(Stop::ContinueAsNew(input)) => {
             // The hand-over counts the run's events from memory, which a queued result
@@ -2786,7 +2794,7 @@ async fn run_once(
             // The workflow cannot end (its result does not encode, or its history says
             // more): a result it got before is still a step it took, recorded first.
             let _ = ctx.queued_durable().await;
-            return defer_or_fail(shared, key, known_next_seq, &ctx, err, deferral).await;
+            return defer_or_fail(shared, key, &ctx, err, deferral).await;
         }
     };
     let kind = match &outcome {
@@ -2820,61 +2828,94 @@ async fn run_once(
     Ok(Once::End(RunEnd::Finished(outcome)))
 }
 
-/// Whether a run's replay may be tried again with the task ends it never took handed
-/// back last (`History::defer_untaken_ends`).
+/// Whether a run's replay may be tried again with task ends it never took handed back
+/// last (`History::defer_latest_untaken_ends`).
 enum Deferral {
     /// Nothing would move.
     No,
     /// Something would, if the recorded order fails.
     May,
-    /// This is the second try; the first failed with this error.
+    /// This is the second try; the recorded order failed with this error.
     Retried(Box<Error>),
 }
 
 /// A replay that parted from the record (`CAIRN-E0001`) while it was still handing back
-/// recorded outcomes, in a history holding a task's end the run never took recorded
-/// before outcomes the run recorded after it: the run stopped (or lost its lease)
-/// between a person's decision and its take, and never saw the decision there. It is
-/// rebuilt once with such ends handed back last, provided the failed try added nothing
-/// to the history (an abandonment made in the wrong order would stay in it). If the
-/// second try fails too, the run is parked with the first error, which is what the
-/// recorded order says; a store's failure stays what it is.
+/// recorded outcomes, in a history holding task ends the run never took, recorded
+/// before outcomes the run recorded after them: the run may have stopped (or lost its
+/// lease) between a person's decision and its take, and never seen the decision there.
+///
+/// The history, as it stands once what the failed try sent is durable, is replayed
+/// offline (no host, nothing written) with the latest such end handed back last, then
+/// the latest two, and so on; the first order that agrees with every recorded step is
+/// the one the run is rebuilt with. If none does, the run is parked with the recorded
+/// order's error. A rebuilt run that parts from the record again while handing back
+/// recorded outcomes is parked with that first error too; a failure later, live, is its
+/// own.
 async fn defer_or_fail(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     key: u128,
-    loaded_next_seq: u64,
     ctx: &WorkflowContext,
     err: Error,
     deferral: Deferral,
 ) -> Result<Once> {
     match deferral {
-        Deferral::May if matches!(err, Error::NonDeterminism(_)) && ctx.releasing() => {
-            // What the failed try sent is settled before the history is read again.
+        Deferral::May
+            if matches!(err, Error::NonDeterminism(_))
+                && ctx.releasing()
+                && shared.journal.owns(key) =>
+        {
             let _ = ctx.sent_durable().await;
             let _ = ctx.sent_ahead_durable().await;
-            let untouched = matches!(
-                shared.journal.instance(key).await,
-                Ok(Some(row)) if row.next_seq == loaded_next_seq
-            );
-            if !untouched {
-                return Err(err);
+            let records = match recorded(shared, key).await {
+                Ok(Some(records)) => records,
+                _ => return Err(err),
+            };
+            let out_of_place = History::from_records(&records)
+                .map(|history| history.untaken_ends_out_of_place())
+                .unwrap_or(0);
+            let replayer = Engine::from_shared(shared.clone()).replayer();
+            for latest in 1..=out_of_place {
+                if replayer.replay_deferring(&records, latest).await.is_ok() {
+                    tracing::info!(
+                        instance = ctx.instance_id(),
+                        %err,
+                        latest,
+                        "the recorded order did not replay; the run goes on with its latest task ends never taken handed back last"
+                    );
+                    return Ok(Once::ReplayDeferring {
+                        first: Box::new(err),
+                        latest,
+                    });
+                }
             }
-            tracing::info!(
-                instance = ctx.instance_id(),
-                %err,
-                "the recorded order did not replay; replaying again with the task ends the run never took handed back last"
-            );
-            Ok(Once::ReplayDeferring(Box::new(err)))
+            Err(err)
         }
-        Deferral::Retried(first) => match err {
-            err @ (Error::Storage(_)
-            | Error::ShutDown
-            | Error::LeaseLost { .. }
-            | Error::InstanceFinished(_)) => Err(err),
-            _ => Err(*first),
-        },
+        Deferral::Retried(first)
+            if ctx.releasing()
+                && !matches!(
+                    err,
+                    Error::Storage(_)
+                        | Error::ShutDown
+                        | Error::LeaseLost { .. }
+                        | Error::InstanceFinished(_)
+                ) =>
+        {
+            Err(*first)
+        }
         _ => Err(err),
     }
+}
+
+/// The records of unfinished run `key` as stored now, verified; `None` once it ended.
+async fn recorded(shared: &Shared, key: u128) -> Result<Option<Vec<EventRecord>>> {
+    let Some(raw) = shared.journal.history(key).await? else {
+        return Ok(None);
+    };
+    if raw.row.status.is_finished() {
+        return Ok(None);
+    }
+    let (_, events) = verify_history(raw)?;
+    Ok(Some(events.into_iter().map(|event| event.record).collect()))
 }
 
 /// Runs `work` (a request from outside that reads before it writes: a message, a task

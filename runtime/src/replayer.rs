@@ -99,41 +99,84 @@ impl Replayer {
 
     /// Replays one recorded history (all its events, oldest first).
     ///
+    /// A history whose recorded order parts from the code while its outcomes are being
+    /// handed back, and that holds a human task's end the run never took (no
+    /// `TaskTaken`) before outcomes the run recorded, is tried again with the latest
+    /// such ends handed back last, the fewest that replay, as the host does when it
+    /// resumes the run: the run stopped between a person's decision and its take, and
+    /// never saw the decision where it was recorded. [`Replayer::replay_as_recorded`]
+    /// does not try that.
+    ///
     /// # Errors
     /// [`Error::NonDeterminism`] at the first step where code and record part (including
-    /// a different result), [`Error::UnknownWorkflowType`], [`Error::Corrupt`] for a
-    /// malformed history, [`Error::PayloadDecode`] for an undecodable payload.
+    /// a different result; with the recorded order, if the other orders fail too),
+    /// [`Error::UnknownWorkflowType`], [`Error::Corrupt`] for a malformed history,
+    /// [`Error::PayloadDecode`] for an undecodable payload.
     ///
     /// # Cancel safety
     /// Cancel safe: it reads and writes nothing outside itself.
     pub async fn replay(&self, records: &[EventRecord]) -> Result<ReplayVerdict> {
         let history = History::from_records(records)?;
-        // A task's end the run never took, recorded before outcomes the run recorded
-        // after it (it stopped between a person's decision and its take), is tried last
-        // once the recorded order has failed, as the host does when it resumes the run.
-        let deferred = history.can_defer_untaken_ends().then(|| {
-            let mut deferred = history.clone();
-            deferred.defer_untaken_ends();
-            deferred
-        });
-        match self.replay_history(records, history).await {
-            Err(err @ Error::NonDeterminism(_)) => match deferred {
-                Some(deferred) => match self.replay_history(records, deferred).await {
-                    Ok(verdict) => Ok(verdict),
-                    // The first failure is the one to report: the recorded order is
-                    // what the history says.
-                    Err(_) => Err(err),
-                },
-                None => Err(err),
-            },
-            other => other,
+        let out_of_place = history.untaken_ends_out_of_place();
+        let (first, releasing) = match self.replay_history(records, history).await {
+            (Ok(verdict), _) => return Ok(verdict),
+            (Err(err), releasing) => (err, releasing),
+        };
+        if !matches!(first, Error::NonDeterminism(_)) || !releasing {
+            return Err(first);
         }
+        for latest in 1..=out_of_place {
+            if let Ok(verdict) = self.replay_deferring(records, latest).await {
+                return Ok(verdict);
+            }
+        }
+        // The recorded order is what the history says: its failure is the one reported.
+        Err(first)
     }
 
+    /// Replays one recorded history in its recorded order only (see
+    /// [`Replayer::replay`]): for an auditor who wants to know that a history replays
+    /// without handing any task's end back later than it was recorded.
+    ///
+    /// # Errors
+    /// As [`Replayer::replay`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it reads and writes nothing outside itself.
+    pub async fn replay_as_recorded(&self, records: &[EventRecord]) -> Result<ReplayVerdict> {
+        let history = History::from_records(records)?;
+        self.replay_history(records, history).await.0
+    }
+
+    /// Replays `records` with the `latest` task ends never taken handed back last
+    /// (`History::defer_latest_untaken_ends`).
+    pub(crate) async fn replay_deferring(
+        &self,
+        records: &[EventRecord],
+        latest: usize,
+    ) -> Result<ReplayVerdict> {
+        let mut history = History::from_records(records)?;
+        history.defer_latest_untaken_ends(latest);
+        self.replay_history(records, history).await.0
+    }
+
+    /// The verdict, and whether recorded outcomes were still being handed back when the
+    /// replay stopped.
     async fn replay_history(
         &self,
         records: &[EventRecord],
         history: History,
+    ) -> (Result<ReplayVerdict>, bool) {
+        let mut releasing = false;
+        let verdict = self.replay_in(records, history, &mut releasing).await;
+        (verdict, releasing)
+    }
+
+    async fn replay_in(
+        &self,
+        records: &[EventRecord],
+        history: History,
+        releasing: &mut bool,
     ) -> Result<ReplayVerdict> {
         let factory = factory_for(&self.workflows, &history)?;
         let key = records.first().map(|r| r.instance).unwrap_or(0);
@@ -150,7 +193,9 @@ impl Replayer {
         // Unconstrained: a wake tokio defers (its cooperative budget spent) would look
         // like a workflow that can go no further.
         let driving = tokio::task::unconstrained(drive(&ctx, factory(ctx.clone(), input)));
-        let driven = match until_stuck(&ctx, driving).await {
+        let driven = until_stuck(&ctx, driving).await;
+        *releasing = ctx.releasing();
+        let driven = match driven {
             Ok(driven) => driven,
             Err(waiting) => return stuck(&ctx, &waiting),
         };

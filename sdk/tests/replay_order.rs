@@ -510,6 +510,37 @@ async fn stopped_before_the_take(dir: &std::path::Path) -> Vec<EventRecord> {
     records
 }
 
+/// A redb journal at `path` holding one run with `records` (from its start), written as
+/// a host would have, through the journal's own appends.
+async fn journal_holding(path: &std::path::Path, records: &[EventRecord]) -> Arc<RedbJournal> {
+    let journal = Arc::new(RedbJournal::open(path).unwrap());
+    let (first, rest) = records.split_first().unwrap();
+    let EventKind::WorkflowStarted {
+        workflow_type,
+        id,
+        input,
+    } = &first.kind
+    else {
+        panic!("{first:?}")
+    };
+    let started = journal
+        .start_by(id.clone(), workflow_type.clone(), input.clone(), None, None)
+        .await
+        .unwrap();
+    for record in rest {
+        journal
+            .append_by(
+                started.key,
+                record.kind.clone(),
+                Expect::End,
+                record.actor.clone(),
+            )
+            .await
+            .unwrap();
+    }
+    journal
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_stopped_between_a_decision_and_its_take_resumes_without_parking() {
     // Replayed in recorded order, the decision would reach the workflow before the
@@ -542,35 +573,15 @@ async fn a_run_stopped_between_a_decision_and_its_take_resumes_without_parking()
         Ok(ReplayVerdict::Unfinished { next_step: 4 }) => {}
         other => panic!("{other:?}"),
     }
+    // In its recorded order alone it parts at step 3, which the audit can also ask for.
+    let as_recorded = replayer.replay_as_recorded(&records).await.unwrap_err();
+    assert!(
+        matches!(&as_recorded, cairn::Error::NonDeterminism(diff) if diff.step == 3),
+        "{as_recorded}"
+    );
 
     // The same history in a database, as a host left it: the run resumes at open.
-    let journal = Arc::new(RedbJournal::open(dir.path().join("stopped.redb")).unwrap());
-    {
-        let (first, rest) = records.split_first().unwrap();
-        let EventKind::WorkflowStarted {
-            workflow_type,
-            id,
-            input,
-        } = &first.kind
-        else {
-            panic!("{first:?}")
-        };
-        let started = journal
-            .start_by(id.clone(), workflow_type.clone(), input.clone(), None, None)
-            .await
-            .unwrap();
-        for record in rest {
-            journal
-                .append_by(
-                    started.key,
-                    record.kind.clone(),
-                    Expect::End,
-                    record.actor.clone(),
-                )
-                .await
-                .unwrap();
-        }
-    }
+    let journal = journal_holding(&dir.path().join("stopped.redb"), &records).await;
     let clock = VirtualClock::new(UNIX_EPOCH + Duration::from_secs(1_764_000_100));
     let rt = Runtime::builder()
         .workflow(review_beside_a_timer)
@@ -597,12 +608,64 @@ async fn a_run_stopped_between_a_decision_and_its_take_resumes_without_parking()
         "{after:#?}"
     );
     assert_eq!(count_of(&rt, "s-1", "WorkflowParked").await, 0);
-    // The finished history replays as it is, with no second try.
+    // The finished history replays in its recorded order, with no second try.
     for _ in 0..3 {
-        match rt.replay(&after).await {
+        match replayer.replay_as_recorded(&after).await {
             Ok(ReplayVerdict::Matches(_)) => {}
             other => panic!("{other:?}"),
         }
+    }
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_no_order_replays_is_parked_with_the_recorded_orders_error_untouched() {
+    // The same stop, but the reminder's call is recorded with an input neither order
+    // makes (the code changed since): the run is parked with what the recorded order
+    // says, and the offline tries of the other order write nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let mut records = stopped_before_the_take(dir.path()).await;
+    let Some(EventKind::ActivityCompleted { input, .. }) =
+        records.last_mut().map(|record| &mut record.kind)
+    else {
+        panic!("{records:#?}")
+    };
+    *input = serde_json::to_vec("memo")
+        .map(|bytes| cairn::events::Payload::new(0, bytes))
+        .unwrap();
+    let replayer = Runtime::builder()
+        .workflow(review_beside_a_timer)
+        .replayer()
+        .unwrap();
+    let audited = replayer.replay(&records).await.unwrap_err();
+    assert!(audited.to_string().contains("roads true"), "{audited}");
+    let journal = journal_holding(&dir.path().join("changed.redb"), &records).await;
+    let rt = Runtime::builder()
+        .workflow(review_beside_a_timer)
+        .open_journal(journal)
+        .await
+        .unwrap();
+    let parked = tokio::time::timeout(PATIENCE, rt.handle(review_beside_a_timer, "s-1").result())
+        .await
+        .expect("the run was parked")
+        .unwrap_err();
+    // The recorded order's error: the decision handed back first, the roads' call made.
+    assert!(parked.to_string().contains("CAIRN-E0001"), "{parked}");
+    assert!(parked.to_string().contains("roads true"), "{parked}");
+    assert!(matches!(
+        rt.status("s-1").await.unwrap().status,
+        cairn::Status::Parked { .. }
+    ));
+    // Nothing was added to its history but the parking (recorded without waiting): no
+    // take of a decision the workflow never saw.
+    until_count(&rt, "s-1", "WorkflowParked", 1).await;
+    let after = records_of(&rt, "s-1").await;
+    assert_eq!(after.len(), records.len() + 1, "{after:#?}");
+    match &after[records.len()].kind {
+        EventKind::WorkflowParked { reason, .. } => {
+            assert!(reason.contains("roads true"), "{reason}")
+        }
+        other => panic!("{other:?}"),
     }
     rt.shutdown().await;
 }

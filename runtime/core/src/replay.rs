@@ -381,7 +381,7 @@ impl History {
     /// run recorded taking it (`TaskTaken`). One the run had not taken when the history
     /// was read, and every task's end in a history written before `TaskTaken` existed,
     /// keeps the place where it was recorded, as before, unless that order does not
-    /// replay ([`History::defer_untaken_ends`]). Replay hands
+    /// replay ([`History::defer_latest_untaken_ends`]). Replay hands
     /// them back in this order, one at a time, each once the workflow can go no further
     /// without it, as the live run did: so a branch of `join!` that awaits one step and
     /// then calls another numbers its calls as the recorded run did, and a deadline
@@ -390,40 +390,50 @@ impl History {
         self.outcome_ranks.get(&step).copied()
     }
 
-    /// Moves the end of every human task that a person or the host recorded and the run
-    /// did not take (no `TaskTaken`) behind all the other outcomes, keeping their order
-    /// among themselves, and returns whether any outcome moved.
+    /// Moves the `latest` most recently recorded human-task ends that a person or the
+    /// host recorded, that the run did not take (no `TaskTaken`) and that outcomes the
+    /// run recorded follow, behind all the other outcomes, together with the untaken
+    /// ends already last, keeping their recorded order among themselves. Returns whether
+    /// any outcome moved.
     ///
     /// A host uses it once the recorded order has failed to replay (`CAIRN-E0001`). This
     /// build hands a task's end to the workflow live only once its `TaskTaken` is
     /// durable, and records one when a replay hands back an end with nothing recorded
-    /// after it ([`History::takes_when_handed_back`]). So an end without one, followed by
-    /// outcomes the run recorded, was never seen by that run: it stopped, or lost its
-    /// lease, between the decision and its take. In a history written before `TaskTaken`
-    /// existed, every end lacks one, and the recorded place is tried first, as always.
-    pub fn defer_untaken_ends(&mut self) -> bool {
-        let Some(untaken) = self.untaken_out_of_place() else {
+    /// after it ([`History::takes_when_handed_back`]). So the latest such ends are most
+    /// likely ones the run never saw: it stopped, or lost its lease, between a decision
+    /// and its take. Older ones may have been handed back where they were recorded by an
+    /// earlier replay (which recorded no take there), as every end of a history written
+    /// before `TaskTaken` existed was: the host tries the fewest latest ends that replay,
+    /// and the recorded place first of all.
+    pub fn defer_latest_untaken_ends(&mut self, latest: usize) -> bool {
+        let out_of_place = self.untaken_out_of_place();
+        if latest == 0 || out_of_place.is_empty() {
             return false;
-        };
-        for (_, step) in &untaken {
+        }
+        let mut moved: Vec<(usize, StepNo)> =
+            out_of_place[out_of_place.len().saturating_sub(latest)..].to_vec();
+        moved.extend(self.untaken_tail());
+        moved.sort_unstable();
+        for (_, step) in &moved {
             self.outcome_ranks.remove(step);
         }
-        // The others close up in their order, then the deferred ends follow.
+        // The others close up in their order, then the moved ends follow.
         let mut rest: Vec<(usize, StepNo)> = self
             .outcome_ranks
             .iter()
             .map(|(step, rank)| (*rank, *step))
             .collect();
         rest.sort_unstable();
-        for (rank, (_, step)) in rest.iter().chain(untaken.iter()).enumerate() {
+        for (rank, (_, step)) in rest.iter().chain(moved.iter()).enumerate() {
             self.outcome_ranks.insert(*step, rank);
         }
         true
     }
 
-    /// Whether [`History::defer_untaken_ends`] would move anything.
-    pub fn can_defer_untaken_ends(&self) -> bool {
-        self.untaken_out_of_place().is_some()
+    /// How many untaken task ends outcomes the run recorded follow: how far
+    /// [`History::defer_latest_untaken_ends`] can go (0: it would move nothing).
+    pub fn untaken_ends_out_of_place(&self) -> usize {
+        self.untaken_out_of_place().len()
     }
 
     /// Whether handing back `step`'s outcome is where the run takes a task's end: it is
@@ -461,8 +471,8 @@ impl History {
             })
     }
 
-    /// The untaken task ends by rank, when they are not already the last outcomes.
-    fn untaken_out_of_place(&self) -> Option<Vec<(usize, StepNo)>> {
+    /// The untaken task ends, by rank.
+    fn untaken(&self) -> Vec<(usize, StepNo)> {
         let mut untaken: Vec<(usize, StepNo)> = self
             .outcome_ranks
             .iter()
@@ -470,13 +480,28 @@ impl History {
             .map(|(step, rank)| (*rank, *step))
             .collect();
         untaken.sort_unstable();
+        untaken
+    }
+
+    /// The untaken task ends that only untaken ends follow (the last outcomes), by rank.
+    fn untaken_tail(&self) -> Vec<(usize, StepNo)> {
+        let untaken = self.untaken();
         let total = self.outcome_ranks.len();
-        // Already the last ones, in order: nothing to move.
-        let at_back = untaken
+        let tail = untaken
             .iter()
+            .rev()
             .enumerate()
-            .all(|(i, (rank, _))| *rank == total - untaken.len() + i);
-        (!at_back).then_some(untaken)
+            .take_while(|(i, (rank, _))| *rank + i + 1 == total)
+            .count();
+        untaken[untaken.len() - tail..].to_vec()
+    }
+
+    /// The untaken task ends that outcomes the run recorded follow, by rank.
+    fn untaken_out_of_place(&self) -> Vec<(usize, StepNo)> {
+        let mut untaken = self.untaken();
+        let tail = self.untaken_tail().len();
+        untaken.truncate(untaken.len() - tail);
+        untaken
     }
 
     /// How many steps have an outcome to hand back (see [`History::outcome_rank`]).
@@ -1301,7 +1326,9 @@ mod tests {
         assert_eq!(h.outcome_rank(1), Some(0));
         // Outcomes the run recorded follow it: handing it back is not where it was taken.
         assert!(!h.takes_when_handed_back(1));
-        assert!(h.defer_untaken_ends());
+        assert_eq!(h.untaken_ends_out_of_place(), 1);
+        assert!(!h.defer_latest_untaken_ends(0));
+        assert!(h.defer_latest_untaken_ends(1));
         // The taken one keeps its order; the untaken one goes last.
         assert_eq!(h.outcome_rank(2), Some(0));
         assert_eq!(h.outcome_rank(3), Some(1));
@@ -1310,7 +1337,55 @@ mod tests {
         assert!(!h.takes_when_handed_back(3) && !h.takes_when_handed_back(2));
         assert_eq!(h.outcomes(), 3);
         // Already last: nothing moves the second time.
-        assert!(!h.defer_untaken_ends());
+        assert_eq!(h.untaken_ends_out_of_place(), 0);
+        assert!(!h.defer_latest_untaken_ends(1));
+    }
+
+    #[test]
+    fn the_latest_ends_never_taken_move_first_and_the_last_ones_go_with_them() {
+        // Review 1 decided and handed back in place by an earlier replay (no take), the
+        // timer fired after it; later review 4 decided, timer 5 fired, the run stopped
+        // before taking 4; and review 6 decided last of all, nothing after it.
+        let mut records = decided_then_fired();
+        records.extend([
+            record(5, review(4)),
+            record(
+                6,
+                EventKind::TimerStarted {
+                    step: 5,
+                    fire_at_ms: 20,
+                },
+            ),
+            record(7, decided(4)),
+            record(8, EventKind::TimerFired { step: 5 }),
+            record(9, review(6)),
+            record(10, decided(6)),
+        ]);
+        let recorded = History::from_records(&records).unwrap();
+        // Ranks as recorded: 1, 2, 4, 5, 6.
+        assert_eq!(recorded.untaken_ends_out_of_place(), 2);
+        assert!(recorded.takes_when_handed_back(6));
+        let mut latest = recorded.clone();
+        assert!(latest.defer_latest_untaken_ends(1));
+        let order = |h: &History| {
+            let mut steps: Vec<(usize, StepNo)> = [1, 2, 4, 5, 6]
+                .iter()
+                .map(|step| (h.outcome_rank(*step).unwrap(), *step))
+                .collect();
+            steps.sort_unstable();
+            steps.into_iter().map(|(_, step)| step).collect::<Vec<_>>()
+        };
+        // Only the latest moves, behind the firing; the one last already stays after it.
+        assert_eq!(order(&latest), [1, 2, 5, 4, 6]);
+        assert!(latest.takes_when_handed_back(4) && latest.takes_when_handed_back(6));
+        assert!(!latest.takes_when_handed_back(1));
+        let mut both = recorded.clone();
+        assert!(both.defer_latest_untaken_ends(2));
+        assert_eq!(order(&both), [2, 5, 1, 4, 6]);
+        // Asking for more than there are moves the same.
+        let mut all = recorded;
+        assert!(all.defer_latest_untaken_ends(9));
+        assert_eq!(order(&all), [2, 5, 1, 4, 6]);
     }
 
     #[test]
@@ -1318,7 +1393,8 @@ mod tests {
         let mut records = decided_then_fired();
         records.push(record(5, EventKind::TaskTaken { step: 1 }));
         let mut h = History::from_records(&records).unwrap();
-        assert!(!h.defer_untaken_ends());
+        assert_eq!(h.untaken_ends_out_of_place(), 0);
+        assert!(!h.defer_latest_untaken_ends(1));
         assert_eq!(h.outcome_rank(2), Some(0));
         assert_eq!(h.outcome_rank(1), Some(1));
         // A decision recorded last is where deferring would put it.
@@ -1328,7 +1404,7 @@ mod tests {
             record(2, decided(1)),
         ])
         .unwrap();
-        assert!(!last.defer_untaken_ends());
+        assert!(!last.defer_latest_untaken_ends(1));
         // Handed back with nothing after it (the run was asleep when it was decided, or
         // stopped before it took it): where the replaying run takes it.
         assert!(last.takes_when_handed_back(1));
