@@ -167,6 +167,18 @@ impl<D> Escalate<D> {
     pub fn to_roles<R: Into<String>>(roles: impl IntoIterator<Item = R>) -> Self {
         Escalate::ToRoles(roles.into_iter().map(Into::into).collect())
     }
+
+    /// Offers the task to these users instead (a named supervisor, say).
+    ///
+    /// ```
+    /// use cairn::Escalate;
+    ///
+    /// let tier: Escalate<bool> = Escalate::to_users(["maria"]);
+    /// assert!(matches!(tier, Escalate::ToUsers(users) if users == ["maria"]));
+    /// ```
+    pub fn to_users<U: Into<String>>(users: impl IntoIterator<Item = U>) -> Self {
+        Escalate::ToUsers(users.into_iter().map(Into::into).collect())
+    }
 }
 
 /// One human task to create, built from a [`TaskKind`]; see [`Ctx::human_task`].
