@@ -26,7 +26,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cairn::{
-    activity, workflow, ActivityCtx, ActivityError, Ctx, RetryPolicy, Runtime, WorkflowError,
+    activity, workflow, ActivityCtx, ActivityError, Ctx, RetryPolicy, Runtime, Status,
+    WorkflowError,
 };
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -415,7 +416,12 @@ async fn run(args: Args) -> Result<(), cairn::Error> {
         };
         let handle = rt.start(fulfil_order, &order.id.clone(), order).await?;
         if !args.quiet && !handle.created() {
-            println!("[{}] already started, resuming", handle.id());
+            // Said as it is: a finished order is only read back, an unfinished one is
+            // carried on by the host from where its history stops.
+            match handle.status().await?.status {
+                Status::Running => println!("[{}] already started, resuming", handle.id()),
+                status => println!("[{}] already started earlier: {status:?}", handle.id()),
+            }
         }
         handles.push(handle);
     }
