@@ -327,6 +327,11 @@ fn describe(kind: &EventKind) -> String {
         ),
         EventKind::Notified { topic, .. } => topic.clone(),
         EventKind::SignalReceived { name, .. } => name.clone(),
+        EventKind::SignalWaitStarted { name, .. } => format!("waiting for {name}"),
+        EventKind::SignalDelivered {
+            name, signal_seq, ..
+        } => format!("{name} (event {signal_seq}) handed to the workflow"),
+        EventKind::TaskTaken { step } => format!("the decision on task {step} taken"),
         _ => String::new(),
     }
 }
