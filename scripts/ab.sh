@@ -6,7 +6,8 @@
 #
 # BASE     a commit (f6427f7 is the code before issue 8's restructure)
 # PAIRS    alternating runs of each side (default 6)
-# SECTION  throughput (default) or latency: the bench's CAIRN_BENCH_ONLY
+# SECTION  throughput (default) or latency: the bench's CAIRN_BENCH_ONLY; throughput
+#          reports 1, 100 and 1,000 concurrent instances, each with its own median
 #
 # The base is checked out in a worktree under target/ab/ with a target directory of its
 # own, and both benches are built before the first run. Each run works in a fresh
@@ -19,7 +20,7 @@ base=${1:?usage: scripts/ab.sh BASE [PAIRS] [SECTION]}
 pairs=${2:-6}
 section=${3:-throughput}
 case "$section" in
-  throughput) pattern=" 1000 concurrent" ;;
+  throughput) pattern=" concurrent instances" ;;
   latency) pattern="^latency" ;;
   *) echo "SECTION is throughput or latency, not $section" >&2; exit 2 ;;
 esac
@@ -52,6 +53,15 @@ figure() {
   fi
 }
 
+# What a line measures: the number of concurrent instances, or `-` for latency.
+size() {
+  if [ "$section" = throughput ]; then
+    sed -n 's/^throughput *\([0-9]*\) concurrent.*/\1/p'
+  else
+    echo -
+  fi
+}
+
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 for i in $(seq 1 "$pairs"); do
@@ -59,17 +69,22 @@ for i in $(seq 1 "$pairs"); do
     binary=$old
     [ "$side" = new ] && binary=$new
     work=$(mktemp -d)
-    line=$(cd "$work" && CAIRN_BENCH_ONLY=$section "$binary" --bench | grep -E "$pattern" | head -1)
+    lines=$(cd "$work" && CAIRN_BENCH_ONLY=$section "$binary" --bench | grep -E "$pattern")
     rm -rf "$work"
-    echo "$side $i: $line"
-    echo "$side $(echo "$line" | figure)" >>"$results"
+    while IFS= read -r line; do
+      echo "$side $i: $line"
+      echo "$side $(echo "$line" | size) $(echo "$line" | figure)" >>"$results"
+    done <<<"$lines"
   done
 done
 
 median() {
   sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
-b=$(awk '$1 == "base" { print $2 }' "$results" | median)
-n=$(awk '$1 == "new" { print $2 }' "$results" | median)
 unit=$([ "$section" = throughput ] && echo "steps/s" || echo "us (3-step p50)")
-echo "median $rev: $b $unit; working tree: $n $unit; change $(awk -v b="$b" -v n="$n" 'BEGIN { printf "%+.1f%%", (n - b) * 100 / b }')"
+for size in $(awk '{ print $2 }' "$results" | sort -nu); do
+  b=$(awk -v s="$size" '$1 == "base" && $2 == s { print $3 }' "$results" | median)
+  n=$(awk -v s="$size" '$1 == "new" && $2 == s { print $3 }' "$results" | median)
+  label=$([ "$size" = - ] && echo "" || echo "$size instances: ")
+  echo "${label}median $rev: $b $unit; working tree: $n $unit; change $(awk -v b="$b" -v n="$n" 'BEGIN { printf "%+.1f%%", (n - b) * 100 / b }')"
+done
