@@ -2868,27 +2868,28 @@ async fn defer_or_fail(
             let _ = ctx.sent_ahead_durable().await;
             let records = match recorded(shared, key).await {
                 Ok(Some(records)) => records,
-                _ => return Err(err),
-            };
-            let out_of_place = History::from_records(&records)
-                .map(|history| history.untaken_ends_out_of_place())
-                .unwrap_or(0);
-            let replayer = Engine::from_shared(shared.clone()).replayer();
-            for latest in 1..=out_of_place {
-                if replayer.replay_deferring(&records, latest).await.is_ok() {
-                    tracing::info!(
-                        instance = ctx.instance_id(),
-                        %err,
-                        latest,
-                        "the recorded order did not replay; the run goes on with its latest task ends never taken handed back last"
-                    );
-                    return Ok(Once::ReplayDeferring {
-                        first: Box::new(err),
-                        latest,
-                    });
+                Ok(None) => return Err(err),
+                // The other orders cannot be tried: the store's failure is what to act
+                // on, not a divergence that a readable history might not show.
+                Err(unread) => {
+                    tracing::warn!(instance = ctx.instance_id(), %err, "the recorded order did not replay and the history could not be read again to try another");
+                    return Err(unread);
                 }
-            }
-            Err(err)
+            };
+            let replayer = Engine::from_shared(shared.clone()).replayer();
+            let Some((latest, _)) = replayer.first_deferral_that_replays(&records).await else {
+                return Err(err);
+            };
+            tracing::info!(
+                instance = ctx.instance_id(),
+                %err,
+                latest,
+                "the recorded order did not replay; the run goes on with its latest task ends never taken handed back last"
+            );
+            Ok(Once::ReplayDeferring {
+                first: Box::new(err),
+                latest,
+            })
         }
         Deferral::Retried(first)
             if ctx.releasing()

@@ -117,7 +117,6 @@ impl Replayer {
     /// Cancel safe: it reads and writes nothing outside itself.
     pub async fn replay(&self, records: &[EventRecord]) -> Result<ReplayVerdict> {
         let history = History::from_records(records)?;
-        let out_of_place = history.untaken_ends_out_of_place();
         let (first, releasing) = match self.replay_history(records, history).await {
             (Ok(verdict), _) => return Ok(verdict),
             (Err(err), releasing) => (err, releasing),
@@ -125,13 +124,30 @@ impl Replayer {
         if !matches!(first, Error::NonDeterminism(_)) || !releasing {
             return Err(first);
         }
+        match self.first_deferral_that_replays(records).await {
+            Some((_, verdict)) => Ok(verdict),
+            // The recorded order is what the history says: its failure is the one
+            // reported.
+            None => Err(first),
+        }
+    }
+
+    /// The fewest latest task ends never taken that, handed back last, let `records`
+    /// replay (`History::defer_latest_untaken_ends`), with that replay's verdict; `None`
+    /// if no such order replays. Each try is a replay of its own, offline.
+    pub(crate) async fn first_deferral_that_replays(
+        &self,
+        records: &[EventRecord],
+    ) -> Option<(usize, ReplayVerdict)> {
+        let out_of_place = History::from_records(records)
+            .map(|history| history.untaken_ends_out_of_place())
+            .unwrap_or(0);
         for latest in 1..=out_of_place {
             if let Ok(verdict) = self.replay_deferring(records, latest).await {
-                return Ok(verdict);
+                return Some((latest, verdict));
             }
         }
-        // The recorded order is what the history says: its failure is the one reported.
-        Err(first)
+        None
     }
 
     /// Replays one recorded history in its recorded order only (see
@@ -150,7 +166,7 @@ impl Replayer {
 
     /// Replays `records` with the `latest` task ends never taken handed back last
     /// (`History::defer_latest_untaken_ends`).
-    pub(crate) async fn replay_deferring(
+    async fn replay_deferring(
         &self,
         records: &[EventRecord],
         latest: usize,
